@@ -1,0 +1,1 @@
+"""Shared building blocks: config, ids, digests, errors, the native facade."""

@@ -1,0 +1,73 @@
+"""Process conventions shared by every long-running command: start-up lines, logging, signals, the event loop.
+
+Launchers (``dragonfly up``, tests, benchmarks) read the printed lines: one
+``dragonfly: <service> listening on <addr>`` per listener, then ``dragonfly: <component> ready``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+READY_SUFFIX = "ready"
+
+
+def announce_listening(service: str, addr: str) -> None:
+    """Print the address one listener is bound to (after binding, so port 0 shows the real port)."""
+    print(f"dragonfly: {service} listening on {addr}", flush=True)
+
+
+def announce_ready(component: str) -> None:
+    """Print that every listener of ``component`` is up and it accepts work."""
+    print(f"dragonfly: {component} {READY_SUFFIX}", flush=True)
+
+
+class _KeyValueFormatter(logging.Formatter):
+    """Render ``time level component logger message key=value ...``; extra fields come from ``extra={...}``."""
+
+    _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+    def __init__(self, component: str) -> None:
+        super().__init__("%(asctime)s %(levelname)s " + component + " %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = [f"{k}={v}" for k, v in vars(record).items() if k not in self._STANDARD]
+        return f"{line} {' '.join(extras)}" if extras else line
+
+
+def setup_logging(level: str = "info", *, component: str) -> None:
+    """Send structured key=value logs to stderr at ``level``."""
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise ValueError(f"unknown log level {level!r}: use debug, info, warning or error")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_KeyValueFormatter(component))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric)
+
+
+def run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run ``main()`` on uvloop when available; SIGTERM/SIGINT cancel it so servers stop gracefully."""
+
+    async def runner() -> int:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            return await main()
+        except asyncio.CancelledError:
+            return 0
+
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(runner())
+    return uvloop.run(runner())
