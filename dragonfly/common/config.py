@@ -147,7 +147,7 @@ def _convert(tp: Any, value: Any, key: str, path: str | None) -> Any:
                 value = {}
             if not isinstance(value, Mapping):
                 raise ValueError(f"expected a mapping (section), got {type(value).__name__}")
-            return _build(tp, value, key, path)
+            return _build(typing.cast(type, tp), value, key, path)
         if origin in (list, tuple):
             (item_tp, *_rest) = typing.get_args(tp) or (Any,)
             if value is None:

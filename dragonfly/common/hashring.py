@@ -22,9 +22,7 @@ class HashRing:
         if replicas < 1:
             raise ValueError(f"replicas must be >= 1, got {replicas}")
         self.nodes: tuple[str, ...] = tuple(sorted(set(nodes)))
-        points = sorted(
-            (mmh3.hash(f"{node}#{i}", signed=False), node) for node in self.nodes for i in range(replicas)
-        )
+        points = sorted((mmh3.hash(f"{node}#{i}", signed=False), node) for node in self.nodes for i in range(replicas))
         self._hashes = [h for h, _ in points]
         self._owners = [node for _, node in points]
 

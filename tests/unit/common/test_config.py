@@ -45,7 +45,9 @@ class Download:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Gc:
     disk_threshold: Size = Size(0)
-    disk_high_threshold_percent: float = dataclasses.field(default=80.0, metadata={"aliases": ("distHighThresholdPercent",)})
+    disk_high_threshold_percent: float = dataclasses.field(
+        default=80.0, metadata={"aliases": ("distHighThresholdPercent",)}
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -162,8 +164,14 @@ def test_parsers():
     assert parse_rate("1Mbit/s") == 125_000
     assert parse_rate("20MiB/s") == 20 * MiB
     assert parse_rate("1Gbps") == 125_000_000
-    for bad, parser in [("4 parsecs", parse_size), ("1h30", parse_duration), ("30x", parse_duration),
-                        ("", parse_duration), ("4MBbit", parse_rate), (True, parse_size)]:
+    for bad, parser in [
+        ("4 parsecs", parse_size),
+        ("1h30", parse_duration),
+        ("30x", parse_duration),
+        ("", parse_duration),
+        ("4MBbit", parse_rate),
+        (True, parse_size),
+    ]:
         with pytest.raises(ValueError, match="expected"):
             parser(bad)
 

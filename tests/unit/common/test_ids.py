@@ -83,7 +83,8 @@ def test_host_peer_and_piece_ids():
     assert ids.host_id("10.0.0.1", "node-a") == "10.0.0.1-node-a"
     assert ids.host_id("10.0.0.1", "node-a", seed=True) == "10.0.0.1-node-a-seed"
     peer = ids.peer_id("10.0.0.1", "node-a", seed=True)
-    assert peer.startswith("10.0.0.1-node-a-") and peer.endswith("-seed")
+    assert peer.startswith("10.0.0.1-node-a-")
+    assert peer.endswith("-seed")
     assert peer != ids.peer_id("10.0.0.1", "node-a", seed=True)
     assert ids.piece_id("ab" * 32, 7) == "ab" * 32 + "-7"
 
