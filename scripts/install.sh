@@ -18,9 +18,9 @@ pip=("$venv/bin/python" -m pip install --quiet)
 
 # The stamp records what the last successful build was made from, so an unchanged tree skips the Rust builds.
 stamp="$venv/.dragonfly-build-stamp"
-sources=$(cd "$repo" && cat Cargo.toml Cargo.lock pyproject.toml setup.py 2>/dev/null \
-    | cat - $(find ext -type f \( -name '*.rs' -o -name '*.toml' -o -name '*.pyx' -o -name '*.pxd' -o -name '*.pyi' \) | sort) \
-    | sha256sum | cut -d' ' -f1)
+sources=$(cd "$repo" && { find Cargo.toml Cargo.lock pyproject.toml setup.py ext -type f \
+    \( -name '*.rs' -o -name '*.toml' -o -name '*.lock' -o -name '*.py' -o -name '*.pyx' -o -name '*.pxd' -o -name '*.pyi' \) \
+    2>/dev/null || true; } | sort | xargs sha256sum | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sources" ]; then
     echo "install.sh: native extensions up to date in $venv"
 else
