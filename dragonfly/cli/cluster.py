@@ -1,0 +1,491 @@
+"""Run a whole cluster on 127.0.0.1 as real processes: 1 scheduler, 1 seed peer and N peers (plus a demo origin).
+
+``dragonfly up`` and the integration and end-to-end tests share this. Every process gets its config file, its log
+file (stdout and stderr together) and its storage under one work directory; start-up waits for the process's
+``dragonfly: <component> ready`` line with a timeout, and a process that dies first is reported with the tail of
+its log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import dragonfly
+
+_SUMMARY = re.compile(r"from origin=(\d+) seed=(\d+) peers=(\d+) local=(\d+)")
+_LISTENING = re.compile(r"^dragonfly: (.+) listening on (\S+)$")
+_READY = re.compile(r"^dragonfly: (.+) ready$")
+# sun_path is 108 bytes on Linux; longer socket paths cannot be bound at all.
+_MAX_SOCKET_PATH = 100
+SCHEDULER = "scheduler"
+SEED_PEER = "seed-peer"
+#: Where dfget says a download's bytes came from, in the order of its summary line.
+SOURCES = ("origin", "seed", "peers", "local")
+
+
+class ProcessStartError(RuntimeError):
+    """A cluster process exited or stayed silent instead of announcing that it is ready."""
+
+
+@dataclass(frozen=True, slots=True)
+class DfgetResult:
+    """What one dfget run did: exit status (None if it overran), stderr, wall seconds, bytes by source."""
+
+    returncode: int | None
+    stderr: str
+    seconds: float
+    traffic: dict[str, int] | None
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    @property
+    def error(self) -> str | None:
+        """Return dfget's last stderr line when it failed."""
+        if self.ok:
+            return None
+        lines = self.stderr.strip().splitlines()
+        return lines[-1] if lines else f"dfget exited with status {self.returncode}"
+
+
+def run_dfget(
+    socket_path: str,
+    url: str,
+    output: str | os.PathLike[str],
+    *extra: str,
+    timeout: float = 600.0,
+    env: Mapping[str, str] | None = None,
+) -> DfgetResult:
+    """Run the dfget CLI as a child process against one daemon and parse its summary line."""
+    argv = [sys.executable, "-m", "dragonfly.cli.dfget", url, "-O", str(output), "-e", socket_path, "--no-progress"]
+    began = time.monotonic()
+    try:
+        # dfget's own --timeout (in extra) should fire first; this bound only stops a hung child.
+        proc = subprocess.run([*argv, *extra], capture_output=True, text=True, env=_child_env(env), timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        stderr = exc.stderr.decode() if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        return DfgetResult(None, stderr + f"\ndfget did not finish within {timeout:g}s", timeout, None)
+    match = _SUMMARY.search(proc.stderr)
+    traffic = dict(zip(SOURCES, map(int, match.groups()), strict=True)) if match else None
+    return DfgetResult(proc.returncode, proc.stderr, time.monotonic() - began, traffic)
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Return ``count`` distinct ports that were free a moment ago (all held open together so none repeats)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            ports.append(sock.getsockname()[1])
+        return ports
+
+
+def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``overrides`` merged in, recursing into nested mappings."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _child_env(extra: Mapping[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ)
+    # Children must import this very checkout, installed or not.
+    package_root = str(Path(dragonfly.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+class ManagedProcess:
+    """One child process with its log file; started in its own session so a terminal's Ctrl-C reaches only us."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, *, env: Mapping[str, str] | None = None) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.env = _child_env(env)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.listening: dict[str, str] = {}
+        self._log_offset = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll() if self.proc else None
+
+    def start(self) -> None:
+        """Spawn the process, appending to its log file."""
+        if self.running:
+            raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self._log_offset = log.tell()
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+            )
+        self.listening = {}
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait for the ``ready`` line, recording every ``listening on`` line before it."""
+        deadline = time.monotonic() + timeout
+        offset = self._log_offset
+        pending = b""
+        while True:
+            with open(self.log_path, "rb") as log:
+                log.seek(offset)
+                data = log.read()
+            offset += len(data)
+            *lines, pending = (pending + data).split(b"\n")
+            for raw in lines:
+                line = raw.decode("utf-8", "replace").rstrip("\r")
+                if match := _LISTENING.match(line):
+                    self.listening[match.group(1)] = match.group(2)
+                elif _READY.match(line):
+                    return
+            if not self.running:
+                raise ProcessStartError(
+                    f"{self.name} exited with status {self.returncode} during start-up; last lines of "
+                    f"{self.log_path}:\n{self.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise ProcessStartError(
+                    f"{self.name} did not print 'dragonfly: ... ready' within {timeout:.0f}s; last lines of "
+                    f"{self.log_path}:\n{self.log_tail()}"
+                )
+            time.sleep(0.05)
+
+    def log_tail(self, lines: int = 20) -> str:
+        """Return the last lines of the log, indented for quoting in an error."""
+        try:
+            text = self.log_path.read_text("utf-8", "replace")
+        except FileNotFoundError:
+            return "    (no log)"
+        return "\n".join("    " + line for line in text.splitlines()[-lines:])
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` if the process is still running."""
+        if self.running:
+            assert self.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for exit; return whether it exited."""
+        if self.proc is None:
+            return True
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL if still alive after ``timeout`` seconds."""
+        self.signal(signal.SIGTERM)
+        if not self.wait(timeout):
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL and reap."""
+        self.signal(signal.SIGKILL)
+        self.wait(10.0)
+
+
+class OriginProcess(ManagedProcess):
+    """The demo origin (``dragonfly.cli.demo_origin``) as a child process, with a client for its control API."""
+
+    def __init__(self, directory: str | os.PathLike[str], log_path: Path, *, host: str = "127.0.0.1") -> None:
+        argv = [
+            sys.executable,
+            "-m",
+            "dragonfly.cli.demo_origin",
+            "--dir",
+            str(directory),
+            "--host",
+            host,
+            "--port",
+            "0",
+        ]
+        super().__init__("origin", argv, log_path)
+        self.directory = Path(directory)
+
+    @property
+    def addr(self) -> str:
+        return self.listening["origin"]
+
+    def url(self, path: str) -> str:
+        """Return the URL of a file served from the origin directory."""
+        return f"http://{self.addr}/{path.lstrip('/')}"
+
+    def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"http://{self.addr}{path}", data=data, method=method)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read() or b"{}")
+
+    def stats(self) -> dict[str, Any]:
+        """Return ``{"bytes_total", "paths", "requests"}`` counted since the last reset."""
+        result: dict[str, Any] = self._call("GET", "/_stats")
+        return result
+
+    def bytes_served(self, path: str | None = None) -> int:
+        """Return body bytes served in total or for one path (``/name``)."""
+        stats = self.stats()
+        if path is None:
+            return int(stats["bytes_total"])
+        return int(stats["paths"].get("/" + path.lstrip("/"), 0))
+
+    def reset_stats(self) -> None:
+        self._call("DELETE", "/_stats")
+
+    def set_fault(self, path: str, mode: str, **options: Any) -> None:
+        """Arm a fault (``404``, ``500``, ``reset``, ``short``, ``slow``) for one served file."""
+        self._call("POST", "/_faults", {"path": "/" + path.lstrip("/"), "mode": mode, **options})
+
+    def clear_faults(self) -> None:
+        self._call("DELETE", "/_faults")
+
+
+class LocalCluster:
+    """1 scheduler + 1 seed peer + N peers on 127.0.0.1, each a real process with its own config and log.
+
+    Names: ``scheduler``, ``seed-peer``, ``peer-1`` … ``peer-N``; each daemon uses its name as ``host.hostname``.
+    ``daemon_config`` is merged into every dfdaemon.yaml, ``peer_configs[name]`` into that daemon's only.
+    """
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str],
+        *,
+        peers: int = 3,
+        daemon_config: Mapping[str, Any] | None = None,
+        peer_configs: Mapping[str, Mapping[str, Any]] | None = None,
+        scheduler_config: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        start_timeout: float = 60.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        if peers < 0:
+            raise ValueError(f"peers must be >= 0, got {peers}")
+        self.workdir = Path(workdir).resolve()
+        self.peer_names = [f"peer-{i}" for i in range(1, peers + 1)]
+        self.daemon_names = [SEED_PEER, *self.peer_names]
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self._daemon_config = dict(daemon_config or {})
+        self._peer_configs = dict(peer_configs or {})
+        self._scheduler_config = dict(scheduler_config or {})
+        unknown = set(self._peer_configs) - set(self.daemon_names)
+        if unknown:
+            raise ValueError(f"peer_configs names unknown daemons: {', '.join(sorted(unknown))}")
+        self._env = dict(env or {})
+        self._run_dir: Path | None = None
+        self._own_run_dir = False
+        self.scheduler_port = 0
+        self.processes: dict[str, ManagedProcess] = {}
+
+    # Configuration -------------------------------------------------------------------------------------------
+
+    @property
+    def scheduler_addr(self) -> str:
+        return f"127.0.0.1:{self.scheduler_port}"
+
+    def socket_path(self, name: str) -> str:
+        """Return the unix socket of a daemon's local API (what ``dfget -e`` takes)."""
+        assert self._run_dir is not None, "cluster not configured yet"
+        return str(self._run_dir / f"{name}.sock")
+
+    def config_path(self, name: str) -> Path:
+        return self.workdir / name / f"{'scheduler' if name == SCHEDULER else 'dfdaemon'}.yaml"
+
+    def storage_dir(self, name: str) -> Path:
+        return self.workdir / name / "storage"
+
+    def log_path(self, name: str) -> Path:
+        return self.workdir / "logs" / f"{name}.log"
+
+    def process(self, name: str) -> ManagedProcess:
+        return self.processes[name]
+
+    def _choose_run_dir(self) -> None:
+        run_dir = self.workdir / "run"
+        if len(str(run_dir / "seed-peer.sock")) + 8 > _MAX_SOCKET_PATH:
+            run_dir = Path(tempfile.mkdtemp(prefix="dragonfly-run-"))
+            self._own_run_dir = True
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._run_dir = run_dir
+
+    def _daemon_yaml(self, name: str, upload_port: int, vortex_port: int) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "host": {"hostname": name, "ip": "127.0.0.1"},
+            "seedPeer": {"enable": name == SEED_PEER, "type": "super"},
+            "scheduler": {"addrs": [self.scheduler_addr]},
+            "download": {"server": {"socketPath": self.socket_path(name)}},
+            "upload": {"server": {"ip": "127.0.0.1", "port": upload_port}},
+            # keep: a restarted daemon must still serve what it finished before (Dragonfly's default wipes).
+            "storage": {
+                "dir": str(self.storage_dir(name)),
+                "keep": True,
+                "server": {"ip": "127.0.0.1", "tcpPort": vortex_port},
+            },
+            "metrics": {"server": {"ip": "127.0.0.1", "port": 0}},
+            "health": {"server": {"ip": "127.0.0.1", "port": 0}},
+        }
+        config = deep_merge(config, self._daemon_config)
+        return deep_merge(config, self._peer_configs.get(name, {}))
+
+    def write_configs(self) -> None:
+        """Pick free ports and write every process's config file (done by ``start``; idempotent)."""
+        if self.processes:
+            return
+        self._choose_run_dir()
+        ports = free_ports(1 + 2 * len(self.daemon_names))
+        self.scheduler_port = ports[0]
+        scheduler_yaml = deep_merge(
+            {
+                "server": {"host": "127.0.0.1", "port": self.scheduler_port, "advertiseIP": "127.0.0.1"},
+                "metrics": {"host": "127.0.0.1", "port": 0},
+            },
+            self._scheduler_config,
+        )
+        self._write(SCHEDULER, scheduler_yaml)
+        self.processes[SCHEDULER] = ManagedProcess(
+            SCHEDULER,
+            [sys.executable, "-m", "dragonfly.cli.scheduler", "--config", str(self.config_path(SCHEDULER))],
+            self.log_path(SCHEDULER),
+            env=self._env,
+        )
+        for i, name in enumerate(self.daemon_names):
+            self.storage_dir(name).mkdir(parents=True, exist_ok=True)
+            self._write(name, self._daemon_yaml(name, ports[1 + 2 * i], ports[2 + 2 * i]))
+            self.processes[name] = ManagedProcess(
+                name,
+                [sys.executable, "-m", "dragonfly.cli.dfdaemon", "--config", str(self.config_path(name))],
+                self.log_path(name),
+                env=self._env,
+            )
+
+    def _write(self, name: str, config: Mapping[str, Any]) -> None:
+        path = self.config_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header = f"# Written by dragonfly.cli.cluster for the local cluster in {self.workdir}\n"
+        path.write_text(header + yaml.safe_dump(dict(config), sort_keys=False))
+
+    # Lifecycle -----------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the scheduler, then every daemon at once, waiting for each; stop all on failure."""
+        self.write_configs()
+        try:
+            # Every daemon's first AnnounceHost must reach the scheduler, so it goes first.
+            self._start_group([SCHEDULER])
+            self._start_group(self.daemon_names)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_group(self, names: list[str]) -> None:
+        for name in names:
+            self.processes[name].start()
+        deadline = time.monotonic() + self.start_timeout
+        for name in names:
+            self.processes[name].wait_ready(max(deadline - time.monotonic(), 0.1))
+
+    def stop(self) -> None:
+        """SIGTERM peers, then the seed peer, then the scheduler (so DeleteHost reaches it); SIGKILL stragglers."""
+        for group in (self.peer_names, [SEED_PEER], [SCHEDULER]):
+            procs = [self.processes[n] for n in group if n in self.processes]
+            for proc in procs:
+                proc.signal(signal.SIGTERM)
+            deadline = time.monotonic() + self.stop_timeout
+            for proc in procs:
+                if not proc.wait(max(deadline - time.monotonic(), 0.0)):
+                    proc.kill()
+        if self._own_run_dir and self._run_dir is not None:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+            self._own_run_dir = False
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one process (a crash, for fault tests)."""
+        self.processes[name].kill()
+
+    def terminate(self, name: str) -> None:
+        """Stop one process gracefully (SIGTERM, SIGKILL after the stop timeout)."""
+        self.processes[name].stop(self.stop_timeout)
+
+    def restart(self, name: str) -> None:
+        """Stop one process if it runs, start it again with the same config and ports, and wait until ready."""
+        proc = self.processes[name]
+        proc.stop(self.stop_timeout)
+        with open(proc.log_path, "ab") as log:
+            log.write(f"---- restarted by LocalCluster at {time.strftime('%H:%M:%S')} ----\n".encode())
+        proc.start()
+        proc.wait_ready(self.start_timeout)
+
+    def check_alive(self) -> list[str]:
+        """Return a description of every process that has exited."""
+        return [
+            f"{name} exited with status {proc.returncode}; see {proc.log_path}"
+            for name, proc in self.processes.items()
+            if not proc.running
+        ]
+
+    def describe(self) -> dict[str, Any]:
+        """Return where everything listens, for printing."""
+        return {
+            "workdir": str(self.workdir),
+            "scheduler": {"addr": self.scheduler_addr, "log": str(self.log_path(SCHEDULER))},
+            "daemons": {
+                name: {
+                    "seed": name == SEED_PEER,
+                    "socket": self.socket_path(name),
+                    "listening": dict(self.processes[name].listening),
+                    "config": str(self.config_path(name)),
+                    "log": str(self.log_path(name)),
+                }
+                for name in self.daemon_names
+            },
+        }
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

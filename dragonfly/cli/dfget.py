@@ -1,0 +1,410 @@
+"""dfget: download one file through the local dfdaemon (``dfget URL -O PATH``).
+
+dfget is a thin client: it checks its arguments, asks the daemon's ``DfdaemonDownload.DownloadTask`` over the unix
+socket, draws progress from the per-piece messages and reports where the bytes came from. The daemon fetches,
+verifies and writes the output file. Start-up stays light: arguments are parsed and checked before grpc and the
+protocol stubs are imported, so a bad command line or a missing daemon answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from typing import Any, NoReturn
+
+import dragonfly
+
+DEFAULT_ENDPOINT = "/var/run/dragonfly/dfdaemon.sock"
+DEFAULT_TIMEOUT = 2 * 3600.0
+DEFAULT_PRIORITY = 6
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+_DIGEST = re.compile(r"^(?:sha256:[0-9a-fA-F]{64}|sha512:[0-9a-fA-F]{128}|crc32:[0-9]{1,10})$")
+_PRIORITY = re.compile(r"^(?:LEVEL)?([0-6])$", re.IGNORECASE)
+_START_HINT = (
+    "start it with `dfdaemon --config /etc/dragonfly/dfdaemon.yaml` (or `dragonfly up` for a local cluster), "
+    "or point -e/--endpoint at its socket"
+)
+
+
+class DownloadFailed(Exception):
+    """The download could not be started or did not complete; the message is shown to the user."""
+
+
+def _url(text: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(text)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise argparse.ArgumentTypeError(f"{text!r}: only http:// and https:// URLs are supported")
+    if not parts.hostname:
+        raise argparse.ArgumentTypeError(f"{text!r}: the URL has no host")
+    return text
+
+
+def _digest(text: str) -> str:
+    if not _DIGEST.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected sha256:<64 hex>, sha512:<128 hex> or crc32:<decimal>")
+    algorithm, _, encoded = text.partition(":")
+    return f"{algorithm}:{encoded.lower()}"
+
+
+def _header(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition(":")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 'Key: Value'")
+    return key.strip(), value.strip()
+
+
+def _priority(text: str) -> int:
+    match = _PRIORITY.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 0..6 or LEVEL0..LEVEL6")
+    return int(match.group(1))
+
+
+def _piece_length(text: str) -> int:
+    # Imported here, not at the top: only this rarely used flag pays for the config module.
+    from dragonfly.common.config import parse_size
+    from dragonfly.common.piece import MAX_PIECE_LENGTH, MIN_PIECE_LENGTH
+
+    try:
+        value = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not MIN_PIECE_LENGTH <= value <= MAX_PIECE_LENGTH:
+        raise argparse.ArgumentTypeError(f"{text!r}: piece length must be between 4MiB and 64MiB")
+    return value
+
+
+def _timeout(text: str) -> float:
+    from dragonfly.common.config import parse_duration
+
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the timeout must be positive")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser (flags follow Dragonfly's dfget for http/https)."""
+    parser = argparse.ArgumentParser(
+        prog="dfget",
+        description="Download a file through the local dfdaemon (P2P, falling back to the origin).",
+        epilog="Exit status: 0 when the file is complete and verified, 1 when the download failed, "
+        "2 for a malformed command line, 130 when interrupted.",
+    )
+    env = os.environ.get
+    parser.add_argument("url", nargs="?", type=_url, help="http:// or https:// URL to download")
+    parser.add_argument("-O", "--output", help="output file path (its directory must exist)")
+    parser.add_argument("--digest", type=_digest, help="verify the whole file: sha256:<hex>, sha512:<hex> or crc32:<n>")
+    parser.add_argument("--tag", default="", help="task tag (part of the task id)")
+    parser.add_argument("--application", default="", help="caller application (part of the task id)")
+    parser.add_argument(
+        "-H", "--header", action="append", type=_header, default=[], help="origin request header 'Key: Value'"
+    )
+    parser.add_argument(
+        "--filtered-query-param",
+        action="append",
+        default=None,
+        help="query parameter left out of the task id (repeatable; default: Dragonfly's list of signing params)",
+    )
+    parser.add_argument(
+        "--piece-length",
+        type=_piece_length,
+        default=env("DFGET_PIECE_LENGTH"),
+        help="piece length, 4MiB..64MiB (default: chosen from the content length)",
+    )
+    parser.add_argument(
+        "--timeout", type=_timeout, default=env("DFGET_TIMEOUT"), help="give up after this long (default 2h)"
+    )
+    parser.add_argument(
+        "-p",
+        "--priority",
+        type=_priority,
+        default=env("DFGET_PRIORITY", str(DEFAULT_PRIORITY)),
+        help="scheduling priority 0..6 (default 6)",
+    )
+    parser.add_argument("--disable-back-to-source", action="store_true", help="fail rather than fetch from the origin")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "-e", "--endpoint", default=DEFAULT_ENDPOINT, help=f"dfdaemon unix socket (default {DEFAULT_ENDPOINT})"
+    )
+    parser.add_argument(
+        "-l", "--log-level", default="info", choices=("debug", "info", "warn", "error"), help="default info"
+    )
+    parser.add_argument("-V", "--version", action="store_true", help="print the version and exit")
+    return parser
+
+
+def _fail(message: str) -> NoReturn:
+    raise DownloadFailed(message)
+
+
+def check_output(path: str, *, overwrite: bool) -> str:
+    """Return the absolute output path, or raise DownloadFailed saying why it cannot be written."""
+    output = os.path.abspath(os.path.expanduser(path))
+    if path.endswith(os.sep) or os.path.isdir(output):
+        _fail(f"output path {output} is a directory; give a file name")
+    parent = os.path.dirname(output)
+    if not os.path.isdir(parent):
+        _fail(f"output directory {parent} does not exist")
+    if os.path.lexists(output) and not overwrite:
+        _fail(f"output file {output} already exists; pass --overwrite to replace it")
+    # access(2) also reports EROFS, so a read-only mount is caught even for root.
+    if not os.access(parent, os.W_OK | os.X_OK):
+        _fail(f"output directory {parent} is not writable")
+    if os.path.lexists(output) and not os.access(output, os.W_OK):
+        _fail(f"output file {output} is not writable")
+    return output
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
+        else (f"{seconds // 60:02d}:{seconds % 60:02d}")
+    )
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr: elapsed, bar, percent, rate, ETA (redrawn at most 10 times a second)."""
+
+    WIDTH = 30
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.started = time.monotonic()
+        self._drawn = 0.0
+
+    def update(self, done: int, total: int, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._drawn < 0.1:
+            return
+        self._drawn = now
+        elapsed = now - self.started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        fraction = done / total if total else 1.0
+        filled = int(fraction * self.WIDTH)
+        bar = "=" * filled + (">" if filled < self.WIDTH else "") + "-" * max(self.WIDTH - filled - 1, 0)
+        eta = _clock((total - done) / rate) if rate > 0 else "--:--"
+        sys.stderr.write(
+            f"\r{self.label} [{_clock(elapsed)}] [{bar}] {fraction * 100:3.0f}% ({_human(rate)}/s, eta {eta}) "
+        )
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+class Traffic:
+    """Bytes received per source, from the per-piece messages (each piece counted once)."""
+
+    __slots__ = ("local", "origin", "peers", "pieces", "seed")
+
+    def __init__(self) -> None:
+        self.origin = self.seed = self.peers = self.local = 0
+        self.pieces: set[int] = set()
+
+    @property
+    def total(self) -> int:
+        return self.origin + self.seed + self.peers + self.local
+
+    def add(self, piece: Any) -> None:
+        from dragonfly_api import common_pb2
+
+        if piece.number in self.pieces:
+            return
+        self.pieces.add(piece.number)
+        if piece.traffic_type == common_pb2.BACK_TO_SOURCE:
+            self.origin += piece.length
+        elif piece.traffic_type == common_pb2.LOCAL_PEER:
+            self.local += piece.length
+        elif piece.parent_id.endswith("-seed"):
+            self.seed += piece.length
+        else:
+            self.peers += piece.length
+
+
+def _backend_status(error: Any) -> int | None:
+    """Return the origin's HTTP status if the daemon attached Dragonfly's errordetails Backend JSON."""
+    import json
+
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            try:
+                status = json.loads(value).get("status_code")
+            except (ValueError, AttributeError):
+                return None
+            return int(status) if isinstance(status, int) else None
+    return None
+
+
+def _daemon_listening(endpoint: str) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.connect(endpoint)
+        except OSError:
+            return False
+    return True
+
+
+def _describe_rpc_error(error: Any, endpoint: str, timeout: float, received: bool) -> str:
+    import grpc
+
+    code, details = error.code(), error.details() or ""
+    # UNAVAILABLE is both gRPC's "no connection" and a status the daemon itself may answer with (origin or
+    # scheduler unreachable); only a socket that no longer accepts connections means the daemon is gone.
+    if code == grpc.StatusCode.UNAVAILABLE and not _daemon_listening(endpoint):
+        if not received:
+            return f"cannot connect to dfdaemon at {endpoint} ({details}); is it running? {_START_HINT}"
+        return f"lost the connection to dfdaemon at {endpoint} during the download: {details}"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"timed out after {timeout:g}s (--timeout): {details}"
+    status = _backend_status(error)
+    message = f"download failed: {details or code.name}"
+    if status is not None and str(status) not in details:
+        message += f" (origin answered HTTP {status})"
+    return message
+
+
+def download(args: argparse.Namespace, output: str) -> Traffic:
+    """Run DownloadTask on the daemon; return the traffic by source once the file is complete."""
+    if not os.path.exists(args.endpoint):
+        _fail(f"dfdaemon is not running: no socket at {args.endpoint}; {_START_HINT}")
+
+    import grpc
+    from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
+    from google.protobuf import duration_pb2
+
+    from dragonfly.common.ids import DEFAULT_FILTERED_QUERY_PARAMS
+
+    filtered = args.filtered_query_param if args.filtered_query_param is not None else DEFAULT_FILTERED_QUERY_PARAMS
+    timeout = DEFAULT_TIMEOUT if args.timeout is None else float(args.timeout)
+    download = common_pb2.Download(
+        url=args.url,
+        digest=args.digest,
+        type=common_pb2.STANDARD,
+        tag=args.tag,
+        application=args.application,
+        priority=args.priority,
+        filtered_query_params=list(filtered),
+        request_header=dict(args.header),
+        piece_length=args.piece_length,
+        output_path=output,
+        timeout=duration_pb2.Duration(seconds=int(timeout), nanos=int((timeout % 1) * 1e9)),
+        disable_back_to_source=args.disable_back_to_source,
+        overwrite=args.overwrite,
+    )
+    if args.log_level == "debug":
+        print(f"dfget: DownloadTask on unix:{args.endpoint}: {download}", file=sys.stderr)
+
+    show_progress = not args.no_progress and sys.stderr.isatty()
+    bar = ProgressBar(os.path.basename(output)) if show_progress else None
+    traffic = Traffic()
+    content_length: int | None = None
+    finished_locally = False
+    with grpc.insecure_channel(f"unix:{args.endpoint}") as channel:
+        call = dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel).DownloadTask(
+            dfdaemon_pb2.DownloadTaskRequest(download=download), timeout=timeout
+        )
+        try:
+            for response in call:
+                if response.HasField("download_task_started_response"):
+                    started = response.download_task_started_response
+                    content_length = started.content_length
+                    finished_locally = started.is_finished
+                    if args.log_level == "debug":
+                        print(f"dfget: task {response.task_id} peer {response.peer_id}", file=sys.stderr)
+                elif response.HasField("download_piece_finished_response"):
+                    traffic.add(response.download_piece_finished_response.piece)
+                if bar is not None and content_length is not None:
+                    bar.update(traffic.total, content_length)
+        except grpc.RpcError as error:
+            call.cancel()
+            _fail(_describe_rpc_error(error, args.endpoint, timeout, content_length is not None))
+        finally:
+            if bar is not None:
+                if content_length is not None:
+                    bar.update(traffic.total, content_length, force=True)
+                bar.close()
+
+    if content_length is None:
+        _fail("dfdaemon ended the download without starting it (no DownloadTaskStartedResponse)")
+    if finished_locally and not traffic.pieces:
+        # A daemon may answer a full local hit with the started message alone.
+        traffic.local = content_length
+    if traffic.total != content_length:
+        _fail(f"download incomplete: received {traffic.total} of {content_length} bytes")
+    try:
+        size = os.stat(output).st_size
+    except FileNotFoundError:
+        _fail(f"dfdaemon reported success but wrote no file at {output}")
+    if size != content_length:
+        _fail(f"output file {output} has {size} bytes, expected {content_length}")
+    return traffic
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run dfget; see ``dfget --help``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        print(f"dfget {dragonfly.__version__}")
+        return EXIT_OK
+    if args.url is None or not args.output:
+        parser.error("the URL and -O/--output are required")
+
+    existed = False
+    output = ""
+    started = time.monotonic()
+    try:
+        output = check_output(args.output, overwrite=args.overwrite)
+        existed = os.path.lexists(output)
+        traffic = download(args, output)
+    except DownloadFailed as exc:
+        _remove_partial(output, existed)
+        print(f"dfget: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        _remove_partial(output, existed)
+        print("dfget: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    elapsed = time.monotonic() - started
+    print(
+        f"dfget: saved {output}: {traffic.total} bytes ({_human(traffic.total)}) in {elapsed:.2f}s "
+        f"({_human(traffic.total / elapsed if elapsed > 0 else 0)}/s); from origin={traffic.origin} "
+        f"seed={traffic.seed} peers={traffic.peers} local={traffic.local}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _remove_partial(output: str, existed: bool) -> None:
+    # The daemon must not leave a file behind on failure; if one appeared anyway, it is not the user's.
+    if output and not existed and os.path.lexists(output):
+        os.unlink(output)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

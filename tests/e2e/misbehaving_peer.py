@@ -1,0 +1,223 @@
+"""A test peer that claims a whole task and serves every piece with one byte flipped.
+
+It is a stand-in for a peer with bad memory, a bad disk or a buggy build: real dfdaemons never serve a piece
+they have not verified, so a corrupting sender has to be built on purpose. It speaks only the parts of the
+protocol a parent needs, written here from the reference (``dragonfly-protocol.md`` §3.4, §4) rather than with
+the daemon's own code, so the wire format is checked independently:
+
+- ``scheduler.v2.AnnounceHost`` as a normal host, then ``AnnouncePeer``: register with ``need_back_to_source``,
+  report every piece as fetched from the origin (with the CRC-32 of the TRUE bytes) and finish, so the
+  scheduler sees a succeeded peer holding the whole task;
+- ``dfdaemon.v2.DfdaemonUpload.SyncPieces`` / ``SyncHost`` on a gRPC port;
+- a Vortex TCP server answering DownloadPiece with the piece's true metadata and corrupted bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import socket
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from dragonfly.common import ids
+from dragonfly.common.piece import calculate_piece_length, piece_count, piece_range
+
+TAG_DOWNLOAD_PIECE, TAG_PIECE_CONTENT, TAG_ERROR = 0, 1, 255
+ERROR_NOT_FOUND = 2
+
+
+def _recv_exactly(conn: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("peer closed the connection mid-frame")
+        data += chunk
+    return data
+
+
+class _Upload(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
+    def __init__(self, peer: MisbehavingPeer) -> None:
+        self.peer = peer
+
+    def SyncPieces(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        self.peer.sync_pieces_calls += 1
+        if request.task_id != self.peer.task_id:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"task {request.task_id} not found")
+        wanted = set(request.interested_piece_numbers) or set(range(self.peer.piece_count))
+        for number in sorted(wanted & set(range(self.peer.piece_count))):
+            offset, length = piece_range(number, self.peer.size, self.peer.piece_length)
+            yield dfdaemon_pb2.SyncPiecesResponse(
+                number=number, offset=offset, length=length, ip="127.0.0.1", tcp_port=self.peer.vortex_port
+            )
+
+    def SyncHost(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        deadline = time.monotonic() + 120
+        while context.is_active() and time.monotonic() < deadline:
+            yield self.peer.host()
+            time.sleep(1)
+
+
+class MisbehavingPeer:
+    """Announce a finished copy of ``content`` at ``url`` and serve it corrupted; count what it is asked for."""
+
+    def __init__(self, scheduler_addr: str, url: str, content: Path, *, hostname: str = "misbehaving-peer") -> None:
+        self.scheduler_addr = scheduler_addr
+        self.url = url
+        self.content = content
+        self.hostname = hostname
+        self.size = content.stat().st_size
+        self.piece_length = calculate_piece_length(self.size)
+        self.piece_count = piece_count(self.size, self.piece_length)
+        self.task_id = ids.task_id(url)
+        self.host_id = ids.host_id("127.0.0.1", hostname)
+        self.peer_id = ids.peer_id("127.0.0.1", hostname)
+        self.vortex_requests = 0
+        self.sync_pieces_calls = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.vortex_port = self._listener.getsockname()[1]
+        self._server = grpc.server(futures.ThreadPoolExecutor(8))
+        dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(_Upload(self), self._server)
+        self.grpc_port = self._server.add_insecure_port("127.0.0.1:0")
+        self._channel = grpc.insecure_channel(scheduler_addr)
+        self._scheduler = scheduler_pb2_grpc.SchedulerStub(self._channel)
+        self._stopping = threading.Event()
+        self._vortex_thread = threading.Thread(target=self._serve_vortex, name="vortex", daemon=True)
+
+    def host(self) -> common_pb2.Host:
+        # Generous figures so the scheduler has every reason to pick this host.
+        return common_pb2.Host(
+            id=self.host_id,
+            type=0,
+            hostname=self.hostname,
+            ip="127.0.0.1",
+            port=self.grpc_port,
+            download_port=self.grpc_port,
+            os="linux",
+            platform="linux",
+            platform_family="unix",
+            cpu=common_pb2.CPU(logical_count=8, physical_count=8, percent=1.0),
+            memory=common_pb2.Memory(total=16 << 30, available=15 << 30, free=15 << 30, used=1 << 30),
+            network=common_pb2.Network(max_rx_bandwidth=10**10, max_tx_bandwidth=10**10),
+            disk=common_pb2.Disk(total=100 << 30, free=90 << 30, used=10 << 30, used_percent=10.0),
+        )
+
+    def start(self) -> None:
+        """Serve, announce the host, and report the whole task as fetched from the origin."""
+        self._server.start()
+        self._vortex_thread.start()
+        self._scheduler.AnnounceHost(
+            scheduler_pb2.AnnounceHostRequest(host=self.host(), interval=duration_pb2.Duration(seconds=300)),
+            timeout=10,
+        )
+        self._announce_finished_task()
+
+    def _announce_finished_task(self) -> None:
+        requests: queue.Queue[Any] = queue.Queue()
+
+        def send(**message: Any) -> None:
+            requests.put(
+                scheduler_pb2.AnnouncePeerRequest(
+                    host_id=self.host_id, task_id=self.task_id, peer_id=self.peer_id, **message
+                )
+            )
+
+        download = common_pb2.Download(
+            url=self.url,
+            type=common_pb2.STANDARD,
+            priority=common_pb2.LEVEL6,
+            filtered_query_params=list(ids.DEFAULT_FILTERED_QUERY_PARAMS),
+            need_back_to_source=True,
+            actual_content_length=self.size,
+            actual_piece_length=self.piece_length,
+            actual_piece_count=self.piece_count,
+        )
+        send(register_peer_request=scheduler_pb2.RegisterPeerRequest(download=download))
+        responses = self._scheduler.AnnouncePeer(iter(requests.get, None), timeout=60)
+        first = next(responses)
+        if not first.HasField("need_back_to_source_response"):
+            raise AssertionError(f"scheduler answered {first} to a need_back_to_source registration")
+        send(download_peer_back_to_source_started_request=scheduler_pb2.DownloadPeerBackToSourceStartedRequest())
+        with open(self.content, "rb") as f:
+            for number in range(self.piece_count):
+                offset, length = piece_range(number, self.size, self.piece_length)
+                piece = common_pb2.Piece(
+                    number=number,
+                    offset=offset,
+                    length=length,
+                    digest=f"crc32:{zlib.crc32(os.pread(f.fileno(), length, offset))}",
+                    traffic_type=common_pb2.BACK_TO_SOURCE,
+                    cost=duration_pb2.Duration(nanos=20_000_000),
+                    created_at=timestamp_pb2.Timestamp(seconds=int(time.time())),
+                )
+                send(
+                    download_piece_back_to_source_finished_request=(
+                        scheduler_pb2.DownloadPieceBackToSourceFinishedRequest(piece=piece)
+                    )
+                )
+        send(download_peer_back_to_source_finished_request=scheduler_pb2.DownloadPeerBackToSourceFinishedRequest())
+        requests.put(None)
+        for _ in responses:  # the scheduler closes the stream after the finished message
+            pass
+
+    def _serve_vortex(self) -> None:
+        self._listener.settimeout(0.2)
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.settimeout(30)
+            frame_id, tag, length = struct.unpack(">BBI", _recv_exactly(conn, 6))
+            value = _recv_exactly(conn, length)
+            self.vortex_requests += 1
+            task_id, number = value[:64].decode(), struct.unpack(">I", value[64:68])[0]
+            if tag != TAG_DOWNLOAD_PIECE or task_id != self.task_id or number >= self.piece_count:
+                message = f"no piece {number} of task {task_id}".encode()
+                conn.sendall(
+                    struct.pack(">BBI", frame_id, TAG_ERROR, 1 + len(message)) + bytes([ERROR_NOT_FOUND]) + message
+                )
+                return
+            offset, size = piece_range(number, self.size, self.piece_length)
+            with open(self.content, "rb") as f:
+                data = bytearray(os.pread(f.fileno(), size, offset))
+            digest = f"crc32:{zlib.crc32(data)}".encode()  # the CRC of the true bytes ...
+            data[len(data) // 2] ^= 0xFF  # ... and one flipped byte on the wire
+            parent = self.peer_id.encode()
+            metadata = (
+                struct.pack(">IQQI", number, offset, size, len(digest))
+                + digest
+                + struct.pack(">I", len(parent))
+                + parent
+                + struct.pack(">BQq", 1, 0, int(time.time()))
+            )
+            value = struct.pack(">I", len(metadata)) + metadata
+            conn.sendall(struct.pack(">BBI", frame_id, TAG_PIECE_CONTENT, len(value)) + value + bytes(data))
+
+    def stop(self) -> None:
+        """Leave the cluster (DeleteHost) and stop serving."""
+        with contextlib.suppress(grpc.RpcError):
+            self._scheduler.DeleteHost(scheduler_pb2.DeleteHostRequest(host_id=self.host_id), timeout=10)
+        self._stopping.set()
+        self._listener.close()
+        self._server.stop(grace=None).wait(5)
+        self._channel.close()
+        self._vortex_thread.join(5)

@@ -1,0 +1,144 @@
+"""Failures the user sees through dfget: origin errors, wrong digest, full storage, rate limit, no scheduler.
+
+One cluster for the module: peer-1 is ordinary, peer-2 keeps its storage on a 48 MiB tmpfs, peer-3 has
+``download.bandwidthLimit: 20MiB/s``. The scheduler test runs last because it stops the scheduler.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from swarm_helpers import MiB, dfget_on, make_file, mount_tmpfs, sha256_of, unmount
+
+from dragonfly.cli.cluster import SCHEDULER, LocalCluster, OriginProcess
+
+pytestmark = pytest.mark.slow
+
+# Above 4 MiB, so downloads go through the scheduler rather than straight to the origin.
+SIZE = 16 * MiB
+
+
+@pytest.fixture(scope="module")
+def small_storage(module_dir: Path) -> Iterator[tuple[Path, str | None]]:
+    path = module_dir / "small-storage"
+    why_not = mount_tmpfs(path, "48m")
+    yield path, why_not
+    if why_not is None:
+        unmount(path)
+
+
+@pytest.fixture(scope="module")
+def cluster(module_dir: Path, small_storage: tuple[Path, str | None]) -> Iterator[LocalCluster]:
+    peer_configs = {
+        "peer-2": {"storage": {"dir": str(small_storage[0])}},
+        "peer-3": {"download": {"bandwidthLimit": "20MiB/s"}},
+    }
+    with LocalCluster(module_dir / "cluster", peers=3, peer_configs=peer_configs) as running:
+        yield running
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("404", r"\b404\b"),
+        ("500", r"\b500\b"),
+        ("reset", r"(?i)reset|closed|broken|eof|incomplete"),
+        ("short", r"(?i)short|incomplete|closed|eof|expected|truncat|fewer"),
+    ],
+)
+def test_origin_errors_fail_clearly(
+    cluster: LocalCluster, origin: OriginProcess, module_dir: Path, mode: str, expected: str
+) -> None:
+    name = f"fault-{mode}.bin"
+    make_file(origin, name, SIZE)
+    origin.set_fault(name, mode)
+    output = module_dir / name
+    try:
+        began = time.monotonic()
+        result = dfget_on(cluster, "peer-1", origin.url(name), output, "--timeout", "60s", timeout=120)
+    finally:
+        origin.clear_faults()
+    assert result.returncode == 1, result.stderr
+    assert (result.error or "").startswith("dfget: error: download failed:"), result.stderr
+    assert re.search(expected, result.error or ""), result.error
+    assert time.monotonic() - began < 60
+    assert not output.exists()
+
+
+def test_wrong_digest_fails_without_file(cluster: LocalCluster, origin: OriginProcess, module_dir: Path) -> None:
+    make_file(origin, "digest.bin", SIZE)
+    output = module_dir / "digest.bin"
+    wrong = "sha256:" + "0" * 64
+    result = dfget_on(cluster, "peer-1", origin.url("digest.bin"), output, "--digest", wrong)
+    assert result.returncode == 1, result.stderr
+    assert re.search(r"(?i)digest", result.error or ""), result.stderr
+    assert "0" * 64 in (result.error or ""), result.stderr
+    assert not output.exists()
+
+
+def test_right_digest_succeeds(cluster: LocalCluster, origin: OriginProcess, module_dir: Path) -> None:
+    sha = make_file(origin, "digest-ok.bin", SIZE)
+    output = module_dir / "digest-ok.bin"
+    result = dfget_on(cluster, "peer-1", origin.url("digest-ok.bin"), output, "--digest", f"sha256:{sha}")
+    assert result.ok, result.stderr
+    assert sha256_of(output) == sha
+
+
+def test_storage_full_fails_clearly_and_daemon_keeps_working(
+    cluster: LocalCluster, origin: OriginProcess, module_dir: Path, small_storage: tuple[Path, str | None]
+) -> None:
+    if small_storage[1] is not None:
+        pytest.skip(small_storage[1])
+    make_file(origin, "too-big.bin", 64 * MiB)
+    output = module_dir / "too-big.bin"
+    result = dfget_on(cluster, "peer-2", origin.url("too-big.bin"), output, "--timeout", "60s", timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert re.search(r"(?i)no space|space left|storage|disk full", result.error or ""), result.stderr
+    assert not output.exists()
+    assert cluster.process("peer-2").running
+    sha = make_file(origin, "fits.bin", 8 * MiB)
+    result = dfget_on(cluster, "peer-2", origin.url("fits.bin"), module_dir / "fits.bin")
+    assert result.ok, result.stderr
+    assert sha256_of(module_dir / "fits.bin") == sha
+
+
+def test_download_bandwidth_limit(cluster: LocalCluster, origin: OriginProcess, module_dir: Path) -> None:
+    sha = make_file(origin, "limited.bin", 100 * MiB)
+    url = origin.url("limited.bin")
+    # Warm the swarm first so the timed download measures the limit, not the origin or the seed's start-up.
+    warm = dfget_on(cluster, "peer-1", url, module_dir / "limited-warm.bin")
+    assert warm.ok, warm.stderr
+    result = dfget_on(cluster, "peer-3", url, module_dir / "limited.bin")
+    assert result.ok, result.stderr
+    assert sha256_of(module_dir / "limited.bin") == sha
+    assert 4.5 <= result.seconds <= 5.5, f"100 MiB at 20 MiB/s took {result.seconds:.2f}s, expected 5 s ± 10 %"
+
+
+def test_scheduler_unreachable(cluster: LocalCluster, origin: OriginProcess, module_dir: Path) -> None:
+    cluster.kill(SCHEDULER)
+    try:
+        sha = make_file(origin, "no-scheduler.bin", SIZE)
+        output = module_dir / "no-scheduler.bin"
+        began = time.monotonic()
+        result = dfget_on(cluster, "peer-1", origin.url("no-scheduler.bin"), output, timeout=120)
+        assert result.ok, result.stderr
+        assert time.monotonic() - began < 30, "back-to-source without a scheduler took too long"
+        assert sha256_of(output) == sha
+        assert result.traffic == {"origin": SIZE, "seed": 0, "peers": 0, "local": 0}
+
+        make_file(origin, "no-scheduler-no-source.bin", SIZE)
+        output = module_dir / "no-scheduler-no-source.bin"
+        result = dfget_on(
+            cluster, "peer-1", origin.url("no-scheduler-no-source.bin"), output, "--disable-back-to-source",
+            timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 1, result.stderr
+        assert (result.error or "").startswith("dfget: error: download failed:"), result.stderr
+        assert re.search(r"(?i)scheduler|back.to.source", result.error or ""), result.error
+        assert not output.exists()
+    finally:
+        cluster.restart(SCHEDULER)

@@ -1,0 +1,99 @@
+"""``dragonfly up`` and the ``dragonfly`` dispatcher, run as the user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+from swarm_helpers import wait_for
+
+import dragonfly
+
+PACKAGE_ROOT = str(Path(dragonfly.__file__).resolve().parent.parent)
+
+
+def dragonfly_cmd(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": PACKAGE_ROOT}
+    return subprocess.run(
+        [sys.executable, "-m", "dragonfly.cli.dragonfly", *args], capture_output=True, text=True, env=env, **kwargs
+    )  # type: ignore[call-overload,no-any-return]
+
+
+def processes_mentioning(text: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(text in part for part in proc.info["cmdline"] or ()):
+            found.append(proc)
+    return found
+
+
+def test_version() -> None:
+    result = dragonfly_cmd("--version", timeout=30)
+    assert (result.returncode, result.stdout) == (0, f"dragonfly {dragonfly.__version__}\n")
+
+
+def test_manager_not_available_yet() -> None:
+    result = dragonfly_cmd("manager", "--config", "x.yaml", timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "dragonfly: error: `dragonfly manager` is not available yet in this version"
+
+
+def test_unknown_command() -> None:
+    result = dragonfly_cmd("frobnicate", timeout=30)
+    assert result.returncode == 2
+    assert "unknown command 'frobnicate'" in result.stderr
+
+
+@pytest.mark.slow
+def test_up_demo_json(tmp_path: Path) -> None:
+    result = dragonfly_cmd(
+        "up", "--demo", "--json", "--peers", "2", "--size", "24MiB", "--workdir", str(tmp_path), timeout=240
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    assert report["file"]["size"] == 24 * 1024 * 1024
+    assert [p["name"] for p in report["peers"]] == ["peer-1", "peer-2"]
+    for peer in report["peers"]:
+        assert (peer["ok"], peer["sha256_ok"], peer["exit_status"]) == (True, True, 0), peer
+        assert sum(peer["bytes"].values()) == 24 * 1024 * 1024, peer
+    assert report["origin_bytes_served"] <= 1.05 * 24 * 1024 * 1024
+    assert processes_mentioning(str(tmp_path)) == []
+
+
+@pytest.mark.slow
+def test_up_runs_until_interrupted_and_stops_everything(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": PACKAGE_ROOT}
+    log = open(tmp_path / "up.out", "w+")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dragonfly.cli.dragonfly", "up", "--peers", "1", "--workdir", str(tmp_path / "w")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        wait_for(lambda: "Ctrl-C stops the cluster." in (tmp_path / "up.out").read_text(), 60, "the cluster to start")
+        text = (tmp_path / "up.out").read_text()
+        assert "scheduler   127.0.0.1:" in text
+        children = [p for p in processes_mentioning(str(tmp_path / "w")) if p.pid != proc.pid]
+        assert len(children) == 3  # scheduler, seed peer, peer-1
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        assert processes_mentioning(str(tmp_path / "w")) == []
+    finally:
+        if proc.poll() is None:
+            proc.terminate()  # `dragonfly up` stops its cluster on SIGTERM too
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for leftover in processes_mentioning(str(tmp_path / "w")):
+            leftover.kill()
+        log.close()

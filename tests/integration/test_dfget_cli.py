@@ -1,0 +1,317 @@
+"""dfget as a process: argument checks, exit codes and messages, and how it reads the daemon's stream.
+
+The daemon side here is a stand-in DfdaemonDownload server in this test process (grpc on a unix socket) that
+answers with scripted streams, so every client path (success, origin error, incomplete stream, timeout, a daemon
+that leaves a file behind) is exercised without depending on the real dfdaemon; the end-to-end tests cover that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import grpc
+import pytest
+from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
+
+import dragonfly
+from dragonfly.cli.dfget import main as dfget_main
+from dragonfly.common.ids import DEFAULT_FILTERED_QUERY_PARAMS
+
+PIECES = [  # (number, length, traffic type, parent id)
+    (0, 4, common_pb2.BACK_TO_SOURCE, ""),
+    (1, 3, common_pb2.REMOTE_PEER, "127.0.0.1-peer-2-0d6f"),
+    (2, 2, common_pb2.REMOTE_PEER, "127.0.0.1-seed-peer-4c1a-seed"),
+    (3, 1, common_pb2.LOCAL_PEER, ""),
+]
+CONTENT = b"0123456789"
+
+
+def _piece(number: int, length: int, traffic: int, parent: str) -> dfdaemon_pb2.DownloadTaskResponse:
+    offset = sum(p[1] for p in PIECES[:number])
+    piece = common_pb2.Piece(number=number, offset=offset, length=length, traffic_type=traffic, parent_id=parent)
+    return dfdaemon_pb2.DownloadTaskResponse(
+        download_piece_finished_response=dfdaemon_pb2.DownloadPieceFinishedResponse(piece=piece)
+    )
+
+
+def _started(length: int, *, finished: bool = False) -> dfdaemon_pb2.DownloadTaskResponse:
+    return dfdaemon_pb2.DownloadTaskResponse(
+        task_id="t" * 64,
+        peer_id="127.0.0.1-peer-1-0000",
+        download_task_started_response=dfdaemon_pb2.DownloadTaskStartedResponse(
+            content_length=length, is_finished=finished
+        ),
+    )
+
+
+class ScriptedDaemon(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):
+    """Answers DownloadTask by the URL's path, as the contract in notes/common_api.md describes the daemon."""
+
+    def __init__(self) -> None:
+        self.requests: list[common_pb2.Download] = []
+
+    def DownloadTask(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        download = request.download
+        self.requests.append(download)
+        path = urlsplit(download.url).path
+        if path == "/ok":
+            yield _started(len(CONTENT))
+            for piece in PIECES:
+                yield _piece(*piece)
+            Path(download.output_path).write_bytes(CONTENT)
+        elif path == "/local-hit":
+            yield _started(len(CONTENT), finished=True)
+            Path(download.output_path).write_bytes(CONTENT)
+        elif path == "/not-found":
+            details = {"message": "GET failed", "header": {}, "status_code": 404}
+            context.set_trailing_metadata((("grpc-status-details-bin", json.dumps(details).encode()),))
+            context.abort(grpc.StatusCode.NOT_FOUND, "origin request failed: GET http://origin/not-found")
+        elif path == "/incomplete":
+            yield _started(len(CONTENT))
+            yield _piece(*PIECES[0])
+        elif path == "/leaves-partial":
+            yield _started(len(CONTENT))
+            Path(download.output_path).write_bytes(CONTENT[:5])
+            context.abort(grpc.StatusCode.INTERNAL, "storage write failed: No space left on device")
+        elif path == "/no-file":
+            yield _started(len(CONTENT))
+            for piece in PIECES:
+                yield _piece(*piece)
+        elif path == "/hang":
+            deadline = time.monotonic() + 10
+            while context.is_active() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        else:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected test path {path}")
+
+
+@pytest.fixture
+def daemon(short_tmp: Path) -> Iterator[tuple[ScriptedDaemon, str]]:
+    servicer = ScriptedDaemon()
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    dfdaemon_pb2_grpc.add_DfdaemonDownloadServicer_to_server(servicer, server)
+    socket_path = str(short_tmp / "d.sock")
+    server.add_insecure_port(f"unix:{socket_path}")
+    server.start()
+    yield servicer, socket_path
+    server.stop(grace=None).wait(5)
+
+
+def dfget(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dragonfly.cli.dfget", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+URL = "http://127.0.0.1:9/ok"
+
+
+def test_version() -> None:
+    result = dfget("--version")
+    assert (result.returncode, result.stdout) == (0, f"dfget {dragonfly.__version__}\n")
+
+
+def test_success_reports_bytes_by_source(daemon: tuple[ScriptedDaemon, str], tmp_path: Path) -> None:
+    servicer, sock = daemon
+    out = tmp_path / "out.bin"
+    result = dfget(URL, "-O", str(out), "-e", sock, "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes() == CONTENT
+    assert f"dfget: saved {out}: 10 bytes" in result.stderr
+    assert "from origin=4 seed=2 peers=3 local=1" in result.stderr
+    (request,) = servicer.requests
+    assert request.output_path == str(out)
+    assert list(request.filtered_query_params) == list(DEFAULT_FILTERED_QUERY_PARAMS)
+    assert (request.priority, request.disable_back_to_source, request.overwrite) == (6, False, False)
+    assert request.timeout.seconds == 7200
+
+
+def test_flags_reach_the_daemon(daemon: tuple[ScriptedDaemon, str], tmp_path: Path) -> None:
+    servicer, sock = daemon
+    out = tmp_path / "out.bin"
+    out.write_bytes(b"old")
+    digest = "sha256:" + "AB" * 32
+    result = dfget(
+        URL, "-O", str(out), "-e", sock, "--no-progress", "--overwrite", "--digest", digest, "--tag", "t1",
+        "--application", "app", "-H", "Authorization: Bearer x:y", "-H", "X-A:1", "--filtered-query-param", "sig",
+        "--piece-length", "8MiB", "--timeout", "90s", "--priority", "LEVEL3", "--disable-back-to-source",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (request,) = servicer.requests
+    assert request.digest == "sha256:" + "ab" * 32
+    assert (request.tag, request.application) == ("t1", "app")
+    assert dict(request.request_header) == {"Authorization": "Bearer x:y", "X-A": "1"}
+    assert list(request.filtered_query_params) == ["sig"]
+    assert (request.piece_length, request.timeout.seconds, request.priority) == (8 * 1024 * 1024, 90, 3)
+    assert request.disable_back_to_source
+    assert request.overwrite
+    assert request.type == common_pb2.STANDARD
+
+
+def test_relative_output_is_sent_absolute(daemon: tuple[ScriptedDaemon, str], tmp_path: Path) -> None:
+    servicer, sock = daemon
+    result = subprocess.run(
+        [sys.executable, "-m", "dragonfly.cli.dfget", URL, "-O", "rel.bin", "-e", sock, "--no-progress"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(dragonfly.__file__).parent.parent)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert servicer.requests[0].output_path == str(tmp_path / "rel.bin")
+
+
+def test_local_hit_without_piece_messages_counts_as_local(daemon: tuple[ScriptedDaemon, str], tmp_path: Path) -> None:
+    _, sock = daemon
+    result = dfget("http://127.0.0.1:9/local-hit", "-O", str(tmp_path / "o"), "-e", sock, "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "from origin=0 seed=0 peers=0 local=10" in result.stderr
+
+
+def test_origin_status_is_shown(daemon: tuple[ScriptedDaemon, str], tmp_path: Path) -> None:
+    _, sock = daemon
+    out = tmp_path / "o"
+    result = dfget("http://127.0.0.1:9/not-found", "-O", str(out), "-e", sock, "--no-progress")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "dfget: error: download failed: origin request failed: GET http://origin/not-found (origin answered HTTP 404)"
+    )
+    assert not out.exists()
+
+
+def test_incomplete_stream_fails(daemon: tuple[ScriptedDaemon, str], tmp_path: Path) -> None:
+    _, sock = daemon
+    out = tmp_path / "o"
+    result = dfget("http://127.0.0.1:9/incomplete", "-O", str(out), "-e", sock, "--no-progress")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "dfget: error: download incomplete: received 4 of 10 bytes"
+    assert not out.exists()
+
+
+def test_file_left_by_a_failed_download_is_removed(daemon: tuple[ScriptedDaemon, str], tmp_path: Path) -> None:
+    _, sock = daemon
+    out = tmp_path / "o"
+    result = dfget("http://127.0.0.1:9/leaves-partial", "-O", str(out), "-e", sock, "--no-progress")
+    assert result.returncode == 1
+    assert "storage write failed: No space left on device" in result.stderr
+    assert not out.exists()
+
+
+def test_success_without_output_file_fails(daemon: tuple[ScriptedDaemon, str], tmp_path: Path) -> None:
+    _, sock = daemon
+    out = tmp_path / "o"
+    result = dfget("http://127.0.0.1:9/no-file", "-O", str(out), "-e", sock, "--no-progress")
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"dfget: error: dfdaemon reported success but wrote no file at {out}"
+
+
+def test_timeout(daemon: tuple[ScriptedDaemon, str], tmp_path: Path) -> None:
+    _, sock = daemon
+    began = time.monotonic()
+    result = dfget("http://127.0.0.1:9/hang", "-O", str(tmp_path / "o"), "-e", sock, "--timeout", "1s")
+    assert result.returncode == 1
+    assert result.stderr.startswith("dfget: error: timed out after 1s (--timeout)")
+    assert time.monotonic() - began < 8
+
+
+def test_daemon_not_running_no_socket(tmp_path: Path) -> None:
+    sock = tmp_path / "missing.sock"
+    result = dfget(URL, "-O", str(tmp_path / "o"), "-e", str(sock))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"dfget: error: dfdaemon is not running: no socket at {sock}; start it with")
+    assert "dfdaemon --config" in result.stderr
+    assert "dragonfly up" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_daemon_not_running_stale_socket(short_tmp: Path, tmp_path: Path) -> None:
+    sock_path = short_tmp / "stale.sock"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(sock_path))  # bound, never listening: what a crashed daemon leaves behind
+    result = dfget(URL, "-O", str(tmp_path / "o"), "-e", str(sock_path))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"dfget: error: cannot connect to dfdaemon at {sock_path}")
+    assert "is it running?" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ftp://host/f", "-O", "/tmp/x"], "only http:// and https:// URLs are supported"),
+        (["http:///nohost", "-O", "/tmp/x"], "the URL has no host"),
+        ([URL, "-O", "/tmp/x", "--digest", "md5:abc"], "expected sha256:<64 hex>"),
+        ([URL, "-O", "/tmp/x", "--digest", "sha256:abc"], "expected sha256:<64 hex>"),
+        ([URL, "-O", "/tmp/x", "-H", "NoColon"], "expected 'Key: Value'"),
+        ([URL, "-O", "/tmp/x", "--piece-length", "1MiB"], "piece length must be between 4MiB and 64MiB"),
+        ([URL, "-O", "/tmp/x", "--timeout", "soon"], "expected a duration"),
+        ([URL, "-O", "/tmp/x", "--priority", "9"], "expected 0..6 or LEVEL0..LEVEL6"),
+        ([URL], "the URL and -O/--output are required"),
+    ],
+)
+def test_malformed_command_line_exits_2(args: list[str], message: str) -> None:
+    result = dfget(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_output_directory_missing(daemon: tuple[ScriptedDaemon, str], tmp_path: Path) -> None:
+    servicer, sock = daemon
+    result = dfget(URL, "-O", str(tmp_path / "nope" / "o"), "-e", sock)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"dfget: error: output directory {tmp_path / 'nope'} does not exist"
+    assert servicer.requests == []
+
+
+def test_existing_file_without_overwrite(daemon: tuple[ScriptedDaemon, str], tmp_path: Path) -> None:
+    servicer, sock = daemon
+    out = tmp_path / "o"
+    out.write_bytes(b"keep me")
+    result = dfget(URL, "-O", str(out), "-e", sock)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"dfget: error: output file {out} already exists; pass --overwrite to replace it"
+    assert out.read_bytes() == b"keep me"
+    assert servicer.requests == []
+
+
+def test_output_is_a_directory(tmp_path: Path) -> None:
+    result = dfget(URL, "-O", str(tmp_path), "-e", "/nonexistent.sock")
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"dfget: error: output path {tmp_path} is a directory; give a file name"
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory dfget cannot write to: chmod for ordinary users, a read-only tmpfs for root."""
+    path = tmp_path / "ro"
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        yield path
+        path.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"running as root and cannot mount a read-only tmpfs: {mounted.stderr.decode().strip()}")
+    yield path
+    subprocess.run(["umount", str(path)], check=True)
+
+
+def test_unwritable_output_directory(daemon: tuple[ScriptedDaemon, str], read_only_dir: Path) -> None:
+    servicer, sock = daemon
+    result = dfget(URL, "-O", str(read_only_dir / "o"), "-e", sock)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"dfget: error: output directory {read_only_dir} is not writable"
+    assert servicer.requests == []
+
+
+def test_main_in_process_returns_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert dfget_main([URL, "-O", str(tmp_path / "o"), "-e", str(tmp_path / "none.sock")]) == 1
+    assert "dfdaemon is not running" in capsys.readouterr().err
