@@ -1,0 +1,47 @@
+//! Piece I/O for the data plane: positional piece writes and reads with CRC-32, `sendfile(2)` of a piece to a
+//! socket, receiving a piece from a socket into a file, the Vortex frame codec and a token bucket.
+//!
+//! This core never mentions Python; `python.rs` (feature `python`) is the only glue, so `cargo test` runs
+//! without an interpreter.
+
+use std::io;
+
+mod piece;
+mod recv;
+mod sendfile;
+mod sys;
+pub mod token_bucket;
+pub mod vortex;
+
+#[cfg(feature = "python")]
+mod python;
+
+pub use piece::{read_piece, write_piece};
+pub use recv::recv_to_file;
+pub use sendfile::sendfile;
+pub use token_bucket::TokenBucket;
+
+/// Every failure of this crate; `python.rs` converts each variant to one Python exception class.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A system call failed; becomes the `OSError` subclass for its errno.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// A socket made no progress for the whole timeout.
+    #[error("no progress on the socket within the timeout")]
+    Timeout,
+    /// The file ended before the requested range did.
+    #[error("file range ends after {sent} of {expected} bytes")]
+    Eof { expected: u64, sent: u64 },
+    /// The peer closed the connection before sending everything.
+    #[error("connection closed after {received} of {expected} bytes")]
+    ShortRead { expected: u64, received: u64 },
+    /// A Vortex frame (or a value to encode into one) is malformed; the message names the field.
+    #[error("{0}")]
+    Vortex(String),
+    /// An argument is out of its domain (negative offset, empty buffer, ...).
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
