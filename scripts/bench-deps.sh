@@ -2,9 +2,9 @@
 # Install the Debian packages the benchmarks (bench/) need; safe to run again.
 #   scripts/bench-deps.sh            (as root, or with sudo available)
 # iproute2: ip netns / veth / bridge / tc (sch_htb, sch_netem); aria2 + opentracker: the BitTorrent baseline;
-# nginx + curl: the direct-download baseline and the pair benchmark; ethtool: offload settings on veths.
+# nginx + curl: the direct-download baseline and the pair benchmark.
 set -euo pipefail
-packages=(iproute2 aria2 opentracker nginx-light curl ethtool procps)
+packages=(iproute2 aria2 opentracker nginx-light curl)
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
     command -v sudo >/dev/null || { echo "bench-deps.sh: run as root or install sudo" >&2; exit 1; }

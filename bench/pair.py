@@ -1,0 +1,210 @@
+"""`python -m bench pair`: one parent → one child over loopback, page cache, three ways, in one run.
+
+- native loop: ``native.sendfile`` → ``native.recv_to_file`` on one TCP connection, no protocol: the practical
+  limit of this machine;
+- nginx → curl: nginx (sendfile) serving the file, curl writing it (tmpfs);
+- ours: a parent dfdaemon that already holds the task, a child dfdaemon that fetches it over Vortex, timed
+  as the child's ``dfget`` (process start included).
+
+Targets (DESIGN §5): ours ≥ 0.8 × the native loop and ≥ 1.0 × nginx → curl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.swarm.hosts import Host, Topology, free_port
+from bench.swarm.origin import nginx_config
+from bench.swarm.services import PYTHON, Service, python_env
+from bench.swarm.units import format_size, parse_size
+
+
+def native_loop(source: Path, sink: Path, size: int) -> float:
+    """Return seconds to move `size` bytes from `source` to `sink` with native sendfile → recv_to_file."""
+    from dragonfly.common import native
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            conn, _ = listener.accept()
+            with conn, source.open("rb") as f:
+                native.sendfile(conn.fileno(), f.fileno(), 0, size, 30.0)
+        except BaseException as exc:  # reported by the receiving side
+            errors.append(exc)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    buffer = bytearray(4 << 20)
+    fd = os.open(sink, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        started = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            native.recv_to_file(conn.fileno(), fd, 0, size, buffer, 30.0)
+        elapsed = time.perf_counter() - started
+    finally:
+        os.close(fd)
+        sender.join(timeout=30)
+        listener.close()
+    if errors:
+        raise RuntimeError(f"native sender failed: {errors[0]!r}")
+    return elapsed
+
+
+def nginx_curl(topology: Topology, workdir: Path, source: Path, sink: Path) -> Callable[[], float]:
+    """Start nginx serving `source`; return a function timing one `curl` of it into `sink` (wall seconds)."""
+    if not shutil.which("nginx") or not shutil.which("curl"):
+        raise RuntimeError("nginx or curl is not installed; run scripts/bench-deps.sh")
+    prefix = workdir / "nginx"
+    (prefix / "tmp").mkdir(parents=True)
+    port = free_port()
+    (prefix / "nginx.conf").write_text(nginx_config(source.parent, f"127.0.0.1:{port}", prefix))
+    host = Host("origin", "127.0.0.1")
+    topology.popen(host, ["nginx", "-c", str(prefix / "nginx.conf"), "-p", str(prefix), "-e", str(prefix / "e.log")])
+    _wait_port(port, 15)
+    url = f"http://127.0.0.1:{port}/{source.name}"
+
+    def once() -> float:
+        started = time.perf_counter()
+        subprocess.run(["curl", "-sS", "--fail", "-o", str(sink), url], check=True, timeout=300)
+        return time.perf_counter() - started
+
+    return once
+
+
+def _wait_port(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s") from None
+            time.sleep(0.05)
+
+
+def ours(topology: Topology, workdir: Path, source: Path, repeat: int) -> tuple[list[float], dict[str, int]]:
+    """Return the child's dfget times (a fresh task each time, already on the parent) and its bytes by source."""
+    from bench.swarm.ours import OursCluster
+
+    origin_host = Host("origin", "127.0.0.1")
+    origin = Service(
+        topology, origin_host,
+        [PYTHON, "-m", "bench.swarm.origin", "--dir", str(source.parent), "--port", "0"],
+        workdir / "origin.log", env=python_env(),
+    )  # fmt: skip
+    origin.wait_for("origin listening on", 30)
+    base = "http://" + origin.lines[0].rsplit(" ", 1)[-1]
+    hosts = [Host("seed", "127.0.0.1"), Host("child", "127.0.0.1")]
+    times: list[float] = []
+    by_source: dict[str, int] = {}
+    with OursCluster(topology, workdir / "ours", Host("ctl", "127.0.0.1"), hosts) as cluster:
+        for i in range(repeat):
+            # A distinct query string makes a distinct task, so each child run really crosses the wire.
+            url = f"{base}/{source.name}?run={i}"
+            cluster.dfget("seed", url, workdir / f"parent-{i}")
+            os.unlink(workdir / f"parent-{i}")
+            output = workdir / f"child-{i}"
+            elapsed, by_source = cluster.dfget("child", url, output)
+            _check(output, source)
+            output.unlink()
+            times.append(elapsed)
+    return times, by_source
+
+
+def _check(path: Path, source: Path) -> None:
+    with path.open("rb") as a, source.open("rb") as b:
+        if hashlib.file_digest(a, "sha256").digest() != hashlib.file_digest(b, "sha256").digest():
+            raise RuntimeError(f"{path} differs from {source}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the pair benchmark; print a table (or --json); exit 0 only if every method ran."""
+    parser = argparse.ArgumentParser(prog="python -m bench pair")
+    parser.add_argument("--size", type=parse_size, default=parse_size("1GiB"))
+    parser.add_argument("--repeat", type=int, default=3, help="runs per method (the median is reported)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    from dragonfly.common import native
+
+    profiles = native.build_profiles()
+    if any(p != "release" for p in profiles.values()):
+        print(f"bench pair: needs release builds of the native extensions, found {profiles}", file=sys.stderr)
+        return 2
+    workdir = Path("/dev/shm") / f"dfbench{os.getpid()}-pair"
+    topology = Topology([], Path("/dev/shm"))
+    results: dict[str, Any] = {"size": args.size, "repeat": args.repeat, "methods": {}}
+    try:
+        workdir.mkdir()
+        source = workdir / "data" / "blob"
+        source.parent.mkdir()
+        with source.open("wb") as f:
+            for _ in range(0, args.size, 16 << 20):
+                f.write(os.urandom(min(16 << 20, args.size - f.tell())))
+        sink = workdir / "sink"
+
+        def run_nginx() -> list[float]:
+            once = nginx_curl(topology, workdir, source, sink)
+            return [once() for _ in range(args.repeat)]
+
+        methods: dict[str, Callable[[], list[float]]] = {
+            "native loop": lambda: [native_loop(source, sink, args.size) for _ in range(args.repeat)],
+            "nginx → curl": run_nginx,
+        }
+        for name, run in methods.items():
+            try:
+                times = run()
+                _check(sink, source)
+                results["methods"][name] = {"seconds": statistics.median(times), "runs": times}
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                results["methods"][name] = {"error": str(exc)}
+        try:
+            times, by_source = ours(topology, workdir, source, args.repeat)
+            results["methods"]["ours"] = {"seconds": statistics.median(times), "runs": times, "by_source": by_source}
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            results["methods"]["ours"] = {"error": str(exc)[:1000]}
+    finally:
+        topology.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    methods_done = results["methods"]
+    for entry in methods_done.values():
+        if "seconds" in entry:
+            entry["gbytes_per_second"] = args.size / entry["seconds"] / 1e9
+    limit = methods_done.get("native loop", {}).get("seconds")
+    nginx = methods_done.get("nginx → curl", {}).get("seconds")
+    if ours_s := methods_done.get("ours", {}).get("seconds"):
+        results["ours_vs_native"] = limit / ours_s if limit else None
+        results["ours_vs_nginx"] = nginx / ours_s if nginx else None
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print(f"pair: one parent → one child, {format_size(args.size)} over loopback (tmpfs), median of {args.repeat}")
+        print("| method | seconds | GB/s | relative to native loop |")
+        print("|---|---|---|---|")
+        for name, entry in methods_done.items():
+            if "seconds" in entry:
+                rel = f"{limit / entry['seconds']:.2f}" if limit else "—"
+                print(f"| {name} | {entry['seconds']:.3f} | {entry['gbytes_per_second']:.2f} | {rel} |")
+            else:
+                print(f"| {name} | — | — | error: {entry['error'][:200]} |")
+    return 0 if all("seconds" in e for e in methods_done.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

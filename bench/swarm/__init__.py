@@ -1,0 +1,1 @@
+"""Swarm benchmark: ours, direct download and BitTorrent on one shaped network, against the Kumar–Ross bound."""

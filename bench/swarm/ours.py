@@ -1,0 +1,141 @@
+"""Our system on test hosts: a scheduler, an optional seed peer and one dfdaemon per peer, plus dfget runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.swarm.agent import parse_dfget_output
+from bench.swarm.hosts import Host, Topology
+from bench.swarm.services import PYTHON, Service, python_env
+
+OURS_MODULES = ("dragonfly.cli.scheduler", "dragonfly.cli.dfdaemon", "dragonfly.cli.dfget")
+SCHEDULER_PORT = 8002
+DFGET = (PYTHON, "-m", "dragonfly.cli.dfget")
+
+
+def ours_missing() -> list[str]:
+    """Return the CLI modules of our system that do not exist yet."""
+    return [m for m in OURS_MODULES if importlib.util.find_spec(m) is None]
+
+
+def daemon_config(
+    host: Host,
+    hostdir: Path,
+    scheduler: str,
+    *,
+    seed: bool,
+    rate: float = 0.0,
+    back_to_source_rate: float = 0.0,
+) -> dict[str, Any]:
+    """Return one dfdaemon.yaml (keys from common_api.md); on loopback every port is 0 (the daemon picks)."""
+    loopback = host.netns is None
+
+    def port(usual: int) -> int:
+        return 0 if loopback else usual
+
+    config: dict[str, Any] = {
+        "host": {"hostname": host.name, "ip": host.ip},
+        "seedPeer": {"enable": seed},
+        "scheduler": {"addrs": [scheduler]},
+        "download": {"server": {"socketPath": str(hostdir / "dfdaemon.sock")}},
+        "upload": {"server": {"ip": host.ip, "port": port(4000)}},
+        "storage": {"dir": str(hostdir / "storage"), "server": {"ip": host.ip, "tcpPort": port(4005)}},
+        "metrics": {"server": {"port": port(4002)}},
+        "health": {"server": {"port": port(4003)}},
+    }
+    if rate:
+        config["download"]["bandwidthLimit"] = rate
+        config["upload"]["bandwidthLimit"] = rate
+    if back_to_source_rate:
+        config["download"]["backToSourceBandwidthLimit"] = back_to_source_rate
+    return config
+
+
+class OursCluster:
+    """Start a scheduler on `scheduler_host` and a dfdaemon on each of `daemon_hosts` (a host named "seed" is
+    started as the seed peer); `rates` are per-host daemon limits (loopback's stand-in for shaped links)."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        workdir: Path,
+        scheduler_host: Host,
+        daemon_hosts: Sequence[Host],
+        *,
+        rates: dict[str, float] | None = None,
+        back_to_source_rate: float = 0.0,
+        ready_timeout: float = 90,
+    ) -> None:
+        missing = ours_missing()
+        if missing:
+            raise RuntimeError(f"our system is not runnable yet: missing {', '.join(missing)}")
+        self.topology = topology
+        self.workdir = workdir
+        self.daemons: dict[str, Service] = {}
+        self.sockets: dict[str, Path] = {}
+        workdir.mkdir(parents=True, exist_ok=True)
+        conf = workdir / "scheduler.yaml"
+        port = 0 if scheduler_host.netns is None else SCHEDULER_PORT
+        host_ip = scheduler_host.ip
+        conf.write_text(yaml.safe_dump({"server": {"host": host_ip, "port": port, "advertiseIP": host_ip}}))
+        self.scheduler = Service(
+            topology, scheduler_host, [PYTHON, "-m", "dragonfly.cli.scheduler", "--config", str(conf)],
+            workdir / "scheduler.log", env=python_env(),
+        )  # fmt: skip
+        self.scheduler.wait_for("dragonfly: scheduler ready", ready_timeout)
+        address = f"{host_ip}:{port}"
+        if port == 0:
+            line = next((ln for ln in self.scheduler.lines if " listening on " in ln), "")
+            address = line.rsplit(" ", 1)[-1] or address
+        for host in daemon_hosts:
+            hostdir = workdir / host.name
+            hostdir.mkdir(parents=True, exist_ok=True)
+            self.sockets[host.name] = hostdir / "dfdaemon.sock"
+            config = daemon_config(
+                host, hostdir, address, seed=host.name == "seed", rate=(rates or {}).get(host.name, 0.0),
+                back_to_source_rate=back_to_source_rate if host.name == "seed" else 0.0,
+            )  # fmt: skip
+            (hostdir / "dfdaemon.yaml").write_text(yaml.safe_dump(config))
+            self.daemons[host.name] = Service(
+                topology, host, [PYTHON, "-m", "dragonfly.cli.dfdaemon", "--config", str(hostdir / "dfdaemon.yaml")],
+                hostdir / "dfdaemon.log", env=python_env(),
+            )  # fmt: skip
+        for daemon in self.daemons.values():
+            daemon.wait_for("ready", ready_timeout)
+
+    def pid(self, name: str) -> int:
+        """Return the pid of the dfdaemon on host `name`."""
+        return self.daemons[name].proc.pid
+
+    def dfget(self, name: str, url: str, output: Path, timeout: float = 600) -> tuple[float, dict[str, int]]:
+        """Run dfget on host `name` (process start included); return (wall seconds, bytes by source)."""
+        host = self.daemons[name].host
+        argv = host.command([*DFGET, url, "-O", str(output), "-e", str(self.sockets[name]), "--no-progress"])
+        started = time.perf_counter()
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=_env())
+        elapsed = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise RuntimeError(f"dfget on {name} exited with {proc.returncode}: {proc.stderr.strip()[-500:]}")
+        return elapsed, parse_dfget_output(proc.stderr + proc.stdout)
+
+    def close(self) -> None:
+        self.topology.stop([self.scheduler.proc, *(d.proc for d in self.daemons.values())])
+
+    def __enter__(self) -> OursCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {**os.environ, **python_env()}

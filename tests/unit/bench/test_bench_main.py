@@ -1,0 +1,36 @@
+import pytest
+
+import bench.__main__ as bench_main
+
+
+def test_unknown_suite_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_main.main(["nope"]) == 2
+    assert "usage: python -m bench {swarm,pair,dfget-latency,memory,scheduler,micro,all}" in capsys.readouterr().err
+
+
+def test_missing_suite_module_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(bench_main.SUITES, "scheduler", "bench.no_such_module")
+    with pytest.raises(SystemExit, match=r"bench scheduler: bench/no_such_module\.py does not exist yet"):
+        bench_main.main(["scheduler"])
+
+
+def test_all_reports_each_suite(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    calls: list[tuple[str, list[str]]] = []
+
+    def fake_suite(name: str):  # type: ignore[no-untyped-def]
+        def run(argv: list[str]) -> int:
+            calls.append((name, argv))
+            if name == "scheduler":
+                raise SystemExit("bench scheduler: missing")
+            return 0
+
+        return run
+
+    monkeypatch.setattr(bench_main, "suite_main", fake_suite)
+    assert bench_main.main(["all", "--quick"]) == 1
+    assert [name for name, _ in calls] == ["swarm", "pair", "dfget-latency", "memory", "scheduler", "micro"]
+    assert calls[0][1] == bench_main.QUICK_ARGS["swarm"]
+    out = capsys.readouterr()
+    assert "scheduler: exit 1" in out.out
+    assert "swarm: exit 0" in out.out
+    assert "bench scheduler: missing" in out.err
