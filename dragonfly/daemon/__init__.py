@@ -1,0 +1,1 @@
+"""dfdaemon: the peer (and, in seed mode, the seed peer) that stores, downloads and serves pieces."""

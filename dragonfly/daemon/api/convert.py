@@ -1,0 +1,114 @@
+"""Conversions shared by both gRPC services: task messages, download events, errors to status codes."""
+
+from __future__ import annotations
+
+import grpc
+from dragonfly_api import common_pb2, dfdaemon_pb2
+from google.protobuf import timestamp_pb2
+
+from dragonfly.common.errors import DigestMismatch, InvalidDigest
+from dragonfly.common.ids import InvalidURL
+from dragonfly.common.piece import piece_count
+from dragonfly.daemon.download.task_manager import PieceDone, TaskStarted, piece_message
+from dragonfly.daemon.errors import (
+    BackendError,
+    DownloadFailed,
+    DownloadTimeout,
+    InvalidTaskId,
+    NoSpace,
+    OutputError,
+    TaskNotFound,
+)
+from dragonfly.daemon.storage import TaskRecord
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=int(seconds), nanos=int((seconds % 1) * 1e9))
+
+
+def task_state(task: TaskRecord, *, active: bool) -> str:
+    """Return the task state name the scheduler uses."""
+    if task.finished_at is not None:
+        return "Succeeded"
+    if active:
+        return "Running"
+    return "Failed" if task.failed_at is not None else "Pending"
+
+
+def task_message(task: TaskRecord, *, active: bool) -> common_pb2.Task:
+    """Return the common.v2.Task of a stored task, with its finished pieces."""
+    return common_pb2.Task(
+        id=task.id,
+        type=common_pb2.STANDARD,
+        url=task.url,
+        content_length=task.content_length,
+        piece_count=piece_count(task.content_length, task.piece_length),
+        pieces=[piece_message(task.pieces[n]) for n in sorted(task.pieces)],
+        state=task_state(task, active=active),
+        peer_count=1,
+        has_available_peer=task.finished_at is not None,
+        created_at=_timestamp(task.created_at),
+        updated_at=_timestamp(task.updated_at),
+    )
+
+
+def local_task_message(task: TaskRecord) -> dfdaemon_pb2.StatLocalTaskResponse:
+    message = dfdaemon_pb2.StatLocalTaskResponse(
+        task_id=task.id,
+        piece_length=task.piece_length,
+        content_length=task.content_length,
+        response_header=task.response_header,
+        created_at=_timestamp(task.created_at),
+        updated_at=_timestamp(task.updated_at),
+    )
+    if task.finished_at is not None:
+        message.finished_at.CopyFrom(_timestamp(task.finished_at))
+    if task.failed_at is not None:
+        message.failed_at.CopyFrom(_timestamp(task.failed_at))
+    return message
+
+
+def download_response(event: TaskStarted | PieceDone, *, host_id: str) -> dfdaemon_pb2.DownloadTaskResponse:
+    """Return the DownloadTaskResponse of one download event."""
+    if isinstance(event, TaskStarted):
+        return dfdaemon_pb2.DownloadTaskResponse(
+            host_id=host_id,
+            task_id=event.task_id,
+            peer_id=event.peer_id,
+            download_task_started_response=dfdaemon_pb2.DownloadTaskStartedResponse(
+                content_length=event.content_length, response_header=event.response_header
+            ),
+        )
+    return dfdaemon_pb2.DownloadTaskResponse(
+        host_id=host_id,
+        download_piece_finished_response=dfdaemon_pb2.DownloadPieceFinishedResponse(
+            piece=piece_message(event.piece, event.traffic_type)
+        ),
+    )
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """Map a download error to the gRPC status the requester sees; the message is shown to the user as is."""
+    # One line: clients print it as is.
+    message = " ".join((str(exc) or type(exc).__name__).split())
+    if isinstance(exc, BackendError):
+        if exc.status_code in (404, 410):
+            return grpc.StatusCode.NOT_FOUND, message
+        if exc.status_code in (401, 403):
+            return grpc.StatusCode.PERMISSION_DENIED, message
+        return grpc.StatusCode.UNAVAILABLE, message
+    if isinstance(exc, DigestMismatch):
+        return grpc.StatusCode.DATA_LOSS, message
+    if isinstance(exc, OutputError):
+        return grpc.StatusCode.FAILED_PRECONDITION, message
+    if isinstance(exc, NoSpace):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, message
+    if isinstance(exc, TaskNotFound):
+        return grpc.StatusCode.NOT_FOUND, message
+    if isinstance(exc, InvalidURL | InvalidDigest | InvalidTaskId | ValueError):
+        return grpc.StatusCode.INVALID_ARGUMENT, message
+    if isinstance(exc, DownloadTimeout):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, message
+    if isinstance(exc, DownloadFailed):
+        return grpc.StatusCode.UNAVAILABLE, message
+    return grpc.StatusCode.INTERNAL, message

@@ -1,0 +1,92 @@
+"""gRPC ``dfdaemon.v2.DfdaemonDownload`` on a unix socket: the local API of dfget and other local clients."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
+from google.protobuf import empty_pb2
+
+from dragonfly.daemon.api.convert import download_response, local_task_message, status_of, task_message
+from dragonfly.daemon.download.scheduler_client import SchedulerClient
+from dragonfly.daemon.download.task_manager import TaskManager
+from dragonfly.daemon.errors import InvalidTaskId
+from dragonfly.daemon.storage import Storage, TaskRecord
+
+log = logging.getLogger(__name__)
+
+
+class DfdaemonDownloadService(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):
+    """The local API."""
+
+    def __init__(self, *, storage: Storage, tasks: TaskManager, scheduler: SchedulerClient | None) -> None:
+        self._storage = storage
+        self._tasks = tasks
+        self._scheduler = scheduler
+
+    async def _task(self, task_id: str, context: grpc.aio.ServicerContext) -> TaskRecord:
+        try:
+            task = self._storage.get_task(task_id)
+        except InvalidTaskId as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if task is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"task {task_id} not found")
+        assert task is not None  # abort raised otherwise
+        return task
+
+    async def DownloadTask(
+        self, request: dfdaemon_pb2.DownloadTaskRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[dfdaemon_pb2.DownloadTaskResponse]:
+        try:
+            async for event in self._tasks.download(request.download):
+                yield download_response(event, host_id=self._tasks.host_id)
+        except Exception as exc:
+            code, message = status_of(exc)
+            log.info("download failed", extra={"url": request.download.url, "code": code.name, "error": message})
+            await context.abort(code, message)
+
+    async def StatTask(
+        self, request: dfdaemon_pb2.StatTaskRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.Task:
+        task = await self._task(request.task_id, context)
+        return task_message(task, active=self._tasks.is_active(task.id))
+
+    async def StatLocalTask(
+        self, request: dfdaemon_pb2.StatLocalTaskRequest, context: grpc.aio.ServicerContext
+    ) -> dfdaemon_pb2.StatLocalTaskResponse:
+        return local_task_message(await self._task(request.task_id, context))
+
+    async def ListLocalTasks(
+        self, request: dfdaemon_pb2.ListLocalTasksRequest, context: grpc.aio.ServicerContext
+    ) -> dfdaemon_pb2.ListLocalTasksResponse:
+        return dfdaemon_pb2.ListLocalTasksResponse(tasks=[local_task_message(t) for t in self._storage.tasks()])
+
+    async def _delete(self, task_id: str, context: grpc.aio.ServicerContext) -> None:
+        task = await self._task(task_id, context)
+        if self._tasks.is_active(task.id):
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"task {task.id} is being downloaded")
+        self._storage.delete_task(task.id)
+
+    async def DeleteTask(
+        self, request: dfdaemon_pb2.DeleteTaskRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        await self._delete(request.task_id, context)
+        if self._scheduler is not None:
+            try:
+                await self._scheduler.delete_task(self._tasks.host_id, request.task_id)
+            except grpc.aio.AioRpcError as exc:
+                log.info("scheduler delete task failed", extra={"task_id": request.task_id, "code": exc.code().name})
+        return empty_pb2.Empty()
+
+    async def DeleteLocalTask(
+        self, request: dfdaemon_pb2.DeleteLocalTaskRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        await self._delete(request.task_id, context)
+        return empty_pb2.Empty()
+
+    async def DeleteHost(self, request: empty_pb2.Empty, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+        if self._scheduler is not None:
+            await self._scheduler.delete_host(self._tasks.host_id)
+        return empty_pb2.Empty()

@@ -1,0 +1,241 @@
+"""dfdaemon configuration: Dragonfly's camelCase keys and defaults (``dragonfly-protocol.md`` §2.2).
+
+Only the keys this daemon implements are modelled; any other key is logged and ignored so Dragonfly's own
+files load. ``scheduler.addrs`` is the static scheduler list used until dynamic discovery through the manager.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+from dragonfly.common.config import Duration, Rate, Size, load_config
+
+#: Host.type values announced to the scheduler (Dragonfly's HostType enum).
+SEED_PEER_TYPES = {"normal": 0, "super": 1, "strong": 2, "weak": 3}
+
+
+def _check_port(name: str, port: int) -> None:
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{name} must be between 0 and 65535 (0 picks a free port), got {port}")
+
+
+@dataclass(frozen=True, slots=True)
+class HostConfig:
+    """Who this daemon is: ``ip`` is the address peers and schedulers are told to connect to."""
+
+    hostname: str = field(default_factory=socket.gethostname)
+    ip: str | None = None
+    idc: str | None = None
+    location: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadServerConfig:
+    """The local gRPC API (DfdaemonDownload) on a unix socket."""
+
+    socket_path: str = "/var/run/dragonfly/dfdaemon.sock"
+    socket_mode: int = 0o777
+
+    def validate(self) -> None:
+        if not self.socket_path:
+            raise ValueError("socketPath must not be empty")
+        if not 0 <= self.socket_mode <= 0o777:
+            raise ValueError(f"socketMode must be a permission mode such as 0o777, got {self.socket_mode}")
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadConfig:
+    """How tasks are downloaded: concurrency, timeouts and bandwidth limits."""
+
+    server: DownloadServerConfig = field(default_factory=DownloadServerConfig)
+    protocol: str = "tcp"
+    bandwidth_limit: Rate = Rate(50e9)
+    back_to_source_bandwidth_limit: Rate = Rate(50e9)
+    piece_timeout: Duration = Duration(360.0)
+    collected_piece_timeout: Duration = Duration(360.0)
+    concurrent_piece_count: int = 8
+
+    def validate(self) -> None:
+        if self.protocol != "tcp":
+            raise ValueError(f"protocol {self.protocol!r} is not supported: only 'tcp' is")
+        if self.concurrent_piece_count < 1:
+            raise ValueError(f"concurrentPieceCount must be >= 1, got {self.concurrent_piece_count}")
+        if self.piece_timeout <= 0 or self.collected_piece_timeout <= 0:
+            raise ValueError("pieceTimeout and collectedPieceTimeout must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class UploadServerConfig:
+    """The peer-facing gRPC server (DfdaemonUpload)."""
+
+    ip: str = "0.0.0.0"
+    port: int = 4000
+
+    def validate(self) -> None:
+        _check_port("port", self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadConfig:
+    """Serving pieces to other peers."""
+
+    server: UploadServerConfig = field(default_factory=UploadServerConfig)
+    disable_shared: bool = False
+    bandwidth_limit: Rate = Rate(50e9)
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """The schedulers this daemon announces itself to and registers its downloads with."""
+
+    addrs: list[str] = field(default_factory=list)
+    announce_interval: Duration = Duration(300.0)
+    schedule_timeout: Duration = Duration(3 * 3600.0)
+    max_schedule_count: int = 5
+
+    def validate(self) -> None:
+        for addr in self.addrs:
+            host, sep, port = addr.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"addrs: expected host:port, got {addr!r}")
+        if self.announce_interval <= 0 or self.schedule_timeout <= 0:
+            raise ValueError("announceInterval and scheduleTimeout must be > 0")
+        if self.max_schedule_count < 1:
+            raise ValueError(f"maxScheduleCount must be >= 1, got {self.max_schedule_count}")
+
+
+@dataclass(frozen=True, slots=True)
+class SeedPeerConfig:
+    """Seed mode: the scheduler may ask this daemon to fetch tasks from the origin."""
+
+    enable: bool = False
+    type: str = "super"
+
+    def validate(self) -> None:
+        if self.type not in SEED_PEER_TYPES:
+            raise ValueError(f"type must be one of {', '.join(SEED_PEER_TYPES)}, got {self.type!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class StorageServerConfig:
+    """The Vortex TCP piece server."""
+
+    ip: str = "0.0.0.0"
+    tcp_port: int = 4005
+
+    def validate(self) -> None:
+        _check_port("tcpPort", self.tcp_port)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    """Where task content and metadata live."""
+
+    server: StorageServerConfig = field(default_factory=StorageServerConfig)
+    dir: str = "/var/lib/dragonfly/"
+    keep: bool = False
+    write_piece_timeout: Duration = Duration(360.0)
+    write_buffer_size: Size = Size(512 * 1024)
+    read_buffer_size: Size = Size(512 * 1024)
+
+    def validate(self) -> None:
+        if not self.dir:
+            raise ValueError("dir must not be empty")
+        if self.write_buffer_size < 4096 or self.read_buffer_size < 4096:
+            raise ValueError("writeBufferSize and readBufferSize must be at least 4KiB")
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    """Origin (back-to-source) requests."""
+
+    request_header: dict[str, str] = field(default_factory=dict)
+    max_retries: int = 1
+
+    def validate(self) -> None:
+        if self.max_retries < 0:
+            raise ValueError(f"maxRetries must be >= 0, got {self.max_retries}")
+
+
+@dataclass(frozen=True, slots=True)
+class GCPolicyConfig:
+    """When stored tasks are evicted."""
+
+    task_ttl: Duration = field(default=Duration(30 * 86400.0), metadata={"key": "taskTTL"})
+    disk_threshold: Size = field(default=Size(0), metadata={"aliases": ("distThreshold",)})
+    disk_high_threshold_percent: float = field(default=80.0, metadata={"aliases": ("distHighThresholdPercent",)})
+    disk_low_threshold_percent: float = field(default=60.0, metadata={"aliases": ("distLowThresholdPercent",)})
+
+    def validate(self) -> None:
+        if not 0 < self.disk_low_threshold_percent < self.disk_high_threshold_percent <= 100:
+            raise ValueError(
+                "need 0 < diskLowThresholdPercent < diskHighThresholdPercent <= 100, got "
+                f"{self.disk_low_threshold_percent} and {self.disk_high_threshold_percent}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class GCConfig:
+    """Garbage collection of stored tasks."""
+
+    interval: Duration = Duration(900.0)
+    policy: GCPolicyConfig = field(default_factory=GCPolicyConfig)
+
+    def validate(self) -> None:
+        if self.interval <= 0:
+            raise ValueError("interval must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerAddrConfig:
+    """An HTTP side server (metrics or health)."""
+
+    ip: str = "0.0.0.0"
+    port: int = 0
+
+    def validate(self) -> None:
+        _check_port("port", self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Prometheus metrics at ``GET /metrics``."""
+
+    server: ServerAddrConfig = field(default_factory=lambda: ServerAddrConfig(port=4002))
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """Liveness at ``GET /healthy``."""
+
+    server: ServerAddrConfig = field(default_factory=lambda: ServerAddrConfig(port=4003))
+
+
+@dataclass(frozen=True, slots=True)
+class DfdaemonConfig:
+    """The whole dfdaemon.yaml."""
+
+    host: HostConfig = field(default_factory=HostConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    upload: UploadConfig = field(default_factory=UploadConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    seed_peer: SeedPeerConfig = field(default_factory=SeedPeerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    gc: GCConfig = field(default_factory=GCConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+
+    @property
+    def host_type(self) -> int:
+        """Return the Host.type this daemon announces (0 for a normal peer)."""
+        return SEED_PEER_TYPES[self.seed_peer.type] if self.seed_peer.enable else 0
+
+
+def load_dfdaemon_config(
+    path: str | os.PathLike[str] | None, *, overrides: dict[str, object] | None = None
+) -> DfdaemonConfig:
+    """Load and validate a dfdaemon.yaml (None = defaults)."""
+    return load_config(DfdaemonConfig, path, overrides=overrides)

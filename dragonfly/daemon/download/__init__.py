@@ -1,0 +1,1 @@
+"""Downloading tasks: origin backend, scheduler client, piece collector, parent selector, Vortex client."""

@@ -1,0 +1,45 @@
+"""gRPC channels to parents' upload servers, shared by every task of the daemon."""
+
+from __future__ import annotations
+
+import collections
+
+import grpc
+from dragonfly_api import dfdaemon_pb2_grpc
+
+# Channels to parents that come and go; the oldest is closed beyond this many.
+_MAX_CHANNELS = 256
+
+
+class ParentChannels:
+    """An LRU of channels keyed by ``ip:port`` of a parent's DfdaemonUpload server."""
+
+    def __init__(self) -> None:
+        self._channels: collections.OrderedDict[str, tuple[grpc.aio.Channel, dfdaemon_pb2_grpc.DfdaemonUploadStub]] = (
+            collections.OrderedDict()
+        )
+        self._closing: set[grpc.aio.Channel] = set()
+
+    def stub(self, addr: str) -> dfdaemon_pb2_grpc.DfdaemonUploadStub:
+        entry = self._channels.get(addr)
+        if entry is None:
+            channel = grpc.aio.insecure_channel(
+                addr, options=[("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
+            )
+            entry = self._channels[addr] = (channel, dfdaemon_pb2_grpc.DfdaemonUploadStub(channel))
+            while len(self._channels) > _MAX_CHANNELS:
+                _addr, (old, _stub) = self._channels.popitem(last=False)
+                self._closing.add(old)
+        self._channels.move_to_end(addr)
+        return entry[1]
+
+    async def close(self) -> None:
+        for channel in [*self._closing, *(c for c, _ in self._channels.values())]:
+            await channel.close()
+        self._closing.clear()
+        self._channels.clear()
+
+
+def upload_addr(ip: str, port: int) -> str:
+    """Return a gRPC target for ``ip:port`` (bracketing IPv6 literals)."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"

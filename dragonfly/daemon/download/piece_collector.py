@@ -1,0 +1,114 @@
+"""Learn which pieces each candidate parent has, through one SyncPieces stream per parent (§3.3).
+
+Each parent answers with a message per finished interested piece, and keeps the stream open while its own
+download goes on. The collector keeps one bitmap per parent and wakes the downloader on every change; a stream
+silent for longer than ``collectedPieceTimeout`` counts as failed. Like Dragonfly's, a piece becomes
+dispatchable once every parent still syncing has reported it, or ``COLLECT_WINDOW`` after its first report: a
+piece the seed just finished is then often also held by a peer a moment later, and the load can spread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import grpc
+from dragonfly_api import common_pb2, dfdaemon_pb2
+
+from dragonfly.common import native
+from dragonfly.daemon.download.parents import ParentChannels, upload_addr
+
+log = logging.getLogger(__name__)
+
+
+COLLECT_WINDOW = 0.1
+
+
+class ParentState:
+    """What the collector knows about one parent."""
+
+    __slots__ = ("addr", "bitmap", "error", "host_id", "id", "syncing", "vortex_addr")
+
+    def __init__(self, peer: common_pb2.Peer, piece_count: int) -> None:
+        self.id = peer.id
+        self.host_id = peer.host.id
+        self.addr = upload_addr(peer.host.ip, peer.host.port)
+        self.bitmap = native.PieceBitmap(piece_count)
+        self.vortex_addr: tuple[str, int] | None = None
+        self.syncing = True
+        self.error: str | None = None
+
+
+class PieceCollector:
+    """SyncPieces streams to every candidate parent of one task."""
+
+    def __init__(
+        self,
+        channels: ParentChannels,
+        *,
+        host_id: str,
+        task_id: str,
+        parents: list[common_pb2.Peer],
+        interested: list[int],
+        piece_count: int,
+        idle_timeout: float,
+    ) -> None:
+        self._channels = channels
+        self._host_id = host_id
+        self._task_id = task_id
+        self._interested = interested
+        self._idle_timeout = idle_timeout
+        self.parents = {peer.id: ParentState(peer, piece_count) for peer in parents}
+        self.changed = asyncio.Event()
+        #: When each piece was first reported by any parent (monotonic seconds).
+        self.first_seen: dict[int, float] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        for parent in self.parents.values():
+            self._tasks.append(asyncio.create_task(self._sync(parent), name=f"sync-pieces-{parent.id}"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def syncing(self) -> bool:
+        """Tell whether any parent may still report pieces."""
+        return any(p.syncing for p in self.parents.values())
+
+    async def _sync(self, parent: ParentState) -> None:
+        request = dfdaemon_pb2.SyncPiecesRequest(
+            host_id=self._host_id, task_id=self._task_id, interested_piece_numbers=self._interested
+        )
+        call = self._channels.stub(parent.addr).SyncPieces(request)
+        try:
+            while True:
+                response = await asyncio.wait_for(call.read(), self._idle_timeout)
+                if response is grpc.aio.EOF:
+                    break
+                if not 0 <= response.number < parent.bitmap.size:
+                    log.warning(
+                        "parent reported an unknown piece", extra={"parent": parent.id, "piece": response.number}
+                    )
+                    continue
+                if not response.HasField("tcp_port"):
+                    continue
+                parent.vortex_addr = (response.ip, response.tcp_port)
+                parent.bitmap.set(response.number)
+                self.first_seen.setdefault(response.number, time.monotonic())
+                self.changed.set()
+        except grpc.aio.AioRpcError as exc:
+            parent.error = f"{exc.code().name}: {exc.details()}"
+        except TimeoutError:
+            parent.error = f"no piece reported for {self._idle_timeout:g}s"
+        finally:
+            call.cancel()
+            parent.syncing = False
+            self.changed.set()
+        if parent.error:
+            log.info("sync pieces with parent ended", extra={"parent": parent.id, "error": parent.error})

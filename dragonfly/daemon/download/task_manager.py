@@ -1,0 +1,806 @@
+"""Download of one task on the peer (``dragonfly-protocol.md`` §3.3 and §4.2; DESIGN §4).
+
+Each task has at most one download running in the daemon, in the background; requesters (dfget over the local
+API, the scheduler over DfdaemonUpload.DownloadTask) watch it through storage: a piece they see is written and
+verified. Order of work: stat the origin once → task id and piece length as Dragonfly → local hit → small task
+straight to the origin → register with the scheduler and follow its answers (parents, back-to-source) → on any
+P2P failure, the rest from the origin unless back-to-source is disabled → whole-file digest → output file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator, Coroutine
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from dragonfly_api import common_pb2, errordetails_pb2, scheduler_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from dragonfly.common import ids, native
+from dragonfly.common.digest import format_piece_digest, parse_digest, verify_file_digest
+from dragonfly.common.errors import DigestMismatch, DragonflyError
+from dragonfly.common.piece import MAX_PIECE_LENGTH, MIN_PIECE_LENGTH, calculate_piece_length, piece_count, piece_range
+from dragonfly.daemon.blocking import run_blocking
+from dragonfly.daemon.config import DfdaemonConfig
+from dragonfly.daemon.download.backend import HTTPBackend
+from dragonfly.daemon.download.buffers import BufferPool
+from dragonfly.daemon.download.parent_selector import ParentSelector
+from dragonfly.daemon.download.parents import ParentChannels
+from dragonfly.daemon.download.piece_collector import COLLECT_WINDOW, ParentState, PieceCollector
+from dragonfly.daemon.download.scheduler_client import AnnouncePeerStream, SchedulerClient
+from dragonfly.daemon.download.vortex_client import ConnectionPool, fetch_piece
+from dragonfly.daemon.errors import BackendError, DownloadFailed, DownloadTimeout, OutputError
+from dragonfly.daemon.host_info import TrafficMeter
+from dragonfly.daemon.metrics import DaemonMetrics
+from dragonfly.daemon.storage import PieceRecord, Storage, TaskRecord
+
+log = logging.getLogger(__name__)
+
+BACK_TO_SOURCE = common_pb2.BACK_TO_SOURCE
+REMOTE_PEER = common_pb2.REMOTE_PEER
+LOCAL_PEER = common_pb2.LOCAL_PEER
+VORTEX_CONNECT_TIMEOUT = 2.0
+# A parent that failed this many pieces (for reasons other than corruption) is not asked again in this round.
+_PARENT_STRIKES = 3
+_SOURCE_BUFFER = 4 * 1024 * 1024
+_SUPPORTED_SCHEMES = ("http", "https")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStarted:
+    """The first event of a download: what the task is."""
+
+    task_id: str
+    peer_id: str
+    content_length: int
+    piece_length: int
+    response_header: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class PieceDone:
+    """A piece is in storage; ``traffic_type`` says where its bytes came from, as the requester sees it."""
+
+    piece: PieceRecord
+    traffic_type: int
+
+
+class TaskDownload:
+    """The one running download of a task in this daemon."""
+
+    __slots__ = ("done", "download", "error", "order", "peer_id", "ready", "runner", "task", "task_id")
+
+    def __init__(self, task_id: str, download: common_pb2.Download, peer_id: str) -> None:
+        self.task_id = task_id
+        self.download = download
+        self.peer_id = peer_id
+        self.task: TaskRecord | None = None
+        self.error: BaseException | None = None
+        self.order: list[int] = []
+        self.ready = asyncio.Event()
+        self.done = asyncio.Event()
+        self.runner: asyncio.Task[None] | None = None
+
+
+def piece_message(piece: PieceRecord, traffic_type: int | None = None) -> common_pb2.Piece:
+    """Return the common.v2.Piece of a stored piece."""
+    message = common_pb2.Piece(
+        number=piece.number,
+        offset=piece.offset,
+        length=piece.length,
+        digest=piece.digest,
+        traffic_type=piece.traffic_type if traffic_type is None else traffic_type,
+        cost=duration_pb2.Duration(seconds=int(piece.cost), nanos=int((piece.cost % 1) * 1e9)),
+        created_at=timestamp_pb2.Timestamp(seconds=int(piece.created_at)),
+    )
+    if piece.parent_id:
+        message.parent_id = piece.parent_id
+    return message
+
+
+def source_of(piece: PieceRecord, traffic_type: int) -> str:
+    """Return the metrics/report source of a piece: origin, seed, peer or local."""
+    if traffic_type == LOCAL_PEER:
+        return "local"
+    if traffic_type == BACK_TO_SOURCE:
+        return "origin"
+    return "seed" if (piece.parent_id or "").endswith("-seed") else "peer"
+
+
+def task_id_for(download: common_pb2.Download) -> str:
+    """Return the task id of a Download request exactly as Dragonfly computes it."""
+    if download.enable_task_id_based_blob_digest:
+        blob = ids.blob_digest_task_id(download.url)
+        if blob is not None:
+            return blob
+    content = download.content_for_calculating_task_id if download.HasField("content_for_calculating_task_id") else None
+    return ids.task_id(
+        download.url,
+        tag=download.tag or None,
+        application=download.application or None,
+        piece_length=download.piece_length if download.HasField("piece_length") else None,
+        filtered_query_params=list(download.filtered_query_params) or ids.DEFAULT_FILTERED_QUERY_PARAMS,
+        content=content,
+    )
+
+
+def validate_download(download: common_pb2.Download) -> None:
+    """Refuse requests this daemon cannot serve, with a message naming the field."""
+    scheme = download.url.partition("://")[0].lower()
+    if scheme not in _SUPPORTED_SCHEMES or "://" not in download.url:
+        raise ValueError(f"unsupported URL {download.url!r}: only http:// and https:// are supported")
+    if download.HasField("range"):
+        raise ValueError("range downloads are not supported")
+    if download.HasField("piece_length") and not MIN_PIECE_LENGTH <= download.piece_length <= MAX_PIECE_LENGTH:
+        raise ValueError(
+            f"piece_length must be between {MIN_PIECE_LENGTH} and {MAX_PIECE_LENGTH} bytes, got {download.piece_length}"
+        )
+    if download.HasField("digest") and download.digest:
+        parse_digest(download.digest)
+    if download.HasField("output_path"):
+        check_output_path(download.output_path, overwrite=download.overwrite)
+
+
+def check_output_path(path: str, *, overwrite: bool) -> None:
+    """Fail early when the output cannot be written."""
+    if not os.path.isabs(path):
+        raise OutputError(f"output path {path!r} must be absolute")
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        raise OutputError(f"output directory {directory} does not exist")
+    if os.path.isdir(path):
+        raise OutputError(f"output path {path} is a directory")
+    if os.path.lexists(path) and not overwrite:
+        raise OutputError(f"output file {path} already exists (use overwrite to replace it)")
+    if not os.access(directory, os.W_OK):
+        raise OutputError(f"output directory {directory} is not writable")
+
+
+def write_output(content_path: str, output_path: str, *, overwrite: bool, force_hard_link: bool) -> None:
+    """Place the content at ``output_path`` atomically: hard link when possible, else copy (blocking)."""
+    directory, name = os.path.split(output_path)
+    temp = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:12]}.dragonfly-tmp")
+    try:
+        try:
+            os.link(content_path, temp)
+        except OSError as exc:
+            if force_hard_link:
+                raise OutputError(f"cannot hard-link the content to {output_path}: {exc.strerror}") from exc
+            shutil.copyfile(content_path, temp)
+        if overwrite:
+            os.replace(temp, output_path)
+        else:
+            try:
+                os.link(temp, output_path)
+            except FileExistsError:
+                raise OutputError(f"output file {output_path} already exists (use overwrite to replace it)") from None
+    except OutputError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise OutputError(f"no space left to write {output_path}") from exc
+        raise OutputError(f"cannot write {output_path}: {exc.strerror or exc}") from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+
+
+class TaskManager:
+    """Runs task downloads and streams their progress to requesters."""
+
+    def __init__(
+        self,
+        config: DfdaemonConfig,
+        *,
+        storage: Storage,
+        backend: HTTPBackend,
+        scheduler: SchedulerClient | None,
+        channels: ParentChannels,
+        executor: Executor,
+        metrics: DaemonMetrics,
+        download_traffic: TrafficMeter,
+        host_id: str,
+        ip: str,
+    ) -> None:
+        self._config = config
+        self._storage = storage
+        self._backend = backend
+        self._scheduler = scheduler
+        self._channels = channels
+        self._executor = executor
+        self._metrics = metrics
+        self._traffic = download_traffic
+        self.host_id = host_id
+        self._ip = ip
+        self._seed = config.seed_peer.enable
+        download = config.download
+        self._concurrency = download.concurrent_piece_count
+        self._download_bucket = native.TokenBucket(download.bandwidth_limit, self._burst(download.bandwidth_limit))
+        self._source_bucket = native.TokenBucket(
+            download.back_to_source_bandwidth_limit, self._burst(download.back_to_source_bandwidth_limit)
+        )
+        self._recv_buffers = BufferPool(config.storage.write_buffer_size, 2 * self._concurrency)
+        self._source_buffers = BufferPool(_SOURCE_BUFFER, 2 * self._concurrency)
+        self._vortex_pool = ConnectionPool(max_idle_per_addr=self._concurrency)
+        self._active: dict[str, TaskDownload] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    @staticmethod
+    def _burst(rate: float) -> float | None:
+        # A burst of one minimum piece keeps a limited download within a few percent of the rate from the start
+        # (Dragonfly's bucket starts with a full second of tokens, which lets short downloads overshoot).
+        return float(MIN_PIECE_LENGTH) if 0 < rate < 1e12 else None
+
+    def is_active(self, task_id: str) -> bool:
+        return task_id in self._active
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop dispatching pieces, let in-flight ones finish within ``grace``, then cancel what remains."""
+        self._stopping = True
+        runners = [td.runner for td in self._active.values() if td.runner is not None]
+        runners += list(self._background)
+        if runners:
+            _done, pending = await asyncio.wait(runners, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=grace)
+        self._vortex_pool.close()
+
+    # ------------------------------------------------------------------ requesters
+
+    async def download(
+        self, download: common_pb2.Download, *, from_scheduler: bool = False
+    ) -> AsyncIterator[TaskStarted | PieceDone]:
+        """Download a task, yielding the started event then one event per piece; write the output at the end."""
+        if self._stopping:
+            raise DownloadFailed("dfdaemon is shutting down")
+        validate_download(download)
+        task_id = task_id_for(download)
+        timeout = download.timeout.ToTimedelta().total_seconds() if download.HasField("timeout") else 0.0
+        deadline = time.monotonic() + timeout if timeout > 0 else None
+        try:
+            async for event in self._stream(task_id, download, from_scheduler=from_scheduler, deadline=deadline):
+                yield event
+            if download.HasField("output_path"):
+                await self._finish_output(task_id, download)
+        except BaseException:
+            self._metrics.tasks.labels("failed").inc()
+            raise
+        self._metrics.tasks.labels("succeeded").inc()
+
+    async def _stream(
+        self, task_id: str, download: common_pb2.Download, *, from_scheduler: bool, deadline: float | None
+    ) -> AsyncIterator[TaskStarted | PieceDone]:
+        def remaining() -> float | None:
+            if deadline is None:
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DownloadTimeout(f"download of {download.url} did not finish within its timeout")
+            return left
+
+        task = self._storage.get_task(task_id)
+        if task is not None and task.finished_at is not None and task_id not in self._active:
+            self._storage.touch(task_id)
+            peer_id = ids.peer_id(self._ip, self._config.host.hostname, seed=self._seed)
+            yield TaskStarted(task_id, peer_id, task.content_length, task.piece_length, task.response_header)
+            for number in sorted(task.pieces):
+                piece = task.pieces[number]
+                self._metrics.record_piece(task_id, "local", piece.length, 0.0)
+                yield PieceDone(piece, LOCAL_PEER)
+            if from_scheduler and self._scheduler is not None:
+                self._spawn(self._announce_metadata_only(task, download, peer_id))
+            return
+
+        td = self._active.get(task_id)
+        if td is None:
+            peer_id = ids.peer_id(self._ip, self._config.host.hostname, seed=self._seed)
+            td = self._active[task_id] = TaskDownload(task_id, download, peer_id)
+            self._metrics.active_tasks.inc()
+            td.runner = asyncio.create_task(self._run(td), name=f"download-{task_id[:12]}")
+        try:
+            await asyncio.wait_for(td.ready.wait(), remaining())
+        except TimeoutError:
+            remaining()
+            raise
+        if td.task is None:
+            assert td.error is not None
+            raise td.error
+        task = td.task
+        yield TaskStarted(task_id, td.peer_id, task.content_length, task.piece_length, task.response_header)
+        # Pieces stored before this download began (a resumed task) are local; the rest keep their source.
+        for number in sorted(set(task.pieces) - set(td.order)):
+            yield PieceDone(task.pieces[number], LOCAL_PEER)
+        seen = 0
+        while True:
+            while seen < len(td.order):
+                number = td.order[seen]
+                seen += 1
+                piece = task.pieces[number]
+                yield PieceDone(piece, piece.traffic_type)
+            if td.done.is_set():
+                break
+            left = remaining()
+            await self._storage.wait_for_change(task_id, 1.0 if left is None else min(left, 1.0))
+        if td.error is not None:
+            raise td.error
+
+    async def _finish_output(self, task_id: str, download: common_pb2.Download) -> None:
+        content = self._storage.content_path(task_id)
+        with self._storage.content_fd(task_id):
+            if download.HasField("digest") and download.digest:
+                await run_blocking(self._executor, verify_file_digest, content, parse_digest(download.digest))
+            await run_blocking(
+                self._executor,
+                lambda: write_output(
+                    content,
+                    download.output_path,
+                    overwrite=download.overwrite,
+                    force_hard_link=download.force_hard_link,
+                ),
+            )
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ------------------------------------------------------------------ the download itself
+
+    async def _run(self, td: TaskDownload) -> None:
+        download = td.download
+        try:
+            task = self._storage.get_task(td.task_id)
+            if task is None or task.failed_at is not None:
+                header = dict(download.request_header)
+                stat = await self._backend.stat(download.url, header)
+                piece_length = (
+                    download.piece_length
+                    if download.HasField("piece_length")
+                    else calculate_piece_length(stat.content_length)
+                )
+                task = self._storage.prepare_task(
+                    td.task_id,
+                    url=download.url,
+                    piece_length=piece_length,
+                    content_length=stat.content_length,
+                    response_header=stat.header,
+                )
+            td.task = task
+            td.ready.set()
+            if task.finished_at is None:
+                await self._download_pieces(td, task)
+                missing = piece_count(task.content_length, task.piece_length) - len(task.pieces)
+                if missing:
+                    raise DownloadFailed(f"{missing} pieces of task {td.task_id} are still missing")
+                self._storage.finish_task(td.task_id)
+        except BaseException as exc:
+            td.error = exc if isinstance(exc, Exception) else DownloadFailed("download cancelled")
+            self._storage.fail_task(td.task_id)
+            self._metrics.failures.labels("task").inc()
+            log.warning("task download failed", extra={"task_id": td.task_id, "error": str(td.error)})
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            td.ready.set()
+            td.done.set()
+            self._active.pop(td.task_id, None)
+            self._metrics.active_tasks.dec()
+
+    async def _download_pieces(self, td: TaskDownload, task: TaskRecord) -> None:
+        download = td.download
+        back_to_source_allowed = not download.disable_back_to_source
+        if task.content_length <= MIN_PIECE_LENGTH and back_to_source_allowed:
+            # Dragonfly never P2Ps small objects: the scheduler round trips would cost more than the bytes.
+            await self._download_from_source(td, None)
+            return
+        if self._scheduler is not None:
+            try:
+                if await self._download_with_scheduler(td, task):
+                    return
+            except (BackendError, DownloadFailed):
+                # The origin itself failed (after the scheduler sent us there), or the task cannot be done.
+                raise
+            except (grpc.aio.AioRpcError, OSError, TimeoutError, DragonflyError) as exc:
+                log.info("P2P download failed", extra={"task_id": td.task_id, "error": repr(exc)})
+                if not back_to_source_allowed:
+                    raise DownloadFailed(
+                        f"P2P download of {download.url} failed ({_describe(exc)}) and back-to-source is disabled"
+                    ) from exc
+        elif not back_to_source_allowed:
+            raise DownloadFailed(f"no scheduler is configured and back-to-source is disabled for {download.url}")
+        if len(task.pieces) < piece_count(task.content_length, task.piece_length):
+            if not back_to_source_allowed:
+                raise DownloadFailed(
+                    f"not all pieces of {download.url} could be fetched from peers and back-to-source is disabled"
+                )
+            await self._download_from_source(td, None)
+
+    def _register_download(self, td: TaskDownload, task: TaskRecord) -> common_pb2.Download:
+        download = common_pb2.Download()
+        download.CopyFrom(td.download)
+        if not download.filtered_query_params:
+            download.filtered_query_params.extend(ids.DEFAULT_FILTERED_QUERY_PARAMS)
+        download.actual_content_length = task.content_length
+        download.actual_piece_length = task.piece_length
+        download.actual_piece_count = piece_count(task.content_length, task.piece_length)
+        download.concurrent_piece_count = self._concurrency
+        return download
+
+    async def _download_with_scheduler(self, td: TaskDownload, task: TaskRecord) -> bool:
+        """Follow the scheduler's answers (§4.2); True when every piece is stored, False to fall back."""
+        assert self._scheduler is not None
+        addr = self._scheduler.owner(td.task_id)
+        if not await self._scheduler.ensure_announced(addr):
+            raise ConnectionError(f"scheduler {addr} is unreachable")
+        stream = self._scheduler.announce_peer(addr, host_id=self.host_id, task_id=td.task_id, peer_id=td.peer_id)
+        try:
+            return await self._follow_scheduler(td, task, stream)
+        except (grpc.aio.AioRpcError, ConnectionError):
+            self._scheduler.forget(addr)
+            raise
+        finally:
+            await stream.close()
+
+    async def _follow_scheduler(self, td: TaskDownload, task: TaskRecord, stream: AnnouncePeerStream) -> bool:
+        """Register, then act on each response in the reference's message order (§4.2)."""
+        scheduler_config = self._config.scheduler
+        deadline = time.monotonic() + scheduler_config.schedule_timeout
+        await stream.send(
+            register_peer_request=scheduler_pb2.RegisterPeerRequest(download=self._register_download(td, task))
+        )
+        schedule_count = 0
+        while True:
+            response = await stream.recv(max(deadline - time.monotonic(), 0.001))
+            if response is None:
+                log.info("scheduler closed the stream without a decision", extra={"task_id": td.task_id})
+                return False
+            schedule_count += 1
+            if schedule_count > scheduler_config.max_schedule_count:
+                stream.report(
+                    download_peer_failed_request=scheduler_pb2.DownloadPeerFailedRequest(
+                        description="max schedule count exceeded"
+                    )
+                )
+                return False
+            kind = response.WhichOneof("response")
+            if kind == "empty_task_response":
+                await stream.send(download_peer_started_request=scheduler_pb2.DownloadPeerStartedRequest())
+                await stream.send(download_peer_finished_request=scheduler_pb2.DownloadPeerFinishedRequest())
+                return True
+            if kind == "normal_task_response":
+                parents = list(response.normal_task_response.candidate_parents)
+                await stream.send(download_peer_started_request=scheduler_pb2.DownloadPeerStartedRequest())
+                if await self._download_from_parents(td, task, stream, parents):
+                    await stream.send(download_peer_finished_request=scheduler_pb2.DownloadPeerFinishedRequest())
+                    return True
+                await stream.send(
+                    reschedule_peer_request=scheduler_pb2.ReschedulePeerRequest(
+                        candidate_parents=parents, description="not all pieces are downloaded from parent"
+                    )
+                )
+                continue
+            if kind == "need_back_to_source_response":
+                if td.download.disable_back_to_source:
+                    description = f"the scheduler found no parent for {td.download.url} and back-to-source is disabled"
+                    stream.report(
+                        download_peer_failed_request=scheduler_pb2.DownloadPeerFailedRequest(description=description)
+                    )
+                    raise DownloadFailed(description)
+                await stream.send(
+                    download_peer_back_to_source_started_request=(
+                        scheduler_pb2.DownloadPeerBackToSourceStartedRequest()
+                    )
+                )
+                try:
+                    await self._download_from_source(td, stream)
+                except Exception as exc:
+                    stream.report(
+                        download_peer_back_to_source_failed_request=(
+                            scheduler_pb2.DownloadPeerBackToSourceFailedRequest(description=_describe(exc))
+                        )
+                    )
+                    raise
+                await stream.send(
+                    download_peer_back_to_source_finished_request=(
+                        scheduler_pb2.DownloadPeerBackToSourceFinishedRequest()
+                    )
+                )
+                return True
+            log.warning("unexpected scheduler response", extra={"task_id": td.task_id, "response": kind})
+            return False
+
+    async def _announce_metadata_only(self, task: TaskRecord, download: common_pb2.Download, peer_id: str) -> None:
+        """Tell the scheduler a task it asked for is already here (§4.2 item 4)."""
+        assert self._scheduler is not None
+        addr = self._scheduler.owner(task.id)
+        register = common_pb2.Download()
+        register.CopyFrom(download)
+        register.metadata_only = True
+        register.need_back_to_source = False
+        register.actual_content_length = task.content_length
+        register.actual_piece_length = task.piece_length
+        register.actual_piece_count = piece_count(task.content_length, task.piece_length)
+        stream = self._scheduler.announce_peer(addr, host_id=self.host_id, task_id=task.id, peer_id=peer_id)
+        try:
+            await stream.send(register_peer_request=scheduler_pb2.RegisterPeerRequest(download=register))
+            response = await stream.recv(self._config.scheduler.schedule_timeout)
+            if response is not None and response.WhichOneof("response") == "metadata_only_response":
+                await stream.send(download_peer_started_request=scheduler_pb2.DownloadPeerStartedRequest())
+                await stream.send(download_peer_finished_request=scheduler_pb2.DownloadPeerFinishedRequest())
+        except (grpc.aio.AioRpcError, TimeoutError, ConnectionError) as exc:
+            log.info("metadata-only announcement failed", extra={"task_id": task.id, "error": repr(exc)})
+        finally:
+            await stream.close()
+
+    # ------------------------------------------------------------------ pieces from parents
+
+    async def _download_from_parents(
+        self, td: TaskDownload, task: TaskRecord, stream: AnnouncePeerStream, parents: list[common_pb2.Peer]
+    ) -> bool:
+        """Fetch missing pieces from ``parents`` (rarest first, parent weighted by free upload bandwidth)."""
+        count = piece_count(task.content_length, task.piece_length)
+        parents = [p for p in parents if p.id != td.peer_id and p.host.ip and p.host.port]
+        if not parents:
+            return len(task.pieces) == count
+        collector = PieceCollector(
+            self._channels,
+            host_id=self.host_id,
+            task_id=td.task_id,
+            parents=parents,
+            interested=[n for n in range(count) if n not in task.pieces],
+            piece_count=count,
+            idle_timeout=self._config.download.collected_piece_timeout,
+        )
+        selector = ParentSelector(self._channels, host_id=self.host_id, peer_id=td.peer_id, parents=parents)
+        blocked = native.PieceBitmap(count)
+        for number in task.pieces:
+            blocked.set(number)
+        in_flight: dict[asyncio.Task[None], tuple[int, str]] = {}
+        failed_parents: dict[int, set[str]] = collections.defaultdict(set)
+        strikes: collections.Counter[str] = collections.Counter()
+        excluded: set[str] = set()
+        collector.start()
+        selector.start()
+        try:
+            while len(task.pieces) < count:
+                if self._stopping:
+                    raise DownloadFailed("dfdaemon is shutting down")
+                usable = [p for p in collector.parents.values() if p.id not in excluded and p.vortex_addr]
+                next_ready = None
+                if usable and len(in_flight) < self._concurrency:
+                    next_ready = self._dispatch(
+                        td, task, stream, collector, usable, blocked, failed_parents, in_flight, selector
+                    )
+                collector.changed.clear()
+                if not in_flight and next_ready is None:
+                    if not collector.syncing() or len(excluded) == len(collector.parents):
+                        break
+                    try:
+                        async with asyncio.timeout(self._config.download.collected_piece_timeout):
+                            await collector.changed.wait()
+                    except TimeoutError:
+                        break
+                    continue
+                waiter = asyncio.ensure_future(collector.changed.wait())
+                wake = None if next_ready is None else max(next_ready - time.monotonic(), 0.001)
+                finished, _pending = await asyncio.wait(
+                    [*in_flight, waiter], timeout=wake, return_when=asyncio.FIRST_COMPLETED
+                )
+                waiter.cancel()
+                for fetch in finished:
+                    if fetch is waiter:
+                        continue
+                    number, parent_id = in_flight.pop(fetch)  # type: ignore[arg-type]
+                    error = fetch.exception()
+                    if error is None:
+                        continue
+                    blocked.clear(number)
+                    failed_parents[number].add(parent_id)
+                    failed_addr = collector.parents[parent_id].vortex_addr
+                    if failed_addr is not None:
+                        self._vortex_pool.discard(failed_addr)
+                    if isinstance(error, DigestMismatch):
+                        excluded.add(parent_id)
+                        self._metrics.failures.labels("piece_digest_mismatch").inc()
+                    else:
+                        strikes[parent_id] += 1
+                        if strikes[parent_id] >= _PARENT_STRIKES:
+                            excluded.add(parent_id)
+                        self._metrics.failures.labels("piece_from_parent").inc()
+                    log.info(
+                        "piece from parent failed",
+                        extra={"task_id": td.task_id, "piece": number, "parent": parent_id, "error": repr(error)},
+                    )
+                    stream.report(
+                        download_piece_failed_request=scheduler_pb2.DownloadPieceFailedRequest(
+                            piece_number=number, parent_id=parent_id, temporary=True
+                        )
+                    )
+        finally:
+            if in_flight:
+                await asyncio.wait(in_flight)
+            await collector.stop()
+            await selector.stop()
+        return len(task.pieces) == count
+
+    def _dispatch(
+        self,
+        td: TaskDownload,
+        task: TaskRecord,
+        stream: AnnouncePeerStream,
+        collector: PieceCollector,
+        usable: list[ParentState],
+        blocked: native.PieceBitmap,
+        failed_parents: dict[int, set[str]],
+        in_flight: dict[asyncio.Task[None], tuple[int, str]],
+        selector: ParentSelector,
+    ) -> float | None:
+        """Start fetches, rarest piece first; return when the next held-back piece becomes dispatchable."""
+        now = time.monotonic()
+        next_ready: float | None = None
+        for number in native.rarest_first(blocked, [p.bitmap for p in usable]):
+            if len(in_flight) >= self._concurrency:
+                break
+            failed = failed_parents.get(number, ())
+            holders = [p for p in usable if p.bitmap.test(number) and p.id not in failed]
+            if not holders:
+                continue
+            ready_at = collector.first_seen.get(number, now) + COLLECT_WINDOW
+            if ready_at > now and any(p.syncing and not p.bitmap.test(number) for p in usable):
+                next_ready = ready_at if next_ready is None else min(next_ready, ready_at)
+                continue
+            chosen = selector.choose([p.id for p in holders])
+            parent = next(p for p in holders if p.id == chosen)
+            blocked.set(number)
+            fetch = asyncio.create_task(self._fetch_from_parent(td, task, stream, number, parent))
+            in_flight[fetch] = (number, parent.id)
+        return next_ready
+
+    async def _fetch_from_parent(
+        self, td: TaskDownload, task: TaskRecord, stream: AnnouncePeerStream, number: int, parent: ParentState
+    ) -> None:
+        offset, length = piece_range(number, task.content_length, task.piece_length)
+        assert parent.vortex_addr is not None
+        await self._acquire(self._download_bucket, length)
+        created_at = time.time()
+        started = time.monotonic()
+        async with self._recv_buffers.get() as buffer:
+            with self._storage.content_fd(td.task_id) as fd:
+                fetched = await run_blocking(
+                    self._executor,
+                    lambda: fetch_piece(
+                        parent.vortex_addr,  # type: ignore[arg-type]
+                        td.task_id,
+                        number,
+                        fd=fd,
+                        offset=offset,
+                        length=length,
+                        buffer=buffer,
+                        connect_timeout=VORTEX_CONNECT_TIMEOUT,
+                        timeout=self._config.download.piece_timeout,
+                        pool=self._vortex_pool,
+                    ),
+                )
+        digest = format_piece_digest(fetched.crc)
+        if fetched.digest != digest:
+            raise DigestMismatch(fetched.digest or "<empty>", digest, what=f"piece {number} from parent {parent.id}")
+        cost = time.monotonic() - started
+        record = PieceRecord(number, offset, length, digest, parent.id, REMOTE_PEER, cost, created_at)
+        self._finish_piece(td, record)
+        stream.report(
+            download_piece_finished_request=scheduler_pb2.DownloadPieceFinishedRequest(piece=piece_message(record))
+        )
+
+    # ------------------------------------------------------------------ pieces from the origin
+
+    async def _download_from_source(self, td: TaskDownload, stream: AnnouncePeerStream | None) -> None:
+        """Fetch every missing piece from the origin with ``concurrentPieceCount`` workers."""
+        task = td.task
+        assert task is not None
+        pending = collections.deque(
+            n for n in range(piece_count(task.content_length, task.piece_length)) if n not in task.pieces
+        )
+        failure: list[BaseException] = []
+
+        async def worker() -> None:
+            while pending and not failure:
+                if self._stopping:
+                    raise DownloadFailed("dfdaemon is shutting down")
+                number = pending.popleft()
+                try:
+                    await self._fetch_from_source(td, task, stream, number)
+                except Exception as exc:
+                    failure.append(exc)
+                    self._metrics.failures.labels("back_to_source").inc()
+                    if stream is not None:
+                        stream.report(download_piece_back_to_source_failed_request=_source_failure(number, exc))
+                    raise
+
+        workers = min(self._concurrency, len(pending))
+        results = await asyncio.gather(*(worker() for _ in range(workers)), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _fetch_from_source(
+        self, td: TaskDownload, task: TaskRecord, stream: AnnouncePeerStream | None, number: int
+    ) -> None:
+        offset, length = piece_range(number, task.content_length, task.piece_length)
+        await self._acquire(self._source_bucket, length)
+        await self._acquire(self._download_bucket, length)
+        created_at = time.time()
+        started = time.monotonic()
+        async with self._source_buffers.get() as buffer:
+            with self._storage.content_fd(td.task_id) as fd:
+                crc = await self._backend.download_piece(
+                    td.download.url,
+                    dict(td.download.request_header),
+                    fd=fd,
+                    offset=offset,
+                    length=length,
+                    buffer=buffer,
+                )
+        record = PieceRecord(
+            number,
+            offset,
+            length,
+            format_piece_digest(crc),
+            None,
+            BACK_TO_SOURCE,
+            time.monotonic() - started,
+            created_at,
+        )
+        self._finish_piece(td, record)
+        if stream is not None:
+            stream.report(
+                download_piece_back_to_source_finished_request=scheduler_pb2.DownloadPieceBackToSourceFinishedRequest(
+                    piece=piece_message(record)
+                )
+            )
+
+    # ------------------------------------------------------------------ shared
+
+    @staticmethod
+    async def _acquire(bucket: native.TokenBucket, count: int) -> None:
+        wait = bucket.reserve(count)
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    def _finish_piece(self, td: TaskDownload, record: PieceRecord) -> None:
+        if td.task is None or self._storage.get_task(td.task_id) is not td.task:
+            raise DownloadFailed(f"task {td.task_id} was deleted during its download")
+        td.order.append(record.number)
+        self._storage.finish_piece(td.task_id, record)
+        self._traffic.add(record.length)
+        self._metrics.record_piece(td.task_id, source_of(record, record.traffic_type), record.length, record.cost)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc) or type(exc).__name__
+
+
+def _source_failure(number: int, exc: BaseException) -> scheduler_pb2.DownloadPieceBackToSourceFailedRequest:
+    if isinstance(exc, BackendError):
+        backend = errordetails_pb2.Backend(message=exc.message, header=exc.header)
+        if exc.status_code is not None:
+            backend.status_code = exc.status_code
+        return scheduler_pb2.DownloadPieceBackToSourceFailedRequest(piece_number=number, backend=backend)
+    return scheduler_pb2.DownloadPieceBackToSourceFailedRequest(
+        piece_number=number, unknown=errordetails_pb2.Unknown(message=_describe(exc))
+    )

@@ -1,0 +1,145 @@
+"""Fetch one piece from a parent over Vortex TCP (``dragonfly-protocol.md`` §3.4).
+
+One request frame out, one metadata frame and the raw piece bytes back. The exchange is a blocking function for an
+executor thread: the bytes go from the socket into the content file in native code (GIL released) with the
+CRC-32 computed on the way.
+
+Dragonfly opens a connection per piece and its server closes after one answer. Ours keeps serving, so the client
+returns healthy connections to a pool and reuses them; a pooled connection the parent has closed in the meantime
+fails before a single response byte arrives, and the piece is then simply requested on a fresh connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from dataclasses import dataclass
+
+from dragonfly.common import native
+from dragonfly.common.errors import ShortRead, VortexError, VortexRemoteError
+
+_KEEPALIVE = ((socket.TCP_KEEPIDLE, 5), (socket.TCP_KEEPINTVL, 3), (socket.TCP_KEEPCNT, 3))
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedPiece:
+    """What the parent announced for a piece, and the CRC-32 of the bytes actually received."""
+
+    number: int
+    offset: int
+    length: int
+    digest: str
+    crc: int
+
+
+class ConnectionPool:
+    """Idle Vortex connections per parent address, shared by executor threads."""
+
+    def __init__(self, max_idle_per_addr: int = 16) -> None:
+        self._idle: dict[tuple[str, int], list[socket.socket]] = {}
+        self._max = max_idle_per_addr
+        self._lock = threading.Lock()
+
+    def get(self, addr: tuple[str, int]) -> socket.socket | None:
+        with self._lock:
+            idle = self._idle.get(addr)
+            return idle.pop() if idle else None
+
+    def put(self, addr: tuple[str, int], sock: socket.socket) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(addr, [])
+            if len(idle) < self._max:
+                idle.append(sock)
+                return
+        sock.close()
+
+    def discard(self, addr: tuple[str, int]) -> None:
+        """Close the idle connections to one parent (it is gone or misbehaved)."""
+        with self._lock:
+            idle = self._idle.pop(addr, [])
+        for sock in idle:
+            sock.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle = [sock for socks in self._idle.values() for sock in socks]
+            self._idle.clear()
+        for sock in idle:
+            sock.close()
+
+
+def _recv_exact(sock: socket.socket, count: int) -> bytes:
+    data = bytearray(count)
+    view = memoryview(data)
+    received = 0
+    while received < count:
+        n = sock.recv_into(view[received:])
+        if n == 0:
+            raise ShortRead(count, received)
+        received += n
+    return bytes(data)
+
+
+def _connect(addr: tuple[str, int], timeout: float) -> socket.socket:
+    sock = socket.create_connection(addr, timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, seconds in _KEEPALIVE:
+        sock.setsockopt(socket.IPPROTO_TCP, option, seconds)
+    return sock
+
+
+def fetch_piece(
+    addr: tuple[str, int],
+    task_id: str,
+    number: int,
+    *,
+    fd: int,
+    offset: int,
+    length: int,
+    buffer: bytearray,
+    connect_timeout: float,
+    timeout: float,
+    pool: ConnectionPool | None = None,
+) -> FetchedPiece:
+    """Download piece ``number`` of ``task_id`` from ``addr`` into ``fd`` (blocking; run it on an executor)."""
+    request = native.encode_download_piece(task_id, number)
+    reused = pool.get(addr) if pool is not None else None
+    sock = reused or _connect(addr, connect_timeout)
+    try:
+        sock.settimeout(timeout)
+        try:
+            sock.sendall(request)
+            header = _recv_exact(sock, native.HEADER_SIZE)
+        except (ShortRead, ConnectionResetError, BrokenPipeError) as exc:
+            if reused is None or (isinstance(exc, ShortRead) and exc.received):
+                raise
+            sock.close()
+            sock = _connect(addr, connect_timeout)
+            sock.settimeout(timeout)
+            sock.sendall(request)
+            header = _recv_exact(sock, native.HEADER_SIZE)
+        _frame_id, tag, value_length = native.decode_header(header)
+        value = _recv_exact(sock, value_length)
+        if tag == native.TAG_ERROR:
+            code, message = native.decode_error(value)
+            raise VortexRemoteError(code, message)
+        if tag != native.TAG_PIECE_CONTENT:
+            raise VortexError(f"expected a piece content frame, got tag {tag}")
+        meta = native.decode_piece_content(value)
+        if meta.number != number or meta.offset != offset or meta.length != length:
+            raise VortexError(
+                f"parent sent piece {meta.number} at {meta.offset}+{meta.length}, "
+                f"expected piece {number} at {offset}+{length}"
+            )
+        crc = native.recv_to_file(sock.fileno(), fd, offset, length, buffer, timeout)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            sock.close()
+        raise
+    if pool is not None:
+        pool.put(addr, sock)
+    else:
+        sock.close()
+    return FetchedPiece(number=number, offset=offset, length=length, digest=meta.digest, crc=crc)

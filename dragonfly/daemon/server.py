@@ -1,0 +1,233 @@
+"""Wire the daemon together: storage, origin backend, task manager, servers, announcer and GC.
+
+Start-up order follows Dragonfly's (``dragonfly-protocol.md`` §2.2): storage → backend → rate limiters → task
+manager → Vortex, metrics and health servers → announcer → upload gRPC → download gRPC (the local API is opened
+last, so a client that can connect finds everything else running) → GC. Unlike Dragonfly, an unreachable
+scheduler does not stop start-up: downloads go back to source until it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from aiohttp import web
+from dragonfly_api import dfdaemon_pb2, dfdaemon_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from dragonfly.common import ids, native
+from dragonfly.common.process import announce_listening
+from dragonfly.daemon.api.download_server import DfdaemonDownloadService
+from dragonfly.daemon.config import DfdaemonConfig
+from dragonfly.daemon.download.backend import HTTPBackend
+from dragonfly.daemon.download.parents import ParentChannels
+from dragonfly.daemon.download.scheduler_client import SchedulerClient
+from dragonfly.daemon.download.task_manager import TaskManager
+from dragonfly.daemon.host_info import HostInfo, TrafficMeter, detect_ip
+from dragonfly.daemon.metrics import DaemonMetrics, health_app
+from dragonfly.daemon.storage import Storage
+from dragonfly.daemon.storage.gc import GarbageCollector
+from dragonfly.daemon.upload.grpc_server import DfdaemonUploadService
+from dragonfly.daemon.upload.vortex_server import VortexServer
+
+log = logging.getLogger(__name__)
+
+# gRPC server tuning from Dragonfly's client (§2.1): bigger windows and frames than grpcio's defaults.
+_GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.http2.max_frame_size", 256 * 1024),
+    ("grpc.keepalive_time_ms", 300_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+]
+_UPLOAD_THREADS = 32
+
+
+def _host_port(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+class Dfdaemon:
+    """One dfdaemon process's services."""
+
+    def __init__(self, config: DfdaemonConfig) -> None:
+        self.config = config
+        self.ip = config.host.ip or detect_ip()
+        self.host_id = ids.host_id(self.ip, config.host.hostname, seed=config.seed_peer.enable)
+        self.storage = Storage(config.storage.dir, keep=config.storage.keep)
+        self._socket_path = os.path.abspath(config.download.server.socket_path)
+        self.metrics = DaemonMetrics()
+        self.upload_traffic = TrafficMeter()
+        self.download_traffic = TrafficMeter()
+        concurrency = config.download.concurrent_piece_count
+        self._download_executor = ThreadPoolExecutor(2 * concurrency + 4, thread_name_prefix="dfdaemon-download")
+        self._upload_executor = ThreadPoolExecutor(_UPLOAD_THREADS, thread_name_prefix="dfdaemon-upload")
+        self.backend = HTTPBackend(
+            request_header=config.backend.request_header,
+            max_retries=config.backend.max_retries,
+            piece_timeout=config.download.piece_timeout,
+            executor=self._download_executor,
+        )
+        self.channels = ParentChannels()
+        self.scheduler: SchedulerClient | None = None
+        self.tasks: TaskManager | None = None
+        self.vortex: VortexServer | None = None
+        self.host_info: HostInfo | None = None
+        self.addresses: dict[str, str] = {}
+        self._upload_server: grpc.aio.Server | None = None
+        self._download_server: grpc.aio.Server | None = None
+        self._runners: list[web.AppRunner] = []
+        self._background: list[asyncio.Task[None]] = []
+
+    def _listening(self, service: str, addr: str) -> None:
+        self.addresses[service] = addr
+        announce_listening(service, addr)
+
+    async def start(self) -> None:
+        config = self.config
+        self.storage.open()
+        await self.backend.start()
+        upload_bucket = native.TokenBucket(config.upload.bandwidth_limit)
+
+        self.vortex = VortexServer(
+            self.storage,
+            ip=config.storage.server.ip,
+            port=config.storage.server.tcp_port,
+            upload_bucket=upload_bucket,
+            executor=self._upload_executor,
+            timeout=config.download.piece_timeout,
+            on_served=self._on_served,
+        )
+        await self.vortex.start()
+        vortex = self.vortex
+        self.metrics.upload_connections.set_function(lambda: vortex.active_connections)
+        self._listening("vortex", _host_port(config.storage.server.ip, self.vortex.port))
+
+        self._upload_server = grpc.aio.server(options=_GRPC_OPTIONS)
+        upload_port = self._upload_server.add_insecure_port(
+            _host_port(config.upload.server.ip, config.upload.server.port)
+        )
+        self.host_info = HostInfo(
+            config,
+            host_id=self.host_id,
+            ip=self.ip,
+            upload_port=upload_port,
+            upload_traffic=self.upload_traffic,
+            download_traffic=self.download_traffic,
+        )
+        if config.scheduler.addrs:
+            self.scheduler = SchedulerClient(
+                config.scheduler.addrs, host=self.host_info.host, announce_interval=config.scheduler.announce_interval
+            )
+        self.tasks = TaskManager(
+            config,
+            storage=self.storage,
+            backend=self.backend,
+            scheduler=self.scheduler,
+            channels=self.channels,
+            executor=self._download_executor,
+            metrics=self.metrics,
+            download_traffic=self.download_traffic,
+            host_id=self.host_id,
+            ip=self.ip,
+        )
+
+        await self._start_http("metrics", self.metrics.app(), config.metrics.server.ip, config.metrics.server.port)
+        await self._start_http("health", health_app(), config.health.server.ip, config.health.server.port)
+
+        upload_service = DfdaemonUploadService(
+            storage=self.storage, tasks=self.tasks, host=self.host_info, vortex_port=self.vortex.port
+        )
+        dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(upload_service, self._upload_server)
+        await self._add_health(self._upload_server, "dfdaemon.v2.DfdaemonUpload")
+        await self._upload_server.start()
+        self._listening("upload", _host_port(config.upload.server.ip, upload_port))
+
+        if self.scheduler is not None:
+            # The first announcement is awaited briefly so a scheduler that is up knows this host before the
+            # first download; one that is down is retried in the background.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.scheduler.announce_host_to_all(), 3.0)
+            self._background.append(asyncio.create_task(self.scheduler.run_announcer(), name="announcer"))
+
+        socket_path = self._socket_path
+        os.makedirs(os.path.dirname(socket_path), exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(socket_path)
+        self._download_server = grpc.aio.server(options=_GRPC_OPTIONS)
+        dfdaemon_pb2_grpc.add_DfdaemonDownloadServicer_to_server(
+            DfdaemonDownloadService(storage=self.storage, tasks=self.tasks, scheduler=self.scheduler),
+            self._download_server,
+        )
+        await self._add_health(self._download_server, "dfdaemon.v2.DfdaemonDownload")
+        reflection.enable_server_reflection(
+            (dfdaemon_pb2.DESCRIPTOR.services_by_name["DfdaemonDownload"].full_name, reflection.SERVICE_NAME),
+            self._download_server,
+        )
+        self._download_server.add_insecure_port(f"unix:{socket_path}")
+        await self._download_server.start()
+        os.chmod(socket_path, config.download.server.socket_mode)
+        self._listening("download", socket_path)
+
+        gc = GarbageCollector(self.storage, config.gc, is_busy=self.tasks.is_active, on_evict=self._on_evict)
+        self._background.append(asyncio.create_task(gc.run(), name="gc"))
+
+    @staticmethod
+    async def _add_health(server: grpc.aio.Server, service: str) -> None:
+        servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+        for name in ("", service):
+            await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _start_http(self, service: str, app: web.Application, ip: str, port: int) -> None:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, ip, port)
+        await site.start()
+        self._runners.append(runner)
+        server = site._server
+        assert server is not None
+        bound = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._listening(service, _host_port(ip, bound))
+
+    def _on_served(self, task_id: str, length: int) -> None:
+        self.upload_traffic.add(length)
+        self.metrics.upload_bytes.inc(length)
+
+    async def _on_evict(self, task_id: str) -> None:
+        self.metrics.forget_task(task_id)
+        if self.scheduler is not None:
+            await self.scheduler.delete_task(self.host_id, task_id)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking requests, finish in-flight pieces, tell the schedulers this host leaves, close."""
+        if self._download_server is not None:
+            await self._download_server.stop(grace=1.0)
+        if self.tasks is not None:
+            await self.tasks.shutdown(grace)
+        if self.vortex is not None:
+            await self.vortex.stop(grace)
+        if self._upload_server is not None:
+            await self._upload_server.stop(grace=1.0)
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.scheduler is not None:
+            await self.scheduler.delete_host(self.host_id)
+            await self.scheduler.close()
+        for runner in self._runners:
+            await runner.cleanup()
+        await self.channels.close()
+        await self.backend.close()
+        self._download_executor.shutdown(wait=True)
+        self._upload_executor.shutdown(wait=True)
+        self.storage.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._socket_path)

@@ -1,0 +1,240 @@
+"""Task content files and their metadata (``dragonfly-protocol.md`` §3.6).
+
+Layout: ``<dir>/content/tasks/<first 3 hex of task id>/<task id>`` — one preallocated file per task — and
+``<dir>/metadata/dfdaemon.db``. Paths are only ever built from validated task ids (64 lower-case hex), so no
+request can name a file outside the storage directory.
+
+Every method runs on the event-loop thread; the file descriptors it hands out are used by executor threads
+for positional I/O. A descriptor is closed only when no one holds it any more, because closing an fd another
+thread is writing through could let the kernel reuse its number for an unrelated file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+
+from dragonfly.common.ids import is_task_id
+from dragonfly.daemon.errors import InvalidTaskId, NoSpace, TaskNotFound
+from dragonfly.daemon.storage.metadata import MetadataStore, PieceRecord, TaskRecord
+
+log = logging.getLogger(__name__)
+
+# Persisting updated_at on every upload would cost a write per served piece; GC only needs coarse times.
+_TOUCH_PERSIST_INTERVAL = 60.0
+
+
+class _ContentFile:
+    __slots__ = ("closing", "fd", "users")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.users = 0
+        self.closing = False
+
+
+class Storage:
+    """All tasks stored under one directory."""
+
+    def __init__(self, directory: str, *, keep: bool) -> None:
+        self.dir = os.path.abspath(directory)
+        self.content_dir = os.path.join(self.dir, "content", "tasks")
+        self.metadata_dir = os.path.join(self.dir, "metadata")
+        self.keep = keep
+        self._meta: MetadataStore | None = None
+        self._tasks: dict[str, TaskRecord] = {}
+        self._files: dict[str, _ContentFile] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+        self._persisted_touch: dict[str, float] = {}
+
+    def open(self) -> None:
+        """Create the directories (wiping them first unless ``keep``) and load the metadata."""
+        if not self.keep:
+            for path in (os.path.join(self.dir, "content"), self.metadata_dir):
+                shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(self.content_dir, exist_ok=True)
+        os.makedirs(self.metadata_dir, exist_ok=True)
+        self._meta = MetadataStore(os.path.join(self.metadata_dir, "dfdaemon.db"))
+        self._tasks = self._meta.load_tasks()
+        for task_id in list(self._tasks):
+            if not is_task_id(task_id) or not os.path.exists(self.content_path(task_id)):
+                log.warning("dropping task whose content file is missing", extra={"task_id": task_id})
+                self._meta.delete_task(task_id)
+                del self._tasks[task_id]
+
+    def close(self) -> None:
+        for entry in self._files.values():
+            os.close(entry.fd)
+        self._files.clear()
+        if self._meta is not None:
+            self._meta.close()
+            self._meta = None
+
+    @property
+    def _db(self) -> MetadataStore:
+        if self._meta is None:
+            raise RuntimeError("storage is not open")
+        return self._meta
+
+    def content_path(self, task_id: str) -> str:
+        """Return the content file of ``task_id``; refuse anything that is not a task id."""
+        if not is_task_id(task_id):
+            raise InvalidTaskId(task_id)
+        return os.path.join(self.content_dir, task_id[:3], task_id)
+
+    def get_task(self, task_id: str) -> TaskRecord | None:
+        if not is_task_id(task_id):
+            raise InvalidTaskId(task_id)
+        return self._tasks.get(task_id)
+
+    def tasks(self) -> list[TaskRecord]:
+        return list(self._tasks.values())
+
+    @staticmethod
+    def is_finished(task: TaskRecord) -> bool:
+        return task.finished_at is not None
+
+    def prepare_task(
+        self, task_id: str, *, url: str, piece_length: int, content_length: int, response_header: dict[str, str]
+    ) -> TaskRecord:
+        """Return the stored task, creating its preallocated content file unless a usable one exists."""
+        path = self.content_path(task_id)
+        existing = self._tasks.get(task_id)
+        if (
+            existing is not None
+            and existing.failed_at is None
+            and existing.piece_length == piece_length
+            and existing.content_length == content_length
+        ):
+            return existing
+        if existing is not None:
+            self.delete_task(task_id)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        free = shutil.disk_usage(self.content_dir).free
+        if content_length > free:
+            raise NoSpace(f"no space left in {self.dir}: the task needs {content_length} bytes, {free} are free")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            if content_length:
+                try:
+                    os.posix_fallocate(fd, 0, content_length)
+                except OSError as exc:
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                        raise
+                    # Filesystems without fallocate get a sparse file; a full disk then shows up on write.
+                    os.ftruncate(fd, content_length)
+        except OSError as exc:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise NoSpace(f"cannot allocate {content_length} bytes in {self.dir}: {exc.strerror}") from exc
+        self._files[task_id] = _ContentFile(fd)
+        now = time.time()
+        task = TaskRecord(
+            id=task_id,
+            url=url,
+            piece_length=piece_length,
+            content_length=content_length,
+            response_header=dict(response_header),
+            created_at=now,
+            updated_at=now,
+        )
+        self._db.put_task(task)
+        self._tasks[task_id] = task
+        return task
+
+    @contextlib.contextmanager
+    def content_fd(self, task_id: str) -> Iterator[int]:
+        """Lend the task's one read-write descriptor for positional I/O; it stays open until returned."""
+        if task_id not in self._tasks:
+            raise TaskNotFound(task_id)
+        entry = self._files.get(task_id)
+        if entry is None:
+            entry = _ContentFile(os.open(self.content_path(task_id), os.O_RDWR | os.O_CLOEXEC))
+            self._files[task_id] = entry
+        entry.users += 1
+        try:
+            yield entry.fd
+        finally:
+            entry.users -= 1
+            if entry.closing and entry.users == 0:
+                os.close(entry.fd)
+
+    def finish_piece(self, task_id: str, piece: PieceRecord) -> None:
+        """Record a piece whose bytes are written and verified; only now do others see it."""
+        task = self._tasks.get(task_id)
+        if task is None:
+            raise TaskNotFound(task_id)
+        self._db.put_piece(task_id, piece)
+        task.pieces[piece.number] = piece
+        task.updated_at = time.time()
+        self._notify(task_id)
+
+    def finish_task(self, task_id: str) -> None:
+        task = self._tasks[task_id]
+        task.finished_at = task.updated_at = time.time()
+        task.failed_at = None
+        self._db.put_task(task)
+        self._notify(task_id)
+
+    def fail_task(self, task_id: str) -> None:
+        task = self._tasks.get(task_id)
+        if task is None or task.finished_at is not None:
+            return
+        task.failed_at = task.updated_at = time.time()
+        self._db.put_task(task)
+        self._notify(task_id)
+
+    def touch(self, task_id: str) -> None:
+        """Mark the task as used now (GC evicts by least recent use)."""
+        task = self._tasks.get(task_id)
+        if task is None:
+            return
+        task.updated_at = now = time.time()
+        if now - self._persisted_touch.get(task_id, 0.0) >= _TOUCH_PERSIST_INTERVAL:
+            self._persisted_touch[task_id] = now
+            self._db.put_task(task)
+
+    def delete_task(self, task_id: str) -> None:
+        """Remove the task's metadata and content file."""
+        path = self.content_path(task_id)
+        task = self._tasks.pop(task_id, None)
+        self._persisted_touch.pop(task_id, None)
+        self._db.delete_task(task_id)
+        entry = self._files.pop(task_id, None)
+        if entry is not None:
+            if entry.users:
+                entry.closing = True
+            else:
+                os.close(entry.fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        if task is not None:
+            self._notify(task_id)
+
+    def _notify(self, task_id: str) -> None:
+        event = self._changed.pop(task_id, None)
+        if event is not None:
+            event.set()
+
+    async def wait_for_change(self, task_id: str, max_wait: float) -> bool:
+        """Wait until a piece of the task is recorded or its state changes; False on timeout."""
+        event = self._changed.get(task_id)
+        if event is None:
+            event = self._changed[task_id] = asyncio.Event()
+        try:
+            async with asyncio.timeout(max_wait):
+                await event.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def usage(self) -> int:
+        """Return the bytes allocated by task content files."""
+        return sum(task.content_length for task in self._tasks.values())

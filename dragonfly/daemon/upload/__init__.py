@@ -1,0 +1,1 @@
+"""Serving pieces: the Vortex TCP server and the DfdaemonUpload gRPC service."""

@@ -1,0 +1,111 @@
+"""gRPC ``dfdaemon.v2.DfdaemonUpload``: what other peers and the scheduler ask of this daemon.
+
+SyncPieces tells a child which pieces are here (and keeps telling while this daemon's own download goes on);
+SyncHost streams bandwidth figures for the child's parent selector; DownloadTask is how the scheduler makes a
+seed peer fetch a task. A request from the network never chooses a path on this host: output_path is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
+from google.protobuf import empty_pb2
+
+from dragonfly.daemon.api.convert import download_response, local_task_message, status_of, task_message
+from dragonfly.daemon.download.task_manager import TaskManager
+from dragonfly.daemon.errors import InvalidTaskId
+from dragonfly.daemon.host_info import HostInfo
+from dragonfly.daemon.storage import Storage, TaskRecord
+
+SYNC_HOST_INTERVAL = 1.0
+# A piece finishing wakes SyncPieces at once; this is only the fallback poll.
+_SYNC_PIECES_POLL = 1.0
+
+
+class DfdaemonUploadService(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
+    """The peer-facing API."""
+
+    def __init__(self, *, storage: Storage, tasks: TaskManager, host: HostInfo, vortex_port: int) -> None:
+        self._storage = storage
+        self._tasks = tasks
+        self._host = host
+        self._vortex_port = vortex_port
+
+    async def _task(self, task_id: str, context: grpc.aio.ServicerContext) -> TaskRecord:
+        try:
+            task = self._storage.get_task(task_id)
+        except InvalidTaskId as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if task is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"task {task_id} not found")
+        assert task is not None  # abort raised otherwise
+        return task
+
+    async def SyncPieces(
+        self, request: dfdaemon_pb2.SyncPiecesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[dfdaemon_pb2.SyncPiecesResponse]:
+        task = await self._task(request.task_id, context)
+        count = -(-task.content_length // task.piece_length) if task.piece_length else 0
+        interested = {n for n in request.interested_piece_numbers if n < count} or set(range(count))
+        while interested:
+            for number in sorted(n for n in interested if n in task.pieces):
+                piece = task.pieces[number]
+                interested.discard(number)
+                yield dfdaemon_pb2.SyncPiecesResponse(
+                    number=piece.number,
+                    offset=piece.offset,
+                    length=piece.length,
+                    ip=self._host.ip,
+                    tcp_port=self._vortex_port,
+                )
+            if not interested or task.finished_at is not None:
+                return
+            if self._storage.get_task(task.id) is not task or task.failed_at is not None:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"task {task.id} failed on this peer")
+            if not self._tasks.is_active(task.id):
+                # A partial task nobody is downloading any more: what is here is all there will be.
+                return
+            await self._storage.wait_for_change(task.id, _SYNC_PIECES_POLL)
+
+    async def SyncHost(
+        self, request: dfdaemon_pb2.SyncHostRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[common_pb2.Host]:
+        while True:
+            yield self._host.sync_host()
+            await asyncio.sleep(SYNC_HOST_INTERVAL)
+
+    async def DownloadTask(
+        self, request: dfdaemon_pb2.DownloadTaskRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[dfdaemon_pb2.DownloadTaskResponse]:
+        download = common_pb2.Download()
+        download.CopyFrom(request.download)
+        download.ClearField("output_path")
+        try:
+            async for event in self._tasks.download(download, from_scheduler=True):
+                yield download_response(event, host_id=self._tasks.host_id)
+        except Exception as exc:
+            code, message = status_of(exc)
+            await context.abort(code, message)
+
+    async def StatTask(
+        self, request: dfdaemon_pb2.StatTaskRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.Task:
+        task = await self._task(request.task_id, context)
+        return task_message(task, active=self._tasks.is_active(task.id))
+
+    async def StatLocalTask(
+        self, request: dfdaemon_pb2.StatLocalTaskRequest, context: grpc.aio.ServicerContext
+    ) -> dfdaemon_pb2.StatLocalTaskResponse:
+        return local_task_message(await self._task(request.task_id, context))
+
+    async def DeleteTask(
+        self, request: dfdaemon_pb2.DeleteTaskRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        task = await self._task(request.task_id, context)
+        if self._tasks.is_active(task.id):
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"task {task.id} is being downloaded")
+        self._storage.delete_task(task.id)
+        return empty_pb2.Empty()

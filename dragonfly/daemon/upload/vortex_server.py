@@ -1,0 +1,196 @@
+"""Vortex TCP piece server (``dragonfly-protocol.md`` §3.4).
+
+Per request: read the 74-byte request frame on the event loop, look the piece up (only finished, verified pieces
+exist in storage), charge the upload token bucket, then hand the raw socket to an executor thread that writes the
+metadata frame and ``sendfile``s the piece range in native code. A connection may carry several requests. uvloop has no
+``sendfile``, so the loop's own transports are never used for piece bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+from dragonfly.common import native
+from dragonfly.common.errors import DragonflyError, VortexError
+from dragonfly.daemon.blocking import run_blocking
+from dragonfly.daemon.errors import InvalidTaskId
+from dragonfly.daemon.storage import Storage
+
+log = logging.getLogger(__name__)
+
+ERROR_INVALID_ARGUMENT = 1
+ERROR_NOT_FOUND = 2
+ERROR_INTERNAL = 3
+REMOTE_PEER = 1
+# A request frame is 6 + 64 + 4 bytes; anything much longer is not a piece request.
+_MAX_REQUEST_VALUE = 1024
+_REQUEST_TIMEOUT = 30.0
+# How long a kept-alive connection may wait for its next request.
+_IDLE_TIMEOUT = 60.0
+
+
+async def _recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, count: int) -> bytes:
+    data = bytearray()
+    while len(data) < count:
+        chunk = await loop.sock_recv(sock, count - len(data))
+        if not chunk:
+            raise ConnectionResetError(f"client closed the connection after {len(data)} of {count} request bytes")
+        data += chunk
+    return bytes(data)
+
+
+def _send_piece(sock: socket.socket, frame: bytes, fd: int, offset: int, length: int, timeout: float) -> None:
+    """Write the metadata frame then the piece bytes (blocking; runs on an executor thread)."""
+    sock.settimeout(timeout)
+    try:
+        sock.sendall(frame)
+        native.sendfile(sock.fileno(), fd, offset, length, timeout)
+    finally:
+        # Back to the loop's non-blocking mode for the next request on this connection.
+        sock.setblocking(False)
+
+
+class VortexServer:
+    """Serve finished pieces of stored tasks to other peers."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        ip: str,
+        port: int,
+        upload_bucket: native.TokenBucket,
+        executor: Executor,
+        timeout: float,
+        on_served: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self._storage = storage
+        self._ip = ip
+        self._port = port
+        self._bucket = upload_bucket
+        self._executor = executor
+        self._timeout = timeout
+        self._on_served = on_served
+        self._listener: socket.socket | None = None
+        self._accept_task: asyncio.Task[None] | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+        self.active_connections = 0
+
+    @property
+    def port(self) -> int:
+        if self._listener is None:
+            raise RuntimeError("server is not started")
+        port: int = self._listener.getsockname()[1]
+        return port
+
+    async def start(self) -> None:
+        family = socket.AF_INET6 if ":" in self._ip else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self._ip, self._port))
+        listener.listen(1024)
+        listener.setblocking(False)
+        self._listener = listener
+        self._accept_task = asyncio.create_task(self._accept_loop(), name="vortex-accept")
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting; let pieces being sent finish within ``grace`` seconds."""
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accept_task
+        if self._listener is not None:
+            self._listener.close()
+        if self._handlers:
+            _done, pending = await asyncio.wait(self._handlers, timeout=grace)
+            for task in pending:
+                task.cancel()
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._listener is not None
+        while True:
+            try:
+                conn, _addr = await loop.sock_accept(self._listener)
+            except OSError as exc:
+                log.warning("vortex accept failed", extra={"error": exc})
+                await asyncio.sleep(0.1)
+                continue
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task = asyncio.create_task(self._handle(conn))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+
+    async def _send_error(self, conn: socket.socket, frame_id: int, code: int, message: str) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(OSError):
+            await asyncio.wait_for(loop.sock_sendall(conn, native.encode_error(code, message, frame_id)), 5.0)
+
+    async def _handle(self, conn: socket.socket) -> None:
+        self.active_connections += 1
+        try:
+            # Dragonfly's peers send one request per connection and close; ours keep the connection for the next
+            # piece, which saves a handshake and a slow start per piece. Both end here on EOF.
+            first = True
+            while await self._serve_one(conn, _REQUEST_TIMEOUT if first else _IDLE_TIMEOUT):
+                first = False
+        except (OSError, TimeoutError, DragonflyError) as exc:
+            log.info("vortex request failed", extra={"error": repr(exc)})
+        finally:
+            self.active_connections -= 1
+            conn.close()
+
+    async def _serve_one(self, conn: socket.socket, wait: float) -> bool:
+        """Answer one request; return False when the client closed the connection or it must be closed."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(wait):
+                header = await loop.sock_recv(conn, native.HEADER_SIZE)
+        except TimeoutError:
+            return False
+        if not header:
+            return False
+        async with asyncio.timeout(_REQUEST_TIMEOUT):
+            if len(header) < native.HEADER_SIZE:
+                header += await _recv_exact(loop, conn, native.HEADER_SIZE - len(header))
+            frame_id, tag, length = native.decode_header(header)
+            if tag != native.TAG_DOWNLOAD_PIECE or length > _MAX_REQUEST_VALUE:
+                await self._send_error(conn, frame_id, ERROR_INVALID_ARGUMENT, f"unsupported request tag {tag}")
+                return False
+            value = await _recv_exact(loop, conn, length)
+        try:
+            task_id, number = native.decode_download_piece(value)
+            task = self._storage.get_task(task_id)
+        except (VortexError, InvalidTaskId) as exc:
+            await self._send_error(conn, frame_id, ERROR_INVALID_ARGUMENT, str(exc))
+            return False
+        piece = task.pieces.get(number) if task is not None else None
+        if task is None or piece is None:
+            await self._send_error(conn, frame_id, ERROR_NOT_FOUND, f"piece {number} of task {task_id} not found")
+            return True
+        meta = native.PieceMetadata(
+            number=piece.number,
+            offset=piece.offset,
+            length=piece.length,
+            digest=piece.digest,
+            parent_id=piece.parent_id or "",
+            traffic_type=REMOTE_PEER,
+            cost_secs=int(piece.cost),
+            created_at=int(piece.created_at),
+        )
+        frame = native.encode_piece_content(meta, frame_id)
+        wait_tokens = self._bucket.reserve(piece.length)
+        if wait_tokens > 0:
+            await asyncio.sleep(wait_tokens)
+        with self._storage.content_fd(task_id) as fd:
+            await run_blocking(self._executor, _send_piece, conn, frame, fd, piece.offset, piece.length, self._timeout)
+        self._storage.touch(task_id)
+        if self._on_served is not None:
+            self._on_served(task_id, piece.length)
+        return True

@@ -1,0 +1,194 @@
+"""The HTTP origin backend against a real aiohttp server on 127.0.0.1 with Range support and faults."""
+
+from __future__ import annotations
+
+import os
+import re
+import zlib
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from dragonfly.daemon.download.backend import HTTPBackend
+from dragonfly.daemon.errors import BackendError
+
+DATA = os.urandom(3 * 1024 * 1024 + 123)
+
+
+class Origin:
+    """Serves DATA at /f with Range support; ``fault`` breaks the next ``fault_count`` requests."""
+
+    def __init__(self) -> None:
+        self.fault: str | None = None
+        self.fault_count = 1_000_000
+        self.requests: list[dict[str, str]] = []
+        self.ignore_range = False
+        self.body = DATA
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(dict(request.headers))
+        if request.path == "/moved":
+            raise web.HTTPFound("/f")
+        if request.path == "/empty":
+            if request.headers.get("Range"):
+                return web.Response(status=416, headers={"Content-Range": "bytes */0"})
+            return web.Response(body=b"")
+        if request.path != "/f":
+            raise web.HTTPNotFound()
+        fault = None
+        if self.fault and self.fault_count > 0:
+            fault, self.fault_count = self.fault, self.fault_count - 1
+        if fault in ("500", "503"):
+            return web.Response(status=int(fault), text="origin trouble")
+        body, status, headers = self.body, 200, {}
+        match = re.fullmatch(r"bytes=(\d+)-(\d+)", request.headers.get("Range", ""))
+        if match and not self.ignore_range:
+            start, end = int(match.group(1)), min(int(match.group(2)), len(self.body) - 1)
+            body, status = self.body[start : end + 1], 206
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(self.body)}"
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = len(body)
+        await response.prepare(request)
+        if fault in ("reset", "short"):
+            await response.write(body[: len(body) // 2])
+            assert request.transport is not None
+            if fault == "reset":
+                request.transport.abort()
+            else:
+                request.transport.close()
+            return response
+        await response.write(body)
+        return response
+
+
+@pytest.fixture
+async def origin() -> AsyncIterator[tuple[Origin, str]]:
+    state = Origin()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", state.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield state, f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[HTTPBackend]:
+    with ThreadPoolExecutor(4) as executor:
+        backend = HTTPBackend(request_header={"X-Default": "d"}, max_retries=1, piece_timeout=10.0, executor=executor)
+        await backend.start()
+        yield backend
+        await backend.close()
+
+
+async def test_stat_uses_one_range_request(origin: tuple[Origin, str], backend: HTTPBackend) -> None:
+    state, base = origin
+    result = await backend.stat(f"{base}/f", {"X-User": "u"})
+    assert result.content_length == len(DATA)
+    assert len(state.requests) == 1
+    assert state.requests[0]["Range"] == "bytes=0-0"
+    assert state.requests[0]["X-Default"] == "d"
+    assert state.requests[0]["X-User"] == "u"
+    assert state.requests[0]["User-Agent"].startswith("dragonfly/")
+
+
+async def test_stat_without_range_support_and_of_an_empty_object(
+    origin: tuple[Origin, str], backend: HTTPBackend
+) -> None:
+    state, base = origin
+    state.ignore_range = True
+    assert (await backend.stat(f"{base}/f", {})).content_length == len(DATA)
+    assert (await backend.stat(f"{base}/empty", {})).content_length == 0
+
+
+async def test_stat_follows_redirects(origin: tuple[Origin, str], backend: HTTPBackend) -> None:
+    _state, base = origin
+    assert (await backend.stat(f"{base}/moved", {})).content_length == len(DATA)
+
+
+@pytest.mark.parametrize("buffer_size", [4 * 1024 * 1024, 64 * 1024])
+async def test_piece_lands_at_its_offset_with_its_crc(
+    origin: tuple[Origin, str], backend: HTTPBackend, tmp_path: Path, buffer_size: int
+) -> None:
+    state, base = origin
+    path = tmp_path / "content"
+    path.write_bytes(b"\0" * len(DATA))
+    fd = os.open(path, os.O_RDWR)
+    try:
+        offset, length = 1024 * 1024, 2 * 1024 * 1024
+        crc = await backend.download_piece(
+            f"{base}/f", {"Range": "bytes=0-1"}, fd=fd, offset=offset, length=length, buffer=bytearray(buffer_size)
+        )
+    finally:
+        os.close(fd)
+    assert crc == zlib.crc32(DATA[offset : offset + length])
+    content = path.read_bytes()
+    assert content[offset : offset + length] == DATA[offset : offset + length]
+    assert content[:offset] == b"\0" * offset
+    # The user's Range header never replaces the piece range.
+    assert state.requests[-1]["Range"] == f"bytes={offset}-{offset + length - 1}"
+
+
+async def test_404_is_final_and_carries_the_status(origin: tuple[Origin, str], backend: HTTPBackend) -> None:
+    state, base = origin
+    with pytest.raises(
+        BackendError, match=r"origin returned HTTP 404 Not Found for http://127\.0\.0\.1:\d+/nope"
+    ) as info:
+        await backend.stat(f"{base}/nope", {})
+    assert info.value.status_code == 404
+    assert len(state.requests) == 1
+
+
+async def test_500_is_retried_then_reported(origin: tuple[Origin, str], backend: HTTPBackend) -> None:
+    state, base = origin
+    state.fault = "500"
+    with pytest.raises(BackendError, match="HTTP 500") as info:
+        await backend.stat(f"{base}/f", {})
+    assert info.value.status_code == 500
+    assert len(state.requests) == 2  # one retry (backend.maxRetries: 1)
+
+
+async def test_a_transient_failure_recovers_on_retry(origin: tuple[Origin, str], backend: HTTPBackend) -> None:
+    state, base = origin
+    state.fault, state.fault_count = "503", 1
+    assert (await backend.stat(f"{base}/f", {})).content_length == len(DATA)
+
+
+@pytest.mark.parametrize("fault", ["reset", "short"])
+async def test_broken_body_is_a_clear_error(
+    origin: tuple[Origin, str], backend: HTTPBackend, tmp_path: Path, fault: str
+) -> None:
+    state, base = origin
+    state.fault = fault
+    fd = os.open(tmp_path / "content", os.O_RDWR | os.O_CREAT)
+    try:
+        with pytest.raises(BackendError, match=rf"piece download from {re.escape(base)}/f failed: ") as info:
+            await backend.download_piece(
+                f"{base}/f", {}, fd=fd, offset=0, length=len(DATA), buffer=bytearray(1024 * 1024)
+            )
+    finally:
+        os.close(fd)
+    assert info.value.status_code is None
+    assert len(state.requests) == 2
+
+
+async def test_content_shorter_than_announced(origin: tuple[Origin, str], backend: HTTPBackend, tmp_path: Path) -> None:
+    state, base = origin
+    state.body = DATA[:1000]  # the object shrank after the stat
+    fd = os.open(tmp_path / "content", os.O_RDWR | os.O_CREAT)
+    try:
+        with pytest.raises(BackendError, match=r"after 1000 of 2000 bytes .*content shorter than announced"):
+            await backend.download_piece(f"{base}/f", {}, fd=fd, offset=0, length=2000, buffer=bytearray(4096))
+    finally:
+        os.close(fd)
+
+
+async def test_unreachable_origin(backend: HTTPBackend) -> None:
+    with pytest.raises(BackendError, match=r"stat of http://127\.0\.0\.1:9/f failed: "):
+        await backend.stat("http://127.0.0.1:9/f", {})

@@ -1,0 +1,208 @@
+"""Storage: sharded preallocated content files, SQLite metadata across restarts, visibility, path safety, GC."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+
+from dragonfly.common import native
+from dragonfly.common.digest import format_piece_digest
+from dragonfly.daemon.config import GCConfig, GCPolicyConfig
+from dragonfly.daemon.errors import InvalidTaskId, NoSpace, TaskNotFound
+from dragonfly.daemon.storage import PieceRecord, Storage
+from dragonfly.daemon.storage.gc import GarbageCollector
+
+TASK = "a3" + "0" * 62
+OTHER = "b7" + "1" * 62
+PIECE = 4 * 1024 * 1024
+
+
+def open_storage(path: Path, *, keep: bool = True) -> Storage:
+    storage = Storage(str(path), keep=keep)
+    storage.open()
+    return storage
+
+
+def write_piece(storage: Storage, task_id: str, number: int, data: bytes) -> PieceRecord:
+    task = storage.get_task(task_id)
+    assert task is not None
+    offset = number * task.piece_length
+    with storage.content_fd(task_id) as fd:
+        crc = native.write_piece(fd, offset, data)
+    return PieceRecord(number, offset, len(data), format_piece_digest(crc), None, 0, 0.01, time.time())
+
+
+def test_content_file_is_sharded_and_preallocated(tmp_path: Path) -> None:
+    storage = open_storage(tmp_path)
+    storage.prepare_task(TASK, url="http://o/f", piece_length=PIECE, content_length=PIECE + 10, response_header={})
+    path = tmp_path / "content" / "tasks" / TASK[:3] / TASK
+    assert storage.content_path(TASK) == str(path)
+    assert path.stat().st_size == PIECE + 10
+    assert path.stat().st_blocks * 512 >= PIECE + 10  # fallocate reserved the blocks
+    storage.close()
+
+
+@pytest.mark.parametrize(
+    "task_id",
+    ["../../etc/passwd", "A" * 64, "a" * 63, "a" * 65, "g" * 64, TASK[:-1] + "/", "", TASK + "\x00"],
+)
+def test_a_task_id_that_is_not_64_hex_never_becomes_a_path(tmp_path: Path, task_id: str) -> None:
+    storage = open_storage(tmp_path)
+    with pytest.raises(InvalidTaskId):
+        storage.content_path(task_id)
+    with pytest.raises(InvalidTaskId):
+        storage.get_task(task_id)
+    with pytest.raises(InvalidTaskId):
+        storage.prepare_task(task_id, url="http://o/f", piece_length=PIECE, content_length=1, response_header={})
+    assert sorted(os.listdir(tmp_path)) == ["content", "metadata"]
+    assert os.listdir(tmp_path / "content" / "tasks") == []
+    storage.close()
+
+
+def test_piece_is_visible_only_after_it_is_recorded(tmp_path: Path) -> None:
+    storage = open_storage(tmp_path)
+    task = storage.prepare_task(
+        TASK, url="http://o/f", piece_length=PIECE, content_length=2 * PIECE, response_header={}
+    )
+    data = os.urandom(PIECE)
+    record = write_piece(storage, TASK, 1, data)
+    assert task.pieces == {}  # bytes written, CRC not recorded yet: nobody may serve it
+    storage.finish_piece(TASK, record)
+    assert task.pieces[1].digest == f"crc32:{zlib.crc32(data)}"
+    assert task.finished_at is None
+    storage.close()
+
+
+def test_finished_task_survives_a_restart(tmp_path: Path) -> None:
+    storage = open_storage(tmp_path)
+    storage.prepare_task(
+        TASK, url="http://o/f", piece_length=PIECE, content_length=PIECE + 3, response_header={"Etag": "x"}
+    )
+    first, second = os.urandom(PIECE), os.urandom(3)
+    storage.finish_piece(TASK, write_piece(storage, TASK, 0, first))
+    storage.finish_piece(TASK, write_piece(storage, TASK, 1, second))
+    storage.finish_task(TASK)
+    storage.close()
+
+    reopened = open_storage(tmp_path)
+    task = reopened.get_task(TASK)
+    assert task is not None
+    assert task.finished_at is not None
+    assert task.response_header == {"Etag": "x"}
+    assert sorted(task.pieces) == [0, 1]
+    assert task.pieces[1].length == 3
+    assert Path(reopened.content_path(TASK)).read_bytes() == first + second
+    reopened.close()
+
+
+def test_keep_false_wipes_content_and_metadata(tmp_path: Path) -> None:
+    storage = open_storage(tmp_path)
+    storage.prepare_task(TASK, url="http://o/f", piece_length=PIECE, content_length=5, response_header={})
+    storage.close()
+    wiped = open_storage(tmp_path, keep=False)
+    assert wiped.get_task(TASK) is None
+    assert not os.path.exists(tmp_path / "content" / "tasks" / TASK[:3] / TASK)
+    wiped.close()
+
+
+def test_task_with_missing_content_file_is_dropped_at_start(tmp_path: Path) -> None:
+    storage = open_storage(tmp_path)
+    storage.prepare_task(TASK, url="http://o/f", piece_length=PIECE, content_length=5, response_header={})
+    storage.close()
+    os.unlink(tmp_path / "content" / "tasks" / TASK[:3] / TASK)
+    reopened = open_storage(tmp_path)
+    assert reopened.get_task(TASK) is None
+    reopened.close()
+
+
+def test_prepare_reuses_a_matching_task_and_resets_a_changed_one(tmp_path: Path) -> None:
+    storage = open_storage(tmp_path)
+    task = storage.prepare_task(TASK, url="http://o/f", piece_length=PIECE, content_length=10, response_header={})
+    storage.finish_piece(TASK, write_piece(storage, TASK, 0, b"0123456789"))
+    same = storage.prepare_task(TASK, url="http://o/f", piece_length=PIECE, content_length=10, response_header={})
+    assert same is task
+    assert 0 in same.pieces
+    changed = storage.prepare_task(TASK, url="http://o/f", piece_length=PIECE, content_length=11, response_header={})
+    assert changed.pieces == {}
+    assert os.path.getsize(storage.content_path(TASK)) == 11
+    storage.close()
+
+
+def test_no_space_is_a_clear_error(tmp_path: Path) -> None:
+    storage = open_storage(tmp_path)
+    with pytest.raises(NoSpace, match="no space left"):
+        storage.prepare_task(TASK, url="http://o/f", piece_length=PIECE, content_length=1 << 60, response_header={})
+    assert storage.get_task(TASK) is None
+    storage.close()
+
+
+def test_delete_keeps_a_borrowed_fd_open_until_returned(tmp_path: Path) -> None:
+    storage = open_storage(tmp_path)
+    storage.prepare_task(TASK, url="http://o/f", piece_length=PIECE, content_length=4, response_header={})
+    with storage.content_fd(TASK) as fd:
+        storage.delete_task(TASK)
+        assert native.write_piece(fd, 0, b"abcd") == zlib.crc32(b"abcd")  # still a valid descriptor
+    with pytest.raises(OSError, match="Bad file descriptor"):  # closed once returned
+        os.fstat(fd)
+    assert storage.get_task(TASK) is None
+    with pytest.raises(TaskNotFound), storage.content_fd(TASK):
+        pass
+    storage.close()
+
+
+async def test_wait_for_change_wakes_on_a_recorded_piece(tmp_path: Path) -> None:
+    storage = open_storage(tmp_path)
+    storage.prepare_task(TASK, url="http://o/f", piece_length=PIECE, content_length=4, response_header={})
+    waiter = asyncio.create_task(storage.wait_for_change(TASK, 5.0))
+    await asyncio.sleep(0)
+    storage.finish_piece(TASK, write_piece(storage, TASK, 0, b"abcd"))
+    assert await waiter is True
+    assert await storage.wait_for_change(TASK, 0.01) is False
+    storage.close()
+
+
+async def test_gc_evicts_by_ttl_and_tells_the_scheduler(tmp_path: Path) -> None:
+    storage = open_storage(tmp_path)
+    for task_id in (TASK, OTHER):
+        storage.prepare_task(task_id, url="http://o/f", piece_length=PIECE, content_length=4, response_header={})
+        storage.finish_task(task_id)
+    old = storage.get_task(TASK)
+    assert old is not None
+    old.updated_at -= 7200
+    evicted: list[str] = []
+
+    async def on_evict(task_id: str) -> None:
+        evicted.append(task_id)
+
+    config = GCConfig(policy=GCPolicyConfig(task_ttl=3600.0))  # type: ignore[arg-type]
+    gc = GarbageCollector(storage, config, is_busy=lambda _t: False, on_evict=on_evict)
+    assert await gc.collect() == [TASK]
+    assert evicted == [TASK]
+    assert storage.get_task(TASK) is None
+    assert storage.get_task(OTHER) is not None
+    storage.close()
+
+
+async def test_gc_frees_space_down_to_the_low_threshold_oldest_first(tmp_path: Path) -> None:
+    storage = open_storage(tmp_path)
+    ids = [f"{i:x}" * 64 for i in range(1, 6)]
+    for age, task_id in enumerate(ids):
+        task = storage.prepare_task(
+            task_id, url="http://o/f", piece_length=PIECE, content_length=100, response_header={}
+        )
+        storage.finish_task(task_id)
+        task.updated_at = time.time() - 100 + age
+    # 500 of 500 bytes used against a 500-byte threshold: 100 % ≥ 80 %, free down to 40 % (300 bytes).
+    config = GCConfig(
+        policy=GCPolicyConfig(disk_threshold=500, disk_high_threshold_percent=80, disk_low_threshold_percent=40)  # type: ignore[arg-type]
+    )
+    busy = {ids[0]}
+    gc = GarbageCollector(storage, config, is_busy=lambda t: t in busy, on_evict=lambda _t: asyncio.sleep(0))
+    assert await gc.collect() == ids[1:4]
+    assert [t.id for t in storage.tasks()] == [ids[0], ids[4]]
+    storage.close()

@@ -1,0 +1,249 @@
+"""The task manager without a scheduler: ids and piece math as Dragonfly, back-to-source, local hits, outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import re
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from dragonfly_api import common_pb2
+
+from dragonfly.common.errors import DigestMismatch, InvalidDigest
+from dragonfly.common.piece import calculate_piece_length
+from dragonfly.daemon.config import load_dfdaemon_config
+from dragonfly.daemon.download.backend import HTTPBackend
+from dragonfly.daemon.download.parents import ParentChannels
+from dragonfly.daemon.download.task_manager import (
+    PieceDone,
+    TaskManager,
+    TaskStarted,
+    task_id_for,
+    validate_download,
+    write_output,
+)
+from dragonfly.daemon.errors import BackendError, DownloadFailed, OutputError
+from dragonfly.daemon.host_info import TrafficMeter
+from dragonfly.daemon.metrics import DaemonMetrics
+from dragonfly.daemon.storage import Storage
+
+FILES = {"/big": os.urandom(9 * 1024 * 1024 + 7), "/small": os.urandom(1000), "/empty": b""}
+
+
+def test_task_id_follows_dragonfly() -> None:
+    assert (
+        task_id_for(common_pb2.Download(url="https://example.com"))
+        == "457b4328cde278e422c9e243f7bfd1e97f511fec43a80f535cf6b0ef6b086776"
+    )
+    assert (
+        task_id_for(common_pb2.Download(url="https://example.com", tag="foo", application="bar"))
+        == "06408fbf247ddaca478f8cb9565fe5591c28efd0994b8fea80a6a87d3203c5ca"
+    )
+    assert (
+        task_id_for(common_pb2.Download(url="https://example.com", piece_length=1024))
+        == "9f7c9aafbc6f30f8f41a96ca77eeae80c5b60964b3034b0ee43ccf7b2f9e52b8"
+    )
+    signed = "https://example.com/f?X-Amz-Signature=abc&keep=1"
+    assert task_id_for(common_pb2.Download(url=signed)) == task_id_for(
+        common_pb2.Download(url="https://example.com/f?keep=1")
+    )
+    blob = "http://r/v2/lib/alpine/blobs/sha256:" + "ab" * 32
+    assert task_id_for(common_pb2.Download(url=blob, enable_task_id_based_blob_digest=True)) == "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("download", "error", "match"),
+    [
+        (common_pb2.Download(url="ftp://h/f"), ValueError, "only http:// and https://"),
+        (common_pb2.Download(url="http://h/f", piece_length=1024), ValueError, "piece_length must be between"),
+        (common_pb2.Download(url="http://h/f", digest="md5:abc"), InvalidDigest, "unknown algorithm"),
+        (common_pb2.Download(url="http://h/f", output_path="relative"), OutputError, "must be absolute"),
+        (common_pb2.Download(url="http://h/f", output_path="/nonexistent-dir/f"), OutputError, "does not exist"),
+    ],
+)
+def test_requests_are_validated(download: common_pb2.Download, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        validate_download(download)
+
+
+def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.write_bytes(b"old")
+    with pytest.raises(OutputError, match="already exists"):
+        validate_download(common_pb2.Download(url="http://h/f", output_path=str(out)))
+    validate_download(common_pb2.Download(url="http://h/f", output_path=str(out), overwrite=True))
+
+
+def test_write_output_links_and_never_leaves_a_temp_file(tmp_path: Path) -> None:
+    content = tmp_path / "content"
+    content.write_bytes(b"payload")
+    out = tmp_path / "out"
+    write_output(str(content), str(out), overwrite=False, force_hard_link=False)
+    assert out.read_bytes() == b"payload"
+    assert os.path.samestat(out.stat(), content.stat())  # a hard link, not a copy
+    with pytest.raises(OutputError, match="already exists"):
+        write_output(str(content), str(out), overwrite=False, force_hard_link=False)
+    write_output(str(content), str(out), overwrite=True, force_hard_link=False)
+    assert sorted(os.listdir(tmp_path)) == ["content", "out"]
+
+
+class Harness:
+    def __init__(
+        self, tmp_path: Path, base: str, manager: TaskManager, storage: Storage, origin_hits: list[str]
+    ) -> None:
+        self.tmp_path = tmp_path
+        self.base = base
+        self.manager = manager
+        self.storage = storage
+        self.origin_hits = origin_hits
+
+    async def download(self, path: str, **fields: object) -> list[TaskStarted | PieceDone]:
+        download = common_pb2.Download(url=self.base + path, **fields)  # type: ignore[arg-type]
+        return [event async for event in self.manager.download(download)]
+
+
+@contextlib.asynccontextmanager
+async def make_harness(tmp_path: Path, **overrides: Any) -> AsyncIterator[Harness]:
+    hits: list[str] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        hits.append(request.headers.get("Range", ""))
+        body = FILES.get(request.path)
+        if body is None:
+            raise web.HTTPNotFound()
+        match = re.fullmatch(r"bytes=(\d+)-(\d+)", request.headers.get("Range", ""))
+        if match and not body:
+            return web.Response(status=416)
+        if match:
+            start, end = int(match.group(1)), min(int(match.group(2)), len(body) - 1)
+            headers = {"Content-Range": f"bytes {start}-{end}/{len(body)}"}
+            return web.Response(status=206, body=body[start : end + 1], headers=headers)
+        return web.Response(body=body)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+    config = load_dfdaemon_config(None, overrides={"host": {"hostname": "unit", "ip": "127.0.0.1"}, **overrides})
+    storage = Storage(str(tmp_path / "storage"), keep=True)
+    storage.open()
+    with ThreadPoolExecutor(8) as executor:
+        backend = HTTPBackend(request_header={}, max_retries=0, piece_timeout=10.0, executor=executor)
+        await backend.start()
+        manager = TaskManager(
+            config,
+            storage=storage,
+            backend=backend,
+            scheduler=None,
+            channels=ParentChannels(),
+            executor=executor,
+            metrics=DaemonMetrics(),
+            download_traffic=TrafficMeter(),
+            host_id="127.0.0.1-unit",
+            ip="127.0.0.1",
+        )
+        try:
+            yield Harness(tmp_path, base, manager, storage, hits)
+        finally:
+            await manager.shutdown(1.0)
+            await backend.close()
+            storage.close()
+            await runner.cleanup()
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    async with make_harness(tmp_path) as made:
+        yield made
+
+
+async def test_back_to_source_then_local_hit(harness: Harness) -> None:
+    out = harness.tmp_path / "out"
+    events = await harness.download("/big", output_path=str(out))
+    started = events[0]
+    assert isinstance(started, TaskStarted)
+    assert started.content_length == len(FILES["/big"])
+    assert started.piece_length == calculate_piece_length(len(FILES["/big"])) == 4 * 1024 * 1024
+    assert started.peer_id.startswith("127.0.0.1-unit-")
+    pieces = [e for e in events[1:] if isinstance(e, PieceDone)]
+    assert sorted(p.piece.number for p in pieces) == [0, 1, 2]
+    assert {p.traffic_type for p in pieces} == {common_pb2.BACK_TO_SOURCE}
+    assert [p.piece.length for p in sorted(pieces, key=lambda p: p.piece.number)] == [4194304, 4194304, 1048583]
+    assert out.read_bytes() == FILES["/big"]
+    # One stat (bytes=0-0) and one Range GET per piece.
+    assert sorted(harness.origin_hits) == sorted(
+        ["bytes=0-0", "bytes=0-4194303", "bytes=4194304-8388607", "bytes=8388608-9437190"]
+    )
+
+    harness.origin_hits.clear()
+    again = await harness.download("/big", output_path=str(harness.tmp_path / "again"))
+    assert {e.traffic_type for e in again if isinstance(e, PieceDone)} == {common_pb2.LOCAL_PEER}
+    assert harness.origin_hits == []
+    assert (harness.tmp_path / "again").read_bytes() == FILES["/big"]
+
+
+async def test_small_and_empty_objects(harness: Harness) -> None:
+    events = await harness.download("/small", output_path=str(harness.tmp_path / "small"))
+    assert [e.piece.length for e in events if isinstance(e, PieceDone)] == [1000]
+    assert (harness.tmp_path / "small").read_bytes() == FILES["/small"]
+    events = await harness.download("/empty", output_path=str(harness.tmp_path / "empty"))
+    assert len(events) == 1
+    assert (harness.tmp_path / "empty").read_bytes() == b""
+
+
+async def test_digest_is_checked_and_a_mismatch_leaves_no_file(harness: Harness) -> None:
+    good = "sha256:" + hashlib.sha256(FILES["/big"]).hexdigest()
+    await harness.download("/big", output_path=str(harness.tmp_path / "good"), digest=good)
+    assert (harness.tmp_path / "good").read_bytes() == FILES["/big"]
+    with pytest.raises(DigestMismatch, match="expected sha256:0000"):
+        await harness.download("/big", output_path=str(harness.tmp_path / "bad"), digest="sha256:" + "0" * 64)
+    assert not (harness.tmp_path / "bad").exists()
+    assert [n for n in os.listdir(harness.tmp_path) if "tmp" in n] == []
+
+
+async def test_origin_error_reaches_the_requester_without_a_file(harness: Harness) -> None:
+    out = harness.tmp_path / "missing"
+    with pytest.raises(BackendError, match="HTTP 404") as info:
+        await harness.download("/missing", output_path=str(out))
+    assert info.value.status_code == 404
+    assert not out.exists()
+
+
+async def test_back_to_source_disabled_without_a_scheduler_fails(harness: Harness) -> None:
+    out = harness.tmp_path / "never"
+    with pytest.raises(DownloadFailed, match="no scheduler is configured and back-to-source is disabled"):
+        await harness.download("/big", output_path=str(out), disable_back_to_source=True)
+    assert not out.exists()
+
+
+async def test_download_bandwidth_limit_holds_within_ten_percent(tmp_path: Path) -> None:
+    # 9 MiB at 10 MiB/s: the bucket starts with one minimum piece (4 MiB), so ~0.5 s for the remaining 5 MiB.
+    async with make_harness(tmp_path, download={"bandwidthLimit": "10MiB/s"}) as limited:
+        began = time.monotonic()
+        await limited.download("/big")
+        elapsed = time.monotonic() - began
+    expected = (len(FILES["/big"]) - 4 * 1024 * 1024) / (10 * 1024 * 1024)
+    assert expected * 0.9 <= elapsed <= expected * 1.1 + 0.15
+
+
+async def test_concurrent_requests_share_one_download(harness: Harness) -> None:
+    first, second = await asyncio.gather(
+        harness.download("/big", output_path=str(harness.tmp_path / "a")),
+        harness.download("/big", output_path=str(harness.tmp_path / "b")),
+    )
+    assert (harness.tmp_path / "a").read_bytes() == FILES["/big"]
+    assert (harness.tmp_path / "b").read_bytes() == FILES["/big"]
+    for events in (first, second):
+        assert sorted(e.piece.number for e in events if isinstance(e, PieceDone)) == [0, 1, 2]
+    assert len(harness.origin_hits) == 4  # one stat and three pieces, for both requests together
