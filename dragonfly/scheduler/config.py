@@ -1,0 +1,200 @@
+"""Scheduler configuration (``scheduler.yaml``): Dragonfly's keys and defaults (reference §2.15) plus our own.
+
+Keys Dragonfly reads from the manager's dynamic config (candidate/filter parent limits, upload load limits) are
+plain keys of the ``scheduler`` section here, because this scheduler runs stand-alone.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from dragonfly.common.config import Duration, load_config
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """The gRPC listener."""
+
+    host: str = "0.0.0.0"
+    port: int = 8002
+    advertise_ip: str | None = field(default=None, metadata={"key": "advertiseIP"})
+    # Concurrent RPCs (streams included) of the whole process; 0 = unlimited, as in Dragonfly.
+    max_concurrent_rpcs: int = field(default=0, metadata={"key": "maxConcurrentRPCs"})
+    # In-flight RPCs get this long on SIGTERM; open AnnouncePeer streams are cancelled after it.
+    graceful_stop_timeout: Duration = Duration(5)
+
+    def validate(self) -> None:
+        """Check the port range."""
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if self.max_concurrent_rpcs < 0:
+            raise ValueError("maxConcurrentRPCs must be >= 0 (0 = unlimited)")
+
+
+@dataclass(frozen=True, slots=True)
+class GCConfig:
+    """Garbage collection intervals and TTLs (reference §2.14)."""
+
+    piece_download_timeout: Duration = Duration(30 * 60)
+    peer_gc_interval: Duration = field(default=Duration(10), metadata={"key": "peerGCInterval"})
+    peer_ttl: Duration = field(default=Duration(24 * 3600), metadata={"key": "peerTTL"})
+    task_gc_interval: Duration = field(default=Duration(30 * 60), metadata={"key": "taskGCInterval"})
+    host_gc_interval: Duration = field(default=Duration(5 * 60), metadata={"key": "hostGCInterval"})
+    host_ttl: Duration = field(default=Duration(3600), metadata={"key": "hostTTL"})
+
+    def validate(self) -> None:
+        """Intervals must be positive, or the runner would spin."""
+        for name in ("peer_gc_interval", "task_gc_interval", "host_gc_interval"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluatorConfig:
+    """Weights of the parent score; each sub-score is in [0, 1] (see ``scheduling/evaluator.py``)."""
+
+    load_weight: float = 0.45
+    piece_weight: float = 0.2
+    idc_weight: float = field(default=0.15, metadata={"key": "idcWeight", "aliases": ("IDCWeight",)})
+    location_weight: float = 0.1
+    host_type_weight: float = 0.1
+
+    def validate(self) -> None:
+        """Weights are non-negative and not all zero."""
+        weights = (self.load_weight, self.piece_weight, self.idc_weight, self.location_weight, self.host_type_weight)
+        if any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError("evaluator weights must be >= 0 and not all zero")
+
+
+@dataclass(frozen=True, slots=True)
+class BadParentConfig:
+    """Abnormal-parent isolation (reference §2.12, plus cool-down, failure and digest rules of our own)."""
+
+    cool_down: Duration = Duration(60)
+    # Rolling window of piece costs, per peer and per task (Dragonfly: 2000 samples).
+    window_size: int = 2000
+    # Below this many samples in the task's window a served cost is not judged against the swarm.
+    min_swarm_samples: int = 10
+    # Piece failures reported against one parent (by any child) within coolDown that mark it bad.
+    failure_threshold: int = 3
+
+    def validate(self) -> None:
+        """Window and thresholds are positive."""
+        if self.window_size < 2 or self.min_swarm_samples < 2 or self.failure_threshold < 1:
+            raise ValueError("windowSize and minSwarmSamples must be >= 2, failureThreshold >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """Scheduling policy (reference §2.9-§2.15)."""
+
+    algorithm: str = "default"
+    back_to_source_count: int = 200
+    retry_back_to_source_limit: int = 4
+    retry_limit: int = 5
+    retry_interval: Duration = Duration(0.5)
+    candidate_parent_limit: int = 4
+    filter_parent_limit: int = 15
+    # How long a child waits for a triggered seed peer's first piece before another decision.
+    seed_peer_wait_timeout: Duration = Duration(10)
+    peer_concurrent_upload_limit: int = 200
+    seed_peer_concurrent_upload_limit: int = 2000
+    # Piece counts above this are refused at registration: the per-peer bitmap is sized by it.
+    max_piece_count: int = 1 << 22
+    evaluator: EvaluatorConfig = EvaluatorConfig()
+    bad_parent: BadParentConfig = BadParentConfig()
+    gc: GCConfig = GCConfig()
+
+    def validate(self) -> None:
+        """Mirror Dragonfly's validation, plus ranges the manager enforces for dynamic config."""
+        if self.algorithm not in ("default", "plugin", "ml"):
+            raise ValueError(f"algorithm must be default, plugin or ml, got {self.algorithm!r}")
+        if self.back_to_source_count <= 0 or self.retry_back_to_source_limit <= 0:
+            raise ValueError("backToSourceCount and retryBackToSourceLimit must be > 0")
+        if self.retry_limit <= 0:
+            raise ValueError("retryLimit must be > 0")
+        if not 1 <= self.candidate_parent_limit <= 20:
+            raise ValueError(f"candidateParentLimit must be in 1..20, got {self.candidate_parent_limit}")
+        if not 1 <= self.filter_parent_limit <= 1000:
+            raise ValueError(f"filterParentLimit must be in 1..1000, got {self.filter_parent_limit}")
+        if self.peer_concurrent_upload_limit < 1 or self.seed_peer_concurrent_upload_limit < 1:
+            raise ValueError("concurrent upload limits must be >= 1")
+        if self.max_piece_count < 1:
+            raise ValueError("maxPieceCount must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class SeedPeerConfig:
+    """Seed-peer triggering (reference §2.13)."""
+
+    enable: bool = True
+    task_download_timeout: Duration = Duration(10 * 3600)
+    # Health checks of announced seed hosts (Dragonfly: SeedPeerRefreshInterval 30 s).
+    refresh_interval: Duration = Duration(30)
+    connect_timeout: Duration = Duration(3)
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRule:
+    """Which tasks a block list matches: by application, URL regex (searched in the URL) or tag."""
+
+    applications: list[str] = field(default_factory=list)
+    urls: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        """Reject URL patterns that are not regular expressions."""
+        for pattern in self.urls:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid URL regex {pattern!r}: {exc}") from None
+
+    def matches(self, url: str, application: str, tag: str) -> bool:
+        """Return whether a task with these attributes is blocked."""
+        return (
+            (bool(application) and application in self.applications)
+            or (bool(tag) and tag in self.tags)
+            or any(re.search(pattern, url) for pattern in self.urls)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UploadBlockRule(BlockRule):
+    """Block-list rule for serving: also by host id or IP of the would-be parent."""
+
+    hosts: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class BlockListConfig:
+    """Manual block list: matching downloads are refused; matching parents are never handed out."""
+
+    download: BlockRule = BlockRule()
+    upload: UploadBlockRule = UploadBlockRule()
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Prometheus endpoint (``/metrics``)."""
+
+    enable: bool = True
+    host: str = "0.0.0.0"
+    port: int = 8000
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole scheduler.yaml."""
+
+    server: ServerConfig = ServerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    seed_peer: SeedPeerConfig = SeedPeerConfig()
+    block_list: BlockListConfig = BlockListConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+
+def load(path: str | None, *, overrides: dict[str, object] | None = None) -> Config:
+    """Load scheduler.yaml (None = defaults) with camelCase overrides."""
+    return load_config(Config, path, overrides=overrides)

@@ -1,0 +1,1 @@
+"""Parent selection: filters, the evaluator, abnormal-parent detection and the scheduling decision."""

@@ -1,0 +1,191 @@
+"""The scheduling decision for one peer (reference §2.10, decided without Dragonfly's sleeps).
+
+Dragonfly retries up to ``retryBackToSourceLimit`` times ``retryInterval`` apart before sending a peer to the
+origin. Here a decision is made at once when one is possible: parents if any qualify; the origin if nothing
+could produce the task soon. Otherwise the peer waits for a change of its task (a peer's first piece, a finished
+or failed peer, a seed peer's failure), re-deciding on each, bounded by:
+
+- ``seedPeerWaitTimeout`` while a triggered seed peer has not produced its first piece;
+- ``retryBackToSourceLimit × retryInterval`` (Dragonfly's budget) while another peer of the task is fetching
+  from the origin and this one may go there too;
+- ``retryLimit × retryInterval`` when this peer may not go to the origin (cap reached or back-to-source
+  disabled), after which the stream fails with FailedPrecondition "scheduling exceeded RetryLimit".
+
+A parent must be able to serve now: Running, BackToSource or Succeeded, and holding at least one piece (or
+Succeeded). Dragonfly also accepts a fresh seed peer and a parentless BackToSource peer with nothing yet; waiting
+for their first piece costs the child nothing, since it could not fetch anything earlier, and spares it a
+reschedule when that parent fails before producing anything.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import grpc
+
+from dragonfly.scheduler.resource import dag
+from dragonfly.scheduler.resource import peer as peer_states
+from dragonfly.scheduler.scheduling.evaluator import Evaluator
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from dragonfly.scheduler.config import SchedulerConfig, UploadBlockRule
+    from dragonfly.scheduler.metrics import Metrics
+    from dragonfly.scheduler.resource.peer import Peer
+    from dragonfly.scheduler.resource.task import Task
+
+NORMAL = "normal"
+EMPTY = "empty"
+BACK_TO_SOURCE = "need_back_to_source"
+METADATA_ONLY = "metadata_only"
+
+# How many candidates to look at when the first random sample yields too few, as a multiple of the sample.
+_WIDER_SAMPLE_FACTOR = 10
+_SCHEDULABLE_STATES = frozenset((peer_states.RECEIVED_NORMAL, peer_states.RUNNING))
+
+
+class ScheduleError(Exception):
+    """Scheduling cannot give the peer any answer; the stream ends with ``code``."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(slots=True)
+class Decision:
+    """What to tell a peer: its kind, the parents (already linked in the DAG) or the back-to-source reason."""
+
+    kind: str
+    parents: list[Peer] = field(default_factory=list)
+    description: str = ""
+
+
+class Scheduling:
+    """Filter, score and pick parents; decide back-to-source."""
+
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        upload_block: UploadBlockRule,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.evaluator = Evaluator(config.evaluator)
+        self._upload_block = upload_block
+        self._blocked_hosts = frozenset(upload_block.hosts)
+        self._metrics = metrics
+        self._clock = clock
+
+    def find_candidate_parents(self, child: Peer, now: float) -> list[Peer]:
+        """Return up to ``candidateParentLimit`` parents for ``child``, best first (not linked yet)."""
+        task = child.task
+        pool = task.parent_pool
+        if not pool or self._task_upload_blocked(task):
+            return []
+        limit = self.config.filter_parent_limit
+        wanted = self.config.candidate_parent_limit
+        candidates = self.filter_parents(pool.sample(limit), child, now)
+        if len(candidates) < wanted and len(pool) > limit:
+            candidates = self.filter_parents(pool.sample(limit * _WIDER_SAMPLE_FACTOR), child, now)
+        if not candidates:
+            return []
+        return self.evaluator.sort(candidates, child)[:wanted]
+
+    def filter_parents(self, sample: list[Peer], child: Peer, now: float) -> list[Peer]:
+        """Drop candidates that must not serve ``child`` (reference §2.10b, in order, plus upload slots)."""
+        blocked = child.block_parents
+        current = child.parents
+        below = dag.descendants(child) if child.children else ()
+        child_host = child.host.id
+        blocked_hosts = self._blocked_hosts
+        kept = []
+        for candidate in sample:
+            if candidate.id in blocked:
+                continue
+            host = candidate.host
+            if host.disable_shared or host.id == child_host:
+                continue
+            if blocked_hosts and (host.id in blocked_hosts or host.ip in blocked_hosts):
+                continue
+            if not candidate.servable or candidate.is_bad(now):
+                continue
+            if host.concurrent_upload_count >= host.concurrent_upload_limit:
+                continue
+            if candidate.id in current or candidate.id in below:
+                continue
+            kept.append(candidate)
+        return kept
+
+    def _task_upload_blocked(self, task: Task) -> bool:
+        blocked = task.upload_blocked
+        if blocked is None:
+            blocked = task.upload_blocked = self._upload_block.matches(task.url, task.application, task.tag)
+        return blocked
+
+    def source_pending(self, peer: Peer, now: float) -> bool:
+        """Return whether another peer this one could use is fetching the task from the origin."""
+        task = peer.task
+        for other_id in task.back_to_source_peers:
+            other = task.peers.get(other_id)
+            if (
+                other is not None
+                and other is not peer
+                and other_id not in peer.block_parents
+                and other.host is not peer.host
+                and not other.is_bad(now)
+            ):
+                return True
+        return False
+
+    def back_to_source(self, peer: Peer, description: str) -> Decision:
+        """Send ``peer`` to the origin, taking one of the task's back-to-source slots now."""
+        peer.task.back_to_source_peers.add(peer.id)
+        peer.need_back_to_source = True
+        self._metrics.back_to_source.inc()
+        return Decision(BACK_TO_SOURCE, description=description)
+
+    async def schedule(self, peer: Peer) -> Decision:
+        """Decide for a registered (ReceivedNormal) or rescheduled (Running) peer; see the module docstring."""
+        if peer.state not in _SCHEDULABLE_STATES:
+            raise ScheduleError(
+                grpc.StatusCode.FAILED_PRECONDITION, f"peer {peer.id} cannot be scheduled in state {peer.state}"
+            )
+        config = self.config
+        clock = self._clock
+        task = peer.task
+        start = clock()
+        back_to_source_at = start + config.retry_back_to_source_limit * config.retry_interval
+        fail_at = start + config.retry_limit * config.retry_interval
+        seed_until = start + config.seed_peer_wait_timeout
+        dag.delete_in_edges(peer)
+        while True:
+            if peer.deleted:
+                raise ScheduleError(grpc.StatusCode.NOT_FOUND, f"peer {peer.id} was deleted while being scheduled")
+            now = clock()
+            may_back_to_source = task.can_back_to_source() and not peer.download.disable_back_to_source
+            if may_back_to_source and peer.need_back_to_source:
+                return self.back_to_source(peer, "peer's NeedBackToSource is true")
+            parents = self.find_candidate_parents(peer, now)
+            if parents:
+                added = dag.add_edges(parents, peer)
+                if added:
+                    return Decision(NORMAL, added)
+            if task.waiting_for_seed() and now < seed_until:
+                wait_until = seed_until
+            elif may_back_to_source:
+                if not self.source_pending(peer, now):
+                    return self.back_to_source(peer, "no candidate parents")
+                if now >= back_to_source_at:
+                    return self.back_to_source(peer, "scheduling exceeded RetryBackToSourceLimit")
+                wait_until = back_to_source_at
+            else:
+                if now >= fail_at:
+                    raise ScheduleError(grpc.StatusCode.FAILED_PRECONDITION, "scheduling exceeded RetryLimit")
+                wait_until = fail_at
+            await task.wait_changed(wait_until - now)

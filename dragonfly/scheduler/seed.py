@@ -1,0 +1,188 @@
+"""Seed peers: pick one per task on a consistent-hash ring and trigger its download (reference §2.13).
+
+Seed hosts are learnt from AnnounceHost (type ≠ normal) and presumed healthy until a check fails. Every
+``seedPeer.refreshInterval`` each is checked with grpc.health.v1 on its upload port; a server that answers
+UNIMPLEMENTED (no health service) is up, so it counts as healthy. A trigger that cannot reach its seed marks it
+unhealthy at once. The ring (``dragonfly.common.hashring``) holds the ids of healthy seed hosts; a task always
+maps to the same seed while the set is stable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import grpc
+from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from dragonfly.common.hashring import HashRing
+
+if TYPE_CHECKING:
+    from dragonfly.scheduler.config import SeedPeerConfig
+    from dragonfly.scheduler.metrics import Metrics
+    from dragonfly.scheduler.resource.host import Host
+    from dragonfly.scheduler.resource.task import Task
+
+log = logging.getLogger(__name__)
+
+# Dragonfly's SeedPeerFailedTimeout: a task whose seed download failed recently is not sent to a seed again.
+SEED_PEER_FAILED_TIMEOUT = 30 * 60.0
+_HEALTHY_CODES = frozenset((grpc.StatusCode.UNIMPLEMENTED,))
+
+
+def seed_download(download: common_pb2.Download) -> common_pb2.Download:
+    """Return the Download a seed gets: the child's request, told to go to the origin, without its output path."""
+    forwarded = common_pb2.Download()
+    forwarded.CopyFrom(download)
+    forwarded.need_back_to_source = True
+    forwarded.metadata_only = False
+    forwarded.ClearField("output_path")
+    return forwarded
+
+
+class SeedPeers:
+    """The healthy seed hosts, the ring over them, and the background downloads they were asked for."""
+
+    def __init__(self, config: SeedPeerConfig, metrics: Metrics) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._hosts: dict[str, Host] = {}
+        self._unhealthy: set[str] = set()
+        self._ring = HashRing(())
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._downloads: set[asyncio.Task[None]] = set()
+        self._refresher: asyncio.Task[None] | None = None
+
+    # ring
+
+    def set_hosts(self, hosts: list[Host]) -> None:
+        """Replace the known seed hosts (called whenever AnnounceHost or DeleteHost changes them)."""
+        self._hosts = {host.id: host for host in hosts}
+        self._unhealthy &= set(self._hosts)
+        for addr in set(self._channels) - {host.address for host in hosts}:
+            channel = self._channels.pop(addr)
+            self._spawn(channel.close())
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        nodes = [host_id for host_id in self._hosts if host_id not in self._unhealthy]
+        if set(nodes) != set(self._ring.nodes):
+            self._ring = HashRing(nodes)
+            log.info("seed peer ring rebuilt", extra={"seed_hosts": ",".join(sorted(nodes)) or "-"})
+
+    def available(self) -> bool:
+        """Return whether any healthy seed host is known (Dragonfly's HasAvailable)."""
+        return self._config.enable and len(self._ring) > 0
+
+    def select(self, task_id: str) -> Host | None:
+        """Return the seed host that owns ``task_id``."""
+        if not self.available():
+            return None
+        return self._hosts.get(self._ring.owner(task_id))
+
+    def _set_health(self, host_id: str, healthy: bool) -> None:
+        if healthy:
+            self._unhealthy.discard(host_id)
+        else:
+            self._unhealthy.add(host_id)
+        self._rebuild()
+
+    def _channel(self, host: Host) -> grpc.aio.Channel:
+        channel = self._channels.get(host.address)
+        if channel is None:
+            channel = self._channels[host.address] = grpc.aio.insecure_channel(host.address)
+        return channel
+
+    # health
+
+    def start(self) -> None:
+        """Start the periodic health checks."""
+        self._refresher = asyncio.create_task(self._refresh_loop(), name="seed-peer-health")
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.refresh_interval)
+            await self.check_health()
+
+    async def check_health(self) -> None:
+        """Check every seed host once and rebuild the ring."""
+        hosts = list(self._hosts.values())
+        results = await asyncio.gather(*(self._check(host) for host in hosts))
+        for host, healthy in zip(hosts, results, strict=True):
+            if healthy != (host.id not in self._unhealthy):
+                log.warning("seed peer health changed", extra={"host_id": host.id, "healthy": healthy})
+            if healthy:
+                self._unhealthy.discard(host.id)
+            else:
+                self._unhealthy.add(host.id)
+        self._rebuild()
+
+    async def _check(self, host: Host) -> bool:
+        stub = health_pb2_grpc.HealthStub(self._channel(host))
+        try:
+            response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=self._config.connect_timeout)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code() in _HEALTHY_CODES
+        return response.status == health_pb2.HealthCheckResponse.SERVING
+
+    # triggering
+
+    def trigger(self, task: Task, download: common_pb2.Download, host: Host) -> None:
+        """Ask ``host`` to download ``task`` from the origin, in the background (DfdaemonUpload.DownloadTask)."""
+        task.seed_trigger_active = True
+        task.seed_has_pieces = False
+        self._metrics.seed_triggers.labels("triggered").inc()
+        log.info("seed peer triggered", extra={"task_id": task.id, "host_id": host.id, "addr": host.address})
+        self._spawn(self._download(task, seed_download(download), host))
+
+    async def _download(self, task: Task, download: common_pb2.Download, host: Host) -> None:
+        stub = dfdaemon_pb2_grpc.DfdaemonUploadStub(self._channel(host))
+        call = stub.DownloadTask(
+            dfdaemon_pb2.DownloadTaskRequest(download=download), timeout=self._config.task_download_timeout
+        )
+        failure = ""
+        try:
+            async for _ in call:
+                pass
+        except grpc.aio.AioRpcError as exc:
+            failure = f"{exc.code().name}: {exc.details()}"
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                self._set_health(host.id, False)
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        finally:
+            task.seed_trigger_active = False
+        if failure:
+            task.seed_failed_at = time.monotonic()
+            self._metrics.seed_triggers.labels("failed").inc()
+            log.warning("seed peer download failed", extra={"task_id": task.id, "host_id": host.id, "error": failure})
+        else:
+            self._metrics.seed_triggers.labels("succeeded").inc()
+            log.info("seed peer download finished", extra={"task_id": task.id, "host_id": host.id})
+        task.notify()
+
+    def recently_failed(self, task: Task, now: float) -> bool:
+        """Return whether the task's seed download failed within SEED_PEER_FAILED_TIMEOUT."""
+        return task.seed_failed_at is not None and now - task.seed_failed_at < SEED_PEER_FAILED_TIMEOUT
+
+    def _spawn(self, coro: object) -> None:
+        job = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._downloads.add(job)
+        job.add_done_callback(self._downloads.discard)
+
+    async def close(self) -> None:
+        """Cancel background downloads and health checks, and close the channels."""
+        jobs = [*self._downloads, *([self._refresher] if self._refresher else [])]
+        for job in jobs:
+            job.cancel()
+        for job in jobs:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await job
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()

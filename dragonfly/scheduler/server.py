@@ -1,0 +1,151 @@
+"""Process wiring: the resource model, scheduling, seed peers, GC, metrics and the grpc.aio server."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import grpc
+from aiohttp import web
+from dragonfly_api import scheduler_pb2, scheduler_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from dragonfly.scheduler.config import Config
+from dragonfly.scheduler.gc import GarbageCollector
+from dragonfly.scheduler.metrics import Metrics
+from dragonfly.scheduler.resource.manager import ResourceManager
+from dragonfly.scheduler.scheduling.abnormal import AbnormalDetector
+from dragonfly.scheduler.scheduling.scheduling import Scheduling
+from dragonfly.scheduler.seed import SeedPeers
+from dragonfly.scheduler.service.servicer import SchedulerServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
+_MAX_MESSAGE_LENGTH = 2**31 - 1
+_MAX_PENDING_CALLS = 100_000
+
+
+def format_address(host: str, port: int) -> str:
+    """Return ``host:port``, bracketing IPv6 literals."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(slots=True)
+class SchedulerContext:
+    """Everything a request handler needs."""
+
+    config: Config
+    resource: ResourceManager
+    metrics: Metrics
+    scheduling: Scheduling
+    abnormal: AbnormalDetector
+    seeds: SeedPeers
+
+    @classmethod
+    def create(cls, config: Config) -> SchedulerContext:
+        """Build the object graph of one scheduler."""
+        resource = ResourceManager(config.scheduler)
+        metrics = Metrics(resource)
+        seeds = SeedPeers(config.seed_peer, metrics)
+        resource.on_seed_hosts_changed = seeds.set_hosts
+        return cls(
+            config=config,
+            resource=resource,
+            metrics=metrics,
+            scheduling=Scheduling(config.scheduler, config.block_list.upload, metrics),
+            abnormal=AbnormalDetector(config.scheduler.bad_parent, metrics),
+            seeds=seeds,
+        )
+
+
+class SchedulerServer:
+    """One scheduler: ``await start()`` binds the listeners, ``await stop()`` drains and closes them."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.ctx = SchedulerContext.create(config)
+        self.gc = GarbageCollector(config.scheduler.gc, self.ctx.resource)
+        self.address = ""
+        self.metrics_address: str | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._metrics_runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        """Bind the gRPC server (and the metrics endpoint) and start the background jobs."""
+        server_config = self.config.server
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", _MAX_MESSAGE_LENGTH),
+                ("grpc.max_receive_message_length", _MAX_MESSAGE_LENGTH),
+                ("grpc.max_connection_idle_ms", 10 * 60 * 1000),
+                ("grpc.max_connection_age_ms", 12 * 3600 * 1000),
+                ("grpc.max_connection_age_grace_ms", 5 * 60 * 1000),
+                ("grpc.so_reuseport", 0),
+                # grpc-core cancels calls the Python server has not picked up yet once more than 1,000 wait
+                # (1 s soft rule, 3,000 hard); a burst of new AnnouncePeer streams must queue instead.
+                ("grpc.server.max_pending_requests", _MAX_PENDING_CALLS),
+                ("grpc.server.max_pending_requests_hard_limit", _MAX_PENDING_CALLS),
+            ],
+            maximum_concurrent_rpcs=server_config.max_concurrent_rpcs or None,
+        )
+        scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerServicer(self.ctx), server)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        target = format_address(server_config.host, server_config.port)
+        try:
+            port = server.add_insecure_port(target)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {target}: {exc}") from None
+        if not port:
+            raise OSError(f"cannot listen on {target}")
+        await server.start()
+        self._server = server
+        self.address = format_address(server_config.host, port)
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if self.config.metrics.enable:
+            await self._start_metrics()
+        self.ctx.seeds.start()
+        self.gc.start()
+        log.info("scheduler started", extra={"addr": self.address})
+
+    async def _start_metrics(self) -> None:
+        config = self.config.metrics
+        app = web.Application()
+        app.router.add_get("/metrics", self.ctx.metrics.handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, config.host, config.port)
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._metrics_runner = runner
+        host, port = runner.addresses[0][:2]
+        self.metrics_address = format_address(host, port)
+
+    async def stop(self) -> None:
+        """Stop accepting work, give in-flight RPCs the grace period, then stop the background jobs."""
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(self.config.server.graceful_stop_timeout)
+            self._server = None
+        await self.gc.stop()
+        await self.ctx.seeds.close()
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
+            self._metrics_runner = None
+        log.info("scheduler stopped", extra={"addr": self.address})
+
+    async def __aenter__(self) -> SchedulerServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

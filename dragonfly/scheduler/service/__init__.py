@@ -1,0 +1,1 @@
+"""The scheduler.v2.Scheduler gRPC service."""

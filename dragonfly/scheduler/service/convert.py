@@ -1,0 +1,85 @@
+"""Build common.v2 messages from the resource model."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dragonfly_api import common_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
+
+if TYPE_CHECKING:
+    from dragonfly.scheduler.resource.peer import Peer
+    from dragonfly.scheduler.resource.task import Task
+
+
+def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    """Return a Timestamp for a wall-clock time."""
+    whole = int(seconds)
+    return timestamp_pb2.Timestamp(seconds=whole, nanos=int((seconds - whole) * 1e9))
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    """Return a Duration for a non-negative number of seconds."""
+    whole = int(seconds)
+    return duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
+
+
+def seconds(value: duration_pb2.Duration) -> float:
+    """Return a Duration in seconds."""
+    return value.seconds + value.nanos * 1e-9
+
+
+def task_message(task: Task, *, with_pieces: bool = False) -> common_pb2.Task:
+    """Return the common.v2.Task of ``task`` (with its stored back-to-source pieces for StatTask)."""
+    message = common_pb2.Task(
+        id=task.id,
+        type=task.type,
+        url=task.url,
+        filtered_query_params=task.filtered_query_params,
+        request_header=task.request_header,
+        content_length=max(task.content_length, 0),
+        piece_count=task.piece_count,
+        size_scope=task.size_scope(),
+        state=task.state,
+        peer_count=len(task.peers),
+        has_available_peer=len(task.parent_pool) > 0,
+        created_at=timestamp(task.created_wall),
+        updated_at=timestamp(task.created_wall + (task.updated_at - task.created_at)),
+    )
+    if task.digest:
+        message.digest = task.digest
+    if task.tag:
+        message.tag = task.tag
+    if task.application:
+        message.application = task.application
+    if with_pieces:
+        message.pieces.extend(task.pieces[number] for number in sorted(task.pieces))
+    return message
+
+
+def peer_message(peer: Peer, task: common_pb2.Task, *, with_pieces: bool = False) -> common_pb2.Peer:
+    """Return the common.v2.Peer of ``peer``, carrying its task and its host as announced."""
+    message = common_pb2.Peer(
+        id=peer.id,
+        priority=peer.priority,
+        cost=duration(peer.cost),
+        state=peer.state,
+        task=task,
+        host=peer.host.message,
+        need_back_to_source=peer.need_back_to_source,
+        created_at=timestamp(peer.created_wall),
+        updated_at=timestamp(peer.updated_wall()),
+        concurrent_piece_count=peer.concurrent_piece_count,
+    )
+    if peer.range is not None:
+        message.range.start, message.range.length = peer.range
+    if with_pieces:
+        piece_length = peer.task.piece_length
+        content_length = peer.task.content_length
+        for number in peer.pieces.numbers():
+            piece = message.pieces.add(number=number)
+            if piece_length > 0:
+                piece.offset = number * piece_length
+                if content_length >= 0:
+                    piece.length = max(min(piece_length, content_length - piece.offset), 0)
+    return message

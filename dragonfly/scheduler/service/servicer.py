@@ -1,0 +1,217 @@
+"""``scheduler.v2.Scheduler`` on grpc.aio: host and peer RPCs; cache, persistent and preheat RPCs are UNIMPLEMENTED.
+
+StatPeer reports abnormal-parent marks in its trailing metadata, since common.v2.Peer has no field for them:
+``dragonfly-bad-parent`` ("true"/"false"), and while true ``dragonfly-bad-parent-reason`` and
+``dragonfly-bad-parent-remaining`` (seconds of cool-down left).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from dragonfly_api import scheduler_pb2, scheduler_pb2_grpc
+from google.protobuf import empty_pb2
+from google.protobuf.message import DecodeError
+
+from dragonfly.scheduler.service import convert
+from dragonfly.scheduler.service.announce_peer import MAX_ID_LENGTH, PeerStream, StreamError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from dragonfly.scheduler.resource.host import Host
+    from dragonfly.scheduler.resource.peer import Peer
+    from dragonfly.scheduler.resource.task import Task
+    from dragonfly.scheduler.server import SchedulerContext
+
+log = logging.getLogger(__name__)
+
+IMPLEMENTED = frozenset(
+    ("AnnouncePeer", "StatPeer", "DeletePeer", "StatTask", "DeleteTask", "AnnounceHost", "ListHosts", "DeleteHost")
+)
+
+
+def _unimplemented_reason(method: str) -> str:
+    if method in ("PreheatImage", "StatImage", "PreheatFile", "StatFile"):
+        return "preheat and image/file status are served by the manager's jobs, not by this scheduler yet"
+    if "PersistentCache" in method:
+        return "persistent-cache tasks are not supported by this scheduler yet"
+    if "Persistent" in method:
+        return "persistent tasks are not supported by this scheduler yet"
+    return "cache tasks are not supported by this scheduler yet"
+
+
+def _ascii(text: str) -> str:
+    return text.encode("ascii", "replace").decode("ascii").replace("\n", " ")
+
+
+async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> Any:
+    await context.abort(code, message)
+
+
+def _check_ids(**ids: str) -> tuple[grpc.StatusCode, str] | None:
+    for name, value in ids.items():
+        if not value:
+            return grpc.StatusCode.INVALID_ARGUMENT, f"{name} is empty"
+        if len(value) > MAX_ID_LENGTH:
+            return grpc.StatusCode.INVALID_ARGUMENT, f"{name} is longer than {MAX_ID_LENGTH} characters"
+    return None
+
+
+class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[misc]
+    """The gRPC face of one scheduler."""
+
+    def __init__(self, ctx: SchedulerContext) -> None:
+        self._ctx = ctx
+
+    async def AnnouncePeer(
+        self, request_iterator: AsyncIterator[scheduler_pb2.AnnouncePeerRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[scheduler_pb2.AnnouncePeerResponse]:
+        """Run one peer's announce stream until a terminal message, an error or the client's end."""
+        stream = PeerStream(self._ctx)
+        requests = aiter(request_iterator)
+        try:
+            while True:
+                try:
+                    request = await anext(requests)
+                except StopAsyncIteration:
+                    return
+                except DecodeError as exc:
+                    stream.close()
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot decode AnnouncePeerRequest: {exc}")
+                try:
+                    response = await stream.handle(request)
+                except StreamError as exc:
+                    peer = stream.peer
+                    log.info(
+                        "announce stream failed",
+                        extra={
+                            "task_id": peer.task.id if peer else "-",
+                            "peer_id": peer.id if peer else "-",
+                            "code": exc.code.name,
+                            "error": exc.message,
+                        },
+                    )
+                    stream.close()
+                    await context.abort(exc.code, exc.message)
+                if response is not None:
+                    yield response
+                if stream.done:
+                    return
+        finally:
+            stream.close()
+
+    # peers and tasks
+
+    def _peer(self, peer_id: str) -> Peer | None:
+        return self._ctx.resource.peers.get(peer_id)
+
+    async def StatPeer(self, request: scheduler_pb2.StatPeerRequest, context: grpc.aio.ServicerContext) -> Any:
+        """Return the peer with its finished pieces; bad-parent marks go in trailing metadata."""
+        error = _check_ids(peer_id=request.peer_id)
+        if error:
+            return await _abort(context, *error)
+        peer = self._peer(request.peer_id)
+        if peer is None:
+            return await _abort(context, grpc.StatusCode.NOT_FOUND, f"peer {request.peer_id} not found")
+        now = time.monotonic()
+        bad = peer.is_bad(now)
+        metadata = [("dragonfly-bad-parent", "true" if bad else "false")]
+        if bad:
+            reason = peer.bad_reason if now < peer.bad_until else "slow: its last piece cost is abnormal"
+            metadata.append(("dragonfly-bad-parent-reason", _ascii(reason)))
+            metadata.append(("dragonfly-bad-parent-remaining", f"{max(peer.bad_until - now, 0.0):.3f}"))
+        context.set_trailing_metadata(tuple(metadata))
+        return convert.peer_message(peer, convert.task_message(peer.task), with_pieces=True)
+
+    async def DeletePeer(self, request: scheduler_pb2.DeletePeerRequest, context: grpc.aio.ServicerContext) -> Any:
+        """Remove a peer (its children lose it as a parent)."""
+        error = _check_ids(peer_id=request.peer_id)
+        if error:
+            return await _abort(context, *error)
+        peer = self._peer(request.peer_id)
+        if peer is None:
+            return await _abort(context, grpc.StatusCode.NOT_FOUND, f"peer {request.peer_id} not found")
+        self._ctx.resource.delete_peer(peer, time.monotonic())
+        log.info("peer deleted", extra={"task_id": peer.task.id, "peer_id": peer.id})
+        return empty_pb2.Empty()
+
+    def _task(self, task_id: str) -> Task | None:
+        return self._ctx.resource.tasks.get(task_id)
+
+    async def StatTask(self, request: scheduler_pb2.StatTaskRequest, context: grpc.aio.ServicerContext) -> Any:
+        """Return the task with its stored back-to-source pieces."""
+        error = _check_ids(task_id=request.task_id)
+        if error:
+            return await _abort(context, *error)
+        task = self._task(request.task_id)
+        if task is None:
+            return await _abort(context, grpc.StatusCode.NOT_FOUND, f"task {request.task_id} not found")
+        return convert.task_message(task, with_pieces=True)
+
+    async def DeleteTask(self, request: scheduler_pb2.DeleteTaskRequest, context: grpc.aio.ServicerContext) -> Any:
+        """Remove the given host's peers of the task."""
+        error = _check_ids(host_id=request.host_id, task_id=request.task_id)
+        if error:
+            return await _abort(context, *error)
+        task = self._task(request.task_id)
+        if task is None:
+            return await _abort(context, grpc.StatusCode.NOT_FOUND, f"task {request.task_id} not found")
+        now = time.monotonic()
+        resource = self._ctx.resource
+        for peer in [p for p in task.peers.values() if p.host.id == request.host_id]:
+            resource.delete_peer(peer, now)
+        return empty_pb2.Empty()
+
+    # hosts
+
+    async def AnnounceHost(self, request: scheduler_pb2.AnnounceHostRequest, context: grpc.aio.ServicerContext) -> Any:
+        """Create or refresh a host."""
+        host = request.host
+        error = _check_ids(**{"host.id": host.id, "host.ip": host.ip})
+        if error:
+            return await _abort(context, *error)
+        if not 0 < host.port <= 65535:
+            return await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"host.port {host.port} is not a TCP port")
+        if host.type > 3:
+            return await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"host.type {host.type} is unknown")
+        interval = convert.seconds(request.interval) if request.HasField("interval") else 0.0
+        self._ctx.resource.announce_host(host, interval, time.monotonic())
+        return empty_pb2.Empty()
+
+    async def ListHosts(self, request: scheduler_pb2.ListHostsRequest, context: grpc.aio.ServicerContext) -> Any:
+        """Return every host, or those of one type."""
+        hosts: list[Host] = list(self._ctx.resource.hosts.values())
+        if request.HasField("type"):
+            hosts = [host for host in hosts if host.message.type == request.type]
+        return scheduler_pb2.ListHostsResponse(hosts=[host.message for host in hosts])
+
+    async def DeleteHost(self, request: scheduler_pb2.DeleteHostRequest, context: grpc.aio.ServicerContext) -> Any:
+        """Remove a host and all its peers."""
+        error = _check_ids(host_id=request.host_id)
+        if error:
+            return await _abort(context, *error)
+        host = self._ctx.resource.hosts.get(request.host_id)
+        if host is None:
+            return await _abort(context, grpc.StatusCode.NOT_FOUND, f"host {request.host_id} not found")
+        self._ctx.resource.delete_host(host, time.monotonic())
+        return empty_pb2.Empty()
+
+
+def _make_unimplemented(method: str) -> Any:
+    message = f"scheduler.v2.Scheduler/{method} is not implemented: {_unimplemented_reason(method)}"
+
+    async def unimplemented(self: SchedulerServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+
+    unimplemented.__name__ = method
+    unimplemented.__doc__ = f"Answer UNIMPLEMENTED ({_unimplemented_reason(method)})."
+    return unimplemented
+
+
+for _method in scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].methods:
+    if _method.name not in IMPLEMENTED:
+        setattr(SchedulerServicer, _method.name, _make_unimplemented(_method.name))

@@ -1,0 +1,336 @@
+"""A real scheduler process, protocol clients built from the stubs, and a stand-in seed endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from google.protobuf import duration_pb2
+
+REPO = Path(__file__).resolve().parents[3]
+START_TIMEOUT = 20.0
+WAIT = 5.0
+LISTENING = re.compile(r"^dragonfly: scheduler listening on (\S+)$")
+METRICS = re.compile(r"^dragonfly: scheduler metrics listening on (\S+)$")
+
+
+class SchedulerProcess:
+    """``python -m dragonfly.cli.scheduler`` on an ephemeral port, stopped with SIGTERM."""
+
+    def __init__(self, config: dict[str, Any], workdir: Path) -> None:
+        self.config_path = workdir / "scheduler.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = workdir / "scheduler.log"
+        self.proc: subprocess.Popen[str] | None = None
+        self.addr = ""
+        self.metrics_addr = ""
+
+    def _spawn(self) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dragonfly.cli.scheduler", "--config", str(self.config_path), "--port", "0"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+        )
+
+    async def start(self) -> None:
+        """Start the process and wait (bounded) for its ready line, collecting the addresses it prints."""
+        self._spawn()
+        assert self.proc is not None
+        loop = asyncio.get_running_loop()
+        stdout = self.proc.stdout
+        assert stdout is not None
+        async with asyncio.timeout(START_TIMEOUT):
+            while True:
+                line = await loop.run_in_executor(None, stdout.readline)
+                if not line:
+                    raise RuntimeError(f"scheduler exited early:\n{self.log_path.read_text()}")
+                line = line.rstrip("\n")
+                if match := LISTENING.match(line):
+                    self.addr = match.group(1)
+                elif match := METRICS.match(line):
+                    self.metrics_addr = match.group(1)
+                elif line == "dragonfly: scheduler ready":
+                    return
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        self._log.close()
+        return code
+
+    def rss(self) -> int:
+        """Return the resident set size in bytes."""
+        import psutil
+
+        assert self.proc is not None
+        return psutil.Process(self.proc.pid).memory_info().rss
+
+    async def metrics(self) -> str:
+        """Return the Prometheus exposition text."""
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session, session.get(f"http://{self.metrics_addr}/metrics") as resp:
+            return await resp.text()
+
+    async def metric(self, name: str, labels: str = "") -> float:
+        """Return one sample's value (0 when absent)."""
+        text = await self.metrics()
+        pattern = re.compile(rf"^{re.escape(name)}{re.escape('{' + labels + '}') if labels else ''} (\S+)$", re.M)
+        match = pattern.search(text)
+        return float(match.group(1)) if match else 0.0
+
+
+def base_config(**scheduler: Any) -> dict[str, Any]:
+    """Return a scheduler.yaml for tests: loopback only, fast timers, ``scheduler`` keys overridden."""
+    return {
+        "server": {"host": "127.0.0.1", "gracefulStopTimeout": "1s"},
+        "metrics": {"enable": True, "host": "127.0.0.1", "port": 0},
+        "scheduler": {"retryInterval": "100ms", **scheduler},
+        "seedPeer": {"refreshInterval": "1h"},
+    }
+
+
+def host_message(
+    name: str, *, seed: bool = False, port: int = 40000, ip: str | None = None, **network: Any
+) -> common_pb2.Host:
+    """Return a common.v2.Host as a dfdaemon announces it; the default IP is never dialled (only seeds are)."""
+    ip = ip or f"192.0.2.{sum(name.encode()) % 250 + 1}"
+    host_id = f"{ip}-{name}" + ("-seed" if seed else "")
+    return common_pb2.Host(
+        id=host_id,
+        type=1 if seed else 0,
+        hostname=name,
+        ip=ip,
+        port=port,
+        download_port=port,
+        os="linux",
+        network=common_pb2.Network(**network),
+    )
+
+
+def make_download(
+    url: str = "http://origin.test/file", *, content_length: int = 4 * 1024 * 4, piece_length: int = 4096, **extra: Any
+) -> common_pb2.Download:
+    """Return a Download with the ``actual_*`` sizes a client fills from its backend stat."""
+    download = common_pb2.Download(url=url, **extra)
+    download.actual_content_length = content_length
+    download.actual_piece_length = piece_length
+    download.actual_piece_count = -(-content_length // piece_length) if piece_length else 0
+    return download
+
+
+def cost(seconds: float) -> duration_pb2.Duration:
+    whole = int(seconds)
+    return duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
+
+
+class PeerClient:
+    """One AnnouncePeer stream of one peer, written and read explicitly."""
+
+    def __init__(self, stub: scheduler_pb2_grpc.SchedulerStub, host: common_pb2.Host, task_id: str) -> None:
+        self.host = host
+        self.task_id = task_id
+        self.peer_id = f"{host.ip}-{host.hostname}-{uuid.uuid4()}" + ("-seed" if host.type else "")
+        self.call = stub.AnnouncePeer()
+
+    def request(self, **kwargs: Any) -> scheduler_pb2.AnnouncePeerRequest:
+        return scheduler_pb2.AnnouncePeerRequest(
+            host_id=self.host.id, task_id=self.task_id, peer_id=self.peer_id, **kwargs
+        )
+
+    async def send(self, **kwargs: Any) -> None:
+        await self.call.write(self.request(**kwargs))
+
+    async def register(self, download: common_pb2.Download) -> None:
+        await self.send(register_peer_request=scheduler_pb2.RegisterPeerRequest(download=download))
+
+    async def response(self, within: float = WAIT) -> scheduler_pb2.AnnouncePeerResponse:
+        async with asyncio.timeout(within):
+            response = await self.call.read()
+        assert response is not grpc.aio.EOF, "the scheduler closed the stream"
+        return response
+
+    async def error(self, within: float = WAIT) -> grpc.aio.AioRpcError:
+        """Wait for the stream to fail and return the error."""
+        async with asyncio.timeout(within):
+            try:
+                while await self.call.read() is not grpc.aio.EOF:
+                    pass
+            except grpc.aio.AioRpcError as exc:
+                return exc
+        raise AssertionError(f"stream ended with {await self.call.code()} instead of an error")
+
+    async def started(self) -> None:
+        await self.send(download_peer_started_request=scheduler_pb2.DownloadPeerStartedRequest())
+
+    async def back_to_source_started(self) -> None:
+        await self.send(
+            download_peer_back_to_source_started_request=scheduler_pb2.DownloadPeerBackToSourceStartedRequest()
+        )
+
+    async def piece(self, number: int, *, parent_id: str = "", seconds: float = 0.01, digest: str = "") -> None:
+        piece = common_pb2.Piece(
+            number=number, offset=number * 4096, length=4096, digest=digest or f"crc32:{number}", cost=cost(seconds)
+        )
+        if parent_id:
+            piece.parent_id = parent_id
+            piece.traffic_type = common_pb2.REMOTE_PEER
+            await self.send(download_piece_finished_request=scheduler_pb2.DownloadPieceFinishedRequest(piece=piece))
+        else:
+            piece.traffic_type = common_pb2.BACK_TO_SOURCE
+            await self.send(
+                download_piece_back_to_source_finished_request=scheduler_pb2.DownloadPieceBackToSourceFinishedRequest(
+                    piece=piece
+                )
+            )
+
+    async def finished(self, *, back_to_source: bool = False) -> None:
+        if back_to_source:
+            await self.send(
+                download_peer_back_to_source_finished_request=scheduler_pb2.DownloadPeerBackToSourceFinishedRequest()
+            )
+        else:
+            await self.send(download_peer_finished_request=scheduler_pb2.DownloadPeerFinishedRequest())
+        await self.closed()
+
+    async def closed(self) -> None:
+        """Wait for the scheduler to end the stream normally."""
+        async with asyncio.timeout(WAIT):
+            assert await self.call.read() is grpc.aio.EOF
+            assert await self.call.code() == grpc.StatusCode.OK
+
+
+class SeedEndpoint(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
+    """Stands in for a seed daemon's DfdaemonUpload server: this test is about the scheduler's decisions, so the
+    endpoint only records DownloadTask calls and ends each one as the test says (succeed or fail)."""
+
+    def __init__(self) -> None:
+        self.calls: list[dfdaemon_pb2.DownloadTaskRequest] = []
+        self.called = asyncio.Event()
+        self.release = asyncio.Event()
+        self.fail_with: grpc.StatusCode | None = None
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+
+    async def DownloadTask(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        self.calls.append(request)
+        self.called.set()
+        if self.fail_with is not None:
+            await context.abort(self.fail_with, "seed stand-in: origin returned 404")
+        await self.release.wait()
+        yield dfdaemon_pb2.DownloadTaskResponse(
+            host_id="seed",
+            task_id="t",
+            peer_id="p",
+            download_task_started_response=dfdaemon_pb2.DownloadTaskStartedResponse(content_length=1),
+        )
+
+    async def start(self) -> None:
+        self._server = grpc.aio.server()
+        dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(self, self._server)
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        await self._server.start()
+
+    async def stop(self) -> None:
+        self.release.set()
+        if self._server is not None:
+            await self._server.stop(0)
+
+
+class Cluster:
+    """A scheduler process plus a channel to it."""
+
+    def __init__(self, scheduler: SchedulerProcess) -> None:
+        self.scheduler = scheduler
+        self.channel = grpc.aio.insecure_channel(scheduler.addr)
+        self.stub = scheduler_pb2_grpc.SchedulerStub(self.channel)
+
+    async def announce(self, host: common_pb2.Host, interval: float | None = None) -> common_pb2.Host:
+        request = scheduler_pb2.AnnounceHostRequest(host=host)
+        if interval is not None:
+            request.interval.CopyFrom(cost(interval))
+        await self.stub.AnnounceHost(request, timeout=WAIT)
+        return host
+
+    def peer(self, host: common_pb2.Host, task_id: str = "a" * 64) -> PeerClient:
+        return PeerClient(self.stub, host, task_id)
+
+    async def wait_pieces(self, peer: PeerClient, count: int) -> common_pb2.Peer:
+        """Return StatPeer once the scheduler has processed ``count`` piece reports of ``peer``.
+
+        A write on a stream returns before the scheduler reads it, and other RPCs may overtake it; the
+        scheduler is another process, so polling its answers (bounded) is the only way to wait.
+        """
+        request = scheduler_pb2.StatPeerRequest(task_id=peer.task_id, peer_id=peer.peer_id)
+        async with asyncio.timeout(WAIT):
+            while len((stat := await self.stub.StatPeer(request)).pieces) < count:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        return stat
+
+
+@pytest.fixture
+async def start_scheduler(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """Start a scheduler with ``base_config(**scheduler_keys)`` (plus ``extra`` top-level sections)."""
+    started: list[tuple[SchedulerProcess, Cluster]] = []
+
+    async def start(extra: dict[str, Any] | None = None, **scheduler_keys: Any) -> Cluster:
+        config = base_config(**scheduler_keys)
+        for section, values in (extra or {}).items():
+            config[section] = {**config.get(section, {}), **values}
+        workdir = tmp_path / f"scheduler-{len(started)}"
+        workdir.mkdir()
+        process = SchedulerProcess(config, workdir)
+        await process.start()
+        cluster = Cluster(process)
+        started.append((process, cluster))
+        return cluster
+
+    yield start
+    for process, cluster in started:
+        await cluster.channel.close()
+        assert process.stop() == 0, process.log_path.read_text()
+
+
+@pytest.fixture
+async def seed_endpoint() -> AsyncIterator[SeedEndpoint]:
+    endpoint = SeedEndpoint()
+    await endpoint.start()
+    yield endpoint
+    await endpoint.stop()
+
+
+@pytest.fixture
+def helpers() -> Any:
+    """The module's helper functions, for tests (conftest modules are not importable)."""
+
+    class Helpers:
+        host = staticmethod(host_message)
+        download = staticmethod(make_download)
+        cost = staticmethod(cost)
+
+    return Helpers
