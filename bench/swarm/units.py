@@ -2,59 +2,31 @@
 
 from __future__ import annotations
 
-import re
-
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-    "tib": 1024**4,
-}
-# Link rates are bits per second, as tc and network engineers write them; "/s" byte rates are accepted too.
-_RATE_UNITS = {
-    "bit": 1 / 8,
-    "kbit": 1000 / 8,
-    "mbit": 1000**2 / 8,
-    "gbit": 1000**3 / 8,
-    "b/s": 1,
-    "kb/s": 1000,
-    "mb/s": 1000**2,
-    "gb/s": 1000**3,
-    "kib/s": 1024,
-    "mib/s": 1024**2,
-    "gib/s": 1024**3,
-}
-_NUMBER = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z/]*)\s*$")
+from dragonfly.common import config
 
 
 def parse_size(text: str | int) -> int:
     """Return the byte count of "256MiB", "1GiB", "1GB" or a plain integer."""
-    if isinstance(text, int):
-        return text
-    match = _NUMBER.match(text)
-    unit = match.group(2).lower() if match else None
-    if match is None or unit not in _SIZE_UNITS:
-        raise ValueError(f"bad size {text!r}: use e.g. 1GiB, 256MiB, 100MB or a byte count")
-    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+    try:
+        return config.parse_size(text)
+    except ValueError:
+        raise ValueError(f"bad size {text!r}: use e.g. 1GiB, 256MiB, 100MB or a byte count") from None
 
 
 def parse_rate(text: str | float) -> float:
-    """Return bytes per second for "400Mbit", "1Gbit", "50MiB/s"; "0" means unlimited."""
-    if isinstance(text, int | float):
-        return float(text)
-    match = _NUMBER.match(text)
-    unit = match.group(2).lower() if match else None
-    if match is None or (unit not in _RATE_UNITS and not (unit == "" and float(match.group(1)) == 0)):
-        raise ValueError(f"bad rate {text!r}: use e.g. 400Mbit, 1Gbit or 50MiB/s")
-    return float(match.group(1)) * _RATE_UNITS.get(unit, 0)
+    """Return bytes per second for "400Mbit", "1Gbit", "50MiB/s"; "0" means unlimited.
+
+    Stricter than the config parser: a link rate must say whether it counts bits ("Mbit") or bytes ("MiB/s"),
+    since "400" or "400MB" on a benchmark command line is more likely a mistake than a byte rate.
+    """
+    if isinstance(text, str):
+        lowered = text.strip().lower()
+        if lowered != "0" and not lowered.endswith(("bit", "/s")):
+            raise ValueError(f"bad rate {text!r}: use e.g. 400Mbit, 1Gbit or 50MiB/s")
+    try:
+        return config.parse_rate(text)
+    except ValueError:
+        raise ValueError(f"bad rate {text!r}: use e.g. 400Mbit, 1Gbit or 50MiB/s") from None
 
 
 def format_size(n: float) -> str:

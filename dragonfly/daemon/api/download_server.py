@@ -10,10 +10,10 @@ from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
 from google.protobuf import empty_pb2
 
 from dragonfly.daemon.api.convert import download_response, local_task_message, status_of, task_message
+from dragonfly.daemon.api.lookup import get_task_or_abort
 from dragonfly.daemon.download.scheduler_client import SchedulerClient
 from dragonfly.daemon.download.task_manager import TaskManager
-from dragonfly.daemon.errors import InvalidTaskId
-from dragonfly.daemon.storage import Storage, TaskRecord
+from dragonfly.daemon.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +25,6 @@ class DfdaemonDownloadService(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):
         self._storage = storage
         self._tasks = tasks
         self._scheduler = scheduler
-
-    async def _task(self, task_id: str, context: grpc.aio.ServicerContext) -> TaskRecord:
-        try:
-            task = self._storage.get_task(task_id)
-        except InvalidTaskId as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if task is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"task {task_id} not found")
-        assert task is not None  # abort raised otherwise
-        return task
 
     async def DownloadTask(
         self, request: dfdaemon_pb2.DownloadTaskRequest, context: grpc.aio.ServicerContext
@@ -50,13 +40,13 @@ class DfdaemonDownloadService(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):
     async def StatTask(
         self, request: dfdaemon_pb2.StatTaskRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.Task:
-        task = await self._task(request.task_id, context)
+        task = await get_task_or_abort(self._storage, request.task_id, context)
         return task_message(task, active=self._tasks.is_active(task.id))
 
     async def StatLocalTask(
         self, request: dfdaemon_pb2.StatLocalTaskRequest, context: grpc.aio.ServicerContext
     ) -> dfdaemon_pb2.StatLocalTaskResponse:
-        return local_task_message(await self._task(request.task_id, context))
+        return local_task_message(await get_task_or_abort(self._storage, request.task_id, context))
 
     async def ListLocalTasks(
         self, request: dfdaemon_pb2.ListLocalTasksRequest, context: grpc.aio.ServicerContext
@@ -64,7 +54,7 @@ class DfdaemonDownloadService(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):
         return dfdaemon_pb2.ListLocalTasksResponse(tasks=[local_task_message(t) for t in self._storage.tasks()])
 
     async def _delete(self, task_id: str, context: grpc.aio.ServicerContext) -> None:
-        task = await self._task(task_id, context)
+        task = await get_task_or_abort(self._storage, task_id, context)
         if self._tasks.is_active(task.id):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"task {task.id} is being downloaded")
         self._storage.delete_task(task.id)

@@ -15,10 +15,10 @@ from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
 from google.protobuf import empty_pb2
 
 from dragonfly.daemon.api.convert import download_response, local_task_message, status_of, task_message
+from dragonfly.daemon.api.lookup import get_task_or_abort
 from dragonfly.daemon.download.task_manager import TaskManager
-from dragonfly.daemon.errors import InvalidTaskId
 from dragonfly.daemon.host_info import HostInfo
-from dragonfly.daemon.storage import Storage, TaskRecord
+from dragonfly.daemon.storage import Storage
 
 SYNC_HOST_INTERVAL = 1.0
 # A piece finishing wakes SyncPieces at once; this is only the fallback poll.
@@ -34,20 +34,10 @@ class DfdaemonUploadService(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
         self._host = host
         self._vortex_port = vortex_port
 
-    async def _task(self, task_id: str, context: grpc.aio.ServicerContext) -> TaskRecord:
-        try:
-            task = self._storage.get_task(task_id)
-        except InvalidTaskId as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if task is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"task {task_id} not found")
-        assert task is not None  # abort raised otherwise
-        return task
-
     async def SyncPieces(
         self, request: dfdaemon_pb2.SyncPiecesRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[dfdaemon_pb2.SyncPiecesResponse]:
-        task = await self._task(request.task_id, context)
+        task = await get_task_or_abort(self._storage, request.task_id, context)
         count = -(-task.content_length // task.piece_length) if task.piece_length else 0
         interested = {n for n in request.interested_piece_numbers if n < count} or set(range(count))
         while interested:
@@ -93,18 +83,18 @@ class DfdaemonUploadService(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
     async def StatTask(
         self, request: dfdaemon_pb2.StatTaskRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.Task:
-        task = await self._task(request.task_id, context)
+        task = await get_task_or_abort(self._storage, request.task_id, context)
         return task_message(task, active=self._tasks.is_active(task.id))
 
     async def StatLocalTask(
         self, request: dfdaemon_pb2.StatLocalTaskRequest, context: grpc.aio.ServicerContext
     ) -> dfdaemon_pb2.StatLocalTaskResponse:
-        return local_task_message(await self._task(request.task_id, context))
+        return local_task_message(await get_task_or_abort(self._storage, request.task_id, context))
 
     async def DeleteTask(
         self, request: dfdaemon_pb2.DeleteTaskRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
-        task = await self._task(request.task_id, context)
+        task = await get_task_or_abort(self._storage, request.task_id, context)
         if self._tasks.is_active(task.id):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"task {task.id} is being downloaded")
         self._storage.delete_task(task.id)
