@@ -22,7 +22,6 @@ DEFAULT_TIMEOUT = 2 * 3600.0
 DEFAULT_PRIORITY = 6
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-_DIGEST = re.compile(r"^(?:sha256:[0-9a-fA-F]{64}|sha512:[0-9a-fA-F]{128}|crc32:[0-9]{1,10})$")
 _PRIORITY = re.compile(r"^(?:LEVEL)?([0-6])$", re.IGNORECASE)
 _START_HINT = (
     "start it with `dfdaemon --config /etc/dragonfly/dfdaemon.yaml` (or `dragonfly up` for a local cluster), "
@@ -46,10 +45,15 @@ def _url(text: str) -> str:
 
 
 def _digest(text: str) -> str:
-    if not _DIGEST.match(text):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected sha256:<64 hex>, sha512:<128 hex> or crc32:<decimal>")
-    algorithm, _, encoded = text.partition(":")
-    return f"{algorithm}:{encoded.lower()}"
+    from dragonfly.common.digest import parse_digest
+    from dragonfly.common.errors import InvalidDigest
+
+    # Hex digits are accepted in either case on the command line; the daemon compares lower-case.
+    algorithm, sep, encoded = text.partition(":")
+    try:
+        return str(parse_digest(f"{algorithm.lower()}{sep}{encoded.lower()}"))
+    except InvalidDigest as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _header(text: str) -> tuple[str, str]:
