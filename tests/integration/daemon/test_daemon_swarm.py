@@ -25,6 +25,12 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.fixture(scope="module")
+def shared(origin: CountingOrigin) -> bytes:
+    """The file most tests share; created once so any test of the module can run alone."""
+    return origin.add_file("shared.bin", SIZE)
+
+
 def scheduler_host_ids(swarm: Swarm) -> set[str]:
     with grpc.insecure_channel(swarm.scheduler_addr) as channel:
         response = scheduler_pb2_grpc.SchedulerStub(channel).ListHosts(scheduler_pb2.ListHostsRequest(), timeout=5)
@@ -32,10 +38,9 @@ def scheduler_host_ids(swarm: Swarm) -> set[str]:
 
 
 def test_a_file_is_fetched_once_from_the_origin_and_shared(
-    swarm: Swarm, origin: CountingOrigin, short_dir: Path
+    swarm: Swarm, origin: CountingOrigin, short_dir: Path, shared: bytes
 ) -> None:
-    data = origin.add_file("shared.bin", SIZE)
-    expected = hashlib.sha256(data).hexdigest()
+    expected = hashlib.sha256(shared).hexdigest()
     url = origin.url("shared.bin")
 
     first = download(swarm.socket("peer-1"), url, short_dir / "out-1")
@@ -54,11 +59,12 @@ def test_a_file_is_fetched_once_from_the_origin_and_shared(
 
 
 def test_corrupt_parents_are_detected_and_pieces_refetched(
-    swarm: Swarm, origin: CountingOrigin, short_dir: Path
+    swarm: Swarm, origin: CountingOrigin, short_dir: Path, shared: bytes
 ) -> None:
     url = origin.url("shared.bin")
     expected = sha256(origin.directory / "shared.bin")
     task_id = download(swarm.socket("peer-1"), url, None).task_id
+    download(swarm.socket("peer-2"), url, None)
     original = (origin.directory / "shared.bin").read_bytes()
     stain = b"corrupted by the test"
     # Both normal peers now serve garbage under their recorded CRCs; only the seed is honest.
@@ -68,30 +74,37 @@ def test_corrupt_parents_are_detected_and_pieces_refetched(
             for offset in range(0, SIZE, 4 * 1024 * 1024):
                 file.seek(offset + 100)
                 file.write(stain)
-    swarm.start_daemons({"peer-3": swarm.daemon_config("peer-3")})
-    sent_before = origin.bytes_sent
+    try:
+        swarm.start_daemons({"peer-3": swarm.daemon_config("peer-3")})
+        sent_before = origin.bytes_sent
 
-    result = download(swarm.socket("peer-3"), url, short_dir / "out-3")
-    assert sha256(short_dir / "out-3") == expected
-    assert origin.bytes_sent - sent_before <= 1  # the stat (Range: bytes=0-0) only
-    metrics_addr = swarm.processes["peer-3"].listening["metrics"]
-    with urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=5) as response:
-        metrics = response.read().decode()
-    mismatches = re.search(r'^dragonfly_dfdaemon_failures_total\{kind="piece_digest_mismatch"\} (\S+)$', metrics, re.M)
-    assert mismatches is not None
-    assert float(mismatches.group(1)) >= 1
-    # Every stored piece came from the honest seed: the corrupt parents were dropped at their first bad piece.
-    assert all(parent.endswith("-seed") for parent in result.parents)
-    for content in contents:
-        with open(content, "r+b") as file:
-            for offset in range(0, SIZE, 4 * 1024 * 1024):
-                file.seek(offset + 100)
-                file.write(original[offset + 100 : offset + 100 + len(stain)])
+        result = download(swarm.socket("peer-3"), url, short_dir / "out-3")
+        assert sha256(short_dir / "out-3") == expected
+        assert origin.bytes_sent - sent_before <= 1  # the stat (Range: bytes=0-0) only
+        metrics_addr = swarm.processes["peer-3"].listening["metrics"]
+        with urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=5) as response:
+            metrics = response.read().decode()
+        mismatches = re.search(
+            r'^dragonfly_dfdaemon_failures_total\{kind="piece_digest_mismatch"\} (\S+)$', metrics, re.M
+        )
+        assert mismatches is not None
+        assert float(mismatches.group(1)) >= 1
+        # Every stored piece came from the honest seed: the corrupt parents were dropped at their first bad piece.
+        assert all(parent.endswith("-seed") for parent in result.parents)
+    finally:
+        for content in contents:
+            with open(content, "r+b") as file:
+                for offset in range(0, SIZE, 4 * 1024 * 1024):
+                    file.seek(offset + 100)
+                    file.write(original[offset + 100 : offset + 100 + len(stain)])
 
 
-def test_a_restarted_daemon_still_serves_a_finished_task(swarm: Swarm, origin: CountingOrigin, short_dir: Path) -> None:
+def test_a_restarted_daemon_still_serves_a_finished_task(
+    swarm: Swarm, origin: CountingOrigin, short_dir: Path, shared: bytes
+) -> None:
     url = origin.url("shared.bin")
     expected = sha256(origin.directory / "shared.bin")
+    download(swarm.socket("peer-1"), url, None)  # finished before the restart (a local hit if already there)
     assert "127.0.0.1-peer-1" in scheduler_host_ids(swarm)
     status = swarm.restart("peer-1")
     assert status == 0  # SIGTERM is a clean shutdown
