@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -512,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     if code != 0:
         print(f"bench scheduler: the scheduler exited with {code}; log in {workdir}", file=sys.stderr)
         return 1
+    shutil.rmtree(workdir, ignore_errors=True)
     result["ratio_to_baseline"] = (
         result["scheduler"]["piece_reports_per_second"] / result["baseline"]["piece_reports_per_second"]
     )

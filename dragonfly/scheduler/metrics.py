@@ -52,7 +52,7 @@ class Metrics:
     def __init__(self, resource: ResourceManager) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
-        registry.register(_ResourceCollector(resource))  # type: ignore[arg-type]
+        registry.register(_ResourceCollector(resource))
         self.announce_peer = Counter(
             f"{NAMESPACE}_announce_peer", "AnnouncePeer messages by request type.", ["request"], registry=registry
         )

@@ -13,7 +13,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
@@ -170,8 +171,8 @@ class SeedPeers:
         """Return whether the task's seed download failed within SEED_PEER_FAILED_TIMEOUT."""
         return task.seed_failed_at is not None and now - task.seed_failed_at < SEED_PEER_FAILED_TIMEOUT
 
-    def _spawn(self, coro: object) -> None:
-        job = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        job = asyncio.ensure_future(coro)
         self._downloads.add(job)
         job.add_done_callback(self._downloads.discard)
 

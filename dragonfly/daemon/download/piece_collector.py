@@ -18,6 +18,7 @@ import grpc
 from dragonfly_api import common_pb2, dfdaemon_pb2
 
 from dragonfly.common import native
+from dragonfly.daemon.download.parent_selector import is_seed_peer
 from dragonfly.daemon.download.parents import ParentChannels, upload_addr
 
 log = logging.getLogger(__name__)
@@ -29,11 +30,12 @@ COLLECT_WINDOW = 0.1
 class ParentState:
     """What the collector knows about one parent."""
 
-    __slots__ = ("addr", "bitmap", "error", "host_id", "id", "syncing", "vortex_addr")
+    __slots__ = ("addr", "bitmap", "error", "host_id", "id", "seed", "syncing", "vortex_addr")
 
     def __init__(self, peer: common_pb2.Peer, piece_count: int) -> None:
         self.id = peer.id
         self.host_id = peer.host.id
+        self.seed = is_seed_peer(peer)
         self.addr = upload_addr(peer.host.ip, peer.host.port)
         self.bitmap = native.PieceBitmap(piece_count)
         self.vortex_addr: tuple[str, int] | None = None

@@ -15,10 +15,11 @@ import contextlib
 import errno
 import logging
 import os
+import random
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,10 @@ BACK_TO_SOURCE = common_pb2.BACK_TO_SOURCE
 REMOTE_PEER = common_pb2.REMOTE_PEER
 LOCAL_PEER = common_pb2.LOCAL_PEER
 VORTEX_CONNECT_TIMEOUT = 2.0
+# While another parent may get them: how long a piece only seed peers hold waits for it, and how many such
+# pieces a child fetches from seed peers at once (see _dispatch).
+SEED_PIECE_DELAY = 1.0
+SEED_PIECE_SLOTS = 2
 # A parent that failed this many pieces (for reasons other than corruption) is not asked again in this round.
 _PARENT_STRIKES = 3
 _SOURCE_BUFFER = 4 * 1024 * 1024
@@ -569,6 +574,10 @@ class TaskManager:
         blocked = native.PieceBitmap(count)
         for number in task.pieces:
             blocked.set(number)
+        # A random rank per piece breaks ties between equally rare pieces, so children that see the same parents
+        # ask them for different pieces and then have something to trade.
+        rank = list(range(count))
+        random.shuffle(rank)
         in_flight: dict[asyncio.Task[None], tuple[int, str]] = {}
         failed_parents: dict[int, set[str]] = collections.defaultdict(set)
         strikes: collections.Counter[str] = collections.Counter()
@@ -582,8 +591,22 @@ class TaskManager:
                 usable = [p for p in collector.parents.values() if p.id not in excluded and p.vortex_addr]
                 next_ready = None
                 if usable and len(in_flight) < self._concurrency:
+                    # Another parent may still get what only a seed peer has (even one that has reported nothing).
+                    spare_seeds = any(
+                        p.syncing and not p.seed and p.id not in excluded for p in collector.parents.values()
+                    )
                     next_ready = self._dispatch(
-                        td, task, stream, collector, usable, blocked, failed_parents, in_flight, selector
+                        td,
+                        task,
+                        stream,
+                        collector,
+                        usable,
+                        blocked,
+                        failed_parents,
+                        in_flight,
+                        selector,
+                        rank,
+                        spare_seeds,
                     )
                 collector.changed.clear()
                 if not in_flight and next_ready is None:
@@ -605,9 +628,11 @@ class TaskManager:
                     if fetch is waiter:
                         continue
                     number, parent_id = in_flight.pop(fetch)  # type: ignore[arg-type]
+                    selector.end(parent_id)
                     error = fetch.exception()
                     if error is None:
                         continue
+                    selector.penalize(parent_id)
                     blocked.clear(number)
                     failed_parents[number].add(parent_id)
                     failed_addr = collector.parents[parent_id].vortex_addr
@@ -648,30 +673,69 @@ class TaskManager:
         failed_parents: dict[int, set[str]],
         in_flight: dict[asyncio.Task[None], tuple[int, str]],
         selector: ParentSelector,
+        rank: list[int],
+        spare_seeds: bool,
     ) -> float | None:
-        """Start fetches, rarest piece first; return when the next held-back piece becomes dispatchable."""
+        """Start fetches, rarest piece first; return when the next held-back piece becomes dispatchable.
+
+        While another parent may still get it (``spare_seeds``), a piece only seed peers hold waits
+        ``SEED_PIECE_DELAY`` for that, and at most ``SEED_PIECE_SLOTS`` pieces come from seed peers at a time: the
+        seed's upload then carries each new piece to a few children, which pass it on, instead of carrying every
+        piece to every child. Each peer parent gets a share of the slots: a parent that alone holds the newest
+        pieces then sends each child a few of them, and the children trade the rest.
+        """
         now = time.monotonic()
         next_ready: float | None = None
-        for number in native.rarest_first(blocked, [p.bitmap for p in usable]):
-            if len(in_flight) >= self._concurrency:
-                break
-            failed = failed_parents.get(number, ())
-            holders = [p for p in usable if p.bitmap.test(number) and p.id not in failed]
-            if not holders:
-                continue
-            ready_at = collector.first_seen.get(number, now) + COLLECT_WINDOW
-            if ready_at > now and any(p.syncing and not p.bitmap.test(number) for p in usable):
-                next_ready = ready_at if next_ready is None else min(next_ready, ready_at)
-                continue
-            chosen = selector.choose([p.id for p in holders])
-            parent = next(p for p in holders if p.id == chosen)
-            blocked.set(number)
-            fetch = asyncio.create_task(self._fetch_from_parent(td, task, stream, number, parent))
-            in_flight[fetch] = (number, parent.id)
+        per_parent = -(-self._concurrency // max(sum(1 for p in usable if not p.seed), 1))
+        seed_slots = SEED_PIECE_SLOTS - sum(
+            1 for _number, parent_id in in_flight.values() if collector.parents[parent_id].seed
+        )
+        for group in _rarity_groups(native.rarest_first(blocked, [p.bitmap for p in usable]), usable, rank):
+            for number, holders in group:
+                if len(in_flight) >= self._concurrency:
+                    return next_ready
+                failed = failed_parents.get(number)
+                if failed:
+                    holders = [p for p in holders if p.id not in failed]
+                    if not holders:
+                        continue
+                ready_at = collector.first_seen.get(number, now) + COLLECT_WINDOW
+                if ready_at > now and any(p.syncing and not p.bitmap.test(number) for p in usable):
+                    next_ready = ready_at if next_ready is None else min(next_ready, ready_at)
+                    continue
+                peers = [p for p in holders if not p.seed]
+                candidates = [p for p in peers if selector.in_flight[p.id] < per_parent]
+                if spare_seeds and len(peers) < len(holders) and seed_slots > 0:
+                    seed_from = ready_at + SEED_PIECE_DELAY if not peers else now
+                    if seed_from <= now:
+                        candidates += [p for p in holders if p.seed]
+                    else:
+                        next_ready = seed_from if next_ready is None else min(next_ready, seed_from)
+                elif not spare_seeds:
+                    candidates += [p for p in holders if p.seed]
+                if not candidates:
+                    continue
+                chosen = selector.choose([p.id for p in candidates])
+                parent = next(p for p in candidates if p.id == chosen)
+                if parent.seed:
+                    seed_slots -= 1
+                blocked.set(number)
+                concurrent = selector.begin(parent.id)
+                fetch = asyncio.create_task(
+                    self._fetch_from_parent(td, task, stream, number, parent, selector, concurrent)
+                )
+                in_flight[fetch] = (number, parent.id)
         return next_ready
 
     async def _fetch_from_parent(
-        self, td: TaskDownload, task: TaskRecord, stream: AnnouncePeerStream, number: int, parent: ParentState
+        self,
+        td: TaskDownload,
+        task: TaskRecord,
+        stream: AnnouncePeerStream,
+        number: int,
+        parent: ParentState,
+        selector: ParentSelector,
+        concurrent: int,
     ) -> None:
         offset, length = piece_range(number, task.content_length, task.piece_length)
         assert parent.vortex_addr is not None
@@ -699,6 +763,7 @@ class TaskManager:
         if fetched.digest != digest:
             raise DigestMismatch(fetched.digest or "<empty>", digest, what=f"piece {number} from parent {parent.id}")
         cost = time.monotonic() - started
+        selector.observe(parent.id, length, cost, concurrent)
         record = PieceRecord(number, offset, length, digest, parent.id, REMOTE_PEER, cost, created_at)
         self._finish_piece(td, record)
         stream.report(
@@ -787,6 +852,25 @@ class TaskManager:
         self._storage.finish_piece(td.task_id, record)
         self._traffic.add(record.length)
         self._metrics.record_piece(td.task_id, source_of(record, record.traffic_type), record.length, record.cost)
+
+
+def _rarity_groups(
+    order: list[int], parents: list[ParentState], rank: list[int]
+) -> Iterator[list[tuple[int, list[ParentState]]]]:
+    """Yield ``order`` (rarest first) as groups of equally rare pieces with their holders, each in ``rank`` order."""
+    group: list[tuple[int, list[ParentState]]] = []
+    rarity = 0
+    for number in order:
+        holders = [p for p in parents if p.bitmap.test(number)]
+        if len(holders) != rarity and group:
+            group.sort(key=lambda item: rank[item[0]])
+            yield group
+            group = []
+        rarity = len(holders)
+        group.append((number, holders))
+    if group:
+        group.sort(key=lambda item: rank[item[0]])
+        yield group
 
 
 def _describe(exc: BaseException) -> str:

@@ -45,6 +45,19 @@ TINY_CONTENT_LENGTH = 128
 PEER_COUNT_LIMIT_FOR_TASK = 300
 
 
+_RELAY_STATES = frozenset((peer_states.RECEIVED_NORMAL, peer_states.RUNNING))
+
+
+def is_relay(peer: Peer) -> bool:
+    """Return whether ``peer`` holds nothing yet but has parents, so it will hold pieces as soon as they do.
+
+    Dragonfly's filter (reference §2.10b rule 5) accepts a Running peer with in-degree ≥ 1; counting a peer that
+    was just given parents (still ReceivedNormal) as well lets peers that register or are released together
+    become each other's parents instead of all hanging off the seed peer.
+    """
+    return peer.state in _RELAY_STATES and bool(peer.parents)
+
+
 class PeerPool:
     """An indexable set of peers: O(1) add, remove and random sampling."""
 
@@ -93,8 +106,8 @@ class Task:
     """One task: its identity, sizes, state machine, peers, and the pool of peers that can serve it."""
 
     __slots__ = (
-        "_changed",
         "_on_peer_state",
+        "_waiters",
         "application",
         "back_to_source_limit",
         "back_to_source_peers",
@@ -162,7 +175,8 @@ class Task:
         self.seed_failed_at: float | None = None
         # Whether the upload block list forbids handing out this task's peers; decided on first use.
         self.upload_blocked: bool | None = None
-        self._changed: asyncio.Event | None = None
+        # Schedulers waiting for a change of this task, by id: (their peer's registration time, future).
+        self._waiters: dict[int, tuple[float, asyncio.Future[None]]] = {}
         self._on_peer_state = on_peer_state
         self.created_at = now
         self.created_wall = time.time()
@@ -235,31 +249,49 @@ class Task:
         self.notify()
 
     def refresh_pool(self, peer: Peer) -> None:
-        """Put ``peer`` in the parent pool exactly when it can serve."""
-        if peer.servable and not peer.deleted:
+        """Put ``peer`` in the parent pool exactly when it can serve, or relay what its parents send it."""
+        if peer.deleted:
+            self.parent_pool.discard(peer)
+        elif peer.servable:
             self.parent_pool.add(peer)
             if peer.host.is_seed:
                 self.seed_has_pieces = True
+        elif is_relay(peer):
+            self.parent_pool.add(peer)
         else:
             self.parent_pool.discard(peer)
 
     def notify(self) -> None:
-        """Wake every coroutine waiting for a change of this task."""
-        event = self._changed
-        if event is not None:
-            self._changed = None
-            event.set()
+        """Wake every coroutine waiting for a change of this task, earliest registered peer first.
 
-    async def wait_changed(self, within: float) -> bool:
-        """Wait until notify(), at most ``within`` seconds; return whether something changed."""
+        Woken schedulers run one after the other in this order, and each links its peer before the next decides,
+        so the peer that registered first is decided first and becomes a parent of the later ones. (Waking in
+        the order of the waits would favour the latest registrant: its own registration wakes the earlier
+        waiters, and it starts waiting again before they do.)
+        """
+        waiters = self._waiters
+        if not waiters:
+            return
+        self._waiters = {}
+        for _order, future in sorted(waiters.values(), key=lambda item: item[0]):
+            if not future.done():
+                future.set_result(None)
+
+    async def wait_changed(self, within: float, order: float = 0.0) -> bool:
+        """Wait until notify(), at most ``within`` seconds; return whether something changed.
+
+        ``order`` ranks this waiter among those woken together (lower first): the waiting peer's creation time.
+        """
         if within <= 0:
             return False
-        event = self._changed
-        if event is None:
-            event = self._changed = asyncio.Event()
+        future = asyncio.get_running_loop().create_future()
+        key = id(future)
+        self._waiters[key] = (order, future)
         try:
             async with asyncio.timeout(within):
-                await event.wait()
+                await future
         except TimeoutError:
             return False
+        finally:
+            self._waiters.pop(key, None)
         return True

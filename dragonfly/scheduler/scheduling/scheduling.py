@@ -15,6 +15,16 @@ A parent must be able to serve now: Running, BackToSource or Succeeded, and hold
 Succeeded). Dragonfly also accepts a fresh seed peer and a parentless BackToSource peer with nothing yet; waiting
 for their first piece costs the child nothing, since it could not fetch anything earlier, and spares it a
 reschedule when that parent fails before producing anything.
+
+A relay is a parent too: a ReceivedNormal or Running peer that holds nothing yet but has parents (Dragonfly's rule
+5 accepts Running peers with in-degree ≥ 1). Peers released together when the seed's first piece lands are
+scheduled one after the other, each linked before the next is decided, so every later one gets the earlier ones
+as candidates; otherwise all of them would hang off the seed peer for the whole download. Clients tolerate a
+parent with nothing yet: SyncPieces on it just reports pieces as they arrive.
+
+A seed peer is offered only to children that get fewer than two other peers: its upload has to carry each piece
+out at least once, and a seed that every child pulls from carries it N times. The few children it feeds pass the
+pieces on (Dragonfly's host-type score means the same: bootstrap from seeds, then prefer normal peers).
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import grpc
 
 from dragonfly.scheduler.resource import dag
 from dragonfly.scheduler.resource import peer as peer_states
+from dragonfly.scheduler.resource.task import is_relay
 from dragonfly.scheduler.scheduling.evaluator import Evaluator
 
 if TYPE_CHECKING:
@@ -44,6 +55,8 @@ METADATA_ONLY = "metadata_only"
 
 # How many candidates to look at when the first random sample yields too few, as a multiple of the sample.
 _WIDER_SAMPLE_FACTOR = 10
+# A child offered this many other peers is not offered a seed peer: see the module docstring.
+_PEERS_WITHOUT_SEED = 2
 _SCHEDULABLE_STATES = frozenset((peer_states.RECEIVED_NORMAL, peer_states.RUNNING))
 
 
@@ -95,7 +108,11 @@ class Scheduling:
             candidates = self.filter_parents(pool.sample(limit * _WIDER_SAMPLE_FACTOR), child, now)
         if not candidates:
             return []
-        return self.evaluator.sort(candidates, child)[:wanted]
+        ranked = self.evaluator.sort(candidates, child)
+        peers = [candidate for candidate in ranked if not candidate.host.is_seed]
+        if len(peers) >= _PEERS_WITHOUT_SEED:
+            return peers[:wanted]
+        return ranked[:wanted]
 
     def filter_parents(self, sample: list[Peer], child: Peer, now: float) -> list[Peer]:
         """Drop candidates that must not serve ``child`` (reference §2.10b, in order, plus upload slots)."""
@@ -113,7 +130,7 @@ class Scheduling:
                 continue
             if blocked_hosts and (host.id in blocked_hosts or host.ip in blocked_hosts):
                 continue
-            if not candidate.servable or candidate.is_bad(now):
+            if not (candidate.servable or is_relay(candidate)) or candidate.is_bad(now):
                 continue
             if host.concurrent_upload_count >= host.concurrent_upload_limit:
                 continue
@@ -164,6 +181,7 @@ class Scheduling:
         fail_at = start + config.retry_limit * config.retry_interval
         seed_until = start + config.seed_peer_wait_timeout
         dag.delete_in_edges(peer)
+        task.refresh_pool(peer)
         while True:
             if peer.deleted:
                 raise ScheduleError(grpc.StatusCode.NOT_FOUND, f"peer {peer.id} was deleted while being scheduled")
@@ -175,6 +193,8 @@ class Scheduling:
             if parents:
                 added = dag.add_edges(parents, peer)
                 if added:
+                    # At once, before any other waiter is decided: this is what makes it a relay for them.
+                    task.refresh_pool(peer)
                     return Decision(NORMAL, added)
             if task.waiting_for_seed() and now < seed_until:
                 wait_until = seed_until
@@ -188,4 +208,4 @@ class Scheduling:
                 if now >= fail_at:
                     raise ScheduleError(grpc.StatusCode.FAILED_PRECONDITION, "scheduling exceeded RetryLimit")
                 wait_until = fail_at
-            await task.wait_changed(wait_until - now)
+            await task.wait_changed(wait_until - now, peer.created_at)

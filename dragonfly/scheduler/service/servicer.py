@@ -61,7 +61,7 @@ def _check_ids(**ids: str) -> tuple[grpc.StatusCode, str] | None:
     return None
 
 
-class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[misc]
+class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     """The gRPC face of one scheduler."""
 
     def __init__(self, ctx: SchedulerContext) -> None:

@@ -157,12 +157,18 @@ async def test_slow_parent_is_marked_bad_and_no_longer_handed_out(start_schedule
     for index in range(2):
         child = cluster.peer(await cluster.announce(helpers.host(f"child-{index}")), TASK)
         await child.register(helpers.download())
-        assert len((await child.response()).normal_task_response.candidate_parents) == 2
+        parents = {p.id for p in (await child.response()).normal_task_response.candidate_parents}
+        # Child 1 may also get child 0: a peer with parents relays what they send it.
+        assert parents - {fast.peer_id, slow.peer_id} <= {c.peer_id for c in children}
+        assert {fast.peer_id, slow.peer_id} <= parents
         await child.started()
         children.append(child)
     for number in range(3):
         await children[1].piece(number, parent_id=fast.peer_id, seconds=0.012)
     await children[0].piece(0, parent_id=fast.peer_id, seconds=0.010)
+    # Streams are read concurrently: the swarm's four samples must be in before the slow piece is judged.
+    await cluster.wait_pieces(children[1], 3)
+    await cluster.wait_pieces(children[0], 1)
     await children[0].piece(3, parent_id=slow.peer_id, seconds=2.0)
     # Later fast pieces keep child 0 itself from looking slow (Dragonfly judges a peer by its own last cost).
     for number in (1, 2):
@@ -200,10 +206,46 @@ async def test_back_to_source_cap_holds_under_twenty_concurrent_registrations(st
         await source.back_to_source_started()
         await source.piece(0)
     source_ids = {p.peer_id for p in sources}
+    herd_ids = {p.peer_id for p in peers}
+    offered = set()
     for peer in peers:
         if peer in sources:
             continue
         parents = (await reads[peer.peer_id]).normal_task_response.candidate_parents
         assert parents
-        assert {p.id for p in parents} <= source_ids
+        offered |= {p.id for p in parents}
+    # Waiters released together relay for each other, so parents come from the whole herd, sources included.
+    assert offered <= herd_ids
+    assert offered & source_ids
     assert await cluster.scheduler.metric("dragonfly_scheduler_back_to_source_total") == 3
+
+
+async def test_peers_registered_together_get_each_other_as_parents(start_scheduler, seed_endpoint, helpers):
+    cluster = await start_scheduler(candidateParentLimit=4)
+    seed_host = await cluster.announce(helpers.host("seed-1", seed=True, ip="127.0.0.1", port=seed_endpoint.port))
+    hosts = [await cluster.announce(helpers.host(f"peer-{i}")) for i in range(5)]
+    peers = [cluster.peer(host, "c" * 64) for host in hosts]
+    for peer in peers:
+        await peer.register(helpers.download("http://origin.test/together"))
+    async with asyncio.timeout(5):
+        await seed_endpoint.called.wait()
+    seed = cluster.peer(seed_host, "c" * 64)
+    forwarded = common_pb2.Download()
+    forwarded.CopyFrom(seed_endpoint.calls[0].download)
+    await seed.register(forwarded)
+    assert (await seed.response()).WhichOneof("response") == "need_back_to_source_response"
+    await seed.back_to_source_started()
+    await seed.piece(0)
+
+    given = {}
+    for peer in peers:
+        response = await peer.response()
+        given[peer.peer_id] = {p.id for p in response.normal_task_response.candidate_parents}
+    normal = {peer.peer_id for peer in peers}
+    # Released at the same moment, each was linked before the next was decided: the first gets the seed, the
+    # second the seed and the first, every later one only other peers (as many as the candidate limit allows).
+    with_seed = sorted((parents for parents in given.values() if seed.peer_id in parents), key=len)
+    assert [len(parents & normal) for parents in with_seed] == [0, 1]
+    without_seed = sorted((parents for parents in given.values() if seed.peer_id not in parents), key=len)
+    assert [len(parents) for parents in without_seed] == [2, 3, 4]
+    assert all(parents <= normal for parents in without_seed)

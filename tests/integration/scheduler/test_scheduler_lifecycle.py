@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+from pathlib import Path
 
 import grpc
 import pytest
@@ -123,3 +126,19 @@ async def test_gc_removes_silent_hosts_failed_peers_and_empty_tasks(start_schedu
     hosts = await cluster.stub.ListHosts(scheduler_pb2.ListHostsRequest())
     assert [h.id for h in hosts.hosts] == [steady.id]
     assert await cluster.scheduler.metric("dragonfly_scheduler_peers", 'state="Failed"') == 0
+
+
+def test_cli_rejects_a_bad_config_with_exit_status_2(tmp_path):
+    path = tmp_path / "scheduler.yaml"
+    path.write_text("scheduler: {retryLimit: many}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "dragonfly.cli.scheduler", "--config", str(path)],
+        cwd=Path(__file__).resolve().parents[3],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith(f"{path}: scheduler.retryLimit: expected an integer, got 'many'")
+    assert result.stdout == ""

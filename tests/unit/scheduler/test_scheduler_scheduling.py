@@ -112,7 +112,7 @@ async def test_cap_reached_waits_then_fails_with_retry_limit(make_world):
 
 
 async def test_cap_is_exact(make_world):
-    world = make_world(backToSourceCount=2)
+    world = make_world(backToSourceCount=2, retryInterval=0.01)
     scheduling = s.Scheduling(world.config, UploadBlockRule(), world.metrics)
     first, second = world.peer("a"), world.peer("b")
     assert (await scheduling.schedule(first)).kind == s.BACK_TO_SOURCE
