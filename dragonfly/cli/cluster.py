@@ -1,9 +1,11 @@
 """Run a whole cluster on 127.0.0.1 as real processes: 1 scheduler, 1 seed peer and N peers (plus a demo origin).
 
-``dragonfly up`` and the integration and end-to-end tests share this. Every process gets its config file, its log
-file (stdout and stderr together) and its storage under one work directory; start-up waits for the process's
-``dragonfly: <component> ready`` line with a timeout, and a process that dies first is reported with the tail of
-its log.
+``dragonfly up`` and the integration and end-to-end tests share this; it is the only launcher of real processes.
+Every process gets its config file, its log file (stdout and stderr together) and its storage under one work
+directory; start-up waits for the process's ``dragonfly: <component> ready`` line with a timeout, and a process
+that dies first is reported with the tail of its log. The addresses a process prints before that line
+(``dragonfly: <service> listening on <addr>``) are in ``ManagedProcess.listening`` keyed by service, e.g.
+``scheduler``, ``scheduler metrics``, ``download``, ``upload``, ``vortex``, ``metrics``, ``origin``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import yaml
 
@@ -121,13 +123,25 @@ def _child_env(extra: Mapping[str, str] | None) -> dict[str, str]:
 
 
 class ManagedProcess:
-    """One child process with its log file; started in its own session so a terminal's Ctrl-C reaches only us."""
+    """One child process with its log file; started in its own session so a terminal's Ctrl-C reaches only us.
 
-    def __init__(self, name: str, argv: list[str], log_path: Path, *, env: Mapping[str, str] | None = None) -> None:
+    As a context manager it starts, waits up to ``ready_timeout`` seconds for the ready line, and stops on exit.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        log_path: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        ready_timeout: float = 60.0,
+    ) -> None:
         self.name = name
         self.argv = argv
         self.log_path = log_path
         self.env = _child_env(env)
+        self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self.listening: dict[str, str] = {}
         self._log_offset = 0
@@ -215,22 +229,38 @@ class ManagedProcess:
             return False
         return True
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL if still alive after ``timeout`` seconds."""
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL if still alive after ``timeout`` seconds; return the exit status (None if killed)."""
         self.signal(signal.SIGTERM)
         if not self.wait(timeout):
             self.kill()
+            return None
+        return self.returncode
 
     def kill(self) -> None:
         """SIGKILL and reap."""
         self.signal(signal.SIGKILL)
         self.wait(10.0)
 
+    def __enter__(self) -> Self:
+        self.start()
+        try:
+            self.wait_ready(self.ready_timeout)
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 class OriginProcess(ManagedProcess):
     """The demo origin (``dragonfly.cli.demo_origin``) as a child process, with a client for its control API."""
 
-    def __init__(self, directory: str | os.PathLike[str], log_path: Path, *, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], log_path: Path, *, host: str = "127.0.0.1", ready_timeout: float = 30.0
+    ) -> None:
         argv = [
             sys.executable,
             "-m",
@@ -242,7 +272,7 @@ class OriginProcess(ManagedProcess):
             "--port",
             "0",
         ]
-        super().__init__("origin", argv, log_path)
+        super().__init__("origin", argv, log_path, ready_timeout=ready_timeout)
         self.directory = Path(directory)
 
     @property
@@ -287,6 +317,7 @@ class LocalCluster:
 
     Names: ``scheduler``, ``seed-peer``, ``peer-1`` … ``peer-N``; each daemon uses its name as ``host.hostname``.
     ``daemon_config`` is merged into every dfdaemon.yaml, ``peer_configs[name]`` into that daemon's only.
+    ``seed_peer=False`` with ``peers=0`` runs the scheduler alone. ``add_daemon`` starts more daemons later.
     """
 
     def __init__(
@@ -294,6 +325,7 @@ class LocalCluster:
         workdir: str | os.PathLike[str],
         *,
         peers: int = 3,
+        seed_peer: bool = True,
         daemon_config: Mapping[str, Any] | None = None,
         peer_configs: Mapping[str, Mapping[str, Any]] | None = None,
         scheduler_config: Mapping[str, Any] | None = None,
@@ -305,7 +337,7 @@ class LocalCluster:
             raise ValueError(f"peers must be >= 0, got {peers}")
         self.workdir = Path(workdir).resolve()
         self.peer_names = [f"peer-{i}" for i in range(1, peers + 1)]
-        self.daemon_names = [SEED_PEER, *self.peer_names]
+        self.daemon_names = [SEED_PEER, *self.peer_names] if seed_peer else list(self.peer_names)
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self._daemon_config = dict(daemon_config or {})
@@ -351,7 +383,9 @@ class LocalCluster:
         run_dir.mkdir(parents=True, exist_ok=True)
         self._run_dir = run_dir
 
-    def _daemon_yaml(self, name: str, upload_port: int, vortex_port: int) -> dict[str, Any]:
+    def _daemon_yaml(
+        self, name: str, upload_port: int, vortex_port: int, overrides: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         config: dict[str, Any] = {
             "host": {"hostname": name, "ip": "127.0.0.1"},
             "seedPeer": {"enable": name == SEED_PEER, "type": "super"},
@@ -367,8 +401,9 @@ class LocalCluster:
             "metrics": {"server": {"ip": "127.0.0.1", "port": 0}},
             "health": {"server": {"ip": "127.0.0.1", "port": 0}},
         }
-        config = deep_merge(config, self._daemon_config)
-        return deep_merge(config, self._peer_configs.get(name, {}))
+        for layer in (self._daemon_config, self._peer_configs.get(name, {}), overrides or {}):
+            config = deep_merge(config, layer)
+        return config
 
     def write_configs(self) -> None:
         """Pick free ports and write every process's config file (done by ``start``; idempotent)."""
@@ -384,22 +419,24 @@ class LocalCluster:
             },
             self._scheduler_config,
         )
-        self._write(SCHEDULER, scheduler_yaml)
-        self.processes[SCHEDULER] = ManagedProcess(
-            SCHEDULER,
-            [sys.executable, "-m", "dragonfly.cli.scheduler", "--config", str(self.config_path(SCHEDULER))],
-            self.log_path(SCHEDULER),
+        self._configure(SCHEDULER, scheduler_yaml)
+        for i, name in enumerate(self.daemon_names):
+            self._configure(name, self._daemon_yaml(name, ports[1 + 2 * i], ports[2 + 2 * i]))
+
+    def _configure(self, name: str, config: Mapping[str, Any]) -> ManagedProcess:
+        """Write one process's config file and set up (not start) its process."""
+        binary = "scheduler"
+        if name != SCHEDULER:
+            binary = "dfdaemon"
+            self.storage_dir(name).mkdir(parents=True, exist_ok=True)
+        self._write(name, config)
+        self.processes[name] = ManagedProcess(
+            name,
+            [sys.executable, "-m", f"dragonfly.cli.{binary}", "--config", str(self.config_path(name))],
+            self.log_path(name),
             env=self._env,
         )
-        for i, name in enumerate(self.daemon_names):
-            self.storage_dir(name).mkdir(parents=True, exist_ok=True)
-            self._write(name, self._daemon_yaml(name, ports[1 + 2 * i], ports[2 + 2 * i]))
-            self.processes[name] = ManagedProcess(
-                name,
-                [sys.executable, "-m", "dragonfly.cli.dfdaemon", "--config", str(self.config_path(name))],
-                self.log_path(name),
-                env=self._env,
-            )
+        return self.processes[name]
 
     def _write(self, name: str, config: Mapping[str, Any]) -> None:
         path = self.config_path(name)
@@ -441,22 +478,44 @@ class LocalCluster:
             shutil.rmtree(self._run_dir, ignore_errors=True)
             self._own_run_dir = False
 
+    def add_daemon(self, name: str, config: Mapping[str, Any] | None = None) -> ManagedProcess:
+        """Start one more peer in the running cluster and wait until it is ready.
+
+        ``config`` is merged over the cluster's dfdaemon.yaml for this daemon only, e.g.
+        ``{"scheduler": {"addrs": ["127.0.0.1:1"]}}`` for a daemon whose scheduler is unreachable.
+        """
+        if not self.processes:
+            raise RuntimeError("start the cluster before adding daemons")
+        if name in self.processes:
+            raise ValueError(f"a process named {name!r} already exists")
+        upload_port, vortex_port = free_ports(2)
+        proc = self._configure(name, self._daemon_yaml(name, upload_port, vortex_port, config or {}))
+        self.peer_names.append(name)
+        self.daemon_names.append(name)
+        proc.start()
+        proc.wait_ready(self.start_timeout)
+        return proc
+
     def kill(self, name: str) -> None:
         """SIGKILL one process (a crash, for fault tests)."""
         self.processes[name].kill()
 
-    def terminate(self, name: str) -> None:
-        """Stop one process gracefully (SIGTERM, SIGKILL after the stop timeout)."""
-        self.processes[name].stop(self.stop_timeout)
+    def terminate(self, name: str) -> int | None:
+        """Stop one process gracefully; return its exit status (None if SIGKILL after the stop timeout was needed)."""
+        return self.processes[name].stop(self.stop_timeout)
 
-    def restart(self, name: str) -> None:
-        """Stop one process if it runs, start it again with the same config and ports, and wait until ready."""
+    def restart(self, name: str) -> int | None:
+        """Stop one process if it runs, start it again with the same config and ports, and wait until ready.
+
+        Return the exit status of the run that was stopped (None if it had to be killed).
+        """
         proc = self.processes[name]
-        proc.stop(self.stop_timeout)
+        status = proc.stop(self.stop_timeout)
         with open(proc.log_path, "ab") as log:
             log.write(f"---- restarted by LocalCluster at {time.strftime('%H:%M:%S')} ----\n".encode())
         proc.start()
         proc.wait_ready(self.start_timeout)
+        return status
 
     def check_alive(self) -> list[str]:
         """Return a description of every process that has exited."""

@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
 import dragonfly
@@ -23,6 +24,9 @@ DEFAULT_PRIORITY = 6
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 _PRIORITY = re.compile(r"^(?:LEVEL)?([0-6])$", re.IGNORECASE)
+# Origin headers are shown without --log-level debug while they fit in a few short lines.
+_SHORT_HEADER_LINES = 10
+_SHORT_HEADER_CHARS = 600
 _START_HINT = (
     "start it with `dfdaemon --config /etc/dragonfly/dfdaemon.yaml` (or `dragonfly up` for a local cluster), "
     "or point -e/--endpoint at its socket"
@@ -247,18 +251,31 @@ class Traffic:
             self.peers += piece.length
 
 
-def _backend_status(error: Any) -> int | None:
-    """Return the origin's HTTP status if the daemon attached Dragonfly's errordetails Backend JSON."""
+def _backend_details(error: Any) -> Any:
+    """Return the ``errordetails.v2.Backend`` the daemon put as JSON in ``Status.details``, or None."""
     import json
+
+    from dragonfly_api import errordetails_pb2
+    from google.protobuf import json_format
 
     for key, value in error.trailing_metadata() or ():
         if key == "grpc-status-details-bin":
             try:
-                status = json.loads(value).get("status_code")
-            except (ValueError, AttributeError):
+                return json_format.ParseDict(json.loads(value), errordetails_pb2.Backend(), ignore_unknown_fields=True)
+            except (ValueError, TypeError, json_format.ParseError):
+                # Details of another kind (a google.rpc.Status from some other server) are not ours to show.
                 return None
-            return int(status) if isinstance(status, int) else None
     return None
+
+
+def _origin_headers(header: Mapping[str, str], verbose: bool) -> list[str]:
+    """Return the origin's response headers as lines, or a hint when they are many and not asked for."""
+    if not header:
+        return []
+    lines = [f"  {key}: {header[key]}" for key in sorted(header, key=str.lower)]
+    if verbose or (len(lines) <= _SHORT_HEADER_LINES and sum(map(len, lines)) <= _SHORT_HEADER_CHARS):
+        return ["origin response headers:", *lines]
+    return [f"origin sent {len(lines)} response headers; --log-level debug shows them"]
 
 
 def _daemon_listening(endpoint: str) -> bool:
@@ -273,7 +290,10 @@ def _daemon_listening(endpoint: str) -> bool:
     return True
 
 
-def _describe_rpc_error(error: Any, endpoint: str, timeout: float, received: bool) -> str:
+def _describe_rpc_error(
+    error: Any, endpoint: str, timeout: float, received: bool, *, verbose: bool = False
+) -> DownloadFailed:
+    """Return the failure to show for a failed DownloadTask call; origin headers come as its notes."""
     import grpc
 
     code, details = error.code(), error.details() or ""
@@ -281,15 +301,20 @@ def _describe_rpc_error(error: Any, endpoint: str, timeout: float, received: boo
     # scheduler unreachable); only a socket that no longer accepts connections means the daemon is gone.
     if code == grpc.StatusCode.UNAVAILABLE and not _daemon_listening(endpoint):
         if not received:
-            return f"cannot connect to dfdaemon at {endpoint} ({details}); is it running? {_START_HINT}"
-        return f"lost the connection to dfdaemon at {endpoint} during the download: {details}"
+            return DownloadFailed(f"cannot connect to dfdaemon at {endpoint} ({details}); is it running? {_START_HINT}")
+        return DownloadFailed(f"lost the connection to dfdaemon at {endpoint} during the download: {details}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return f"timed out after {timeout:g}s (--timeout): {details}"
-    status = _backend_status(error)
+        return DownloadFailed(f"timed out after {timeout:g}s (--timeout): {details}")
     message = f"download failed: {details or code.name}"
-    if status is not None and str(status) not in details:
-        message += f" (origin answered HTTP {status})"
-    return message
+    backend = _backend_details(error)
+    if backend is None:
+        return DownloadFailed(message)
+    if backend.HasField("status_code") and f"HTTP {backend.status_code}" not in details:
+        message += f" (origin answered HTTP {backend.status_code})"
+    failure = DownloadFailed(message)
+    for line in _origin_headers(backend.header, verbose):
+        failure.add_note(line)
+    return failure
 
 
 def download(args: argparse.Namespace, output: str) -> Traffic:
@@ -346,7 +371,9 @@ def download(args: argparse.Namespace, output: str) -> Traffic:
                     bar.update(traffic.total, content_length)
         except grpc.RpcError as error:
             call.cancel()
-            _fail(_describe_rpc_error(error, args.endpoint, timeout, content_length is not None))
+            raise _describe_rpc_error(
+                error, args.endpoint, timeout, content_length is not None, verbose=args.log_level == "debug"
+            ) from None
         finally:
             if bar is not None:
                 if content_length is not None:
@@ -388,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
         traffic = download(args, output)
     except DownloadFailed as exc:
         _remove_partial(output, existed)
+        # The error stays the last line (scripts read it); what explains it, such as origin headers, goes first.
+        for note in getattr(exc, "__notes__", ()):
+            print(f"dfget: {note}", file=sys.stderr)
         print(f"dfget: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

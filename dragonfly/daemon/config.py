@@ -153,10 +153,16 @@ class BackendConfig:
 
     request_header: dict[str, str] = field(default_factory=dict)
     max_retries: int = 1
+    enable_cache_temporary_redirect: bool = True
+    cache_temporary_redirect_ttl: Duration = field(
+        default=Duration(600.0), metadata={"key": "cacheTemporaryRedirectTTL"}
+    )
 
     def validate(self) -> None:
         if self.max_retries < 0:
             raise ValueError(f"maxRetries must be >= 0, got {self.max_retries}")
+        if self.cache_temporary_redirect_ttl <= 0:
+            raise ValueError(f"cacheTemporaryRedirectTTL must be > 0, got {self.cache_temporary_redirect_ttl}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,8 +173,11 @@ class GCPolicyConfig:
     disk_threshold: Size = field(default=Size(0), metadata={"aliases": ("distThreshold",)})
     disk_high_threshold_percent: float = field(default=80.0, metadata={"aliases": ("distHighThresholdPercent",)})
     disk_low_threshold_percent: float = field(default=60.0, metadata={"aliases": ("distLowThresholdPercent",)})
+    page_cache_idle_timeout: Duration = Duration(40 * 60.0)
 
     def validate(self) -> None:
+        if self.page_cache_idle_timeout <= 0:
+            raise ValueError(f"pageCacheIdleTimeout must be > 0, got {self.page_cache_idle_timeout}")
         if not 0 < self.disk_low_threshold_percent < self.disk_high_threshold_percent <= 100:
             raise ValueError(
                 "need 0 < diskLowThresholdPercent < diskHighThresholdPercent <= 100, got "

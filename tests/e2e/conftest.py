@@ -24,10 +24,5 @@ def origin(module_dir: Path) -> Iterator[OriginProcess]:
     """The demo origin for the whole module; tests create their own files in ``origin.directory``."""
     directory = module_dir / "origin"
     directory.mkdir()
-    server = OriginProcess(directory, module_dir / "origin.log")
-    server.start()
-    try:
-        server.wait_ready(30)
+    with OriginProcess(directory, module_dir / "origin.log") as server:
         yield server
-    finally:
-        server.stop()

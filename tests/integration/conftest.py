@@ -26,13 +26,8 @@ def origin(tmp_path: Path) -> Iterator[OriginProcess]:
     """The demo origin serving ``tmp_path / "origin"``; put files there and fetch ``origin.url(name)``."""
     directory = tmp_path / "origin"
     directory.mkdir()
-    server = OriginProcess(directory, tmp_path / "origin.log")
-    server.start()
-    try:
-        server.wait_ready(30)
+    with OriginProcess(directory, tmp_path / "origin.log") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

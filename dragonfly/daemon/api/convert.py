@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import grpc
-from dragonfly_api import common_pb2, dfdaemon_pb2
+from dragonfly_api import common_pb2, dfdaemon_pb2, errordetails_pb2
 from google.protobuf import timestamp_pb2
 
 from dragonfly.common.errors import DigestMismatch, InvalidDigest
@@ -85,6 +87,40 @@ def download_response(event: TaskStarted | PieceDone, *, host_id: str) -> dfdaem
             piece=piece_message(event.piece, event.traffic_type)
         ),
     )
+
+
+#: The trailer that carries gRPC's ``Status.details`` bytes.
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def backend_details(exc: BaseException) -> errordetails_pb2.Backend | None:
+    """Return the origin failure behind ``exc`` (itself or a cause) as ``errordetails.v2.Backend``, else None."""
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, BackendError):
+        seen = seen.__cause__
+    if seen is None:
+        return None
+    backend = errordetails_pb2.Backend(message=seen.message, header=seen.header)
+    if seen.status_code is not None:
+        backend.status_code = seen.status_code
+    return backend
+
+
+def encode_backend_details(backend: errordetails_pb2.Backend) -> bytes:
+    """Return ``backend`` as the JSON Dragonfly puts in ``Status.details``: every field, null for no status."""
+    return json.dumps(
+        {
+            "message": backend.message,
+            "header": dict(backend.header),
+            "status_code": backend.status_code if backend.HasField("status_code") else None,
+        }
+    ).encode()
+
+
+def error_trailers(exc: BaseException) -> tuple[tuple[str, bytes], ...]:
+    """Return the trailing metadata of a failed call: Dragonfly's backend details when the origin failed."""
+    backend = backend_details(exc)
+    return () if backend is None else ((STATUS_DETAILS_KEY, encode_backend_details(backend)),)
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:

@@ -9,7 +9,13 @@ import grpc
 from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
 from google.protobuf import empty_pb2
 
-from dragonfly.daemon.api.convert import download_response, local_task_message, status_of, task_message
+from dragonfly.daemon.api.convert import (
+    download_response,
+    error_trailers,
+    local_task_message,
+    status_of,
+    task_message,
+)
 from dragonfly.daemon.api.lookup import get_task_or_abort
 from dragonfly.daemon.download.scheduler_client import SchedulerClient
 from dragonfly.daemon.download.task_manager import TaskManager
@@ -35,7 +41,7 @@ class DfdaemonDownloadService(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):
         except Exception as exc:
             code, message = status_of(exc)
             log.info("download failed", extra={"url": request.download.url, "code": code.name, "error": message})
-            await context.abort(code, message)
+            await context.abort(code, message, trailing_metadata=error_trailers(exc))
 
     async def StatTask(
         self, request: dfdaemon_pb2.StatTaskRequest, context: grpc.aio.ServicerContext

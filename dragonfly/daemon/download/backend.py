@@ -1,7 +1,9 @@
 """Back-to-source over HTTP(S): one stat per task, then one Range GET per piece (``dragonfly-protocol.md`` §3.8).
 
 Like Dragonfly's reqwest backend: HTTP/1.1, TLS verification off, no transparent decompression (bytes are stored
-as the origin sent them), redirects followed, transient failures retried with exponential backoff. Piece bytes
+as the origin sent them), redirects followed (``307`` targets remembered per URL for a while, credentials dropped when
+a redirect leaves the origin), ``User-Agent: dragonfly/<version>`` unless the request names one, no cookie jar
+shared between requests, transient failures retried with exponential backoff. Piece bytes
 go from the socket buffer into a pooled buffer and then to the content file through the native writer on an
 executor thread, which also yields the piece's CRC-32.
 """
@@ -9,27 +11,38 @@ executor thread, which also yields the piece's CRC-32.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TypeVar
 
 import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
 
+import dragonfly
 from dragonfly.common import native
 from dragonfly.daemon.errors import BackendError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-USER_AGENT = "dragonfly/2.3.8"
+USER_AGENT = f"dragonfly/{dragonfly.__version__}"
 _CONTENT_RANGE = re.compile(r"^bytes\s+(\d+)-(\d+)/(\d+|\*)$")
 _CONNECT_TIMEOUT = 3.0
 _BACKOFF_BASE = 0.2
 # Statuses worth another try: the origin may recover; everything else 4xx is final.
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 10
+_REDIRECT_CACHE_CAPACITY = 1000
+# Credentials meant for one origin must not follow a redirect to another (reqwest and curl drop the same ones).
+_SENSITIVE_HEADERS = ("Authorization", "Cookie", "Proxy-Authorization")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +51,53 @@ class StatResult:
 
     content_length: int
     header: dict[str, str]
+
+
+class TemporaryRedirectCache:
+    """Where each URL was last sent by ``307 Temporary Redirect``, for ``ttl`` seconds, for the latest URLs only.
+
+    Origins that sign short-lived download URLs (object stores behind a registry) answer every piece request of a
+    task with the same 307; remembering it saves a round trip per piece.
+    """
+
+    __slots__ = ("_capacity", "_clock", "_entries", "_ttl")
+
+    def __init__(
+        self, ttl: float, capacity: int = _REDIRECT_CACHE_CAPACITY, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._ttl = ttl
+        self._capacity = capacity
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[str, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, url: str) -> str | None:
+        """Return the remembered location of ``url`` unless it has expired."""
+        entry = self._entries.get(url)
+        if entry is None:
+            return None
+        location, expires_at = entry
+        if expires_at <= self._clock():
+            del self._entries[url]
+            return None
+        self._entries.move_to_end(url)
+        return location
+
+    def put(self, url: str, location: str) -> None:
+        """Remember that ``url`` redirects to ``location``, evicting the least recently used URL when full."""
+        self._entries[url] = (location, self._clock() + self._ttl)
+        self._entries.move_to_end(url)
+        while len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)
+
+    def discard(self, url: str) -> None:
+        self._entries.pop(url, None)
+
+
+def _same_origin(a: URL, b: URL) -> bool:
+    return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
 
 
 def _status_error(url: str, resp: aiohttp.ClientResponse) -> BackendError:
@@ -67,20 +127,24 @@ class HTTPBackend:
         max_retries: int,
         piece_timeout: float,
         executor: Executor,
+        cache_temporary_redirect: bool = True,
+        cache_temporary_redirect_ttl: float = 600.0,
     ) -> None:
         self._default_header = dict(request_header)
         self._max_retries = max_retries
         self._piece_timeout = piece_timeout
         self._executor = executor
         self._session: aiohttp.ClientSession | None = None
+        self.redirects = TemporaryRedirectCache(cache_temporary_redirect_ttl) if cache_temporary_redirect else None
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=32, ssl=False, keepalive_timeout=60)
+        # No cookie jar: a cookie one requester's download received must not go out with another's requests.
         self._session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT, sock_read=self._piece_timeout),
-            headers={"User-Agent": USER_AGENT},
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
     async def close(self) -> None:
@@ -94,11 +158,80 @@ class HTTPBackend:
             raise RuntimeError("backend is not started")
         return self._session
 
-    def _headers(self, request_header: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
-        headers = dict(self._default_header)
-        headers.update((k, v) for k, v in request_header.items() if k.lower() != "range")
-        headers.update(extra)
+    def _headers(self, request_header: Mapping[str, str], extra: Mapping[str, str]) -> CIMultiDict[str]:
+        # Case-insensitive, each later source replacing the earlier: a requester's "user-agent" replaces ours.
+        headers: CIMultiDict[str] = CIMultiDict()
+        for source in (self._default_header, request_header, extra):
+            for key, value in source.items():
+                if source is request_header and key.lower() == "range":
+                    continue
+                headers[key] = value
+        headers.setdefault("User-Agent", USER_AGENT)
         return headers
+
+    @contextlib.asynccontextmanager
+    async def _open(self, method: str, url: str, headers: CIMultiDict[str]) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send ``method`` to ``url`` and yield the response after the redirects, using remembered 307 targets.
+
+        A remembered target is only a shortcut: if asking it fails, the entries used are forgotten and the
+        original URL is asked again.
+        """
+        used: list[str] = []
+        try:
+            resp = await self._follow(method, url, headers, used)
+        except (aiohttp.ClientError, OSError):
+            if not used:
+                raise
+            self._forget(used)
+            resp = await self._follow(method, url, headers, None)
+        else:
+            if resp.status >= 400 and used:
+                resp.release()
+                self._forget(used)
+                resp = await self._follow(method, url, headers, None)
+        try:
+            yield resp
+        finally:
+            resp.release()
+
+    def _forget(self, urls: list[str]) -> None:
+        if self.redirects is None:
+            return
+        for url in urls:
+            self.redirects.discard(url)
+
+    async def _follow(
+        self, method: str, url: str, headers: CIMultiDict[str], used: list[str] | None
+    ) -> aiohttp.ClientResponse:
+        """Return the first response that is not a redirect.
+
+        Remembered 307 targets are taken only when ``used`` is a list, which collects the URLs they were taken for.
+        """
+        headers = headers.copy()
+        target = url
+        for _ in range(_MAX_REDIRECTS + 1):
+            if used is not None and self.redirects is not None and (cached := self.redirects.get(target)) is not None:
+                used.append(target)
+                self._strip_credentials(headers, URL(target), URL(cached))
+                target = cached
+                continue
+            resp = await self.session.request(method, target, headers=headers, allow_redirects=False)
+            location = resp.headers.get("Location")
+            if resp.status not in _REDIRECT_STATUS or not location:
+                return resp
+            resp.release()
+            next_url = resp.url.join(URL(location))
+            if resp.status == 307 and self.redirects is not None:
+                self.redirects.put(target, str(next_url))
+            self._strip_credentials(headers, resp.url, next_url)
+            target = str(next_url)
+        raise BackendError(f"origin redirected {url} more than {_MAX_REDIRECTS} times")
+
+    @staticmethod
+    def _strip_credentials(headers: CIMultiDict[str], source: URL, destination: URL) -> None:
+        if not _same_origin(source, destination):
+            for name in _SENSITIVE_HEADERS:
+                headers.popall(name, None)
 
     async def _retrying(self, what: str, attempt_fn: Callable[[], Awaitable[T]], url: str) -> T:
         """Run ``attempt_fn`` with retries on transient failures; raise BackendError at the end."""
@@ -126,7 +259,7 @@ class HTTPBackend:
         async def attempt() -> StatResult:
             async with asyncio.timeout(self._piece_timeout):
                 headers = self._headers(request_header, {"Range": "bytes=0-0"})
-                async with self.session.get(url, headers=headers) as resp:
+                async with self._open("GET", url, headers) as resp:
                     if resp.status == 206:
                         match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
                         if match and match.group(3) != "*":
@@ -136,12 +269,12 @@ class HTTPBackend:
                     elif resp.status != 416 and resp.status >= 400:
                         raise _status_error(url, resp)
                 # 416 (e.g. an empty object), or no usable length: ask again without a Range, then with HEAD.
-                async with self.session.get(url, headers=self._headers(request_header, {})) as resp:
+                async with self._open("GET", url, self._headers(request_header, {})) as resp:
                     if resp.status >= 400:
                         raise _status_error(url, resp)
                     if resp.content_length is not None:
                         return StatResult(resp.content_length, dict(resp.headers))
-                async with self.session.head(url, headers=self._headers(request_header, {})) as resp:
+                async with self._open("HEAD", url, self._headers(request_header, {})) as resp:
                     if resp.status < 400 and resp.content_length is not None:
                         return StatResult(resp.content_length, dict(resp.headers))
                 raise BackendError(f"origin did not announce a content length for {url}")
@@ -157,13 +290,17 @@ class HTTPBackend:
         offset: int,
         length: int,
         buffer: bytearray,
+        progress: Callable[[int], None] | None = None,
     ) -> int:
-        """Fetch bytes ``[offset, offset+length)`` into the file at the same offset; return their CRC-32."""
+        """Fetch bytes ``[offset, offset+length)`` into the file at the same offset; return their CRC-32.
+
+        ``progress`` is called with the size of each chunk as it arrives (again for a retried range).
+        """
 
         async def attempt() -> int:
             async with asyncio.timeout(self._piece_timeout):
                 headers = self._headers(request_header, {"Range": f"bytes={offset}-{offset + length - 1}"})
-                async with self.session.get(url, headers=headers) as resp:
+                async with self._open("GET", url, headers) as resp:
                     if resp.status == 206:
                         match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
                         if not match or int(match.group(1)) != offset:
@@ -176,12 +313,19 @@ class HTTPBackend:
                             raise BackendError(f"origin ignored the Range header of a piece request for {url}")
                     else:
                         raise _status_error(url, resp)
-                    return await self._write_body(url, resp, fd, offset, length, buffer)
+                    return await self._write_body(url, resp, fd, offset, length, buffer, progress)
 
         return await self._retrying("piece download from", attempt, url)
 
     async def _write_body(
-        self, url: str, resp: aiohttp.ClientResponse, fd: int, offset: int, length: int, buffer: bytearray
+        self,
+        url: str,
+        resp: aiohttp.ClientResponse,
+        fd: int,
+        offset: int,
+        length: int,
+        buffer: bytearray,
+        progress: Callable[[int], None] | None,
     ) -> int:
         loop = asyncio.get_running_loop()
         view = memoryview(buffer)
@@ -199,6 +343,8 @@ class HTTPBackend:
                 )
             view[filled : filled + len(chunk)] = chunk
             filled += len(chunk)
+            if progress is not None:
+                progress(len(chunk))
             if filled == capacity or written + filled == length:
                 crc = await loop.run_in_executor(
                     self._executor, _write_chunk, fd, offset + written, view[:filled], crc, whole_piece

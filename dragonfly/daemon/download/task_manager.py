@@ -19,7 +19,7 @@ import random
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +59,16 @@ SEED_PIECE_SLOTS = 2
 # A parent that failed this many pieces (for reasons other than corruption) is not asked again in this round.
 _PARENT_STRIKES = 3
 _SOURCE_BUFFER = 4 * 1024 * 1024
+# Back-to-source window (SourceWindow): the next piece may start when the one before has this fraction of a piece
+# left, which hides the request round trip without splitting the origin's link; a doubled window is kept only if
+# it brings this much more throughput; each window is measured over this many piece completions (at least). When
+# the first piece, or one piece alone on average, takes less than _SOURCE_QUICK seconds, pieces in flight together
+# cost too little latency to matter (and such short samples are mostly scheduling noise): the window goes straight
+# to the limit.
+_SOURCE_LEAD = 0.125
+_SOURCE_GAIN = 1.1
+_SOURCE_SAMPLE = 4
+_SOURCE_QUICK = 0.025
 _SUPPORTED_SCHEMES = ("http", "https")
 
 
@@ -199,6 +209,133 @@ def write_output(content_path: str, output_path: str, *, overwrite: bool, force_
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
+
+
+class SourcePiece:
+    """A piece in flight from the origin: counts its bytes into its window, once even if a retry reads them again."""
+
+    __slots__ = ("left", "window")
+
+    def __init__(self, window: SourceWindow, length: int) -> None:
+        self.window = window
+        self.left = length
+
+    def receive(self, count: int) -> None:
+        """Count bytes that arrived; the backend calls this per chunk."""
+        count = min(count, self.left)
+        self.left -= count
+        self.window.receive(count)
+
+
+class SourceWindow:
+    """How many pieces of a task are fetched from the origin at once.
+
+    It starts at one piece and doubles, up to ``limit``, while each doubling brings at least ``_SOURCE_GAIN`` times
+    the throughput. An origin whose link one connection fills (the usual seed-peer case) so stays at one piece:
+    pieces land in order about a piece-time apart, the first one a piece-time after the start, instead of
+    ``limit`` pieces sharing the link and landing together. An origin limited per connection (round trips, CPU,
+    per-connection throttling) gets more. A piece starts once the bytes still to come for the pieces in flight fit
+    in ``size - 1`` pieces plus a lead, so starts stay a piece's bytes apart rather than in batches.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_in_flight",
+        "_limit",
+        "_mark",
+        "_outstanding",
+        "_piece_length",
+        "_rate",
+        "_received",
+        "_samples",
+        "_settled",
+        "_started",
+        "_wakeup",
+        "size",
+    )
+
+    def __init__(self, limit: int, piece_length: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.size = 1
+        self._limit = limit
+        self._piece_length = piece_length
+        self._clock = clock
+        self._started = clock()
+        self._in_flight = 0
+        self._outstanding = 0
+        self._received = 0
+        self._wakeup = asyncio.Event()
+        # When the current size began to be measured (clock, bytes received), and the completions since.
+        self._mark: tuple[float, int] | None = None
+        self._samples = 0
+        self._rate = 0.0
+        self._settled = limit <= 1
+
+    def _room(self) -> float:
+        return (self.size - 1 + _SOURCE_LEAD) * self._piece_length
+
+    def admits(self) -> bool:
+        """Return whether one more piece may start now."""
+        if self._in_flight == 0:
+            return True
+        if self._in_flight >= min(self.size + 1, self._limit):
+            return False
+        return self._outstanding <= self._room()
+
+    async def wait(self) -> None:
+        """Wait until bytes arrive or a piece ends (then ask ``admits`` again)."""
+        self._wakeup.clear()
+        await self._wakeup.wait()
+
+    def begin(self, length: int) -> SourcePiece:
+        """Count a piece of ``length`` bytes into flight."""
+        self._in_flight += 1
+        self._outstanding += length
+        return SourcePiece(self, length)
+
+    def receive(self, count: int) -> None:
+        """Count bytes that arrived for a piece in flight."""
+        self._outstanding -= count
+        self._received += count
+        if self.admits():
+            self._wakeup.set()
+
+    def end(self, piece: SourcePiece) -> None:
+        """Count a piece out of flight, whole or failed."""
+        self._in_flight -= 1
+        self._outstanding -= piece.left
+        piece.left = 0
+        self._wakeup.set()
+
+    def complete(self, piece: SourcePiece) -> None:
+        """End a piece that arrived whole; measure the current size and settle or double it."""
+        self.end(piece)
+        if self._settled:
+            return
+        now = self._clock()
+        if self._mark is None:
+            # The first completion after a change: from here on the new size is in flight.
+            self._mark = (now, self._received)
+            if self.size == 1 and now - self._started < _SOURCE_QUICK:
+                self.size = self._limit
+                self._settled = True
+            return
+        self._samples += 1
+        if self._samples < max(_SOURCE_SAMPLE, 2 * self.size):
+            return
+        since, received = self._mark
+        rate = (self._received - received) / max(now - since, 1e-9)
+        if self.size == 1 and rate * _SOURCE_QUICK > self._piece_length:
+            self.size = self._limit
+            self._settled = True
+        elif self.size > 1 and rate < self._rate * _SOURCE_GAIN:
+            self.size //= 2
+            self._settled = True
+        else:
+            self._rate = rate
+            self.size = min(2 * self.size, self._limit)
+            self._settled = self.size == self._limit
+        self._mark = None
+        self._samples = 0
 
 
 class TaskManager:
@@ -773,36 +910,50 @@ class TaskManager:
     # ------------------------------------------------------------------ pieces from the origin
 
     async def _download_from_source(self, td: TaskDownload, stream: AnnouncePeerStream | None) -> None:
-        """Fetch every missing piece from the origin with ``concurrentPieceCount`` workers."""
+        """Fetch every missing piece from the origin in ascending order, as many at once as a SourceWindow allows."""
         task = td.task
         assert task is not None
         pending = collections.deque(
             n for n in range(piece_count(task.content_length, task.piece_length)) if n not in task.pieces
         )
+        window = SourceWindow(self._concurrency, task.piece_length)
         failure: list[BaseException] = []
 
         async def worker() -> None:
+            # A worker that ends a piece takes the next one itself when the window allows: no hop through the loop.
             while pending and not failure:
                 if self._stopping:
-                    raise DownloadFailed("dfdaemon is shutting down")
+                    failure.append(DownloadFailed("dfdaemon is shutting down"))
+                    return
+                if not window.admits():
+                    await window.wait()
+                    continue
                 number = pending.popleft()
+                _offset, length = piece_range(number, task.content_length, task.piece_length)
+                piece = window.begin(length)
                 try:
-                    await self._fetch_from_source(td, task, stream, number)
+                    await self._fetch_from_source(td, task, stream, number, piece.receive)
                 except Exception as exc:
+                    window.end(piece)
                     failure.append(exc)
                     self._metrics.failures.labels("back_to_source").inc()
                     if stream is not None:
                         stream.report(download_piece_back_to_source_failed_request=_source_failure(number, exc))
-                    raise
+                    return
+                window.complete(piece)
 
-        workers = min(self._concurrency, len(pending))
-        results = await asyncio.gather(*(worker() for _ in range(workers)), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        # Pieces in flight finish (and are reported) even after a failure.
+        await asyncio.gather(*(worker() for _ in range(min(self._concurrency, len(pending)))))
+        if failure:
+            raise failure[0]
 
     async def _fetch_from_source(
-        self, td: TaskDownload, task: TaskRecord, stream: AnnouncePeerStream | None, number: int
+        self,
+        td: TaskDownload,
+        task: TaskRecord,
+        stream: AnnouncePeerStream | None,
+        number: int,
+        progress: Callable[[int], None],
     ) -> None:
         offset, length = piece_range(number, task.content_length, task.piece_length)
         await self._acquire(self._source_bucket, length)
@@ -818,6 +969,7 @@ class TaskManager:
                     offset=offset,
                     length=length,
                     buffer=buffer,
+                    progress=progress,
                 )
         record = PieceRecord(
             number,

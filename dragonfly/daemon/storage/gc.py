@@ -1,9 +1,10 @@
-"""Eviction of stored tasks by TTL and by disk thresholds (``dragonfly-protocol.md`` §3.7)."""
+"""Eviction of stored tasks by TTL and by disk thresholds, and page-cache release of idle ones (§3.7)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -17,8 +18,25 @@ log = logging.getLogger(__name__)
 _STALE_UNFINISHED = 24 * 3600.0
 
 
+def _drop_page_cache(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue  # evicted meanwhile
+        try:
+            # DONTNEED releases clean cached pages of the inode, whichever descriptor wrote them.
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 class GarbageCollector:
-    """Evict expired tasks, then the least recently used ones while disk usage is above the high threshold."""
+    """Evict expired tasks, then the least recently used ones while disk usage is above the high threshold.
+
+    Also give the page cache of finished tasks idle for ``pageCacheIdleTimeout`` back to the kernel: a seed peer
+    holding many finished tasks would otherwise crowd out the pages of the tasks being served.
+    """
 
     def __init__(
         self,
@@ -32,14 +50,39 @@ class GarbageCollector:
         self._config = config
         self._is_busy = is_busy
         self._on_evict = on_evict
+        # Task id -> its updated_at when its page cache was dropped: not dropped again until it is used again.
+        self._page_cache_dropped: dict[str, float] = {}
 
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self._config.interval)
             try:
                 await self.collect()
+                await self.drop_idle_page_cache()
             except Exception:
                 log.exception("garbage collection failed")
+
+    async def drop_idle_page_cache(self) -> list[str]:
+        """Drop the cached pages of finished tasks nobody read or wrote for a while; return their ids."""
+        idle_since = time.time() - self._config.policy.page_cache_idle_timeout
+        tasks = {t.id: t for t in self._storage.tasks()}
+        for task_id in self._page_cache_dropped.keys() - tasks.keys():
+            del self._page_cache_dropped[task_id]
+        idle = [
+            t
+            for t in tasks.values()
+            if t.finished_at is not None
+            and t.updated_at < idle_since
+            and self._page_cache_dropped.get(t.id) != t.updated_at
+            and not self._is_busy(t.id)
+        ]
+        if not idle:
+            return []
+        await asyncio.to_thread(_drop_page_cache, [self._storage.content_path(t.id) for t in idle])
+        for task in idle:
+            self._page_cache_dropped[task.id] = task.updated_at
+        log.info("dropped the page cache of idle tasks", extra={"tasks": len(idle)})
+        return [t.id for t in idle]
 
     def disk_usage(self) -> tuple[int, int]:
         """Return (total, used) bytes that the thresholds apply to."""

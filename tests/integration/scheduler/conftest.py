@@ -1,108 +1,25 @@
-"""A real scheduler process, protocol clients built from the stubs, and a stand-in seed endpoint."""
+"""A real scheduler process (a LocalCluster without daemons), protocol clients built from the stubs, and a
+stand-in seed endpoint."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
+import psutil
 import pytest
-import yaml
 from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from google.protobuf import duration_pb2
 
-REPO = Path(__file__).resolve().parents[3]
-START_TIMEOUT = 20.0
+from dragonfly.cli.cluster import SCHEDULER, LocalCluster, deep_merge
+
 WAIT = 5.0
-LISTENING = re.compile(r"^dragonfly: scheduler listening on (\S+)$")
-METRICS = re.compile(r"^dragonfly: scheduler metrics listening on (\S+)$")
-
-
-class SchedulerProcess:
-    """``python -m dragonfly.cli.scheduler`` on an ephemeral port, stopped with SIGTERM."""
-
-    def __init__(self, config: dict[str, Any], workdir: Path) -> None:
-        self.config_path = workdir / "scheduler.yaml"
-        self.config_path.write_text(yaml.safe_dump(config))
-        self.log_path = workdir / "scheduler.log"
-        self.proc: subprocess.Popen[str] | None = None
-        self.addr = ""
-        self.metrics_addr = ""
-
-    def _spawn(self) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self._log = self.log_path.open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dragonfly.cli.scheduler", "--config", str(self.config_path), "--port", "0"],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-        )
-
-    async def start(self) -> None:
-        """Start the process and wait (bounded) for its ready line, collecting the addresses it prints."""
-        self._spawn()
-        assert self.proc is not None
-        loop = asyncio.get_running_loop()
-        stdout = self.proc.stdout
-        assert stdout is not None
-        async with asyncio.timeout(START_TIMEOUT):
-            while True:
-                line = await loop.run_in_executor(None, stdout.readline)
-                if not line:
-                    raise RuntimeError(f"scheduler exited early:\n{self.log_path.read_text()}")
-                line = line.rstrip("\n")
-                if match := LISTENING.match(line):
-                    self.addr = match.group(1)
-                elif match := METRICS.match(line):
-                    self.metrics_addr = match.group(1)
-                elif line == "dragonfly: scheduler ready":
-                    return
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
-        self._log.close()
-        return code
-
-    def rss(self) -> int:
-        """Return the resident set size in bytes."""
-        import psutil
-
-        assert self.proc is not None
-        return psutil.Process(self.proc.pid).memory_info().rss
-
-    async def metrics(self) -> str:
-        """Return the Prometheus exposition text."""
-        import aiohttp
-
-        async with aiohttp.ClientSession() as session, session.get(f"http://{self.metrics_addr}/metrics") as resp:
-            return await resp.text()
-
-    async def metric(self, name: str, labels: str = "") -> float:
-        """Return one sample's value (0 when absent)."""
-        text = await self.metrics()
-        pattern = re.compile(rf"^{re.escape(name)}{re.escape('{' + labels + '}') if labels else ''} (\S+)$", re.M)
-        match = pattern.search(text)
-        return float(match.group(1)) if match else 0.0
 
 
 def base_config(**scheduler: Any) -> dict[str, Any]:
@@ -262,13 +179,31 @@ class SeedEndpoint(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
             await self._server.stop(0)
 
 
-class Cluster:
-    """A scheduler process plus a channel to it."""
+class SchedulerClient:
+    """A channel to the scheduler of a LocalCluster, plus its process figures and metrics."""
 
-    def __init__(self, scheduler: SchedulerProcess) -> None:
-        self.scheduler = scheduler
-        self.channel = grpc.aio.insecure_channel(scheduler.addr)
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.process = cluster.process(SCHEDULER)
+        self.channel = grpc.aio.insecure_channel(cluster.scheduler_addr)
         self.stub = scheduler_pb2_grpc.SchedulerStub(self.channel)
+
+    def rss(self) -> int:
+        """Return the scheduler's resident set size in bytes."""
+        assert self.process.pid is not None
+        return psutil.Process(self.process.pid).memory_info().rss
+
+    async def metrics(self) -> str:
+        """Return the Prometheus exposition text."""
+        url = f"http://{self.process.listening['scheduler metrics']}/metrics"
+        async with aiohttp.ClientSession() as session, session.get(url) as resp:
+            return await resp.text()
+
+    async def metric(self, name: str, labels: str = "") -> float:
+        """Return one sample's value (0 when absent)."""
+        text = await self.metrics()
+        pattern = re.compile(rf"^{re.escape(name)}{re.escape('{' + labels + '}') if labels else ''} (\S+)$", re.M)
+        match = pattern.search(text)
+        return float(match.group(1)) if match else 0.0
 
     async def announce(self, host: common_pb2.Host, interval: float | None = None) -> common_pb2.Host:
         request = scheduler_pb2.AnnounceHostRequest(host=host)
@@ -296,24 +231,28 @@ class Cluster:
 @pytest.fixture
 async def start_scheduler(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     """Start a scheduler with ``base_config(**scheduler_keys)`` (plus ``extra`` top-level sections)."""
-    started: list[tuple[SchedulerProcess, Cluster]] = []
+    started: list[tuple[LocalCluster, SchedulerClient]] = []
 
-    async def start(extra: dict[str, Any] | None = None, **scheduler_keys: Any) -> Cluster:
-        config = base_config(**scheduler_keys)
-        for section, values in (extra or {}).items():
-            config[section] = {**config.get(section, {}), **values}
-        workdir = tmp_path / f"scheduler-{len(started)}"
-        workdir.mkdir()
-        process = SchedulerProcess(config, workdir)
-        await process.start()
-        cluster = Cluster(process)
-        started.append((process, cluster))
-        return cluster
+    async def start(extra: dict[str, Any] | None = None, **scheduler_keys: Any) -> SchedulerClient:
+        cluster = LocalCluster(
+            tmp_path / f"scheduler-{len(started)}",
+            peers=0,
+            seed_peer=False,
+            scheduler_config=deep_merge(base_config(**scheduler_keys), extra or {}),
+            start_timeout=20.0,
+            stop_timeout=15.0,
+        )
+        await asyncio.to_thread(cluster.start)
+        client = SchedulerClient(cluster)
+        started.append((cluster, client))
+        return client
 
     yield start
-    for process, cluster in started:
-        await cluster.channel.close()
-        assert process.stop() == 0, process.log_path.read_text()
+    for cluster, client in started:
+        await client.channel.close()
+        status = await asyncio.to_thread(cluster.terminate, SCHEDULER)
+        cluster.stop()
+        assert status == 0, cluster.log_path(SCHEDULER).read_text()
 
 
 @pytest.fixture

@@ -74,7 +74,7 @@ async def test_first_peer_triggers_seed_then_gets_it_as_parent_and_second_peer_g
     task = await cluster.stub.StatTask(scheduler_pb2.StatTaskRequest(host_id=host_a.id, task_id=TASK))
     assert task.state == "Succeeded"
     assert [p.number for p in task.pieces] == [0, 1]
-    assert await cluster.scheduler.metric("dragonfly_scheduler_seed_peer_triggers_total", 'result="triggered"') == 1
+    assert await cluster.metric("dragonfly_scheduler_seed_peer_triggers_total", 'result="triggered"') == 1
 
 
 async def test_seed_failure_sends_the_waiting_child_to_the_origin(start_scheduler, seed_endpoint, helpers):
@@ -86,7 +86,7 @@ async def test_seed_failure_sends_the_waiting_child_to_the_origin(start_schedule
     response = await a.response(within=3)
     assert response.WhichOneof("response") == "need_back_to_source_response"
     assert len(seed_endpoint.calls) == 1
-    assert await cluster.scheduler.metric("dragonfly_scheduler_seed_peer_triggers_total", 'result="failed"') == 1
+    assert await cluster.metric("dragonfly_scheduler_seed_peer_triggers_total", 'result="failed"') == 1
 
 
 async def test_zero_length_task_gets_empty_task_response(start_scheduler, helpers):
@@ -188,7 +188,7 @@ async def test_slow_parent_is_marked_bad_and_no_longer_handed_out(start_schedule
         children[0].peer_id,
         children[1].peer_id,
     }
-    assert await cluster.scheduler.metric("dragonfly_scheduler_bad_parent_marks_total", 'reason="slow"') == 1
+    assert await cluster.metric("dragonfly_scheduler_bad_parent_marks_total", 'reason="slow"') == 1
 
 
 async def test_back_to_source_cap_holds_under_twenty_concurrent_registrations(start_scheduler, helpers):
@@ -217,7 +217,7 @@ async def test_back_to_source_cap_holds_under_twenty_concurrent_registrations(st
     # Waiters released together relay for each other, so parents come from the whole herd, sources included.
     assert offered <= herd_ids
     assert offered & source_ids
-    assert await cluster.scheduler.metric("dragonfly_scheduler_back_to_source_total") == 3
+    assert await cluster.metric("dragonfly_scheduler_back_to_source_total") == 3
 
 
 async def test_peers_registered_together_get_each_other_as_parents(start_scheduler, seed_endpoint, helpers):

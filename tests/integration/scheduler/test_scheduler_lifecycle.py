@@ -125,7 +125,7 @@ async def test_gc_removes_silent_hosts_failed_peers_and_empty_tasks(start_schedu
     await _eventually(tasks_gone)
     hosts = await cluster.stub.ListHosts(scheduler_pb2.ListHostsRequest())
     assert [h.id for h in hosts.hosts] == [steady.id]
-    assert await cluster.scheduler.metric("dragonfly_scheduler_peers", 'state="Failed"') == 0
+    assert await cluster.metric("dragonfly_scheduler_peers", 'state="Failed"') == 0
 
 
 def test_cli_rejects_a_bad_config_with_exit_status_2(tmp_path):

@@ -1,0 +1,206 @@
+"""Origin failures carry Dragonfly's ``errordetails.v2.Backend``: in the local API's gRPC status (JSON in
+``Status.details``, read back by dfget) and in the scheduler's ``DownloadPieceBackToSourceFailedRequest``.
+
+A real TaskManager behind the real DfdaemonDownload service on a unix socket, against a real aiohttp origin.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import tempfile
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from aiohttp import web
+from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc, errordetails_pb2
+
+from dragonfly.cli.dfget import _describe_rpc_error
+from dragonfly.daemon.api.download_server import DfdaemonDownloadService
+from dragonfly.daemon.config import load_dfdaemon_config
+from dragonfly.daemon.download.backend import HTTPBackend
+from dragonfly.daemon.download.parents import ParentChannels
+from dragonfly.daemon.download.task_manager import TaskManager, _source_failure
+from dragonfly.daemon.errors import BackendError
+from dragonfly.daemon.host_info import TrafficMeter
+from dragonfly.daemon.metrics import DaemonMetrics
+from dragonfly.daemon.storage import Storage
+
+BODY = b"origin bytes\n"
+NOISY_HEADERS = {f"X-Noise-{i:02d}": "n" * 40 for i in range(20)}
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    if request.path == "/missing":
+        return web.Response(status=404, text="no such object", headers={"X-Origin-Trace": "trace-1"})
+    if request.path == "/broken":
+        return web.Response(status=500, text="origin trouble")
+    if request.path == "/noisy":
+        return web.Response(status=403, text="denied", headers=NOISY_HEADERS)
+    return web.Response(body=BODY)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Daemon:
+    base: str
+    socket_path: str
+    backend: HTTPBackend
+
+    async def download(self, url: str, **fields: object) -> grpc.aio.AioRpcError:
+        """Run DownloadTask and return the error it must end with."""
+        download = common_pb2.Download(url=url, **fields)  # type: ignore[arg-type]
+        async with grpc.aio.insecure_channel(f"unix:{self.socket_path}") as channel:
+            call = dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel).DownloadTask(
+                dfdaemon_pb2.DownloadTaskRequest(download=download), timeout=30
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                async for _ in call:
+                    pass
+        return info.value
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    run_dir = tempfile.mkdtemp(prefix="df-")  # unix socket paths hold 108 bytes
+    socket_path = f"{run_dir}/d.sock"
+    config = load_dfdaemon_config(None, overrides={"host": {"hostname": "unit", "ip": "127.0.0.1"}})
+    storage = Storage(str(tmp_path / "storage"), keep=True)
+    storage.open()
+    with ThreadPoolExecutor(4) as executor:
+        backend = HTTPBackend(request_header={}, max_retries=0, piece_timeout=10.0, executor=executor)
+        await backend.start()
+        tasks = TaskManager(
+            config,
+            storage=storage,
+            backend=backend,
+            scheduler=None,
+            channels=ParentChannels(),
+            executor=executor,
+            metrics=DaemonMetrics(),
+            download_traffic=TrafficMeter(),
+            host_id="127.0.0.1-unit",
+            ip="127.0.0.1",
+        )
+        server = grpc.aio.server()
+        dfdaemon_pb2_grpc.add_DfdaemonDownloadServicer_to_server(
+            DfdaemonDownloadService(storage=storage, tasks=tasks, scheduler=None), server
+        )
+        server.add_insecure_port(f"unix:{socket_path}")
+        await server.start()
+        try:
+            yield Daemon(f"http://127.0.0.1:{runner.addresses[0][1]}", socket_path, backend)
+        finally:
+            await server.stop(None)
+            await tasks.shutdown(1.0)
+            await backend.close()
+            storage.close()
+            await runner.cleanup()
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def details_of(error: grpc.aio.AioRpcError) -> dict[str, object]:
+    trailers = [value for key, value in error.trailing_metadata() or () if key == "grpc-status-details-bin"]
+    assert len(trailers) == 1, error.trailing_metadata()
+    decoded: dict[str, object] = json.loads(trailers[0])
+    return decoded
+
+
+async def test_an_origin_status_reaches_the_requester_as_backend_details(daemon: Daemon, tmp_path: Path) -> None:
+    url = f"{daemon.base}/missing"
+    error = await daemon.download(url, output_path=str(tmp_path / "out"))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert error.details() == f"origin returned HTTP 404 Not Found for {url}"
+    details = details_of(error)
+    assert sorted(details) == ["header", "message", "status_code"]
+    assert details["message"] == error.details()
+    assert details["status_code"] == 404
+    assert isinstance(details["header"], dict)
+    assert details["header"]["X-Origin-Trace"] == "trace-1"
+    assert details["header"]["Content-Type"] == "text/plain; charset=utf-8"
+    assert not (tmp_path / "out").exists()
+
+
+async def test_a_server_error_after_retries_carries_its_status(daemon: Daemon) -> None:
+    error = await daemon.download(f"{daemon.base}/broken")
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert details_of(error)["status_code"] == 500
+
+
+async def test_a_connection_error_carries_backend_details_without_a_status(daemon: Daemon) -> None:
+    url = f"http://127.0.0.1:{closed_port()}/f"
+    error = await daemon.download(url)
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert error.details().startswith(f"stat of {url} failed: Cannot connect to host 127.0.0.1")
+    assert details_of(error) == {"message": error.details(), "header": {}, "status_code": None}
+
+
+async def test_other_failures_carry_no_backend_details(daemon: Daemon, tmp_path: Path) -> None:
+    error = await daemon.download(f"{daemon.base}/ok", output_path=str(tmp_path / "out"), digest="sha256:" + "0" * 64)
+    assert error.code() == grpc.StatusCode.DATA_LOSS
+    assert [key for key, _ in error.trailing_metadata() or () if key == "grpc-status-details-bin"] == []
+
+
+async def test_dfget_shows_the_origin_status_and_short_headers(daemon: Daemon) -> None:
+    url = f"{daemon.base}/missing"
+    error = await daemon.download(url)
+    failure = _describe_rpc_error(error, daemon.socket_path, 30.0, False)
+    assert str(failure) == f"download failed: origin returned HTTP 404 Not Found for {url}"
+    notes = failure.__notes__
+    assert notes[0] == "origin response headers:"
+    assert "  X-Origin-Trace: trace-1" in notes[1:]
+    assert "  Content-Type: text/plain; charset=utf-8" in notes[1:]
+
+
+async def test_dfget_shows_many_headers_only_at_debug_level(daemon: Daemon) -> None:
+    url = f"{daemon.base}/noisy"
+    error = await daemon.download(url)
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    header_count = len(details_of(error)["header"])  # type: ignore[arg-type]
+    assert header_count > len(NOISY_HEADERS)
+    quiet = _describe_rpc_error(error, daemon.socket_path, 30.0, False)
+    assert str(quiet) == f"download failed: origin returned HTTP 403 Forbidden for {url}"
+    assert quiet.__notes__ == [f"origin sent {header_count} response headers; --log-level debug shows them"]
+    verbose = _describe_rpc_error(error, daemon.socket_path, 30.0, False, verbose=True).__notes__
+    assert verbose[0] == "origin response headers:"
+    assert len(verbose) == 1 + header_count
+    assert [line for line in verbose if line.startswith("  X-Noise-")] == [
+        f"  {name}: {value}" for name, value in NOISY_HEADERS.items()
+    ]
+
+
+async def test_the_scheduler_is_told_the_origin_failure(daemon: Daemon) -> None:
+    with pytest.raises(BackendError) as info:
+        await daemon.backend.stat(f"{daemon.base}/missing", {})
+    request = _source_failure(3, info.value)
+    assert request.piece_number == 3
+    assert request.WhichOneof("response") == "backend"
+    assert request.backend.status_code == 404
+    assert request.backend.message == info.value.message
+    assert request.backend.header["X-Origin-Trace"] == "trace-1"
+
+    with pytest.raises(BackendError) as refused:
+        await daemon.backend.stat(f"http://127.0.0.1:{closed_port()}/f", {})
+    request = _source_failure(0, refused.value)
+    assert request.WhichOneof("response") == "backend"
+    assert not request.backend.HasField("status_code")
+    assert request.backend.message == refused.value.message
+
+    request = _source_failure(1, RuntimeError("disk on fire"))
+    assert request.WhichOneof("response") == "unknown"
+    assert request.unknown == errordetails_pb2.Unknown(message="disk on fire")
