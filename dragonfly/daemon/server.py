@@ -72,6 +72,8 @@ class Dfdaemon:
             max_retries=config.backend.max_retries,
             piece_timeout=config.download.piece_timeout,
             executor=self._download_executor,
+            cache_temporary_redirect=config.backend.enable_cache_temporary_redirect,
+            cache_temporary_redirect_ttl=config.backend.cache_temporary_redirect_ttl,
         )
         self.channels = ParentChannels()
         self.scheduler: SchedulerClient | None = None
