@@ -11,7 +11,6 @@ import shutil
 import socket
 import tempfile
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,17 +18,13 @@ import grpc
 import pytest
 from aiohttp import web
 from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc, errordetails_pb2
+from standalone import standalone_task_manager
 
 from dragonfly.cli.dfget import _describe_rpc_error
 from dragonfly.daemon.api.download_server import DfdaemonDownloadService
-from dragonfly.daemon.config import load_dfdaemon_config
 from dragonfly.daemon.download.backend import HTTPBackend
-from dragonfly.daemon.download.parents import ParentChannels
-from dragonfly.daemon.download.task_manager import TaskManager, _source_failure
+from dragonfly.daemon.download.task_manager import _source_failure
 from dragonfly.daemon.errors import BackendError
-from dragonfly.daemon.host_info import TrafficMeter
-from dragonfly.daemon.metrics import DaemonMetrics
-from dragonfly.daemon.storage import Storage
 
 BODY = b"origin bytes\n"
 NOISY_HEADERS = {f"X-Noise-{i:02d}": "n" * 40 for i in range(20)}
@@ -79,39 +74,21 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     run_dir = tempfile.mkdtemp(prefix="df-")  # unix socket paths hold 108 bytes
     socket_path = f"{run_dir}/d.sock"
-    config = load_dfdaemon_config(None, overrides={"host": {"hostname": "unit", "ip": "127.0.0.1"}})
-    storage = Storage(str(tmp_path / "storage"), keep=True)
-    storage.open()
-    with ThreadPoolExecutor(4) as executor:
-        backend = HTTPBackend(request_header={}, max_retries=0, piece_timeout=10.0, executor=executor)
-        await backend.start()
-        tasks = TaskManager(
-            config,
-            storage=storage,
-            backend=backend,
-            scheduler=None,
-            channels=ParentChannels(),
-            executor=executor,
-            metrics=DaemonMetrics(),
-            download_traffic=TrafficMeter(),
-            host_id="127.0.0.1-unit",
-            ip="127.0.0.1",
-        )
-        server = grpc.aio.server()
-        dfdaemon_pb2_grpc.add_DfdaemonDownloadServicer_to_server(
-            DfdaemonDownloadService(storage=storage, tasks=tasks, scheduler=None), server
-        )
-        server.add_insecure_port(f"unix:{socket_path}")
-        await server.start()
-        try:
-            yield Daemon(f"http://127.0.0.1:{runner.addresses[0][1]}", socket_path, backend)
-        finally:
-            await server.stop(None)
-            await tasks.shutdown(1.0)
-            await backend.close()
-            storage.close()
-            await runner.cleanup()
-            shutil.rmtree(run_dir, ignore_errors=True)
+    try:
+        async with standalone_task_manager(tmp_path) as daemon:
+            server = grpc.aio.server()
+            dfdaemon_pb2_grpc.add_DfdaemonDownloadServicer_to_server(
+                DfdaemonDownloadService(storage=daemon.storage, tasks=daemon.manager, scheduler=None), server
+            )
+            server.add_insecure_port(f"unix:{socket_path}")
+            await server.start()
+            try:
+                yield Daemon(f"http://127.0.0.1:{runner.addresses[0][1]}", socket_path, daemon.backend)
+            finally:
+                await server.stop(None)
+    finally:
+        await runner.cleanup()
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def details_of(error: grpc.aio.AioRpcError) -> dict[str, object]:

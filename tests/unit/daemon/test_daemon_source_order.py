@@ -13,22 +13,16 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 from dragonfly_api import common_pb2
+from standalone import standalone_task_manager
 
 from dragonfly.common.piece import MIN_PIECE_LENGTH
-from dragonfly.daemon.config import load_dfdaemon_config
-from dragonfly.daemon.download.backend import HTTPBackend
-from dragonfly.daemon.download.parents import ParentChannels
 from dragonfly.daemon.download.task_manager import PieceDone, SourcePiece, SourceWindow, TaskManager
-from dragonfly.daemon.host_info import TrafficMeter
-from dragonfly.daemon.metrics import DaemonMetrics
-from dragonfly.daemon.storage import Storage
 
 PIECE = MIN_PIECE_LENGTH
 LEAD = PIECE // 8
@@ -185,36 +179,10 @@ async def paced_origin(body: bytes, rate: float, *, shared: bool) -> AsyncIterat
 
 @contextlib.asynccontextmanager
 async def task_manager(tmp_path: Path, concurrency: int) -> AsyncIterator[TaskManager]:
-    config = load_dfdaemon_config(
-        None,
-        overrides={
-            "host": {"hostname": "unit", "ip": "127.0.0.1"},
-            "download": {"concurrentPieceCount": concurrency},
-        },
-    )
-    storage = Storage(str(tmp_path / "storage"), keep=True)
-    storage.open()
-    with ThreadPoolExecutor(4) as executor:
-        backend = HTTPBackend(request_header={}, max_retries=0, piece_timeout=30.0, executor=executor)
-        await backend.start()
-        manager = TaskManager(
-            config,
-            storage=storage,
-            backend=backend,
-            scheduler=None,
-            channels=ParentChannels(),
-            executor=executor,
-            metrics=DaemonMetrics(),
-            download_traffic=TrafficMeter(),
-            host_id="127.0.0.1-unit",
-            ip="127.0.0.1",
-        )
-        try:
-            yield manager
-        finally:
-            await manager.shutdown(1.0)
-            await backend.close()
-            storage.close()
+    async with standalone_task_manager(
+        tmp_path, {"download": {"concurrentPieceCount": concurrency}}, piece_timeout=30.0
+    ) as daemon:
+        yield daemon.manager
 
 
 async def download(manager: TaskManager, origin: Origin, output: Path) -> list[tuple[int, list[int]]]:

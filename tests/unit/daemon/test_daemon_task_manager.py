@@ -9,19 +9,16 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from dragonfly_api import common_pb2
+from standalone import standalone_task_manager
 
 from dragonfly.common.errors import DigestMismatch, InvalidDigest
 from dragonfly.common.piece import calculate_piece_length
-from dragonfly.daemon.config import load_dfdaemon_config
-from dragonfly.daemon.download.backend import HTTPBackend
-from dragonfly.daemon.download.parents import ParentChannels
 from dragonfly.daemon.download.task_manager import (
     PieceDone,
     TaskManager,
@@ -31,8 +28,6 @@ from dragonfly.daemon.download.task_manager import (
     write_output,
 )
 from dragonfly.daemon.errors import BackendError, DownloadFailed, OutputError
-from dragonfly.daemon.host_info import TrafficMeter
-from dragonfly.daemon.metrics import DaemonMetrics
 from dragonfly.daemon.storage import Storage
 
 FILES = {"/big": os.urandom(9 * 1024 * 1024 + 7), "/small": os.urandom(1000), "/empty": b""}
@@ -135,31 +130,11 @@ async def make_harness(tmp_path: Path, **overrides: Any) -> AsyncIterator[Harnes
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     base = f"http://127.0.0.1:{runner.addresses[0][1]}"
 
-    config = load_dfdaemon_config(None, overrides={"host": {"hostname": "unit", "ip": "127.0.0.1"}, **overrides})
-    storage = Storage(str(tmp_path / "storage"), keep=True)
-    storage.open()
-    with ThreadPoolExecutor(8) as executor:
-        backend = HTTPBackend(request_header={}, max_retries=0, piece_timeout=10.0, executor=executor)
-        await backend.start()
-        manager = TaskManager(
-            config,
-            storage=storage,
-            backend=backend,
-            scheduler=None,
-            channels=ParentChannels(),
-            executor=executor,
-            metrics=DaemonMetrics(),
-            download_traffic=TrafficMeter(),
-            host_id="127.0.0.1-unit",
-            ip="127.0.0.1",
-        )
-        try:
-            yield Harness(tmp_path, base, manager, storage, hits)
-        finally:
-            await manager.shutdown(1.0)
-            await backend.close()
-            storage.close()
-            await runner.cleanup()
+    try:
+        async with standalone_task_manager(tmp_path, overrides, workers=8) as daemon:
+            yield Harness(tmp_path, base, daemon.manager, daemon.storage, hits)
+    finally:
+        await runner.cleanup()
 
 
 @pytest.fixture
