@@ -22,7 +22,8 @@ from dragonfly_api import common_pb2
 from standalone import standalone_task_manager
 
 from dragonfly.common.piece import MIN_PIECE_LENGTH
-from dragonfly.daemon.download.task_manager import PieceDone, SourcePiece, SourceWindow, TaskManager
+from dragonfly.daemon.download.source_window import SourcePiece, SourceWindow
+from dragonfly.daemon.download.task_manager import PieceDone, TaskManager
 
 PIECE = MIN_PIECE_LENGTH
 LEAD = PIECE // 8
