@@ -2,7 +2,7 @@
 
 A loopback cluster (scheduler, seed peer, daemon "a"): "a" downloads `--size` through the seed peer while both
 daemons' RSS is sampled every 20 ms; then "a" downloads `--tasks` distinct 1 MiB tasks one after another and its
-RSS is read after each. Targets (DESIGN §5): ≤ 150 MiB RSS for 1 GiB; flat (±10 %) over 100 tasks.
+RSS is read after each. Targets (``docs/benchmarks.md#targets``): ≤ 150 MiB RSS for 1 GiB; flat (±10 %) over 100 tasks.
 """
 
 from __future__ import annotations

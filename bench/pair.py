@@ -6,7 +6,8 @@
 - ours: a parent dfdaemon that already holds the task, a child dfdaemon that fetches it over Vortex, timed
   as the child's ``dfget`` (process start included).
 
-Targets (DESIGN §5): ours ≥ 0.8 × the native loop and ≥ 1.0 × nginx → curl.
+Targets (``docs/benchmarks.md#targets``; this harness reports against the first, looser ones): ours ≥ 0.8 × the
+native loop and ≥ 1.0 × nginx → curl.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ A real scheduler process (`python -m dragonfly.cli.scheduler`) and this process 
 Piece reports/s = piece messages of phase 2 / its duration (until every stream was closed by the scheduler, so
 every message was processed). Baseline in the same run: the same client against a no-op AnnouncePeer server
 (`--serve-baseline`: bare grpc.aio, answers each register with NeedBackToSource) — its rate is the ceiling the
-transport and this client allow. Targets (DESIGN §5): ≥ 5,000 piece reports/s, decision p99 ≤ 10 ms.
+transport and this client allow. Targets (``docs/benchmarks.md#targets``): ≥ 5,000 piece reports/s, decision p99 ≤ 10
+ms.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Hashing throughput, native against its baseline in the same run; each group's table shows the ratio.
 
-Targets (DESIGN §5): CRC-32 >= 2.5x zlib.crc32, SHA-256 >= 1.0x hashlib.sha256. BLAKE3 is compared with the
+Targets (``docs/benchmarks.md#targets``): CRC-32 >= 2.5x zlib.crc32, SHA-256 >= 1.0x hashlib.sha256. BLAKE3 is compared
+with the
 pure-Python twin on 4 MiB, not 64 MiB: the twin hashes about 1 MB/s, so 64 MiB would take a minute per round.
 """
 

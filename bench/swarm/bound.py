@@ -1,4 +1,4 @@
-"""The Kumar–Ross lower bound on the time to distribute one file to N peers (field-notes §5.1)."""
+"""The Kumar–Ross lower bound on the time to distribute one file to N peers (``docs/benchmarks.md#the-lower-bound``)."""
 
 from __future__ import annotations
 

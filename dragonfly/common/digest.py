@@ -1,6 +1,6 @@
 """Dragonfly digest strings (``algorithm:encoded``): parse, format, compute and verify.
 
-Dragonfly's forms (``reference/dragonfly-protocol.md`` §3.4, §3.5):
+Dragonfly's forms (``docs/reference/protocol.md#vortex``, ``#digests``):
 
 - ``crc32:<decimal>``: CRC-32/IEEE as a decimal u32 without zero padding. Every piece digest has this form, and
   peers compare piece digests as strings, so only the canonical spelling is accepted.

@@ -1,6 +1,6 @@
 """Task, host, peer and piece ids, computed exactly as Dragonfly v2 does so mixed clusters agree on identities.
 
-Facts: ``shared/reference/dragonfly-protocol.md`` §3.1. The task id is the lower-case hex SHA-256 of the
+Facts: ``docs/reference/protocol.md#identifiers``. The task id is the lower-case hex SHA-256 of the
 normalised URL (filtered query parameters removed, the rest re-serialised as application/x-www-form-urlencoded)
 followed by tag, application, revision and piece length, then the task type name.
 """

@@ -28,7 +28,7 @@ piece_io (``_dragonfly_piece_io`` / ``_pyimpl.piece_io``)
     ``TokenBucket(rate, burst=None)``: bytes/s (0 = unlimited) and burst bytes (default: one second of rate);
     ``acquire(n)`` blocks (GIL released); ``reserve(n) -> float`` seconds the caller must wait (tokens are
     taken now); ``try_acquire(n) -> bool``; ``set_rate(rate, burst=None)``; properties ``rate``, ``burst``.
-    Vortex codec (``../shared/reference/dragonfly-protocol.md`` §3.4):
+    Vortex codec (``docs/reference/protocol.md#vortex``):
     ``HEADER_SIZE`` (6), ``MAX_VALUE_LENGTH``, tag constants ``TAG_DOWNLOAD_PIECE`` .. ``TAG_ERROR``;
     ``encode_download_piece(task_id, piece_number, frame_id=0, tag=TAG_DOWNLOAD_PIECE) -> bytes``;
     ``decode_header(buf) -> (frame_id, tag, length)``;

@@ -1,4 +1,4 @@
-"""Piece length and piece ranges, exactly as Dragonfly computes them (``dragonfly-protocol.md`` §3.2)."""
+"""Piece length and piece ranges, exactly as Dragonfly computes them (``docs/reference/protocol.md#pieces``)."""
 
 from __future__ import annotations
 

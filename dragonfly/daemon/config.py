@@ -1,4 +1,5 @@
-"""dfdaemon configuration: Dragonfly's camelCase keys and defaults (``dragonfly-protocol.md`` §2.2).
+"""dfdaemon configuration: Dragonfly's camelCase keys and defaults
+(``docs/reference/protocol.md#dfdaemon-configuration-defaults``).
 
 Only the keys this daemon implements are modelled; any other key is logged and ignored so Dragonfly's own
 files load. ``scheduler.addrs`` is the static scheduler list used until dynamic discovery through the manager.

@@ -1,4 +1,5 @@
-"""The host figures announced to schedulers (``dragonfly-protocol.md`` §4.3) and streamed to children (SyncHost)."""
+"""The host figures announced to schedulers (``docs/reference/protocol.md#announcehost``) and streamed to children
+(SyncHost)."""
 
 from __future__ import annotations
 

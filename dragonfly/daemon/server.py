@@ -1,6 +1,7 @@
 """Wire the daemon together: storage, origin backend, task manager, servers, announcer and GC.
 
-Start-up order follows Dragonfly's (``dragonfly-protocol.md`` §2.2): storage → backend → rate limiters → task
+Start-up order follows Dragonfly's (``docs/reference/protocol.md#start-up-order``): storage → backend → rate limiters →
+task
 manager → Vortex, metrics and health servers → announcer → upload gRPC → download gRPC (the local API is opened
 last, so a client that can connect finds everything else running) → GC. Unlike Dragonfly, an unreachable
 scheduler does not stop start-up: downloads go back to source until it answers.
@@ -37,7 +38,8 @@ from dragonfly.daemon.upload.vortex_server import VortexServer
 
 log = logging.getLogger(__name__)
 
-# gRPC server tuning from Dragonfly's client (§2.1): bigger windows and frames than grpcio's defaults.
+# gRPC server tuning from Dragonfly's client (``docs/reference/protocol.md#grpc-server-tuning``): bigger windows and
+# frames than grpcio's defaults.
 _GRPC_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),

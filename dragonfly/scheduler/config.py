@@ -1,4 +1,5 @@
-"""Scheduler configuration (``scheduler.yaml``): Dragonfly's keys and defaults (reference §2.15) plus our own.
+"""Scheduler configuration (``scheduler.yaml``): Dragonfly's keys and defaults
+(``docs/reference/scheduler.md#configuration-defaults``) plus our own.
 
 Keys Dragonfly reads from the manager's dynamic config (candidate/filter parent limits, upload load limits) are
 plain keys of the ``scheduler`` section here, because this scheduler runs stand-alone.
@@ -34,7 +35,7 @@ class ServerConfig:
 
 @dataclass(frozen=True, slots=True)
 class GCConfig:
-    """Garbage collection intervals and TTLs (reference §2.14)."""
+    """Garbage collection intervals and TTLs (``docs/reference/scheduler.md#garbage-collection``)."""
 
     piece_download_timeout: Duration = Duration(30 * 60)
     peer_gc_interval: Duration = field(default=Duration(10), metadata={"key": "peerGCInterval"})
@@ -69,7 +70,8 @@ class EvaluatorConfig:
 
 @dataclass(frozen=True, slots=True)
 class BadParentConfig:
-    """Abnormal-parent isolation (reference §2.12, plus cool-down, failure and digest rules of our own)."""
+    """Abnormal-parent isolation (``docs/reference/scheduler.md#abnormal-parents``, plus cool-down, failure and digest
+    rules of our own)."""
 
     cool_down: Duration = Duration(60)
     # Rolling window of piece costs, per peer and per task (Dragonfly: 2000 samples).
@@ -87,7 +89,7 @@ class BadParentConfig:
 
 @dataclass(frozen=True, slots=True)
 class SchedulerConfig:
-    """Scheduling policy (reference §2.9-§2.15)."""
+    """Scheduling policy (``docs/reference/scheduler.md#scheduling-loop`` to ``#configuration-defaults``)."""
 
     algorithm: str = "default"
     back_to_source_count: int = 200
@@ -126,7 +128,7 @@ class SchedulerConfig:
 
 @dataclass(frozen=True, slots=True)
 class SeedPeerConfig:
-    """Seed-peer triggering (reference §2.13)."""
+    """Seed-peer triggering (``docs/reference/scheduler.md#seed-peers``)."""
 
     enable: bool = True
     task_download_timeout: Duration = Duration(10 * 3600)

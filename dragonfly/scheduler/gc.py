@@ -1,4 +1,5 @@
-"""Garbage collection of peers, tasks and hosts (reference §2.14), each on its own interval.
+"""Garbage collection of peers, tasks and hosts (``docs/reference/scheduler.md#garbage-collection``), each on its own
+interval.
 
 A peer that qualifies is moved to Leave and removed in the same pass (Dragonfly removes it one pass later).
 Peers of disable-shared hosts are collected only once their stream has closed, so their download is not cut.

@@ -1,4 +1,5 @@
-"""Seed peers: pick one per task on a consistent-hash ring and trigger its download (reference §2.13).
+"""Seed peers: pick one per task on a consistent-hash ring and trigger its download
+(``docs/reference/scheduler.md#seed-peers``).
 
 Seed hosts are learnt from AnnounceHost (type ≠ normal) and presumed healthy until a check fails. Every
 ``seedPeer.refreshInterval`` each is checked with grpc.health.v1 on its upload port; a server that answers

@@ -2,7 +2,8 @@
 
 It is a stand-in for a peer with bad memory, a bad disk or a buggy build: real dfdaemons never serve a piece
 they have not verified, so a corrupting sender has to be built on purpose. It speaks only the parts of the
-protocol a parent needs, written here from the reference (``dragonfly-protocol.md`` §3.4, §4) rather than with
+protocol a parent needs, written here from the reference (``docs/reference/protocol.md#vortex``,
+``#scheduler-protocol``) rather than with
 the daemon's own code, so the wire format is checked independently:
 
 - ``scheduler.v2.AnnounceHost`` as a normal host, then ``AnnouncePeer``: register with ``need_back_to_source``,

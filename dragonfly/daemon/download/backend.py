@@ -1,4 +1,5 @@
-"""Back-to-source over HTTP(S): one stat per task, then one Range GET per piece (``dragonfly-protocol.md`` §3.8).
+"""Back-to-source over HTTP(S): one stat per task, then one Range GET per piece
+(``docs/reference/protocol.md#backends``).
 
 Like Dragonfly's reqwest backend: HTTP/1.1, TLS verification off, no transparent decompression (bytes are stored
 as the origin sent them), redirects followed (``307`` targets remembered per URL for a while, credentials dropped when

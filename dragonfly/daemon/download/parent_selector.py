@@ -1,4 +1,5 @@
-"""Pick a parent per piece by what this child observes of each parent, not only what it advertises (§3.3).
+"""Pick a parent per piece by what this child observes of each parent, not only what it advertises
+(``docs/reference/protocol.md#pieces-from-parents``).
 
 Dragonfly's client weighs candidates by the free upload bandwidth each parent streams over SyncHost
 (``max_tx − tx``). That figure is the NIC speed minus traffic, which means little on shaped or virtual links,

@@ -1,4 +1,5 @@
-"""Learn which pieces each candidate parent has, through one SyncPieces stream per parent (§3.3).
+"""Learn which pieces each candidate parent has, through one SyncPieces stream per parent
+(``docs/reference/protocol.md#pieces-from-parents``).
 
 Each parent answers with a message per finished interested piece, and keeps the stream open while its own
 download goes on. The collector keeps one bitmap per parent and wakes the downloader on every change; a stream

@@ -1,4 +1,5 @@
-"""The scheduler from the daemon's side (``dragonfly-protocol.md`` §4): host announcements and AnnouncePeer streams.
+"""The scheduler from the daemon's side (``docs/reference/protocol.md#scheduler-protocol``): host announcements and
+AnnouncePeer streams.
 
 Host-level calls (AnnounceHost, DeleteHost) go to every scheduler; per-task calls go to the task's owner, picked
 by consistent hashing of the task id. A scheduler that cannot be reached is retried soon rather than at the

@@ -1,4 +1,5 @@
-"""Download of one task on the peer (``dragonfly-protocol.md`` §3.3 and §4.2; DESIGN §4).
+"""Download of one task on the peer (``docs/reference/protocol.md#download-of-one-task-on-a-peer`` and
+``#announcepeer``; ``docs/architecture.md#control-plane``).
 
 Each task has at most one download running in the daemon, in the background; requesters (dfget over the local
 API, the scheduler over DfdaemonUpload.DownloadTask) watch it through storage: a piece they see is written and
@@ -447,7 +448,10 @@ class TaskManager:
         return download
 
     async def _download_with_scheduler(self, td: TaskDownload, task: TaskRecord) -> bool:
-        """Follow the scheduler's answers (§4.2); True when every piece is stored, False to fall back."""
+        """Follow the scheduler's answers; True when every piece is stored, False to fall back.
+
+        The answers and what each asks for: ``docs/reference/protocol.md#announcepeer``.
+        """
         assert self._scheduler is not None
         addr = self._scheduler.owner(td.task_id)
         if not await self._scheduler.ensure_announced(addr):
@@ -462,7 +466,8 @@ class TaskManager:
             await stream.close()
 
     async def _follow_scheduler(self, td: TaskDownload, task: TaskRecord, stream: AnnouncePeerStream) -> bool:
-        """Register, then act on each response in the reference's message order (§4.2)."""
+        """Register, then act on each response in the reference's message order
+        (``docs/reference/protocol.md#announcepeer``)."""
         scheduler_config = self._config.scheduler
         deadline = time.monotonic() + scheduler_config.schedule_timeout
         await stream.send(
@@ -530,7 +535,10 @@ class TaskManager:
             return False
 
     async def _announce_metadata_only(self, task: TaskRecord, download: common_pb2.Download, peer_id: str) -> None:
-        """Tell the scheduler a task it asked for is already here (§4.2 item 4)."""
+        """Tell the scheduler a task it asked for is already here.
+
+        The metadata-only flow: item 4 of ``docs/reference/protocol.md#announcepeer``.
+        """
         assert self._scheduler is not None
         addr = self._scheduler.owner(task.id)
         register = common_pb2.Download()

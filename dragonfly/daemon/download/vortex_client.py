@@ -1,4 +1,4 @@
-"""Fetch one piece from a parent over Vortex TCP (``dragonfly-protocol.md`` §3.4).
+"""Fetch one piece from a parent over Vortex TCP (``docs/reference/protocol.md#vortex``).
 
 One request frame out, one metadata frame and the raw piece bytes back. The exchange is a blocking function for an
 executor thread: the bytes go from the socket into the content file in native code (GIL released) with the

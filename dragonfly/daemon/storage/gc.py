@@ -1,4 +1,5 @@
-"""Eviction of stored tasks by TTL and by disk thresholds, and page-cache release of idle ones (§3.7)."""
+"""Eviction of stored tasks by TTL and by disk thresholds, and page-cache release of idle ones
+(``docs/reference/protocol.md#garbage-collection``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Task content files and their metadata (``dragonfly-protocol.md`` §3.6).
+"""Task content files and their metadata (``docs/reference/protocol.md#storage-layout``).
 
 Layout: ``<dir>/content/tasks/<first 3 hex of task id>/<task id>`` — one preallocated file per task — and
 ``<dir>/metadata/dfdaemon.db``. Paths are only ever built from validated task ids (64 lower-case hex), so no

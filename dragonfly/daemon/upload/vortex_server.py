@@ -1,4 +1,4 @@
-"""Vortex TCP piece server (``dragonfly-protocol.md`` §3.4).
+"""Vortex TCP piece server (``docs/reference/protocol.md#vortex``).
 
 Per request: read the 74-byte request frame on the event loop, look the piece up (only finished, verified pieces
 exist in storage), charge the upload token bucket, then hand the raw socket to an executor thread that writes the

@@ -1,4 +1,4 @@
-"""The per-task peer DAG: parent → child edges that never form a cycle (reference §2.5).
+"""The per-task peer DAG: parent → child edges that never form a cycle (``docs/reference/scheduler.md#peer-dag``).
 
 Edges live on the peers (``peer.parents`` / ``peer.children``, keyed by peer id). Adding an edge charges the
 parent's host with the child's expected upload load; removing it releases exactly what was charged.

@@ -1,4 +1,5 @@
-"""Hosts: created and refreshed only by AnnounceHost (reference §2.2, §2.6)."""
+"""Hosts: created and refreshed only by AnnounceHost (``docs/reference/scheduler.md#resource-model``,
+``#announcehost``)."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ class Host:
         self.peers: dict[str, Peer] = {}
         self.created_at = now
         self.created_wall = time.time()
-        # Estimates from the DAG's edges (reference §2.5); reset only with the host.
+        # Estimates from the DAG's edges (``docs/reference/scheduler.md#peer-dag``); reset only with the host.
         self.tx_bandwidth = 0
         self.upload_content_length = 0
         self.concurrent_upload_piece_count = 0

@@ -1,4 +1,5 @@
-"""Peers: one download of one task on one host, with an explicit state machine (reference §2.2-§2.3)."""
+"""Peers: one download of one task on one host, with an explicit state machine
+(``docs/reference/scheduler.md#resource-model``, ``#peer-state-machine``)."""
 
 from __future__ import annotations
 
@@ -66,9 +67,11 @@ PEER_FSM = StateMachine(
     },
 )
 
-# States in which a peer can serve pieces to others (reference §2.12: all others make a bad parent).
+# States in which a peer can serve pieces to others (``docs/reference/scheduler.md#abnormal-parents``: all others make a
+# bad parent).
 SERVING_STATES = frozenset((RUNNING, BACK_TO_SOURCE, SUCCEEDED))
-# Events after which the peer has no parents any more (reference §2.3 side effects).
+# Events after which the peer has no parents any more (``docs/reference/scheduler.md#peer-state-machine``, side
+# effects).
 _DROPS_PARENTS = frozenset((DOWNLOAD_BACK_TO_SOURCE, DOWNLOAD_SUCCEEDED, DOWNLOAD_FAILED, EVENT_LEAVE))
 _ENDS_DOWNLOAD = frozenset((DOWNLOAD_SUCCEEDED, DOWNLOAD_FAILED, EVENT_LEAVE))
 

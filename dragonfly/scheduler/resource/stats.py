@@ -72,7 +72,8 @@ class RollingWindow:
         return value > self.mean() + SIGMA_FACTOR * self.std()
 
     def last_is_outlier(self) -> bool:
-        """Return whether the latest sample is abnormal against the others (reference §2.12)."""
+        """Return whether the latest sample is abnormal against the others
+        (``docs/reference/scheduler.md#abnormal-parents``)."""
         n = len(self._values)
         if n < 2 or self.last is None:
             return False

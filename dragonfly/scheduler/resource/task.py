@@ -1,4 +1,5 @@
-"""Tasks: one piece of content and the peers downloading it (reference §2.2, §2.4)."""
+"""Tasks: one piece of content and the peers downloading it (``docs/reference/scheduler.md#resource-model``,
+``#task-state-machine``)."""
 
 from __future__ import annotations
 
@@ -51,9 +52,9 @@ _RELAY_STATES = frozenset((peer_states.RECEIVED_NORMAL, peer_states.RUNNING))
 def is_relay(peer: Peer) -> bool:
     """Return whether ``peer`` holds nothing yet but has parents, so it will hold pieces as soon as they do.
 
-    Dragonfly's filter (reference §2.10b rule 5) accepts a Running peer with in-degree ≥ 1; counting a peer that
-    was just given parents (still ReceivedNormal) as well lets peers that register or are released together
-    become each other's parents instead of all hanging off the seed peer.
+    Dragonfly's filter (``docs/reference/scheduler.md#candidate-filter`` rule 5) accepts a Running peer with
+    in-degree ≥ 1; counting a peer that was just given parents (still ReceivedNormal) as well lets peers that
+    register or are released together become each other's parents instead of all hanging off the seed peer.
     """
     return peer.state in _RELAY_STATES and bool(peer.parents)
 
@@ -165,7 +166,8 @@ class Task:
         self.back_to_source_peers: set[str] = set()
         self.peers: dict[str, Peer] = {}
         self.parent_pool = PeerPool()
-        # Back-to-source pieces by number (reference §2.19: StatTask shows them); digests judge other reports.
+        # Back-to-source pieces by number (``docs/reference/scheduler.md#other-rpcs``: StatTask shows them); digests
+        # judge other reports.
         self.pieces: dict[int, common_pb2.Piece] = {}
         self.peer_failed_count = 0
         # Costs of pieces served peer-to-peer across the swarm: the yardstick for slow parents.
@@ -199,7 +201,8 @@ class Task:
             self.piece_count = -(-self.content_length // self.piece_length)
 
     def reset_sizes(self) -> None:
-        """Forget the sizes after a failed back-to-source download (reference §2.7)."""
+        """Forget the sizes after a failed back-to-source download
+        (``docs/reference/scheduler.md#announcepeer-on-the-scheduler``)."""
         self.content_length = -1
         self.piece_count = 0
 

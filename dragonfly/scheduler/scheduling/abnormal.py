@@ -1,4 +1,5 @@
-"""Abnormal-parent detection: slow pieces, repeated piece failures and digest mismatches (reference §2.12).
+"""Abnormal-parent detection: slow pieces, repeated piece failures and digest mismatches
+(``docs/reference/scheduler.md#abnormal-parents``).
 
 Dragonfly judges a candidate only by its own download costs at filter time (``Peer.is_bad`` keeps that rule).
 Here children's reports also count against the parent that served them, and a parent found abnormal is marked

@@ -1,4 +1,4 @@
-"""Score candidate parents for a child; every sub-score is in [0, 1] (reference §2.11).
+"""Score candidate parents for a child; every sub-score is in [0, 1] (``docs/reference/scheduler.md#evaluator``).
 
 Total = load·LoadQuality + piece·Pieces + idc·IDC + location·Location + hostType·HostType (weights from config).
 

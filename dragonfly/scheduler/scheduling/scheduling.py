@@ -1,4 +1,5 @@
-"""The scheduling decision for one peer (reference §2.10, decided without Dragonfly's sleeps).
+"""The scheduling decision for one peer (``docs/reference/scheduler.md#scheduling-loop``, decided without Dragonfly's
+sleeps).
 
 Dragonfly retries up to ``retryBackToSourceLimit`` times ``retryInterval`` apart before sending a peer to the
 origin. Here a decision is made at once when one is possible: parents if any qualify; the origin if nothing
@@ -115,7 +116,8 @@ class Scheduling:
         return ranked[:wanted]
 
     def filter_parents(self, sample: list[Peer], child: Peer, now: float) -> list[Peer]:
-        """Drop candidates that must not serve ``child`` (reference §2.10b, in order, plus upload slots)."""
+        """Drop candidates that must not serve ``child`` (``docs/reference/scheduler.md#candidate-filter``, in order,
+        plus upload slots)."""
         blocked = child.block_parents
         current = child.parents
         below = dag.descendants(child) if child.children else ()

@@ -1,4 +1,5 @@
-"""One AnnouncePeer stream: the messages of reference §2.7 in any legal order, precise errors for the rest.
+"""One AnnouncePeer stream: the messages of ``docs/reference/scheduler.md#announcepeer-on-the-scheduler`` in any legal
+order, precise errors for the rest.
 
 Protocol decisions where Dragonfly is silent or lax (clients following the reference never notice):
 
@@ -134,7 +135,7 @@ class PeerStream:
         peer.fire(peer_states.DOWNLOAD_FAILED, time.monotonic())
         log.info("stream closed before the download ended", extra={"task_id": peer.task.id, "peer_id": peer.id})
 
-    # registration (reference §2.9)
+    # registration (``docs/reference/scheduler.md#registration``)
 
     async def _register(self, request: scheduler_pb2.AnnouncePeerRequest) -> scheduler_pb2.AnnouncePeerResponse:
         ctx = self._ctx
@@ -212,7 +213,8 @@ class PeerStream:
             )
 
     def _decide_source(self, peer: Peer, download: common_pb2.Download, now: float) -> None:
-        """Trigger a seed peer, or mark the peer for the origin, when nobody has the task (reference §2.9 step 5)."""
+        """Trigger a seed peer, or mark the peer for the origin, when nobody has the task
+        (``docs/reference/scheduler.md#registration`` step 5)."""
         if download.need_back_to_source:
             peer.need_back_to_source = True
             return

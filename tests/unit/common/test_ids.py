@@ -4,7 +4,7 @@ import pytest
 
 from dragonfly.common import ids
 
-# The four vectors of shared/reference/dragonfly-protocol.md §3.1, reproduced from Dragonfly's own tests.
+# The four vectors of docs/reference/protocol.md#identifiers, reproduced from Dragonfly's own tests.
 VECTORS = [
     ({}, "457b4328cde278e422c9e243f7bfd1e97f511fec43a80f535cf6b0ef6b086776"),
     ({"tag": "foo", "application": "bar"}, "06408fbf247ddaca478f8cb9565fe5591c28efd0994b8fea80a6a87d3203c5ca"),

@@ -1,4 +1,4 @@
-"""Candidate filters (reference §2.10b plus upload slots and the upload block list)."""
+"""Candidate filters (``docs/reference/scheduler.md#candidate-filter`` plus upload slots and the upload block list)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from dragonfly.scheduler.resource import task as t
 from dragonfly.scheduler.resource.fsm import InvalidTransition, StateMachine
 
 RECEIVED = {p.RECEIVED_EMPTY, p.RECEIVED_TINY, p.RECEIVED_SMALL, p.RECEIVED_NORMAL}
-# Reference §2.3, written out independently of the implementation's table.
+# ``docs/reference/scheduler.md#peer-state-machine``, written out independently of the implementation's table.
 PEER_LEGAL = {
     p.REGISTER_EMPTY: ({p.PENDING}, p.RECEIVED_EMPTY),
     p.REGISTER_TINY: ({p.PENDING}, p.RECEIVED_TINY),
