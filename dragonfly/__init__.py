@@ -3,4 +3,8 @@
 Importing this package is cheap on purpose (no grpc, no native modules): ``dfget`` start-up depends on it.
 """
 
-__version__ = "0.1.0"
+# Generated at build time from the Cargo workspace version (see setup.py): the one version of all three
+# distributions. A checkout that was never installed has no _version.py; scripts/install.sh creates it.
+from dragonfly._version import __version__
+
+__all__ = ["__version__"]

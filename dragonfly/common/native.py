@@ -53,10 +53,11 @@ import os
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from dragonfly import __version__
 from dragonfly.common.errors import NativeExtensionError
 
-#: The version both compiled modules must report (the Cargo workspace version).
-NATIVE_VERSION = "0.1.0"
+#: The version every compiled module must report: this package's, which is the Cargo workspace version (setup.py).
+NATIVE_VERSION = __version__
 
 BUILD_HINT = (
     "build and install the extensions with `scripts/install.sh` (or `pip install ./ext/hashing ./ext/piece_io .`), "

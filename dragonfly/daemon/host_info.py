@@ -13,9 +13,9 @@ import time
 import psutil
 from dragonfly_api import common_pb2
 
+from dragonfly import __version__
 from dragonfly.daemon.config import DfdaemonConfig
 
-VERSION = "0.1.0"
 # Children weigh parents by free upload bandwidth; an unknown NIC speed counts as 10 Gbit/s, as in Dragonfly.
 _UNKNOWN_NIC_BITS = 10_000_000_000
 
@@ -137,7 +137,7 @@ class HostInfo:
                 used=disk.used,
                 used_percent=disk.used * 100.0 / disk.total if disk.total else 0.0,
             ),
-            build=common_pb2.Build(git_version=VERSION, platform=uname.machine),
+            build=common_pb2.Build(git_version=__version__, platform=uname.machine),
             disable_shared=self._config.upload.disable_shared,
             name=self._config.host.hostname,
         )

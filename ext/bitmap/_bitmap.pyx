@@ -25,6 +25,10 @@ cdef extern from *:
     #ifndef DRAGONFLY_BUILD_PROFILE
     #define DRAGONFLY_BUILD_PROFILE "unknown"
     #endif
+    /* setup.py passes the Cargo workspace version, the one version of all three distributions. */
+    #ifndef DRAGONFLY_VERSION
+    #define DRAGONFLY_VERSION "unknown"
+    #endif
 
     /* The word array is little-endian; on little-endian hosts loading and storing bytes is a plain copy. */
     static void df_store_le(uint8_t *out, const uint64_t *words, Py_ssize_t nbytes) {
@@ -67,13 +71,14 @@ cdef extern from *:
     }
     """
     const char* DRAGONFLY_BUILD_PROFILE
+    const char* DRAGONFLY_VERSION
     void df_store_le(uint8_t* out, const uint64_t* words, Py_ssize_t nbytes) noexcept nogil
     void df_load_le(uint64_t* words, const uint8_t* data, Py_ssize_t nbytes) noexcept nogil
     Py_ssize_t df_count(const uint64_t* words, Py_ssize_t nwords) noexcept nogil
     Py_ssize_t df_count_lacking(const uint64_t* have, const uint64_t* parent, Py_ssize_t nwords) noexcept nogil
     int __builtin_ctzll(unsigned long long x) noexcept nogil
 
-__version__ = "0.1.0"
+__version__ = DRAGONFLY_VERSION.decode("ascii")
 BUILD_PROFILE = DRAGONFLY_BUILD_PROFILE.decode("ascii")
 # Piece numbers are u32 on the wire (Vortex requests, scheduler reports).
 cdef Py_ssize_t MAX_PIECES = 1 << 32

@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import dragonfly
 from dragonfly.common import native
 from dragonfly.common.errors import ShortRead
 
@@ -95,7 +96,7 @@ def outcome(call: Callable[[], Any]) -> tuple[str, Any]:
 
 
 def test_module_metadata() -> None:
-    assert NATIVE.__version__ == native.NATIVE_VERSION == "0.1.0"
+    assert NATIVE.__version__ == native.NATIVE_VERSION == dragonfly.__version__
     assert NATIVE.BUILD_PROFILE in ("debug", "release")
 
 

@@ -10,10 +10,11 @@ import operator
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Self, SupportsIndex
 
+from dragonfly import __version__ as __version__  # the twin reports the package version, as the native module
+
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-__version__ = "0.1.0"
 BUILD_PROFILE = "python"
 # Piece numbers are u32 on the wire (Vortex requests, scheduler reports).
 MAX_SIZE = 1 << 32
