@@ -67,6 +67,19 @@ def _header(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+def _range(text: str) -> str:
+    """Return ``--range`` as a Range header value; FIRST-LAST, FIRST-, -SUFFIX, with or without ``bytes=``."""
+    from dragonfly.common.byte_range import InvalidRange, parse_range_header
+
+    value = text.strip()
+    if not value.lower().startswith("bytes"):
+        value = f"bytes={value}"
+    try:
+        return str(parse_range_header(value))
+    except InvalidRange as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _priority(text: str) -> int:
     match = _PRIORITY.match(text.strip())
     if not match:
@@ -116,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--application", default="", help="caller application (part of the task id)")
     parser.add_argument(
         "-H", "--header", action="append", type=_header, default=[], help="origin request header 'Key: Value'"
+    )
+    parser.add_argument(
+        "--range",
+        type=_range,
+        help="download only these bytes: FIRST-LAST (inclusive, from 0), FIRST- or -SUFFIX; same as "
+        "-H 'Range: bytes=FIRST-LAST'",
     )
     parser.add_argument(
         "--filtered-query-param",
@@ -225,15 +244,20 @@ class ProgressBar:
 class Traffic:
     """Bytes received per source, from the per-piece messages (each piece counted once)."""
 
-    __slots__ = ("local", "origin", "peers", "pieces", "seed")
+    __slots__ = ("local", "origin", "peers", "pieces", "seed", "spans")
 
     def __init__(self) -> None:
         self.origin = self.seed = self.peers = self.local = 0
         self.pieces: set[int] = set()
+        self.spans: list[tuple[int, int]] = []
 
     @property
     def total(self) -> int:
         return self.origin + self.seed + self.peers + self.local
+
+    def covered(self, start: int, end: int) -> int:
+        """Return how many bytes of ``[start, end)`` the received pieces hold."""
+        return sum(max(0, min(e, end) - max(s, start)) for s, e in self.spans)
 
     def add(self, piece: Any) -> None:
         from dragonfly_api import common_pb2
@@ -241,6 +265,7 @@ class Traffic:
         if piece.number in self.pieces:
             return
         self.pieces.add(piece.number)
+        self.spans.append((piece.offset, piece.offset + piece.length))
         if piece.traffic_type == common_pb2.BACK_TO_SOURCE:
             self.origin += piece.length
         elif piece.traffic_type == common_pb2.LOCAL_PEER:
@@ -352,6 +377,8 @@ def download(args: argparse.Namespace, output: str) -> Traffic:
     bar = ProgressBar(os.path.basename(output)) if show_progress else None
     traffic = Traffic()
     content_length: int | None = None
+    # What the output must hold: the whole content, or the range the daemon resolved.
+    expected: tuple[int, int] | None = None
     finished_locally = False
     with grpc.insecure_channel(f"unix:{args.endpoint}") as channel:
         call = dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel).DownloadTask(
@@ -362,13 +389,18 @@ def download(args: argparse.Namespace, output: str) -> Traffic:
                 if response.HasField("download_task_started_response"):
                     started = response.download_task_started_response
                     content_length = started.content_length
+                    expected = (
+                        (started.range.start, started.range.start + started.range.length)
+                        if started.HasField("range")
+                        else (0, content_length)
+                    )
                     finished_locally = started.is_finished
                     if args.log_level == "debug":
                         print(f"dfget: task {response.task_id} peer {response.peer_id}", file=sys.stderr)
                 elif response.HasField("download_piece_finished_response"):
                     traffic.add(response.download_piece_finished_response.piece)
-                if bar is not None and content_length is not None:
-                    bar.update(traffic.total, content_length)
+                if bar is not None and expected is not None:
+                    bar.update(traffic.covered(*expected), expected[1] - expected[0])
         except grpc.RpcError as error:
             call.cancel()
             raise _describe_rpc_error(
@@ -376,23 +408,25 @@ def download(args: argparse.Namespace, output: str) -> Traffic:
             ) from None
         finally:
             if bar is not None:
-                if content_length is not None:
-                    bar.update(traffic.total, content_length, force=True)
+                if expected is not None:
+                    bar.update(traffic.covered(*expected), expected[1] - expected[0], force=True)
                 bar.close()
 
-    if content_length is None:
+    if content_length is None or expected is None:
         _fail("dfdaemon ended the download without starting it (no DownloadTaskStartedResponse)")
+    start, end = expected
     if finished_locally and not traffic.pieces:
         # A daemon may answer a full local hit with the started message alone.
         traffic.local = content_length
-    if traffic.total != content_length:
-        _fail(f"download incomplete: received {traffic.total} of {content_length} bytes")
+        traffic.spans.append((0, content_length))
+    if traffic.covered(start, end) != end - start:
+        _fail(f"download incomplete: received {traffic.covered(start, end)} of {end - start} bytes")
     try:
         size = os.stat(output).st_size
     except FileNotFoundError:
         _fail(f"dfdaemon reported success but wrote no file at {output}")
-    if size != content_length:
-        _fail(f"output file {output} has {size} bytes, expected {content_length}")
+    if size != end - start:
+        _fail(f"output file {output} has {size} bytes, expected {end - start}")
     return traffic
 
 
@@ -405,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if args.url is None or not args.output:
         parser.error("the URL and -O/--output are required")
+    _merge_range(parser, args)
 
     existed = False
     output = ""
@@ -425,13 +460,30 @@ def main(argv: list[str] | None = None) -> int:
         print("dfget: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     elapsed = time.monotonic() - started
+    size = os.path.getsize(output)
     print(
-        f"dfget: saved {output}: {traffic.total} bytes ({_human(traffic.total)}) in {elapsed:.2f}s "
-        f"({_human(traffic.total / elapsed if elapsed > 0 else 0)}/s); from origin={traffic.origin} "
+        f"dfget: saved {output}: {size} bytes ({_human(size)}) in {elapsed:.2f}s "
+        f"({_human(size / elapsed if elapsed > 0 else 0)}/s); from origin={traffic.origin} "
         f"seed={traffic.seed} peers={traffic.peers} local={traffic.local}",
         file=sys.stderr,
     )
     return EXIT_OK
+
+
+def _merge_range(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Check a ``Range`` given with -H and fold ``--range`` into the headers, where the daemon reads it."""
+    from dragonfly.common.byte_range import InvalidRange, parse_range_header
+
+    ranges = [value for key, value in args.header if key.lower() == "range"]
+    if len(ranges) > 1 or (ranges and args.range):
+        parser.error("give the range once: either --range or one -H 'Range: ...'")
+    for value in ranges:
+        try:
+            parse_range_header(value)
+        except InvalidRange as exc:
+            parser.error(str(exc))
+    if args.range:
+        args.header.append(("Range", args.range))
 
 
 def _remove_partial(output: str, existed: bool) -> None:

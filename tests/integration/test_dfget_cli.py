@@ -254,6 +254,9 @@ def test_daemon_not_running_stale_socket(short_tmp: Path, tmp_path: Path) -> Non
         ([URL, "-O", "/tmp/x", "--timeout", "soon"], "expected a duration"),
         ([URL, "-O", "/tmp/x", "--priority", "9"], "expected 0..6 or LEVEL0..LEVEL6"),
         ([URL], "the URL and -O/--output are required"),
+        ([URL, "-O", "/tmp/x", "--range", "9-3"], "the last byte 3 is before the first byte 9"),
+        ([URL, "-O", "/tmp/x", "-H", "Range: items=1-2"], "expected bytes=FIRST-LAST"),
+        ([URL, "-O", "/tmp/x", "--range", "1-2", "-H", "Range: bytes=1-2"], "give the range once"),
     ],
 )
 def test_malformed_command_line_exits_2(args: list[str], message: str) -> None:

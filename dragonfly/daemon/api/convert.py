@@ -8,6 +8,7 @@ import grpc
 from dragonfly_api import common_pb2, dfdaemon_pb2, errordetails_pb2
 from google.protobuf import timestamp_pb2
 
+from dragonfly.common.byte_range import RangeNotSatisfiable
 from dragonfly.common.errors import DigestMismatch, InvalidDigest
 from dragonfly.common.ids import InvalidURL
 from dragonfly.common.piece import piece_count
@@ -73,13 +74,16 @@ def local_task_message(task: TaskRecord) -> dfdaemon_pb2.StatLocalTaskResponse:
 def download_response(event: TaskStarted | PieceDone, *, host_id: str) -> dfdaemon_pb2.DownloadTaskResponse:
     """Return the DownloadTaskResponse of one download event."""
     if isinstance(event, TaskStarted):
+        started = dfdaemon_pb2.DownloadTaskStartedResponse(
+            content_length=event.content_length, response_header=event.response_header
+        )
+        if event.range is not None:
+            started.range.start, started.range.length = event.range.start, event.range.length
         return dfdaemon_pb2.DownloadTaskResponse(
             host_id=host_id,
             task_id=event.task_id,
             peer_id=event.peer_id,
-            download_task_started_response=dfdaemon_pb2.DownloadTaskStartedResponse(
-                content_length=event.content_length, response_header=event.response_header
-            ),
+            download_task_started_response=started,
         )
     return dfdaemon_pb2.DownloadTaskResponse(
         host_id=host_id,
@@ -141,6 +145,8 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.RESOURCE_EXHAUSTED, message
     if isinstance(exc, TaskNotFound):
         return grpc.StatusCode.NOT_FOUND, message
+    if isinstance(exc, RangeNotSatisfiable):
+        return grpc.StatusCode.OUT_OF_RANGE, message
     if isinstance(exc, InvalidURL | InvalidDigest | InvalidTaskId | ValueError):
         return grpc.StatusCode.INVALID_ARGUMENT, message
     if isinstance(exc, DownloadTimeout):

@@ -30,6 +30,14 @@ from dragonfly_api import common_pb2, errordetails_pb2, scheduler_pb2
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from dragonfly.common import ids, native
+from dragonfly.common.byte_range import (
+    ByteRange,
+    RangeNotSatisfiable,
+    RangeSpec,
+    find_range_header,
+    parse_range_header,
+    range_from_fields,
+)
 from dragonfly.common.digest import format_piece_digest, parse_digest, verify_file_digest
 from dragonfly.common.errors import DigestMismatch, DragonflyError
 from dragonfly.common.piece import MAX_PIECE_LENGTH, MIN_PIECE_LENGTH, calculate_piece_length, piece_count, piece_range
@@ -73,6 +81,8 @@ class TaskStarted:
     content_length: int
     piece_length: int
     response_header: dict[str, str]
+    #: The bytes the requester asked for, None for the whole content.
+    range: ByteRange | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,12 +96,29 @@ class PieceDone:
 class TaskDownload:
     """The one running download of a task in this daemon."""
 
-    __slots__ = ("done", "download", "error", "order", "peer_id", "ready", "runner", "task", "task_id")
+    __slots__ = (
+        "byte_range",
+        "done",
+        "download",
+        "error",
+        "order",
+        "peer_id",
+        "ready",
+        "runner",
+        "spec",
+        "task",
+        "task_id",
+        "wanted",
+    )
 
-    def __init__(self, task_id: str, download: common_pb2.Download, peer_id: str) -> None:
+    def __init__(self, task_id: str, download: common_pb2.Download, peer_id: str, spec: RangeSpec | None) -> None:
         self.task_id = task_id
         self.download = download
         self.peer_id = peer_id
+        # A ranged download fetches only the pieces that cover its range (``wanted``; None means every piece).
+        self.spec = spec
+        self.byte_range: ByteRange | None = None
+        self.wanted: frozenset[int] | None = None
         self.task: TaskRecord | None = None
         self.error: BaseException | None = None
         self.order: list[int] = []
@@ -142,13 +169,30 @@ def task_id_for(download: common_pb2.Download) -> str:
     )
 
 
+def requested_range(download: common_pb2.Download) -> RangeSpec | None:
+    """Return the range a request asks for: ``Download.range``, else its ``Range`` header (as Dragonfly), else None.
+
+    Raises InvalidRange (a ValueError) when it is malformed.
+    """
+    if download.HasField("range"):
+        return range_from_fields(download.range.start, download.range.length)
+    header = find_range_header(download.request_header)
+    return None if header is None else parse_range_header(header)
+
+
+def wanted_pieces(task: TaskRecord, byte_range: ByteRange | None) -> frozenset[int] | None:
+    """Return the pieces a download of ``byte_range`` needs (None: the whole task)."""
+    if byte_range is None:
+        return None
+    return frozenset(byte_range.pieces(task.piece_length))
+
+
 def validate_download(download: common_pb2.Download) -> None:
     """Refuse requests this daemon cannot serve, with a message naming the field."""
     scheme = download.url.partition("://")[0].lower()
     if scheme not in _SUPPORTED_SCHEMES or "://" not in download.url:
         raise ValueError(f"unsupported URL {download.url!r}: only http:// and https:// are supported")
-    if download.HasField("range"):
-        raise ValueError("range downloads are not supported")
+    requested_range(download)
     if download.HasField("piece_length") and not MIN_PIECE_LENGTH <= download.piece_length <= MAX_PIECE_LENGTH:
         raise ValueError(
             f"piece_length must be between {MIN_PIECE_LENGTH} and {MAX_PIECE_LENGTH} bytes, got {download.piece_length}"
@@ -201,6 +245,68 @@ def write_output(content_path: str, output_path: str, *, overwrite: bool, force_
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
+
+
+def write_range_output(
+    content_path: str,
+    output_path: str,
+    byte_range: ByteRange,
+    *,
+    overwrite: bool,
+    verify: Callable[[str], None] | None = None,
+) -> None:
+    """Copy ``byte_range`` of the content to ``output_path`` through a temp file, checked by ``verify`` (blocking).
+
+    The output holds exactly the requested bytes, so it cannot share the content file's inode.
+    """
+    directory, name = os.path.split(output_path)
+    temp = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:12]}.dragonfly-tmp")
+    try:
+        with open(content_path, "rb") as source, open(temp, "xb") as target:
+            _copy_range(source.fileno(), target.fileno(), byte_range)
+        if verify is not None:
+            verify(temp)
+        if overwrite:
+            os.replace(temp, output_path)
+        else:
+            try:
+                os.link(temp, output_path)
+            except FileExistsError:
+                raise OutputError(f"output file {output_path} already exists (use overwrite to replace it)") from None
+    except OSError as exc:
+        if isinstance(exc, OutputError):
+            raise
+        if exc.errno == errno.ENOSPC:
+            raise OutputError(f"no space left to write {output_path}") from exc
+        raise OutputError(f"cannot write {output_path}: {exc.strerror or exc}") from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+
+
+def _copy_range(source: int, target: int, byte_range: ByteRange) -> None:
+    """Copy the range in the kernel (copy_file_range), falling back to pread/write where it is refused."""
+    offset, left = byte_range.start, byte_range.length
+    try:
+        while left:
+            copied = os.copy_file_range(source, target, left, offset)
+            if copied == 0:
+                raise OutputError(f"content file ended {left} bytes before the end of the range")
+            offset += copied
+            left -= copied
+        return
+    except OSError as exc:
+        if isinstance(exc, OutputError) or exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+    while left:
+        chunk = os.pread(source, min(left, 4 * 1024 * 1024), offset)
+        if not chunk:
+            raise OutputError(f"content file ended {left} bytes before the end of the range")
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(target, view) :]
+        offset += len(chunk)
+        left -= len(chunk)
 
 
 class TaskManager:
@@ -271,18 +377,26 @@ class TaskManager:
     async def download(
         self, download: common_pb2.Download, *, from_scheduler: bool = False
     ) -> AsyncIterator[TaskStarted | PieceDone]:
-        """Download a task, yielding the started event then one event per piece; write the output at the end."""
+        """Download a task, yielding the started event then one event per piece; write the output at the end.
+
+        With a range (``Download.range`` or a ``Range`` request header) only the pieces covering it are fetched
+        and yielded, and the output file holds exactly the range's bytes; the task id and piece layout stay the
+        whole content's, so a later full download reuses these pieces.
+        """
         if self._stopping:
             raise DownloadFailed("dfdaemon is shutting down")
         validate_download(download)
         task_id = task_id_for(download)
         timeout = download.timeout.ToTimedelta().total_seconds() if download.HasField("timeout") else 0.0
         deadline = time.monotonic() + timeout if timeout > 0 else None
+        byte_range: ByteRange | None = None
         try:
             async for event in self._stream(task_id, download, from_scheduler=from_scheduler, deadline=deadline):
+                if isinstance(event, TaskStarted):
+                    byte_range = event.range
                 yield event
             if download.HasField("output_path"):
-                await self._finish_output(task_id, download)
+                await self._finish_output(task_id, download, byte_range)
         except BaseException:
             self._metrics.tasks.labels("failed").inc()
             raise
@@ -299,45 +413,56 @@ class TaskManager:
                 raise DownloadTimeout(f"download of {download.url} did not finish within its timeout")
             return left
 
-        task = self._storage.get_task(task_id)
-        if task is not None and task.finished_at is not None and task_id not in self._active:
-            self._storage.touch(task_id)
-            peer_id = ids.peer_id(self._ip, self._config.host.hostname, seed=self._seed)
-            yield TaskStarted(task_id, peer_id, task.content_length, task.piece_length, task.response_header)
-            for number in sorted(task.pieces):
-                piece = task.pieces[number]
-                self._metrics.record_piece(task_id, "local", piece.length, 0.0)
-                yield PieceDone(piece, LOCAL_PEER)
-            if from_scheduler and self._scheduler is not None:
-                self._spawn(self._announce_metadata_only(task, download, peer_id))
-            return
-
-        td = self._active.get(task_id)
-        if td is None:
-            peer_id = ids.peer_id(self._ip, self._config.host.hostname, seed=self._seed)
-            td = self._active[task_id] = TaskDownload(task_id, download, peer_id)
-            self._metrics.active_tasks.inc()
-            td.runner = asyncio.create_task(self._run(td), name=f"download-{task_id[:12]}")
-        try:
-            await asyncio.wait_for(td.ready.wait(), remaining())
-        except TimeoutError:
-            remaining()
-            raise
-        if td.task is None:
-            assert td.error is not None
-            raise td.error
-        task = td.task
-        yield TaskStarted(task_id, td.peer_id, task.content_length, task.piece_length, task.response_header)
+        spec = requested_range(download)
+        while True:
+            task = self._storage.get_task(task_id)
+            td = self._active.get(task_id)
+            if td is None and task is not None and task.failed_at is None:
+                byte_range = spec.resolve(task.content_length) if spec is not None else None
+                wanted = wanted_pieces(task, byte_range)
+                if task.finished_at is not None or (wanted is not None and wanted.issubset(task.pieces)):
+                    for event in self._serve_local(task, byte_range, wanted):
+                        yield event
+                    if from_scheduler and self._scheduler is not None and task.finished_at is not None:
+                        peer_id = ids.peer_id(self._ip, self._config.host.hostname, seed=self._seed)
+                        self._spawn(self._announce_metadata_only(task, download, peer_id))
+                    return
+            if td is None:
+                peer_id = ids.peer_id(self._ip, self._config.host.hostname, seed=self._seed)
+                td = self._active[task_id] = TaskDownload(task_id, download, peer_id, spec)
+                self._metrics.active_tasks.inc()
+                td.runner = asyncio.create_task(self._run(td), name=f"download-{task_id[:12]}")
+            try:
+                await asyncio.wait_for(td.ready.wait(), remaining())
+            except TimeoutError:
+                remaining()
+                raise
+            if td.task is None:
+                assert td.error is not None
+                raise td.error
+            task = td.task
+            byte_range = spec.resolve(task.content_length) if spec is not None else None
+            wanted = wanted_pieces(task, byte_range)
+            if td.wanted is None or (wanted is not None and wanted <= td.wanted):
+                break
+            # The running download fetches another range only; this one starts when it ends.
+            try:
+                await asyncio.wait_for(td.done.wait(), remaining())
+            except TimeoutError:
+                remaining()
+                raise
+        yield TaskStarted(task_id, td.peer_id, task.content_length, task.piece_length, task.response_header, byte_range)
         # Pieces stored before this download began (a resumed task) are local; the rest keep their source.
         for number in sorted(set(task.pieces) - set(td.order)):
-            yield PieceDone(task.pieces[number], LOCAL_PEER)
+            if wanted is None or number in wanted:
+                yield PieceDone(task.pieces[number], LOCAL_PEER)
         seen = 0
         while True:
             while seen < len(td.order):
                 number = td.order[seen]
                 seen += 1
-                piece = task.pieces[number]
-                yield PieceDone(piece, piece.traffic_type)
+                if wanted is None or number in wanted:
+                    yield PieceDone(task.pieces[number], task.pieces[number].traffic_type)
             if td.done.is_set():
                 break
             left = remaining()
@@ -345,8 +470,35 @@ class TaskManager:
         if td.error is not None:
             raise td.error
 
-    async def _finish_output(self, task_id: str, download: common_pb2.Download) -> None:
+    def _serve_local(
+        self, task: TaskRecord, byte_range: ByteRange | None, wanted: frozenset[int] | None
+    ) -> Iterator[TaskStarted | PieceDone]:
+        """Yield the events of a download answered entirely from storage."""
+        self._storage.touch(task.id)
+        peer_id = ids.peer_id(self._ip, self._config.host.hostname, seed=self._seed)
+        yield TaskStarted(task.id, peer_id, task.content_length, task.piece_length, task.response_header, byte_range)
+        for number in sorted(task.pieces if wanted is None else wanted):
+            piece = task.pieces[number]
+            self._metrics.record_piece(task.id, "local", piece.length, 0.0)
+            yield PieceDone(piece, LOCAL_PEER)
+
+    async def _finish_output(self, task_id: str, download: common_pb2.Download, byte_range: ByteRange | None) -> None:
         content = self._storage.content_path(task_id)
+        digest = parse_digest(download.digest) if download.HasField("digest") and download.digest else None
+        if byte_range is not None:
+            # The digest of a ranged download is the digest of the bytes written: the range.
+            with self._storage.content_fd(task_id):
+                await run_blocking(
+                    self._executor,
+                    lambda: write_range_output(
+                        content,
+                        download.output_path,
+                        byte_range,
+                        overwrite=download.overwrite,
+                        verify=None if digest is None else lambda path: verify_file_digest(path, digest),
+                    ),
+                )
+            return
         with self._storage.content_fd(task_id):
             if download.HasField("digest") and download.digest:
                 await run_blocking(self._executor, verify_file_digest, content, parse_digest(download.digest))
@@ -387,12 +539,20 @@ class TaskManager:
                     response_header=stat.header,
                 )
             td.task = task
+            if td.spec is not None:
+                try:
+                    td.byte_range = td.spec.resolve(task.content_length)
+                    td.wanted = wanted_pieces(task, td.byte_range)
+                except RangeNotSatisfiable:
+                    # Its requester gets the error; the task itself is fine and stays as it is.
+                    td.wanted = frozenset()
             td.ready.set()
-            if task.finished_at is None:
+            if task.finished_at is None and self._missing(td, task):
                 await self._download_pieces(td, task)
-                missing = piece_count(task.content_length, task.piece_length) - len(task.pieces)
+                missing = self._missing(td, task)
                 if missing:
-                    raise DownloadFailed(f"{missing} pieces of task {td.task_id} are still missing")
+                    raise DownloadFailed(f"{len(missing)} pieces of task {td.task_id} are still missing")
+            if task.finished_at is None and len(task.pieces) == piece_count(task.content_length, task.piece_length):
                 self._storage.finish_task(td.task_id)
         except BaseException as exc:
             td.error = exc if isinstance(exc, Exception) else DownloadFailed("download cancelled")
@@ -407,10 +567,26 @@ class TaskManager:
             self._active.pop(td.task_id, None)
             self._metrics.active_tasks.dec()
 
+    @staticmethod
+    def _missing(td: TaskDownload, task: TaskRecord) -> list[int]:
+        """Return the pieces ``td`` still has to fetch, in ascending order."""
+        if td.wanted is None:
+            return [n for n in range(piece_count(task.content_length, task.piece_length)) if n not in task.pieces]
+        return sorted(n for n in td.wanted if n not in task.pieces)
+
+    @staticmethod
+    def _complete(td: TaskDownload, task: TaskRecord, count: int) -> bool:
+        if td.wanted is None:
+            return len(task.pieces) == count
+        return td.wanted.issubset(task.pieces)
+
     async def _download_pieces(self, td: TaskDownload, task: TaskRecord) -> None:
         download = td.download
         back_to_source_allowed = not download.disable_back_to_source
-        if task.content_length <= MIN_PIECE_LENGTH and back_to_source_allowed:
+        small = task.content_length <= MIN_PIECE_LENGTH or (
+            td.byte_range is not None and td.byte_range.length <= MIN_PIECE_LENGTH
+        )
+        if small and back_to_source_allowed:
             # Dragonfly never P2Ps small objects: the scheduler round trips would cost more than the bytes.
             await self._download_from_source(td, None)
             return
@@ -429,7 +605,7 @@ class TaskManager:
                     ) from exc
         elif not back_to_source_allowed:
             raise DownloadFailed(f"no scheduler is configured and back-to-source is disabled for {download.url}")
-        if len(task.pieces) < piece_count(task.content_length, task.piece_length):
+        if self._missing(td, task):
             if not back_to_source_allowed:
                 raise DownloadFailed(
                     f"not all pieces of {download.url} could be fetched from peers and back-to-source is disabled"
@@ -441,6 +617,9 @@ class TaskManager:
         download.CopyFrom(td.download)
         if not download.filtered_query_params:
             download.filtered_query_params.extend(ids.DEFAULT_FILTERED_QUERY_PARAMS)
+        if td.byte_range is not None:
+            download.range.start = td.byte_range.start
+            download.range.length = td.byte_range.length
         download.actual_content_length = task.content_length
         download.actual_piece_length = task.piece_length
         download.actual_piece_count = piece_count(task.content_length, task.piece_length)
@@ -569,20 +748,22 @@ class TaskManager:
         count = piece_count(task.content_length, task.piece_length)
         parents = [p for p in parents if p.id != td.peer_id and p.host.ip and p.host.port]
         if not parents:
-            return len(task.pieces) == count
+            return self._complete(td, task, count)
         collector = PieceCollector(
             self._channels,
             host_id=self.host_id,
             task_id=td.task_id,
             parents=parents,
-            interested=[n for n in range(count) if n not in task.pieces],
+            interested=self._missing(td, task),
             piece_count=count,
             idle_timeout=self._config.download.collected_piece_timeout,
         )
         selector = ParentSelector(self._channels, host_id=self.host_id, peer_id=td.peer_id, parents=parents)
         blocked = native.PieceBitmap(count)
-        for number in task.pieces:
-            blocked.set(number)
+        # Pieces already here, and for a ranged download the pieces outside its range, are never dispatched.
+        for number in range(count):
+            if number in task.pieces or (td.wanted is not None and number not in td.wanted):
+                blocked.set(number)
         # A random rank per piece breaks ties between equally rare pieces, so children that see the same parents
         # ask them for different pieces and then have something to trade.
         rank = list(range(count))
@@ -594,7 +775,7 @@ class TaskManager:
         collector.start()
         selector.start()
         try:
-            while len(task.pieces) < count:
+            while not self._complete(td, task, count):
                 if self._stopping:
                     raise DownloadFailed("dfdaemon is shutting down")
                 usable = [p for p in collector.parents.values() if p.id not in excluded and p.vortex_addr]
@@ -669,7 +850,7 @@ class TaskManager:
                 await asyncio.wait(in_flight)
             await collector.stop()
             await selector.stop()
-        return len(task.pieces) == count
+        return self._complete(td, task, count)
 
     def _dispatch(
         self,
@@ -785,9 +966,7 @@ class TaskManager:
         """Fetch every missing piece from the origin in ascending order, as many at once as a SourceWindow allows."""
         task = td.task
         assert task is not None
-        pending = collections.deque(
-            n for n in range(piece_count(task.content_length, task.piece_length)) if n not in task.pieces
-        )
+        pending = collections.deque(self._missing(td, task))
         window = SourceWindow(self._concurrency, task.piece_length)
         failure: list[BaseException] = []
 

@@ -14,7 +14,7 @@ import pytest
 from daemon_client import download
 from dragonfly_api import scheduler_pb2, scheduler_pb2_grpc
 
-from dragonfly.cli.cluster import LocalCluster, OriginProcess, free_ports
+from dragonfly.cli.cluster import LocalCluster, OriginProcess, free_ports, run_dfget
 from dragonfly.common import native
 from dragonfly.daemon.download.vortex_client import fetch_piece
 
@@ -188,6 +188,43 @@ def test_origin_errors_reach_the_client(cluster: LocalCluster, origin: OriginPro
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     assert "HTTP 404" in (info.value.details() or "")
     assert not (tmp_path / "missing").exists()
+
+
+def test_ranged_dfget_fetches_only_the_covering_pieces(
+    cluster: LocalCluster, origin: OriginProcess, tmp_path: Path
+) -> None:
+    piece = 4 * 1024 * 1024
+    data = add_file(origin, "ranged.bin", 6 * piece + 1000)
+    url = origin.url("ranged.bin")
+    origin.reset_stats()
+    # Bytes of pieces 1..3 only, given as --range on one peer and as a Range header on the other.
+    first, last = piece + 17, 4 * piece - 5
+    result = run_dfget(cluster.socket_path("peer-1"), url, tmp_path / "part-1", "--range", f"{first}-{last}")
+    assert result.ok, result.stderr
+    assert (tmp_path / "part-1").read_bytes() == data[first : last + 1]
+    assert f"saved {tmp_path / 'part-1'}: {last - first + 1} bytes" in result.stderr
+    stats = 8  # every daemon's stat of the origin reads one byte
+    # The covering pieces left the origin once (through the seed peer), the others not at all.
+    assert 3 * piece <= origin.bytes_served("ranged.bin") <= 3 * piece + stats
+
+    result = run_dfget(cluster.socket_path("peer-2"), url, tmp_path / "part-2", "-H", f"Range: bytes={first}-{last}")
+    assert result.ok, result.stderr
+    assert (tmp_path / "part-2").read_bytes() == data[first : last + 1]
+    assert origin.bytes_served("ranged.bin") <= 3 * piece + stats  # peer-2 took them from the swarm
+
+    # The whole file later reuses the task and its pieces: only the other three pieces come from the origin.
+    result = run_dfget(cluster.socket_path("peer-1"), url, tmp_path / "whole")
+    assert result.ok, result.stderr
+    assert (tmp_path / "whole").read_bytes() == data
+    assert origin.bytes_served("ranged.bin") <= len(data) + stats
+
+    result = run_dfget(cluster.socket_path("peer-2"), url, tmp_path / "beyond", "--range", f"{len(data)}-")
+    assert result.returncode == 1
+    assert f"range bytes={len(data)}- is not satisfiable: the content is {len(data)} bytes long" in result.stderr
+    assert not (tmp_path / "beyond").exists()
+    result = run_dfget(cluster.socket_path("peer-2"), url, tmp_path / "two", "-H", "Range: bytes=0-1,5-9")
+    assert result.returncode == 2
+    assert "several ranges in one request are not supported" in result.stderr
 
 
 def test_native_extensions_in_use_unless_disabled() -> None:
