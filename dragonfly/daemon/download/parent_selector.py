@@ -12,7 +12,7 @@ fetches (optimistically the best seen so far for a parent not tried yet), and th
 parent's free bandwidth relative to the best candidate's. The choice among the candidates is random in
 proportion to the weight, so children that see the same figures still spread their requests.
 
-Which parents are candidates for a piece is the downloader's call (``TaskManager._dispatch``): it keeps seed peers
+Which parents are candidates for a piece is the downloader's call (``PieceDispatcher``): it keeps seed peers
 to a few slots while other peers may serve, since the seed's upload has to carry every piece at least once
 (BitTorrent's super-seeding has the same aim).
 """

@@ -26,7 +26,8 @@ class ParentChannels:
             channel = grpc.aio.insecure_channel(
                 addr, options=[("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
             )
-            entry = self._channels[addr] = (channel, dfdaemon_pb2_grpc.DfdaemonUploadStub(channel))
+            stub = dfdaemon_pb2_grpc.DfdaemonUploadStub(channel)  # type: ignore[no-untyped-call]
+            entry = self._channels[addr] = (channel, stub)
             while len(self._channels) > _MAX_CHANNELS:
                 _addr, (old, _stub) = self._channels.popitem(last=False)
                 self._closing.add(old)

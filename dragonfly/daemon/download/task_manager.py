@@ -16,7 +16,6 @@ import contextlib
 import errno
 import logging
 import os
-import random
 import shutil
 import time
 import uuid
@@ -47,7 +46,8 @@ from dragonfly.daemon.download.backend import HTTPBackend
 from dragonfly.daemon.download.buffers import BufferPool
 from dragonfly.daemon.download.parent_selector import ParentSelector
 from dragonfly.daemon.download.parents import ParentChannels
-from dragonfly.daemon.download.piece_collector import COLLECT_WINDOW, ParentState, PieceCollector
+from dragonfly.daemon.download.piece_collector import PieceCollector
+from dragonfly.daemon.download.piece_dispatcher import PieceDispatcher, PieceFetch
 from dragonfly.daemon.download.scheduler_client import AnnouncePeerStream, SchedulerClient
 from dragonfly.daemon.download.source_window import SourceWindow
 from dragonfly.daemon.download.vortex_client import ConnectionPool, fetch_piece
@@ -62,12 +62,6 @@ BACK_TO_SOURCE = common_pb2.BACK_TO_SOURCE
 REMOTE_PEER = common_pb2.REMOTE_PEER
 LOCAL_PEER = common_pb2.LOCAL_PEER
 VORTEX_CONNECT_TIMEOUT = 2.0
-# While another parent may get them: how long a piece only seed peers hold waits for it, and how many such
-# pieces a child fetches from seed peers at once (see _dispatch).
-SEED_PIECE_DELAY = 1.0
-SEED_PIECE_SLOTS = 2
-# A parent that failed this many pieces (for reasons other than corruption) is not asked again in this round.
-_PARENT_STRIKES = 3
 _SOURCE_BUFFER = 4 * 1024 * 1024
 _SUPPORTED_SCHEMES = ("http", "https")
 
@@ -744,7 +738,7 @@ class TaskManager:
     async def _download_from_parents(
         self, td: TaskDownload, task: TaskRecord, stream: AnnouncePeerStream, parents: list[common_pb2.Peer]
     ) -> bool:
-        """Fetch missing pieces from ``parents`` (rarest first, parent weighted by free upload bandwidth)."""
+        """Fetch missing pieces from ``parents``, in the order a PieceDispatcher decides."""
         count = piece_count(task.content_length, task.piece_length)
         parents = [p for p in parents if p.id != td.peer_id and p.host.ip and p.host.port]
         if not parents:
@@ -759,48 +753,24 @@ class TaskManager:
             idle_timeout=self._config.download.collected_piece_timeout,
         )
         selector = ParentSelector(self._channels, host_id=self.host_id, peer_id=td.peer_id, parents=parents)
-        blocked = native.PieceBitmap(count)
         # Pieces already here, and for a ranged download the pieces outside its range, are never dispatched.
-        for number in range(count):
-            if number in task.pieces or (td.wanted is not None and number not in td.wanted):
-                blocked.set(number)
-        # A random rank per piece breaks ties between equally rare pieces, so children that see the same parents
-        # ask them for different pieces and then have something to trade.
-        rank = list(range(count))
-        random.shuffle(rank)
-        in_flight: dict[asyncio.Task[None], tuple[int, str]] = {}
-        failed_parents: dict[int, set[str]] = collections.defaultdict(set)
-        strikes: collections.Counter[str] = collections.Counter()
-        excluded: set[str] = set()
+        skip = [n for n in range(count) if n in task.pieces or (td.wanted is not None and n not in td.wanted)]
+        dispatcher = PieceDispatcher(count, skip=skip, concurrency=self._concurrency, selector=selector)
+        running: dict[asyncio.Task[float], PieceFetch] = {}
         collector.start()
         selector.start()
         try:
             while not self._complete(td, task, count):
                 if self._stopping:
                     raise DownloadFailed("dfdaemon is shutting down")
-                usable = [p for p in collector.parents.values() if p.id not in excluded and p.vortex_addr]
-                next_ready = None
-                if usable and len(in_flight) < self._concurrency:
-                    # Another parent may still get what only a seed peer has (even one that has reported nothing).
-                    spare_seeds = any(
-                        p.syncing and not p.seed and p.id not in excluded for p in collector.parents.values()
-                    )
-                    next_ready = self._dispatch(
-                        td,
-                        task,
-                        stream,
-                        collector,
-                        usable,
-                        blocked,
-                        failed_parents,
-                        in_flight,
-                        selector,
-                        rank,
-                        spare_seeds,
-                    )
+                fetches, next_ready = dispatcher.plan(
+                    collector.parents.values(), collector.first_seen, time.monotonic()
+                )
+                for fetch in fetches:
+                    running[asyncio.create_task(self._fetch_from_parent(td, task, stream, fetch))] = fetch
                 collector.changed.clear()
-                if not in_flight and next_ready is None:
-                    if not collector.syncing() or len(excluded) == len(collector.parents):
+                if not running and next_ready is None:
+                    if not collector.syncing() or dispatcher.all_excluded(collector.parents.values()):
                         break
                     try:
                         async with asyncio.timeout(self._config.download.collected_piece_timeout):
@@ -811,124 +781,57 @@ class TaskManager:
                 waiter = asyncio.ensure_future(collector.changed.wait())
                 wake = None if next_ready is None else max(next_ready - time.monotonic(), 0.001)
                 finished, _pending = await asyncio.wait(
-                    [*in_flight, waiter], timeout=wake, return_when=asyncio.FIRST_COMPLETED
+                    [*running, waiter], timeout=wake, return_when=asyncio.FIRST_COMPLETED
                 )
                 waiter.cancel()
-                for fetch in finished:
-                    if fetch is waiter:
+                for done in finished:
+                    if done is waiter:
                         continue
-                    number, parent_id = in_flight.pop(fetch)  # type: ignore[arg-type]
-                    selector.end(parent_id)
-                    error = fetch.exception()
+                    fetch = running.pop(done)  # type: ignore[arg-type]
+                    error = done.exception()
                     if error is None:
-                        continue
-                    selector.penalize(parent_id)
-                    blocked.clear(number)
-                    failed_parents[number].add(parent_id)
-                    failed_addr = collector.parents[parent_id].vortex_addr
-                    if failed_addr is not None:
-                        self._vortex_pool.discard(failed_addr)
-                    if isinstance(error, DigestMismatch):
-                        excluded.add(parent_id)
-                        self._metrics.failures.labels("piece_digest_mismatch").inc()
+                        _offset, length = piece_range(fetch.number, task.content_length, task.piece_length)
+                        dispatcher.succeeded(fetch.number, length=length, seconds=done.result())
                     else:
-                        strikes[parent_id] += 1
-                        if strikes[parent_id] >= _PARENT_STRIKES:
-                            excluded.add(parent_id)
-                        self._metrics.failures.labels("piece_from_parent").inc()
-                    log.info(
-                        "piece from parent failed",
-                        extra={"task_id": td.task_id, "piece": number, "parent": parent_id, "error": repr(error)},
-                    )
-                    stream.report(
-                        download_piece_failed_request=scheduler_pb2.DownloadPieceFailedRequest(
-                            piece_number=number, parent_id=parent_id, temporary=True
-                        )
-                    )
+                        self._piece_from_parent_failed(td, stream, dispatcher, fetch, error)
         finally:
-            if in_flight:
-                await asyncio.wait(in_flight)
+            if running:
+                await asyncio.wait(running)
             await collector.stop()
             await selector.stop()
         return self._complete(td, task, count)
 
-    def _dispatch(
+    def _piece_from_parent_failed(
         self,
         td: TaskDownload,
-        task: TaskRecord,
         stream: AnnouncePeerStream,
-        collector: PieceCollector,
-        usable: list[ParentState],
-        blocked: native.PieceBitmap,
-        failed_parents: dict[int, set[str]],
-        in_flight: dict[asyncio.Task[None], tuple[int, str]],
-        selector: ParentSelector,
-        rank: list[int],
-        spare_seeds: bool,
-    ) -> float | None:
-        """Start fetches, rarest piece first; return when the next held-back piece becomes dispatchable.
-
-        While another parent may still get it (``spare_seeds``), a piece only seed peers hold waits
-        ``SEED_PIECE_DELAY`` for that, and at most ``SEED_PIECE_SLOTS`` pieces come from seed peers at a time: the
-        seed's upload then carries each new piece to a few children, which pass it on, instead of carrying every
-        piece to every child. Each peer parent gets a share of the slots: a parent that alone holds the newest
-        pieces then sends each child a few of them, and the children trade the rest.
-        """
-        now = time.monotonic()
-        next_ready: float | None = None
-        per_parent = -(-self._concurrency // max(sum(1 for p in usable if not p.seed), 1))
-        seed_slots = SEED_PIECE_SLOTS - sum(
-            1 for _number, parent_id in in_flight.values() if collector.parents[parent_id].seed
+        dispatcher: PieceDispatcher,
+        fetch: PieceFetch,
+        error: BaseException,
+    ) -> None:
+        corrupt = isinstance(error, DigestMismatch)
+        dispatcher.failed(fetch.number, corrupt=corrupt)
+        if fetch.parent.vortex_addr is not None:
+            self._vortex_pool.discard(fetch.parent.vortex_addr)
+        self._metrics.failures.labels("piece_digest_mismatch" if corrupt else "piece_from_parent").inc()
+        log.info(
+            "piece from parent failed",
+            extra={"task_id": td.task_id, "piece": fetch.number, "parent": fetch.parent.id, "error": repr(error)},
         )
-        for group in _rarity_groups(native.rarest_first(blocked, [p.bitmap for p in usable]), usable, rank):
-            for number, holders in group:
-                if len(in_flight) >= self._concurrency:
-                    return next_ready
-                failed = failed_parents.get(number)
-                if failed:
-                    holders = [p for p in holders if p.id not in failed]
-                    if not holders:
-                        continue
-                ready_at = collector.first_seen.get(number, now) + COLLECT_WINDOW
-                if ready_at > now and any(p.syncing and not p.bitmap.test(number) for p in usable):
-                    next_ready = ready_at if next_ready is None else min(next_ready, ready_at)
-                    continue
-                peers = [p for p in holders if not p.seed]
-                candidates = [p for p in peers if selector.in_flight[p.id] < per_parent]
-                if spare_seeds and len(peers) < len(holders) and seed_slots > 0:
-                    seed_from = ready_at + SEED_PIECE_DELAY if not peers else now
-                    if seed_from <= now:
-                        candidates += [p for p in holders if p.seed]
-                    else:
-                        next_ready = seed_from if next_ready is None else min(next_ready, seed_from)
-                elif not spare_seeds:
-                    candidates += [p for p in holders if p.seed]
-                if not candidates:
-                    continue
-                chosen = selector.choose([p.id for p in candidates])
-                parent = next(p for p in candidates if p.id == chosen)
-                if parent.seed:
-                    seed_slots -= 1
-                blocked.set(number)
-                concurrent = selector.begin(parent.id)
-                fetch = asyncio.create_task(
-                    self._fetch_from_parent(td, task, stream, number, parent, selector, concurrent)
-                )
-                in_flight[fetch] = (number, parent.id)
-        return next_ready
+        stream.report(
+            download_piece_failed_request=scheduler_pb2.DownloadPieceFailedRequest(
+                piece_number=fetch.number, parent_id=fetch.parent.id, temporary=True
+            )
+        )
 
     async def _fetch_from_parent(
-        self,
-        td: TaskDownload,
-        task: TaskRecord,
-        stream: AnnouncePeerStream,
-        number: int,
-        parent: ParentState,
-        selector: ParentSelector,
-        concurrent: int,
-    ) -> None:
+        self, td: TaskDownload, task: TaskRecord, stream: AnnouncePeerStream, fetch: PieceFetch
+    ) -> float:
+        """Fetch one piece into storage and report it; return the seconds its transfer took."""
+        number, parent = fetch.number, fetch.parent
         offset, length = piece_range(number, task.content_length, task.piece_length)
-        assert parent.vortex_addr is not None
+        addr = parent.vortex_addr
+        assert addr is not None
         await self._acquire(self._download_bucket, length)
         created_at = time.time()
         started = time.monotonic()
@@ -937,7 +840,7 @@ class TaskManager:
                 fetched = await run_blocking(
                     self._executor,
                     lambda: fetch_piece(
-                        parent.vortex_addr,  # type: ignore[arg-type]
+                        addr,
                         td.task_id,
                         number,
                         fd=fd,
@@ -953,12 +856,12 @@ class TaskManager:
         if fetched.digest != digest:
             raise DigestMismatch(fetched.digest or "<empty>", digest, what=f"piece {number} from parent {parent.id}")
         cost = time.monotonic() - started
-        selector.observe(parent.id, length, cost, concurrent)
         record = PieceRecord(number, offset, length, digest, parent.id, REMOTE_PEER, cost, created_at)
         self._finish_piece(td, record)
         stream.report(
             download_piece_finished_request=scheduler_pb2.DownloadPieceFinishedRequest(piece=piece_message(record))
         )
+        return cost
 
     # ------------------------------------------------------------------ pieces from the origin
 
@@ -1055,25 +958,6 @@ class TaskManager:
         self._storage.finish_piece(td.task_id, record)
         self._traffic.add(record.length)
         self._metrics.record_piece(td.task_id, source_of(record, record.traffic_type), record.length, record.cost)
-
-
-def _rarity_groups(
-    order: list[int], parents: list[ParentState], rank: list[int]
-) -> Iterator[list[tuple[int, list[ParentState]]]]:
-    """Yield ``order`` (rarest first) as groups of equally rare pieces with their holders, each in ``rank`` order."""
-    group: list[tuple[int, list[ParentState]]] = []
-    rarity = 0
-    for number in order:
-        holders = [p for p in parents if p.bitmap.test(number)]
-        if len(holders) != rarity and group:
-            group.sort(key=lambda item: rank[item[0]])
-            yield group
-            group = []
-        rarity = len(holders)
-        group.append((number, holders))
-    if group:
-        group.sort(key=lambda item: rank[item[0]])
-        yield group
 
 
 def _describe(exc: BaseException) -> str:

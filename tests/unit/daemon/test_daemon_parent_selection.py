@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import random
 import time
+from collections.abc import Iterable
 
 import pytest
 from dragonfly_api import common_pb2
 
-from dragonfly.common import native
-from dragonfly.daemon.download import task_manager as tm
+from dragonfly.daemon.download import piece_dispatcher as pd
 from dragonfly.daemon.download.parent_selector import ParentSelector, is_seed_peer
-from dragonfly.daemon.download.piece_collector import ParentState
+from dragonfly.daemon.download.parents import ParentChannels
+from dragonfly.daemon.download.piece_collector import COLLECT_WINDOW, ParentState
+from dragonfly.daemon.download.piece_dispatcher import PieceDispatcher
 
 PIECES = 16
 
@@ -25,54 +26,31 @@ def _peer(name: str, *, seed: bool = False) -> common_pb2.Peer:
     )
 
 
-class Collector:
-    """What _dispatch reads of a PieceCollector."""
+class Round:
+    """A PieceDispatcher over fake parents whose bitmaps the test fills in; records the fetches it plans."""
 
-    def __init__(self, parents: list[ParentState]) -> None:
-        self.parents = {parent.id: parent for parent in parents}
-        self.first_seen: dict[int, float] = {}
-
-
-class Dispatch:
-    """Run TaskManager._dispatch against fake parents and record the fetches it starts."""
-
-    def __init__(self, *peers: common_pb2.Peer, concurrency: int = 8) -> None:
-        self.manager = tm.TaskManager.__new__(tm.TaskManager)
-        self.manager._concurrency = concurrency
-        self.started: list[tuple[int, str]] = []
-        self.gate = asyncio.Event()
-
-        async def fetch(_td, _task, _stream, number, parent, _selector, _concurrent):
-            self.started.append((number, parent.id))
-            await self.gate.wait()
-
-        self.manager._fetch_from_parent = fetch  # type: ignore[method-assign]
+    def __init__(self, *peers: common_pb2.Peer, concurrency: int = 8, rank: list[int] | None = None) -> None:
         self.parents = [ParentState(peer, PIECES) for peer in peers]
         for parent in self.parents:
             parent.vortex_addr = ("127.0.0.1", 4005)
-        self.collector = Collector(self.parents)
-        self.selector = ParentSelector(None, host_id="h", peer_id="child", parents=list(peers))  # type: ignore[arg-type]
-        self.blocked = native.PieceBitmap(PIECES)
-        self.in_flight: dict[asyncio.Task[None], tuple[int, str]] = {}
-        self.rank = list(range(PIECES))
+        self.first_seen: dict[int, float] = {}
+        self.selector = ParentSelector(ParentChannels(), host_id="h", peer_id="child", parents=list(peers))
+        self.dispatcher = PieceDispatcher(
+            PIECES, skip=[], concurrency=concurrency, selector=self.selector, rank=rank or list(range(PIECES))
+        )
+        self.started: list[tuple[int, str]] = []
 
-    def has(self, name_index: int, numbers, *, seen: float | None = None) -> None:
+    def has(self, name_index: int, numbers: Iterable[int], *, seen: float | None = None) -> None:
         for number in numbers:
             self.parents[name_index].bitmap.set(number)
-            self.collector.first_seen.setdefault(number, time.monotonic() - 10 if seen is None else seen)
+            self.first_seen.setdefault(number, time.monotonic() - 10 if seen is None else seen)
 
-    async def run(self) -> float | None:
-        spare = any(p.syncing and not p.seed for p in self.parents)
-        next_ready = self.manager._dispatch(
-            None, None, None, self.collector, self.parents, self.blocked, {}, self.in_flight,
-            self.selector, self.rank, spare,
-        )  # fmt: skip
-        await asyncio.sleep(0)
+    def run(self, now: float | None = None) -> float | None:
+        fetches, next_ready = self.dispatcher.plan(
+            self.parents, self.first_seen, time.monotonic() if now is None else now
+        )
+        self.started += [(fetch.number, fetch.parent.id) for fetch in fetches]
         return next_ready
-
-    async def close(self) -> None:
-        self.gate.set()
-        await asyncio.gather(*self.in_flight)
 
 
 def test_seed_peers_are_recognised_by_host_type_or_id():
@@ -81,86 +59,134 @@ def test_seed_peers_are_recognised_by_host_type_or_id():
     assert not is_seed_peer(_peer("n"))
 
 
-async def test_a_peer_that_has_the_piece_is_preferred_to_the_seed():
-    run = Dispatch(_peer("seed", seed=True), _peer("peer"))
+def test_a_peer_that_has_the_piece_is_preferred_to_the_seed():
+    run = Round(_peer("seed", seed=True), _peer("peer"))
     run.has(0, range(PIECES))
     run.has(1, range(PIECES))
-    await run.run()
+    run.run()
     by_parent = collections.Counter(parent for _number, parent in run.started)
     assert len(run.started) == 8
-    assert by_parent[run.parents[0].id] <= tm.SEED_PIECE_SLOTS
-    assert by_parent[run.parents[1].id] >= 8 - tm.SEED_PIECE_SLOTS
-    await run.close()
+    assert by_parent[run.parents[0].id] <= pd.SEED_PIECE_SLOTS
+    assert by_parent[run.parents[1].id] >= 8 - pd.SEED_PIECE_SLOTS
 
 
-async def test_a_piece_only_the_seed_has_waits_for_the_other_parents_then_comes_from_the_seed():
-    run = Dispatch(_peer("seed", seed=True), _peer("peer"))
+def test_a_piece_only_the_seed_has_waits_for_the_other_parents_then_comes_from_the_seed():
+    run = Round(_peer("seed", seed=True), _peer("peer"))
     now = time.monotonic()
     run.has(0, [0, 1, 2], seen=now)
-    assert await run.run() == pytest.approx(now + tm.COLLECT_WINDOW)
-    seen = now - tm.COLLECT_WINDOW - 0.01
-    run.collector.first_seen = dict.fromkeys(range(3), seen)
-    next_ready = await run.run()
+    assert run.run() == pytest.approx(now + COLLECT_WINDOW)
+    seen = now - COLLECT_WINDOW - 0.01
+    run.first_seen = dict.fromkeys(range(3), seen)
+    next_ready = run.run()
     assert run.started == []
-    assert next_ready == pytest.approx(seen + tm.COLLECT_WINDOW + tm.SEED_PIECE_DELAY)
-    run.collector.first_seen = dict.fromkeys(range(3), now - 10)
-    await run.run()
-    assert len(run.started) == tm.SEED_PIECE_SLOTS
+    assert next_ready == pytest.approx(seen + COLLECT_WINDOW + pd.SEED_PIECE_DELAY)
+    run.first_seen = dict.fromkeys(range(3), now - 10)
+    run.run()
+    assert len(run.started) == pd.SEED_PIECE_SLOTS
     assert {parent for _number, parent in run.started} == {run.parents[0].id}
-    await run.close()
 
 
-async def test_without_other_parents_the_seed_gets_every_slot():
-    run = Dispatch(_peer("seed", seed=True), _peer("gone"))
+def test_without_other_parents_the_seed_gets_every_slot():
+    run = Round(_peer("seed", seed=True), _peer("gone"))
     run.parents[1].syncing = False
     run.has(0, range(PIECES))
-    await run.run()
+    run.run()
     assert len(run.started) == 8
     assert {parent for _number, parent in run.started} == {run.parents[0].id}
-    await run.close()
 
 
-async def test_each_peer_parent_gets_a_share_of_the_slots():
-    run = Dispatch(_peer("a"), _peer("b"), _peer("c"), _peer("d"))
+def test_each_peer_parent_gets_a_share_of_the_slots():
+    run = Round(_peer("a"), _peer("b"), _peer("c"), _peer("d"))
     run.has(0, range(PIECES))
-    await run.run()
+    run.run()
     # Only "a" holds anything: it gets its share (8 / 4 parents), the rest wait for the others to report pieces.
     assert len(run.started) == 2
     run.has(1, range(PIECES))
-    await run.run()
+    run.run()
     by_parent = collections.Counter(parent for _number, parent in run.started)
     assert by_parent == {run.parents[0].id: 2, run.parents[1].id: 2}
-    await run.close()
 
 
-async def test_equally_rare_pieces_follow_the_child_s_own_random_rank():
+def test_equally_rare_pieces_follow_the_child_s_own_random_rank():
     orders = set()
     for seed in range(4):
-        run = Dispatch(_peer("a"), concurrency=4)
+        rank = list(range(PIECES))
+        random.Random(seed).shuffle(rank)
+        run = Round(_peer("a"), concurrency=4, rank=rank)
         run.has(0, range(PIECES))
-        run.rank = list(range(PIECES))
-        random.Random(seed).shuffle(run.rank)
-        await run.run()
-        expected = sorted(range(PIECES), key=lambda number: run.rank[number])[:4]
+        run.run()
+        expected = sorted(range(PIECES), key=lambda number: rank[number])[:4]
         assert [number for number, _parent in run.started] == expected
         orders.add(tuple(expected))
-        await run.close()
     assert len(orders) > 1
 
 
-async def test_rarer_pieces_come_first_whatever_the_rank():
-    run = Dispatch(_peer("a"), _peer("b"), concurrency=4)
+def test_rarer_pieces_come_first_whatever_the_rank():
+    run = Round(_peer("a"), _peer("b"), concurrency=4, rank=list(reversed(range(PIECES))))
     run.has(0, range(PIECES))
     run.has(1, range(2, PIECES))
-    run.rank = list(reversed(range(PIECES)))
-    await run.run()
+    run.run()
     a, b = (parent.id for parent in run.parents)
     assert run.started == [(1, a), (0, a), (15, b), (14, b)]
-    await run.close()
+
+
+def test_a_failed_piece_is_asked_again_from_another_parent_never_the_one_that_failed():
+    run = Round(_peer("a"), _peer("b"), concurrency=1)
+    run.has(0, [0])
+    run.has(1, [0])
+    run.run()
+    [(number, first)] = run.started
+    run.dispatcher.failed(number, corrupt=False)
+    run.run()
+    assert run.started[1][0] == 0
+    assert run.started[1][1] != first
+    run.dispatcher.failed(number, corrupt=False)
+    # Both holders failed piece 0: nothing left to ask this round.
+    assert run.run() is None
+    assert len(run.started) == 2
+
+
+def test_strikes_exclude_a_parent_and_a_corrupt_piece_excludes_it_at_once():
+    run = Round(_peer("a"), _peer("b"), concurrency=1)
+    a, b = (parent.id for parent in run.parents)
+    run.has(0, range(PIECES))
+    for _ in range(pd.PARENT_STRIKES):
+        run.dispatcher.in_flight.clear()
+        fetches, _ = run.dispatcher.plan([run.parents[0]], run.first_seen, time.monotonic())
+        run.dispatcher.failed(fetches[0].number, corrupt=False)
+    assert run.dispatcher.excluded == {a}
+    assert run.dispatcher.usable(run.parents) == [run.parents[1]]
+    assert not run.dispatcher.all_excluded(run.parents)
+    run.has(1, range(PIECES))
+    fetches, _ = run.dispatcher.plan(run.parents, run.first_seen, time.monotonic())
+    assert [fetch.parent.id for fetch in fetches] == [b]
+    run.dispatcher.failed(fetches[0].number, corrupt=True)
+    assert run.dispatcher.all_excluded(run.parents)
+    assert run.dispatcher.plan(run.parents, run.first_seen, time.monotonic()) == ([], None)
+
+
+def test_a_stored_or_in_flight_piece_is_never_requested_twice():
+    run = Round(_peer("a"), _peer("b"), concurrency=8)
+    run.dispatcher = PieceDispatcher(
+        PIECES, skip=range(4), concurrency=8, selector=run.selector, rank=list(range(PIECES))
+    )
+    run.has(0, range(PIECES))
+    run.has(1, range(PIECES))
+    run.run()
+    run.run()
+    numbers = [number for number, _parent in run.started]
+    assert len(numbers) == 8
+    assert len(set(numbers)) == 8
+    assert not set(numbers) & set(range(4))
+    fetch = run.dispatcher.succeeded(numbers[0], length=1 << 20, seconds=0.5)
+    assert run.selector.rates[fetch.parent.id] > 0
+    assert numbers[0] not in run.dispatcher.in_flight
+    run.run()
+    assert len(set(number for number, _parent in run.started)) == 9
 
 
 def test_the_weight_follows_observed_throughput_and_in_flight_pieces():
-    selector = ParentSelector(None, host_id="h", peer_id="c", parents=[_peer("a"), _peer("b")])  # type: ignore[arg-type]
+    selector = ParentSelector(ParentChannels(), host_id="h", peer_id="c", parents=[_peer("a"), _peer("b")])
     a, b = "10.0.0.1-a", "10.0.0.1-b"
     selector.observe(a, 4 << 20, 0.1, 1)
     selector.observe(b, 4 << 20, 0.4, 1)
@@ -184,7 +210,7 @@ def test_the_weight_follows_observed_throughput_and_in_flight_pieces():
 
 
 def test_choice_is_random_in_proportion_to_weight():
-    selector = ParentSelector(None, host_id="h", peer_id="c", parents=[_peer("a"), _peer("b")])  # type: ignore[arg-type]
+    selector = ParentSelector(ParentChannels(), host_id="h", peer_id="c", parents=[_peer("a"), _peer("b")])
     selector.observe("10.0.0.1-a", 9, 1.0, 1)
     selector.observe("10.0.0.1-b", 1, 1.0, 1)
     random.seed(7)
