@@ -115,7 +115,9 @@ def test_download_bandwidth_limit(cluster: LocalCluster, origin: OriginProcess, 
     result = dfget_on(cluster, "peer-3", url, module_dir / "limited.bin")
     assert result.ok, result.stderr
     assert sha256_of(module_dir / "limited.bin") == sha
-    assert 4.5 <= result.seconds <= 5.5, f"100 MiB at 20 MiB/s took {result.seconds:.2f}s, expected 5 s ± 10 %"
+    # The limit is a floor on the time (a loaded machine can only make it slower, so no upper bound: the bucket's
+    # accuracy is measured in tests/native/test_token_bucket.py). Its burst is one 4 MiB piece.
+    assert result.seconds >= (100 - 4) / 20 * 0.95, f"100 MiB at 20 MiB/s took only {result.seconds:.2f}s"
 
 
 def test_scheduler_unreachable(cluster: LocalCluster, origin: OriginProcess, module_dir: Path) -> None:
