@@ -2,7 +2,8 @@
 # Install the Debian packages that the tests use (real servers and tools, started by the tests themselves).
 # Idempotent; does nothing when everything is present.
 set -euo pipefail
-packages=(curl iproute2)
+# systemd: systemd-analyze checks the units in deploy/systemd (it needs no running systemd).
+packages=(curl iproute2 systemd)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
