@@ -13,6 +13,7 @@ import dragonfly
 SUBCOMMANDS = {
     "scheduler": ("dragonfly.cli.scheduler", "run the scheduler (--config scheduler.yaml)"),
     "up": ("dragonfly.cli.up", "run a scheduler, a seed peer and N peers on 127.0.0.1 (--demo to try it)"),
+    "certs": ("dragonfly.cli.certs", "mint a cluster CA and host certificates for mutual TLS"),
     "manager": (None, "run the manager (not available yet)"),
 }
 
