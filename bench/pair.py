@@ -4,7 +4,8 @@
   limit of this machine;
 - nginx → curl: nginx (sendfile) serving the file, curl writing it (tmpfs);
 - ours: a parent dfdaemon that already holds the task, a child dfdaemon that fetches it over Vortex, timed
-  as the child's ``dfget`` (process start included).
+  as the child's ``dfget`` (process start included), with mutual TLS (the default);
+- ours (plaintext): the same with ``security.enable: false``, so the cost of TLS is a ratio of one run.
 
 Targets (``docs/benchmarks.md#targets``; this harness reports against the first, looser ones): ours ≥ 0.8 × the
 native loop and ≥ 1.0 × nginx → curl.
@@ -100,7 +101,9 @@ def _wait_port(port: int, timeout: float) -> None:
             time.sleep(0.05)
 
 
-def ours(topology: Topology, workdir: Path, source: Path, repeat: int) -> tuple[list[float], dict[str, int]]:
+def ours(
+    topology: Topology, workdir: Path, source: Path, repeat: int, *, tls: bool = True
+) -> tuple[list[float], dict[str, int]]:
     """Return the child's dfget times (a fresh task each time, already on the parent) and its bytes by source."""
     from bench.swarm.ours import OursCluster
 
@@ -115,10 +118,11 @@ def ours(topology: Topology, workdir: Path, source: Path, repeat: int) -> tuple[
     hosts = [Host("seed", "127.0.0.1"), Host("child", "127.0.0.1")]
     times: list[float] = []
     by_source: dict[str, int] = {}
-    with OursCluster(topology, workdir / "ours", Host("ctl", "127.0.0.1"), hosts) as cluster:
+    label = "ours" if tls else "ours-plaintext"
+    with OursCluster(topology, workdir / label, Host("ctl", "127.0.0.1"), hosts, tls=tls) as cluster:
         for i in range(repeat):
             # A distinct query string makes a distinct task, so each child run really crosses the wire.
-            url = f"{base}/{source.name}?run={i}"
+            url = f"{base}/{source.name}?run={i}&{label}"
             cluster.dfget("seed", url, workdir / f"parent-{i}")
             os.unlink(workdir / f"parent-{i}")
             output = workdir / f"child-{i}"
@@ -175,11 +179,13 @@ def main(argv: list[str] | None = None) -> int:
                 results["methods"][name] = {"seconds": statistics.median(times), "runs": times}
             except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                 results["methods"][name] = {"error": str(exc)}
-        try:
-            times, by_source = ours(topology, workdir, source, args.repeat)
-            results["methods"]["ours"] = {"seconds": statistics.median(times), "runs": times, "by_source": by_source}
-        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-            results["methods"]["ours"] = {"error": str(exc)[:1000]}
+        for label, tls in (("ours", True), ("ours (plaintext)", False)):
+            try:
+                times, by_source = ours(topology, workdir, source, args.repeat, tls=tls)
+                entry = {"seconds": statistics.median(times), "runs": times, "by_source": by_source}
+                results["methods"][label] = entry
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                results["methods"][label] = {"error": str(exc)[:1000]}
     finally:
         topology.close()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -192,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     if ours_s := methods_done.get("ours", {}).get("seconds"):
         results["ours_vs_native"] = limit / ours_s if limit else None
         results["ours_vs_nginx"] = nginx / ours_s if nginx else None
+        plain = methods_done.get("ours (plaintext)", {}).get("seconds")
+        # The cost of mutual TLS: plaintext time over TLS time (1.0 = free, 0.9 = 10 % slower).
+        results["tls_vs_plaintext"] = plain / ours_s if plain else None
     if args.json:
         print(json.dumps(results))
     else:
@@ -204,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| {name} | {entry['seconds']:.3f} | {entry['gbytes_per_second']:.2f} | {rel} |")
             else:
                 print(f"| {name} | — | — | error: {entry['error'][:200]} |")
+        if results.get("tls_vs_plaintext"):
+            print(f"mutual TLS: {results['tls_vs_plaintext']:.2f} × the plaintext speed (ours vs ours (plaintext))")
     return 0 if all("seconds" in e for e in methods_done.values()) else 1
 
 

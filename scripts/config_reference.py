@@ -73,6 +73,16 @@ DRAGONFLY: dict[str, dict[str, tuple[str | None, str, str]]] = {
         "download.collectedPieceTimeout": (None, "6m", "longest silence on a parent's SyncPieces stream"),
         "download.concurrentPieceCount": (None, "8", "pieces in flight per task"),
         "upload.server.ip": (None, "0.0.0.0", "listen address of the peer gRPC server"),
+        "upload.server.caCert": (None, "unset (no TLS)", ""),
+        "upload.server.cert": (None, "unset (no TLS)", ""),
+        "upload.server.key": (None, "unset (no TLS)", ""),
+        "upload.client.caCert": (None, "unset (no TLS)", ""),
+        "upload.client.cert": (None, "unset (no TLS)", ""),
+        "upload.client.key": (None, "unset (no TLS)", ""),
+        "scheduler.caCert": (None, "unset (no TLS)", ""),
+        "scheduler.cert": (None, "unset (no TLS)", ""),
+        "scheduler.key": (None, "unset (no TLS)", ""),
+        "security.enable": (None, "false (an unused placeholder in Dragonfly's client)", ""),
         "upload.server.port": (None, "4000", "port of the peer gRPC server (SyncPieces, SyncHost, DownloadTask)"),
         "upload.disableShared": (None, "false", "never serve pieces to other peers"),
         "upload.bandwidthLimit": (None, "50GB/s", "serving pieces; also caps the bandwidth announced"),
@@ -120,6 +130,12 @@ DRAGONFLY: dict[str, dict[str, tuple[str | None, str, str]]] = {
     "scheduler.yaml": {
         "server.host": ("server.listenIP", "0.0.0.0", "listen address of the gRPC server"),
         "server.port": (None, "8002", "port of the gRPC server"),
+        "server.tls.caCert": (None, "unset (no TLS)", ""),
+        "server.tls.cert": (None, "unset (no TLS)", ""),
+        "server.tls.key": (None, "unset (no TLS)", ""),
+        "seedPeer.tls.caCert": (None, "unset (no TLS)", ""),
+        "seedPeer.tls.cert": (None, "unset (no TLS)", ""),
+        "seedPeer.tls.key": (None, "unset (no TLS)", ""),
         "server.advertiseIP": (None, "unset", "address announced to the manager; unset: the first local IP"),
         "scheduler.algorithm": (None, "default", "evaluator: `default` (or `plugin`, `ml`, treated as default)"),
         "scheduler.backToSourceCount": (None, "200", "peers of one task allowed to fetch from the origin"),
@@ -304,7 +320,10 @@ def _is_computed(f: dataclasses.Field[Any]) -> Callable[[], Any] | None:
 def walk(cls: type, instance: Any, prefix: str) -> Iterator[Section]:
     """Yield one section per dataclass in the tree, depth first, in field order."""
     hints = typing.get_type_hints(cls)
-    comments = field_comments(cls)
+    comments: dict[str, str] = {}
+    for base in reversed(cls.__mro__):  # inherited fields (e.g. the TLS file keys) keep their base's comments
+        if dataclasses.is_dataclass(base):
+            comments.update(field_comments(base))
     rows: list[Row] = []
     nested: list[tuple[type, Any, str]] = []
     for f in dataclasses.fields(cls):

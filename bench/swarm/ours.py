@@ -1,4 +1,8 @@
-"""Our system on test hosts: a scheduler, an optional seed peer and one dfdaemon per peer, plus dfget runs."""
+"""Our system on test hosts: a scheduler, an optional seed peer and one dfdaemon per peer, plus dfget runs.
+
+Mutual TLS is on, as in a real deployment: a throwaway CA in the work directory and one certificate per host
+(its name and IP); ``tls=False`` runs the same cluster in plaintext, to measure what TLS costs in one run.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +29,17 @@ def ours_missing() -> list[str]:
     return [m for m in OURS_MODULES if importlib.util.find_spec(m) is None]
 
 
+def security_config(pki_dir: Path | None, host: Host, roles: tuple[str, ...]) -> dict[str, Any]:
+    """Return the ``security`` section: a certificate for ``host`` from the CA in ``pki_dir``; None = plaintext."""
+    if pki_dir is None:
+        return {"enable": False}
+    from dragonfly.common import pki
+
+    ca = pki.CertificateAuthority.load(pki_dir / "ca.crt", pki_dir / "ca.key")
+    cert, key = pki.issue(ca, host.name, ips=[host.ip], roles=roles).write(pki_dir, host.name)
+    return {"enable": True, "caCert": str(pki_dir / "ca.crt"), "cert": str(cert), "key": str(key)}
+
+
 def daemon_config(
     host: Host,
     hostdir: Path,
@@ -33,6 +48,7 @@ def daemon_config(
     seed: bool,
     rate: float = 0.0,
     back_to_source_rate: float = 0.0,
+    pki_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Return one dfdaemon.yaml (keys from common_api.md); on loopback every port is 0 (the daemon picks)."""
     loopback = host.netns is None
@@ -49,6 +65,7 @@ def daemon_config(
         "storage": {"dir": str(hostdir / "storage"), "server": {"ip": host.ip, "tcpPort": port(4005)}},
         "metrics": {"server": {"port": port(4002)}},
         "health": {"server": {"port": port(4003)}},
+        "security": security_config(pki_dir, host, ("seed-peer",) if seed else ("peer",)),
     }
     if rate:
         config["download"]["bandwidthLimit"] = rate
@@ -72,6 +89,7 @@ class OursCluster:
         rates: dict[str, float] | None = None,
         back_to_source_rate: float = 0.0,
         ready_timeout: float = 90,
+        tls: bool = True,
     ) -> None:
         missing = ours_missing()
         if missing:
@@ -81,10 +99,20 @@ class OursCluster:
         self.daemons: dict[str, Service] = {}
         self.sockets: dict[str, Path] = {}
         workdir.mkdir(parents=True, exist_ok=True)
+        pki_dir: Path | None = None
+        if tls:
+            from dragonfly.common import pki
+
+            pki_dir = workdir / "pki"
+            pki.create_ca("bench CA", days=2).write(pki_dir)
         conf = workdir / "scheduler.yaml"
         port = 0 if scheduler_host.netns is None else SCHEDULER_PORT
         host_ip = scheduler_host.ip
-        conf.write_text(yaml.safe_dump({"server": {"host": host_ip, "port": port, "advertiseIP": host_ip}}))
+        scheduler_yaml = {
+            "server": {"host": host_ip, "port": port, "advertiseIP": host_ip},
+            "security": security_config(pki_dir, scheduler_host, ("scheduler",)),
+        }
+        conf.write_text(yaml.safe_dump(scheduler_yaml))
         self.scheduler = Service(
             topology, scheduler_host, [PYTHON, "-m", "dragonfly.cli.scheduler", "--config", str(conf)],
             workdir / "scheduler.log", env=python_env(),
@@ -100,7 +128,7 @@ class OursCluster:
             self.sockets[host.name] = hostdir / "dfdaemon.sock"
             config = daemon_config(
                 host, hostdir, address, seed=host.name == "seed", rate=(rates or {}).get(host.name, 0.0),
-                back_to_source_rate=back_to_source_rate if host.name == "seed" else 0.0,
+                back_to_source_rate=back_to_source_rate if host.name == "seed" else 0.0, pki_dir=pki_dir,
             )  # fmt: skip
             (hostdir / "dfdaemon.yaml").write_text(yaml.safe_dump(config))
             self.daemons[host.name] = Service(

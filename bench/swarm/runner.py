@@ -46,7 +46,9 @@ from bench.swarm.report import (
 from bench.swarm.services import PYTHON, REPO, Agent, Service, drive, python_env
 from bench.swarm.units import format_size, parse_rate, parse_size
 
-SYSTEMS = ("ours", "direct", "bittorrent")
+# "ours" runs with mutual TLS (the default); "ours-plaintext" is the same cluster without TLS, to price it in one run.
+SYSTEMS = ("ours", "direct", "bittorrent", "ours-plaintext")
+DEFAULT_SYSTEMS = ("ours", "direct", "bittorrent")
 BLOB = "blob"
 TRACKER_PORT = 6969
 
@@ -223,7 +225,13 @@ class Swarm:
         sysdir.mkdir(parents=True, exist_ok=True)
         mark = self.topo.mark()
         try:
-            return {"direct": self.run_direct, "bittorrent": self.run_bittorrent, "ours": self.run_ours}[system](sysdir)
+            runs = {
+                "direct": self.run_direct,
+                "bittorrent": self.run_bittorrent,
+                "ours": self.run_ours,
+                "ours-plaintext": lambda d: self.run_ours(d, tls=False, system="ours-plaintext"),
+            }
+            return runs[system](sysdir)
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             return SystemResult(system, [], None, "not measured", error=str(exc).strip()[:1000])
         finally:
@@ -305,13 +313,13 @@ class Swarm:
         self.verify(result, outputs)
         return result
 
-    def run_ours(self, sysdir: Path) -> SystemResult:
+    def run_ours(self, sysdir: Path, *, tls: bool = True, system: str = "ours") -> SystemResult:
         loopback = self.topo.mode == "loopback"
         names = ["seed", *self.peers]
         rates = dict.fromkeys(names, self.cfg.peer_rate) if loopback else {}
         b2s = self.cfg.origin_rate if loopback else 0.0
         cluster = OursCluster(
-            self.topo, sysdir, self.h["ctl"], [self.h[n] for n in names], rates=rates, back_to_source_rate=b2s
+            self.topo, sysdir, self.h["ctl"], [self.h[n] for n in names], rates=rates, back_to_source_rate=b2s, tls=tls
         )
         outputs = {p: sysdir / p / "out" / BLOB for p in self.peers}
         specs = {}
@@ -319,13 +327,13 @@ class Swarm:
             outputs[p].parent.mkdir(parents=True)
             specs[p] = {"kind": "dfget", "dfget": list(DFGET), "url": self.origin_url, "output": str(outputs[p]),
                         "endpoint": str(cluster.sockets[p]), "timeout": self.cfg.system_timeout()}  # fmt: skip
-        with self.measured("ours") as box:
+        with self.measured(system) as box:
             agents = self._agents(sysdir, specs)
             t0 = drive(agents, self.cfg.system_timeout())
             for agent in agents.values():
                 agent.close()
         cluster.close()
-        result = self.results("ours", agents, t0, box)
+        result = self.results(system, agents, t0, box)
         self.verify(result, outputs)
         return result
 
@@ -359,7 +367,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--origin-rate", type=parse_rate, default=parse_rate("400Mbit"), help="origin upload")
     parser.add_argument("--peer-rate", type=parse_rate, default=parse_rate("800Mbit"), help="peer up and down")
     parser.add_argument("--delay", type=float, default=0.0, help="ms of delay on each host's link, each way")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of " + ",".join(SYSTEMS))
+    parser.add_argument(
+        "--systems", default=",".join(DEFAULT_SYSTEMS), help="comma-separated subset of " + ",".join(SYSTEMS)
+    )
     parser.add_argument("--loopback", action="store_true", help="no namespaces: app-level limits (lower fidelity)")
     parser.add_argument("--disk", action="store_true", help="store under /var/tmp instead of tmpfs (/dev/shm)")
     parser.add_argument("--origin", choices=("nginx", "python"), default="nginx", help="origin server (netns)")

@@ -6,6 +6,11 @@ directory; start-up waits for the process's ``dragonfly: <component> ready`` lin
 that dies first is reported with the tail of its log. The addresses a process prints before that line
 (``dragonfly: <service> listening on <addr>``) are in ``ManagedProcess.listening`` keyed by service, e.g.
 ``scheduler``, ``scheduler metrics``, ``download``, ``upload``, ``vortex``, ``metrics``, ``origin``.
+
+Mutual TLS is on unless ``tls=False``: the cluster mints a throwaway CA under ``<workdir>/pki`` and one certificate
+per process (hostname = process name, IP 127.0.0.1, role by kind), so every test and ``dragonfly up`` run the
+secure default path. Tests that talk to the processes directly get certificates from ``client_files`` /
+``issue_cert``.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from typing import Any, Self
 import yaml
 
 import dragonfly
+from dragonfly.common import pki
+from dragonfly.common.identity import ROLE_MANAGER, ROLE_PEER, ROLE_SCHEDULER, ROLE_SEED_PEER
+from dragonfly.common.tls import TLSFiles
 
 _SUMMARY = re.compile(r"from origin=(\d+) seed=(\d+) peers=(\d+) local=(\d+)")
 _LISTENING = re.compile(r"^dragonfly: (.+) listening on (\S+)$")
@@ -318,6 +326,8 @@ class LocalCluster:
     Names: ``scheduler``, ``seed-peer``, ``peer-1`` … ``peer-N``; each daemon uses its name as ``host.hostname``.
     ``daemon_config`` is merged into every dfdaemon.yaml, ``peer_configs[name]`` into that daemon's only.
     ``seed_peer=False`` with ``peers=0`` runs the scheduler alone. ``add_daemon`` starts more daemons later.
+    ``tls=False`` runs every process in explicit plaintext mode (``security.enable: false``); ``ca`` is the CA
+    to mint the processes' certificates with (default: a new one).
     """
 
     def __init__(
@@ -332,6 +342,8 @@ class LocalCluster:
         env: Mapping[str, str] | None = None,
         start_timeout: float = 60.0,
         stop_timeout: float = 10.0,
+        tls: bool = True,
+        ca: pki.CertificateAuthority | None = None,
     ) -> None:
         if peers < 0:
             raise ValueError(f"peers must be >= 0, got {peers}")
@@ -351,6 +363,10 @@ class LocalCluster:
         self._own_run_dir = False
         self.scheduler_port = 0
         self.processes: dict[str, ManagedProcess] = {}
+        self.tls = tls
+        self._ca = ca
+        self._ca_written = False
+        self._issued: dict[str, TLSFiles] = {}
 
     # Configuration -------------------------------------------------------------------------------------------
 
@@ -374,6 +390,56 @@ class LocalCluster:
 
     def process(self, name: str) -> ManagedProcess:
         return self.processes[name]
+
+    # Certificates -------------------------------------------------------------------------------------------
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.workdir / "pki"
+
+    @property
+    def ca_cert_path(self) -> Path:
+        """Return the cluster CA certificate (exists once the configs are written with TLS on)."""
+        return self.pki_dir / "ca.crt"
+
+    def _authority(self) -> pki.CertificateAuthority:
+        if self._ca is None:
+            # A fresh CA per cluster: nothing minted for an earlier run of the same work dir stays trusted.
+            self._ca = pki.create_ca(f"dragonfly local cluster CA ({self.workdir.name})", days=30)
+        if not self._ca_written:
+            self._ca.write(self.pki_dir)
+            self._ca_written = True
+        return self._ca
+
+    def issue_cert(
+        self, name: str, *, roles: tuple[str, ...], hostname: str | None = None, ips: tuple[str, ...] = ("127.0.0.1",)
+    ) -> TLSFiles:
+        """Mint a certificate of this cluster's CA (files ``pki/<name>.crt|.key``); for processes and tests."""
+        host = pki.issue(self._authority(), hostname or name, ips=ips, roles=roles, days=30)
+        cert, key = host.write(self.pki_dir, name)
+        files = TLSFiles(ca_cert=str(self.ca_cert_path), cert=str(cert), key=str(key))
+        self._issued[name] = files
+        return files
+
+    def tls_files(self, name: str) -> TLSFiles | None:
+        """Return the files a process (or an earlier ``issue_cert``) uses; None when the cluster is plaintext."""
+        return self._issued.get(name) if self.tls else None
+
+    def client_files(self, name: str = "test-admin", roles: tuple[str, ...] = (ROLE_MANAGER,)) -> TLSFiles | None:
+        """Return a client certificate for tests that call the processes directly (None in plaintext mode).
+
+        The default is an operator's certificate (manager role): it may read everything and delete any host,
+        but owns no host id, so it cannot announce hosts or peers.
+        """
+        if not self.tls:
+            return None
+        return self._issued.get(name) or self.issue_cert(name, roles=roles)
+
+    def _security(self, name: str, roles: tuple[str, ...]) -> dict[str, Any]:
+        if not self.tls:
+            return {"enable": False}
+        files = self.issue_cert(name, roles=roles)
+        return {"enable": True, "caCert": files.ca_cert, "cert": files.cert, "key": files.key}
 
     def _choose_run_dir(self) -> None:
         run_dir = self.workdir / "run"
@@ -400,6 +466,7 @@ class LocalCluster:
             },
             "metrics": {"server": {"ip": "127.0.0.1", "port": 0}},
             "health": {"server": {"ip": "127.0.0.1", "port": 0}},
+            "security": self._security(name, (ROLE_SEED_PEER,) if name == SEED_PEER else (ROLE_PEER,)),
         }
         for layer in (self._daemon_config, self._peer_configs.get(name, {}), overrides or {}):
             config = deep_merge(config, layer)
@@ -416,6 +483,7 @@ class LocalCluster:
             {
                 "server": {"host": "127.0.0.1", "port": self.scheduler_port, "advertiseIP": "127.0.0.1"},
                 "metrics": {"host": "127.0.0.1", "port": 0},
+                "security": self._security(SCHEDULER, (ROLE_SCHEDULER,)),
             },
             self._scheduler_config,
         )

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level, component="dfdaemon")
     try:
         config = load_dfdaemon_config(args.config)
+        config.tls()
     except ConfigError as exc:
         print(f"dfdaemon: error: {exc}", file=sys.stderr)
         return 2

@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         process.setup_logging(args.log_level, component="scheduler")
         config = scheduler_config.load(args.config, overrides={"server": overrides} if overrides else None)
+        config.tls()
     except (ConfigError, ValueError) as exc:
         print(f"dragonfly scheduler: {exc}", file=sys.stderr)
         return 2

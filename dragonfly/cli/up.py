@@ -161,6 +161,7 @@ def _print_endpoints(cluster: LocalCluster, as_json: bool) -> None:
     first = cluster.peer_names[0] if cluster.peer_names else "seed-peer"
     lines += [
         f"logs        {cluster.workdir / 'logs'}",
+        f"pki         {cluster.pki_dir} (a throwaway CA: mutual TLS on every port)",
         "",
         f"try: dfget -e {cluster.socket_path(first)} http://example.com/file -O /tmp/file",
         "Ctrl-C stops the cluster.",

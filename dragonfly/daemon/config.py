@@ -12,6 +12,7 @@ import socket
 from dataclasses import dataclass, field
 
 from dragonfly.common.config import Duration, Rate, Size, load_config
+from dragonfly.common.tls import SecurityConfig, TLSFiles, TLSFilesConfig
 
 #: Host.type values announced to the scheduler (Dragonfly's HostType enum).
 SEED_PEER_TYPES = {"normal": 0, "super": 1, "strong": 2, "weak": 3}
@@ -68,10 +69,10 @@ class DownloadConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class UploadServerConfig:
-    """The peer-facing gRPC server (DfdaemonUpload)."""
+class UploadServerConfig(TLSFilesConfig):
+    """The peer-facing gRPC server (DfdaemonUpload); ``ip`` unset = ``host.ip`` (never every interface by default)."""
 
-    ip: str = "0.0.0.0"
+    ip: str | None = None
     port: int = 4000
 
     def validate(self) -> None:
@@ -83,12 +84,14 @@ class UploadConfig:
     """Serving pieces to other peers."""
 
     server: UploadServerConfig = field(default_factory=UploadServerConfig)
+    # Dragonfly's "client configuration for remote peers' upload servers": SyncPieces and Vortex to parents.
+    client: TLSFilesConfig = field(default_factory=TLSFilesConfig)
     disable_shared: bool = False
     bandwidth_limit: Rate = Rate(50e9)
 
 
 @dataclass(frozen=True, slots=True)
-class SchedulerConfig:
+class SchedulerConfig(TLSFilesConfig):
     """The schedulers this daemon announces itself to and registers its downloads with."""
 
     addrs: list[str] = field(default_factory=list)
@@ -120,10 +123,10 @@ class SeedPeerConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class StorageServerConfig:
-    """The Vortex TCP piece server."""
+class StorageServerConfig(TLSFilesConfig):
+    """The Vortex TCP piece server; ``ip`` unset = ``host.ip``."""
 
-    ip: str = "0.0.0.0"
+    ip: str | None = None
     tcp_port: int = 4005
 
     def validate(self) -> None:
@@ -200,9 +203,9 @@ class GCConfig:
 
 @dataclass(frozen=True, slots=True)
 class ServerAddrConfig:
-    """An HTTP side server (metrics or health)."""
+    """An HTTP side server (metrics or health): loopback unless the operator opens it up."""
 
-    ip: str = "0.0.0.0"
+    ip: str = "127.0.0.1"
     port: int = 0
 
     def validate(self) -> None:
@@ -237,11 +240,35 @@ class DfdaemonConfig:
     gc: GCConfig = field(default_factory=GCConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+
+    def tls(self) -> DaemonTLS:
+        """Return the TLS files of each endpoint (all None in plaintext mode); ConfigError if one is missing.
+
+        Not part of loading, so a config can be loaded and inspected before its certificates exist.
+        """
+        security = self.security
+        return DaemonTLS(
+            upload_server=security.files(self.upload.server, "upload.server"),
+            upload_client=security.files(self.upload.client, "upload.client"),
+            scheduler=security.files(self.scheduler, "scheduler"),
+            storage_server=security.files(self.storage.server, "storage.server"),
+        )
 
     @property
     def host_type(self) -> int:
         """Return the Host.type this daemon announces (0 for a normal peer)."""
         return SEED_PEER_TYPES[self.seed_peer.type] if self.seed_peer.enable else 0
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonTLS:
+    """The PEM files of each TLS endpoint of a daemon; None where it speaks plaintext."""
+
+    upload_server: TLSFiles | None
+    upload_client: TLSFiles | None
+    scheduler: TLSFiles | None
+    storage_server: TLSFiles | None
 
 
 def load_dfdaemon_config(

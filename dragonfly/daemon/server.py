@@ -21,7 +21,10 @@ from dragonfly_api import dfdaemon_pb2, dfdaemon_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from dragonfly.common import ids, native
+from dragonfly.common import ids, native, tls
+from dragonfly.common.authz import Authorizer
+from dragonfly.common.errors import ConfigError
+from dragonfly.common.identity import ROLE_PEER, ROLE_SEED_PEER, identity_from_pem
 from dragonfly.common.process import announce_listening
 from dragonfly.daemon.api.download_server import DfdaemonDownloadService
 from dragonfly.daemon.config import DfdaemonConfig
@@ -39,14 +42,16 @@ from dragonfly.daemon.upload.vortex_server import VortexServer
 log = logging.getLogger(__name__)
 
 # gRPC server tuning from Dragonfly's client (``docs/reference/protocol.md#grpc-server-tuning``): bigger windows and
-# frames than grpcio's defaults.
+# frames than grpcio's defaults. Requests to either server are small (a Download, a task id and piece numbers), so
+# 4 MiB bounds what a caller can make us buffer; answers of the local API carry whole pieces when asked to
+# (need_piece_content, up to 64 MiB).
 _GRPC_OPTIONS = [
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
     ("grpc.http2.max_frame_size", 256 * 1024),
     ("grpc.keepalive_time_ms", 300_000),
     ("grpc.keepalive_timeout_ms", 20_000),
 ]
+_LOCAL_API_OPTIONS = [*_GRPC_OPTIONS, ("grpc.max_send_message_length", 65 * 1024 * 1024)]
 _UPLOAD_THREADS = 32
 
 
@@ -61,6 +66,7 @@ class Dfdaemon:
         self.config = config
         self.ip = config.host.ip or detect_ip()
         self.host_id = ids.host_id(self.ip, config.host.hostname, seed=config.seed_peer.enable)
+        self.tls = config.tls()
         self.storage = Storage(config.storage.dir, keep=config.storage.keep)
         self._socket_path = os.path.abspath(config.download.server.socket_path)
         self.metrics = DaemonMetrics()
@@ -77,7 +83,7 @@ class Dfdaemon:
             cache_temporary_redirect=config.backend.enable_cache_temporary_redirect,
             cache_temporary_redirect_ttl=config.backend.cache_temporary_redirect_ttl,
         )
-        self.channels = ParentChannels()
+        self.channels = ParentChannels(self.tls.upload_client)
         self.scheduler: SchedulerClient | None = None
         self.tasks: TaskManager | None = None
         self.vortex: VortexServer | None = None
@@ -92,29 +98,59 @@ class Dfdaemon:
         self.addresses[service] = addr
         announce_listening(service, addr)
 
+    def _check_own_certificate(self) -> None:
+        """Refuse to start with a certificate the cluster would refuse: it must own this host's id."""
+        files = self.tls.scheduler or self.tls.upload_server
+        if files is None:
+            tls.warn_plaintext("dfdaemon")
+            return
+        _ca, chain, _key = files.read()
+        try:
+            identity = identity_from_pem(chain)
+        except ValueError as exc:
+            raise ConfigError(f"cannot parse the certificate {files.cert}: {exc}") from None
+        role = ROLE_SEED_PEER if self.config.seed_peer.enable else ROLE_PEER
+        problems = []
+        if not identity.owns_host_id(self.host_id):
+            problems.append(
+                f"it does not own host id {self.host_id} (needs host.hostname {self.config.host.hostname!r} as CN or "
+                f"DNS SAN and host.ip {self.ip} as IP SAN)"
+            )
+        if not identity.has_role(role):
+            problems.append(f"it lacks the role {role} (subject OU)")
+        if problems:
+            raise ConfigError(
+                f"certificate {files.cert} of {identity.describe()} cannot be used: {'; '.join(problems)}; "
+                "`dragonfly certs issue` mints a matching one"
+            )
+
     async def start(self) -> None:
         config = self.config
+        self._check_own_certificate()
         self.storage.open()
         await self.backend.start()
         upload_bucket = native.TokenBucket(config.upload.bandwidth_limit)
 
+        storage_ip = config.storage.server.ip or self.ip
+        upload_ip = config.upload.server.ip or self.ip
         self.vortex = VortexServer(
             self.storage,
-            ip=config.storage.server.ip,
+            ip=storage_ip,
             port=config.storage.server.tcp_port,
             upload_bucket=upload_bucket,
             executor=self._upload_executor,
             timeout=config.download.piece_timeout,
             on_served=self._on_served,
+            ssl_context=tls.server_ssl_context(self.tls.storage_server) if self.tls.storage_server else None,
         )
         await self.vortex.start()
         vortex = self.vortex
         self.metrics.upload_connections.set_function(lambda: vortex.active_connections)
-        self._listening("vortex", _host_port(config.storage.server.ip, self.vortex.port))
+        self._listening("vortex", _host_port(storage_ip, self.vortex.port))
 
         self._upload_server = grpc.aio.server(options=_GRPC_OPTIONS)
-        upload_port = self._upload_server.add_insecure_port(
-            _host_port(config.upload.server.ip, config.upload.server.port)
+        upload_port = tls.add_port(
+            self._upload_server, _host_port(upload_ip, config.upload.server.port), self.tls.upload_server
         )
         self.host_info = HostInfo(
             config,
@@ -126,7 +162,10 @@ class Dfdaemon:
         )
         if config.scheduler.addrs:
             self.scheduler = SchedulerClient(
-                config.scheduler.addrs, host=self.host_info.host, announce_interval=config.scheduler.announce_interval
+                config.scheduler.addrs,
+                host=self.host_info.host,
+                announce_interval=config.scheduler.announce_interval,
+                tls_files=self.tls.scheduler,
             )
         self.tasks = TaskManager(
             config,
@@ -139,18 +178,23 @@ class Dfdaemon:
             download_traffic=self.download_traffic,
             host_id=self.host_id,
             ip=self.ip,
+            vortex_tls=tls.client_ssl_context(self.tls.upload_client) if self.tls.upload_client else None,
         )
 
         await self._start_http("metrics", self.metrics.app(), config.metrics.server.ip, config.metrics.server.port)
         await self._start_http("health", health_app(), config.health.server.ip, config.health.server.port)
 
         upload_service = DfdaemonUploadService(
-            storage=self.storage, tasks=self.tasks, host=self.host_info, vortex_port=self.vortex.port
+            storage=self.storage,
+            tasks=self.tasks,
+            host=self.host_info,
+            vortex_port=self.vortex.port,
+            authorizer=Authorizer(secure=self.tls.upload_server is not None),
         )
         dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(upload_service, self._upload_server)
         await self._add_health(self._upload_server, "dfdaemon.v2.DfdaemonUpload")
         await self._upload_server.start()
-        self._listening("upload", _host_port(config.upload.server.ip, upload_port))
+        self._listening("upload", _host_port(upload_ip, upload_port))
 
         if self.scheduler is not None:
             # The first announcement is awaited briefly so a scheduler that is up knows this host before the
@@ -163,7 +207,7 @@ class Dfdaemon:
         os.makedirs(os.path.dirname(socket_path), exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(socket_path)
-        self._download_server = grpc.aio.server(options=_GRPC_OPTIONS)
+        self._download_server = grpc.aio.server(options=_LOCAL_API_OPTIONS)
         dfdaemon_pb2_grpc.add_DfdaemonDownloadServicer_to_server(
             DfdaemonDownloadService(storage=self.storage, tasks=self.tasks, scheduler=self.scheduler),
             self._download_server,

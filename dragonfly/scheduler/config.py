@@ -11,19 +11,27 @@ import re
 from dataclasses import dataclass, field
 
 from dragonfly.common.config import Duration, load_config
+from dragonfly.common.tls import SecurityConfig, TLSFiles, TLSFilesConfig
 
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    """The gRPC listener."""
+    """The gRPC listener; ``host`` unset = ``advertiseIP`` if set, else every interface (0.0.0.0)."""
 
-    host: str = "0.0.0.0"
+    host: str | None = None
     port: int = 8002
     advertise_ip: str | None = field(default=None, metadata={"key": "advertiseIP"})
     # Concurrent RPCs (streams included) of the whole process; 0 = unlimited, as in Dragonfly.
     max_concurrent_rpcs: int = field(default=0, metadata={"key": "maxConcurrentRPCs"})
     # In-flight RPCs get this long on SIGTERM; open AnnouncePeer streams are cancelled after it.
     graceful_stop_timeout: Duration = Duration(5)
+    # Dragonfly's server.tls: caCert/cert/key of the gRPC server (over security's defaults).
+    tls: TLSFilesConfig = TLSFilesConfig()
+
+    @property
+    def listen_host(self) -> str:
+        """Return the address to bind: ``host``, else the advertised IP, else every interface."""
+        return self.host or self.advertise_ip or "0.0.0.0"
 
     def validate(self) -> None:
         """Check the port range."""
@@ -135,6 +143,8 @@ class SeedPeerConfig:
     # Health checks of announced seed hosts (Dragonfly: SeedPeerRefreshInterval 30 s).
     refresh_interval: Duration = Duration(30)
     connect_timeout: Duration = Duration(3)
+    # Dragonfly's seedPeer.tls: the client files for seed peers' upload servers.
+    tls: TLSFilesConfig = TLSFilesConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +192,7 @@ class MetricsConfig:
     """Prometheus endpoint (``/metrics``)."""
 
     enable: bool = True
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     port: int = 8000
 
 
@@ -195,6 +205,25 @@ class Config:
     seed_peer: SeedPeerConfig = SeedPeerConfig()
     block_list: BlockListConfig = BlockListConfig()
     metrics: MetricsConfig = MetricsConfig()
+    security: SecurityConfig = SecurityConfig()
+
+    def tls(self) -> SchedulerTLS:
+        """Return the files of the gRPC server and of the seed-peer client (None in plaintext mode).
+
+        A missing file setting raises ConfigError; not part of loading (the CLI checks it before starting).
+        """
+        return SchedulerTLS(
+            server=self.security.files(self.server.tls, "server.tls"),
+            seed_peer=self.security.files(self.seed_peer.tls, "seedPeer.tls"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerTLS:
+    """The PEM files of the scheduler's TLS endpoints; None in plaintext mode."""
+
+    server: TLSFiles | None
+    seed_peer: TLSFiles | None
 
 
 def load(path: str | None, *, overrides: dict[str, object] | None = None) -> Config:

@@ -21,6 +21,7 @@ import grpc
 from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from dragonfly.common import tls
 from dragonfly.common.hashring import HashRing
 
 if TYPE_CHECKING:
@@ -49,8 +50,9 @@ def seed_download(download: common_pb2.Download) -> common_pb2.Download:
 class SeedPeers:
     """The healthy seed hosts, the ring over them, and the background downloads they were asked for."""
 
-    def __init__(self, config: SeedPeerConfig, metrics: Metrics) -> None:
+    def __init__(self, config: SeedPeerConfig, metrics: Metrics, *, tls_files: tls.TLSFiles | None = None) -> None:
         self._config = config
+        self._tls = tls_files
         self._metrics = metrics
         self._hosts: dict[str, Host] = {}
         self._unhealthy: set[str] = set()
@@ -96,7 +98,8 @@ class SeedPeers:
     def _channel(self, host: Host) -> grpc.aio.Channel:
         channel = self._channels.get(host.address)
         if channel is None:
-            channel = self._channels[host.address] = grpc.aio.insecure_channel(host.address)
+            # With mTLS the seed must present a certificate for the IP it announced (checked by the handshake).
+            channel = self._channels[host.address] = tls.aio_channel(host.address, self._tls)
         return channel
 
     # health

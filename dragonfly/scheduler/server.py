@@ -11,6 +11,8 @@ from dragonfly_api import scheduler_pb2, scheduler_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from dragonfly.common import tls
+from dragonfly.common.authz import Authorizer
 from dragonfly.scheduler.config import Config
 from dragonfly.scheduler.gc import GarbageCollector
 from dragonfly.scheduler.metrics import Metrics
@@ -23,7 +25,9 @@ from dragonfly.scheduler.service.servicer import SchedulerServicer
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
-_MAX_MESSAGE_LENGTH = 2**31 - 1
+# The largest request is a RegisterPeerRequest (URL up to 64 KiB plus headers) or an AnnounceHost; 4 MiB bounds
+# what one caller can make the scheduler buffer. Answers (ListHosts of a large cluster) may be bigger: no send limit.
+_MAX_RECEIVE_LENGTH = 4 * 1024 * 1024
 _MAX_PENDING_CALLS = 100_000
 
 
@@ -42,13 +46,15 @@ class SchedulerContext:
     scheduling: Scheduling
     abnormal: AbnormalDetector
     seeds: SeedPeers
+    authz: Authorizer
 
     @classmethod
     def create(cls, config: Config) -> SchedulerContext:
         """Build the object graph of one scheduler."""
         resource = ResourceManager(config.scheduler)
         metrics = Metrics(resource)
-        seeds = SeedPeers(config.seed_peer, metrics)
+        files = config.tls()
+        seeds = SeedPeers(config.seed_peer, metrics, tls_files=files.seed_peer)
         resource.on_seed_hosts_changed = seeds.set_hosts
         return cls(
             config=config,
@@ -57,6 +63,7 @@ class SchedulerContext:
             scheduling=Scheduling(config.scheduler, config.block_list.upload, metrics),
             abnormal=AbnormalDetector(config.scheduler.bad_parent, metrics),
             seeds=seeds,
+            authz=Authorizer(secure=files.server is not None),
         )
 
 
@@ -78,8 +85,8 @@ class SchedulerServer:
         server_config = self.config.server
         server = grpc.aio.server(
             options=[
-                ("grpc.max_send_message_length", _MAX_MESSAGE_LENGTH),
-                ("grpc.max_receive_message_length", _MAX_MESSAGE_LENGTH),
+                ("grpc.max_send_message_length", -1),
+                ("grpc.max_receive_message_length", _MAX_RECEIVE_LENGTH),
                 ("grpc.max_connection_idle_ms", 10 * 60 * 1000),
                 ("grpc.max_connection_age_ms", 12 * 3600 * 1000),
                 ("grpc.max_connection_age_grace_ms", 5 * 60 * 1000),
@@ -95,16 +102,14 @@ class SchedulerServer:
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        target = format_address(server_config.host, server_config.port)
-        try:
-            port = server.add_insecure_port(target)
-        except RuntimeError as exc:
-            raise OSError(f"cannot listen on {target}: {exc}") from None
-        if not port:
-            raise OSError(f"cannot listen on {target}")
+        host = server_config.listen_host
+        files = self.config.tls().server
+        if files is None:
+            tls.warn_plaintext("scheduler")
+        port = tls.add_port(server, format_address(host, server_config.port), files)
         await server.start()
         self._server = server
-        self.address = format_address(server_config.host, port)
+        self.address = format_address(host, port)
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if self.config.metrics.enable:

@@ -11,6 +11,8 @@ the daemon's own code, so the wire format is checked independently:
   scheduler sees a succeeded peer holding the whole task;
 - ``dfdaemon.v2.DfdaemonUpload.SyncPieces`` / ``SyncHost`` on a gRPC port;
 - a Vortex TCP server answering DownloadPiece with the piece's true metadata and corrupted bytes.
+
+With ``files`` (a cluster certificate, as every member holds with mutual TLS on) it speaks TLS on every port.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import contextlib
 import os
 import queue
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -32,7 +35,7 @@ import grpc
 from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from dragonfly.common import ids
+from dragonfly.common import ids, tls
 from dragonfly.common.piece import calculate_piece_length, piece_count, piece_range
 
 TAG_DOWNLOAD_PIECE, TAG_PIECE_CONTENT, TAG_ERROR = 0, 1, 255
@@ -74,7 +77,15 @@ class _Upload(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
 class MisbehavingPeer:
     """Announce a finished copy of ``content`` at ``url`` and serve it corrupted; count what it is asked for."""
 
-    def __init__(self, scheduler_addr: str, url: str, content: Path, *, hostname: str = "misbehaving-peer") -> None:
+    def __init__(
+        self,
+        scheduler_addr: str,
+        url: str,
+        content: Path,
+        *,
+        hostname: str = "misbehaving-peer",
+        files: tls.TLSFiles | None = None,
+    ) -> None:
         self.scheduler_addr = scheduler_addr
         self.url = url
         self.content = content
@@ -91,8 +102,9 @@ class MisbehavingPeer:
         self.vortex_port = self._listener.getsockname()[1]
         self._server = grpc.server(futures.ThreadPoolExecutor(8))
         dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(_Upload(self), self._server)
-        self.grpc_port = self._server.add_insecure_port("127.0.0.1:0")
-        self._channel = grpc.insecure_channel(scheduler_addr)
+        self.grpc_port = tls.add_port(self._server, "127.0.0.1:0", files)
+        self._channel = tls.sync_channel(scheduler_addr, files)
+        self._ssl: ssl.SSLContext | None = tls.server_ssl_context(files) if files else None
         self._scheduler = scheduler_pb2_grpc.SchedulerStub(self._channel)
         self._stopping = threading.Event()
         self._vortex_thread = threading.Thread(target=self._serve_vortex, name="vortex", daemon=True)
@@ -185,8 +197,14 @@ class MisbehavingPeer:
             threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _answer(self, conn: socket.socket) -> None:
+        conn.settimeout(30)
+        if self._ssl is not None:
+            try:
+                conn = self._ssl.wrap_socket(conn, server_side=True)
+            except OSError:
+                conn.close()
+                return
         with conn, contextlib.suppress(OSError):
-            conn.settimeout(30)
             frame_id, tag, length = struct.unpack(">BBI", _recv_exactly(conn, 6))
             value = _recv_exactly(conn, length)
             self.vortex_requests += 1

@@ -24,6 +24,7 @@ from swarm_helpers import (
 )
 
 from dragonfly.cli.cluster import SEED_PEER, LocalCluster, OriginProcess
+from dragonfly.common.identity import ROLE_PEER
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +96,8 @@ def test_corrupting_peer_is_detected_and_avoided(
     name = "corrupt.bin"
     sha = make_file(origin, name, 32 * MiB)
     url = origin.url(name)
-    liar = MisbehavingPeer(cluster.scheduler_addr, url, origin.directory / name)
+    files = cluster.issue_cert("misbehaving-peer", roles=(ROLE_PEER,))
+    liar = MisbehavingPeer(cluster.scheduler_addr, url, origin.directory / name, files=files)
     liar.start()
     try:
         # The liar is the only peer holding the task, so the first download is offered it as a parent.

@@ -7,14 +7,17 @@ import collections
 import grpc
 from dragonfly_api import dfdaemon_pb2_grpc
 
+from dragonfly.common import tls
+
 # Channels to parents that come and go; the oldest is closed beyond this many.
 _MAX_CHANNELS = 256
 
 
 class ParentChannels:
-    """An LRU of channels keyed by ``ip:port`` of a parent's DfdaemonUpload server."""
+    """An LRU of channels keyed by ``ip:port`` of a parent's DfdaemonUpload server (mTLS with ``tls_files``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls_files: tls.TLSFiles | None = None) -> None:
+        self._tls = tls_files
         self._channels: collections.OrderedDict[str, tuple[grpc.aio.Channel, dfdaemon_pb2_grpc.DfdaemonUploadStub]] = (
             collections.OrderedDict()
         )
@@ -23,8 +26,10 @@ class ParentChannels:
     def stub(self, addr: str) -> dfdaemon_pb2_grpc.DfdaemonUploadStub:
         entry = self._channels.get(addr)
         if entry is None:
-            channel = grpc.aio.insecure_channel(
-                addr, options=[("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
+            channel = tls.aio_channel(
+                addr,
+                self._tls,
+                options=[("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)],
             )
             stub = dfdaemon_pb2_grpc.DfdaemonUploadStub(channel)  # type: ignore[no-untyped-call]
             entry = self._channels[addr] = (channel, stub)

@@ -17,6 +17,7 @@ import grpc
 from dragonfly_api import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from google.protobuf import duration_pb2
 
+from dragonfly.common import tls
 from dragonfly.common.hashring import HashRing
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,11 @@ CONNECT_TIMEOUT = 3.0
 REQUEST_TIMEOUT = 10.0
 # How soon an announcement that failed is tried again (capped by the configured interval).
 _RETRY_INTERVAL = 2.0
+
+
+def _is_refusal(exc: grpc.aio.AioRpcError) -> bool:
+    # Refusals are configuration problems (a certificate that does not own the host id): always worth a warning.
+    return exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
 
 
 class AnnouncePeerStream:
@@ -118,7 +124,14 @@ class AnnouncePeerStream:
 class SchedulerClient:
     """Channels to the configured schedulers."""
 
-    def __init__(self, addrs: list[str], *, host: Callable[[], common_pb2.Host], announce_interval: float) -> None:
+    def __init__(
+        self,
+        addrs: list[str],
+        *,
+        host: Callable[[], common_pb2.Host],
+        announce_interval: float,
+        tls_files: tls.TLSFiles | None = None,
+    ) -> None:
         if not addrs:
             raise ValueError("no scheduler address configured")
         self.addrs = list(addrs)
@@ -128,12 +141,14 @@ class SchedulerClient:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, scheduler_pb2_grpc.SchedulerStub] = {}
         self._announced: set[str] = set()
+        self._tls = tls_files
 
     def _stub(self, addr: str) -> scheduler_pb2_grpc.SchedulerStub:
         stub = self._stubs.get(addr)
         if stub is None:
-            channel = grpc.aio.insecure_channel(
+            channel = tls.aio_channel(
                 addr,
+                self._tls,
                 options=[
                     ("grpc.initial_reconnect_backoff_ms", 200),
                     ("grpc.max_reconnect_backoff_ms", 2000),
@@ -162,8 +177,11 @@ class SchedulerClient:
         try:
             await self._stub(addr).AnnounceHost(request, timeout=REQUEST_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
-            if addr in self._announced or log.isEnabledFor(logging.DEBUG):
-                log.warning("announce host failed", extra={"scheduler": addr, "code": exc.code().name})
+            if addr in self._announced or log.isEnabledFor(logging.DEBUG) or _is_refusal(exc):
+                log.warning(
+                    "announce host failed",
+                    extra={"scheduler": addr, "code": exc.code().name, "error": exc.details()},
+                )
             self._announced.discard(addr)
             return False
         if addr not in self._announced:

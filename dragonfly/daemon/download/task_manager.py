@@ -17,6 +17,7 @@ import errno
 import logging
 import os
 import shutil
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -319,6 +320,7 @@ class TaskManager:
         download_traffic: TrafficMeter,
         host_id: str,
         ip: str,
+        vortex_tls: ssl.SSLContext | None = None,
     ) -> None:
         self._config = config
         self._storage = storage
@@ -339,7 +341,7 @@ class TaskManager:
         )
         self._recv_buffers = BufferPool(config.storage.write_buffer_size, 2 * self._concurrency)
         self._source_buffers = BufferPool(_SOURCE_BUFFER, 2 * self._concurrency)
-        self._vortex_pool = ConnectionPool(max_idle_per_addr=self._concurrency)
+        self._vortex_pool = ConnectionPool(max_idle_per_addr=self._concurrency, ssl_context=vortex_tls)
         self._active: dict[str, TaskDownload] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = False

@@ -7,17 +7,22 @@ CRC-32 computed on the way.
 Dragonfly opens a connection per piece and its server closes after one answer. Ours keeps serving, so the client
 returns healthy connections to a pool and reuses them; a pooled connection the parent has closed in the meantime
 fails before a single response byte arrives, and the piece is then simply requested on a fresh connection.
+
+With mutual TLS the pool holds TLS connections: the handshake happens once per connection (the parent must present
+a cluster certificate for the IP it was dialled at), and the piece bytes go through ``dragonfly.daemon.vortex_tls``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 from dataclasses import dataclass
 
 from dragonfly.common import native
 from dragonfly.common.errors import ShortRead, VortexError, VortexRemoteError
+from dragonfly.daemon import vortex_tls
 
 _KEEPALIVE = ((socket.TCP_KEEPIDLE, 5), (socket.TCP_KEEPINTVL, 3), (socket.TCP_KEEPCNT, 3))
 
@@ -34,9 +39,10 @@ class FetchedPiece:
 
 
 class ConnectionPool:
-    """Idle Vortex connections per parent address, shared by executor threads."""
+    """Idle Vortex connections per parent address, shared by executor threads; TLS ones with ``ssl_context``."""
 
-    def __init__(self, max_idle_per_addr: int = 16) -> None:
+    def __init__(self, max_idle_per_addr: int = 16, *, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.ssl_context = ssl_context
         self._idle: dict[tuple[str, int], list[socket.socket]] = {}
         self._max = max_idle_per_addr
         self._lock = threading.Lock()
@@ -81,12 +87,15 @@ def _recv_exact(sock: socket.socket, count: int) -> bytes:
     return bytes(data)
 
 
-def _connect(addr: tuple[str, int], timeout: float) -> socket.socket:
+def _connect(addr: tuple[str, int], timeout: float, context: ssl.SSLContext | None) -> socket.socket:
     sock = socket.create_connection(addr, timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     for option, seconds in _KEEPALIVE:
         sock.setsockopt(socket.IPPROTO_TCP, option, seconds)
+    if context is not None:
+        # The handshake is bounded by the connect timeout still set on the socket.
+        return vortex_tls.wrap_client(sock, context, addr[0])
     return sock
 
 
@@ -102,21 +111,26 @@ def fetch_piece(
     connect_timeout: float,
     timeout: float,
     pool: ConnectionPool | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> FetchedPiece:
-    """Download piece ``number`` of ``task_id`` from ``addr`` into ``fd`` (blocking; run it on an executor)."""
+    """Download piece ``number`` of ``task_id`` from ``addr`` into ``fd`` (blocking; run it on an executor).
+
+    New connections use TLS with ``ssl_context``, else with the pool's; plaintext when neither has one.
+    """
     request = native.encode_download_piece(task_id, number)
     reused = pool.get(addr) if pool is not None else None
-    sock = reused or _connect(addr, connect_timeout)
+    context = ssl_context or (pool.ssl_context if pool is not None else None)
+    sock = reused or _connect(addr, connect_timeout, context)
     try:
         sock.settimeout(timeout)
         try:
             sock.sendall(request)
             header = _recv_exact(sock, native.HEADER_SIZE)
-        except (ShortRead, ConnectionResetError, BrokenPipeError) as exc:
+        except (ShortRead, ConnectionResetError, BrokenPipeError, ssl.SSLEOFError) as exc:
             if reused is None or (isinstance(exc, ShortRead) and exc.received):
                 raise
             sock.close()
-            sock = _connect(addr, connect_timeout)
+            sock = _connect(addr, connect_timeout, context)
             sock.settimeout(timeout)
             sock.sendall(request)
             header = _recv_exact(sock, native.HEADER_SIZE)
@@ -133,7 +147,10 @@ def fetch_piece(
                 f"parent sent piece {meta.number} at {meta.offset}+{meta.length}, "
                 f"expected piece {number} at {offset}+{length}"
             )
-        crc = native.recv_to_file(sock.fileno(), fd, offset, length, buffer, timeout)
+        if isinstance(sock, ssl.SSLSocket):
+            crc = vortex_tls.recv_piece(sock, fd, offset, length, buffer)
+        else:
+            crc = native.recv_to_file(sock.fileno(), fd, offset, length, buffer, timeout)
     except BaseException:
         with contextlib.suppress(OSError):
             sock.close()

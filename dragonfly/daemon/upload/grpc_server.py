@@ -3,6 +3,9 @@
 SyncPieces tells a child which pieces are here (and keeps telling while this daemon's own download goes on);
 SyncHost streams bandwidth figures for the child's parent selector; DownloadTask is how the scheduler makes a
 seed peer fetch a task. A request from the network never chooses a path on this host: output_path is dropped.
+
+With mutual TLS every caller holds a cluster certificate; DownloadTask (it makes this host fetch a URL) and
+DeleteTask are further limited to the roles that have a reason to ask (``docs/security.md#who-may-call-what``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import grpc
 from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
 from google.protobuf import empty_pb2
 
+from dragonfly.common.authz import Authorizer
+from dragonfly.common.identity import ROLE_MANAGER, ROLE_SCHEDULER
 from dragonfly.daemon.api.convert import download_response, local_task_message, status_of, task_message
 from dragonfly.daemon.api.lookup import get_task_or_abort
 from dragonfly.daemon.download.task_manager import TaskManager
@@ -23,12 +28,24 @@ from dragonfly.daemon.storage import Storage
 SYNC_HOST_INTERVAL = 1.0
 # A piece finishing wakes SyncPieces at once; this is only the fallback poll.
 _SYNC_PIECES_POLL = 1.0
+# Seed triggering and preheat come from the scheduler (the manager's jobs go through it, or straight to peers).
+_DOWNLOAD_ROLES = (ROLE_SCHEDULER, ROLE_MANAGER)
+_DELETE_ROLES = (ROLE_SCHEDULER, ROLE_MANAGER)
 
 
 class DfdaemonUploadService(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
     """The peer-facing API."""
 
-    def __init__(self, *, storage: Storage, tasks: TaskManager, host: HostInfo, vortex_port: int) -> None:
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        tasks: TaskManager,
+        host: HostInfo,
+        vortex_port: int,
+        authorizer: Authorizer | None = None,
+    ) -> None:
+        self._authz = authorizer or Authorizer(secure=False)
         self._storage = storage
         self._tasks = tasks
         self._host = host
@@ -70,6 +87,7 @@ class DfdaemonUploadService(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
     async def DownloadTask(
         self, request: dfdaemon_pb2.DownloadTaskRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[dfdaemon_pb2.DownloadTaskResponse]:
+        await self._authz.require_role(context, _DOWNLOAD_ROLES, "DownloadTask")
         download = common_pb2.Download()
         download.CopyFrom(request.download)
         download.ClearField("output_path")
@@ -94,6 +112,7 @@ class DfdaemonUploadService(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
     async def DeleteTask(
         self, request: dfdaemon_pb2.DeleteTaskRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
+        await self._authz.require_role(context, _DELETE_ROLES, "DeleteTask")
         task = await get_task_or_abort(self._storage, request.task_id, context)
         if self._tasks.is_active(task.id):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"task {task.id} is being downloaded")

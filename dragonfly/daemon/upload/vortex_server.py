@@ -4,6 +4,10 @@ Per request: read the 74-byte request frame on the event loop, look the piece up
 exist in storage), charge the upload token bucket, then hand the raw socket to an executor thread that writes the
 metadata frame and ``sendfile``s the piece range in native code. A connection may carry several requests. uvloop has no
 ``sendfile``, so the loop's own transports are never used for piece bytes.
+
+With mutual TLS (the default) each connection first completes a TLS handshake on an executor thread (the client
+must present a certificate of the cluster CA), requests are read from the non-blocking ``SSLSocket`` on the loop,
+and pieces are sent through OpenSSL by ``dragonfly.daemon.vortex_tls`` instead of ``sendfile``.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 from concurrent.futures import Executor
 
 from dragonfly.common import native
 from dragonfly.common.errors import DragonflyError, VortexError
+from dragonfly.daemon import vortex_tls
 from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.errors import InvalidTaskId
 from dragonfly.daemon.storage import Storage
@@ -34,10 +40,46 @@ _REQUEST_TIMEOUT = 30.0
 _IDLE_TIMEOUT = 60.0
 
 
+async def _wait_ready(loop: asyncio.AbstractEventLoop, sock: socket.socket, *, write: bool = False) -> None:
+    ready = loop.create_future()
+    fd = sock.fileno()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    if write:
+        loop.add_writer(fd, wake)
+    else:
+        loop.add_reader(fd, wake)
+    try:
+        await ready
+    finally:
+        if write:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
+
+
+async def _recv(loop: asyncio.AbstractEventLoop, sock: socket.socket, count: int) -> bytes:
+    """Receive up to ``count`` bytes from a non-blocking plain or TLS socket, waiting on the loop."""
+    if not isinstance(sock, ssl.SSLSocket):
+        return await loop.sock_recv(sock, count)
+    while True:
+        try:
+            return sock.recv(count)
+        except ssl.SSLWantReadError:
+            await _wait_ready(loop, sock)
+        except ssl.SSLWantWriteError:
+            await _wait_ready(loop, sock, write=True)
+        except ssl.SSLZeroReturnError:
+            return b""
+
+
 async def _recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, count: int) -> bytes:
     data = bytearray()
     while len(data) < count:
-        chunk = await loop.sock_recv(sock, count - len(data))
+        chunk = await _recv(loop, sock, count - len(data))
         if not chunk:
             raise ConnectionResetError(f"client closed the connection after {len(data)} of {count} request bytes")
         data += chunk
@@ -55,6 +97,14 @@ def _send_piece(sock: socket.socket, frame: bytes, fd: int, offset: int, length:
         sock.setblocking(False)
 
 
+def _send_blocking(sock: socket.socket, data: bytes, timeout: float) -> None:
+    sock.settimeout(timeout)
+    try:
+        sock.sendall(data)
+    finally:
+        sock.setblocking(False)
+
+
 class VortexServer:
     """Serve finished pieces of stored tasks to other peers."""
 
@@ -68,6 +118,7 @@ class VortexServer:
         executor: Executor,
         timeout: float,
         on_served: Callable[[str, int], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._storage = storage
         self._ip = ip
@@ -76,6 +127,7 @@ class VortexServer:
         self._executor = executor
         self._timeout = timeout
         self._on_served = on_served
+        self._ssl = ssl_context
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
@@ -129,17 +181,26 @@ class VortexServer:
 
     async def _send_error(self, conn: socket.socket, frame_id: int, code: int, message: str) -> None:
         loop = asyncio.get_running_loop()
+        frame = native.encode_error(code, message, frame_id)
         with contextlib.suppress(OSError):
-            await asyncio.wait_for(loop.sock_sendall(conn, native.encode_error(code, message, frame_id)), 5.0)
+            if isinstance(conn, ssl.SSLSocket):
+                await run_blocking(self._executor, _send_blocking, conn, frame, 5.0)
+            else:
+                await asyncio.wait_for(loop.sock_sendall(conn, frame), 5.0)
 
     async def _handle(self, conn: socket.socket) -> None:
         self.active_connections += 1
         try:
+            if self._ssl is not None:
+                # The handshake (a client certificate of the cluster CA is required) runs off the loop.
+                conn = await run_blocking(self._executor, vortex_tls.wrap_server, conn, self._ssl, _REQUEST_TIMEOUT)
             # Dragonfly's peers send one request per connection and close; ours keep the connection for the next
             # piece, which saves a handshake and a slow start per piece. Both end here on EOF.
             first = True
             while await self._serve_one(conn, _REQUEST_TIMEOUT if first else _IDLE_TIMEOUT):
                 first = False
+        except ssl.SSLError as exc:
+            log.warning("vortex TLS failed", extra={"error": repr(exc)})
         except (OSError, TimeoutError, DragonflyError) as exc:
             log.info("vortex request failed", extra={"error": repr(exc)})
         finally:
@@ -151,7 +212,7 @@ class VortexServer:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(wait):
-                header = await loop.sock_recv(conn, native.HEADER_SIZE)
+                header = await _recv(loop, conn, native.HEADER_SIZE)
         except TimeoutError:
             return False
         if not header:
@@ -188,8 +249,9 @@ class VortexServer:
         wait_tokens = self._bucket.reserve(piece.length)
         if wait_tokens > 0:
             await asyncio.sleep(wait_tokens)
+        send = vortex_tls.send_piece if isinstance(conn, ssl.SSLSocket) else _send_piece
         with self._storage.content_fd(task_id) as fd:
-            await run_blocking(self._executor, _send_piece, conn, frame, fd, piece.offset, piece.length, self._timeout)
+            await run_blocking(self._executor, send, conn, frame, fd, piece.offset, piece.length, self._timeout)
         self._storage.touch(task_id)
         if self._on_served is not None:
             self._on_served(task_id, piece.length)

@@ -3,6 +3,10 @@
 StatPeer reports abnormal-parent marks in its trailing metadata, since common.v2.Peer has no field for them:
 ``dragonfly-bad-parent`` ("true"/"false"), and while true ``dragonfly-bad-parent-reason`` and
 ``dragonfly-bad-parent-remaining`` (seconds of cool-down left).
+
+With mutual TLS every caller is a cluster member, and a caller may announce, register peers for and delete only
+the hosts its certificate owns (``dragonfly.common.identity``; ``docs/security.md``): a host cannot take over
+another's id. The manager role may delete any host, task or peer.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dragonfly_api import scheduler_pb2, scheduler_pb2_grpc
 from google.protobuf import empty_pb2
 from google.protobuf.message import DecodeError
 
+from dragonfly.common.identity import HOST_ROLES, ROLE_SEED_PEER
 from dragonfly.scheduler.service import convert
 from dragonfly.scheduler.service.announce_peer import MAX_ID_LENGTH, PeerStream, StreamError
 
@@ -71,6 +76,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self, request_iterator: AsyncIterator[scheduler_pb2.AnnouncePeerRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[scheduler_pb2.AnnouncePeerResponse]:
         """Run one peer's announce stream until a terminal message, an error or the client's end."""
+        authz = self._ctx.authz
+        identity = await authz.caller(context)
         stream = PeerStream(self._ctx)
         requests = aiter(request_iterator)
         try:
@@ -82,6 +89,15 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 except DecodeError as exc:
                     stream.close()
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot decode AnnouncePeerRequest: {exc}")
+                # Malformed ids (empty, too long) get the stream's INVALID_ARGUMENT rather than a refusal.
+                host_id = request.host_id
+                if identity is not None and 0 < len(host_id) <= MAX_ID_LENGTH and not identity.owns_host_id(host_id):
+                    stream.close()
+                    await authz.deny(
+                        context,
+                        identity,
+                        f"AnnouncePeer for host {host_id!r}: the certificate does not own it",
+                    )
                 try:
                     response = await stream.handle(request)
                 except StreamError as exc:
@@ -111,6 +127,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
 
     async def StatPeer(self, request: scheduler_pb2.StatPeerRequest, context: grpc.aio.ServicerContext) -> Any:
         """Return the peer with its finished pieces; bad-parent marks go in trailing metadata."""
+        await self._ctx.authz.caller(context)
         error = _check_ids(peer_id=request.peer_id)
         if error:
             return await _abort(context, *error)
@@ -135,6 +152,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         peer = self._peer(request.peer_id)
         if peer is None:
             return await _abort(context, grpc.StatusCode.NOT_FOUND, f"peer {request.peer_id} not found")
+        await self._ctx.authz.require_host(context, peer.host.id, "DeletePeer")
         self._ctx.resource.delete_peer(peer, time.monotonic())
         log.info("peer deleted", extra={"task_id": peer.task.id, "peer_id": peer.id})
         return empty_pb2.Empty()
@@ -144,6 +162,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
 
     async def StatTask(self, request: scheduler_pb2.StatTaskRequest, context: grpc.aio.ServicerContext) -> Any:
         """Return the task with its stored back-to-source pieces."""
+        await self._ctx.authz.caller(context)
         error = _check_ids(task_id=request.task_id)
         if error:
             return await _abort(context, *error)
@@ -157,6 +176,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         error = _check_ids(host_id=request.host_id, task_id=request.task_id)
         if error:
             return await _abort(context, *error)
+        await self._ctx.authz.require_host(context, request.host_id, "DeleteTask")
         task = self._task(request.task_id)
         if task is None:
             return await _abort(context, grpc.StatusCode.NOT_FOUND, f"task {request.task_id} not found")
@@ -178,12 +198,34 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             return await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"host.port {host.port} is not a TCP port")
         if host.type > 3:
             return await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"host.type {host.type} is unknown")
+        await self._authorize_host(host, context)
         interval = convert.seconds(request.interval) if request.HasField("interval") else 0.0
         self._ctx.resource.announce_host(host, interval, time.monotonic())
         return empty_pb2.Empty()
 
+    async def _authorize_host(self, host: Any, context: grpc.aio.ServicerContext) -> None:
+        """Refuse an AnnounceHost whose id, name, IP or type the caller's certificate does not vouch for."""
+        authz = self._ctx.authz
+        identity = await authz.caller(context)
+        if identity is None:
+            return
+        problems = []
+        if not identity.has_role(*HOST_ROLES):
+            problems.append("the certificate has neither the peer nor the seed-peer role")
+        if host.type != 0 and not identity.has_role(ROLE_SEED_PEER):
+            problems.append(f"host.type {host.type} (a seed peer) needs the seed-peer role")
+        if not identity.owns_host_id(host.id):
+            problems.append(f"the certificate does not own host id {host.id[:256]!r}")
+        if not identity.owns_name(host.hostname):
+            problems.append(f"host.hostname {host.hostname[:256]!r} is not among its names")
+        if not identity.owns_ip(host.ip):
+            problems.append(f"host.ip {host.ip[:64]!r} is not among its IPs")
+        if problems:
+            await authz.deny(context, identity, f"AnnounceHost refused: {'; '.join(problems)}")
+
     async def ListHosts(self, request: scheduler_pb2.ListHostsRequest, context: grpc.aio.ServicerContext) -> Any:
         """Return every host, or those of one type."""
+        await self._ctx.authz.caller(context)
         hosts: list[Host] = list(self._ctx.resource.hosts.values())
         if request.HasField("type"):
             hosts = [host for host in hosts if host.message.type == request.type]
@@ -194,6 +236,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         error = _check_ids(host_id=request.host_id)
         if error:
             return await _abort(context, *error)
+        await self._ctx.authz.require_host(context, request.host_id, "DeleteHost")
         host = self._ctx.resource.hosts.get(request.host_id)
         if host is None:
             return await _abort(context, grpc.StatusCode.NOT_FOUND, f"host {request.host_id} not found")

@@ -15,7 +15,8 @@ from daemon_client import download
 from dragonfly_api import scheduler_pb2, scheduler_pb2_grpc
 
 from dragonfly.cli.cluster import LocalCluster, OriginProcess, free_ports, run_dfget
-from dragonfly.common import native
+from dragonfly.common import native, tls
+from dragonfly.common.identity import ROLE_PEER
 from dragonfly.daemon.download.vortex_client import fetch_piece
 
 SIZE = 48 * 1024 * 1024
@@ -39,7 +40,7 @@ def shared(origin: OriginProcess) -> bytes:
 
 
 def scheduler_host_ids(cluster: LocalCluster) -> set[str]:
-    with grpc.insecure_channel(cluster.scheduler_addr) as channel:
+    with tls.sync_channel(cluster.scheduler_addr, cluster.client_files()) as channel:
         response = scheduler_pb2_grpc.SchedulerStub(channel).ListHosts(scheduler_pb2.ListHostsRequest(), timeout=5)
     return {host.id for host in response.hosts}
 
@@ -124,8 +125,9 @@ def test_a_restarted_daemon_still_serves_a_finished_task(
     assert sha256(tmp_path / "out-1-again") == expected
     assert origin.bytes_served() == sent_before
 
-    # Its Vortex server serves the stored pieces to others, verified by CRC.
+    # Its Vortex server serves the stored pieces to others (cluster members), verified by CRC.
     host, port = cluster.process("peer-1").listening["vortex"].rsplit(":", 1)
+    files = cluster.client_files("vortex-client", roles=(ROLE_PEER,))
     target = tmp_path / "vortex-piece"
     fd = os.open(target, os.O_RDWR | os.O_CREAT)
     try:
@@ -139,6 +141,7 @@ def test_a_restarted_daemon_still_serves_a_finished_task(
             buffer=bytearray(512 * 1024),
             connect_timeout=2.0,
             timeout=10.0,
+            ssl_context=tls.client_ssl_context(files) if files else None,
         )
     finally:
         os.close(fd)

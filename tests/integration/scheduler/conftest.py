@@ -1,5 +1,10 @@
 """A real scheduler process (a LocalCluster without daemons), protocol clients built from the stubs, and a
-stand-in seed endpoint."""
+stand-in seed endpoint.
+
+The scheduler runs with mutual TLS, as every launcher cluster does: each announced test host talks on a channel of
+its own with a certificate that owns its host id, and ``SchedulerClient.stub`` is an operator's (manager role)
+certificate for reads and deletions. The stand-in seed endpoint serves TLS with a seed certificate of the same CA.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler
 from google.protobuf import duration_pb2
 
 from dragonfly.cli.cluster import SCHEDULER, LocalCluster, deep_merge
+from dragonfly.common import pki, tls
+from dragonfly.common.identity import ROLE_PEER, ROLE_SEED_PEER
 
 WAIT = 5.0
 
@@ -146,7 +153,8 @@ class SeedEndpoint(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
     """Stands in for a seed daemon's DfdaemonUpload server: this test is about the scheduler's decisions, so the
     endpoint only records DownloadTask calls and ends each one as the test says (succeed or fail)."""
 
-    def __init__(self) -> None:
+    def __init__(self, files: tls.TLSFiles) -> None:
+        self.files = files
         self.calls: list[dfdaemon_pb2.DownloadTaskRequest] = []
         self.called = asyncio.Event()
         self.release = asyncio.Event()
@@ -170,7 +178,7 @@ class SeedEndpoint(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
     async def start(self) -> None:
         self._server = grpc.aio.server()
         dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(self, self._server)
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self.port = tls.add_port(self._server, "127.0.0.1:0", self.files)
         await self._server.start()
 
     async def stop(self) -> None:
@@ -183,9 +191,29 @@ class SchedulerClient:
     """A channel to the scheduler of a LocalCluster, plus its process figures and metrics."""
 
     def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
         self.process = cluster.process(SCHEDULER)
-        self.channel = grpc.aio.insecure_channel(cluster.scheduler_addr)
+        self.channel = tls.aio_channel(cluster.scheduler_addr, cluster.client_files())
         self.stub = scheduler_pb2_grpc.SchedulerStub(self.channel)
+        self._host_channels: dict[tuple[str, str, bool], grpc.aio.Channel] = {}
+
+    def host_stub(self, host: common_pb2.Host) -> scheduler_pb2_grpc.SchedulerStub:
+        """Return a stub on a channel whose certificate owns ``host``'s id (one channel per host)."""
+        key = (host.hostname, host.ip, host.type != 0)
+        channel = self._host_channels.get(key)
+        if channel is None:
+            files = self.cluster.issue_cert(
+                f"host-{host.hostname}-{host.ip}-{int(key[2])}",
+                roles=(ROLE_SEED_PEER,) if key[2] else (ROLE_PEER,),
+                hostname=host.hostname,
+                ips=(host.ip,),
+            )
+            channel = self._host_channels[key] = tls.aio_channel(self.cluster.scheduler_addr, files)
+        return scheduler_pb2_grpc.SchedulerStub(channel)
+
+    async def close(self) -> None:
+        for channel in [self.channel, *self._host_channels.values()]:
+            await channel.close()
 
     def rss(self) -> int:
         """Return the scheduler's resident set size in bytes."""
@@ -209,11 +237,11 @@ class SchedulerClient:
         request = scheduler_pb2.AnnounceHostRequest(host=host)
         if interval is not None:
             request.interval.CopyFrom(cost(interval))
-        await self.stub.AnnounceHost(request, timeout=WAIT)
+        await self.host_stub(host).AnnounceHost(request, timeout=WAIT)
         return host
 
     def peer(self, host: common_pb2.Host, task_id: str = "a" * 64) -> PeerClient:
-        return PeerClient(self.stub, host, task_id)
+        return PeerClient(self.host_stub(host), host, task_id)
 
     async def wait_pieces(self, peer: PeerClient, count: int) -> common_pb2.Peer:
         """Return StatPeer once the scheduler has processed ``count`` piece reports of ``peer``.
@@ -229,7 +257,13 @@ class SchedulerClient:
 
 
 @pytest.fixture
-async def start_scheduler(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+def authority() -> pki.CertificateAuthority:
+    """The CA of the test's scheduler, made first so the stand-in seed endpoint can serve a certificate of it."""
+    return pki.create_ca("scheduler integration tests")
+
+
+@pytest.fixture
+async def start_scheduler(tmp_path: Path, authority: pki.CertificateAuthority) -> AsyncIterator[Callable[..., Any]]:
     """Start a scheduler with ``base_config(**scheduler_keys)`` (plus ``extra`` top-level sections)."""
     started: list[tuple[LocalCluster, SchedulerClient]] = []
 
@@ -241,6 +275,7 @@ async def start_scheduler(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
             scheduler_config=deep_merge(base_config(**scheduler_keys), extra or {}),
             start_timeout=20.0,
             stop_timeout=15.0,
+            ca=authority,
         )
         await asyncio.to_thread(cluster.start)
         client = SchedulerClient(cluster)
@@ -249,15 +284,19 @@ async def start_scheduler(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
 
     yield start
     for cluster, client in started:
-        await client.channel.close()
+        await client.close()
         status = await asyncio.to_thread(cluster.terminate, SCHEDULER)
         cluster.stop()
         assert status == 0, cluster.log_path(SCHEDULER).read_text()
 
 
 @pytest.fixture
-async def seed_endpoint() -> AsyncIterator[SeedEndpoint]:
-    endpoint = SeedEndpoint()
+async def seed_endpoint(tmp_path: Path, authority: pki.CertificateAuthority) -> AsyncIterator[SeedEndpoint]:
+    ca_cert, _ = authority.write(tmp_path / "seed-endpoint")
+    cert, key = pki.issue(authority, "seed-1", ips=["127.0.0.1"], roles=["seed-peer"]).write(
+        tmp_path / "seed-endpoint", "seed-1"
+    )
+    endpoint = SeedEndpoint(tls.TLSFiles(ca_cert=str(ca_cert), cert=str(cert), key=str(key)))
     await endpoint.start()
     yield endpoint
     await endpoint.stop()

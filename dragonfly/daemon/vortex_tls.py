@@ -1,0 +1,102 @@
+"""Piece bytes over a TLS connection: the Vortex data path when mutual TLS is on (``docs/security.md#vortex-over-tls``).
+
+Plaintext Vortex sends a piece with ``sendfile(2)`` and receives it with a native socket-to-file loop; neither can
+see TLS records. Kernel TLS would let both keep working after a userspace handshake, but the kernels we run on are
+built without it (``CONFIG_TLS`` unset: ``setsockopt(TCP_ULP, "tls")`` fails with ENOENT), and Python's ``ssl``
+cannot hand session keys to the kernel anyway. So with TLS the bytes go through OpenSSL in user space:
+
+- sending: native ``read_piece`` (pread, GIL released) into a per-thread chunk buffer, then ``SSLSocket.sendall``
+  (OpenSSL encrypts with the GIL released);
+- receiving: ``SSLSocket.recv_into`` the caller's pooled buffer, native CRC-32 of the chunk, ``os.pwrite`` to the
+  content file (both GIL released).
+
+No Python ``bytes`` object per chunk and no copy beyond the one into the TLS library; both functions block and run
+on executor threads. The cost against sendfile is measured by ``bench pair`` / ``bench swarm`` (see
+``bench/RESULTS.md``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import threading
+
+from dragonfly.common import native
+from dragonfly.common.errors import ShortRead
+
+#: Bytes per pread + TLS write when sending; TLS records are 16 KiB, so this is 32 records per system call batch.
+SEND_CHUNK = 512 * 1024
+_buffers = threading.local()
+
+
+def _send_buffer() -> memoryview:
+    view: memoryview | None = getattr(_buffers, "send", None)
+    if view is None:
+        view = _buffers.send = memoryview(bytearray(SEND_CHUNK))
+    return view
+
+
+def send_piece(sock: ssl.SSLSocket, frame: bytes, fd: int, offset: int, length: int, timeout: float) -> None:
+    """Write the metadata frame then ``length`` bytes of ``fd`` at ``offset`` (blocking; an executor thread).
+
+    The socket goes back to non-blocking mode afterwards, for the event loop that reads the next request.
+    """
+    sock.settimeout(timeout)
+    try:
+        sock.sendall(frame)
+        view = _send_buffer()
+        sent = 0
+        while sent < length:
+            chunk = view[: min(len(view), length - sent)]
+            count = native.read_piece(fd, offset + sent, chunk)
+            if count == 0:
+                raise EOFError(f"content file ends {length - sent} bytes before the end of the piece")
+            sock.sendall(chunk[:count])
+            sent += count
+    finally:
+        sock.setblocking(False)
+
+
+def recv_piece(sock: ssl.SSLSocket, fd: int, offset: int, length: int, buffer: bytearray) -> int:
+    """Receive exactly ``length`` bytes into ``fd`` at ``offset`` through ``buffer``; return their CRC-32.
+
+    The socket's timeout bounds each read; a peer that closes early raises ``ShortRead``.
+    """
+    view = memoryview(buffer)
+    if not len(view):
+        raise ValueError("buffer must not be empty")
+    crc = 0
+    done = 0
+    while done < length:
+        want = min(len(view), length - done)
+        got = 0
+        while got < want:
+            count = sock.recv_into(view[got:want])
+            if count == 0:
+                raise ShortRead(length, done + got)
+            got += count
+        chunk = view[:got]
+        crc = native.crc32(chunk, crc)
+        written = 0
+        while written < got:
+            written += os.pwrite(fd, chunk[written:], offset + done + written)
+        done += got
+    return crc
+
+
+def wrap_client(sock: socket.socket, context: ssl.SSLContext, server_ip: str) -> ssl.SSLSocket:
+    """Handshake as a client on a connected blocking socket, checking that the parent's certificate is for its IP."""
+    try:
+        return context.wrap_socket(sock, server_hostname=server_ip)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def wrap_server(sock: socket.socket, context: ssl.SSLContext, timeout: float) -> ssl.SSLSocket:
+    """Handshake as the server (blocking, bounded by ``timeout``); the result is left non-blocking for the loop."""
+    sock.settimeout(timeout)
+    tls = context.wrap_socket(sock, server_side=True)
+    tls.setblocking(False)
+    return tls
