@@ -17,6 +17,7 @@ on executor threads. The cost against sendfile is measured by ``bench pair`` / `
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import ssl
@@ -94,9 +95,46 @@ def wrap_client(sock: socket.socket, context: ssl.SSLContext, server_ip: str) ->
         raise
 
 
-def wrap_server(sock: socket.socket, context: ssl.SSLContext, timeout: float) -> ssl.SSLSocket:
-    """Handshake as the server (blocking, bounded by ``timeout``); the result is left non-blocking for the loop."""
-    sock.settimeout(timeout)
-    tls = context.wrap_socket(sock, server_side=True)
-    tls.setblocking(False)
-    return tls
+async def wait_ready(loop: asyncio.AbstractEventLoop, sock: socket.socket, *, write: bool = False) -> None:
+    """Wait on the loop until ``sock`` is readable (or writable)."""
+    ready = loop.create_future()
+    fd = sock.fileno()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    if write:
+        loop.add_writer(fd, wake)
+    else:
+        loop.add_reader(fd, wake)
+    try:
+        await ready
+    finally:
+        if write:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
+
+
+async def accept(sock: socket.socket, context: ssl.SSLContext) -> ssl.SSLSocket:
+    """Handshake as the server on the event loop (non-blocking); the caller bounds it with ``asyncio.timeout``.
+
+    On the loop rather than an executor thread: a client that opens connections and never finishes its handshake
+    then costs a file descriptor each, not an upload thread each.
+    """
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+    try:
+        while True:
+            try:
+                tls.do_handshake()
+                return tls
+            except ssl.SSLWantReadError:
+                await wait_ready(loop, tls)
+            except ssl.SSLWantWriteError:
+                await wait_ready(loop, tls, write=True)
+    except BaseException:
+        tls.close()
+        raise

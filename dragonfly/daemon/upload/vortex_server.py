@@ -5,9 +5,9 @@ exist in storage), charge the upload token bucket, then hand the raw socket to a
 metadata frame and ``sendfile``s the piece range in native code. A connection may carry several requests. uvloop has no
 ``sendfile``, so the loop's own transports are never used for piece bytes.
 
-With mutual TLS (the default) each connection first completes a TLS handshake on an executor thread (the client
-must present a certificate of the cluster CA), requests are read from the non-blocking ``SSLSocket`` on the loop,
-and pieces are sent through OpenSSL by ``dragonfly.daemon.vortex_tls`` instead of ``sendfile``.
+With mutual TLS (the default) each connection first completes a TLS handshake on the loop (the client must
+present a certificate of the cluster CA), requests are read from the non-blocking ``SSLSocket`` on the loop, and
+pieces are sent through OpenSSL by ``dragonfly.daemon.vortex_tls`` instead of ``sendfile``.
 """
 
 from __future__ import annotations
@@ -40,27 +40,6 @@ _REQUEST_TIMEOUT = 30.0
 _IDLE_TIMEOUT = 60.0
 
 
-async def _wait_ready(loop: asyncio.AbstractEventLoop, sock: socket.socket, *, write: bool = False) -> None:
-    ready = loop.create_future()
-    fd = sock.fileno()
-
-    def wake() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    if write:
-        loop.add_writer(fd, wake)
-    else:
-        loop.add_reader(fd, wake)
-    try:
-        await ready
-    finally:
-        if write:
-            loop.remove_writer(fd)
-        else:
-            loop.remove_reader(fd)
-
-
 async def _recv(loop: asyncio.AbstractEventLoop, sock: socket.socket, count: int) -> bytes:
     """Receive up to ``count`` bytes from a non-blocking plain or TLS socket, waiting on the loop."""
     if not isinstance(sock, ssl.SSLSocket):
@@ -69,9 +48,9 @@ async def _recv(loop: asyncio.AbstractEventLoop, sock: socket.socket, count: int
         try:
             return sock.recv(count)
         except ssl.SSLWantReadError:
-            await _wait_ready(loop, sock)
+            await vortex_tls.wait_ready(loop, sock)
         except ssl.SSLWantWriteError:
-            await _wait_ready(loop, sock, write=True)
+            await vortex_tls.wait_ready(loop, sock, write=True)
         except ssl.SSLZeroReturnError:
             return b""
 
@@ -192,8 +171,9 @@ class VortexServer:
         self.active_connections += 1
         try:
             if self._ssl is not None:
-                # The handshake (a client certificate of the cluster CA is required) runs off the loop.
-                conn = await run_blocking(self._executor, vortex_tls.wrap_server, conn, self._ssl, _REQUEST_TIMEOUT)
+                # A client certificate of the cluster CA is required.
+                async with asyncio.timeout(_REQUEST_TIMEOUT):
+                    conn = await vortex_tls.accept(conn, self._ssl)
             # Dragonfly's peers send one request per connection and close; ours keep the connection for the next
             # piece, which saves a handshake and a slow start per piece. Both end here on EOF.
             first = True

@@ -1,10 +1,16 @@
-"""Vortex piece server and client over real TCP on 127.0.0.1: bytes, digests, errors, rate limit."""
+"""Vortex piece server and client over real TCP on 127.0.0.1: bytes, digests, errors, rate limit.
+
+Every test runs twice: over mutual TLS (the default; bytes through OpenSSL) and in plaintext (sendfile and the
+native socket-to-file receive), which must behave the same.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
+import ssl
 import struct
 import time
 import zlib
@@ -14,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from dragonfly.common import native
+from dragonfly.common import native, pki, tls
 from dragonfly.common.digest import format_piece_digest
 from dragonfly.common.errors import VortexRemoteError
 from dragonfly.daemon.blocking import run_blocking
@@ -28,15 +34,46 @@ DATA = os.urandom(PIECE + 1000)
 
 
 class Peer:
-    def __init__(self, storage: Storage, server: VortexServer, executor: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        server: VortexServer,
+        executor: ThreadPoolExecutor,
+        client_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.storage = storage
         self.server = server
         self.executor = executor
         self.served: list[tuple[str, int]] = []
+        # What a child uses to talk to this parent (None: plaintext).
+        self.client_context = client_context
+
+    def connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.server.port), timeout=5)
+        if self.client_context is None:
+            return sock
+        return self.client_context.wrap_socket(sock, server_hostname="127.0.0.1")
 
 
-@pytest.fixture
-async def parent(tmp_path: Path) -> AsyncIterator[Peer]:
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> tuple[tls.TLSFiles, tls.TLSFiles]:
+    """(parent, child) files of one CA; the parent's certificate is for 127.0.0.1."""
+    directory = tmp_path_factory.mktemp("pki")
+    ca = pki.create_ca("vortex tests")
+    ca_cert, _ = ca.write(directory)
+    files = []
+    for name in ("parent", "child"):
+        cert, key = pki.issue(ca, name, ips=["127.0.0.1"], roles=["peer"]).write(directory, name)
+        files.append(tls.TLSFiles(ca_cert=str(ca_cert), cert=str(cert), key=str(key)))
+    return files[0], files[1]
+
+
+@pytest.fixture(params=["tls", "plaintext"])
+async def parent(
+    request: pytest.FixtureRequest, tmp_path: Path, certificates: tuple[tls.TLSFiles, tls.TLSFiles]
+) -> AsyncIterator[Peer]:
+    secure = request.param == "tls"
+    parent_files, child_files = certificates
     storage = Storage(str(tmp_path / "parent"), keep=True)
     storage.open()
     storage.prepare_task(TASK, url="http://o/f", piece_length=PIECE, content_length=len(DATA), response_header={})
@@ -53,9 +90,10 @@ async def parent(tmp_path: Path) -> AsyncIterator[Peer]:
             executor=executor,
             timeout=5.0,
             on_served=lambda task_id, n: served.append((task_id, n)),
+            ssl_context=tls.server_ssl_context(parent_files) if secure else None,
         )
         await server.start()
-        peer = Peer(storage, server, executor)
+        peer = Peer(storage, server, executor, tls.client_ssl_context(child_files) if secure else None)
         peer.served = served
         yield peer
         await server.stop()
@@ -81,6 +119,7 @@ async def fetch(
                 connect_timeout=2.0,
                 timeout=5.0,
                 pool=pool,
+                ssl_context=parent.client_context,
             ),
         )
     finally:
@@ -113,13 +152,20 @@ async def test_a_corrupted_piece_shows_in_the_crc(parent: Peer, tmp_path: Path) 
 async def test_a_bad_task_id_or_frame_is_refused(parent: Peer) -> None:
     loop = asyncio.get_running_loop()
 
+    def recv_exactly(sock: socket.socket, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            assert chunk, "connection closed early"
+            data += chunk
+        return data
+
     def raw(request: bytes) -> tuple[int, str]:
-        with socket.create_connection(("127.0.0.1", parent.server.port), timeout=5) as sock:
+        with parent.connect() as sock:
             sock.sendall(request)
-            header = sock.recv(native.HEADER_SIZE, socket.MSG_WAITALL)
-            _frame, tag, length = native.decode_header(header)
+            _frame, tag, length = native.decode_header(recv_exactly(sock, native.HEADER_SIZE))
             assert tag == native.TAG_ERROR
-            return native.decode_error(sock.recv(length, socket.MSG_WAITALL))
+            return native.decode_error(recv_exactly(sock, length))
 
     bad_id = struct.pack(">BBI", 0, native.TAG_DOWNLOAD_PIECE, 68) + b"../" + b"a" * 61 + struct.pack(">I", 0)
     code, message = await loop.run_in_executor(None, raw, bad_id)
@@ -138,7 +184,7 @@ async def test_uploads_are_charged_to_the_upload_bucket(parent: Peer, tmp_path: 
 
 
 async def test_connections_are_reused_and_stale_ones_replaced(parent: Peer, tmp_path: Path) -> None:
-    pool = ConnectionPool()
+    pool = ConnectionPool(ssl_context=parent.client_context)
     addr = ("127.0.0.1", parent.server.port)
     for _ in range(3):
         _fetched, data = await fetch(parent, tmp_path, 0, 0, PIECE, pool)
@@ -155,3 +201,40 @@ async def test_connections_are_reused_and_stale_ones_replaced(parent: Peer, tmp_
     assert data == DATA[:PIECE]
     assert stale.fileno() == -1
     pool.close()
+
+
+@pytest.mark.parametrize("parent", ["tls"], indirect=True)
+async def test_a_client_without_a_cluster_certificate_gets_no_bytes(parent: Peer, tmp_path: Path) -> None:
+    request = native.encode_download_piece(TASK, 0)
+
+    def exchange(context: ssl.SSLContext | None) -> bytes:
+        received = b""
+        raw = socket.create_connection(("127.0.0.1", parent.server.port), timeout=5)
+        sock = context.wrap_socket(raw, server_hostname="127.0.0.1") if context else raw
+        with sock, contextlib.suppress(ssl.SSLError, ConnectionResetError, BrokenPipeError):
+            sock.sendall(request)
+            while chunk := sock.recv(65536):
+                received += chunk
+        return received
+
+    anonymous = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    assert parent.client_context is not None
+    anonymous.load_verify_locations(cadata=parent.client_context.get_ca_certs(binary_form=True)[0])
+    loop = asyncio.get_running_loop()
+    assert await loop.run_in_executor(None, exchange, anonymous) == b""
+    assert len(await loop.run_in_executor(None, exchange, None)) < 100  # a TLS alert at most, never piece bytes
+    assert parent.served == []
+    _fetched, data = await fetch(parent, tmp_path, 0, 0, PIECE)  # members are still served
+    assert data == DATA[:PIECE]
+
+
+@pytest.mark.parametrize("parent", ["tls"], indirect=True)
+async def test_connections_that_never_handshake_do_not_hold_upload_threads(parent: Peer, tmp_path: Path) -> None:
+    # More silent connections than the server has executor threads (4): the handshake waits on the event loop.
+    silent = [socket.create_connection(("127.0.0.1", parent.server.port)) for _ in range(8)]
+    try:
+        _fetched, data = await asyncio.wait_for(fetch(parent, tmp_path, 0, 0, PIECE), 10)
+        assert data == DATA[:PIECE]
+    finally:
+        for sock in silent:
+            sock.close()
