@@ -20,7 +20,7 @@ import shutil
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -372,7 +372,7 @@ class TaskManager:
 
     async def download(
         self, download: common_pb2.Download, *, from_scheduler: bool = False
-    ) -> AsyncIterator[TaskStarted | PieceDone]:
+    ) -> AsyncGenerator[TaskStarted | PieceDone, None]:
         """Download a task, yielding the started event then one event per piece; write the output at the end.
 
         With a range (``Download.range`` or a ``Range`` request header) only the pieces covering it are fetched
@@ -449,8 +449,10 @@ class TaskManager:
                 raise
         yield TaskStarted(task_id, td.peer_id, task.content_length, task.piece_length, task.response_header, byte_range)
         # Pieces stored before this download began (a resumed task) are local; the rest keep their source.
+        left = len(wanted) if wanted is not None else -1
         for number in sorted(set(task.pieces) - set(td.order)):
             if wanted is None or number in wanted:
+                left -= 1
                 yield PieceDone(task.pieces[number], LOCAL_PEER)
         seen = 0
         while True:
@@ -458,11 +460,15 @@ class TaskManager:
                 number = td.order[seen]
                 seen += 1
                 if wanted is None or number in wanted:
+                    left -= 1
                     yield PieceDone(task.pieces[number], task.pieces[number].traffic_type)
+            if left == 0:
+                # A range is complete once its pieces are here, whatever the rest of the download does.
+                return
             if td.done.is_set():
                 break
-            left = remaining()
-            await self._storage.wait_for_change(task_id, 1.0 if left is None else min(left, 1.0))
+            wait = remaining()
+            await self._storage.wait_for_change(task_id, 1.0 if wait is None else min(wait, 1.0))
         if td.error is not None:
             raise td.error
 
