@@ -66,6 +66,7 @@ def daemon_config(
         "metrics": {"server": {"port": port(4002)}},
         "health": {"server": {"port": port(4003)}},
         "security": security_config(pki_dir, host, ("seed-peer",) if seed else ("peer",)),
+        "proxy": {"server": {"port": port(4001)}},
     }
     if rate:
         config["download"]["bandwidthLimit"] = rate

@@ -467,6 +467,7 @@ class LocalCluster:
             "metrics": {"server": {"ip": "127.0.0.1", "port": 0}},
             "health": {"server": {"ip": "127.0.0.1", "port": 0}},
             "security": self._security(name, (ROLE_SEED_PEER,) if name == SEED_PEER else (ROLE_PEER,)),
+            "proxy": {"server": {"ip": "127.0.0.1", "port": 0}},
         }
         for layer in (self._daemon_config, self._peer_configs.get(name, {}), overrides or {}):
             config = deep_merge(config, layer)

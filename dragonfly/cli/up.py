@@ -164,8 +164,11 @@ def _print_endpoints(cluster: LocalCluster, as_json: bool) -> None:
         f"pki         {cluster.pki_dir} (a throwaway CA: mutual TLS on every port)",
         "",
         f"try: dfget -e {cluster.socket_path(first)} http://example.com/file -O /tmp/file",
-        "Ctrl-C stops the cluster.",
     ]
+    proxy = info["daemons"].get(first, {}).get("listening", {}).get("proxy")
+    if proxy:
+        lines.append(f"     dragonfly init containerd --proxy http://{proxy}   (pull images through {first}'s proxy)")
+    lines.append("Ctrl-C stops the cluster.")
     print("\n".join(lines), flush=True)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from dragonfly.common.config import Duration, Rate, Size, load_config
 from dragonfly.common.tls import SecurityConfig, TLSFiles, TLSFilesConfig
+from dragonfly.daemon.proxy.config import ProxyConfig
 
 #: Host.type values announced to the scheduler (Dragonfly's HostType enum).
 SEED_PEER_TYPES = {"normal": 0, "super": 1, "strong": 2, "weak": 3}
@@ -254,6 +255,7 @@ class DfdaemonConfig:
             scheduler=security.files(self.scheduler, "scheduler"),
             storage_server=security.files(self.storage.server, "storage.server"),
         )
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
 
     @property
     def host_type(self) -> int:

@@ -67,6 +67,8 @@ class HostInfo:
         self.host_id = host_id
         self.ip = ip
         self._upload_port = upload_port
+        #: The proxy's port, announced to the scheduler once the proxy listens (0: no proxy).
+        self.proxy_port = 0
         self._upload = upload_traffic
         self._download = download_traffic
         self._process = psutil.Process()
@@ -139,5 +141,6 @@ class HostInfo:
             ),
             build=common_pb2.Build(git_version=__version__, platform=uname.machine),
             disable_shared=self._config.upload.disable_shared,
+            proxy_port=self.proxy_port,
             name=self._config.host.hostname,
         )

@@ -34,6 +34,7 @@ from dragonfly.daemon.download.scheduler_client import SchedulerClient
 from dragonfly.daemon.download.task_manager import TaskManager
 from dragonfly.daemon.host_info import HostInfo, TrafficMeter, detect_ip
 from dragonfly.daemon.metrics import DaemonMetrics, health_app
+from dragonfly.daemon.proxy.server import ProxyServer
 from dragonfly.daemon.storage import Storage
 from dragonfly.daemon.storage.gc import GarbageCollector
 from dragonfly.daemon.upload.grpc_server import DfdaemonUploadService
@@ -87,6 +88,7 @@ class Dfdaemon:
         self.scheduler: SchedulerClient | None = None
         self.tasks: TaskManager | None = None
         self.vortex: VortexServer | None = None
+        self.proxy: ProxyServer | None = None
         self.host_info: HostInfo | None = None
         self.addresses: dict[str, str] = {}
         self._upload_server: grpc.aio.Server | None = None
@@ -182,6 +184,17 @@ class Dfdaemon:
         )
 
         await self._start_http("metrics", self.metrics.app(), config.metrics.server.ip, config.metrics.server.port)
+        if config.proxy.enable:
+            self.proxy = ProxyServer(
+                config.proxy,
+                tasks=self.tasks,
+                storage=self.storage,
+                executor=self._download_executor,
+                read_timeout=config.download.piece_timeout,
+            )
+            await self.proxy.start()
+            self.host_info.proxy_port = self.proxy.port
+            self._listening("proxy", _host_port(config.proxy.server.ip, self.proxy.port))
         await self._start_http("health", health_app(), config.health.server.ip, config.health.server.port)
 
         upload_service = DfdaemonUploadService(
@@ -256,6 +269,8 @@ class Dfdaemon:
         """Stop taking requests, finish in-flight pieces, tell the schedulers this host leaves, close."""
         if self._download_server is not None:
             await self._download_server.stop(grace=1.0)
+        if self.proxy is not None:
+            await self.proxy.stop()
         if self.tasks is not None:
             await self.tasks.shutdown(grace)
         if self.vortex is not None:

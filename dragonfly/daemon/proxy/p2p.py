@@ -1,0 +1,155 @@
+"""Answer a proxied GET from the swarm: the task manager downloads, the response streams pieces in order.
+
+The download runs in-process (no gRPC hop). The status line and headers go out when the first piece the answer
+needs is stored, so a failure before that still gets a proper error status; after that, pieces are sent strictly in
+order as they arrive (one that arrives early waits for its predecessors), read back from the content file in
+``readBufferSize`` chunks. Headers are the origin's, as stored when the task started, rewritten for a full answer
+(or a 206 with ``Content-Range`` for a ranged request), plus ``X-Dragonfly-Task-ID`` and ``X-Dragonfly-Peer-ID``.
+A failure after the headers aborts the connection: the client sees a short body, never a complete-looking one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+
+from aiohttp import web
+from dragonfly_api import common_pb2
+
+from dragonfly.common.byte_range import ByteRange
+from dragonfly.daemon.blocking import run_blocking
+from dragonfly.daemon.download.task_manager import PieceDone, TaskManager, TaskStarted
+from dragonfly.daemon.errors import BackendError
+from dragonfly.daemon.proxy.errors import download_error_response, error_response
+from dragonfly.daemon.proxy.routing import HOP_BY_HOP
+from dragonfly.daemon.storage import Storage
+
+log = logging.getLogger(__name__)
+
+# Stored origin headers that describe the stat answer (a 1-byte range), not the body this answer carries.
+_STAT_HEADERS = HOP_BY_HOP | {"content-length", "content-range", "date"}
+
+
+class P2PResponder:
+    """Streams task content to proxy clients."""
+
+    def __init__(
+        self,
+        tasks: TaskManager,
+        storage: Storage,
+        executor: Executor,
+        *,
+        read_buffer_size: int,
+        spawn: Callable[[AsyncIterator[object]], None],
+    ) -> None:
+        self._tasks = tasks
+        self._storage = storage
+        self._executor = executor
+        self._read_buffer_size = read_buffer_size
+        self._spawn = spawn
+
+    async def respond(
+        self, request: web.BaseRequest, download: common_pb2.Download, *, prefetch: bool
+    ) -> web.StreamResponse | BackendError:
+        """Download ``download`` through the swarm and stream it as the answer to ``request``.
+
+        An origin that refused the request with a 4xx status is returned as the error itself: the caller passes
+        the origin's own answer to the client untouched (a registry's 401 challenge with its JSON body).
+        """
+        async with contextlib.aclosing(self._tasks.download(download)) as events:
+            try:
+                started = await anext(events)
+            except StopAsyncIteration:
+                return error_response(502, "dfdaemon", f"the download of {download.url} ended before it started")
+            except BackendError as exc:
+                if exc.status_code is not None and 400 <= exc.status_code < 500:
+                    return exc
+                return download_error_response(exc)
+            except Exception as exc:
+                return download_error_response(exc)
+            assert isinstance(started, TaskStarted)
+            if prefetch and started.range is not None:
+                self._prefetch(download)
+            return await self._stream(request, started, events)
+
+    def _prefetch(self, download: common_pb2.Download) -> None:
+        """Fetch the whole object in the background after a ranged request (``proxy.prefetch``)."""
+        whole = common_pb2.Download()
+        whole.CopyFrom(download)
+        whole.ClearField("range")
+        for key in [k for k in whole.request_header if k.lower() == "range"]:
+            del whole.request_header[key]
+        self._spawn(self._tasks.download(whole))
+
+    async def _stream(
+        self, request: web.BaseRequest, started: TaskStarted, events: AsyncIterator[TaskStarted | PieceDone]
+    ) -> web.StreamResponse:
+        byte_range = started.range
+        wanted = byte_range or ByteRange(0, started.content_length)
+        order = list(wanted.pieces(started.piece_length)) if wanted.length else []
+        stored: set[int] = set()
+        response = web.StreamResponse(status=206 if byte_range is not None else 200)
+        for key, value in started.response_header.items():
+            if key.lower() not in _STAT_HEADERS:
+                response.headers.add(key, value)
+        response.headers["Accept-Ranges"] = "bytes"
+        response.headers["X-Dragonfly-Task-ID"] = started.task_id
+        response.headers["X-Dragonfly-Peer-ID"] = started.peer_id
+        if byte_range is not None:
+            response.headers["Content-Range"] = byte_range.content_range(started.content_length)
+        response.content_length = wanted.length
+
+        sent = 0
+        try:
+            while sent < len(order) or not response.prepared:
+                if sent < len(order) and order[sent] in stored:
+                    if not response.prepared:
+                        await response.prepare(request)
+                    await self._send_piece(response, started, order[sent], wanted)
+                    sent += 1
+                    continue
+                if not order:
+                    break
+                try:
+                    event = await anext(events)
+                except StopAsyncIteration:
+                    raise ConnectionError(
+                        f"the download of task {started.task_id} ended without piece {order[sent]}"
+                    ) from None
+                if isinstance(event, PieceDone):
+                    stored.add(event.piece.number)
+            if not response.prepared:
+                await response.prepare(request)
+            # Drain the rest of the events: the download's end (and any late failure) is the requester's too.
+            async for _event in events:
+                pass
+        except Exception as exc:
+            if not response.prepared:
+                return download_error_response(exc)
+            log.warning(
+                "proxy stream aborted",
+                extra={"task_id": started.task_id, "sent_pieces": sent, "error": repr(exc)},
+            )
+            transport = request.transport
+            if transport is not None:
+                transport.abort()
+            return response
+        await response.write_eof()
+        return response
+
+    async def _send_piece(
+        self, response: web.StreamResponse, started: TaskStarted, number: int, wanted: ByteRange
+    ) -> None:
+        offset = max(number * started.piece_length, wanted.start)
+        end = min((number + 1) * started.piece_length, wanted.end)
+        with self._storage.content_fd(started.task_id) as fd:
+            while offset < end:
+                size = min(self._read_buffer_size, end - offset)
+                chunk = await run_blocking(self._executor, os.pread, fd, size, offset)
+                if len(chunk) != size:
+                    raise OSError(f"content file of task {started.task_id} is shorter than its piece {number}")
+                await response.write(chunk)
+                offset += size
