@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "scheduler": ("dragonfly.cli.scheduler", "run the scheduler (--config scheduler.yaml)"),
     "up": ("dragonfly.cli.up", "run a scheduler, a seed peer and N peers on 127.0.0.1 (--demo to try it)"),
     "certs": ("dragonfly.cli.certs", "mint a cluster CA and host certificates for mutual TLS"),
+    "init": ("dragonfly.cli.init", "point containerd, docker, crio or podman at the dfdaemon proxy"),
     "manager": (None, "run the manager (not available yet)"),
 }
 
