@@ -1,6 +1,7 @@
 """`python -m bench <suite> [--json] ...`: run one benchmark suite, or `all [--quick]`.
 
-Suites: swarm, pair, dfget-latency, memory, scheduler (bench/scheduler_load.py), micro (pytest-benchmark files
+Suites: swarm, pair, dfget-latency, memory, scheduler (bench/scheduler_load.py), pull (image pulls through the
+proxy, bench/pull.py), micro (pytest-benchmark files
 in bench/micro), all. Each suite compares against a baseline measured in the same run; exit 0 only if it ran fully.
 """
 
@@ -22,6 +23,7 @@ SUITES: dict[str, str] = {
     "dfget-latency": "bench.dfget_latency",
     "memory": "bench.memory",
     "scheduler": "bench.scheduler_load",
+    "pull": "bench.pull",
 }
 
 #: `all --quick`: small enough for 2 shared cores in under 10 minutes, large enough to show the ratios.
@@ -31,6 +33,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "dfget-latency": ["--repeat", "5"],
     "memory": ["--size", "256MiB", "--tasks", "30"],
     "scheduler": ["--quick"],
+    "pull": [],
     "micro": [],
 }
 

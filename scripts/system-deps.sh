@@ -3,7 +3,8 @@
 # Idempotent; does nothing when everything is present.
 set -euo pipefail
 # systemd: systemd-analyze checks the units in deploy/systemd (it needs no running systemd).
-packages=(curl iproute2 systemd)
+# docker-registry, skopeo, containerd, apache2-utils (htpasswd): the container-image tests and `bench pull`.
+packages=(curl iproute2 systemd docker-registry skopeo containerd apache2-utils)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

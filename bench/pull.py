@@ -1,0 +1,196 @@
+"""`python -m bench pull`: 3 hosts pull the same image at once, straight from the registry vs through their mirrors.
+
+One run, two phases on the same machine, registry and image (an OCI image of ≥ 100 MiB built here and pushed with
+skopeo into Debian's docker-registry, plain HTTP on 127.0.0.1):
+
+- direct: 3 clients pull the image from the registry at the same time;
+- ours: a scheduler, a seed peer and 3 peers (fresh storage); each client pulls through its own peer's registry
+  mirror (`/v2/...` to the peer's proxy) at the same time.
+
+A client is a registry client in this process, as a runtime pulls: the manifest, then the config and the layers,
+3 blobs at a time (containerd's default), each body read to the end and its sha256 checked against its digest.
+Reported per phase: the registry's egress (blob body bytes from its access log) as a multiple of the image size,
+the time to first byte of the largest layer (from sending its GET to its first body byte; median and worst of the
+3 clients) and the total pull time (all 3 clients done). Targets (docs/benchmarks.md#targets): egress ≤ 1.05 ×
+image for ours (direct is 3 ×), first byte of the largest layer ≤ 1.5 × the direct pull's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from dragonfly.cli.cluster import LocalCluster
+from dragonfly.cli.registry import OCI_MANIFEST, Blob, Image, RegistryProcess, build_image, push
+
+MIB = 1024 * 1024
+REPOSITORY = "bench/app"
+CLIENTS = 3
+BLOBS_AT_ONCE = 3
+
+
+def pull(addr: str, image: Image) -> dict[str, float]:
+    """Pull ``image`` from the registry API at ``addr``; return seconds and the largest layer's first byte."""
+    host, _, port = addr.rpartition(":")
+    started = time.perf_counter()
+    conn = http.client.HTTPConnection(host, int(port), timeout=600)
+    conn.request("GET", f"/v2/{REPOSITORY}/manifests/{image.tag}", headers={"Accept": OCI_MANIFEST})
+    response = conn.getresponse()
+    manifest = response.read()
+    conn.close()
+    if response.status != 200 or hashlib.sha256(manifest).hexdigest() != image.manifest.digest[7:]:
+        raise RuntimeError(f"manifest from {addr}: HTTP {response.status}")
+    first_byte: dict[str, float] = {}
+
+    def fetch(blob: Blob) -> None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=600)
+        try:
+            sent = time.perf_counter()
+            conn.request("GET", f"/v2/{REPOSITORY}/blobs/{blob.digest}")
+            response = conn.getresponse()
+            digest = hashlib.sha256()
+            chunk = response.read(64 * 1024)
+            first_byte[blob.digest] = time.perf_counter() - sent
+            while chunk:
+                digest.update(chunk)
+                chunk = response.read(1024 * 1024)
+            if response.status != 200 or "sha256:" + digest.hexdigest() != blob.digest:
+                raise RuntimeError(f"blob {blob.digest} from {addr}: HTTP {response.status} or wrong bytes")
+        finally:
+            conn.close()
+
+    # Largest first, as runtimes start the layers in manifest order and the big one dominates.
+    blobs = sorted((image.config, *image.layers), key=lambda b: -b.size)
+    with ThreadPoolExecutor(BLOBS_AT_ONCE) as pool:
+        list(pool.map(fetch, blobs))
+    return {"seconds": time.perf_counter() - started, "largest_layer_ttfb": first_byte[image.largest_layer.digest]}
+
+
+def pull_all(addrs: list[str], image: Image) -> tuple[list[dict[str, float]], float]:
+    """Pull on every address at once (a barrier starts them together); return the results and the makespan."""
+    barrier = threading.Barrier(len(addrs))
+    results: list[dict[str, float]] = [{} for _ in addrs]
+
+    def one(i: int) -> None:
+        barrier.wait()
+        results[i] = pull(addrs[i], image)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(len(addrs)) as pool:
+        list(pool.map(one, range(len(addrs))))
+    return results, time.perf_counter() - started
+
+
+def egress(registry: RegistryProcess, image: Image, before: int) -> int:
+    digests = {b.digest for b in (image.config, *image.layers)}
+    return sum(sent for digest, sent in registry.blob_bytes().items() if digest in digests) - before
+
+
+def summarize(results: list[dict[str, float]], makespan: float, served: int, image: Image) -> dict[str, Any]:
+    ttfb = [r["largest_layer_ttfb"] for r in results]
+    return {
+        "registry_egress_bytes": served,
+        "egress_ratio": round(served / image.size, 4),
+        "largest_layer_ttfb_median": round(statistics.median(ttfb), 4),
+        "largest_layer_ttfb_max": round(max(ttfb), 4),
+        "total_seconds": round(makespan, 3),
+        "client_seconds": [round(r["seconds"], 3) for r in results],
+    }
+
+
+def run(workdir: Path, layer_sizes: list[int]) -> dict[str, Any]:
+    image = build_image(workdir / "layout", layer_sizes)
+    report: dict[str, Any] = {
+        "image_bytes": image.size,
+        "layers": [layer.size for layer in image.layers],
+        "largest_layer_bytes": image.largest_layer.size,
+        "clients": CLIENTS,
+    }
+    with RegistryProcess(workdir / "registry") as registry:
+        push(image, registry, REPOSITORY)
+        before = egress(registry, image, 0)
+        results, makespan = pull_all([registry.addr] * CLIENTS, image)
+        report["direct"] = summarize(results, makespan, egress(registry, image, before), image)
+
+        config = {"proxy": {"registryMirror": {"addr": registry.url}}}
+        with LocalCluster(workdir / "cluster", peers=CLIENTS, daemon_config=config) as cluster:
+            before = egress(registry, image, 0)
+            addrs = [cluster.process(name).listening["proxy"] for name in cluster.peer_names]
+            results, makespan = pull_all(addrs, image)
+            report["ours"] = summarize(results, makespan, egress(registry, image, before), image)
+    direct, ours = report["direct"], report["ours"]
+    report["ratios"] = {
+        "egress_ours_over_image": ours["egress_ratio"],
+        "ttfb_ours_over_direct": round(ours["largest_layer_ttfb_median"] / direct["largest_layer_ttfb_median"], 3),
+        "total_ours_over_direct": round(ours["total_seconds"] / direct["total_seconds"], 3),
+    }
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    size = report["image_bytes"] / MIB
+    lines = [
+        f"image {size:.1f} MiB ({', '.join(f'{s / MIB:.1f}' for s in report['layers'])} MiB layers), "
+        f"{report['clients']} clients at once",
+        "",
+        f"{'':8}{'registry egress':>22}{'TTFB largest (med/max)':>26}{'total pull':>12}",
+    ]
+    for name in ("direct", "ours"):
+        r = report[name]
+        lines.append(
+            f"{name:8}{r['registry_egress_bytes'] / MIB:>12.1f} MiB ({r['egress_ratio']:.2f}x)"
+            f"{r['largest_layer_ttfb_median']:>16.3f} / {r['largest_layer_ttfb_max']:.3f} s"
+            f"{r['total_seconds']:>10.2f} s"
+        )
+    ratios = report["ratios"]
+    lines += [
+        "",
+        f"ours: registry egress {ratios['egress_ours_over_image']:.2f} x image (target <= 1.05), first byte of the "
+        f"largest layer {ratios['ttfb_ours_over_direct']:.2f} x direct (target <= 1.5), total pull "
+        f"{ratios['total_ours_over_direct']:.2f} x direct",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench pull", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--layers", default="64,32,8,0.001", help="layer sizes in MiB, comma separated (default 64,32,8,0.001)"
+    )
+    parser.add_argument("--workdir", help="keep everything here (default: a temporary directory, removed)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    from dragonfly.common import native
+
+    profiles = native.build_profiles()
+    if any(p != "release" for p in profiles.values()):
+        print(f"bench pull: needs release builds of the native extensions, found {profiles}", file=sys.stderr)
+        return 2
+    for tool in ("docker-registry", "skopeo"):
+        if shutil.which(tool) is None:
+            print(f"bench pull: {tool} is not installed (scripts/system-deps.sh)", file=sys.stderr)
+            return 2
+    sizes = [int(float(s) * MIB) for s in args.layers.split(",")]
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="dfbench-pull-"))
+    try:
+        report = run(workdir, sizes)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,360 @@
+"""Container images through the swarm with real tools: docker-registry, skopeo and containerd (Debian packages).
+
+One module-wide setup: a multi-layer image built here as an OCI layout and pushed with skopeo into a plain-HTTP
+registry; two more registry processes on the same storage (TLS with a CA made here, and htpasswd basic auth); a
+scheduler, a seed peer and 3 peers whose proxies mirror the plain registry and intercept the TLS one. The registry
+counts the blob bytes it sends (its access log), so "each blob left the registry once" is measured, not assumed.
+
+The image is 29 MiB (layers of 20 MiB, 9 MiB and 1000 bytes) to keep the suite fast; `python -m bench pull` uses a
+100+ MiB one. Blobs of at most 4 MiB (the config, the small layer) go straight to the registry from every daemon,
+as in Dragonfly, so only the larger layers are counted as "once".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from dragonfly_api import dfdaemon_pb2, dfdaemon_pb2_grpc
+from tls_helpers import MadeCA, issuer_of, make_ca, make_server_cert
+
+from dragonfly.cli.cluster import LocalCluster, free_ports
+from dragonfly.cli.registry import OCI_MANIFEST, Image, RegistryProcess, build_image, push
+
+pytestmark = pytest.mark.skipif(
+    not all(shutil.which(tool) for tool in ("docker-registry", "skopeo", "containerd", "ctr", "htpasswd")),
+    reason="needs docker-registry, skopeo, containerd and apache2-utils (scripts/system-deps.sh installs them)",
+)
+
+MIB = 1024 * 1024
+REPOSITORY = "test/app"
+SMALL = 4 * MIB  # blobs up to this size are fetched from the origin by every daemon (Dragonfly's rule)
+STATS = 16  # every daemon's stat of a blob reads one byte
+
+
+@pytest.fixture(scope="module")
+def cas(module_dir: Path) -> dict[str, MadeCA]:
+    return {name: make_ca(module_dir / "ca", name) for name in ("registry-ca", "proxy-ca")}
+
+
+@pytest.fixture(scope="module")
+def image(module_dir: Path) -> Image:
+    return build_image(module_dir / "layout", [20 * MIB, 9 * MIB, 1000])
+
+
+@pytest.fixture(scope="module")
+def registry(module_dir: Path, image: Image) -> Iterator[RegistryProcess]:
+    with RegistryProcess(module_dir / "registry") as server:
+        push(image, server, REPOSITORY)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def tls_registry(module_dir: Path, registry: RegistryProcess, cas: dict[str, MadeCA]) -> Iterator[RegistryProcess]:
+    cert = make_server_cert(cas["registry-ca"], module_dir / "ca", "registry", ["127.0.0.1", "localhost"])
+    with RegistryProcess(module_dir / "registry", storage=registry.storage, name="registry-tls", tls=cert) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def auth_registry(module_dir: Path, registry: RegistryProcess) -> Iterator[RegistryProcess]:
+    htpasswd = module_dir / "htpasswd"
+    line = subprocess.run(["htpasswd", "-nbB", "puller", "s3cret"], capture_output=True, text=True, check=True)
+    htpasswd.write_text(line.stdout.strip() + "\n")
+    with RegistryProcess(
+        module_dir / "registry", storage=registry.storage, name="registry-auth", htpasswd=htpasswd
+    ) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    module_dir: Path,
+    registry: RegistryProcess,
+    tls_registry: RegistryProcess,
+    auth_registry: RegistryProcess,
+    cas: dict[str, MadeCA],
+) -> Iterator[LocalCluster]:
+    proxy = {
+        "registryMirror": {
+            "addr": registry.url,
+            "cert": str(cas["registry-ca"].cert_path),
+            "enableTaskIDBasedBlobDigest": True,
+        },
+        "server": {"caCert": str(cas["proxy-ca"].cert_path), "caKey": str(cas["proxy-ca"].key_path)},
+        "hijackHTTPS": {"hosts": [{"regex": f"^127\\.0\\.0\\.1:{tls_registry.port}$"}]},
+    }
+    config = {"proxy": proxy, "scheduler": {"announceInterval": "5s"}, "download": {"collectedPieceTimeout": "10s"}}
+    with LocalCluster(module_dir / "cluster", peers=3, daemon_config=config, start_timeout=60) as started:
+        yield started
+
+
+def proxy_addr(cluster: LocalCluster, name: str) -> tuple[str, int]:
+    host, _, port = cluster.process(name).listening["proxy"].rpartition(":")
+    return host, int(port)
+
+
+def blob_bytes(image: Image, digest: str) -> bytes:
+    return (image.layout / "blobs" / "sha256" / digest.split(":")[1]).read_bytes()
+
+
+def request(
+    addr: tuple[str, int], method: str, target: str, headers: dict[str, str] | None = None
+) -> tuple[http.client.HTTPResponse, bytes]:
+    conn = http.client.HTTPConnection(*addr, timeout=120)
+    try:
+        conn.request(method, target, headers=headers or {})
+        response = conn.getresponse()
+        return response, response.read()
+    finally:
+        conn.close()
+
+
+def test_skopeo_copies_through_three_mirrors_at_once(
+    cluster: LocalCluster, registry: RegistryProcess, image: Image, tmp_path: Path
+) -> None:
+    before = registry.blob_bytes()
+    copies = {}
+    for name in cluster.peer_names[:3]:
+        host, port = proxy_addr(cluster, name)
+        copies[name] = subprocess.Popen(
+            [
+                "skopeo",
+                "copy",
+                "--quiet",
+                "--src-tls-verify=false",
+                f"docker://{host}:{port}/{REPOSITORY}:latest",
+                f"dir:{tmp_path / name}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    for name, proc in copies.items():
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"skopeo through {name}'s mirror failed: {output}"
+    for name in copies:
+        for blob in (*image.layers, image.config):
+            copied = (tmp_path / name / blob.digest.split(":")[1]).read_bytes()
+            assert "sha256:" + hashlib.sha256(copied).hexdigest() == blob.digest
+    after = registry.blob_bytes()
+    for blob in (*image.layers, image.config):
+        served = after[blob.digest] - before[blob.digest]
+        if blob.size > SMALL:
+            assert blob.size <= served <= 1.05 * blob.size + STATS, f"{blob.digest} left the registry {served} B"
+        else:
+            assert served <= 4 * blob.size + STATS
+
+
+def test_containerd_pulls_with_the_config_dragonfly_init_wrote(
+    cluster: LocalCluster, registry: RegistryProcess, image: Image, module_dir: Path, tmp_path: Path
+) -> None:
+    hosts_dir = tmp_path / "certs.d"
+    host, port = proxy_addr(cluster, "peer-2")
+    init = [sys.executable, "-m", "dragonfly.cli.dragonfly", "init", "containerd", "--config-dir", str(hosts_dir)]
+    init += ["--registry", registry.url, "--proxy", f"http://{host}:{port}"]
+    assert subprocess.run(init, capture_output=True, text=True, check=False).returncode == 0
+    root = Path(os.environ.get("TMPDIR", "/tmp")) / f"df-containerd-{os.getpid()}"
+    socket_path = root / "run" / "containerd.sock"
+    (root / "run").mkdir(parents=True, exist_ok=True)
+    config = root / "config.toml"
+    config.write_text(
+        "version = 2\n"
+        f'root = "{root / "root"}"\nstate = "{root / "state"}"\n'
+        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        f'[grpc]\n  address = "{socket_path}"\n'
+    )
+    log = open(tmp_path / "containerd.log", "wb")  # noqa: SIM115 - closed in finally
+    containerd = subprocess.Popen(["containerd", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        ctr = ["ctr", "-a", str(socket_path), "-n", "dragonfly-test"]
+        deadline = time.monotonic() + 60
+        while subprocess.run([*ctr, "version"], capture_output=True, check=False).returncode != 0:
+            assert containerd.poll() is None, (tmp_path / "containerd.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "containerd did not answer within 60 s"
+            time.sleep(0.2)
+        fetch = subprocess.run(
+            [*ctr, "content", "fetch", "--hosts-dir", str(hosts_dir), f"{registry.addr}/{REPOSITORY}:latest"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert fetch.returncode == 0, fetch.stdout + fetch.stderr
+        for blob in (*image.layers, image.config, image.manifest):
+            content = subprocess.run([*ctr, "content", "get", blob.digest], capture_output=True, check=True).stdout
+            assert "sha256:" + hashlib.sha256(content).hexdigest() == blob.digest
+    finally:
+        containerd.send_signal(signal.SIGTERM)
+        try:
+            containerd.wait(30)
+        except subprocess.TimeoutExpired:
+            containerd.kill()
+            containerd.wait(10)
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)
+    # The layers went through peer-2's proxy: its daemon holds them as tasks named by their digests.
+    with grpc.insecure_channel(f"unix:{cluster.socket_path('peer-2')}") as channel:
+        stub = dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel)
+        for layer in image.layers:
+            if layer.size > SMALL:
+                stored = stub.StatLocalTask(dfdaemon_pb2.StatLocalTaskRequest(task_id=layer.digest[7:]), timeout=10)
+                assert stored.content_length == layer.size
+                assert stored.HasField("finished_at")
+
+
+def test_https_is_intercepted_for_swarm_hosts_and_tunnelled_for_others(
+    cluster: LocalCluster, tls_registry: RegistryProcess, image: Image, cas: dict[str, MadeCA]
+) -> None:
+    host, port = proxy_addr(cluster, "peer-1")
+    layer = image.largest_layer
+    trusts_proxy = ssl.create_default_context(cafile=str(cas["proxy-ca"].cert_path))
+    conn = http.client.HTTPSConnection(host, port, context=trusts_proxy, timeout=120)
+    conn.set_tunnel("127.0.0.1", tls_registry.port)
+    try:
+        conn.request("GET", f"/v2/{REPOSITORY}/blobs/{layer.digest}")
+        response = conn.getresponse()
+        body = response.read()
+        assert response.status == 200
+        assert body == blob_bytes(image, layer.digest)
+        assert response.getheader("X-Dragonfly-Task-ID") == layer.digest[7:]
+        assert conn.sock is not None
+        assert issuer_of(conn.sock.getpeercert(binary_form=True)) == "proxy-ca"
+        # A manifest inside the same tunnel goes straight to the registry (whose TLS the proxy verified).
+        conn.request("GET", f"/v2/{REPOSITORY}/manifests/latest", headers={"Accept": OCI_MANIFEST})
+        response = conn.getresponse()
+        assert response.read() == blob_bytes(image, image.manifest.digest)
+        assert response.getheader("X-Dragonfly-Task-ID") is None
+    finally:
+        conn.close()
+
+    # Another host (the same registry by another name) is tunnelled: the client sees the registry's own certificate.
+    trusts_registry = ssl.create_default_context(cafile=str(cas["registry-ca"].cert_path))
+    conn = http.client.HTTPSConnection(host, port, context=trusts_registry, timeout=60)
+    conn.set_tunnel("localhost", tls_registry.port)
+    try:
+        conn.request("GET", f"/v2/{REPOSITORY}/manifests/latest", headers={"Accept": OCI_MANIFEST})
+        response = conn.getresponse()
+        assert response.read() == blob_bytes(image, image.manifest.digest)
+        assert conn.sock is not None
+        assert issuer_of(conn.sock.getpeercert(binary_form=True)) == "registry-ca"
+    finally:
+        conn.close()
+    conn = http.client.HTTPSConnection(host, port, context=trusts_proxy, timeout=60)
+    conn.set_tunnel("localhost", tls_registry.port)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        conn.request("GET", "/v2/")
+    conn.close()
+
+
+def test_ranged_get_and_requests_that_bypass_the_swarm(
+    cluster: LocalCluster, registry: RegistryProcess, image: Image
+) -> None:
+    addr = proxy_addr(cluster, "peer-3")
+    layer = image.layers[1]
+    url = f"{registry.url}/v2/{REPOSITORY}/blobs/{layer.digest}"
+    response, body = request(addr, "GET", url, {"Range": "bytes=5000000-5000099"})
+    assert response.status == 206
+    assert body == blob_bytes(image, layer.digest)[5000000:5000100]
+    assert response.getheader("Content-Range") == f"bytes 5000000-5000099/{layer.size}"
+    assert response.getheader("X-Dragonfly-Task-ID") == layer.digest[7:]
+
+    response, body = request(addr, "GET", url, {"Range": f"bytes={layer.size}-"})
+    assert response.status == 416
+    assert response.getheader("Content-Range") == f"bytes */{layer.size}"
+
+    served = len(registry.served())
+    response, body = request(addr, "HEAD", url)
+    assert response.status == 200
+    assert body == b""
+    assert int(response.getheader("Content-Length") or -1) == layer.size
+    assert response.getheader("X-Dragonfly-Task-ID") is None
+    response, body = request(addr, "GET", f"{registry.url}/v2/{REPOSITORY}/manifests/latest", {"Accept": OCI_MANIFEST})
+    assert body == blob_bytes(image, image.manifest.digest)
+    assert response.getheader("X-Dragonfly-Task-ID") is None
+    # Both reached the registry themselves.
+    methods = [(method, path.split("/")[-2]) for method, path, _status, _sent in registry.served()[served:]]
+    assert ("HEAD", "blobs") in methods
+    assert ("GET", "manifests") in methods
+
+
+def test_failures_give_an_error_status_never_a_clean_truncated_body(
+    cluster: LocalCluster, registry: RegistryProcess, auth_registry: RegistryProcess, image: Image, tmp_path: Path
+) -> None:
+    addr = proxy_addr(cluster, "peer-1")
+    missing = "sha256:" + "0" * 64
+    response, body = request(addr, "GET", f"/v2/{REPOSITORY}/blobs/{missing}")
+    assert response.status == 404
+    assert response.getheader("X-Dragonfly-Error-Type") == "backend"
+    assert b"BLOB_UNKNOWN" in body  # the registry's own answer
+
+    # Registry down (a blob no daemon holds: a held one would be served from the swarm, by digest).
+    dead = f"http://127.0.0.1:{free_ports(1)[0]}"
+    other = "sha256:" + "1" * 64
+    response, body = request(addr, "GET", f"/v2/{REPOSITORY}/blobs/{other}", {"X-Dragonfly-Registry": dead})
+    assert response.status == 502
+    assert response.getheader("X-Dragonfly-Error-Type") == "backend"
+    response, body = request(addr, "GET", f"/v2/{REPOSITORY}/manifests/latest", {"X-Dragonfly-Registry": dead})
+    assert response.status == 502
+    assert response.getheader("X-Dragonfly-Error-Type") == "proxy"
+    assert b"cannot reach the upstream" in body
+
+    # Without credentials the registry's 401 challenge comes back untouched; with them, the blob. (A private
+    # image of its own: blobs already held by the swarm are served by digest, see docs/proxy.md.)
+    private = build_image(tmp_path / "private", [6 * MIB])
+    push(private, registry, "test/private")
+    blob = f"/v2/test/private/blobs/{private.layers[0].digest}"
+    registry_header = {"X-Dragonfly-Registry": auth_registry.url}
+    response, body = request(addr, "GET", blob, registry_header)
+    assert response.status == 401
+    assert response.getheader("WWW-Authenticate") == 'Basic realm="dragonfly-test"'
+    assert b"UNAUTHORIZED" in body
+    credentials = {**registry_header, "Authorization": "Basic cHVsbGVyOnMzY3JldA=="}  # puller:s3cret
+    response, body = request(addr, "GET", blob, credentials)
+    assert response.status == 200
+    assert body == blob_bytes(private, private.layers[0].digest)
+
+
+def test_rate_limit_and_a_daemon_killed_mid_stream(
+    cluster: LocalCluster, registry: RegistryProcess, image: Image
+) -> None:
+    cluster.add_daemon(
+        "peer-limited",
+        {"proxy": {"server": {"requestRateLimit": 3}}, "download": {"bandwidthLimit": "4MiB/s"}},
+    )
+    addr = proxy_addr(cluster, "peer-limited")
+    statuses = [request(addr, "GET", "/v2/")[0].status for _ in range(12)]
+    assert statuses[0] == 200
+    assert 429 in statuses
+
+    layer = image.largest_layer
+    deadline = time.monotonic() + 10
+    while True:  # the bucket refills at 3 requests a second
+        conn = http.client.HTTPConnection(*addr, timeout=120)
+        conn.request("GET", f"/v2/{REPOSITORY}/blobs/{layer.digest}")
+        response = conn.getresponse()
+        if response.status != 429:
+            break
+        response.read()
+        conn.close()
+        assert time.monotonic() < deadline, "the request rate limit never let a request through again"
+        time.sleep(0.2)
+    assert response.status == 200
+    assert int(response.getheader("Content-Length") or -1) == layer.size
+    assert len(response.read(MIB)) == MIB
+    cluster.kill("peer-limited")
+    # The rest of the body never arrives complete: http.client reports the short body (or the reset).
+    with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+        response.read()
+    conn.close()
