@@ -12,16 +12,20 @@ as in Dragonfly, so only the larger layers are counted as "once".
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -29,7 +33,7 @@ import pytest
 from dragonfly_api import dfdaemon_pb2, dfdaemon_pb2_grpc
 from tls_helpers import MadeCA, issuer_of, make_ca, make_server_cert
 
-from dragonfly.cli.cluster import LocalCluster, free_ports
+from dragonfly.cli.cluster import LocalCluster, free_ports, run_dfget
 from dragonfly.cli.registry import OCI_MANIFEST, Image, RegistryProcess, build_image, push
 
 pytestmark = pytest.mark.skipif(
@@ -358,3 +362,99 @@ def test_rate_limit_and_a_daemon_killed_mid_stream(
     with pytest.raises((http.client.IncompleteRead, ConnectionError)):
         response.read()
     conn.close()
+
+
+class CountingRelay:
+    """A TCP relay in front of an origin that counts the bytes the origin sends (python's http.server counts none)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.sent = 0
+        self._lock = threading.Lock()
+        self._target = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._target))
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, count: bool) -> None:
+        try:
+            while data := source.recv(1 << 20):
+                sink.sendall(data)
+                if count:
+                    with self._lock:
+                        self.sent += len(data)
+        except OSError:
+            pass
+        finally:
+            # One side ended: end both directions; each socket is the source of one pump, which closes it.
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            source.close()
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+@pytest.mark.slow
+def test_an_origin_without_range_support_serves_a_file_once_to_three_peers(
+    cluster: LocalCluster, module_dir: Path
+) -> None:
+    directory = module_dir / "plain-origin"
+    directory.mkdir()
+    size = 256 * MIB
+    digest = hashlib.sha256()
+    with open(directory / "big.bin", "wb") as f:
+        for _ in range(size // (16 * MIB)):
+            chunk = os.urandom(16 * MIB)
+            digest.update(chunk)
+            f.write(chunk)
+    port = free_ports(1)[0]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(directory), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    relay = None
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert time.monotonic() < deadline, "python -m http.server did not start"
+            time.sleep(0.1)
+        relay = CountingRelay(port)
+        url = f"http://127.0.0.1:{relay.port}/big.bin"
+        outputs = {name: module_dir / f"plain-{name}" for name in cluster.peer_names[:3]}
+        with ThreadPoolExecutor(3) as pool:
+            results = dict(
+                zip(
+                    outputs,
+                    pool.map(
+                        lambda name: run_dfget(
+                            cluster.socket_path(name), url, outputs[name], "--digest", f"sha256:{digest.hexdigest()}"
+                        ),
+                        outputs,
+                    ),
+                    strict=True,
+                )
+            )
+        for name, result in results.items():
+            assert result.ok, f"{name}: {result.stderr}"
+        # Once from the origin: each daemon's stat (a GET the origin answers with the whole body, closed after the
+        # headers) costs at most some socket buffers.
+        assert size <= relay.sent <= 1.05 * size, f"the origin sent {relay.sent} bytes for a {size}-byte file"
+    finally:
+        if relay is not None:
+            relay.close()
+        server.terminate()
+        server.wait(10)

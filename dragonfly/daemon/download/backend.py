@@ -48,10 +48,19 @@ _SENSITIVE_HEADERS = ("Authorization", "Cookie", "Proxy-Authorization")
 
 @dataclass(frozen=True, slots=True)
 class StatResult:
-    """What one stat of the origin tells: the content length and the response headers."""
+    """What one stat of the origin tells: the content length and the response headers.
+
+    ``supports_range`` is False when the origin answered the stat's ``Range`` with the whole body: its pieces cannot
+    be asked for one by one, and the task is read as one streamed body instead (``open_stream``).
+    """
 
     content_length: int
     header: dict[str, str]
+    supports_range: bool = True
+
+
+class RangeNotSupported(BackendError):
+    """The origin answered a piece request with its whole body (200, not 206): it ignores ``Range``."""
 
 
 class TemporaryRedirectCache:
@@ -266,7 +275,7 @@ class HTTPBackend:
                         if match and match.group(3) != "*":
                             return StatResult(int(match.group(3)), dict(resp.headers))
                     elif resp.status == 200 and resp.content_length is not None:
-                        return StatResult(resp.content_length, dict(resp.headers))
+                        return StatResult(resp.content_length, dict(resp.headers), supports_range=False)
                     elif resp.status != 416 and resp.status >= 400:
                         raise _status_error(url, resp)
                 # 416 (e.g. an empty object), or no usable length: ask again without a Range, then with HEAD.
@@ -311,17 +320,50 @@ class HTTPBackend:
                             )
                     elif resp.status == 200:
                         if offset != 0:
-                            raise BackendError(f"origin ignored the Range header of a piece request for {url}")
+                            raise RangeNotSupported(
+                                f"origin ignored the Range header of a piece request for {url}", status_code=200
+                            )
                     else:
                         raise _status_error(url, resp)
-                    return await self._write_body(url, resp, fd, offset, length, buffer, progress)
+                    return await self._write_body(url, resp.content, fd, offset, length, buffer, progress)
 
         return await self._retrying("piece download from", attempt, url)
+
+    @contextlib.asynccontextmanager
+    async def open_stream(self, url: str, request_header: Mapping[str, str]) -> AsyncIterator[aiohttp.StreamReader]:
+        """Open the whole body from its first byte (for an origin that ignores ``Range``) and yield its reader."""
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                resp = await stack.enter_async_context(self._open("GET", url, self._headers(request_header, {})))
+            except (aiohttp.ClientError, OSError) as exc:
+                raise BackendError(f"streamed download of {url} failed: {exc or type(exc).__name__}") from exc
+            if resp.status != 200:
+                raise _status_error(url, resp)
+            yield resp.content
+
+    async def read_stream_piece(
+        self,
+        url: str,
+        reader: aiohttp.StreamReader,
+        *,
+        fd: int,
+        offset: int,
+        length: int,
+        buffer: bytearray,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Cut the next ``length`` bytes of a streamed body into the file at ``offset``; return their CRC-32."""
+        try:
+            async with asyncio.timeout(self._piece_timeout):
+                return await self._write_body(url, reader, fd, offset, length, buffer, progress)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            detail = str(exc) or type(exc).__name__
+            raise BackendError(f"streamed download of {url} failed at byte {offset}: {detail}") from exc
 
     async def _write_body(
         self,
         url: str,
-        resp: aiohttp.ClientResponse,
+        reader: aiohttp.StreamReader,
         fd: int,
         offset: int,
         length: int,
@@ -336,7 +378,7 @@ class HTTPBackend:
         written = 0
         filled = 0
         while written + filled < length:
-            chunk = await resp.content.read(min(capacity - filled, length - written - filled))
+            chunk = await reader.read(min(capacity - filled, length - written - filled))
             if not chunk:
                 raise BackendError(
                     f"origin closed the body of {url} after {written + filled} of {length} bytes "

@@ -43,7 +43,7 @@ from dragonfly.common.errors import DigestMismatch, DragonflyError
 from dragonfly.common.piece import MAX_PIECE_LENGTH, MIN_PIECE_LENGTH, calculate_piece_length, piece_count, piece_range
 from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.config import DfdaemonConfig
-from dragonfly.daemon.download.backend import HTTPBackend
+from dragonfly.daemon.download.backend import HTTPBackend, RangeNotSupported
 from dragonfly.daemon.download.buffers import BufferPool
 from dragonfly.daemon.download.parent_selector import ParentSelector
 from dragonfly.daemon.download.parents import ParentChannels
@@ -101,6 +101,7 @@ class TaskDownload:
         "ready",
         "runner",
         "spec",
+        "streamed",
         "task",
         "task_id",
         "wanted",
@@ -114,6 +115,8 @@ class TaskDownload:
         self.spec = spec
         self.byte_range: ByteRange | None = None
         self.wanted: frozenset[int] | None = None
+        # The origin ignores Range: pieces are cut from one streamed GET instead of fetched one by one.
+        self.streamed = False
         self.task: TaskRecord | None = None
         self.error: BaseException | None = None
         self.order: list[int] = []
@@ -528,6 +531,7 @@ class TaskManager:
             if task is None or task.failed_at is not None:
                 header = dict(download.request_header)
                 stat = await self._backend.stat(download.url, header)
+                td.streamed = not stat.supports_range
                 piece_length = (
                     download.piece_length
                     if download.HasField("piece_length")
@@ -874,7 +878,21 @@ class TaskManager:
     # ------------------------------------------------------------------ pieces from the origin
 
     async def _download_from_source(self, td: TaskDownload, stream: AnnouncePeerStream | None) -> None:
-        """Fetch every missing piece from the origin in ascending order, as many at once as a SourceWindow allows."""
+        """Fetch every missing piece from the origin in ascending order, as many at once as a SourceWindow allows.
+
+        An origin that ignores ``Range`` (its stat, or a piece request, got the whole body) is read once instead,
+        as one streamed GET cut into pieces (``_stream_from_source``).
+        """
+        if not td.streamed:
+            try:
+                await self._fetch_pieces_from_source(td, stream)
+                return
+            except RangeNotSupported:
+                log.info("origin ignores Range: streaming the task", extra={"task_id": td.task_id})
+                td.streamed = True
+        await self._stream_from_source(td, stream)
+
+    async def _fetch_pieces_from_source(self, td: TaskDownload, stream: AnnouncePeerStream | None) -> None:
         task = td.task
         assert task is not None
         pending = collections.deque(self._missing(td, task))
@@ -895,6 +913,11 @@ class TaskManager:
                 piece = window.begin(length)
                 try:
                     await self._fetch_from_source(td, task, stream, number, piece.receive)
+                except RangeNotSupported as exc:
+                    # Not a failure of the piece: the caller switches the task to one streamed GET.
+                    window.end(piece)
+                    failure.append(exc)
+                    return
                 except Exception as exc:
                     window.end(piece)
                     failure.append(exc)
@@ -908,6 +931,73 @@ class TaskManager:
         await asyncio.gather(*(worker() for _ in range(min(self._concurrency, len(pending)))))
         if failure:
             raise failure[0]
+
+    async def _stream_from_source(self, td: TaskDownload, stream: AnnouncePeerStream | None) -> None:
+        """Read the body once from its first byte and store each missing piece as soon as its bytes are in.
+
+        Each piece is written, CRC'd, recorded and reported when it completes, so children fetch it before the
+        body ends. Pieces already stored are read past; the body is left after the last piece this download wants.
+        A broken body is opened again (``backend.maxRetries`` times) and the pieces stored meanwhile skipped.
+        """
+        task = td.task
+        assert task is not None
+        missing = self._missing(td, task)
+        if not missing:
+            return
+        url, header = td.download.url, dict(td.download.request_header)
+        attempt = 0
+        while True:
+            number = 0
+            try:
+                async with self._backend.open_stream(url, header) as reader:
+                    for number in range(missing[-1] + 1):
+                        if self._stopping:
+                            raise DownloadFailed("dfdaemon is shutting down")
+                        if number in task.pieces:
+                            await _discard(reader, task.pieces[number].length, url)
+                            continue
+                        await self._store_streamed_piece(td, task, stream, reader, number)
+                return
+            except BackendError as exc:
+                retry = exc.status_code is None and attempt < self._config.backend.max_retries
+                log.info(
+                    "streamed download from the origin broke",
+                    extra={"task_id": td.task_id, "piece": number, "retry": retry, "error": str(exc)},
+                )
+                if not retry:
+                    self._metrics.failures.labels("back_to_source").inc()
+                    if stream is not None:
+                        stream.report(download_piece_back_to_source_failed_request=_source_failure(number, exc))
+                    raise
+                attempt += 1
+
+    async def _store_streamed_piece(
+        self,
+        td: TaskDownload,
+        task: TaskRecord,
+        stream: AnnouncePeerStream | None,
+        reader: Any,
+        number: int,
+    ) -> None:
+        offset, length = piece_range(number, task.content_length, task.piece_length)
+        await self._acquire(self._source_bucket, length)
+        await self._acquire(self._download_bucket, length)
+        created_at = time.time()
+        started = time.monotonic()
+        async with self._source_buffers.get() as buffer:
+            with self._storage.content_fd(td.task_id) as fd:
+                crc = await self._backend.read_stream_piece(
+                    td.download.url, reader, fd=fd, offset=offset, length=length, buffer=buffer
+                )
+        cost = time.monotonic() - started
+        record = PieceRecord(number, offset, length, format_piece_digest(crc), None, BACK_TO_SOURCE, cost, created_at)
+        self._finish_piece(td, record)
+        if stream is not None:
+            stream.report(
+                download_piece_back_to_source_finished_request=scheduler_pb2.DownloadPieceBackToSourceFinishedRequest(
+                    piece=piece_message(record)
+                )
+            )
 
     async def _fetch_from_source(
         self,
@@ -966,6 +1056,16 @@ class TaskManager:
         self._storage.finish_piece(td.task_id, record)
         self._traffic.add(record.length)
         self._metrics.record_piece(td.task_id, source_of(record, record.traffic_type), record.length, record.cost)
+
+
+async def _discard(reader: Any, length: int, url: str) -> None:
+    """Read past ``length`` bytes of a streamed body (a piece already stored)."""
+    left = length
+    while left:
+        chunk = await reader.read(min(left, 1024 * 1024))
+        if not chunk:
+            raise BackendError(f"origin closed the body of {url} {left} bytes before the end of a stored piece")
+        left -= len(chunk)
 
 
 def _describe(exc: BaseException) -> str:
