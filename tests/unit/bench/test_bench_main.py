@@ -5,7 +5,8 @@ import bench.__main__ as bench_main
 
 def test_unknown_suite_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_main.main(["nope"]) == 2
-    assert "usage: python -m bench {swarm,pair,dfget-latency,memory,scheduler,pull,micro,all}" in capsys.readouterr().err
+    usage = "usage: python -m bench {swarm,pair,dfget-latency,memory,scheduler,pull,micro,all}"
+    assert usage in capsys.readouterr().err
 
 
 def test_missing_suite_module_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
