@@ -255,6 +255,7 @@ class DfdaemonConfig:
             scheduler=security.files(self.scheduler, "scheduler"),
             storage_server=security.files(self.storage.server, "storage.server"),
         )
+
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
 
     @property
