@@ -5,6 +5,10 @@ the CA must be trusted by the clients (containerd ``ca`` in hosts.toml, Docker's
 intercepted host gets a leaf certificate for exactly its name (a DNS name or an IP address), valid for a few days
 and cached until shortly before it expires. All leaves share one P-256 key made at start-up, which never leaves the
 process's memory except in a private temporary directory that ``ssl`` needs to load it from.
+
+Why not ``dragonfly.common.pki``: that module mints the cluster's own identities (an EC CA it made, long-lived
+certificates with roles and clientAuth for mutual TLS between components). Here the CA is the operator's, often
+RSA, and the leaves are short-lived, serverAuth only and impersonate a third-party host for local clients.
 """
 
 from __future__ import annotations
