@@ -19,6 +19,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_own_certificate(config: object) -> None:
+    """Refuse a certificate without the scheduler role: seed peers would refuse the scheduler's download orders."""
+    from dragonfly.common.errors import ConfigError
+    from dragonfly.common.identity import ROLE_SCHEDULER, identity_from_pem
+    from dragonfly.scheduler.config import Config
+
+    assert isinstance(config, Config)
+    files = config.tls().server
+    if files is None:
+        return
+    _ca, chain, _key = files.read()
+    try:
+        identity = identity_from_pem(chain)
+    except ValueError as exc:
+        raise ConfigError(f"cannot parse the certificate {files.cert}: {exc}") from None
+    if not identity.has_role(ROLE_SCHEDULER):
+        raise ConfigError(
+            f"certificate {files.cert} of {identity.describe()} lacks the scheduler role (subject OU): seed peers "
+            "would refuse its orders; `dragonfly certs issue --role scheduler` mints one"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the scheduler until SIGTERM/SIGINT; return the exit status."""
     args = _parser().parse_args(argv)
@@ -32,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         process.setup_logging(args.log_level, component="scheduler")
         config = scheduler_config.load(args.config, overrides={"server": overrides} if overrides else None)
-        config.tls()
+        _check_own_certificate(config)
     except (ConfigError, ValueError) as exc:
         print(f"dragonfly scheduler: {exc}", file=sys.stderr)
         return 2

@@ -145,10 +145,14 @@ def _base_context(context: ssl.SSLContext, files: TLSFiles) -> ssl.SSLContext:
     return context
 
 
-def server_ssl_context(files: TLSFiles) -> ssl.SSLContext:
-    """Return a server context that requires a client certificate signed by the cluster CA."""
+def server_ssl_context(files: TLSFiles, *, require_client_cert: bool = True) -> ssl.SSLContext:
+    """Return a server context that requires a client certificate signed by the cluster CA.
+
+    ``require_client_cert=False`` is for servers that people reach with browsers or tokens (the manager's REST
+    API): the server still proves who it is, and a client certificate, when offered, is still verified.
+    """
     context = _base_context(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), files)
-    context.verify_mode = ssl.CERT_REQUIRED
+    context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
     return context
 
 

@@ -181,6 +181,18 @@ def test_ssl_contexts_do_mutual_tls_and_check_the_server_ip(
     assert "server:" in error
 
 
+def test_a_server_context_may_leave_client_certificates_optional(
+    tmp_path: Path, authority: pki.CertificateAuthority
+) -> None:
+    server_files = files_for(tmp_path, authority, "manager", ips=["127.0.0.1"], roles=["manager"])
+    server = tls.server_ssl_context(server_files, require_client_cert=False)
+    anonymous = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    anonymous.load_verify_locations(server_files.ca_cert)
+    der, error = _handshake(server, anonymous, "127.0.0.1")
+    assert not error
+    assert der is None  # served, and the server knows nobody presented a certificate
+
+
 def test_unreadable_tls_files_are_config_errors(tmp_path: Path) -> None:
     missing = tls.TLSFiles(str(tmp_path / "ca"), str(tmp_path / "c"), str(tmp_path / "k"))
     with pytest.raises(ConfigError, match="cannot load TLS files"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dragonfly.common.errors import ConfigError
@@ -63,3 +65,21 @@ def test_invalid_values_name_their_key(section, message):
     with pytest.raises(ConfigError) as info:
         load(None, overrides=section)
     assert message in str(info.value)
+
+
+def test_the_scheduler_refuses_a_certificate_without_its_role(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dragonfly.cli import scheduler as scheduler_cli
+    from dragonfly.common import pki
+
+    ca = pki.create_ca("unit")
+    ca_cert, _ = ca.write(tmp_path)
+    cert, key = pki.issue(ca, "sched", ips=["127.0.0.1"], roles=["peer"]).write(tmp_path, "sched")
+    config = tmp_path / "scheduler.yaml"
+    config.write_text(f"security: {{caCert: {ca_cert}, cert: {cert}, key: {key}}}\n")
+    assert scheduler_cli.main(["--config", str(config)]) == 2
+    assert "lacks the scheduler role" in capsys.readouterr().err
+    config.write_text("server: {port: 0}\n")  # TLS on, no files: a config error naming the keys
+    assert scheduler_cli.main(["--config", str(config)]) == 2
+    assert "server.tls: mutual TLS is on" in capsys.readouterr().err
