@@ -78,6 +78,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         """Run one peer's announce stream until a terminal message, an error or the client's end."""
         authz = self._ctx.authz
         identity = await authz.caller(context)
+        owned_host_id = ""
         stream = PeerStream(self._ctx)
         requests = aiter(request_iterator)
         try:
@@ -89,15 +90,16 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 except DecodeError as exc:
                     stream.close()
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot decode AnnouncePeerRequest: {exc}")
-                # Malformed ids (empty, too long) get the stream's INVALID_ARGUMENT rather than a refusal.
+                # Malformed ids (empty, too long) get the stream's INVALID_ARGUMENT rather than a refusal. Every
+                # message of a stream names the same host, so one check per distinct id keeps piece reports cheap.
                 host_id = request.host_id
-                if identity is not None and 0 < len(host_id) <= MAX_ID_LENGTH and not identity.owns_host_id(host_id):
-                    stream.close()
-                    await authz.deny(
-                        context,
-                        identity,
-                        f"AnnouncePeer for host {host_id!r}: the certificate does not own it",
-                    )
+                if identity is not None and host_id != owned_host_id and 0 < len(host_id) <= MAX_ID_LENGTH:
+                    if not identity.owns_host_id(host_id):
+                        stream.close()
+                        await authz.deny(
+                            context, identity, f"AnnouncePeer for host {host_id!r}: the certificate does not own it"
+                        )
+                    owned_host_id = host_id
                 try:
                     response = await stream.handle(request)
                 except StreamError as exc:
