@@ -191,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.add_argument("--size", default="256MiB", help="demo file size (default 256MiB)")
     parser.add_argument("--timeout", default="10m", help="demo download timeout per peer (default 10m)")
+    parser.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="no TLS anywhere (security.enable: false), e.g. beside components without TLS; nothing is authenticated",
+    )
     args = parser.parse_args(argv)
     try:
         size = parse_size(args.size)
@@ -204,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="dragonfly-up-") if own_workdir else args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _raise_stop)
-    cluster = LocalCluster(workdir, peers=args.peers)
+    cluster = LocalCluster(workdir, peers=args.peers, tls=not args.plaintext)
+    if args.plaintext:
+        _say("--plaintext: every port speaks plaintext and no caller is authenticated")
     status = 1
     try:
         _say(f"starting a scheduler, a seed peer and {args.peers} peers in {workdir}")

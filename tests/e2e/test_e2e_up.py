@@ -65,6 +65,20 @@ def test_up_demo_json(tmp_path: Path) -> None:
         assert sum(peer["bytes"].values()) == 24 * 1024 * 1024, peer
     assert report["origin_bytes_served"] <= 1.05 * 24 * 1024 * 1024
     assert processes_mentioning(str(tmp_path)) == []
+    # The default path is the secure one: a throwaway CA, mutual TLS in every config.
+    assert (tmp_path / "pki" / "ca.crt").exists()
+    assert "security:\n  enable: true\n" in (tmp_path / "peer-1" / "dfdaemon.yaml").read_text()
+    assert "security:\n  enable: true\n" in (tmp_path / "scheduler" / "scheduler.yaml").read_text()
+
+
+def test_up_demo_plaintext_is_explicit(tmp_path: Path) -> None:
+    argv = ["up", "--demo", "--json", "--plaintext", "--peers", "1", "--size", "4MiB", "--workdir", str(tmp_path)]
+    result = dragonfly_cmd(*argv, timeout=240)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["ok"] is True
+    assert "--plaintext: every port speaks plaintext" in result.stderr
+    assert "security:\n  enable: false\n" in (tmp_path / "peer-1" / "dfdaemon.yaml").read_text()
+    assert not (tmp_path / "pki").exists()
 
 
 @pytest.mark.slow
