@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from dragonfly.common.redact import redact_text
+
 READY_SUFFIX = "ready"
 
 
@@ -37,7 +39,8 @@ class _KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         extras = [f"{k}={v}" for k, v in vars(record).items() if k not in self._STANDARD]
-        return f"{line} {' '.join(extras)}" if extras else line
+        # Last line of defence: whatever reached a log line, URL credentials and secret headers do not.
+        return redact_text(f"{line} {' '.join(extras)}" if extras else line)
 
 
 def setup_logging(level: str = "info", *, component: str) -> None:
