@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from dragonfly.common.config import Duration, load_config
 from dragonfly.common.tls import SecurityConfig, TLSFiles, TLSFilesConfig
 
+#: Values of ``scheduler.pieceDigestSources``.
+PIECE_DIGEST_SOURCES = ("seedPeers", "backToSourcePeers")
+
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
@@ -112,6 +115,9 @@ class SchedulerConfig:
     seed_peer_concurrent_upload_limit: int = 2000
     # Piece counts above this are refused at registration: the per-peer bitmap is sized by it.
     max_piece_count: int = 1 << 22
+    # Whose back-to-source piece digests are handed to children as trusted (docs/security.md): "seedPeers", or
+    # "backToSourcePeers" to also trust normal peers this scheduler itself sent to the origin (weaker).
+    piece_digest_sources: str = "seedPeers"
     evaluator: EvaluatorConfig = EvaluatorConfig()
     bad_parent: BadParentConfig = BadParentConfig()
     gc: GCConfig = GCConfig()
@@ -132,6 +138,11 @@ class SchedulerConfig:
             raise ValueError("concurrent upload limits must be >= 1")
         if self.max_piece_count < 1:
             raise ValueError("maxPieceCount must be >= 1")
+        if self.piece_digest_sources not in PIECE_DIGEST_SOURCES:
+            raise ValueError(
+                f"pieceDigestSources must be one of {', '.join(PIECE_DIGEST_SOURCES)}, "
+                f"got {self.piece_digest_sources!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

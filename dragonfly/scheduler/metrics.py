@@ -74,6 +74,12 @@ class Metrics:
             ["traffic_type"],
             registry=registry,
         )
+        self.rejected_piece_claims = Counter(
+            f"{NAMESPACE}_rejected_piece_claims",
+            "Finished-piece reports not believed (docs/security.md), by reason.",
+            ["reason"],
+            registry=registry,
+        )
         self.traffic = Counter(
             f"{NAMESPACE}_traffic_bytes", "Bytes reported downloaded, by traffic type.", ["type"], registry=registry
         )

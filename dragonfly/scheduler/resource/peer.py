@@ -82,6 +82,7 @@ class Peer:
     """One peer; edges to parents and children form the task's DAG."""
 
     __slots__ = (
+        "asked_for_source",
         "bad_reason",
         "bad_until",
         "block_parents",
@@ -94,6 +95,7 @@ class Peer:
         "deleted",
         "download",
         "failure_times",
+        "handed_parents",
         "host",
         "id",
         "need_back_to_source",
@@ -143,6 +145,10 @@ class Peer:
         self.cost = 0.0
         self.block_parents: set[str] = {peer_id}
         self.need_back_to_source = False
+        # The peer asked for the origin itself (Download.need_back_to_source): its digests vouch for nothing.
+        self.asked_for_source = False
+        # Every parent ever handed to this peer: the only ones it may name as the source of a piece.
+        self.handed_parents: set[str] = set()
         self.parents: dict[str, Peer] = {}
         self.children: dict[str, Peer] = {}
         self.bad_until = 0.0

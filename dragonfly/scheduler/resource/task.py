@@ -166,8 +166,9 @@ class Task:
         self.back_to_source_peers: set[str] = set()
         self.peers: dict[str, Peer] = {}
         self.parent_pool = PeerPool()
-        # Back-to-source pieces by number (``docs/reference/scheduler.md#other-rpcs``: StatTask shows them); digests
-        # judge other reports.
+        # Trusted pieces by number: the first back-to-source report of each by a digest authority
+        # (docs/security.md#trusted-piece-digests). Children get these digests with their parents and from StatTask
+        # (docs/reference/scheduler.md#other-rpcs), and claims that contradict them fail.
         self.pieces: dict[int, common_pb2.Piece] = {}
         self.peer_failed_count = 0
         # Costs of pieces served peer-to-peer across the swarm: the yardstick for slow parents.

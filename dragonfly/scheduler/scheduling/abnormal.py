@@ -64,7 +64,7 @@ class AbnormalDetector:
             self.mark(parent, FAILURES, f"{len(times)} piece failures within {config.cool_down:g}s", now)
 
     def digest_mismatch(self, parent: Peer, number: int, expected: str, actual: str, now: float) -> None:
-        """Account a piece whose reported digest differs from the origin's."""
+        """Account a peer that reported a piece digest other than the trusted (origin's) one."""
         self.mark(parent, DIGEST, f"piece {number} digest {actual}, origin's {expected}", now)
 
     def mark(self, parent: Peer, reason: str, detail: str, now: float) -> None:

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 import grpc
 from dragonfly_api import common_pb2, scheduler_pb2
 
+from dragonfly.common.digest import parse_digest
+from dragonfly.common.errors import InvalidDigest
 from dragonfly.scheduler.resource import peer as peer_states
 from dragonfly.scheduler.resource import task as task_states
 from dragonfly.scheduler.resource.fsm import InvalidTransition
@@ -217,14 +219,28 @@ class PeerStream:
         (``docs/reference/scheduler.md#registration`` step 5)."""
         if download.need_back_to_source:
             peer.need_back_to_source = True
+            peer.asked_for_source = True
             return
         task = peer.task
         nobody_has_it = task.state in (task_states.PENDING, task_states.FAILED, task_states.LEAVE) or (
             task.state == task_states.SUCCEEDED and not task.has_available_peer(peer.host.id, peer.block_parents)
         )
-        if not nobody_has_it or task.seed_trigger_active:
-            return
         seeds = self._ctx.seeds
+        if task.seed_trigger_active:
+            return
+        if not nobody_has_it:
+            if (
+                not task.seed_has_pieces
+                and not peer.host.is_seed
+                and self._ctx.config.scheduler.piece_digest_sources == "seedPeers"
+                and not seeds.recently_failed(task, now)
+            ):
+                # Normal peers hold the task, but they vouch for nothing: a seed peer's digests let children use
+                # them (docs/security.md).
+                seed = seeds.select(task.id)
+                if seed is not None and seed is not peer.host:
+                    seeds.trigger(task, download, seed)
+            return
         if peer.host.is_seed or not seeds.available():
             peer.need_back_to_source = True
             return
@@ -261,11 +277,14 @@ class PeerStream:
         assert peer is not None
         kind = decision.kind
         if kind == scheduling.NORMAL:
+            peer.handed_parents.update(parent.id for parent in decision.parents)
             task = convert.task_message(peer.task)
+            candidates = [convert.peer_message(parent, task) for parent in decision.parents]
+            # The trusted piece digests travel once per response, in the first candidate's task (docs/security.md).
+            if candidates:
+                convert.add_trusted_pieces(candidates[0].task, peer.task)
             response = scheduler_pb2.AnnouncePeerResponse(
-                normal_task_response=scheduler_pb2.NormalTaskResponse(
-                    candidate_parents=[convert.peer_message(parent, task) for parent in decision.parents]
-                )
+                normal_task_response=scheduler_pb2.NormalTaskResponse(candidate_parents=candidates)
             )
             log.debug(
                 "parents scheduled",
@@ -382,42 +401,95 @@ class PeerStream:
         )
 
     def _piece_finished(self, peer: Peer, piece: common_pb2.Piece, *, back_to_source: bool) -> None:
-        """Record a finished piece: O(1) apart from a first piece, which may wake waiting children."""
+        """Record a finished piece the peer can prove it may have; O(1) apart from a first piece.
+
+        Claims are checked (docs/security.md): a piece from a parent must name a parent this scheduler handed out
+        that holds the piece (or a piece the origin's digest is known for); a digest that contradicts the trusted
+        one is refused. Only a digest authority's back-to-source digests become trusted digests.
+        """
         if peer.deleted or peer.state in (peer_states.FAILED, peer_states.LEAVE):
             return
         number = piece.number
+        task = peer.task
+        digest = piece.digest
+        if digest:
+            try:
+                parse_digest(digest)
+            except InvalidDigest:
+                self._reject_claim(peer, number, "malformed digest")
+                return
+        trusted = task.pieces.get(number)
+        if trusted is not None and digest and not _digests_agree(trusted.digest, digest):
+            # The reporter holds other bytes than the origin's: never hand it out for this task.
+            self._reject_claim(peer, number, "digest differs from the trusted one")
+            self._ctx.abnormal.digest_mismatch(peer, number, trusted.digest, digest, time.monotonic())
+            return
+        parent: Peer | None = None
+        if not back_to_source:
+            parent = self._claimed_parent(peer, piece)
+            if parent is None:
+                return
         try:
             added = peer.pieces.add(number)
         except ValueError as exc:
-            log.warning("bad piece report", extra={"task_id": peer.task.id, "peer_id": peer.id, "error": str(exc)})
+            self._reject_claim(peer, number, str(exc))
             return
         now = time.monotonic()
         cost = convert.seconds(piece.cost)
         peer.cost_window.add(cost)
         peer.piece_updated_at = peer.updated_at = now
-        task = peer.task
         task.updated_at = now
         self._metrics.count_piece(_TRAFFIC_NAMES.get(piece.traffic_type, "UNKNOWN"), piece.length)
         if back_to_source:
-            if number not in task.pieces:
-                stored = common_pb2.Piece()
-                stored.CopyFrom(piece)
-                stored.ClearField("content")
+            if trusted is None and digest and self._vouches(peer):
+                stored = common_pb2.Piece(number=number, offset=piece.offset, length=piece.length, digest=digest)
                 task.pieces[number] = stored
-        elif piece.parent_id:
-            self._piece_served(peer, piece, cost, now)
+        elif parent is not None:
+            self._piece_served(parent, cost, now)
         if added and peer.pieces.count == 1:
             task.refresh_pool(peer)
             task.notify()
 
-    def _piece_served(self, peer: Peer, piece: common_pb2.Piece, cost: float, now: float) -> None:
-        parent = self._ctx.resource.peers.get(piece.parent_id)
-        if parent is None or parent.task is not peer.task:
-            return
+    def _vouches(self, peer: Peer) -> bool:
+        """Return whether ``peer``'s back-to-source digests are trusted digests of the task."""
+        if peer.host.is_seed:
+            return True
+        return (
+            self._ctx.config.scheduler.piece_digest_sources == "backToSourcePeers"
+            and not peer.asked_for_source
+            and peer.id in peer.task.back_to_source_peers
+        )
+
+    def _claimed_parent(self, peer: Peer, piece: common_pb2.Piece) -> Peer | None:
+        """Return the parent a piece report names if the claim holds, else None (and count the rejection)."""
+        parent_id = piece.parent_id
+        if not parent_id or parent_id not in peer.handed_parents:
+            self._reject_claim(peer, piece.number, "names no parent handed to this peer")
+            return None
+        parent = self._ctx.resource.peers.get(parent_id)
+        if parent is not None and parent.task is not peer.task:
+            parent = None
+        if (parent is None or piece.number not in parent.pieces) and piece.number not in peer.task.pieces:
+            # A piece the parent never reported and whose origin digest nobody trusted has no provenance.
+            self._reject_claim(peer, piece.number, "the named parent does not hold the piece")
+            return None
+        return parent
+
+    def _reject_claim(self, peer: Peer, number: int, reason: str) -> None:
+        self._metrics.rejected_piece_claims.labels(reason).inc()
+        log.debug(
+            "piece claim rejected",
+            extra={"task_id": peer.task.id, "peer_id": peer.id, "piece": number, "reason": reason},
+        )
+
+    def _piece_served(self, parent: Peer, cost: float, now: float) -> None:
         parent.updated_at = now
         parent.host.updated_at = now
-        abnormal = self._ctx.abnormal
-        abnormal.piece_served(parent, cost, now)
-        source = peer.task.pieces.get(piece.number)
-        if source is not None and piece.digest and source.digest and piece.digest != source.digest:
-            abnormal.digest_mismatch(parent, piece.number, source.digest, piece.digest, now)
+        self._ctx.abnormal.piece_served(parent, cost, now)
+
+
+def _digests_agree(trusted: str, reported: str) -> bool:
+    """Return False only when two digests of the same algorithm differ (a crc32 says nothing about a blake3)."""
+    if trusted.partition(":")[0] != reported.partition(":")[0]:
+        return True
+    return trusted == reported

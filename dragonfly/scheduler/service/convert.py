@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 from dragonfly_api import common_pb2
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from dragonfly.common.redact import redact_headers, redact_url
+
 if TYPE_CHECKING:
     from dragonfly.scheduler.resource.peer import Peer
     from dragonfly.scheduler.resource.task import Task
@@ -34,9 +36,10 @@ def task_message(task: Task, *, with_pieces: bool = False) -> common_pb2.Task:
     message = common_pb2.Task(
         id=task.id,
         type=task.type,
-        url=task.url,
+        # Answers (StatTask, candidate parents) never carry credentials: anyone can ask (docs/security.md).
+        url=redact_url(task.url),
         filtered_query_params=task.filtered_query_params,
-        request_header=task.request_header,
+        request_header=redact_headers(task.request_header),
         content_length=max(task.content_length, 0),
         piece_count=task.piece_count,
         size_scope=task.size_scope(),
@@ -53,8 +56,14 @@ def task_message(task: Task, *, with_pieces: bool = False) -> common_pb2.Task:
     if task.application:
         message.application = task.application
     if with_pieces:
-        message.pieces.extend(task.pieces[number] for number in sorted(task.pieces))
+        add_trusted_pieces(message, task)
     return message
+
+
+def add_trusted_pieces(message: common_pb2.Task, task: Task) -> None:
+    """Add the task's trusted pieces (number, offset, length, digest from a digest authority) to ``message``."""
+    pieces = task.pieces
+    message.pieces.extend(pieces[number] for number in sorted(pieces))
 
 
 def peer_message(peer: Peer, task: common_pb2.Task, *, with_pieces: bool = False) -> common_pb2.Peer:

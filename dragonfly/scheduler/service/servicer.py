@@ -163,7 +163,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         return self._ctx.resource.tasks.get(task_id)
 
     async def StatTask(self, request: scheduler_pb2.StatTaskRequest, context: grpc.aio.ServicerContext) -> Any:
-        """Return the task with its stored back-to-source pieces."""
+        """Return the task with its trusted pieces (digests from a digest authority, docs/security.md)."""
         await self._ctx.authz.caller(context)
         error = _check_ids(task_id=request.task_id)
         if error:

@@ -57,8 +57,13 @@ async def test_first_peer_triggers_seed_then_gets_it_as_parent_and_second_peer_g
     assert (parents[0].task.id, parents[0].task.content_length) == (TASK, 16384)
     assert parents[0].state == "BackToSource"
 
+    # The seed's digest of piece 0 travels with the parents: it is what the child checks the piece against.
+    assert [(p.number, p.digest) for p in parents[0].task.pieces] == [(0, "crc32:0")]
+    # Credentials in the URL are not handed to other peers (docs/security.md).
+    assert "X-Amz-Signature=x" not in parents[0].task.url
+
     await a.started()
-    await a.piece(1, parent_id=seed.peer_id)
+    await a.piece(0, parent_id=seed.peer_id)
     await cluster.wait_pieces(a, 1)
     b = cluster.peer(host_b, TASK)
     await b.register(helpers.download("http://origin.test/blob?X-Amz-Signature=y", tag="t1", application="app"))
