@@ -9,8 +9,10 @@ protocol stubs are imported, so a bad command line or a missing daemon answers a
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
+import stat
 import sys
 import time
 from collections.abc import Mapping
@@ -123,7 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     env = os.environ.get
     parser.add_argument("url", nargs="?", type=_url, help="http:// or https:// URL to download")
-    parser.add_argument("-O", "--output", help="output file path (its directory must exist)")
+    parser.add_argument(
+        "-O",
+        "--output",
+        help="output file path (its directory must exist); '-', a device or a FIFO is written by streaming",
+    )
     parser.add_argument("--digest", type=_digest, help="verify the whole file: sha256:<hex>, sha512:<hex> or crc32:<n>")
     parser.add_argument("--tag", default="", help="task tag (part of the task id)")
     parser.add_argument("--application", default="", help="caller application (part of the task id)")
@@ -159,7 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="scheduling priority 0..6 (default 6)",
     )
     parser.add_argument("--disable-back-to-source", action="store_true", help="fail rather than fetch from the origin")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing regular output file")
+    parser.add_argument(
+        "--force-hard-link",
+        action="store_true",
+        help="hard-link the output to the daemon's cache instead of copying it (edits then change the cache copy, "
+        "which is detected and downloaded again)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument(
         "-e", "--endpoint", default=DEFAULT_ENDPOINT, help=f"dfdaemon unix socket (default {DEFAULT_ENDPOINT})"
@@ -369,6 +381,7 @@ def download(args: argparse.Namespace, output: str) -> Traffic:
         timeout=duration_pb2.Duration(seconds=int(timeout), nanos=int((timeout % 1) * 1e9)),
         disable_back_to_source=args.disable_back_to_source,
         overwrite=args.overwrite,
+        force_hard_link=args.force_hard_link,
     )
     if args.log_level == "debug":
         print(f"dfget: DownloadTask on unix:{args.endpoint}: {download}", file=sys.stderr)
@@ -444,10 +457,15 @@ def main(argv: list[str] | None = None) -> int:
     existed = False
     output = ""
     started = time.monotonic()
+    stream_to = stream_target(args.output)
     try:
-        output = check_output(args.output, overwrite=args.overwrite)
-        existed = os.path.lexists(output)
-        traffic = download(args, output)
+        if stream_to is not None:
+            output = "standard output" if stream_to == "-" else stream_to
+            traffic = download_and_stream(args, stream_to)
+        else:
+            output = check_output(args.output, overwrite=args.overwrite)
+            existed = os.path.lexists(output)
+            traffic = download(args, output)
     except DownloadFailed as exc:
         _remove_partial(output, existed)
         # The error stays the last line (scripts read it); what explains it, such as origin headers, goes first.
@@ -484,6 +502,70 @@ def _merge_range(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
             parser.error(str(exc))
     if args.range:
         args.header.append(("Range", args.range))
+
+
+def stream_target(path: str) -> str | None:
+    """Return where to stream the content ('-' or the path) when the output is stdout, a device or a FIFO.
+
+    Those are never replaced (``--overwrite`` replaces regular files only) and the daemon never opens them:
+    dfget writes them itself, with the caller's own rights (docs/output-and-cache.md).
+    """
+    if path == "-":
+        return path
+    try:
+        mode = os.stat(os.path.expanduser(path)).st_mode
+    except OSError:
+        return None
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        return os.path.abspath(os.path.expanduser(path))
+    return None
+
+
+def download_and_stream(args: argparse.Namespace, target: str) -> Traffic:
+    """Download into a private temporary file, then copy it into ``target`` (fd 1 for '-') without replacing it."""
+    import tempfile  # only here: dfget's start-up stays light
+
+    with tempfile.TemporaryDirectory(prefix="dfget-") as directory:
+        temporary = os.path.join(directory, "content")
+        # The temporary file is a private copy: a hard link into the cache would be pointless here.
+        traffic = download(argparse.Namespace(**{**vars(args), "force_hard_link": False}), temporary)
+        try:
+            out = 1 if target == "-" else os.open(target, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            _fail(f"cannot open {target} for writing: {exc.strerror}")
+        try:
+            with open(temporary, "rb") as source:
+                _copy_fd(source.fileno(), out, os.fstat(source.fileno()).st_size)
+        except OSError as exc:
+            _fail(f"cannot write to {'standard output' if target == '-' else target}: {exc.strerror or exc}")
+        finally:
+            if out != 1:
+                os.close(out)
+    return traffic
+
+
+def _copy_fd(source: int, out: int, size: int) -> None:
+    offset = 0
+    try:
+        while offset < size:
+            sent = os.sendfile(out, source, offset, min(size - offset, 1 << 30))
+            if sent == 0:
+                break
+            offset += sent
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOSYS):
+            raise
+        # Some outputs (e.g. a terminal on old kernels) take no sendfile: plain reads and writes.
+        while offset < size:
+            chunk = os.pread(source, min(size - offset, 1 << 20), offset)
+            if not chunk:
+                break
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(out, view) :]
+            offset += len(chunk)
+    if offset != size:
+        raise OSError(errno.EIO, f"the downloaded file ended after {offset} of {size} bytes")
 
 
 def _remove_partial(output: str, existed: bool) -> None:

@@ -174,6 +174,15 @@ def blob_digest_task_id(url: str) -> str | None:
     return encoded if _TASK_ID.match(encoded) else None
 
 
+def blob_digest(url: str) -> str | None:
+    """Return an OCI blob URL's digest (``sha256:<hex>``), or None for other URLs."""
+    match = _BLOB_URL.match(url)
+    if not match:
+        return None
+    digest: str = match.group(4)
+    return digest
+
+
 def is_task_id(value: str) -> bool:
     """Tell whether ``value`` has the form of a standard task id (64 lower-case hex), safe to use as a file name."""
     return bool(_TASK_ID.match(value))

@@ -7,6 +7,7 @@ files load. ``scheduler.addrs`` is the static scheduler list used until dynamic 
 
 from __future__ import annotations
 
+import grp
 import os
 import socket
 from dataclasses import dataclass, field
@@ -39,13 +40,29 @@ class DownloadServerConfig:
     """The local gRPC API (DfdaemonDownload) on a unix socket."""
 
     socket_path: str = "/var/run/dragonfly/dfdaemon.sock"
-    socket_mode: int = 0o777
+    # Owner and group only (docs/security.md#local-users); Dragonfly's 0o777 let any local user make the daemon
+    # download and write files.
+    socket_mode: int = 0o660
+    # Group (name or gid) of the socket: the users who may download through this daemon.
+    socket_group: str | None = None
 
     def validate(self) -> None:
         if not self.socket_path:
             raise ValueError("socketPath must not be empty")
         if not 0 <= self.socket_mode <= 0o777:
-            raise ValueError(f"socketMode must be a permission mode such as 0o777, got {self.socket_mode}")
+            raise ValueError(f"socketMode must be a permission mode such as 0o660, got {self.socket_mode}")
+        if self.socket_group is not None:
+            socket_gid(self.socket_group)
+
+
+def socket_gid(group: str) -> int:
+    """Return the gid of ``download.server.socketGroup`` (a name or a number); ValueError names the key."""
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ValueError(f"socketGroup {group!r}: no such group") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +76,13 @@ class DownloadConfig:
     piece_timeout: Duration = Duration(360.0)
     collected_piece_timeout: Duration = Duration(360.0)
     concurrent_piece_count: int = 8
+    # Which digests a piece from a parent must match (docs/security.md#the-childs-policy-downloadpieceverification):
+    # "strict" (cryptographic digests vouched for by a seed peer) or "compatible" (Dragonfly's trust in parents).
+    piece_verification: str = "strict"
 
     def validate(self) -> None:
+        if self.piece_verification not in ("strict", "compatible"):
+            raise ValueError(f"pieceVerification must be strict or compatible, got {self.piece_verification!r}")
         if self.protocol != "tcp":
             raise ValueError(f"protocol {self.protocol!r} is not supported: only 'tcp' is")
         if self.concurrent_piece_count < 1:

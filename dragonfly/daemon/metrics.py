@@ -18,13 +18,6 @@ class DaemonMetrics:
         self.download_bytes = Counter(
             "download_bytes", "Bytes of downloaded pieces by source.", ["source"], namespace=ns, registry=self.registry
         )
-        self.task_download_bytes = Counter(
-            "task_download_bytes",
-            "Bytes of downloaded pieces by task and source.",
-            ["task_id", "source"],
-            namespace=ns,
-            registry=self.registry,
-        )
         self.upload_bytes = Counter("upload_bytes", "Bytes of pieces served.", namespace=ns, registry=self.registry)
         self.piece_cost = Histogram(
             "piece_download_duration_seconds",
@@ -43,18 +36,11 @@ class DaemonMetrics:
             "upload_connections", "Vortex connections being served now.", namespace=ns, registry=self.registry
         )
 
-    def record_piece(self, task_id: str, source: str, length: int, seconds: float) -> None:
+    # No label carries a task id or URL: /metrics is readable by anyone who reaches it, and task ids name content
+    # (docs/security.md).
+    def record_piece(self, source: str, length: int, seconds: float) -> None:
         self.download_bytes.labels(source).inc(length)
-        self.task_download_bytes.labels(task_id, source).inc(length)
         self.piece_cost.labels(source).observe(seconds)
-
-    def forget_task(self, task_id: str) -> None:
-        """Drop a task's labels once it is evicted, so label sets stay bounded by what is stored."""
-        for source in SOURCES:
-            try:
-                self.task_download_bytes.remove(task_id, source)
-            except KeyError:
-                pass
 
     def app(self) -> web.Application:
         async def metrics(_request: web.Request) -> web.Response:

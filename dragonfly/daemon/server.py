@@ -26,8 +26,9 @@ from dragonfly.common.authz import Authorizer
 from dragonfly.common.errors import ConfigError
 from dragonfly.common.identity import ROLE_PEER, ROLE_SEED_PEER, identity_from_pem
 from dragonfly.common.process import announce_listening
+from dragonfly.daemon.api.callers import CallerRelay
 from dragonfly.daemon.api.download_server import DfdaemonDownloadService
-from dragonfly.daemon.config import DfdaemonConfig
+from dragonfly.daemon.config import DfdaemonConfig, socket_gid
 from dragonfly.daemon.download.backend import HTTPBackend
 from dragonfly.daemon.download.parents import ParentChannels
 from dragonfly.daemon.download.scheduler_client import SchedulerClient
@@ -93,6 +94,7 @@ class Dfdaemon:
         self.addresses: dict[str, str] = {}
         self._upload_server: grpc.aio.Server | None = None
         self._download_server: grpc.aio.Server | None = None
+        self._callers = CallerRelay(self._socket_path)
         self._runners: list[web.AppRunner] = []
         self._background: list[asyncio.Task[None]] = []
 
@@ -218,11 +220,11 @@ class Dfdaemon:
 
         socket_path = self._socket_path
         os.makedirs(os.path.dirname(socket_path), exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(socket_path)
         self._download_server = grpc.aio.server(options=_LOCAL_API_OPTIONS)
         dfdaemon_pb2_grpc.add_DfdaemonDownloadServicer_to_server(
-            DfdaemonDownloadService(storage=self.storage, tasks=self.tasks, scheduler=self.scheduler),
+            DfdaemonDownloadService(
+                storage=self.storage, tasks=self.tasks, scheduler=self.scheduler, callers=self._callers
+            ),
             self._download_server,
         )
         await self._add_health(self._download_server, "dfdaemon.v2.DfdaemonDownload")
@@ -230,9 +232,13 @@ class Dfdaemon:
             (dfdaemon_pb2.DESCRIPTOR.services_by_name["DfdaemonDownload"].full_name, reflection.SERVICE_NAME),
             self._download_server,
         )
-        self._download_server.add_insecure_port(f"unix:{socket_path}")
+        # gRPC listens on an internal abstract socket; the public socket is ours, so that every caller's
+        # SO_PEERCRED is known to the handlers (dragonfly/daemon/api/callers.py).
+        self._download_server.add_insecure_port(self._callers.internal_target)
         await self._download_server.start()
-        os.chmod(socket_path, config.download.server.socket_mode)
+        server_config = config.download.server
+        gid = socket_gid(server_config.socket_group) if server_config.socket_group is not None else None
+        self._callers.start(server_config.socket_mode, gid)
         self._listening("download", socket_path)
 
         gc = GarbageCollector(self.storage, config.gc, is_busy=self.tasks.is_active, on_evict=self._on_evict)
@@ -261,12 +267,12 @@ class Dfdaemon:
         self.metrics.upload_bytes.inc(length)
 
     async def _on_evict(self, task_id: str) -> None:
-        self.metrics.forget_task(task_id)
         if self.scheduler is not None:
             await self.scheduler.delete_task(self.host_id, task_id)
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop taking requests, finish in-flight pieces, tell the schedulers this host leaves, close."""
+        await self._callers.stop()
         if self._download_server is not None:
             await self._download_server.stop(grace=1.0)
         if self.proxy is not None:

@@ -1,4 +1,4 @@
-"""A test peer that claims a whole task and serves every piece with one byte flipped.
+"""A test peer that claims a whole task and serves every piece with one byte flipped, or forged bytes.
 
 It is a stand-in for a peer with bad memory, a bad disk or a buggy build: real dfdaemons never serve a piece
 they have not verified, so a corrupting sender has to be built on purpose. It speaks only the parts of the
@@ -13,6 +13,10 @@ the daemon's own code, so the wire format is checked independently:
 - a Vortex TCP server answering DownloadPiece with the piece's true metadata and corrupted bytes.
 
 With ``files`` (a cluster certificate, as every member holds with mutual TLS on) it speaks TLS on every port.
+
+With ``forged``, it is the attacker of docs/security.md instead: it serves the bytes of another file of the same
+size with their own (matching) CRC-32, and reports them to the scheduler as fetched from the origin with their
+CRC-32 or (``report_blake3``) their BLAKE3 digests, trying to make its digests the trusted ones.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import grpc
 from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from dragonfly.common import ids, tls
+from dragonfly.common import ids, native, tls
 from dragonfly.common.piece import calculate_piece_length, piece_count, piece_range
 
 TAG_DOWNLOAD_PIECE, TAG_PIECE_CONTENT, TAG_ERROR = 0, 1, 255
@@ -85,10 +89,14 @@ class MisbehavingPeer:
         *,
         hostname: str = "misbehaving-peer",
         files: tls.TLSFiles | None = None,
+        forged: Path | None = None,
+        report_blake3: bool = False,
     ) -> None:
         self.scheduler_addr = scheduler_addr
         self.url = url
         self.content = content
+        self.forged = forged
+        self.report_blake3 = report_blake3
         self.hostname = hostname
         self.size = content.stat().st_size
         self.piece_length = calculate_piece_length(self.size)
@@ -163,14 +171,20 @@ class MisbehavingPeer:
         if not first.HasField("need_back_to_source_response"):
             raise AssertionError(f"scheduler answered {first} to a need_back_to_source registration")
         send(download_peer_back_to_source_started_request=scheduler_pb2.DownloadPeerBackToSourceStartedRequest())
-        with open(self.content, "rb") as f:
+        with open(self.forged or self.content, "rb") as f:
             for number in range(self.piece_count):
                 offset, length = piece_range(number, self.size, self.piece_length)
+                data = os.pread(f.fileno(), length, offset)
+                digest = (
+                    f"blake3:{native.Hasher('blake3', data).hexdigest()}"
+                    if self.report_blake3
+                    else f"crc32:{zlib.crc32(data)}"
+                )
                 piece = common_pb2.Piece(
                     number=number,
                     offset=offset,
                     length=length,
-                    digest=f"crc32:{zlib.crc32(os.pread(f.fileno(), length, offset))}",
+                    digest=digest,
                     traffic_type=common_pb2.BACK_TO_SOURCE,
                     cost=duration_pb2.Duration(nanos=20_000_000),
                     created_at=timestamp_pb2.Timestamp(seconds=int(time.time())),
@@ -216,10 +230,11 @@ class MisbehavingPeer:
                 )
                 return
             offset, size = piece_range(number, self.size, self.piece_length)
-            with open(self.content, "rb") as f:
+            with open(self.forged or self.content, "rb") as f:
                 data = bytearray(os.pread(f.fileno(), size, offset))
-            digest = f"crc32:{zlib.crc32(data)}".encode()  # the CRC of the true bytes ...
-            data[len(data) // 2] ^= 0xFF  # ... and one flipped byte on the wire
+            digest = f"crc32:{zlib.crc32(data)}".encode()  # the CRC of the true (or forged) bytes ...
+            if self.forged is None:
+                data[len(data) // 2] ^= 0xFF  # ... and one flipped byte on the wire
             parent = self.peer_id.encode()
             metadata = (
                 struct.pack(">IQQI", number, offset, size, len(digest))

@@ -12,6 +12,7 @@ from dragonfly.common.byte_range import RangeNotSatisfiable
 from dragonfly.common.errors import DigestMismatch, InvalidDigest
 from dragonfly.common.ids import InvalidURL
 from dragonfly.common.piece import piece_count
+from dragonfly.common.redact import redact_url
 from dragonfly.daemon.download.task_manager import PieceDone, TaskStarted, piece_message
 from dragonfly.daemon.errors import (
     BackendError,
@@ -43,7 +44,7 @@ def task_message(task: TaskRecord, *, active: bool) -> common_pb2.Task:
     return common_pb2.Task(
         id=task.id,
         type=common_pb2.STANDARD,
-        url=task.url,
+        url=redact_url(task.url),
         content_length=task.content_length,
         piece_count=piece_count(task.content_length, task.piece_length),
         pieces=[piece_message(task.pieces[n]) for n in sorted(task.pieces)],

@@ -9,6 +9,8 @@ import grpc
 from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
 from google.protobuf import empty_pb2
 
+from dragonfly.common.redact import redact_url
+from dragonfly.daemon.api.callers import CallerRelay
 from dragonfly.daemon.api.convert import (
     download_response,
     error_trailers,
@@ -19,6 +21,7 @@ from dragonfly.daemon.api.convert import (
 from dragonfly.daemon.api.lookup import get_task_or_abort
 from dragonfly.daemon.download.scheduler_client import SchedulerClient
 from dragonfly.daemon.download.task_manager import TaskManager
+from dragonfly.daemon.output import Caller
 from dragonfly.daemon.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -27,36 +30,56 @@ log = logging.getLogger(__name__)
 class DfdaemonDownloadService(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):
     """The local API."""
 
-    def __init__(self, *, storage: Storage, tasks: TaskManager, scheduler: SchedulerClient | None) -> None:
+    def __init__(
+        self, *, storage: Storage, tasks: TaskManager, scheduler: SchedulerClient | None, callers: CallerRelay | None
+    ) -> None:
         self._storage = storage
         self._tasks = tasks
         self._scheduler = scheduler
+        self._callers = callers
+
+    async def _caller(self, context: grpc.aio.ServicerContext) -> Caller | None:
+        """Return who called (SO_PEERCRED); refuse a connection that did not come through the public socket."""
+        if self._callers is None:
+            return None
+        caller = self._callers.lookup(context.peer())
+        if caller is None:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "the local API takes requests only through its unix socket"
+            )
+        return caller
 
     async def DownloadTask(
         self, request: dfdaemon_pb2.DownloadTaskRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[dfdaemon_pb2.DownloadTaskResponse]:
+        caller = await self._caller(context)
         try:
-            async for event in self._tasks.download(request.download):
+            async for event in self._tasks.download(request.download, caller=caller):
                 yield download_response(event, host_id=self._tasks.host_id)
         except Exception as exc:
             code, message = status_of(exc)
-            log.info("download failed", extra={"url": request.download.url, "code": code.name, "error": message})
+            log.info(
+                "download failed", extra={"url": redact_url(request.download.url), "code": code.name, "error": message}
+            )
             await context.abort(code, message, trailing_metadata=error_trailers(exc))
 
     async def StatTask(
         self, request: dfdaemon_pb2.StatTaskRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.Task:
+        await self._caller(context)
         task = await get_task_or_abort(self._storage, request.task_id, context)
         return task_message(task, active=self._tasks.is_active(task.id))
 
     async def StatLocalTask(
         self, request: dfdaemon_pb2.StatLocalTaskRequest, context: grpc.aio.ServicerContext
     ) -> dfdaemon_pb2.StatLocalTaskResponse:
+        await self._caller(context)
         return local_task_message(await get_task_or_abort(self._storage, request.task_id, context))
 
     async def ListLocalTasks(
         self, request: dfdaemon_pb2.ListLocalTasksRequest, context: grpc.aio.ServicerContext
     ) -> dfdaemon_pb2.ListLocalTasksResponse:
+        await self._caller(context)
         return dfdaemon_pb2.ListLocalTasksResponse(tasks=[local_task_message(t) for t in self._storage.tasks()])
 
     async def _delete(self, task_id: str, context: grpc.aio.ServicerContext) -> None:
@@ -68,6 +91,7 @@ class DfdaemonDownloadService(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):
     async def DeleteTask(
         self, request: dfdaemon_pb2.DeleteTaskRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
+        await self._caller(context)
         await self._delete(request.task_id, context)
         if self._scheduler is not None:
             try:
@@ -79,10 +103,12 @@ class DfdaemonDownloadService(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):
     async def DeleteLocalTask(
         self, request: dfdaemon_pb2.DeleteLocalTaskRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
+        await self._caller(context)
         await self._delete(request.task_id, context)
         return empty_pb2.Empty()
 
     async def DeleteHost(self, request: empty_pb2.Empty, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+        await self._caller(context)
         if self._scheduler is not None:
             await self._scheduler.delete_host(self._tasks.host_id)
         return empty_pb2.Empty()

@@ -230,6 +230,13 @@ class SchedulerClient:
             scheduler_pb2.DeleteTaskRequest(host_id=host_id, task_id=task_id), timeout=REQUEST_TIMEOUT
         )
 
+    async def trusted_pieces(self, host_id: str, task_id: str) -> list[common_pb2.Piece]:
+        """Return the pieces of ``task_id`` whose digests the owning scheduler trusts (StatTask, docs/security.md)."""
+        task = await self._stub(self.owner(task_id)).StatTask(
+            scheduler_pb2.StatTaskRequest(host_id=host_id, task_id=task_id), timeout=REQUEST_TIMEOUT
+        )
+        return list(task.pieces)
+
     def announce_peer(self, addr: str, *, host_id: str, task_id: str, peer_id: str) -> AnnouncePeerStream:
         """Open an AnnouncePeer stream to ``addr``; the first message must be the RegisterPeerRequest."""
         call = self._stub(addr).AnnouncePeer()

@@ -13,13 +13,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import errno
 import logging
 import os
-import shutil
 import ssl
 import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -38,9 +35,10 @@ from dragonfly.common.byte_range import (
     parse_range_header,
     range_from_fields,
 )
-from dragonfly.common.digest import format_piece_digest, parse_digest, verify_file_digest
-from dragonfly.common.errors import DigestMismatch, DragonflyError
+from dragonfly.common.digest import Digest, format_piece_digest, parse_digest, verify_file_digest
+from dragonfly.common.errors import DigestMismatch, DragonflyError, InvalidDigest
 from dragonfly.common.piece import MAX_PIECE_LENGTH, MIN_PIECE_LENGTH, calculate_piece_length, piece_count, piece_range
+from dragonfly.common.redact import redact_headers, redact_url
 from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.config import DfdaemonConfig
 from dragonfly.daemon.download.backend import HTTPBackend, RangeNotSupported
@@ -49,12 +47,14 @@ from dragonfly.daemon.download.parent_selector import ParentSelector
 from dragonfly.daemon.download.parents import ParentChannels
 from dragonfly.daemon.download.piece_collector import PieceCollector
 from dragonfly.daemon.download.piece_dispatcher import PieceDispatcher, PieceFetch
+from dragonfly.daemon.download.piece_verifier import PieceVerifier, UnverifiablePiece, is_strong, piece_hash
 from dragonfly.daemon.download.scheduler_client import AnnouncePeerStream, SchedulerClient
 from dragonfly.daemon.download.source_window import SourceWindow
 from dragonfly.daemon.download.vortex_client import ConnectionPool, fetch_piece
 from dragonfly.daemon.errors import BackendError, DownloadFailed, DownloadTimeout, OutputError
 from dragonfly.daemon.host_info import TrafficMeter
 from dragonfly.daemon.metrics import DaemonMetrics
+from dragonfly.daemon.output import Caller, check_output_path, write_output, write_output_as
 from dragonfly.daemon.storage import PieceRecord, Storage, TaskRecord
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ class TaskDownload:
         "streamed",
         "task",
         "task_id",
+        "verifier",
         "wanted",
     )
 
@@ -123,6 +124,7 @@ class TaskDownload:
         self.ready = asyncio.Event()
         self.done = asyncio.Event()
         self.runner: asyncio.Task[None] | None = None
+        self.verifier: PieceVerifier | None = None
 
 
 def piece_message(piece: PieceRecord, traffic_type: int | None = None) -> common_pb2.Piece:
@@ -131,7 +133,8 @@ def piece_message(piece: PieceRecord, traffic_type: int | None = None) -> common
         number=piece.number,
         offset=piece.offset,
         length=piece.length,
-        digest=piece.digest,
+        # The BLAKE3 digest when known: the scheduler hands it to children as a trusted digest (docs/security.md).
+        digest=piece.strong_digest or piece.digest,
         traffic_type=piece.traffic_type if traffic_type is None else traffic_type,
         cost=duration_pb2.Duration(seconds=int(piece.cost), nanos=int((piece.cost % 1) * 1e9)),
         created_at=timestamp_pb2.Timestamp(seconds=int(piece.created_at)),
@@ -185,11 +188,33 @@ def wanted_pieces(task: TaskRecord, byte_range: ByteRange | None) -> frozenset[i
     return frozenset(byte_range.pieces(task.piece_length))
 
 
-def validate_download(download: common_pb2.Download) -> None:
-    """Refuse requests this daemon cannot serve, with a message naming the field."""
+def whole_content_digest(download: common_pb2.Download, *, ranged: bool) -> Digest | None:
+    """Return the cryptographic digest the whole content must have (``--digest`` or an OCI blob's), if any.
+
+    A ranged download's ``--digest`` is the digest of its range, not of the content.
+    """
+    if not ranged and download.HasField("digest") and download.digest:
+        digest = parse_digest(download.digest)
+        if is_strong(str(digest)):
+            return digest
+    blob = ids.blob_digest(download.url) if download.enable_task_id_based_blob_digest else None
+    if blob is not None:
+        # An OCI blob is named by its digest: its bytes must hash to it, whoever served them.
+        with contextlib.suppress(InvalidDigest):
+            digest = parse_digest(blob)
+            if is_strong(str(digest)):
+                return digest
+    return None
+
+
+def validate_download(download: common_pb2.Download, *, as_daemon: bool = True) -> None:
+    """Refuse requests this daemon cannot serve, with a message naming the field.
+
+    ``as_daemon`` False (a caller with other rights) leaves the output checks to the write itself.
+    """
     scheme = download.url.partition("://")[0].lower()
     if scheme not in _SUPPORTED_SCHEMES or "://" not in download.url:
-        raise ValueError(f"unsupported URL {download.url!r}: only http:// and https:// are supported")
+        raise ValueError(f"unsupported URL {redact_url(download.url)!r}: only http:// and https:// are supported")
     requested_range(download)
     if download.HasField("piece_length") and not MIN_PIECE_LENGTH <= download.piece_length <= MAX_PIECE_LENGTH:
         raise ValueError(
@@ -198,113 +223,7 @@ def validate_download(download: common_pb2.Download) -> None:
     if download.HasField("digest") and download.digest:
         parse_digest(download.digest)
     if download.HasField("output_path"):
-        check_output_path(download.output_path, overwrite=download.overwrite)
-
-
-def check_output_path(path: str, *, overwrite: bool) -> None:
-    """Fail early when the output cannot be written."""
-    if not os.path.isabs(path):
-        raise OutputError(f"output path {path!r} must be absolute")
-    directory = os.path.dirname(path)
-    if not os.path.isdir(directory):
-        raise OutputError(f"output directory {directory} does not exist")
-    if os.path.isdir(path):
-        raise OutputError(f"output path {path} is a directory")
-    if os.path.lexists(path) and not overwrite:
-        raise OutputError(f"output file {path} already exists (use overwrite to replace it)")
-    if not os.access(directory, os.W_OK):
-        raise OutputError(f"output directory {directory} is not writable")
-
-
-def write_output(content_path: str, output_path: str, *, overwrite: bool, force_hard_link: bool) -> None:
-    """Place the content at ``output_path`` atomically: hard link when possible, else copy (blocking)."""
-    directory, name = os.path.split(output_path)
-    temp = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:12]}.dragonfly-tmp")
-    try:
-        try:
-            os.link(content_path, temp)
-        except OSError as exc:
-            if force_hard_link:
-                raise OutputError(f"cannot hard-link the content to {output_path}: {exc.strerror}") from exc
-            shutil.copyfile(content_path, temp)
-        if overwrite:
-            os.replace(temp, output_path)
-        else:
-            try:
-                os.link(temp, output_path)
-            except FileExistsError:
-                raise OutputError(f"output file {output_path} already exists (use overwrite to replace it)") from None
-    except OutputError:
-        raise
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise OutputError(f"no space left to write {output_path}") from exc
-        raise OutputError(f"cannot write {output_path}: {exc.strerror or exc}") from exc
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-
-
-def write_range_output(
-    content_path: str,
-    output_path: str,
-    byte_range: ByteRange,
-    *,
-    overwrite: bool,
-    verify: Callable[[str], None] | None = None,
-) -> None:
-    """Copy ``byte_range`` of the content to ``output_path`` through a temp file, checked by ``verify`` (blocking).
-
-    The output holds exactly the requested bytes, so it cannot share the content file's inode.
-    """
-    directory, name = os.path.split(output_path)
-    temp = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:12]}.dragonfly-tmp")
-    try:
-        with open(content_path, "rb") as source, open(temp, "xb") as target:
-            _copy_range(source.fileno(), target.fileno(), byte_range)
-        if verify is not None:
-            verify(temp)
-        if overwrite:
-            os.replace(temp, output_path)
-        else:
-            try:
-                os.link(temp, output_path)
-            except FileExistsError:
-                raise OutputError(f"output file {output_path} already exists (use overwrite to replace it)") from None
-    except OSError as exc:
-        if isinstance(exc, OutputError):
-            raise
-        if exc.errno == errno.ENOSPC:
-            raise OutputError(f"no space left to write {output_path}") from exc
-        raise OutputError(f"cannot write {output_path}: {exc.strerror or exc}") from exc
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-
-
-def _copy_range(source: int, target: int, byte_range: ByteRange) -> None:
-    """Copy the range in the kernel (copy_file_range), falling back to pread/write where it is refused."""
-    offset, left = byte_range.start, byte_range.length
-    try:
-        while left:
-            copied = os.copy_file_range(source, target, left, offset)
-            if copied == 0:
-                raise OutputError(f"content file ended {left} bytes before the end of the range")
-            offset += copied
-            left -= copied
-        return
-    except OSError as exc:
-        if isinstance(exc, OutputError) or exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-            raise
-    while left:
-        chunk = os.pread(source, min(left, 4 * 1024 * 1024), offset)
-        if not chunk:
-            raise OutputError(f"content file ended {left} bytes before the end of the range")
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(target, view) :]
-        offset += len(chunk)
-        left -= len(chunk)
+        check_output_path(download.output_path, overwrite=download.overwrite, as_daemon=as_daemon)
 
 
 class TaskManager:
@@ -374,17 +293,18 @@ class TaskManager:
     # ------------------------------------------------------------------ requesters
 
     async def download(
-        self, download: common_pb2.Download, *, from_scheduler: bool = False
+        self, download: common_pb2.Download, *, from_scheduler: bool = False, caller: Caller | None = None
     ) -> AsyncGenerator[TaskStarted | PieceDone, None]:
         """Download a task, yielding the started event then one event per piece; write the output at the end.
 
         With a range (``Download.range`` or a ``Range`` request header) only the pieces covering it are fetched
         and yielded, and the output file holds exactly the range's bytes; the task id and piece layout stay the
-        whole content's, so a later full download reuses these pieces.
+        whole content's, so a later full download reuses these pieces. ``caller`` is the local user who asked
+        (None: the daemon itself or the scheduler); the output is written with its rights (docs/security.md).
         """
         if self._stopping:
             raise DownloadFailed("dfdaemon is shutting down")
-        validate_download(download)
+        validate_download(download, as_daemon=caller is None or caller.is_daemon_user)
         task_id = task_id_for(download)
         timeout = download.timeout.ToTimedelta().total_seconds() if download.HasField("timeout") else 0.0
         deadline = time.monotonic() + timeout if timeout > 0 else None
@@ -395,7 +315,7 @@ class TaskManager:
                     byte_range = event.range
                 yield event
             if download.HasField("output_path"):
-                await self._finish_output(task_id, download, byte_range)
+                await self._finish_output(task_id, download, byte_range, caller)
         except BaseException:
             self._metrics.tasks.labels("failed").inc()
             raise
@@ -409,13 +329,21 @@ class TaskManager:
                 return None
             left = deadline - time.monotonic()
             if left <= 0:
-                raise DownloadTimeout(f"download of {download.url} did not finish within its timeout")
+                raise DownloadTimeout(f"download of {redact_url(download.url)} did not finish within its timeout")
             return left
 
         spec = requested_range(download)
         while True:
             task = self._storage.get_task(task_id)
             td = self._active.get(task_id)
+            if (
+                td is None
+                and task is not None
+                and task.finished_at is not None
+                and not await self._local_hit_usable(task, download, ranged=spec is not None)
+            ):
+                self._storage.delete_task(task_id)
+                task = None
             if td is None and task is not None and task.failed_at is None:
                 byte_range = spec.resolve(task.content_length) if spec is not None else None
                 wanted = wanted_pieces(task, byte_range)
@@ -484,37 +412,63 @@ class TaskManager:
         yield TaskStarted(task.id, peer_id, task.content_length, task.piece_length, task.response_header, byte_range)
         for number in sorted(task.pieces if wanted is None else wanted):
             piece = task.pieces[number]
-            self._metrics.record_piece(task.id, "local", piece.length, 0.0)
+            self._metrics.record_piece("local", piece.length, 0.0)
             yield PieceDone(piece, LOCAL_PEER)
 
-    async def _finish_output(self, task_id: str, download: common_pb2.Download, byte_range: ByteRange | None) -> None:
+    async def _local_hit_usable(self, task: TaskRecord, download: common_pb2.Download, *, ranged: bool) -> bool:
+        """Return whether a finished task may be served as it is; a changed or failing copy is downloaded again.
+
+        See docs/output-and-cache.md: a cheap size/mtime/inode check on every hit, the digest when one is given.
+        """
+        if not self._storage.content_intact(task):
+            reason = "content_file_changed"
+        elif not ranged and download.HasField("digest") and download.digest:
+            try:
+                with self._storage.content_fd(task.id):
+                    await run_blocking(
+                        self._executor,
+                        verify_file_digest,
+                        self._storage.content_path(task.id),
+                        parse_digest(download.digest),
+                    )
+                return True
+            except DigestMismatch:
+                reason = "local_digest_mismatch"
+        else:
+            return True
+        self._metrics.failures.labels(reason).inc()
+        log.warning("cached task is not used: downloading it again", extra={"task_id": task.id, "reason": reason})
+        return False
+
+    async def _finish_output(
+        self, task_id: str, download: common_pb2.Download, byte_range: ByteRange | None, caller: Caller | None
+    ) -> None:
         content = self._storage.content_path(task_id)
         digest = parse_digest(download.digest) if download.HasField("digest") and download.digest else None
-        if byte_range is not None:
+        with self._storage.content_fd(task_id) as fd:
+            if digest is not None and byte_range is None:
+                await run_blocking(self._executor, verify_file_digest, content, digest)
             # The digest of a ranged download is the digest of the bytes written: the range.
-            with self._storage.content_fd(task_id):
+            verify = None if digest is None or byte_range is None else lambda path: verify_file_digest(path, digest)
+            if caller is None or caller.is_daemon_user or os.geteuid() != 0:
+                # A daemon that is not root has no other rights to write with (docs/security.md#local-users).
                 await run_blocking(
                     self._executor,
-                    lambda: write_range_output(
+                    lambda: write_output(
+                        fd,
                         content,
                         download.output_path,
-                        byte_range,
                         overwrite=download.overwrite,
-                        verify=None if digest is None else lambda path: verify_file_digest(path, digest),
+                        link=download.force_hard_link,
+                        byte_range=byte_range,
+                        verify=verify,
                     ),
                 )
-            return
-        with self._storage.content_fd(task_id):
-            if download.HasField("digest") and download.digest:
-                await run_blocking(self._executor, verify_file_digest, content, parse_digest(download.digest))
-            await run_blocking(
-                self._executor,
-                lambda: write_output(
-                    content,
-                    download.output_path,
-                    overwrite=download.overwrite,
-                    force_hard_link=download.force_hard_link,
-                ),
+                return
+            if download.force_hard_link:
+                raise OutputError("force_hard_link is only available to the daemon's own user: the cache is not yours")
+            await write_output_as(
+                caller, fd, download.output_path, overwrite=download.overwrite, byte_range=byte_range, verify=verify
             )
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -539,12 +493,20 @@ class TaskManager:
                 )
                 task = self._storage.prepare_task(
                     td.task_id,
-                    url=download.url,
+                    # Stored and shown without credentials (docs/security.md#secrets); the request keeps them.
+                    url=redact_url(download.url),
                     piece_length=piece_length,
                     content_length=stat.content_length,
-                    response_header=stat.header,
+                    response_header=redact_headers(stat.header),
                 )
             td.task = task
+            whole = whole_content_digest(download, ranged=td.spec is not None)
+            td.verifier = PieceVerifier(
+                self._config.download.piece_verification,
+                whole_digest=whole is not None,
+                refresh=self._trusted_pieces(td.task_id),
+                executor=self._executor,
+            )
             if td.spec is not None:
                 try:
                     td.byte_range = td.spec.resolve(task.content_length)
@@ -559,6 +521,8 @@ class TaskManager:
                 if missing:
                     raise DownloadFailed(f"{len(missing)} pieces of task {td.task_id} are still missing")
             if task.finished_at is None and len(task.pieces) == piece_count(task.content_length, task.piece_length):
+                if whole is not None:
+                    await self._verify_content(td, task, whole)
                 self._storage.finish_task(td.task_id)
         except BaseException as exc:
             td.error = exc if isinstance(exc, Exception) else DownloadFailed("download cancelled")
@@ -586,6 +550,39 @@ class TaskManager:
             return len(task.pieces) == count
         return td.wanted.issubset(task.pieces)
 
+    def _trusted_pieces(self, task_id: str) -> Callable[[], Coroutine[Any, Any, list[common_pb2.Piece]]] | None:
+        """Return how the verifier asks the task's scheduler for its trusted piece digests (StatTask)."""
+        scheduler = self._scheduler
+        if scheduler is None:
+            return None
+
+        async def refresh() -> list[common_pb2.Piece]:
+            return await scheduler.trusted_pieces(self.host_id, task_id)
+
+        return refresh
+
+    async def _verify_content(self, td: TaskDownload, task: TaskRecord, whole: Digest) -> None:
+        """Check the whole content before the task is finished; bytes from parents that fail it are fetched again.
+
+        A task is never finished (and so never served, nor a local hit) with content that fails its digest.
+        """
+        path = self._storage.content_path(td.task_id)
+        try:
+            with self._storage.content_fd(td.task_id):
+                await run_blocking(self._executor, verify_file_digest, path, whole)
+            return
+        except DigestMismatch:
+            from_parents = any(piece.traffic_type == REMOTE_PEER for piece in task.pieces.values())
+            if not from_parents or td.download.disable_back_to_source:
+                raise
+        self._metrics.failures.labels("content_digest_mismatch").inc()
+        log.warning("content from parents fails its digest, fetching it from the origin", extra={"task_id": td.task_id})
+        self._storage.reset_pieces(td.task_id)
+        td.wanted = None  # the whole content, whatever range was asked for
+        await self._download_from_source(td, None)
+        with self._storage.content_fd(td.task_id):
+            await run_blocking(self._executor, verify_file_digest, path, whole)
+
     async def _download_pieces(self, td: TaskDownload, task: TaskRecord) -> None:
         download = td.download
         back_to_source_allowed = not download.disable_back_to_source
@@ -607,14 +604,18 @@ class TaskManager:
                 log.info("P2P download failed", extra={"task_id": td.task_id, "error": repr(exc)})
                 if not back_to_source_allowed:
                     raise DownloadFailed(
-                        f"P2P download of {download.url} failed ({_describe(exc)}) and back-to-source is disabled"
+                        f"P2P download of {redact_url(download.url)} failed ({_describe(exc)}) "
+                        "and back-to-source is disabled"
                     ) from exc
         elif not back_to_source_allowed:
-            raise DownloadFailed(f"no scheduler is configured and back-to-source is disabled for {download.url}")
+            raise DownloadFailed(
+                f"no scheduler is configured and back-to-source is disabled for {redact_url(download.url)}"
+            )
         if self._missing(td, task):
             if not back_to_source_allowed:
                 raise DownloadFailed(
-                    f"not all pieces of {download.url} could be fetched from peers and back-to-source is disabled"
+                    f"not all pieces of {redact_url(download.url)} could be fetched from peers "
+                    "and back-to-source is disabled"
                 )
             await self._download_from_source(td, None)
 
@@ -679,6 +680,8 @@ class TaskManager:
                 return True
             if kind == "normal_task_response":
                 parents = list(response.normal_task_response.candidate_parents)
+                if td.verifier is not None:
+                    td.verifier.learn(piece for parent in parents for piece in parent.task.pieces)
                 await stream.send(download_peer_started_request=scheduler_pb2.DownloadPeerStartedRequest())
                 if await self._download_from_parents(td, task, stream, parents):
                     await stream.send(download_peer_finished_request=scheduler_pb2.DownloadPeerFinishedRequest())
@@ -691,7 +694,10 @@ class TaskManager:
                 continue
             if kind == "need_back_to_source_response":
                 if td.download.disable_back_to_source:
-                    description = f"the scheduler found no parent for {td.download.url} and back-to-source is disabled"
+                    description = (
+                        f"the scheduler found no parent for {redact_url(td.download.url)} "
+                        "and back-to-source is disabled"
+                    )
                     stream.report(
                         download_peer_failed_request=scheduler_pb2.DownloadPeerFailedRequest(description=description)
                     )
@@ -830,9 +836,10 @@ class TaskManager:
             "piece from parent failed",
             extra={"task_id": td.task_id, "piece": fetch.number, "parent": fetch.parent.id, "error": repr(error)},
         )
+        # Wrong bytes are not a passing fault: the scheduler marks the sender bad at once (docs/security.md).
         stream.report(
             download_piece_failed_request=scheduler_pb2.DownloadPieceFailedRequest(
-                piece_number=fetch.number, parent_id=fetch.parent.id, temporary=True
+                piece_number=fetch.number, parent_id=fetch.parent.id, temporary=not corrupt
             )
         )
 
@@ -844,11 +851,23 @@ class TaskManager:
         offset, length = piece_range(number, task.content_length, task.piece_length)
         addr = parent.vortex_addr
         assert addr is not None
+        verifier = td.verifier
+        assert verifier is not None
+        started = time.monotonic()
+        try:
+            expected = await verifier.expected(number)
+        except UnverifiablePiece as exc:
+            # Bytes no one trusted vouched for come from the origin, never from a parent (docs/security.md).
+            if td.download.disable_back_to_source:
+                raise DownloadFailed(f"{exc} of {redact_url(td.download.url)} and back-to-source is disabled") from None
+            self._metrics.failures.labels("piece_unverifiable").inc()
+            await self._fetch_from_source(td, task, stream, number, lambda _received: None)
+            return time.monotonic() - started
         await self._acquire(self._download_bucket, length)
         created_at = time.time()
         started = time.monotonic()
-        async with self._recv_buffers.get() as buffer:
-            with self._storage.content_fd(td.task_id) as fd:
+        with self._storage.content_fd(td.task_id) as fd:
+            async with self._recv_buffers.get() as buffer:
                 fetched = await run_blocking(
                     self._executor,
                     lambda: fetch_piece(
@@ -864,11 +883,14 @@ class TaskManager:
                         pool=self._vortex_pool,
                     ),
                 )
-        digest = format_piece_digest(fetched.crc)
-        if fetched.digest != digest:
-            raise DigestMismatch(fetched.digest or "<empty>", digest, what=f"piece {number} from parent {parent.id}")
+            digest = format_piece_digest(fetched.crc)
+            if fetched.digest != digest:
+                raise DigestMismatch(
+                    fetched.digest or "<empty>", digest, what=f"piece {number} from parent {parent.id}"
+                )
+            strong = await verifier.verify(number, expected, fd, offset, length, crc=fetched.crc, parent=parent.id)
         cost = time.monotonic() - started
-        record = PieceRecord(number, offset, length, digest, parent.id, REMOTE_PEER, cost, created_at)
+        record = PieceRecord(number, offset, length, digest, parent.id, REMOTE_PEER, cost, created_at, strong)
         self._finish_piece(td, record)
         stream.report(
             download_piece_finished_request=scheduler_pb2.DownloadPieceFinishedRequest(piece=piece_message(record))
@@ -984,13 +1006,17 @@ class TaskManager:
         await self._acquire(self._download_bucket, length)
         created_at = time.time()
         started = time.monotonic()
-        async with self._source_buffers.get() as buffer:
-            with self._storage.content_fd(td.task_id) as fd:
+        with self._storage.content_fd(td.task_id) as fd:
+            async with self._source_buffers.get() as buffer:
                 crc = await self._backend.read_stream_piece(
                     td.download.url, reader, fd=fd, offset=offset, length=length, buffer=buffer
                 )
+            # The origin's bytes: their BLAKE3 is what a seed peer vouches for (docs/security.md).
+            strong = await run_blocking(self._executor, lambda: piece_hash(fd, offset, length))
         cost = time.monotonic() - started
-        record = PieceRecord(number, offset, length, format_piece_digest(crc), None, BACK_TO_SOURCE, cost, created_at)
+        record = PieceRecord(
+            number, offset, length, format_piece_digest(crc), None, BACK_TO_SOURCE, cost, created_at, strong
+        )
         self._finish_piece(td, record)
         if stream is not None:
             stream.report(
@@ -1012,8 +1038,8 @@ class TaskManager:
         await self._acquire(self._download_bucket, length)
         created_at = time.time()
         started = time.monotonic()
-        async with self._source_buffers.get() as buffer:
-            with self._storage.content_fd(td.task_id) as fd:
+        with self._storage.content_fd(td.task_id) as fd:
+            async with self._source_buffers.get() as buffer:
                 crc = await self._backend.download_piece(
                     td.download.url,
                     dict(td.download.request_header),
@@ -1023,6 +1049,8 @@ class TaskManager:
                     buffer=buffer,
                     progress=progress,
                 )
+            # The origin's bytes: their BLAKE3 is what a seed peer vouches for (docs/security.md).
+            strong = await run_blocking(self._executor, lambda: piece_hash(fd, offset, length))
         record = PieceRecord(
             number,
             offset,
@@ -1032,6 +1060,7 @@ class TaskManager:
             BACK_TO_SOURCE,
             time.monotonic() - started,
             created_at,
+            strong,
         )
         self._finish_piece(td, record)
         if stream is not None:
@@ -1055,7 +1084,7 @@ class TaskManager:
         td.order.append(record.number)
         self._storage.finish_piece(td.task_id, record)
         self._traffic.add(record.length)
-        self._metrics.record_piece(td.task_id, source_of(record, record.traffic_type), record.length, record.cost)
+        self._metrics.record_piece(source_of(record, record.traffic_type), record.length, record.cost)
 
 
 async def _discard(reader: Any, length: int, url: str) -> None:

@@ -24,7 +24,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     finished_at REAL,
-    failed_at REAL
+    failed_at REAL,
+    content_mtime_ns INTEGER,
+    content_inode INTEGER
 );
 CREATE TABLE IF NOT EXISTS pieces (
     task_id TEXT NOT NULL,
@@ -36,6 +38,7 @@ CREATE TABLE IF NOT EXISTS pieces (
     traffic_type INTEGER NOT NULL,
     cost REAL NOT NULL,
     created_at REAL NOT NULL,
+    strong_digest TEXT,
     PRIMARY KEY (task_id, number)
 ) WITHOUT ROWID;
 """
@@ -47,7 +50,11 @@ _PIECE_BATCH_AGE = 0.5
 
 @dataclass(slots=True)
 class PieceRecord:
-    """A finished, verified piece: its bytes are in the content file and match ``digest``."""
+    """A finished, verified piece: its bytes are in the content file and match ``digest``.
+
+    ``digest`` is the CRC-32 that Vortex carries (what Dragonfly peers check); ``strong_digest`` the BLAKE3 this
+    daemon computed, reported to the scheduler and checked by children (docs/security.md).
+    """
 
     number: int
     offset: int
@@ -57,6 +64,7 @@ class PieceRecord:
     traffic_type: int
     cost: float
     created_at: float
+    strong_digest: str | None = None
 
 
 @dataclass(slots=True)
@@ -73,6 +81,9 @@ class TaskRecord:
     finished_at: float | None = None
     failed_at: float | None = None
     pieces: dict[int, PieceRecord] = field(default_factory=dict)
+    # The content file's mtime and inode when the task finished: a local hit whose file differs is not used.
+    content_mtime_ns: int | None = None
+    content_inode: int | None = None
 
 
 class MetadataStore:
@@ -83,6 +94,14 @@ class MetadataStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        # Databases written by earlier versions lack the newer columns.
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(pieces)")}
+        if "strong_digest" not in columns:
+            self._db.execute("ALTER TABLE pieces ADD COLUMN strong_digest TEXT")
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}
+        for column in ("content_mtime_ns", "content_inode"):
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE tasks ADD COLUMN {column} INTEGER")
         self._pending: list[tuple[object, ...]] = []
         self._pending_since = 0.0
 
@@ -96,7 +115,7 @@ class MetadataStore:
             return
         with self._db:
             self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR REPLACE INTO pieces VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", self._pending)
+            self._db.executemany("INSERT OR REPLACE INTO pieces VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self._pending)
         self._pending.clear()
 
     def load_tasks(self) -> dict[str, TaskRecord]:
@@ -104,7 +123,7 @@ class MetadataStore:
         tasks: dict[str, TaskRecord] = {}
         for row in self._db.execute(
             "SELECT id, url, piece_length, content_length, response_header, created_at, updated_at, finished_at,"
-            " failed_at FROM tasks"
+            " failed_at, content_mtime_ns, content_inode FROM tasks"
         ):
             tasks[row[0]] = TaskRecord(
                 id=row[0],
@@ -116,9 +135,12 @@ class MetadataStore:
                 updated_at=row[6],
                 finished_at=row[7],
                 failed_at=row[8],
+                content_mtime_ns=row[9],
+                content_inode=row[10],
             )
         for row in self._db.execute(
-            "SELECT task_id, number, offset, length, digest, parent_id, traffic_type, cost, created_at FROM pieces"
+            "SELECT task_id, number, offset, length, digest, parent_id, traffic_type, cost, created_at, strong_digest"
+            " FROM pieces"
         ):
             task = tasks.get(row[0])
             if task is not None:
@@ -128,7 +150,7 @@ class MetadataStore:
     def put_task(self, task: TaskRecord) -> None:
         self.flush()
         self._db.execute(
-            "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 task.id,
                 task.url,
@@ -139,6 +161,8 @@ class MetadataStore:
                 task.updated_at,
                 task.finished_at,
                 task.failed_at,
+                task.content_mtime_ns,
+                task.content_inode,
             ),
         )
 
@@ -157,10 +181,15 @@ class MetadataStore:
                 piece.traffic_type,
                 piece.cost,
                 piece.created_at,
+                piece.strong_digest,
             )
         )
         if len(self._pending) >= _PIECE_BATCH or now - self._pending_since >= _PIECE_BATCH_AGE:
             self.flush()
+
+    def delete_pieces(self, task_id: str) -> None:
+        self.flush()
+        self._db.execute("DELETE FROM pieces WHERE task_id = ?", (task_id,))
 
     def delete_task(self, task_id: str) -> None:
         self.flush()

@@ -60,13 +60,22 @@ class Storage:
                 shutil.rmtree(path, ignore_errors=True)
         os.makedirs(self.content_dir, exist_ok=True)
         os.makedirs(self.metadata_dir, exist_ok=True)
-        self._meta = MetadataStore(os.path.join(self.metadata_dir, "dfdaemon.db"))
+        # Only the daemon's user reads what it stores: content of private URLs, and the metadata (docs/security.md).
+        for directory in (self.dir, os.path.dirname(self.content_dir), self.content_dir, self.metadata_dir):
+            os.chmod(directory, 0o700)
+        db_path = os.path.join(self.metadata_dir, "dfdaemon.db")
+        # SQLite gives its -wal and -shm files the mode of the database file.
+        os.close(os.open(db_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        os.chmod(db_path, 0o600)
+        self._meta = MetadataStore(db_path)
         self._tasks = self._meta.load_tasks()
         for task_id in list(self._tasks):
-            if not is_task_id(task_id) or not os.path.exists(self.content_path(task_id)):
-                log.warning("dropping task whose content file is missing", extra={"task_id": task_id})
-                self._meta.delete_task(task_id)
-                del self._tasks[task_id]
+            if is_task_id(task_id) and os.path.exists(self.content_path(task_id)):
+                os.chmod(self.content_path(task_id), 0o600)  # files stored by versions that made them 0644
+                continue
+            log.warning("dropping task whose content file is missing", extra={"task_id": task_id})
+            self._meta.delete_task(task_id)
+            del self._tasks[task_id]
 
     def close(self) -> None:
         for entry in self._files.values():
@@ -119,7 +128,7 @@ class Storage:
         free = shutil.disk_usage(self.content_dir).free
         if content_length > free:
             raise NoSpace(f"no space left in {self.dir}: the task needs {content_length} bytes, {free} are free")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             if content_length:
                 try:
@@ -176,12 +185,41 @@ class Storage:
         task.updated_at = time.time()
         self._notify(task_id)
 
+    def reset_pieces(self, task_id: str) -> None:
+        """Forget every piece of an unfinished task (its content failed a digest): they are downloaded again."""
+        task = self._tasks[task_id]
+        task.pieces.clear()
+        self._db.delete_pieces(task_id)
+        self._notify(task_id)
+
     def finish_task(self, task_id: str) -> None:
         task = self._tasks[task_id]
         task.finished_at = task.updated_at = time.time()
         task.failed_at = None
+        info = os.stat(self.content_path(task_id))
+        task.content_mtime_ns, task.content_inode = info.st_mtime_ns, info.st_ino
         self._db.put_task(task)
         self._notify(task_id)
+
+    def content_intact(self, task: TaskRecord) -> bool:
+        """Return whether a finished task's content file is still the one it finished with (size, mtime, inode).
+
+        Cheap enough for every local hit; it catches an output hard-linked into the cache and edited in place
+        (docs/output-and-cache.md). Tasks finished before this check existed are trusted once and stamped.
+        """
+        try:
+            info = os.stat(self.content_path(task.id))
+        except FileNotFoundError:
+            return False
+        if task.content_mtime_ns is None:
+            task.content_mtime_ns, task.content_inode = info.st_mtime_ns, info.st_ino
+            self._db.put_task(task)
+            return info.st_size == task.content_length
+        return (info.st_size, info.st_mtime_ns, info.st_ino) == (
+            task.content_length,
+            task.content_mtime_ns,
+            task.content_inode,
+        )
 
     def fail_task(self, task_id: str) -> None:
         task = self._tasks.get(task_id)

@@ -78,7 +78,8 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
         async with standalone_task_manager(tmp_path) as daemon:
             server = grpc.aio.server()
             dfdaemon_pb2_grpc.add_DfdaemonDownloadServicer_to_server(
-                DfdaemonDownloadService(storage=daemon.storage, tasks=daemon.manager, scheduler=None), server
+                DfdaemonDownloadService(storage=daemon.storage, tasks=daemon.manager, scheduler=None, callers=None),
+                server,
             )
             server.add_insecure_port(f"unix:{socket_path}")
             await server.start()

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import os
 import re
+import stat
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,9 +26,9 @@ from dragonfly.daemon.download.task_manager import (
     TaskStarted,
     task_id_for,
     validate_download,
-    write_output,
 )
 from dragonfly.daemon.errors import BackendError, DownloadFailed, OutputError
+from dragonfly.daemon.output import write_output
 from dragonfly.daemon.storage import Storage
 
 FILES = {"/big": os.urandom(9 * 1024 * 1024 + 7), "/small": os.urandom(1000), "/empty": b""}
@@ -77,17 +78,53 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
     validate_download(common_pb2.Download(url="http://h/f", output_path=str(out), overwrite=True))
 
 
-def test_write_output_links_and_never_leaves_a_temp_file(tmp_path: Path) -> None:
+def _write(content: Path, out: str, *, overwrite: bool = False, link: bool = False) -> None:
+    fd = os.open(content, os.O_RDONLY)
+    try:
+        write_output(fd, str(content), out, overwrite=overwrite, link=link)
+    finally:
+        os.close(fd)
+
+
+def test_write_output_copies_by_default_and_never_leaves_a_temp_file(tmp_path: Path) -> None:
     content = tmp_path / "content"
     content.write_bytes(b"payload")
     out = tmp_path / "out"
-    write_output(str(content), str(out), overwrite=False, force_hard_link=False)
+    _write(content, str(out))
     assert out.read_bytes() == b"payload"
-    assert os.path.samestat(out.stat(), content.stat())  # a hard link, not a copy
+    # A copy: editing the output leaves the cache alone (docs/output-and-cache.md).
+    assert not os.path.samestat(out.stat(), content.stat())
+    out.write_bytes(b"edited!")
+    assert content.read_bytes() == b"payload"
     with pytest.raises(OutputError, match="already exists"):
-        write_output(str(content), str(out), overwrite=False, force_hard_link=False)
-    write_output(str(content), str(out), overwrite=True, force_hard_link=False)
+        _write(content, str(out))
+    _write(content, str(out), overwrite=True)
+    assert out.read_bytes() == b"payload"
     assert sorted(os.listdir(tmp_path)) == ["content", "out"]
+
+
+def test_write_output_hard_links_only_when_forced(tmp_path: Path) -> None:
+    content = tmp_path / "content"
+    content.write_bytes(b"payload")
+    out = tmp_path / "out"
+    _write(content, str(out), link=True)
+    assert os.path.samestat(out.stat(), content.stat())
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_special_files_are_never_replaced(tmp_path: Path, overwrite: bool) -> None:
+    content = tmp_path / "content"
+    content.write_bytes(b"payload")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(OutputError, match="not a regular file"):
+        validate_download(common_pb2.Download(url="http://h/f", output_path=str(fifo), overwrite=overwrite))
+    with pytest.raises(OutputError, match="not a regular file"):
+        _write(content, str(fifo), overwrite=overwrite)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    with pytest.raises(OutputError, match="not a regular file"):
+        _write(content, "/dev/null", overwrite=overwrite)
+    assert stat.S_ISCHR(os.lstat("/dev/null").st_mode)
 
 
 class Harness:

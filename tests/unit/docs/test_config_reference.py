@@ -38,7 +38,7 @@ def test_every_key_of_every_config_file_is_listed() -> None:
         "| `download.pieceTimeout` | duration | `6m` | same |",
         "| `gc.policy.diskThreshold` (alias `distThreshold`) | size | `0` | same |",
         "| `metrics.server.port` | integer | `4002` | same |",
-        "| `download.server.socketMode` | integer | `0o777` | ours |",
+        "| `download.server.socketMode` | integer | `0o660` | ours |",
         "| `scheduler.retryInterval` | duration | `500ms` | same |",
         "| `scheduler.candidateParentLimit` | integer | `4` | scheduler cluster config candidate_parent_limit",
     ):
