@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from swarm_helpers import MiB, dfget_on, make_file, mount_tmpfs, sha256_of, unmount
 
-from dragonfly.cli.cluster import SCHEDULER, LocalCluster, OriginProcess
+from dragonfly.cli.cluster import SCHEDULER, SEED_PEER, LocalCluster, OriginProcess
 
 pytestmark = pytest.mark.slow
 
@@ -109,10 +109,12 @@ def test_storage_full_fails_clearly_and_daemon_keeps_working(
 def test_download_bandwidth_limit(cluster: LocalCluster, origin: OriginProcess, module_dir: Path) -> None:
     sha = make_file(origin, "limited.bin", 100 * MiB)
     url = origin.url("limited.bin")
-    # Warm the swarm first so the timed download measures the limit, not the origin or the seed's start-up.
-    warm = dfget_on(cluster, "peer-1", url, module_dir / "limited-warm.bin")
+    # Warm the seed peer first so the timed download measures the limit, not the origin or the seed's start-up:
+    # with the seed holding the task, every piece's trusted digest is known at once (docs/security.md).
+    warm = dfget_on(cluster, SEED_PEER, url, module_dir / "limited-warm.bin")
     assert warm.ok, warm.stderr
-    result = dfget_on(cluster, "peer-3", url, module_dir / "limited.bin")
+    # A hard link: the timed part is the transfer, not the copy of the output (docs/output-and-cache.md).
+    result = dfget_on(cluster, "peer-3", url, module_dir / "limited.bin", "--force-hard-link")
     assert result.ok, result.stderr
     assert sha256_of(module_dir / "limited.bin") == sha
     # The limit is a floor on the time (a loaded machine can only make it slower, so no upper bound: the bucket's
