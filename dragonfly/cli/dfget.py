@@ -458,10 +458,11 @@ def main(argv: list[str] | None = None) -> int:
     output = ""
     started = time.monotonic()
     stream_to = stream_target(args.output)
+    size: int | None = None
     try:
         if stream_to is not None:
             output = "standard output" if stream_to == "-" else stream_to
-            traffic = download_and_stream(args, stream_to)
+            traffic, size = download_and_stream(args, stream_to)
         else:
             output = check_output(args.output, overwrite=args.overwrite)
             existed = os.path.lexists(output)
@@ -478,7 +479,8 @@ def main(argv: list[str] | None = None) -> int:
         print("dfget: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     elapsed = time.monotonic() - started
-    size = os.path.getsize(output)
+    if size is None:
+        size = os.path.getsize(output)
     print(
         f"dfget: saved {output}: {size} bytes ({_human(size)}) in {elapsed:.2f}s "
         f"({_human(size / elapsed if elapsed > 0 else 0)}/s); from origin={traffic.origin} "
@@ -521,8 +523,11 @@ def stream_target(path: str) -> str | None:
     return None
 
 
-def download_and_stream(args: argparse.Namespace, target: str) -> Traffic:
-    """Download into a private temporary file, then copy it into ``target`` (fd 1 for '-') without replacing it."""
+def download_and_stream(args: argparse.Namespace, target: str) -> tuple[Traffic, int]:
+    """Download into a private temporary file, then copy it into ``target`` (fd 1 for '-') without replacing it.
+
+    Return the traffic and the number of bytes written.
+    """
     import tempfile  # only here: dfget's start-up stays light
 
     with tempfile.TemporaryDirectory(prefix="dfget-") as directory:
@@ -535,13 +540,14 @@ def download_and_stream(args: argparse.Namespace, target: str) -> Traffic:
             _fail(f"cannot open {target} for writing: {exc.strerror}")
         try:
             with open(temporary, "rb") as source:
-                _copy_fd(source.fileno(), out, os.fstat(source.fileno()).st_size)
+                size = os.fstat(source.fileno()).st_size
+                _copy_fd(source.fileno(), out, size)
         except OSError as exc:
             _fail(f"cannot write to {'standard output' if target == '-' else target}: {exc.strerror or exc}")
         finally:
             if out != 1:
                 os.close(out)
-    return traffic
+    return traffic, size
 
 
 def _copy_fd(source: int, out: int, size: int) -> None:
