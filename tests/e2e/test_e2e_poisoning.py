@@ -18,6 +18,7 @@ from misbehaving_peer import MisbehavingPeer
 from swarm_helpers import MiB, describe, dfget_all, dfget_on, make_file, sha256_of
 
 from dragonfly.cli.cluster import LocalCluster, OriginProcess
+from dragonfly.common.identity import ROLE_PEER
 
 pytestmark = pytest.mark.slow
 
@@ -47,13 +48,16 @@ def test_forged_bytes_never_reach_an_output_or_a_cache(
     forged_sha = make_file(origin, forged.name, SIZE)  # the attacker's own bytes, same size
     url = origin.url(name)
     marks_before = _bad_parent_marks(cluster)
+    # A member of the cluster (mutual TLS): a valid peer certificate for its own host name, nothing more.
+    hostname = f"attacker-{report_blake3}"
     liar = MisbehavingPeer(
         cluster.scheduler_addr,
         url,
         origin.directory / name,
         forged=origin.directory / forged.name,
         report_blake3=report_blake3,
-        hostname=f"attacker-{report_blake3}",
+        hostname=hostname,
+        files=cluster.issue_cert(hostname, roles=(ROLE_PEER,)),
     )
     liar.start()
     try:

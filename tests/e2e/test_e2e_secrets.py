@@ -14,13 +14,12 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from dragonfly_api import dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from swarm_helpers import MiB, dfget_on, make_file, sha256_of
 
 from dragonfly.cli.cluster import SCHEDULER, SEED_PEER, LocalCluster, OriginProcess
-from dragonfly.common import ids
+from dragonfly.common import ids, tls
 
 pytestmark = pytest.mark.slow
 
@@ -76,14 +75,15 @@ def test_no_secret_in_logs_db_metrics_or_answers(
         ids.task_id(with_userinfo, filtered_query_params=ids.DEFAULT_FILTERED_QUERY_PARAMS),
         ids.task_id(plain + "?v=2", filtered_query_params=ids.DEFAULT_FILTERED_QUERY_PARAMS),
     ]
-    with grpc.insecure_channel(cluster.scheduler_addr) as channel:
+    files = cluster.client_files()
+    with tls.sync_channel(cluster.scheduler_addr, files) as channel:
         stub = scheduler_pb2_grpc.SchedulerStub(channel)
         for task_id in tasks:
             answer = stub.StatTask(scheduler_pb2.StatTaskRequest(task_id=task_id), timeout=10)
             assert answer.id == task_id
             places[f"scheduler StatTask {task_id}"] = str(answer)
     for name in (SEED_PEER, "peer-1"):
-        with grpc.insecure_channel(cluster.process(name).listening["upload"]) as channel:
+        with tls.sync_channel(cluster.process(name).listening["upload"], files) as channel:
             upload = dfdaemon_pb2_grpc.DfdaemonUploadStub(channel)
             for task_id in tasks:
                 answer = upload.StatTask(dfdaemon_pb2.StatTaskRequest(task_id=task_id), timeout=10)
