@@ -5,7 +5,8 @@ set -euo pipefail
 # systemd: systemd-analyze checks the units in deploy/systemd (it needs no running systemd).
 # docker-registry, skopeo, containerd, apache2-utils (htpasswd): the container-image tests and `bench pull`.
 # buildah, debootstrap: scripts/build-image.sh builds the container image without a daemon or a registry.
-packages=(curl iproute2 systemd docker-registry skopeo containerd apache2-utils buildah debootstrap)
+# redis-server: the manager's job queue across several managers (tests start their own server in a temp dir).
+packages=(curl iproute2 systemd docker-registry skopeo containerd apache2-utils buildah debootstrap redis-server)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

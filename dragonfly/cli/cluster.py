@@ -327,7 +327,8 @@ class LocalCluster:
     ``daemon_config`` is merged into every dfdaemon.yaml, ``peer_configs[name]`` into that daemon's only.
     ``seed_peer=False`` with ``peers=0`` runs the scheduler alone. ``add_daemon`` starts more daemons later.
     ``tls=False`` runs every process in explicit plaintext mode (``security.enable: false``); ``ca`` is the CA
-    to mint the processes' certificates with (default: a new one).
+    to mint the processes' certificates with (default: a new one). ``daemon_ips`` gives daemons loopback
+    addresses of their own (``{"peer-2": "127.0.0.3"}``; the default is 127.0.0.1), so hosts differ by IP.
     """
 
     def __init__(
@@ -344,6 +345,7 @@ class LocalCluster:
         stop_timeout: float = 10.0,
         tls: bool = True,
         ca: pki.CertificateAuthority | None = None,
+        daemon_ips: Mapping[str, str] | None = None,
     ) -> None:
         if peers < 0:
             raise ValueError(f"peers must be >= 0, got {peers}")
@@ -358,6 +360,7 @@ class LocalCluster:
         unknown = set(self._peer_configs) - set(self.daemon_names)
         if unknown:
             raise ValueError(f"peer_configs names unknown daemons: {', '.join(sorted(unknown))}")
+        self._daemon_ips = dict(daemon_ips or {})
         self._env = dict(env or {})
         self._run_dir: Path | None = None
         self._own_run_dir = False
@@ -435,10 +438,14 @@ class LocalCluster:
             return None
         return self._issued.get(name) or self.issue_cert(name, roles=roles)
 
-    def _security(self, name: str, roles: tuple[str, ...]) -> dict[str, Any]:
+    def daemon_ip(self, name: str) -> str:
+        """Return the address a daemon announces and serves on."""
+        return self._daemon_ips.get(name, "127.0.0.1")
+
+    def _security(self, name: str, roles: tuple[str, ...], ip: str = "127.0.0.1") -> dict[str, Any]:
         if not self.tls:
             return {"enable": False}
-        files = self.issue_cert(name, roles=roles)
+        files = self.issue_cert(name, roles=roles, ips=(ip,))
         return {"enable": True, "caCert": files.ca_cert, "cert": files.cert, "key": files.key}
 
     def _choose_run_dir(self) -> None:
@@ -452,21 +459,22 @@ class LocalCluster:
     def _daemon_yaml(
         self, name: str, upload_port: int, vortex_port: int, overrides: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
+        ip = self.daemon_ip(name)
         config: dict[str, Any] = {
-            "host": {"hostname": name, "ip": "127.0.0.1"},
+            "host": {"hostname": name, "ip": ip},
             "seedPeer": {"enable": name == SEED_PEER, "type": "super"},
             "scheduler": {"addrs": [self.scheduler_addr]},
             "download": {"server": {"socketPath": self.socket_path(name)}},
-            "upload": {"server": {"ip": "127.0.0.1", "port": upload_port}},
+            "upload": {"server": {"ip": ip, "port": upload_port}},
             # keep: a restarted daemon must still serve what it finished before (Dragonfly's default wipes).
             "storage": {
                 "dir": str(self.storage_dir(name)),
                 "keep": True,
-                "server": {"ip": "127.0.0.1", "tcpPort": vortex_port},
+                "server": {"ip": ip, "tcpPort": vortex_port},
             },
             "metrics": {"server": {"ip": "127.0.0.1", "port": 0}},
             "health": {"server": {"ip": "127.0.0.1", "port": 0}},
-            "security": self._security(name, (ROLE_SEED_PEER,) if name == SEED_PEER else (ROLE_PEER,)),
+            "security": self._security(name, (ROLE_SEED_PEER,) if name == SEED_PEER else (ROLE_PEER,), ip),
             "proxy": {"server": {"ip": "127.0.0.1", "port": 0}},
         }
         for layer in (self._daemon_config, self._peer_configs.get(name, {}), overrides or {}):

@@ -30,6 +30,7 @@ from typing import Any, Self
 from dragonfly.cli.cluster import ManagedProcess, ProcessStartError, free_ports
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 # Apache combined log lines of docker-registry: "GET /v2/... HTTP/1.1" 200 12345
@@ -105,19 +106,22 @@ class _RandomReader(io.RawIOBase):
         return count
 
 
-def build_image(layout: Path, layer_sizes: list[int], *, tag: str = "latest") -> Image:
-    """Write an OCI image layout with one layer per size (each a tar of one random file)."""
-    if layout.exists():
-        shutil.rmtree(layout)
-    (layout / "blobs" / "sha256").mkdir(parents=True)
-    layers = tuple(_write_layer(layout, size, i) for i, size in enumerate(layer_sizes))
-    config_doc = {
-        "architecture": "amd64",
-        "os": "linux",
+def _write_manifest(
+    layout: Path, layer_sizes: list[int], platform: str, first_index: int
+) -> tuple[Blob, Blob, tuple[Blob, ...]]:
+    """Write the layers, config and manifest of one platform's image; return (manifest, config, layers)."""
+    os_name, _, rest = platform.partition("/")
+    architecture, _, variant = rest.partition("/")
+    layers = tuple(_write_layer(layout, size, first_index + i) for i, size in enumerate(layer_sizes))
+    config_doc: dict[str, Any] = {
+        "architecture": architecture,
+        "os": os_name,
         "config": {},
         # Uncompressed layers: the diff id of each is its own digest.
         "rootfs": {"type": "layers", "diff_ids": [layer.digest for layer in layers]},
     }
+    if variant:
+        config_doc["variant"] = variant
     config = _write_blob(layout, json.dumps(config_doc, sort_keys=True).encode(), OCI_CONFIG)
     manifest_doc = {
         "schemaVersion": 2,
@@ -126,20 +130,67 @@ def build_image(layout: Path, layer_sizes: list[int], *, tag: str = "latest") ->
         "layers": [{"mediaType": OCI_LAYER, "digest": b.digest, "size": b.size} for b in layers],
     }
     manifest = _write_blob(layout, json.dumps(manifest_doc, sort_keys=True).encode(), OCI_MANIFEST)
-    index = {
-        "schemaVersion": 2,
-        "manifests": [
-            {
-                "mediaType": OCI_MANIFEST,
-                "digest": manifest.digest,
-                "size": manifest.size,
-                "annotations": {"org.opencontainers.image.ref.name": tag},
-            }
-        ],
-    }
-    (layout / "index.json").write_text(json.dumps(index))
+    return manifest, config, layers
+
+
+def _start_layout(layout: Path) -> None:
+    if layout.exists():
+        shutil.rmtree(layout)
+    (layout / "blobs" / "sha256").mkdir(parents=True)
     (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+
+
+def _write_index_json(layout: Path, top: Blob, tag: str) -> None:
+    entry = {
+        "mediaType": top.media_type,
+        "digest": top.digest,
+        "size": top.size,
+        "annotations": {"org.opencontainers.image.ref.name": tag},
+    }
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [entry]}))
+
+
+def build_image(layout: Path, layer_sizes: list[int], *, tag: str = "latest") -> Image:
+    """Write an OCI image layout (linux/amd64) with one layer per size (each a tar of one random file)."""
+    _start_layout(layout)
+    manifest, config, layers = _write_manifest(layout, layer_sizes, "linux/amd64", 0)
+    _write_index_json(layout, manifest, tag)
     return Image(layout, tag, manifest, config, layers)
+
+
+@dataclass(frozen=True, slots=True)
+class MultiPlatformImage:
+    """An image index written as an OCI layout: the index blob and one Image per platform (``os/arch[/variant]``)."""
+
+    layout: Path
+    tag: str
+    index: Blob
+    images: dict[str, Image]
+
+
+def build_multi_platform_image(
+    layout: Path, layer_sizes: dict[str, list[int]], *, tag: str = "latest"
+) -> MultiPlatformImage:
+    """Write an OCI layout holding an image index with one image per platform, each with its own random layers.
+
+    Push it with ``push(..., all_platforms=True)``.
+    """
+    _start_layout(layout)
+    images: dict[str, Image] = {}
+    entries = []
+    first = 0
+    for platform, sizes in layer_sizes.items():
+        manifest, config, layers = _write_manifest(layout, sizes, platform, first)
+        first += len(sizes)
+        images[platform] = Image(layout, tag, manifest, config, layers)
+        os_name, _, rest = platform.partition("/")
+        architecture, _, variant = rest.partition("/")
+        spec = {"os": os_name, "architecture": architecture} | ({"variant": variant} if variant else {})
+        entries.append({"mediaType": OCI_MANIFEST, "digest": manifest.digest, "size": manifest.size, "platform": spec})
+    index_doc = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
+    index = _write_blob(layout, json.dumps(index_doc, sort_keys=True).encode(), OCI_INDEX)
+    _write_index_json(layout, index, tag)
+    return MultiPlatformImage(layout, tag, index, images)
 
 
 class RegistryProcess(ManagedProcess):
@@ -232,8 +283,13 @@ class RegistryProcess(ManagedProcess):
         return self
 
 
-def push(image: Image, registry: RegistryProcess, repository: str) -> str:
-    """Copy ``image`` into ``registry`` as ``repository:tag`` with skopeo; return the reference."""
+def push(
+    image: Image | MultiPlatformImage, registry: RegistryProcess, repository: str, *, all_platforms: bool = False
+) -> str:
+    """Copy ``image`` into ``registry`` as ``repository:tag`` with skopeo; return the reference.
+
+    ``all_platforms`` copies every image of an index (skopeo's ``--all``), not just the local platform's.
+    """
     binary = shutil.which("skopeo")
     if binary is None:
         raise ProcessStartError("skopeo is not installed (apt-get install skopeo)")
@@ -245,6 +301,7 @@ def push(image: Image, registry: RegistryProcess, repository: str) -> str:
             "--quiet",
             "--dest-tls-verify=false",
             "--preserve-digests",
+            *(["--all"] if all_platforms else []),
             f"oci:{image.layout}:{image.tag}",
             f"docker://{reference}",
         ],

@@ -68,6 +68,15 @@ class Metrics:
         self.seed_triggers = Counter(
             f"{NAMESPACE}_seed_peer_triggers", "Seed-peer DownloadTask calls, by result.", ["result"], registry=registry
         )
+        self.preheats = Counter(
+            f"{NAMESPACE}_preheats", "PreheatFile and PreheatImage runs started, by type.", ["type"], registry=registry
+        )
+        self.preheat_downloads = Counter(
+            f"{NAMESPACE}_preheat_downloads",
+            "Preheat downloads (one URL on one host), by result.",
+            ["result"],
+            registry=registry,
+        )
         self.piece_reports = Counter(
             f"{NAMESPACE}_piece_reports",
             "Finished-piece reports, by traffic type.",

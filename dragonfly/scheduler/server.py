@@ -16,6 +16,7 @@ from dragonfly.common.authz import Authorizer
 from dragonfly.scheduler.config import Config
 from dragonfly.scheduler.gc import GarbageCollector
 from dragonfly.scheduler.metrics import Metrics
+from dragonfly.scheduler.preheat.service import PreheatService
 from dragonfly.scheduler.resource.manager import ResourceManager
 from dragonfly.scheduler.scheduling.abnormal import AbnormalDetector
 from dragonfly.scheduler.scheduling.scheduling import Scheduling
@@ -74,6 +75,7 @@ class SchedulerServer:
         self.config = config
         self.ctx = SchedulerContext.create(config)
         self.gc = GarbageCollector(config.scheduler.gc, self.ctx.resource)
+        self.preheat = PreheatService(self.ctx)
         self.address = ""
         self.metrics_address: str | None = None
         self._server: grpc.aio.Server | None = None
@@ -98,7 +100,7 @@ class SchedulerServer:
             ],
             maximum_concurrent_rpcs=server_config.max_concurrent_rpcs or None,
         )
-        scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerServicer(self.ctx), server)
+        scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerServicer(self.ctx, self.preheat), server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -142,6 +144,7 @@ class SchedulerServer:
             await self._server.stop(self.config.server.graceful_stop_timeout)
             self._server = None
         await self.gc.stop()
+        await self.preheat.close()
         await self.ctx.seeds.close()
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()

@@ -1,4 +1,4 @@
-"""``scheduler.v2.Scheduler`` on grpc.aio: host and peer RPCs; cache, persistent and preheat RPCs are UNIMPLEMENTED.
+"""``scheduler.v2.Scheduler`` on grpc.aio: host, peer and preheat RPCs; cache and persistent RPCs are UNIMPLEMENTED.
 
 StatPeer reports abnormal-parent marks in its trailing metadata, since common.v2.Peer has no field for them:
 ``dragonfly-bad-parent`` ("true"/"false"), and while true ``dragonfly-bad-parent-reason`` and
@@ -27,6 +27,7 @@ from dragonfly.scheduler.service.announce_peer import MAX_ID_LENGTH, PeerStream,
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from dragonfly.scheduler.preheat.service import PreheatService
     from dragonfly.scheduler.resource.host import Host
     from dragonfly.scheduler.resource.peer import Peer
     from dragonfly.scheduler.resource.task import Task
@@ -35,13 +36,24 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IMPLEMENTED = frozenset(
-    ("AnnouncePeer", "StatPeer", "DeletePeer", "StatTask", "DeleteTask", "AnnounceHost", "ListHosts", "DeleteHost")
+    (
+        "AnnouncePeer",
+        "StatPeer",
+        "DeletePeer",
+        "StatTask",
+        "DeleteTask",
+        "AnnounceHost",
+        "ListHosts",
+        "DeleteHost",
+        "PreheatFile",
+        "PreheatImage",
+        "StatFile",
+        "StatImage",
+    )
 )
 
 
 def _unimplemented_reason(method: str) -> str:
-    if method in ("PreheatImage", "StatImage", "PreheatFile", "StatFile"):
-        return "preheat and image/file status are served by the manager's jobs, not by this scheduler yet"
     if "PersistentCache" in method:
         return "persistent-cache tasks are not supported by this scheduler yet"
     if "Persistent" in method:
@@ -69,8 +81,9 @@ def _check_ids(**ids: str) -> tuple[grpc.StatusCode, str] | None:
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     """The gRPC face of one scheduler."""
 
-    def __init__(self, ctx: SchedulerContext) -> None:
+    def __init__(self, ctx: SchedulerContext, preheat: PreheatService) -> None:
         self._ctx = ctx
+        self._preheat = preheat
 
     async def AnnouncePeer(
         self, request_iterator: AsyncIterator[scheduler_pb2.AnnouncePeerRequest], context: grpc.aio.ServicerContext
@@ -244,6 +257,24 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             return await _abort(context, grpc.StatusCode.NOT_FOUND, f"host {request.host_id} not found")
         self._ctx.resource.delete_host(host, time.monotonic())
         return empty_pb2.Empty()
+
+    # preheat (``dragonfly.scheduler.preheat.service``)
+
+    async def PreheatFile(self, request: scheduler_pb2.PreheatFileRequest, context: grpc.aio.ServicerContext) -> Any:
+        """Make the hosts of the request's scope download a file."""
+        return await self._preheat.preheat_file(request, context)
+
+    async def PreheatImage(self, request: scheduler_pb2.PreheatImageRequest, context: grpc.aio.ServicerContext) -> Any:
+        """Resolve an image and make the hosts of the request's scope download its blobs."""
+        return await self._preheat.preheat_image(request, context)
+
+    async def StatFile(self, request: scheduler_pb2.StatFileRequest, context: grpc.aio.ServicerContext) -> Any:
+        """Return the hosts that hold a file."""
+        return await self._preheat.stat_file(request, context)
+
+    async def StatImage(self, request: scheduler_pb2.StatImageRequest, context: grpc.aio.ServicerContext) -> Any:
+        """Return an image's blobs and the hosts that hold them."""
+        return await self._preheat.stat_image(request, context)
 
 
 def _make_unimplemented(method: str) -> Any:
