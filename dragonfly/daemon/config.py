@@ -66,6 +66,28 @@ def socket_gid(group: str) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class SlowPieceConfig:
+    """When a piece transfer from a parent is abandoned and the piece asked of another parent.
+
+    See docs/robustness.md#slow-and-silent-parents.
+    """
+
+    # share of the median piece rate (this download's, else the daemon's recent one) below which a transfer is
+    # abandoned; 0 turns the relative floor off (pieceTimeout still bounds every transfer)
+    ratio: float = 0.1
+    # no transfer is abandoned for slowness sooner than this
+    min_duration: Duration = Duration(2.0)
+    # the floor per piece transfer while no piece rate is known yet (a fresh daemon); 0 leaves only pieceTimeout
+    initial_floor: Rate = Rate(256 * 1024)
+
+    def validate(self) -> None:
+        if not 0 <= self.ratio < 1:
+            raise ValueError(f"ratio must be >= 0 and < 1, got {self.ratio}")
+        if self.min_duration <= 0:
+            raise ValueError(f"minDuration must be > 0, got {self.min_duration}")
+
+
+@dataclass(frozen=True, slots=True)
 class DownloadConfig:
     """How tasks are downloaded: concurrency, timeouts and bandwidth limits."""
 
@@ -75,10 +97,13 @@ class DownloadConfig:
     back_to_source_bandwidth_limit: Rate = Rate(50e9)
     piece_timeout: Duration = Duration(360.0)
     collected_piece_timeout: Duration = Duration(360.0)
+    # how long a parent may take to report its first piece on SyncPieces before it is dropped from the round
+    first_collected_piece_timeout: Duration = Duration(10.0)
     concurrent_piece_count: int = 8
     # Which digests a piece from a parent must match (docs/security.md#the-childs-policy-downloadpieceverification):
     # "strict" (cryptographic digests vouched for by a seed peer) or "compatible" (Dragonfly's trust in parents).
     piece_verification: str = "strict"
+    slow_piece: SlowPieceConfig = field(default_factory=SlowPieceConfig)
 
     def validate(self) -> None:
         if self.piece_verification not in ("strict", "compatible"):
@@ -87,8 +112,8 @@ class DownloadConfig:
             raise ValueError(f"protocol {self.protocol!r} is not supported: only 'tcp' is")
         if self.concurrent_piece_count < 1:
             raise ValueError(f"concurrentPieceCount must be >= 1, got {self.concurrent_piece_count}")
-        if self.piece_timeout <= 0 or self.collected_piece_timeout <= 0:
-            raise ValueError("pieceTimeout and collectedPieceTimeout must be > 0")
+        if self.piece_timeout <= 0 or self.collected_piece_timeout <= 0 or self.first_collected_piece_timeout <= 0:
+            raise ValueError("pieceTimeout, collectedPieceTimeout and firstCollectedPieceTimeout must be > 0")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,12 @@
-"""A test peer that claims a whole task and serves every piece with one byte flipped, or forged bytes.
+"""A test peer that claims a whole task and then misbehaves as a parent, in one of these modes:
 
-It is a stand-in for a peer with bad memory, a bad disk or a buggy build: real dfdaemons never serve a piece
-they have not verified, so a corrupting sender has to be built on purpose. It speaks only the parts of the
+- ``corrupt``: serves every piece with one byte flipped (a peer with bad memory, a bad disk or a buggy build);
+- ``trickle``: answers a piece request at once, then sends the bytes a kilobyte at a time, slowly enough to be
+  useless and fast enough never to trip a read timeout;
+- ``mute``: accepts piece requests and never answers them;
+- ``silent``: accepts SyncPieces and never reports a piece.
+
+Real dfdaemons do none of this, so a misbehaving sender has to be built on purpose. It speaks only the parts of the
 protocol a parent needs, written here from the reference (``docs/reference/protocol.md#vortex``,
 ``#scheduler-protocol``) rather than with
 the daemon's own code, so the wire format is checked independently:
@@ -64,6 +69,11 @@ class _Upload(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
         self.peer.sync_pieces_calls += 1
         if request.task_id != self.peer.task_id:
             context.abort(grpc.StatusCode.NOT_FOUND, f"task {request.task_id} not found")
+        if self.peer.mode == "silent":
+            deadline = time.monotonic() + 600
+            while context.is_active() and time.monotonic() < deadline and not self.peer.stopping.is_set():
+                time.sleep(0.1)
+            return
         wanted = set(request.interested_piece_numbers) or set(range(self.peer.piece_count))
         for number in sorted(wanted & set(range(self.peer.piece_count))):
             offset, length = piece_range(number, self.peer.size, self.peer.piece_length)
@@ -78,8 +88,14 @@ class _Upload(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
             time.sleep(1)
 
 
+MODES = ("corrupt", "trickle", "mute", "silent")
+# Bytes per trickled chunk and the pause between chunks: ~10 KiB/s, a read timeout never fires.
+TRICKLE_CHUNK = 1024
+TRICKLE_PAUSE = 0.1
+
+
 class MisbehavingPeer:
-    """Announce a finished copy of ``content`` at ``url`` and serve it corrupted; count what it is asked for."""
+    """Announce a finished copy of ``content`` at ``url`` and misbehave as ``mode`` says; count what it is asked."""
 
     def __init__(
         self,
@@ -87,11 +103,15 @@ class MisbehavingPeer:
         url: str,
         content: Path,
         *,
+        mode: str = "corrupt",
         hostname: str = "misbehaving-peer",
         files: tls.TLSFiles | None = None,
         forged: Path | None = None,
         report_blake3: bool = False,
     ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
         self.scheduler_addr = scheduler_addr
         self.url = url
         self.content = content
@@ -114,7 +134,7 @@ class MisbehavingPeer:
         self._channel = tls.sync_channel(scheduler_addr, files)
         self._ssl: ssl.SSLContext | None = tls.server_ssl_context(files) if files else None
         self._scheduler = scheduler_pb2_grpc.SchedulerStub(self._channel)
-        self._stopping = threading.Event()
+        self.stopping = threading.Event()
         self._vortex_thread = threading.Thread(target=self._serve_vortex, name="vortex", daemon=True)
 
     def host(self) -> common_pb2.Host:
@@ -201,7 +221,7 @@ class MisbehavingPeer:
 
     def _serve_vortex(self) -> None:
         self._listener.settimeout(0.2)
-        while not self._stopping.is_set():
+        while not self.stopping.is_set():
             try:
                 conn, _ = self._listener.accept()
             except TimeoutError:
@@ -229,11 +249,14 @@ class MisbehavingPeer:
                     struct.pack(">BBI", frame_id, TAG_ERROR, 1 + len(message)) + bytes([ERROR_NOT_FOUND]) + message
                 )
                 return
+            if self.mode == "mute":
+                self.stopping.wait(600)
+                return
             offset, size = piece_range(number, self.size, self.piece_length)
             with open(self.forged or self.content, "rb") as f:
                 data = bytearray(os.pread(f.fileno(), size, offset))
             digest = f"crc32:{zlib.crc32(data)}".encode()  # the CRC of the true (or forged) bytes ...
-            if self.forged is None:
+            if self.mode == "corrupt" and self.forged is None:
                 data[len(data) // 2] ^= 0xFF  # ... and one flipped byte on the wire
             parent = self.peer_id.encode()
             metadata = (
@@ -244,13 +267,21 @@ class MisbehavingPeer:
                 + struct.pack(">BQq", 1, 0, int(time.time()))
             )
             value = struct.pack(">I", len(metadata)) + metadata
-            conn.sendall(struct.pack(">BBI", frame_id, TAG_PIECE_CONTENT, len(value)) + value + bytes(data))
+            header = struct.pack(">BBI", frame_id, TAG_PIECE_CONTENT, len(value)) + value
+            if self.mode != "trickle":
+                conn.sendall(header + bytes(data))
+                return
+            conn.sendall(header)
+            for start in range(0, len(data), TRICKLE_CHUNK):
+                if self.stopping.wait(TRICKLE_PAUSE):
+                    return
+                conn.sendall(data[start : start + TRICKLE_CHUNK])
 
     def stop(self) -> None:
         """Leave the cluster (DeleteHost) and stop serving."""
         with contextlib.suppress(grpc.RpcError):
             self._scheduler.DeleteHost(scheduler_pb2.DeleteHostRequest(host_id=self.host_id), timeout=10)
-        self._stopping.set()
+        self.stopping.set()
         self._listener.close()
         self._server.stop(grace=None).wait(5)
         self._channel.close()

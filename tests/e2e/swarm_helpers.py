@@ -77,13 +77,24 @@ def describe(results: dict[str, DfgetResult]) -> str:
     )
 
 
-def uploaded_bytes(cluster: LocalCluster, name: str) -> float:
-    """Return the piece bytes a daemon has served to other peers, from its Prometheus metrics."""
+def daemon_metric(cluster: LocalCluster, name: str, metric: str, labels: str = "") -> float:
+    """Return one sample of a daemon's Prometheus metrics (0 when absent); ``labels`` like ``kind="x"``."""
     addr = cluster.process(name).listening["metrics"]
     with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as response:
         text = response.read().decode()
-    match = re.search(r"^dragonfly_dfdaemon_upload_bytes_total (\S+)$", text, re.MULTILINE)
+    selector = re.escape(f"{metric}{{{labels}}}" if labels else metric)
+    match = re.search(rf"^{selector} (\S+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
+
+
+def uploaded_bytes(cluster: LocalCluster, name: str) -> float:
+    """Return the piece bytes a daemon has served to other peers, from its Prometheus metrics."""
+    return daemon_metric(cluster, name, "dragonfly_dfdaemon_upload_bytes_total")
+
+
+def failures(cluster: LocalCluster, name: str, kind: str) -> float:
+    """Return a daemon's failure counter of one kind (dragonfly_dfdaemon_failures_total)."""
+    return daemon_metric(cluster, name, "dragonfly_dfdaemon_failures_total", f'kind="{kind}"')
 
 
 def mount_tmpfs(path: Path, size: str) -> str | None:

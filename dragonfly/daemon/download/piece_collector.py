@@ -2,10 +2,14 @@
 (``docs/reference/protocol.md#pieces-from-parents``).
 
 Each parent answers with a message per finished interested piece, and keeps the stream open while its own
-download goes on. The collector keeps one bitmap per parent and wakes the downloader on every change; a stream
-silent for longer than ``collectedPieceTimeout`` counts as failed. Like Dragonfly's, a piece becomes
-dispatchable once every parent still syncing has reported it, or ``COLLECT_WINDOW`` after its first report: a
-piece the seed just finished is then often also held by a peer a moment later, and the load can spread.
+download goes on. The collector keeps one bitmap per parent and wakes the downloader on every change. A parent
+that reports no piece within ``firstCollectedPieceTimeout`` of being asked (seconds: a parent the scheduler offers
+has pieces, or is about to get them from its own parents) or then stays silent for longer than
+``collectedPieceTimeout`` counts as failed: a parent that claims a task and never answers costs seconds.
+
+Like Dragonfly's, a piece becomes dispatchable once every parent still syncing has reported it, or
+``COLLECT_WINDOW`` after its first report: a piece the seed just finished is then often also held by a peer a
+moment later, and the load can spread.
 """
 
 from __future__ import annotations
@@ -57,12 +61,14 @@ class PieceCollector:
         interested: list[int],
         piece_count: int,
         idle_timeout: float,
+        first_timeout: float,
     ) -> None:
         self._channels = channels
         self._host_id = host_id
         self._task_id = task_id
         self._interested = interested
         self._idle_timeout = idle_timeout
+        self._first_timeout = first_timeout
         self.parents = {peer.id: ParentState(peer, piece_count) for peer in parents}
         self.changed = asyncio.Event()
         #: When each piece was first reported by any parent (monotonic seconds).
@@ -89,9 +95,10 @@ class PieceCollector:
             host_id=self._host_id, task_id=self._task_id, interested_piece_numbers=self._interested
         )
         call = self._channels.stub(parent.addr).SyncPieces(request)
+        timeout = self._first_timeout
         try:
             while True:
-                response = await asyncio.wait_for(call.read(), self._idle_timeout)
+                response = await asyncio.wait_for(call.read(), timeout)
                 if response is grpc.aio.EOF:
                     break
                 if not 0 <= response.number < parent.bitmap.size:
@@ -102,16 +109,23 @@ class PieceCollector:
                 if not response.HasField("tcp_port"):
                     continue
                 parent.vortex_addr = (response.ip, response.tcp_port)
+                timeout = self._idle_timeout
                 parent.bitmap.set(response.number)
                 self.first_seen.setdefault(response.number, time.monotonic())
                 self.changed.set()
         except grpc.aio.AioRpcError as exc:
             parent.error = f"{exc.code().name}: {exc.details()}"
         except TimeoutError:
-            parent.error = f"no piece reported for {self._idle_timeout:g}s"
+            if parent.vortex_addr is None:
+                parent.error = f"no piece reported within {timeout:g}s of asking (firstCollectedPieceTimeout)"
+            else:
+                parent.error = f"no further piece reported for {timeout:g}s (collectedPieceTimeout)"
         finally:
             call.cancel()
             parent.syncing = False
             self.changed.set()
         if parent.error:
-            log.info("sync pieces with parent ended", extra={"parent": parent.id, "error": parent.error})
+            log.warning(
+                "sync pieces with parent ended",
+                extra={"task_id": self._task_id, "parent": parent.id, "error": parent.error},
+            )

@@ -11,6 +11,12 @@ lives for one round of candidate parents from the scheduler and keeps:
   something to trade,
 - the fetches in flight, per piece and (through the ``ParentSelector``) per parent.
 
+A transfer slower than ``SlowPiecePolicy.ratio`` of the median piece rate (this round's, or while the round has
+too few samples the daemon's recent one, origin pieces included; before any piece at all, ``initial_floor``) is
+overdue, as is any transfer longer than ``pieceTimeout``: the downloader abandons it and the piece is asked of
+another parent. A trickling parent would otherwise hold a piece,
+a receive buffer and a thread for as long as it keeps sending a byte now and then.
+
 Order: rarest piece first; among equally rare pieces, the child's own rank; the parent by the selector's weights.
 Seed peers are kept to ``SEED_PIECE_SLOTS`` fetches at a time while another parent may still serve, and a piece
 only seed peers hold waits ``SEED_PIECE_DELAY`` for another holder: the seed's upload then carries each new piece
@@ -23,10 +29,12 @@ from __future__ import annotations
 
 import collections
 import random
+import statistics
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from dragonfly.common import native
+from dragonfly.common.piece import piece_count, piece_range
 from dragonfly.daemon.download.parent_selector import ParentSelector
 from dragonfly.daemon.download.piece_collector import COLLECT_WINDOW, ParentState
 
@@ -38,16 +46,61 @@ SEED_PIECE_SLOTS = 2
 PARENT_STRIKES = 3
 
 
+#: Samples of this round before its own median is trusted over the daemon's.
+_ROUND_SAMPLES = 3
+_RATE_WINDOW = 64
+
+
 @dataclass(frozen=True, slots=True)
+class SlowPiecePolicy:
+    """When a piece transfer from a parent is given up (see the module docstring)."""
+
+    #: Share of the median piece rate below which a transfer is abandoned; 0 disables the relative floor.
+    ratio: float = 0.1
+    #: No transfer is abandoned for slowness sooner than this (seconds).
+    min_duration: float = 2.0
+    #: The floor (bytes/s) while no piece rate is known at all; 0 leaves only the timeout then.
+    initial_floor: float = 256 * 1024
+    #: No transfer lasts longer than this (seconds; Dragonfly's ``download.pieceTimeout``).
+    timeout: float = 360.0
+
+
+class PieceRates:
+    """The recent per-transfer rates (bytes/s) of pieces from parents, and their median."""
+
+    __slots__ = ("_median", "_samples")
+
+    def __init__(self, window: int = _RATE_WINDOW) -> None:
+        self._samples: collections.deque[float] = collections.deque(maxlen=window)
+        self._median: float | None = None
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def add(self, length: int, seconds: float) -> None:
+        if length > 0 and seconds > 0:
+            self._samples.append(length / seconds)
+            self._median = None
+
+    def median(self) -> float | None:
+        if self._median is None and self._samples:
+            self._median = statistics.median(self._samples)
+        return self._median
+
+
+@dataclass(slots=True)
 class PieceFetch:
     """One piece requested from one parent."""
 
     number: int
+    length: int
     parent: ParentState
     #: Requests in flight to this parent when this one started, itself included (for throughput estimates).
     concurrent: int
-    #: When the fetch was planned (monotonic seconds).
-    started: float
+    #: When the bytes started to flow (monotonic seconds); None while the fetch waits for a buffer or tokens.
+    transfer_started: float | None = None
+    #: Why the downloader gave up on this fetch, once it has.
+    abandoned: str | None = None
 
 
 class PieceDispatcher:
@@ -55,22 +108,30 @@ class PieceDispatcher:
 
     def __init__(
         self,
-        piece_count: int,
+        content_length: int,
+        piece_length: int,
         *,
         skip: Iterable[int],
         concurrency: int,
         selector: ParentSelector,
+        slow: SlowPiecePolicy | None = None,
+        daemon_rates: PieceRates | None = None,
         rank: Sequence[int] | None = None,
     ) -> None:
-        self.piece_count = piece_count
+        self.content_length = content_length
+        self.piece_length = piece_length
+        self.piece_count = count = piece_count(content_length, piece_length)
         self.concurrency = concurrency
         self._selector = selector
+        self._slow = slow or SlowPiecePolicy()
+        self._daemon_rates = daemon_rates if daemon_rates is not None else PieceRates()
+        self._round_rates = PieceRates()
         # Pieces skipped or in flight: rarest_first never offers them.
-        self._blocked = native.PieceBitmap(piece_count)
+        self._blocked = native.PieceBitmap(count)
         for number in skip:
             self._blocked.set(number)
         if rank is None:
-            shuffled = list(range(piece_count))
+            shuffled = list(range(count))
             random.shuffle(shuffled)
             rank = shuffled
         self._rank = rank
@@ -136,17 +197,67 @@ class PieceDispatcher:
                 if parent.seed:
                     seed_slots -= 1
                 self._blocked.set(number)
-                fetch = PieceFetch(number, parent, selector.begin(parent.id), now)
+                _offset, length = piece_range(number, self.content_length, self.piece_length)
+                fetch = PieceFetch(number, length, parent, selector.begin(parent.id))
                 self.in_flight[number] = fetch
                 started.append(fetch)
         return started, next_ready
 
-    def succeeded(self, number: int, *, length: int, seconds: float) -> PieceFetch:
-        """Record piece ``number`` as stored: it took ``seconds`` to receive ``length`` bytes."""
+    def succeeded(self, number: int, *, seconds: float) -> PieceFetch:
+        """Record piece ``number`` as stored: its bytes took ``seconds`` to arrive."""
         fetch = self.in_flight.pop(number)
         self._selector.end(fetch.parent.id)
-        self._selector.observe(fetch.parent.id, length, seconds, fetch.concurrent)
+        self._selector.observe(fetch.parent.id, fetch.length, seconds, fetch.concurrent)
+        self._round_rates.add(fetch.length, seconds)
+        self._daemon_rates.add(fetch.length, seconds)
         return fetch
+
+    def rate_floor(self) -> float | None:
+        """Return the piece rate (bytes/s) below which a transfer is abandoned, or None while nothing is known."""
+        if self._slow.ratio <= 0:
+            return None
+        rates = self._round_rates if len(self._round_rates) >= _ROUND_SAMPLES else self._daemon_rates
+        median = rates.median()
+        if median is None:
+            return self._slow.initial_floor or None
+        return self._slow.ratio * median
+
+    def deadline(self, fetch: PieceFetch) -> float | None:
+        """Return when ``fetch`` becomes overdue (monotonic seconds), or None while its bytes have not started."""
+        if fetch.transfer_started is None:
+            return None
+        limit = self._slow.timeout
+        floor = self.rate_floor()
+        if floor is not None:
+            limit = min(limit, max(self._slow.min_duration, fetch.length / floor))
+        return fetch.transfer_started + limit
+
+    def next_deadline(self) -> float | None:
+        """Return the earliest deadline of the transfers still running, or None."""
+        deadlines = [self.deadline(f) for f in self.in_flight.values() if f.abandoned is None]
+        return min((d for d in deadlines if d is not None), default=None)
+
+    def overdue(self, now: float) -> list[PieceFetch]:
+        """Return the transfers to abandon now, each marked with the reason (they stay in flight until they end)."""
+        late = []
+        floor = self.rate_floor()
+        for fetch in self.in_flight.values():
+            deadline = self.deadline(fetch)
+            if fetch.abandoned is not None or deadline is None or deadline > now:
+                continue
+            assert fetch.transfer_started is not None
+            took = now - fetch.transfer_started
+            if took >= self._slow.timeout or floor is None:
+                fetch.abandoned = f"piece {fetch.number} took longer than the piece timeout ({self._slow.timeout:g}s)"
+            else:
+                known = self._round_rates.median() or self._daemon_rates.median()
+                basis = f"{self._slow.ratio:g} of the median piece rate" if known else "no piece rate known yet"
+                fetch.abandoned = (
+                    f"piece {fetch.number} ({fetch.length} bytes) not received in {took:.1f}s: "
+                    f"slower than {floor / 1e6:.3g} MB/s ({basis})"
+                )
+            late.append(fetch)
+        return late
 
     def failed(self, number: int, *, corrupt: bool) -> PieceFetch:
         """Record a failed fetch of piece ``number``: it becomes missing again, and its parent takes the blame.

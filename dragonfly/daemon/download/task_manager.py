@@ -46,11 +46,11 @@ from dragonfly.daemon.download.buffers import BufferPool
 from dragonfly.daemon.download.parent_selector import ParentSelector
 from dragonfly.daemon.download.parents import ParentChannels
 from dragonfly.daemon.download.piece_collector import PieceCollector
-from dragonfly.daemon.download.piece_dispatcher import PieceDispatcher, PieceFetch
+from dragonfly.daemon.download.piece_dispatcher import PieceDispatcher, PieceFetch, PieceRates, SlowPiecePolicy
 from dragonfly.daemon.download.piece_verifier import PieceVerifier, UnverifiablePiece, is_strong, piece_hash
 from dragonfly.daemon.download.scheduler_client import AnnouncePeerStream, SchedulerClient
 from dragonfly.daemon.download.source_window import SourceWindow
-from dragonfly.daemon.download.vortex_client import ConnectionPool, fetch_piece
+from dragonfly.daemon.download.vortex_client import ConnectionPool, FetchAbort, PieceAbandoned, fetch_piece
 from dragonfly.daemon.errors import BackendError, DownloadFailed, DownloadTimeout, OutputError
 from dragonfly.daemon.host_info import TrafficMeter
 from dragonfly.daemon.metrics import DaemonMetrics
@@ -264,6 +264,15 @@ class TaskManager:
         self._recv_buffers = BufferPool(config.storage.write_buffer_size, 2 * self._concurrency)
         self._source_buffers = BufferPool(_SOURCE_BUFFER, 2 * self._concurrency)
         self._vortex_pool = ConnectionPool(max_idle_per_addr=self._concurrency, ssl_context=vortex_tls)
+        self._slow_piece = SlowPiecePolicy(
+            ratio=download.slow_piece.ratio,
+            min_duration=download.slow_piece.min_duration,
+            initial_floor=download.slow_piece.initial_floor,
+            timeout=download.piece_timeout,
+        )
+        # Rates of recent pieces from parents and the origin, any task: the reference for a round of parents that
+        # has too few pieces of its own.
+        self._piece_rates = PieceRates()
         self._active: dict[str, TaskDownload] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -769,12 +778,22 @@ class TaskManager:
             interested=self._missing(td, task),
             piece_count=count,
             idle_timeout=self._config.download.collected_piece_timeout,
+            first_timeout=self._config.download.first_collected_piece_timeout,
         )
         selector = ParentSelector(self._channels, host_id=self.host_id, peer_id=td.peer_id, parents=parents)
         # Pieces already here, and for a ranged download the pieces outside its range, are never dispatched.
         skip = [n for n in range(count) if n in task.pieces or (td.wanted is not None and n not in td.wanted)]
-        dispatcher = PieceDispatcher(count, skip=skip, concurrency=self._concurrency, selector=selector)
-        running: dict[asyncio.Task[float], PieceFetch] = {}
+        dispatcher = PieceDispatcher(
+            task.content_length,
+            task.piece_length,
+            skip=skip,
+            concurrency=self._concurrency,
+            selector=selector,
+            slow=self._slow_piece,
+            daemon_rates=self._piece_rates,
+        )
+        running: dict[asyncio.Task[float], tuple[PieceFetch, FetchAbort]] = {}
+        aborts: dict[int, FetchAbort] = {}
         collector.start()
         selector.start()
         try:
@@ -785,7 +804,11 @@ class TaskManager:
                     collector.parents.values(), collector.first_seen, time.monotonic()
                 )
                 for fetch in fetches:
-                    running[asyncio.create_task(self._fetch_from_parent(td, task, stream, fetch))] = fetch
+                    abort = aborts[fetch.number] = FetchAbort()
+                    running[asyncio.create_task(self._fetch_from_parent(td, task, stream, fetch, abort))] = (
+                        fetch,
+                        abort,
+                    )
                 collector.changed.clear()
                 if not running and next_ready is None:
                     if not collector.syncing() or dispatcher.all_excluded(collector.parents.values()):
@@ -797,27 +820,46 @@ class TaskManager:
                         break
                     continue
                 waiter = asyncio.ensure_future(collector.changed.wait())
-                wake = None if next_ready is None else max(next_ready - time.monotonic(), 0.001)
                 finished, _pending = await asyncio.wait(
-                    [*running, waiter], timeout=wake, return_when=asyncio.FIRST_COMPLETED
+                    [*running, waiter],
+                    timeout=self._wake_after(dispatcher, next_ready),
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
                 waiter.cancel()
+                for fetch in dispatcher.overdue(time.monotonic()):
+                    assert fetch.abandoned is not None
+                    aborts[fetch.number].abort(fetch.abandoned)
                 for done in finished:
                     if done is waiter:
                         continue
-                    fetch = running.pop(done)  # type: ignore[arg-type]
+                    fetch, abort = running.pop(done)  # type: ignore[arg-type]
+                    del aborts[fetch.number]
                     error = done.exception()
                     if error is None:
-                        _offset, length = piece_range(fetch.number, task.content_length, task.piece_length)
-                        dispatcher.succeeded(fetch.number, length=length, seconds=done.result())
+                        dispatcher.succeeded(fetch.number, seconds=done.result())
                     else:
                         self._piece_from_parent_failed(td, stream, dispatcher, fetch, error)
         finally:
+            for abort in aborts.values():
+                abort.abort("the download from parents ended")
             if running:
                 await asyncio.wait(running)
             await collector.stop()
             await selector.stop()
         return self._complete(td, task, count)
+
+    def _wake_after(self, dispatcher: PieceDispatcher, next_ready: float | None) -> float:
+        """Return how long the download loop may sleep: until a piece becomes dispatchable or a transfer overdue.
+
+        Transfers that have not started yet get their deadline once they do, never sooner than minDuration after
+        this wake-up, so that is the longest sleep.
+        """
+        now = time.monotonic()
+        wake = now + self._slow_piece.min_duration
+        for moment in (next_ready, dispatcher.next_deadline()):
+            if moment is not None:
+                wake = min(wake, moment)
+        return max(wake - now, 0.001)
 
     def _piece_from_parent_failed(
         self,
@@ -831,10 +873,16 @@ class TaskManager:
         dispatcher.failed(fetch.number, corrupt=corrupt)
         if fetch.parent.vortex_addr is not None:
             self._vortex_pool.discard(fetch.parent.vortex_addr)
-        self._metrics.failures.labels("piece_digest_mismatch" if corrupt else "piece_from_parent").inc()
+        if corrupt:
+            reason = "piece_digest_mismatch"
+        elif isinstance(error, PieceAbandoned):
+            reason = "piece_too_slow"
+        else:
+            reason = "piece_from_parent"
+        self._metrics.failures.labels(reason).inc()
         log.info(
             "piece from parent failed",
-            extra={"task_id": td.task_id, "piece": fetch.number, "parent": fetch.parent.id, "error": repr(error)},
+            extra={"task_id": td.task_id, "piece": fetch.number, "parent": fetch.parent.id, "error": str(error)},
         )
         # Wrong bytes are not a passing fault: the scheduler marks the sender bad at once (docs/security.md).
         stream.report(
@@ -844,9 +892,9 @@ class TaskManager:
         )
 
     async def _fetch_from_parent(
-        self, td: TaskDownload, task: TaskRecord, stream: AnnouncePeerStream, fetch: PieceFetch
+        self, td: TaskDownload, task: TaskRecord, stream: AnnouncePeerStream, fetch: PieceFetch, abort: FetchAbort
     ) -> float:
-        """Fetch one piece into storage and report it; return the seconds its transfer took."""
+        """Fetch one piece into storage and report it; return the seconds its bytes took to arrive."""
         number, parent = fetch.number, fetch.parent
         offset, length = piece_range(number, task.content_length, task.piece_length)
         addr = parent.vortex_addr
@@ -865,9 +913,9 @@ class TaskManager:
             return time.monotonic() - started
         await self._acquire(self._download_bucket, length)
         created_at = time.time()
-        started = time.monotonic()
         with self._storage.content_fd(td.task_id) as fd:
             async with self._recv_buffers.get() as buffer:
+                started = fetch.transfer_started = time.monotonic()
                 fetched = await run_blocking(
                     self._executor,
                     lambda: fetch_piece(
@@ -881,15 +929,16 @@ class TaskManager:
                         connect_timeout=VORTEX_CONNECT_TIMEOUT,
                         timeout=self._config.download.piece_timeout,
                         pool=self._vortex_pool,
+                        abort=abort,
                     ),
                 )
+            cost = time.monotonic() - started
             digest = format_piece_digest(fetched.crc)
             if fetched.digest != digest:
                 raise DigestMismatch(
                     fetched.digest or "<empty>", digest, what=f"piece {number} from parent {parent.id}"
                 )
             strong = await verifier.verify(number, expected, fd, offset, length, crc=fetched.crc, parent=parent.id)
-        cost = time.monotonic() - started
         record = PieceRecord(number, offset, length, digest, parent.id, REMOTE_PEER, cost, created_at, strong)
         self._finish_piece(td, record)
         stream.report(
@@ -1063,6 +1112,7 @@ class TaskManager:
             strong,
         )
         self._finish_piece(td, record)
+        self._piece_rates.add(length, record.cost)
         if stream is not None:
             stream.report(
                 download_piece_back_to_source_finished_request=scheduler_pb2.DownloadPieceBackToSourceFinishedRequest(

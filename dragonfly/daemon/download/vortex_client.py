@@ -4,6 +4,9 @@ One request frame out, one metadata frame and the raw piece bytes back. The exch
 executor thread: the bytes go from the socket into the content file in native code (GIL released) with the
 CRC-32 computed on the way.
 
+A fetch can be abandoned from the event loop while its thread waits in ``recv`` (a parent that trickles bytes never
+trips a read timeout): ``FetchAbort.abort()`` shuts the socket down, which wakes the thread at once.
+
 Dragonfly opens a connection per piece and its server closes after one answer. Ours keeps serving, so the client
 returns healthy connections to a pool and reuses them; a pooled connection the parent has closed in the meantime
 fails before a single response byte arrives, and the piece is then simply requested on a fresh connection.
@@ -21,7 +24,7 @@ import threading
 from dataclasses import dataclass
 
 from dragonfly.common import native
-from dragonfly.common.errors import ShortRead, VortexError, VortexRemoteError
+from dragonfly.common.errors import DragonflyError, ShortRead, VortexError, VortexRemoteError
 from dragonfly.daemon import vortex_tls
 
 _KEEPALIVE = ((socket.TCP_KEEPIDLE, 5), (socket.TCP_KEEPINTVL, 3), (socket.TCP_KEEPCNT, 3))
@@ -36,6 +39,46 @@ class FetchedPiece:
     length: int
     digest: str
     crc: int
+
+
+class PieceAbandoned(DragonflyError, ConnectionError):
+    """The downloader gave up on a piece transfer (too slow); the reason says why."""
+
+
+class FetchAbort:
+    """Lets the event loop abandon one fetch_piece call that runs on an executor thread.
+
+    The socket is attached only while the transfer uses it, under a lock, so an abort can never shut down a
+    connection that was already handed back to the pool for another piece.
+    """
+
+    __slots__ = ("_lock", "_sock", "reason")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self.reason: str | None = None
+
+    def abort(self, reason: str) -> None:
+        """Stop the transfer now (from any thread); the fetch then raises PieceAbandoned with ``reason``."""
+        with self._lock:
+            if self.reason is not None:
+                return
+            self.reason = reason
+            if self._sock is not None:
+                with contextlib.suppress(OSError):
+                    # The plain socket's shutdown even for a TLS one: the thread inside OpenSSL keeps its state.
+                    socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+
+    def _attach(self, sock: socket.socket) -> None:
+        with self._lock:
+            if self.reason is not None:
+                raise PieceAbandoned(self.reason)
+            self._sock = sock
+
+    def _detach(self) -> None:
+        with self._lock:
+            self._sock = None
 
 
 class ConnectionPool:
@@ -112,16 +155,19 @@ def fetch_piece(
     timeout: float,
     pool: ConnectionPool | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    abort: FetchAbort | None = None,
 ) -> FetchedPiece:
     """Download piece ``number`` of ``task_id`` from ``addr`` into ``fd`` (blocking; run it on an executor).
 
     New connections use TLS with ``ssl_context``, else with the pool's; plaintext when neither has one.
     """
+    abort = abort or FetchAbort()
     request = native.encode_download_piece(task_id, number)
     reused = pool.get(addr) if pool is not None else None
     context = ssl_context or (pool.ssl_context if pool is not None else None)
     sock = reused or _connect(addr, connect_timeout, context)
     try:
+        abort._attach(sock)
         sock.settimeout(timeout)
         try:
             sock.sendall(request)
@@ -131,6 +177,7 @@ def fetch_piece(
                 raise
             sock.close()
             sock = _connect(addr, connect_timeout, context)
+            abort._attach(sock)
             sock.settimeout(timeout)
             sock.sendall(request)
             header = _recv_exact(sock, native.HEADER_SIZE)
@@ -151,9 +198,13 @@ def fetch_piece(
             crc = vortex_tls.recv_piece(sock, fd, offset, length, buffer)
         else:
             crc = native.recv_to_file(sock.fileno(), fd, offset, length, buffer, timeout)
-    except BaseException:
+        abort._detach()
+    except BaseException as exc:
+        abort._detach()
         with contextlib.suppress(OSError):
             sock.close()
+        if abort.reason is not None and not isinstance(exc, PieceAbandoned):
+            raise PieceAbandoned(abort.reason) from exc
         raise
     if pool is not None:
         pool.put(addr, sock)

@@ -14,9 +14,10 @@ from dragonfly.daemon.download import piece_dispatcher as pd
 from dragonfly.daemon.download.parent_selector import ParentSelector, is_seed_peer
 from dragonfly.daemon.download.parents import ParentChannels
 from dragonfly.daemon.download.piece_collector import COLLECT_WINDOW, ParentState
-from dragonfly.daemon.download.piece_dispatcher import PieceDispatcher
+from dragonfly.daemon.download.piece_dispatcher import PieceDispatcher, PieceFetch
 
 PIECES = 16
+PIECE_LENGTH = 4 << 20
 
 
 def _peer(name: str, *, seed: bool = False) -> common_pb2.Peer:
@@ -36,7 +37,12 @@ class Round:
         self.first_seen: dict[int, float] = {}
         self.selector = ParentSelector(ParentChannels(), host_id="h", peer_id="child", parents=list(peers))
         self.dispatcher = PieceDispatcher(
-            PIECES, skip=[], concurrency=concurrency, selector=self.selector, rank=rank or list(range(PIECES))
+            PIECES * PIECE_LENGTH,
+            PIECE_LENGTH,
+            skip=[],
+            concurrency=concurrency,
+            selector=self.selector,
+            rank=rank or list(range(PIECES)),
         )
         self.started: list[tuple[int, str]] = []
 
@@ -168,7 +174,12 @@ def test_strikes_exclude_a_parent_and_a_corrupt_piece_excludes_it_at_once():
 def test_a_stored_or_in_flight_piece_is_never_requested_twice():
     run = Round(_peer("a"), _peer("b"), concurrency=8)
     run.dispatcher = PieceDispatcher(
-        PIECES, skip=range(4), concurrency=8, selector=run.selector, rank=list(range(PIECES))
+        PIECES * PIECE_LENGTH,
+        PIECE_LENGTH,
+        skip=range(4),
+        concurrency=8,
+        selector=run.selector,
+        rank=list(range(PIECES)),
     )
     run.has(0, range(PIECES))
     run.has(1, range(PIECES))
@@ -178,7 +189,7 @@ def test_a_stored_or_in_flight_piece_is_never_requested_twice():
     assert len(numbers) == 8
     assert len(set(numbers)) == 8
     assert not set(numbers) & set(range(4))
-    fetch = run.dispatcher.succeeded(numbers[0], length=1 << 20, seconds=0.5)
+    fetch = run.dispatcher.succeeded(numbers[0], seconds=0.5)
     assert run.selector.rates[fetch.parent.id] > 0
     assert numbers[0] not in run.dispatcher.in_flight
     run.run()
@@ -216,3 +227,88 @@ def test_choice_is_random_in_proportion_to_weight():
     random.seed(7)
     picks = collections.Counter(selector.choose(["10.0.0.1-a", "10.0.0.1-b"]) for _ in range(2000))
     assert 0.85 <= picks["10.0.0.1-a"] / 2000 <= 0.95
+
+
+def _started(run: Round, now: float) -> PieceFetch:
+    run.has(0, range(PIECES))
+    [fetch], _ = run.dispatcher.plan(run.parents, run.first_seen, now)
+    fetch.transfer_started = now
+    return fetch
+
+
+def test_a_transfer_far_below_the_median_rate_is_overdue_and_abandoned_once():
+    run = Round(_peer("a"), concurrency=1)
+    now = 1000.0
+    for _ in range(3):  # three pieces of 4 MiB in 0.1 s each: a median of ~42 MB/s
+        fetch = _started(run, now)
+        run.dispatcher.succeeded(fetch.number, seconds=0.1)
+    fetch = _started(run, now)
+    # Floor: 0.1 x median -> 4 MiB may take 1 s, but never less than minDuration (2 s) before it is abandoned.
+    assert run.dispatcher.deadline(fetch) == pytest.approx(now + pd.SlowPiecePolicy().min_duration)
+    assert run.dispatcher.overdue(now + 1.9) == []
+    [late] = run.dispatcher.overdue(now + 2.1)
+    assert late is fetch
+    assert late.abandoned is not None
+    assert "slower than" in late.abandoned
+    assert "0.1 of the median piece rate" in late.abandoned
+    assert run.dispatcher.overdue(now + 5) == []  # already abandoned: not aborted twice
+    assert run.dispatcher.next_deadline() is None
+
+
+def test_with_a_slow_median_the_floor_follows_it():
+    run = Round(_peer("a"), concurrency=1)
+    now = 1000.0
+    for _ in range(3):  # 4 MiB in 4 s each: ~1 MB/s
+        fetch = _started(run, now)
+        run.dispatcher.succeeded(fetch.number, seconds=4.0)
+    fetch = _started(run, now)
+    assert run.dispatcher.deadline(fetch) == pytest.approx(now + 40.0)
+
+
+def test_before_any_sample_the_initial_floor_applies_and_the_piece_timeout_always_does():
+    selector = ParentSelector(ParentChannels(), host_id="h", peer_id="c", parents=[_peer("a")])
+    run = Round(_peer("a"), concurrency=1)
+    policy = pd.SlowPiecePolicy(ratio=0.1, min_duration=2.0, initial_floor=1 << 20, timeout=30.0)
+    run.dispatcher = PieceDispatcher(
+        PIECES * PIECE_LENGTH, PIECE_LENGTH, skip=[], concurrency=1, selector=selector, slow=policy
+    )
+    fetch = _started(run, 1000.0)
+    assert run.dispatcher.deadline(fetch) == pytest.approx(1004.0)  # 4 MiB at 1 MiB/s
+    [late] = run.dispatcher.overdue(1004.5)
+    assert "no piece rate known yet" in (late.abandoned or "")
+
+    policy = pd.SlowPiecePolicy(ratio=0.1, min_duration=2.0, initial_floor=0, timeout=30.0)
+    run = Round(_peer("a"), concurrency=1)
+    run.dispatcher = PieceDispatcher(
+        PIECES * PIECE_LENGTH, PIECE_LENGTH, skip=[], concurrency=1, selector=run.selector, slow=policy
+    )
+    fetch = _started(run, 1000.0)
+    assert run.dispatcher.deadline(fetch) == pytest.approx(1030.0)
+    [late] = run.dispatcher.overdue(1031.0)
+    assert "piece timeout (30s)" in (late.abandoned or "")
+
+
+def test_a_round_with_few_samples_uses_the_daemon_s_recent_rates():
+    daemon_rates = pd.PieceRates()
+    for _ in range(5):
+        daemon_rates.add(PIECE_LENGTH, 0.01)  # ~420 MB/s
+    selector = ParentSelector(ParentChannels(), host_id="h", peer_id="c", parents=[_peer("a")])
+    run = Round(_peer("a"), concurrency=1)
+    run.dispatcher = PieceDispatcher(
+        PIECES * PIECE_LENGTH, PIECE_LENGTH, skip=[], concurrency=1, selector=selector, daemon_rates=daemon_rates
+    )
+    fetch = _started(run, 1000.0)
+    assert run.dispatcher.deadline(fetch) == pytest.approx(1002.0)  # the floor of minDuration
+    run.dispatcher.succeeded(fetch.number, seconds=20.0)
+    # One slow sample of its own does not override the daemon's figure; the daemon's median moved a little.
+    fetch = _started(run, 1000.0)
+    assert run.dispatcher.deadline(fetch) == pytest.approx(1002.0)
+
+
+def test_a_fetch_waiting_for_its_turn_is_never_overdue():
+    run = Round(_peer("a"), concurrency=1)
+    run.has(0, range(PIECES))
+    [fetch], _ = run.dispatcher.plan(run.parents, run.first_seen, 1000.0)
+    assert fetch.transfer_started is None
+    assert run.dispatcher.deadline(fetch) is None
+    assert run.dispatcher.overdue(1e9) == []

@@ -12,6 +12,7 @@ import os
 import socket
 import ssl
 import struct
+import threading
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -24,7 +25,13 @@ from dragonfly.common import native, pki, tls
 from dragonfly.common.digest import format_piece_digest
 from dragonfly.common.errors import VortexRemoteError
 from dragonfly.daemon.blocking import run_blocking
-from dragonfly.daemon.download.vortex_client import ConnectionPool, FetchedPiece, fetch_piece
+from dragonfly.daemon.download.vortex_client import (
+    ConnectionPool,
+    FetchAbort,
+    FetchedPiece,
+    PieceAbandoned,
+    fetch_piece,
+)
 from dragonfly.daemon.storage import PieceRecord, Storage
 from dragonfly.daemon.upload.vortex_server import VortexServer
 
@@ -242,3 +249,62 @@ async def test_connections_that_never_handshake_do_not_hold_upload_threads(paren
     finally:
         for sock in silent:
             sock.close()
+
+
+async def test_a_trickled_transfer_is_abandoned_at_once_and_its_connection_not_reused(tmp_path: Path) -> None:
+    """A parent that sends a byte now and then never trips a read timeout; abort() ends the transfer anyway."""
+    stop = threading.Event()
+    first_byte = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def trickle() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(1024)
+            meta = native.PieceMetadata(
+                number=0, offset=0, length=PIECE, digest="crc32:0", parent_id="p", traffic_type=1,
+                cost_secs=0, created_at=0,
+            )  # fmt: skip
+            conn.sendall(native.encode_piece_content(meta))
+            while not stop.is_set():
+                try:
+                    conn.sendall(b"x")
+                except OSError:
+                    return
+                first_byte.set()
+                stop.wait(0.05)
+
+    server = threading.Thread(target=trickle, daemon=True)
+    server.start()
+    pool = ConnectionPool()
+    abort = FetchAbort()
+    fd = os.open(tmp_path / "child", os.O_RDWR | os.O_CREAT)
+    loop = asyncio.get_running_loop()
+    try:
+        with ThreadPoolExecutor(1) as executor:
+            transfer = loop.run_in_executor(
+                executor,
+                lambda: fetch_piece(
+                    listener.getsockname(), TASK, 0, fd=fd, offset=0, length=PIECE, buffer=bytearray(65536),
+                    connect_timeout=2.0, timeout=30.0, pool=pool, abort=abort,
+                ),
+            )  # fmt: skip
+            await loop.run_in_executor(None, first_byte.wait, 10)
+            abort.abort("too slow for this test")
+            with pytest.raises(PieceAbandoned, match="too slow for this test"):
+                async with asyncio.timeout(10):  # far below the 30 s read timeout the trickle keeps resetting
+                    await transfer
+        assert pool.get(tuple(listener.getsockname())) is None
+        # An abort that comes before the transfer starts stops it before a byte is requested.
+        early = FetchAbort()
+        early.abort("gone")
+        with pytest.raises(PieceAbandoned, match="gone"):
+            fetch_piece(
+                listener.getsockname(), TASK, 0, fd=fd, offset=0, length=PIECE, buffer=bytearray(65536),
+                connect_timeout=2.0, timeout=30.0, abort=early,
+            )  # fmt: skip
+    finally:
+        stop.set()
+        os.close(fd)
+        listener.close()
+        server.join(10)

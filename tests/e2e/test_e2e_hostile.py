@@ -1,0 +1,83 @@
+"""Hostile peers cost an honest download seconds, never the protocol's minutes-long timeouts.
+
+Each test first times a clean download of a file of the same size on the same daemon, then lets a misbehaving peer
+(tests/e2e/misbehaving_peer.py) claim a second file and be the only parent the scheduler can offer for it. The
+honest download must still finish, byte-exact, within the clean time plus an allowance derived from the configured
+limits (minDuration of a slow piece, firstCollectedPieceTimeout) and a generous slack for a loaded machine; before
+the fixes each of these took 6 minutes or more (pieceTimeout and collectedPieceTimeout are 360 s and stay so here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from misbehaving_peer import MisbehavingPeer
+from swarm_helpers import MiB, dfget_on, failures, make_file, sha256_of
+
+from dragonfly.cli.cluster import LocalCluster, OriginProcess
+from dragonfly.daemon.config import DownloadConfig
+
+pytestmark = pytest.mark.slow
+
+# Above 4 MiB, so downloads go through the scheduler; 4 pieces of 4 MiB.
+SIZE = 16 * MiB
+DEFAULTS = DownloadConfig()
+# What a loaded 2-core machine may add on top of the configured limits (the protocol's own timeouts are 360 s).
+SLACK = 30.0
+# dfget gives up well before the 360 s timeouts the attacks used to hit, so a regression fails in minutes.
+DFGET_TIMEOUT = 150.0
+
+
+@pytest.fixture(scope="module")
+def cluster(module_dir: Path) -> Iterator[LocalCluster]:
+    with LocalCluster(module_dir / "cluster", peers=3) as running:
+        yield running
+
+
+def _clean_then_hostile(
+    cluster: LocalCluster, origin: OriginProcess, module_dir: Path, peer: str, mode: str
+) -> tuple[float, float, MisbehavingPeer]:
+    """Return the seconds of a clean download and of one whose only parent misbehaves as ``mode``."""
+    make_file(origin, f"{mode}-clean.bin", SIZE)
+    clean = dfget_on(cluster, peer, origin.url(f"{mode}-clean.bin"), module_dir / f"{mode}-clean.bin")
+    assert clean.ok, clean.stderr
+    name = f"{mode}.bin"
+    sha = make_file(origin, name, SIZE)
+    url = origin.url(name)
+    liar = MisbehavingPeer(cluster.scheduler_addr, url, origin.directory / name, mode=mode, hostname=f"liar-{mode}")
+    liar.start()
+    try:
+        result = dfget_on(cluster, peer, url, module_dir / name, timeout=DFGET_TIMEOUT)
+    finally:
+        liar.stop()
+    assert result.ok, result.stderr
+    assert sha256_of(module_dir / name) == sha
+    return clean.seconds, result.seconds, liar
+
+
+@pytest.mark.parametrize("mode", ["trickle", "mute"])
+def test_a_parent_too_slow_to_be_useful_is_abandoned_within_seconds(
+    cluster: LocalCluster, origin: OriginProcess, module_dir: Path, mode: str
+) -> None:
+    peer = "peer-1" if mode == "trickle" else "peer-2"
+    abandoned = failures(cluster, peer, "piece_too_slow")
+    clean, hostile, liar = _clean_then_hostile(cluster, origin, module_dir, peer, mode)
+    assert liar.vortex_requests >= 1, "the misbehaving peer was never asked for a piece"
+    assert failures(cluster, peer, "piece_too_slow") > abandoned, "no piece was abandoned as too slow"
+    # The daemon knows its piece rates from the clean download, so a useless transfer is dropped after minDuration.
+    allowance = DEFAULTS.slow_piece.min_duration + SLACK
+    assert hostile <= clean + allowance, f"clean {clean:.1f}s, with a {mode} parent {hostile:.1f}s"
+
+
+def test_a_parent_that_never_reports_a_piece_is_dropped_after_the_first_answer_deadline(
+    cluster: LocalCluster, origin: OriginProcess, module_dir: Path
+) -> None:
+    clean, hostile, liar = _clean_then_hostile(cluster, origin, module_dir, "peer-3", "silent")
+    assert liar.sync_pieces_calls >= 1, "the misbehaving peer was never asked for its pieces"
+    assert liar.vortex_requests == 0
+    allowance = DEFAULTS.first_collected_piece_timeout + SLACK
+    assert hostile <= clean + allowance, f"clean {clean:.1f}s, with a silent parent {hostile:.1f}s"
+    log = cluster.log_path("peer-3").read_text()
+    assert "firstCollectedPieceTimeout" in log, "the silent parent was dropped without a word in the log"
