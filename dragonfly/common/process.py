@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -55,8 +56,26 @@ def setup_logging(level: str = "info", *, component: str) -> None:
     root.setLevel(numeric)
 
 
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit on open files to the hard limit; return the soft limit now in force.
+
+    Servers hold a descriptor per connection; distributions often start services with a soft limit of 1024 and a
+    far higher hard limit, which any process may use.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 def run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     """Run ``main()`` on uvloop when available; SIGTERM/SIGINT cancel it so servers stop gracefully."""
+    raise_open_file_limit()
 
     async def runner() -> int:
         loop = asyncio.get_running_loop()

@@ -176,9 +176,16 @@ class StorageServerConfig(TLSFilesConfig):
 
     ip: str | None = None
     tcp_port: int = 4005
+    # most connections served at once; beyond it the host holding the most loses one (docs/robustness.md);
+    # never more than half the process's open-file limit
+    max_connections: int = 1024
+    # most connections one remote address may hold; a new one replaces its oldest idle one, else is refused
+    max_connections_per_host: int = 64
 
     def validate(self) -> None:
         _check_port("tcpPort", self.tcp_port)
+        if self.max_connections < 1 or self.max_connections_per_host < 1:
+            raise ValueError("maxConnections and maxConnectionsPerHost must be >= 1")
 
 
 @dataclass(frozen=True, slots=True)

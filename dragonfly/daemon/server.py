@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -144,6 +145,8 @@ class Dfdaemon:
             upload_bucket=upload_bucket,
             executor=self._upload_executor,
             timeout=config.download.piece_timeout,
+            max_connections=self._vortex_connection_cap(),
+            max_connections_per_host=config.storage.server.max_connections_per_host,
             on_served=self._on_served,
             ssl_context=tls.server_ssl_context(self.tls.storage_server) if self.tls.storage_server else None,
         )
@@ -243,6 +246,18 @@ class Dfdaemon:
 
         gc = GarbageCollector(self.storage, config.gc, is_busy=self.tasks.is_active, on_evict=self._on_evict)
         self._background.append(asyncio.create_task(gc.run(), name="gc"))
+
+    def _vortex_connection_cap(self) -> int:
+        """Return storage.server.maxConnections, lowered to half the open-file limit so other services keep fds."""
+        configured = self.config.storage.server.max_connections
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY or configured <= soft // 2:
+            return configured
+        log.warning(
+            "storage.server.maxConnections lowered to half the open-file limit",
+            extra={"configured": configured, "open_file_limit": soft, "used": max(soft // 2, 1)},
+        )
+        return max(soft // 2, 1)
 
     @staticmethod
     async def _add_health(server: grpc.aio.Server, service: str) -> None:

@@ -5,13 +5,14 @@ see TLS records. Kernel TLS would let both keep working after a userspace handsh
 built without it (``CONFIG_TLS`` unset: ``setsockopt(TCP_ULP, "tls")`` fails with ENOENT), and Python's ``ssl``
 cannot hand session keys to the kernel anyway. So with TLS the bytes go through OpenSSL in user space:
 
-- sending: native ``read_piece`` (pread, GIL released) into a per-thread chunk buffer, then ``SSLSocket.sendall``
-  (OpenSSL encrypts with the GIL released);
+- sending: native ``read_piece`` (pread, GIL released) into a small per-connection buffer, then a non-blocking
+  ``SSLSocket.send`` (OpenSSL encrypts with the GIL released), on an executor thread that returns whenever the
+  socket is full (``PieceSender``);
 - receiving: ``SSLSocket.recv_into`` the caller's pooled buffer, native CRC-32 of the chunk, ``os.pwrite`` to the
   content file (both GIL released).
 
-No Python ``bytes`` object per chunk and no copy beyond the one into the TLS library; both functions block and run
-on executor threads. The cost against sendfile is measured by ``bench pair`` / ``bench swarm`` (see
+No Python ``bytes`` object per chunk and no copy beyond the one into the TLS library; both run on executor
+threads. The cost against sendfile is measured by ``bench pair`` / ``bench swarm`` (see
 ``bench/RESULTS.md``).
 """
 
@@ -21,42 +22,55 @@ import asyncio
 import os
 import socket
 import ssl
-import threading
 
 from dragonfly.common import native
 from dragonfly.common.errors import ShortRead
 
-#: Bytes per pread + TLS write when sending; TLS records are 16 KiB, so this is 32 records per system call batch.
-SEND_CHUNK = 512 * 1024
-_buffers = threading.local()
+#: Bytes per pread + TLS write when sending. Each connection being sent to holds one such buffer while its reader
+#: is slow, so it is kept small; TLS records are 16 KiB, so this is four records per write.
+SEND_CHUNK = 64 * 1024
 
 
-def _send_buffer() -> memoryview:
-    view: memoryview | None = getattr(_buffers, "send", None)
-    if view is None:
-        view = _buffers.send = memoryview(bytearray(SEND_CHUNK))
-    return view
+class PieceSender:
+    """Sends a metadata frame then a file range over a non-blocking TLS socket, in steps that never wait.
 
-
-def send_piece(sock: ssl.SSLSocket, frame: bytes, fd: int, offset: int, length: int, timeout: float) -> None:
-    """Write the metadata frame then ``length`` bytes of ``fd`` at ``offset`` (blocking; an executor thread).
-
-    The socket goes back to non-blocking mode afterwards, for the event loop that reads the next request.
+    ``send_some`` (an executor thread: pread may need the disk) writes until the range is sent or the socket would
+    block; the event loop then waits for the socket and calls it again. A stalled reader so costs a socket and a
+    small buffer, never a thread. After a would-block, OpenSSL must be given the same bytes again, so the unsent
+    chunk is kept until it goes through.
     """
-    sock.settimeout(timeout)
-    try:
-        sock.sendall(frame)
-        view = _send_buffer()
-        sent = 0
-        while sent < length:
-            chunk = view[: min(len(view), length - sent)]
-            count = native.read_piece(fd, offset + sent, chunk)
-            if count == 0:
-                raise EOFError(f"content file ends {length - sent} bytes before the end of the piece")
-            sock.sendall(chunk[:count])
-            sent += count
-    finally:
-        sock.setblocking(False)
+
+    __slots__ = ("_buffer", "_end", "_fd", "_pending", "_pos", "sock")
+
+    def __init__(self, sock: ssl.SSLSocket, frame: bytes, fd: int, offset: int, length: int) -> None:
+        self.sock = sock
+        self._pending: memoryview | None = memoryview(frame) if frame else None
+        self._fd = fd
+        self._pos = offset
+        self._end = offset + length
+        self._buffer: memoryview | None = None
+
+    def send_some(self) -> str | None:
+        """Send what the socket takes; return None when all is sent, else "write" or "read" to wait for."""
+        sock = self.sock
+        while True:
+            if self._pending is None:
+                if self._pos >= self._end:
+                    return None
+                if self._buffer is None:
+                    self._buffer = memoryview(bytearray(SEND_CHUNK))
+                count = native.read_piece(self._fd, self._pos, self._buffer[: min(SEND_CHUNK, self._end - self._pos)])
+                if count == 0:
+                    raise EOFError(f"content file ends {self._end - self._pos} bytes before the end of the piece")
+                self._pending = self._buffer[:count]
+                self._pos += count
+            try:
+                sent = sock.send(self._pending)
+            except ssl.SSLWantWriteError:
+                return "write"
+            except ssl.SSLWantReadError:
+                return "read"
+            self._pending = self._pending[sent:] if sent < len(self._pending) else None
 
 
 def recv_piece(sock: ssl.SSLSocket, fd: int, offset: int, length: int, buffer: bytearray) -> int:

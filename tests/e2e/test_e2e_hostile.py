@@ -9,14 +9,17 @@ the fixes each of these took 6 minutes or more (pieceTimeout and collectedPieceT
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from misbehaving_peer import MisbehavingPeer
-from swarm_helpers import MiB, dfget_on, failures, make_file, sha256_of
+from swarm_helpers import MiB, daemon_metric, describe, dfget_all, dfget_on, failures, make_file, sha256_of
 
-from dragonfly.cli.cluster import LocalCluster, OriginProcess
+from dragonfly.cli.cluster import SEED_PEER, LocalCluster, OriginProcess
+from dragonfly.common import ids, native
 from dragonfly.daemon.config import DownloadConfig
 
 pytestmark = pytest.mark.slow
@@ -81,3 +84,54 @@ def test_a_parent_that_never_reports_a_piece_is_dropped_after_the_first_answer_d
     assert hostile <= clean + allowance, f"clean {clean:.1f}s, with a silent parent {hostile:.1f}s"
     log = cluster.log_path("peer-3").read_text()
     assert "firstCollectedPieceTimeout" in log, "the silent parent was dropped without a word in the log"
+
+
+@contextlib.contextmanager
+def stalled_readers(cluster: LocalCluster, daemon: str, task_id: str, count: int) -> Iterator[list[socket.socket]]:
+    """Open ``count`` Vortex connections to ``daemon`` that each ask for piece 0 and then never read."""
+    host, _, port = cluster.process(daemon).listening["vortex"].rpartition(":")
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect((host, int(port)))
+            sock.sendall(native.encode_download_piece(task_id, 0))
+            sockets.append(sock)
+        yield sockets
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_readers_that_never_read_do_not_stall_the_seed_or_a_peer(
+    cluster: LocalCluster, origin: OriginProcess, module_dir: Path
+) -> None:
+    """Issue 8 item 1: more stalled readers than upload threads on the seed and a peer; others still get pieces."""
+    held = "stalled-held.bin"
+    sha_held = make_file(origin, held, SIZE)
+    first = dfget_on(cluster, "peer-1", origin.url(held), module_dir / held)
+    assert first.ok, first.stderr
+    make_file(origin, "stalled-clean.bin", SIZE)
+    clean = dfget_on(cluster, "peer-2", origin.url("stalled-clean.bin"), module_dir / "stalled-clean.bin")
+    assert clean.ok, clean.stderr
+    fresh = "stalled-fresh.bin"
+    sha_fresh = make_file(origin, fresh, SIZE)
+    task_id = ids.task_id(origin.url(held))
+    # 48 > the 32 upload threads a daemon used to block on slow readers, on both daemons that hold the file.
+    with stalled_readers(cluster, SEED_PEER, task_id, 48), stalled_readers(cluster, "peer-1", task_id, 48):
+        held_copy = dfget_on(cluster, "peer-3", origin.url(held), module_dir / "stalled-held-2.bin")
+        fresh_copy = dfget_on(cluster, "peer-2", origin.url(fresh), module_dir / fresh)
+        # The attack was still on: the stalled connections were being served (not refused) all along.
+        assert daemon_metric(cluster, SEED_PEER, "dragonfly_dfdaemon_upload_connections") >= 48
+    assert held_copy.ok, held_copy.stderr
+    assert fresh_copy.ok, fresh_copy.stderr
+    assert sha256_of(module_dir / "stalled-held-2.bin") == sha_held
+    assert sha256_of(module_dir / fresh) == sha_fresh
+    assert held_copy.traffic is not None
+    assert held_copy.traffic["origin"] == 0, "the stalled daemons were skipped for the origin"
+    for result in (held_copy, fresh_copy):
+        assert result.seconds <= clean.seconds + SLACK, describe({"clean": clean, "attacked": result})
+    # And the swarm is healthy afterwards.
+    after = dfget_all(cluster, ["peer-1", "peer-3"], origin.url(fresh), module_dir / "stalled-after")
+    assert all(r.ok for r in after.values()), describe(after)

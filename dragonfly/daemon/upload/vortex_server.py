@@ -1,13 +1,19 @@
 """Vortex TCP piece server (``docs/reference/protocol.md#vortex``).
 
 Per request: read the 74-byte request frame on the event loop, look the piece up (only finished, verified pieces
-exist in storage), charge the upload token bucket, then hand the raw socket to an executor thread that writes the
-metadata frame and ``sendfile``s the piece range in native code. A connection may carry several requests. uvloop has no
-``sendfile``, so the loop's own transports are never used for piece bytes.
+exist in storage), charge the upload token bucket, write the metadata frame, then the piece bytes: with
+``sendfile(2)`` on plaintext connections, through OpenSSL (``dragonfly.daemon.vortex_tls``) on TLS ones. A
+connection may carry several requests. uvloop has no ``sendfile``, so the loop's own transports are never used for
+piece bytes.
 
 With mutual TLS (the default) each connection first completes a TLS handshake on the loop (the client must
-present a certificate of the cluster CA), requests are read from the non-blocking ``SSLSocket`` on the loop, and
-pieces are sent through OpenSSL by ``dragonfly.daemon.vortex_tls`` instead of ``sendfile``.
+present a certificate of the cluster CA), and requests are read from the non-blocking ``SSLSocket`` on the loop.
+
+A slow or stalled reader must cost a socket, never a thread: the piece bytes are written by an executor thread
+(reading the content file may need the disk, which must not block the event loop) to the non-blocking socket,
+and the thread returns as soon as the socket buffer is full; the loop then waits for it to drain, for at most
+the write timeout without progress. Connections are capped per remote host and in total (``ConnectionLimiter``),
+and a bad request gets an error frame and an orderly close, not a reset (docs/robustness.md#serving-pieces).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Callable
@@ -26,6 +33,7 @@ from dragonfly.daemon import vortex_tls
 from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.errors import InvalidTaskId
 from dragonfly.daemon.storage import Storage
+from dragonfly.daemon.upload.connection_limits import Connection, ConnectionLimiter
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +46,10 @@ _MAX_REQUEST_VALUE = 1024
 _REQUEST_TIMEOUT = 30.0
 # How long a kept-alive connection may wait for its next request.
 _IDLE_TIMEOUT = 60.0
+# After an error frame: how long the rest of a bad request is read and dropped, so that closing the socket with
+# unread bytes does not turn into a TCP reset that destroys the error frame in flight.
+_LINGER = 1.0
+_LINGER_BYTES = 1 << 20
 
 
 async def _recv(loop: asyncio.AbstractEventLoop, sock: socket.socket, count: int) -> bytes:
@@ -65,23 +77,15 @@ async def _recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, coun
     return bytes(data)
 
 
-def _send_piece(sock: socket.socket, frame: bytes, fd: int, offset: int, length: int, timeout: float) -> None:
-    """Write the metadata frame then the piece bytes (blocking; runs on an executor thread)."""
-    sock.settimeout(timeout)
+def _sendfile_some(sock: socket.socket, fd: int, offset: int, count: int) -> int:
+    """Send what the non-blocking socket takes of the file range now; 0 when its buffer is full (executor thread)."""
     try:
-        sock.sendall(frame)
-        native.sendfile(sock.fileno(), fd, offset, length, timeout)
-    finally:
-        # Back to the loop's non-blocking mode for the next request on this connection.
-        sock.setblocking(False)
-
-
-def _send_blocking(sock: socket.socket, data: bytes, timeout: float) -> None:
-    sock.settimeout(timeout)
-    try:
-        sock.sendall(data)
-    finally:
-        sock.setblocking(False)
+        sent = os.sendfile(sock.fileno(), fd, offset, count)
+    except BlockingIOError:
+        return 0
+    if sent == 0:
+        raise EOFError(f"content file ends before {offset} + {count}")
+    return sent
 
 
 class VortexServer:
@@ -96,6 +100,8 @@ class VortexServer:
         upload_bucket: native.TokenBucket,
         executor: Executor,
         timeout: float,
+        max_connections: int = 1024,
+        max_connections_per_host: int = 64,
         on_served: Callable[[str, int], None] | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
@@ -104,13 +110,18 @@ class VortexServer:
         self._port = port
         self._bucket = upload_bucket
         self._executor = executor
+        # The longest a send may wait for the reader to take more bytes.
         self._timeout = timeout
         self._on_served = on_served
         self._ssl = ssl_context
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
-        self.active_connections = 0
+        self.limits = ConnectionLimiter(max_total=max_connections, max_per_host=max_connections_per_host)
+
+    @property
+    def active_connections(self) -> int:
+        return self.limits.total
 
     @property
     def port(self) -> int:
@@ -147,28 +158,51 @@ class VortexServer:
         assert self._listener is not None
         while True:
             try:
-                conn, _addr = await loop.sock_accept(self._listener)
+                conn, addr = await loop.sock_accept(self._listener)
             except OSError as exc:
                 log.warning("vortex accept failed", extra={"error": exc})
                 await asyncio.sleep(0.1)
                 continue
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            task = asyncio.create_task(self._handle(conn))
+            host = addr[0] if isinstance(addr, tuple) else str(addr)
+            task = asyncio.create_task(self._handle(conn, host))
             self._handlers.add(task)
             task.add_done_callback(self._handlers.discard)
 
     async def _send_error(self, conn: socket.socket, frame_id: int, code: int, message: str) -> None:
         loop = asyncio.get_running_loop()
         frame = native.encode_error(code, message, frame_id)
-        with contextlib.suppress(OSError):
-            if isinstance(conn, ssl.SSLSocket):
-                await run_blocking(self._executor, _send_blocking, conn, frame, 5.0)
-            else:
-                await asyncio.wait_for(loop.sock_sendall(conn, frame), 5.0)
+        with contextlib.suppress(OSError, ssl.SSLError):
+            async with asyncio.timeout(5.0):
+                if isinstance(conn, ssl.SSLSocket):
+                    await self._send_tls(loop, vortex_tls.PieceSender(conn, frame, -1, 0, 0))
+                else:
+                    await loop.sock_sendall(conn, frame)
 
-    async def _handle(self, conn: socket.socket) -> None:
-        self.active_connections += 1
+    async def _refuse(self, conn: socket.socket, frame_id: int, message: str) -> None:
+        """Answer a malformed request with an InvalidArgument frame and close in order, so the client reads it."""
+        await self._send_error(conn, frame_id, ERROR_INVALID_ARGUMENT, message)
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            # The TCP half-close even on a TLS connection: what follows is only drained, never decrypted.
+            socket.socket.shutdown(conn, socket.SHUT_WR)
+            async with asyncio.timeout(_LINGER):
+                dropped = 0
+                while dropped < _LINGER_BYTES:
+                    chunk = await loop.sock_recv(conn, 65536)
+                    if not chunk:
+                        break
+                    dropped += len(chunk)
+
+    async def _handle(self, conn: socket.socket, host: str) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        connection = self.limits.admit(host, task.cancel)
+        if connection is None:
+            log.warning("vortex connection refused: too many connections", extra={"host": host})
+            conn.close()
+            return
         try:
             if self._ssl is not None:
                 # A client certificate of the cluster CA is required.
@@ -177,19 +211,20 @@ class VortexServer:
             # Dragonfly's peers send one request per connection and close; ours keep the connection for the next
             # piece, which saves a handshake and a slow start per piece. Both end here on EOF.
             first = True
-            while await self._serve_one(conn, _REQUEST_TIMEOUT if first else _IDLE_TIMEOUT):
+            while await self._serve_one(conn, connection, _REQUEST_TIMEOUT if first else _IDLE_TIMEOUT):
                 first = False
         except ssl.SSLError as exc:
-            log.warning("vortex TLS failed", extra={"error": repr(exc)})
-        except (OSError, TimeoutError, DragonflyError) as exc:
-            log.info("vortex request failed", extra={"error": repr(exc)})
+            log.warning("vortex TLS failed", extra={"host": host, "error": repr(exc)})
+        except (OSError, TimeoutError, EOFError, DragonflyError) as exc:
+            log.info("vortex request failed", extra={"host": host, "error": repr(exc)})
         finally:
-            self.active_connections -= 1
+            self.limits.release(connection)
             conn.close()
 
-    async def _serve_one(self, conn: socket.socket, wait: float) -> bool:
+    async def _serve_one(self, conn: socket.socket, connection: Connection, wait: float) -> bool:
         """Answer one request; return False when the client closed the connection or it must be closed."""
         loop = asyncio.get_running_loop()
+        self.limits.set_idle(connection, True)
         try:
             async with asyncio.timeout(wait):
                 header = await _recv(loop, conn, native.HEADER_SIZE)
@@ -197,19 +232,24 @@ class VortexServer:
             return False
         if not header:
             return False
+        self.limits.set_idle(connection, False)
         async with asyncio.timeout(_REQUEST_TIMEOUT):
             if len(header) < native.HEADER_SIZE:
                 header += await _recv_exact(loop, conn, native.HEADER_SIZE - len(header))
-            frame_id, tag, length = native.decode_header(header)
+            try:
+                frame_id, tag, length = native.decode_header(header)
+            except VortexError as exc:
+                await self._refuse(conn, header[0], f"malformed frame header: {exc}")
+                return False
             if tag != native.TAG_DOWNLOAD_PIECE or length > _MAX_REQUEST_VALUE:
-                await self._send_error(conn, frame_id, ERROR_INVALID_ARGUMENT, f"unsupported request tag {tag}")
+                await self._refuse(conn, frame_id, f"unsupported request tag {tag}")
                 return False
             value = await _recv_exact(loop, conn, length)
         try:
             task_id, number = native.decode_download_piece(value)
             task = self._storage.get_task(task_id)
         except (VortexError, InvalidTaskId) as exc:
-            await self._send_error(conn, frame_id, ERROR_INVALID_ARGUMENT, str(exc))
+            await self._refuse(conn, frame_id, str(exc))
             return False
         piece = task.pieces.get(number) if task is not None else None
         if task is None or piece is None:
@@ -229,10 +269,35 @@ class VortexServer:
         wait_tokens = self._bucket.reserve(piece.length)
         if wait_tokens > 0:
             await asyncio.sleep(wait_tokens)
-        send = vortex_tls.send_piece if isinstance(conn, ssl.SSLSocket) else _send_piece
         with self._storage.content_fd(task_id) as fd:
-            await run_blocking(self._executor, send, conn, frame, fd, piece.offset, piece.length, self._timeout)
+            if isinstance(conn, ssl.SSLSocket):
+                await self._send_tls_piece(conn, frame, fd, piece.offset, piece.length)
+            else:
+                await self._send_piece(conn, frame, fd, piece.offset, piece.length)
         self._storage.touch(task_id)
         if self._on_served is not None:
             self._on_served(task_id, piece.length)
         return True
+
+    async def _send_piece(self, conn: socket.socket, frame: bytes, fd: int, offset: int, length: int) -> None:
+        """Write the metadata frame then the piece bytes with sendfile, never holding a thread for a slow reader."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self._timeout):
+            await loop.sock_sendall(conn, frame)
+        end = offset + length
+        while offset < end:
+            sent = await run_blocking(self._executor, _sendfile_some, conn, fd, offset, end - offset)
+            if sent:
+                offset += sent
+            else:
+                async with asyncio.timeout(self._timeout):
+                    await vortex_tls.wait_ready(loop, conn, write=True)
+
+    async def _send_tls_piece(self, conn: ssl.SSLSocket, frame: bytes, fd: int, offset: int, length: int) -> None:
+        """Write the metadata frame then the piece bytes through OpenSSL, the same way as _send_piece."""
+        await self._send_tls(asyncio.get_running_loop(), vortex_tls.PieceSender(conn, frame, fd, offset, length))
+
+    async def _send_tls(self, loop: asyncio.AbstractEventLoop, sender: vortex_tls.PieceSender) -> None:
+        while (blocked := await run_blocking(self._executor, sender.send_some)) is not None:
+            async with asyncio.timeout(self._timeout):
+                await vortex_tls.wait_ready(loop, sender.sock, write=blocked == "write")

@@ -15,7 +15,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -308,3 +308,86 @@ async def test_a_trickled_transfer_is_abandoned_at_once_and_its_connection_not_r
         os.close(fd)
         listener.close()
         server.join(10)
+
+
+def _request_and_never_read(port: int, source: str = "127.0.0.1") -> socket.socket:
+    """Open a connection that asks for piece 0 and then reads nothing (a tiny receive buffer fills at once)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(native.encode_download_piece(TASK, 0))
+    return sock
+
+
+async def test_readers_that_never_read_do_not_hold_upload_threads(parent: Peer, tmp_path: Path) -> None:
+    """Issue 8 item 1: more stalled readers than upload threads, and an honest fetch still gets its piece."""
+    parent.server._timeout = 120.0  # a stalled reader is dropped only after this; the honest fetch must not wait
+    stalled = [_request_and_never_read(parent.server.port) for _ in range(12)]  # the executor has 4 threads
+    try:
+        async with asyncio.timeout(30):  # a quarter of the write timeout the stalled readers would have cost
+            fetched, data = await fetch(parent, tmp_path, 0, 0, PIECE)
+        assert data == DATA[:PIECE]
+        assert fetched.crc == zlib.crc32(DATA[:PIECE])
+        assert parent.server.active_connections == 12
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+async def test_a_host_over_its_connection_cap_loses_its_longest_idle_connection(parent: Peer) -> None:
+    loop = asyncio.get_running_loop()
+    parent.server.limits.max_per_host = 3
+    idle = [socket.create_connection(("127.0.0.1", parent.server.port)) for _ in range(3)]
+    try:
+        for sock in idle:
+            sock.settimeout(10)
+        await _wait_for(lambda: parent.server.active_connections == 3)
+        newcomer = socket.create_connection(("127.0.0.1", parent.server.port))
+        # The oldest idle connection is closed by the server (EOF), the newcomer is served.
+        assert await loop.run_in_executor(None, idle[0].recv, 1) == b""
+        await _wait_for(lambda: parent.server.limits.evicted == 1)
+        assert parent.server.active_connections == 3
+        newcomer.close()
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+async def test_a_flood_from_one_host_cannot_take_every_connection(parent: Peer, tmp_path: Path) -> None:
+    """Issue 8 item 4: at the total cap the flooding host loses connections, another host still gets served."""
+    parent.server.limits.max_total = 8
+    flood = [_request_and_never_read(parent.server.port, "127.0.0.2") for _ in range(8)]
+    try:
+        await _wait_for(lambda: parent.server.active_connections == 8)
+        async with asyncio.timeout(30):
+            _fetched, data = await fetch(parent, tmp_path, 0, 0, PIECE)  # from 127.0.0.1
+        assert data == DATA[:PIECE]
+        assert parent.server.limits.evicted >= 1
+    finally:
+        for sock in flood:
+            sock.close()
+
+
+async def test_a_malformed_frame_gets_an_error_frame_not_a_reset(parent: Peer) -> None:
+    """Issue 8 item 18: the error frame must arrive even though the client sent more than the server read."""
+    loop = asyncio.get_running_loop()
+
+    def send_garbage() -> tuple[int, str]:
+        with socket.create_connection(("127.0.0.1", parent.server.port), timeout=10) as sock:
+            sock.sendall(struct.pack(">BBI", 7, 99, 4) + b"\x00" * 4 + os.urandom(200_000))
+            header = sock.recv(native.HEADER_SIZE, socket.MSG_WAITALL)
+            frame_id, tag, length = native.decode_header(header)
+            assert (frame_id, tag) == (7, native.TAG_ERROR)
+            return native.decode_error(sock.recv(length, socket.MSG_WAITALL))
+
+    code, message = await loop.run_in_executor(None, send_garbage)
+    assert code == 1
+    assert "unknown tag 99" in message
+
+
+async def _wait_for(condition: Callable[[], bool]) -> None:
+    """Poll a condition the server changes from its own tasks (no event to wait on), for at most 10 s."""
+    async with asyncio.timeout(10):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
