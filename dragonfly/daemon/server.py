@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from dragonfly.common import ids, native, tls
 from dragonfly.common.authz import Authorizer
 from dragonfly.common.errors import ConfigError
+from dragonfly.common.http_server import start_http_server
 from dragonfly.common.identity import ROLE_PEER, ROLE_SEED_PEER, identity_from_pem
 from dragonfly.common.process import announce_listening
 from dragonfly.daemon.api.callers import CallerRelay
@@ -267,14 +268,8 @@ class Dfdaemon:
             await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def _start_http(self, service: str, app: web.Application, ip: str, port: int) -> None:
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, ip, port)
-        await site.start()
+        runner, bound = await start_http_server(app, ip, port)
         self._runners.append(runner)
-        server = site._server
-        assert server is not None
-        bound = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         self._listening(service, _host_port(ip, bound))
 
     def _on_served(self, task_id: str, length: int) -> None:

@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from dragonfly.common import tls
 from dragonfly.common.authz import Authorizer
+from dragonfly.common.http_server import start_http_server
 from dragonfly.scheduler.config import Config
 from dragonfly.scheduler.gc import GarbageCollector
 from dragonfly.scheduler.metrics import Metrics
@@ -124,17 +125,9 @@ class SchedulerServer:
         config = self.config.metrics
         app = web.Application()
         app.router.add_get("/metrics", self.ctx.metrics.handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, config.host, config.port)
-        try:
-            await site.start()
-        except OSError:
-            await runner.cleanup()
-            raise
+        runner, port = await start_http_server(app, config.host, config.port)
         self._metrics_runner = runner
-        host, port = runner.addresses[0][:2]
-        self.metrics_address = format_address(host, port)
+        self.metrics_address = format_address(runner.addresses[0][0], port)
 
     async def stop(self) -> None:
         """Stop accepting work, give in-flight RPCs the grace period, then stop the background jobs."""
