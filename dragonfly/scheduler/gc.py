@@ -82,13 +82,18 @@ class GarbageCollector:
         return len(empty)
 
     def collect_hosts(self) -> int:
-        """Remove hosts silent for twice their announce interval, with their peers; return how many."""
+        """Remove hosts silent for twice their announce interval, with their peers; return how many.
+
+        A host announced without an interval (Dragonfly never collects those, so anyone could fill the scheduler's
+        memory with announcements) expires after ``hostTTL`` of silence, the bound its peers already have.
+        """
         now = self._clock()
         resource = self._resource
+        host_ttl = self._config.host_ttl
         expired = [
             host
             for host in resource.hosts.values()
-            if host.announce_interval > 0 and now - host.updated_at > 2 * host.announce_interval
+            if now - host.updated_at > (2 * host.announce_interval if host.announce_interval > 0 else host_ttl)
         ]
         for host in expired:
             log.info("host expired", extra={"host_id": host.id})

@@ -72,10 +72,21 @@ def test_tasks_without_peers_are_removed(world, gc):
 def test_hosts_silent_for_two_intervals_are_removed_with_their_peers(world, gc):
     peer = world.peer("a", state=p.RUNNING)
     peer.host.announce_interval = 10
-    forever = world.host("no-interval")
+    no_interval = world.host("no-interval")
     world.now += 20
     assert gc.collect_hosts() == 0
     world.now += 0.5
     assert gc.collect_hosts() == 1
     assert peer.deleted
-    assert list(world.resource.hosts) == [forever.id]
+    assert list(world.resource.hosts) == [no_interval.id]
+
+
+def test_a_host_announced_without_an_interval_expires_after_host_ttl(world, gc):
+    """Issue 8 item 6: such hosts were never collected, so announcements alone could fill the scheduler."""
+    host = world.host("no-interval")
+    assert host.announce_interval == 0
+    world.now += gc._config.host_ttl
+    assert gc.collect_hosts() == 0
+    world.now += 1
+    assert gc.collect_hosts() == 1
+    assert host.id not in world.resource.hosts
