@@ -42,7 +42,8 @@ piece_io (``_dragonfly_piece_io`` / ``_pyimpl.piece_io``)
 
 bitmap (``dragonfly._bitmap`` / ``_pyimpl.bitmap``)
     ``PieceBitmap(size)``; ``set(i)``, ``clear(i)``, ``test(i)``, ``count()``, ``first_missing() -> int`` (-1 when
-    full), ``iter_missing()``, ``missing_from(parent) -> list[int]`` (parent has, we lack), ``to_bytes()``,
+    full), ``iter_missing()``, ``missing_from(parent) -> list[int]`` (parent has, we lack), ``present() -> list[int]``
+    (the pieces set, ascending), ``to_bytes()``,
     ``PieceBitmap.from_bytes(size, data)``, ``size``; ``rarest_first(want, parents) -> list[int]``: the pieces
     missing in ``want`` that at least one parent has, rarest first, ties by piece number.
 """

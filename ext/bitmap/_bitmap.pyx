@@ -225,6 +225,25 @@ cdef class PieceBitmap:
         finally:
             PyMem_Free(pieces)
 
+    def present(self):
+        """Return, ascending, the pieces present."""
+        cdef Py_ssize_t w, total = 0, n = df_count(self.words, self.nwords)
+        cdef uint64_t bits
+        # Collected into C memory first, as in missing_from.
+        cdef Py_ssize_t* pieces = <Py_ssize_t*>PyMem_Malloc((n + 1) * sizeof(Py_ssize_t))
+        if pieces == NULL:
+            raise MemoryError()
+        try:
+            for w in range(self.nwords):
+                bits = self.words[w]
+                while bits:
+                    pieces[total] = (w << 6) + __builtin_ctzll(bits)
+                    total += 1
+                    bits &= bits - 1
+            return _list_of(pieces, total)
+        finally:
+            PyMem_Free(pieces)
+
     def to_bytes(self):
         """Return the bitmap in its storage layout (see the module docstring)."""
         cdef Py_ssize_t nbytes = (self.nbits + 7) >> 3

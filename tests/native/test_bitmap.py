@@ -187,6 +187,9 @@ def test_missing_from_and_rarest_first(impl: ModuleType) -> None:
     c = impl.PieceBitmap.from_bytes(10, b"\x08\x02")  # 3 9
     assert want.missing_from(a) == [1, 3, 9]
     assert want.missing_from(want) == []
+    assert want.present() == [0, 2]
+    assert a.present() == [0, 1, 2, 3, 9]
+    assert impl.PieceBitmap(0).present() == []
     # holders: 1 -> 2, 3 -> 3, 4 -> 1, 5 -> 1, 9 -> 2
     assert impl.rarest_first(want, [a, b, c]) == [4, 5, 1, 9, 3]
     assert impl.rarest_first(want, iter([a, b, c])) == [4, 5, 1, 9, 3]
@@ -282,9 +285,11 @@ def test_differential_parents(data: st.DataObject, size: int, nparents: int) -> 
             [outcome(want.missing_from, parent) for parent in parents],
             outcome(impl.rarest_first, want, parents),
             [outcome(operator.eq, want, parent) for parent in parents],
+            [parent.present() for parent in parents],
         )
     assert results["native"] == results["python"]
-    missing, order, _ = results["python"]
+    missing, order, _, present = results["python"]
+    assert present == [[n for n in range(size) if parent.test(n)] for parent in parents]
     # The oracle itself: every listed piece is wanted and held somewhere, each once, holders never decreasing.
     held = {piece for result in missing for piece in result[1]}
     assert sorted(order[1]) == sorted(held)

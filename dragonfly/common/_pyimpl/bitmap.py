@@ -136,6 +136,10 @@ class PieceBitmap:
         _check_same_size(self, parent)
         return _pieces_of(bytes(p & ~w & 0xFF for w, p in zip(self._data, parent._data, strict=True)))
 
+    def present(self) -> list[int]:
+        """Return, ascending, the pieces present."""
+        return _pieces_of(bytes(self._data))
+
     def to_bytes(self) -> bytes:
         """Return the bitmap in its storage layout (see the module docstring)."""
         return bytes(self._data)

@@ -57,9 +57,12 @@ class PieceSet:
     def numbers(self) -> list[int]:
         """Return the finished piece numbers, ascending."""
         bitmap = self._bitmap
-        if bitmap is None:
-            return []
-        return [n for n in range(bitmap.size) if bitmap.test(n)]
+        return [] if bitmap is None else bitmap.present()
+
+    def snapshot(self) -> native.PieceBitmap | None:
+        """Return a copy of the bitmap (a memcpy), for work on another thread while this set keeps changing."""
+        bitmap = self._bitmap
+        return None if bitmap is None else native.PieceBitmap.from_bytes(bitmap.size, bitmap.to_bytes())
 
     def needed_from(self, parent: PieceSet) -> int:
         """Return how many of ``parent``'s pieces this set lacks."""

@@ -10,6 +10,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from dragonfly.common.redact import redact_headers, redact_url
 
 if TYPE_CHECKING:
+    from dragonfly.common import native
     from dragonfly.scheduler.resource.peer import Peer
     from dragonfly.scheduler.resource.task import Task
 
@@ -66,7 +67,7 @@ def add_trusted_pieces(message: common_pb2.Task, task: Task) -> None:
     message.pieces.extend(pieces[number] for number in sorted(pieces))
 
 
-def peer_message(peer: Peer, task: common_pb2.Task, *, with_pieces: bool = False) -> common_pb2.Peer:
+def peer_message(peer: Peer, task: common_pb2.Task) -> common_pb2.Peer:
     """Return the common.v2.Peer of ``peer``, carrying its task and its host as announced."""
     message = common_pb2.Peer(
         id=peer.id,
@@ -82,13 +83,18 @@ def peer_message(peer: Peer, task: common_pb2.Task, *, with_pieces: bool = False
     )
     if peer.range is not None:
         message.range.start, message.range.length = peer.range
-    if with_pieces:
-        piece_length = peer.task.piece_length
-        content_length = peer.task.content_length
-        for number in peer.pieces.numbers():
-            piece = message.pieces.add(number=number)
-            if piece_length > 0:
-                piece.offset = number * piece_length
-                if content_length >= 0:
-                    piece.length = max(min(piece_length, content_length - piece.offset), 0)
     return message
+
+
+def add_peer_pieces(
+    message: common_pb2.Peer, pieces: native.PieceBitmap | None, piece_length: int, content_length: int
+) -> None:
+    """Append a Piece (number, offset, length) per piece in ``pieces`` to a Peer message (any thread)."""
+    if pieces is None:
+        return
+    for number in pieces.present():
+        piece = message.pieces.add(number=number)
+        if piece_length > 0:
+            piece.offset = number * piece_length
+            if content_length >= 0:
+                piece.length = max(min(piece_length, content_length - piece.offset), 0)

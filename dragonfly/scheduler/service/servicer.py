@@ -11,6 +11,7 @@ another's id. The manager role may delete any host, task or peer.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
     from dragonfly.scheduler.server import SchedulerContext
 
 log = logging.getLogger(__name__)
+
+# StatPeer lists up to this many pieces on the event loop; more are listed on a thread.
+_INLINE_PIECES = 4096
 
 IMPLEMENTED = frozenset(
     (
@@ -84,6 +88,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def __init__(self, ctx: SchedulerContext, preheat: PreheatService) -> None:
         self._ctx = ctx
         self._preheat = preheat
+        self._large_stats = asyncio.Semaphore(1)
 
     async def AnnouncePeer(
         self, request_iterator: AsyncIterator[scheduler_pb2.AnnouncePeerRequest], context: grpc.aio.ServicerContext
@@ -157,7 +162,17 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             metadata.append(("dragonfly-bad-parent-reason", _ascii(reason)))
             metadata.append(("dragonfly-bad-parent-remaining", f"{max(peer.bad_until - now, 0.0):.3f}"))
         context.set_trailing_metadata(tuple(metadata))
-        return convert.peer_message(peer, convert.task_message(peer.task), with_pieces=True)
+        message = convert.peer_message(peer, convert.task_message(peer.task))
+        task = peer.task
+        pieces = peer.pieces.snapshot()
+        if peer.pieces.count <= _INLINE_PIECES:
+            convert.add_peer_pieces(message, pieces, task.piece_length, task.content_length)
+            return message
+        # Thousands of pieces take a CPU-second per million to list: build them on a thread from a copy of the
+        # bitmap, one such request at a time, so registrations and piece reports keep flowing meanwhile.
+        async with self._large_stats:
+            await asyncio.to_thread(convert.add_peer_pieces, message, pieces, task.piece_length, task.content_length)
+        return message
 
     async def DeletePeer(self, request: scheduler_pb2.DeletePeerRequest, context: grpc.aio.ServicerContext) -> Any:
         """Remove a peer (its children lose it as a parent)."""
