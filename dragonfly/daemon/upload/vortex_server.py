@@ -185,12 +185,12 @@ class VortexServer:
         await self._send_error(conn, frame_id, ERROR_INVALID_ARGUMENT, message)
         loop = asyncio.get_running_loop()
         with contextlib.suppress(OSError, ssl.SSLError):
-            # The TCP half-close even on a TLS connection: what follows is only drained, never decrypted.
+            # The TCP half-close even on a TLS connection, whose state the drain below still needs.
             socket.socket.shutdown(conn, socket.SHUT_WR)
             async with asyncio.timeout(_LINGER):
                 dropped = 0
                 while dropped < _LINGER_BYTES:
-                    chunk = await loop.sock_recv(conn, 65536)
+                    chunk = await _recv(loop, conn, 65536)
                     if not chunk:
                         break
                     dropped += len(chunk)

@@ -310,12 +310,15 @@ async def test_a_trickled_transfer_is_abandoned_at_once_and_its_connection_not_r
         server.join(10)
 
 
-def _request_and_never_read(port: int, source: str = "127.0.0.1") -> socket.socket:
+def _request_and_never_read(parent: Peer, source: str = "127.0.0.1") -> socket.socket:
     """Open a connection that asks for piece 0 and then reads nothing (a tiny receive buffer fills at once)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.bind((source, 0))
-    sock.connect(("127.0.0.1", port))
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", parent.server.port))
+    if parent.client_context is not None:
+        sock = parent.client_context.wrap_socket(sock, server_hostname="127.0.0.1")
     sock.sendall(native.encode_download_piece(TASK, 0))
     return sock
 
@@ -323,7 +326,8 @@ def _request_and_never_read(port: int, source: str = "127.0.0.1") -> socket.sock
 async def test_readers_that_never_read_do_not_hold_upload_threads(parent: Peer, tmp_path: Path) -> None:
     """Issue 8 item 1: more stalled readers than upload threads, and an honest fetch still gets its piece."""
     parent.server._timeout = 120.0  # a stalled reader is dropped only after this; the honest fetch must not wait
-    stalled = [_request_and_never_read(parent.server.port) for _ in range(12)]  # the executor has 4 threads
+    loop = asyncio.get_running_loop()
+    stalled = [await loop.run_in_executor(None, _request_and_never_read, parent) for _ in range(12)]  # 4 threads
     try:
         async with asyncio.timeout(30):  # a quarter of the write timeout the stalled readers would have cost
             fetched, data = await fetch(parent, tmp_path, 0, 0, PIECE)
@@ -357,7 +361,8 @@ async def test_a_host_over_its_connection_cap_loses_its_longest_idle_connection(
 async def test_a_flood_from_one_host_cannot_take_every_connection(parent: Peer, tmp_path: Path) -> None:
     """Issue 8 item 4: at the total cap the flooding host loses connections, another host still gets served."""
     parent.server.limits.max_total = 8
-    flood = [_request_and_never_read(parent.server.port, "127.0.0.2") for _ in range(8)]
+    loop = asyncio.get_running_loop()
+    flood = [await loop.run_in_executor(None, _request_and_never_read, parent, "127.0.0.2") for _ in range(8)]
     try:
         await _wait_for(lambda: parent.server.active_connections == 8)
         async with asyncio.timeout(30):
@@ -374,16 +379,25 @@ async def test_a_malformed_frame_gets_an_error_frame_not_a_reset(parent: Peer) -
     loop = asyncio.get_running_loop()
 
     def send_garbage() -> tuple[int, str]:
-        with socket.create_connection(("127.0.0.1", parent.server.port), timeout=10) as sock:
+        with parent.connect() as sock:
+            sock.settimeout(10)
             sock.sendall(struct.pack(">BBI", 7, 99, 4) + b"\x00" * 4 + os.urandom(200_000))
-            header = sock.recv(native.HEADER_SIZE, socket.MSG_WAITALL)
-            frame_id, tag, length = native.decode_header(header)
+            frame_id, tag, length = native.decode_header(_recv_exactly(sock, native.HEADER_SIZE))
             assert (frame_id, tag) == (7, native.TAG_ERROR)
-            return native.decode_error(sock.recv(length, socket.MSG_WAITALL))
+            return native.decode_error(_recv_exactly(sock, length))
 
     code, message = await loop.run_in_executor(None, send_garbage)
     assert code == 1
     assert "unknown tag 99" in message
+
+
+def _recv_exactly(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        assert chunk, f"connection closed after {len(data)} of {count} bytes"
+        data += chunk
+    return data
 
 
 async def _wait_for(condition: Callable[[], bool]) -> None:
