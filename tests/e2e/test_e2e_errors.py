@@ -12,7 +12,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from swarm_helpers import MiB, dfget_on, make_file, mount_tmpfs, sha256_of, unmount
+from swarm_helpers import (
+    MiB,
+    daemon_metric,
+    dfget_in_background,
+    dfget_on,
+    make_file,
+    mount_tmpfs,
+    sha256_of,
+    unmount,
+    wait_for,
+)
 
 from dragonfly.cli.cluster import SCHEDULER, SEED_PEER, LocalCluster, OriginProcess
 
@@ -104,6 +114,55 @@ def test_storage_full_fails_clearly_and_daemon_keeps_working(
     result = dfget_on(cluster, "peer-2", origin.url("fits.bin"), module_dir / "fits.bin")
     assert result.ok, result.stderr
     assert sha256_of(module_dir / "fits.bin") == sha
+
+
+def test_disk_full_during_a_download_is_reported_at_once_with_the_path(
+    cluster: LocalCluster, origin: OriginProcess, module_dir: Path, small_storage: tuple[Path, str | None]
+) -> None:
+    """Issue 8 item 9: the storage fills up while pieces arrive; the user sees why and where, at once."""
+    if small_storage[1] is not None:
+        pytest.skip(small_storage[1])
+    storage = small_storage[0]
+    name = "fills-up.bin"
+    size = 24 * MiB
+    make_file(origin, name, size)
+    origin.set_fault(name, "slow", rate=4 * MiB)  # per response: ~1 s per piece, so the fill lands mid-download
+    received = "dragonfly_dfdaemon_download_bytes_total"
+    before = sum(daemon_metric(cluster, "peer-2", received, f'source="{s}"') for s in ("origin", "seed", "peer"))
+    filler = storage / "filler.bin"
+    try:
+        with dfget_in_background(cluster, ["peer-2"], origin.url(name), module_dir / "fills-up") as running:
+
+            def got() -> float:
+                metric = (
+                    daemon_metric(cluster, "peer-2", received, f'source="{s}"') for s in ("origin", "seed", "peer")
+                )
+                return sum(metric) - before
+
+            wait_for(lambda: got() > 0, 60, "peer-2 to receive its first piece")
+            with open(filler, "wb") as f:  # take every free byte of the tmpfs
+                chunk = b"\0" * MiB
+                try:
+                    while True:
+                        f.write(chunk)
+                        f.flush()
+                except OSError:
+                    pass
+            result = running["peer-2"].result()
+        assert result.returncode == 1, result.stderr
+        assert "no space left on device" in (result.error or ""), result.stderr
+        assert str(storage) in (result.error or ""), result.stderr
+        # At once: it did not wait for the rest of the file (nor blame the parents and refetch it elsewhere).
+        assert got() < size
+        assert not (module_dir / "fills-up" / "peer-2").exists()
+        assert cluster.process("peer-2").running
+    finally:
+        filler.unlink(missing_ok=True)
+        origin.clear_faults()
+    sha = make_file(origin, "after-full.bin", 8 * MiB)
+    after = dfget_on(cluster, "peer-2", origin.url("after-full.bin"), module_dir / "after-full.bin")
+    assert after.ok, after.stderr
+    assert sha256_of(module_dir / "after-full.bin") == sha
 
 
 def test_download_bandwidth_limit(cluster: LocalCluster, origin: OriginProcess, module_dir: Path) -> None:

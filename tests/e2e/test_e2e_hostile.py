@@ -19,7 +19,8 @@ from misbehaving_peer import MisbehavingPeer
 from swarm_helpers import MiB, daemon_metric, describe, dfget_all, dfget_on, failures, make_file, sha256_of
 
 from dragonfly.cli.cluster import SEED_PEER, LocalCluster, OriginProcess
-from dragonfly.common import ids, native
+from dragonfly.common import ids, native, tls
+from dragonfly.common.identity import ROLE_PEER
 from dragonfly.daemon.config import DownloadConfig
 
 pytestmark = pytest.mark.slow
@@ -49,7 +50,11 @@ def _clean_then_hostile(
     name = f"{mode}.bin"
     sha = make_file(origin, name, SIZE)
     url = origin.url(name)
-    liar = MisbehavingPeer(cluster.scheduler_addr, url, origin.directory / name, mode=mode, hostname=f"liar-{mode}")
+    hostname = f"liar-{mode}"
+    files = cluster.issue_cert(hostname, roles=(ROLE_PEER,))
+    liar = MisbehavingPeer(
+        cluster.scheduler_addr, url, origin.directory / name, mode=mode, hostname=hostname, files=files
+    )
     liar.start()
     try:
         result = dfget_on(cluster, peer, url, module_dir / name, timeout=DFGET_TIMEOUT)
@@ -90,12 +95,17 @@ def test_a_parent_that_never_reports_a_piece_is_dropped_after_the_first_answer_d
 def stalled_readers(cluster: LocalCluster, daemon: str, task_id: str, count: int) -> Iterator[list[socket.socket]]:
     """Open ``count`` Vortex connections to ``daemon`` that each ask for piece 0 and then never read."""
     host, _, port = cluster.process(daemon).listening["vortex"].rpartition(":")
-    sockets = []
+    files = cluster.tls_files("stalled-reader") or cluster.issue_cert("stalled-reader", roles=(ROLE_PEER,))
+    context = tls.client_ssl_context(files) if cluster.tls else None
+    sockets: list[socket.socket] = []
     try:
         for _ in range(count):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(10)
             sock.connect((host, int(port)))
+            if context is not None:
+                sock = context.wrap_socket(sock, server_hostname=host)
             sock.sendall(native.encode_download_piece(task_id, 0))
             sockets.append(sock)
         yield sockets

@@ -51,7 +51,7 @@ from dragonfly.daemon.download.piece_verifier import PieceVerifier, Unverifiable
 from dragonfly.daemon.download.scheduler_client import AnnouncePeerStream, SchedulerClient
 from dragonfly.daemon.download.source_window import SourceWindow
 from dragonfly.daemon.download.vortex_client import ConnectionPool, FetchAbort, PieceAbandoned, fetch_piece
-from dragonfly.daemon.errors import BackendError, DownloadFailed, DownloadTimeout, OutputError
+from dragonfly.daemon.errors import BackendError, DownloadFailed, DownloadTimeout, NoSpace, OutputError
 from dragonfly.daemon.host_info import TrafficMeter
 from dragonfly.daemon.metrics import DaemonMetrics
 from dragonfly.daemon.output import Caller, check_output_path, write_output, write_output_as
@@ -606,8 +606,9 @@ class TaskManager:
             try:
                 if await self._download_with_scheduler(td, task):
                     return
-            except (BackendError, DownloadFailed):
-                # The origin itself failed (after the scheduler sent us there), or the task cannot be done.
+            except (BackendError, DownloadFailed, NoSpace):
+                # The origin itself failed (after the scheduler sent us there), the task cannot be done, or this
+                # daemon has no room for it: no other source would help.
                 raise
             except (grpc.aio.AioRpcError, OSError, TimeoutError, DragonflyError) as exc:
                 log.info("P2P download failed", extra={"task_id": td.task_id, "error": repr(exc)})
@@ -837,6 +838,9 @@ class TaskManager:
                     error = done.exception()
                     if error is None:
                         dispatcher.succeeded(fetch.number, seconds=done.result())
+                    elif isinstance(error, NoSpace):
+                        # Not the parent's fault, and no other parent would do better.
+                        raise error
                     else:
                         self._piece_from_parent_failed(td, stream, dispatcher, fetch, error)
         finally:
@@ -914,7 +918,7 @@ class TaskManager:
         await self._acquire(self._download_bucket, length)
         created_at = time.time()
         with self._storage.content_fd(td.task_id) as fd:
-            async with self._recv_buffers.get() as buffer:
+            async with self._recv_buffers.get() as buffer, self._writing_piece(number):
                 started = fetch.transfer_started = time.monotonic()
                 fetched = await run_blocking(
                     self._executor,
@@ -1088,7 +1092,7 @@ class TaskManager:
         created_at = time.time()
         started = time.monotonic()
         with self._storage.content_fd(td.task_id) as fd:
-            async with self._source_buffers.get() as buffer:
+            async with self._source_buffers.get() as buffer, self._writing_piece(number):
                 crc = await self._backend.download_piece(
                     td.download.url,
                     dict(td.download.request_header),
@@ -1128,11 +1132,27 @@ class TaskManager:
         if wait > 0:
             await asyncio.sleep(wait)
 
+    @contextlib.asynccontextmanager
+    async def _writing_piece(self, number: int) -> AsyncIterator[None]:
+        """Report a full disk met while writing piece ``number`` as NoSpace, however deep a transfer wrapped it."""
+        try:
+            yield
+        except NoSpace:
+            raise
+        except Exception as exc:
+            cause: BaseException | None = exc
+            while cause is not None:
+                if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise self._storage.no_space(cause, f"write piece {number}") from exc
+                cause = cause.__cause__ or cause.__context__
+            raise
+
     def _finish_piece(self, td: TaskDownload, record: PieceRecord) -> None:
         if td.task is None or self._storage.get_task(td.task_id) is not td.task:
             raise DownloadFailed(f"task {td.task_id} was deleted during its download")
-        td.order.append(record.number)
+        # Recorded first: requesters read td.order as pieces they can find in storage.
         self._storage.finish_piece(td.task_id, record)
+        td.order.append(record.number)
         self._traffic.add(record.length)
         self._metrics.record_piece(source_of(record, record.traffic_type), record.length, record.cost)
 

@@ -9,10 +9,14 @@ nothing is fsynced: the content file's bytes are not either.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+from dragonfly.daemon.errors import NoSpace
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -90,6 +94,7 @@ class MetadataStore:
     """The SQLite database at ``path``."""
 
     def __init__(self, path: str) -> None:
+        self.path = path
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -109,11 +114,21 @@ class MetadataStore:
         self.flush()
         self._db.close()
 
+    @contextlib.contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """Turn SQLite's "database or disk is full" into NoSpace naming the database file."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc):
+                raise NoSpace(f"no space left on device: cannot write {what} to {self.path}") from exc
+            raise
+
     def flush(self) -> None:
         """Write the batched piece rows in one transaction."""
         if not self._pending:
             return
-        with self._db:
+        with self._writing("piece metadata"), self._db:
             self._db.execute("BEGIN")
             self._db.executemany("INSERT OR REPLACE INTO pieces VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self._pending)
         self._pending.clear()
@@ -149,22 +164,23 @@ class MetadataStore:
 
     def put_task(self, task: TaskRecord) -> None:
         self.flush()
-        self._db.execute(
-            "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                task.id,
-                task.url,
-                task.piece_length,
-                task.content_length,
-                json.dumps(task.response_header),
-                task.created_at,
-                task.updated_at,
-                task.finished_at,
-                task.failed_at,
-                task.content_mtime_ns,
-                task.content_inode,
-            ),
-        )
+        with self._writing("task metadata"):
+            self._db.execute(
+                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    task.id,
+                    task.url,
+                    task.piece_length,
+                    task.content_length,
+                    json.dumps(task.response_header),
+                    task.created_at,
+                    task.updated_at,
+                    task.finished_at,
+                    task.failed_at,
+                    task.content_mtime_ns,
+                    task.content_inode,
+                ),
+            )
 
     def put_piece(self, task_id: str, piece: PieceRecord) -> None:
         now = time.monotonic()

@@ -17,6 +17,7 @@ import errno
 import logging
 import os
 import shutil
+import sqlite3
 import time
 from collections.abc import Iterator
 
@@ -127,7 +128,9 @@ class Storage:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         free = shutil.disk_usage(self.content_dir).free
         if content_length > free:
-            raise NoSpace(f"no space left in {self.dir}: the task needs {content_length} bytes, {free} are free")
+            raise NoSpace(
+                f"no space left on device: the task needs {content_length} bytes in {self.dir}, {free} are free"
+            )
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             if content_length:
@@ -142,7 +145,7 @@ class Storage:
             os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(path)
-            raise NoSpace(f"cannot allocate {content_length} bytes in {self.dir}: {exc.strerror}") from exc
+            raise NoSpace(f"no space left on device: cannot allocate {content_length} bytes in {self.dir}") from exc
         self._files[task_id] = _ContentFile(fd)
         now = time.time()
         task = TaskRecord(
@@ -154,7 +157,13 @@ class Storage:
             created_at=now,
             updated_at=now,
         )
-        self._db.put_task(task)
+        try:
+            self._db.put_task(task)
+        except BaseException:
+            os.close(self._files.pop(task_id).fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
         self._tasks[task_id] = task
         return task
 
@@ -222,12 +231,23 @@ class Storage:
         )
 
     def fail_task(self, task_id: str) -> None:
+        """Mark the task failed; never raises, since it runs while another error is being reported."""
         task = self._tasks.get(task_id)
         if task is None or task.finished_at is not None:
             return
         task.failed_at = task.updated_at = time.time()
-        self._db.put_task(task)
+        try:
+            self._db.put_task(task)
+        except (OSError, sqlite3.Error) as exc:
+            # Kept in memory only: a restart then finds the task unfinished, which is just as good.
+            log.warning("cannot record a failed task", extra={"task_id": task_id, "error": str(exc)})
         self._notify(task_id)
+
+    def no_space(self, exc: OSError, doing: str) -> OSError:
+        """Return ``exc`` as NoSpace naming the storage directory if it is ENOSPC/EDQUOT, else ``exc`` itself."""
+        if isinstance(exc, NoSpace) or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return exc
+        return NoSpace(f"no space left on device: cannot {doing} in {self.dir}")
 
     def touch(self, task_id: str) -> None:
         """Mark the task as used now (GC evicts by least recent use)."""
