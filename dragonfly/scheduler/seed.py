@@ -35,16 +35,30 @@ log = logging.getLogger(__name__)
 # Dragonfly's SeedPeerFailedTimeout: a task whose seed download failed recently is not sent to a seed again.
 SEED_PEER_FAILED_TIMEOUT = 30 * 60.0
 _HEALTHY_CODES = frozenset((grpc.StatusCode.UNIMPLEMENTED,))
+# The trailer of gRPC's Status.details, where a dfdaemon puts the origin's error (errordetails.v2.Backend).
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
 def seed_download(download: common_pb2.Download) -> common_pb2.Download:
-    """Return the Download a seed gets: the child's request, told to go to the origin, without its output path."""
+    """Return the Download a seed gets: the child's request, told to go to the origin, without its output path.
+
+    A child's ``disable_back_to_source`` is its own constraint (it must not fetch from the origin itself); fetching
+    from the origin for the swarm is what the seed is for, so the flag is not passed on.
+    """
     forwarded = common_pb2.Download()
     forwarded.CopyFrom(download)
     forwarded.need_back_to_source = True
+    forwarded.disable_back_to_source = False
     forwarded.metadata_only = False
     forwarded.ClearField("output_path")
     return forwarded
+
+
+def _reported_by_seed(exc: grpc.aio.AioRpcError) -> bool:
+    """Tell whether the seed itself ended the call with an origin failure (its status carries Dragonfly's
+    ``errordetails.v2.Backend``): the seed is reachable and healthy; only failing to reach it counts against it."""
+    trailers = exc.trailing_metadata() or ()
+    return any(key == STATUS_DETAILS_KEY for key, _value in trailers)
 
 
 class SeedPeers:
@@ -155,7 +169,7 @@ class SeedPeers:
                 pass
         except grpc.aio.AioRpcError as exc:
             failure = f"{exc.code().name}: {exc.details()}"
-            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE and not _reported_by_seed(exc):
                 self._set_health(host.id, False)
         except asyncio.CancelledError:
             call.cancel()

@@ -79,6 +79,42 @@ def test_origin_errors_fail_clearly(
     assert not output.exists()
 
 
+def test_an_origin_error_does_not_take_the_seed_out_of_service(
+    cluster: LocalCluster, origin: OriginProcess, module_dir: Path
+) -> None:
+    """Issue 8 item 11: a 500 the seed got from the origin once sent every new file straight to the origin."""
+    make_file(origin, "seed-500.bin", SIZE)
+    origin.set_fault("seed-500.bin", "500")
+    try:
+        failed = dfget_on(
+            cluster, "peer-1", origin.url("seed-500.bin"), module_dir / "seed-500.bin", "--timeout", "60s"
+        )
+    finally:
+        origin.clear_faults()
+    assert failed.returncode == 1, failed.stderr
+    sha = make_file(origin, "after-500.bin", SIZE)
+    result = dfget_on(cluster, "peer-1", origin.url("after-500.bin"), module_dir / "after-500.bin")
+    assert result.ok, result.stderr
+    assert sha256_of(module_dir / "after-500.bin") == sha
+    assert result.traffic is not None
+    assert result.traffic["origin"] == 0, f"the seed was skipped after an origin error: {result.traffic}"
+    assert result.traffic["seed"] > 0
+
+
+def test_disable_back_to_source_still_lets_the_seed_fetch(
+    cluster: LocalCluster, origin: OriginProcess, module_dir: Path
+) -> None:
+    """Issue 8 item 10: the flag was forwarded to the seed, which then refused to fetch the file for the swarm."""
+    sha = make_file(origin, "no-b2s.bin", SIZE)
+    output = module_dir / "no-b2s.bin"
+    result = dfget_on(cluster, "peer-1", origin.url("no-b2s.bin"), output, "--disable-back-to-source", timeout=120)
+    assert result.ok, result.stderr
+    assert sha256_of(output) == sha
+    assert result.traffic is not None
+    assert result.traffic["origin"] == 0
+    assert result.traffic["seed"] == SIZE
+
+
 def test_wrong_digest_fails_without_file(cluster: LocalCluster, origin: OriginProcess, module_dir: Path) -> None:
     make_file(origin, "digest.bin", SIZE)
     output = module_dir / "digest.bin"

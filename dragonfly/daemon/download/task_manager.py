@@ -283,6 +283,11 @@ class TaskManager:
         # (Dragonfly's bucket starts with a full second of tokens, which lets short downloads overshoot).
         return float(MIN_PIECE_LENGTH) if 0 < rate < 1e12 else None
 
+    @property
+    def seed(self) -> bool:
+        """Tell whether this daemon is a seed peer."""
+        return self._seed
+
     def is_active(self, task_id: str) -> bool:
         return task_id in self._active
 

@@ -19,7 +19,7 @@ from google.protobuf import empty_pb2
 
 from dragonfly.common.authz import Authorizer
 from dragonfly.common.identity import ROLE_MANAGER, ROLE_SCHEDULER
-from dragonfly.daemon.api.convert import download_response, local_task_message, status_of, task_message
+from dragonfly.daemon.api.convert import download_response, error_trailers, local_task_message, status_of, task_message
 from dragonfly.daemon.api.lookup import get_task_or_abort
 from dragonfly.daemon.download.task_manager import TaskManager
 from dragonfly.daemon.host_info import HostInfo
@@ -91,12 +91,17 @@ class DfdaemonUploadService(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
         download = common_pb2.Download()
         download.CopyFrom(request.download)
         download.ClearField("output_path")
+        if self._tasks.seed:
+            # A seed peer fetches from the origin for the swarm, whatever the child that caused it may not do.
+            download.disable_back_to_source = False
         try:
             async for event in self._tasks.download(download, from_scheduler=True):
                 yield download_response(event, host_id=self._tasks.host_id)
         except Exception as exc:
             code, message = status_of(exc)
-            await context.abort(code, message)
+            # The origin's error goes along (errordetails.v2.Backend), so the scheduler can tell this seed failed
+            # to fetch, which is no reason to stop using it, from this seed being unreachable.
+            await context.abort(code, message, trailing_metadata=error_trailers(exc))
 
     async def StatTask(
         self, request: dfdaemon_pb2.StatTaskRequest, context: grpc.aio.ServicerContext
