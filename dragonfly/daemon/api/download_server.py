@@ -80,7 +80,10 @@ class DfdaemonDownloadService(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):
         self, request: dfdaemon_pb2.ListLocalTasksRequest, context: grpc.aio.ServicerContext
     ) -> dfdaemon_pb2.ListLocalTasksResponse:
         await self._caller(context)
-        return dfdaemon_pb2.ListLocalTasksResponse(tasks=[local_task_message(t) for t in self._storage.tasks()])
+        # A failed task is not here in any useful sense (its content is partial and will be fetched again), so it
+        # is not listed; downloads in progress are, without finished_at.
+        tasks = [t for t in self._storage.tasks() if t.failed_at is None or t.finished_at is not None]
+        return dfdaemon_pb2.ListLocalTasksResponse(tasks=[local_task_message(t) for t in tasks])
 
     async def _delete(self, task_id: str, context: grpc.aio.ServicerContext) -> None:
         task = await get_task_or_abort(self._storage, task_id, context)

@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from dragonfly_api import common_pb2
+from dragonfly_api import common_pb2, dfdaemon_pb2
 from standalone import standalone_task_manager
 
 from dragonfly.common.errors import DigestMismatch, InvalidDigest
 from dragonfly.common.piece import calculate_piece_length
+from dragonfly.daemon.api.download_server import DfdaemonDownloadService
 from dragonfly.daemon.download.task_manager import (
     PieceDone,
     TaskManager,
@@ -148,7 +149,9 @@ async def make_harness(tmp_path: Path, **overrides: Any) -> AsyncIterator[Harnes
 
     async def handle(request: web.Request) -> web.StreamResponse:
         hits.append(request.headers.get("Range", ""))
-        body = FILES.get(request.path)
+        if request.path == "/breaks" and request.headers.get("Range") != "bytes=0-0":
+            raise web.HTTPInternalServerError()  # the stat succeeds, every piece fails
+        body = FILES.get(request.path.replace("/breaks", "/big"))
         if body is None:
             raise web.HTTPNotFound()
         match = re.fullmatch(r"bytes=(\d+)-(\d+)", request.headers.get("Range", ""))
@@ -230,6 +233,19 @@ async def test_origin_error_reaches_the_requester_without_a_file(harness: Harnes
         await harness.download("/missing", output_path=str(out))
     assert info.value.status_code == 404
     assert not out.exists()
+
+
+async def test_failed_tasks_are_not_listed_as_local_tasks(harness: Harness) -> None:
+    """Issue 8 item 13: a task whose download failed was listed like one that is here."""
+    await harness.download("/big", output_path=str(harness.tmp_path / "big"))
+    with pytest.raises(BackendError, match="500"):
+        await harness.download("/breaks", output_path=str(harness.tmp_path / "breaks"))
+    service = DfdaemonDownloadService(storage=harness.storage, tasks=harness.manager, scheduler=None)
+    listed = await service.ListLocalTasks(dfdaemon_pb2.ListLocalTasksRequest(), None)  # type: ignore[arg-type]
+    failed = task_id_for(common_pb2.Download(url=harness.base + "/breaks"))
+    assert harness.storage.get_task(failed) is not None  # kept for a retry, but not as a local task
+    assert [t.task_id for t in listed.tasks] == [task_id_for(common_pb2.Download(url=harness.base + "/big"))]
+    assert listed.tasks[0].HasField("finished_at")
 
 
 async def test_back_to_source_disabled_without_a_scheduler_fails(harness: Harness) -> None:
