@@ -124,8 +124,11 @@ class SchedulerConfig:
 
     def validate(self) -> None:
         """Mirror Dragonfly's validation, plus ranges the manager enforces for dynamic config."""
-        if self.algorithm not in ("default", "plugin", "ml"):
-            raise ValueError(f"algorithm must be default, plugin or ml, got {self.algorithm!r}")
+        if self.algorithm in ("plugin", "ml"):
+            # Dragonfly's other evaluators: accepting them would silently schedule with the default one.
+            raise ValueError(f"algorithm {self.algorithm!r} is not supported by this scheduler; use 'default'")
+        if self.algorithm != "default":
+            raise ValueError(f"algorithm must be 'default', got {self.algorithm!r}")
         if self.back_to_source_count <= 0 or self.retry_back_to_source_limit <= 0:
             raise ValueError("backToSourceCount and retryBackToSourceLimit must be > 0")
         if self.retry_limit <= 0:

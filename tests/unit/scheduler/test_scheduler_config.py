@@ -59,6 +59,10 @@ def test_yaml_uses_dragonflys_camel_case_keys(tmp_path):
         ({"scheduler": {"retryInterval": "soon"}}, "scheduler.retryInterval: expected a duration"),
         ({"blockList": {"upload": {"urls": ["("]}}}, "blockList.upload: invalid URL regex '('"),
         ({"server": {"port": 70000}}, "server: port must be in 0..65535, got 70000"),
+        # Issue 8 item 14: Dragonfly's other evaluators were accepted and silently ignored.
+        ({"scheduler": {"algorithm": "ml"}}, "scheduler: algorithm 'ml' is not supported by this scheduler"),
+        ({"scheduler": {"algorithm": "plugin"}}, "scheduler: algorithm 'plugin' is not supported by this scheduler"),
+        ({"scheduler": {"algorithm": "fastest"}}, "scheduler: algorithm must be 'default', got 'fastest'"),
     ],
 )
 def test_invalid_values_name_their_key(section, message):
