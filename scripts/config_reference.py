@@ -148,7 +148,11 @@ DRAGONFLY: dict[str, dict[str, tuple[str | None, str, str]]] = {
         "seedPeer.tls.cert": (None, "unset (no TLS)", ""),
         "seedPeer.tls.key": (None, "unset (no TLS)", ""),
         "server.advertiseIP": (None, "unset", "address announced to the manager; unset: the first local IP"),
-        "scheduler.algorithm": (None, "default", "evaluator: `default` only (Dragonfly's `plugin` and `ml` are refused)"),
+        "scheduler.algorithm": (
+            None,
+            "default",
+            "evaluator: `default` only (Dragonfly's `plugin` and `ml` are refused)",
+        ),
         "scheduler.backToSourceCount": (None, "200", "peers of one task allowed to fetch from the origin"),
         "scheduler.retryBackToSourceLimit": (None, "4", "scheduling attempts before a peer is sent to the origin"),
         "scheduler.retryLimit": (None, "5", "scheduling attempts before the registration fails"),

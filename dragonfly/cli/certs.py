@@ -17,9 +17,11 @@ import datetime
 import sys
 from pathlib import Path
 
+from dragonfly.cli.arguments import description, parse_args
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dragonfly certs", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="dragonfly certs", description=description(__doc__))
     commands = parser.add_subparsers(dest="command", required=True)
 
     ca = commands.add_parser("ca", help="create a cluster CA (ca.crt, ca.key)")
@@ -88,7 +90,7 @@ def _show(path: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run ``dragonfly certs``; return the exit status."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     from dragonfly.common import pki
 
     try:

@@ -11,21 +11,21 @@ import argparse
 import sys
 
 import dragonfly
+from dragonfly.cli.arguments import add_log_level, parse_args
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dfdaemon", description="Dragonfly peer daemon")
     parser.add_argument("--config", default="/etc/dragonfly/dfdaemon.yaml", help="dfdaemon.yaml (default: %(default)s)")
-    parser.add_argument(
-        "-l", "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="default: %(default)s"
-    )
+    add_log_level(parser)
     parser.add_argument("-V", "--version", action="version", version=f"dfdaemon {dragonfly.__version__}")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the daemon; return its exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parse_args(parser, argv)
 
     from dragonfly.common.errors import ConfigError, DragonflyError
     from dragonfly.common.process import announce_ready, run_async, setup_logging

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any, NoReturn
 
 import dragonfly
+from dragonfly.cli.arguments import add_log_level, parse_args
 
 DEFAULT_ENDPOINT = "/var/run/dragonfly/dfdaemon.sock"
 DEFAULT_TIMEOUT = 2 * 3600.0
@@ -176,9 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-e", "--endpoint", default=DEFAULT_ENDPOINT, help=f"dfdaemon unix socket (default {DEFAULT_ENDPOINT})"
     )
-    parser.add_argument(
-        "-l", "--log-level", default="info", choices=("debug", "info", "warn", "error"), help="default info"
-    )
+    add_log_level(parser)
     parser.add_argument("-V", "--version", action="store_true", help="print the version and exit")
     return parser
 
@@ -446,7 +445,7 @@ def download(args: argparse.Namespace, output: str) -> Traffic:
 def main(argv: list[str] | None = None) -> int:
     """Run dfget; see ``dfget --help``."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if args.version:
         print(f"dfget {dragonfly.__version__}")
         return EXIT_OK

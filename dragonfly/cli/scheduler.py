@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 
+from dragonfly.cli.arguments import add_log_level, parse_args
 from dragonfly.common import process
 from dragonfly.common.errors import ConfigError
 
@@ -15,7 +16,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="scheduler.yaml (default: built-in defaults)")
     parser.add_argument("--port", type=int, help="gRPC port (overrides server.port; 0 = any free port)")
     parser.add_argument("--host", help="listen address (overrides server.host)")
-    parser.add_argument("--log-level", default="info", help="debug, info, warning or error (default: info)")
+    add_log_level(parser, "--log-level")
     return parser
 
 
@@ -43,7 +44,7 @@ def _check_own_certificate(config: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the scheduler until SIGTERM/SIGINT; return the exit status."""
-    args = _parser().parse_args(argv)
+    args = parse_args(_parser(), argv)
     from dragonfly.scheduler import config as scheduler_config
 
     overrides: dict[str, object] = {}

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from dragonfly.cli.arguments import description, parse_args
 from dragonfly.cli.cluster import SOURCES, LocalCluster, OriginProcess, ProcessStartError, run_dfget
 from dragonfly.common.config import parse_duration, parse_size
 
@@ -184,7 +185,7 @@ def _wait_until_interrupted(cluster: LocalCluster) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``dragonfly up``."""
-    parser = argparse.ArgumentParser(prog="dragonfly up", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="dragonfly up", description=description(__doc__))
     parser.add_argument("--peers", type=int, default=3, help="number of normal peers (default 3)")
     parser.add_argument("--workdir", help="configs, logs and storage go here (default: a new temporary directory)")
     parser.add_argument("--demo", action="store_true", help="download a generated file on every peer, then stop")
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="no TLS anywhere (security.enable: false), e.g. beside components without TLS; nothing is authenticated",
     )
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     try:
         size = parse_size(args.size)
         timeout = parse_duration(args.timeout)

@@ -257,12 +257,38 @@ def test_daemon_not_running_stale_socket(short_tmp: Path, tmp_path: Path) -> Non
         ([URL, "-O", "/tmp/x", "--range", "9-3"], "the last byte 3 is before the first byte 9"),
         ([URL, "-O", "/tmp/x", "-H", "Range: items=1-2"], "expected bytes=FIRST-LAST"),
         ([URL, "-O", "/tmp/x", "--range", "1-2", "-H", "Range: bytes=1-2"], "give the range once"),
+        # Issue 8 item 15: an unknown option was reported as a bad URL (the value after it taken for the URL).
+        (["--bogus", "0-99", URL, "-O", "/tmp/x"], "unrecognized option --bogus"),
+        (["-Z", URL, "-O", "/tmp/x"], "unrecognized option -Z"),
     ],
 )
 def test_malformed_command_line_exits_2(args: list[str], message: str) -> None:
     result = dfget(*args)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_every_command_takes_the_same_log_levels() -> None:
+    """Issue 8 item 15: dfget took --log-level warn, dfdaemon refused it."""
+    for command in ("dfget", "dfdaemon", "scheduler"):
+        module = "dragonfly.cli.scheduler" if command == "scheduler" else f"dragonfly.cli.{command}"
+        for level in ("debug", "info", "warn", "warning", "error"):
+            result = subprocess.run(
+                [sys.executable, "-m", module, "--log-level", level, "--definitely-not-an-option"],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert "invalid choice" not in result.stderr, (command, level, result.stderr)
+            assert "unrecognized option --definitely-not-an-option" in result.stderr, (command, result.stderr)
+
+
+def test_help_shows_no_markup() -> None:
+    """Issue 8 item 15: `dragonfly up --help` showed raw reStructuredText."""
+    for argv in (["up", "--help"], ["certs", "--help"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "dragonfly.cli.dragonfly", *argv], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        assert "``" not in result.stdout, result.stdout
 
 
 def test_output_directory_missing(daemon: tuple[ScriptedDaemon, str], tmp_path: Path) -> None:
