@@ -131,7 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         help="output file path (its directory must exist); '-', a device or a FIFO is written by streaming",
     )
-    parser.add_argument("--digest", type=_digest, help="verify the whole file: sha256:<hex>, sha512:<hex> or crc32:<n>")
+    parser.add_argument(
+        "--digest",
+        type=_digest,
+        help="verify the whole file: sha256:<hex>, sha512:<hex>, blake3:<hex>, crc32:<n> or crc32c:<n>",
+    )
     parser.add_argument("--tag", default="", help="task tag (part of the task id)")
     parser.add_argument("--application", default="", help="caller application (part of the task id)")
     parser.add_argument(
@@ -226,9 +230,10 @@ class ProgressBar:
 
     WIDTH = 30
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, started: float) -> None:
         self.label = label
-        self.started = time.monotonic()
+        # The same start as the summary line's, so both show the same rate at the end.
+        self.started = started
         self._drawn = 0.0
 
     def update(self, done: int, total: int, *, force: bool = False) -> None:
@@ -353,7 +358,7 @@ def _describe_rpc_error(
     return failure
 
 
-def download(args: argparse.Namespace, output: str) -> Traffic:
+def download(args: argparse.Namespace, output: str, started: float) -> Traffic:
     """Run DownloadTask on the daemon; return the traffic by source once the file is complete."""
     if not os.path.exists(args.endpoint):
         _fail(f"dfdaemon is not running: no socket at {args.endpoint}; {_START_HINT}")
@@ -386,7 +391,7 @@ def download(args: argparse.Namespace, output: str) -> Traffic:
         print(f"dfget: DownloadTask on unix:{args.endpoint}: {download}", file=sys.stderr)
 
     show_progress = not args.no_progress and sys.stderr.isatty()
-    bar = ProgressBar(os.path.basename(output)) if show_progress else None
+    bar = ProgressBar(os.path.basename(output), started) if show_progress else None
     traffic = Traffic()
     content_length: int | None = None
     # What the output must hold: the whole content, or the range the daemon resolved.
@@ -465,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             output = check_output(args.output, overwrite=args.overwrite)
             existed = os.path.lexists(output)
-            traffic = download(args, output)
+            traffic = download(args, output, started)
     except DownloadFailed as exc:
         _remove_partial(output, existed)
         # The error stays the last line (scripts read it); what explains it, such as origin headers, goes first.

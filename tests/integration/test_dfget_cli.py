@@ -7,8 +7,11 @@ that leaves a file behind) is exercised without depending on the real dfdaemon; 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
+import re
 import socket
 import subprocess
 import sys
@@ -34,6 +37,7 @@ PIECES = [  # (number, length, traffic type, parent id)
     (3, 1, common_pb2.LOCAL_PEER, ""),
 ]
 CONTENT = b"0123456789"
+BIG = 1 << 20
 
 
 def _piece(number: int, length: int, traffic: int, parent: str) -> dfdaemon_pb2.DownloadTaskResponse:
@@ -87,6 +91,15 @@ class ScriptedDaemon(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):
             yield _started(len(CONTENT))
             for piece in PIECES:
                 yield _piece(*piece)
+        elif path == "/slow-finish":
+            # The daemon verifies and places the output after the last piece, which takes a while for big files.
+            yield _started(BIG)
+            piece = common_pb2.Piece(number=0, offset=0, length=BIG, traffic_type=common_pb2.REMOTE_PEER)
+            yield dfdaemon_pb2.DownloadTaskResponse(
+                download_piece_finished_response=dfdaemon_pb2.DownloadPieceFinishedResponse(piece=piece)
+            )
+            time.sleep(1.0)
+            Path(download.output_path).write_bytes(b"x" * BIG)
         elif path == "/hang":
             deadline = time.monotonic() + 10
             while context.is_active() and time.monotonic() < deadline:
@@ -289,6 +302,47 @@ def test_help_shows_no_markup() -> None:
         )
         assert result.returncode == 0, result.stderr
         assert "``" not in result.stdout, result.stdout
+
+
+def test_the_progress_bar_and_the_summary_show_the_same_rate(
+    daemon: tuple[ScriptedDaemon, str], tmp_path: Path
+) -> None:
+    """Issue 8 item 17: the bar's clock started after dfget's imports and the summary's before (79.8 vs 26.8 MiB/s)."""
+    _servicer, sock = daemon
+    primary, replica = pty.openpty()  # the bar is drawn only on a terminal
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "dragonfly.cli.dfget", "http://127.0.0.1:9/slow-finish", "-O", str(tmp_path / "o"),
+             "-e", sock],
+            stdout=subprocess.PIPE, stderr=replica, text=True, timeout=60,
+        )  # fmt: skip
+        os.close(replica)
+        output = b""
+        with contextlib.suppress(OSError):
+            while chunk := os.read(primary, 65536):
+                output += chunk
+    finally:
+        os.close(primary)
+    assert proc.returncode == 0, output
+    text = output.decode()
+    bar_rates = re.findall(r"\(([\d.]+) (B|KiB|MiB)/s, eta", text)
+    summary = re.search(r"in [\d.]+s \(([\d.]+) (B|KiB|MiB)/s\)", text)
+    assert bar_rates, text
+    assert summary, text
+    units = {"B": 1, "KiB": 1024, "MiB": 1024 * 1024}
+    last_bar = float(bar_rates[-1][0]) * units[bar_rates[-1][1]]
+    summary_rate = float(summary.group(1)) * units[summary.group(2)]
+    assert abs(last_bar - summary_rate) <= 0.05 * summary_rate, (last_bar, summary_rate, text)
+
+
+def test_digest_help_lists_every_algorithm_the_parser_accepts() -> None:
+    """Issue 8 item 17: --help named sha256/sha512/crc32 while crc32c and blake3 are accepted too."""
+    from dragonfly.common.digest import ALGORITHMS
+
+    result = dfget("--help")
+    help_text = " ".join(result.stdout.split())
+    for algorithm in ALGORITHMS:
+        assert f"{algorithm}:" in help_text, algorithm
 
 
 def test_output_directory_missing(daemon: tuple[ScriptedDaemon, str], tmp_path: Path) -> None:

@@ -329,7 +329,12 @@ class TaskManager:
                     byte_range = event.range
                 yield event
             if download.HasField("output_path"):
-                await self._finish_output(task_id, download, byte_range, caller)
+                try:
+                    await self._finish_output(task_id, download, byte_range, caller)
+                except DigestMismatch as exc:
+                    # The user knows the URL and the output, not this daemon's content file.
+                    what = f"{redact_url(download.url)} (output {download.output_path})"
+                    raise DigestMismatch(exc.expected, exc.actual, what=what) from None
         except BaseException:
             self._metrics.tasks.labels("failed").inc()
             raise

@@ -221,8 +221,11 @@ async def test_digest_is_checked_and_a_mismatch_leaves_no_file(harness: Harness)
     good = "sha256:" + hashlib.sha256(FILES["/big"]).hexdigest()
     await harness.download("/big", output_path=str(harness.tmp_path / "good"), digest=good)
     assert (harness.tmp_path / "good").read_bytes() == FILES["/big"]
-    with pytest.raises(DigestMismatch, match="expected sha256:0000"):
+    with pytest.raises(DigestMismatch, match="expected sha256:0000") as info:
         await harness.download("/big", output_path=str(harness.tmp_path / "bad"), digest="sha256:" + "0" * 64)
+    # Issue 8 item 16: the message names what the user asked for, not the daemon's content file.
+    assert f"{harness.base}/big (output {harness.tmp_path / 'bad'})" in str(info.value)
+    assert str(harness.storage.dir) not in str(info.value)
     assert not (harness.tmp_path / "bad").exists()
     assert [n for n in os.listdir(harness.tmp_path) if "tmp" in n] == []
 
