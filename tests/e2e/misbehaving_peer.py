@@ -22,6 +22,14 @@ With ``files`` (a cluster certificate, as every member holds with mutual TLS on)
 With ``forged``, it is the attacker of docs/security.md instead: it serves the bytes of another file of the same
 size with their own (matching) CRC-32, and reports them to the scheduler as fetched from the origin with their
 CRC-32 or (``report_blake3``) their BLAKE3 digests, trying to make its digests the trusted ones.
+
+It also runs as a process of its own (the swarm benchmark's fault injection starts it in a host's namespace):
+
+    python tests/e2e/misbehaving_peer.py --mode trickle --scheduler IP:PORT --url URL --content FILE \
+        [--ip IP] [--hostname NAME] [--ca-cert F --cert F --key F]
+
+It prints ``misbehaving peer ready`` once the scheduler holds its claim, serves until SIGTERM or SIGINT, then
+prints what it was asked as one JSON line.
 """
 
 from __future__ import annotations
@@ -78,7 +86,7 @@ class _Upload(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
         for number in sorted(wanted & set(range(self.peer.piece_count))):
             offset, length = piece_range(number, self.peer.size, self.peer.piece_length)
             yield dfdaemon_pb2.SyncPiecesResponse(
-                number=number, offset=offset, length=length, ip="127.0.0.1", tcp_port=self.peer.vortex_port
+                number=number, offset=offset, length=length, ip=self.peer.ip, tcp_port=self.peer.vortex_port
             )
 
     def SyncHost(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
@@ -108,6 +116,7 @@ class MisbehavingPeer:
         files: tls.TLSFiles | None = None,
         forged: Path | None = None,
         report_blake3: bool = False,
+        ip: str = "127.0.0.1",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -122,15 +131,16 @@ class MisbehavingPeer:
         self.piece_length = calculate_piece_length(self.size)
         self.piece_count = piece_count(self.size, self.piece_length)
         self.task_id = ids.task_id(url)
-        self.host_id = ids.host_id("127.0.0.1", hostname)
-        self.peer_id = ids.peer_id("127.0.0.1", hostname)
+        self.ip = ip
+        self.host_id = ids.host_id(ip, hostname)
+        self.peer_id = ids.peer_id(ip, hostname)
         self.vortex_requests = 0
         self.sync_pieces_calls = 0
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server((ip, 0))
         self.vortex_port = self._listener.getsockname()[1]
         self._server = grpc.server(futures.ThreadPoolExecutor(8))
         dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(_Upload(self), self._server)
-        self.grpc_port = tls.add_port(self._server, "127.0.0.1:0", files)
+        self.grpc_port = tls.add_port(self._server, f"{ip}:0", files)
         self._channel = tls.sync_channel(scheduler_addr, files)
         self._ssl: ssl.SSLContext | None = tls.server_ssl_context(files) if files else None
         self._scheduler = scheduler_pb2_grpc.SchedulerStub(self._channel)
@@ -143,7 +153,7 @@ class MisbehavingPeer:
             id=self.host_id,
             type=0,
             hostname=self.hostname,
-            ip="127.0.0.1",
+            ip=self.ip,
             port=self.grpc_port,
             download_port=self.grpc_port,
             os="linux",
@@ -286,3 +296,43 @@ class MisbehavingPeer:
         self._server.stop(grace=None).wait(5)
         self._channel.close()
         self._vortex_thread.join(5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one misbehaving peer as a process until SIGTERM or SIGINT (see the module docstring)."""
+    import argparse
+    import json
+    import signal
+
+    parser = argparse.ArgumentParser(description="a peer that claims a task and misbehaves as a parent")
+    parser.add_argument("--mode", choices=MODES, required=True)
+    parser.add_argument("--scheduler", required=True, help="scheduler address IP:PORT")
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--content", required=True, type=Path, help="a file with the task's true bytes")
+    parser.add_argument("--ip", default="127.0.0.1")
+    parser.add_argument("--hostname", default="misbehaving-peer")
+    parser.add_argument("--ca-cert")
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
+    args = parser.parse_args(argv)
+    files = tls.TLSFiles(ca_cert=args.ca_cert, cert=args.cert, key=args.key) if args.cert else None
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    peer = MisbehavingPeer(
+        args.scheduler, args.url, args.content, mode=args.mode, hostname=args.hostname, files=files, ip=args.ip
+    )
+    peer.start()
+    print("misbehaving peer ready", flush=True)
+    stop.wait(4 * 3600)  # a forgotten process still goes away
+    peer.stop()
+    print(
+        json.dumps({"vortex_requests": peer.vortex_requests, "sync_pieces_calls": peer.sync_pieces_calls}), flush=True
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
