@@ -123,6 +123,7 @@ class OursCluster:
         if port == 0:
             line = next((ln for ln in self.scheduler.lines if " listening on " in ln), "")
             address = line.rsplit(" ", 1)[-1] or address
+        self.scheduler_address = address
         for host in daemon_hosts:
             hostdir = workdir / host.name
             hostdir.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from typing import Any
 
 from bench.swarm import bencode
 from bench.swarm.bound import kumar_ross_bound
+from bench.swarm.faults import FAULT_HOSTS, run_ours_faults
 from bench.swarm.hosts import (
     Host,
     NamespacesUnavailable,
@@ -46,8 +47,9 @@ from bench.swarm.report import (
 from bench.swarm.services import PYTHON, REPO, Agent, Service, drive, python_env
 from bench.swarm.units import format_size, parse_rate, parse_size
 
-# "ours" runs with mutual TLS (the default); "ours-plaintext" is the same cluster without TLS, to price it in one run.
-SYSTEMS = ("ours", "direct", "bittorrent", "ours-plaintext")
+# "ours" runs with mutual TLS (the default); "ours-plaintext" is the same cluster without TLS, to price it in one run;
+# "ours-faults" is ours while a parent is killed and three misbehaving peers claim the file (bench/swarm/faults.py).
+SYSTEMS = ("ours", "direct", "bittorrent", "ours-plaintext", "ours-faults")
 DEFAULT_SYSTEMS = ("ours", "direct", "bittorrent")
 BLOB = "blob"
 TRACKER_PORT = 6969
@@ -230,6 +232,7 @@ class Swarm:
                 "bittorrent": self.run_bittorrent,
                 "ours": self.run_ours,
                 "ours-plaintext": lambda d: self.run_ours(d, tls=False, system="ours-plaintext"),
+                "ours-faults": lambda d: run_ours_faults(self, d),
             }
             return runs[system](sysdir)
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
@@ -415,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         print("bench swarm: nginx is not installed; run scripts/bench-deps.sh or use --origin python", file=sys.stderr)
         return 2
     names = ["origin", "ctl", "seed", *[f"p{i + 1}" for i in range(cfg.peers)]]
+    if "ours-faults" in systems:
+        names += FAULT_HOSTS
     base = Path("/var/tmp") if cfg.disk else Path("/dev/shm")
     previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     topology: Topology | None = None

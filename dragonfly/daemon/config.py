@@ -78,7 +78,7 @@ class SlowPieceConfig:
     # no transfer is abandoned for slowness sooner than this
     min_duration: Duration = Duration(2.0)
     # the floor per piece transfer while no piece rate is known yet (a fresh daemon); 0 leaves only pieceTimeout
-    initial_floor: Rate = Rate(256 * 1024)
+    initial_floor: Rate = Rate(64 * 1024)
 
     def validate(self) -> None:
         if not 0 <= self.ratio < 1:

@@ -29,7 +29,8 @@ It also runs as a process of its own (the swarm benchmark's fault injection star
         [--ip IP] [--hostname NAME] [--ca-cert F --cert F --key F]
 
 It prints ``misbehaving peer ready`` once the scheduler holds its claim, serves until SIGTERM or SIGINT, then
-prints what it was asked as one JSON line.
+prints what it was asked as one JSON line. With ``--claim-on-signal`` it starts serving at once (``misbehaving
+peer serving``) and claims the task only on SIGUSR1, so a harness can start it early and strike at a chosen moment.
 """
 
 from __future__ import annotations
@@ -167,12 +168,20 @@ class MisbehavingPeer:
 
     def start(self) -> None:
         """Serve, announce the host, and report the whole task as fetched from the origin."""
+        self.serve()
+        self.claim()
+
+    def serve(self) -> None:
+        """Start the servers and announce the host (it holds nothing yet)."""
         self._server.start()
         self._vortex_thread.start()
         self._scheduler.AnnounceHost(
             scheduler_pb2.AnnounceHostRequest(host=self.host(), interval=duration_pb2.Duration(seconds=300)),
             timeout=10,
         )
+
+    def claim(self) -> None:
+        """Report the whole task as fetched from the origin: from now on the scheduler offers this peer."""
         self._announce_finished_task()
 
     def _announce_finished_task(self) -> None:
@@ -314,15 +323,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ca-cert")
     parser.add_argument("--cert")
     parser.add_argument("--key")
+    parser.add_argument("--claim-on-signal", action="store_true", help="claim the task on SIGUSR1, not at once")
     args = parser.parse_args(argv)
     files = tls.TLSFiles(ca_cert=args.ca_cert, cert=args.cert, key=args.key) if args.cert else None
     stop = threading.Event()
+    claim = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGUSR1, lambda *_: claim.set())
     peer = MisbehavingPeer(
         args.scheduler, args.url, args.content, mode=args.mode, hostname=args.hostname, files=files, ip=args.ip
     )
-    peer.start()
+    peer.serve()
+    if args.claim_on_signal:
+        print("misbehaving peer serving", flush=True)
+        while not claim.wait(0.05):
+            if stop.is_set():
+                peer.stop()
+                return 0
+    peer.claim()
     print("misbehaving peer ready", flush=True)
     stop.wait(4 * 3600)  # a forgotten process still goes away
     peer.stop()

@@ -85,10 +85,12 @@ def test_a_parent_that_never_reports_a_piece_is_dropped_after_the_first_answer_d
     clean, hostile, liar = _clean_then_hostile(cluster, origin, module_dir, "peer-3", "silent")
     assert liar.sync_pieces_calls >= 1, "the misbehaving peer was never asked for its pieces"
     assert liar.vortex_requests == 0
+    # It claims to have finished the task, so it must answer within FINISHED_FIRST_ANSWER (2 s), not the 10 s a
+    # parent still downloading gets; either bound is far below the 6 minutes it used to cost.
     allowance = DEFAULTS.first_collected_piece_timeout + SLACK
     assert hostile <= clean + allowance, f"clean {clean:.1f}s, with a silent parent {hostile:.1f}s"
     log = cluster.log_path("peer-3").read_text()
-    assert "firstCollectedPieceTimeout" in log, "the silent parent was dropped without a word in the log"
+    assert "no piece reported within 2s of asking" in log, "the silent parent was dropped without a word in the log"
 
 
 @contextlib.contextmanager

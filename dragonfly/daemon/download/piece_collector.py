@@ -4,7 +4,8 @@
 Each parent answers with a message per finished interested piece, and keeps the stream open while its own
 download goes on. The collector keeps one bitmap per parent and wakes the downloader on every change. A parent
 that reports no piece within ``firstCollectedPieceTimeout`` of being asked (seconds: a parent the scheduler offers
-has pieces, or is about to get them from its own parents) or then stays silent for longer than
+has pieces, or is about to get them from its own parents; ``FINISHED_FIRST_ANSWER`` for a parent the scheduler
+says has finished the task, which only has to read its own storage) or then stays silent for longer than
 ``collectedPieceTimeout`` counts as failed: a parent that claims a task and never answers costs seconds.
 
 Like Dragonfly's, a piece becomes dispatchable once every parent still syncing has reported it, or
@@ -30,15 +31,20 @@ log = logging.getLogger(__name__)
 
 
 COLLECT_WINDOW = 0.1
+#: How long a parent the scheduler reports as finished (state Succeeded) may take to report its first piece.
+FINISHED_FIRST_ANSWER = 2.0
+_SUCCEEDED = "Succeeded"
 
 
 class ParentState:
     """What the collector knows about one parent."""
 
-    __slots__ = ("addr", "bitmap", "error", "host_id", "id", "seed", "syncing", "vortex_addr")
+    __slots__ = ("addr", "bitmap", "error", "finished", "host_id", "id", "seed", "syncing", "vortex_addr")
 
     def __init__(self, peer: common_pb2.Peer, piece_count: int) -> None:
         self.id = peer.id
+        # What the scheduler says; a liar gains nothing by it but a shorter deadline to answer.
+        self.finished = peer.state == _SUCCEEDED
         self.host_id = peer.host.id
         self.seed = is_seed_peer(peer)
         self.addr = upload_addr(peer.host.ip, peer.host.port)
@@ -95,7 +101,7 @@ class PieceCollector:
             host_id=self._host_id, task_id=self._task_id, interested_piece_numbers=self._interested
         )
         call = self._channels.stub(parent.addr).SyncPieces(request)
-        timeout = self._first_timeout
+        timeout = min(self._first_timeout, FINISHED_FIRST_ANSWER) if parent.finished else self._first_timeout
         try:
             while True:
                 response = await asyncio.wait_for(call.read(), timeout)
@@ -117,7 +123,12 @@ class PieceCollector:
             parent.error = f"{exc.code().name}: {exc.details()}"
         except TimeoutError:
             if parent.vortex_addr is None:
-                parent.error = f"no piece reported within {timeout:g}s of asking (firstCollectedPieceTimeout)"
+                why = (
+                    "a parent that finished the task answers at once"
+                    if parent.finished
+                    else "firstCollectedPieceTimeout"
+                )
+                parent.error = f"no piece reported within {timeout:g}s of asking ({why})"
             else:
                 parent.error = f"no further piece reported for {timeout:g}s (collectedPieceTimeout)"
         finally:

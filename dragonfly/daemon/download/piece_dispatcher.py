@@ -13,8 +13,10 @@ lives for one round of candidate parents from the scheduler and keeps:
 
 A transfer slower than ``SlowPiecePolicy.ratio`` of the median piece rate (this round's, or while the round has
 too few samples the daemon's recent one, origin pieces included; before any piece at all, ``initial_floor``) is
-overdue, as is any transfer longer than ``pieceTimeout``: the downloader abandons it and the piece is asked of
-another parent. A trickling parent would otherwise hold a piece,
+overdue once it has run ``min_duration``, as is any transfer longer than ``pieceTimeout``: the downloader abandons
+it, excludes its parent from the round and asks another parent for the piece. The transfer's rate is what the
+kernel counted arriving on its connection (the downloader passes it in), so a trickle is caught after
+``min_duration`` whatever the piece length. A trickling parent would otherwise hold a piece,
 a receive buffer and a thread for as long as it keeps sending a byte now and then.
 
 Order: rarest piece first; among equally rare pieces, the child's own rank; the parent by the selector's weights.
@@ -60,7 +62,7 @@ class SlowPiecePolicy:
     #: No transfer is abandoned for slowness sooner than this (seconds).
     min_duration: float = 2.0
     #: The floor (bytes/s) while no piece rate is known at all; 0 leaves only the timeout then.
-    initial_floor: float = 256 * 1024
+    initial_floor: float = 64 * 1024
     #: No transfer lasts longer than this (seconds; Dragonfly's ``download.pieceTimeout``).
     timeout: float = 360.0
 
@@ -237,32 +239,58 @@ class PieceDispatcher:
         deadlines = [self.deadline(f) for f in self.in_flight.values() if f.abandoned is None]
         return min((d for d in deadlines if d is not None), default=None)
 
-    def overdue(self, now: float) -> list[PieceFetch]:
-        """Return the transfers to abandon now, each marked with the reason (they stay in flight until they end)."""
-        late = []
+    def overdue(self, now: float, progress: Mapping[int, int] | None = None) -> list[PieceFetch]:
+        """Return the transfers to abandon now, each marked with the reason (they stay in flight until they end).
+
+        ``progress`` maps a piece in flight to the bytes received for it so far, where known: a transfer older
+        than ``min_duration`` whose rate is below the floor is abandoned at once; without progress, once it has
+        run as long as its whole length takes at the floor. A parent one transfer is abandoned for loses the
+        others too: they come over the same slow link or from the same trickling sender.
+        """
+        late: list[PieceFetch] = []
         floor = self.rate_floor()
+        slow_parents: dict[str, str] = {}
         for fetch in self.in_flight.values():
-            deadline = self.deadline(fetch)
-            if fetch.abandoned is not None or deadline is None or deadline > now:
+            if fetch.abandoned is not None or fetch.transfer_started is None:
                 continue
-            assert fetch.transfer_started is not None
             took = now - fetch.transfer_started
-            if took >= self._slow.timeout or floor is None:
+            got = progress.get(fetch.number) if progress is not None else None
+            if took >= self._slow.timeout:
                 fetch.abandoned = f"piece {fetch.number} took longer than the piece timeout ({self._slow.timeout:g}s)"
-            else:
-                known = self._round_rates.median() or self._daemon_rates.median()
-                basis = f"{self._slow.ratio:g} of the median piece rate" if known else "no piece rate known yet"
-                fetch.abandoned = (
-                    f"piece {fetch.number} ({fetch.length} bytes) not received in {took:.1f}s: "
-                    f"slower than {floor / 1e6:.3g} MB/s ({basis})"
-                )
-            late.append(fetch)
+            elif floor is not None and took >= self._slow.min_duration:
+                rate = got / took if got is not None else None
+                if (rate is not None and rate < floor) or (rate is None and took * floor >= fetch.length):
+                    shown = "" if got is None else f", {got} bytes in"
+                    fetch.abandoned = (
+                        f"piece {fetch.number} ({fetch.length} bytes{shown} {took:.1f}s) is slower than "
+                        f"{floor / 1e6:.3g} MB/s ({self._floor_basis()})"
+                    )
+            if fetch.abandoned is not None:
+                late.append(fetch)
+                slow_parents.setdefault(fetch.parent.id, fetch.abandoned)
+        for parent_id, reason in slow_parents.items():
+            late += self.abandon_parent(parent_id, f"parent {parent_id} is too slow: {reason}")
         return late
+
+    def abandon_parent(self, parent_id: str, reason: str) -> list[PieceFetch]:
+        """Mark every transfer still running from ``parent_id`` abandoned for ``reason``; return them."""
+        marked = []
+        for fetch in self.in_flight.values():
+            if fetch.parent.id == parent_id and fetch.abandoned is None:
+                fetch.abandoned = reason
+                marked.append(fetch)
+        return marked
+
+    def _floor_basis(self) -> str:
+        if self._round_rates.median() or self._daemon_rates.median():
+            return f"{self._slow.ratio:g} of the median piece rate"
+        return "no piece rate known yet"
 
     def failed(self, number: int, *, corrupt: bool) -> PieceFetch:
         """Record a failed fetch of piece ``number``: it becomes missing again, and its parent takes the blame.
 
-        A parent that sent corrupt bytes is excluded at once; other failures count as strikes.
+        A parent that sent corrupt bytes, or one a transfer was abandoned for (too slow), is excluded at once;
+        other failures count as strikes.
         """
         fetch = self.in_flight.pop(number)
         parent_id = fetch.parent.id
@@ -270,7 +298,7 @@ class PieceDispatcher:
         self._selector.penalize(parent_id)
         self._blocked.clear(number)
         self._failed_parents[number].add(parent_id)
-        if corrupt:
+        if corrupt or fetch.abandoned is not None:
             self.excluded.add(parent_id)
         else:
             self._strikes[parent_id] += 1

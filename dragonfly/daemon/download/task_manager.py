@@ -703,12 +703,16 @@ class TaskManager:
                 if td.verifier is not None:
                     td.verifier.learn(piece for parent in parents for piece in parent.task.pieces)
                 await stream.send(download_peer_started_request=scheduler_pb2.DownloadPeerStartedRequest())
-                if await self._download_from_parents(td, task, stream, parents):
+                failed: set[str] = set()
+                if await self._download_from_parents(td, task, stream, parents, failed):
                     await stream.send(download_peer_finished_request=scheduler_pb2.DownloadPeerFinishedRequest())
                     return True
+                # The scheduler blocks every parent listed here for this peer: only those that failed it, so an
+                # honest parent that merely had nothing yet can be offered again (all of them if none failed).
+                blocked = [p for p in parents if p.id in failed] or parents
                 await stream.send(
                     reschedule_peer_request=scheduler_pb2.ReschedulePeerRequest(
-                        candidate_parents=parents, description="not all pieces are downloaded from parent"
+                        candidate_parents=blocked, description="not all pieces are downloaded from parent"
                     )
                 )
                 continue
@@ -774,9 +778,18 @@ class TaskManager:
     # ------------------------------------------------------------------ pieces from parents
 
     async def _download_from_parents(
-        self, td: TaskDownload, task: TaskRecord, stream: AnnouncePeerStream, parents: list[common_pb2.Peer]
+        self,
+        td: TaskDownload,
+        task: TaskRecord,
+        stream: AnnouncePeerStream,
+        parents: list[common_pb2.Peer],
+        failed: set[str],
     ) -> bool:
-        """Fetch missing pieces from ``parents``, in the order a PieceDispatcher decides."""
+        """Fetch missing pieces from ``parents``, in the order a PieceDispatcher decides.
+
+        Return whether every wanted piece is stored; add to ``failed`` the parents that let this peer down (sent
+        bad or slow bytes, failed requests, never answered or broke their SyncPieces stream).
+        """
         count = piece_count(task.content_length, task.piece_length)
         parents = [p for p in parents if p.id != td.peer_id and p.host.ip and p.host.port]
         if not parents:
@@ -837,7 +850,8 @@ class TaskManager:
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 waiter.cancel()
-                for fetch in dispatcher.overdue(time.monotonic()):
+                progress = {number: got for number, abort in aborts.items() if (got := abort.received()) is not None}
+                for fetch in dispatcher.overdue(time.monotonic(), progress):
                     assert fetch.abandoned is not None
                     aborts[fetch.number].abort(fetch.abandoned)
                 for done in finished:
@@ -853,6 +867,11 @@ class TaskManager:
                         raise error
                     else:
                         self._piece_from_parent_failed(td, stream, dispatcher, fetch, error)
+                        if fetch.parent.id in dispatcher.excluded:
+                            # Whatever else is coming from it is no better (corrupt bytes cost a whole piece each).
+                            why = f"parent {fetch.parent.id} was excluded after piece {fetch.number}: {error}"
+                            for other in dispatcher.abandon_parent(fetch.parent.id, why):
+                                aborts[other.number].abort(why)
         finally:
             for abort in aborts.values():
                 abort.abort("the download from parents ended")
@@ -860,16 +879,18 @@ class TaskManager:
                 await asyncio.wait(running)
             await collector.stop()
             await selector.stop()
+            failed.update(dispatcher.excluded)
+            failed.update(p.id for p in collector.parents.values() if p.error is not None)
         return self._complete(td, task, count)
 
     def _wake_after(self, dispatcher: PieceDispatcher, next_ready: float | None) -> float:
         """Return how long the download loop may sleep: until a piece becomes dispatchable or a transfer overdue.
 
-        Transfers that have not started yet get their deadline once they do, never sooner than minDuration after
-        this wake-up, so that is the longest sleep.
+        The transfers' progress is looked at four times per minDuration, so a trickling one is abandoned within a
+        quarter of minDuration of becoming overdue.
         """
         now = time.monotonic()
-        wake = now + self._slow_piece.min_duration
+        wake = now + self._slow_piece.min_duration / 4
         for moment in (next_ready, dispatcher.next_deadline()):
             if moment is not None:
                 wake = min(wake, moment)

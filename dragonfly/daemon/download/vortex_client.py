@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+import struct
 import threading
 from dataclasses import dataclass
 
@@ -45,19 +46,46 @@ class PieceAbandoned(DragonflyError, ConnectionError):
     """The downloader gave up on a piece transfer (too slow); the reason says why."""
 
 
+# struct tcp_info (linux/tcp.h): tcpi_bytes_received, the bytes that arrived on the connection (Linux >= 4.1).
+_TCP_INFO_LENGTH = 232
+_BYTES_RECEIVED = struct.Struct("=Q")
+_BYTES_RECEIVED_OFFSET = 128
+
+
+def _bytes_received(sock: socket.socket) -> int | None:
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LENGTH)
+    except OSError:
+        return None
+    if len(info) < _BYTES_RECEIVED_OFFSET + _BYTES_RECEIVED.size:
+        return None
+    received: int = _BYTES_RECEIVED.unpack_from(info, _BYTES_RECEIVED_OFFSET)[0]
+    return received
+
+
 class FetchAbort:
-    """Lets the event loop abandon one fetch_piece call that runs on an executor thread.
+    """Lets the event loop watch and abandon one fetch_piece call that runs on an executor thread.
 
     The socket is attached only while the transfer uses it, under a lock, so an abort can never shut down a
-    connection that was already handed back to the pool for another piece.
+    connection that was already handed back to the pool for another piece. ``received()`` reads how many bytes
+    have arrived for this transfer from the kernel's TCP counters, without disturbing the thread that reads them.
     """
 
-    __slots__ = ("_lock", "_sock", "reason")
+    __slots__ = ("_base", "_lock", "_sock", "reason")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
+        self._base: int | None = None
         self.reason: str | None = None
+
+    def received(self) -> int | None:
+        """Return the bytes received on the connection since this transfer began using it (None: not known)."""
+        with self._lock:
+            if self._sock is None or self._base is None:
+                return None
+            now = _bytes_received(self._sock)
+        return None if now is None else max(now - self._base, 0)
 
     def abort(self, reason: str) -> None:
         """Stop the transfer now (from any thread); the fetch then raises PieceAbandoned with ``reason``."""
@@ -71,10 +99,12 @@ class FetchAbort:
                     socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
 
     def _attach(self, sock: socket.socket) -> None:
+        base = _bytes_received(sock)
         with self._lock:
             if self.reason is not None:
                 raise PieceAbandoned(self.reason)
             self._sock = sock
+            self._base = base
 
     def _detach(self) -> None:
         with self._lock:

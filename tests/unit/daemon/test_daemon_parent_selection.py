@@ -312,3 +312,45 @@ def test_a_fetch_waiting_for_its_turn_is_never_overdue():
     assert fetch.transfer_started is None
     assert run.dispatcher.deadline(fetch) is None
     assert run.dispatcher.overdue(1e9) == []
+
+
+def test_a_trickle_is_caught_by_its_progress_after_min_duration_and_its_parent_loses_every_transfer():
+    run = Round(_peer("a"), _peer("b"), concurrency=4)
+    a, b = (parent.id for parent in run.parents)
+    now = 1000.0
+    daemon_rates = pd.PieceRates()
+    for _ in range(3):
+        daemon_rates.add(PIECE_LENGTH, 0.1)  # a median of ~42 MB/s: the floor is ~4 MB/s
+    run.dispatcher = PieceDispatcher(
+        PIECES * PIECE_LENGTH, PIECE_LENGTH, skip=[], concurrency=4, selector=run.selector, daemon_rates=daemon_rates
+    )
+    run.has(0, range(PIECES))
+    run.has(1, range(PIECES))
+    fetches, _ = run.dispatcher.plan(run.parents, run.first_seen, now)
+    for fetch in fetches:
+        fetch.transfer_started = now
+    from_a = [f for f in fetches if f.parent.id == a]
+    from_b = [f for f in fetches if f.parent.id == b]
+    assert from_a
+    assert from_b
+    healthy = {f.number: 10 << 20 for f in fetches}  # 5 MB/s at 2 s: above the floor
+    trickle = healthy | {from_a[0].number: 20_000}  # 10 kB/s
+    assert run.dispatcher.overdue(now + 1.9, trickle) == []  # never before minDuration
+    late = run.dispatcher.overdue(now + 2.0, trickle)
+    # The trickling transfer, and every other transfer from the same parent, however they are doing.
+    assert sorted(f.number for f in late) == sorted(f.number for f in from_a)
+    assert "20000 bytes in 2.0s" in (from_a[0].abandoned or "")
+    assert all(f.abandoned is None for f in from_b)
+    for fetch in late:
+        run.dispatcher.failed(fetch.number, corrupt=False)
+    assert a in run.dispatcher.excluded
+    assert b not in run.dispatcher.excluded
+
+
+def test_without_progress_a_transfer_is_given_its_length_at_the_floor():
+    run = Round(_peer("a"), concurrency=1)
+    now = 1000.0
+    fetch = _started(run, now)  # no samples: the initial floor, 64 KiB/s
+    floor = pd.SlowPiecePolicy().initial_floor
+    assert run.dispatcher.overdue(now + PIECE_LENGTH / floor - 0.5, {}) == []
+    assert run.dispatcher.overdue(now + PIECE_LENGTH / floor + 0.5, {}) == [fetch]
