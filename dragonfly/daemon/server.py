@@ -22,7 +22,7 @@ from dragonfly_api import dfdaemon_pb2, dfdaemon_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from dragonfly.common import ids, native, tls
+from dragonfly.common import grpc_decoding, ids, native, tls
 from dragonfly.common.authz import Authorizer
 from dragonfly.common.errors import ConfigError
 from dragonfly.common.http_server import start_http_server
@@ -156,7 +156,7 @@ class Dfdaemon:
         self.metrics.upload_connections.set_function(lambda: vortex.active_connections)
         self._listening("vortex", _host_port(storage_ip, self.vortex.port))
 
-        self._upload_server = grpc.aio.server(options=_GRPC_OPTIONS)
+        self._upload_server = grpc.aio.server(options=_GRPC_OPTIONS, interceptors=[grpc_decoding.interceptor()])
         upload_port = tls.add_port(
             self._upload_server, _host_port(upload_ip, config.upload.server.port), self.tls.upload_server
         )
@@ -224,7 +224,7 @@ class Dfdaemon:
 
         socket_path = self._socket_path
         os.makedirs(os.path.dirname(socket_path), exist_ok=True)
-        self._download_server = grpc.aio.server(options=_LOCAL_API_OPTIONS)
+        self._download_server = grpc.aio.server(options=_LOCAL_API_OPTIONS, interceptors=[grpc_decoding.interceptor()])
         dfdaemon_pb2_grpc.add_DfdaemonDownloadServicer_to_server(
             DfdaemonDownloadService(
                 storage=self.storage, tasks=self.tasks, scheduler=self.scheduler, callers=self._callers

@@ -11,7 +11,7 @@ from dragonfly_api import scheduler_pb2, scheduler_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from dragonfly.common import tls
+from dragonfly.common import grpc_decoding, tls
 from dragonfly.common.authz import Authorizer
 from dragonfly.common.http_server import start_http_server
 from dragonfly.scheduler.config import Config
@@ -100,6 +100,7 @@ class SchedulerServer:
                 ("grpc.server.max_pending_requests_hard_limit", _MAX_PENDING_CALLS),
             ],
             maximum_concurrent_rpcs=server_config.max_concurrent_rpcs or None,
+            interceptors=[grpc_decoding.interceptor()],
         )
         scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerServicer(self.ctx, self.preheat), server)
         self._health = health.aio.HealthServicer()

@@ -1,0 +1,121 @@
+"""Undecodable requests get INVALID_ARGUMENT, quietly (docs/robustness.md#undecodable-requests).
+
+grpcio decodes a request before the servicer runs; when the bytes are not a valid message it logs an ERROR with a
+traceback and answers UNKNOWN. Anyone who can reach a port could so fill the logs, and the caller learns nothing
+useful. This server interceptor wraps each method's deserializer so that a decode failure becomes a marker the
+wrapped method answers with ``INVALID_ARGUMENT`` ("undecodable <method> request: ..."), logged at debug level.
+It must be the first interceptor, so that no other one sees the marker.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+
+class _Undecodable:
+    """What a request that could not be decoded becomes."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # protobuf raises DecodeError, other codecs their own
+            return _Undecodable(f"{type(exc).__name__}: {exc}")
+
+    return deserialize
+
+
+async def _refuse(method: str, request: _Undecodable, context: grpc.aio.ServicerContext) -> None:
+    log.debug("undecodable request refused", extra={"method": method, "error": request.error})
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"undecodable {method} request: {request.error}")
+
+
+async def _checked(method: str, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, _Undecodable):
+            await _refuse(method, request, context)
+        yield request
+
+
+async def _drain(result: Any) -> AsyncIterator[Any]:
+    """Yield what a streaming behavior produces, whether it is an async generator or writes through its context."""
+    if inspect.isasyncgen(result):
+        async for response in result:
+            yield response
+    elif inspect.isawaitable(result):
+        await result
+
+
+def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    fields: dict[str, Any] = {"request_deserializer": _tolerant(handler.request_deserializer)}
+    if handler.unary_unary is not None:
+        inner_uu: Callable[..., Awaitable[Any]] = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, _Undecodable):
+                await _refuse(method, request, context)
+            return await inner_uu(request, context)
+
+        fields["unary_unary"] = unary_unary
+    elif handler.unary_stream is not None:
+        inner_us = handler.unary_stream
+
+        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            if isinstance(request, _Undecodable):
+                await _refuse(method, request, context)
+            async for response in _drain(inner_us(request, context)):
+                yield response
+
+        fields["unary_stream"] = unary_stream
+    elif handler.stream_unary is not None:
+        inner_su: Callable[..., Awaitable[Any]] = handler.stream_unary
+
+        async def stream_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            return await inner_su(_checked(method, requests, context), context)
+
+        fields["stream_unary"] = stream_unary
+    elif handler.stream_stream is not None:
+        inner_ss = handler.stream_stream
+
+        async def stream_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async for response in _drain(inner_ss(_checked(method, requests, context), context)):
+                yield response
+
+        fields["stream_stream"] = stream_stream
+    replaced: grpc.RpcMethodHandler = handler._replace(**fields)
+    return replaced
+
+
+class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no stubs here
+    """See the module docstring."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        return _wrap(handler_call_details.method, handler)
+
+
+def interceptor() -> DecodeErrorInterceptor:
+    """Return the interceptor to put first in ``grpc.aio.server(interceptors=[...])``."""
+    return DecodeErrorInterceptor()

@@ -1,0 +1,86 @@
+"""Undecodable requests get INVALID_ARGUMENT and no ERROR log, on every call shape (issue 8 item 18).
+
+A real grpc.aio server on 127.0.0.1 with the interceptor, a servicer of the scheduler's API, and a client that sends
+raw bytes through a generic channel (the only way to put bytes that are not a message on the wire).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from dragonfly_api import dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from google.protobuf import empty_pb2
+
+from dragonfly.common import grpc_decoding
+
+GARBAGE = b"\xff\xff\xff\xff\x0fnot a protobuf message"
+
+
+class Servicer(scheduler_pb2_grpc.SchedulerServicer):
+    """Answers well-formed requests, so the test also shows the wrapping leaves them alone."""
+
+    async def DeletePeer(self, request, context):  # unary-unary
+        return empty_pb2.Empty()
+
+    async def AnnouncePeer(self, request_iterator, context):  # stream-stream
+        async for _request in request_iterator:
+            yield scheduler_pb2.AnnouncePeerResponse(empty_task_response=scheduler_pb2.EmptyTaskResponse())
+
+
+class Upload(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
+    async def SyncPieces(self, request, context):  # unary-stream
+        for number in request.interested_piece_numbers:
+            yield dfdaemon_pb2.SyncPiecesResponse(number=number)
+
+
+@pytest.fixture
+async def address() -> AsyncIterator[str]:
+    server = grpc.aio.server(interceptors=[grpc_decoding.interceptor()])
+    scheduler_pb2_grpc.add_SchedulerServicer_to_server(Servicer(), server)
+    dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(Upload(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield f"127.0.0.1:{port}"
+    await server.stop(None)
+
+
+async def test_undecodable_unary_request_is_an_invalid_argument(address: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with grpc.aio.insecure_channel(address) as channel:
+        raw = channel.unary_unary("/scheduler.v2.Scheduler/DeletePeer")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await raw(GARBAGE, timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "undecodable /scheduler.v2.Scheduler/DeletePeer request" in (info.value.details() or "")
+        good = scheduler_pb2.DeletePeerRequest(host_id="h", task_id="t", peer_id="p").SerializeToString()
+        assert await raw(good, timeout=10) == b""
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], "an undecodable request was logged loudly"
+
+
+async def test_undecodable_message_in_a_stream_ends_it_with_invalid_argument(
+    address: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = channel.stream_stream("/scheduler.v2.Scheduler/AnnouncePeer")()
+        await call.write(scheduler_pb2.AnnouncePeerRequest(peer_id="p").SerializeToString())
+        assert await call.read() != grpc.aio.EOF
+        await call.write(GARBAGE)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call.read()
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_undecodable_request_of_a_server_stream_is_an_invalid_argument(address: str) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        raw = channel.unary_stream("/dfdaemon.v2.DfdaemonUpload/SyncPieces")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in raw(GARBAGE, timeout=10):
+                pass
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        good = dfdaemon_pb2.SyncPiecesRequest(task_id="t", interested_piece_numbers=[3, 5]).SerializeToString()
+        replies = [dfdaemon_pb2.SyncPiecesResponse.FromString(r) async for r in raw(good, timeout=10)]
+        assert [r.number for r in replies] == [3, 5]
