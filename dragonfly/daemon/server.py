@@ -71,7 +71,8 @@ class Dfdaemon:
         self.ip = config.host.ip or detect_ip()
         self.host_id = ids.host_id(self.ip, config.host.hostname, seed=config.seed_peer.enable)
         self.tls = config.tls()
-        self.storage = Storage(config.storage.dir, keep=config.storage.keep)
+        self._storage_executor = ThreadPoolExecutor(2, thread_name_prefix="dfdaemon-storage")
+        self.storage = Storage(config.storage.dir, keep=config.storage.keep, executor=self._storage_executor)
         self._socket_path = os.path.abspath(config.download.server.socket_path)
         self.metrics = DaemonMetrics()
         self.upload_traffic = TrafficMeter()
@@ -308,5 +309,6 @@ class Dfdaemon:
         self._download_executor.shutdown(wait=True)
         self._upload_executor.shutdown(wait=True)
         self.storage.close()
+        self._storage_executor.shutdown(wait=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._socket_path)

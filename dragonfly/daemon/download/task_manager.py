@@ -510,6 +510,14 @@ class TaskManager:
                     if download.HasField("piece_length")
                     else calculate_piece_length(stat.content_length)
                 )
+                content = None
+                if task is None or not self._storage.reusable(
+                    task, piece_length=piece_length, content_length=stat.content_length
+                ):
+                    # Preallocating a large file can take a while: not on the event loop.
+                    content = await run_blocking(
+                        self._executor, self._storage.create_content_file, td.task_id, stat.content_length
+                    )
                 task = self._storage.prepare_task(
                     td.task_id,
                     # Stored and shown without credentials (docs/security.md#secrets); the request keeps them.
@@ -517,6 +525,7 @@ class TaskManager:
                     piece_length=piece_length,
                     content_length=stat.content_length,
                     response_header=redact_headers(stat.header),
+                    content=content,
                 )
             td.task = task
             whole = whole_content_digest(download, ranged=td.spec is not None)

@@ -4,7 +4,8 @@ Layout: ``<dir>/content/tasks/<first 3 hex of task id>/<task id>`` — one preal
 ``<dir>/metadata/dfdaemon.db``. Paths are only ever built from validated task ids (64 lower-case hex), so no
 request can name a file outside the storage directory.
 
-Every method runs on the event-loop thread; the file descriptors it hands out are used by executor threads
+Every method runs on the event-loop thread (``create_content_file`` may run on an executor thread, and file
+removal is handed to the executor when there is one); the file descriptors it hands out are used by executor threads
 for positional I/O. A descriptor is closed only when no one holds it any more, because closing an fd another
 thread is writing through could let the kernel reuse its number for an unrelated file.
 """
@@ -19,7 +20,9 @@ import os
 import shutil
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator
+from concurrent.futures import Executor
 
 from dragonfly.common.ids import is_task_id
 from dragonfly.daemon.errors import InvalidTaskId, NoSpace, TaskNotFound
@@ -43,8 +46,10 @@ class _ContentFile:
 class Storage:
     """All tasks stored under one directory."""
 
-    def __init__(self, directory: str, *, keep: bool) -> None:
+    def __init__(self, directory: str, *, keep: bool, executor: Executor | None = None) -> None:
         self.dir = os.path.abspath(directory)
+        # Where slow file-system work (unlinking large files) runs; None: on the calling thread.
+        self._executor = executor
         self.content_dir = os.path.join(self.dir, "content", "tasks")
         self.metadata_dir = os.path.join(self.dir, "metadata")
         self.keep = keep
@@ -68,6 +73,7 @@ class Storage:
         # SQLite gives its -wal and -shm files the mode of the database file.
         os.close(os.open(db_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
         os.chmod(db_path, 0o600)
+        self._remove_leftovers()
         self._meta = MetadataStore(db_path)
         self._tasks = self._meta.load_tasks()
         for task_id in list(self._tasks):
@@ -77,6 +83,16 @@ class Storage:
             log.warning("dropping task whose content file is missing", extra={"task_id": task_id})
             self._meta.delete_task(task_id)
             del self._tasks[task_id]
+
+    def _remove_leftovers(self) -> None:
+        """Remove content files a crash left half made (``.new``) or half deleted (``.deleted``)."""
+        for shard in os.scandir(self.content_dir):
+            if not shard.is_dir():
+                continue
+            for entry in os.scandir(shard.path):
+                if entry.name.endswith((".new", ".deleted")):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
 
     def close(self) -> None:
         for entry in self._files.values():
@@ -111,41 +127,37 @@ class Storage:
         return task.finished_at is not None
 
     def prepare_task(
-        self, task_id: str, *, url: str, piece_length: int, content_length: int, response_header: dict[str, str]
+        self,
+        task_id: str,
+        *,
+        url: str,
+        piece_length: int,
+        content_length: int,
+        response_header: dict[str, str],
+        content: str | None = None,
     ) -> TaskRecord:
-        """Return the stored task, creating its preallocated content file unless a usable one exists."""
+        """Return the stored task, creating it unless a usable one exists.
+
+        ``content`` is a file from ``create_content_file`` (made on an executor thread: allocating a large file
+        can take a while); without it the file is created here, blocking.
+        """
         path = self.content_path(task_id)
         existing = self._tasks.get(task_id)
-        if (
-            existing is not None
-            and existing.failed_at is None
-            and existing.piece_length == piece_length
-            and existing.content_length == content_length
-        ):
+        if existing is not None and self.reusable(existing, piece_length=piece_length, content_length=content_length):
+            if content is not None:
+                self.discard_content_file(content)
             return existing
         if existing is not None:
             self.delete_task(task_id)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        free = shutil.disk_usage(self.content_dir).free
-        if content_length > free:
-            raise NoSpace(
-                f"no space left on device: the task needs {content_length} bytes in {self.dir}, {free} are free"
-            )
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        if content is None:
+            content = self.create_content_file(task_id, content_length)
         try:
-            if content_length:
-                try:
-                    os.posix_fallocate(fd, 0, content_length)
-                except OSError as exc:
-                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                        raise
-                    # Filesystems without fallocate get a sparse file; a full disk then shows up on write.
-                    os.ftruncate(fd, content_length)
-        except OSError as exc:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            raise NoSpace(f"no space left on device: cannot allocate {content_length} bytes in {self.dir}") from exc
+            # The new file takes the task's name only now, once the old one (and its readers) is out of the way.
+            os.rename(content, path)
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            self.discard_content_file(content)
+            raise
         self._files[task_id] = _ContentFile(fd)
         now = time.time()
         task = TaskRecord(
@@ -161,11 +173,50 @@ class Storage:
             self._db.put_task(task)
         except BaseException:
             os.close(self._files.pop(task_id).fd)
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            self._unlink(path)
             raise
         self._tasks[task_id] = task
         return task
+
+    @staticmethod
+    def reusable(task: TaskRecord, *, piece_length: int, content_length: int) -> bool:
+        """Tell whether a stored task can go on with this layout (else it is replaced)."""
+        return task.failed_at is None and task.piece_length == piece_length and task.content_length == content_length
+
+    def create_content_file(self, task_id: str, content_length: int) -> str:
+        """Create and preallocate a content file for ``task_id`` under a temporary name; return it (blocking).
+
+        Safe on an executor thread: it touches only the file system. ``prepare_task`` gives it the task's name.
+        """
+        path = self.content_path(task_id)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        free = shutil.disk_usage(self.content_dir).free
+        if content_length > free:
+            raise NoSpace(
+                f"no space left on device: the task needs {content_length} bytes in {self.dir}, {free} are free"
+            )
+        temp = f"{path}.{uuid.uuid4().hex[:12]}.new"
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            if content_length:
+                try:
+                    os.posix_fallocate(fd, 0, content_length)
+                except OSError as exc:
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                        raise
+                    # Filesystems without fallocate get a sparse file; a full disk then shows up on write.
+                    os.ftruncate(fd, content_length)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise NoSpace(f"no space left on device: cannot allocate {content_length} bytes in {self.dir}") from exc
+        finally:
+            os.close(fd)
+        return temp
+
+    def discard_content_file(self, content: str) -> None:
+        """Remove a file from ``create_content_file`` that is not needed after all."""
+        self._unlink(content)
 
     @contextlib.contextmanager
     def content_fd(self, task_id: str) -> Iterator[int]:
@@ -271,10 +322,26 @@ class Storage:
                 entry.closing = True
             else:
                 os.close(entry.fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        self._unlink(path)
         if task is not None:
             self._notify(task_id)
+
+    def _unlink(self, path: str) -> None:
+        """Remove a content file; with an executor, off this thread (freeing a large file's blocks takes a while).
+
+        The file is first renamed to a unique name (cheap), so a new file of the same task can take its name at once
+        and the later unlink cannot remove it.
+        """
+        if self._executor is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return
+        doomed = f"{path}.{uuid.uuid4().hex[:12]}.deleted"
+        try:
+            os.rename(path, doomed)
+        except FileNotFoundError:
+            return
+        self._executor.submit(_unlink_quietly, doomed)
 
     def _notify(self, task_id: str) -> None:
         event = self._changed.pop(task_id, None)
@@ -296,3 +363,12 @@ class Storage:
     def usage(self) -> int:
         """Return the bytes allocated by task content files."""
         return sum(task.content_length for task in self._tasks.values())
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot remove a deleted task's content file", extra={"path": path, "error": str(exc)})

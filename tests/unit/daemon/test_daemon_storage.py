@@ -206,3 +206,60 @@ async def test_gc_frees_space_down_to_the_low_threshold_oldest_first(tmp_path: P
     assert await gc.collect() == ids[1:4]
     assert [t.id for t in storage.tasks()] == [ids[0], ids[4]]
     storage.close()
+
+
+def test_slow_file_work_stays_off_the_calling_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 8 item 19: fallocate and unlink of task files ran on the event loop."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads: dict[str, set[str]] = {"fallocate": set(), "unlink": set()}
+    real_fallocate, real_unlink = os.posix_fallocate, os.unlink
+
+    def fallocate(fd: int, offset: int, length: int) -> None:
+        threads["fallocate"].add(threading.current_thread().name)
+        real_fallocate(fd, offset, length)
+
+    def unlink(path: str, *args: object, **kwargs: object) -> None:
+        threads["unlink"].add(threading.current_thread().name)
+        real_unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "posix_fallocate", fallocate)
+    monkeypatch.setattr(os, "unlink", unlink)
+    with ThreadPoolExecutor(1, thread_name_prefix="storage-test") as executor:
+        storage = Storage(str(tmp_path / "s"), keep=True, executor=executor)
+        storage.open()
+        # What TaskManager does: the file is made on an executor thread, then takes the task's name.
+        content = executor.submit(storage.create_content_file, TASK, 2 * PIECE).result()
+        task = storage.prepare_task(TASK, url="u", piece_length=PIECE, content_length=2 * PIECE, response_header={},
+                                    content=content)  # fmt: skip
+        assert os.path.getsize(storage.content_path(TASK)) == 2 * PIECE
+        storage.finish_piece(TASK, write_piece(storage, TASK, 0, b"x" * PIECE))
+        # A replacement (a failed task started again) never truncates the old file under its readers.
+        storage.fail_task(TASK)
+        with storage.content_fd(TASK) as old_fd:
+            content = executor.submit(storage.create_content_file, TASK, PIECE).result()
+            storage.prepare_task(TASK, url="u", piece_length=PIECE, content_length=PIECE, response_header={},
+                                 content=content)  # fmt: skip
+            assert os.pread(old_fd, 1, 0) == b"x"
+        assert storage.get_task(TASK) is not task
+        storage.delete_task(TASK)
+        executor.submit(lambda: None).result()  # the unlink queued before it has run
+        storage.close()
+    assert threads["fallocate"]
+    assert all(name.startswith("storage-test") for name in threads["fallocate"])
+    assert threads["unlink"]
+    assert all(name.startswith("storage-test") for name in threads["unlink"])
+    assert os.listdir(os.path.dirname(storage.content_path(TASK))) == []
+
+
+def test_half_made_and_half_deleted_files_are_removed_at_start(tmp_path: Path) -> None:
+    storage = open_storage(tmp_path / "s")
+    shard = os.path.dirname(storage.content_path(TASK))
+    os.makedirs(shard)
+    for name in (f"{TASK}.0123456789ab.new", f"{TASK}.0123456789ab.deleted"):
+        Path(shard, name).write_bytes(b"left over")
+    storage.close()
+    storage = open_storage(tmp_path / "s")
+    assert os.listdir(shard) == []
+    storage.close()
