@@ -19,20 +19,30 @@ def impl(request: pytest.FixtureRequest) -> ModuleType:
     return IMPLS[request.param]
 
 
-def test_accuracy_at_100_mib_per_second_over_two_seconds(impl: ModuleType) -> None:
-    # The burst is slack for scheduling stalls of up to 40 ms on a loaded machine: tokens not taken during a
-    # stall are taken after it instead of being lost.
+def test_never_more_than_the_rate_allows(impl: ModuleType) -> None:
+    # Load on the machine can only make a caller slower, never let it take more: this bound cannot flake. How close
+    # to the rate a caller gets (within a few percent over a second) is a timing claim, measured by
+    # bench/micro/test_bench_piece_io.py::test_token_bucket_accuracy.
     bucket = impl.TokenBucket(100 * MIB, burst=4 * MIB)
-    # Drain the initial burst so the window measures the rate alone.
-    bucket.acquire(4 * MIB)
+    bucket.acquire(4 * MIB)  # drain the initial burst so the window measures the rate alone
     acquired = 0
     started = time.monotonic()
-    while time.monotonic() - started < 2.0:
+    while time.monotonic() - started < 0.5:
         bucket.acquire(256 * 1024)
         acquired += 256 * 1024
     elapsed = time.monotonic() - started
-    assert acquired == pytest.approx(200 * MIB, rel=0.03)
-    assert acquired / elapsed == pytest.approx(100 * MIB, rel=0.03)
+    assert acquired <= 100 * MIB * elapsed + 4 * MIB + 256 * 1024
+
+
+def test_waits_add_up_to_the_rate(impl: ModuleType) -> None:
+    """The debt of back-to-back reservations grows by n / rate each; only the time between calls may shave it."""
+    bucket = impl.TokenBucket(100 * MIB, burst=MIB)
+    started = time.monotonic()
+    assert bucket.reserve(MIB) == 0.0
+    waits = [bucket.reserve(MIB) for _ in range(10)]
+    between = time.monotonic() - started
+    for k, wait in enumerate(waits, 1):
+        assert k * 0.01 - between - 1e-6 <= wait <= k * 0.01 + 1e-6
 
 
 def test_threads_share_the_rate(impl: ModuleType) -> None:
@@ -54,9 +64,10 @@ def test_threads_share_the_rate(impl: ModuleType) -> None:
         thread.join(timeout=10)
     elapsed = time.monotonic() - started
     assert not any(thread.is_alive() for thread in threads)
-    assert sum(per_thread) / elapsed == pytest.approx(40 * MIB, rel=0.05)
-    # Reservations queue in order, so no thread starves.
-    assert min(per_thread) > 0.1 * sum(per_thread)
+    # Together they never exceed the rate (each may overshoot by the one chunk it was granted last) ...
+    assert sum(per_thread) <= 40 * MIB * elapsed + 2 * MIB + 4 * 128 * 1024
+    # ... and reservations queue in order, so no thread starves.
+    assert min(per_thread) > 0
 
 
 def test_reserve_charges_debt_in_order(impl: ModuleType) -> None:
@@ -143,5 +154,5 @@ def test_acquire_releases_the_gil(impl: ModuleType) -> None:
     finally:
         stop.set()
         thread.join(timeout=5)
-    assert 0.45 <= elapsed < 1.5
+    assert elapsed >= 0.45  # half a MiB at 1 MiB/s with an empty bucket; a loaded machine only makes it later
     assert during > 1000

@@ -61,7 +61,7 @@ def test_token_bucket_holds_the_rate() -> None:
     for _ in range(8):
         bucket.acquire(256 * 1024)  # 2 MiB: ~0.4 s after the burst
     elapsed = time.monotonic() - started
-    assert 0.35 <= elapsed <= 1.5
+    assert elapsed >= 0.35  # a loaded machine can only make it later
 
 
 def test_nginx_config_serves_root_with_sendfile(tmp_path: Path) -> None:

@@ -258,14 +258,15 @@ async def test_back_to_source_disabled_without_a_scheduler_fails(harness: Harnes
     assert not out.exists()
 
 
-async def test_download_bandwidth_limit_holds_within_ten_percent(tmp_path: Path) -> None:
+async def test_download_bandwidth_limit_is_never_exceeded(tmp_path: Path) -> None:
     # 9 MiB at 10 MiB/s: the bucket starts with one minimum piece (4 MiB), so ~0.5 s for the remaining 5 MiB.
     async with make_harness(tmp_path, download={"bandwidthLimit": "10MiB/s"}) as limited:
         began = time.monotonic()
         await limited.download("/big")
         elapsed = time.monotonic() - began
     expected = (len(FILES["/big"]) - 4 * 1024 * 1024) / (10 * 1024 * 1024)
-    assert expected * 0.9 <= elapsed <= expected * 1.1 + 0.15
+    # Only the floor: a loaded machine can only make it slower (the bucket's accuracy is a bench figure).
+    assert elapsed >= expected * 0.95
 
 
 async def test_concurrent_requests_share_one_download(harness: Harness) -> None:
