@@ -358,7 +358,7 @@ def _describe_rpc_error(
     return failure
 
 
-def download(args: argparse.Namespace, output: str, started: float) -> Traffic:
+def download(args: argparse.Namespace, output: str, began: float) -> Traffic:
     """Run DownloadTask on the daemon; return the traffic by source once the file is complete."""
     if not os.path.exists(args.endpoint):
         _fail(f"dfdaemon is not running: no socket at {args.endpoint}; {_START_HINT}")
@@ -391,16 +391,15 @@ def download(args: argparse.Namespace, output: str, started: float) -> Traffic:
         print(f"dfget: DownloadTask on unix:{args.endpoint}: {download}", file=sys.stderr)
 
     show_progress = not args.no_progress and sys.stderr.isatty()
-    bar = ProgressBar(os.path.basename(output), started) if show_progress else None
+    bar = ProgressBar(os.path.basename(output), began) if show_progress else None
     traffic = Traffic()
     content_length: int | None = None
     # What the output must hold: the whole content, or the range the daemon resolved.
     expected: tuple[int, int] | None = None
     finished_locally = False
     with grpc.insecure_channel(f"unix:{args.endpoint}") as channel:
-        call = dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel).DownloadTask(
-            dfdaemon_pb2.DownloadTaskRequest(download=download), timeout=timeout
-        )
+        stub = dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel)  # type: ignore[no-untyped-call]
+        call = stub.DownloadTask(dfdaemon_pb2.DownloadTaskRequest(download=download), timeout=timeout)
         try:
             for response in call:
                 if response.HasField("download_task_started_response"):

@@ -211,7 +211,9 @@ class Dfdaemon:
             vortex_port=self.vortex.port,
             authorizer=Authorizer(secure=self.tls.upload_server is not None),
         )
-        dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(upload_service, self._upload_server)
+        dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(  # type: ignore[no-untyped-call]
+            upload_service, self._upload_server
+        )
         await self._add_health(self._upload_server, "dfdaemon.v2.DfdaemonUpload")
         await self._upload_server.start()
         self._listening("upload", _host_port(upload_ip, upload_port))
@@ -226,7 +228,7 @@ class Dfdaemon:
         socket_path = self._socket_path
         os.makedirs(os.path.dirname(socket_path), exist_ok=True)
         self._download_server = grpc.aio.server(options=_LOCAL_API_OPTIONS, interceptors=[grpc_decoding.interceptor()])
-        dfdaemon_pb2_grpc.add_DfdaemonDownloadServicer_to_server(
+        dfdaemon_pb2_grpc.add_DfdaemonDownloadServicer_to_server(  # type: ignore[no-untyped-call]
             DfdaemonDownloadService(
                 storage=self.storage, tasks=self.tasks, scheduler=self.scheduler, callers=self._callers
             ),

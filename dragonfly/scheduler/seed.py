@@ -145,8 +145,8 @@ class SeedPeers:
         try:
             response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=self._config.connect_timeout)
         except grpc.aio.AioRpcError as exc:
-            return exc.code() in _HEALTHY_CODES
-        return response.status == health_pb2.HealthCheckResponse.SERVING
+            return bool(exc.code() in _HEALTHY_CODES)
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
     # triggering
 
@@ -159,7 +159,7 @@ class SeedPeers:
         self._spawn(self._download(task, seed_download(download), host))
 
     async def _download(self, task: Task, download: common_pb2.Download, host: Host) -> None:
-        stub = dfdaemon_pb2_grpc.DfdaemonUploadStub(self._channel(host))
+        stub = dfdaemon_pb2_grpc.DfdaemonUploadStub(self._channel(host))  # type: ignore[no-untyped-call]
         call = stub.DownloadTask(
             dfdaemon_pb2.DownloadTaskRequest(download=download), timeout=self._config.task_download_timeout
         )

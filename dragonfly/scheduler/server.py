@@ -102,7 +102,9 @@ class SchedulerServer:
             maximum_concurrent_rpcs=server_config.max_concurrent_rpcs or None,
             interceptors=[grpc_decoding.interceptor()],
         )
-        scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerServicer(self.ctx, self.preheat), server)
+        scheduler_pb2_grpc.add_SchedulerServicer_to_server(  # type: ignore[no-untyped-call]
+            SchedulerServicer(self.ctx, self.preheat), server
+        )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

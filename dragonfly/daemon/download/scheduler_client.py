@@ -156,7 +156,7 @@ class SchedulerClient:
                 ],
             )
             self._channels[addr] = channel
-            stub = self._stubs[addr] = scheduler_pb2_grpc.SchedulerStub(channel)
+            stub = self._stubs[addr] = scheduler_pb2_grpc.SchedulerStub(channel)  # type: ignore[no-untyped-call]
         return stub
 
     async def close(self) -> None:

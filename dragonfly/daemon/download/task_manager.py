@@ -129,13 +129,13 @@ class TaskDownload:
 
 def piece_message(piece: PieceRecord, traffic_type: int | None = None) -> common_pb2.Piece:
     """Return the common.v2.Piece of a stored piece."""
-    message = common_pb2.Piece(
+    message = common_pb2.Piece(  # traffic_type: the stored int is a TrafficType value
         number=piece.number,
         offset=piece.offset,
         length=piece.length,
         # The BLAKE3 digest when known: the scheduler hands it to children as a trusted digest (docs/security.md).
         digest=piece.strong_digest or piece.digest,
-        traffic_type=piece.traffic_type if traffic_type is None else traffic_type,
+        traffic_type=piece.traffic_type if traffic_type is None else traffic_type,  # type: ignore[arg-type]
         cost=duration_pb2.Duration(seconds=int(piece.cost), nanos=int((piece.cost % 1) * 1e9)),
         created_at=timestamp_pb2.Timestamp(seconds=int(piece.created_at)),
     )
@@ -866,7 +866,7 @@ class TaskManager:
                 for done in finished:
                     if done is waiter:
                         continue
-                    fetch, abort = running.pop(done)  # type: ignore[arg-type]
+                    fetch, abort = running.pop(done)
                     del aborts[fetch.number]
                     error = done.exception()
                     if error is None:

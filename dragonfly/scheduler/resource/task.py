@@ -216,7 +216,7 @@ class Task:
         """Record activity."""
         self.updated_at = now
 
-    def size_scope(self) -> int:
+    def size_scope(self) -> common_pb2.SizeScope:
         """Return the common.v2.SizeScope; an unknown length schedules as NORMAL (the API has no UNKNOW)."""
         if self.content_length < 0:
             return common_pb2.NORMAL

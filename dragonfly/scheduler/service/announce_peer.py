@@ -116,7 +116,8 @@ class PeerStream:
         if peer.deleted:
             raise StreamError(grpc.StatusCode.NOT_FOUND, f"peer {peer.id} not found (it was deleted)")
         handler = getattr(self, f"_on_{kind}")
-        return await handler(peer, getattr(request, kind))
+        response: scheduler_pb2.AnnouncePeerResponse | None = await handler(peer, getattr(request, kind))
+        return response
 
     def close(self) -> None:
         """Release the peer when the stream ends; a peer left mid-download becomes Failed.

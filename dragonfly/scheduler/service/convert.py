@@ -29,7 +29,7 @@ def duration(seconds: float) -> duration_pb2.Duration:
 
 def seconds(value: duration_pb2.Duration) -> float:
     """Return a Duration in seconds."""
-    return value.seconds + value.nanos * 1e-9
+    return float(value.seconds + value.nanos * 1e-9)
 
 
 def task_message(task: Task, *, with_pieces: bool = False) -> common_pb2.Task:
