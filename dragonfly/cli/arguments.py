@@ -35,7 +35,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
-    known = [s for action in parser._actions for s in action.option_strings]
+    known = _option_strings(parser)
     for token in args:
         if token == "--":
             break
@@ -49,6 +49,17 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
         elif name[:2] not in known:
             parser.error(f"unrecognized option {name[:2]}")
     return parser.parse_args(args)
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    """Return every option string of ``parser`` and of its subcommands' parsers."""
+    known: list[str] = []
+    for action in parser._actions:
+        known += action.option_strings
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                known += _option_strings(subparser)
+    return known
 
 
 def _is_number(token: str) -> bool:

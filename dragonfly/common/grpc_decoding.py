@@ -3,7 +3,7 @@
 grpcio decodes a request before the servicer runs; when the bytes are not a valid message it logs an ERROR with a
 traceback and answers UNKNOWN. Anyone who can reach a port could so fill the logs, and the caller learns nothing
 useful. This server interceptor wraps each method's deserializer so that a decode failure becomes a marker the
-wrapped method answers with ``INVALID_ARGUMENT`` ("undecodable <method> request: ..."), logged at debug level.
+wrapped method answers with ``INVALID_ARGUMENT`` ("cannot decode <Message>: ..."), logged at debug level.
 It must be the first interceptor, so that no other one sees the marker.
 """
 
@@ -31,19 +31,21 @@ class _Undecodable:
 def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
     if deserializer is None:
         return None
+    # A generated handler's deserializer is the message class's FromString.
+    message = getattr(getattr(deserializer, "__self__", None), "__name__", "request")
 
     def deserialize(data: bytes) -> Any:
         try:
             return deserializer(data)
         except Exception as exc:  # protobuf raises DecodeError, other codecs their own
-            return _Undecodable(f"{type(exc).__name__}: {exc}")
+            return _Undecodable(f"cannot decode {message}: {exc}")
 
     return deserialize
 
 
 async def _refuse(method: str, request: _Undecodable, context: grpc.aio.ServicerContext) -> None:
     log.debug("undecodable request refused", extra={"method": method, "error": request.error})
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"undecodable {method} request: {request.error}")
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
 
 
 async def _checked(method: str, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from dragonfly_api import scheduler_pb2, scheduler_pb2_grpc
 from google.protobuf import empty_pb2
-from google.protobuf.message import DecodeError
 
 from dragonfly.common.identity import HOST_ROLES, ROLE_SEED_PEER
 from dragonfly.scheduler.service import convert
@@ -105,9 +104,6 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                     request = await anext(requests)
                 except StopAsyncIteration:
                     return
-                except DecodeError as exc:
-                    stream.close()
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot decode AnnouncePeerRequest: {exc}")
                 # Malformed ids (empty, too long) get the stream's INVALID_ARGUMENT rather than a refusal. Every
                 # message of a stream names the same host, so one check per distinct id keeps piece reports cheap.
                 host_id = request.host_id

@@ -54,7 +54,7 @@ async def test_undecodable_unary_request_is_an_invalid_argument(address: str, ca
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await raw(GARBAGE, timeout=10)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "undecodable /scheduler.v2.Scheduler/DeletePeer request" in (info.value.details() or "")
+        assert (info.value.details() or "").startswith("cannot decode DeletePeerRequest: ")
         good = scheduler_pb2.DeletePeerRequest(host_id="h", task_id="t", peer_id="p").SerializeToString()
         assert await raw(good, timeout=10) == b""
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], "an undecodable request was logged loudly"

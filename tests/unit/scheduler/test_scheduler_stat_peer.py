@@ -35,7 +35,7 @@ class Context:
 
 
 def _peer_with(pieces: list[int]) -> tuple[SchedulerServicer, str]:
-    ctx = SchedulerContext.create(load(None))
+    ctx = SchedulerContext.create(load(None, overrides={"security": {"enable": False}}))
     now = time.monotonic()
     host = ctx.resource.announce_host(
         common_pb2.Host(id="10.0.0.1-big", hostname="big", ip="10.0.0.1", port=4000, download_port=4000), 0.0, now
