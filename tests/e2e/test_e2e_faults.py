@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dragonfly_api import scheduler_pb2, scheduler_pb2_grpc
 from misbehaving_peer import MisbehavingPeer
 from swarm_helpers import (
     MiB,
@@ -25,7 +24,6 @@ from swarm_helpers import (
 )
 
 from dragonfly.cli.cluster import SEED_PEER, LocalCluster, OriginProcess
-from dragonfly.common import tls
 from dragonfly.common.identity import ROLE_PEER
 
 pytestmark = pytest.mark.slow
@@ -117,17 +115,6 @@ def test_corrupting_peer_never_reaches_an_output(
         assert sha256_of(module_dir / "corrupt-2.bin") == sha
     finally:
         liar.stop()
-
-
-def bad_parent_reason(cluster: LocalCluster, task_id: str, peer_id: str) -> str | None:
-    """Return why the scheduler marked a peer bad (StatPeer's trailing metadata), or None when it is not."""
-    with tls.sync_channel(cluster.scheduler_addr, cluster.client_files()) as channel:
-        stub = scheduler_pb2_grpc.SchedulerStub(channel)
-        _peer, call = stub.StatPeer.with_call(
-            scheduler_pb2.StatPeerRequest(task_id=task_id, peer_id=peer_id), timeout=10
-        )
-    trailers = dict(call.trailing_metadata() or ())
-    return trailers.get("dragonfly-bad-parent-reason") if trailers.get("dragonfly-bad-parent") == "true" else None
 
 
 def test_swarm_still_healthy_after_faults(cluster: LocalCluster, origin: OriginProcess, module_dir: Path) -> None:
