@@ -536,7 +536,7 @@ def download_and_stream(args: argparse.Namespace, target: str) -> tuple[Traffic,
     with tempfile.TemporaryDirectory(prefix="dfget-") as directory:
         temporary = os.path.join(directory, "content")
         # The temporary file is a private copy: a hard link into the cache would be pointless here.
-        traffic = download(argparse.Namespace(**{**vars(args), "force_hard_link": False}), temporary)
+        traffic = download(argparse.Namespace(**{**vars(args), "force_hard_link": False}), temporary, time.monotonic())
         try:
             out = 1 if target == "-" else os.open(target, os.O_WRONLY | os.O_CLOEXEC)
         except OSError as exc:
