@@ -325,17 +325,18 @@ class TaskManager:
         deadline = time.monotonic() + timeout if timeout > 0 else None
         byte_range: ByteRange | None = None
         try:
-            async for event in self._stream(task_id, download, from_scheduler=from_scheduler, deadline=deadline):
-                if isinstance(event, TaskStarted):
-                    byte_range = event.range
-                yield event
-            if download.HasField("output_path"):
-                try:
+            try:
+                async for event in self._stream(task_id, download, from_scheduler=from_scheduler, deadline=deadline):
+                    if isinstance(event, TaskStarted):
+                        byte_range = event.range
+                    yield event
+                if download.HasField("output_path"):
                     await self._finish_output(task_id, download, byte_range, caller)
-                except DigestMismatch as exc:
-                    # The user knows the URL and the output, not this daemon's content file.
-                    what = f"{redact_url(download.url)} (output {download.output_path})"
-                    raise DigestMismatch(exc.expected, exc.actual, what=what) from None
+            except DigestMismatch as exc:
+                # Only whole-content digests reach here (a bad piece is fetched again). The user knows the URL and
+                # the output, not this daemon's content file.
+                output = f" (output {download.output_path})" if download.HasField("output_path") else ""
+                raise DigestMismatch(exc.expected, exc.actual, what=f"{redact_url(download.url)}{output}") from None
         except BaseException:
             self._metrics.tasks.labels("failed").inc()
             raise

@@ -243,7 +243,7 @@ async def test_failed_tasks_are_not_listed_as_local_tasks(harness: Harness) -> N
     await harness.download("/big", output_path=str(harness.tmp_path / "big"))
     with pytest.raises(BackendError, match="500"):
         await harness.download("/breaks", output_path=str(harness.tmp_path / "breaks"))
-    service = DfdaemonDownloadService(storage=harness.storage, tasks=harness.manager, scheduler=None)
+    service = DfdaemonDownloadService(storage=harness.storage, tasks=harness.manager, scheduler=None, callers=None)
     listed = await service.ListLocalTasks(dfdaemon_pb2.ListLocalTasksRequest(), None)  # type: ignore[arg-type]
     failed = task_id_for(common_pb2.Download(url=harness.base + "/breaks"))
     assert harness.storage.get_task(failed) is not None  # kept for a retry, but not as a local task
