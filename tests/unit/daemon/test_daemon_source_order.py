@@ -209,13 +209,14 @@ async def test_pieces_land_in_order_over_a_shared_origin_link(tmp_path: Path) ->
     assert origin.most_in_flight <= 3
 
 
-async def test_window_grows_when_the_origin_paces_each_connection(tmp_path: Path) -> None:
+async def test_pieces_from_an_origin_paced_per_connection_arrive_complete_and_in_order(tmp_path: Path) -> None:
     body = os.urandom(PIECE) * 24
-    # 0.2 s per piece and connection: slow enough that a loaded machine's scheduling noise (tens of ms) cannot hide
-    # the gain of a doubled window, as it did at 80 MB/s (50 ms pieces).
     async with paced_origin(body, 20e6, shared=False) as origin, task_manager(tmp_path, 4) as manager:
         landed = await download(manager, origin, tmp_path / "out")
     assert hashlib.sha256((tmp_path / "out").read_bytes()).digest() == hashlib.sha256(body).digest()
     assert sorted(number for number, _ in landed) == list(range(24))
+    # Each asked once, never more at once than the limit. How far the window grows depends on measured throughput,
+    # i.e. on how loaded the machine is: that is test_window_doubles_while_each_connection_adds_throughput's job,
+    # with a fake clock.
     assert sorted(origin.ranges) == [n * PIECE for n in range(24)]
-    assert origin.most_in_flight == 4
+    assert 1 <= origin.most_in_flight <= 4
