@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import pytest
 from swarm_helpers import wait_for
 
 import dragonfly
+from dragonfly.cli.cluster import LocalCluster
 
 PACKAGE_ROOT = str(Path(dragonfly.__file__).resolve().parent.parent)
 
@@ -98,7 +100,10 @@ def test_up_runs_until_interrupted_and_stops_everything(tmp_path: Path) -> None:
         children = [p for p in processes_mentioning(str(tmp_path / "w")) if p.pid != proc.pid]
         assert len(children) == 3  # scheduler, seed peer, peer-1
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0
+        # `dragonfly up` stops the processes one after the other, each given LocalCluster's stop timeout before it
+        # is killed: twice that per process is the bound (the test is about a clean stop, not a quick one).
+        stop_timeout = inspect.signature(LocalCluster).parameters["stop_timeout"].default
+        assert proc.wait(2 * stop_timeout * len(children) + 10) == 0
         assert processes_mentioning(str(tmp_path / "w")) == []
     finally:
         if proc.poll() is None:
