@@ -33,9 +33,10 @@ async def standalone_task_manager(
     config = load_dfdaemon_config(
         None, overrides={"host": {"hostname": "unit", "ip": "127.0.0.1"}, **(overrides or {})}
     )
-    storage = Storage(str(tmp_path / "storage"), keep=True)
-    storage.open()
     with ThreadPoolExecutor(workers) as executor:
+        # As in the daemon: files of deleted tasks are removed on an executor thread.
+        storage = Storage(str(tmp_path / "storage"), keep=True, executor=executor)
+        storage.open()
         backend = HTTPBackend(request_header={}, max_retries=0, piece_timeout=piece_timeout, executor=executor)
         await backend.start()
         manager = TaskManager(

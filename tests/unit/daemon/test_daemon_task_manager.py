@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from dragonfly_api import common_pb2, dfdaemon_pb2
+from loop_guard import no_blocking_calls
 from standalone import standalone_task_manager
 
 from dragonfly.common.errors import DigestMismatch, InvalidDigest
@@ -140,7 +141,9 @@ class Harness:
 
     async def download(self, path: str, **fields: object) -> list[TaskStarted | PieceDone]:
         download = common_pb2.Download(url=self.base + path, **fields)  # type: ignore[arg-type]
-        return [event async for event in self.manager.download(download)]
+        # The whole download, as a daemon serves it, must never block the event loop (issue 8 item 21).
+        with no_blocking_calls():
+            return [event async for event in self.manager.download(download)]
 
 
 @contextlib.asynccontextmanager

@@ -1,0 +1,58 @@
+"""A blocking-call detector around the parts of a test that run on the event loop like the daemon does.
+
+blockbuster (PyPI) patches the blocking functions of the stdlib while active and raises BlockingError when one is
+called from the thread running the event loop, from code of the ``dragonfly`` package. Tests set things up first
+(storage, files, fixtures: start-up work a daemon does once) and guard the work a daemon does while it serves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from blockbuster import BlockBuster
+
+# Calls the daemon makes on the loop on purpose, each cheap and bounded: path arithmetic (abspath may call getcwd)
+# and metadata syscalls on the output path and content files (stat, access, exists, rename: no data moves), and
+# SQLite's metadata writes, batched and on the loop by design (dragonfly/daemon/storage/metadata.py).
+ALLOWED = (
+    "os.path.abspath",
+    "os.stat",
+    "os.path.exists",
+    "os.path.lexists",
+    "os.access",
+    "os.rename",
+    "sqlite3.Connection.execute",
+    "sqlite3.Connection.executemany",
+    "sqlite3.Connection.commit",
+    "sqlite3.Cursor.execute",
+    "sqlite3.Cursor.executemany",
+)
+
+
+_active: list[BlockBuster] = []
+
+
+@contextlib.contextmanager
+def no_blocking_calls() -> Iterator[None]:
+    """Fail with BlockingError when package code blocks the event loop inside the ``with`` block.
+
+    Re-entrant: concurrent downloads in one test share one detector (blockbuster patches module functions, so two
+    detectors deactivated out of order would leave one patched).
+    """
+    if not _active:
+        detector = BlockBuster(scanned_modules=["dragonfly"])
+        detector.activate()
+        for name in ALLOWED:
+            function = detector.functions.get(name)
+            if function is not None:
+                function.deactivate()
+        _active.append(detector)
+    else:
+        _active.append(_active[0])
+    try:
+        yield
+    finally:
+        detector = _active.pop()
+        if not _active:
+            detector.deactivate()
