@@ -12,6 +12,7 @@ from typing import Any
 from dragonfly_api import common_pb2, scheduler_pb2
 
 from dragonfly.scheduler.config import load
+from dragonfly.scheduler.preheat.service import PreheatService
 from dragonfly.scheduler.server import SchedulerContext
 from dragonfly.scheduler.service.servicer import SchedulerServicer
 
@@ -48,7 +49,7 @@ def _peer_with(pieces: list[int]) -> tuple[SchedulerServicer, str]:
     peer = ctx.resource.create_peer("10.0.0.1-big-peer", task, host, download, now)
     for number in pieces:
         peer.pieces.add(number)
-    return SchedulerServicer(ctx), peer.id
+    return SchedulerServicer(ctx, PreheatService(ctx)), peer.id
 
 
 async def _stat(servicer: SchedulerServicer, peer_id: str) -> tuple[common_pb2.Peer, float]:
