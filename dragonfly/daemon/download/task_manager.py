@@ -1106,8 +1106,7 @@ class TaskManager:
                 crc = await self._backend.read_stream_piece(
                     td.download.url, reader, fd=fd, offset=offset, length=length, buffer=buffer
                 )
-            # The origin's bytes: their BLAKE3 is what a seed peer vouches for (docs/security.md).
-            strong = await run_blocking(self._executor, lambda: piece_hash(fd, offset, length))
+            strong = await self._origin_piece_hash(stream, fd, offset, length)
         cost = time.monotonic() - started
         record = PieceRecord(
             number, offset, length, format_piece_digest(crc), None, BACK_TO_SOURCE, cost, created_at, strong
@@ -1119,6 +1118,18 @@ class TaskManager:
                     piece=piece_message(record)
                 )
             )
+
+    async def _origin_piece_hash(
+        self, stream: AnnouncePeerStream | None, fd: int, offset: int, length: int
+    ) -> str | None:
+        """Return the BLAKE3 digest of a piece just fetched from the origin, when a scheduler will hear of it.
+
+        The origin's bytes: their BLAKE3 is what a seed peer vouches for (docs/security.md). Without a scheduler
+        nobody receives the digest, so the piece is not read again for it.
+        """
+        if stream is None:
+            return None
+        return await run_blocking(self._executor, lambda: piece_hash(fd, offset, length))
 
     async def _fetch_from_source(
         self,
@@ -1144,8 +1155,7 @@ class TaskManager:
                     buffer=buffer,
                     progress=progress,
                 )
-            # The origin's bytes: their BLAKE3 is what a seed peer vouches for (docs/security.md).
-            strong = await run_blocking(self._executor, lambda: piece_hash(fd, offset, length))
+            strong = await self._origin_piece_hash(stream, fd, offset, length)
         record = PieceRecord(
             number,
             offset,
