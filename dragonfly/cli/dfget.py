@@ -21,6 +21,10 @@ from typing import Any, NoReturn
 import dragonfly
 from dragonfly.cli.arguments import add_log_level, parse_args
 
+# gRPC's default HTTP/2 :authority for a unix socket is the percent-encoded socket path, which is not a valid
+# authority: Dragonfly's Rust dfdaemon (hyper/h2) rejects it ("malformed authority") and resets the stream.
+LOCAL_API_CHANNEL_OPTIONS = (("grpc.default_authority", "localhost"),)
+
 DEFAULT_ENDPOINT = "/var/run/dragonfly/dfdaemon.sock"
 DEFAULT_TIMEOUT = 2 * 3600.0
 DEFAULT_PRIORITY = 6
