@@ -401,7 +401,7 @@ def download(args: argparse.Namespace, output: str, began: float) -> Traffic:
     # What the output must hold: the whole content, or the range the daemon resolved.
     expected: tuple[int, int] | None = None
     finished_locally = False
-    with grpc.insecure_channel(f"unix:{args.endpoint}") as channel:
+    with grpc.insecure_channel(f"unix:{args.endpoint}", options=LOCAL_API_CHANNEL_OPTIONS) as channel:
         stub = dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel)  # type: ignore[no-untyped-call]
         call = stub.DownloadTask(dfdaemon_pb2.DownloadTaskRequest(download=download), timeout=timeout)
         try:
