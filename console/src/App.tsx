@@ -1,0 +1,47 @@
+import { Navigate, Route, Routes, useLocation } from "react-router-dom";
+import { useSession } from "./auth";
+import { PageHeader } from "./components";
+import Layout from "./Layout";
+import { ClusterEdit, ClusterList } from "./pages/Clusters";
+import { Hosts, Schedulers, SeedPeers } from "./pages/Instances";
+import Overview from "./pages/Overview";
+import SignIn from "./pages/SignIn";
+
+function RequireSession({ children }: { children: React.ReactNode }) {
+  const { token } = useSession();
+  const location = useLocation();
+  if (!token) return <Navigate to="/signin" replace state={{ from: location.pathname + location.search }} />;
+  return <>{children}</>;
+}
+
+function NotFound() {
+  return (
+    <>
+      <PageHeader title="Not found" />
+      <p>There is no page at this address.</p>
+    </>
+  );
+}
+
+export default function App() {
+  return (
+    <Routes>
+      <Route path="/signin" element={<SignIn />} />
+      <Route
+        element={
+          <RequireSession>
+            <Layout />
+          </RequireSession>
+        }
+      >
+        <Route index element={<Overview />} />
+        <Route path="clusters" element={<ClusterList />} />
+        <Route path="clusters/:id" element={<ClusterEdit />} />
+        <Route path="schedulers" element={<Schedulers />} />
+        <Route path="seed-peers" element={<SeedPeers />} />
+        <Route path="hosts" element={<Hosts />} />
+        <Route path="*" element={<NotFound />} />
+      </Route>
+    </Routes>
+  );
+}
