@@ -2,10 +2,13 @@ import { Navigate, Route, Routes, useLocation } from "react-router-dom";
 import { useSession } from "./auth";
 import { PageHeader } from "./components";
 import Layout from "./Layout";
+import { AuditLog, Roles, Tokens, Users } from "./pages/Accounts";
 import { ClusterEdit, ClusterList } from "./pages/Clusters";
 import { Hosts, Schedulers, SeedPeers } from "./pages/Instances";
+import { JobCreate, JobDetail, JobList } from "./pages/Jobs";
 import Overview from "./pages/Overview";
 import SignIn from "./pages/SignIn";
+import SwarmView from "./pages/Swarm";
 
 function RequireSession({ children }: { children: React.ReactNode }) {
   const { token } = useSession();
@@ -40,6 +43,14 @@ export default function App() {
         <Route path="schedulers" element={<Schedulers />} />
         <Route path="seed-peers" element={<SeedPeers />} />
         <Route path="hosts" element={<Hosts />} />
+        <Route path="jobs" element={<JobList />} />
+        <Route path="jobs/new" element={<JobCreate />} />
+        <Route path="jobs/:id" element={<JobDetail />} />
+        <Route path="swarm" element={<SwarmView />} />
+        <Route path="users" element={<Users />} />
+        <Route path="roles" element={<Roles />} />
+        <Route path="tokens" element={<Tokens />} />
+        <Route path="audit" element={<AuditLog />} />
         <Route path="*" element={<NotFound />} />
       </Route>
     </Routes>
