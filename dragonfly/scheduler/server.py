@@ -22,6 +22,7 @@ from dragonfly.scheduler.resource.manager import ResourceManager
 from dragonfly.scheduler.scheduling.abnormal import AbnormalDetector
 from dragonfly.scheduler.scheduling.scheduling import Scheduling
 from dragonfly.scheduler.seed import SeedPeers
+from dragonfly.scheduler.service import swarm
 from dragonfly.scheduler.service.persistent_cache import PersistentCacheService
 from dragonfly.scheduler.service.servicer import SchedulerServicer
 
@@ -107,6 +108,8 @@ class SchedulerServer:
         scheduler_pb2_grpc.add_SchedulerServicer_to_server(  # type: ignore[no-untyped-call]
             SchedulerServicer(self.ctx, self.preheat, self.persistent_cache), server
         )
+        # The console's swarm view (dragonfly.common.swarm): one JSON method beside Dragonfly's services.
+        server.add_generic_rpc_handlers((swarm.handler(self.ctx),))
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
