@@ -3,7 +3,7 @@ import { useSession } from "./auth";
 import { PageHeader } from "./components";
 import Layout from "./Layout";
 import { AuditLog, Roles, Tokens, Users } from "./pages/Accounts";
-import { ClusterEdit, ClusterList } from "./pages/Clusters";
+import { SchedulerClusterEdit, SchedulerClusterList, SeedPeerClusterEdit, SeedPeerClusterList } from "./pages/Clusters";
 import { Hosts, Schedulers, SeedPeers } from "./pages/Instances";
 import { JobCreate, JobDetail, JobList } from "./pages/Jobs";
 import Overview from "./pages/Overview";
@@ -38,8 +38,10 @@ export default function App() {
         }
       >
         <Route index element={<Overview />} />
-        <Route path="clusters" element={<ClusterList />} />
-        <Route path="clusters/:id" element={<ClusterEdit />} />
+        <Route path="scheduler-clusters" element={<SchedulerClusterList />} />
+        <Route path="scheduler-clusters/:id" element={<SchedulerClusterEdit />} />
+        <Route path="seed-peer-clusters" element={<SeedPeerClusterList />} />
+        <Route path="seed-peer-clusters/:id" element={<SeedPeerClusterEdit />} />
         <Route path="schedulers" element={<Schedulers />} />
         <Route path="seed-peers" element={<SeedPeers />} />
         <Route path="hosts" element={<Hosts />} />

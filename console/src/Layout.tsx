@@ -4,7 +4,8 @@ import { useSession } from "./auth";
 
 const LINKS: [string, string][] = [
   ["/", "Overview"],
-  ["/clusters", "Clusters"],
+  ["/scheduler-clusters", "Scheduler clusters"],
+  ["/seed-peer-clusters", "Seed peer clusters"],
   ["/schedulers", "Schedulers"],
   ["/seed-peers", "Seed peers"],
   ["/hosts", "Hosts"],

@@ -1,7 +1,8 @@
 import { createContext, useCallback, useContext, useEffect, useMemo, useState, type ReactNode } from "react";
 import { getToken, onSignedOut, request, setToken } from "./api";
+import type { User } from "./types";
 
-const NAME_KEY = "dragonfly.console.user";
+const USER_KEY = "dragonfly.console.user";
 
 export interface Session {
   token: string | null;
@@ -14,99 +15,83 @@ export interface Session {
 
 const SessionContext = createContext<Session | null>(null);
 
-interface Claims {
-  sub?: string | number;
-  id?: number;
-  user_id?: number;
-  name?: string;
-  roles?: string[];
-  role?: string;
+interface StoredUser {
+  id: number | null;
+  name: string;
 }
 
-/** Read the claims of a JWT without checking it (the manager checks it; the console only labels things). */
-export function readClaims(token: string | null): Claims {
-  if (!token) return {};
-  const part = token.split(".")[1];
-  if (!part) return {};
+function readStoredUser(): StoredUser | null {
   try {
-    const json = atob(part.replace(/-/g, "+").replace(/_/g, "/").padEnd(Math.ceil(part.length / 4) * 4, "="));
-    const value: unknown = JSON.parse(json);
-    return value && typeof value === "object" ? (value as Claims) : {};
+    const value: unknown = JSON.parse(window.localStorage.getItem(USER_KEY) ?? "null");
+    if (value && typeof value === "object" && typeof (value as StoredUser).name === "string") return value as StoredUser;
   } catch {
-    return {};
+    // A value from another version: ask the manager again.
   }
+  return null;
 }
 
 export function SessionProvider({ children }: { children: ReactNode }) {
   const [token, setTokenState] = useState<string | null>(() => getToken());
-  const [name, setName] = useState<string | null>(() => window.localStorage.getItem(NAME_KEY));
-  const [fetchedRoles, setFetchedRoles] = useState<string[] | null>(null);
+  const [user, setUser] = useState<StoredUser | null>(() => readStoredUser());
+  const [roles, setRoles] = useState<string[]>([]);
 
   useEffect(
     () =>
       onSignedOut(() => {
         setTokenState(null);
-        setFetchedRoles(null);
+        setRoles([]);
       }),
     [],
   );
 
-  const claims = useMemo(() => readClaims(token), [token]);
-  const userId = useMemo(() => {
-    const raw = claims.user_id ?? claims.id ?? claims.sub;
-    const value = typeof raw === "string" ? Number(raw) : raw;
-    return typeof value === "number" && Number.isFinite(value) ? value : null;
-  }, [claims]);
-
-  // Roles from the token when it carries them; otherwise asked once from the manager.
+  // Who the token belongs to, and so what the console lets them try (the manager decides in the end).
   useEffect(() => {
-    if (!token || userId === null || claims.roles || claims.role) return;
+    if (!token) return;
     let live = true;
-    request<unknown>(`/users/${userId}/roles`)
-      .then((roles) => {
-        if (live && Array.isArray(roles)) setFetchedRoles(roles.map((r) => (typeof r === "string" ? r : String(r))));
+    request<User>("/users/me")
+      .then((me) => {
+        if (!live || !me) return;
+        setRoles(me.roles ?? []);
+        const stored = { id: me.id, name: me.name };
+        window.localStorage.setItem(USER_KEY, JSON.stringify(stored));
+        setUser(stored);
       })
       .catch(() => undefined);
     return () => {
       live = false;
     };
-  }, [token, userId, claims]);
+  }, [token]);
 
-  const roles = useMemo(
-    () => claims.roles ?? (claims.role ? [claims.role] : (fetchedRoles ?? [])),
-    [claims, fetchedRoles],
-  );
-
-  const signIn = useCallback(async (user: string, password: string) => {
-    const answer = await request<{ token?: string; access_token?: string }>("/users/signin", {
+  const signIn = useCallback(async (name: string, password: string) => {
+    const answer = await request<{ token?: string; user_id?: number }>("/users/signin", {
       method: "POST",
-      body: { name: user, password },
+      body: { name, password },
     });
-    const value = answer?.token ?? answer?.access_token;
-    if (!value) throw new Error("The manager answered the sign-in without a token.");
-    setToken(value);
-    window.localStorage.setItem(NAME_KEY, user);
-    setName(user);
-    setFetchedRoles(null);
-    setTokenState(value);
+    if (!answer?.token) throw new Error("The manager answered the sign-in without a token.");
+    setToken(answer.token);
+    const stored = { id: answer.user_id ?? null, name };
+    window.localStorage.setItem(USER_KEY, JSON.stringify(stored));
+    setUser(stored);
+    setRoles([]);
+    setTokenState(answer.token);
   }, []);
 
   const signOut = useCallback(async () => {
     try {
       await request("/users/signout", { method: "POST" });
     } catch {
-      // Signing out locally is what matters; the token expires on its own.
+      // Signing out here is what matters; the session expires on the manager by itself.
     }
     setToken(null);
-    window.localStorage.removeItem(NAME_KEY);
+    window.localStorage.removeItem(USER_KEY);
     setTokenState(null);
-    setName(null);
-    setFetchedRoles(null);
+    setUser(null);
+    setRoles([]);
   }, []);
 
   const value = useMemo<Session>(
-    () => ({ token, name: claims.name ?? name, userId, roles, signIn, signOut }),
-    [token, claims, name, userId, roles, signIn, signOut],
+    () => ({ token, name: user?.name ?? null, userId: user?.id ?? null, roles, signIn, signOut }),
+    [token, user, roles, signIn, signOut],
   );
   return <SessionContext.Provider value={value}>{children}</SessionContext.Provider>;
 }
@@ -117,9 +102,8 @@ export function useSession(): Session {
   return session;
 }
 
-/** Whether the signed-in user may change things (root); a guest only reads. Unknown roles are allowed to try. */
+/** Whether the signed-in user may change things: root does, a guest only reads. */
 export function useCanEdit(): boolean {
   const { roles } = useSession();
-  if (roles.length === 0) return true;
-  return roles.some((role) => role === "root" || role === "admin");
+  return roles.includes("root");
 }

@@ -13,20 +13,22 @@ export interface Scopes {
   hostnames?: string[] | null;
 }
 
-export interface Cluster extends Base {
+export interface SchedulerCluster extends Base {
   name: string;
   bio?: string;
   scopes?: Scopes | null;
-  scheduler_cluster_id?: number;
-  seed_peer_cluster_id?: number;
-  scheduler_cluster_config?: {
-    candidate_parent_limit?: number;
-    filter_parent_limit?: number;
-    job_rate_limit?: number;
-  } | null;
-  seed_peer_cluster_config?: { load_limit?: number } | null;
-  peer_cluster_config?: { load_limit?: number } | null;
+  config?: { candidate_parent_limit?: number; filter_parent_limit?: number; job_rate_limit?: number } | null;
+  client_config?: { load_limit?: number } | null;
+  seed_client_config?: Record<string, unknown> | null;
   is_default?: boolean;
+  seed_peer_cluster_ids?: number[];
+}
+
+export interface SeedPeerCluster extends Base {
+  name: string;
+  bio?: string;
+  config?: { load_limit?: number } | null;
+  scheduler_cluster_ids?: number[];
 }
 
 export interface Scheduler extends Base {
@@ -83,6 +85,7 @@ export interface User extends Base {
 
 export interface Role {
   name?: string;
+  description?: string;
   role?: string;
   permissions?: { object: string; action: string }[];
 }

@@ -42,10 +42,10 @@ function UserRoles({ user }: { user: User }) {
 
 export function validateUser(name: string, email: string, password: string): string[] {
   const problems: string[] = [];
-  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{1,31}$/.test(name))
-    problems.push("Name: 2 to 32 letters, digits, '.', '_' or '-', starting with a letter or digit.");
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$/.test(name))
+    problems.push("Name: letters, digits, '.', '_' or '-', starting with a letter or digit.");
   if (email && !/^[^@\s]+@[^@\s]+\.[^@\s]+$/.test(email)) problems.push("Email: not an email address.");
-  if (password.length < 8 || password.length > 64) problems.push("Password: 8 to 64 characters.");
+  if (password.length < 8 || password.length > 128) problems.push("Password: 8 to 128 characters.");
   return problems;
 }
 
@@ -65,16 +65,16 @@ export function Users() {
     setNotice("");
     if (found.length) return;
     setFormError(null);
-    (async () => {
-      const user = await request<User>("/users", {
-        method: "POST",
-        body: { name: form.name, email: form.email || undefined, password: form.password },
-      });
-      await request(`/users/${user.id}/roles/${encodeURIComponent(form.role)}`, { method: "PUT" });
-      setNotice(`User ${user.name} created with role ${form.role}.`);
-      setForm({ name: "", email: "", password: "", role: form.role });
-      reload();
-    })().catch(setFormError);
+    request<User>("/users", {
+      method: "POST",
+      body: { name: form.name, email: form.email, password: form.password, roles: [form.role] },
+    })
+      .then((user) => {
+        setNotice(`User ${user.name} created with role ${form.role}.`);
+        setForm({ name: "", email: "", password: "", role: form.role });
+        reload();
+      })
+      .catch(setFormError);
   };
 
   return (
@@ -158,7 +158,7 @@ export function Roles() {
         const detailed = await Promise.all(
           (found ?? []).map(async (role) => {
             const name = roleName(role);
-            if (typeof role !== "string" && role.permissions) return { name, permissions: role.permissions };
+            if (typeof role !== "string" && role.permissions) return role;
             try {
               const detail = await request<Role | { permissions?: Role["permissions"] } | Role["permissions"]>(
                 `/roles/${encodeURIComponent(name)}`,
@@ -185,6 +185,7 @@ export function Roles() {
         rowKey={(r) => roleName(r)}
         columns={[
           { header: "Role", cell: (r) => roleName(r) },
+          { header: "Description", cell: (r) => r.description || "–" },
           {
             header: "Permissions",
             cell: (r) => (r.permissions ?? []).map((p) => `${p.object}: ${p.action}`).join(", ") || "–",
@@ -195,7 +196,7 @@ export function Roles() {
   );
 }
 
-const TOKEN_SCOPES = ["job", "cluster"];
+const TOKEN_SCOPES = ["job", "cluster", "application", "user"];
 
 export function Tokens() {
   const { userId } = useSession();
@@ -263,15 +264,27 @@ export function Tokens() {
           {
             header: "Actions",
             cell: (t) => (
-              <ConfirmButton
-                label="Revoke"
-                confirmLabel="Revoke"
-                question={`Revoke token "${t.name}"? Anything using it stops working.`}
-                onConfirm={async () => {
-                  await request(`/personal-access-tokens/${t.id}`, { method: "DELETE" });
-                  reload();
-                }}
-              />
+              <span className="row-actions">
+                {t.state !== "inactive" && (
+                  <ConfirmButton
+                    label="Revoke"
+                    confirmLabel="Revoke"
+                    question={`Revoke token "${t.name}"? Anything using it stops working.`}
+                    onConfirm={async () => {
+                      await request(`/personal-access-tokens/${t.id}`, { method: "PATCH", body: { state: "inactive" } });
+                      reload();
+                    }}
+                  />
+                )}
+                <ConfirmButton
+                  label="Delete"
+                  question={`Delete token "${t.name}"?`}
+                  onConfirm={async () => {
+                    await request(`/personal-access-tokens/${t.id}`, { method: "DELETE" });
+                    reload();
+                  }}
+                />
+              </span>
             ),
           },
         ]}

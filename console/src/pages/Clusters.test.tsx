@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { validateCluster } from "./Clusters";
+import { clusterBody, validateCluster } from "./Clusters";
 
 const good = {
   name: "cluster-2",
@@ -11,9 +11,9 @@ const good = {
   candidateParentLimit: "4",
   filterParentLimit: "15",
   jobRateLimit: "10",
-  seedLoadLimit: "2000",
   peerLoadLimit: "200",
   isDefault: false,
+  linked: [] as number[],
 };
 
 describe("validateCluster", () => {
@@ -37,5 +37,19 @@ describe("validateCluster", () => {
       "Candidate parent limit: a whole number from 1 to 20.",
       "Filter parent limit: a whole number from 10 to 1000.",
     ]);
+  });
+});
+
+describe("clusterBody", () => {
+  it("sends the manager's scheduler-cluster fields", () => {
+    expect(clusterBody({ ...good, linked: [2] })).toEqual({
+      name: "cluster-2",
+      bio: "",
+      scopes: { idc: "", location: "", cidrs: ["10.0.0.0/8", "192.168.1.0/24"], hostnames: ["^peer-.*$"] },
+      config: { candidate_parent_limit: 4, filter_parent_limit: 15, job_rate_limit: 10 },
+      client_config: { load_limit: 200 },
+      is_default: false,
+      seed_peer_cluster_ids: [2],
+    });
   });
 });

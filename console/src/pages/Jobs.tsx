@@ -13,7 +13,7 @@ import {
   splitList,
   usePagedList,
 } from "../components";
-import type { Cluster, Job, PreheatTaskResult } from "../types";
+import type { Job, PreheatTaskResult, SchedulerCluster } from "../types";
 
 const TERMINAL = new Set(["SUCCESS", "FAILURE", "CANCELED", "CANCELLED"]);
 
@@ -179,12 +179,12 @@ export function preheatBody(form: PreheatForm) {
 export function JobCreate() {
   const navigate = useNavigate();
   const [form, setForm] = useState<PreheatForm>(EMPTY);
-  const [clusters, setClusters] = useState<Cluster[]>([]);
+  const [clusters, setClusters] = useState<SchedulerCluster[]>([]);
   const [problems, setProblems] = useState<string[]>([]);
   const [error, setError] = useState<unknown>(null);
   const [busy, setBusy] = useState(false);
   useEffect(() => {
-    list<Cluster>("/clusters", 1, 100)
+    list<SchedulerCluster>("/scheduler-clusters", 1, 100)
       .then((page) => setClusters(page.items))
       .catch(setError);
   }, []);
@@ -296,14 +296,14 @@ export function JobCreate() {
             </>
           )}
           <div role="group" aria-label="Clusters">
-            <p className="muted">Clusters (none chosen: all)</p>
+            <p className="muted">Scheduler clusters (none chosen: all)</p>
             {clusters.map((cluster) => (
               <label key={cluster.id} className="checkbox">
                 <input
                   type="checkbox"
-                  checked={form.clusters.includes(cluster.scheduler_cluster_id ?? cluster.id)}
+                  checked={form.clusters.includes(cluster.id)}
                   onChange={(e) => {
-                    const id = cluster.scheduler_cluster_id ?? cluster.id;
+                    const id = cluster.id;
                     set({ clusters: e.target.checked ? [...form.clusters, id] : form.clusters.filter((c) => c !== id) });
                   }}
                 />

@@ -11,7 +11,8 @@ interface Count {
 }
 
 const COUNTS: Count[] = [
-  { label: "Clusters", path: "/clusters", to: "/clusters" },
+  { label: "Scheduler clusters", path: "/scheduler-clusters", to: "/scheduler-clusters" },
+  { label: "Seed peer clusters", path: "/seed-peer-clusters", to: "/seed-peer-clusters" },
   { label: "Active schedulers", path: "/schedulers", query: { state: "active" }, to: "/schedulers" },
   { label: "Active seed peers", path: "/seed-peers", query: { state: "active" }, to: "/seed-peers" },
   { label: "Hosts", path: "/peers", to: "/hosts" },
