@@ -68,6 +68,9 @@ def daemon_config(
         "security": security_config(pki_dir, host, ("seed-peer",) if seed else ("peer",)),
         "proxy": {"server": {"port": port(4001)}},
     }
+    if loopback:
+        # The origin is on loopback too, and the seed peer fetches it on the scheduler's order (the SSRF guard).
+        config["security"]["allowedOriginNetworks"] = ["127.0.0.0/8", "::1"]
     if rate:
         config["download"]["bandwidthLimit"] = rate
         config["upload"]["bandwidthLimit"] = rate

@@ -22,6 +22,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,8 @@ SCHEDULER = "scheduler"
 SEED_PEER = "seed-peer"
 #: Where dfget says a download's bytes came from, in the order of its summary line.
 SOURCES = ("origin", "seed", "peers", "local")
+# The networks a local cluster's daemons may fetch origins from on other hosts' request (loopback).
+LOCAL_ORIGIN_NETWORKS = ("127.0.0.0/8", "::1/128")
 
 
 class ProcessStartError(RuntimeError):
@@ -267,7 +270,13 @@ class OriginProcess(ManagedProcess):
     """The demo origin (``dragonfly.cli.demo_origin``) as a child process, with a client for its control API."""
 
     def __init__(
-        self, directory: str | os.PathLike[str], log_path: Path, *, host: str = "127.0.0.1", ready_timeout: float = 30.0
+        self,
+        directory: str | os.PathLike[str],
+        log_path: Path,
+        *,
+        host: str = "127.0.0.1",
+        ready_timeout: float = 30.0,
+        tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
     ) -> None:
         argv = [
             sys.executable,
@@ -280,8 +289,17 @@ class OriginProcess(ManagedProcess):
             "--port",
             "0",
         ]
+        if tls is not None:
+            argv += ["--cert", str(tls[0]), "--key", str(tls[1])]
         super().__init__("origin", argv, log_path, ready_timeout=ready_timeout)
         self.directory = Path(directory)
+        self.scheme = "https" if tls is not None else "http"
+        self._control_context: ssl.SSLContext | None = None
+        if tls is not None:
+            # The control API is the test's own: its certificate is not what is under test.
+            self._control_context = ssl.create_default_context()
+            self._control_context.check_hostname = False
+            self._control_context.verify_mode = ssl.CERT_NONE
 
     @property
     def addr(self) -> str:
@@ -289,12 +307,12 @@ class OriginProcess(ManagedProcess):
 
     def url(self, path: str) -> str:
         """Return the URL of a file served from the origin directory."""
-        return f"http://{self.addr}/{path.lstrip('/')}"
+        return f"{self.scheme}://{self.addr}/{path.lstrip('/')}"
 
     def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(f"http://{self.addr}{path}", data=data, method=method)
-        with urllib.request.urlopen(request, timeout=10) as response:
+        request = urllib.request.Request(f"{self.scheme}://{self.addr}{path}", data=data, method=method)
+        with urllib.request.urlopen(request, timeout=10, context=self._control_context) as response:
             return json.loads(response.read() or b"{}")
 
     def stats(self) -> dict[str, Any]:
@@ -313,7 +331,7 @@ class OriginProcess(ManagedProcess):
         self._call("DELETE", "/_stats")
 
     def set_fault(self, path: str, mode: str, **options: Any) -> None:
-        """Arm a fault (``404``, ``500``, ``reset``, ``short``, ``slow``) for one served file."""
+        """Arm a fault (``404``, ``500``, ``reset``, ``short``, ``slow``, ``redirect``) for one served file."""
         self._call("POST", "/_faults", {"path": "/" + path.lstrip("/"), "mode": mode, **options})
 
     def clear_faults(self) -> None:
@@ -474,7 +492,12 @@ class LocalCluster:
             },
             "metrics": {"server": {"ip": "127.0.0.1", "port": 0}},
             "health": {"server": {"ip": "127.0.0.1", "port": 0}},
-            "security": self._security(name, (ROLE_SEED_PEER,) if name == SEED_PEER else (ROLE_PEER,), ip),
+            "security": {
+                **self._security(name, (ROLE_SEED_PEER,) if name == SEED_PEER else (ROLE_PEER,), ip),
+                # Every origin of a local cluster (the demo's included) is on loopback, and the seed peer fetches
+                # it on the scheduler's request: allowed explicitly, as the SSRF guard refuses it otherwise.
+                "allowedOriginNetworks": list(LOCAL_ORIGIN_NETWORKS),
+            },
             "proxy": {"server": {"ip": "127.0.0.1", "port": 0}},
         }
         for layer in (self._daemon_config, self._peer_configs.get(name, {}), overrides or {}):

@@ -1,6 +1,8 @@
 """A real HTTP origin for the demo and the tests: files from a directory, Range support, byte counts, faults.
 
-    python -m dragonfly.cli.demo_origin --dir DIR [--host 127.0.0.1] [--port 0]
+    python -m dragonfly.cli.demo_origin --dir DIR [--host 127.0.0.1] [--port 0] [--cert PEM --key PEM]
+
+With ``--cert`` and ``--key`` it serves https (the tests' origin with a certificate of a CA they make).
 
 Control endpoints (JSON), used by ``dragonfly up --demo`` and the tests through ``cluster.OriginProcess``:
 
@@ -9,8 +11,8 @@ Control endpoints (JSON), used by ``dragonfly up --demo`` and the tests through 
 - ``POST /_faults`` with ``{"path": "/f", "mode": M, ...}`` arms a fault for one path; ``DELETE /_faults`` clears all.
   Modes: ``404`` and ``500`` (status only), ``reset`` (headers and ``after`` body bytes, then a TCP RST),
   ``short`` (the full Content-Length announced, ``after`` bytes sent, then a clean close), ``slow`` (the body paced
-  at ``rate`` bytes/s). ``after`` defaults to half the response body; ``count`` limits the fault to that many
-  requests (default: every request).
+  at ``rate`` bytes/s), ``redirect`` (``302`` to ``location``). ``after`` defaults to half the response body;
+  ``count`` limits the fault to that many requests (default: every request).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import asyncio
 import os
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -29,7 +32,7 @@ from aiohttp import web
 
 CHUNK = 1024 * 1024
 SLOW_CHUNK = 64 * 1024
-FAULT_MODES = ("404", "500", "reset", "short", "slow")
+FAULT_MODES = ("404", "500", "reset", "short", "slow", "redirect")
 
 
 @dataclass(slots=True)
@@ -40,6 +43,7 @@ class Fault:
     rate: float = 0.0
     after: int | None = None
     count: int | None = None
+    location: str = ""
 
 
 class Origin:
@@ -83,7 +87,11 @@ class Origin:
             raise web.HTTPBadRequest(text=f"need a path starting with / and a mode among {', '.join(FAULT_MODES)}")
         if mode == "slow" and not float(body.get("rate", 0)) > 0:
             raise web.HTTPBadRequest(text="mode slow needs rate > 0 (bytes per second)")
-        self.faults[path] = Fault(mode, float(body.get("rate", 0)), body.get("after"), body.get("count"))
+        if mode == "redirect" and not body.get("location"):
+            raise web.HTTPBadRequest(text="mode redirect needs a location")
+        self.faults[path] = Fault(
+            mode, float(body.get("rate", 0)), body.get("after"), body.get("count"), str(body.get("location", ""))
+        )
         return web.json_response({})
 
     async def clear_faults(self, request: web.Request) -> web.Response:
@@ -111,6 +119,8 @@ class Origin:
         key = "/" + request.match_info["path"]
         self.requests_by_path[key] += 1
         fault = self._take_fault(key)
+        if fault is not None and fault.mode == "redirect":
+            raise web.HTTPFound(fault.location)
         if fault is not None and fault.mode in ("404", "500"):
             raise (
                 web.HTTPNotFound(text="not found (fault)\n")
@@ -191,15 +201,15 @@ class Origin:
         transport.close()
 
 
-async def serve_forever(directory: str, host: str, port: int) -> int:
-    """Serve ``directory`` until cancelled."""
+async def serve_forever(directory: str, host: str, port: int, context: ssl.SSLContext | None = None) -> int:
+    """Serve ``directory`` until cancelled (https with ``context``)."""
     from dragonfly.common.process import announce_listening, announce_ready
 
     runner = web.AppRunner(Origin(directory).app(), access_log=None, handle_signals=False)
     await runner.setup()
     # Bind ourselves so port 0 resolves to a real port we can announce.
     sock = socket.create_server((host, port), reuse_port=False)
-    await web.SockSite(runner, sock).start()
+    await web.SockSite(runner, sock, ssl_context=context).start()
     bound_host, bound_port = sock.getsockname()[:2]
     announce_listening("origin", f"{bound_host}:{bound_port}")
     announce_ready("origin")
@@ -216,13 +226,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", required=True, help="directory whose files are served")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port to bind (default 0: a free port)")
+    parser.add_argument("--cert", help="PEM certificate chain: serve https")
+    parser.add_argument("--key", help="PEM private key of --cert")
     args = parser.parse_args(argv)
     if not os.path.isdir(args.dir):
         print(f"demo_origin: error: not a directory: {args.dir}", file=sys.stderr)
         return 2
+    if (args.cert is None) != (args.key is None):
+        parser.error("--cert and --key go together")
+    context = None
+    if args.cert is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.cert, args.key)
     from dragonfly.common.process import run_async
 
-    return run_async(lambda: serve_forever(args.dir, args.host, args.port))
+    return run_async(lambda: serve_forever(args.dir, args.host, args.port, context))
 
 
 if __name__ == "__main__":

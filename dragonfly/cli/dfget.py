@@ -20,10 +20,7 @@ from typing import Any, NoReturn
 
 import dragonfly
 from dragonfly.cli.arguments import add_log_level, parse_args
-
-# gRPC's default HTTP/2 :authority for a unix socket is the percent-encoded socket path, which is not a valid
-# authority: Dragonfly's Rust dfdaemon (hyper/h2) rejects it ("malformed authority") and resets the stream.
-LOCAL_API_CHANNEL_OPTIONS = (("grpc.default_authority", "localhost"),)
+from dragonfly.daemon.api.metadata import INSECURE_ORIGIN_METADATA
 
 DEFAULT_ENDPOINT = "/var/run/dragonfly/dfdaemon.sock"
 DEFAULT_TIMEOUT = 2 * 3600.0
@@ -120,6 +117,24 @@ def _timeout(text: str) -> float:
     return value
 
 
+def _ca_cert(path: str) -> tuple[bytes, ...]:
+    """Read a PEM bundle into DER certificates (``Download.certificate_chain``)."""
+    import ssl
+
+    try:
+        with open(path, encoding="ascii") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    blocks = re.findall(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", text, re.S)
+    if not blocks:
+        raise argparse.ArgumentTypeError(f"{path} holds no PEM certificate")
+    try:
+        return tuple(ssl.PEM_cert_to_DER_cert(block) for block in blocks)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{path}: {exc}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser (flags follow Dragonfly's dfget for http/https)."""
     parser = argparse.ArgumentParser(
@@ -174,6 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="scheduling priority 0..6 (default 6)",
     )
     parser.add_argument("--disable-back-to-source", action="store_true", help="fail rather than fetch from the origin")
+    parser.add_argument(
+        "--ca-cert",
+        type=_ca_cert,
+        default=(),
+        metavar="FILE",
+        help="PEM bundle of CAs trusted for an https origin, besides the system's and the daemon's backend.caCert",
+    )
+    parser.add_argument(
+        "--insecure-skip-verify",
+        action="store_true",
+        help="do not verify the https origin's certificate (whoever intercepts the connection chooses the bytes)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing regular output file")
     parser.add_argument(
         "--force-hard-link",
@@ -390,7 +417,12 @@ def download(args: argparse.Namespace, output: str, began: float) -> Traffic:
         disable_back_to_source=args.disable_back_to_source,
         overwrite=args.overwrite,
         force_hard_link=args.force_hard_link,
+        certificate_chain=list(args.ca_cert),
     )
+    metadata: tuple[tuple[str, str], ...] = ()
+    if args.insecure_skip_verify:
+        print("dfget: warning: the origin's TLS certificate is not verified (--insecure-skip-verify)", file=sys.stderr)
+        metadata = ((INSECURE_ORIGIN_METADATA, "true"),)
     if args.log_level == "debug":
         print(f"dfget: DownloadTask on unix:{args.endpoint}: {download}", file=sys.stderr)
 
@@ -401,9 +433,11 @@ def download(args: argparse.Namespace, output: str, began: float) -> Traffic:
     # What the output must hold: the whole content, or the range the daemon resolved.
     expected: tuple[int, int] | None = None
     finished_locally = False
-    with grpc.insecure_channel(f"unix:{args.endpoint}", options=LOCAL_API_CHANNEL_OPTIONS) as channel:
+    with grpc.insecure_channel(f"unix:{args.endpoint}") as channel:
         stub = dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel)  # type: ignore[no-untyped-call]
-        call = stub.DownloadTask(dfdaemon_pb2.DownloadTaskRequest(download=download), timeout=timeout)
+        call = stub.DownloadTask(
+            dfdaemon_pb2.DownloadTaskRequest(download=download), timeout=timeout, metadata=metadata
+        )
         try:
             for response in call:
                 if response.HasField("download_task_started_response"):

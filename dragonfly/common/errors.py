@@ -65,3 +65,17 @@ class VortexRemoteError(DragonflyError):
 
 class NativeExtensionError(DragonflyError, ImportError):
     """A compiled extension is missing, stale, or of the wrong version."""
+
+
+class OriginAddressRefused(DragonflyError, PermissionError):
+    """An origin request on a remote party's behalf would connect to an internal address (the SSRF guard)."""
+
+    def __init__(self, host: str, address: str, what: str) -> None:
+        shown = host if host == address else f"{host} ({address})"
+        super().__init__(
+            f"refused to connect to {shown}: a {what} address, and this download was asked for by another host "
+            "(allow it in security.allowedOriginNetworks)"
+        )
+        self.host = host
+        self.address = address
+        self.what = what

@@ -13,6 +13,7 @@ import socket
 from dataclasses import dataclass, field
 
 from dragonfly.common.config import Duration, Rate, Size, load_config
+from dragonfly.common.netguard import parse_networks
 from dragonfly.common.tls import SecurityConfig, TLSFiles, TLSFilesConfig
 from dragonfly.daemon.proxy.config import ProxyConfig
 
@@ -216,8 +217,15 @@ class BackendConfig:
     cache_temporary_redirect_ttl: Duration = field(
         default=Duration(600.0), metadata={"key": "cacheTemporaryRedirectTTL"}
     )
+    # PEM bundle of extra CAs trusted for https origins, in addition to the system's (docs/security.md#origin-tls)
+    ca_cert: str | None = None
+    # Skip the verification of https origins' certificates (logged as a warning at start): any host that can
+    # intercept the connection then chooses the bytes
+    insecure_skip_verify: bool = False
 
     def validate(self) -> None:
+        if self.ca_cert is not None and not os.path.isfile(self.ca_cert):
+            raise ValueError(f"caCert: no such file {self.ca_cert!r}")
         if self.max_retries < 0:
             raise ValueError(f"maxRetries must be >= 0, got {self.max_retries}")
         if self.cache_temporary_redirect_ttl <= 0:
@@ -282,6 +290,21 @@ class HealthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DaemonSecurityConfig(SecurityConfig):
+    """The ``security`` section: TLS of the cluster's ports, and which origin addresses other hosts may have fetched."""
+
+    # Networks (CIDRs or single addresses) that origin requests asked for by other hosts (scheduler-triggered seed
+    # downloads, preheat, proxy clients on other hosts) may connect to although they are loopback, link-local,
+    # unspecified, multicast or cloud metadata addresses, which are refused otherwise
+    # (docs/security.md#origin-addresses)
+    allowed_origin_networks: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        SecurityConfig.validate(self)
+        parse_networks(self.allowed_origin_networks)
+
+
+@dataclass(frozen=True, slots=True)
 class DfdaemonConfig:
     """The whole dfdaemon.yaml."""
 
@@ -295,7 +318,7 @@ class DfdaemonConfig:
     gc: GCConfig = field(default_factory=GCConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
-    security: SecurityConfig = field(default_factory=SecurityConfig)
+    security: DaemonSecurityConfig = field(default_factory=DaemonSecurityConfig)
 
     def tls(self) -> DaemonTLS:
         """Return the TLS files of each endpoint (all None in plaintext mode); ConfigError if one is missing.

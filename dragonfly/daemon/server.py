@@ -27,6 +27,7 @@ from dragonfly.common.authz import Authorizer
 from dragonfly.common.errors import ConfigError
 from dragonfly.common.http_server import start_http_server
 from dragonfly.common.identity import ROLE_PEER, ROLE_SEED_PEER, identity_from_pem
+from dragonfly.common.netguard import AddressPolicy
 from dragonfly.common.process import announce_listening
 from dragonfly.daemon.api.callers import CallerRelay
 from dragonfly.daemon.api.download_server import DfdaemonDownloadService
@@ -80,6 +81,7 @@ class Dfdaemon:
         concurrency = config.download.concurrent_piece_count
         self._download_executor = ThreadPoolExecutor(2 * concurrency + 4, thread_name_prefix="dfdaemon-download")
         self._upload_executor = ThreadPoolExecutor(_UPLOAD_THREADS, thread_name_prefix="dfdaemon-upload")
+        self._address_policy = AddressPolicy.from_config(config.security.allowed_origin_networks)
         self.backend = HTTPBackend(
             request_header=config.backend.request_header,
             max_retries=config.backend.max_retries,
@@ -87,6 +89,9 @@ class Dfdaemon:
             executor=self._download_executor,
             cache_temporary_redirect=config.backend.enable_cache_temporary_redirect,
             cache_temporary_redirect_ttl=config.backend.cache_temporary_redirect_ttl,
+            ca_cert=config.backend.ca_cert,
+            insecure_skip_verify=config.backend.insecure_skip_verify,
+            address_policy=self._address_policy,
         )
         self.channels = ParentChannels(self.tls.upload_client)
         self.scheduler: SchedulerClient | None = None
@@ -198,6 +203,7 @@ class Dfdaemon:
                 storage=self.storage,
                 executor=self._download_executor,
                 read_timeout=config.download.piece_timeout,
+                address_policy=self._address_policy,
             )
             await self.proxy.start()
             self.host_info.proxy_port = self.proxy.port

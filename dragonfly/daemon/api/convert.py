@@ -11,6 +11,7 @@ from google.protobuf import timestamp_pb2
 from dragonfly.common.byte_range import RangeNotSatisfiable
 from dragonfly.common.errors import DigestMismatch, InvalidDigest
 from dragonfly.common.ids import InvalidURL
+from dragonfly.common.netguard import find_refusal
 from dragonfly.common.piece import piece_count
 from dragonfly.common.redact import redact_url
 from dragonfly.daemon.download.task_manager import PieceDone, TaskStarted, piece_message
@@ -133,6 +134,9 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     # One line: clients print it as is.
     message = " ".join((str(exc) or type(exc).__name__).split())
     if isinstance(exc, BackendError):
+        if find_refusal(exc) is not None:
+            # The SSRF guard, not the origin, said no (docs/security.md#origin-addresses).
+            return grpc.StatusCode.PERMISSION_DENIED, message
         if exc.status_code in (404, 410):
             return grpc.StatusCode.NOT_FOUND, message
         if exc.status_code in (401, 403):

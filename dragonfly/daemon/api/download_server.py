@@ -19,12 +19,22 @@ from dragonfly.daemon.api.convert import (
     task_message,
 )
 from dragonfly.daemon.api.lookup import get_task_or_abort
+from dragonfly.daemon.api.metadata import INSECURE_ORIGIN_METADATA
 from dragonfly.daemon.download.scheduler_client import SchedulerClient
 from dragonfly.daemon.download.task_manager import TaskManager
 from dragonfly.daemon.output import Caller
 from dragonfly.daemon.storage import Storage
 
 log = logging.getLogger(__name__)
+
+
+def wants_insecure_origin(context: grpc.aio.ServicerContext) -> bool:
+    """Tell whether the caller asked to skip the origin's certificate verification (logged as a warning)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == INSECURE_ORIGIN_METADATA and str(value).lower() in ("1", "true"):
+            log.warning("a local caller asked to skip the verification of the origin's TLS certificate")
+            return True
+    return False
 
 
 class DfdaemonDownloadService(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):
@@ -54,7 +64,9 @@ class DfdaemonDownloadService(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):
     ) -> AsyncIterator[dfdaemon_pb2.DownloadTaskResponse]:
         caller = await self._caller(context)
         try:
-            async for event in self._tasks.download(request.download, caller=caller):
+            async for event in self._tasks.download(
+                request.download, caller=caller, remote=False, insecure=wants_insecure_origin(context)
+            ):
                 yield download_response(event, host_id=self._tasks.host_id)
         except Exception as exc:
             code, message = status_of(exc)

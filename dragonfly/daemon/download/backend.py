@@ -1,12 +1,16 @@
 """Back-to-source over HTTP(S): one stat per task, then one Range GET per piece
 (``docs/reference/protocol.md#backends``).
 
-Like Dragonfly's reqwest backend: HTTP/1.1, TLS verification off, no transparent decompression (bytes are stored
-as the origin sent them), redirects followed (``307`` targets remembered per URL for a while, credentials dropped when
-a redirect leaves the origin), ``User-Agent: dragonfly/<version>`` unless the request names one, no cookie jar
-shared between requests, transient failures retried with exponential backoff. Piece bytes
-go from the socket buffer into a pooled buffer and then to the content file through the native writer on an
-executor thread, which also yields the piece's CRC-32.
+Like Dragonfly's reqwest backend: HTTP/1.1, no transparent decompression (bytes are stored as the origin sent them),
+redirects followed (``307`` targets remembered per URL for a while, credentials dropped when a redirect leaves the
+origin), ``User-Agent: dragonfly/<version>`` unless the request names one, no cookie jar shared between requests,
+transient failures retried with exponential backoff. Piece bytes go from the socket buffer into a pooled buffer and
+then to the content file through the native writer on an executor thread, which also yields the piece's CRC-32.
+
+Unlike Dragonfly's, https origins are verified (system CAs, ``backend.caCert`` and the request's
+``certificate_chain``) unless ``backend.insecureSkipVerify`` or the local caller says otherwise, and a download a
+remote party asked for connects only to addresses the SSRF guard allows (``dragonfly.common.netguard``;
+docs/security.md#origin-tls and #origin-addresses).
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
+import ssl
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -28,6 +34,7 @@ from yarl import URL
 
 import dragonfly
 from dragonfly.common import native
+from dragonfly.common.netguard import AddressPolicy, find_refusal, guarded_connector_args
 from dragonfly.daemon.errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -44,6 +51,27 @@ _MAX_REDIRECTS = 10
 _REDIRECT_CACHE_CAPACITY = 1000
 # Credentials meant for one origin must not follow a redirect to another (reqwest and curl drop the same ones).
 _SENSITIVE_HEADERS = ("Authorization", "Cookie", "Proxy-Authorization")
+# SSL contexts built for requests' own certificate chains, kept for the latest chains only.
+_CHAIN_CONTEXTS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class OriginOptions:
+    """How one download may reach its origin: who asked decides the SSRF guard, the request adds trust roots.
+
+    ``guarded``: the download was asked for by another host (the scheduler, a proxy client elsewhere), so it may
+    connect only to addresses ``security.allowedOriginNetworks`` and the guard allow. ``certificate_chain``: DER
+    certificates trusted for this request in addition to the system's and ``backend.caCert`` (Dragonfly's
+    ``Download.certificate_chain``). ``insecure``: skip certificate verification (a local ``dfget
+    --insecure-skip-verify``).
+    """
+
+    guarded: bool = False
+    certificate_chain: tuple[bytes, ...] = ()
+    insecure: bool = False
+
+
+LOCAL = OriginOptions()
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +147,43 @@ def _status_error(url: str, resp: aiohttp.ClientResponse) -> BackendError:
     )
 
 
+def describe_origin_error(exc: BaseException) -> tuple[str, bool]:
+    """Return what went wrong reaching an origin, in words a user reads, and whether another try could help.
+
+    aiohttp's own wording ("Cannot connect to host x:443 ssl:default [...]") names its internals; this names the
+    host and the cause.
+    """
+    refusal = find_refusal(exc)
+    if refusal is not None:
+        return str(refusal), False
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        cert_error = exc.certificate_error
+        reason = getattr(cert_error, "verify_message", None) or str(cert_error)
+        return (
+            f"the TLS certificate of {exc.host} could not be verified ({reason}); trust its CA with dfget --ca-cert "
+            "or backend.caCert, or skip verification with dfget --insecure-skip-verify or backend.insecureSkipVerify",
+            False,
+        )
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        reason = getattr(exc.os_error, "reason", None) or exc.os_error.strerror or str(exc.os_error)
+        return f"the TLS handshake with {exc.host}:{exc.port} failed ({reason})", False
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"cannot resolve the origin host {exc.host}", True
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = exc.os_error
+        reason = os.strerror(os_error.errno) if os_error.errno else str(os_error) or type(os_error).__name__
+        return f"cannot connect to {exc.host}:{exc.port} ({reason.lower()})", True
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the origin closed the connection before answering", True
+    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
+        return "the origin did not answer in time", True
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return f"the origin's body was cut short ({exc})", True
+    if isinstance(exc, aiohttp.InvalidURL):
+        return f"invalid URL {exc.url}", False
+    return str(exc) or type(exc).__name__, True
+
+
 def _write_chunk(fd: int, offset: int, view: memoryview, crc: int, whole_piece: bool) -> int:
     """Write one buffered chunk at ``offset`` and return the piece CRC so far (runs on an executor thread)."""
     if whole_piece:
@@ -139,34 +204,93 @@ class HTTPBackend:
         executor: Executor,
         cache_temporary_redirect: bool = True,
         cache_temporary_redirect_ttl: float = 600.0,
+        ca_cert: str | None = None,
+        insecure_skip_verify: bool = False,
+        address_policy: AddressPolicy | None = None,
     ) -> None:
         self._default_header = dict(request_header)
         self._max_retries = max_retries
         self._piece_timeout = piece_timeout
         self._executor = executor
+        self._ca_cert = ca_cert
+        self._insecure = insecure_skip_verify
+        self._policy = address_policy or AddressPolicy()
         self._session: aiohttp.ClientSession | None = None
+        # Guarded downloads have a session of their own: a pooled connection to an internal address that a local
+        # download opened must never carry a remote party's request.
+        self._guarded_session: aiohttp.ClientSession | None = None
+        self._ssl: ssl.SSLContext | None = None
+        self._chain_contexts: OrderedDict[tuple[bytes, ...], ssl.SSLContext] = OrderedDict()
         self.redirects = TemporaryRedirectCache(cache_temporary_redirect_ttl) if cache_temporary_redirect else None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=32, ssl=False, keepalive_timeout=60)
+        if self._insecure:
+            log.warning(
+                "backend.insecureSkipVerify is set: certificates of https origins are not verified, so whoever can "
+                "intercept a connection to an origin chooses the bytes every peer gets"
+            )
+        self._ssl = self._context(())
+        self._session = self._new_session(aiohttp.TCPConnector(limit=0, limit_per_host=32, keepalive_timeout=60))
+        guard = guarded_connector_args(self._policy)
+        self._guarded_session = self._new_session(
+            aiohttp.TCPConnector(limit=0, limit_per_host=32, keepalive_timeout=60, **guard)
+        )
+
+    def _new_session(self, connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
         # No cookie jar: a cookie one requester's download received must not go out with another's requests.
-        self._session = aiohttp.ClientSession(
+        return aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT, sock_read=self._piece_timeout),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
 
+    def _context(self, chain: tuple[bytes, ...]) -> ssl.SSLContext:
+        """Return the client context trusting the system CAs, ``backend.caCert`` and ``chain`` (DER certificates)."""
+        context = ssl.create_default_context()
+        if self._ca_cert:
+            try:
+                context.load_verify_locations(cafile=self._ca_cert)
+            except (OSError, ssl.SSLError) as exc:
+                raise BackendError(f"cannot load backend.caCert {self._ca_cert}: {exc}") from None
+        if chain:
+            try:
+                context.load_verify_locations(cadata=b"".join(chain))
+            except (ssl.SSLError, ValueError) as exc:
+                raise BackendError(f"the request's certificate_chain is not DER certificates: {exc}") from None
+        return context
+
+    def _ssl_for(self, options: OriginOptions) -> ssl.SSLContext | bool:
+        if self._insecure or options.insecure:
+            return False
+        if not options.certificate_chain:
+            assert self._ssl is not None
+            return self._ssl
+        context = self._chain_contexts.get(options.certificate_chain)
+        if context is None:
+            context = self._chain_contexts[options.certificate_chain] = self._context(options.certificate_chain)
+            while len(self._chain_contexts) > _CHAIN_CONTEXTS:
+                self._chain_contexts.popitem(last=False)
+        self._chain_contexts.move_to_end(options.certificate_chain)
+        return context
+
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._guarded_session):
+            if session is not None:
+                await session.close()
+        self._session = self._guarded_session = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             raise RuntimeError("backend is not started")
         return self._session
+
+    def _session_for(self, options: OriginOptions) -> aiohttp.ClientSession:
+        session = self._guarded_session if options.guarded else self._session
+        if session is None:
+            raise RuntimeError("backend is not started")
+        return session
 
     def _headers(self, request_header: Mapping[str, str], extra: Mapping[str, str]) -> CIMultiDict[str]:
         # Case-insensitive, each later source replacing the earlier: a requester's "user-agent" replaces ours.
@@ -180,7 +304,9 @@ class HTTPBackend:
         return headers
 
     @contextlib.asynccontextmanager
-    async def _open(self, method: str, url: str, headers: CIMultiDict[str]) -> AsyncIterator[aiohttp.ClientResponse]:
+    async def _open(
+        self, method: str, url: str, headers: CIMultiDict[str], options: OriginOptions
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send ``method`` to ``url`` and yield the response after the redirects, using remembered 307 targets.
 
         A remembered target is only a shortcut: if asking it fails, the entries used are forgotten and the
@@ -188,17 +314,17 @@ class HTTPBackend:
         """
         used: list[str] = []
         try:
-            resp = await self._follow(method, url, headers, used)
+            resp = await self._follow(method, url, headers, used, options)
         except (aiohttp.ClientError, OSError):
             if not used:
                 raise
             self._forget(used)
-            resp = await self._follow(method, url, headers, None)
+            resp = await self._follow(method, url, headers, None, options)
         else:
             if resp.status >= 400 and used:
                 resp.release()
                 self._forget(used)
-                resp = await self._follow(method, url, headers, None)
+                resp = await self._follow(method, url, headers, None, options)
         try:
             yield resp
         finally:
@@ -211,7 +337,7 @@ class HTTPBackend:
             self.redirects.discard(url)
 
     async def _follow(
-        self, method: str, url: str, headers: CIMultiDict[str], used: list[str] | None
+        self, method: str, url: str, headers: CIMultiDict[str], used: list[str] | None, options: OriginOptions
     ) -> aiohttp.ClientResponse:
         """Return the first response that is not a redirect.
 
@@ -225,7 +351,10 @@ class HTTPBackend:
                 self._strip_credentials(headers, URL(target), URL(cached))
                 target = cached
                 continue
-            resp = await self.session.request(method, target, headers=headers, allow_redirects=False)
+            # Every hop goes through the same session: a redirect to an internal address meets the guard too.
+            resp = await self._session_for(options).request(
+                method, target, headers=headers, allow_redirects=False, ssl=self._ssl_for(options)
+            )
             location = resp.headers.get("Location")
             if resp.status not in _REDIRECT_STATUS or not location:
                 return resp
@@ -254,8 +383,8 @@ class HTTPBackend:
                     raise
                 error: Exception = exc
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                if attempt >= self._max_retries:
-                    detail = str(exc) or type(exc).__name__
+                detail, transient = describe_origin_error(exc)
+                if not transient or attempt >= self._max_retries:
                     raise BackendError(f"{what} {url} failed: {detail}") from exc
                 error = exc
             attempt += 1
@@ -263,13 +392,13 @@ class HTTPBackend:
             log.info("retrying origin request", extra={"url": url, "attempt": attempt, "error": error})
             await asyncio.sleep(delay)
 
-    async def stat(self, url: str, request_header: Mapping[str, str]) -> StatResult:
+    async def stat(self, url: str, request_header: Mapping[str, str], options: OriginOptions = LOCAL) -> StatResult:
         """Return the content length with one ``GET Range: bytes=0-0`` (falling back as Dragonfly does)."""
 
         async def attempt() -> StatResult:
             async with asyncio.timeout(self._piece_timeout):
                 headers = self._headers(request_header, {"Range": "bytes=0-0"})
-                async with self._open("GET", url, headers) as resp:
+                async with self._open("GET", url, headers, options) as resp:
                     if resp.status == 206:
                         match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
                         if match and match.group(3) != "*":
@@ -279,12 +408,12 @@ class HTTPBackend:
                     elif resp.status != 416 and resp.status >= 400:
                         raise _status_error(url, resp)
                 # 416 (e.g. an empty object), or no usable length: ask again without a Range, then with HEAD.
-                async with self._open("GET", url, self._headers(request_header, {})) as resp:
+                async with self._open("GET", url, self._headers(request_header, {}), options) as resp:
                     if resp.status >= 400:
                         raise _status_error(url, resp)
                     if resp.content_length is not None:
                         return StatResult(resp.content_length, dict(resp.headers))
-                async with self._open("HEAD", url, self._headers(request_header, {})) as resp:
+                async with self._open("HEAD", url, self._headers(request_header, {}), options) as resp:
                     if resp.status < 400 and resp.content_length is not None:
                         return StatResult(resp.content_length, dict(resp.headers))
                 raise BackendError(f"origin did not announce a content length for {url}")
@@ -301,6 +430,7 @@ class HTTPBackend:
         length: int,
         buffer: bytearray,
         progress: Callable[[int], None] | None = None,
+        options: OriginOptions = LOCAL,
     ) -> int:
         """Fetch bytes ``[offset, offset+length)`` into the file at the same offset; return their CRC-32.
 
@@ -310,7 +440,7 @@ class HTTPBackend:
         async def attempt() -> int:
             async with asyncio.timeout(self._piece_timeout):
                 headers = self._headers(request_header, {"Range": f"bytes={offset}-{offset + length - 1}"})
-                async with self._open("GET", url, headers) as resp:
+                async with self._open("GET", url, headers, options) as resp:
                     if resp.status == 206:
                         match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
                         if not match or int(match.group(1)) != offset:
@@ -330,13 +460,18 @@ class HTTPBackend:
         return await self._retrying("piece download from", attempt, url)
 
     @contextlib.asynccontextmanager
-    async def open_stream(self, url: str, request_header: Mapping[str, str]) -> AsyncIterator[aiohttp.StreamReader]:
+    async def open_stream(
+        self, url: str, request_header: Mapping[str, str], options: OriginOptions = LOCAL
+    ) -> AsyncIterator[aiohttp.StreamReader]:
         """Open the whole body from its first byte (for an origin that ignores ``Range``) and yield its reader."""
         async with contextlib.AsyncExitStack() as stack:
             try:
-                resp = await stack.enter_async_context(self._open("GET", url, self._headers(request_header, {})))
+                resp = await stack.enter_async_context(
+                    self._open("GET", url, self._headers(request_header, {}), options)
+                )
             except (aiohttp.ClientError, OSError) as exc:
-                raise BackendError(f"streamed download of {url} failed: {exc or type(exc).__name__}") from exc
+                detail, _transient = describe_origin_error(exc)
+                raise BackendError(f"streamed download of {url} failed: {detail}") from exc
             if resp.status != 200:
                 raise _status_error(url, resp)
             yield resp.content
@@ -357,7 +492,7 @@ class HTTPBackend:
             async with asyncio.timeout(self._piece_timeout):
                 return await self._write_body(url, reader, fd, offset, length, buffer, progress)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            detail = str(exc) or type(exc).__name__
+            detail, _transient = describe_origin_error(exc)
             raise BackendError(f"streamed download of {url} failed at byte {offset}: {detail}") from exc
 
     async def _write_body(

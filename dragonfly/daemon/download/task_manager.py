@@ -42,7 +42,8 @@ from dragonfly.common.piece import MAX_PIECE_LENGTH, MIN_PIECE_LENGTH, calculate
 from dragonfly.common.redact import redact_headers, redact_url
 from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.config import DfdaemonConfig
-from dragonfly.daemon.download.backend import HTTPBackend, RangeNotSupported
+from dragonfly.daemon.download.backend import LOCAL as LOCAL_ORIGIN
+from dragonfly.daemon.download.backend import HTTPBackend, OriginOptions, RangeNotSupported
 from dragonfly.daemon.download.buffers import BufferPool
 from dragonfly.daemon.download.parent_selector import ParentSelector
 from dragonfly.daemon.download.parents import ParentChannels
@@ -98,6 +99,7 @@ class TaskDownload:
         "download",
         "error",
         "order",
+        "origin",
         "peer_id",
         "ready",
         "runner",
@@ -109,9 +111,18 @@ class TaskDownload:
         "wanted",
     )
 
-    def __init__(self, task_id: str, download: common_pb2.Download, peer_id: str, spec: RangeSpec | None) -> None:
+    def __init__(
+        self,
+        task_id: str,
+        download: common_pb2.Download,
+        peer_id: str,
+        spec: RangeSpec | None,
+        origin: OriginOptions = LOCAL_ORIGIN,
+    ) -> None:
         self.task_id = task_id
         self.download = download
+        # How this download may reach the origin (the SSRF guard, trust roots): set by whoever started it.
+        self.origin = origin
         self.peer_id = peer_id
         # A ranged download fetches only the pieces that cover its range (``wanted``; None means every piece).
         self.spec = spec
@@ -308,7 +319,13 @@ class TaskManager:
     # ------------------------------------------------------------------ requesters
 
     async def download(
-        self, download: common_pb2.Download, *, from_scheduler: bool = False, caller: Caller | None = None
+        self,
+        download: common_pb2.Download,
+        *,
+        from_scheduler: bool = False,
+        caller: Caller | None = None,
+        remote: bool | None = None,
+        insecure: bool = False,
     ) -> AsyncGenerator[TaskStarted | PieceDone, None]:
         """Download a task, yielding the started event then one event per piece; write the output at the end.
 
@@ -316,17 +333,26 @@ class TaskManager:
         and yielded, and the output file holds exactly the range's bytes; the task id and piece layout stay the
         whole content's, so a later full download reuses these pieces. ``caller`` is the local user who asked
         (None: the daemon itself or the scheduler); the output is written with its rights (docs/security.md).
+        ``remote`` says another host asked for it (the origin is then reached through the SSRF guard; None: when
+        ``from_scheduler``); ``insecure`` skips the origin's certificate verification (a local caller's choice).
         """
         if self._stopping:
             raise DownloadFailed("dfdaemon is shutting down")
         validate_download(download, as_daemon=caller is None or caller.is_daemon_user)
         task_id = task_id_for(download)
+        origin = OriginOptions(
+            guarded=from_scheduler if remote is None else remote,
+            certificate_chain=tuple(download.certificate_chain),
+            insecure=insecure,
+        )
         timeout = download.timeout.ToTimedelta().total_seconds() if download.HasField("timeout") else 0.0
         deadline = time.monotonic() + timeout if timeout > 0 else None
         byte_range: ByteRange | None = None
         try:
             try:
-                async for event in self._stream(task_id, download, from_scheduler=from_scheduler, deadline=deadline):
+                async for event in self._stream(
+                    task_id, download, from_scheduler=from_scheduler, deadline=deadline, origin=origin
+                ):
                     if isinstance(event, TaskStarted):
                         byte_range = event.range
                     yield event
@@ -343,7 +369,13 @@ class TaskManager:
         self._metrics.tasks.labels("succeeded").inc()
 
     async def _stream(
-        self, task_id: str, download: common_pb2.Download, *, from_scheduler: bool, deadline: float | None
+        self,
+        task_id: str,
+        download: common_pb2.Download,
+        *,
+        from_scheduler: bool,
+        deadline: float | None,
+        origin: OriginOptions = LOCAL_ORIGIN,
     ) -> AsyncIterator[TaskStarted | PieceDone]:
         def remaining() -> float | None:
             if deadline is None:
@@ -377,7 +409,7 @@ class TaskManager:
                     return
             if td is None:
                 peer_id = ids.peer_id(self._ip, self._config.host.hostname, seed=self._seed)
-                td = self._active[task_id] = TaskDownload(task_id, download, peer_id, spec)
+                td = self._active[task_id] = TaskDownload(task_id, download, peer_id, spec, origin)
                 self._metrics.active_tasks.inc()
                 td.runner = asyncio.create_task(self._run(td), name=f"download-{task_id[:12]}")
             try:
@@ -505,7 +537,7 @@ class TaskManager:
             task = self._storage.get_task(td.task_id)
             if task is None or task.failed_at is not None:
                 header = dict(download.request_header)
-                stat = await self._backend.stat(download.url, header)
+                stat = await self._backend.stat(download.url, header, td.origin)
                 td.streamed = not stat.supports_range
                 piece_length = (
                     download.piece_length
@@ -1066,7 +1098,7 @@ class TaskManager:
         while True:
             number = 0
             try:
-                async with self._backend.open_stream(url, header) as reader:
+                async with self._backend.open_stream(url, header, td.origin) as reader:
                     for number in range(missing[-1] + 1):
                         if self._stopping:
                             raise DownloadFailed("dfdaemon is shutting down")
@@ -1154,6 +1186,7 @@ class TaskManager:
                     length=length,
                     buffer=buffer,
                     progress=progress,
+                    options=td.origin,
                 )
             strong = await self._origin_piece_hash(stream, fd, offset, length)
         record = PieceRecord(

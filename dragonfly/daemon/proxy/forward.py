@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import logging
 import ssl
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from dragonfly.common.netguard import AddressPolicy, find_refusal, guarded_connector_args
 from dragonfly.daemon.proxy.errors import error_response
 from dragonfly.daemon.proxy.routing import forwarded_headers, response_headers
 
@@ -42,36 +44,49 @@ def upstream_ssl_context(extra_ca: str | None) -> ssl.SSLContext:
 class Forwarder:
     """The proxy's HTTP client for direct requests."""
 
-    def __init__(self, *, extra_ca: str | None, read_timeout: float) -> None:
+    def __init__(
+        self, *, extra_ca: str | None, read_timeout: float, address_policy: AddressPolicy | None = None
+    ) -> None:
         self._ssl = upstream_ssl_context(extra_ca)
         self._read_timeout = read_timeout
+        self._policy = address_policy or AddressPolicy()
         self._session: aiohttp.ClientSession | None = None
+        # For clients on other hosts: the SSRF guard on every connection, in a pool of its own.
+        self._guarded_session: aiohttp.ClientSession | None = None
 
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=64, ssl=self._ssl, keepalive_timeout=60),
+    def _new_session(self, **guard: Any) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=64, ssl=self._ssl, keepalive_timeout=60, **guard),
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=_SKIP_AUTO_HEADERS,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT, sock_read=self._read_timeout),
         )
 
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+    async def start(self) -> None:
+        self._session = self._new_session()
+        self._guarded_session = self._new_session(**guarded_connector_args(self._policy))
 
-    async def forward(self, request: web.BaseRequest, url: str, *, error_type: str | None = None) -> web.StreamResponse:
-        """Send ``request`` to ``url`` and stream the reply back.
+    async def close(self) -> None:
+        for session in (self._session, self._guarded_session):
+            if session is not None:
+                await session.close()
+        self._session = self._guarded_session = None
+
+    async def forward(
+        self, request: web.BaseRequest, url: str, *, error_type: str | None = None, guarded: bool = False
+    ) -> web.StreamResponse:
+        """Send ``request`` to ``url`` and stream the reply back (through the SSRF guard when ``guarded``).
 
         ``error_type``, when given, is added as ``X-Dragonfly-Error-Type`` to an error reply (used when the swarm
         path was refused by the origin and its own answer is passed on).
         """
-        assert self._session is not None, "forwarder not started"
+        session = self._guarded_session if guarded else self._session
+        assert session is not None, "forwarder not started"
         headers = forwarded_headers(request.headers)
         body = request.content if request.body_exists else None
         try:
-            upstream = await self._session.request(
+            upstream = await session.request(
                 request.method,
                 # Sent as the client wrote it: no re-quoting of its path or query.
                 URL(url, encoded=True),
@@ -79,9 +94,13 @@ class Forwarder:
                 data=body,
                 allow_redirects=False,
             )
-        except aiohttp.ClientSSLError as exc:
-            return error_response(502, "proxy", f"TLS to the upstream of {url} failed: {exc}")
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except aiohttp.ClientError as exc:
+            if (refusal := find_refusal(exc)) is not None:
+                return error_response(403, "proxy", str(refusal))
+            if isinstance(exc, aiohttp.ClientSSLError):
+                return error_response(502, "proxy", f"TLS to the upstream of {url} failed: {exc}")
+            return error_response(502, "proxy", f"cannot reach the upstream of {url}: {exc or type(exc).__name__}")
+        except (OSError, TimeoutError) as exc:
             return error_response(502, "proxy", f"cannot reach the upstream of {url}: {exc or type(exc).__name__}")
         try:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)

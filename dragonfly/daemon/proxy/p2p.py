@@ -20,6 +20,7 @@ from aiohttp import web
 from dragonfly_api import common_pb2
 
 from dragonfly.common.byte_range import ByteRange
+from dragonfly.common.netguard import find_refusal
 from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.download.task_manager import PieceDone, TaskManager, TaskStarted
 from dragonfly.daemon.errors import BackendError
@@ -52,19 +53,22 @@ class P2PResponder:
         self._spawn = spawn
 
     async def respond(
-        self, request: web.BaseRequest, download: common_pb2.Download, *, prefetch: bool
+        self, request: web.BaseRequest, download: common_pb2.Download, *, prefetch: bool, remote: bool = False
     ) -> web.StreamResponse | BackendError:
         """Download ``download`` through the swarm and stream it as the answer to ``request``.
 
         An origin that refused the request with a 4xx status is returned as the error itself: the caller passes
         the origin's own answer to the client untouched (a registry's 401 challenge with its JSON body).
         """
-        async with contextlib.aclosing(self._tasks.download(download)) as events:
+        # ``remote``: the client is on another host, so the origin is reached through the SSRF guard.
+        async with contextlib.aclosing(self._tasks.download(download, remote=remote)) as events:
             try:
                 started = await anext(events)
             except StopAsyncIteration:
                 return error_response(502, "dfdaemon", f"the download of {download.url} ended before it started")
             except BackendError as exc:
+                if find_refusal(exc) is not None:
+                    return error_response(403, "dfdaemon", str(exc))
                 if exc.status_code is not None and 400 <= exc.status_code < 500:
                     return exc
                 return download_error_response(exc)
@@ -72,17 +76,17 @@ class P2PResponder:
                 return download_error_response(exc)
             assert isinstance(started, TaskStarted)
             if prefetch and started.range is not None:
-                self._prefetch(download)
+                self._prefetch(download, remote=remote)
             return await self._stream(request, started, events)
 
-    def _prefetch(self, download: common_pb2.Download) -> None:
+    def _prefetch(self, download: common_pb2.Download, *, remote: bool) -> None:
         """Fetch the whole object in the background after a ranged request (``proxy.prefetch``)."""
         whole = common_pb2.Download()
         whole.CopyFrom(download)
         whole.ClearField("range")
         for key in [k for k in whole.request_header if k.lower() == "range"]:
             del whole.request_header[key]
-        self._spawn(self._tasks.download(whole))
+        self._spawn(self._tasks.download(whole, remote=remote))
 
     async def _stream(
         self, request: web.BaseRequest, started: TaskStarted, events: AsyncIterator[TaskStarted | PieceDone]

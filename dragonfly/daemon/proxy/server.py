@@ -17,6 +17,7 @@ import functools
 import hmac
 import logging
 import re
+import socket
 import time
 import typing
 from collections.abc import AsyncIterator, Callable
@@ -26,6 +27,8 @@ from typing import Any
 from aiohttp import web
 
 from dragonfly.common.byte_range import find_range_header
+from dragonfly.common.errors import OriginAddressRefused
+from dragonfly.common.netguard import AddressPolicy, is_remote_client
 from dragonfly.daemon.download.task_manager import TaskManager
 from dragonfly.daemon.errors import BackendError
 from dragonfly.daemon.proxy.certs import LeafCertificates
@@ -80,8 +83,10 @@ class ProxyServer:
         storage: Storage,
         executor: Executor,
         read_timeout: float,
+        address_policy: AddressPolicy | None = None,
     ) -> None:
         self._config = config
+        self._policy = address_policy or AddressPolicy()
         self._limiter = RequestRateLimiter(config.server.request_rate_limit)
         auth = config.server.basic_auth
         self._expected_auth = (
@@ -93,7 +98,9 @@ class ProxyServer:
         if config.server.ca_cert is not None and config.server.ca_key is not None:
             self._certs = LeafCertificates(config.server.ca_cert, config.server.ca_key)
         self._hijack = [re.compile(host.regex) for host in config.hijack_https.hosts]
-        self._forwarder = Forwarder(extra_ca=config.registry_mirror.cert, read_timeout=read_timeout)
+        self._forwarder = Forwarder(
+            extra_ca=config.registry_mirror.cert, read_timeout=read_timeout, address_policy=self._policy
+        )
         self._p2p = P2PResponder(
             tasks, storage, executor, read_buffer_size=config.read_buffer_size, spawn=self._spawn_drain
         )
@@ -152,12 +159,15 @@ class ProxyServer:
             )
         except BadProxyRequest as exc:
             return error_response(400, "proxy", str(exc))
+        # A client on another host gets the SSRF guard (docs/security.md#origin-addresses); this host's own
+        # processes can reach its loopback services anyway.
+        remote = is_remote_client(request.transport.get_extra_info("peername") if request.transport else None)
         if download is None:
-            return await self._forwarder.forward(request, target.url)
-        answer = await self._p2p.respond(request, download, prefetch=prefetch)
+            return await self._forwarder.forward(request, target.url, guarded=remote)
+        answer = await self._p2p.respond(request, download, prefetch=prefetch, remote=remote)
         if isinstance(answer, BackendError):
             # The origin refused: pass its own answer on untouched (a registry's 401 challenge and JSON body).
-            return await self._forwarder.forward(request, target.url, error_type="backend")
+            return await self._forwarder.forward(request, target.url, error_type="backend", guarded=remote)
         return answer
 
     def _spawn_drain(self, events: AsyncIterator[object]) -> None:
@@ -227,9 +237,15 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         client = _Pipe()
         try:
+            address = host.strip("[]")
+            if is_remote_client(transport.get_extra_info("peername")):
+                address = await self._allowed_address(address, int(port))
             upstream, upstream_pipe = await asyncio.wait_for(
-                loop.create_connection(_Pipe, host.strip("[]"), int(port)), _TUNNEL_CONNECT_TIMEOUT
+                loop.create_connection(_Pipe, address, int(port)), _TUNNEL_CONNECT_TIMEOUT
             )
+        except OriginAddressRefused as exc:
+            _reply(transport, 403, "Forbidden", str(exc))
+            return
         except (OSError, TimeoutError) as exc:
             _reply(transport, 502, "Bad Gateway", f"cannot connect to {authority}: {exc or type(exc).__name__}")
             return
@@ -241,6 +257,18 @@ class ProxyServer:
         if rest:
             upstream.write(rest)
         transport.resume_reading()
+
+    async def _allowed_address(self, host: str, port: int) -> str:
+        """Resolve a tunnel's host once and return an address the SSRF guard allows (connected to as is)."""
+        infos = await asyncio.wait_for(
+            asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM), _TUNNEL_CONNECT_TIMEOUT
+        )
+        addresses = [str(info[4][0]) for info in infos]
+        for address in addresses:
+            if self._policy.refusal(address) is None:
+                return address
+        self._policy.check(addresses[0] if addresses else host, host)
+        raise OSError(f"cannot resolve {host}")
 
     async def _intercept(self, transport: asyncio.Transport, authority: str, host: str, rest: bytes) -> None:
         assert self._certs is not None
