@@ -7,6 +7,10 @@
   as the child's ``dfget`` (process start included), with mutual TLS (the default);
 - ours (plaintext): the same with ``security.enable: false``, so the cost of TLS is a ratio of one run.
 
+Besides wall-clock seconds (meaningful only as ratios within one run on a shared machine), each method reports the
+CPU seconds (user + system) its processes consumed per GiB moved, which machine load does not distort: the native
+loop's two threads; nginx's worker and curl; our parent dfdaemon, child dfdaemon, dfget and scheduler.
+
 Targets (``docs/benchmarks.md#targets``; this harness reports against the first, looser ones): ours ≥ 0.8 × the
 native loop and ≥ 1.0 × nginx → curl.
 """
@@ -17,6 +21,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -33,9 +38,37 @@ from bench.swarm.origin import nginx_config
 from bench.swarm.services import PYTHON, Service, python_env
 from bench.swarm.units import format_size, parse_size
 
+#: CPU seconds by process, summed over the runs of one method.
+Cpu = dict[str, float]
 
-def native_loop(source: Path, sink: Path, size: int) -> float:
-    """Return seconds to move `size` bytes from `source` to `sink` with native sendfile → recv_to_file."""
+
+def _self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _children_cpu() -> float:
+    """Return the CPU seconds of this process's waited-for children (dfget, curl)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _process_cpu(pid: int) -> float:
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def _add(total: Cpu, name: str, seconds: float) -> None:
+    total[name] = total.get(name, 0.0) + seconds
+
+
+def native_loop(source: Path, sink: Path, size: int, cpu: Cpu | None = None) -> float:
+    """Return seconds to move `size` bytes from `source` to `sink` with native sendfile → recv_to_file.
+
+    The CPU seconds of both threads (this process does nothing else meanwhile) are added to ``cpu["loop"]``.
+    """
     from dragonfly.common import native
 
     listener = socket.create_server(("127.0.0.1", 0))
@@ -54,6 +87,7 @@ def native_loop(source: Path, sink: Path, size: int) -> float:
     sender.start()
     buffer = bytearray(4 << 20)
     fd = os.open(sink, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    cpu_before = _self_cpu()
     try:
         started = time.perf_counter()
         with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
@@ -63,13 +97,20 @@ def native_loop(source: Path, sink: Path, size: int) -> float:
         os.close(fd)
         sender.join(timeout=30)
         listener.close()
+    if cpu is not None:
+        _add(cpu, "loop", _self_cpu() - cpu_before)
     if errors:
         raise RuntimeError(f"native sender failed: {errors[0]!r}")
     return elapsed
 
 
-def nginx_curl(topology: Topology, workdir: Path, source: Path, sink: Path) -> Callable[[], float]:
-    """Start nginx serving `source`; return a function timing one `curl` of it into `sink` (wall seconds)."""
+def nginx_curl(
+    topology: Topology, workdir: Path, source: Path, sink: Path, cpu: Cpu | None = None
+) -> Callable[[], float]:
+    """Start nginx serving `source`; return a function timing one `curl` of it into `sink` (wall seconds).
+
+    Each call adds the CPU seconds of nginx (master and worker) and of curl to ``cpu``.
+    """
     if not shutil.which("nginx") or not shutil.which("curl"):
         raise RuntimeError("nginx or curl is not installed; run scripts/bench-deps.sh")
     prefix = workdir / "nginx"
@@ -77,14 +118,28 @@ def nginx_curl(topology: Topology, workdir: Path, source: Path, sink: Path) -> C
     port = free_port()
     (prefix / "nginx.conf").write_text(nginx_config(source.parent, f"127.0.0.1:{port}", prefix))
     host = Host("origin", "127.0.0.1")
-    topology.popen(host, ["nginx", "-c", str(prefix / "nginx.conf"), "-p", str(prefix), "-e", str(prefix / "e.log")])
+    master = topology.popen(
+        host, ["nginx", "-c", str(prefix / "nginx.conf"), "-p", str(prefix), "-e", str(prefix / "e.log")]
+    )
     _wait_port(port, 15)
     url = f"http://127.0.0.1:{port}/{source.name}"
 
+    def nginx_cpu() -> float:
+        import psutil
+
+        process = psutil.Process(master.pid)
+        pids = [process.pid, *(child.pid for child in process.children(recursive=True))]
+        return sum(_process_cpu(pid) for pid in pids)
+
     def once() -> float:
+        server_before, curl_before = nginx_cpu(), _children_cpu()
         started = time.perf_counter()
         subprocess.run(["curl", "-sS", "--fail", "-o", str(sink), url], check=True, timeout=300)
-        return time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        if cpu is not None:
+            _add(cpu, "nginx", nginx_cpu() - server_before)
+            _add(cpu, "curl", _children_cpu() - curl_before)
+        return elapsed
 
     return once
 
@@ -102,9 +157,13 @@ def _wait_port(port: int, timeout: float) -> None:
 
 
 def ours(
-    topology: Topology, workdir: Path, source: Path, repeat: int, *, tls: bool = True
+    topology: Topology, workdir: Path, source: Path, repeat: int, *, tls: bool = True, cpu: Cpu | None = None
 ) -> tuple[list[float], dict[str, int]]:
-    """Return the child's dfget times (a fresh task each time, already on the parent) and its bytes by source."""
+    """Return the child's dfget times (a fresh task each time, already on the parent) and its bytes by source.
+
+    The CPU seconds the parent and child dfdaemons, the scheduler and dfget spend on the child's runs are added to
+    ``cpu``.
+    """
     from bench.swarm.ours import OursCluster
 
     origin_host = Host("origin", "127.0.0.1")
@@ -126,7 +185,15 @@ def ours(
             cluster.dfget("seed", url, workdir / f"parent-{i}")
             os.unlink(workdir / f"parent-{i}")
             output = workdir / f"child-{i}"
+            pids = {"parent dfdaemon": cluster.pid("seed"), "child dfdaemon": cluster.pid("child")}
+            pids["scheduler"] = cluster.scheduler.proc.pid
+            before = {name: _process_cpu(pid) for name, pid in pids.items()}
+            dfget_before = _children_cpu()
             elapsed, by_source = cluster.dfget("child", url, output)
+            if cpu is not None:
+                _add(cpu, "dfget", _children_cpu() - dfget_before)
+                for name, pid in pids.items():
+                    _add(cpu, name, _process_cpu(pid) - before[name])
             _check(output, source)
             output.unlink()
             times.append(elapsed)
@@ -164,12 +231,16 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(os.urandom(min(16 << 20, args.size - f.tell())))
         sink = workdir / "sink"
 
+        cpu: dict[str, Cpu] = {}
+
         def run_nginx() -> list[float]:
-            once = nginx_curl(topology, workdir, source, sink)
+            once = nginx_curl(topology, workdir, source, sink, cpu.setdefault("nginx → curl", {}))
             return [once() for _ in range(args.repeat)]
 
         methods: dict[str, Callable[[], list[float]]] = {
-            "native loop": lambda: [native_loop(source, sink, args.size) for _ in range(args.repeat)],
+            "native loop": lambda: [
+                native_loop(source, sink, args.size, cpu.setdefault("native loop", {})) for _ in range(args.repeat)
+            ],
             "nginx → curl": run_nginx,
         }
         for name, run in methods.items():
@@ -181,11 +252,15 @@ def main(argv: list[str] | None = None) -> int:
                 results["methods"][name] = {"error": str(exc)}
         for label, tls in (("ours", True), ("ours (plaintext)", False)):
             try:
-                times, by_source = ours(topology, workdir, source, args.repeat, tls=tls)
+                times, by_source = ours(topology, workdir, source, args.repeat, tls=tls, cpu=cpu.setdefault(label, {}))
                 entry = {"seconds": statistics.median(times), "runs": times, "by_source": by_source}
                 results["methods"][label] = entry
             except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                 results["methods"][label] = {"error": str(exc)[:1000]}
+        gib_moved = args.size * args.repeat / (1 << 30)
+        for name, entry in results["methods"].items():
+            if "seconds" in entry and cpu.get(name):
+                entry["cpu_seconds_per_gib"] = {proc: round(s / gib_moved, 3) for proc, s in cpu[name].items()}
     finally:
         topology.close()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -205,14 +280,18 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results))
     else:
         print(f"pair: one parent → one child, {format_size(args.size)} over loopback (tmpfs), median of {args.repeat}")
-        print("| method | seconds | GB/s | relative to native loop |")
-        print("|---|---|---|---|")
+        print("| method | seconds | GB/s | relative to native loop | CPU s per GiB | CPU by process |")
+        print("|---|---|---|---|---|---|")
         for name, entry in methods_done.items():
             if "seconds" in entry:
                 rel = f"{limit / entry['seconds']:.2f}" if limit else "—"
-                print(f"| {name} | {entry['seconds']:.3f} | {entry['gbytes_per_second']:.2f} | {rel} |")
+                by_process = entry.get("cpu_seconds_per_gib", {})
+                total = f"{sum(by_process.values()):.2f}" if by_process else "—"
+                parts = ", ".join(f"{proc} {s:.2f}" for proc, s in by_process.items())
+                speed = f"{entry['seconds']:.3f} | {entry['gbytes_per_second']:.2f}"
+                print(f"| {name} | {speed} | {rel} | {total} | {parts} |")
             else:
-                print(f"| {name} | — | — | error: {entry['error'][:200]} |")
+                print(f"| {name} | — | — | error: {entry['error'][:200]} | | |")
         if results.get("tls_vs_plaintext"):
             print(f"mutual TLS: {results['tls_vs_plaintext']:.2f} × the plaintext speed (ours vs ours (plaintext))")
     return 0 if all("seconds" in e for e in methods_done.values()) else 1

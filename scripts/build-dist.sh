@@ -35,6 +35,10 @@ for crate in hashing piece_io; do
     "$venv/bin/maturin" sdist -m "ext/$crate/Cargo.toml" -o "$out"
 done
 
+echo "build-dist.sh: the web console (packaged as data of dragonfly-p2p)"
+scripts/build-console.sh
+[ -f dragonfly/manager/console/dist/index.html ] || { echo "build-dist.sh: the web console is not built (needs node and npm)" >&2; exit 1; }
+
 echo "build-dist.sh: dragonfly-p2p (sdist, then the wheel built from that sdist, repaired to $policy)"
 # `python -m build` without --wheel/--sdist builds the wheel from the sdist it just made: the sdist is proven whole.
 "$py" -m build --quiet --outdir "$work/main" .
@@ -60,6 +64,15 @@ print(f"build-dist.sh: {name}: binaries need at most manylinux_{found.group(1)}_
 CHECK
 done
 "$venv/bin/twine" check --strict "$out"/*
+# The manager serves the console from the installed package: the wheel must carry it.
+"$py" - "$out" <<'CONSOLE'
+import pathlib, sys, zipfile
+wheel = next(pathlib.Path(sys.argv[1]).glob("dragonfly_p2p-*.whl"))
+names = zipfile.ZipFile(wheel).namelist()
+if "dragonfly/manager/console/dist/index.html" not in names or not any(n.endswith(".js") and "/console/dist/assets/" in n for n in names):
+    sys.exit(f"build-dist.sh: {wheel.name} does not carry the web console")
+print(f"build-dist.sh: {wheel.name} carries the web console")
+CONSOLE
 
 # The native sdists compile in a clean virtual environment with only what their pyproject.toml declares (maturin
 # comes from PyPI into pip's isolated build environment); the compiled crates are reused from CARGO_TARGET_DIR.

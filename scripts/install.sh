@@ -31,3 +31,5 @@ else
     echo "$sources" >"$stamp"
 fi
 "$venv/bin/python" -c "from dragonfly.common import native; print('install.sh: native build profiles:', native.build_profiles())"
+# The manager's web console (skipped with a message when node is missing).
+"$repo/scripts/build-console.sh"

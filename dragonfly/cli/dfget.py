@@ -22,6 +22,10 @@ import dragonfly
 from dragonfly.cli.arguments import add_log_level, parse_args
 from dragonfly.daemon.api.metadata import INSECURE_ORIGIN_METADATA
 
+# gRPC's default HTTP/2 :authority for a unix socket is the percent-encoded socket path, which is not a valid
+# authority: Dragonfly's Rust dfdaemon (hyper/h2) rejects it ("malformed authority") and resets the stream.
+LOCAL_API_CHANNEL_OPTIONS = (("grpc.default_authority", "localhost"),)
+
 DEFAULT_ENDPOINT = "/var/run/dragonfly/dfdaemon.sock"
 DEFAULT_TIMEOUT = 2 * 3600.0
 DEFAULT_PRIORITY = 6
@@ -433,7 +437,7 @@ def download(args: argparse.Namespace, output: str, began: float) -> Traffic:
     # What the output must hold: the whole content, or the range the daemon resolved.
     expected: tuple[int, int] | None = None
     finished_locally = False
-    with grpc.insecure_channel(f"unix:{args.endpoint}") as channel:
+    with grpc.insecure_channel(f"unix:{args.endpoint}", options=LOCAL_API_CHANNEL_OPTIONS) as channel:
         stub = dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel)  # type: ignore[no-untyped-call]
         call = stub.DownloadTask(
             dfdaemon_pb2.DownloadTaskRequest(download=download), timeout=timeout, metadata=metadata

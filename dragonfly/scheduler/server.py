@@ -22,6 +22,8 @@ from dragonfly.scheduler.resource.manager import ResourceManager
 from dragonfly.scheduler.scheduling.abnormal import AbnormalDetector
 from dragonfly.scheduler.scheduling.scheduling import Scheduling
 from dragonfly.scheduler.seed import SeedPeers
+from dragonfly.scheduler.service import swarm
+from dragonfly.scheduler.service.persistent_cache import PersistentCacheService
 from dragonfly.scheduler.service.servicer import SchedulerServicer
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,7 @@ class SchedulerServer:
         self.ctx = SchedulerContext.create(config)
         self.gc = GarbageCollector(config.scheduler.gc, self.ctx.resource)
         self.preheat = PreheatService(self.ctx)
+        self.persistent_cache = PersistentCacheService(self.ctx)
         self.address = ""
         self.metrics_address: str | None = None
         self._server: grpc.aio.Server | None = None
@@ -103,8 +106,10 @@ class SchedulerServer:
             interceptors=[grpc_decoding.interceptor()],
         )
         scheduler_pb2_grpc.add_SchedulerServicer_to_server(  # type: ignore[no-untyped-call]
-            SchedulerServicer(self.ctx, self.preheat), server
+            SchedulerServicer(self.ctx, self.preheat, self.persistent_cache), server
         )
+        # The console's swarm view (dragonfly.common.swarm): one JSON method beside Dragonfly's services.
+        server.add_generic_rpc_handlers((swarm.handler(self.ctx),))
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -122,6 +127,7 @@ class SchedulerServer:
             await self._start_metrics()
         self.ctx.seeds.start()
         self.gc.start()
+        self.persistent_cache.start()
         log.info("scheduler started", extra={"addr": self.address})
 
     async def _start_metrics(self) -> None:
@@ -141,6 +147,7 @@ class SchedulerServer:
             self._server = None
         await self.gc.stop()
         await self.preheat.close()
+        await self.persistent_cache.close()
         await self.ctx.seeds.close()
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()

@@ -149,6 +149,17 @@ def test_success_reports_bytes_by_source(daemon: tuple[ScriptedDaemon, str], tmp
     assert request.timeout.seconds == 7200
 
 
+def test_local_api_authority_is_a_plain_host(daemon: tuple[ScriptedDaemon, str], tmp_path: Path) -> None:
+    """The HTTP/2 :authority is `localhost`, not the percent-encoded socket path Dragonfly's Rust dfdaemon refuses."""
+    _, sock = daemon
+    env = {**os.environ, "GRPC_TRACE": "http", "GRPC_VERBOSITY": "debug"}
+    command = [sys.executable, "-m", "dragonfly.cli.dfget", URL, "-O", str(tmp_path / "out.bin"), "-e", sock]
+    result = subprocess.run([*command, "--no-progress"], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    authorities = set(re.findall(r":authority: ([^,}\s]+)", result.stderr))
+    assert authorities == {"localhost"}, authorities
+
+
 def test_flags_reach_the_daemon(daemon: tuple[ScriptedDaemon, str], tmp_path: Path) -> None:
     servicer, sock = daemon
     out = tmp_path / "out.bin"

@@ -86,6 +86,8 @@ class Peer:
         "bad_reason",
         "bad_until",
         "block_parents",
+        "bytes_from_parents",
+        "bytes_from_source",
         "children",
         "concurrent_piece_count",
         "cost",
@@ -102,6 +104,7 @@ class Peer:
         "parents",
         "piece_updated_at",
         "pieces",
+        "pieces_from_parents",
         "priority",
         "range",
         "served_window",
@@ -151,6 +154,11 @@ class Peer:
         self.handed_parents: set[str] = set()
         self.parents: dict[str, Peer] = {}
         self.children: dict[str, Peer] = {}
+        # Where this peer's bytes came from, by parent peer id, and from the origin: the swarm view's edges (a parent
+        # leaves ``parents`` when the download ends; these counts stay).
+        self.bytes_from_parents: dict[str, int] = {}
+        self.pieces_from_parents: dict[str, int] = {}
+        self.bytes_from_source = 0
         self.bad_until = 0.0
         self.bad_reason = ""
         self.stream_open = False

@@ -441,6 +441,13 @@ class PeerStream:
         peer.piece_updated_at = peer.updated_at = now
         task.updated_at = now
         self._metrics.count_piece(_TRAFFIC_NAMES.get(piece.traffic_type, "UNKNOWN"), piece.length)
+        if added:
+            length = max(piece.length, 0)
+            if back_to_source:
+                peer.bytes_from_source += length
+            elif parent is not None:
+                peer.bytes_from_parents[parent.id] = peer.bytes_from_parents.get(parent.id, 0) + length
+                peer.pieces_from_parents[parent.id] = peer.pieces_from_parents.get(parent.id, 0) + 1
         if back_to_source:
             if trusted is None and digest and self._vouches(peer):
                 stored = common_pb2.Piece(number=number, offset=piece.offset, length=piece.length, digest=digest)

@@ -1,4 +1,5 @@
-"""``scheduler.v2.Scheduler`` on grpc.aio: host, peer and preheat RPCs; cache and persistent RPCs are UNIMPLEMENTED.
+"""``scheduler.v2.Scheduler`` on grpc.aio: host, peer, preheat and persistent cache RPCs; cache and persistent RPCs are
+UNIMPLEMENTED.
 
 StatPeer reports abnormal-parent marks in its trailing metadata, since common.v2.Peer has no field for them:
 ``dragonfly-bad-parent`` ("true"/"false"), and while true ``dragonfly-bad-parent-reason`` and
@@ -23,6 +24,7 @@ from google.protobuf import empty_pb2
 from dragonfly.common.identity import HOST_ROLES, ROLE_SEED_PEER
 from dragonfly.scheduler.service import convert
 from dragonfly.scheduler.service.announce_peer import MAX_ID_LENGTH, PeerStream, StreamError
+from dragonfly.scheduler.service.persistent_cache import PersistentCacheService
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -52,6 +54,14 @@ IMPLEMENTED = frozenset(
         "PreheatImage",
         "StatFile",
         "StatImage",
+        "AnnouncePersistentCachePeer",
+        "StatPersistentCachePeer",
+        "DeletePersistentCachePeer",
+        "UploadPersistentCacheTaskStarted",
+        "UploadPersistentCacheTaskFinished",
+        "UploadPersistentCacheTaskFailed",
+        "StatPersistentCacheTask",
+        "DeletePersistentCacheTask",
     )
 )
 
@@ -84,9 +94,12 @@ def _check_ids(**ids: str) -> tuple[grpc.StatusCode, str] | None:
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     """The gRPC face of one scheduler."""
 
-    def __init__(self, ctx: SchedulerContext, preheat: PreheatService) -> None:
+    def __init__(
+        self, ctx: SchedulerContext, preheat: PreheatService, persistent_cache: PersistentCacheService | None = None
+    ) -> None:
         self._ctx = ctx
         self._preheat = preheat
+        self._pcache = persistent_cache or PersistentCacheService(ctx)
         self._large_stats = asyncio.Semaphore(1)
 
     async def AnnouncePeer(
@@ -286,6 +299,59 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     async def StatImage(self, request: scheduler_pb2.StatImageRequest, context: grpc.aio.ServicerContext) -> Any:
         """Return an image's blobs and the hosts that hold them."""
         return await self._preheat.stat_image(request, context)
+
+    # persistent cache tasks (``dragonfly.scheduler.service.persistent_cache``)
+
+    async def AnnouncePersistentCachePeer(
+        self,
+        request_iterator: AsyncIterator[scheduler_pb2.AnnouncePersistentCachePeerRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[scheduler_pb2.AnnouncePersistentCachePeerResponse]:
+        """Run one exporting peer's stream."""
+        async for response in self._pcache.announce_peer(request_iterator, context):
+            yield response
+
+    async def StatPersistentCachePeer(
+        self, request: scheduler_pb2.StatPersistentCachePeerRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        """Return one peer of a persistent cache task."""
+        return await self._pcache.stat_peer(request, context)
+
+    async def DeletePersistentCachePeer(
+        self, request: scheduler_pb2.DeletePersistentCachePeerRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        """Remove one peer of a persistent cache task."""
+        return await self._pcache.delete_peer(request, context)
+
+    async def UploadPersistentCacheTaskStarted(
+        self, request: scheduler_pb2.UploadPersistentCacheTaskStartedRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        """Record an import that has begun."""
+        return await self._pcache.upload_started(request, context)
+
+    async def UploadPersistentCacheTaskFinished(
+        self, request: scheduler_pb2.UploadPersistentCacheTaskFinishedRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        """Record a finished import and start its replicas."""
+        return await self._pcache.upload_finished(request, context)
+
+    async def UploadPersistentCacheTaskFailed(
+        self, request: scheduler_pb2.UploadPersistentCacheTaskFailedRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        """Forget an import that failed."""
+        return await self._pcache.upload_failed(request, context)
+
+    async def StatPersistentCacheTask(
+        self, request: scheduler_pb2.StatPersistentCacheTaskRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        """Return a persistent cache task; the importer's content digest goes in trailing metadata."""
+        return await self._pcache.stat_task(request, context)
+
+    async def DeletePersistentCacheTask(
+        self, request: scheduler_pb2.DeletePersistentCacheTaskRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        """Delete a persistent cache task everywhere (its importer) or one host's copy (anyone else)."""
+        return await self._pcache.delete_task(request, context)
 
 
 def _make_unimplemented(method: str) -> Any:

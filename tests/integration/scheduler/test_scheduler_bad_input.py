@@ -206,11 +206,6 @@ async def test_ten_thousand_bogus_registrations_get_errors_with_bounded_memory(s
             scheduler_pb2.StatPersistentTaskRequest,
             "persistent tasks are not supported by this scheduler yet",
         ),
-        (
-            "DeletePersistentCacheTask",
-            scheduler_pb2.DeletePersistentCacheTaskRequest,
-            "persistent-cache tasks are not supported by this scheduler yet",
-        ),
     ],
 )
 async def test_unsupported_rpcs_are_unimplemented(start_scheduler, method, request_type, reason):

@@ -1,0 +1,82 @@
+"""The console's swarm call on a real scheduler: who got which bytes from whom, and who may ask."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from dragonfly.common import swarm
+
+TASK = "c" * 64
+PIECE = 4096
+
+
+async def test_swarm_answer_names_peers_bytes_by_source_and_edges(start_scheduler, helpers):
+    cluster = await start_scheduler()
+    host_a = await cluster.announce(helpers.host("peer-a"))
+    host_b = await cluster.announce(helpers.host("peer-b"))
+    a = cluster.peer(host_a, TASK)
+    await a.register(helpers.download())
+    # No seed peer: the first peer goes to the origin.
+    assert (await a.response()).WhichOneof("response") == "need_back_to_source_response"
+    await a.back_to_source_started()
+    for number in range(3):
+        await a.piece(number)
+    await cluster.wait_pieces(a, 3)
+    b = cluster.peer(host_b, TASK)
+    await b.register(helpers.download())
+    assert [p.id for p in (await b.response()).normal_task_response.candidate_parents] == [a.peer_id]
+    await b.started()
+    await b.piece(0, parent_id=a.peer_id)
+    await b.piece(1, parent_id=a.peer_id)
+    await cluster.wait_pieces(b, 2)
+
+    answer = await swarm.fetch(cluster.channel, TASK)
+    assert (answer["found"], answer["task_id"], answer["total_pieces"], answer["content_length"]) == (
+        True,
+        TASK,
+        4,
+        4 * PIECE,
+    )
+    peers = {p["id"]: p for p in answer["peers"]}
+    assert peers[a.peer_id]["bytes_from_source"] == 3 * PIECE
+    assert peers[a.peer_id]["bytes_from_parents"] == 0
+    assert (peers[a.peer_id]["hostname"], peers[a.peer_id]["is_seed"], peers[a.peer_id]["state"]) == (
+        "peer-a",
+        False,
+        "BackToSource",
+    )
+    assert (peers[b.peer_id]["finished_pieces"], peers[b.peer_id]["bytes_from_parents"]) == (2, 2 * PIECE)
+    assert answer["edges"] == [
+        {"parent": a.peer_id, "child": b.peer_id, "bytes": 2 * PIECE, "pieces": 2, "active": True}
+    ]
+
+    # The edge keeps its bytes after the download ends and the scheduler drops the DAG edge.
+    await b.finished()
+    answer = await swarm.fetch(cluster.channel, TASK)
+    assert answer["edges"] == [
+        {"parent": a.peer_id, "child": b.peer_id, "bytes": 2 * PIECE, "pieces": 2, "active": False}
+    ]
+
+
+async def test_swarm_call_refuses_peers_bad_requests_and_knows_no_unknown_task(start_scheduler, helpers):
+    cluster = await start_scheduler()
+    assert await swarm.fetch(cluster.channel, "d" * 64) == {
+        "task_id": "d" * 64,
+        "found": False,
+        "peers": [],
+        "edges": [],
+    }
+    host = await cluster.announce(helpers.host("peer-a"))
+    # A peer's certificate may not list other hosts' downloads.
+    peer_channel = cluster._host_channels[(host.hostname, host.ip, False)]
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await swarm.fetch(peer_channel, TASK)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await swarm.fetch(cluster.channel, "../etc/passwd")
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    call = cluster.channel.unary_unary(swarm.METHOD)
+    with pytest.raises(grpc.aio.AioRpcError) as undecodable:
+        await call(b"not json", timeout=5)
+    assert undecodable.value.code() == grpc.StatusCode.INVALID_ARGUMENT
