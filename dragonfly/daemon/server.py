@@ -38,6 +38,7 @@ from dragonfly.daemon.download.scheduler_client import SchedulerClient
 from dragonfly.daemon.download.task_manager import TaskManager
 from dragonfly.daemon.host_info import HostInfo, TrafficMeter, detect_ip
 from dragonfly.daemon.metrics import DaemonMetrics, health_app
+from dragonfly.daemon.persistent_cache import PersistentCacheManager
 from dragonfly.daemon.proxy.server import ProxyServer
 from dragonfly.daemon.storage import Storage
 from dragonfly.daemon.storage.gc import GarbageCollector
@@ -94,6 +95,20 @@ class Dfdaemon:
             address_policy=self._address_policy,
         )
         self.channels = ParentChannels(self.tls.upload_client)
+        # Persistent cache tasks (dfcache) are kept apart from URL tasks, whatever storage.keep says.
+        self.persistent_cache = PersistentCacheManager(
+            os.path.join(config.storage.dir, "persistent-cache"),
+            scheduler=None,
+            channels=self.channels,
+            executor=self._download_executor,
+            host_id=self.host_id,
+            ip=self.ip,
+            vortex_tls=tls.client_ssl_context(self.tls.upload_client) if self.tls.upload_client else None,
+            concurrent_piece_count=concurrency,
+            piece_timeout=config.download.piece_timeout,
+            storage_executor=self._storage_executor,
+            on_fetched=self.download_traffic.add,
+        )
         self.scheduler: SchedulerClient | None = None
         self.tasks: TaskManager | None = None
         self.vortex: VortexServer | None = None
@@ -140,6 +155,7 @@ class Dfdaemon:
         config = self.config
         self._check_own_certificate()
         self.storage.open()
+        self.persistent_cache.open()
         await self.backend.start()
         upload_bucket = native.TokenBucket(config.upload.bandwidth_limit)
 
@@ -156,6 +172,7 @@ class Dfdaemon:
             max_connections_per_host=config.storage.server.max_connections_per_host,
             on_served=self._on_served,
             ssl_context=tls.server_ssl_context(self.tls.storage_server) if self.tls.storage_server else None,
+            persistent_cache=self.persistent_cache.storage,
         )
         await self.vortex.start()
         vortex = self.vortex
@@ -181,6 +198,8 @@ class Dfdaemon:
                 announce_interval=config.scheduler.announce_interval,
                 tls_files=self.tls.scheduler,
             )
+        self.persistent_cache.scheduler = self.scheduler
+        self.persistent_cache.start()
         self.tasks = TaskManager(
             config,
             storage=self.storage,
@@ -216,6 +235,7 @@ class Dfdaemon:
             host=self.host_info,
             vortex_port=self.vortex.port,
             authorizer=Authorizer(secure=self.tls.upload_server is not None),
+            persistent_cache=self.persistent_cache,
         )
         dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(  # type: ignore[no-untyped-call]
             upload_service, self._upload_server
@@ -236,7 +256,11 @@ class Dfdaemon:
         self._download_server = grpc.aio.server(options=_LOCAL_API_OPTIONS, interceptors=[grpc_decoding.interceptor()])
         dfdaemon_pb2_grpc.add_DfdaemonDownloadServicer_to_server(  # type: ignore[no-untyped-call]
             DfdaemonDownloadService(
-                storage=self.storage, tasks=self.tasks, scheduler=self.scheduler, callers=self._callers
+                storage=self.storage,
+                tasks=self.tasks,
+                scheduler=self.scheduler,
+                callers=self._callers,
+                persistent_cache=self.persistent_cache,
             ),
             self._download_server,
         )
@@ -312,6 +336,7 @@ class Dfdaemon:
             await self.scheduler.close()
         for runner in self._runners:
             await runner.cleanup()
+        await self.persistent_cache.close()
         await self.channels.close()
         await self.backend.close()
         self._download_executor.shutdown(wait=True)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
 import grpc
-from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
-from google.protobuf import empty_pb2
+from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2
+from google.protobuf import duration_pb2, empty_pb2
 
+from dragonfly.common.ids import is_task_id
 from dragonfly.common.redact import redact_url
 from dragonfly.daemon.api.callers import CallerRelay
 from dragonfly.daemon.api.convert import (
@@ -22,8 +24,10 @@ from dragonfly.daemon.api.lookup import get_task_or_abort
 from dragonfly.daemon.api.metadata import INSECURE_ORIGIN_METADATA
 from dragonfly.daemon.download.scheduler_client import SchedulerClient
 from dragonfly.daemon.download.task_manager import TaskManager
-from dragonfly.daemon.output import Caller
+from dragonfly.daemon.output import Caller, check_output_path
+from dragonfly.daemon.persistent_cache import PersistentCacheManager
 from dragonfly.daemon.storage import Storage
+from dragonfly.daemon.upload.grpc_server import persistent_cache_response
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +45,15 @@ class DfdaemonDownloadService(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):
     """The local API."""
 
     def __init__(
-        self, *, storage: Storage, tasks: TaskManager, scheduler: SchedulerClient | None, callers: CallerRelay | None
+        self,
+        *,
+        storage: Storage,
+        tasks: TaskManager,
+        scheduler: SchedulerClient | None,
+        callers: CallerRelay | None,
+        persistent_cache: PersistentCacheManager | None = None,
     ) -> None:
+        self._pcache = persistent_cache
         self._storage = storage
         self._tasks = tasks
         self._scheduler = scheduler
@@ -107,6 +118,9 @@ class DfdaemonDownloadService(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):
         self, request: dfdaemon_pb2.DeleteTaskRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
         await self._caller(context)
+        if _task_type(context) == PERSISTENT_CACHE_TYPE:
+            await self._delete_persistent_cache(request.task_id, context)
+            return empty_pb2.Empty()
         await self._delete(request.task_id, context)
         if self._scheduler is not None:
             try:
@@ -127,3 +141,147 @@ class DfdaemonDownloadService(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):
         if self._scheduler is not None:
             await self._scheduler.delete_host(self._tasks.host_id)
         return empty_pb2.Empty()
+
+    # persistent cache tasks (docs/dfcache.md)
+
+    async def _persistent_cache(self, context: grpc.aio.ServicerContext) -> PersistentCacheManager:
+        if self._pcache is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "persistent cache tasks are not enabled on this daemon")
+            raise AssertionError("abort returned")
+        return self._pcache
+
+    async def UploadPersistentCacheTask(
+        self, request: dfdaemon_pb2.UploadPersistentCacheTaskRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.PersistentCacheTask:
+        """Import the caller's file (read with the caller's rights) into the cache and the swarm."""
+        caller = await self._caller(context)
+        pcache = await self._persistent_cache(context)
+        timeout = _seconds(request.timeout) if request.HasField("timeout") else None
+        try:
+            async with asyncio.timeout(timeout):
+                return await pcache.import_file(request, caller)
+        except grpc.aio.AioRpcError as exc:
+            await context.abort(exc.code(), f"scheduler: {exc.details()}")
+        except Exception as exc:
+            code, message = status_of(exc)
+            log.info("persistent cache import failed", extra={"code": code.name, "error": message})
+            await context.abort(code, message)
+        raise AssertionError("abort returned")
+
+    async def DownloadPersistentCacheTask(
+        self, request: dfdaemon_pb2.DownloadPersistentCacheTaskRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[dfdaemon_pb2.DownloadPersistentCacheTaskResponse]:
+        """Export a persistent cache task: fetch it if it is not here, verify it, write the output."""
+        caller = await self._caller(context)
+        pcache = await self._persistent_cache(context)
+        if request.need_piece_content:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "need_piece_content is not supported for persistent cache tasks"
+            )
+        if not is_task_id(request.task_id):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{request.task_id[:80]!r} is not a task id")
+        timeout = _seconds(request.timeout) if request.HasField("timeout") else None
+        try:
+            if request.HasField("output_path"):
+                as_daemon = caller is None or caller.is_daemon_user
+                check_output_path(request.output_path, overwrite=request.overwrite, as_daemon=as_daemon)
+            async with asyncio.timeout(timeout):
+                async for content_length, piece in pcache.download(
+                    request.task_id, persistent=request.persistent, tag=request.tag, application=request.application
+                ):
+                    yield persistent_cache_response(pcache.host_id, request.task_id, content_length, piece)
+                if request.HasField("output_path"):
+                    await pcache.write_output(
+                        request.task_id,
+                        request.output_path,
+                        overwrite=request.overwrite,
+                        force_hard_link=request.force_hard_link,
+                        caller=caller,
+                    )
+        except grpc.aio.AioRpcError as exc:
+            await context.abort(exc.code(), f"scheduler: {exc.details()}")
+        except Exception as exc:
+            code, message = status_of(exc)
+            log.info(
+                "persistent cache export failed",
+                extra={"task_id": request.task_id, "code": code.name, "error": message},
+            )
+            await context.abort(code, message)
+
+    async def StatPersistentCacheTask(
+        self, request: dfdaemon_pb2.StatPersistentCacheTaskRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.PersistentCacheTask:
+        """Return the task as the scheduler knows it (as this host knows it without a scheduler)."""
+        await self._caller(context)
+        pcache = await self._persistent_cache(context)
+        if not is_task_id(request.task_id):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{request.task_id[:80]!r} is not a task id")
+        if self._scheduler is not None:
+            try:
+                task: common_pb2.PersistentCacheTask = await self._scheduler.task_stub(
+                    request.task_id
+                ).StatPersistentCacheTask(
+                    scheduler_pb2.StatPersistentCacheTaskRequest(host_id=pcache.host_id, task_id=request.task_id),
+                    timeout=10.0,
+                )
+                return task
+            except grpc.aio.AioRpcError as exc:
+                await context.abort(exc.code(), f"scheduler: {exc.details()}")
+        entry = pcache.get(request.task_id)
+        if entry is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"persistent cache task {request.task_id} not found")
+            raise AssertionError("abort returned")
+        return pcache.task_message(entry)
+
+    async def StatLocalPersistentCacheTask(
+        self, request: dfdaemon_pb2.StatLocalPersistentCacheTaskRequest, context: grpc.aio.ServicerContext
+    ) -> dfdaemon_pb2.StatLocalPersistentCacheTaskResponse:
+        await self._caller(context)
+        pcache = await self._persistent_cache(context)
+        entry = pcache.get(request.task_id) if is_task_id(request.task_id) else None
+        if entry is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"persistent cache task {request.task_id} not found")
+            raise AssertionError("abort returned")
+        return pcache.local_message(entry)
+
+    async def ListLocalPersistentCacheTasks(
+        self, request: dfdaemon_pb2.ListLocalPersistentCacheTasksRequest, context: grpc.aio.ServicerContext
+    ) -> dfdaemon_pb2.ListLocalPersistentCacheTasksResponse:
+        await self._caller(context)
+        pcache = await self._persistent_cache(context)
+        entries = [entry for entry in (pcache.get(task_id) for task_id in list(pcache.entries)) if entry is not None]
+        return dfdaemon_pb2.ListLocalPersistentCacheTasksResponse(tasks=[pcache.local_message(e) for e in entries])
+
+    async def _delete_persistent_cache(self, task_id: str, context: grpc.aio.ServicerContext) -> None:
+        """Drop the local copy and tell the scheduler (everywhere when this host imported the task)."""
+        pcache = await self._persistent_cache(context)
+        if not is_task_id(task_id):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{task_id[:80]!r} is not a task id")
+        found = pcache.delete_local(task_id)
+        if self._scheduler is not None:
+            try:
+                await self._scheduler.task_stub(task_id).DeletePersistentCacheTask(
+                    scheduler_pb2.DeletePersistentCacheTaskRequest(host_id=pcache.host_id, task_id=task_id),
+                    timeout=10.0,
+                )
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND or not found:
+                    await context.abort(exc.code(), f"scheduler: {exc.details()}")
+        if not found:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"persistent cache task {task_id} not found")
+
+
+PERSISTENT_CACHE_TYPE = "persistent-cache"
+TASK_TYPE_KEY = "dragonfly-task-type"
+
+
+def _task_type(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == TASK_TYPE_KEY:
+            return str(value)
+    return ""
+
+
+def _seconds(value: duration_pb2.Duration) -> float:
+    return float(value.seconds + value.nanos * 1e-9)

@@ -165,6 +165,10 @@ class SchedulerClient:
         self._channels.clear()
         self._stubs.clear()
 
+    def task_stub(self, task_id: str) -> scheduler_pb2_grpc.SchedulerStub:
+        """Return the stub of the scheduler that owns ``task_id``."""
+        return self._stub(self.owner(task_id))
+
     def owner(self, task_id: str) -> str:
         """Return the scheduler that owns ``task_id``."""
         return self.addrs[0] if len(self.addrs) == 1 else self._ring.owner(task_id)

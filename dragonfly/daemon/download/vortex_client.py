@@ -186,13 +186,20 @@ def fetch_piece(
     pool: ConnectionPool | None = None,
     ssl_context: ssl.SSLContext | None = None,
     abort: FetchAbort | None = None,
+    persistent_cache: bool = False,
 ) -> FetchedPiece:
     """Download piece ``number`` of ``task_id`` from ``addr`` into ``fd`` (blocking; run it on an executor).
 
     New connections use TLS with ``ssl_context``, else with the pool's; plaintext when neither has one.
+    ``persistent_cache`` asks for a piece of a persistent cache task (Vortex tags 4 and 5).
     """
     abort = abort or FetchAbort()
-    request = native.encode_download_piece(task_id, number)
+    if persistent_cache:
+        request = native.encode_download_piece(task_id, number, tag=native.TAG_DOWNLOAD_PERSISTENT_CACHE_PIECE)
+        content_tag = native.TAG_PERSISTENT_CACHE_PIECE_CONTENT
+    else:
+        request = native.encode_download_piece(task_id, number)
+        content_tag = native.TAG_PIECE_CONTENT
     reused = pool.get(addr) if pool is not None else None
     context = ssl_context or (pool.ssl_context if pool is not None else None)
     sock = reused or _connect(addr, connect_timeout, context)
@@ -216,7 +223,7 @@ def fetch_piece(
         if tag == native.TAG_ERROR:
             code, message = native.decode_error(value)
             raise VortexRemoteError(code, message)
-        if tag != native.TAG_PIECE_CONTENT:
+        if tag != content_tag:
             raise VortexError(f"expected a piece content frame, got tag {tag}")
         meta = native.decode_piece_content(value)
         if meta.number != number or meta.offset != offset or meta.length != length:

@@ -19,11 +19,13 @@ from google.protobuf import empty_pb2
 
 from dragonfly.common.authz import Authorizer
 from dragonfly.common.identity import ROLE_MANAGER, ROLE_SCHEDULER
+from dragonfly.common.ids import is_task_id
 from dragonfly.daemon.api.convert import download_response, error_trailers, local_task_message, status_of, task_message
 from dragonfly.daemon.api.lookup import get_task_or_abort
 from dragonfly.daemon.download.task_manager import TaskManager
 from dragonfly.daemon.host_info import HostInfo
-from dragonfly.daemon.storage import Storage
+from dragonfly.daemon.persistent_cache import PersistentCacheManager
+from dragonfly.daemon.storage import PieceRecord, Storage
 
 SYNC_HOST_INTERVAL = 1.0
 # A piece finishing wakes SyncPieces at once; this is only the fallback poll.
@@ -44,8 +46,10 @@ class DfdaemonUploadService(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
         host: HostInfo,
         vortex_port: int,
         authorizer: Authorizer | None = None,
+        persistent_cache: PersistentCacheManager | None = None,
     ) -> None:
         self._authz = authorizer or Authorizer(secure=False)
+        self._pcache = persistent_cache
         self._storage = storage
         self._tasks = tasks
         self._host = host
@@ -123,3 +127,98 @@ class DfdaemonUploadService(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"task {task.id} is being downloaded")
         self._storage.delete_task(task.id)
         return empty_pb2.Empty()
+
+    # persistent cache tasks (``dragonfly.daemon.persistent_cache``)
+
+    async def _persistent_cache(self, context: grpc.aio.ServicerContext) -> PersistentCacheManager:
+        if self._pcache is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "persistent cache tasks are not enabled on this daemon")
+            raise AssertionError("abort returned")
+        return self._pcache
+
+    async def SyncPersistentCachePieces(
+        self, request: dfdaemon_pb2.SyncPersistentCachePiecesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[dfdaemon_pb2.SyncPersistentCachePiecesResponse]:
+        """List the pieces of a persistent cache task held here (only whole, verified copies are offered)."""
+        pcache = await self._persistent_cache(context)
+        entry = pcache.get(request.task_id) if is_task_id(request.task_id) else None
+        task = pcache.storage.get_task(request.task_id) if entry is not None else None
+        if task is None or task.finished_at is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"persistent cache task {request.task_id} not found")
+            return
+        count = -(-task.content_length // task.piece_length) if task.piece_length else 0
+        interested = {n for n in request.interested_piece_numbers if n < count} or set(range(count))
+        for number in sorted(interested):
+            piece = task.pieces.get(number)
+            if piece is None:
+                continue
+            yield dfdaemon_pb2.SyncPersistentCachePiecesResponse(
+                number=piece.number,
+                offset=piece.offset,
+                length=piece.length,
+                ip=self._host.ip,
+                tcp_port=self._vortex_port,
+            )
+
+    async def DownloadPersistentCacheTask(
+        self, request: dfdaemon_pb2.DownloadPersistentCacheTaskRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[dfdaemon_pb2.DownloadPersistentCacheTaskResponse]:
+        """Fetch a persistent cache task into this host's cache (the scheduler's replication); no output path."""
+        await self._authz.require_role(context, _DOWNLOAD_ROLES, "DownloadPersistentCacheTask")
+        pcache = await self._persistent_cache(context)
+        if not is_task_id(request.task_id):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{request.task_id[:80]!r} is not a task id")
+        try:
+            async for content_length, piece in pcache.download(request.task_id, persistent=request.persistent):
+                yield persistent_cache_response(pcache.host_id, request.task_id, content_length, piece)
+        except Exception as exc:
+            code, message = status_of(exc)
+            await context.abort(code, message)
+
+    async def StatPersistentCacheTask(
+        self, request: dfdaemon_pb2.StatPersistentCacheTaskRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.PersistentCacheTask:
+        pcache = await self._persistent_cache(context)
+        entry = pcache.get(request.task_id) if is_task_id(request.task_id) else None
+        if entry is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"persistent cache task {request.task_id} not found")
+            raise AssertionError("abort returned")
+        return pcache.task_message(entry)
+
+    async def UpdatePersistentCacheTask(
+        self, request: dfdaemon_pb2.UpdatePersistentCacheTaskRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        await self._authz.require_role(context, _DELETE_ROLES, "UpdatePersistentCacheTask")
+        pcache = await self._persistent_cache(context)
+        if not pcache.set_persistent(request.task_id, request.persistent):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"persistent cache task {request.task_id} not found")
+        return empty_pb2.Empty()
+
+    async def DeletePersistentCacheTask(
+        self, request: dfdaemon_pb2.DeletePersistentCacheTaskRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        """Drop the local copy (the scheduler tells holders when a task is deleted or expires)."""
+        await self._authz.require_role(context, _DELETE_ROLES, "DeletePersistentCacheTask")
+        pcache = await self._persistent_cache(context)
+        if not is_task_id(request.task_id) or not pcache.delete_local(request.task_id):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"persistent cache task {request.task_id} not found")
+        return empty_pb2.Empty()
+
+
+def persistent_cache_response(
+    host_id: str, task_id: str, content_length: int, piece: PieceRecord | None
+) -> dfdaemon_pb2.DownloadPersistentCacheTaskResponse:
+    """Return the stream message for the start (``piece`` None) or one piece of a persistent cache download."""
+    response = dfdaemon_pb2.DownloadPersistentCacheTaskResponse(host_id=host_id, task_id=task_id, peer_id=host_id)
+    if piece is None:
+        response.download_persistent_cache_task_started_response.content_length = content_length
+        return response
+    message = response.download_piece_finished_response.piece
+    message.number = piece.number
+    message.offset = piece.offset
+    message.length = piece.length
+    message.digest = piece.digest
+    message.traffic_type = common_pb2.TrafficType.ValueType(piece.traffic_type)
+    if piece.parent_id:
+        message.parent_id = piece.parent_id
+    return response

@@ -104,8 +104,11 @@ class VortexServer:
         max_connections_per_host: int = 64,
         on_served: Callable[[str, int], None] | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        persistent_cache: Storage | None = None,
     ) -> None:
         self._storage = storage
+        # Persistent cache tasks (Vortex tags 4 and 5) live in a storage of their own.
+        self._persistent_cache = persistent_cache
         self._ip = ip
         self._port = port
         self._bucket = upload_bucket
@@ -241,13 +244,20 @@ class VortexServer:
             except VortexError as exc:
                 await self._refuse(conn, header[0], f"malformed frame header: {exc}")
                 return False
-            if tag != native.TAG_DOWNLOAD_PIECE or length > _MAX_REQUEST_VALUE:
+            if tag == native.TAG_DOWNLOAD_PIECE:
+                storage, content_tag = self._storage, native.TAG_PIECE_CONTENT
+            elif tag == native.TAG_DOWNLOAD_PERSISTENT_CACHE_PIECE and self._persistent_cache is not None:
+                storage, content_tag = self._persistent_cache, native.TAG_PERSISTENT_CACHE_PIECE_CONTENT
+            else:
                 await self._refuse(conn, frame_id, f"unsupported request tag {tag}")
+                return False
+            if length > _MAX_REQUEST_VALUE:
+                await self._refuse(conn, frame_id, f"request of {length} bytes is too long")
                 return False
             value = await _recv_exact(loop, conn, length)
         try:
             task_id, number = native.decode_download_piece(value)
-            task = self._storage.get_task(task_id)
+            task = storage.get_task(task_id)
         except (VortexError, InvalidTaskId) as exc:
             await self._refuse(conn, frame_id, str(exc))
             return False
@@ -265,16 +275,16 @@ class VortexServer:
             cost_secs=int(piece.cost),
             created_at=int(piece.created_at),
         )
-        frame = native.encode_piece_content(meta, frame_id)
+        frame = native.encode_piece_content(meta, frame_id, tag=content_tag)
         wait_tokens = self._bucket.reserve(piece.length)
         if wait_tokens > 0:
             await asyncio.sleep(wait_tokens)
-        with self._storage.content_fd(task_id) as fd:
+        with storage.content_fd(task_id) as fd:
             if isinstance(conn, ssl.SSLSocket):
                 await self._send_tls_piece(conn, frame, fd, piece.offset, piece.length)
             else:
                 await self._send_piece(conn, frame, fd, piece.offset, piece.length)
-        self._storage.touch(task_id)
+        storage.touch(task_id)
         if self._on_served is not None:
             self._on_served(task_id, piece.length)
         return True

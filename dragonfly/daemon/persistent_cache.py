@@ -1,0 +1,910 @@
+"""Persistent cache tasks on the daemon: import a local file, export one from the swarm (``docs/dfcache.md``).
+
+Persistent cache content lives in a storage of its own, ``<storage.dir>/persistent-cache/`` (content files and
+piece metadata as for URL tasks, plus ``metadata/entries.db`` for what the importer declared). It is kept across
+restarts whatever ``storage.keep`` says, and the standard GC never evicts it: an entry leaves when its TTL runs
+out, when its task is deleted, or when its content no longer matches its digest.
+
+Import reads the caller's file with the caller's rights, copies it into the cache while hashing it once (SHA-256
+of the content: the importer's digest; the task id follows Dragonfly's rule from the same hash state; CRC-32 per
+piece for Vortex), then records the task with the scheduler.
+
+Export (and replication, which the scheduler asks for) gets the sizes and the importer's digest from
+StatPersistentCacheTask, registers on AnnouncePersistentCachePeer, learns from each candidate parent where its
+Vortex port is (SyncPersistentCachePieces), fetches the pieces (CRC-32 checked against the parent's), then hashes
+the whole content and compares it with the importer's digest, and for an id derived from the content, with the
+id. A mismatch discards everything; the next attempt takes each parent alone so the one that lied is found and
+reported. Content is kept, served and written out only once it has matched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import stat
+import time
+import uuid
+import zlib
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from dragonfly_api import common_pb2, dfdaemon_pb2, scheduler_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from dragonfly.common.errors import DragonflyError
+from dragonfly.common.piece import calculate_piece_length, piece_count, piece_range
+from dragonfly.daemon.download import vortex_client
+from dragonfly.daemon.download.parents import ParentChannels, upload_addr
+from dragonfly.daemon.errors import DownloadFailed, OutputError, TaskNotFound
+from dragonfly.daemon.output import Caller, _as_caller, write_output, write_output_as
+from dragonfly.daemon.storage import PieceRecord, Storage
+
+if TYPE_CHECKING:
+    import ssl
+
+    from dragonfly.daemon.download.scheduler_client import SchedulerClient
+
+log = logging.getLogger(__name__)
+
+CONTENT_DIGEST_KEY = "dragonfly-content-digest"
+TASK_TYPE = b"PERSISTENT_CACHE"
+#: Attempts of one export: all parents together first, then each parent alone.
+MAX_ATTEMPTS = 4
+#: How often expired entries are looked for.
+EXPIRY_INTERVAL = 1.0
+_READ_CHUNK = 4 * 1024 * 1024
+_RECV_BUFFER = 1024 * 1024
+_REQUEST_TIMEOUT = 10.0
+_CONNECT_TIMEOUT = 2.0
+_REMOTE_PEER = 1
+_LOCAL_PEER = 0
+
+
+class DigestMismatch(DownloadFailed):
+    """The exported content does not match the importer's digest (or its content-derived id)."""
+
+
+@dataclass(slots=True)
+class Entry:
+    """What is known of one persistent cache task besides its content: kept in ``entries.db``."""
+
+    id: str
+    persistent: bool
+    persistent_replica_count: int
+    ttl: float
+    created_at: float
+    tag: str = ""
+    application: str = ""
+    #: ``sha256:<hex>`` of the content, verified when the entry was made.
+    content_digest: str = ""
+    importer: bool = False
+    uploaded: int = field(default=0)
+
+    def expires_at(self) -> float:
+        return self.created_at + self.ttl
+
+    def expired(self, now: float) -> bool:
+        return now >= self.expires_at()
+
+
+class EntryIndex:
+    """The entries in a small SQLite table (one JSON row each)."""
+
+    def __init__(self, path: str) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.close(fd)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS entries (id TEXT PRIMARY KEY, body TEXT NOT NULL)")
+
+    def load(self) -> dict[str, Entry]:
+        entries = {}
+        for task_id, body in self._db.execute("SELECT id, body FROM entries"):
+            try:
+                entries[task_id] = Entry(**json.loads(body))
+            except (TypeError, ValueError):
+                log.warning("dropping an unreadable persistent cache entry", extra={"task_id": task_id})
+        return entries
+
+    def put(self, entry: Entry) -> None:
+        self._db.execute("INSERT OR REPLACE INTO entries VALUES (?, ?)", (entry.id, json.dumps(asdict(entry))))
+
+    def delete(self, task_id: str) -> None:
+        self._db.execute("DELETE FROM entries WHERE id = ?", (task_id,))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def task_id_hasher() -> Any:
+    """Return the hash state the task id and the content digest both start from (SHA-256 of the content)."""
+    return hashlib.sha256()
+
+
+def finish_task_id(
+    content_hash: Any, *, tag: str, application: str, piece_length: int, content: str | None = None
+) -> tuple[str, str]:
+    """Return (task id, content digest) from the SHA-256 state of the content.
+
+    Dragonfly's rule: sha256(content ‖ tag ‖ application ‖ piece_length as decimal ‖ "PERSISTENT_CACHE"), or
+    sha256(content_for_calculating_task_id) when one is given.
+    """
+    digest = f"sha256:{content_hash.hexdigest()}"
+    if content is not None:
+        return hashlib.sha256(content.encode()).hexdigest(), digest
+    h = content_hash.copy()
+    for part in (tag, application):
+        if part:
+            h.update(part.encode())
+    h.update(str(piece_length).encode())
+    h.update(TASK_TYPE)
+    return h.hexdigest(), digest
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    whole = int(seconds)
+    return timestamp_pb2.Timestamp(seconds=whole, nanos=int((seconds - whole) * 1e9))
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    whole = int(seconds)
+    return duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
+
+
+@dataclass(slots=True)
+class _Import:
+    """What one pass over the imported file found."""
+
+    temp: str
+    content_length: int
+    piece_length: int
+    crcs: list[int]
+    hasher: Any
+
+
+def _open_input(path: str) -> int:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OutputError(f"{path} is not a regular file")
+    return fd
+
+
+def _copy_and_hash(source: int, target: int, content_length: int, piece_length: int) -> tuple[list[int], Any]:
+    """Copy ``source`` into ``target`` in one pass, hashing the content and each piece (blocking)."""
+    hasher = task_id_hasher()
+    crcs = []
+    buffer = bytearray(min(_READ_CHUNK, piece_length) or 1)
+    view = memoryview(buffer)
+    offset = 0
+    while offset < content_length:
+        end = min(offset + piece_length, content_length)
+        crc = 0
+        while offset < end:
+            n = os.preadv(source, [view[: min(len(buffer), end - offset)]], offset)
+            if n == 0:
+                raise OutputError(f"the file shrank while it was imported (at byte {offset})")
+            chunk = view[:n]
+            hasher.update(chunk)
+            crc = zlib.crc32(chunk, crc)
+            written = 0
+            while written < n:
+                written += os.pwrite(target, chunk[written:], offset + written)
+            offset += n
+        crcs.append(crc)
+    if os.pread(source, 1, content_length):
+        raise OutputError("the file grew while it was imported")
+    return crcs, hasher
+
+
+def _hash_content(fd: int, content_length: int) -> Any:
+    """Return the SHA-256 state of a content file's first ``content_length`` bytes (blocking)."""
+    hasher = task_id_hasher()
+    buffer = bytearray(_READ_CHUNK)
+    view = memoryview(buffer)
+    offset = 0
+    while offset < content_length:
+        n = os.preadv(fd, [view[: min(len(buffer), content_length - offset)]], offset)
+        if n == 0:
+            break
+        hasher.update(view[:n])
+        offset += n
+    return hasher
+
+
+class PersistentCacheManager:
+    """Persistent cache tasks of one daemon."""
+
+    def __init__(
+        self,
+        directory: str,
+        *,
+        scheduler: SchedulerClient | None,
+        channels: ParentChannels,
+        executor: Executor,
+        host_id: str,
+        ip: str,
+        vortex_tls: ssl.SSLContext | None,
+        concurrent_piece_count: int,
+        piece_timeout: float,
+        storage_executor: Executor | None = None,
+        on_fetched: Callable[[int], None] | None = None,
+    ) -> None:
+        self.storage = Storage(directory, keep=True, executor=storage_executor)
+        self._index_path = os.path.join(self.storage.metadata_dir, "entries.db")
+        self._index: EntryIndex | None = None
+        self.entries: dict[str, Entry] = {}
+        self.scheduler = scheduler
+        self._channels = channels
+        self._executor = executor
+        self.host_id = host_id
+        self._ip = ip
+        self._pool = vortex_client.ConnectionPool(ssl_context=vortex_tls)
+        self._concurrency = concurrent_piece_count
+        self._piece_timeout = piece_timeout
+        self._on_fetched = on_fetched
+        self._active: dict[str, asyncio.Future[None]] = {}
+        self._expiry: asyncio.Task[None] | None = None
+
+    # lifecycle
+
+    def open(self) -> None:
+        """Open the storage and the entries; drop whatever is half there (no entry, no finished content)."""
+        self.storage.open()
+        self._index = EntryIndex(self._index_path)
+        self.entries = self._index.load()
+        for task in self.storage.tasks():
+            if task.id not in self.entries or task.finished_at is None:
+                self.storage.delete_task(task.id)
+        for task_id in list(self.entries):
+            if self.storage.get_task(task_id) is None:
+                self._index.delete(task_id)
+                del self.entries[task_id]
+        log.info("persistent cache opened", extra={"tasks": len(self.entries)})
+
+    def start(self) -> None:
+        self._expiry = asyncio.create_task(self._expiry_loop(), name="persistent-cache-expiry")
+
+    async def close(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry
+        self._pool.close()
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+        self.storage.close()
+
+    @property
+    def _entries_db(self) -> EntryIndex:
+        if self._index is None:
+            raise RuntimeError("persistent cache is not open")
+        return self._index
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_INTERVAL)
+            try:
+                self.drop_expired(time.time())
+            except Exception:
+                log.exception("persistent cache expiry failed")
+
+    def drop_expired(self, now: float) -> list[str]:
+        """Delete the entries whose TTL has run out (the scheduler forgets them on its own); return their ids."""
+        expired = [e.id for e in self.entries.values() if e.expired(now) and e.id not in self._active]
+        for task_id in expired:
+            log.info("persistent cache task expired", extra={"task_id": task_id})
+            self.delete_local(task_id)
+        return expired
+
+    # local records
+
+    def get(self, task_id: str) -> Entry | None:
+        entry = self.entries.get(task_id)
+        if entry is None or entry.expired(time.time()):
+            return None
+        return entry
+
+    def delete_local(self, task_id: str) -> bool:
+        """Forget the local copy; return whether there was one."""
+        entry = self.entries.pop(task_id, None)
+        if entry is not None:
+            self._entries_db.delete(task_id)
+        found = self.storage.get_task(task_id) is not None
+        if found:
+            self.storage.delete_task(task_id)
+        return entry is not None or found
+
+    def set_persistent(self, task_id: str, persistent: bool) -> bool:
+        """Change whether the local copy counts as a persistent replica; return whether it is here."""
+        entry = self.get(task_id)
+        if entry is None:
+            return False
+        entry.persistent = persistent
+        self._put(entry)
+        return True
+
+    def _put(self, entry: Entry) -> None:
+        self.entries[entry.id] = entry
+        self._entries_db.put(entry)
+
+    def task_message(self, entry: Entry) -> common_pb2.PersistentCacheTask:
+        task = self.storage.get_task(entry.id)
+        content_length = task.content_length if task else 0
+        piece_length = task.piece_length if task else 0
+        message = common_pb2.PersistentCacheTask(
+            id=entry.id,
+            persistent_replica_count=entry.persistent_replica_count,
+            current_persistent_replica_count=1 if entry.persistent else 0,
+            current_replica_count=0 if entry.persistent else 1,
+            piece_length=piece_length,
+            content_length=content_length,
+            piece_count=piece_count(content_length, piece_length) if piece_length else 0,
+            state="Succeeded",
+            ttl=_duration(entry.ttl),
+            created_at=_timestamp(entry.created_at),
+            updated_at=_timestamp(task.updated_at if task else entry.created_at),
+        )
+        if entry.tag:
+            message.tag = entry.tag
+        if entry.application:
+            message.application = entry.application
+        return message
+
+    def local_message(self, entry: Entry) -> dfdaemon_pb2.StatLocalPersistentCacheTaskResponse:
+        task = self.storage.get_task(entry.id)
+        message = dfdaemon_pb2.StatLocalPersistentCacheTaskResponse(
+            task_id=entry.id,
+            persistent=entry.persistent,
+            ttl=_duration(entry.ttl),
+            uploaded_count=entry.uploaded,
+            created_at=_timestamp(entry.created_at),
+            updated_at=_timestamp(task.updated_at if task else entry.created_at),
+        )
+        if task is not None:
+            message.piece_length = task.piece_length
+            message.content_length = task.content_length
+            if task.finished_at is not None:
+                message.finished_at.CopyFrom(_timestamp(task.finished_at))
+        return message
+
+    # import
+
+    async def import_file(
+        self, request: dfdaemon_pb2.UploadPersistentCacheTaskRequest, caller: Caller | None
+    ) -> common_pb2.PersistentCacheTask:
+        """Copy the caller's file into the cache and record it with the scheduler."""
+        path = request.path
+        if not os.path.isabs(path):
+            raise ValueError(f"path {path!r} must be absolute")
+        ttl = request.ttl.seconds + request.ttl.nanos * 1e-9
+        if ttl <= 0:
+            raise ValueError("ttl must be positive")
+        replicas = request.persistent_replica_count or 1
+        loop = asyncio.get_running_loop()
+        fd = await self._open_as(caller, path)
+        try:
+            content_length = os.fstat(fd).st_size
+            piece_length = request.piece_length if request.HasField("piece_length") else 0
+            piece_length = piece_length or calculate_piece_length(content_length)
+            temp_dir = os.path.join(self.storage.content_dir, "tmp")
+            os.makedirs(temp_dir, exist_ok=True)
+            temp = os.path.join(temp_dir, f"{uuid.uuid4().hex}.new")
+            target = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                crcs, hasher = await loop.run_in_executor(
+                    self._executor, _copy_and_hash, fd, target, content_length, piece_length
+                )
+            except BaseException:
+                os.close(target)
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+                raise
+            os.close(target)
+        finally:
+            os.close(fd)
+        content = (
+            request.content_for_calculating_task_id if request.HasField("content_for_calculating_task_id") else None
+        )
+        task_id, digest = finish_task_id(
+            hasher, tag=request.tag, application=request.application, piece_length=piece_length, content=content
+        )
+        if task_id in self._active:
+            self.storage.discard_content_file(temp)
+            raise DownloadFailed(f"persistent cache task {task_id} is being exported on this host")
+        peer_id = f"{self.host_id}-{uuid.uuid4()}"
+        count = len(crcs)
+        if self.scheduler is not None:
+            started = scheduler_pb2.UploadPersistentCacheTaskStartedRequest(
+                host_id=self.host_id,
+                task_id=task_id,
+                peer_id=peer_id,
+                persistent_replica_count=replicas,
+                piece_length=piece_length,
+                content_length=content_length,
+                piece_count=count,
+                ttl=request.ttl,
+            )
+            if request.tag:
+                started.tag = request.tag
+            if request.application:
+                started.application = request.application
+            try:
+                await self._scheduler_stub(task_id).UploadPersistentCacheTaskStarted(
+                    started, metadata=((CONTENT_DIGEST_KEY, digest),), timeout=_REQUEST_TIMEOUT
+                )
+            except grpc.aio.AioRpcError:
+                self.storage.discard_content_file(temp)
+                raise
+        self.delete_local(task_id)
+        os.makedirs(os.path.dirname(self.storage.content_path(task_id)), exist_ok=True)
+        self.storage.prepare_task(
+            task_id,
+            url=f"persistent-cache://{task_id}",
+            piece_length=piece_length,
+            content_length=content_length,
+            response_header={},
+            content=temp,
+        )
+        now = time.time()
+        for number, crc in enumerate(crcs):
+            offset, length = piece_range(number, content_length, piece_length)
+            self.storage.finish_piece(
+                task_id,
+                PieceRecord(
+                    number=number,
+                    offset=offset,
+                    length=length,
+                    digest=f"crc32:{crc}",
+                    parent_id=None,
+                    traffic_type=_LOCAL_PEER,
+                    cost=0.0,
+                    created_at=now,
+                ),
+            )
+        self.storage.finish_task(task_id)
+        entry = Entry(
+            id=task_id,
+            persistent=True,
+            persistent_replica_count=replicas,
+            ttl=ttl,
+            created_at=now,
+            tag=request.tag,
+            application=request.application,
+            content_digest=digest,
+            importer=True,
+        )
+        self._put(entry)
+        log.info(
+            "persistent cache task imported",
+            extra={"task_id": task_id, "content_length": content_length, "replicas": replicas},
+        )
+        if self.scheduler is None:
+            return self.task_message(entry)
+        try:
+            finished: common_pb2.PersistentCacheTask = await self._scheduler_stub(
+                task_id
+            ).UploadPersistentCacheTaskFinished(
+                scheduler_pb2.UploadPersistentCacheTaskFinishedRequest(
+                    host_id=self.host_id, task_id=task_id, peer_id=peer_id
+                ),
+                timeout=_REQUEST_TIMEOUT,
+            )
+        except grpc.aio.AioRpcError:
+            self.delete_local(task_id)
+            raise
+        return finished
+
+    async def _open_as(self, caller: Caller | None, path: str) -> int:
+        """Open ``path`` for reading with the caller's rights (the daemon's own for its own user)."""
+        loop = asyncio.get_running_loop()
+        try:
+            if caller is None or caller.is_daemon_user:
+                return await loop.run_in_executor(self._executor, _open_input, path)
+            opened: list[int] = []
+            await loop.run_in_executor(None, lambda: _as_caller(caller, lambda: opened.append(_open_input(path))))
+            return opened[0]
+        except OSError as exc:
+            if isinstance(exc, DragonflyError):
+                raise
+            raise OutputError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+    def _scheduler_stub(self, task_id: str) -> Any:
+        """Return the stub of the scheduler that owns ``task_id`` (its answers are typed loosely)."""
+        assert self.scheduler is not None
+        return self.scheduler.task_stub(task_id)
+
+    # export
+
+    async def download(
+        self,
+        task_id: str,
+        *,
+        persistent: bool,
+        tag: str = "",
+        application: str = "",
+    ) -> AsyncIterator[tuple[int, PieceRecord | None]]:
+        """Make the task's verified content present here; yield (content_length, None) then each piece.
+
+        A local entry is checked against its digest first: one that no longer matches is evicted and fetched
+        again. Concurrent calls for one task share one fetch.
+        """
+        while (running := self._active.get(task_id)) is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(running)
+        entry = self.get(task_id)
+        task = self.storage.get_task(task_id)
+        if entry is not None and task is not None and task.finished_at is not None:
+            if await self._content_matches(task_id, entry.content_digest, task.content_length):
+                if persistent and not entry.persistent:
+                    entry.persistent = True
+                    self._put(entry)
+                yield task.content_length, None
+                for number in sorted(task.pieces):
+                    yield task.content_length, task.pieces[number]
+                return
+            log.warning(
+                "persistent cache content no longer matches its digest: evicted, fetching it again",
+                extra={"task_id": task_id},
+            )
+            self.delete_local(task_id)
+            await self._tell_scheduler_dropped(task_id)
+        if self.scheduler is None:
+            raise TaskNotFound(task_id)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._active[task_id] = done
+        try:
+            async for item in self._fetch(task_id, persistent=persistent):
+                yield item
+            done.set_result(None)
+        except BaseException as exc:
+            if not done.done():
+                done.set_exception(exc if isinstance(exc, Exception) else DownloadFailed("cancelled"))
+                done.exception()  # retrieved: waiters only need to know it ended
+            raise
+        finally:
+            self._active.pop(task_id, None)
+
+    async def _content_matches(self, task_id: str, digest: str, content_length: int) -> bool:
+        if not digest:
+            return self.storage.content_intact(self.storage.get_task(task_id))  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        with self.storage.content_fd(task_id) as fd:
+            hasher = await loop.run_in_executor(self._executor, _hash_content, fd, content_length)
+        return f"sha256:{hasher.hexdigest()}" == digest
+
+    async def _tell_scheduler_dropped(self, task_id: str) -> None:
+        if self.scheduler is None:
+            return
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await self._scheduler_stub(task_id).DeletePersistentCacheTask(
+                scheduler_pb2.DeletePersistentCacheTaskRequest(host_id=self.host_id, task_id=task_id),
+                timeout=_REQUEST_TIMEOUT,
+            )
+
+    async def _fetch(self, task_id: str, *, persistent: bool) -> AsyncIterator[tuple[int, PieceRecord | None]]:
+        stub = self._scheduler_stub(task_id)
+        try:
+            call = stub.StatPersistentCacheTask(
+                scheduler_pb2.StatPersistentCacheTaskRequest(host_id=self.host_id, task_id=task_id),
+                timeout=_REQUEST_TIMEOUT,
+            )
+            info = await call
+            trailers = await call.trailing_metadata()
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise TaskNotFound(task_id) from None
+            raise
+        digest = next((str(v) for k, v in (trailers or ()) if k == CONTENT_DIGEST_KEY), "")
+        content_length, piece_length = info.content_length, info.piece_length
+        count = piece_count(content_length, piece_length)
+        if count != info.piece_count:
+            raise DownloadFailed(f"the scheduler's sizes of {task_id} do not fit together")
+        ttl = info.ttl.seconds + info.ttl.nanos * 1e-9
+        created_at = info.created_at.seconds + info.created_at.nanos * 1e-9
+        peer_id = f"{self.host_id}-{uuid.uuid4()}"
+        requests: asyncio.Queue[scheduler_pb2.AnnouncePersistentCachePeerRequest | None] = asyncio.Queue()
+
+        async def outgoing() -> AsyncIterator[scheduler_pb2.AnnouncePersistentCachePeerRequest]:
+            while (item := await requests.get()) is not None:
+                yield item
+
+        def send(**kwargs: Any) -> None:
+            requests.put_nowait(
+                scheduler_pb2.AnnouncePersistentCachePeerRequest(
+                    host_id=self.host_id, task_id=task_id, peer_id=peer_id, **kwargs
+                )
+            )
+
+        announce = stub.AnnouncePersistentCachePeer(outgoing())
+        self.delete_local(task_id)
+        content = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self.storage.create_content_file, task_id, content_length
+        )
+        self.storage.prepare_task(
+            task_id,
+            url=f"persistent-cache://{task_id}",
+            piece_length=piece_length,
+            content_length=content_length,
+            response_header={},
+            content=content,
+        )
+        finished = False
+        try:
+            send(
+                register_persistent_cache_peer_request=scheduler_pb2.RegisterPersistentCachePeerRequest(
+                    persistent=persistent,
+                    tag=info.tag,
+                    application=info.application,
+                    piece_length=piece_length,
+                    piece_count=count,
+                    concurrent_piece_count=self._concurrency,
+                )
+            )
+            response = await self._read(announce)
+            parents = list(response.normal_persistent_cache_task_response.candidate_cache_parents)
+            send(
+                download_persistent_cache_peer_started_request=scheduler_pb2.DownloadPersistentCachePeerStartedRequest()
+            )
+            yield content_length, None
+            tried: set[str] = set()
+            for attempt in range(MAX_ATTEMPTS):
+                if attempt == 0:
+                    using = parents
+                else:
+                    # Each parent alone now, so a parent whose bytes fail the digest is found out.
+                    fresh = [p for p in parents if p.id not in tried]
+                    if not fresh:
+                        send(
+                            reschedule_persistent_cache_peer_request=scheduler_pb2.ReschedulePersistentCachePeerRequest(
+                                candidate_parents=[common_pb2.PersistentCachePeer(id=i) for i in tried],
+                                description="content failed the importer's digest",
+                            )
+                        )
+                        response = await self._read(announce)
+                        parents = list(response.normal_persistent_cache_task_response.candidate_cache_parents)
+                        fresh = [p for p in parents if p.id not in tried]
+                        if not fresh:
+                            break
+                    using = fresh[:1]
+                tried.update(p.id for p in using)
+                pieces = await self._fetch_pieces(task_id, using, content_length, piece_length, send)
+                with self.storage.content_fd(task_id) as fd:
+                    hasher = await asyncio.get_running_loop().run_in_executor(
+                        self._executor, _hash_content, fd, content_length
+                    )
+                if self._verified(task_id, hasher, digest, info, piece_length):
+                    for piece in pieces:
+                        yield content_length, piece
+                    break
+                log.warning(
+                    "exported content failed the importer's digest; fetching it again",
+                    extra={"task_id": task_id, "parents": ",".join(p.id for p in using)},
+                )
+                if len(using) == 1:
+                    # temporary=false: the parent served bytes that failed verification (the scheduler stops
+                    # handing it out for this task).
+                    send(
+                        download_piece_failed_request=scheduler_pb2.DownloadPieceFailedRequest(
+                            piece_number=0, parent_id=using[0].id, temporary=False
+                        )
+                    )
+                self.storage.reset_pieces(task_id)
+            else:
+                raise DigestMismatch(f"persistent cache task {task_id}: no parent served content matching its digest")
+            task = self.storage.get_task(task_id)
+            if task is None or len(task.pieces) != count:
+                raise DigestMismatch(f"persistent cache task {task_id}: no parent served content matching its digest")
+            self.storage.finish_task(task_id)
+            self._put(
+                Entry(
+                    id=task_id,
+                    persistent=persistent,
+                    persistent_replica_count=info.persistent_replica_count,
+                    ttl=ttl,
+                    created_at=created_at or time.time(),
+                    tag=info.tag,
+                    application=info.application,
+                    content_digest=f"sha256:{hasher.hexdigest()}",
+                )
+            )
+            send(
+                download_persistent_cache_peer_finished_request=scheduler_pb2.DownloadPersistentCachePeerFinishedRequest()
+            )
+            finished = True
+            log.info("persistent cache task exported", extra={"task_id": task_id, "content_length": content_length})
+        except BaseException as exc:
+            if not finished:
+                with contextlib.suppress(Exception):
+                    send(
+                        download_persistent_cache_peer_failed_request=scheduler_pb2.DownloadPersistentCachePeerFailedRequest(
+                            description=str(exc)[:1024]
+                        )
+                    )
+                self.delete_local(task_id)
+            raise
+        finally:
+            requests.put_nowait(None)
+            # The last messages reach the scheduler before the stream ends (read(), not async for: the call was
+            # read with read() already and grpc refuses to mix the two).
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(_REQUEST_TIMEOUT):
+                    while await announce.read() is not grpc.aio.EOF:
+                        pass
+            announce.cancel()
+
+    @staticmethod
+    def _verified(task_id: str, hasher: Any, digest: str, info: Any, piece_length: int) -> bool:
+        """Tell whether the content is the importer's: its digest, or else the id derived from the content."""
+        derived, actual = finish_task_id(hasher, tag=info.tag, application=info.application, piece_length=piece_length)
+        if digest:
+            return actual == digest
+        if derived != task_id:
+            # An importer that declared no digest (Dragonfly's daemons) with a chosen id
+            # (content_for_calculating_task_id): nothing but the parents' CRC-32s vouches for the bytes.
+            log.info("persistent cache task has no digest to check against", extra={"task_id": task_id})
+        return True
+
+    @staticmethod
+    async def _read(call: Any) -> scheduler_pb2.AnnouncePersistentCachePeerResponse:
+        async with asyncio.timeout(_REQUEST_TIMEOUT):
+            response = await call.read()
+        if response is grpc.aio.EOF:
+            raise DownloadFailed("the scheduler ended the persistent cache stream")
+        return response  # type: ignore[no-any-return]
+
+    async def _fetch_pieces(
+        self,
+        task_id: str,
+        parents: list[common_pb2.PersistentCachePeer],
+        content_length: int,
+        piece_length: int,
+        send: Callable[..., None],
+    ) -> list[PieceRecord]:
+        """Fetch every piece from ``parents`` (CRC-32 checked); return the pieces recorded."""
+        addrs: list[tuple[str, tuple[str, int]]] = []
+        for parent in parents:
+            addr = await self._vortex_addr(parent, task_id)
+            if addr is not None:
+                addrs.append((parent.id, addr))
+        if not addrs:
+            raise DownloadFailed(f"persistent cache task {task_id}: no parent could be reached")
+        count = piece_count(content_length, piece_length)
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for number in range(count):
+            queue.put_nowait(number)
+        recorded: list[PieceRecord] = []
+        failures: dict[int, int] = {}
+        loop = asyncio.get_running_loop()
+
+        async def worker(index: int) -> None:
+            buffer = bytearray(_RECV_BUFFER)
+            while True:
+                try:
+                    number = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                parent_id, addr = addrs[(number + failures.get(number, 0)) % len(addrs)]
+                offset, length = piece_range(number, content_length, piece_length)
+                started = time.monotonic()
+                try:
+                    with self.storage.content_fd(task_id) as fd:
+                        fetched = await loop.run_in_executor(
+                            self._executor,
+                            functools.partial(
+                                vortex_client.fetch_piece,
+                                addr,
+                                task_id,
+                                number,
+                                fd=fd,
+                                offset=offset,
+                                length=length,
+                                buffer=buffer,
+                                connect_timeout=_CONNECT_TIMEOUT,
+                                timeout=self._piece_timeout,
+                                pool=self._pool,
+                                persistent_cache=True,
+                            ),
+                        )
+                    if fetched.digest != f"crc32:{fetched.crc}":
+                        raise DownloadFailed(f"piece {number} from {parent_id} failed its CRC-32")
+                except (OSError, DragonflyError) as exc:
+                    failures[number] = failures.get(number, 0) + 1
+                    if failures[number] > 2 * len(addrs) + 1:
+                        raise DownloadFailed(f"piece {number} of {task_id} could not be fetched: {exc}") from exc
+                    send(
+                        download_piece_failed_request=scheduler_pb2.DownloadPieceFailedRequest(
+                            piece_number=number, parent_id=parent_id, temporary=True
+                        )
+                    )
+                    queue.put_nowait(number)
+                    continue
+                cost = time.monotonic() - started
+                piece = PieceRecord(
+                    number=number,
+                    offset=offset,
+                    length=length,
+                    digest=fetched.digest,
+                    parent_id=parent_id,
+                    traffic_type=_REMOTE_PEER,
+                    cost=cost,
+                    created_at=time.time(),
+                )
+                self.storage.finish_piece(task_id, piece)
+                recorded.append(piece)
+                if self._on_fetched is not None:
+                    self._on_fetched(length)
+                send(
+                    download_piece_finished_request=scheduler_pb2.DownloadPieceFinishedRequest(
+                        piece=common_pb2.Piece(
+                            number=number,
+                            parent_id=parent_id,
+                            offset=offset,
+                            length=length,
+                            digest=fetched.digest,
+                            traffic_type=common_pb2.REMOTE_PEER,
+                            cost=_duration(cost),
+                            created_at=_timestamp(piece.created_at),
+                        )
+                    )
+                )
+
+        workers = [asyncio.create_task(worker(i)) for i in range(min(self._concurrency, max(count, 1)))]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for job in workers:
+                job.cancel()
+        recorded.sort(key=lambda p: p.number)
+        return recorded
+
+    async def _vortex_addr(self, parent: common_pb2.PersistentCachePeer, task_id: str) -> tuple[str, int] | None:
+        """Ask a parent's upload server where its Vortex port is (SyncPersistentCachePieces, first answer)."""
+        host = parent.host
+        stub = self._channels.stub(upload_addr(host.ip, host.port))
+        call = stub.SyncPersistentCachePieces(
+            dfdaemon_pb2.SyncPersistentCachePiecesRequest(host_id=self.host_id, task_id=task_id),
+            timeout=_REQUEST_TIMEOUT,
+        )
+        try:
+            async for response in call:
+                if response.HasField("tcp_port"):
+                    return (response.ip or host.ip, response.tcp_port)
+        except grpc.aio.AioRpcError as exc:
+            log.info(
+                "persistent cache parent unreachable",
+                extra={"task_id": task_id, "peer_id": parent.id, "code": exc.code().name},
+            )
+            return None
+        finally:
+            call.cancel()
+        return None
+
+    # writing out
+
+    async def write_output(
+        self, task_id: str, output_path: str, *, overwrite: bool, force_hard_link: bool, caller: Caller | None
+    ) -> None:
+        """Place the content at ``output_path`` (a hard link when asked and allowed, else a copy)."""
+        loop = asyncio.get_running_loop()
+        with self.storage.content_fd(task_id) as fd:
+            if caller is not None and not caller.is_daemon_user:
+                if force_hard_link:
+                    raise OutputError("force_hard_link is refused for another user: the cache is not theirs")
+                await write_output_as(caller, fd, output_path, overwrite=overwrite)
+                return
+            path = self.storage.content_path(task_id)
+            await loop.run_in_executor(
+                self._executor,
+                lambda: write_output(fd, path, output_path, overwrite=overwrite, link=force_hard_link),
+            )

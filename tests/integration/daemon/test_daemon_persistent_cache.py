@@ -1,0 +1,164 @@
+"""dfcache against real processes: a scheduler and three peers (mutual TLS), the dfcache CLI as a child process.
+
+Import on one peer, export on the two others, restart the importer and export from it again; deletion by a
+non-importer (its copy only) and by the importer (everywhere); TTL expiry; replication to the replica count; a
+copy whose content was altered on disk is evicted and fetched again, never served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from dragonfly_api import dfdaemon_pb2, dfdaemon_pb2_grpc
+
+from dragonfly.cli.cluster import LocalCluster
+
+MiB = 1024 * 1024
+SIZE = 10 * MiB  # three 4 MiB pieces, the last one short
+WAIT = 20.0
+
+
+@pytest.fixture(scope="module")
+def cluster(module_dir: Path) -> Iterator[LocalCluster]:
+    """A scheduler and three peers, no seed peer (persistent cache tasks have no origin)."""
+    with LocalCluster(
+        module_dir / "pcache-cluster",
+        peers=3,
+        seed_peer=False,
+        daemon_config={"scheduler": {"announceInterval": "5s"}},
+        start_timeout=30,
+        stop_timeout=20,
+    ) as started:
+        yield started
+
+
+def dfcache(cluster: LocalCluster, peer: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "dragonfly.cli.dfcache", *args, "-e", cluster.socket_path(peer)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if check:
+        assert proc.returncode == 0, f"dfcache {' '.join(args)} on {peer}: {proc.stderr}"
+    return proc
+
+
+def make_file(path: Path, size: int = SIZE) -> bytes:
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return data
+
+
+def import_file(cluster: LocalCluster, peer: str, path: Path, *extra: str) -> str:
+    return dfcache(cluster, peer, "import", str(path), *extra).stdout.strip()
+
+
+def export(cluster: LocalCluster, peer: str, task_id: str, output: Path) -> set[str]:
+    """Export through the local API; return the parent peer ids the pieces came from."""
+    parents: set[str] = set()
+    with grpc.insecure_channel(f"unix:{cluster.socket_path(peer)}") as channel:
+        stub = dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel)
+        request = dfdaemon_pb2.DownloadPersistentCacheTaskRequest(task_id=task_id, output_path=str(output))
+        for response in stub.DownloadPersistentCacheTask(request, timeout=60):
+            if response.HasField("download_piece_finished_response"):
+                parents.add(response.download_piece_finished_response.piece.parent_id)
+    return parents
+
+
+def local_ids(cluster: LocalCluster, peer: str) -> set[str]:
+    with grpc.insecure_channel(f"unix:{cluster.socket_path(peer)}") as channel:
+        stub = dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel)
+        response = stub.ListLocalPersistentCacheTasks(dfdaemon_pb2.ListLocalPersistentCacheTasksRequest(), timeout=10)
+    return {task.task_id for task in response.tasks}
+
+
+def wait_until(condition: object, what: str, within: float = WAIT) -> None:
+    deadline = time.monotonic() + within
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_import_export_restart_and_delete(cluster: LocalCluster, tmp_path: Path) -> None:
+    data = make_file(tmp_path / "model.bin")
+    task_id = import_file(cluster, "peer-1", tmp_path / "model.bin", "--persistent-replica-count", "1")
+    # Dragonfly's id: sha256(content, tag, application, piece length, "PERSISTENT_CACHE").
+    assert task_id == hashlib.sha256(data + b"4194304PERSISTENT_CACHE").hexdigest()
+
+    for peer in ("peer-2", "peer-3"):
+        output = tmp_path / f"{peer}.bin"
+        dfcache(cluster, peer, "export", task_id, "-O", str(output))
+        assert output.read_bytes() == data
+    stat = dfcache(cluster, "peer-3", "stat", task_id).stdout
+    assert f"content length: {SIZE}" in stat
+    assert "persistent replicas: 1 of 1" in stat
+    assert "other replicas: 2" in stat
+
+    # The importer restarts and still serves: the other copies are dropped (by their hosts: only their own),
+    # so peer-2's next export can only come from the importer.
+    assert cluster.restart("peer-1") == 0
+    for peer in ("peer-2", "peer-3"):
+        dfcache(cluster, peer, "delete", task_id)
+        assert task_id not in local_ids(cluster, peer)
+    assert "other replicas: 0" in dfcache(cluster, "peer-2", "stat", task_id).stdout
+    output = tmp_path / "again.bin"
+    parents = export(cluster, "peer-2", task_id, output)
+    assert output.read_bytes() == data
+    assert len(parents) == 1
+    assert next(iter(parents)).startswith("127.0.0.1-peer-1-")
+
+    # The importer deletes it everywhere: the scheduler forgets it and peer-2 is told to drop its copy.
+    dfcache(cluster, "peer-1", "delete", task_id)
+    missing = dfcache(cluster, "peer-3", "stat", task_id, check=False)
+    assert missing.returncode == 1
+    assert "NOT_FOUND" in missing.stderr
+    wait_until(lambda: task_id not in local_ids(cluster, "peer-2"), "peer-2 to drop its copy")
+    assert task_id not in local_ids(cluster, "peer-1")
+    failed = dfcache(cluster, "peer-3", "export", task_id, "-O", str(tmp_path / "gone.bin"), check=False)
+    assert failed.returncode == 1
+    assert not (tmp_path / "gone.bin").exists()
+
+
+def test_ttl_expiry(cluster: LocalCluster, tmp_path: Path) -> None:
+    data = make_file(tmp_path / "short.bin", 5 * MiB)
+    task_id = import_file(cluster, "peer-1", tmp_path / "short.bin", "--ttl", "4s", "--persistent-replica-count", "1")
+    dfcache(cluster, "peer-2", "export", task_id, "-O", str(tmp_path / "out.bin"))
+    assert (tmp_path / "out.bin").read_bytes() == data
+    assert task_id in local_ids(cluster, "peer-2")
+    wait_until(lambda: task_id not in local_ids(cluster, "peer-2"), "the copy on peer-2 to expire")
+    wait_until(lambda: task_id not in local_ids(cluster, "peer-1"), "the copy on peer-1 to expire")
+    assert dfcache(cluster, "peer-3", "stat", task_id, check=False).returncode == 1
+    assert dfcache(cluster, "peer-3", "export", task_id, "-O", str(tmp_path / "late.bin"), check=False).returncode == 1
+
+
+def test_replicas_and_a_corrupted_copy(cluster: LocalCluster, tmp_path: Path) -> None:
+    data = make_file(tmp_path / "replicated.bin")
+    task_id = import_file(cluster, "peer-3", tmp_path / "replicated.bin", "--persistent-replica-count", "2")
+    # The scheduler has one more host fetch it.
+    wait_until(
+        lambda: "persistent replicas: 2 of 2" in dfcache(cluster, "peer-3", "stat", task_id).stdout, "a second replica"
+    )
+    holders = [peer for peer in ("peer-1", "peer-2") if task_id in local_ids(cluster, peer)]
+    assert len(holders) == 1
+    holder = holders[0]
+
+    # Flip a byte of the replica's content file: its next export evicts it and fetches it again.
+    content = cluster.storage_dir(holder) / "persistent-cache" / "content" / "tasks" / task_id[:3] / task_id
+    with open(content, "r+b") as f:
+        f.seek(5 * MiB)
+        byte = f.read(1)
+        f.seek(5 * MiB)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    output = tmp_path / "repaired.bin"
+    dfcache(cluster, holder, "export", task_id, "-O", str(output))
+    assert output.read_bytes() == data
+    assert "no longer matches its digest" in cluster.log_path(holder).read_text()
