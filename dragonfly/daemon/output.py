@@ -8,7 +8,6 @@ already holds, so the cache stays readable only by the daemon's user.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import errno
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from stat import S_ISREG
 
 from dragonfly.common.byte_range import ByteRange
+from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.errors import OutputError
 
 
@@ -204,8 +204,8 @@ async def write_output_as(
     if _caller_threads is None:
         # Dedicated threads: their identity changes for the length of one write and nothing else runs on them.
         _caller_threads = ThreadPoolExecutor(2, thread_name_prefix="dfdaemon-as-caller")
-    loop = asyncio.get_running_loop()
-    await loop.run_in_executor(
+    # run_blocking: a cancelled download must not close the borrowed content fd while the thread still reads it.
+    await run_blocking(
         _caller_threads,
         lambda: _as_caller(
             caller,

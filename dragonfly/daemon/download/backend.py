@@ -35,6 +35,7 @@ from yarl import URL
 import dragonfly
 from dragonfly.common import native
 from dragonfly.common.netguard import AddressPolicy, find_refusal, guarded_connector_args
+from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -505,7 +506,6 @@ class HTTPBackend:
         buffer: bytearray,
         progress: Callable[[int], None] | None,
     ) -> int:
-        loop = asyncio.get_running_loop()
         view = memoryview(buffer)
         capacity = len(buffer)
         whole_piece = length <= capacity
@@ -524,7 +524,9 @@ class HTTPBackend:
             if progress is not None:
                 progress(len(chunk))
             if filled == capacity or written + filled == length:
-                crc = await loop.run_in_executor(
+                # run_blocking: if the piece times out or is cancelled meanwhile, the pooled buffer stays ours until
+                # the thread has finished writing from it (issue 8 item 19).
+                crc = await run_blocking(
                     self._executor, _write_chunk, fd, offset + written, view[:filled], crc, whole_piece
                 )
                 written += filled
