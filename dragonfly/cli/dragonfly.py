@@ -1,4 +1,4 @@
-"""The ``dragonfly`` command: dispatches to ``scheduler``, ``up`` (and ``manager`` once it exists).
+"""The ``dragonfly`` command: dispatches to ``scheduler``, ``manager``, ``up`` and the other subcommands.
 
 Subcommand modules are imported only when chosen, so ``dragonfly --help`` and ``dragonfly --version`` stay fast.
 """
@@ -15,7 +15,7 @@ SUBCOMMANDS = {
     "up": ("dragonfly.cli.up", "run a scheduler, a seed peer and N peers on 127.0.0.1 (--demo to try it)"),
     "certs": ("dragonfly.cli.certs", "mint a cluster CA and host certificates for mutual TLS"),
     "init": ("dragonfly.cli.init", "point containerd, docker, crio or podman at the dfdaemon proxy"),
-    "manager": (None, "run the manager (not available yet)"),
+    "manager": ("dragonfly.cli.manager", "run the manager: clusters, schedulers, users (--config manager.yaml)"),
 }
 
 USAGE = (

@@ -1,0 +1,180 @@
+"""Passwords, session tokens, personal access tokens, roles and permissions (``docs/manager.md#authentication``).
+
+- Passwords: argon2id (argon2-cffi's defaults), verified off the event loop.
+- Tokens: 32 random bytes, URL-safe, with a prefix that says what they are (``dfs_`` session, ``dfp_`` personal
+  access token). The database keeps only their SHA-256: a token is a high-entropy secret, so a fast hash is enough
+  and a stolen database yields no usable token.
+- Permissions: a role grants ``read`` or ``write`` (``*`` both) on an object, the API resource name (``clusters``,
+  ``schedulers``, ``users``…; ``*`` every one). root: ``*``/``*``; guest: ``*``/``read``.
+- A personal access token carries scopes; each API object belongs to one scope (``cluster``, ``job``,
+  ``application``, ``user``) and a token reaches only objects of its scopes, within its owner's permissions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+import time
+from collections import deque
+from collections.abc import Iterable
+
+SESSION_PREFIX = "dfs_"
+PAT_PREFIX = "dfp_"
+
+ROLE_ROOT = "root"
+ROLE_GUEST = "guest"
+ACTION_READ = "read"
+ACTION_WRITE = "write"
+ACTIONS = (ACTION_READ, ACTION_WRITE, "*")
+
+#: Scope of a personal access token → what it reaches. Dragonfly's scopes are ``job`` and ``cluster``.
+SCOPES = ("cluster", "job", "application", "user")
+#: API object → the token scope that reaches it; objects not listed need the ``user`` scope.
+OBJECT_SCOPES: dict[str, str] = {
+    "clusters": "cluster",
+    "scheduler-clusters": "cluster",
+    "schedulers": "cluster",
+    "seed-peer-clusters": "cluster",
+    "seed-peers": "cluster",
+    "jobs": "job",
+    "applications": "application",
+}
+
+
+def register_object(name: str, scope: str) -> None:
+    """Let an extension (preheat's ``jobs``…) declare the token scope of a new API object."""
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}")
+    OBJECT_SCOPES[name] = scope
+
+
+def scope_of(obj: str) -> str:
+    """Return the token scope that reaches ``obj``."""
+    return OBJECT_SCOPES.get(obj, "user")
+
+
+_hasher = None
+
+
+def _password_hasher() -> object:
+    global _hasher
+    if _hasher is None:
+        from argon2 import PasswordHasher
+
+        _hasher = PasswordHasher()
+    return _hasher
+
+
+def hash_password_sync(password: str) -> str:
+    """Return the argon2id hash of ``password`` (blocks for tens of milliseconds)."""
+    from argon2 import PasswordHasher
+
+    hasher = _password_hasher()
+    assert isinstance(hasher, PasswordHasher)
+    return hasher.hash(password)
+
+
+def verify_password_sync(encoded: str, password: str) -> bool:
+    """Return whether ``password`` matches ``encoded``."""
+    from argon2 import PasswordHasher
+    from argon2.exceptions import InvalidHashError, VerificationError
+
+    hasher = _password_hasher()
+    assert isinstance(hasher, PasswordHasher)
+    try:
+        return hasher.verify(encoded, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+async def hash_password(password: str) -> str:
+    """Hash off the event loop."""
+    return await asyncio.to_thread(hash_password_sync, password)
+
+
+#: Verified against when the user does not exist, so a wrong name costs as long as a wrong password.
+_DUMMY_HASH: str | None = None
+
+
+async def verify_password(encoded: str | None, password: str) -> bool:
+    """Verify off the event loop; ``encoded`` None (no such user) still spends the time of one verification."""
+    global _DUMMY_HASH
+    if encoded is None:
+        if _DUMMY_HASH is None:
+            _DUMMY_HASH = await hash_password(secrets.token_urlsafe(16))
+        await asyncio.to_thread(verify_password_sync, _DUMMY_HASH, password)
+        return False
+    return await asyncio.to_thread(verify_password_sync, encoded, password)
+
+
+def new_token(prefix: str) -> str:
+    """Return a fresh random token with its kind prefix."""
+    return prefix + secrets.token_urlsafe(32)
+
+
+def token_digest(token: str) -> str:
+    """Return the SHA-256 hex digest stored for ``token``."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def generate_password() -> str:
+    """Return a random password for the root user (printed once)."""
+    return secrets.token_urlsafe(15)
+
+
+def same(a: str, b: str) -> bool:
+    """Compare secrets in constant time."""
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+def permits(grants: Iterable[tuple[str, str]], obj: str, action: str) -> bool:
+    """Return whether (object, action) ``grants`` allow ``action`` on ``obj``; write implies read."""
+    for g_obj, g_action in grants:
+        if g_obj not in ("*", obj):
+            continue
+        if g_action in ("*", action) or (g_action == ACTION_WRITE and action == ACTION_READ):
+            return True
+    return False
+
+
+class SigninLimiter:
+    """Failed sign-ins per key (client address and user name) in a sliding window."""
+
+    __slots__ = ("_failures", "max_failures", "window")
+
+    def __init__(self, max_failures: int, window: float) -> None:
+        self.max_failures = max_failures
+        self.window = window
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, key: str, now: float) -> deque[float]:
+        failures = self._failures.get(key)
+        if failures is None:
+            return deque()
+        while failures and failures[0] <= now - self.window:
+            failures.popleft()
+        if not failures:
+            del self._failures[key]
+        return failures
+
+    def retry_after(self, key: str) -> float:
+        """Return seconds until ``key`` may try again (0 = now)."""
+        now = time.monotonic()
+        failures = self._recent(key, now)
+        if len(failures) < self.max_failures:
+            return 0.0
+        return max(0.0, failures[0] + self.window - now)
+
+    def failed(self, key: str) -> None:
+        """Record one failure; the table is bounded by dropping the oldest keys."""
+        now = time.monotonic()
+        if len(self._failures) > 100_000:
+            for stale in list(self._failures)[:10_000]:
+                del self._failures[stale]
+        self._failures.setdefault(key, deque(maxlen=self.max_failures)).append(now)
+
+    def succeeded(self, key: str) -> None:
+        """Forget the failures of ``key``."""
+        self._failures.pop(key, None)

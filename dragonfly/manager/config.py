@@ -1,0 +1,219 @@
+"""Manager configuration (``manager.yaml``): Dragonfly's key layout where it has one, plus our own keys.
+
+Dragonfly's manager defaults to MySQL; this one defaults to an embedded SQLite file under ``dataDir`` (WAL mode),
+so ``dragonfly manager`` runs with no database server. PostgreSQL and MySQL are chosen by ``database.type`` with
+Dragonfly's ``database.postgres``/``database.mysql`` sections, or by a full SQLAlchemy URL in ``database.url``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dragonfly.common.config import Duration, Size, load_config
+from dragonfly.common.tls import SecurityConfig, TLSFiles, TLSFilesConfig
+
+#: Values of ``database.type``.
+DATABASE_TYPES = ("sqlite", "postgres", "mysql")
+#: Environment variable with the root user's initial password (Dragonfly reads the same one).
+ROOT_PASSWORD_ENV = "DRAGONFLY_INITIAL_ROOT_PASSWORD"
+
+
+def _split_addr(addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT or :PORT, got {addr!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+@dataclass(frozen=True, slots=True)
+class RESTConfig:
+    """The REST API, console and health endpoint (Dragonfly: ``server.rest.addr``, default ``:8080``)."""
+
+    addr: str = ":8080"
+    # Largest request body accepted; bigger bodies get 413 before they are read.
+    max_body_size: Size = Size(1 << 20)
+
+    @property
+    def host(self) -> str:
+        """Return the address to bind."""
+        return _split_addr(self.addr)[0]
+
+    @property
+    def port(self) -> int:
+        """Return the port to bind (0 = any free port)."""
+        return _split_addr(self.addr)[1]
+
+    def validate(self) -> None:
+        """Check the address."""
+        _host, port = _split_addr(self.addr)
+        if not 0 <= port <= 65535:
+            raise ValueError(f"addr port must be in 0..65535, got {port}")
+        if self.max_body_size < 1024:
+            raise ValueError("maxBodySize must be >= 1KiB")
+
+
+@dataclass(frozen=True, slots=True)
+class PortRange:
+    """Dragonfly's ``server.grpc.port`` ``{start, end}``; the first free port in the range is used."""
+
+    start: int = 65003
+    end: int = 65003
+
+    def validate(self) -> None:
+        """Check the range."""
+        if not (0 <= self.start <= 65535 and 0 <= self.end <= 65535):
+            raise ValueError("grpc port start and end must be in 0..65535")
+        if self.end < self.start and self.start != 0:
+            raise ValueError(f"grpc port end {self.end} is below start {self.start}")
+
+
+@dataclass(frozen=True, slots=True)
+class GRPCConfig:
+    """gRPC ``manager.v2`` for schedulers and daemons."""
+
+    listen_ip: str = field(default="0.0.0.0", metadata={"key": "listenIP"})
+    advertise_ip: str | None = field(default=None, metadata={"key": "advertiseIP"})
+    port: PortRange = PortRange()
+    # caCert/cert/key of the gRPC server (over security's defaults).
+    tls: TLSFilesConfig = TLSFilesConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Listeners and the data directory."""
+
+    name: str = "dragonfly-manager"
+    # SQLite database, generated secrets and other state; Dragonfly keeps its state in MySQL instead.
+    data_dir: str = "/var/lib/dragonfly/manager"
+    rest: RESTConfig = RESTConfig()
+    grpc: GRPCConfig = GRPCConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class SQLServerConfig:
+    """Dragonfly's ``database.mysql`` / ``database.postgres`` sections."""
+
+    user: str = "dragonfly"
+    password: str = ""
+    host: str = "127.0.0.1"
+    port: int = 0
+    dbname: str = field(default="manager", metadata={"key": "dbname", "aliases": ("dbName",)})
+    # Postgres only: sslmode (disable, require, verify-full, ...).
+    ssl_mode: str = field(default="disable", metadata={"key": "sslMode"})
+    migrate: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SQLiteConfig:
+    """The embedded database (our default)."""
+
+    # Database file; relative paths are under server.dataDir.
+    path: str = "manager.db"
+    # WAL lets readers run while one writer commits; off only for file systems without shared memory (NFS).
+    wal: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    """Which database holds the manager's records."""
+
+    type: str = "sqlite"
+    # A full SQLAlchemy URL (postgresql://…, mysql://…, sqlite:///…) wins over the sections below.
+    url: str = ""
+    sqlite: SQLiteConfig = SQLiteConfig()
+    postgres: SQLServerConfig = SQLServerConfig()
+    mysql: SQLServerConfig = SQLServerConfig()
+    # Connections kept open per manager process (not used by SQLite).
+    pool_size: int = 10
+
+    def validate(self) -> None:
+        """Check the type."""
+        if self.type not in DATABASE_TYPES and self.type not in ("mariadb", "postgresql"):
+            raise ValueError(f"type must be one of {', '.join(DATABASE_TYPES)}, got {self.type!r}")
+        if self.pool_size < 1:
+            raise ValueError("poolSize must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """Users' sign-in sessions and the root user (Dragonfly: ``auth.jwt``)."""
+
+    # Password of the root user created at the first start; unset: $DRAGONFLY_INITIAL_ROOT_PASSWORD, else a
+    # generated one printed once on stderr. Ignored once the root user exists.
+    root_password: str = ""
+    # How long a sign-in session token is valid (Dragonfly's JWT timeout: 14 days).
+    session_ttl: Duration = field(default=Duration(14 * 86400), metadata={"key": "sessionTTL"})
+    # Failed sign-ins per client address and user name in signinWindow before further attempts get 429.
+    signin_max_failures: int = 5
+    signin_window: Duration = Duration(60)
+
+    def validate(self) -> None:
+        """Check lifetimes and limits."""
+        if self.session_ttl <= 0 or self.signin_window <= 0:
+            raise ValueError("sessionTTL and signinWindow must be > 0")
+        if self.signin_max_failures < 1:
+            raise ValueError("signinMaxFailures must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAliveConfig:
+    """Liveness of schedulers and seed peers."""
+
+    # A scheduler or seed peer that sent no keep-alive for this long is marked inactive (Dragonfly: 3 × its
+    # 5 s interval on the hourly GC; this manager checks every interval/3).
+    timeout: Duration = Duration(15)
+
+    def validate(self) -> None:
+        """Check the timeout."""
+        if self.timeout <= 0:
+            raise ValueError("timeout must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleConfig:
+    """The web console, served at ``/`` from a directory of built assets (index.html and its files)."""
+
+    # Unset: the assets shipped in the package (dragonfly/manager/console), if any.
+    dir: str = ""
+    enable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Prometheus endpoint; also served on the REST port at ``/metrics``."""
+
+    enable: bool = False
+    addr: str = ":8000"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole manager.yaml."""
+
+    server: ServerConfig = ServerConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    auth: AuthConfig = AuthConfig()
+    keep_alive: KeepAliveConfig = KeepAliveConfig()
+    console: ConsoleConfig = ConsoleConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    security: SecurityConfig = SecurityConfig()
+
+    @property
+    def data_dir(self) -> Path:
+        """Return the data directory."""
+        return Path(self.server.data_dir)
+
+    def grpc_tls(self) -> TLSFiles | None:
+        """Return the gRPC server's PEM files (None in plaintext mode); a missing setting raises ConfigError."""
+        return self.security.files(self.server.grpc.tls, "server.grpc.tls")
+
+    def root_password(self) -> str:
+        """Return the operator-set initial root password, or "" to generate one."""
+        return self.auth.root_password or os.environ.get(ROOT_PASSWORD_ENV, "")
+
+
+def load(path: str | None, *, overrides: dict[str, object] | None = None) -> Config:
+    """Load manager.yaml (None = defaults) with camelCase overrides."""
+    return load_config(Config, path, overrides=overrides)

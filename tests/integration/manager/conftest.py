@@ -1,0 +1,90 @@
+"""The manager's REST app in process (httpx over ASGI) on a real database: SQLite in tmp_path."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from dragonfly.manager import bootstrap, config, db
+from dragonfly.manager.api.app import create_app, wrap
+from dragonfly.manager.auth import SigninLimiter
+from dragonfly.manager.context import ManagerContext
+
+ROOT_PASSWORD = "root-password-1"
+
+
+@dataclass
+class API:
+    """A client of one in-process manager, with helpers for signing in."""
+
+    client: httpx.AsyncClient
+    ctx: ManagerContext
+
+    async def signin(self, name: str = "root", password: str = ROOT_PASSWORD) -> dict[str, str]:
+        response = await self.client.post("/api/v1/users/signin", json={"name": name, "password": password})
+        assert response.status_code == 200, response.text
+        return {"Authorization": f"Bearer {response.json()['token']}"}
+
+    async def make_user(self, root: dict[str, str], name: str, roles: list[str]) -> dict[str, str]:
+        password = f"{name}-password"
+        response = await self.client.post(
+            "/api/v1/users", headers=root, json={"name": name, "password": password, "roles": roles}
+        )
+        assert response.status_code == 201, response.text
+        return await self.signin(name, password)
+
+    async def make_token(self, headers: dict[str, str], scopes: list[str], **extra: Any) -> dict[str, Any]:
+        body = {
+            "name": "t",
+            "scopes": scopes,
+            "expired_at": (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat(),
+            **extra,
+        }
+        response = await self.client.post("/api/v1/personal-access-tokens", headers=headers, json=body)
+        assert response.status_code == 201, response.text
+        out: dict[str, Any] = response.json()
+        return out
+
+
+def manager_config(tmp_path: Path, **database: Any) -> config.Config:
+    """A config with its data directory in tmp_path."""
+    return config.load(
+        None,
+        overrides={
+            "server": {"dataDir": str(tmp_path / "manager"), "rest": {"maxBodySize": "64KiB"}},
+            "database": database,
+            "auth": {"rootPassword": ROOT_PASSWORD, "signinMaxFailures": 3},
+            "security": {"enable": False},
+        },
+    )
+
+
+@pytest.fixture(autouse=True)
+def cheap_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """argon2 with its smallest cost: the tests sign in often, and the KDF's strength is not what they test."""
+    from argon2 import PasswordHasher
+
+    from dragonfly.manager import auth
+
+    monkeypatch.setattr(auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[API]:
+    """A migrated, bootstrapped manager on SQLite and a client of its REST app."""
+    cfg = manager_config(tmp_path)
+    engine = db.create_engine(db.database_url(cfg))
+    ctx = ManagerContext(cfg, engine, db.session_factory(engine), SigninLimiter(3, 60))
+    await db.migrate(engine)
+    await bootstrap.bootstrap(ctx.sessions, ROOT_PASSWORD)
+    app = wrap(create_app(ctx), ctx)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://manager") as client:
+        yield API(client, ctx)
+    await engine.dispose()

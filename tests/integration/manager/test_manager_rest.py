@@ -1,0 +1,267 @@
+"""REST contract of the manager: auth, roles, tokens, CRUD, pagination, filters, validation, error shape."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from sqlalchemy import select
+
+from dragonfly.manager import models
+from tests.integration.manager.conftest import API
+
+CLUSTERS = "/api/v1/scheduler-clusters"
+
+
+async def test_every_api_route_needs_a_token(api: API) -> None:
+    spec = (await api.client.get("/api/v1/openapi.json")).json()
+    assert spec["info"]["title"] == "Dragonfly manager"
+    for path, methods in spec["paths"].items():
+        if path == "/api/v1/users/signin":
+            continue
+        for method in methods:
+            url = path.replace("{ident}", "1").replace("{role}", "guest")
+            response = await api.client.request(method.upper(), url, json={})
+            assert response.status_code == 401, (method, path, response.text)
+            assert response.headers["www-authenticate"].startswith("Bearer")
+            assert "message" in response.json()
+
+
+async def test_signin_wrong_password_then_rate_limited(api: API) -> None:
+    for _ in range(3):
+        response = await api.client.post("/api/v1/users/signin", json={"name": "root", "password": "wrong-one"})
+        assert response.status_code == 401
+        assert response.json() == {"message": "wrong user name or password"}
+    response = await api.client.post("/api/v1/users/signin", json={"name": "root", "password": "root-password-1"})
+    assert response.status_code == 429
+    assert int(response.headers["retry-after"]) >= 1
+    # A nonexistent user is answered the same way (no user enumeration).
+    response = await api.client.post("/api/v1/users/signin", json={"name": "nobody", "password": "x"})
+    assert response.status_code == 401
+
+
+async def test_validation_errors_do_not_echo_secrets(api: API) -> None:
+    response = await api.client.post("/api/v1/users/signin", json={"name": "root", "password": "p" * 500})
+    assert response.status_code == 422
+    assert "p" * 200 not in response.text
+    assert response.json()["message"] == "invalid request"
+
+
+async def test_cluster_crud_pagination_and_filters(api: API) -> None:
+    root = await api.signin()
+    for i in range(12):
+        body = {"name": f"c-{i}", "scopes": {"cidrs": [f"10.{i}.0.0/16"], "hostnames": ["^node-.*$"]}}
+        response = await api.client.post(CLUSTERS, headers=root, json=body)
+        assert response.status_code == 201, response.text
+    response = await api.client.get(CLUSTERS, headers=root, params={"page": 2, "per_page": 5})
+    assert response.status_code == 200
+    assert [c["name"] for c in response.json()] == ["c-4", "c-5", "c-6", "c-7", "c-8"]
+    assert response.headers["x-total-count"] == "13"
+    link = response.headers["link"]
+    assert 'page=1&per_page=5>; rel="first"' in link
+    assert 'page=3&per_page=5>; rel="next"' in link
+    assert 'page=3&per_page=5>; rel="last"' in link
+    response = await api.client.get(CLUSTERS, headers=root, params={"name": "c-7"})
+    assert [c["name"] for c in response.json()] == ["c-7"]
+    cluster = response.json()[0]
+    response = await api.client.patch(
+        f"{CLUSTERS}/{cluster['id']}", headers=root, json={"config": {"candidate_parent_limit": 5}, "is_default": True}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["config"] == {"candidate_parent_limit": 5}
+    default = [
+        c for c in (await api.client.get(CLUSTERS, headers=root, params={"per_page": 100})).json() if c["is_default"]
+    ]
+    assert [c["name"] for c in default] == ["c-7"]
+    response = await api.client.delete(f"{CLUSTERS}/{cluster['id']}", headers=root)
+    assert response.status_code == 204
+    response = await api.client.get(f"{CLUSTERS}/{cluster['id']}", headers=root)
+    assert response.status_code == 404
+    assert response.json() == {"message": f"scheduler cluster {cluster['id']} not found"}
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ({"name": "a b"}, ["body", "name"]),
+        ({"name": "x" * 300}, ["body", "name"]),
+        ({"name": "ok", "unknown": 1}, ["body", "unknown"]),
+        ({"name": "ok", "config": {"candidate_parent_limit": 0}}, ["body", "config", "candidate_parent_limit"]),
+        ({"name": "ok", "scopes": {"cidrs": ["10.0.0.0/33"]}}, ["body", "scopes", "cidrs", "0"]),
+        ({"name": "ok", "scopes": {"hostnames": ["("]}}, ["body", "scopes", "hostnames", "0"]),
+        ({"name": "ok'; DROP TABLE scheduler_cluster; --"}, ["body", "name"]),
+        ({"name": "ok", "bio": "b" * 5000}, ["body", "bio"]),
+    ],
+)
+async def test_bad_cluster_bodies_get_422(api: API, body: dict[str, object], where: list[str]) -> None:
+    root = await api.signin()
+    response = await api.client.post(CLUSTERS, headers=root, json=body)
+    assert response.status_code == 422, response.text
+    assert where in [e["loc"] for e in response.json()["errors"]]
+
+
+async def test_conflicts_bad_json_oversized_bodies_and_unknown_routes(api: API) -> None:
+    root = await api.signin()
+    response = await api.client.post(CLUSTERS, headers=root, json={"name": "cluster-1"})
+    assert response.status_code == 409
+    assert "conflict" in response.json()["message"]
+    response = await api.client.post(
+        CLUSTERS, headers={**root, "content-type": "application/json"}, content=b"{not json"
+    )
+    assert response.status_code == 422
+    response = await api.client.post(CLUSTERS, headers=root, json={"name": "big", "bio": "x" * 100_000})
+    assert response.status_code == 413
+    assert "larger than" in response.json()["message"]
+    response = await api.client.get("/api/v1/no-such-thing", headers=root)
+    assert response.status_code == 404
+    response = await api.client.get(f"{CLUSTERS}/{2**64}", headers=root)
+    assert response.status_code == 422
+    response = await api.client.post(CLUSTERS, headers=root, json={"name": "s", "seed_peer_cluster_ids": [99]})
+    assert response.status_code == 422
+    assert response.json() == {"message": "seed peer cluster 99 not found"}
+
+
+async def test_guest_reads_but_cannot_write(api: API) -> None:
+    root = await api.signin()
+    guest = await api.make_user(root, "alice", ["guest"])
+    assert (await api.client.get(CLUSTERS, headers=guest)).status_code == 200
+    response = await api.client.post(CLUSTERS, headers=guest, json={"name": "mine"})
+    assert response.status_code == 403
+    assert response.json() == {"message": "permission denied: write on scheduler-clusters"}
+    for method, url, body in [
+        ("POST", "/api/v1/users", {"name": "bob", "password": "bob-password"}),
+        ("PATCH", f"{CLUSTERS}/1", {"bio": "x"}),
+        ("DELETE", f"{CLUSTERS}/1", None),
+        ("POST", "/api/v1/schedulers", {"hostname": "s", "ip": "10.0.0.1", "port": 8002, "scheduler_cluster_id": 1}),
+        ("POST", "/api/v1/applications", {"name": "a", "priority": {"value": 1}}),
+        ("POST", "/api/v1/roles", {"name": "r"}),
+        ("PUT", "/api/v1/users/2/roles/root", None),
+        ("PATCH", "/api/v1/users/2", {"state": "disable"}),
+        ("POST", "/api/v1/users/1/reset_password", {"new_password": "hijacked-pw"}),
+    ]:
+        response = await api.client.request(method, url, headers=guest, json=body)
+        assert response.status_code == 403, (method, url, response.text)
+    # Their own profile and password are theirs.
+    me = (await api.client.get("/api/v1/users/me", headers=guest)).json()
+    assert me["roles"] == ["guest"]
+    response = await api.client.patch(f"/api/v1/users/{me['id']}", headers=guest, json={"bio": "hi"})
+    assert response.status_code == 200
+    response = await api.client.post(
+        f"/api/v1/users/{me['id']}/reset_password",
+        headers=guest,
+        json={"old_password": "alice-password", "new_password": "alice-password-2"},
+    )
+    assert response.status_code == 204
+    # Changing the password ended the session.
+    assert (await api.client.get(CLUSTERS, headers=guest)).status_code == 401
+
+
+async def test_personal_access_tokens_are_hashed_scoped_expiring_revocable(api: API) -> None:
+    root = await api.signin()
+    created = await api.make_token(root, ["cluster"])
+    token = created["token"]
+    assert token.startswith("dfp_")
+    assert created["token_prefix"] == token[:10]
+    async with api.ctx.sessions() as session:
+        stored = await session.scalar(select(models.PersonalAccessToken))
+        assert stored is not None
+        assert token not in (stored.token_hash, stored.token_prefix)
+    pat = {"Authorization": f"Bearer {token}"}
+    assert (await api.client.post(CLUSTERS, headers=pat, json={"name": "by-pat"})).status_code == 201
+    # The query parameter works too (Dragonfly's ?access_token=).
+    assert (await api.client.get(CLUSTERS, params={"access_token": token})).status_code == 200
+    # Outside its scope: users, tokens, applications.
+    response = await api.client.get("/api/v1/users", headers=pat)
+    assert response.status_code == 403
+    assert "scope" in response.json()["message"]
+    assert (await api.client.get("/api/v1/applications", headers=pat)).status_code == 403
+    assert (await api.client.get("/api/v1/personal-access-tokens", headers=pat)).status_code == 403
+    # The list shows metadata, never the secret.
+    listed = (await api.client.get("/api/v1/personal-access-tokens", headers=root)).json()
+    assert token not in str(listed)
+    assert listed[0]["id"] == created["id"]
+    # Revoked.
+    response = await api.client.patch(
+        f"/api/v1/personal-access-tokens/{created['id']}", headers=root, json={"state": "inactive"}
+    )
+    assert response.status_code == 200
+    response = await api.client.get(CLUSTERS, headers=pat)
+    assert response.status_code == 401
+    assert "revoked" in response.json()["message"]
+    # Expired.
+    other = await api.make_token(root, ["cluster"])
+    async with api.ctx.sessions() as session:
+        row = await session.get(models.PersonalAccessToken, other["id"])
+        assert row is not None
+        row.expired_at = models.utcnow() - dt.timedelta(seconds=1)
+        await session.commit()
+    response = await api.client.get(CLUSTERS, headers={"Authorization": f"Bearer {other['token']}"})
+    assert response.status_code == 401
+    assert "expired" in response.json()["message"]
+    # Garbage and a past expiry.
+    assert (await api.client.get(CLUSTERS, headers={"Authorization": "Bearer dfp_nope"})).status_code == 401
+    assert (await api.client.get(CLUSTERS, headers={"Authorization": "Bearer dfs_nope"})).status_code == 401
+    past = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).isoformat()
+    response = await api.client.post(
+        "/api/v1/personal-access-tokens", headers=root, json={"name": "p", "scopes": ["job"], "expired_at": past}
+    )
+    assert response.status_code == 422
+
+
+async def test_guest_token_cannot_write_and_tokens_of_others_are_hidden(api: API) -> None:
+    root = await api.signin()
+    guest = await api.make_user(root, "carol", ["guest"])
+    created = await api.make_token(guest, ["cluster"])
+    pat = {"Authorization": f"Bearer {created['token']}"}
+    assert (await api.client.get(CLUSTERS, headers=pat)).status_code == 200
+    assert (await api.client.post(CLUSTERS, headers=pat, json={"name": "nope"})).status_code == 403
+    root_token = await api.make_token(root, ["cluster"])
+    response = await api.client.delete(f"/api/v1/personal-access-tokens/{root_token['id']}", headers=guest)
+    assert response.status_code == 404
+    response = await api.client.post(
+        "/api/v1/personal-access-tokens",
+        headers=guest,
+        json={"name": "x", "scopes": ["cluster"], "expired_at": "2099-01-01T00:00:00Z", "user_id": 1},
+    )
+    assert response.status_code == 403
+
+
+async def test_signout_and_disabled_users(api: API) -> None:
+    root = await api.signin()
+    dave = await api.make_user(root, "dave", ["guest"])
+    assert (await api.client.post("/api/v1/users/signout", headers=dave)).status_code == 204
+    assert (await api.client.get(CLUSTERS, headers=dave)).status_code == 401
+    dave = await api.signin("dave", "dave-password")
+    me = (await api.client.get("/api/v1/users/me", headers=dave)).json()
+    assert (
+        await api.client.patch(f"/api/v1/users/{me['id']}", headers=root, json={"state": "disable"})
+    ).status_code == 200
+    assert (await api.client.get(CLUSTERS, headers=dave)).status_code == 401
+    response = await api.client.post("/api/v1/users/signin", json={"name": "dave", "password": "dave-password"})
+    assert response.status_code == 403
+    # The last root keeps its role.
+    response = await api.client.delete("/api/v1/users/1/roles/root", headers=root)
+    assert response.status_code == 409
+
+
+async def test_schedulers_seed_peers_applications(api: API) -> None:
+    root = await api.signin()
+    body = {"hostname": "sched-1", "ip": "10.0.0.1", "port": 8002, "scheduler_cluster_id": 1}
+    response = await api.client.post("/api/v1/schedulers", headers=root, json=body)
+    assert response.status_code == 201, response.text
+    assert response.json()["state"] == "inactive"
+    response = await api.client.post("/api/v1/schedulers", headers=root, json={**body, "scheduler_cluster_id": 7})
+    assert response.status_code == 422
+    response = await api.client.post("/api/v1/schedulers", headers=root, json={**body, "ip": "10.0.0.300"})
+    assert response.status_code == 422
+    listed = await api.client.get("/api/v1/schedulers", headers=root, params={"ip": "10.0.0.1", "state": "inactive"})
+    assert [s["hostname"] for s in listed.json()] == ["sched-1"]
+    assert (await api.client.get("/api/v1/schedulers", headers=root, params={"state": "bogus"})).status_code == 422
+    seed = {"hostname": "seed-1", "ip": "10.0.0.2", "port": 4000, "download_port": 4005, "seed_peer_cluster_id": 1}
+    assert (await api.client.post("/api/v1/seed-peers", headers=root, json=seed)).status_code == 201
+    app = {"name": "d7y", "priority": {"value": 3, "urls": [{"regex": "^https://x/", "value": 5}]}}
+    response = await api.client.post("/api/v1/applications", headers=root, json=app)
+    assert response.status_code == 201, response.text
+    assert response.json()["user_id"] == 1
+    bad = {"name": "d7y-2", "priority": {"value": 99}}
+    assert (await api.client.post("/api/v1/applications", headers=root, json=bad)).status_code == 422
