@@ -148,6 +148,17 @@ def _status_error(url: str, resp: aiohttp.ClientResponse) -> BackendError:
     )
 
 
+def _without_userinfo(url: str) -> URL | str:
+    """Drop ``user:password@`` when the request carries its own Authorization header, which wins (as with curl).
+
+    aiohttp refuses the combination with a ValueError of its own wording (issue 8 item 16).
+    """
+    parsed = URL(url)
+    if parsed.user is None and parsed.password is None:
+        return url
+    return parsed.with_user(None)
+
+
 def describe_origin_error(exc: BaseException) -> tuple[str, bool]:
     """Return what went wrong reaching an origin, in words a user reads, and whether another try could help.
 
@@ -354,7 +365,11 @@ class HTTPBackend:
                 continue
             # Every hop goes through the same session: a redirect to an internal address meets the guard too.
             resp = await self._session_for(options).request(
-                method, target, headers=headers, allow_redirects=False, ssl=self._ssl_for(options)
+                method,
+                _without_userinfo(target) if "Authorization" in headers else target,
+                headers=headers,
+                allow_redirects=False,
+                ssl=self._ssl_for(options),
             )
             location = resp.headers.get("Location")
             if resp.status not in _REDIRECT_STATUS or not location:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import grpc
 import pytest
@@ -173,22 +172,22 @@ async def test_ten_thousand_bogus_registrations_get_errors_with_bounded_memory(s
                 await peer.register(helpers.download())
             else:
                 await peer.piece(0)
-            error = await peer.error(within=30)
+            # A bound on a hung call, not a speed requirement (2 shared cores under other tests' load).
+            error = await peer.error(within=120)
             codes[error.code()] = codes.get(error.code(), 0) + 1
 
-    started = time.monotonic()
-    flood = asyncio.gather(*(bogus(i) for i in range(10_000)))
-    # A well-behaved peer is served while the flood runs.
+    flood = asyncio.ensure_future(asyncio.gather(*(bogus(i) for i in range(10_000))))
+    # A well-behaved peer is served while the flood runs: before it ends, whatever the machine's speed.
     legit = cluster.peer(host, TASK)
     await legit.register(helpers.download())
-    assert (await legit.response(within=5)).WhichOneof("response") == "need_back_to_source_response"
-    await flood
+    assert (await legit.response(within=120)).WhichOneof("response") == "need_back_to_source_response"
+    assert not flood.done(), "the legitimate peer was answered only after the whole flood"
+    await asyncio.wait_for(flood, 240)
     assert codes == {
         grpc.StatusCode.NOT_FOUND: 3334,
         grpc.StatusCode.INVALID_ARGUMENT: 3333,
         grpc.StatusCode.FAILED_PRECONDITION: 3333,
     }
-    assert time.monotonic() - started < 60
     assert cluster.rss() - rss_before < 64 * 1024 * 1024
     hosts = await cluster.stub.ListHosts(scheduler_pb2.ListHostsRequest())
     assert [h.id for h in hosts.hosts] == [host.id]

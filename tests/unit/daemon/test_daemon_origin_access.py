@@ -146,3 +146,27 @@ async def test_a_guarded_download_is_refused_internal_addresses_and_redirects_to
         await backend.close()
         await internal.cleanup()
         await outside.cleanup()
+
+
+async def test_an_authorization_header_wins_over_credentials_in_the_url() -> None:
+    seen: list[str | None] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.Response(body=BODY)
+
+    app = web.Application()
+    app.router.add_get("/f", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://user:secret@127.0.0.1:{runner.addresses[0][1]}/f"
+    backend = await _backend()
+    try:
+        # aiohttp refused the combination ("Cannot combine AUTHORIZATION header with AUTH argument ...").
+        assert (await backend.stat(url, {"Authorization": "Bearer token"})).content_length == len(BODY)
+        assert (await backend.stat(url, {})).content_length == len(BODY)
+    finally:
+        await backend.close()
+        await runner.cleanup()
+    assert seen == ["Bearer token", "Basic dXNlcjpzZWNyZXQ="]
