@@ -304,6 +304,9 @@ export function SchedulerClusterEdit() {
         </Link>
       </PageHeader>
       {!canEdit && <p className="muted">You can read this cluster; only root can change it.</p>}
+      {!creating && !loaded ? (
+        error ? <ErrorBanner error={error} /> : <p className="muted">Loading…</p>
+      ) : (
       <form className="form" onSubmit={submit} noValidate aria-label={title}>
         <fieldset>
           <legend>Cluster</legend>
@@ -381,6 +384,7 @@ export function SchedulerClusterEdit() {
           </div>
         )}
       </form>
+      )}
       {!creating && loaded && <SchedulersOf clusterId={loaded.id} />}
     </>
   );
@@ -513,6 +517,9 @@ export function SeedPeerClusterEdit() {
           Back to seed peer clusters
         </Link>
       </PageHeader>
+      {!creating && !loaded ? (
+        error ? <ErrorBanner error={error} /> : <p className="muted">Loading…</p>
+      ) : (
       <form className="form" onSubmit={submit} noValidate aria-label={title}>
         <fieldset>
           <legend>Cluster</legend>
@@ -562,6 +569,7 @@ export function SeedPeerClusterEdit() {
           </div>
         )}
       </form>
+      )}
       {!creating && loaded && <SeedPeersOf clusterId={loaded.id} />}
     </>
   );
