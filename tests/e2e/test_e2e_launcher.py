@@ -84,7 +84,8 @@ def test_origin_slow(origin: OriginProcess) -> None:
     try:
         began = time.monotonic()
         assert len(get(origin, "/slow.bin")[2]) == 400_000
-        assert 0.35 <= time.monotonic() - began <= 1.5
+        # Paced: never faster than the rate (load can only make it slower).
+        assert time.monotonic() - began >= 0.35
     finally:
         origin.clear_faults()
 

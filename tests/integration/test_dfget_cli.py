@@ -243,7 +243,8 @@ def test_timeout(daemon: tuple[ScriptedDaemon, str], tmp_path: Path) -> None:
     result = dfget("http://127.0.0.1:9/hang", "-O", str(tmp_path / "o"), "-e", sock, "--timeout", "1s")
     assert result.returncode == 1
     assert result.stderr.startswith("dfget: error: timed out after 1s (--timeout)")
-    assert time.monotonic() - began < 8
+    # Not cut short: the 1 s deadline was waited for (dfget's own run is bounded by the helper's 60 s).
+    assert time.monotonic() - began >= 1
 
 
 def test_daemon_not_running_no_socket(tmp_path: Path) -> None:

@@ -328,7 +328,8 @@ def test_sendfile_times_out_when_peer_reads_nothing(impl: ModuleType) -> None:
         started = time.monotonic()
         with pytest.raises(TimeoutError, match=r"^no progress on the socket within the timeout$"):
             impl.sendfile(client.fileno(), src, 0, 64 * MIB, timeout=0.3)
-        assert 0.3 <= time.monotonic() - started < 2.0
+        # Never before the timeout; a sendfile that never times out hangs into the test's own timeout.
+        assert time.monotonic() - started >= 0.3
 
 
 # -- GIL release --------------------------------------------------------------------------------------------------

@@ -168,7 +168,9 @@ def test_unreachable_scheduler_falls_back_to_the_origin_in_bounded_time(
 
     began = time.monotonic()
     result = download(cluster.socket_path("lonely"), origin.url("lonely.bin"), tmp_path / "lonely-out")
-    assert time.monotonic() - began < 10
+    # Bounded, not fast: the regression this guards against waits out scheduleTimeout (hours); `download` itself
+    # gives up after 60 s.
+    assert time.monotonic() - began < 60
     assert result.bytes_by_traffic == {"BACK_TO_SOURCE": len(data)}
     assert (tmp_path / "lonely-out").read_bytes() == data
 
