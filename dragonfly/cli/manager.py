@@ -17,6 +17,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", help="manager.yaml (default: built-in defaults)")
     parser.add_argument("--rest-addr", help="REST listen address HOST:PORT (overrides server.rest.addr)")
+    parser.add_argument("--grpc-port", type=int, help="gRPC port (overrides server.grpc.port; 0 = any free port)")
     parser.add_argument("--data-dir", help="data directory (overrides server.dataDir)")
     add_log_level(parser, "--log-level")
     return parser
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     server_overrides: dict[str, object] = {}
     if args.rest_addr is not None:
         server_overrides["rest"] = {"addr": args.rest_addr}
+    if args.grpc_port is not None:
+        server_overrides["grpc"] = {"port": {"start": args.grpc_port, "end": args.grpc_port}}
     if args.data_dir is not None:
         server_overrides["dataDir"] = args.data_dir
     try:
@@ -50,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             await server.stop()
             return 1
         process.announce_listening("manager REST", server.rest_address)
+        process.announce_listening("manager gRPC", server.grpc_address)
         process.announce_ready("manager")
         try:
             await asyncio.Event().wait()

@@ -116,6 +116,19 @@ class SQLiteConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RedisConfig:
+    """Dragonfly's ``database.redis``: the job queue when more than one manager runs (unset addrs: none)."""
+
+    addrs: list[str] = field(default_factory=list)
+    master_name: str = ""
+    username: str = ""
+    password: str = ""
+    db: int = field(default=0, metadata={"key": "db", "aliases": ("DB",)})
+    broker_db: int = field(default=1, metadata={"key": "brokerDB"})
+    backend_db: int = field(default=2, metadata={"key": "backendDB"})
+
+
+@dataclass(frozen=True, slots=True)
 class DatabaseConfig:
     """Which database holds the manager's records."""
 
@@ -125,6 +138,7 @@ class DatabaseConfig:
     sqlite: SQLiteConfig = SQLiteConfig()
     postgres: SQLServerConfig = SQLServerConfig()
     mysql: SQLServerConfig = SQLServerConfig()
+    redis: RedisConfig = RedisConfig()
     # Connections kept open per manager process (not used by SQLite).
     pool_size: int = 10
 
@@ -162,7 +176,8 @@ class KeepAliveConfig:
     """Liveness of schedulers and seed peers."""
 
     # A scheduler or seed peer that sent no keep-alive for this long is marked inactive (Dragonfly: 3 × its
-    # 5 s interval on the hourly GC; this manager checks every interval/3).
+    # 5 s interval, checked by an hourly GC; this manager checks every timeout/3). A closed keep-alive stream marks
+    # it inactive at once.
     timeout: Duration = Duration(15)
 
     def validate(self) -> None:

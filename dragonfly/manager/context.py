@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from dragonfly.manager.auth import SigninLimiter
 from dragonfly.manager.config import Config
+
+if TYPE_CHECKING:
+    import grpc
 
 
 @dataclass(slots=True)
@@ -20,3 +23,23 @@ class ManagerContext:
     sessions: async_sessionmaker[AsyncSession]
     signin_limiter: SigninLimiter
     extras: dict[str, Any] = field(default_factory=dict)
+    channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+
+    def scheduler_channel(self, address: str) -> grpc.aio.Channel:
+        """Return a channel to a scheduler (``ip:port``), with the manager's client identity under mTLS.
+
+        Channels are cached per address and closed when the manager stops; callers never close them.
+        """
+        channel = self.channels.get(address)
+        if channel is None:
+            from dragonfly.common import tls
+
+            channel = tls.aio_channel(address, self.config.grpc_tls())
+            self.channels[address] = channel
+        return channel
+
+    async def close_channels(self) -> None:
+        """Close every cached channel."""
+        channels, self.channels = list(self.channels.values()), {}
+        for channel in channels:
+            await channel.close()

@@ -10,15 +10,22 @@ import socket
 from collections.abc import Iterator, Sequence
 from typing import TextIO
 
+import grpc
 import uvicorn
+from dragonfly_api import manager_pb2, manager_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from dragonfly.manager import bootstrap, db
+from dragonfly.common import grpc_decoding, tls
+from dragonfly.common.authz import Authorizer
+from dragonfly.manager import bootstrap, db, queries
 from dragonfly.manager.api.app import Extension, create_app, load_extensions, wrap
 from dragonfly.manager.auth import SigninLimiter
 from dragonfly.manager.config import Config
 from dragonfly.manager.context import ManagerContext
 
 log = logging.getLogger(__name__)
+
+SERVICE_NAME = manager_pb2.DESCRIPTOR.services_by_name["Manager"].full_name
 
 
 class _Uvicorn(uvicorn.Server):
@@ -27,6 +34,10 @@ class _Uvicorn(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def _format(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -56,7 +67,11 @@ class ManagerServer:
         self._uvicorn: _Uvicorn | None = None
         self._rest_task: asyncio.Task[None] | None = None
         self._sock: socket.socket | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._liveness: asyncio.Task[None] | None = None
         self.rest_address = ""
+        self.grpc_address = ""
 
     async def start(self) -> None:
         """Migrate, bootstrap, then listen; raises OSError when a port is taken, ValueError on a bad database."""
@@ -65,6 +80,7 @@ class ManagerServer:
         for noisy in ("alembic", "uvicorn.error"):
             if logging.getLogger(noisy).getEffectiveLevel() < logging.WARNING:
                 logging.getLogger(noisy).setLevel(logging.WARNING)
+        grpc_files = config.grpc_tls()  # a missing file setting fails before anything is created
         if config.database.type == "sqlite" and not config.database.url:
             config.data_dir.mkdir(parents=True, exist_ok=True)
             os.chmod(config.data_dir, 0o700)
@@ -102,9 +118,72 @@ class ManagerServer:
                 self._rest_task.result()
                 raise RuntimeError("REST server stopped while starting")
             await asyncio.sleep(0.01)
+        await self._start_grpc(ctx, grpc_files)
+        self._liveness = asyncio.create_task(self._expire_keep_alives(ctx))
+
+    async def _start_grpc(self, ctx: ManagerContext, files: tls.TLSFiles | None) -> None:
+        from dragonfly.manager.rpc.service import ManagerServicer
+
+        grpc_config = self.config.server.grpc
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+                ("grpc.max_connection_idle_ms", 10 * 60 * 1000),
+                ("grpc.so_reuseport", 0),
+            ],
+            interceptors=[grpc_decoding.interceptor()],
+        )
+        manager_pb2_grpc.add_ManagerServicer_to_server(  # type: ignore[no-untyped-call]
+            ManagerServicer(ctx, Authorizer(secure=files is not None)), server
+        )
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        if files is None:
+            tls.warn_plaintext("manager")
+        host = grpc_config.listen_ip
+        first, last = grpc_config.port.start, max(grpc_config.port.start, grpc_config.port.end)
+        error: OSError | None = None
+        for port in range(first, last + 1):
+            try:
+                bound = tls.add_port(server, _format(host, port), files)
+            except OSError as exc:
+                error = exc
+                continue
+            break
+        else:
+            assert error is not None
+            raise error
+        await server.start()
+        self._grpc = server
+        self.grpc_address = _format(host, bound)
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _expire_keep_alives(self, ctx: ManagerContext) -> None:
+        """Mark instances whose keep-alives stopped without their stream closing (a crashed host) inactive."""
+        timeout = float(self.config.keep_alive.timeout)
+        while True:
+            await asyncio.sleep(timeout / 3)
+            try:
+                async with ctx.sessions() as session:
+                    changed = await queries.expire_keep_alives(session, timeout)
+                if changed:
+                    log.info("keep-alive expired", extra={"instances": changed})
+            except Exception:
+                log.exception("keep-alive expiry failed; retrying")
 
     async def stop(self) -> None:
         """Stop listening, finish in-flight requests (briefly), close the database."""
+        if self._liveness is not None:
+            self._liveness.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._liveness
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._grpc is not None:
+            # Keep-alive streams end here and mark their instances inactive, so the database closes last.
+            await self._grpc.stop(3)
+            self._grpc = None
         if self._uvicorn is not None and self._rest_task is not None:
             self._uvicorn.should_exit = True
             with contextlib.suppress(Exception):
@@ -117,4 +196,5 @@ class ManagerServer:
         if self._sock is not None:
             self._sock.close()
         if self.ctx is not None:
+            await self.ctx.close_channels()
             await self.ctx.engine.dispose()

@@ -295,11 +295,12 @@ class SeedPeerFilter(Filter):
 
 class PriorityURL(Request):
     regex: Regex
-    value: int = Field(ge=0, le=20)
+    # common.v2.Priority: LEVEL0..LEVEL6
+    value: int = Field(ge=0, le=6)
 
 
 class Priority(Request):
-    value: int = Field(ge=0, le=20)
+    value: int = Field(ge=0, le=6)
     urls: list[PriorityURL] = Field(default_factory=list, max_length=1000)
 
 

@@ -52,15 +52,28 @@ class API:
         return out
 
 
-def manager_config(tmp_path: Path, **database: Any) -> config.Config:
-    """A config with its data directory in tmp_path."""
+def manager_config(
+    tmp_path: Path,
+    *,
+    database: dict[str, Any] | None = None,
+    rest_addr: str = ":8080",
+    grpc_port: int = 65003,
+    keep_alive_timeout: str = "15s",
+    security: dict[str, Any] | None = None,
+) -> config.Config:
+    """A config with its data directory in tmp_path, plaintext unless ``security`` says otherwise."""
     return config.load(
         None,
         overrides={
-            "server": {"dataDir": str(tmp_path / "manager"), "rest": {"maxBodySize": "64KiB"}},
-            "database": database,
+            "server": {
+                "dataDir": str(tmp_path / "manager"),
+                "rest": {"addr": rest_addr, "maxBodySize": "64KiB"},
+                "grpc": {"listenIP": "127.0.0.1", "port": {"start": grpc_port, "end": grpc_port}},
+            },
+            "database": database or {},
             "auth": {"rootPassword": ROOT_PASSWORD, "signinMaxFailures": 3},
-            "security": {"enable": False},
+            "keepAlive": {"timeout": keep_alive_timeout},
+            "security": security or {"enable": False},
         },
     )
 
