@@ -105,8 +105,15 @@ class DownloadConfig:
     # "strict" (cryptographic digests vouched for by a seed peer) or "compatible" (Dragonfly's trust in parents).
     piece_verification: str = "strict"
     slow_piece: SlowPieceConfig = field(default_factory=SlowPieceConfig)
+    # Persistent cache pieces between our peers (docs/dfcache.md#compression): "zstd" compresses those that shrink,
+    # when both ends have the zstandard package; "off" never does. Dragonfly's peers are never sent any.
+    persistent_cache_compression: str = "zstd"
 
     def validate(self) -> None:
+        if self.persistent_cache_compression not in ("zstd", "off"):
+            raise ValueError(
+                f"persistentCacheCompression must be zstd or off, got {self.persistent_cache_compression!r}"
+            )
         if self.piece_verification not in ("strict", "compatible"):
             raise ValueError(f"pieceVerification must be strict or compatible, got {self.piece_verification!r}")
         if self.protocol != "tcp":

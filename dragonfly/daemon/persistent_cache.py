@@ -42,6 +42,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from dragonfly.common.errors import DragonflyError
 from dragonfly.common.piece import calculate_piece_length, piece_count, piece_range
+from dragonfly.daemon import compression
 from dragonfly.daemon.download import vortex_client
 from dragonfly.daemon.download.parents import ParentChannels, upload_addr
 from dragonfly.daemon.errors import DownloadFailed, OutputError, TaskNotFound
@@ -238,6 +239,7 @@ class PersistentCacheManager:
         piece_timeout: float,
         storage_executor: Executor | None = None,
         on_fetched: Callable[[int], None] | None = None,
+        compression: bool = False,
     ) -> None:
         self.storage = Storage(directory, keep=True, executor=storage_executor)
         self._index_path = os.path.join(self.storage.metadata_dir, "entries.db")
@@ -252,6 +254,11 @@ class PersistentCacheManager:
         self._concurrency = concurrent_piece_count
         self._piece_timeout = piece_timeout
         self._on_fetched = on_fetched
+        #: Whether pieces go zstd-compressed between our peers (both ways: offered as a parent, asked as a child).
+        self.compression = compression
+        #: Bytes of piece content received, and how many of them crossed the wire (less when compressed).
+        self.received_bytes = 0
+        self.wire_bytes = 0
         self._active: dict[str, asyncio.Future[None]] = {}
         self._expiry: asyncio.Task[None] | None = None
 
@@ -640,6 +647,7 @@ class PersistentCacheManager:
             content=content,
         )
         finished = False
+        wire_before = self.wire_bytes
         try:
             send(
                 register_persistent_cache_peer_request=scheduler_pb2.RegisterPersistentCachePeerRequest(
@@ -722,7 +730,14 @@ class PersistentCacheManager:
                 download_persistent_cache_peer_finished_request=scheduler_pb2.DownloadPersistentCachePeerFinishedRequest()
             )
             finished = True
-            log.info("persistent cache task exported", extra={"task_id": task_id, "content_length": content_length})
+            log.info(
+                "persistent cache task exported",
+                extra={
+                    "task_id": task_id,
+                    "content_length": content_length,
+                    "wire_bytes": self.wire_bytes - wire_before,
+                },
+            )
         except BaseException as exc:
             if not finished:
                 with contextlib.suppress(Exception):
@@ -772,11 +787,11 @@ class PersistentCacheManager:
         send: Callable[..., None],
     ) -> list[PieceRecord]:
         """Fetch every piece from ``parents`` (CRC-32 checked); return the pieces recorded."""
-        addrs: list[tuple[str, tuple[str, int]]] = []
+        addrs: list[tuple[str, tuple[str, int], bool]] = []
         for parent in parents:
-            addr = await self._vortex_addr(parent, task_id)
-            if addr is not None:
-                addrs.append((parent.id, addr))
+            found = await self._vortex_addr(parent, task_id)
+            if found is not None:
+                addrs.append((parent.id, *found))
         if not addrs:
             raise DownloadFailed(f"persistent cache task {task_id}: no parent could be reached")
         count = piece_count(content_length, piece_length)
@@ -794,7 +809,7 @@ class PersistentCacheManager:
                     number = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                parent_id, addr = addrs[(number + failures.get(number, 0)) % len(addrs)]
+                parent_id, addr, zstd = addrs[(number + failures.get(number, 0)) % len(addrs)]
                 offset, length = piece_range(number, content_length, piece_length)
                 started = time.monotonic()
                 try:
@@ -814,6 +829,7 @@ class PersistentCacheManager:
                                 timeout=self._piece_timeout,
                                 pool=self._pool,
                                 persistent_cache=True,
+                                accept_zstd=zstd,
                             ),
                         )
                     if fetched.digest != f"crc32:{fetched.crc}":
@@ -842,6 +858,8 @@ class PersistentCacheManager:
                 )
                 self.storage.finish_piece(task_id, piece)
                 recorded.append(piece)
+                self.received_bytes += length
+                self.wire_bytes += fetched.wire_length if fetched.wire_length >= 0 else length
                 if self._on_fetched is not None:
                     self._on_fetched(length)
                 send(
@@ -868,8 +886,11 @@ class PersistentCacheManager:
         recorded.sort(key=lambda p: p.number)
         return recorded
 
-    async def _vortex_addr(self, parent: common_pb2.PersistentCachePeer, task_id: str) -> tuple[str, int] | None:
-        """Ask a parent's upload server where its Vortex port is (SyncPersistentCachePieces, first answer)."""
+    async def _vortex_addr(
+        self, parent: common_pb2.PersistentCachePeer, task_id: str
+    ) -> tuple[tuple[str, int], bool] | None:
+        """Ask a parent's upload server where its Vortex port is (SyncPersistentCachePieces, first answer) and
+        whether it offers zstd (its initial metadata; Dragonfly's parents send none)."""
         host = parent.host
         stub = self._channels.stub(upload_addr(host.ip, host.port))
         call = stub.SyncPersistentCachePieces(
@@ -877,9 +898,13 @@ class PersistentCacheManager:
             timeout=_REQUEST_TIMEOUT,
         )
         try:
+            metadata = await call.initial_metadata()
+            zstd = self.compression and any(
+                key == compression.ENCODING_KEY and str(value) == compression.ZSTD for key, value in metadata or ()
+            )
             async for response in call:
                 if response.HasField("tcp_port"):
-                    return (response.ip or host.ip, response.tcp_port)
+                    return (response.ip or host.ip, response.tcp_port), zstd
         except grpc.aio.AioRpcError as exc:
             log.info(
                 "persistent cache parent unreachable",

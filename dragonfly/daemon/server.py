@@ -29,6 +29,7 @@ from dragonfly.common.http_server import start_http_server
 from dragonfly.common.identity import ROLE_PEER, ROLE_SEED_PEER, identity_from_pem
 from dragonfly.common.netguard import AddressPolicy
 from dragonfly.common.process import announce_listening
+from dragonfly.daemon import compression
 from dragonfly.daemon.api.callers import CallerRelay
 from dragonfly.daemon.api.download_server import DfdaemonDownloadService
 from dragonfly.daemon.config import DfdaemonConfig, socket_gid
@@ -108,6 +109,7 @@ class Dfdaemon:
             piece_timeout=config.download.piece_timeout,
             storage_executor=self._storage_executor,
             on_fetched=self.download_traffic.add,
+            compression=config.download.persistent_cache_compression == "zstd" and compression.available(),
         )
         self.scheduler: SchedulerClient | None = None
         self.tasks: TaskManager | None = None
@@ -173,6 +175,7 @@ class Dfdaemon:
             on_served=self._on_served,
             ssl_context=tls.server_ssl_context(self.tls.storage_server) if self.tls.storage_server else None,
             persistent_cache=self.persistent_cache.storage,
+            compression=self.persistent_cache.compression,
         )
         await self.vortex.start()
         vortex = self.vortex

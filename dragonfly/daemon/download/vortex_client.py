@@ -18,15 +18,17 @@ a cluster certificate for the IP it was dialled at), and the piece bytes go thro
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import ssl
 import struct
 import threading
+import zlib
 from dataclasses import dataclass
 
 from dragonfly.common import native
 from dragonfly.common.errors import DragonflyError, ShortRead, VortexError, VortexRemoteError
-from dragonfly.daemon import vortex_tls
+from dragonfly.daemon import compression, vortex_tls
 
 _KEEPALIVE = ((socket.TCP_KEEPIDLE, 5), (socket.TCP_KEEPINTVL, 3), (socket.TCP_KEEPCNT, 3))
 
@@ -40,6 +42,8 @@ class FetchedPiece:
     length: int
     digest: str
     crc: int
+    #: Bytes that crossed the wire for the piece's content (less than ``length`` when it came compressed).
+    wire_length: int = -1
 
 
 class PieceAbandoned(DragonflyError, ConnectionError):
@@ -187,16 +191,21 @@ def fetch_piece(
     ssl_context: ssl.SSLContext | None = None,
     abort: FetchAbort | None = None,
     persistent_cache: bool = False,
+    accept_zstd: bool = False,
 ) -> FetchedPiece:
     """Download piece ``number`` of ``task_id`` from ``addr`` into ``fd`` (blocking; run it on an executor).
 
     New connections use TLS with ``ssl_context``, else with the pool's; plaintext when neither has one.
-    ``persistent_cache`` asks for a piece of a persistent cache task (Vortex tags 4 and 5).
+    ``persistent_cache`` asks for a piece of a persistent cache task (Vortex tags 4 and 5); with ``accept_zstd``
+    the request says that a zstd-compressed answer is welcome (only to parents that offered it,
+    ``dragonfly.daemon.compression``).
     """
     abort = abort or FetchAbort()
     if persistent_cache:
         request = native.encode_download_piece(task_id, number, tag=native.TAG_DOWNLOAD_PERSISTENT_CACHE_PIECE)
         content_tag = native.TAG_PERSISTENT_CACHE_PIECE_CONTENT
+        if accept_zstd:
+            request = compression.with_accept_flag(request)
     else:
         request = native.encode_download_piece(task_id, number)
         content_tag = native.TAG_PIECE_CONTENT
@@ -218,12 +227,19 @@ def fetch_piece(
             sock.settimeout(timeout)
             sock.sendall(request)
             header = _recv_exact(sock, native.HEADER_SIZE)
-        _frame_id, tag, value_length = native.decode_header(header)
+        decoded = compression.extension_header(header, -1) if accept_zstd else None
+        _frame_id, tag, value_length = decoded or native.decode_header(header)
         value = _recv_exact(sock, value_length)
         if tag == native.TAG_ERROR:
             code, message = native.decode_error(value)
             raise VortexRemoteError(code, message)
-        if tag != content_tag:
+        compressed_length = -1
+        if accept_zstd and tag == compression.TAG_COMPRESSED_PERSISTENT_CACHE_PIECE_CONTENT:
+            try:
+                compressed_length, value = compression.split_compressed_value(value)
+            except ValueError as exc:
+                raise VortexError(str(exc)) from exc
+        elif tag != content_tag:
             raise VortexError(f"expected a piece content frame, got tag {tag}")
         meta = native.decode_piece_content(value)
         if meta.number != number or meta.offset != offset or meta.length != length:
@@ -231,7 +247,19 @@ def fetch_piece(
                 f"parent sent piece {meta.number} at {meta.offset}+{meta.length}, "
                 f"expected piece {number} at {offset}+{length}"
             )
-        if isinstance(sock, ssl.SSLSocket):
+        if compressed_length >= 0:
+            if compressed_length > length + 1024 * 1024:
+                raise VortexError(f"compressed piece of {compressed_length} bytes for {length} bytes of content")
+            try:
+                data = compression.decompress_piece(_recv_exact(sock, compressed_length), length)
+            except ValueError as exc:
+                raise VortexError(str(exc)) from exc
+            crc = zlib.crc32(data)
+            view = memoryview(data)
+            written = 0
+            while written < length:
+                written += os.pwrite(fd, view[written:], offset + written)
+        elif isinstance(sock, ssl.SSLSocket):
             crc = vortex_tls.recv_piece(sock, fd, offset, length, buffer)
         else:
             crc = native.recv_to_file(sock.fileno(), fd, offset, length, buffer, timeout)
@@ -247,4 +275,5 @@ def fetch_piece(
         pool.put(addr, sock)
     else:
         sock.close()
-    return FetchedPiece(number=number, offset=offset, length=length, digest=meta.digest, crc=crc)
+    wire = compressed_length if compressed_length >= 0 else length
+    return FetchedPiece(number=number, offset=offset, length=length, digest=meta.digest, crc=crc, wire_length=wire)

@@ -20,6 +20,7 @@ from google.protobuf import empty_pb2
 from dragonfly.common.authz import Authorizer
 from dragonfly.common.identity import ROLE_MANAGER, ROLE_SCHEDULER
 from dragonfly.common.ids import is_task_id
+from dragonfly.daemon import compression
 from dragonfly.daemon.api.convert import download_response, error_trailers, local_task_message, status_of, task_message
 from dragonfly.daemon.api.lookup import get_task_or_abort
 from dragonfly.daemon.download.task_manager import TaskManager
@@ -148,6 +149,9 @@ class DfdaemonUploadService(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
             return
         count = -(-task.content_length // task.piece_length) if task.piece_length else 0
         interested = {n for n in request.interested_piece_numbers if n < count} or set(range(count))
+        if pcache.compression:
+            # The offer of zstd on Vortex (dragonfly.daemon.compression); Dragonfly's children ignore it.
+            await context.send_initial_metadata(((compression.ENCODING_KEY, compression.ZSTD),))
         for number in sorted(interested):
             piece = task.pieces.get(number)
             if piece is None:

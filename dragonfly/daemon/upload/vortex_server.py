@@ -29,7 +29,7 @@ from concurrent.futures import Executor
 
 from dragonfly.common import native
 from dragonfly.common.errors import DragonflyError, VortexError
-from dragonfly.daemon import vortex_tls
+from dragonfly.daemon import compression, vortex_tls
 from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.errors import InvalidTaskId
 from dragonfly.daemon.storage import Storage
@@ -43,6 +43,8 @@ ERROR_INTERNAL = 3
 REMOTE_PEER = 1
 # A request frame is 6 + 64 + 4 bytes; anything much longer is not a piece request.
 _MAX_REQUEST_VALUE = 1024
+# A download request's value: a 64-character task id and a u32 piece number (one more byte: flags of ours).
+_REQUEST_LENGTH = 68
 _REQUEST_TIMEOUT = 30.0
 # How long a kept-alive connection may wait for its next request.
 _IDLE_TIMEOUT = 60.0
@@ -105,10 +107,13 @@ class VortexServer:
         on_served: Callable[[str, int], None] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         persistent_cache: Storage | None = None,
+        compression: bool = False,
     ) -> None:
         self._storage = storage
         # Persistent cache tasks (Vortex tags 4 and 5) live in a storage of their own.
         self._persistent_cache = persistent_cache
+        # zstd for persistent cache pieces, to children that ask for it (dragonfly.daemon.compression).
+        self._compression = compression
         self._ip = ip
         self._port = port
         self._bucket = upload_bucket
@@ -240,7 +245,8 @@ class VortexServer:
             if len(header) < native.HEADER_SIZE:
                 header += await _recv_exact(loop, conn, native.HEADER_SIZE - len(header))
             try:
-                frame_id, tag, length = native.decode_header(header)
+                decoded = compression.extension_header(header, native.TAG_DOWNLOAD_PERSISTENT_CACHE_PIECE)
+                frame_id, tag, length = decoded or native.decode_header(header)
             except VortexError as exc:
                 await self._refuse(conn, header[0], f"malformed frame header: {exc}")
                 return False
@@ -255,6 +261,10 @@ class VortexServer:
                 await self._refuse(conn, frame_id, f"request of {length} bytes is too long")
                 return False
             value = await _recv_exact(loop, conn, length)
+        accept_zstd = False
+        if content_tag == native.TAG_PERSISTENT_CACHE_PIECE_CONTENT and len(value) == _REQUEST_LENGTH + 1:
+            accept_zstd = self._compression and bool(value[-1] & compression.FLAG_ACCEPT_ZSTD)
+            value = value[:_REQUEST_LENGTH]
         try:
             task_id, number = native.decode_download_piece(value)
             task = storage.get_task(task_id)
@@ -276,6 +286,8 @@ class VortexServer:
             created_at=int(piece.created_at),
         )
         frame = native.encode_piece_content(meta, frame_id, tag=content_tag)
+        if accept_zstd and await self._send_compressed(conn, storage, task_id, frame, piece.offset, piece.length):
+            return True
         wait_tokens = self._bucket.reserve(piece.length)
         if wait_tokens > 0:
             await asyncio.sleep(wait_tokens)
@@ -287,6 +299,29 @@ class VortexServer:
         storage.touch(task_id)
         if self._on_served is not None:
             self._on_served(task_id, piece.length)
+        return True
+
+    async def _send_compressed(
+        self, conn: socket.socket, storage: Storage, task_id: str, frame: bytes, offset: int, length: int
+    ) -> bool:
+        """Send the piece zstd-compressed if it compresses; return False (nothing sent) when it does not."""
+        with storage.content_fd(task_id) as fd:
+            compressed = await run_blocking(self._executor, compression.compress_piece, fd, offset, length)
+        if compressed is None:
+            return False
+        data = compression.compressed_frame(frame[0], frame[native.HEADER_SIZE :], len(compressed)) + compressed
+        wait_tokens = self._bucket.reserve(len(compressed))
+        if wait_tokens > 0:
+            await asyncio.sleep(wait_tokens)
+        loop = asyncio.get_running_loop()
+        if isinstance(conn, ssl.SSLSocket):
+            await self._send_tls(loop, vortex_tls.PieceSender(conn, data, -1, 0, 0))
+        else:
+            async with asyncio.timeout(self._timeout + len(data) / (1 << 20)):
+                await loop.sock_sendall(conn, data)
+        storage.touch(task_id)
+        if self._on_served is not None:
+            self._on_served(task_id, len(compressed))
         return True
 
     async def _send_piece(self, conn: socket.socket, frame: bytes, fd: int, offset: int, length: int) -> None:

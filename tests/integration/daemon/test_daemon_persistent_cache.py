@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
+import re
 import subprocess
 import sys
 import time
@@ -56,6 +58,31 @@ def make_file(path: Path, size: int = SIZE) -> bytes:
     data = os.urandom(size)
     path.write_bytes(data)
     return data
+
+
+def make_compressible_file(path: Path, size: int) -> bytes:
+    """Text-like content (log lines with random numbers): zstd shrinks it several times."""
+    rng = random.Random(7)
+    lines = []
+    total = 0
+    while total < size:
+        line = f"10:{rng.randrange(60):02d} INFO request id={rng.randrange(10**6)} bytes={rng.randrange(10**5)}\n"
+        lines.append(line)
+        total += len(line)
+    data = "".join(lines).encode()[:size]
+    path.write_bytes(data)
+    return data
+
+
+def exported_wire_bytes(cluster: LocalCluster, peer: str, task_id: str) -> int:
+    """Return the piece bytes that crossed the wire for the last export of ``task_id`` on ``peer`` (its log)."""
+    lines = [
+        line
+        for line in cluster.log_path(peer).read_text().splitlines()
+        if "persistent cache task exported" in line and task_id in line
+    ]
+    assert lines, f"no export of {task_id} in {peer}'s log"
+    return int(re.search(r"wire_bytes=(\d+)", lines[-1]).group(1))  # type: ignore[union-attr]
 
 
 def import_file(cluster: LocalCluster, peer: str, path: Path, *extra: str) -> str:
@@ -162,3 +189,20 @@ def test_replicas_and_a_corrupted_copy(cluster: LocalCluster, tmp_path: Path) ->
     dfcache(cluster, holder, "export", task_id, "-O", str(output))
     assert output.read_bytes() == data
     assert "no longer matches its digest" in cluster.log_path(holder).read_text()
+
+
+def test_compressible_content_crosses_the_wire_compressed(cluster: LocalCluster, tmp_path: Path) -> None:
+    """zstd between our peers (mutual TLS here): a text file crosses compressed, random bytes do not."""
+    text = make_compressible_file(tmp_path / "text.log", SIZE)
+    noise = make_file(tmp_path / "noise.bin", SIZE)
+    for data, name in ((text, "text.log"), (noise, "noise.bin")):
+        task_id = import_file(cluster, "peer-1", tmp_path / name, "--persistent-replica-count", "1")
+        output = tmp_path / f"{name}.out"
+        dfcache(cluster, "peer-2", "export", task_id, "-O", str(output))
+        assert output.read_bytes() == data
+        wire = exported_wire_bytes(cluster, "peer-2", task_id)
+        if data is text:
+            assert wire < SIZE // 2
+        else:
+            assert wire == SIZE
+        dfcache(cluster, "peer-1", "delete", task_id)
