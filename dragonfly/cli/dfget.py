@@ -48,10 +48,16 @@ class DownloadFailed(Exception):
 def _url(text: str) -> str:
     from urllib.parse import urlsplit
 
+    from dragonfly.common.schemes import PATH_SCHEMES, SOURCE_SCHEMES, describe_schemes
+
     parts = urlsplit(text)
-    if parts.scheme.lower() not in ("http", "https"):
-        raise argparse.ArgumentTypeError(f"{text!r}: only http:// and https:// URLs are supported")
-    if not parts.hostname:
+    scheme = parts.scheme.lower()
+    if scheme not in SOURCE_SCHEMES or "://" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: unsupported URL; the supported schemes are {describe_schemes()}")
+    if scheme in PATH_SCHEMES:
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected file:///absolute/path")
+    elif not parts.hostname:
         raise argparse.ArgumentTypeError(f"{text!r}: the URL has no host")
     return text
 
@@ -148,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
         "2 for a malformed command line, 130 when interrupted.",
     )
     env = os.environ.get
-    parser.add_argument("url", nargs="?", type=_url, help="http:// or https:// URL to download")
+    parser.add_argument(
+        "url", nargs="?", type=_url, help="URL to download: http(s)://, or file:///path read by the daemons"
+    )
     parser.add_argument(
         "-O",
         "--output",

@@ -60,6 +60,10 @@ DEFAULT_FILTERED_QUERY_PARAMS: tuple[str, ...] = tuple(
 )
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "ftp": 21}
+# WHATWG's special schemes: lower-cased hosts, "/" for an empty path; the others (s3, hdfs, hf...) are opaque.
+_SPECIAL_SCHEMES = frozenset({"http", "https", "ws", "wss", "ftp", "file"})
+# The port part of a netloc (after a host or an IPv6 literal).
+_OPAQUE_HOST = re.compile(r":\d*$")
 _BLOB_URL = re.compile(r"^(.*)://(.*)/v2/(.*)/blobs/([^?]+)(\?.*)?$")
 # Bytes left as they are by the application/x-www-form-urlencoded serialiser (WHATWG URL standard §5.2).
 _FORM_SAFE = frozenset(b"*-._0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
@@ -106,18 +110,26 @@ def normalize_url(url: str, filtered_query_params: tuple[str, ...] | list[str] =
     except ValueError as exc:
         raise InvalidURL(f"invalid URL {url!r}: {exc}") from exc
     scheme = parts.scheme.lower()
-    if not scheme or not parts.netloc:
+    special = scheme in _SPECIAL_SCHEMES
+    if not scheme or (not parts.netloc and scheme != "file"):
         raise InvalidURL(f"invalid URL {url!r}: expected scheme://host/path")
-    host = (parts.hostname or "").lower()
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
+    if special:
+        host = (parts.hostname or "").lower()
+        if ":" in host:  # IPv6 literal
+            host = f"[{host}]"
+        if scheme == "file" and host == "localhost":
+            host = ""
+    else:
+        # WHATWG keeps the host of a non-special URL (s3://Bucket, hf://Owner) as it is written: an opaque host.
+        host = _OPAQUE_HOST.sub("", parts.netloc.rpartition("@")[2])
     netloc = host
     if parts.username is not None:
         userinfo = parts.username + (f":{parts.password}" if parts.password is not None else "")
         netloc = f"{userinfo}@{host}"
     if port is not None and _DEFAULT_PORTS.get(scheme) != port:
         netloc = f"{netloc}:{port}"
-    path = _path_encode(parts.path) if parts.path else "/"
+    # A special URL's empty path is "/"; a non-special one's stays empty (s3://bucket).
+    path = _path_encode(parts.path) if parts.path else ("/" if special else "")
 
     serialized = f"{scheme}://{netloc}{path}"
     if parts.query:

@@ -215,6 +215,22 @@ class StorageConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FileBackendConfig:
+    """``file://`` sources: local and NAS paths this daemon reads for anyone who asks (docs/backends.md#file)."""
+
+    # Absolute directories whose files (and subdirectories) file:// URLs may name; a path outside them, also through
+    # a symlink, is not read here (a seed peer that may read it serves it). Empty: this daemon reads no file:// URL.
+    allowed_dirs: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        for directory in self.allowed_dirs:
+            if not directory.startswith("/"):
+                raise ValueError(f"allowedDirs entries must be absolute paths, got {directory!r}")
+            if directory.rstrip("/") == "":
+                raise ValueError("allowedDirs must not contain / (every file of the host)")
+
+
+@dataclass(frozen=True, slots=True)
 class BackendConfig:
     """Origin (back-to-source) requests."""
 
@@ -229,6 +245,7 @@ class BackendConfig:
     # Skip the verification of https origins' certificates (logged as a warning at start): any host that can
     # intercept the connection then chooses the bytes
     insecure_skip_verify: bool = False
+    file: FileBackendConfig = field(default_factory=FileBackendConfig)
 
     def validate(self) -> None:
         if self.ca_cert is not None and not os.path.isfile(self.ca_cert):

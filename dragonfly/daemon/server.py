@@ -32,6 +32,8 @@ from dragonfly.common.process import announce_listening
 from dragonfly.daemon import compression
 from dragonfly.daemon.api.callers import CallerRelay
 from dragonfly.daemon.api.download_server import DfdaemonDownloadService
+from dragonfly.daemon.backends import Backends
+from dragonfly.daemon.backends.file import FileBackend
 from dragonfly.daemon.config import DfdaemonConfig, socket_gid
 from dragonfly.daemon.download.backend import HTTPBackend
 from dragonfly.daemon.download.parents import ParentChannels
@@ -94,6 +96,10 @@ class Dfdaemon:
             ca_cert=config.backend.ca_cert,
             insecure_skip_verify=config.backend.insecure_skip_verify,
             address_policy=self._address_policy,
+        )
+        self.backends = Backends(
+            self.backend,
+            {"file": FileBackend(allowed_dirs=config.backend.file.allowed_dirs, executor=self._download_executor)},
         )
         self.channels = ParentChannels(self.tls.upload_client)
         # Persistent cache tasks (dfcache) are kept apart from URL tasks, whatever storage.keep says.
@@ -159,6 +165,7 @@ class Dfdaemon:
         self.storage.open()
         self.persistent_cache.open()
         await self.backend.start()
+        await self.backends.start()
         upload_bucket = native.TokenBucket(config.upload.bandwidth_limit)
 
         storage_ip = config.storage.server.ip or self.ip
@@ -207,6 +214,7 @@ class Dfdaemon:
             config,
             storage=self.storage,
             backend=self.backend,
+            backends=self.backends,
             scheduler=self.scheduler,
             channels=self.channels,
             executor=self._download_executor,
@@ -341,6 +349,7 @@ class Dfdaemon:
             await runner.cleanup()
         await self.persistent_cache.close()
         await self.channels.close()
+        await self.backends.close()
         await self.backend.close()
         self._download_executor.shutdown(wait=True)
         self._upload_executor.shutdown(wait=True)

@@ -270,7 +270,8 @@ def test_daemon_not_running_stale_socket(short_tmp: Path, tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["ftp://host/f", "-O", "/tmp/x"], "only http:// and https:// URLs are supported"),
+        (["ftp://host/f", "-O", "/tmp/x"], "unsupported URL; the supported schemes are http://, https://, file://"),
+        (["file://host/etc/passwd", "-O", "/tmp/x"], "expected file:///absolute/path"),
         (["http:///nohost", "-O", "/tmp/x"], "the URL has no host"),
         ([URL, "-O", "/tmp/x", "--digest", "md5:abc"], "unknown algorithm 'md5'"),
         ([URL, "-O", "/tmp/x", "--digest", "sha256:abc"], "expected 64 lower-case hex digits after 'sha256:'"),

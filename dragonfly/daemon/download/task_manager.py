@@ -40,6 +40,7 @@ from dragonfly.common.digest import Digest, format_piece_digest, parse_digest, v
 from dragonfly.common.errors import DigestMismatch, DragonflyError, InvalidDigest
 from dragonfly.common.piece import MAX_PIECE_LENGTH, MIN_PIECE_LENGTH, calculate_piece_length, piece_count, piece_range
 from dragonfly.common.redact import redact_headers, redact_url
+from dragonfly.daemon.backends import Backends, NotReadableHere, SourceOptions, StatResult, check_scheme
 from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.config import DfdaemonConfig
 from dragonfly.daemon.download.backend import LOCAL as LOCAL_ORIGIN
@@ -66,7 +67,6 @@ REMOTE_PEER = common_pb2.REMOTE_PEER
 LOCAL_PEER = common_pb2.LOCAL_PEER
 VORTEX_CONNECT_TIMEOUT = 2.0
 _SOURCE_BUFFER = 4 * 1024 * 1024
-_SUPPORTED_SCHEMES = ("http", "https")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +98,11 @@ class TaskDownload:
         "done",
         "download",
         "error",
+        "options",
         "order",
         "origin",
         "peer_id",
+        "probe",
         "ready",
         "runner",
         "spec",
@@ -137,6 +139,11 @@ class TaskDownload:
         self.done = asyncio.Event()
         self.runner: asyncio.Task[None] | None = None
         self.verifier: PieceVerifier | None = None
+        # What the non-HTTP backends need besides the URL (credentials among them).
+        self.options = SourceOptions.of(download, origin)
+        # The source cannot be read here: the AnnouncePeer stream that learnt the task's size from the swarm, with
+        # the scheduler's first answer, to go on with (``_stat_from_swarm``).
+        self.probe: tuple[AnnouncePeerStream, str, scheduler_pb2.AnnouncePeerResponse] | None = None
 
 
 def piece_message(piece: PieceRecord, traffic_type: int | None = None) -> common_pb2.Piece:
@@ -224,9 +231,7 @@ def validate_download(download: common_pb2.Download, *, as_daemon: bool = True) 
 
     ``as_daemon`` False (a caller with other rights) leaves the output checks to the write itself.
     """
-    scheme = download.url.partition("://")[0].lower()
-    if scheme not in _SUPPORTED_SCHEMES or "://" not in download.url:
-        raise ValueError(f"unsupported URL {redact_url(download.url)!r}: only http:// and https:// are supported")
+    check_scheme(download.url, redact_url)
     requested_range(download)
     if download.HasField("piece_length") and not MIN_PIECE_LENGTH <= download.piece_length <= MAX_PIECE_LENGTH:
         raise ValueError(
@@ -255,10 +260,13 @@ class TaskManager:
         host_id: str,
         ip: str,
         vortex_tls: ssl.SSLContext | None = None,
+        backends: Backends | None = None,
     ) -> None:
         self._config = config
         self._storage = storage
         self._backend = backend
+        # Every scheme's backend; HTTP's is ``backend`` (also used directly for streamed bodies).
+        self._backends = backends if backends is not None else Backends(backend)
         self._scheduler = scheduler
         self._channels = channels
         self._executor = executor
@@ -537,7 +545,10 @@ class TaskManager:
             task = self._storage.get_task(td.task_id)
             if task is None or task.failed_at is not None:
                 header = dict(download.request_header)
-                stat = await self._backend.stat(download.url, header, td.origin)
+                try:
+                    stat = await self._backends.get(download.url).stat(download.url, header, td.options)
+                except NotReadableHere as exc:
+                    stat = await self._stat_from_swarm(td, exc)
                 td.streamed = not stat.supports_range
                 piece_length = (
                     download.piece_length
@@ -594,6 +605,10 @@ class TaskManager:
             if not isinstance(exc, Exception):
                 raise
         finally:
+            if td.probe is not None:
+                # Registered for the size, then failed before the download used the stream.
+                await td.probe[0].close()
+                td.probe = None
             td.ready.set()
             td.done.set()
             self._active.pop(td.task_id, None)
@@ -651,7 +666,7 @@ class TaskManager:
         small = task.content_length <= MIN_PIECE_LENGTH or (
             td.byte_range is not None and td.byte_range.length <= MIN_PIECE_LENGTH
         )
-        if small and back_to_source_allowed:
+        if small and back_to_source_allowed and td.probe is None:
             # Dragonfly never P2Ps small objects: the scheduler round trips would cost more than the bytes.
             await self._download_from_source(td, None)
             return
@@ -702,29 +717,96 @@ class TaskManager:
         The answers and what each asks for: ``docs/reference/protocol.md#announcepeer``.
         """
         assert self._scheduler is not None
-        addr = self._scheduler.owner(td.task_id)
-        if not await self._scheduler.ensure_announced(addr):
-            raise ConnectionError(f"scheduler {addr} is unreachable")
-        stream = self._scheduler.announce_peer(addr, host_id=self.host_id, task_id=td.task_id, peer_id=td.peer_id)
+        first: scheduler_pb2.AnnouncePeerResponse | None = None
+        if td.probe is not None:
+            # Registered already, to learn the task's size: go on with the scheduler's answer to that.
+            stream, addr, first = td.probe
+            td.probe = None
+        else:
+            addr = self._scheduler.owner(td.task_id)
+            if not await self._scheduler.ensure_announced(addr):
+                raise ConnectionError(f"scheduler {addr} is unreachable")
+            stream = self._scheduler.announce_peer(addr, host_id=self.host_id, task_id=td.task_id, peer_id=td.peer_id)
         try:
-            return await self._follow_scheduler(td, task, stream)
+            return await self._follow_scheduler(td, task, stream, first)
         except (grpc.aio.AioRpcError, ConnectionError):
             self._scheduler.forget(addr)
             raise
         finally:
             await stream.close()
 
-    async def _follow_scheduler(self, td: TaskDownload, task: TaskRecord, stream: AnnouncePeerStream) -> bool:
-        """Register, then act on each response in the reference's message order
-        (``docs/reference/protocol.md#announcepeer``)."""
+    async def _stat_from_swarm(self, td: TaskDownload, unreadable: NotReadableHere) -> StatResult:
+        """Learn the size of a task whose source this daemon cannot read (a ``file://`` path only a seed peer may
+        read) from the swarm: register without a size; the scheduler has a seed peer fetch the task, and the
+        parents it then offers carry the task's content length. The stream stays open for the download itself.
+        """
+        scheduler = self._scheduler
+        if scheduler is None or self._seed:
+            raise unreadable
+        addr = scheduler.owner(td.task_id)
+        if not await scheduler.ensure_announced(addr):
+            raise BackendError(f"{unreadable.message}; scheduler {addr} is unreachable") from unreadable
+        register = common_pb2.Download()
+        register.CopyFrom(td.download)
+        if not register.filtered_query_params:
+            register.filtered_query_params.extend(ids.DEFAULT_FILTERED_QUERY_PARAMS)
+        register.concurrent_piece_count = self._concurrency
+        stream = scheduler.announce_peer(addr, host_id=self.host_id, task_id=td.task_id, peer_id=td.peer_id)
+        response: scheduler_pb2.AnnouncePeerResponse | None = None
+        try:
+            await stream.send(register_peer_request=scheduler_pb2.RegisterPeerRequest(download=register))
+            response = await stream.recv(self._config.scheduler.schedule_timeout)
+        except (grpc.aio.AioRpcError, ConnectionError, TimeoutError) as exc:
+            await stream.close()
+            if not isinstance(exc, TimeoutError):
+                scheduler.forget(addr)
+            raise BackendError(
+                f"{unreadable.message}; the swarm did not provide it either ({_describe(exc)})"
+            ) from unreadable
+        kind = response.WhichOneof("response") if response is not None else None
+        length: int | None = None
+        if kind == "empty_task_response":
+            length = 0
+        elif kind == "normal_task_response":
+            assert response is not None
+            parents = response.normal_task_response.candidate_parents
+            if parents and parents[0].task.content_length > 0:
+                length = parents[0].task.content_length
+        if length is None:
+            await stream.close()
+            raise BackendError(
+                f"{unreadable.message}; the swarm did not provide it either (the scheduler answered {kind})"
+            ) from unreadable
+        assert response is not None
+        log.info(
+            "source not readable here: size taken from the swarm",
+            extra={"task_id": td.task_id, "content_length": length, "reason": unreadable.message},
+        )
+        td.probe = (stream, addr, response)
+        return StatResult(length, {"Content-Length": str(length)})
+
+    async def _follow_scheduler(
+        self,
+        td: TaskDownload,
+        task: TaskRecord,
+        stream: AnnouncePeerStream,
+        first: scheduler_pb2.AnnouncePeerResponse | None = None,
+    ) -> bool:
+        """Register (unless ``first``, the answer to a register already sent, is given), then act on each response
+        in the reference's message order (``docs/reference/protocol.md#announcepeer``)."""
         scheduler_config = self._config.scheduler
         deadline = time.monotonic() + scheduler_config.schedule_timeout
-        await stream.send(
-            register_peer_request=scheduler_pb2.RegisterPeerRequest(download=self._register_download(td, task))
-        )
+        if first is None:
+            await stream.send(
+                register_peer_request=scheduler_pb2.RegisterPeerRequest(download=self._register_download(td, task))
+            )
         schedule_count = 0
         while True:
-            response = await stream.recv(max(deadline - time.monotonic(), 0.001))
+            if first is not None:
+                response: scheduler_pb2.AnnouncePeerResponse | None = first
+                first = None
+            else:
+                response = await stream.recv(max(deadline - time.monotonic(), 0.001))
             if response is None:
                 log.info("scheduler closed the stream without a decision", extra={"task_id": td.task_id})
                 return False
@@ -1178,15 +1260,15 @@ class TaskManager:
         started = time.monotonic()
         with self._storage.content_fd(td.task_id) as fd:
             async with self._source_buffers.get() as buffer, self._writing_piece(number):
-                crc = await self._backend.download_piece(
+                crc = await self._backends.get(td.download.url).download_piece(
                     td.download.url,
                     dict(td.download.request_header),
+                    td.options,
                     fd=fd,
                     offset=offset,
                     length=length,
                     buffer=buffer,
                     progress=progress,
-                    options=td.origin,
                 )
             strong = await self._origin_piece_hash(stream, fd, offset, length)
         record = PieceRecord(

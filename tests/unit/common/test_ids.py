@@ -93,3 +93,24 @@ def test_is_task_id_refuses_paths():
     assert ids.is_task_id("0" * 64)
     assert not ids.is_task_id("../" + "0" * 61)
     assert not ids.is_task_id("A" * 64)
+
+
+@pytest.mark.parametrize(
+    ("url", "normalized"),
+    [
+        # WHATWG "special" file scheme: host lower-cased, "localhost" dropped, path encoded.
+        ("file:///data/a b.bin", "file:///data/a%20b.bin"),
+        ("file://LOCALHOST/data/x", "file:///data/x"),
+        # Non-special schemes (object stores, HDFS, hubs): the host is opaque, kept as written; no default port;
+        # an empty path stays empty.
+        ("s3://MyBucket/Key%20One", "s3://MyBucket/Key%20One"),
+        ("S3://bucket/dir/", "s3://bucket/dir/"),
+        ("s3://bucket", "s3://bucket"),
+        ("s3://bucket/", "s3://bucket"),
+        ("hdfs://NameNode:9870/user/a", "hdfs://NameNode:9870/user/a"),
+        ("hf://Owner/Repo/file.txt", "hf://Owner/Repo/file.txt"),
+        ("gs://b/o?X-Goog-Signature=s&generation=1", "gs://b/o?generation=1"),
+    ],
+)
+def test_file_and_non_special_schemes_normalised_like_whatwg(url: str, normalized: str) -> None:
+    assert ids.normalize_url(url) == normalized

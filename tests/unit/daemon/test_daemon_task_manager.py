@@ -60,7 +60,7 @@ def test_task_id_follows_dragonfly() -> None:
 @pytest.mark.parametrize(
     ("download", "error", "match"),
     [
-        (common_pb2.Download(url="ftp://h/f"), ValueError, "only http:// and https://"),
+        (common_pb2.Download(url="ftp://h/f"), ValueError, "the supported schemes are http://, https://, file://"),
         (common_pb2.Download(url="http://h/f", piece_length=1024), ValueError, "piece_length must be between"),
         (common_pb2.Download(url="http://h/f", digest="md5:abc"), InvalidDigest, "unknown algorithm"),
         (common_pb2.Download(url="http://h/f", output_path="relative"), OutputError, "must be absolute"),
