@@ -1,9 +1,10 @@
-"""The manager's REST app in process (httpx over ASGI) on a real database: SQLite in tmp_path."""
+"""The manager's REST app in process (httpx over ASGI) on a real database: SQLite in tmp_path; a real redis-server."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
+import shutil
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from dragonfly.cli.services import RedisProcess
 from dragonfly.manager import bootstrap, config, db
 from dragonfly.manager.api.app import create_app, wrap
 from dragonfly.manager.auth import SigninLimiter
@@ -101,3 +103,12 @@ async def api(tmp_path: Path) -> AsyncIterator[API]:
     async with httpx.AsyncClient(transport=transport, base_url="http://manager") as client:
         yield API(client, ctx)
     await engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    """A redis-server for the module (the job queue of several managers)."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs redis-server (scripts/system-deps.sh installs it)")
+    with RedisProcess(tmp_path_factory.mktemp("redis")) as server:
+        yield server
