@@ -110,12 +110,15 @@ async def test_file_preheat_all_peers_records_every_host_and_who_holds_it(
 ) -> None:
     url, data = origin_file(origin, "all.bin", 8 * MIB)
     job = await engine.submit_preheat({"type": "file", "url": url, "scope": "all_peers"}, scheduler_cluster_ids=[1])
-    assert job.state == PENDING and isinstance(job.id, int)
+    assert job.state == PENDING
+    assert isinstance(job.id, int)
     done = await engine.wait(job.id, 120)
     assert done.state == SUCCESS, done.result
-    assert done.progress["phase"] == "succeeded" and done.progress["attempt"] == 1
+    assert done.progress["phase"] == "succeeded"
+    assert done.progress["attempt"] == 1
     succeeded, failed = outcome(done)
-    assert succeeded == PEERS and failed == []
+    assert succeeded == PEERS
+    assert failed == []
     assert len(data) <= origin.bytes_served("all.bin") <= len(data) + 16
     [entry] = done.result["job_states"][0]["results"]
     cached = {peer["hostname"]: peer["cached"] for peer in entry["peers"]}
@@ -130,8 +133,10 @@ async def test_count_and_ips_choose_the_hosts(engine: JobEngine, origin: OriginP
         {"type": "file", "url": url2, "scope": "all_peers", "ips": ["127.0.0.3", "127.0.0.4"]}
     )
     done_one, done_two = await engine.wait(one.id, 120), await engine.wait(two.id, 120)
-    assert done_one.state == SUCCESS and len(outcome(done_one)[0]) == 1
-    assert done_two.state == SUCCESS and outcome(done_two)[0] == ["peer-2", "peer-3"]
+    assert done_one.state == SUCCESS
+    assert len(outcome(done_one)[0]) == 1
+    assert done_two.state == SUCCESS
+    assert outcome(done_two)[0] == ["peer-2", "peer-3"]
 
 
 async def test_a_host_that_fails_is_reported_with_the_reason(engine: JobEngine, origin: OriginProcess) -> None:
@@ -140,7 +145,8 @@ async def test_a_host_that_fails_is_reported_with_the_reason(engine: JobEngine, 
     done = await engine.wait(job.id, 120)
     assert done.state == FAILURE
     succeeded, failed = outcome(done)
-    assert succeeded == [] and [f["hostname"] for f in failed] == ["peer-1"]
+    assert succeeded == []
+    assert [f["hostname"] for f in failed] == ["peer-1"]
     assert "404" in failed[0]["description"]
     assert "reached no host" in done.result["job_states"][0]["error"]
 
@@ -166,7 +172,8 @@ async def test_image_arm64_preheat_then_a_peer_pulls_each_layer_from_the_swarm(
             run_dfget, cluster.socket_path("peer-1"), blob, tmp_path / f"l{i}", timeout=120
         )
         assert result.ok, result.stderr
-        assert result.traffic is not None and result.traffic["origin"] == 0
+        assert result.traffic is not None
+        assert result.traffic["origin"] == 0
     after = registry.blob_bytes()
     assert all(after[b.digest] == 0 for b in (amd.config, *amd.layers))
 
@@ -199,7 +206,8 @@ async def test_cancel_stops_a_running_job_and_timeout_ends_a_slow_one(engine: Jo
                 break
             await asyncio.sleep(0.05)
         cancelled = await engine.cancel(job.id)
-        assert cancelled.state == FAILURE and cancelled.progress["phase"] == "cancelled"
+        assert cancelled.state == FAILURE
+        assert cancelled.progress["phase"] == "cancelled"
         assert cancelled.result["error"] == "the job was cancelled"
 
         url2, _ = origin_file(origin, "slow2.bin", 16 * MIB)
@@ -210,7 +218,8 @@ async def test_cancel_stops_a_running_job_and_timeout_ends_a_slow_one(engine: Jo
         assert "timeout" in done.result["job_states"][0]["error"]
         # The cancelled job stays as it was ended.
         again = await engine.store.get(job.id)
-        assert again is not None and again.progress["phase"] == "cancelled"
+        assert again is not None
+        assert again.progress["phase"] == "cancelled"
     finally:
         origin.clear_faults()
 
@@ -251,7 +260,8 @@ async def test_two_managers_on_redis_run_each_job_once_and_take_over_a_dead_ones
         for queue in queues:
             await queue.close()
     assert [job.state for job in done] == [SUCCESS] * 7, [job.result for job in done]
-    assert done[0].progress["manager"] == "manager-2" and done[0].progress["attempt"] == 2
+    assert done[0].progress["manager"] == "manager-2"
+    assert done[0].progress["attempt"] == 2
     # A job runs again only when the manager that held it died: at most the dead one's two workers' jobs.
     retried = [job for job in done if job.progress["attempt"] != 1]
     assert len(retried) <= 2

@@ -43,7 +43,8 @@ async def test_put_is_idempotent_while_queued_or_held(redis_server: RedisProcess
     await queue.put(7)
     assert await queue.pending() == [7]
     claim = await queue.claim(1)
-    assert claim is not None and claim.job_id == 7
+    assert claim is not None
+    assert claim.job_id == 7
     await queue.put(7)  # a manager starting re-queues what its store has unfinished: no second run
     assert await queue.pending() == []
     assert await queue.claim(0.1) is None
@@ -58,12 +59,15 @@ async def test_a_lease_that_is_not_renewed_is_taken_over_and_the_first_holder_is
     alive = make_queue(redis_server, prefix, lease=0.5, renew_interval=0.1)
     await dead.put(1)
     first = await dead.claim(1)
-    assert first is not None and first.attempt == 1
+    assert first is not None
+    assert first.attempt == 1
     assert await alive.reap() == 0  # the lease is live
     await asyncio.sleep(0.7)
     assert await alive.reap() == 1
     second = await alive.claim(1)
-    assert second is not None and second.job_id == 1 and second.attempt == 2
+    assert second is not None
+    assert second.job_id == 1
+    assert second.attempt == 2
     # The first holder woke up: it can neither renew nor complete what is no longer its job.
     assert not await dead.renew(first)
     assert not await dead.complete(first)
@@ -86,7 +90,8 @@ async def test_renewal_keeps_a_long_job_and_release_gives_it_back(redis_server: 
         assert await other.reap() == 0
     await queue.release(claim)
     again = await other.claim(1)
-    assert again is not None and again.job_id == 3
+    assert again is not None
+    assert again.job_id == 3
     assert await other.complete(again)
     await queue.close()
     await other.close()

@@ -73,7 +73,9 @@ def test_public_args_round_trip() -> None:
     requests = args.preheat_requests()
     assert [r.url for r in requests] == ["http://origin/a", "http://origin/b"]
     assert list(requests[0].filtered_query_params) == ["X-Amz-Signature", "Expires"]
-    assert requests[0].count == 2 and requests[0].percentage == 50 and list(requests[0].ips) == ["10.0.0.1"]
+    assert requests[0].count == 2
+    assert requests[0].percentage == 50
+    assert list(requests[0].ips) == ["10.0.0.1"]
     assert requests[0].timeout.seconds == 30
 
 
@@ -105,7 +107,8 @@ def test_job_json_has_an_integer_id_and_rfc3339_times_with_zone() -> None:
     moment = dt.datetime(2026, 12, 1, 10, 0, 0, 123456, tzinfo=dt.UTC)
     record = JobRecord(id=7, type="preheat", args={}, created_at=moment, updated_at=moment)
     doc = record.to_json()
-    assert doc["id"] == 7 and isinstance(doc["id"], int)
+    assert doc["id"] == 7
+    assert isinstance(doc["id"], int)
     assert doc["created_at"] == "2026-12-01T10:00:00.123456Z"
     assert dt.datetime.fromisoformat(doc["created_at"]).tzinfo is not None
     assert rfc3339(dt.datetime(2026, 1, 1)) == "2026-01-01T00:00:00Z"
@@ -118,7 +121,10 @@ async def test_memory_store_ends_a_job_once_and_drops_its_secret() -> None:
     assert await store.finish(job.id, "SUCCESS", {"state": "SUCCESS"}, {"phase": "succeeded"})
     assert not await store.finish(job.id, "FAILURE", {}, {})
     ended = await store.get(job.id)
-    assert ended is not None and ended.state == "SUCCESS" and ended.secret == {}
+    assert ended is not None
+    assert ended.state == "SUCCESS"
+    assert ended.secret == {}
     assert await store.unfinished() == []
     jobs, total = await store.query(state="SUCCESS")
-    assert total == 1 and jobs[0].id == job.id
+    assert total == 1
+    assert jobs[0].id == job.id
