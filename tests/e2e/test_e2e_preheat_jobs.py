@@ -94,6 +94,19 @@ def outcome(job: JobRecord) -> tuple[list[str], list[dict[str, Any]]]:
     return sorted(task["hostname"] for task in entry["success_tasks"]), entry["failure_tasks"]
 
 
+async def wait_running(store: MemoryJobStore | Any, job_id: int) -> None:
+    """Wait (at most 60 s) until a manager runs the job."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while True:
+        current = await store.get(job_id)
+        assert current is not None
+        if current.progress.get("phase") == "running":
+            return
+        assert loop.time() < deadline, f"job {job_id} did not start within 60 s: {current.progress}"
+        await asyncio.sleep(0.05)
+
+
 def push_image(module_dir: Path, registry: RegistryProcess, repository: str) -> MultiPlatformImage:
     image = build_multi_platform_image(
         module_dir / repository.replace("/", "-"),
@@ -199,12 +212,7 @@ async def test_cancel_stops_a_running_job_and_timeout_ends_a_slow_one(engine: Jo
     origin.set_fault("/slow.bin", "slow", rate=512 * 1024)
     try:
         job = await engine.submit_preheat({"type": "file", "url": url})
-        for _ in range(200):
-            current = await engine.store.get(job.id)
-            assert current is not None
-            if current.progress.get("phase") == "running":
-                break
-            await asyncio.sleep(0.05)
+        await wait_running(engine.store, job.id)
         cancelled = await engine.cancel(job.id)
         assert cancelled.state == FAILURE
         assert cancelled.progress["phase"] == "cancelled"
@@ -238,12 +246,7 @@ async def test_two_managers_on_redis_run_each_job_once_and_take_over_a_dead_ones
     try:
         await first.start()
         slow = await first.submit_preheat({"type": "file", "url": slow_url})
-        for _ in range(200):
-            current = await store.get(slow.id)
-            assert current is not None
-            if current.progress.get("phase") == "running":
-                break
-            await asyncio.sleep(0.05)
+        await wait_running(store, slow.id)
         await second.start()
         jobs = []
         for i in range(6):
