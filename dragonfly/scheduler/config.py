@@ -211,6 +211,55 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ManagerKeepAliveConfig:
+    """How often the scheduler tells the manager it is alive (Dragonfly: 5 s)."""
+
+    interval: Duration = Duration(5)
+
+    def validate(self) -> None:
+        """The interval is positive."""
+        if self.interval <= 0:
+            raise ValueError("interval must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class ManagerConfig:
+    """The manager this scheduler registers with (``docs/manager.md#grpc-managerv2``); unset addr: stand-alone."""
+
+    # host:port of the manager's gRPC (manager.v2).
+    addr: str = ""
+    scheduler_cluster_id: int = field(default=1, metadata={"key": "schedulerClusterID"})
+    keep_alive: ManagerKeepAliveConfig = ManagerKeepAliveConfig()
+    # Dragonfly's manager.tls: client files for the manager (over security's defaults).
+    tls: TLSFilesConfig = TLSFilesConfig()
+
+    def validate(self) -> None:
+        """The cluster id is positive."""
+        if self.scheduler_cluster_id < 1:
+            raise ValueError("schedulerClusterID must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class DynConfigConfig:
+    """How often the manager's cluster config (parent and load limits, applications) is fetched again."""
+
+    refresh_interval: Duration = Duration(60)
+
+    def validate(self) -> None:
+        """The interval is positive."""
+        if self.refresh_interval <= 0:
+            raise ValueError("refreshInterval must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class HostConfig:
+    """Where this scheduler is (sent to the manager; Dragonfly's ``host`` section)."""
+
+    idc: str = field(default="", metadata={"key": "idc", "aliases": ("IDC",)})
+    location: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole scheduler.yaml."""
 
@@ -220,6 +269,9 @@ class Config:
     block_list: BlockListConfig = BlockListConfig()
     metrics: MetricsConfig = MetricsConfig()
     security: SecurityConfig = SecurityConfig()
+    manager: ManagerConfig = ManagerConfig()
+    dyn_config: DynConfigConfig = DynConfigConfig()
+    host: HostConfig = HostConfig()
 
     def tls(self) -> SchedulerTLS:
         """Return the files of the gRPC server and of the seed-peer client (None in plaintext mode).
@@ -229,6 +281,7 @@ class Config:
         return SchedulerTLS(
             server=self.security.files(self.server.tls, "server.tls"),
             seed_peer=self.security.files(self.seed_peer.tls, "seedPeer.tls"),
+            manager=self.security.files(self.manager.tls, "manager.tls") if self.manager.addr else None,
         )
 
 
@@ -238,6 +291,7 @@ class SchedulerTLS:
 
     server: TLSFiles | None
     seed_peer: TLSFiles | None
+    manager: TLSFiles | None = None
 
 
 def load(path: str | None, *, overrides: dict[str, object] | None = None) -> Config:

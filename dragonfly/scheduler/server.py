@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 from aiohttp import web
@@ -25,6 +26,9 @@ from dragonfly.scheduler.seed import SeedPeers
 from dragonfly.scheduler.service import swarm
 from dragonfly.scheduler.service.persistent_cache import PersistentCacheService
 from dragonfly.scheduler.service.servicer import SchedulerServicer
+
+if TYPE_CHECKING:
+    from dragonfly.scheduler.announcer import ApplicationPriority, ManagerAnnouncer
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,8 @@ class SchedulerContext:
     abnormal: AbnormalDetector
     seeds: SeedPeers
     authz: Authorizer
+    # Application name -> priority, from the manager (empty when stand-alone).
+    applications: dict[str, ApplicationPriority] = field(default_factory=dict)
 
     @classmethod
     def create(cls, config: Config) -> SchedulerContext:
@@ -85,6 +91,7 @@ class SchedulerServer:
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
         self._metrics_runner: web.AppRunner | None = None
+        self.announcer: ManagerAnnouncer | None = None
 
     async def start(self) -> None:
         """Bind the gRPC server (and the metrics endpoint) and start the background jobs."""
@@ -128,7 +135,18 @@ class SchedulerServer:
         self.ctx.seeds.start()
         self.gc.start()
         self.persistent_cache.start()
+        if self.config.manager.addr:
+            self._start_announcer(host, port)
         log.info("scheduler started", extra={"addr": self.address})
+
+    def _start_announcer(self, host: str, port: int) -> None:
+        from dragonfly.scheduler.announcer import ManagerAnnouncer, local_ip_towards
+
+        manager = self.config.manager.addr
+        ip = self.config.server.advertise_ip or (host if host not in ("0.0.0.0", "::") else local_ip_towards(manager))
+        self.announcer = ManagerAnnouncer(self.ctx, ip=ip, port=port)
+        # This scheduler runs preheat (scheduler.v2 PreheatImage/PreheatFile); Dragonfly's job queue it has not.
+        self.announcer.start(["schedule", "preheat"])
 
     async def _start_metrics(self) -> None:
         config = self.config.metrics
@@ -142,6 +160,9 @@ class SchedulerServer:
         """Stop accepting work, give in-flight RPCs the grace period, then stop the background jobs."""
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        if self.announcer is not None:
+            await self.announcer.stop()
+            self.announcer = None
         if self._server is not None:
             await self._server.stop(self.config.server.graceful_stop_timeout)
             self._server = None

@@ -245,7 +245,10 @@ class PeerStream:
         if peer.host.is_seed or not seeds.available():
             peer.need_back_to_source = True
             return
-        priority = download.priority
+        priority: int = download.priority
+        if not priority and download.application in self._ctx.applications:
+            # No priority asked for: the manager's application priority (Dragonfly's CalculatePriority).
+            priority = self._ctx.applications[download.application].priority_for(download.url)
         if priority == common_pb2.LEVEL1:
             raise StreamError(
                 grpc.StatusCode.FAILED_PRECONDITION, f"download of task {task.id} is forbidden for priority LEVEL1"
