@@ -12,11 +12,22 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from misbehaving_peer import MisbehavingPeer
-from swarm_helpers import MiB, daemon_metric, describe, dfget_all, dfget_on, failures, make_file, sha256_of
+from swarm_helpers import (
+    MiB,
+    daemon_metric,
+    describe,
+    dfget_all,
+    dfget_on,
+    failures,
+    make_file,
+    sha256_of,
+    wait_for,
+)
 
 from dragonfly.cli.cluster import SEED_PEER, LocalCluster, OriginProcess
 from dragonfly.common import ids, native, tls
@@ -91,6 +102,52 @@ def test_a_parent_that_never_reports_a_piece_is_dropped_after_the_first_answer_d
     assert hostile <= clean + allowance, f"clean {clean:.1f}s, with a silent parent {hostile:.1f}s"
     log = cluster.log_path("peer-3").read_text()
     assert "no piece reported within 2s of asking" in log, "the silent parent was dropped without a word in the log"
+
+
+def test_trickling_parents_of_two_tasks_do_not_starve_an_unrelated_download(
+    cluster: LocalCluster, origin: OriginProcess, module_dir: Path
+) -> None:
+    """Issue 8 item 2: two tasks whose only parent trickles would hold every receive buffer of the daemon (2 x 8
+    pieces in flight, 16 buffers), and an honest download of a third file there used to time out waiting for one."""
+    peer = "peer-2"
+    make_file(origin, "starve-clean.bin", SIZE)
+    clean = dfget_on(cluster, peer, origin.url("starve-clean.bin"), module_dir / "starve-clean.bin")
+    assert clean.ok, clean.stderr
+    liars: list[MisbehavingPeer] = []
+    shas: dict[str, str] = {}
+    for index in range(2):
+        name = f"starve-trickle-{index}.bin"
+        shas[name] = make_file(origin, name, 2 * SIZE)  # 8 pieces: a whole task's concurrency
+        hostname = f"liar-starve-{index}"
+        files = cluster.issue_cert(hostname, roles=(ROLE_PEER,))
+        liar = MisbehavingPeer(
+            cluster.scheduler_addr, origin.url(name), origin.directory / name, mode="trickle", hostname=hostname,
+            files=files,
+        )  # fmt: skip
+        liar.start()
+        liars.append(liar)
+    honest = "starve-honest.bin"
+    shas[honest] = make_file(origin, honest, SIZE)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            hostile = {
+                name: pool.submit(dfget_on, cluster, peer, origin.url(name), module_dir / name, timeout=DFGET_TIMEOUT)
+                for name in shas
+                if name != honest
+            }
+            # The honest download starts once the trickles hold buffers (a bound, not a speed requirement).
+            wait_for(lambda: all(liar.vortex_requests >= 1 for liar in liars), DFGET_TIMEOUT, "trickled transfers")
+            result = dfget_on(cluster, peer, origin.url(honest), module_dir / honest, timeout=DFGET_TIMEOUT)
+            results = {name: future.result() for name, future in hostile.items()}
+    finally:
+        for liar in liars:
+            liar.stop()
+    assert result.ok, result.stderr
+    assert all(r.ok for r in results.values()), describe(results)
+    for name, sha in shas.items():
+        assert sha256_of(module_dir / name) == sha, name
+    allowance = DEFAULTS.slow_piece.min_duration + SLACK
+    assert result.seconds <= clean.seconds + allowance, describe({"clean": clean, "honest": result})
 
 
 @contextlib.contextmanager
