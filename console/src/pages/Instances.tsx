@@ -2,7 +2,7 @@ import { useState } from "react";
 import { request } from "../api";
 import { useCanEdit } from "../auth";
 import { ConfirmButton, ErrorBanner, PageHeader, Pagination, StateBadge, Table, formatTime, usePagedList } from "../components";
-import type { Host, Scheduler, SeedPeer } from "../types";
+import type { Scheduler, SeedPeer } from "../types";
 
 function StateFilter({ value, onChange }: { value: string; onChange: (value: string) => void }) {
   return (
@@ -97,36 +97,6 @@ export function SeedPeers() {
                   }}
                 />
               ),
-          },
-        ]}
-      />
-      <Pagination page={page} data={data} setPage={setPage} />
-    </>
-  );
-}
-
-export function Hosts() {
-  const { data, page, setPage, error } = usePagedList<Host>("/peers");
-  return (
-    <>
-      <PageHeader title="Hosts" />
-      <ErrorBanner error={error} />
-      <Table<Host>
-        caption="Hosts"
-        rows={data?.items}
-        empty="No hosts known to the manager."
-        columns={[
-          { header: "Host name", cell: (h) => h.host_name ?? h.hostname },
-          { header: "IP", cell: (h) => h.ip },
-          { header: "Type", cell: (h) => h.type ?? "normal" },
-          { header: "State", cell: (h) => <StateBadge state={h.state} /> },
-          { header: "Version", cell: (h) => h.git_version ?? h.version ?? "–" },
-          { header: "IDC", cell: (h) => h.idc || "–" },
-          { header: "Location", cell: (h) => h.location || "–" },
-          {
-            header: "Upload load",
-            cell: (h) =>
-              h.concurrent_upload_limit ? `${h.concurrent_upload_count ?? 0} / ${h.concurrent_upload_limit}` : "–",
           },
         ]}
       />

@@ -1,6 +1,6 @@
 import { useEffect, useState } from "react";
 import { Link } from "react-router-dom";
-import { list } from "../api";
+import { ApiError, list } from "../api";
 import { ErrorBanner, PageHeader } from "../components";
 
 interface Count {
@@ -15,7 +15,6 @@ const COUNTS: Count[] = [
   { label: "Seed peer clusters", path: "/seed-peer-clusters", to: "/seed-peer-clusters" },
   { label: "Active schedulers", path: "/schedulers", query: { state: "active" }, to: "/schedulers" },
   { label: "Active seed peers", path: "/seed-peers", query: { state: "active" }, to: "/seed-peers" },
-  { label: "Hosts", path: "/peers", to: "/hosts" },
   { label: "Preheat jobs pending", path: "/jobs", query: { state: "PENDING" }, to: "/jobs" },
 ];
 
@@ -40,7 +39,12 @@ export default function Overview() {
     for (const count of COUNTS) {
       countOf(count.path, count.query)
         .then((value) => live && setValues((old) => ({ ...old, [count.label]: value })))
-        .catch((caught: unknown) => live && setError(caught));
+        .catch((caught: unknown) => {
+          if (!live) return;
+          // A manager without that resource (404) shows a dash; anything else is worth saying.
+          setValues((old) => ({ ...old, [count.label]: "–" }));
+          if (!(caught instanceof ApiError && caught.status === 404)) setError(caught);
+        });
     }
     return () => {
       live = false;

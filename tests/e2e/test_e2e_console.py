@@ -1,0 +1,154 @@
+"""The web console in headless Chromium against a real manager process (tests/e2e/console_helpers.py).
+
+Root signs in, creates a scheduler cluster through the form (after the form refuses a bad one), edits it, creates a
+guest user and a token (shown once); the guest signs in and can read the cluster but not change it; root deletes
+the cluster after confirming. Screenshots of each page land in the test's directory; no console errors allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from console_helpers import ROOT_PASSWORD, Browser, call, nav, root_token, run_manager, sign_in
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Browser]:
+    chromium = Browser(tmp_path / "screenshots")
+    try:
+        yield chromium
+    finally:
+        chromium.close()
+    assert chromium.errors == [], "console errors in the browser:\n" + "\n".join(chromium.errors)
+
+
+def test_root_manages_a_cluster_a_guest_only_reads_it(tmp_path: Path, browser: Browser) -> None:
+    from playwright.sync_api import expect
+
+    with run_manager(tmp_path / "manager") as (_manager, base):
+        page = browser.page()
+        # Unknown client-side routes get the app (SPA fallback), which sends a visitor to sign in.
+        page.goto(base + "/scheduler-clusters")
+        expect(page).to_have_url(re.compile(r"/signin$"))
+        expect(page).to_have_title(re.compile("Sign in"))
+        page.get_by_label("User name").fill("root")
+        page.get_by_label("Password", exact=True).fill("wrong-password")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("alert")).to_have_text("wrong user name or password")
+        browser.screenshot(page, "signin")
+        page.get_by_label("Password", exact=True).fill(ROOT_PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        # Back where the visitor wanted to go.
+        page.get_by_role("heading", name="Scheduler clusters").wait_for()
+
+        nav(page, "Overview")
+        expect(page.get_by_test_id("count-Scheduler clusters")).to_have_text(re.compile(r"^\d+$"))
+        browser.screenshot(page, "overview")
+
+        # Create: the form names mistakes before anything is sent.
+        nav(page, "Scheduler clusters")
+        page.get_by_role("link", name="Create scheduler cluster").click()
+        page.get_by_label("Name", exact=True).fill("east 1")
+        page.get_by_label("CIDRs (comma separated)").fill("10.0.0.0")
+        page.get_by_role("button", name="Create").click()
+        problems = page.get_by_role("alert", name="Problems in the form")
+        expect(problems).to_contain_text("Name: letters, digits")
+        expect(problems).to_contain_text('CIDR "10.0.0.0" is not a CIDR.')
+        browser.screenshot(page, "scheduler-cluster-create")
+        page.get_by_label("Name", exact=True).fill("east-1")
+        page.get_by_label("CIDRs (comma separated)").fill("10.0.0.0/8")
+        page.get_by_label("Description").fill("the east side")
+        page.get_by_role("button", name="Create").click()
+        row = page.get_by_role("row").filter(has_text="east-1")
+        expect(row).to_contain_text("CIDR 10.0.0.0/8")
+        browser.screenshot(page, "scheduler-clusters")
+        token = root_token(base)
+        status, clusters = call(base, "GET", "/api/v1/scheduler-clusters?name=east-1", token=token)
+        assert status == 200
+        assert [c["scopes"]["cidrs"] for c in clusters] == [["10.0.0.0/8"]]
+        cluster_id = clusters[0]["id"]
+
+        # Edit.
+        row.get_by_role("link", name="Edit").click()
+        page.get_by_label("Candidate parent limit").fill("5")
+        page.get_by_role("button", name="Save").click()
+        page.get_by_role("heading", name="Scheduler clusters").wait_for()
+        status, cluster = call(base, "GET", f"/api/v1/scheduler-clusters/{cluster_id}", token=token)
+        assert cluster["config"]["candidate_parent_limit"] == 5
+
+        # A guest user and a token.
+        nav(page, "Users")
+        form = page.get_by_role("form", name="Create user")
+        form.get_by_label("Name", exact=True).fill("guest-1")
+        form.get_by_label("Password", exact=True).fill("short")
+        form.get_by_role("button", name="Create user").click()
+        expect(form.get_by_role("alert")).to_contain_text("Password: 8 to 128 characters.")
+        form.get_by_label("Password", exact=True).fill("guest-password-1")
+        form.get_by_label("Role").select_option("guest")
+        form.get_by_role("button", name="Create user").click()
+        expect(page.get_by_role("status")).to_have_text("User guest-1 created with role guest.")
+        expect(page.get_by_role("row").filter(has_text="guest-1")).to_contain_text("guest")
+        browser.screenshot(page, "users")
+
+        nav(page, "Access tokens")
+        form = page.get_by_role("form", name="Create token")
+        form.get_by_label("Name", exact=True).fill("harbor")
+        form.get_by_role("button", name="Create token").click()
+        secret = page.get_by_test_id("new-token").inner_text()
+        assert len(secret) >= 20
+        browser.screenshot(page, "tokens")
+        # The token works on the Open API and is never shown again.
+        status, _ = call(base, "GET", "/api/v1/users/me", token=secret)
+        assert status == 200
+        page.reload()
+        expect(page.get_by_role("row").filter(has_text="harbor")).to_be_visible()
+        assert secret not in page.content()
+
+        page.get_by_role("button", name="Sign out").click()
+        page.get_by_role("heading", name="Dragonfly console").wait_for()
+
+        # The guest reads the cluster but cannot change it: no create or edit controls, inputs disabled.
+        guest = browser.page()
+        sign_in(guest, base, "guest-1", "guest-password-1")
+        nav(guest, "Scheduler clusters")
+        expect(guest.get_by_role("row").filter(has_text="east-1")).to_be_visible()
+        expect(guest.get_by_role("link", name="Create scheduler cluster")).to_have_count(0)
+        guest.get_by_role("row").filter(has_text="east-1").get_by_role("link", name="View").click()
+        expect(guest.get_by_label("Name", exact=True)).to_be_disabled()
+        expect(guest.get_by_role("button", name="Save")).to_have_count(0)
+        browser.screenshot(guest, "guest-cluster")
+        # And the manager refuses it anyway.
+        status, body = call(base, "POST", "/api/v1/users/signin", {"name": "guest-1", "password": "guest-password-1"})
+        assert status == 200
+        status, _ = call(base, "PATCH", f"/api/v1/scheduler-clusters/{cluster_id}", {"bio": "x"}, token=body["token"])
+        assert status == 403
+
+        # Root deletes the cluster after confirming; cancelling keeps it.
+        sign_in(page, base, "root", ROOT_PASSWORD)
+        nav(page, "Scheduler clusters")
+        row = page.get_by_role("row").filter(has_text="east-1")
+        row.get_by_role("button", name="Delete").click()
+        dialog = page.get_by_role("dialog")
+        expect(dialog).to_contain_text('Delete scheduler cluster "east-1"?')
+        dialog.get_by_role("button", name="Cancel").click()
+        expect(row).to_be_visible()
+        row.get_by_role("button", name="Delete").click()
+        page.get_by_role("dialog").get_by_role("button", name="Delete").click()
+        expect(page.get_by_role("row").filter(has_text="east-1")).to_have_count(0)
+        status, _ = call(base, "GET", f"/api/v1/scheduler-clusters/{cluster_id}", token=token)
+        assert status == 404
+
+        # At 390 px the menu folds and tables become cards.
+        phone = browser.page(width=390, height=844)
+        sign_in(phone, base, "root", ROOT_PASSWORD)
+        expect(phone.get_by_role("navigation", name="Main")).to_be_hidden()
+        phone.get_by_role("button", name="Menu").click()
+        nav(phone, "Users")
+        expect(phone.get_by_role("row").filter(has_text="guest-1")).to_be_visible()
+        assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+        browser.screenshot(phone, "users-390px")
