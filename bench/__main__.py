@@ -1,8 +1,9 @@
 """`python -m bench <suite> [--json] ...`: run one benchmark suite, or `all [--quick]`.
 
 Suites: swarm, pair, dfget-latency, memory, scheduler (bench/scheduler_load.py), pull (image pulls through the
-proxy, bench/pull.py), micro (pytest-benchmark files
-in bench/micro), all. Each suite compares against a baseline measured in the same run; exit 0 only if it ran fully.
+proxy, bench/pull.py), pcache (dfcache export over a shaped link, zstd against raw, bench/pcache.py), micro
+(pytest-benchmark files in bench/micro), all. Each suite compares against a baseline measured in the same run;
+exit 0 only if it ran fully.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ SUITES: dict[str, str] = {
     "memory": "bench.memory",
     "scheduler": "bench.scheduler_load",
     "pull": "bench.pull",
+    "pcache": "bench.pcache",
 }
 
 #: `all --quick`: small enough for 2 shared cores in under 10 minutes, large enough to show the ratios.
@@ -34,6 +36,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "memory": ["--size", "256MiB", "--tasks", "30"],
     "scheduler": ["--quick"],
     "pull": [],
+    "pcache": ["--size", "64MiB"],
     "micro": [],
 }
 

@@ -94,6 +94,7 @@ class OursCluster:
         back_to_source_rate: float = 0.0,
         ready_timeout: float = 90,
         tls: bool = True,
+        daemon_overrides: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         missing = ours_missing()
         if missing:
@@ -135,6 +136,10 @@ class OursCluster:
                 host, hostdir, address, seed=host.name == "seed", rate=(rates or {}).get(host.name, 0.0),
                 back_to_source_rate=back_to_source_rate if host.name == "seed" else 0.0, pki_dir=pki_dir,
             )  # fmt: skip
+            if daemon_overrides and host.name in daemon_overrides:
+                from dragonfly.cli.cluster import deep_merge
+
+                config = deep_merge(config, daemon_overrides[host.name])
             (hostdir / "dfdaemon.yaml").write_text(yaml.safe_dump(config))
             self.daemons[host.name] = Service(
                 topology, host, [PYTHON, "-m", "dragonfly.cli.dfdaemon", "--config", str(hostdir / "dfdaemon.yaml")],

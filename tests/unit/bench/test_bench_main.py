@@ -5,7 +5,7 @@ import bench.__main__ as bench_main
 
 def test_unknown_suite_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_main.main(["nope"]) == 2
-    usage = "usage: python -m bench {swarm,pair,dfget-latency,memory,scheduler,pull,micro,all}"
+    usage = "usage: python -m bench {swarm,pair,dfget-latency,memory,scheduler,pull,pcache,micro,all}"
     assert usage in capsys.readouterr().err
 
 
@@ -29,7 +29,16 @@ def test_all_reports_each_suite(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
 
     monkeypatch.setattr(bench_main, "suite_main", fake_suite)
     assert bench_main.main(["all", "--quick"]) == 1
-    assert [name for name, _ in calls] == ["swarm", "pair", "dfget-latency", "memory", "scheduler", "pull", "micro"]
+    assert [name for name, _ in calls] == [
+        "swarm",
+        "pair",
+        "dfget-latency",
+        "memory",
+        "scheduler",
+        "pull",
+        "pcache",
+        "micro",
+    ]
     assert calls[0][1] == bench_main.QUICK_ARGS["swarm"]
     out = capsys.readouterr()
     assert "scheduler: exit 1" in out.out
