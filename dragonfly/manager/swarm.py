@@ -1,0 +1,127 @@
+"""``GET /api/v1/swarm``: one task's swarm as the schedulers see it, for the console's swarm view
+(``docs/console.md#swarm-view``).
+
+The manager asks every active scheduler (of one cluster, if asked) for the task over the console's swarm call
+(``dragonfly.common.swarm``), concurrently and each within a deadline, and merges the answers: a task lives on one
+scheduler per cluster (peers hash it to the same one), so answers from several clusters add up. A scheduler that
+cannot answer (down, or a Dragonfly scheduler without the call) is named in ``errors``; the others still count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+import grpc
+from fastapi import APIRouter, Depends, Query
+from sqlalchemy import select
+
+from dragonfly.common import ids
+from dragonfly.common import swarm as swarm_call
+from dragonfly.manager import models
+from dragonfly.manager.api.app import Extension
+from dragonfly.manager.api.deps import DB, Ctx, require
+from dragonfly.manager.api.errors import APIError
+
+OBJECT = "swarm"
+# Per scheduler; the console asks every second, so a slow scheduler must not hold the page.
+DEADLINE = 3.0
+
+router = APIRouter(tags=["swarm"])
+
+
+def _address(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def _error(scheduler: models.Scheduler, exc: BaseException) -> str:
+    where = f"scheduler {scheduler.hostname} ({_address(scheduler.ip, scheduler.port)})"
+    if isinstance(exc, grpc.aio.AioRpcError):
+        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+            return f"{where} does not report swarms (not this project's scheduler)"
+        return f"{where}: {exc.code().name}: {(exc.details() or '')[:200]}"
+    return f"{where}: {type(exc).__name__}: {str(exc)[:200]}"
+
+
+def merge(task_id: str, answers: list[tuple[models.Scheduler, dict[str, Any]]], errors: list[str]) -> dict[str, Any]:
+    """Merge the schedulers' answers into one swarm (peers tagged with the scheduler that knows them)."""
+    merged: dict[str, Any] = {
+        "task_id": task_id,
+        "found": False,
+        "url": "",
+        "state": "Unknown",
+        "content_length": -1,
+        "piece_length": 0,
+        "total_pieces": 0,
+        "peers": [],
+        "edges": [],
+        "schedulers": [],
+        "errors": errors,
+    }
+    for scheduler, answer in answers:
+        if not answer.get("found"):
+            continue
+        merged["schedulers"].append(scheduler.hostname)
+        if not merged["found"]:
+            merged["found"] = True
+            for key in ("url", "state", "content_length", "piece_length", "total_pieces"):
+                if key in answer:
+                    merged[key] = answer[key]
+        # Schedulers are authenticated, but a malformed answer must not break the page: only objects pass.
+        peers, edges = answer.get("peers"), answer.get("edges")
+        for peer in peers if isinstance(peers, list) else []:
+            if isinstance(peer, dict):
+                merged["peers"].append({**peer, "scheduler": scheduler.hostname})
+        merged["edges"].extend(e for e in (edges if isinstance(edges, list) else []) if isinstance(e, dict))
+    return merged
+
+
+@router.get("/swarm", summary="One task's swarm: peers, their bytes by source, parent → child edges")
+async def get_swarm(
+    session: DB,
+    ctx: Ctx,
+    _principal: Annotated[Any, Depends(require(OBJECT, "read"))],
+    task_id: Annotated[str | None, Query(max_length=64, description="the task id (64 hex)")] = None,
+    url: Annotated[str | None, Query(max_length=4096, description="or the URL the task was downloaded from")] = None,
+    tag: Annotated[str, Query(max_length=1024)] = "",
+    application: Annotated[str, Query(max_length=1024)] = "",
+    scheduler_cluster_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
+) -> dict[str, Any]:
+    """Ask the active schedulers for the task and merge their answers."""
+    if (task_id is None) == (url is None):
+        raise APIError(400, "give either task_id or url")
+    if url is not None:
+        if "://" not in url:
+            raise APIError(400, "url: not a URL")
+        task_id = ids.task_id(url, tag=tag, application=application)
+    assert task_id is not None
+    if not ids.is_task_id(task_id):
+        raise APIError(400, "task_id: 64 lower-case hex digits")
+    query = select(models.Scheduler).where(models.Scheduler.state == models.STATE_ACTIVE)
+    if scheduler_cluster_id is not None:
+        query = query.where(models.Scheduler.scheduler_cluster_id == scheduler_cluster_id)
+    schedulers = list((await session.scalars(query.order_by(models.Scheduler.id))).all())
+    results = await asyncio.gather(
+        *(
+            swarm_call.fetch(ctx.scheduler_channel(_address(s.ip, s.port)), task_id, deadline=DEADLINE)
+            for s in schedulers
+        ),
+        return_exceptions=True,
+    )
+    answers: list[tuple[models.Scheduler, dict[str, Any]]] = []
+    errors: list[str] = []
+    for scheduler, result in zip(schedulers, results, strict=True):
+        if isinstance(result, BaseException):
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+            errors.append(_error(scheduler, result))
+        elif isinstance(result, dict):
+            answers.append((scheduler, result))
+    if not schedulers:
+        errors.append("no active scheduler")
+    return merge(task_id, answers, errors)
+
+
+def extension() -> Extension:
+    """The swarm view's part of the manager (``EXTENSION_MODULES``)."""
+    return Extension(name="swarm", routers=[router], objects={OBJECT: "cluster"})

@@ -1,0 +1,172 @@
+"""GET /api/v1/swarm: the manager asks the active schedulers over the console's swarm call and merges them.
+
+The schedulers here are grpc.aio servers in the test serving the call (the scheduler's own side is tested against
+a real scheduler in tests/integration/scheduler/test_scheduler_swarm_view.py); one answers, one has no such method
+(as a Dragonfly scheduler), one is registered but inactive and must not be asked.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+
+from dragonfly.common import ids, swarm
+from dragonfly.manager import bootstrap, config, db, models
+from dragonfly.manager.api.app import create_app, load_extensions, wrap
+from dragonfly.manager.auth import SigninLimiter
+from dragonfly.manager.context import ManagerContext
+
+ROOT_PASSWORD = "root-password-1"
+URL = "http://origin.test/blob.bin"
+TASK = ids.task_id(URL)
+
+
+class FakeScheduler:
+    """A gRPC server that answers the swarm call with ``answer`` (or has no such method)."""
+
+    def __init__(self, answer: dict[str, Any] | None) -> None:
+        self.answer = answer
+        self.asked: list[str] = []
+        self.server = grpc.aio.server()
+        if answer is not None:
+
+            async def get_task(task_id: str, _context: Any) -> dict[str, Any]:
+                self.asked.append(task_id)
+                return {**self.answer, "task_id": task_id} if self.answer else {}
+
+            handler = grpc.unary_unary_rpc_method_handler(
+                get_task, request_deserializer=swarm.decode_request, response_serializer=swarm.encode
+            )
+            self.server.add_generic_rpc_handlers(
+                (grpc.method_handlers_generic_handler(swarm.SERVICE, {"GetTask": handler}),)
+            )
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+
+
+@pytest.fixture(autouse=True)
+def cheap_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from argon2 import PasswordHasher
+
+    from dragonfly.manager import auth
+
+    monkeypatch.setattr(auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
+
+
+@pytest.fixture
+async def manager(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, ManagerContext]]:
+    cfg = config.load(
+        None,
+        overrides={
+            "server": {"dataDir": str(tmp_path / "manager")},
+            "auth": {"rootPassword": ROOT_PASSWORD},
+            "security": {"enable": False},
+        },
+    )
+    engine = db.create_engine(db.database_url(cfg))
+    ctx = ManagerContext(cfg, engine, db.session_factory(engine), SigninLimiter(3, 60))
+    await db.migrate(engine)
+    await bootstrap.bootstrap(ctx.sessions, ROOT_PASSWORD)
+    app = wrap(create_app(ctx, load_extensions(["dragonfly.manager.swarm"])), ctx)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://manager") as client:
+        yield client, ctx
+    await ctx.close_channels()
+    await engine.dispose()
+
+
+async def _signin(client: httpx.AsyncClient, name: str = "root", password: str = ROOT_PASSWORD) -> dict[str, str]:
+    response = await client.post("/api/v1/users/signin", json={"name": name, "password": password})
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['token']}"}
+
+
+async def _register(ctx: ManagerContext, hostname: str, port: int, state: str) -> None:
+    async with ctx.sessions() as session:
+        session.add(models.Scheduler(hostname=hostname, ip="127.0.0.1", port=port, state=state, scheduler_cluster_id=1))
+        await session.commit()
+
+
+async def test_swarm_merges_active_schedulers_and_names_the_ones_that_cannot_answer(manager) -> None:
+    client, ctx = manager
+    answer = {
+        "found": True,
+        "url": URL,
+        "state": "Running",
+        "content_length": 8192,
+        "piece_length": 4096,
+        "total_pieces": 2,
+        "peers": [{"id": "p1", "hostname": "peer-1", "bytes_from_source": 4096}, "junk"],
+        "edges": [{"parent": "s", "child": "p1", "bytes": 4096, "pieces": 1, "active": True}],
+    }
+    ours, dragonflys, stopped = FakeScheduler(answer), FakeScheduler(None), FakeScheduler(answer)
+    for fake in (ours, dragonflys, stopped):
+        await fake.server.start()
+    try:
+        await _register(ctx, "sched-ours", ours.port, models.STATE_ACTIVE)
+        await _register(ctx, "sched-dragonfly", dragonflys.port, models.STATE_ACTIVE)
+        await _register(ctx, "sched-stopped", stopped.port, models.STATE_INACTIVE)
+        root = await _signin(client)
+
+        by_url = await client.get("/api/v1/swarm", params={"url": URL}, headers=root)
+        assert by_url.status_code == 200, by_url.text
+        body = by_url.json()
+        assert (body["task_id"], body["found"], body["total_pieces"], body["schedulers"]) == (
+            TASK,
+            True,
+            2,
+            ["sched-ours"],
+        )
+        assert body["peers"] == [
+            {"id": "p1", "hostname": "peer-1", "bytes_from_source": 4096, "scheduler": "sched-ours"}
+        ]
+        assert body["edges"] == answer["edges"]
+        assert len(body["errors"]) == 1
+        assert "sched-dragonfly" in body["errors"][0]
+        assert "does not report swarms" in body["errors"][0]
+        assert ours.asked == [TASK]
+        assert stopped.asked == []
+
+        by_id = await client.get("/api/v1/swarm", params={"task_id": TASK}, headers=root)
+        assert by_id.json()["peers"] == body["peers"]
+        # A guest reads it too; nobody without a session does.
+        guest = await client.post(
+            "/api/v1/users", headers=root, json={"name": "g", "password": "guest-password", "roles": ["guest"]}
+        )
+        assert guest.status_code == 201
+        assert (
+            await client.get(
+                "/api/v1/swarm", params={"task_id": TASK}, headers=await _signin(client, "g", "guest-password")
+            )
+        ).status_code == 200
+        assert (await client.get("/api/v1/swarm", params={"task_id": TASK})).status_code == 401
+    finally:
+        for fake in (ours, dragonflys, stopped):
+            await fake.server.stop(0)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({}, "give either task_id or url"),
+        ({"task_id": TASK, "url": URL}, "give either task_id or url"),
+        ({"task_id": "../../etc/passwd"}, "task_id: 64 lower-case hex digits"),
+        ({"url": "no-scheme"}, "url: not a URL"),
+    ],
+)
+async def test_swarm_refuses_bad_queries_in_words(manager, params: dict[str, str], message: str) -> None:
+    client, _ctx = manager
+    response = await client.get("/api/v1/swarm", params=params, headers=await _signin(client))
+    assert response.status_code == 400
+    assert json.loads(response.text)["message"] == message
+
+
+async def test_swarm_without_schedulers_says_so(manager) -> None:
+    client, _ctx = manager
+    response = await client.get("/api/v1/swarm", params={"task_id": TASK}, headers=await _signin(client))
+    assert response.json()["found"] is False
+    assert response.json()["errors"] == ["no active scheduler"]
