@@ -43,6 +43,8 @@ T = TypeVar("T")
 
 USER_AGENT = f"dragonfly/{dragonfly.__version__}"
 _CONTENT_RANGE = re.compile(r"^bytes\s+(\d+)-(\d+)/(\d+|\*)$")
+# aiohttp's wording for a body shorter than its Content-Length; only the figures are shown.
+_RECEIVED = re.compile(r"received (\d+) of (\d+) bytes")
 _CONNECT_TIMEOUT = 3.0
 _BACKOFF_BASE = 0.2
 # Statuses worth another try: the origin may recover; everything else 4xx is final.
@@ -190,9 +192,13 @@ def describe_origin_error(exc: BaseException) -> tuple[str, bool]:
     if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
         return "the origin did not answer in time", True
     if isinstance(exc, aiohttp.ClientPayloadError):
-        return f"the origin's body was cut short ({exc})", True
+        received = _RECEIVED.search(str(exc))
+        detail = f" after {received.group(1)} of {received.group(2)} bytes" if received else ""
+        return f"the origin closed the connection before the end of the body{detail}", True
     if isinstance(exc, aiohttp.InvalidURL):
         return f"invalid URL {exc.url}", False
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno).lower(), True
     return str(exc) or type(exc).__name__, True
 
 

@@ -7,6 +7,7 @@ The https origin is a real aiohttp server with a certificate of a CA made here (
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -170,3 +171,35 @@ async def test_an_authorization_header_wins_over_credentials_in_the_url() -> Non
         await backend.close()
         await runner.cleanup()
     assert seen == ["Bearer token", "Basic dXNlcjpzZWNyZXQ="]
+
+
+@pytest.mark.parametrize("cut", ["reset", "close"])
+async def test_a_body_cut_short_is_described_without_aiohttps_wording(cut: str, tmp_path: Path) -> None:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = len(BODY)
+        await response.prepare(request)
+        await response.write(BODY[:1000])
+        assert request.transport is not None
+        request.transport.abort() if cut == "reset" else request.transport.close()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/f", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/f"
+    backend = await _backend()
+    fd = os.open(tmp_path / "content", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        with pytest.raises(BackendError) as caught:
+            await backend.download_piece(url, {}, fd=fd, offset=0, length=len(BODY), buffer=bytearray(len(BODY)))
+    finally:
+        os.close(fd)
+        await backend.close()
+        await runner.cleanup()
+    assert str(caught.value) == (
+        f"piece download from {url} failed: the origin closed the connection before the end of the body "
+        f"after 1000 of {len(BODY)} bytes"
+    )
