@@ -665,36 +665,45 @@ class PersistentCacheManager:
                 download_persistent_cache_peer_started_request=scheduler_pb2.DownloadPersistentCachePeerStartedRequest()
             )
             yield content_length, None
-            tried: set[str] = set()
+            # Parents whose content was checked on its own: after a mismatch, each parent is tried alone so that
+            # the one that lied is found (and reported) and the content comes from one that did not.
+            tried_alone: set[str] = set()
+            suspect: list[PieceRecord] = []
             for attempt in range(MAX_ATTEMPTS):
                 if attempt == 0:
                     using = parents
                 else:
-                    # Each parent alone now, so a parent whose bytes fail the digest is found out.
-                    fresh = [p for p in parents if p.id not in tried]
+                    fresh = [p for p in parents if p.id not in tried_alone]
                     if not fresh:
                         send(
                             reschedule_persistent_cache_peer_request=scheduler_pb2.ReschedulePersistentCachePeerRequest(
-                                candidate_parents=[common_pb2.PersistentCachePeer(id=i) for i in tried],
+                                candidate_parents=[common_pb2.PersistentCachePeer(id=i) for i in tried_alone],
                                 description="content failed the importer's digest",
                             )
                         )
-                        response = await self._read(announce)
+                        try:
+                            response = await self._read(announce)
+                        except grpc.aio.AioRpcError:
+                            break  # no other parent
                         parents = list(response.normal_persistent_cache_task_response.candidate_cache_parents)
-                        fresh = [p for p in parents if p.id not in tried]
+                        fresh = [p for p in parents if p.id not in tried_alone]
                         if not fresh:
                             break
                     using = fresh[:1]
-                tried.update(p.id for p in using)
+                if len(using) == 1:
+                    tried_alone.add(using[0].id)
                 pieces = await self._fetch_pieces(task_id, using, content_length, piece_length, send)
                 with self.storage.content_fd(task_id) as fd:
                     hasher = await asyncio.get_running_loop().run_in_executor(
                         self._executor, _hash_content, fd, content_length
                     )
                 if self._verified(task_id, hasher, digest, info, piece_length):
+                    self._report_liars(suspect, pieces, send)
                     for piece in pieces:
                         yield content_length, piece
                     break
+                if len(using) > 1:
+                    suspect = pieces
                 log.warning(
                     "exported content failed the importer's digest; fetching it again",
                     extra={"task_id": task_id, "parents": ",".join(p.id for p in using)},
@@ -757,6 +766,22 @@ class PersistentCacheManager:
                     while await announce.read() is not grpc.aio.EOF:
                         pass
             announce.cancel()
+
+    @staticmethod
+    def _report_liars(suspect: list[PieceRecord], good: list[PieceRecord], send: Callable[..., None]) -> None:
+        """Report the parents whose pieces of a failed mixed attempt differ from the verified content's."""
+        digests = {piece.number: piece.digest for piece in good}
+        liars: dict[str, int] = {}
+        for piece in suspect:
+            if piece.parent_id and digests.get(piece.number) != piece.digest:
+                liars.setdefault(piece.parent_id, piece.number)
+        for parent_id, number in liars.items():
+            log.warning("a parent served a piece that is not the importer's", extra={"peer_id": parent_id})
+            send(
+                download_piece_failed_request=scheduler_pb2.DownloadPieceFailedRequest(
+                    piece_number=number, parent_id=parent_id, temporary=False
+                )
+            )
 
     @staticmethod
     def _verified(task_id: str, hasher: Any, digest: str, info: Any, piece_length: int) -> bool:

@@ -11,9 +11,11 @@ import hashlib
 import os
 import random
 import re
+import sqlite3
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -206,3 +208,43 @@ def test_compressible_content_crosses_the_wire_compressed(cluster: LocalCluster,
         else:
             assert wire == SIZE
         dfcache(cluster, "peer-1", "delete", task_id)
+
+
+def test_a_lying_parent_is_found_out(cluster: LocalCluster, tmp_path: Path) -> None:
+    """A holder serves bytes of its own with matching CRC-32s (its content and its piece records altered while it
+    was stopped): the exporter's whole-content check catches it, and the content comes from the honest holder."""
+    data = make_file(tmp_path / "guarded.bin")
+    task_id = import_file(cluster, "peer-1", tmp_path / "guarded.bin", "--persistent-replica-count", "1")
+    dfcache(cluster, "peer-2", "export", task_id, "-O", str(tmp_path / "first.bin"), "--persistent")
+
+    liar = cluster.processes["peer-2"]
+    assert cluster.terminate("peer-2") == 0
+    store = cluster.storage_dir("peer-2") / "persistent-cache"
+    content = store / "content" / "tasks" / task_id[:3] / task_id
+    forged = bytearray(content.read_bytes())
+    db = sqlite3.connect(store / "metadata" / "dfdaemon.db")
+    with db:
+        for number, offset, length in db.execute(
+            "SELECT number, offset, length FROM pieces WHERE task_id = ?", (task_id,)
+        ).fetchall():
+            forged[offset] ^= 0xFF
+            crc = zlib.crc32(forged[offset : offset + length])
+            db.execute(
+                "UPDATE pieces SET digest = ? WHERE task_id = ? AND number = ?", (f"crc32:{crc}", task_id, number)
+            )
+    db.close()
+    content.write_bytes(forged)
+    liar.start()
+    liar.wait_ready(cluster.start_timeout)
+
+    output = tmp_path / "checked.bin"
+    dfcache(cluster, "peer-3", "export", task_id, "-O", str(output))
+    assert output.read_bytes() == data
+    assert "failed the importer's digest" in cluster.log_path("peer-3").read_text()
+    # Found out either alone or by comparing its pieces with the verified content: the scheduler no longer hands
+    # it out for this task.
+    wait_until(
+        lambda: "persistent cache parent served bad content" in cluster.log_path("scheduler").read_text(),
+        "the scheduler to hear of the lying parent",
+    )
+    dfcache(cluster, "peer-1", "delete", task_id)
