@@ -47,6 +47,7 @@ _READY = re.compile(r"^dragonfly: (.+) ready$")
 _MAX_SOCKET_PATH = 100
 SCHEDULER = "scheduler"
 SEED_PEER = "seed-peer"
+MANAGER = "manager"
 #: Where dfget says a download's bytes came from, in the order of its summary line.
 SOURCES = ("origin", "seed", "peers", "local")
 # The networks a local cluster's daemons may fetch origins from on other hosts' request (loopback).
@@ -364,6 +365,8 @@ class LocalCluster:
         tls: bool = True,
         ca: pki.CertificateAuthority | None = None,
         daemon_ips: Mapping[str, str] | None = None,
+        manager: bool = False,
+        manager_config: Mapping[str, Any] | None = None,
     ) -> None:
         if peers < 0:
             raise ValueError(f"peers must be >= 0, got {peers}")
@@ -383,6 +386,12 @@ class LocalCluster:
         self._run_dir: Path | None = None
         self._own_run_dir = False
         self.scheduler_port = 0
+        # With a manager (SQLite in the work dir): the scheduler registers with it and the daemons find the
+        # scheduler through it (manager.addr), as in a Dragonfly cluster; "manager" starts first and stops last.
+        self.manager = manager
+        self._manager_config = dict(manager_config or {})
+        self.manager_grpc_port = 0
+        self.manager_rest_port = 0
         self.processes: dict[str, ManagedProcess] = {}
         self.tls = tls
         self._ca = ca
@@ -395,13 +404,24 @@ class LocalCluster:
     def scheduler_addr(self) -> str:
         return f"127.0.0.1:{self.scheduler_port}"
 
+    @property
+    def manager_addr(self) -> str:
+        """Return the manager's gRPC address (manager.v2)."""
+        return f"127.0.0.1:{self.manager_grpc_port}"
+
+    @property
+    def manager_url(self) -> str:
+        """Return the manager's REST base URL."""
+        return f"http://127.0.0.1:{self.manager_rest_port}"
+
     def socket_path(self, name: str) -> str:
         """Return the unix socket of a daemon's local API (what ``dfget -e`` takes)."""
         assert self._run_dir is not None, "cluster not configured yet"
         return str(self._run_dir / f"{name}.sock")
 
     def config_path(self, name: str) -> Path:
-        return self.workdir / name / f"{'scheduler' if name == SCHEDULER else 'dfdaemon'}.yaml"
+        kind = name if name in (SCHEDULER, MANAGER) else "dfdaemon"
+        return self.workdir / name / f"{kind}.yaml"
 
     def storage_dir(self, name: str) -> Path:
         return self.workdir / name / "storage"
@@ -500,6 +520,10 @@ class LocalCluster:
             },
             "proxy": {"server": {"ip": "127.0.0.1", "port": 0}},
         }
+        if self.manager:
+            config["scheduler"] = {"addrs": []}
+            config["manager"] = {"addr": self.manager_addr}
+            config["seedPeer"]["keepaliveInterval"] = "5s"
         for layer in (self._daemon_config, self._peer_configs.get(name, {}), overrides or {}):
             config = deep_merge(config, layer)
         return config
@@ -511,23 +535,39 @@ class LocalCluster:
         self._choose_run_dir()
         ports = free_ports(1 + 2 * len(self.daemon_names))
         self.scheduler_port = ports[0]
-        scheduler_yaml = deep_merge(
-            {
-                "server": {"host": "127.0.0.1", "port": self.scheduler_port, "advertiseIP": "127.0.0.1"},
-                "metrics": {"host": "127.0.0.1", "port": 0},
-                "security": self._security(SCHEDULER, (ROLE_SCHEDULER,)),
-            },
-            self._scheduler_config,
-        )
+        scheduler_base: dict[str, Any] = {
+            "server": {"host": "127.0.0.1", "port": self.scheduler_port, "advertiseIP": "127.0.0.1"},
+            "metrics": {"host": "127.0.0.1", "port": 0},
+            "security": self._security(SCHEDULER, (ROLE_SCHEDULER,)),
+        }
+        if self.manager:
+            self.manager_grpc_port, self.manager_rest_port = free_ports(2)
+            manager_yaml = deep_merge(
+                {
+                    "server": {
+                        "dataDir": str(self.workdir / MANAGER / "data"),
+                        "rest": {"addr": f"127.0.0.1:{self.manager_rest_port}"},
+                        "grpc": {
+                            "listenIP": "127.0.0.1",
+                            "advertiseIP": "127.0.0.1",
+                            "port": {"start": self.manager_grpc_port, "end": self.manager_grpc_port},
+                        },
+                    },
+                    "security": self._security(MANAGER, (ROLE_MANAGER,)),
+                },
+                self._manager_config,
+            )
+            self._configure(MANAGER, manager_yaml)
+            scheduler_base["manager"] = {"addr": self.manager_addr, "schedulerClusterID": 1}
+        scheduler_yaml = deep_merge(scheduler_base, self._scheduler_config)
         self._configure(SCHEDULER, scheduler_yaml)
         for i, name in enumerate(self.daemon_names):
             self._configure(name, self._daemon_yaml(name, ports[1 + 2 * i], ports[2 + 2 * i]))
 
     def _configure(self, name: str, config: Mapping[str, Any]) -> ManagedProcess:
         """Write one process's config file and set up (not start) its process."""
-        binary = "scheduler"
-        if name != SCHEDULER:
-            binary = "dfdaemon"
+        binary = name if name in (SCHEDULER, MANAGER) else "dfdaemon"
+        if binary == "dfdaemon":
             self.storage_dir(name).mkdir(parents=True, exist_ok=True)
         self._write(name, config)
         self.processes[name] = ManagedProcess(
@@ -550,7 +590,10 @@ class LocalCluster:
         """Start the scheduler, then every daemon at once, waiting for each; stop all on failure."""
         self.write_configs()
         try:
-            # Every daemon's first AnnounceHost must reach the scheduler, so it goes first.
+            # The scheduler registers with the manager, and every daemon's first AnnounceHost must reach the
+            # scheduler: manager, scheduler, daemons.
+            if self.manager:
+                self._start_group([MANAGER])
             self._start_group([SCHEDULER])
             self._start_group(self.daemon_names)
         except BaseException:
@@ -566,7 +609,7 @@ class LocalCluster:
 
     def stop(self) -> None:
         """SIGTERM peers, then the seed peer, then the scheduler (so DeleteHost reaches it); SIGKILL stragglers."""
-        for group in (self.peer_names, [SEED_PEER], [SCHEDULER]):
+        for group in (self.peer_names, [SEED_PEER], [SCHEDULER], [MANAGER]):
             procs = [self.processes[n] for n in group if n in self.processes]
             for proc in procs:
                 proc.signal(signal.SIGTERM)
@@ -640,6 +683,11 @@ class LocalCluster:
                 }
                 for name in self.daemon_names
             },
+            **(
+                {"manager": {"grpc": self.manager_addr, "rest": self.manager_url, "log": str(self.log_path(MANAGER))}}
+                if self.manager
+                else {}
+            ),
         }
 
     def __enter__(self) -> LocalCluster:

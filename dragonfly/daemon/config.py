@@ -167,15 +167,46 @@ class SchedulerConfig(TLSFilesConfig):
 
 
 @dataclass(frozen=True, slots=True)
+class ManagerConfig(TLSFilesConfig):
+    """The manager this daemon gets its schedulers from (Dragonfly's ``manager.addr``; ``http://`` is accepted)."""
+
+    addr: str = ""
+    # Ask for the schedulers of this cluster only; 0: the manager picks by the host's IP, name, IDC and location.
+    scheduler_cluster_id: int = field(default=0, metadata={"key": "schedulerClusterID"})
+    # How long the first start waits for the manager to name a healthy scheduler before it uses the saved list.
+    start_timeout: Duration = Duration(30.0)
+
+    def validate(self) -> None:
+        if self.scheduler_cluster_id < 0:
+            raise ValueError("schedulerClusterID must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class DynconfigConfig:
+    """How often the schedulers are asked of the manager again (Dragonfly: ``dynconfig.refreshInterval``)."""
+
+    refresh_interval: Duration = Duration(60.0)
+
+    def validate(self) -> None:
+        if self.refresh_interval <= 0:
+            raise ValueError("refreshInterval must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
 class SeedPeerConfig:
     """Seed mode: the scheduler may ask this daemon to fetch tasks from the origin."""
 
     enable: bool = False
     type: str = "super"
+    # The seed-peer cluster this seed peer registers in with the manager, and its keep-alive interval.
+    cluster_id: int = field(default=1, metadata={"key": "clusterID"})
+    keepalive_interval: Duration = Duration(15.0)
 
     def validate(self) -> None:
         if self.type not in SEED_PEER_TYPES:
             raise ValueError(f"type must be one of {', '.join(SEED_PEER_TYPES)}, got {self.type!r}")
+        if self.cluster_id < 1 or self.keepalive_interval <= 0:
+            raise ValueError("clusterID must be >= 1 and keepaliveInterval > 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,6 +367,8 @@ class DfdaemonConfig:
     download: DownloadConfig = field(default_factory=DownloadConfig)
     upload: UploadConfig = field(default_factory=UploadConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    manager: ManagerConfig = field(default_factory=ManagerConfig)
+    dynconfig: DynconfigConfig = field(default_factory=DynconfigConfig)
     seed_peer: SeedPeerConfig = field(default_factory=SeedPeerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
@@ -355,6 +388,7 @@ class DfdaemonConfig:
             upload_client=security.files(self.upload.client, "upload.client"),
             scheduler=security.files(self.scheduler, "scheduler"),
             storage_server=security.files(self.storage.server, "storage.server"),
+            manager=security.files(self.manager, "manager") if self.manager.addr else None,
         )
 
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
@@ -373,6 +407,7 @@ class DaemonTLS:
     upload_client: TLSFiles | None
     scheduler: TLSFiles | None
     storage_server: TLSFiles | None
+    manager: TLSFiles | None = None
 
 
 def load_dfdaemon_config(

@@ -40,6 +40,7 @@ from dragonfly.daemon.download.parents import ParentChannels
 from dragonfly.daemon.download.scheduler_client import SchedulerClient
 from dragonfly.daemon.download.task_manager import TaskManager
 from dragonfly.daemon.host_info import HostInfo, TrafficMeter, detect_ip
+from dragonfly.daemon.manager_client import SchedulerDiscovery, SeedPeerRegistration
 from dragonfly.daemon.metrics import DaemonMetrics, health_app
 from dragonfly.daemon.persistent_cache import PersistentCacheManager
 from dragonfly.daemon.proxy.server import ProxyServer
@@ -118,6 +119,8 @@ class Dfdaemon:
             compression=config.download.persistent_cache_compression == "zstd" and compression.available(),
         )
         self.scheduler: SchedulerClient | None = None
+        self.discovery: SchedulerDiscovery | None = None
+        self.seed_registration: SeedPeerRegistration | None = None
         self.tasks: TaskManager | None = None
         self.vortex: VortexServer | None = None
         self.proxy: ProxyServer | None = None
@@ -201,9 +204,28 @@ class Dfdaemon:
             upload_traffic=self.upload_traffic,
             download_traffic=self.download_traffic,
         )
-        if config.scheduler.addrs:
+        addrs = list(config.scheduler.addrs)
+        if config.manager.addr:
+            self.discovery = SchedulerDiscovery(
+                config.manager.addr,
+                host=self.host_info.host,
+                cache_dir=config.storage.dir,
+                manager_tls=self.tls.manager,
+                scheduler_tls=self.tls.scheduler,
+                cluster_id=config.manager.scheduler_cluster_id,
+            )
+            addrs = await self.discovery.initial(config.manager.start_timeout) or addrs
+            if not addrs:
+                log.warning(
+                    "the manager named no healthy scheduler and none is saved: downloads go to the origin until "
+                    "a restart finds one",
+                    extra={"manager": config.manager.addr},
+                )
+        elif not addrs:
+            log.warning("neither manager.addr nor scheduler.addrs is set: no P2P, every download goes to the origin")
+        if addrs:
             self.scheduler = SchedulerClient(
-                config.scheduler.addrs,
+                addrs,
                 host=self.host_info.host,
                 announce_interval=config.scheduler.announce_interval,
                 tls_files=self.tls.scheduler,
@@ -261,6 +283,23 @@ class Dfdaemon:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.scheduler.announce_host_to_all(), 3.0)
             self._background.append(asyncio.create_task(self.scheduler.run_announcer(), name="announcer"))
+            if self.discovery is not None:
+                self._background.append(
+                    asyncio.create_task(
+                        self.discovery.run(config.dynconfig.refresh_interval, self.scheduler.set_addrs),
+                        name="scheduler-discovery",
+                    )
+                )
+        if config.manager.addr and config.seed_peer.enable:
+            self.seed_registration = SeedPeerRegistration(
+                config.manager.addr,
+                host=self.host_info.host,
+                cluster_id=config.seed_peer.cluster_id,
+                interval=config.seed_peer.keepalive_interval,
+                manager_tls=self.tls.manager,
+                seed_type=config.seed_peer.type,
+            )
+            self._background.append(asyncio.create_task(self.seed_registration.run(), name="seed-registration"))
 
         socket_path = self._socket_path
         os.makedirs(os.path.dirname(socket_path), exist_ok=True)
@@ -345,6 +384,9 @@ class Dfdaemon:
         if self.scheduler is not None:
             await self.scheduler.delete_host(self.host_id)
             await self.scheduler.close()
+        for client in (self.discovery, self.seed_registration):
+            if client is not None:
+                await client.close()
         for runner in self._runners:
             await runner.cleanup()
         await self.persistent_cache.close()

@@ -143,6 +143,14 @@ class SchedulerClient:
         self._announced: set[str] = set()
         self._tls = tls_files
 
+    def set_addrs(self, addrs: list[str]) -> None:
+        """Use another scheduler list (the manager's answer changed); tasks hash onto the new ring from now on."""
+        if not addrs:
+            return
+        self.addrs = list(addrs)
+        self._ring = HashRing(self.addrs)
+        self._announced.intersection_update(self.addrs)
+
     def _stub(self, addr: str) -> scheduler_pb2_grpc.SchedulerStub:
         stub = self._stubs.get(addr)
         if stub is None:
