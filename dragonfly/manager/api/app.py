@@ -131,7 +131,7 @@ def create_app(ctx: ManagerContext, extensions: Sequence[Extension] = ()) -> Fas
     from contextlib import asynccontextmanager
 
     from dragonfly.manager import auth
-    from dragonfly.manager.api import resources, users
+    from dragonfly.manager.api import audit, resources, users
 
     for ext in extensions:
         for obj, scope in ext.objects.items():
@@ -169,6 +169,7 @@ def create_app(ctx: ManagerContext, extensions: Sequence[Extension] = ()) -> Fas
 
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(users.router)
+    api.include_router(audit.router)
     for router in resources.routers():
         api.include_router(router)
     for ext in extensions:
@@ -200,5 +201,7 @@ def create_app(ctx: ManagerContext, extensions: Sequence[Extension] = ()) -> Fas
 
 
 def wrap(app: FastAPI, ctx: ManagerContext) -> ASGIApp:
-    """Return ``app`` behind the body-size limit."""
-    return BodyLimit(app, int(ctx.config.server.rest.max_body_size))
+    """Return ``app`` behind the audit log and the body-size limit."""
+    from dragonfly.manager.api.audit import AuditLog
+
+    return BodyLimit(AuditLog(app, ctx), int(ctx.config.server.rest.max_body_size))

@@ -265,3 +265,23 @@ async def test_schedulers_seed_peers_applications(api: API) -> None:
     assert response.json()["user_id"] == 1
     bad = {"name": "d7y-2", "priority": {"value": 99}}
     assert (await api.client.post("/api/v1/applications", headers=root, json=bad)).status_code == 422
+
+
+async def test_audit_log_records_writes_without_secrets(api: API) -> None:
+    root = await api.signin()
+    await api.client.post(CLUSTERS, headers=root, json={"name": "audited"})
+    await api.client.post(CLUSTERS, headers=root, json={"name": "bad name"})
+    await api.client.post("/api/v1/users/signin", json={"name": "root", "password": "not-the-password"})
+    guest = await api.make_user(root, "erin", ["guest"])
+    rows = (await api.client.get("/api/v1/audits", headers=guest, params={"per_page": 100})).json()
+    seen = [(r["actor_type"], r["actor_name"], r["operation"], r["path"], r["status_code"], r["state"]) for r in rows]
+    assert ("USER", "root", "POST", CLUSTERS, 201, "SUCCESS") in seen
+    assert ("USER", "root", "POST", CLUSTERS, 422, "FAILURE") in seen
+    assert ("UNKNOWN", "", "POST", "/api/v1/users/signin", 401, "FAILURE") in seen
+    assert "not-the-password" not in str(rows)
+    assert rows[0]["id"] > rows[-1]["id"]
+    failures = (await api.client.get("/api/v1/audits", headers=guest, params={"state": "FAILURE"})).json()
+    assert {r["state"] for r in failures} == {"FAILURE"}
+    # Reads are not recorded; a guest cannot delete the log (there is no route).
+    assert all(r["operation"] != "GET" for r in rows)
+    assert (await api.client.delete("/api/v1/audits/1", headers=root)).status_code in (404, 405)
