@@ -132,9 +132,9 @@ class Browser:
         if message.type != "error":
             return
         text = message.text
-        # A refused API call shows in the page in words; the browser also logs the HTTP status of the failed
-        # fetch, which is not a script error.
-        if "Failed to load resource: the server responded with a status of" in text:
+        # A refused or failed API call shows in the page in words; the browser also logs the failed request
+        # itself (an HTTP status, or a refused connection once the manager has stopped), which is no script error.
+        if text.startswith("Failed to load resource:"):
             return
         self.errors.append(f"{page.url}: {text}")
 

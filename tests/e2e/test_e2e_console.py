@@ -1,8 +1,9 @@
-"""The web console in headless Chromium against a real manager process (tests/e2e/console_helpers.py).
+"""The web console in headless Chromium against real manager processes (tests/e2e/console_helpers.py).
 
 Root signs in, creates a scheduler cluster through the form (after the form refuses a bad one), edits it, creates a
 guest user and a token (shown once); the guest signs in and can read the cluster but not change it; root deletes
-the cluster after confirming. Screenshots of each page land in the test's directory; no console errors allowed.
+the cluster after confirming. The swarm view follows a real download by a seed peer and two peers. Screenshots
+of each page land in the test's directory; no console errors allowed.
 """
 
 from __future__ import annotations
@@ -10,9 +11,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
-from console_helpers import ROOT_PASSWORD, Browser, call, nav, root_token, run_manager, sign_in
+from console_helpers import ROOT_PASSWORD, Browser, call, manager_config, nav, root_token, run_manager, sign_in
+from swarm_helpers import MiB, describe, dfget_in_background, make_file, sha256_of, wait_for
+
+from dragonfly.cli.cluster import LocalCluster, OriginProcess, free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -152,3 +157,76 @@ def test_root_manages_a_cluster_a_guest_only_reads_it(tmp_path: Path, browser: B
         expect(phone.get_by_role("row").filter(has_text="guest-1")).to_be_visible()
         assert phone.evaluate("document.documentElement.scrollWidth") <= 390
         browser.screenshot(phone, "users-390px")
+
+
+def test_swarm_view_follows_a_download_live(tmp_path: Path, browser: Browser, origin: OriginProcess) -> None:
+    """A manager, a scheduler registered with it, a seed peer and 2 peers; the swarm view is open before the
+    download starts and, without a reload, shows the origin, the seed and both peers with their edges."""
+    from playwright.sync_api import expect
+
+    size = 16 * MiB
+    sha = make_file(origin, "swarm-view.bin", size)
+    # Slow enough that the page sees the download running (each ranged request trickles at this rate).
+    origin.set_fault("swarm-view.bin", "slow", rate=1 * MiB)
+    url = origin.url("swarm-view.bin")
+    (grpc_port,) = free_ports(1)
+    config = manager_config(tmp_path / "manager")
+    config["server"]["grpc"] = {"listenIP": "127.0.0.1", "port": {"start": grpc_port, "end": grpc_port}}
+    with run_manager(tmp_path / "manager", config) as (_manager, base):
+        scheduler = {"manager": {"addr": f"127.0.0.1:{grpc_port}", "keepAlive": {"interval": "1s"}}}
+        with LocalCluster(tmp_path / "cluster", peers=2, tls=False, scheduler_config=scheduler) as cluster:
+            token = root_token(base)
+            wait_for(
+                lambda: call(base, "GET", "/api/v1/schedulers?state=active", token=token)[1],
+                30,
+                "the scheduler registered and active in the manager",
+                interval=0.2,
+            )
+            page = browser.page(width=1400, height=900)
+            sign_in(page, base, "root", ROOT_PASSWORD)
+            nav(page, "Swarm view")
+            page.get_by_label("Task ID or URL").fill(url)
+            page.get_by_role("button", name="Show").click()
+            expect(page.get_by_text("No scheduler knows a peer of this task (yet).")).to_be_visible()
+
+            out = tmp_path / "out"
+            with dfget_in_background(cluster, ["peer-1"], url, out) as first:
+                # The first peer is under way: the page shows it (and the seed the scheduler sent to the origin).
+                expect(page.get_by_test_id("swarm-node").filter(has_text="peer-1")).to_be_visible()
+                with dfget_in_background(cluster, ["peer-2"], url, out) as second:
+                    expect(page.get_by_test_id("swarm-node").filter(has_text="peer-2")).to_be_visible()
+                    browser.screenshot(page, "swarm-running")
+                    results = {
+                        **{p: f.result() for p, f in first.items()},
+                        **{p: f.result() for p, f in second.items()},
+                    }
+            assert all(r.ok for r in results.values()), describe(results)
+            for peer in results:
+                assert sha256_of(out / peer) == sha, peer
+
+            # Finished: both peers show all their pieces, the seed is apart, the edges carry the bytes.
+            table = page.get_by_role("table", name="Peers of the task")
+            for peer in ("peer-1", "peer-2"):
+                expect(table.get_by_role("row").filter(has_text=peer)).to_contain_text("Succeeded")
+            expect(table.get_by_role("row").filter(has_text="seed-peer")).to_contain_text("seed peer")
+            status, swarm = call(base, "GET", "/api/v1/swarm?url=" + quote(url, safe=""), token=token)
+            assert status == 200
+            peers = {p["hostname"]: p for p in swarm["peers"]}
+            assert {"seed-peer", "peer-1", "peer-2"} <= set(peers)
+            assert peers["seed-peer"]["is_seed"]
+            assert peers["seed-peer"]["bytes_from_source"] == size
+            names = {p["id"]: p["hostname"] for p in swarm["peers"]}
+            into = {name: 0 for name in ("peer-1", "peer-2")}
+            for edge in swarm["edges"]:
+                if names.get(edge["child"]) in into:
+                    into[names[edge["child"]]] += edge["bytes"]
+            for peer, traffic in ((p, r.traffic) for p, r in results.items()):
+                assert traffic is not None
+                # What the scheduler counted by parent is what dfget says came from the swarm.
+                assert into[peer] == traffic["seed"] + traffic["peers"], (peer, swarm["edges"], traffic)
+            assert into["peer-1"] + into["peer-2"] > 0
+            edges = page.get_by_test_id("swarm-edge")
+            from_origin = sum(1 for p in swarm["peers"] if p["bytes_from_source"] or p["state"] == "BackToSource")
+            expect(edges).to_have_count(len(swarm["edges"]) + from_origin)
+            expect(page.get_by_role("img", name=re.compile(r"Swarm of task"))).to_be_visible()
+            browser.screenshot(page, "swarm")

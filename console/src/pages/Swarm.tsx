@@ -77,13 +77,14 @@ function SwarmGraph({ swarm }: { swarm: Swarm }) {
     .filter((e) => at.has(e.parent) && at.has(e.child))
     .map((e) => ({ ...e, key: `${e.parent}>${e.child}` }));
   for (const peer of swarm.peers) {
-    if (peer.bytes_from_source > 0 && at.has(ORIGIN))
+    // A peer fetching from the origin gets its edge at once, before its first piece is counted.
+    if ((peer.bytes_from_source > 0 || peer.state === "BackToSource") && at.has(ORIGIN))
       edges.push({
         parent: ORIGIN,
         child: peer.id,
         bytes: peer.bytes_from_source,
         pieces: 0,
-        active: peer.state === "BackToSource" || peer.state === "Running",
+        active: peer.state === "BackToSource",
         key: `origin>${peer.id}`,
       });
   }
@@ -98,7 +99,16 @@ function SwarmGraph({ swarm }: { swarm: Swarm }) {
         height={height}
       >
         <defs>
-          <marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="6" markerHeight="6" orient="auto">
+          <marker
+            id="arrow"
+            viewBox="0 0 10 10"
+            refX="9"
+            refY="5"
+            markerWidth="10"
+            markerHeight="10"
+            markerUnits="userSpaceOnUse"
+            orient="auto"
+          >
             <path d="M0,0 L10,5 L0,10 z" fill="#7a8699" />
           </marker>
         </defs>
