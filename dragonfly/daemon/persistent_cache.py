@@ -9,6 +9,9 @@ Import reads the caller's file with the caller's rights, copies it into the cach
 of the content: the importer's digest; the task id follows Dragonfly's rule from the same hash state; CRC-32 per
 piece for Vortex), then records the task with the scheduler.
 
+A scheduler keeps persistent cache tasks in memory; after it restarts, each daemon declares its copies again
+(``reconcile``): the importer its task, other holders their copies.
+
 Export (and replication, which the scheduler asks for) gets the sizes and the importer's digest from
 StatPersistentCacheTask, registers on AnnouncePersistentCachePeer, learns from each candidate parent where its
 Vortex port is (SyncPersistentCachePieces), fetches the pieces (CRC-32 checked against the parent's), then hashes
@@ -89,6 +92,8 @@ class Entry:
     content_digest: str = ""
     importer: bool = False
     uploaded: int = field(default=0)
+    #: The peer id this host's copy has at the scheduler (re-announced under it after a scheduler restart).
+    peer_id: str = ""
 
     def expires_at(self) -> float:
         return self.created_at + self.ttl
@@ -240,6 +245,7 @@ class PersistentCacheManager:
         storage_executor: Executor | None = None,
         on_fetched: Callable[[int], None] | None = None,
         compression: bool = False,
+        reconcile_interval: float = 60.0,
     ) -> None:
         self.storage = Storage(directory, keep=True, executor=storage_executor)
         self._index_path = os.path.join(self.storage.metadata_dir, "entries.db")
@@ -256,6 +262,8 @@ class PersistentCacheManager:
         self._on_fetched = on_fetched
         #: Whether pieces go zstd-compressed between our peers (both ways: offered as a parent, asked as a child).
         self.compression = compression
+        self._reconcile_interval = reconcile_interval
+        self._reconciler: asyncio.Task[None] | None = None
         #: Bytes of piece content received, and how many of them crossed the wire (less when compressed).
         self.received_bytes = 0
         self.wire_bytes = 0
@@ -280,12 +288,15 @@ class PersistentCacheManager:
 
     def start(self) -> None:
         self._expiry = asyncio.create_task(self._expiry_loop(), name="persistent-cache-expiry")
+        if self.scheduler is not None:
+            self._reconciler = asyncio.create_task(self._reconcile_loop(), name="persistent-cache-reconcile")
 
     async def close(self) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry
+        for job in (self._expiry, self._reconciler):
+            if job is not None:
+                job.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await job
         self._pool.close()
         if self._index is not None:
             self._index.close()
@@ -313,6 +324,127 @@ class PersistentCacheManager:
             log.info("persistent cache task expired", extra={"task_id": task_id})
             self.delete_local(task_id)
         return expired
+
+    # re-announcing copies to a scheduler that forgot them
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._reconcile_interval)
+            try:
+                count = await self.reconcile()
+            except Exception:
+                log.exception("persistent cache reconciliation failed")
+                continue
+            if count:
+                log.info("persistent cache copies announced to the scheduler again", extra={"tasks": count})
+
+    async def reconcile(self) -> int:
+        """Make the scheduler know every live local copy (it keeps them in memory only, so a restarted scheduler
+        has forgotten them): the importer declares its task again, other holders register their copy. Return how
+        many copies were announced again."""
+        count = 0
+        now = time.time()
+        for entry in list(self.entries.values()):
+            task = self.storage.get_task(entry.id)
+            if entry.expired(now) or entry.id in self._active or task is None or task.finished_at is None:
+                continue
+            try:
+                if entry.peer_id and await self._peer_known(entry):
+                    continue
+                if await self._announce_again(entry, task.piece_length, task.content_length, now):
+                    count += 1
+            except grpc.aio.AioRpcError as exc:
+                log.debug(
+                    "persistent cache copy not announced again",
+                    extra={"task_id": entry.id, "code": exc.code().name},
+                )
+        return count
+
+    async def _peer_known(self, entry: Entry) -> bool:
+        try:
+            await self._scheduler_stub(entry.id).StatPersistentCachePeer(
+                scheduler_pb2.StatPersistentCachePeerRequest(
+                    host_id=self.host_id, task_id=entry.id, peer_id=entry.peer_id
+                ),
+                timeout=_REQUEST_TIMEOUT,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return False
+            raise
+        return True
+
+    async def _announce_again(self, entry: Entry, piece_length: int, content_length: int, now: float) -> bool:
+        stub = self._scheduler_stub(entry.id)
+        peer_id = entry.peer_id or f"{self.host_id}-{uuid.uuid4()}"
+        try:
+            await stub.StatPersistentCacheTask(
+                scheduler_pb2.StatPersistentCacheTaskRequest(host_id=self.host_id, task_id=entry.id),
+                timeout=_REQUEST_TIMEOUT,
+            )
+            known = True
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            known = False
+        count = piece_count(content_length, piece_length)
+        if not known:
+            if not entry.importer:
+                return False  # only the importer can declare it; its copy may come back
+            started = scheduler_pb2.UploadPersistentCacheTaskStartedRequest(
+                host_id=self.host_id,
+                task_id=entry.id,
+                peer_id=peer_id,
+                persistent_replica_count=entry.persistent_replica_count,
+                piece_length=piece_length,
+                content_length=content_length,
+                piece_count=count,
+                # The task expires when it would have: the scheduler counts the TTL from now.
+                ttl=_duration(max(entry.expires_at() - now, 1.0)),
+            )
+            if entry.tag:
+                started.tag = entry.tag
+            if entry.application:
+                started.application = entry.application
+            metadata = ((CONTENT_DIGEST_KEY, entry.content_digest),) if entry.content_digest else ()
+            await stub.UploadPersistentCacheTaskStarted(started, metadata=metadata, timeout=_REQUEST_TIMEOUT)
+            await stub.UploadPersistentCacheTaskFinished(
+                scheduler_pb2.UploadPersistentCacheTaskFinishedRequest(
+                    host_id=self.host_id, task_id=entry.id, peer_id=peer_id
+                ),
+                timeout=_REQUEST_TIMEOUT,
+            )
+        else:
+            # A holder registers its copy and reports it finished at once.
+            def message(**kwargs: Any) -> scheduler_pb2.AnnouncePersistentCachePeerRequest:
+                return scheduler_pb2.AnnouncePersistentCachePeerRequest(
+                    host_id=self.host_id, task_id=entry.id, peer_id=peer_id, **kwargs
+                )
+
+            register = scheduler_pb2.RegisterPersistentCachePeerRequest(
+                persistent=entry.persistent, piece_length=piece_length, piece_count=count
+            )
+            call = stub.AnnouncePersistentCachePeer()
+            try:
+                await call.write(message(register_persistent_cache_peer_request=register))
+                await self._read(call)
+                await call.write(
+                    message(
+                        download_persistent_cache_peer_finished_request=(
+                            scheduler_pb2.DownloadPersistentCachePeerFinishedRequest()
+                        )
+                    )
+                )
+                await call.done_writing()
+                async with asyncio.timeout(_REQUEST_TIMEOUT):
+                    while await call.read() is not grpc.aio.EOF:
+                        pass
+            finally:
+                call.cancel()
+        if entry.peer_id != peer_id:
+            entry.peer_id = peer_id
+            self._put(entry)
+        return True
 
     # local records
 
@@ -490,6 +622,7 @@ class PersistentCacheManager:
             application=request.application,
             content_digest=digest,
             importer=True,
+            peer_id=peer_id,
         )
         self._put(entry)
         log.info(
@@ -733,6 +866,7 @@ class PersistentCacheManager:
                     tag=info.tag,
                     application=info.application,
                     content_digest=f"sha256:{hasher.hexdigest()}",
+                    peer_id=peer_id,
                 )
             )
             send(

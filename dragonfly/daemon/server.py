@@ -117,6 +117,8 @@ class Dfdaemon:
             storage_executor=self._storage_executor,
             on_fetched=self.download_traffic.add,
             compression=config.download.persistent_cache_compression == "zstd" and compression.available(),
+            # Copies are announced again to a scheduler that forgot them (a restart) as often as the host is.
+            reconcile_interval=min(config.scheduler.announce_interval, 60.0),
         )
         self.scheduler: SchedulerClient | None = None
         self.discovery: SchedulerDiscovery | None = None

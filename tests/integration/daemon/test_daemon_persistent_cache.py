@@ -248,3 +248,21 @@ def test_a_lying_parent_is_found_out(cluster: LocalCluster, tmp_path: Path) -> N
         "the scheduler to hear of the lying parent",
     )
     dfcache(cluster, "peer-1", "delete", task_id)
+
+
+def test_a_restarted_scheduler_learns_the_copies_again(cluster: LocalCluster, tmp_path: Path) -> None:
+    """The scheduler keeps persistent cache tasks in memory: after its restart the importer declares its task
+    again and the other holder registers its copy (every announce interval, 5 s here)."""
+    data = make_file(tmp_path / "kept.bin", 5 * MiB)
+    task_id = import_file(cluster, "peer-1", tmp_path / "kept.bin", "--persistent-replica-count", "1")
+    dfcache(cluster, "peer-2", "export", task_id, "-O", str(tmp_path / "copy.bin"), "--persistent")
+    assert cluster.restart("scheduler") == 0
+    wait_until(
+        lambda: "persistent replicas: 2 of 1" in dfcache(cluster, "peer-3", "stat", task_id, check=False).stdout,
+        "both copies to be known again",
+        within=40.0,
+    )
+    output = tmp_path / "after.bin"
+    dfcache(cluster, "peer-3", "export", task_id, "-O", str(output))
+    assert output.read_bytes() == data
+    dfcache(cluster, "peer-1", "delete", task_id)
