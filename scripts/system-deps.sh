@@ -6,8 +6,10 @@ set -euo pipefail
 # docker-registry, skopeo, containerd, apache2-utils (htpasswd): the container-image tests and `bench pull`.
 # buildah, debootstrap: scripts/build-image.sh builds the container image without a daemon or a registry.
 # redis-server: the manager's job queue across several managers (tests start their own server in a temp dir).
+# postgresql: the manager's tests run its REST suite and migrations on a real PostgreSQL (tests/postgres.py starts
+# a throwaway server in a temp dir; the packaged service is not used).
 # chromium: the web console's browser tests (Playwright drives Debian's headless Chromium; no browser download).
-packages=(curl iproute2 systemd docker-registry skopeo containerd apache2-utils buildah debootstrap redis-server chromium)
+packages=(curl iproute2 systemd docker-registry skopeo containerd apache2-utils buildah debootstrap redis-server postgresql chromium)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

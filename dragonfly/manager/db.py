@@ -94,7 +94,10 @@ def _alembic_config(connection: Connection | None = None) -> Any:
 def _upgrade(connection: Connection, revision: str) -> None:
     from alembic import command
 
-    command.upgrade(_alembic_config(connection), revision)
+    if revision == "base":
+        command.downgrade(_alembic_config(connection), revision)
+    else:
+        command.upgrade(_alembic_config(connection), revision)
 
 
 def _current(connection: Connection) -> str | None:
@@ -104,7 +107,7 @@ def _current(connection: Connection) -> str | None:
 
 
 async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
-    """Bring the schema to ``revision`` (idempotent; each migration runs in the one transaction)."""
+    """Bring the schema to ``revision`` (idempotent; ``base`` drops everything); one transaction where DDL allows."""
     async with engine.begin() as conn:
         before = await conn.run_sync(_current)
         await conn.run_sync(_upgrade, revision)

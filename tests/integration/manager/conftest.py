@@ -17,6 +17,7 @@ from dragonfly.manager import bootstrap, config, db
 from dragonfly.manager.api.app import create_app, wrap
 from dragonfly.manager.auth import SigninLimiter
 from dragonfly.manager.context import ManagerContext
+from tests.postgres import PostgresServer, find_bin
 
 ROOT_PASSWORD = "root-password-1"
 
@@ -90,11 +91,15 @@ def cheap_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
 
 
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[API]:
-    """A migrated, bootstrapped manager on SQLite and a client of its REST app."""
-    cfg = manager_config(tmp_path)
-    engine = db.create_engine(db.database_url(cfg))
+@pytest.fixture(params=["sqlite", "postgres"])
+async def api(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[API]:
+    """A migrated, bootstrapped manager on SQLite, then on PostgreSQL, and a client of its REST app."""
+    database: dict[str, Any] = {}
+    if request.param == "postgres":
+        server: PostgresServer = request.getfixturevalue("postgres")
+        database = {"url": server.create_database()}
+    cfg = manager_config(tmp_path, database=database)
+    engine = db.create_engine(db.database_url(cfg), pool_size=2)
     ctx = ManagerContext(cfg, engine, db.session_factory(engine), SigninLimiter(3, 60))
     await db.migrate(engine)
     await bootstrap.bootstrap(ctx.sessions, ROOT_PASSWORD)
@@ -112,3 +117,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProc
         pytest.skip("needs redis-server (scripts/system-deps.sh installs it)")
     with RedisProcess(tmp_path_factory.mktemp("redis")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session (Debian's packages; skipped where they are not installed)."""
+    bindir = find_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (scripts/system-deps.sh installs it)")
+    server = PostgresServer(bindir)
+    server.start()
+    yield server
+    server.stop()
