@@ -10,6 +10,15 @@ set -euo pipefail
 # a throwaway server in a temp dir; the packaged service is not used).
 # chromium: the web console's browser tests (Playwright drives Debian's headless Chromium; no browser download).
 packages=(curl iproute2 systemd docker-registry skopeo containerd apache2-utils buildah debootstrap redis-server postgresql chromium)
+# Test servers of the object storage backends, started by tests/integration/daemon/test_daemon_object_storage.py:
+# Azurite (Azure Blob, from npm) and fake-gcs-server (GCS, a Go module). moto's S3 server comes from PyPI (test deps).
+if ! command -v azurite-blob >/dev/null && command -v npm >/dev/null; then
+    npm install -g --silent azurite@3.37.0 >/dev/null
+fi
+if ! command -v fake-gcs-server >/dev/null && [ ! -x "$(go env GOPATH 2>/dev/null)/bin/fake-gcs-server" ] \
+    && command -v go >/dev/null; then
+    nice -n 10 go install github.com/fsouza/fake-gcs-server@v1.56.1
+fi
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

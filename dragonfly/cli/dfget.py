@@ -155,7 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     env = os.environ.get
     parser.add_argument(
-        "url", nargs="?", type=_url, help="URL to download: http(s)://, or file:///path read by the daemons"
+        "url",
+        nargs="?",
+        type=_url,
+        help="URL to download: http(s)://, file:///path read by the daemons, s3|oss|obs|cos|gs|abs://bucket/key",
     )
     parser.add_argument(
         "-O",
@@ -224,9 +227,67 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-e", "--endpoint", default=DEFAULT_ENDPOINT, help=f"dfdaemon unix socket (default {DEFAULT_ENDPOINT})"
     )
+    storage = parser.add_argument_group("object storage (s3, oss, obs, cos, gs, abs URLs)")
+    storage.add_argument("--storage-region", help="region of the bucket (S3-compatible stores)")
+    storage.add_argument("--storage-endpoint", help="endpoint of the store, e.g. https://minio.example:9000")
+    storage.add_argument("--storage-access-key-id", help="access key id (Azure: the account name)")
+    storage.add_argument(
+        "--storage-access-key-secret",
+        default=env("DFGET_STORAGE_ACCESS_KEY_SECRET"),
+        help="secret access key (Azure: the account key); also from DFGET_STORAGE_ACCESS_KEY_SECRET, which other "
+        "users cannot read in the process list",
+    )
+    storage.add_argument("--storage-session-token", help="session token of temporary credentials")
+    storage.add_argument("--storage-security-token", help="security token (OSS, OBS STS credentials)")
+    storage.add_argument("--storage-credential-path", help="GCS service account file on the daemon's host")
+    storage.add_argument("--storage-predefined-acl", help="predefined ACL (accepted for Dragonfly compatibility)")
+    storage.add_argument(
+        "--storage-insecure-skip-verify", action="store_true", help="do not verify the store's TLS certificate"
+    )
     add_log_level(parser)
     parser.add_argument("-V", "--version", action="store_true", help="print the version and exit")
     return parser
+
+
+def object_storage_message(args: argparse.Namespace) -> Any:
+    """Return the ``common.v2.ObjectStorage`` of the --storage-* flags, or None when none is given."""
+    fields = {
+        "region": args.storage_region,
+        "endpoint": args.storage_endpoint,
+        "access_key_id": args.storage_access_key_id,
+        "access_key_secret": args.storage_access_key_secret,
+        "session_token": args.storage_session_token,
+        "security_token": args.storage_security_token,
+        "credential_path": args.storage_credential_path,
+        "predefined_acl": args.storage_predefined_acl,
+    }
+    given = {key: value for key, value in fields.items() if value}
+    if not given and not args.storage_insecure_skip_verify:
+        return None
+    from dragonfly_api import common_pb2
+
+    return common_pb2.ObjectStorage(insecure_skip_verify=args.storage_insecure_skip_verify, **given)
+
+
+def describe_download(download: Any) -> str:
+    """Return a Download message as debug output shows it: credentials masked."""
+    from dragonfly_api import common_pb2
+
+    from dragonfly.common.redact import MASK, redact_headers, redact_url
+
+    shown = common_pb2.Download()
+    shown.CopyFrom(download)
+    shown.url = redact_url(shown.url)
+    headers = redact_headers(dict(shown.request_header))
+    shown.request_header.clear()
+    shown.request_header.update(headers)
+    for name in ("object_storage", "hdfs", "hugging_face", "model_scope"):
+        if shown.HasField(name):
+            message = getattr(shown, name)
+            for secret in ("access_key_secret", "session_token", "security_token", "delegation_token", "token"):
+                if secret in message.DESCRIPTOR.fields_by_name and getattr(message, secret):
+                    setattr(message, secret, MASK)
+    return str(shown)
 
 
 def _fail(message: str) -> NoReturn:
@@ -435,8 +496,11 @@ def download(args: argparse.Namespace, output: str, began: float) -> Traffic:
     if args.insecure_skip_verify:
         print("dfget: warning: the origin's TLS certificate is not verified (--insecure-skip-verify)", file=sys.stderr)
         metadata = ((INSECURE_ORIGIN_METADATA, "true"),)
+    storage = object_storage_message(args)
+    if storage is not None:
+        download.object_storage.CopyFrom(storage)
     if args.log_level == "debug":
-        print(f"dfget: DownloadTask on unix:{args.endpoint}: {download}", file=sys.stderr)
+        print(f"dfget: DownloadTask on unix:{args.endpoint}: {describe_download(download)}", file=sys.stderr)
 
     show_progress = not args.no_progress and sys.stderr.isatty()
     bar = ProgressBar(os.path.basename(output), began) if show_progress else None

@@ -262,6 +262,19 @@ class FileBackendConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ObjectStorageBackendConfig:
+    """S3-compatible, GCS and Azure Blob sources (docs/backends.md#object-storage)."""
+
+    # How S3-compatible buckets are addressed: path (endpoint/bucket/key), virtualHosted (bucket.endpoint/key) or
+    # auto: path for s3:// with an endpoint (MinIO and the like), virtualHosted for AWS itself and for oss, obs, cos
+    addressing_style: str = "auto"
+
+    def validate(self) -> None:
+        if self.addressing_style not in ("auto", "path", "virtualHosted"):
+            raise ValueError(f"addressingStyle must be auto, path or virtualHosted, got {self.addressing_style!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class BackendConfig:
     """Origin (back-to-source) requests."""
 
@@ -277,6 +290,7 @@ class BackendConfig:
     # intercept the connection then chooses the bytes
     insecure_skip_verify: bool = False
     file: FileBackendConfig = field(default_factory=FileBackendConfig)
+    object_storage: ObjectStorageBackendConfig = field(default_factory=ObjectStorageBackendConfig)
 
     def validate(self) -> None:
         if self.ca_cert is not None and not os.path.isfile(self.ca_cert):

@@ -32,7 +32,7 @@ from dragonfly.common.process import announce_listening
 from dragonfly.daemon import compression
 from dragonfly.daemon.api.callers import CallerRelay
 from dragonfly.daemon.api.download_server import DfdaemonDownloadService
-from dragonfly.daemon.backends import Backends
+from dragonfly.daemon.backends import Backends, object_storage
 from dragonfly.daemon.backends.file import FileBackend
 from dragonfly.daemon.config import DfdaemonConfig, socket_gid
 from dragonfly.daemon.download.backend import HTTPBackend
@@ -98,9 +98,19 @@ class Dfdaemon:
             insecure_skip_verify=config.backend.insecure_skip_verify,
             address_policy=self._address_policy,
         )
+        objects = object_storage.ObjectStorageBackend(
+            executor=self._download_executor,
+            max_retries=config.backend.max_retries,
+            piece_timeout=config.download.piece_timeout,
+            address_policy=self._address_policy,
+            addressing_style=config.backend.object_storage.addressing_style,
+        )
         self.backends = Backends(
             self.backend,
-            {"file": FileBackend(allowed_dirs=config.backend.file.allowed_dirs, executor=self._download_executor)},
+            {
+                "file": FileBackend(allowed_dirs=config.backend.file.allowed_dirs, executor=self._download_executor),
+                **dict.fromkeys(object_storage.SCHEMES, objects),
+            },
         )
         self.channels = ParentChannels(self.tls.upload_client)
         # Persistent cache tasks (dfcache) are kept apart from URL tasks, whatever storage.keep says.
