@@ -1,0 +1,52 @@
+"""dfcache's command line: what it refuses before it talks to a daemon, and a daemon that is not there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dragonfly.cli import dfcache
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    try:
+        code = dfcache.main(list(argv))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["export", "not-an-id", "-O", "/tmp/x"], "a task id is 64 lower-case hex digits"),
+        (["import", "/etc/hostname", "--ttl", "8d"], "the TTL must be between 1s and 7d"),
+        (["import", "/etc/hostname", "--persistent-replica-count", "0"], "between 1 and 100"),
+        (["import", "/etc/hostname", "--piece-length", "1MiB"], "between 4MiB and 64MiB"),
+        (["stat", "a" * 64, "--bogus"], "unrecognized option --bogus"),
+        (["export", "a" * 64], "-O/--output"),
+    ],
+)
+def test_bad_command_lines_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+    code, err = run(capsys, *argv)
+    assert code == 2
+    assert message in err
+
+
+def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run(capsys)
+    assert code == 2
+    assert "a command is required" in err
+
+
+def test_no_daemon(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, err = run(capsys, "stat", "a" * 64, "-e", str(tmp_path / "none.sock"), "--timeout", "2s")
+    assert code == 1
+    assert f"no dfdaemon is listening on {tmp_path / 'none.sock'}" in err
+
+
+def test_import_of_a_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, err = run(capsys, "import", str(tmp_path / "missing"), "-e", str(tmp_path / "none.sock"))
+    assert code == 1
+    assert "is not a file" in err
