@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 import dragonfly
 from dragonfly.cli.arguments import add_log_level, parse_args
-from dragonfly.daemon.api.metadata import INSECURE_ORIGIN_METADATA
+from dragonfly.common.grpc_metadata import INSECURE_ORIGIN_METADATA
 
 # gRPC's default HTTP/2 :authority for a unix socket is the percent-encoded socket path, which is not a valid
 # authority: Dragonfly's Rust dfdaemon (hyper/h2) rejects it ("malformed authority") and resets the stream.

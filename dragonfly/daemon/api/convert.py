@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import grpc
 from dragonfly_api import common_pb2, dfdaemon_pb2, errordetails_pb2
@@ -10,6 +11,7 @@ from google.protobuf import timestamp_pb2
 
 from dragonfly.common.byte_range import RangeNotSatisfiable
 from dragonfly.common.errors import DigestMismatch, InvalidDigest
+from dragonfly.common.grpc_metadata import INSECURE_ORIGIN_METADATA
 from dragonfly.common.ids import InvalidURL
 from dragonfly.common.netguard import find_refusal
 from dragonfly.common.piece import piece_count
@@ -25,6 +27,8 @@ from dragonfly.daemon.errors import (
     TaskNotFound,
 )
 from dragonfly.daemon.storage import TaskRecord
+
+log = logging.getLogger(__name__)
 
 
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -127,6 +131,19 @@ def error_trailers(exc: BaseException) -> tuple[tuple[str, bytes], ...]:
     """Return the trailing metadata of a failed call: Dragonfly's backend details when the origin failed."""
     backend = backend_details(exc)
     return () if backend is None else ((STATUS_DETAILS_KEY, encode_backend_details(backend)),)
+
+
+def wants_insecure_origin(context: grpc.aio.ServicerContext, who: str) -> bool:
+    """Tell whether the caller asked to skip the origin's certificate verification (logged as a warning).
+
+    Only two callers can: a local user of the local API, and (on the upload API, where DownloadTask needs the
+    scheduler or manager role) the scheduler for a preheat the manager asked for with ``insecure_skip_verify``.
+    """
+    for key, value in context.invocation_metadata() or ():
+        if key == INSECURE_ORIGIN_METADATA and str(value).lower() in ("1", "true"):
+            log.warning("%s asked to skip the verification of the origin's TLS certificate", who)
+            return True
+    return False
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:

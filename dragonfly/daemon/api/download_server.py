@@ -19,9 +19,9 @@ from dragonfly.daemon.api.convert import (
     local_task_message,
     status_of,
     task_message,
+    wants_insecure_origin,
 )
 from dragonfly.daemon.api.lookup import get_task_or_abort
-from dragonfly.daemon.api.metadata import INSECURE_ORIGIN_METADATA
 from dragonfly.daemon.download.scheduler_client import SchedulerClient
 from dragonfly.daemon.download.task_manager import TaskManager
 from dragonfly.daemon.output import Caller, check_output_path
@@ -30,15 +30,6 @@ from dragonfly.daemon.storage import Storage
 from dragonfly.daemon.upload.grpc_server import persistent_cache_response
 
 log = logging.getLogger(__name__)
-
-
-def wants_insecure_origin(context: grpc.aio.ServicerContext) -> bool:
-    """Tell whether the caller asked to skip the origin's certificate verification (logged as a warning)."""
-    for key, value in context.invocation_metadata() or ():
-        if key == INSECURE_ORIGIN_METADATA and str(value).lower() in ("1", "true"):
-            log.warning("a local caller asked to skip the verification of the origin's TLS certificate")
-            return True
-    return False
 
 
 class DfdaemonDownloadService(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):
@@ -76,7 +67,7 @@ class DfdaemonDownloadService(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):
         caller = await self._caller(context)
         try:
             async for event in self._tasks.download(
-                request.download, caller=caller, remote=False, insecure=wants_insecure_origin(context)
+                request.download, caller=caller, remote=False, insecure=wants_insecure_origin(context, "a local caller")
             ):
                 yield download_response(event, host_id=self._tasks.host_id)
         except Exception as exc:

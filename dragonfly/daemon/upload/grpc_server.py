@@ -21,7 +21,14 @@ from dragonfly.common.authz import Authorizer
 from dragonfly.common.identity import ROLE_MANAGER, ROLE_SCHEDULER
 from dragonfly.common.ids import is_task_id
 from dragonfly.daemon import compression
-from dragonfly.daemon.api.convert import download_response, error_trailers, local_task_message, status_of, task_message
+from dragonfly.daemon.api.convert import (
+    download_response,
+    error_trailers,
+    local_task_message,
+    status_of,
+    task_message,
+    wants_insecure_origin,
+)
 from dragonfly.daemon.api.lookup import get_task_or_abort
 from dragonfly.daemon.download.task_manager import TaskManager
 from dragonfly.daemon.host_info import HostInfo
@@ -100,7 +107,8 @@ class DfdaemonUploadService(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
             # A seed peer fetches from the origin for the swarm, whatever the child that caused it may not do.
             download.disable_back_to_source = False
         try:
-            async for event in self._tasks.download(download, from_scheduler=True):
+            insecure = wants_insecure_origin(context, "the scheduler (a preheat)")
+            async for event in self._tasks.download(download, from_scheduler=True, insecure=insecure):
                 yield download_response(event, host_id=self._tasks.host_id)
         except Exception as exc:
             code, message = status_of(exc)

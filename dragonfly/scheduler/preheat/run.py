@@ -25,6 +25,7 @@ import grpc
 from dragonfly_api import dfdaemon_pb2, dfdaemon_pb2_grpc
 
 from dragonfly.common import tls
+from dragonfly.common.grpc_metadata import INSECURE_ORIGIN_METADATA
 from dragonfly.common.redact import redact_text, redact_url
 
 if TYPE_CHECKING:
@@ -115,7 +116,10 @@ async def download_on(
         return f"not started: the preheat's timeout of {spec.timeout:g}s passed"
     stub = dfdaemon_pb2_grpc.DfdaemonUploadStub(channels.get(host))  # type: ignore[no-untyped-call]
     request = dfdaemon_pb2.DownloadTaskRequest(download=spec.download(url, header, remaining, ip))
-    call = stub.DownloadTask(request, timeout=remaining)
+    # The Download message cannot say "do not verify the origin": the daemon's upload API takes it as metadata from
+    # the scheduler (docs/security.md#origin-tls).
+    metadata = ((INSECURE_ORIGIN_METADATA, "true"),) if spec.insecure_skip_verify else ()
+    call = stub.DownloadTask(request, timeout=remaining, metadata=metadata)
     try:
         async for _ in call:
             pass
