@@ -583,6 +583,8 @@ class LocalCluster:
         path.parent.mkdir(parents=True, exist_ok=True)
         header = f"# Written by dragonfly.cli.cluster for the local cluster in {self.workdir}\n"
         path.write_text(header + yaml.safe_dump(dict(config), sort_keys=False))
+        if name == MANAGER:
+            path.chmod(0o600)  # it may hold the root user's initial password
 
     # Lifecycle -----------------------------------------------------------------------------------------------
 

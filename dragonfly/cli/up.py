@@ -1,4 +1,5 @@
-"""``dragonfly up``: a scheduler, a seed peer and N peers on 127.0.0.1 until Ctrl-C; ``--demo`` shows the swarm.
+"""``dragonfly up``: a manager, a scheduler, a seed peer and N peers on 127.0.0.1 until Ctrl-C; ``--demo`` shows the
+swarm. The peers find the scheduler through the manager (``--no-manager``: they are given its address).
 
 With ``--demo`` it also serves a generated random file from a local origin, runs dfget on every peer at the same
 time, checks every output's sha256 and prints where each peer's bytes came from (or one JSON object with
@@ -150,12 +151,22 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _print_endpoints(cluster: LocalCluster, as_json: bool) -> None:
+def _print_endpoints(cluster: LocalCluster, as_json: bool, root_password: str | None = None) -> None:
     info = cluster.describe()
+    if root_password and "manager" in info:
+        info["manager"]["user"] = "root"
+        info["manager"]["password"] = root_password
     if as_json:
         print(json.dumps(info), flush=True)
         return
-    lines = [f"scheduler   {info['scheduler']['addr']}"]
+    lines = []
+    if "manager" in info:
+        manager = info["manager"]
+        lines.append(
+            f"manager     REST and console {manager['rest']}/ (user root, password {root_password}); "
+            f"gRPC {manager['grpc']}"
+        )
+    lines.append(f"scheduler   {info['scheduler']['addr']}")
     for name, daemon in info["daemons"].items():
         listening = ", ".join(f"{k} {v}" for k, v in daemon["listening"].items() if v != daemon["socket"])
         lines.append(f"{name:<11} socket {daemon['socket']}; {listening}")
@@ -193,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="256MiB", help="demo file size (default 256MiB)")
     parser.add_argument("--timeout", default="10m", help="demo download timeout per peer (default 10m)")
     parser.add_argument(
+        "--no-manager",
+        action="store_true",
+        help="run without a manager: the daemons are given the scheduler's address (scheduler.addrs)",
+    )
+    parser.add_argument(
         "--plaintext",
         action="store_true",
         help="no TLS anywhere (security.enable: false), e.g. beside components without TLS; nothing is authenticated",
@@ -210,12 +226,23 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="dragonfly-up-") if own_workdir else args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _raise_stop)
-    cluster = LocalCluster(workdir, peers=args.peers, tls=not args.plaintext)
+    manager_config: dict[str, Any] = {}
+    if not args.no_manager:
+        # Known to the user (printed with the endpoints), so the console and the REST API can be tried at once.
+        manager_config = {"auth": {"rootPassword": secrets.token_urlsafe(12)}}
+    cluster = LocalCluster(
+        workdir,
+        peers=args.peers,
+        tls=not args.plaintext,
+        manager=not args.no_manager,
+        manager_config=manager_config,
+    )
     if args.plaintext:
         _say("--plaintext: every port speaks plaintext and no caller is authenticated")
     status = 1
     try:
-        _say(f"starting a scheduler, a seed peer and {args.peers} peers in {workdir}")
+        manager = "" if args.no_manager else "a manager, "
+        _say(f"starting {manager}a scheduler, a seed peer and {args.peers} peers in {workdir}")
         cluster.start()
         _say("cluster ready")
         if args.demo:
@@ -223,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(report) if args.json else format_report(report), flush=True)
             status = 0 if report["ok"] else 1
         else:
-            _print_endpoints(cluster, args.json)
+            _print_endpoints(cluster, args.json, manager_config.get("auth", {}).get("rootPassword"))
             status = _wait_until_interrupted(cluster)
     except ProcessStartError as exc:
         _say(f"error: {exc}")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -72,6 +74,11 @@ def test_up_demo_json(tmp_path: Path) -> None:
     assert (tmp_path / "pki" / "ca.crt").exists()
     assert "security:\n  enable: true\n" in (tmp_path / "peer-1" / "dfdaemon.yaml").read_text()
     assert "security:\n  enable: true\n" in (tmp_path / "scheduler" / "scheduler.yaml").read_text()
+    # The peers found their scheduler through the manager (no scheduler.addrs of their own).
+    peer_yaml = (tmp_path / "peer-1" / "dfdaemon.yaml").read_text()
+    assert "manager:\n  addr: 127.0.0.1:" in peer_yaml
+    assert "schedulers from the manager" in (tmp_path / "logs" / "peer-1.log").read_text()
+    assert (tmp_path / "manager" / "manager.yaml").stat().st_mode & 0o077 == 0
 
 
 def test_up_demo_plaintext_is_explicit(tmp_path: Path) -> None:
@@ -98,8 +105,18 @@ def test_up_runs_until_interrupted_and_stops_everything(tmp_path: Path) -> None:
         wait_for(lambda: "Ctrl-C stops the cluster." in (tmp_path / "up.out").read_text(), 60, "the cluster to start")
         text = (tmp_path / "up.out").read_text()
         assert "scheduler   127.0.0.1:" in text
+        # The manager's REST API answers with the printed root password.
+        match = re.search(r"manager     REST and console (\S+)/ \(user root, password (\S+)\)", text)
+        assert match is not None, text
+        request = urllib.request.Request(
+            match.group(1) + "/api/v1/users/signin",
+            data=json.dumps({"name": "root", "password": match.group(2)}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.loads(response.read())["token"].startswith("dfs_")
         children = [p for p in processes_mentioning(str(tmp_path / "w")) if p.pid != proc.pid]
-        assert len(children) == 3  # scheduler, seed peer, peer-1
+        assert len(children) == 4  # manager, scheduler, seed peer, peer-1
         proc.send_signal(signal.SIGINT)
         # `dragonfly up` stops the processes one after the other, each given LocalCluster's stop timeout before it
         # is killed: twice that per process is the bound (the test is about a clean stop, not a quick one).
