@@ -163,6 +163,9 @@ class PersistentCacheResource:
             self.delete_peer(peer)
         return [peer for peer in removed if peer.state == PEER_SUCCEEDED or peer.pieces]
 
+    def tasks_of_importer(self, host_id: str) -> list[PersistentCacheTask]:
+        return [task for task in self.tasks.values() if task.importer_host_id == host_id]
+
     def peers_of_host(self, host_id: str) -> list[PersistentCachePeer]:
         return [peer for peer in self.peers.values() if peer.host_id == host_id]
 

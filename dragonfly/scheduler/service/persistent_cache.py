@@ -50,6 +50,8 @@ REPLICATION_RETRY_AFTER = 60.0
 #: The longest a replication download may take.
 REPLICATION_TIMEOUT = 3600.0
 _MAX_TTL = 366 * 86400.0
+#: Live imports one host may have: the scheduler's memory is not a host's to fill.
+MAX_TASKS_PER_HOST = 10_000
 
 
 async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -280,6 +282,12 @@ class PersistentCacheService:
             pc.check_sizes(request.piece_length, request.content_length, request.piece_count)
         except pc.SizeError as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if request.piece_count > self._ctx.config.scheduler.max_piece_count:
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"piece_count {request.piece_count} is above this scheduler's maxPieceCount",
+            )
         ttl = seconds(request.ttl)
         if not 0 < ttl <= _MAX_TTL:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"ttl {ttl:g}s must be positive and at most 366d")
@@ -298,6 +306,12 @@ class PersistentCacheService:
                 context,
                 grpc.StatusCode.ALREADY_EXISTS,
                 f"persistent cache task {request.task_id} already exists (imported by {existing.importer_host_id})",
+            )
+        if existing is None and len(self.resource.tasks_of_importer(request.host_id)) >= MAX_TASKS_PER_HOST:
+            await _abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"host {request.host_id} has imported {MAX_TASKS_PER_HOST} persistent cache tasks already",
             )
         task = pc.PersistentCacheTask(
             id=request.task_id,

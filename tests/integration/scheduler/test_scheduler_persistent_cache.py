@@ -225,6 +225,12 @@ async def test_bad_imports_are_refused(start_scheduler: Any, helpers: Any) -> No
             started_request(importer, "d" * 64, "p"), metadata=(("dragonfly-content-digest", "md5:00"),), timeout=WAIT
         )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # More pieces than the scheduler keeps count of (maxPieceCount, 4 Mi by default).
+    huge = started_request(importer, "d" * 64, "p", content_length=((1 << 22) + 1) * 4 * MiB)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.UploadPersistentCacheTaskStarted(huge, timeout=WAIT)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "maxPieceCount" in (info.value.details() or "")
     # A certificate imports only for the host ids it owns.
     other = helpers.host("other")
     with pytest.raises(grpc.aio.AioRpcError) as info:
