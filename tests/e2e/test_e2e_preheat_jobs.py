@@ -67,9 +67,22 @@ def make_engine(cluster: LocalCluster, store: MemoryJobStore, queue: Any, name: 
             for cid in wanted
         }
 
-    return JobEngine(
-        store, queue, directory, lambda addr: tls.aio_channel(addr, files, CHANNEL_OPTIONS), workers=2, name=name
-    )
+    channels: dict[str, Any] = {}
+
+    def channel(address: str) -> Any:
+        if address not in channels:
+            channels[address] = tls.aio_channel(address, files, CHANNEL_OPTIONS)
+        return channels[address]
+
+    engine = JobEngine(store, queue, directory, channel, workers=2, name=name)
+    engine.channels_opened = channels  # type: ignore[attr-defined]
+    return engine
+
+
+async def close_engine(engine: JobEngine, *, release: bool = True) -> None:
+    await engine.stop(release=release)
+    for channel in engine.channels_opened.values():  # type: ignore[attr-defined]
+        await channel.close()
 
 
 @pytest.fixture
@@ -77,7 +90,7 @@ async def engine(cluster: LocalCluster) -> AsyncIterator[JobEngine]:
     running = make_engine(cluster, MemoryJobStore(), MemoryQueue())
     await running.start()
     yield running
-    await running.stop()
+    await close_engine(running)
 
 
 def origin_file(origin: OriginProcess, name: str, size: int) -> tuple[str, bytes]:
@@ -258,8 +271,8 @@ async def test_two_managers_on_redis_run_each_job_once_and_take_over_a_dead_ones
         done = [await second.wait(job.id, 120) for job in (slow, *jobs)]
     finally:
         origin.clear_faults()
-        await first.stop()
-        await second.stop()
+        await close_engine(first)
+        await close_engine(second)
         for queue in queues:
             await queue.close()
     assert [job.state for job in done] == [SUCCESS] * 7, [job.result for job in done]

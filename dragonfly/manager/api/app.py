@@ -45,7 +45,7 @@ class Extension:
 
 
 #: Modules with a module-level ``extension() -> Extension``, loaded by ``load_extensions``. Add yours here.
-EXTENSION_MODULES: list[str] = ["dragonfly.manager.swarm"]
+EXTENSION_MODULES: list[str] = ["dragonfly.manager.swarm", "dragonfly.manager.jobs.api"]
 
 
 def load_extensions(names: Sequence[str] | None = None) -> list[Extension]:

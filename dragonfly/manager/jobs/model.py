@@ -119,8 +119,16 @@ class JobStore(Protocol):
         """End a ``PENDING`` job (and drop its secrets); return False if it had already ended."""
 
     async def query(
-        self, *, type: str | None = None, state: str | None = None, offset: int = 0, limit: int = 10
+        self,
+        *,
+        type: str | None = None,
+        state: str | None = None,
+        offset: int = 0,
+        limit: int = 10,
+        user_id: int | None = None,
     ) -> tuple[list[JobRecord], int]: ...
+
+    async def update_bio(self, job_id: int, bio: str) -> JobRecord | None: ...
 
     async def unfinished(self) -> list[int]:
         """Return the ids of the jobs still ``PENDING``, oldest first (requeued when a lone manager starts)."""
@@ -178,14 +186,30 @@ class MemoryJobStore:
             return True
 
     async def query(
-        self, *, type: str | None = None, state: str | None = None, offset: int = 0, limit: int = 10
+        self,
+        *,
+        type: str | None = None,
+        state: str | None = None,
+        offset: int = 0,
+        limit: int = 10,
+        user_id: int | None = None,
     ) -> tuple[list[JobRecord], int]:
         chosen = [
             job
             for job in sorted(self._jobs.values(), key=lambda job: job.id, reverse=True)
-            if (type is None or job.type == type) and (state is None or job.state == state)
+            if (type is None or job.type == type)
+            and (state is None or job.state == state)
+            and (user_id is None or job.user_id == user_id)
         ]
         return [copy.deepcopy(job) for job in chosen[offset : offset + limit]], len(chosen)
+
+    async def update_bio(self, job_id: int, bio: str) -> JobRecord | None:
+        record = self._jobs.get(job_id)
+        if record is None:
+            return None
+        record.bio = bio
+        record.updated_at = utcnow()
+        return copy.deepcopy(record)
 
     async def unfinished(self) -> list[int]:
         return sorted(job.id for job in self._jobs.values() if not job.done)

@@ -57,6 +57,7 @@ class SchedulerTarget:
 
 #: Given target cluster ids (empty: every cluster), return each cluster's active schedulers, preferred first.
 SchedulerDirectory = Callable[[Sequence[int]], Awaitable[Mapping[int, Sequence[SchedulerTarget]]]]
+#: Return a channel to a scheduler address; the factory owns (caches and closes) its channels.
 ChannelFactory = Callable[[str], grpc.aio.Channel]
 ProgressCallback = Callable[[Mapping[str, Any]], Awaitable[None]]
 
@@ -184,47 +185,33 @@ class PreheatRun:
         return self._job_state(cluster_id, [entry], error, created, extra)
 
     async def _preheat_on(self, target: SchedulerTarget) -> dict[str, Any]:
-        channel = self.channels(target.address)
-        try:
-            stub = scheduler_pb2_grpc.SchedulerStub(channel)  # type: ignore[no-untyped-call]
-            merged: dict[str, Any] = {"success_tasks": [], "failure_tasks": []}
-            for request in self.args.preheat_requests():
-                method = stub.PreheatImage if self.args.type == "image" else stub.PreheatFile
-                call = method(request, metadata=((WAIT_KEY, "true"),), timeout=self.args.timeout + RESOLVE_MARGIN)
-                await call
-                trailing = dict(await call.trailing_metadata() or ())
-                if RESULT_KEY not in trailing:
-                    raise ValueError("no result in the trailing metadata (is it one of our schedulers?)")
-                doc = decode_result(trailing[RESULT_KEY])
-                merged["success_tasks"].extend(doc.get("success_tasks") or [])
-                merged["failure_tasks"].extend(doc.get("failure_tasks") or [])
-            return merged
-        finally:
-            await channel.close()
+        stub = scheduler_pb2_grpc.SchedulerStub(self.channels(target.address))  # type: ignore[no-untyped-call]
+        merged: dict[str, Any] = {"success_tasks": [], "failure_tasks": []}
+        for request in self.args.preheat_requests():
+            method = stub.PreheatImage if self.args.type == "image" else stub.PreheatFile
+            call = method(request, metadata=((WAIT_KEY, "true"),), timeout=self.args.timeout + RESOLVE_MARGIN)
+            await call
+            trailing = dict(await call.trailing_metadata() or ())
+            if RESULT_KEY not in trailing:
+                raise ValueError("no result in the trailing metadata (is it one of our schedulers?)")
+            doc = decode_result(trailing[RESULT_KEY])
+            merged["success_tasks"].extend(doc.get("success_tasks") or [])
+            merged["failure_tasks"].extend(doc.get("failure_tasks") or [])
+        return merged
 
     async def _stat_on(self, target: SchedulerTarget) -> list[dict[str, Any]]:
         """Return, per host holding any of the job's URLs, which it holds finished and which partly."""
-        channel = self.channels(target.address)
         peers: dict[tuple[str, str], dict[str, Any]] = {}
-        try:
-            stub = scheduler_pb2_grpc.SchedulerStub(channel)  # type: ignore[no-untyped-call]
-            for request in self.args.stat_requests(STAT_TIMEOUT):
-                if self.args.type == "image":
-                    image = await stub.StatImage(request, timeout=STAT_TIMEOUT + RESOLVE_MARGIN)
-                    holdings = [
-                        (p.hostname, p.ip, [(x.url, x.is_finished) for x in p.cached_layers]) for p in image.peers
-                    ]
-                else:
-                    files = await stub.StatFile(request, timeout=STAT_TIMEOUT + 5)
-                    holdings = [
-                        (p.hostname, p.ip, [(x.url, x.is_finished) for x in p.cached_files]) for p in files.peers
-                    ]
-                for hostname, ip, held in holdings:
-                    peer = peers.setdefault(
-                        (hostname, ip), {"hostname": hostname, "ip": ip, "cached": [], "partial": []}
-                    )
-                    for url, finished in held:
-                        peer["cached" if finished else "partial"].append(url)
-        finally:
-            await channel.close()
+        stub = scheduler_pb2_grpc.SchedulerStub(self.channels(target.address))  # type: ignore[no-untyped-call]
+        for request in self.args.stat_requests(STAT_TIMEOUT):
+            if self.args.type == "image":
+                image = await stub.StatImage(request, timeout=STAT_TIMEOUT + RESOLVE_MARGIN)
+                holdings = [(p.hostname, p.ip, [(x.url, x.is_finished) for x in p.cached_layers]) for p in image.peers]
+            else:
+                files = await stub.StatFile(request, timeout=STAT_TIMEOUT + 5)
+                holdings = [(p.hostname, p.ip, [(x.url, x.is_finished) for x in p.cached_files]) for p in files.peers]
+            for hostname, ip, held in holdings:
+                peer = peers.setdefault((hostname, ip), {"hostname": hostname, "ip": ip, "cached": [], "partial": []})
+                for url, finished in held:
+                    peer["cached" if finished else "partial"].append(url)
         return list(peers.values())

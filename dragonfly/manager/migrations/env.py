@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
+import dragonfly.manager.jobs.models  # noqa: F401  (the job table, for autogenerate)
 from dragonfly.manager.models import Base
 
 connection = context.config.attributes.get("connection")
