@@ -2,7 +2,9 @@
 (``docs/console.md#swarm-view``). Not part of Dragonfly's API.
 
 ``/dragonfly.console.v1.Swarm/GetTask`` takes ``{"task_id": "<task id>"}`` and answers the task's peers and parent →
-child edges with the bytes each edge carried (the scheduler's ``dragonfly.scheduler.service.swarm``). The manager
+child edges with the bytes each edge carried (the scheduler's ``dragonfly.scheduler.service.swarm``);
+``/dragonfly.console.v1.Swarm/GetStats`` takes ``{}`` and answers the scheduler's hosts, downloads in flight and
+the bytes its peers got from other peers and from origins in the last hour and day. The manager
 calls it (:func:`fetch`) when the console asks; nothing is pushed, so a swarm nobody looks at costs nothing.
 """
 
@@ -15,6 +17,8 @@ import grpc
 
 SERVICE = "dragonfly.console.v1.Swarm"
 METHOD = f"/{SERVICE}/GetTask"
+# The scheduler's figures for the console's overview: hosts, downloads in flight, bytes by source lately.
+STATS_METHOD = f"/{SERVICE}/GetStats"
 # A request is one task id; anything longer is not one.
 MAX_REQUEST_BYTES = 1024
 
@@ -30,6 +34,16 @@ def decode_request(data: bytes) -> str:
     return task_id
 
 
+def decode_stats_request(data: bytes) -> dict[str, Any]:
+    """Return a GetStats request (an empty object), or raise ValueError."""
+    if len(data) > MAX_REQUEST_BYTES:
+        raise ValueError(f"request longer than {MAX_REQUEST_BYTES} bytes")
+    request = json.loads(data) if data else {}
+    if not isinstance(request, dict):
+        raise ValueError("expected {}")
+    return request
+
+
 def encode(message: dict[str, Any]) -> bytes:
     """Serialize a request or an answer."""
     return json.dumps(message, separators=(",", ":")).encode()
@@ -39,4 +53,11 @@ async def fetch(channel: grpc.aio.Channel, task_id: str, *, deadline: float = 5.
     """Ask the scheduler behind ``channel`` for a task's swarm, within ``deadline`` seconds (the gRPC deadline)."""
     call = channel.unary_unary(METHOD, request_serializer=encode, response_deserializer=json.loads)
     answer: dict[str, Any] = await call({"task_id": task_id}, timeout=deadline)
+    return answer
+
+
+async def fetch_stats(channel: grpc.aio.Channel, *, deadline: float = 5.0) -> dict[str, Any]:
+    """Ask the scheduler behind ``channel`` for its overview figures, within ``deadline`` seconds."""
+    call = channel.unary_unary(STATS_METHOD, request_serializer=encode, response_deserializer=json.loads)
+    answer: dict[str, Any] = await call({}, timeout=deadline)
     return answer

@@ -122,6 +122,49 @@ async def get_swarm(
     return merge(task_id, answers, errors)
 
 
+@router.get("/swarm/stats", summary="The schedulers' figures: hosts, downloads in flight, bytes by source lately")
+async def get_swarm_stats(
+    session: DB,
+    ctx: Ctx,
+    _principal: Annotated[Any, Depends(require(OBJECT, "read"))],
+) -> dict[str, Any]:
+    """Ask every active scheduler for its overview figures and add them up."""
+    query = select(models.Scheduler).where(models.Scheduler.state == models.STATE_ACTIVE)
+    schedulers = list((await session.scalars(query.order_by(models.Scheduler.id))).all())
+    results = await asyncio.gather(
+        *(swarm_call.fetch_stats(ctx.scheduler_channel(_address(s.ip, s.port)), deadline=DEADLINE) for s in schedulers),
+        return_exceptions=True,
+    )
+    total: dict[str, Any] = {
+        "schedulers": 0,
+        "hosts": 0,
+        "seed_hosts": 0,
+        "tasks_in_flight": 0,
+        "peers_in_flight": 0,
+        "traffic": {"hour": {"source": 0, "peers": 0}, "day": {"source": 0, "peers": 0}},
+        "errors": [] if schedulers else ["no active scheduler"],
+    }
+    for scheduler, result in zip(schedulers, results, strict=True):
+        if isinstance(result, BaseException):
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+            total["errors"].append(_error(scheduler, result))
+            continue
+        total["schedulers"] += 1
+        for key in ("hosts", "seed_hosts", "tasks_in_flight", "peers_in_flight"):
+            total[key] += _count(result.get(key))
+        traffic = result.get("traffic")
+        for span in ("hour", "day"):
+            figures = traffic.get(span) if isinstance(traffic, dict) else None
+            for source in ("source", "peers"):
+                total["traffic"][span][source] += _count(figures.get(source) if isinstance(figures, dict) else 0)
+    return total
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
 def extension() -> Extension:
     """The swarm view's part of the manager (``EXTENSION_MODULES``)."""
     return Extension(name="swarm", routers=[router], objects={OBJECT: "cluster"})

@@ -55,6 +55,8 @@ class SchedulerContext:
     abnormal: AbnormalDetector
     seeds: SeedPeers
     authz: Authorizer
+    # Bytes by source over the last day, for the console's overview (dragonfly.common.swarm).
+    traffic: swarm.TrafficHistory = field(default_factory=swarm.TrafficHistory)
     # Application name -> priority, from the manager (empty when stand-alone).
     applications: dict[str, ApplicationPriority] = field(default_factory=dict)
 

@@ -230,3 +230,10 @@ def test_swarm_view_follows_a_download_live(tmp_path: Path, browser: Browser, or
             expect(edges).to_have_count(len(swarm["edges"]) + from_origin)
             expect(page.get_by_role("img", name=re.compile(r"Swarm of task"))).to_be_visible()
             browser.screenshot(page, "swarm")
+
+            # The overview adds up what the schedulers saw: 2 peers and a seed; 48 MiB delivered, 16 from the origin.
+            nav(page, "Overview")
+            expect(page.get_by_test_id("stat-Hosts")).to_have_text("2")
+            expect(page.get_by_test_id("stat-Seed peer hosts")).to_have_text("1")
+            expect(page.get_by_test_id("saved-Last hour")).to_have_text("32.0 MiB (67%)")
+            browser.screenshot(page, "overview-after-download")

@@ -55,3 +55,11 @@ describe("layoutSwarm", () => {
     expect(Math.min(...placed.map((p) => p.column))).toBe(0);
   });
 });
+
+describe("savings", () => {
+  it("counts what did not come from the origins", async () => {
+    const { savings } = await import("./Overview");
+    expect(savings({ source: 100, peers: 300 })).toEqual({ delivered: 400, fromOrigins: 100, saved: 300, share: 0.75 });
+    expect(savings({ source: 0, peers: 0 }).share).toBe(0);
+  });
+});

@@ -446,6 +446,7 @@ class PeerStream:
         self._metrics.count_piece(_TRAFFIC_NAMES.get(piece.traffic_type, "UNKNOWN"), piece.length)
         if added:
             length = max(piece.length, 0)
+            self._ctx.traffic.add(length, from_source=back_to_source)
             if back_to_source:
                 peer.bytes_from_source += length
             elif parent is not None:

@@ -3,13 +3,16 @@ bytes came from. Under mutual TLS only the manager role may call it: the answer 
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from dragonfly.common.identity import ROLE_MANAGER
 from dragonfly.common.ids import is_task_id
-from dragonfly.common.swarm import SERVICE, decode_request, encode
+from dragonfly.common.swarm import SERVICE, decode_request, decode_stats_request, encode
+from dragonfly.scheduler.resource import peer as peer_states
 
 if TYPE_CHECKING:
     from dragonfly.scheduler.resource.manager import ResourceManager
@@ -18,6 +21,59 @@ if TYPE_CHECKING:
 
 # The answer lists at most this many peers (the scheduler's own limit per task is 300 in Dragonfly's defaults).
 MAX_PEERS = 1000
+# Peers whose download is under way (registered and not ended).
+IN_FLIGHT = frozenset((*peer_states.RECEIVED, peer_states.RUNNING, peer_states.BACK_TO_SOURCE))
+BUCKET_SECONDS = 60
+DAY_BUCKETS = 24 * 60
+
+
+class TrafficHistory:
+    """Bytes the peers reported, from origins and from other peers, per minute over the last day.
+
+    O(1) per piece report: the newest minute's bucket is added to; buckets older than a day fall off the deque.
+    """
+
+    __slots__ = ("_buckets", "_clock")
+
+    def __init__(self, clock: Any = time.monotonic) -> None:
+        self._clock = clock
+        # [minute, bytes from origins, bytes from peers], oldest first.
+        self._buckets: deque[list[int]] = deque()
+
+    def add(self, length: int, *, from_source: bool) -> None:
+        """Count one finished piece."""
+        minute = int(self._clock() // BUCKET_SECONDS)
+        buckets = self._buckets
+        if not buckets or buckets[-1][0] != minute:
+            buckets.append([minute, 0, 0])
+            while buckets[0][0] <= minute - DAY_BUCKETS:
+                buckets.popleft()
+        buckets[-1][1 if from_source else 2] += length
+
+    def totals(self, seconds: float) -> dict[str, int]:
+        """Return the bytes from origins and from peers of the last ``seconds`` (whole minutes)."""
+        first = int(self._clock() // BUCKET_SECONDS) - int(seconds // BUCKET_SECONDS) + 1
+        source = peers = 0
+        for minute, from_source, from_peers in reversed(self._buckets):
+            if minute < first:
+                break
+            source += from_source
+            peers += from_peers
+        return {"source": source, "peers": peers}
+
+
+def stats(resource: ResourceManager, traffic: TrafficHistory) -> dict[str, Any]:
+    """Return the overview figures of this scheduler; O(peers) for the tasks in flight."""
+    in_flight = [peer for peer in resource.peers.values() if peer.state in IN_FLIGHT]
+    seeds = sum(1 for host in resource.hosts.values() if host.is_seed)
+    return {
+        "hosts": len(resource.hosts) - seeds,
+        "seed_hosts": seeds,
+        "tasks": len(resource.tasks),
+        "tasks_in_flight": len({peer.task.id for peer in in_flight}),
+        "peers_in_flight": len(in_flight),
+        "traffic": {"hour": traffic.totals(3600), "day": traffic.totals(86400)},
+    }
 
 
 def snapshot(resource: ResourceManager, task_id: str) -> dict[str, Any]:
@@ -75,7 +131,7 @@ def describe_task(task: Task) -> dict[str, Any]:
 
 
 def handler(ctx: SchedulerContext) -> grpc.GenericRpcHandler:
-    """Return the generic handler that serves ``GetTask`` from ``ctx``'s resource model."""
+    """Return the generic handler that serves ``GetTask`` and ``GetStats`` from ``ctx``'s resource model."""
 
     async def get_task(task_id: str, context: grpc.aio.ServicerContext) -> dict[str, Any]:
         await ctx.authz.require_role(context, (ROLE_MANAGER,), "Swarm.GetTask")
@@ -83,7 +139,16 @@ def handler(ctx: SchedulerContext) -> grpc.GenericRpcHandler:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "task_id is not a task id (64 hex digits)")
         return snapshot(ctx.resource, task_id)
 
-    method = grpc.unary_unary_rpc_method_handler(
-        get_task, request_deserializer=decode_request, response_serializer=encode
-    )
-    return grpc.method_handlers_generic_handler(SERVICE, {"GetTask": method})
+    async def get_stats(_request: dict[str, Any], context: grpc.aio.ServicerContext) -> dict[str, Any]:
+        await ctx.authz.require_role(context, (ROLE_MANAGER,), "Swarm.GetStats")
+        return stats(ctx.resource, ctx.traffic)
+
+    methods = {
+        "GetTask": grpc.unary_unary_rpc_method_handler(
+            get_task, request_deserializer=decode_request, response_serializer=encode
+        ),
+        "GetStats": grpc.unary_unary_rpc_method_handler(
+            get_stats, request_deserializer=decode_stats_request, response_serializer=encode
+        ),
+    }
+    return grpc.method_handlers_generic_handler(SERVICE, methods)

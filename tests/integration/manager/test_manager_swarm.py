@@ -27,8 +27,18 @@ URL = "http://origin.test/blob.bin"
 TASK = ids.task_id(URL)
 
 
+STATS = {
+    "hosts": 3,
+    "seed_hosts": 1,
+    "tasks": 2,
+    "tasks_in_flight": 1,
+    "peers_in_flight": 2,
+    "traffic": {"hour": {"source": 10, "peers": 30}, "day": {"source": 100, "peers": 300}},
+}
+
+
 class FakeScheduler:
-    """A gRPC server that answers the swarm call with ``answer`` (or has no such method)."""
+    """A gRPC server that answers the swarm calls (``answer``, and STATS) or has no such methods."""
 
     def __init__(self, answer: dict[str, Any] | None) -> None:
         self.answer = answer
@@ -40,12 +50,18 @@ class FakeScheduler:
                 self.asked.append(task_id)
                 return {**self.answer, "task_id": task_id} if self.answer else {}
 
-            handler = grpc.unary_unary_rpc_method_handler(
-                get_task, request_deserializer=swarm.decode_request, response_serializer=swarm.encode
-            )
-            self.server.add_generic_rpc_handlers(
-                (grpc.method_handlers_generic_handler(swarm.SERVICE, {"GetTask": handler}),)
-            )
+            async def get_stats(_request: dict[str, Any], _context: Any) -> dict[str, Any]:
+                return STATS
+
+            handlers = {
+                "GetTask": grpc.unary_unary_rpc_method_handler(
+                    get_task, request_deserializer=swarm.decode_request, response_serializer=swarm.encode
+                ),
+                "GetStats": grpc.unary_unary_rpc_method_handler(
+                    get_stats, request_deserializer=swarm.decode_stats_request, response_serializer=swarm.encode
+                ),
+            }
+            self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(swarm.SERVICE, handlers),))
         self.port = self.server.add_insecure_port("127.0.0.1:0")
 
 
@@ -130,6 +146,17 @@ async def test_swarm_merges_active_schedulers_and_names_the_ones_that_cannot_ans
         assert "does not report swarms" in body["errors"][0]
         assert ours.asked == [TASK]
         assert stopped.asked == []
+
+        stats = (await client.get("/api/v1/swarm/stats", headers=root)).json()
+        assert {k: v for k, v in stats.items() if k != "errors"} == {
+            "schedulers": 1,
+            "hosts": 3,
+            "seed_hosts": 1,
+            "tasks_in_flight": 1,
+            "peers_in_flight": 2,
+            "traffic": STATS["traffic"],
+        }
+        assert len(stats["errors"]) == 1
 
         by_id = await client.get("/api/v1/swarm", params={"task_id": TASK}, headers=root)
         assert by_id.json()["peers"] == body["peers"]

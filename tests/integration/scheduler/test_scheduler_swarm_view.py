@@ -51,6 +51,19 @@ async def test_swarm_answer_names_peers_bytes_by_source_and_edges(start_schedule
         {"parent": a.peer_id, "child": b.peer_id, "bytes": 2 * PIECE, "pieces": 2, "active": True}
     ]
 
+    stats = await swarm.fetch_stats(cluster.channel)
+    assert stats == {
+        "hosts": 2,
+        "seed_hosts": 0,
+        "tasks": 1,
+        "tasks_in_flight": 1,
+        "peers_in_flight": 2,
+        "traffic": {
+            "hour": {"source": 3 * PIECE, "peers": 2 * PIECE},
+            "day": {"source": 3 * PIECE, "peers": 2 * PIECE},
+        },
+    }
+
     # The edge keeps its bytes after the download ends and the scheduler drops the DAG edge.
     await b.finished()
     answer = await swarm.fetch(cluster.channel, TASK)
@@ -72,6 +85,9 @@ async def test_swarm_call_refuses_peers_bad_requests_and_knows_no_unknown_task(s
     peer_channel = cluster._host_channels[(host.hostname, host.ip, False)]
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await swarm.fetch(peer_channel, TASK)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await swarm.fetch_stats(peer_channel)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     with pytest.raises(grpc.aio.AioRpcError) as bad:
         await swarm.fetch(cluster.channel, "../etc/passwd")
