@@ -26,7 +26,9 @@ from dragonfly.cli.cluster import SCHEDULER, LocalCluster, deep_merge
 from dragonfly.common import pki, tls
 from dragonfly.common.identity import ROLE_PEER, ROLE_SEED_PEER
 
-WAIT = 5.0
+# Bound of every wait for the scheduler's answer: a hung call, not a speed requirement (the scheduler is another
+# process on a loaded 2-core machine; an answer that comes is read at once, so a generous bound costs nothing).
+WAIT = 30.0
 
 
 def base_config(**scheduler: Any) -> dict[str, Any]:
