@@ -25,6 +25,8 @@ piece_io (``_dragonfly_piece_io`` / ``_pyimpl.piece_io``)
     ``recv_to_file(sock_fd, file_fd, offset, count, buffer, timeout=None) -> int``: receive exactly ``count``
     bytes from the socket into the file at ``offset`` through the caller's reusable ``buffer``; return CRC-32;
     ``errors.ShortRead`` when the peer closes early, ``TimeoutError`` when a read waits longer than ``timeout``.
+    ``recv_to_file_blake3(...) -> (crc32, blake3)``: the same, also returning the 32-byte BLAKE3 digest of the bytes
+    (hashed from the buffer before each write, so the piece is not read back to be verified).
     ``TokenBucket(rate, burst=None)``: bytes/s (0 = unlimited) and burst bytes (default: one second of rate);
     ``acquire(n)`` blocks (GIL released); ``reserve(n) -> float`` seconds the caller must wait (tokens are
     taken now); ``try_acquire(n) -> bool``; ``set_rate(rate, burst=None)``; properties ``rate``, ``burst``.
@@ -125,6 +127,7 @@ write_piece = _piece_io.write_piece
 read_piece = _piece_io.read_piece
 sendfile = _piece_io.sendfile
 recv_to_file = _piece_io.recv_to_file
+recv_to_file_blake3 = _piece_io.recv_to_file_blake3
 TokenBucket = _piece_io.TokenBucket
 
 # Vortex codec

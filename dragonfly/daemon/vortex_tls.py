@@ -8,8 +8,8 @@ cannot hand session keys to the kernel anyway. So with TLS the bytes go through 
 - sending: native ``read_piece`` (pread, GIL released) into a small per-connection buffer, then a non-blocking
   ``SSLSocket.send`` (OpenSSL encrypts with the GIL released), on an executor thread that returns whenever the
   socket is full (``PieceSender``);
-- receiving: ``SSLSocket.recv_into`` the caller's pooled buffer, native CRC-32 of the chunk, ``os.pwrite`` to the
-  content file (both GIL released).
+- receiving: ``SSLSocket.recv_into`` the caller's pooled buffer, native CRC-32 (and BLAKE3) of the chunk,
+  ``os.pwrite`` to the content file (all GIL released).
 
 No Python ``bytes`` object per chunk and no copy beyond the one into the TLS library; both run on executor
 threads. The cost against sendfile is measured by ``bench pair`` / ``bench swarm`` (see
@@ -73,10 +73,13 @@ class PieceSender:
             self._pending = self._pending[sent:] if sent < len(self._pending) else None
 
 
-def recv_piece(sock: ssl.SSLSocket, fd: int, offset: int, length: int, buffer: bytearray) -> int:
+def recv_piece(
+    sock: ssl.SSLSocket, fd: int, offset: int, length: int, buffer: bytearray, hasher: native.Hasher | None = None
+) -> int:
     """Receive exactly ``length`` bytes into ``fd`` at ``offset`` through ``buffer``; return their CRC-32.
 
-    The socket's timeout bounds each read; a peer that closes early raises ``ShortRead``.
+    ``hasher`` is updated with the bytes as they pass (while they are in the CPU cache). The socket's timeout
+    bounds each read; a peer that closes early raises ``ShortRead``.
     """
     view = memoryview(buffer)
     if not len(view):
@@ -93,6 +96,8 @@ def recv_piece(sock: ssl.SSLSocket, fd: int, offset: int, length: int, buffer: b
             got += count
         chunk = view[:got]
         crc = native.crc32(chunk, crc)
+        if hasher is not None:
+            hasher.update(chunk)
         written = 0
         while written < got:
             written += os.pwrite(fd, chunk[written:], offset + done + written)

@@ -32,6 +32,7 @@ __all__ = [
     "encode_piece_content",
     "read_piece",
     "recv_to_file",
+    "recv_to_file_blake3",
     "sendfile",
     "write_piece",
 ]
@@ -58,6 +59,9 @@ def sendfile(sock_fd: int, file_fd: int, offset: int, count: int, timeout: float
 def recv_to_file(
     sock_fd: int, file_fd: int, offset: int, count: int, buffer: Buffer, timeout: float | None = None
 ) -> int: ...
+def recv_to_file_blake3(
+    sock_fd: int, file_fd: int, offset: int, count: int, buffer: Buffer, timeout: float | None = None
+) -> tuple[int, bytes]: ...
 
 @final
 class TokenBucket:

@@ -235,6 +235,40 @@ def test_transfer_matches_twin(
         assert contents(dst)[dst_offset:] == expected
 
 
+@settings(DIFF, max_examples=15)
+@given(
+    data=st.binary(min_size=0, max_size=60_000),
+    dst_offset=st.integers(0, 4096),
+    chunk=st.integers(1, 20_000),
+    receiver=st.sampled_from(["native", "python"]),
+)
+def test_recv_to_file_blake3_matches_twin(data: bytes, dst_offset: int, chunk: int, receiver: str) -> None:
+    """The BLAKE3 computed on the way in is the digest of the bytes written, whatever the buffer size."""
+    with temp_fd(data) as src, temp_fd() as dst, tcp_pair() as (client, server):
+        with ThreadPoolExecutor(1) as pool:
+            sent = pool.submit(NATIVE.sendfile, client.fileno(), src, 0, len(data), 10)
+            crc, digest = IMPLS[receiver].recv_to_file_blake3(
+                server.fileno(), dst, dst_offset, len(data), bytearray(chunk), 10
+            )
+            assert sent.result(timeout=10) == len(data)
+        assert crc == zlib.crc32(data)
+        assert digest == native.Hasher("blake3", data).digest()
+        assert contents(dst)[dst_offset:] == data
+
+
+def test_recv_to_file_blake3_short_read_and_gil(impl: ModuleType) -> None:
+    with temp_fd() as dst, tcp_pair() as (client, server):
+        client.setblocking(True)
+        client.sendall(b"x" * 1000)
+        client.close()
+        with pytest.raises(ShortRead) as excinfo:
+            impl.recv_to_file_blake3(server.fileno(), dst, 0, 2000, bytearray(4096), timeout=5)
+        assert (excinfo.value.expected, excinfo.value.received) == (2000, 1000)
+    with temp_fd() as dst, tcp_pair() as (_client, server):
+        call = lambda: impl.recv_to_file_blake3(server.fileno(), dst, 0, 1, bytearray(1), 0.5)  # noqa: E731
+        assert progress_of_other_thread(call) > 1000
+
+
 def test_blocking_sockets_work_too(impl: ModuleType) -> None:
     data = os.urandom(3 * MIB)
     with temp_fd(data) as src, temp_fd() as dst, tcp_pair() as (client, server):
@@ -380,6 +414,8 @@ def test_outcomes_agree_on_bad_calls() -> None:
         lambda m: m.write_piece(0, 0, 5),
         lambda m: m.sendfile(-1, -1, 0, 1, float("nan")),
         lambda m: m.recv_to_file(-1, -1, 0, 1, bytearray(1)),
+        lambda m: m.recv_to_file_blake3(-1, -1, 0, 1, bytearray(1)),
+        lambda m: m.recv_to_file_blake3(-1, -1, -1, 1, bytearray(1)),
     ]
     for call in calls:
         native_kind, native_message = outcome(lambda: call(NATIVE))  # noqa: B023

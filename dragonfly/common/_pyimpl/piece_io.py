@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Final
 from dragonfly.common.errors import ShortRead, VortexError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from typing_extensions import Buffer
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "encode_piece_content",
     "read_piece",
     "recv_to_file",
+    "recv_to_file_blake3",
     "sendfile",
     "write_piece",
 ]
@@ -207,6 +210,29 @@ def recv_to_file(
     sock_fd: int, file_fd: int, offset: int, count: int, buffer: Buffer, timeout: float | None = None
 ) -> int:
     """Receive exactly ``count`` bytes from the socket into the file at ``offset`` via ``buffer``; return CRC-32."""
+    return _recv_observed(sock_fd, file_fd, offset, count, buffer, timeout, None)
+
+
+def recv_to_file_blake3(
+    sock_fd: int, file_fd: int, offset: int, count: int, buffer: Buffer, timeout: float | None = None
+) -> tuple[int, bytes]:
+    """``recv_to_file`` that also returns the BLAKE3 digest of the bytes received."""
+    from dragonfly.common._pyimpl.hashing import Hasher
+
+    hasher = Hasher("blake3")
+    crc = _recv_observed(sock_fd, file_fd, offset, count, buffer, timeout, hasher.update)
+    return crc, hasher.digest()
+
+
+def _recv_observed(
+    sock_fd: int,
+    file_fd: int,
+    offset: int,
+    count: int,
+    buffer: Buffer,
+    timeout: float | None,
+    observe: Callable[[memoryview], None] | None,
+) -> int:
     with _u8_view(buffer) as raw:
         offset = _non_negative("offset", offset)
         count = _non_negative("count", count)
@@ -234,6 +260,8 @@ def recv_to_file(
                     crc = zlib.crc32(view[filled : filled + n], crc)
                     filled += n
                     waiter.progress()
+                if observe is not None:
+                    observe(view[:filled])
                 _pwrite_all(file_fd, view[:filled], offset + received)
                 received += filled
     return crc

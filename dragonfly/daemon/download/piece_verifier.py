@@ -124,10 +124,26 @@ class PieceVerifier:
             self._refreshing = None
 
     async def verify(
-        self, number: int, expected: str | None, fd: int, offset: int, length: int, *, crc: int, parent: str
+        self,
+        number: int,
+        expected: str | None,
+        fd: int,
+        offset: int,
+        length: int,
+        *,
+        crc: int,
+        parent: str,
+        hashed: str | None = None,
     ) -> str:
-        """Hash the stored piece; raise DigestMismatch unless it matches ``expected``; return its BLAKE3 digest."""
-        actual = await run_blocking(self._executor, lambda: piece_hash(fd, offset, length))
+        """Hash the stored piece; raise DigestMismatch unless it matches ``expected``; return its BLAKE3 digest.
+
+        ``hashed`` is the piece's BLAKE3 digest computed as its bytes were received; the piece is then not read
+        back to be hashed.
+        """
+        if hashed is not None and hashed.partition(":")[0] == PIECE_HASH:
+            actual = hashed
+        else:
+            actual = await run_blocking(self._executor, lambda: piece_hash(fd, offset, length))
         if expected is None:
             return actual
         algorithm = expected.partition(":")[0]

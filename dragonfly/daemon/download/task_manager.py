@@ -1090,6 +1090,7 @@ class TaskManager:
                         timeout=self._config.download.piece_timeout,
                         pool=self._vortex_pool,
                         abort=abort,
+                        blake3=True,
                     ),
                 )
             cost = time.monotonic() - started
@@ -1098,7 +1099,9 @@ class TaskManager:
                 raise DigestMismatch(
                     fetched.digest or "<empty>", digest, what=f"piece {number} from parent {parent.id}"
                 )
-            strong = await verifier.verify(number, expected, fd, offset, length, crc=fetched.crc, parent=parent.id)
+            strong = await verifier.verify(
+                number, expected, fd, offset, length, crc=fetched.crc, parent=parent.id, hashed=fetched.blake3
+            )
         record = PieceRecord(number, offset, length, digest, parent.id, REMOTE_PEER, cost, created_at, strong)
         self._finish_piece(td, record)
         stream.report(

@@ -2,7 +2,7 @@
 
 One request frame out, one metadata frame and the raw piece bytes back. The exchange is a blocking function for an
 executor thread: the bytes go from the socket into the content file in native code (GIL released) with the
-CRC-32 computed on the way.
+CRC-32 and the BLAKE3 digest computed on the way.
 
 A fetch can be abandoned from the event loop while its thread waits in ``recv`` (a parent that trickles bytes never
 trips a read timeout): ``FetchAbort.abort()`` shuts the socket down, which wakes the thread at once.
@@ -35,7 +35,7 @@ _KEEPALIVE = ((socket.TCP_KEEPIDLE, 5), (socket.TCP_KEEPINTVL, 3), (socket.TCP_K
 
 @dataclass(frozen=True, slots=True)
 class FetchedPiece:
-    """What the parent announced for a piece, and the CRC-32 of the bytes actually received."""
+    """What the parent announced for a piece, and the CRC-32 and BLAKE3 digest of the bytes actually received."""
 
     number: int
     offset: int
@@ -44,6 +44,9 @@ class FetchedPiece:
     crc: int
     #: Bytes that crossed the wire for the piece's content (less than ``length`` when it came compressed).
     wire_length: int = -1
+    #: ``blake3:<hex>`` of the bytes received, computed on the way in when asked for (the child verifies pieces
+    #: by it); None otherwise.
+    blake3: str | None = None
 
 
 class PieceAbandoned(DragonflyError, ConnectionError):
@@ -192,13 +195,14 @@ def fetch_piece(
     abort: FetchAbort | None = None,
     persistent_cache: bool = False,
     accept_zstd: bool = False,
+    blake3: bool = False,
 ) -> FetchedPiece:
     """Download piece ``number`` of ``task_id`` from ``addr`` into ``fd`` (blocking; run it on an executor).
 
     New connections use TLS with ``ssl_context``, else with the pool's; plaintext when neither has one.
     ``persistent_cache`` asks for a piece of a persistent cache task (Vortex tags 4 and 5); with ``accept_zstd``
     the request says that a zstd-compressed answer is welcome (only to parents that offered it,
-    ``dragonfly.daemon.compression``).
+    ``dragonfly.daemon.compression``). With ``blake3`` the bytes are also hashed with BLAKE3 as they arrive.
     """
     abort = abort or FetchAbort()
     if persistent_cache:
@@ -247,6 +251,7 @@ def fetch_piece(
                 f"parent sent piece {meta.number} at {meta.offset}+{meta.length}, "
                 f"expected piece {number} at {offset}+{length}"
             )
+        strong: bytes | None = None
         if compressed_length >= 0:
             if compressed_length > length + 1024 * 1024:
                 raise VortexError(f"compressed piece of {compressed_length} bytes for {length} bytes of content")
@@ -260,7 +265,11 @@ def fetch_piece(
             while written < length:
                 written += os.pwrite(fd, view[written:], offset + written)
         elif isinstance(sock, ssl.SSLSocket):
-            crc = vortex_tls.recv_piece(sock, fd, offset, length, buffer)
+            hasher = native.Hasher("blake3") if blake3 else None
+            crc = vortex_tls.recv_piece(sock, fd, offset, length, buffer, hasher)
+            strong = hasher.digest() if hasher is not None else None
+        elif blake3:
+            crc, strong = native.recv_to_file_blake3(sock.fileno(), fd, offset, length, buffer, timeout)
         else:
             crc = native.recv_to_file(sock.fileno(), fd, offset, length, buffer, timeout)
         abort._detach()
@@ -276,4 +285,7 @@ def fetch_piece(
     else:
         sock.close()
     wire = compressed_length if compressed_length >= 0 else length
-    return FetchedPiece(number=number, offset=offset, length=length, digest=meta.digest, crc=crc, wire_length=wire)
+    hashed = None if strong is None else f"blake3:{strong.hex()}"
+    return FetchedPiece(
+        number=number, offset=offset, length=length, digest=meta.digest, crc=crc, wire_length=wire, blake3=hashed
+    )

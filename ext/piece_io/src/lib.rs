@@ -17,7 +17,7 @@ pub mod vortex;
 mod python;
 
 pub use piece::{read_piece, write_piece};
-pub use recv::recv_to_file;
+pub use recv::{recv_to_file, recv_to_file_blake3};
 pub use sendfile::sendfile;
 pub use token_bucket::TokenBucket;
 

@@ -199,6 +199,28 @@ fn recv_to_file(
     Ok(py.detach(|| crate::recv_to_file(sock_fd, file_fd, offset, count, bytes, timeout))?)
 }
 
+#[pyfunction]
+#[pyo3(signature = (sock_fd, file_fd, offset, count, buffer, timeout=None))]
+fn recv_to_file_blake3<'py>(
+    py: Python<'py>,
+    sock_fd: i32,
+    file_fd: i32,
+    offset: i64,
+    count: i64,
+    buffer: PyBuffer<u8>,
+    timeout: Option<f64>,
+) -> PyResult<(u32, Bound<'py, PyBytes>)> {
+    let offset = non_negative("offset", offset)?;
+    let count = non_negative("count", count)?;
+    let timeout = self::timeout(timeout)?;
+    writable(&buffer)?;
+    // SAFETY: `buffer` lives until after `detach` returns and is writable; see `bytes_of_mut`.
+    let bytes = unsafe { bytes_of_mut(&buffer) };
+    let (crc, digest) =
+        py.detach(|| crate::recv_to_file_blake3(sock_fd, file_fd, offset, count, bytes, timeout))?;
+    Ok((crc, PyBytes::new(py, &digest)))
+}
+
 /// Token bucket for host-level rate limits (bytes/s, 0 = unlimited), shared by threads.
 #[pyclass(frozen, module = "_dragonfly_piece_io", name = "TokenBucket")]
 struct TokenBucket {
@@ -545,6 +567,7 @@ fn _dragonfly_piece_io(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_piece, m)?)?;
     m.add_function(wrap_pyfunction!(sendfile, m)?)?;
     m.add_function(wrap_pyfunction!(recv_to_file, m)?)?;
+    m.add_function(wrap_pyfunction!(recv_to_file_blake3, m)?)?;
     m.add_function(wrap_pyfunction!(encode_download_piece, m)?)?;
     m.add_function(wrap_pyfunction!(decode_header, m)?)?;
     m.add_function(wrap_pyfunction!(decode_download_piece, m)?)?;
@@ -569,6 +592,7 @@ fn _dragonfly_piece_io(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "read_piece",
         "sendfile",
         "recv_to_file",
+        "recv_to_file_blake3",
         "encode_download_piece",
         "decode_header",
         "decode_download_piece",

@@ -93,3 +93,17 @@ async def test_sha256_trusted_digests_are_checked_too(executor, fd) -> None:
     verifier = PieceVerifier("strict", whole_digest=False, refresh=None, executor=executor)
     verifier.learn([_piece("sha256:" + hashlib.sha256(DATA).hexdigest())])
     assert await verifier.verify(0, await verifier.expected(0), fd, 0, len(DATA), crc=CRC, parent="p") == BLAKE3
+
+
+async def test_a_digest_computed_on_the_way_in_is_used_without_reading_the_piece_back(executor, monkeypatch) -> None:
+    def no_reading(*_args: object) -> str:
+        raise AssertionError("the piece was read back to be hashed")
+
+    monkeypatch.setattr(piece_verifier, "piece_hash", no_reading)
+    verifier = PieceVerifier("strict", whole_digest=False, refresh=None, executor=executor)
+    verifier.learn([_piece(BLAKE3)])
+    expected = await verifier.expected(0)
+    # fd -1: nothing may be read.
+    assert await verifier.verify(0, expected, -1, 0, len(DATA), crc=CRC, parent="p", hashed=BLAKE3) == BLAKE3
+    with pytest.raises(DigestMismatch):
+        await verifier.verify(0, expected, -1, 0, len(DATA), crc=CRC, parent="p", hashed="blake3:" + "1" * 64)

@@ -109,7 +109,14 @@ async def parent(
 
 
 async def fetch(
-    parent: Peer, tmp_path: Path, number: int, offset: int, length: int, pool: ConnectionPool | None = None
+    parent: Peer,
+    tmp_path: Path,
+    number: int,
+    offset: int,
+    length: int,
+    pool: ConnectionPool | None = None,
+    *,
+    blake3: bool = False,
 ) -> tuple[FetchedPiece, bytes]:
     path = tmp_path / "child"
     fd = os.open(path, os.O_RDWR | os.O_CREAT)
@@ -128,6 +135,7 @@ async def fetch(
                 timeout=5.0,
                 pool=pool,
                 ssl_context=parent.client_context,
+                blake3=blake3,
             ),
         )
     finally:
@@ -141,6 +149,7 @@ async def test_a_finished_piece_is_sent_with_its_digest(parent: Peer, tmp_path: 
     assert data == DATA[:PIECE]
     assert fetched.crc == zlib.crc32(DATA[:PIECE])
     assert fetched.digest == f"crc32:{fetched.crc}"
+    assert fetched.blake3 is None
     # The server counts the piece after its last byte left, which may be after the child has read it all.
     async with asyncio.timeout(5):
         while not parent.served:  # noqa: ASYNC110
@@ -160,6 +169,16 @@ async def test_a_corrupted_piece_shows_in_the_crc(parent: Peer, tmp_path: Path) 
         native.write_piece(fd, 100, b"garbage")
     fetched, _data = await fetch(parent, tmp_path, 0, 0, PIECE)
     assert format_piece_digest(fetched.crc) != fetched.digest
+
+
+@pytest.mark.skipif(not native.USING_EXTENSIONS, reason="the twin's BLAKE3 hashes ~1 MB/s (tests/native compares it)")
+async def test_blake3_is_computed_on_the_way_in(parent: Peer, tmp_path: Path) -> None:
+    """Over TLS and plaintext alike: the digest of the bytes written, which the child verifies the piece by."""
+    with parent.storage.content_fd(TASK) as fd:
+        native.write_piece(fd, 100, b"garbage")
+    fetched, data = await fetch(parent, tmp_path, 0, 0, PIECE, blake3=True)
+    assert data != DATA[:PIECE]
+    assert fetched.blake3 == "blake3:" + native.Hasher("blake3", data).hexdigest()
 
 
 async def test_a_bad_task_id_or_frame_is_refused(parent: Peer) -> None:
