@@ -237,3 +237,22 @@ def test_swarm_view_follows_a_download_live(tmp_path: Path, browser: Browser, or
             expect(page.get_by_test_id("stat-Seed peer hosts")).to_have_text("1")
             expect(page.get_by_test_id("saved-Last hour")).to_have_text("32.0 MiB (67%)")
             browser.screenshot(page, "overview-after-download")
+
+            # A file preheat through the form: the seed peer fetches it; the job page follows it to SUCCESS.
+            make_file(origin, "preheat.bin", 4 * MiB)
+            nav(page, "Preheat jobs")
+            page.get_by_role("link", name="Create preheat").click()
+            form = page.get_by_role("form", name="Create preheat")
+            form.get_by_role("button", name="Preheat").click()
+            expect(form.get_by_role("alert")).to_have_text("Enter at least one URL.")
+            form.get_by_label("URLs (one per line)").fill(origin.url("preheat.bin"))
+            form.get_by_role("button", name="Preheat").click()
+            page.get_by_role("heading", name=re.compile(r"^Preheat job \d+$")).wait_for()
+            expect(page.get_by_test_id("job-state")).to_have_text("SUCCESS", timeout=90_000)
+            expect(
+                page.get_by_role("table", name="Per-host results").get_by_role("row").filter(has_text="seed-peer")
+            ).to_contain_text("SUCCESS")
+            browser.screenshot(page, "preheat-job")
+            nav(page, "Preheat jobs")
+            expect(page.get_by_role("row").filter(has_text="preheat.bin")).to_contain_text("SUCCESS")
+            browser.screenshot(page, "preheat-jobs")
