@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "certs": ("dragonfly.cli.certs", "mint a cluster CA and host certificates for mutual TLS"),
     "init": ("dragonfly.cli.init", "point containerd, docker, crio or podman at the dfdaemon proxy"),
     "manager": ("dragonfly.cli.manager", "run the manager: clusters, schedulers, users (--config manager.yaml)"),
+    "preheat": ("dragonfly.cli.preheat", "warm a file or image on seed peers through the manager, show who holds it"),
 }
 
 USAGE = (
