@@ -12,7 +12,7 @@ set -euo pipefail
 packages=(curl iproute2 systemd docker-registry skopeo containerd apache2-utils buildah debootstrap redis-server postgresql chromium)
 # Test servers of the object storage backends, started by tests/integration/daemon/test_daemon_object_storage.py:
 # Azurite (Azure Blob, from npm) and fake-gcs-server (GCS, a Go module). moto's S3 server comes from PyPI (test deps).
-if ! command -v azurite-blob >/dev/null && command -v npm >/dev/null; then
+if [ "$(id -u)" -eq 0 ] && ! command -v azurite-blob >/dev/null && command -v npm >/dev/null; then
     npm install -g --silent azurite@3.37.0 >/dev/null
 fi
 if ! command -v fake-gcs-server >/dev/null && [ ! -x "$(go env GOPATH 2>/dev/null)/bin/fake-gcs-server" ] \

@@ -244,6 +244,21 @@ def build_parser() -> argparse.ArgumentParser:
     storage.add_argument(
         "--storage-insecure-skip-verify", action="store_true", help="do not verify the store's TLS certificate"
     )
+    hdfs = parser.add_argument_group("HDFS (hdfs://namenode:port/path, through WebHDFS)")
+    hdfs.add_argument(
+        "--hdfs-delegation-token",
+        default=env("DFGET_HDFS_DELEGATION_TOKEN"),
+        help="delegation token (also from DFGET_HDFS_DELEGATION_TOKEN)",
+    )
+    hub = parser.add_argument_group("model hubs (hf://[datasets/]owner/repo/path, modelscope://owner/repo/path)")
+    hub.add_argument("--hf-revision", default="main", help="revision: branch, tag or commit (default main)")
+    hub.add_argument("--hf-token", default=env("HF_TOKEN"), help="Hugging Face access token (also from HF_TOKEN)")
+    hub.add_argument("--hf-base-url", help="Hugging Face endpoint (default https://huggingface.co)")
+    hub.add_argument("--ms-revision", default="master", help="ModelScope revision (default master)")
+    hub.add_argument(
+        "--ms-token", default=env("MODELSCOPE_API_TOKEN"), help="ModelScope token (also from MODELSCOPE_API_TOKEN)"
+    )
+    hub.add_argument("--ms-base-url", help="ModelScope endpoint (default https://modelscope.cn)")
     add_log_level(parser)
     parser.add_argument("-V", "--version", action="store_true", help="print the version and exit")
     return parser
@@ -267,6 +282,25 @@ def object_storage_message(args: argparse.Namespace) -> Any:
     from dragonfly_api import common_pb2
 
     return common_pb2.ObjectStorage(insecure_skip_verify=args.storage_insecure_skip_verify, **given)
+
+
+def add_source_settings(download: Any, args: argparse.Namespace) -> None:
+    """Put the HDFS and hub flags into ``download`` for the URL's scheme (the revision is part of the task id)."""
+    from dragonfly_api import common_pb2
+
+    scheme = download.url.partition("://")[0].lower()
+    if scheme == "hdfs" and args.hdfs_delegation_token:
+        download.hdfs.CopyFrom(common_pb2.HDFS(delegation_token=args.hdfs_delegation_token))
+    elif scheme == "hf":
+        download.hugging_face.CopyFrom(
+            common_pb2.HuggingFace(
+                token=args.hf_token or "", revision=args.hf_revision, base_url=args.hf_base_url or ""
+            )
+        )
+    elif scheme == "modelscope":
+        download.model_scope.CopyFrom(
+            common_pb2.ModelScope(token=args.ms_token or "", revision=args.ms_revision, base_url=args.ms_base_url or "")
+        )
 
 
 def describe_download(download: Any) -> str:
@@ -499,6 +533,7 @@ def download(args: argparse.Namespace, output: str, began: float) -> Traffic:
     storage = object_storage_message(args)
     if storage is not None:
         download.object_storage.CopyFrom(storage)
+    add_source_settings(download, args)
     if args.log_level == "debug":
         print(f"dfget: DownloadTask on unix:{args.endpoint}: {describe_download(download)}", file=sys.stderr)
 

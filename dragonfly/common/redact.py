@@ -43,6 +43,8 @@ SENSITIVE_QUERY_PARAMS = frozenset(
         "api_key",
         "apikey",
         "password",
+        # WebHDFS's delegation token (an hdfs:// source's --hdfs-delegation-token).
+        "delegation",
     )
 )
 

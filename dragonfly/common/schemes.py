@@ -4,7 +4,7 @@ checks a URL before it loads grpc."""
 from __future__ import annotations
 
 #: Every scheme some back-to-source backend serves.
-SOURCE_SCHEMES = ("http", "https", "file", "s3", "oss", "obs", "cos", "gs", "abs")
+SOURCE_SCHEMES = ("http", "https", "file", "s3", "oss", "obs", "cos", "gs", "abs", "hdfs", "hf", "modelscope")
 #: Object storage schemes (dfget's --storage-* flags apply to them).
 OBJECT_STORAGE_SCHEMES = frozenset({"s3", "oss", "obs", "cos", "gs", "abs"})
 #: Schemes whose URLs name a local path, not a host.

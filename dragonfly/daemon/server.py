@@ -32,7 +32,7 @@ from dragonfly.common.process import announce_listening
 from dragonfly.daemon import compression
 from dragonfly.daemon.api.callers import CallerRelay
 from dragonfly.daemon.api.download_server import DfdaemonDownloadService
-from dragonfly.daemon.backends import Backends, object_storage
+from dragonfly.daemon.backends import Backends, object_storage, web_apis
 from dragonfly.daemon.backends.file import FileBackend
 from dragonfly.daemon.config import DfdaemonConfig, socket_gid
 from dragonfly.daemon.download.backend import HTTPBackend
@@ -110,6 +110,9 @@ class Dfdaemon:
             {
                 "file": FileBackend(allowed_dirs=config.backend.file.allowed_dirs, executor=self._download_executor),
                 **dict.fromkeys(object_storage.SCHEMES, objects),
+                "hdfs": web_apis.WebHDFSBackend(self.backend),
+                "hf": web_apis.HuggingFaceBackend(self.backend),
+                "modelscope": web_apis.ModelScopeBackend(self.backend),
             },
         )
         self.channels = ParentChannels(self.tls.upload_client)

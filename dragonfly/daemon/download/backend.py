@@ -414,6 +414,27 @@ class HTTPBackend:
             log.info("retrying origin request", extra={"url": url, "attempt": attempt, "error": error})
             await asyncio.sleep(delay)
 
+    async def fetch_body(
+        self, url: str, request_header: Mapping[str, str], options: OriginOptions = LOCAL, *, limit: int
+    ) -> tuple[bytes, dict[str, str]]:
+        """GET a small document (an API's JSON answer): its body, at most ``limit`` bytes, and response headers."""
+
+        async def attempt() -> tuple[bytes, dict[str, str]]:
+            async with asyncio.timeout(self._piece_timeout):
+                async with self._open("GET", url, self._headers(request_header, {}), options) as resp:
+                    if resp.status >= 300:
+                        raise _status_error(url, resp)
+                    chunks: list[bytes] = []
+                    size = 0
+                    while chunk := await resp.content.read(65536):
+                        size += len(chunk)
+                        if size > limit:
+                            raise BackendError(f"the answer of {url} is larger than {limit} bytes")
+                        chunks.append(chunk)
+                    return b"".join(chunks), dict(resp.headers)
+
+        return await self._retrying("request to", attempt, url)
+
     async def stat(self, url: str, request_header: Mapping[str, str], options: OriginOptions = LOCAL) -> StatResult:
         """Return the content length with one ``GET Range: bytes=0-0`` (falling back as Dragonfly does)."""
 

@@ -183,10 +183,21 @@ def task_id_for(download: common_pb2.Download) -> str:
         download.url,
         tag=download.tag or None,
         application=download.application or None,
+        revision=hub_revision(download),
         piece_length=download.piece_length if download.HasField("piece_length") else None,
         filtered_query_params=list(download.filtered_query_params) or ids.DEFAULT_FILTERED_QUERY_PARAMS,
         content=content,
     )
+
+
+def hub_revision(download: common_pb2.Download) -> str | None:
+    """Return the model hub revision that is part of the task id (Dragonfly hashes the one the request names)."""
+    scheme = download.url.partition("://")[0].lower()
+    if scheme == "hf" and download.HasField("hugging_face"):
+        return download.hugging_face.revision or None
+    if scheme == "modelscope" and download.HasField("model_scope"):
+        return download.model_scope.revision or None
+    return None
 
 
 def requested_range(download: common_pb2.Download) -> RangeSpec | None:

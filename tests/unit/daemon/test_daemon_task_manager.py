@@ -19,6 +19,7 @@ from dragonfly_api import common_pb2, dfdaemon_pb2
 from loop_guard import no_blocking_calls
 from standalone import standalone_task_manager
 
+from dragonfly.common import ids
 from dragonfly.common.errors import DigestMismatch, InvalidDigest
 from dragonfly.common.piece import calculate_piece_length
 from dragonfly.daemon.api.download_server import DfdaemonDownloadService
@@ -282,3 +283,18 @@ async def test_concurrent_requests_share_one_download(harness: Harness) -> None:
     for events in (first, second):
         assert sorted(e.piece.number for e in events if isinstance(e, PieceDone)) == [0, 1, 2]
     assert len(harness.origin_hits) == 4  # one stat and three pieces, for both requests together
+
+
+def test_hub_revisions_are_part_of_the_task_id() -> None:
+    url = "hf://acme/llm/model.bin"
+    with_revision = common_pb2.Download(url=url, hugging_face=common_pb2.HuggingFace(revision="v1", token="t"))
+    assert task_id_for(with_revision) == ids.task_id(url, revision="v1")
+    # The token is not part of it; another revision is another task.
+    other_token = common_pb2.Download(url=url, hugging_face=common_pb2.HuggingFace(revision="v1", token="u"))
+    assert task_id_for(other_token) == task_id_for(with_revision)
+    assert task_id_for(common_pb2.Download(url=url)) == ids.task_id(url)
+    ms = common_pb2.Download(url="modelscope://q/m/w.bin", model_scope=common_pb2.ModelScope(revision="master"))
+    assert task_id_for(ms) == ids.task_id("modelscope://q/m/w.bin", revision="master")
+    # A revision only counts for its own hub's URLs.
+    http = common_pb2.Download(url="https://e.com/f", hugging_face=common_pb2.HuggingFace(revision="v1"))
+    assert task_id_for(http) == ids.task_id("https://e.com/f")
