@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import stat
 import time
@@ -55,6 +56,7 @@ from dragonfly.daemon.storage import PieceRecord, Storage
 if TYPE_CHECKING:
     import ssl
 
+    from dragonfly.daemon.config import GCPolicyConfig
     from dragonfly.daemon.download.scheduler_client import SchedulerClient
 
 log = logging.getLogger(__name__)
@@ -246,6 +248,8 @@ class PersistentCacheManager:
         on_fetched: Callable[[int], None] | None = None,
         compression: bool = False,
         reconcile_interval: float = 60.0,
+        gc_policy: GCPolicyConfig | None = None,
+        gc_interval: float = 900.0,
     ) -> None:
         self.storage = Storage(directory, keep=True, executor=storage_executor)
         self._index_path = os.path.join(self.storage.metadata_dir, "entries.db")
@@ -263,6 +267,9 @@ class PersistentCacheManager:
         #: Whether pieces go zstd-compressed between our peers (both ways: offered as a parent, asked as a child).
         self.compression = compression
         self._reconcile_interval = reconcile_interval
+        self._gc_policy = gc_policy
+        self._gc_interval = gc_interval
+        self._last_gc = time.monotonic()
         self._reconciler: asyncio.Task[None] | None = None
         #: Bytes of piece content received, and how many of them crossed the wire (less when compressed).
         self.received_bytes = 0
@@ -313,9 +320,55 @@ class PersistentCacheManager:
         while True:
             await asyncio.sleep(EXPIRY_INTERVAL)
             try:
-                self.drop_expired(time.time())
+                if time.monotonic() - self._last_gc >= self._gc_interval:
+                    self._last_gc = time.monotonic()
+                    await self.collect()
+                else:
+                    self.drop_expired(time.time())
             except Exception:
                 log.exception("persistent cache expiry failed")
+
+    async def collect(self) -> list[str]:
+        """Drop expired copies; when the disk is above the GC's high threshold, evict copies that are not
+        persistent replicas (least recently used first) down to the low threshold. Return the evicted ids."""
+        evicted = self.drop_expired(time.time())
+        policy = self._gc_policy
+        if policy is None:
+            return evicted
+        if policy.disk_threshold > 0:
+            total, used = int(policy.disk_threshold), self.storage.usage()
+        else:
+            usage = shutil.disk_usage(self.storage.dir)
+            total, used = usage.total, usage.used
+        for task_id in self.evict_for_space(
+            total, used, policy.disk_high_threshold_percent, policy.disk_low_threshold_percent
+        ):
+            await self._tell_scheduler_dropped(task_id)
+            evicted.append(task_id)
+        return evicted
+
+    def evict_for_space(self, total: int, used: int, high_percent: float, low_percent: float) -> list[str]:
+        """Evict non-persistent copies, least recently used first, while usage is above ``high_percent`` of
+        ``total``, until ``low_percent`` is reached; persistent replicas and imports are never evicted for space."""
+        if total <= 0 or used * 100 / total < high_percent:
+            return []
+        to_free = total * (used * 100 / total - low_percent) / 100
+        candidates = []
+        for entry in self.entries.values():
+            task = self.storage.get_task(entry.id)
+            if entry.persistent or entry.importer or task is None or entry.id in self._active:
+                continue
+            candidates.append((task.updated_at, entry.id, task.content_length))
+        evicted = []
+        freed = 0
+        for _updated, task_id, length in sorted(candidates):
+            if freed >= to_free:
+                break
+            log.info("evicting a persistent cache copy", extra={"task_id": task_id, "reason": "disk usage"})
+            self.delete_local(task_id)
+            freed += length
+            evicted.append(task_id)
+        return evicted
 
     def drop_expired(self, now: float) -> list[str]:
         """Delete the entries whose TTL has run out (the scheduler forgets them on its own); return their ids."""

@@ -132,6 +132,8 @@ class Dfdaemon:
             compression=config.download.persistent_cache_compression == "zstd" and compression.available(),
             # Copies are announced again to a scheduler that forgot them (a restart) as often as the host is.
             reconcile_interval=min(config.scheduler.announce_interval, 60.0),
+            gc_policy=config.gc.policy,
+            gc_interval=config.gc.interval,
         )
         self.scheduler: SchedulerClient | None = None
         self.discovery: SchedulerDiscovery | None = None
