@@ -256,3 +256,15 @@ def test_swarm_view_follows_a_download_live(tmp_path: Path, browser: Browser, or
             nav(page, "Preheat jobs")
             expect(page.get_by_role("row").filter(has_text="preheat.bin")).to_contain_text("SUCCESS")
             browser.screenshot(page, "preheat-jobs")
+
+            # Every other page, once, with the cluster running: a title, a heading, a screenshot, no script error.
+            expect(page.get_by_role("row").filter(has_text="preheat.bin")).to_be_visible()
+            for name in ("Scheduler clusters", "Seed peer clusters", "Schedulers", "Seed peers", "Roles", "Audit log"):
+                nav(page, name)
+                expect(page).to_have_title(f"{name} · Dragonfly console")
+                browser.screenshot(page, name.lower().replace(" ", "-"))
+            schedulers = page.get_by_role("table", name="Schedulers")
+            nav(page, "Schedulers")
+            expect(schedulers.get_by_role("row").filter(has_text="127.0.0.1")).to_contain_text("active")
+            nav(page, "Audit log")
+            expect(page.get_by_role("row").filter(has_text="/api/v1/jobs").first).to_contain_text("root")
