@@ -1,7 +1,8 @@
 """`python -m bench <suite> [--json] ...`: run one benchmark suite, or `all [--quick]`.
 
 Suites: swarm, pair, dfget-latency, memory, scheduler (bench/scheduler_load.py), pull (image pulls through the
-proxy, bench/pull.py), pcache (dfcache export over a shaped link, zstd against raw, bench/pcache.py), micro
+proxy, bench/pull.py), pcache (dfcache export over a shaped link, zstd against raw, bench/pcache.py),
+manager (ListSchedulers and REST against a manager process, bench/manager_load.py), micro
 (pytest-benchmark files in bench/micro), all. Each suite compares against a baseline measured in the same run;
 exit 0 only if it ran fully.
 """
@@ -26,6 +27,7 @@ SUITES: dict[str, str] = {
     "scheduler": "bench.scheduler_load",
     "pull": "bench.pull",
     "pcache": "bench.pcache",
+    "manager": "bench.manager_load",
 }
 
 #: `all --quick`: small enough for 2 shared cores in under 10 minutes, large enough to show the ratios.
@@ -37,6 +39,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "scheduler": ["--quick"],
     "pull": [],
     "pcache": ["--size", "64MiB"],
+    "manager": ["--quick"],
     "micro": [],
 }
 

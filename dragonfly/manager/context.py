@@ -24,6 +24,8 @@ class ManagerContext:
     signin_limiter: SigninLimiter
     extras: dict[str, Any] = field(default_factory=dict)
     channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+    #: token digest -> (monotonic time cached, principal, expiry); see dragonfly.manager.api.deps.authenticate.
+    auth_cache: dict[str, tuple[float, Any, Any]] = field(default_factory=dict)
 
     def scheduler_channel(self, address: str) -> grpc.aio.Channel:
         """Return a channel to a scheduler (``ip:port``), with the manager's client identity under mTLS.

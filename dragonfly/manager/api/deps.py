@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
@@ -19,6 +20,11 @@ from dragonfly.manager.api.errors import APIError
 from dragonfly.manager.context import ManagerContext
 
 T = TypeVar("T")
+
+#: Seconds an authenticated token is trusted without a database lookup. Revoking, signing out, changing a password,
+#: a user or a role in this process drops the whole cache at once; other managers see such changes within it.
+AUTH_CACHE_TTL = 5.0
+_AUTH_CACHE_MAX = 10_000
 
 _bearer = HTTPBearer(
     auto_error=False, description="a session token (POST /api/v1/users/signin) or a personal access token"
@@ -84,6 +90,12 @@ async def authenticate(
         raise _unauthorized("authentication required: send Authorization: Bearer <token>")
     now = models.utcnow()
     digest = auth.token_digest(token)
+    cache = context(request).auth_cache
+    cached = cache.get(digest)
+    if cached is not None and time.monotonic() - cached[0] < AUTH_CACHE_TTL and cached[2] > now:
+        request.state.principal = cached[1]
+        principal: Principal = cached[1]
+        return principal
     if token.startswith(auth.SESSION_PREFIX):
         row = await session.scalar(select(models.Session).where(models.Session.token_hash == digest))
         if row is None or row.expires_at <= now:
@@ -92,6 +104,7 @@ async def authenticate(
         if user is None or user.state != "enable":
             raise _unauthorized("user disabled or deleted")
         principal = Principal(user.id, user.name, "session", _grants(user))
+        expires = row.expires_at
     elif token.startswith(auth.PAT_PREFIX):
         pat = await session.scalar(
             select(models.PersonalAccessToken).where(models.PersonalAccessToken.token_hash == digest)
@@ -110,10 +123,19 @@ async def authenticate(
             pat.last_used_at = now
             await session.commit()
         principal = Principal(user.id, user.name, "pat", _grants(user), frozenset(pat.scopes), pat.id)
+        expires = pat.expired_at
     else:
         raise _unauthorized("unknown token kind")
+    if len(cache) >= _AUTH_CACHE_MAX:
+        cache.clear()
+    cache[digest] = (time.monotonic(), principal, expires)
     request.state.principal = principal
     return principal
+
+
+def forget_tokens(request: Request) -> None:
+    """Drop every cached authentication (a token, session, user or role changed)."""
+    context(request).auth_cache.clear()
 
 
 Caller = Annotated[Principal, Depends(authenticate)]

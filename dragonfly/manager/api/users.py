@@ -10,7 +10,7 @@ from sqlalchemy import delete, select
 
 from dragonfly.manager import auth, models
 from dragonfly.manager.api import schemas
-from dragonfly.manager.api.deps import DB, Caller, Ctx, Paging, Principal, paginate, require
+from dragonfly.manager.api.deps import DB, Caller, Ctx, Paging, Principal, forget_tokens, paginate, require
 from dragonfly.manager.api.errors import APIError, not_found
 
 Ident = Annotated[int, Path(ge=1, le=2**63 - 1)]
@@ -62,6 +62,7 @@ async def signout(principal: Caller, request: Request, session: DB) -> Response:
     token = header.partition(" ")[2].strip()
     await session.execute(delete(models.Session).where(models.Session.token_hash == auth.token_digest(token)))
     await session.commit()
+    forget_tokens(request)
     return Response(status_code=204)
 
 
@@ -129,7 +130,9 @@ async def create_user(
 
 
 @router.patch("/users/{ident}", response_model=schemas.UserOut, summary="Update a user")
-async def update_user(ident: Ident, body: schemas.UserUpdate, session: DB, principal: Caller) -> schemas.UserOut:
+async def update_user(
+    ident: Ident, body: schemas.UserUpdate, session: DB, principal: Caller, request: Request
+) -> schemas.UserOut:
     """A user may edit their own profile; state and other users need write on users."""
     fields = body.model_dump(exclude_unset=True)
     if (ident != principal.user_id or "state" in fields) and not principal.can("users", auth.ACTION_WRITE):
@@ -145,11 +148,14 @@ async def update_user(ident: Ident, body: schemas.UserUpdate, session: DB, princ
     if fields.get("state") == "disable":
         await session.execute(delete(models.Session).where(models.Session.user_id == ident))
     await session.commit()
+    forget_tokens(request)
     return _user_out(user)
 
 
 @router.post("/users/{ident}/reset_password", status_code=204, summary="Change a user's password")
-async def reset_password(ident: Ident, body: schemas.PasswordReset, session: DB, principal: Caller) -> Response:
+async def reset_password(
+    ident: Ident, body: schemas.PasswordReset, session: DB, principal: Caller, request: Request
+) -> Response:
     """Your own password needs the old one; another user's needs write on users. Ends the user's sessions."""
     user = await session.get(models.User, ident)
     if user is None:
@@ -162,12 +168,17 @@ async def reset_password(ident: Ident, body: schemas.PasswordReset, session: DB,
     user.encrypted_password = await auth.hash_password(body.new_password)
     await session.execute(delete(models.Session).where(models.Session.user_id == ident))
     await session.commit()
+    forget_tokens(request)
     return Response(status_code=204)
 
 
 @router.put("/users/{ident}/roles/{role}", status_code=204, summary="Give a user a role")
 async def add_user_role(
-    ident: Ident, role: RoleName, session: DB, _p: Principal = Depends(require("users", auth.ACTION_WRITE))
+    ident: Ident,
+    role: RoleName,
+    session: DB,
+    request: Request,
+    _p: Principal = Depends(require("users", auth.ACTION_WRITE)),
 ) -> Response:
     """Idempotent."""
     user = await session.get(models.User, ident)
@@ -177,12 +188,17 @@ async def add_user_role(
     if row not in user.roles:
         user.roles.append(row)
     await session.commit()
+    forget_tokens(request)
     return Response(status_code=204)
 
 
 @router.delete("/users/{ident}/roles/{role}", status_code=204, summary="Take a role from a user")
 async def delete_user_role(
-    ident: Ident, role: RoleName, session: DB, principal: Principal = Depends(require("users", auth.ACTION_WRITE))
+    ident: Ident,
+    role: RoleName,
+    session: DB,
+    request: Request,
+    principal: Principal = Depends(require("users", auth.ACTION_WRITE)),
 ) -> Response:
     """The last root keeps the root role."""
     user = await session.get(models.User, ident)
@@ -196,6 +212,7 @@ async def delete_user_role(
             raise APIError(409, "the last root user keeps the root role")
     user.roles = [r for r in user.roles if r.name != role]
     await session.commit()
+    forget_tokens(request)
     return Response(status_code=204)
 
 
@@ -227,7 +244,7 @@ async def create_role(
 
 @router.delete("/roles/{role}", status_code=204, summary="Delete a role")
 async def delete_role(
-    role: RoleName, session: DB, _p: Principal = Depends(require("roles", auth.ACTION_WRITE))
+    role: RoleName, session: DB, request: Request, _p: Principal = Depends(require("roles", auth.ACTION_WRITE))
 ) -> Response:
     """root and guest stay."""
     if role in (auth.ROLE_ROOT, auth.ROLE_GUEST):
@@ -237,6 +254,7 @@ async def delete_role(
         raise not_found("role", role)
     await session.delete(row)
     await session.commit()
+    forget_tokens(request)
     return Response(status_code=204)
 
 
@@ -329,6 +347,7 @@ async def update_token(
     body: schemas.TokenUpdate,
     session: DB,
     principal: TokenCaller,
+    request: Request,
 ) -> Any:
     """``state: inactive`` revokes it at once."""
     row = await _token(session, ident, principal, auth.ACTION_WRITE)
@@ -341,15 +360,17 @@ async def update_token(
         if value is not None:
             setattr(row, name, value)
     await session.commit()
+    forget_tokens(request)
     return row
 
 
 @router.delete(f"/{TOKENS}/{{ident}}", status_code=204, summary="Delete a personal access token")
-async def delete_token(ident: Ident, session: DB, principal: TokenCaller) -> Response:
+async def delete_token(ident: Ident, session: DB, principal: TokenCaller, request: Request) -> Response:
     """Deleting revokes it."""
     row = await _token(session, ident, principal, auth.ACTION_WRITE)
     await session.delete(row)
     await session.commit()
+    forget_tokens(request)
     return Response(status_code=204)
 
 

@@ -12,6 +12,7 @@ import ipaddress
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -138,9 +139,14 @@ def scheduler_pb(row: models.Scheduler) -> manager_pb2.Scheduler:
 class ManagerServicer(manager_pb2_grpc.ManagerServicer):
     """manager.v2.Manager over the manager's database."""
 
+    #: How long the search's snapshot of clusters and active schedulers is reused. Changes this process makes
+    #: (registration, a state flip) drop it at once; the TTL bounds what other managers' changes take to show.
+    SNAPSHOT_TTL = 1.0
+
     def __init__(self, ctx: ManagerContext, authz: Authorizer) -> None:
         self.ctx = ctx
         self.authz = authz
+        self._snapshot: tuple[float, list[tuple[dict[str, Any], bool, int, list[manager_pb2.Scheduler]]]] | None = None
 
     # --- helpers ---
 
@@ -223,6 +229,7 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
                 session.add(row)
             row.port, row.idc, row.location, row.features, row.config = port, idc, location, features, config
             await session.commit()
+            self.invalidate()
             log.info("scheduler updated", extra={"hostname": hostname, "ip": ip, "cluster": cluster_id})
             return await self._scheduler_full(session, row)
 
@@ -301,6 +308,28 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
         self, session: AsyncSession, *, hostname: str, ip: str, idc: str, location: str
     ) -> manager_pb2.ListSchedulersResponse:
         """Active schedulers with the schedule feature of every cluster, best-fitting cluster first."""
+        now = time.monotonic()
+        if self._snapshot is None or now - self._snapshot[0] > self.SNAPSHOT_TTL:
+            self._snapshot = (now, await self._load_snapshot(session))
+        ranked = sorted(
+            self._snapshot[1],
+            key=lambda c: (
+                -searcher.score(c[0], c[1], ip=ip, hostname=hostname, idc=idc, location=location),
+                c[2],
+            ),
+        )
+        out = manager_pb2.ListSchedulersResponse()
+        for _scopes, _default, _id, schedulers in ranked:
+            out.schedulers.extend(schedulers)
+        return out
+
+    def invalidate(self) -> None:
+        """Forget the search snapshot (a scheduler registered or changed state here)."""
+        self._snapshot = None
+
+    async def _load_snapshot(
+        self, session: AsyncSession
+    ) -> list[tuple[dict[str, Any], bool, int, list[manager_pb2.Scheduler]]]:
         schedulers = (
             await session.scalars(
                 select(models.Scheduler)
@@ -313,23 +342,16 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
             if "schedule" in (row.features or ()):
                 by_cluster.setdefault(row.scheduler_cluster_id, []).append(row)
         if not by_cluster:
-            return manager_pb2.ListSchedulersResponse()
+            return []
         clusters = (
             await session.scalars(
                 select(models.SchedulerCluster).where(models.SchedulerCluster.id.in_(list(by_cluster)))
             )
         ).all()
-        ranked = sorted(
-            clusters,
-            key=lambda c: (
-                -searcher.score(c.scopes or {}, c.is_default, ip=ip, hostname=hostname, idc=idc, location=location),
-                c.id,
-            ),
-        )
-        out = manager_pb2.ListSchedulersResponse()
-        for cluster in ranked:
-            out.schedulers.extend(scheduler_pb(row) for row in by_cluster[cluster.id])
-        return out
+        return [
+            (dict(c.scopes or {}), c.is_default, c.id, [scheduler_pb(row) for row in by_cluster[c.id]])
+            for c in clusters
+        ]
 
     # --- seed peers ---
 
@@ -497,10 +519,13 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
             )
             if row is None:
                 return False
+            changed = row.state != state
             row.state = state
             if state == models.STATE_ACTIVE:
                 row.last_keep_alive_at = models.utcnow()
             await session.commit()
+        if changed:
+            self.invalidate()
         return True
 
 
