@@ -20,7 +20,11 @@ DEFAULT_ENDPOINT = "/var/run/dragonfly/dfdaemon.sock"
 DEFAULT_TIMEOUT = 30 * 60.0
 MIN_TTL, MAX_TTL = 1.0, 7 * 86400.0
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-LOCAL_API_CHANNEL_OPTIONS = (("grpc.default_authority", "localhost"),)
+# A piece with its content (export to standard output) is up to 64 MiB plus its fields.
+LOCAL_API_CHANNEL_OPTIONS = (
+    ("grpc.default_authority", "localhost"),
+    ("grpc.max_receive_message_length", 65 * 1024 * 1024),
+)
 TASK_TYPE_METADATA = (("dragonfly-task-type", "persistent-cache"),)
 
 
@@ -108,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = commands.add_parser("export", help="fetch a persistent cache task to a local file")
     exp.add_argument("id", type=_task_id, help="the task id")
-    exp.add_argument("-O", "--output", required=True, help="output file path (its directory must exist)")
+    exp.add_argument(
+        "-O", "--output", required=True, help="output file path (its directory must exist); '-' for standard output"
+    )
     exp.add_argument("--tag", default="", help="task tag")
     exp.add_argument("--application", default="", help="caller application")
     exp.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -173,22 +179,30 @@ def run(args: argparse.Namespace) -> int:
                 task = stub.UploadPersistentCacheTask(request, timeout=deadline)
                 print(task.id)
             elif args.command == "export":
-                output = os.path.abspath(args.output)
+                # "-": the daemon sends the (verified) bytes with each piece and they go to standard output.
+                stream = args.output == "-"
+                output = "-" if stream else os.path.abspath(args.output)
                 began = time.monotonic()
                 request = dfdaemon_pb2.DownloadPersistentCacheTaskRequest(
                     task_id=args.id,
                     persistent=args.persistent,
                     tag=args.tag,
                     application=args.application,
-                    output_path=output,
                     timeout=_duration_message(args.timeout),
                     overwrite=args.overwrite,
                     force_hard_link=args.force_hard_link,
+                    need_piece_content=stream,
                 )
+                if not stream:
+                    request.output_path = output
                 size = 0
                 for response in stub.DownloadPersistentCacheTask(request, timeout=deadline):
                     if response.HasField("download_persistent_cache_task_started_response"):
                         size = response.download_persistent_cache_task_started_response.content_length
+                    elif stream:
+                        sys.stdout.buffer.write(response.download_piece_finished_response.piece.content)
+                if stream:
+                    sys.stdout.buffer.flush()
                 print(f"{output}: {size} bytes in {time.monotonic() - began:.2f}s", file=sys.stderr)
             elif args.command == "stat":
                 task = stub.StatPersistentCacheTask(

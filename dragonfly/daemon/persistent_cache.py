@@ -1129,6 +1129,12 @@ class PersistentCacheManager:
 
     # writing out
 
+    async def read_piece(self, task_id: str, offset: int, length: int) -> bytes:
+        """Return ``length`` bytes of the content at ``offset`` (read on the executor)."""
+        loop = asyncio.get_running_loop()
+        with self.storage.content_fd(task_id) as fd:
+            return await loop.run_in_executor(self._executor, compression.read_range, fd, offset, length)
+
     async def write_output(
         self, task_id: str, output_path: str, *, overwrite: bool, force_hard_link: bool, caller: Caller | None
     ) -> None:

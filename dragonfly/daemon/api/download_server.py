@@ -165,10 +165,6 @@ class DfdaemonDownloadService(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):
         """Export a persistent cache task: fetch it if it is not here, verify it, write the output."""
         caller = await self._caller(context)
         pcache = await self._persistent_cache(context)
-        if request.need_piece_content:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "need_piece_content is not supported for persistent cache tasks"
-            )
         if not is_task_id(request.task_id):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{request.task_id[:80]!r} is not a task id")
         timeout = _seconds(request.timeout) if request.HasField("timeout") else None
@@ -180,7 +176,12 @@ class DfdaemonDownloadService(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):
                 async for content_length, piece in pcache.download(
                     request.task_id, persistent=request.persistent, tag=request.tag, application=request.application
                 ):
-                    yield persistent_cache_response(pcache.host_id, request.task_id, content_length, piece)
+                    response = persistent_cache_response(pcache.host_id, request.task_id, content_length, piece)
+                    if request.need_piece_content and piece is not None:
+                        # Pieces come only once the whole content matched its digest: these bytes are checked.
+                        content = await pcache.read_piece(request.task_id, piece.offset, piece.length)
+                        response.download_piece_finished_response.piece.content = content
+                    yield response
                 if request.HasField("output_path"):
                     await pcache.write_output(
                         request.task_id,

@@ -127,6 +127,24 @@ def test_import_export_restart_and_delete(cluster: LocalCluster, tmp_path: Path)
         output = tmp_path / f"{peer}.bin"
         dfcache(cluster, peer, "export", task_id, "-O", str(output))
         assert output.read_bytes() == data
+    # To standard output: the daemon sends the verified bytes with the pieces.
+    streamed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dragonfly.cli.dfcache",
+            "export",
+            task_id,
+            "-O",
+            "-",
+            "-e",
+            cluster.socket_path("peer-3"),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout == data
     stat = dfcache(cluster, "peer-3", "stat", task_id).stdout
     assert f"content length: {SIZE}" in stat
     assert "persistent replicas: 1 of 1" in stat
