@@ -1,0 +1,148 @@
+"""Two manager processes on one PostgreSQL and one Redis: 20 preheat jobs submitted to both run exactly once
+each, and the jobs of a manager killed mid-job (SIGKILL) are finished by the other.
+
+All real processes: PostgreSQL (Debian's, started by the tests), redis-server, two ``dragonfly manager``, a
+scheduler registered with the first, a seed peer and a peer, the demo origin. "Exactly once" is read from the
+queue's claim counter each job records (``progress.attempt``): a job is claimed again only when the manager that
+held it died, and then by the other manager; every job ends SUCCESS once (the database's conditional update).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dragonfly.cli.cluster import LocalCluster, ManagedProcess, OriginProcess, free_ports
+from dragonfly.cli.services import RedisProcess
+from tests.postgres import PostgresServer
+
+ROOT_PASSWORD = "ha-root-password"
+MIB = 1024 * 1024
+
+pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+
+
+def rest(base: str, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
+    request = urllib.request.Request(
+        base + path, method=method, data=None if body is None else json.dumps(body).encode()
+    )
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=15) as response:
+        return json.loads(response.read() or b"null")
+
+
+def second_manager(cluster: LocalCluster, workdir: Path) -> tuple[ManagedProcess, str]:
+    """Start another manager with the first one's config (same database, Redis, identity), its own ports."""
+    config = yaml.safe_load(cluster.config_path("manager").read_text())
+    rest_port, grpc_port = free_ports(2)
+    config["server"]["rest"]["addr"] = f"127.0.0.1:{rest_port}"
+    config["server"]["grpc"]["port"] = {"start": grpc_port, "end": grpc_port}
+    config["server"]["dataDir"] = str(workdir / "data")
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "manager.yaml"
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    process = ManagedProcess(
+        "manager-2", [sys.executable, "-m", "dragonfly.cli.manager", "--config", str(path)], workdir / "manager.log"
+    )
+    process.start()
+    process.wait_ready(60)
+    return process, f"http://127.0.0.1:{rest_port}"
+
+
+@pytest.mark.slow
+def test_two_managers_run_20_jobs_once_and_survive_a_kill(
+    tmp_path: Path, origin: OriginProcess, postgres: PostgresServer, redis_server: RedisProcess
+) -> None:
+    database = postgres.create_database()
+    cluster = LocalCluster(
+        tmp_path / "cluster",
+        peers=1,
+        manager=True,
+        manager_config={
+            "auth": {"rootPassword": ROOT_PASSWORD},
+            "database": {"url": database, "redis": {"addrs": [f"127.0.0.1:{redis_server.port}"]}},
+            # The scheduler keeps alive with the first manager only; the second must not expire it when it dies.
+            "keepAlive": {"timeout": "10m"},
+        },
+    )
+    slow = [f"slow-{i}.bin" for i in range(4)]
+    for name in slow:
+        (origin.directory / name).write_bytes(os.urandom(6 * MIB))
+        origin.set_fault(f"/{name}", "slow", rate=512 * 1024)
+    for i in range(16):
+        (origin.directory / f"fast-{i}.bin").write_bytes(os.urandom(1 * MIB))
+    with cluster:
+        other, other_url = second_manager(cluster, tmp_path / "manager-2")
+        try:
+            first_url = cluster.manager_url
+            session = rest(first_url, "POST", "/api/v1/users/signin", {"name": "root", "password": ROOT_PASSWORD})
+            deadline = time.monotonic() + 60
+            while not any(
+                s["state"] == "active" for s in rest(other_url, "GET", "/api/v1/schedulers", token=session["token"])
+            ):
+                assert time.monotonic() < deadline, "the scheduler did not become active within 60 s"
+                time.sleep(0.2)
+            expires = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
+            token = rest(
+                first_url,
+                "POST",
+                "/api/v1/personal-access-tokens",
+                {"name": "ha", "scopes": ["job"], "expired_at": expires},
+                token=session["token"],
+            )["token"]
+
+            names = slow + [f"fast-{i}.bin" for i in range(16)]
+            ids = []
+            for i, name in enumerate(names):
+                body = {"type": "preheat", "args": {"type": "file", "url": origin.url(name)}}
+                ids.append(rest((first_url, other_url)[i % 2], "POST", "/oapi/v1/jobs", body, token=token)["id"])
+            assert len(set(ids)) == 20
+
+            # Kill the first manager while it runs a job.
+            killed_name = f"{os.uname().nodename}-{cluster.process('manager').pid}"
+            deadline = time.monotonic() + 60
+            held: list[int] = []
+            while not held:
+                jobs = [rest(other_url, "GET", f"/oapi/v1/jobs/{i}", token=token) for i in ids]
+                held = [
+                    job["id"]
+                    for job in jobs
+                    if job["progress"].get("manager") == killed_name and job["progress"].get("phase") == "running"
+                ]
+                assert time.monotonic() < deadline, "the first manager ran no job within 60 s"
+                time.sleep(0.1)
+            cluster.kill("manager")
+            origin.clear_faults()
+
+            # The second manager takes the jobs over once their leases (30 s) lapse.
+            deadline = time.monotonic() + 180
+            while True:
+                jobs = [rest(other_url, "GET", f"/oapi/v1/jobs/{i}", token=token) for i in ids]
+                if all(job["state"] != "PENDING" for job in jobs):
+                    break
+                assert time.monotonic() < deadline, [(j["id"], j["state"], j["progress"]) for j in jobs]
+                time.sleep(0.5)
+        finally:
+            other.stop()
+    assert [job["state"] for job in jobs] == ["SUCCESS"] * 20, [(j["id"], j["result"]) for j in jobs]
+    attempts = {job["id"]: job["progress"]["attempt"] for job in jobs}
+    retried = {job_id for job_id, attempt in attempts.items() if attempt != 1}
+    # Only jobs the killed manager held ran again, once, on the survivor.
+    assert set(held) <= retried
+    assert all(attempts[job_id] == 2 for job_id in retried)
+    assert len(retried) <= 4  # the killed manager's workers
+    survivor = f"{os.uname().nodename}-{other.pid}"
+    assert all(job["progress"]["manager"] == survivor for job in jobs if job["id"] in retried)
