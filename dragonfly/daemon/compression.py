@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
+from collections import OrderedDict
 from typing import Any
 
 ENCODING_KEY = "dragonfly-vortex-encoding"
@@ -119,3 +121,40 @@ def with_accept_flag(request: bytes) -> bytes:
     """Return a Vortex download request frame with the zstd flag byte appended (and its length fixed)."""
     (length,) = struct.unpack_from(">I", request, 2)
     return request[:2] + struct.pack(">I", length + 1) + request[6:] + bytes([FLAG_ACCEPT_ZSTD])
+
+
+class PieceCache:
+    """The last compressed pieces a parent sent, up to ``max_bytes`` (least recently used out first), so that many
+    children of one parent cost one compression per piece; ``None`` entries remember pieces that do not compress.
+
+    Keyed by task id, piece number and the piece's CRC-32, so a piece whose content changed is never served from
+    here. Safe for the executor threads that compress."""
+
+    def __init__(self, max_bytes: int = 256 * 1024 * 1024) -> None:
+        self._max = max_bytes
+        self._size = 0
+        self._entries: OrderedDict[tuple[str, int, str], bytes | None] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def compress(self, key: tuple[str, int, str], fd: int, offset: int, length: int) -> bytes | None:
+        """Return the compressed piece (None: send it raw), compressing it only if it is not cached (blocking)."""
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return self._entries[key]
+            self.misses += 1
+        compressed = compress_piece(fd, offset, length)
+        size = len(compressed) if compressed is not None else 0
+        if size > self._max:
+            return compressed
+        with self._lock:
+            if key not in self._entries:
+                self._entries[key] = compressed
+                self._size += size
+                while self._size > self._max:
+                    _old, dropped = self._entries.popitem(last=False)
+                    self._size -= len(dropped) if dropped is not None else 0
+        return compressed

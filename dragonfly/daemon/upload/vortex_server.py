@@ -31,6 +31,7 @@ from dragonfly.common import native
 from dragonfly.common.errors import DragonflyError, VortexError
 from dragonfly.daemon import compression, vortex_tls
 from dragonfly.daemon.blocking import run_blocking
+from dragonfly.daemon.compression import PieceCache
 from dragonfly.daemon.errors import InvalidTaskId
 from dragonfly.daemon.storage import Storage
 from dragonfly.daemon.upload.connection_limits import Connection, ConnectionLimiter
@@ -114,6 +115,7 @@ class VortexServer:
         self._persistent_cache = persistent_cache
         # zstd for persistent cache pieces, to children that ask for it (dragonfly.daemon.compression).
         self._compression = compression
+        self.compressed_pieces = PieceCache()
         self._ip = ip
         self._port = port
         self._bucket = upload_bucket
@@ -286,7 +288,9 @@ class VortexServer:
             created_at=int(piece.created_at),
         )
         frame = native.encode_piece_content(meta, frame_id, tag=content_tag)
-        if accept_zstd and await self._send_compressed(conn, storage, task_id, frame, piece.offset, piece.length):
+        if accept_zstd and await self._send_compressed(
+            conn, storage, (task_id, piece.number, piece.digest), frame, piece.offset, piece.length
+        ):
             return True
         wait_tokens = self._bucket.reserve(piece.length)
         if wait_tokens > 0:
@@ -302,11 +306,12 @@ class VortexServer:
         return True
 
     async def _send_compressed(
-        self, conn: socket.socket, storage: Storage, task_id: str, frame: bytes, offset: int, length: int
+        self, conn: socket.socket, storage: Storage, key: tuple[str, int, str], frame: bytes, offset: int, length: int
     ) -> bool:
         """Send the piece zstd-compressed if it compresses; return False (nothing sent) when it does not."""
+        task_id = key[0]
         with storage.content_fd(task_id) as fd:
-            compressed = await run_blocking(self._executor, compression.compress_piece, fd, offset, length)
+            compressed = await run_blocking(self._executor, self.compressed_pieces.compress, key, fd, offset, length)
         if compressed is None:
             return False
         data = compression.compressed_frame(frame[0], frame[native.HEADER_SIZE :], len(compressed)) + compressed

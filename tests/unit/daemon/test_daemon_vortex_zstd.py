@@ -110,6 +110,17 @@ async def test_a_piece_that_compresses_crosses_compressed(parent: tuple[VortexSe
     assert 0 < fetched.wire_length < PIECE // 3
 
 
+async def test_a_piece_is_compressed_once_for_many_children(
+    parent: tuple[VortexServer, object], tmp_path: Path
+) -> None:
+    server = parent[0]
+    for _ in range(3):
+        fetched, data = await fetch(parent, tmp_path, 0, accept=True)
+        assert data == TEXT
+        assert fetched.wire_length < PIECE // 3
+    assert (server.compressed_pieces.misses, server.compressed_pieces.hits) == (1, 2)
+
+
 async def test_random_bytes_cross_raw(parent: tuple[VortexServer, object], tmp_path: Path) -> None:
     fetched, data = await fetch(parent, tmp_path, 1, accept=True)
     assert data == NOISE
