@@ -4,7 +4,7 @@ import { PageHeader } from "./components";
 import Layout from "./Layout";
 import { AuditLog, Roles, Tokens, Users } from "./pages/Accounts";
 import { SchedulerClusterEdit, SchedulerClusterList, SeedPeerClusterEdit, SeedPeerClusterList } from "./pages/Clusters";
-import { Schedulers, SeedPeers } from "./pages/Instances";
+import { Hosts, Schedulers, SeedPeers } from "./pages/Instances";
 import { JobCreate, JobDetail, JobList } from "./pages/Jobs";
 import Overview from "./pages/Overview";
 import SignIn from "./pages/SignIn";
@@ -44,6 +44,7 @@ export default function App() {
         <Route path="seed-peer-clusters/:id" element={<SeedPeerClusterEdit />} />
         <Route path="schedulers" element={<Schedulers />} />
         <Route path="seed-peers" element={<SeedPeers />} />
+        <Route path="hosts" element={<Hosts />} />
         <Route path="jobs" element={<JobList />} />
         <Route path="jobs/new" element={<JobCreate />} />
         <Route path="jobs/:id" element={<JobDetail />} />

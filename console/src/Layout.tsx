@@ -8,6 +8,7 @@ const LINKS: [string, string][] = [
   ["/seed-peer-clusters", "Seed peer clusters"],
   ["/schedulers", "Schedulers"],
   ["/seed-peers", "Seed peers"],
+  ["/hosts", "Hosts"],
   ["/jobs", "Preheat jobs"],
   ["/swarm", "Swarm view"],
   ["/users", "Users"],

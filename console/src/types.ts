@@ -57,24 +57,6 @@ export interface SeedPeer extends Base {
   seed_peer_cluster_id: number;
 }
 
-export interface Host extends Base {
-  host_name?: string;
-  hostname?: string;
-  type?: string;
-  idc?: string;
-  location?: string;
-  ip: string;
-  port?: number;
-  download_port?: number;
-  state?: string;
-  git_version?: string;
-  version?: string;
-  scheduler_cluster_id?: number;
-  // Upload load when the manager knows it.
-  concurrent_upload_count?: number;
-  concurrent_upload_limit?: number;
-}
-
 export interface User extends Base {
   name: string;
   email?: string;
@@ -174,4 +156,25 @@ export interface Swarm {
   edges: SwarmEdge[];
   schedulers?: string[];
   errors?: string[];
+}
+
+export interface SchedulerHost {
+  id: string;
+  hostname: string;
+  ip: string;
+  port: number;
+  download_port: number;
+  type: string;
+  idc: string;
+  location: string;
+  os: string;
+  platform: string;
+  version: string;
+  concurrent_upload_count: number;
+  concurrent_upload_limit: number;
+  upload_count: number;
+  upload_failed_count: number;
+  peer_count: number;
+  updated_at: number;
+  scheduler: string;
 }

@@ -4,7 +4,8 @@
 ``/dragonfly.console.v1.Swarm/GetTask`` takes ``{"task_id": "<task id>"}`` and answers the task's peers and parent →
 child edges with the bytes each edge carried (the scheduler's ``dragonfly.scheduler.service.swarm``);
 ``/dragonfly.console.v1.Swarm/GetStats`` takes ``{}`` and answers the scheduler's hosts, downloads in flight and
-the bytes its peers got from other peers and from origins in the last hour and day. The manager
+the bytes its peers got from other peers and from origins in the last hour and day; ``GetHosts`` takes ``{}`` and
+answers the hosts it knows with their upload load. The manager
 calls it (:func:`fetch`) when the console asks; nothing is pushed, so a swarm nobody looks at costs nothing.
 """
 
@@ -19,6 +20,8 @@ SERVICE = "dragonfly.console.v1.Swarm"
 METHOD = f"/{SERVICE}/GetTask"
 # The scheduler's figures for the console's overview: hosts, downloads in flight, bytes by source lately.
 STATS_METHOD = f"/{SERVICE}/GetStats"
+# The hosts the scheduler knows (announced and not yet gone), with their upload load.
+HOSTS_METHOD = f"/{SERVICE}/GetHosts"
 # A request is one task id; anything longer is not one.
 MAX_REQUEST_BYTES = 1024
 
@@ -59,5 +62,12 @@ async def fetch(channel: grpc.aio.Channel, task_id: str, *, deadline: float = 5.
 async def fetch_stats(channel: grpc.aio.Channel, *, deadline: float = 5.0) -> dict[str, Any]:
     """Ask the scheduler behind ``channel`` for its overview figures, within ``deadline`` seconds."""
     call = channel.unary_unary(STATS_METHOD, request_serializer=encode, response_deserializer=json.loads)
+    answer: dict[str, Any] = await call({}, timeout=deadline)
+    return answer
+
+
+async def fetch_hosts(channel: grpc.aio.Channel, *, deadline: float = 5.0) -> dict[str, Any]:
+    """Ask the scheduler behind ``channel`` for the hosts it knows, within ``deadline`` seconds."""
+    call = channel.unary_unary(HOSTS_METHOD, request_serializer=encode, response_deserializer=json.loads)
     answer: dict[str, Any] = await call({}, timeout=deadline)
     return answer

@@ -13,7 +13,7 @@ import asyncio
 from typing import Annotated, Any
 
 import grpc
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 from sqlalchemy import select
 
 from dragonfly.common import ids
@@ -159,6 +159,41 @@ async def get_swarm_stats(
             for source in ("source", "peers"):
                 total["traffic"][span][source] += _count(figures.get(source) if isinstance(figures, dict) else 0)
     return total
+
+
+@router.get("/swarm/hosts", summary="The hosts the active schedulers know, with their upload load (paged)")
+async def get_swarm_hosts(
+    session: DB,
+    ctx: Ctx,
+    response: Response,
+    _principal: Annotated[Any, Depends(require(OBJECT, "read"))],
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=1000)] = 10,
+    host_type: Annotated[str | None, Query(alias="type", pattern=r"^(normal|super)$")] = None,
+) -> dict[str, Any]:
+    """Ask every active scheduler for its hosts; one page of them, by host name, with the total."""
+    query = select(models.Scheduler).where(models.Scheduler.state == models.STATE_ACTIVE)
+    schedulers = list((await session.scalars(query.order_by(models.Scheduler.id))).all())
+    results = await asyncio.gather(
+        *(swarm_call.fetch_hosts(ctx.scheduler_channel(_address(s.ip, s.port)), deadline=DEADLINE) for s in schedulers),
+        return_exceptions=True,
+    )
+    found: list[dict[str, Any]] = []
+    errors: list[str] = [] if schedulers else ["no active scheduler"]
+    for scheduler, result in zip(schedulers, results, strict=True):
+        if isinstance(result, BaseException):
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+            errors.append(_error(scheduler, result))
+            continue
+        listed = result.get("hosts")
+        for host in listed if isinstance(listed, list) else []:
+            if isinstance(host, dict) and (host_type is None or host.get("type") == host_type):
+                found.append({**host, "scheduler": scheduler.hostname})
+    found.sort(key=lambda h: (str(h.get("hostname", "")), str(h.get("ip", "")), str(h.get("scheduler", ""))))
+    response.headers["X-Total-Count"] = str(len(found))
+    start = (page - 1) * per_page
+    return {"items": found[start : start + per_page], "total": len(found), "errors": errors}
 
 
 def _count(value: Any) -> int:

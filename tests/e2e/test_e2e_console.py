@@ -259,12 +259,26 @@ def test_swarm_view_follows_a_download_live(tmp_path: Path, browser: Browser, or
 
             # Every other page, once, with the cluster running: a title, a heading, a screenshot, no script error.
             expect(page.get_by_role("row").filter(has_text="preheat.bin")).to_be_visible()
-            for name in ("Scheduler clusters", "Seed peer clusters", "Schedulers", "Seed peers", "Roles", "Audit log"):
+            pages = (
+                "Scheduler clusters",
+                "Seed peer clusters",
+                "Schedulers",
+                "Seed peers",
+                "Hosts",
+                "Roles",
+                "Audit log",
+            )
+            for name in pages:
                 nav(page, name)
                 expect(page).to_have_title(f"{name} · Dragonfly console")
+                expect(page.get_by_text("Loading…")).to_have_count(0)
                 browser.screenshot(page, name.lower().replace(" ", "-"))
             schedulers = page.get_by_role("table", name="Schedulers")
             nav(page, "Schedulers")
             expect(schedulers.get_by_role("row").filter(has_text="127.0.0.1")).to_contain_text("active")
+            nav(page, "Hosts")
+            hosts = page.get_by_role("table", name="Hosts")
+            expect(hosts.get_by_role("row").filter(has_text="seed-peer")).to_contain_text("seed peer")
+            expect(hosts.get_by_role("row").filter(has_text="peer-2")).to_contain_text("127.0.0.1")
             nav(page, "Audit log")
             expect(page.get_by_role("row").filter(has_text="/api/v1/jobs").first).to_contain_text("root")

@@ -375,7 +375,7 @@ export function AuditLog() {
         empty="No changes recorded."
         columns={[
           { header: "When", cell: (a) => formatTime(a.operated_at ?? a.created_at) },
-          { header: "Actor", cell: (a) => `${a.actor_name ?? "?"} (${a.actor_type ?? "?"})` },
+          { header: "Actor", cell: (a) => (a.actor_name ? `${a.actor_name} (${a.actor_type ?? "?"})` : (a.actor_type ?? "–")) },
           { header: "Operation", cell: (a) => a.operation ?? "–" },
           { header: "Path", cell: (a) => <code>{a.path}</code> },
           { header: "Status", cell: (a) => a.status_code ?? "–" },

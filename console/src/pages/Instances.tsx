@@ -2,7 +2,7 @@ import { useState } from "react";
 import { request } from "../api";
 import { useCanEdit } from "../auth";
 import { ConfirmButton, ErrorBanner, PageHeader, Pagination, StateBadge, Table, formatTime, usePagedList } from "../components";
-import type { Scheduler, SeedPeer } from "../types";
+import type { Scheduler, SchedulerHost, SeedPeer } from "../types";
 
 function StateFilter({ value, onChange }: { value: string; onChange: (value: string) => void }) {
   return (
@@ -98,6 +98,57 @@ export function SeedPeers() {
                 />
               ),
           },
+        ]}
+      />
+      <Pagination page={page} data={data} setPage={setPage} />
+    </>
+  );
+}
+
+export function Hosts() {
+  const [type, setType] = useState("");
+  const { data, page, setPage, error } = usePagedList<SchedulerHost>("/swarm/hosts", { type });
+  return (
+    <>
+      <PageHeader title="Hosts">
+        <label className="inline">
+          Kind
+          <select
+            value={type}
+            onChange={(e) => {
+              setType(e.target.value);
+              setPage(1);
+            }}
+          >
+            <option value="">any</option>
+            <option value="normal">peers</option>
+            <option value="super">seed peers</option>
+          </select>
+        </label>
+      </PageHeader>
+      <p className="muted">The hosts the active schedulers know, as they announced themselves, with their upload load.</p>
+      <ErrorBanner error={error} />
+      <Table<SchedulerHost>
+        caption="Hosts"
+        rows={data?.items}
+        rowKey={(h) => `${h.scheduler}-${h.id}`}
+        empty="No scheduler knows a host."
+        columns={[
+          { header: "Host name", cell: (h) => h.hostname },
+          { header: "Address", cell: (h) => `${h.ip}:${h.port}` },
+          { header: "Kind", cell: (h) => (h.type === "super" ? "seed peer" : "peer") },
+          { header: "Version", cell: (h) => h.version || "–" },
+          { header: "OS", cell: (h) => [...new Set([h.os, h.platform].filter(Boolean))].join(" ") || "–" },
+          { header: "IDC", cell: (h) => h.idc || "–" },
+          { header: "Location", cell: (h) => h.location || "–" },
+          {
+            header: "Upload load",
+            cell: (h) => `${h.concurrent_upload_count} / ${h.concurrent_upload_limit}`,
+          },
+          { header: "Uploads (failed)", cell: (h) => `${h.upload_count} (${h.upload_failed_count})` },
+          { header: "Peers", cell: (h) => h.peer_count },
+          { header: "Scheduler", cell: (h) => h.scheduler },
+          { header: "Last seen", cell: (h) => new Date(h.updated_at * 1000).toLocaleString() },
         ]}
       />
       <Pagination page={page} data={data} setPage={setPage} />

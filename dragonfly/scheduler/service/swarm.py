@@ -62,6 +62,39 @@ class TrafficHistory:
         return {"source": source, "peers": peers}
 
 
+# The answer lists at most this many hosts (the manager pages them for the console).
+MAX_HOSTS = 10_000
+
+
+def hosts(resource: ResourceManager) -> dict[str, Any]:
+    """Return the hosts this scheduler knows, with their upload load; O(hosts)."""
+    listed = []
+    for host in list(resource.hosts.values())[:MAX_HOSTS]:
+        message = host.message
+        listed.append(
+            {
+                "id": host.id,
+                "hostname": host.hostname,
+                "ip": host.ip,
+                "port": host.port,
+                "download_port": host.download_port,
+                "type": "super" if host.is_seed else "normal",
+                "idc": host.idc,
+                "location": host.location,
+                "os": message.os,
+                "platform": message.platform,
+                "version": message.build.git_version,
+                "concurrent_upload_count": host.concurrent_upload_count,
+                "concurrent_upload_limit": host.concurrent_upload_limit,
+                "upload_count": host.upload_count,
+                "upload_failed_count": host.upload_failed_count,
+                "peer_count": len(host.peers),
+                "updated_at": host.created_wall + (host.updated_at - host.created_at),
+            }
+        )
+    return {"hosts": listed, "truncated": len(resource.hosts) > MAX_HOSTS}
+
+
 def stats(resource: ResourceManager, traffic: TrafficHistory) -> dict[str, Any]:
     """Return the overview figures of this scheduler; O(peers) for the tasks in flight."""
     in_flight = [peer for peer in resource.peers.values() if peer.state in IN_FLIGHT]
@@ -131,7 +164,7 @@ def describe_task(task: Task) -> dict[str, Any]:
 
 
 def handler(ctx: SchedulerContext) -> grpc.GenericRpcHandler:
-    """Return the generic handler that serves ``GetTask`` and ``GetStats`` from ``ctx``'s resource model."""
+    """Return the generic handler that serves ``GetTask``, ``GetStats`` and ``GetHosts`` from ``ctx``'s resources."""
 
     async def get_task(task_id: str, context: grpc.aio.ServicerContext) -> dict[str, Any]:
         await ctx.authz.require_role(context, (ROLE_MANAGER,), "Swarm.GetTask")
@@ -143,7 +176,14 @@ def handler(ctx: SchedulerContext) -> grpc.GenericRpcHandler:
         await ctx.authz.require_role(context, (ROLE_MANAGER,), "Swarm.GetStats")
         return stats(ctx.resource, ctx.traffic)
 
+    async def get_hosts(_request: dict[str, Any], context: grpc.aio.ServicerContext) -> dict[str, Any]:
+        await ctx.authz.require_role(context, (ROLE_MANAGER,), "Swarm.GetHosts")
+        return hosts(ctx.resource)
+
     methods = {
+        "GetHosts": grpc.unary_unary_rpc_method_handler(
+            get_hosts, request_deserializer=decode_stats_request, response_serializer=encode
+        ),
         "GetTask": grpc.unary_unary_rpc_method_handler(
             get_task, request_deserializer=decode_request, response_serializer=encode
         ),

@@ -37,6 +37,11 @@ STATS = {
 }
 
 
+HOSTS = [
+    {"hostname": f"host-{n:02}", "ip": f"10.0.0.{n}", "type": "super" if n == 0 else "normal"} for n in range(12)
+] + ["junk"]
+
+
 class FakeScheduler:
     """A gRPC server that answers the swarm calls (``answer``, and STATS) or has no such methods."""
 
@@ -53,7 +58,13 @@ class FakeScheduler:
             async def get_stats(_request: dict[str, Any], _context: Any) -> dict[str, Any]:
                 return STATS
 
+            async def get_hosts(_request: dict[str, Any], _context: Any) -> dict[str, Any]:
+                return {"hosts": HOSTS, "truncated": False}
+
             handlers = {
+                "GetHosts": grpc.unary_unary_rpc_method_handler(
+                    get_hosts, request_deserializer=swarm.decode_stats_request, response_serializer=swarm.encode
+                ),
                 "GetTask": grpc.unary_unary_rpc_method_handler(
                     get_task, request_deserializer=swarm.decode_request, response_serializer=swarm.encode
                 ),
@@ -157,6 +168,14 @@ async def test_swarm_merges_active_schedulers_and_names_the_ones_that_cannot_ans
             "traffic": STATS["traffic"],
         }
         assert len(stats["errors"]) == 1
+
+        hosts = await client.get("/api/v1/swarm/hosts", params={"page": 2, "per_page": 5}, headers=root)
+        assert hosts.headers["X-Total-Count"] == "12"
+        assert [h["hostname"] for h in hosts.json()["items"]] == [f"host-{n:02}" for n in range(5, 10)]
+        assert hosts.json()["items"][0]["scheduler"] == "sched-ours"
+        seeds = await client.get("/api/v1/swarm/hosts", params={"type": "super"}, headers=root)
+        assert [h["hostname"] for h in seeds.json()["items"]] == ["host-00"]
+        assert (await client.get("/api/v1/swarm/hosts", params={"type": "x"}, headers=root)).status_code == 422
 
         by_id = await client.get("/api/v1/swarm", params={"task_id": TASK}, headers=root)
         assert by_id.json()["peers"] == body["peers"]

@@ -64,6 +64,17 @@ async def test_swarm_answer_names_peers_bytes_by_source_and_edges(start_schedule
         },
     }
 
+    listed = {h["hostname"]: h for h in (await swarm.fetch_hosts(cluster.channel))["hosts"]}
+    assert set(listed) == {"peer-a", "peer-b"}
+    assert (listed["peer-a"]["type"], listed["peer-a"]["ip"], listed["peer-a"]["peer_count"]) == (
+        "normal",
+        host_a.ip,
+        1,
+    )
+    # peer-b is scheduled on peer-a: one upload in flight on peer-a's host.
+    assert listed["peer-a"]["concurrent_upload_count"] == 1
+    assert listed["peer-a"]["concurrent_upload_limit"] > 0
+
     # The edge keeps its bytes after the download ends and the scheduler drops the DAG edge.
     await b.finished()
     answer = await swarm.fetch(cluster.channel, TASK)
@@ -86,9 +97,10 @@ async def test_swarm_call_refuses_peers_bad_requests_and_knows_no_unknown_task(s
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await swarm.fetch(peer_channel, TASK)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await swarm.fetch_stats(peer_channel)
-    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    for call_of in (swarm.fetch_stats, swarm.fetch_hosts):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call_of(peer_channel)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     with pytest.raises(grpc.aio.AioRpcError) as bad:
         await swarm.fetch(cluster.channel, "../etc/passwd")
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
