@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
+import zlib
 from collections import OrderedDict
 from typing import Any
 
@@ -123,6 +124,10 @@ def with_accept_flag(request: bytes) -> bytes:
     return request[:2] + struct.pack(">I", length + 1) + request[6:] + bytes([FLAG_ACCEPT_ZSTD])
 
 
+class CorruptPiece(Exception):
+    """A stored piece's bytes no longer match the CRC-32 recorded when it was verified."""
+
+
 class PieceCache:
     """The last compressed pieces a parent sent, up to ``max_bytes`` (least recently used out first), so that many
     children of one parent cost one compression per piece; ``None`` entries remember pieces that do not compress.
@@ -146,7 +151,11 @@ class PieceCache:
                 self.hits += 1
                 return self._entries[key]
             self.misses += 1
-        compressed = compress_piece(fd, offset, length)
+        data = read_range(fd, offset, length)
+        # The bytes are read anyway: a piece that no longer matches its recorded CRC-32 is not served at all.
+        if key[2].startswith("crc32:") and f"crc32:{zlib.crc32(data)}" != key[2]:
+            raise CorruptPiece(f"piece {key[1]} of {key[0]} no longer matches its {key[2]}")
+        compressed = compress_piece_bytes(data)
         size = len(compressed) if compressed is not None else 0
         if size > self._max:
             return compressed

@@ -271,6 +271,7 @@ class PersistentCacheManager:
         self._gc_interval = gc_interval
         self._last_gc = time.monotonic()
         self._reconciler: asyncio.Task[None] | None = None
+        self._jobs: set[asyncio.Future[None]] = set()
         #: Bytes of piece content received, and how many of them crossed the wire (less when compressed).
         self.received_bytes = 0
         self.wire_bytes = 0
@@ -297,12 +298,14 @@ class PersistentCacheManager:
         self._expiry = asyncio.create_task(self._expiry_loop(), name="persistent-cache-expiry")
         if self.scheduler is not None:
             self._reconciler = asyncio.create_task(self._reconcile_loop(), name="persistent-cache-reconcile")
+        if self.entries:
+            self._spawn(self.scrub())
 
     async def close(self) -> None:
-        for job in (self._expiry, self._reconciler):
+        for job in (self._expiry, self._reconciler, *self._jobs):
             if job is not None:
                 job.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await job
         self._pool.close()
         if self._index is not None:
@@ -369,6 +372,34 @@ class PersistentCacheManager:
             freed += length
             evicted.append(task_id)
         return evicted
+
+    def evict_corrupt(self, task_id: str) -> None:
+        """Evict a copy whose stored bytes were found not to match (by the Vortex server); tell the scheduler."""
+        if self.delete_local(task_id):
+            log.warning("persistent cache content no longer matches its digest: evicted", extra={"task_id": task_id})
+            self._spawn(self._tell_scheduler_dropped(task_id))
+
+    async def scrub(self) -> list[str]:
+        """Hash every copy once against its digest and evict those that no longer match (after a restart: a crash
+        or a disk fault may have changed them); one copy at a time, on the executor. Return the evicted ids."""
+        evicted = []
+        for entry in list(self.entries.values()):
+            task = self.storage.get_task(entry.id)
+            if task is None or entry.id in self._active or not entry.content_digest:
+                continue
+            if await self._content_matches(entry.id, entry.content_digest, task.content_length):
+                continue
+            if self.entries.get(entry.id) is entry:
+                self.evict_corrupt(entry.id)
+                evicted.append(entry.id)
+        if evicted:
+            log.warning("persistent cache copies evicted by the scrub", extra={"tasks": len(evicted)})
+        return evicted
+
+    def _spawn(self, coro: Any) -> None:
+        job = asyncio.ensure_future(coro)
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
 
     def drop_expired(self, now: float) -> list[str]:
         """Delete the entries whose TTL has run out (the scheduler forgets them on its own); return their ids."""

@@ -203,6 +203,7 @@ class Dfdaemon:
             ssl_context=tls.server_ssl_context(self.tls.storage_server) if self.tls.storage_server else None,
             persistent_cache=self.persistent_cache.storage,
             compression=self.persistent_cache.compression,
+            on_corrupt=self.persistent_cache.evict_corrupt,
         )
         await self.vortex.start()
         vortex = self.vortex

@@ -31,7 +31,7 @@ from dragonfly.common import native
 from dragonfly.common.errors import DragonflyError, VortexError
 from dragonfly.daemon import compression, vortex_tls
 from dragonfly.daemon.blocking import run_blocking
-from dragonfly.daemon.compression import PieceCache
+from dragonfly.daemon.compression import CorruptPiece, PieceCache
 from dragonfly.daemon.errors import InvalidTaskId
 from dragonfly.daemon.storage import Storage
 from dragonfly.daemon.upload.connection_limits import Connection, ConnectionLimiter
@@ -109,6 +109,7 @@ class VortexServer:
         ssl_context: ssl.SSLContext | None = None,
         persistent_cache: Storage | None = None,
         compression: bool = False,
+        on_corrupt: Callable[[str], None] | None = None,
     ) -> None:
         self._storage = storage
         # Persistent cache tasks (Vortex tags 4 and 5) live in a storage of their own.
@@ -116,6 +117,8 @@ class VortexServer:
         # zstd for persistent cache pieces, to children that ask for it (dragonfly.daemon.compression).
         self._compression = compression
         self.compressed_pieces = PieceCache()
+        # Told about a persistent cache task whose stored bytes no longer match their CRC-32 (it is evicted).
+        self._on_corrupt = on_corrupt
         self._ip = ip
         self._port = port
         self._bucket = upload_bucket
@@ -288,9 +291,16 @@ class VortexServer:
             created_at=int(piece.created_at),
         )
         frame = native.encode_piece_content(meta, frame_id, tag=content_tag)
-        if accept_zstd and await self._send_compressed(
-            conn, storage, (task_id, piece.number, piece.digest), frame, piece.offset, piece.length
-        ):
+        try:
+            if accept_zstd and await self._send_compressed(
+                conn, storage, (task_id, piece.number, piece.digest), frame, piece.offset, piece.length
+            ):
+                return True
+        except CorruptPiece as exc:
+            log.warning("stored piece failed its CRC-32: not served", extra={"task_id": task_id, "error": str(exc)})
+            if self._on_corrupt is not None:
+                self._on_corrupt(task_id)
+            await self._send_error(conn, frame_id, ERROR_NOT_FOUND, f"piece {number} of task {task_id} not found")
             return True
         wait_tokens = self._bucket.reserve(piece.length)
         if wait_tokens > 0:

@@ -8,6 +8,7 @@ copy whose content was altered on disk is evicted and fetched again, never serve
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import re
@@ -252,6 +253,14 @@ def test_a_lying_parent_is_found_out(cluster: LocalCluster, tmp_path: Path) -> N
             )
     db.close()
     content.write_bytes(forged)
+    # And its record of the content's digest, which its own scrub at start would check.
+    entries = sqlite3.connect(store / "metadata" / "entries.db")
+    with entries:
+        (body,) = entries.execute("SELECT body FROM entries WHERE id = ?", (task_id,)).fetchone()
+        record = json.loads(body)
+        record["content_digest"] = f"sha256:{hashlib.sha256(forged).hexdigest()}"
+        entries.execute("UPDATE entries SET body = ? WHERE id = ?", (json.dumps(record), task_id))
+    entries.close()
     liar.start()
     liar.wait_ready(cluster.start_timeout)
 
@@ -281,6 +290,25 @@ def test_a_restarted_scheduler_learns_the_copies_again(cluster: LocalCluster, tm
         within=40.0,
     )
     output = tmp_path / "after.bin"
+    dfcache(cluster, "peer-3", "export", task_id, "-O", str(output))
+    assert output.read_bytes() == data
+    dfcache(cluster, "peer-1", "delete", task_id)
+
+
+def test_a_copy_damaged_while_the_daemon_was_down_is_evicted_at_start(cluster: LocalCluster, tmp_path: Path) -> None:
+    data = make_file(tmp_path / "scrubbed.bin", 5 * MiB)
+    task_id = import_file(cluster, "peer-1", tmp_path / "scrubbed.bin", "--persistent-replica-count", "1")
+    dfcache(cluster, "peer-2", "export", task_id, "-O", str(tmp_path / "copy.bin"), "--persistent")
+    holder = cluster.processes["peer-2"]
+    assert cluster.terminate("peer-2") == 0
+    content = cluster.storage_dir("peer-2") / "persistent-cache" / "content" / "tasks" / task_id[:3] / task_id
+    damaged = bytearray(content.read_bytes())
+    damaged[123] ^= 0x01
+    content.write_bytes(damaged)
+    holder.start()
+    holder.wait_ready(cluster.start_timeout)
+    wait_until(lambda: task_id not in local_ids(cluster, "peer-2"), "the scrub to evict the damaged copy")
+    output = tmp_path / "fine.bin"
     dfcache(cluster, "peer-3", "export", task_id, "-O", str(output))
     assert output.read_bytes() == data
     dfcache(cluster, "peer-1", "delete", task_id)

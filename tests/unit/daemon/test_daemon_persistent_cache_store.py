@@ -86,3 +86,17 @@ async def test_expiry_and_eviction_for_space(tmp_path: Path) -> None:
         assert pcache.entries == {}
         assert pcache.storage.tasks() == []
         await pcache.close()
+
+
+async def test_the_scrub_evicts_a_copy_that_no_longer_matches(tmp_path: Path) -> None:
+    with ThreadPoolExecutor(2) as executor:
+        pcache = manager(tmp_path / "cache", executor)
+        ids = []
+        for name in ("good", "bad"):
+            (tmp_path / name).write_bytes(os.urandom(MiB))
+            ids.append((await pcache.import_file(request(tmp_path / name), None)).id)
+        with pcache.storage.content_fd(ids[1]) as fd:
+            os.pwrite(fd, b"\x00\x01", 1000)
+        assert await pcache.scrub() == [ids[1]]
+        assert set(pcache.entries) == {ids[0]}
+        await pcache.close()

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from dragonfly.common import native, pki, tls
+from dragonfly.common.errors import VortexRemoteError
 from dragonfly.daemon import compression
 from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.download.vortex_client import FetchedPiece, fetch_piece
@@ -119,6 +120,21 @@ async def test_a_piece_is_compressed_once_for_many_children(
         assert data == TEXT
         assert fetched.wire_length < PIECE // 3
     assert (server.compressed_pieces.misses, server.compressed_pieces.hits) == (1, 2)
+
+
+async def test_a_piece_whose_bytes_changed_on_disk_is_not_served(
+    parent: tuple[VortexServer, object], tmp_path: Path
+) -> None:
+    server = parent[0]
+    corrupt: list[str] = []
+    server._on_corrupt = corrupt.append
+    storage = server._persistent_cache
+    assert storage is not None
+    with storage.content_fd(TASK) as fd:
+        os.pwrite(fd, b"#", 10)
+    with pytest.raises(VortexRemoteError, match="not found"):
+        await fetch(parent, tmp_path, 0, accept=True)
+    assert corrupt == [TASK]
 
 
 async def test_random_bytes_cross_raw(parent: tuple[VortexServer, object], tmp_path: Path) -> None:
