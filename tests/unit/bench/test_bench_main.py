@@ -5,7 +5,7 @@ import bench.__main__ as bench_main
 
 def test_unknown_suite_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_main.main(["nope"]) == 2
-    usage = "usage: python -m bench {swarm,pair,dfget-latency,memory,scheduler,pull,pcache,manager,micro,all}"
+    usage = "usage: python -m bench {swarm,pair,dfget-latency,memory,scheduler,pull,pcache,manager,preheat,micro,all}"
     assert usage in capsys.readouterr().err
 
 
@@ -38,6 +38,7 @@ def test_all_reports_each_suite(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
         "pull",
         "pcache",
         "manager",
+        "preheat",
         "micro",
     ]
     assert calls[0][1] == bench_main.QUICK_ARGS["swarm"]
