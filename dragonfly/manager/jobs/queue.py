@@ -261,7 +261,7 @@ class RedisQueue:
 
     async def pending(self) -> list[int]:
         """Return the queued ids, next first (tests, operators)."""
-        ids: list[Any] = await self._redis.lrange(self._pending, 0, -1)  # type: ignore[misc]
+        ids: list[Any] = await self._redis.lrange(self._pending, 0, -1)
         return [int(x) for x in reversed(ids)]
 
     async def close(self) -> None:

@@ -146,3 +146,42 @@ def test_two_managers_run_20_jobs_once_and_survive_a_kill(
     assert len(retried) <= 4  # the killed manager's workers
     survivor = f"{os.uname().nodename}-{other.pid}"
     assert all(job["progress"]["manager"] == survivor for job in jobs if job["id"] in retried)
+
+
+@pytest.mark.slow
+def test_a_lone_manager_killed_mid_job_finishes_it_after_a_restart(tmp_path: Path, origin: OriginProcess) -> None:
+    """No Redis: the job queue is in the process, the job row in SQLite; a restart queues it again."""
+    (origin.directory / "restart.bin").write_bytes(os.urandom(6 * MIB))
+    origin.set_fault("/restart.bin", "slow", rate=512 * 1024)
+    cluster = LocalCluster(
+        tmp_path / "cluster",
+        peers=1,
+        manager=True,
+        manager_config={"auth": {"rootPassword": ROOT_PASSWORD}, "keepAlive": {"timeout": "10m"}},
+    )
+    with cluster:
+        base = cluster.manager_url
+        session = rest(base, "POST", "/api/v1/users/signin", {"name": "root", "password": ROOT_PASSWORD})["token"]
+        deadline = time.monotonic() + 60
+        while not any(s["state"] == "active" for s in rest(base, "GET", "/api/v1/schedulers", token=session)):
+            assert time.monotonic() < deadline, "the scheduler did not become active within 60 s"
+            time.sleep(0.2)
+        body = {"type": "preheat", "args": {"type": "file", "url": origin.url("restart.bin")}}
+        job = rest(base, "POST", "/api/v1/jobs", body, token=session)
+        deadline = time.monotonic() + 60
+        while rest(base, "GET", f"/api/v1/jobs/{job['id']}", token=session)["progress"].get("phase") != "running":
+            assert time.monotonic() < deadline, "the job did not start within 60 s"
+            time.sleep(0.1)
+        first_pid = cluster.process("manager").pid
+        cluster.kill("manager")
+        origin.clear_faults()
+        manager = cluster.process("manager")
+        manager.start()
+        manager.wait_ready(60)
+        deadline = time.monotonic() + 120
+        while (done := rest(base, "GET", f"/api/v1/jobs/{job['id']}", token=session))["state"] == "PENDING":
+            assert time.monotonic() < deadline, f"the job did not end within 120 s of the restart: {done['progress']}"
+            time.sleep(0.3)
+    assert done["state"] == "SUCCESS", done["result"]
+    assert done["progress"]["manager"] == f"{os.uname().nodename}-{manager.pid}"
+    assert manager.pid != first_pid
