@@ -15,7 +15,7 @@ import re
 import stat
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 import dragonfly
@@ -113,6 +113,24 @@ def _piece_length(text: str) -> int:
     if not MIN_PIECE_LENGTH <= value <= MAX_PIECE_LENGTH:
         raise argparse.ArgumentTypeError(f"{text!r}: piece length must be between 4MiB and 64MiB")
     return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
+    return value
+
+
+def _include(text: str) -> str:
+    """Check an --include-files entry: a relative path (glob allowed) without '.', '..' or a leading '/'."""
+    parts = text.split("/")
+    if not text or text.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a relative path such as 'weights/*.bin'")
+    return text
 
 
 def _timeout(text: str) -> float:
@@ -243,6 +261,31 @@ def build_parser() -> argparse.ArgumentParser:
     storage.add_argument("--storage-predefined-acl", help="predefined ACL (accepted for Dragonfly compatibility)")
     storage.add_argument(
         "--storage-insecure-skip-verify", action="store_true", help="do not verify the store's TLS certificate"
+    )
+    directory = parser.add_argument_group("directories (-r: object storage prefixes, hdfs, file, model hubs)")
+    directory.add_argument(
+        "-r",
+        "--recursive",
+        action="store_true",
+        help="download every file under the URL into the existing directory -O; each file is its own task",
+    )
+    directory.add_argument(
+        "-I",
+        "--include-files",
+        action="append",
+        type=_include,
+        default=[],
+        help="with -r, only files whose path relative to the URL matches this glob, or lies under this directory "
+        "(repeatable)",
+    )
+    directory.add_argument(
+        "--max-files", type=_positive, default=100, help="with -r, refuse a directory with more files (default 100)"
+    )
+    directory.add_argument(
+        "--max-concurrent-requests",
+        type=_positive,
+        default=5,
+        help="with -r, files downloaded at once (default 5)",
     )
     hdfs = parser.add_argument_group("HDFS (hdfs://namenode:port/path, through WebHDFS)")
     hdfs.add_argument(
@@ -496,8 +539,16 @@ def _describe_rpc_error(
     return failure
 
 
-def download(args: argparse.Namespace, output: str, began: float) -> Traffic:
-    """Run DownloadTask on the daemon; return the traffic by source once the file is complete."""
+def download(
+    args: argparse.Namespace,
+    output: str,
+    began: float,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Traffic:
+    """Run DownloadTask on the daemon; return the traffic by source once the file is complete.
+
+    ``on_progress`` is called with the bytes received and the bytes expected after each piece.
+    """
     if not os.path.exists(args.endpoint):
         _fail(f"dfdaemon is not running: no socket at {args.endpoint}; {_START_HINT}")
 
@@ -564,8 +615,11 @@ def download(args: argparse.Namespace, output: str, began: float) -> Traffic:
                         print(f"dfget: task {response.task_id} peer {response.peer_id}", file=sys.stderr)
                 elif response.HasField("download_piece_finished_response"):
                     traffic.add(response.download_piece_finished_response.piece)
-                if bar is not None and expected is not None:
-                    bar.update(traffic.covered(*expected), expected[1] - expected[0])
+                if expected is not None:
+                    if bar is not None:
+                        bar.update(traffic.covered(*expected), expected[1] - expected[0])
+                    if on_progress is not None:
+                        on_progress(traffic.covered(*expected), expected[1] - expected[0])
         except grpc.RpcError as error:
             call.cancel()
             raise _describe_rpc_error(
@@ -605,6 +659,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.url is None or not args.output:
         parser.error("the URL and -O/--output are required")
     _merge_range(parser, args)
+    if args.recursive:
+        return main_recursive(parser, args)
+    if args.include_files:
+        parser.error("--include-files needs -r")
 
     existed = False
     output = ""
@@ -640,6 +698,190 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     return EXIT_OK
+
+
+def main_recursive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Run ``dfget -r``: every file under the URL into the directory -O."""
+    from dragonfly.common.schemes import scheme_of
+
+    if scheme_of(args.url) in ("http", "https"):
+        parser.error("-r needs a directory-like URL (s3, oss, obs, cos, gs, abs, hdfs, file, hf, modelscope)")
+    if any(key.lower() == "range" for key, _ in args.header):
+        parser.error("-r downloads whole files: --range cannot be used with it")
+    output = os.path.abspath(os.path.expanduser(args.output))
+    started = time.monotonic()
+    try:
+        if not os.path.isdir(output):
+            _fail(f"output directory {output} does not exist (-r writes into an existing directory)")
+        count, size, traffic = download_directory(args, output, started)
+    except DownloadFailed as exc:
+        for note in getattr(exc, "__notes__", ()):
+            print(f"dfget: {note}", file=sys.stderr)
+        print(f"dfget: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("dfget: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    elapsed = time.monotonic() - started
+    print(
+        f"dfget: saved {count} files into {output}: {size} bytes ({_human(size)}) in {elapsed:.2f}s "
+        f"({_human(size / elapsed if elapsed > 0 else 0)}/s); from origin={traffic.origin} "
+        f"seed={traffic.seed} peers={traffic.peers} local={traffic.local}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def directory_url(url: str) -> str:
+    """Return ``url`` with a path ending in '/' (dfget -r names a directory)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    path = parts.path if parts.path.endswith("/") else parts.path + "/"
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
+
+
+def relative_path(base: str, url: str) -> str:
+    """Return the path of an entry's URL under the directory URL ``base``, refusing anything that leaves it."""
+    from urllib.parse import unquote, urlsplit
+
+    base_parts, parts = urlsplit(base), urlsplit(url)
+    base_path, path = unquote(base_parts.path), unquote(parts.path)
+    if (parts.scheme.lower(), parts.netloc) != (base_parts.scheme.lower(), base_parts.netloc) or not path.startswith(
+        base_path
+    ):
+        _fail(f"dfdaemon listed {url}, which is not under {base}")
+    relative = path[len(base_path) :].strip("/")
+    if not relative or any(part in ("", ".", "..") for part in relative.split("/")) or "\0" in relative:
+        _fail(f"dfdaemon listed {url}, whose path cannot be a file under the output directory")
+    return relative
+
+
+def included(relative: str, patterns: list[str]) -> bool:
+    """Tell whether a file passes --include-files: no patterns, a matching glob, or a directory above it."""
+    import fnmatch
+
+    if not patterns:
+        return True
+    return any(
+        fnmatch.fnmatchcase(relative, pattern) or relative.startswith(pattern.rstrip("/") + "/") for pattern in patterns
+    )
+
+
+def list_entries(args: argparse.Namespace, url: str) -> list[Any]:
+    """Ask the daemon for the entries under ``url`` (``ListTaskEntries``)."""
+    import uuid
+
+    import grpc
+    from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
+    from google.protobuf import duration_pb2
+
+    if not os.path.exists(args.endpoint):
+        _fail(f"dfdaemon is not running: no socket at {args.endpoint}; {_START_HINT}")
+    timeout = DEFAULT_TIMEOUT if args.timeout is None else float(args.timeout)
+    # The settings travel as in a Download: build one and copy its fields.
+    settings = common_pb2.Download(url=url)
+    storage = object_storage_message(args)
+    if storage is not None:
+        settings.object_storage.CopyFrom(storage)
+    add_source_settings(settings, args)
+    request = dfdaemon_pb2.ListTaskEntriesRequest(
+        task_id=str(uuid.uuid4()),
+        url=url,
+        request_header=dict(args.header),
+        timeout=duration_pb2.Duration(seconds=int(timeout), nanos=int((timeout % 1) * 1e9)),
+    )
+    for name in ("object_storage", "hdfs", "hugging_face", "model_scope"):
+        if settings.HasField(name):
+            getattr(request, name).CopyFrom(getattr(settings, name))
+    with grpc.insecure_channel(f"unix:{args.endpoint}") as channel:
+        stub = dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel)  # type: ignore[no-untyped-call]
+        try:
+            response = stub.ListTaskEntries(request, timeout=timeout)
+        except grpc.RpcError as error:
+            failure = _describe_rpc_error(error, args.endpoint, timeout, False, verbose=args.log_level == "debug")
+            raise DownloadFailed(str(failure).replace("download failed", f"listing {url} failed", 1)) from None
+    return list(response.entries)
+
+
+def download_directory(args: argparse.Namespace, output: str, began: float) -> tuple[int, int, Traffic]:
+    """Download every file under ``args.url`` into ``output``; return the file count, bytes and traffic.
+
+    Each file is its own task (its own URL, hence task id); ``--max-concurrent-requests`` run at once; one
+    progress bar covers the whole set. The first failure stops the rest (files already written stay).
+    """
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = directory_url(args.url)
+    directories: set[str] = set()
+    files: list[tuple[str, str, int]] = []
+    for entry in list_entries(args, base):
+        relative = relative_path(base, entry.url)
+        if entry.is_dir:
+            directories.add(relative)
+        elif included(relative, args.include_files):
+            files.append((relative, entry.url, entry.content_length))
+    if len(files) > args.max_files:
+        _fail(f"{base} holds {len(files)} files, more than --max-files {args.max_files}")
+    if not files:
+        _fail(f"no files under {base}" + (" match --include-files" if args.include_files else ""))
+    targets = [(relative, url, os.path.join(output, relative)) for relative, url, _ in files]
+    if not args.overwrite:
+        existing = [path for _, _, path in targets if os.path.lexists(path)]
+        if existing:
+            _fail(f"{existing[0]} exists (and {len(existing) - 1} more); use --overwrite to replace them")
+    for _, _, path in targets:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    if not args.include_files:
+        # Empty directories too, as the source has them; with a filter, only those the chosen files need.
+        for relative in directories:
+            os.makedirs(os.path.join(output, relative), exist_ok=True)
+
+    total = sum(length for _, _, length in files)
+    lock = threading.Lock()
+    received: dict[str, int] = {}
+    show_progress = not args.no_progress and sys.stderr.isatty()
+    bar = ProgressBar(f"{len(files)} files", began) if show_progress else None
+    traffic = Traffic()
+    failures: list[tuple[str, DownloadFailed]] = []
+
+    def fetch(relative: str, url: str, path: str) -> None:
+        if failures:
+            return  # a file failed: the rest are not started
+
+        def progress(done: int, _expected: int) -> None:
+            with lock:
+                received[relative] = done
+                if bar is not None:
+                    bar.update(sum(received.values()), total)
+
+        file_args = argparse.Namespace(**{**vars(args), "url": url, "no_progress": True})
+        try:
+            result = download(file_args, path, began, progress)
+        except DownloadFailed as exc:
+            with lock:
+                failures.append((relative, exc))
+            return
+        with lock:
+            for source in ("origin", "seed", "peers", "local"):
+                setattr(traffic, source, getattr(traffic, source) + getattr(result, source))
+
+    try:
+        with ThreadPoolExecutor(args.max_concurrent_requests, thread_name_prefix="dfget") as pool:
+            for future in [pool.submit(fetch, *target) for target in targets]:
+                future.result()
+    finally:
+        if bar is not None:
+            bar.update(sum(received.values()), total, force=True)
+            bar.close()
+    if failures:
+        relative, exc = failures[0]
+        failure = DownloadFailed(f"{relative}: {exc}")
+        for note in getattr(exc, "__notes__", ()):
+            failure.add_note(note)
+        raise failure
+    return len(files), total, traffic
 
 
 def _merge_range(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -14,3 +14,9 @@ PATH_SCHEMES = frozenset({"file"})
 def describe_schemes() -> str:
     """Return the served schemes as a user reads them: ``http://, https://, file://``."""
     return ", ".join(f"{s}://" for s in SOURCE_SCHEMES)
+
+
+def scheme_of(url: str) -> str:
+    """Return the lower-case scheme of ``url`` ("" when it has none)."""
+    scheme, sep, _ = url.partition("://")
+    return scheme.lower() if sep else ""

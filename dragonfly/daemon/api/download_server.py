@@ -77,6 +77,25 @@ class DfdaemonDownloadService(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):
             )
             await context.abort(code, message, trailing_metadata=error_trailers(exc))
 
+    async def ListTaskEntries(
+        self, request: dfdaemon_pb2.ListTaskEntriesRequest, context: grpc.aio.ServicerContext
+    ) -> dfdaemon_pb2.ListTaskEntriesResponse:
+        await self._caller(context)
+        try:
+            entries = await self._tasks.list_entries(request)
+        except Exception as exc:
+            code, message = status_of(exc)
+            if isinstance(exc, TimeoutError):
+                code, message = grpc.StatusCode.DEADLINE_EXCEEDED, f"listing {redact_url(request.url)} timed out"
+            log.info("listing failed", extra={"url": redact_url(request.url), "code": code.name, "error": message})
+            await context.abort(code, message, trailing_metadata=error_trailers(exc))
+        return dfdaemon_pb2.ListTaskEntriesResponse(
+            entries=[
+                dfdaemon_pb2.Entry(url=entry.url, content_length=entry.content_length, is_dir=entry.is_dir)
+                for entry in entries
+            ]
+        )
+
     async def StatTask(
         self, request: dfdaemon_pb2.StatTaskRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.Task:

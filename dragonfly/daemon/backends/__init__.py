@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from dragonfly.common.schemes import SOURCE_SCHEMES, describe_schemes
+from dragonfly.common.schemes import SOURCE_SCHEMES, describe_schemes, scheme_of
 from dragonfly.daemon.backends.base import (
     NO_OPTIONS,
     Backend,
@@ -30,12 +30,6 @@ SCHEMES = SOURCE_SCHEMES
 
 class UnsupportedScheme(ValueError):
     """No backend serves the URL's scheme."""
-
-
-def scheme_of(url: str) -> str:
-    """Return the lower-case scheme of ``url`` ("" when it has none)."""
-    scheme, sep, _ = url.partition("://")
-    return scheme.lower() if sep else ""
 
 
 def check_scheme(url: str, describe: Callable[[str], str] = lambda u: u) -> str:

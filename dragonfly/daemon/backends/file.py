@@ -176,18 +176,22 @@ class FileBackend:
             raise BackendError(f"{url}: cannot list {exc.filename}: {exc.strerror}")
 
         # Symlinks are not followed: a link inside an allowed directory must not list what lies outside it.
+        # Entries are named under the path the URL gave (which may pass through an allowed symlink), so each is
+        # the URL's path plus its relative path.
+        base = root.rstrip("/")
         for directory, dirs, files in os.walk(real_root, onerror=fail):
             dirs[:] = sorted(name for name in dirs if not os.path.islink(os.path.join(directory, name)))
+            relative = os.path.relpath(directory, real_root)
+            named = base if relative == "." else f"{base}/{relative}"
             for name in dirs:
-                entries.append(Entry(url_of(os.path.join(directory, name)) + "/", 0, True))
+                entries.append(Entry(url_of(f"{named}/{name}") + "/", 0, True))
             for name in sorted(files):
-                full = os.path.join(directory, name)
                 try:
-                    st = os.stat(full, follow_symlinks=False)
+                    st = os.stat(os.path.join(directory, name), follow_symlinks=False)
                 except OSError:
                     continue
                 if stat.S_ISREG(st.st_mode):
-                    entries.append(Entry(url_of(full), st.st_size, False))
+                    entries.append(Entry(url_of(f"{named}/{name}"), st.st_size, False))
             if len(entries) > MAX_ENTRIES:
                 raise BackendError(f"{url}: more than {MAX_ENTRIES} entries")
         return entries

@@ -165,14 +165,16 @@ class WebHDFSBackend(_APISource):
 class _Repository:
     """A hub URL: ``scheme://[repo_type/]owner/repo[/path]``."""
 
-    __slots__ = ("kind", "owner", "path", "repo", "scheme")
+    __slots__ = ("explicit", "kind", "owner", "path", "repo", "scheme")
 
     def __init__(self, url: str, kinds: tuple[str, ...]) -> None:
         parts = urlsplit(url)
         self.scheme = parts.scheme.lower()
         segments = [unquote(s) for s in [parts.netloc, *parts.path.split("/")[1:]]]
         self.kind = kinds[0]
-        if segments and segments[0] in kinds:
+        # Entries of a listing are named the way the URL named the repository (with or without its type).
+        self.explicit = bool(segments) and segments[0] in kinds
+        if self.explicit:
             self.kind = segments.pop(0)
         if len(segments) < 2 or not segments[0] or not segments[1]:
             raise BackendError(f"{url}: expected {self.scheme}://[{'|'.join(kinds)}/]owner/repo[/path]")
@@ -182,7 +184,7 @@ class _Repository:
         self.path = "/".join(segments[2:])
 
     def url_of(self, path: str, kinds: tuple[str, ...]) -> str:
-        prefix = "" if self.kind == kinds[0] else f"{self.kind}/"
+        prefix = f"{self.kind}/" if self.explicit or self.kind != kinds[0] else ""
         return f"{self.scheme}://{prefix}{quote(self.owner)}/{quote(self.repo)}/{quote(path)}"
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from dragonfly_api import common_pb2, errordetails_pb2, scheduler_pb2
+from dragonfly_api import common_pb2, dfdaemon_pb2, errordetails_pb2, scheduler_pb2
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from dragonfly.common import ids, native
@@ -40,7 +40,7 @@ from dragonfly.common.digest import Digest, format_piece_digest, parse_digest, v
 from dragonfly.common.errors import DigestMismatch, DragonflyError, InvalidDigest
 from dragonfly.common.piece import MAX_PIECE_LENGTH, MIN_PIECE_LENGTH, calculate_piece_length, piece_count, piece_range
 from dragonfly.common.redact import redact_headers, redact_url
-from dragonfly.daemon.backends import Backends, NotReadableHere, SourceOptions, StatResult, check_scheme
+from dragonfly.daemon.backends import Backends, Entry, NotReadableHere, SourceOptions, StatResult, check_scheme
 from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.config import DfdaemonConfig
 from dragonfly.daemon.download.backend import LOCAL as LOCAL_ORIGIN
@@ -386,6 +386,17 @@ class TaskManager:
             self._metrics.tasks.labels("failed").inc()
             raise
         self._metrics.tasks.labels("succeeded").inc()
+
+    async def list_entries(self, request: dfdaemon_pb2.ListTaskEntriesRequest, *, remote: bool = False) -> list[Entry]:
+        """Return the files and directories under a directory-like URL (``ListTaskEntries``, for ``dfget -r``)."""
+        check_scheme(request.url, redact_url)
+        origin = OriginOptions(guarded=remote, certificate_chain=tuple(request.certificate_chain))
+        options = SourceOptions.of(request, origin)
+        timeout = request.timeout.ToTimedelta().total_seconds() if request.HasField("timeout") else 0.0
+        async with asyncio.timeout(timeout if timeout > 0 else None):
+            return await self._backends.get(request.url).list_entries(
+                request.url, dict(request.request_header), options
+            )
 
     async def _stream(
         self,

@@ -99,3 +99,23 @@ def test_paths_outside_the_allowed_directories_are_refused(
         # The seed refused it too, so the swarm had nothing to offer.
         assert "allowedDirs" in details, details
         assert not (tmp_path / "out").exists()
+
+
+def test_a_directory_with_r(file_cluster: LocalCluster, module_dir: Path, tmp_path: Path) -> None:
+    own = module_dir / "peer-2-files" / "tree"
+    (own / "a" / "b").mkdir(parents=True)
+    (own / "empty").mkdir()
+    files = {"top.bin": os.urandom(5 * 1024 * 1024), "a/one.txt": b"1", "a/b/two words.txt": b"22"}
+    for name, data in files.items():
+        (own / name).write_bytes(data)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_dfget(file_cluster.socket_path("peer-2"), file_url(own), out, "-r", timeout=60)
+    assert result.returncode == 0, result.stderr
+    for name, data in files.items():
+        assert (out / name).read_bytes() == data
+    assert (out / "empty").is_dir()
+    # A daemon that may not read the directory cannot list it.
+    result = run_dfget(file_cluster.socket_path("peer-1"), file_url(own), out, "-r", "--overwrite", timeout=60)
+    assert result.returncode == 1
+    assert "allowedDirs" in result.stderr

@@ -187,3 +187,42 @@ def test_gcs_object_through_the_swarm(gcs: FakeGCS, s3_cluster: LocalCluster, tm
     with pytest.raises(grpc.RpcError) as info:
         download(s3_cluster.socket_path("peer-1"), "gs://datasets/missing", tmp_path / "o", object_storage=storage)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_prefix_with_r_each_file_its_own_task(s3: MotoS3, s3_cluster: LocalCluster, tmp_path: Path) -> None:
+    s3.client.create_bucket(Bucket="datasets")
+    objects = {
+        "ds/train.bin": os.urandom(5 * 1024 * 1024 + 1),
+        "ds/sub/b.bin": os.urandom(1000),
+        "ds/sub/c.txt": b"c",
+        "other/x.bin": b"not under the prefix",
+    }
+    for key, body in objects.items():
+        s3.client.put_object(Bucket="datasets", Key=key, Body=body)
+    out = tmp_path / "all"
+    out.mkdir()
+    result = run_dfget(s3_cluster.socket_path("peer-1"), "s3://datasets/ds", out, "-r", *storage_flags(s3))
+    assert result.returncode == 0, result.stderr
+    assert "saved 3 files" in result.stderr
+    for key, body in objects.items():
+        if key.startswith("ds/"):
+            assert (out / key.removeprefix("ds/")).read_bytes() == body
+    assert not (out / "x.bin").exists()
+    # Each file was its own task: the big one is in the daemon under its own URL's task id.
+    assert (s3_cluster.storage_dir("peer-1") / "content" / "tasks").exists()
+    big = ids.task_id("s3://datasets/ds/train.bin")
+    assert any(path.name == big for path in (s3_cluster.storage_dir("peer-1") / "content").rglob(big))
+
+    some = tmp_path / "some"
+    some.mkdir()
+    result = run_dfget(
+        s3_cluster.socket_path("peer-2"), "s3://datasets/ds/", some, "-r", "-I", "sub/*.bin", *storage_flags(s3)
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.relative_to(some).as_posix() for p in some.rglob("*") if p.is_file()) == ["sub/b.bin"]
+
+    result = run_dfget(
+        s3_cluster.socket_path("peer-2"), "s3://datasets/ds", tmp_path, "-r", "--max-files", "2", *storage_flags(s3)
+    )
+    assert result.returncode == 1
+    assert "holds 3 files, more than --max-files 2" in result.stderr

@@ -189,3 +189,62 @@ def test_modelscope_files_by_revision_with_a_token(
     for path in api_cluster.workdir.rglob("*"):
         if path.is_file() and path.stat().st_size < 64 * 1024 * 1024:
             assert TOKEN.encode() not in path.read_bytes(), path
+
+
+def test_a_repository_with_r(services: tuple[StandIn, Path], api_cluster: LocalCluster, tmp_path: Path) -> None:
+    server, root = services
+    files = {
+        "config.json": os.urandom(300),
+        "weights/part-1.bin": os.urandom(5 * 1024 * 1024),
+        "weights/part-2.bin": os.urandom(1000),
+        "tokenizer/vocab.txt": os.urandom(50),
+    }
+    for name, data in files.items():
+        put(root, f"hf/models/acme/private-repo/main/{name}", 0)
+        (root / f"hf/models/acme/private-repo/main/{name}").write_bytes(data)
+    out = tmp_path / "repo"
+    out.mkdir()
+    flags = ["--hf-token", TOKEN, "--hf-base-url", server.base]
+    # The stand-in's tree API answers two entries a page: the listing follows its Link headers.
+    result = run_dfget(api_cluster.socket_path("peer-1"), "hf://acme/private-repo", out, "-r", *flags, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for name, data in files.items():
+        assert (out / name).read_bytes() == data
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    result = run_dfget(
+        api_cluster.socket_path("peer-2"), "hf://models/acme/private-repo", weights, "-r", "-I", "weights", *flags
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in weights.rglob("*") if p.is_file()) == ["part-1.bin", "part-2.bin"]
+
+    ms = {"configuration.json": b"{}", "model/w.bin": os.urandom(4000)}
+    for name, data in ms.items():
+        put(root, f"ms/models/qwen/private-small/master/{name}", 0)
+        (root / f"ms/models/qwen/private-small/master/{name}").write_bytes(data)
+    ms_out = tmp_path / "ms"
+    ms_out.mkdir()
+    result = run_dfget(
+        api_cluster.socket_path("peer-1"),
+        "modelscope://qwen/private-small",
+        ms_out,
+        "-r",
+        "--ms-token",
+        TOKEN,
+        "--ms-base-url",
+        server.base,
+    )
+    assert result.returncode == 0, result.stderr
+    for name, data in ms.items():
+        assert (ms_out / name).read_bytes() == data
+
+    hdfs = {"logs/2026/a.log": os.urandom(100), "logs/b.log": os.urandom(200)}
+    for name, data in hdfs.items():
+        put(root, f"hdfs/{name}", 0)
+        (root / f"hdfs/{name}").write_bytes(data)
+    hdfs_out = tmp_path / "hdfs"
+    hdfs_out.mkdir()
+    result = run_dfget(api_cluster.socket_path("peer-2"), f"hdfs://127.0.0.1:{server.port}/logs", hdfs_out, "-r")
+    assert result.returncode == 0, result.stderr
+    for name, data in hdfs.items():
+        assert (hdfs_out / name.removeprefix("logs/")).read_bytes() == data
