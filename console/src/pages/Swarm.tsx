@@ -9,6 +9,8 @@ const NODE_W = 190;
 const NODE_H = 70;
 const COL_GAP = 90;
 const ROW_GAP = 22;
+// Vertical room per edge routed above the graph.
+const LANE = 26;
 
 export interface Placed {
   id: string;
@@ -69,10 +71,6 @@ function SwarmGraph({ swarm }: { swarm: Swarm }) {
   const at = new Map(placed.map((p) => [p.id, p]));
   const columns = Math.max(1, ...placed.map((p) => p.column + 1));
   const rows = Math.max(1, ...placed.map((p) => p.row + 1));
-  const width = columns * NODE_W + (columns - 1) * COL_GAP + 20;
-  const height = rows * NODE_H + (rows - 1) * ROW_GAP + 20;
-  const x = (p: Placed) => 10 + p.column * (NODE_W + COL_GAP);
-  const y = (p: Placed) => 10 + p.row * (NODE_H + ROW_GAP);
   const edges: (SwarmEdge & { key: string })[] = swarm.edges
     .filter((e) => at.has(e.parent) && at.has(e.child))
     .map((e) => ({ ...e, key: `${e.parent}>${e.child}` }));
@@ -89,6 +87,20 @@ function SwarmGraph({ swarm }: { swarm: Swarm }) {
       });
   }
   const heaviest = Math.max(1, ...edges.map((e) => e.bytes));
+  // Edges between neighbouring columns are drawn straight across; the others (skipping a column, or going back)
+  // would pass behind the boxes in between, so each gets a lane of its own above the graph.
+  const overTop = (from: Placed, to: Placed) => to.column !== from.column + 1;
+  const lanes = new Map<string, number>();
+  for (const edge of edges) {
+    const from = at.get(edge.parent);
+    const to = at.get(edge.child);
+    if (from && to && overTop(from, to)) lanes.set(edge.key, lanes.size + 1);
+  }
+  const top = 10 + LANE * lanes.size;
+  const width = columns * NODE_W + (columns - 1) * COL_GAP + 20;
+  const height = top + rows * NODE_H + (rows - 1) * ROW_GAP + 10;
+  const x = (p: Placed) => 10 + p.column * (NODE_W + COL_GAP);
+  const y = (p: Placed) => top + p.row * (NODE_H + ROW_GAP);
   return (
     <div className="swarm-graph">
       <svg
@@ -116,23 +128,41 @@ function SwarmGraph({ swarm }: { swarm: Swarm }) {
           const from = at.get(edge.parent);
           const to = at.get(edge.child);
           if (!from || !to) return null;
-          const x1 = x(from) + NODE_W;
-          const y1 = y(from) + NODE_H / 2;
-          const x2 = x(to);
-          const y2 = y(to) + NODE_H / 2;
-          const mid = (x1 + x2) / 2;
           const widthPx = 1 + 7 * Math.sqrt(edge.bytes / heaviest);
+          const lane = lanes.get(edge.key);
+          let d: string;
+          let labelX: number;
+          let labelY: number;
+          if (lane === undefined) {
+            const x1 = x(from) + NODE_W;
+            const y1 = y(from) + NODE_H / 2;
+            const x2 = x(to);
+            const y2 = y(to) + NODE_H / 2;
+            labelX = (x1 + x2) / 2;
+            labelY = (y1 + y2) / 2 - 4;
+            d = `M${x1},${y1} C${labelX},${y1} ${labelX},${y2} ${x2},${y2}`;
+          } else {
+            // From the parent's top to the child's top, through this edge's lane above the graph.
+            const x1 = x(from) + NODE_W / 2 + 12;
+            const x2 = x(to) + NODE_W / 2 - 12;
+            const y1 = y(from);
+            const y2 = y(to);
+            const laneY = top - LANE * lane;
+            labelX = (x1 + x2) / 2;
+            labelY = laneY + 0.25 * (Math.min(y1, y2) - laneY) + 12;
+            d = `M${x1},${y1} C${x1},${laneY} ${x2},${laneY} ${x2},${y2}`;
+          }
           return (
             <g key={edge.key} className={edge.active ? "edge active" : "edge"} data-testid="swarm-edge">
               <path
-                d={`M${x1},${y1} C${mid},${y1} ${mid},${y2} ${x2},${y2}`}
+                d={d}
                 strokeWidth={widthPx}
                 fill="none"
                 markerEnd="url(#arrow)"
               >
                 <title>{`${at.get(edge.parent)?.label} → ${at.get(edge.child)?.label}: ${formatBytes(edge.bytes)}`}</title>
               </path>
-              <text x={mid} y={(y1 + y2) / 2 - 4} textAnchor="middle" className="edge-label">
+              <text x={labelX} y={labelY} textAnchor="middle" className="edge-label">
                 {formatBytes(edge.bytes)}
               </text>
             </g>
