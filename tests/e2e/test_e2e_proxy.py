@@ -43,7 +43,7 @@ pytestmark = pytest.mark.skipif(
 
 MIB = 1024 * 1024
 REPOSITORY = "test/app"
-SMALL = 4 * MIB  # blobs up to this size are fetched from the origin by every daemon (Dragonfly's rule)
+SMALL = 4 * MIB  # a bound kept loose for blobs up to this size (manifests and configs are fetched per request)
 STATS = 16  # every daemon's stat of a blob reads one byte
 
 

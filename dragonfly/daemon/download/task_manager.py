@@ -3,9 +3,10 @@
 
 Each task has at most one download running in the daemon, in the background; requesters (dfget over the local
 API, the scheduler over DfdaemonUpload.DownloadTask) watch it through storage: a piece they see is written and
-verified. Order of work: stat the origin once → task id and piece length as Dragonfly → local hit → small task
-straight to the origin → register with the scheduler and follow its answers (parents, back-to-source) → on any
-P2P failure, the rest from the origin unless back-to-source is disabled → whole-file digest → output file.
+verified. Order of work: stat the origin once → task id and piece length as Dragonfly → local hit → tiny task
+(≤ 128 bytes) straight to the origin → register with the scheduler and follow its answers (parents,
+back-to-source) → on any P2P failure, the rest from the origin unless back-to-source is disabled → whole-file
+digest → output file.
 """
 
 from __future__ import annotations
@@ -144,6 +145,14 @@ class TaskDownload:
         # The source cannot be read here: the AnnouncePeer stream that learnt the task's size from the swarm, with
         # the scheduler's first answer, to go on with (``_stat_from_swarm``).
         self.probe: tuple[AnnouncePeerStream, str, scheduler_pb2.AnnouncePeerResponse] | None = None
+
+
+#: Objects (or ranges) up to this size go straight to the origin even with a scheduler: a round trip to the
+#: scheduler and a seed peer would cost more than the bytes (the scheduler's TINY size scope). Anything larger, a
+#: file of one piece included, goes through the swarm, so the origin serves it about once however many peers ask.
+#: (Dragonfly's client sends everything up to 4 MiB to the origin, docs/reference/protocol.md; 200 peers pulling
+#: the same 1 MiB file then cost its origin 200 MiB.)
+DIRECT_FROM_SOURCE_MAX = 128
 
 
 def piece_message(piece: PieceRecord, traffic_type: int | None = None) -> common_pb2.Piece:
@@ -685,11 +694,10 @@ class TaskManager:
     async def _download_pieces(self, td: TaskDownload, task: TaskRecord) -> None:
         download = td.download
         back_to_source_allowed = not download.disable_back_to_source
-        small = task.content_length <= MIN_PIECE_LENGTH or (
-            td.byte_range is not None and td.byte_range.length <= MIN_PIECE_LENGTH
+        tiny = task.content_length <= DIRECT_FROM_SOURCE_MAX or (
+            td.byte_range is not None and td.byte_range.length <= DIRECT_FROM_SOURCE_MAX
         )
-        if small and back_to_source_allowed and td.probe is None:
-            # Dragonfly never P2Ps small objects: the scheduler round trips would cost more than the bytes.
+        if tiny and back_to_source_allowed and td.probe is None:
             await self._download_from_source(td, None)
             return
         if self._scheduler is not None:

@@ -66,6 +66,26 @@ def test_a_file_is_fetched_once_from_the_origin_and_shared(
     assert SIZE <= origin.bytes_served() <= 1.05 * SIZE
 
 
+def test_a_file_of_one_piece_goes_through_the_swarm_and_a_tiny_one_to_the_origin(
+    cluster: LocalCluster, origin: OriginProcess, tmp_path: Path
+) -> None:
+    small = add_file(origin, "one-piece.bin", 1024 * 1024)
+    url = origin.url("one-piece.bin")
+    sent_before = origin.bytes_served()
+    for name in ("peer-1", "peer-2"):
+        result = download(cluster.socket_path(name), url, tmp_path / f"small-{name}")
+        assert (tmp_path / f"small-{name}").read_bytes() == small
+        # From the seed peer the scheduler triggered (or the other peer), never from the origin itself.
+        assert result.bytes_by_traffic == {"REMOTE_PEER": len(small)}
+    # The seed fetched it once for both (and each daemon's stat is a 1-byte range).
+    assert origin.bytes_served() - sent_before <= len(small) + 16
+
+    tiny = add_file(origin, "tiny.bin", 100)
+    result = download(cluster.socket_path("peer-1"), origin.url("tiny.bin"), tmp_path / "tiny")
+    assert (tmp_path / "tiny").read_bytes() == tiny
+    assert result.bytes_by_traffic == {"BACK_TO_SOURCE": len(tiny)}
+
+
 def test_corrupt_parents_are_detected_and_pieces_refetched(
     cluster: LocalCluster, origin: OriginProcess, tmp_path: Path, shared: bytes
 ) -> None:
