@@ -14,6 +14,7 @@ import sys
 import time
 from typing import Any, NoReturn
 
+from dragonfly.cli import argtypes
 from dragonfly.cli.arguments import add_log_level, parse_args
 
 DEFAULT_ENDPOINT = "/var/run/dragonfly/dfdaemon.sock"
@@ -32,35 +33,10 @@ class CommandFailed(Exception):
     """The daemon refused or failed the request; the message is shown to the user."""
 
 
-def _duration(text: str) -> float:
-    from dragonfly.common.config import parse_duration
-
-    try:
-        value = parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be positive")
-    return value
-
-
 def _ttl(text: str) -> float:
-    value = _duration(text)
+    value = argtypes.positive_duration(text, "the TTL")
     if not MIN_TTL <= value <= MAX_TTL:
         raise argparse.ArgumentTypeError(f"{text!r}: the TTL must be between 1s and 7d")
-    return value
-
-
-def _piece_length(text: str) -> int:
-    from dragonfly.common.config import parse_size
-    from dragonfly.common.piece import MAX_PIECE_LENGTH, MIN_PIECE_LENGTH
-
-    try:
-        value = parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if not MIN_PIECE_LENGTH <= value <= MAX_PIECE_LENGTH:
-        raise argparse.ArgumentTypeError(f"{text!r}: piece length must be between 4MiB and 64MiB")
     return value
 
 
@@ -72,14 +48,6 @@ def _replicas(text: str) -> int:
     if not 1 <= value <= 100:
         raise argparse.ArgumentTypeError(f"{text!r}: the replica count must be between 1 and 100")
     return value
-
-
-def _task_id(text: str) -> str:
-    from dragonfly.common.ids import is_task_id
-
-    if not is_task_id(text):
-        raise argparse.ArgumentTypeError(f"{text!r}: a task id is 64 lower-case hex digits")
-    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,14 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "-e", "--endpoint", default=DEFAULT_ENDPOINT, help=f"the dfdaemon socket (default: {DEFAULT_ENDPOINT})"
         )
-        sub.add_argument("--timeout", type=_duration, default=DEFAULT_TIMEOUT, help="give up after this (default: 30m)")
+        sub.add_argument(
+            "--timeout", type=argtypes.timeout, default=DEFAULT_TIMEOUT, help="give up after this (default: 30m)"
+        )
         add_log_level(sub)
 
     imp = commands.add_parser("import", help="import a local file; prints its task id")
     imp.add_argument("path", help="the file to import")
     imp.add_argument("--persistent-replica-count", type=_replicas, default=2, help="copies to keep (default: 2)")
     imp.add_argument("--ttl", type=_ttl, default=3600.0, help="lifetime, 1s..7d (default: 1h)")
-    imp.add_argument("--piece-length", type=_piece_length, help="piece length (default: from the size)")
+    imp.add_argument("--piece-length", type=argtypes.piece_length, help="piece length (default: from the size)")
     imp.add_argument("--tag", default="", help="task tag (part of the task id)")
     imp.add_argument("--application", default="", help="caller application (part of the task id)")
     imp.add_argument(
@@ -111,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(imp)
 
     exp = commands.add_parser("export", help="fetch a persistent cache task to a local file")
-    exp.add_argument("id", type=_task_id, help="the task id")
+    exp.add_argument("id", type=argtypes.task_id, help="the task id")
     exp.add_argument(
         "-O", "--output", required=True, help="output file path (its directory must exist); '-' for standard output"
     )
@@ -123,11 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(exp)
 
     stat = commands.add_parser("stat", help="show a persistent cache task")
-    stat.add_argument("id", type=_task_id, help="the task id")
+    stat.add_argument("id", type=argtypes.task_id, help="the task id")
     common(stat)
 
     delete = commands.add_parser("delete", help="delete a task (everywhere when this host imported it)")
-    delete.add_argument("id", type=_task_id, help="the task id")
+    delete.add_argument("id", type=argtypes.task_id, help="the task id")
     common(delete)
     return parser
 
@@ -145,16 +115,11 @@ def _describe(error: Any, endpoint: str) -> str:
     return f"{code.name}: {error.details()}"
 
 
-def _duration_message(seconds: float) -> Any:
-    from google.protobuf import duration_pb2
-
-    whole = int(seconds)
-    return duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
-
-
 def run(args: argparse.Namespace) -> int:
     import grpc
     from dragonfly_api import dfdaemon_pb2, dfdaemon_pb2_grpc
+
+    from dragonfly.common.pbtime import duration
 
     with grpc.insecure_channel(f"unix:{args.endpoint}", options=LOCAL_API_CHANNEL_OPTIONS) as channel:
         stub = dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel)  # type: ignore[no-untyped-call]
@@ -169,8 +134,8 @@ def run(args: argparse.Namespace) -> int:
                     persistent_replica_count=args.persistent_replica_count,
                     tag=args.tag,
                     application=args.application,
-                    ttl=_duration_message(args.ttl),
-                    timeout=_duration_message(args.timeout),
+                    ttl=duration(args.ttl),
+                    timeout=duration(args.timeout),
                 )
                 if args.piece_length:
                     request.piece_length = args.piece_length
@@ -188,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
                     persistent=args.persistent,
                     tag=args.tag,
                     application=args.application,
-                    timeout=_duration_message(args.timeout),
+                    timeout=duration(args.timeout),
                     overwrite=args.overwrite,
                     force_hard_link=args.force_hard_link,
                     need_piece_content=stream,

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 import dragonfly
+from dragonfly.cli import argtypes
 from dragonfly.cli.arguments import add_log_level, parse_args
 from dragonfly.common.grpc_metadata import INSECURE_ORIGIN_METADATA
 
@@ -101,20 +102,6 @@ def _priority(text: str) -> int:
     return int(match.group(1))
 
 
-def _piece_length(text: str) -> int:
-    # Imported here, not at the top: only this rarely used flag pays for the config module.
-    from dragonfly.common.config import parse_size
-    from dragonfly.common.piece import MAX_PIECE_LENGTH, MIN_PIECE_LENGTH
-
-    try:
-        value = parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if not MIN_PIECE_LENGTH <= value <= MAX_PIECE_LENGTH:
-        raise argparse.ArgumentTypeError(f"{text!r}: piece length must be between 4MiB and 64MiB")
-    return value
-
-
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -131,18 +118,6 @@ def _include(text: str) -> str:
     if not text or text.startswith("/") or any(part in ("", ".", "..") for part in parts):
         raise argparse.ArgumentTypeError(f"{text!r}: expected a relative path such as 'weights/*.bin'")
     return text
-
-
-def _timeout(text: str) -> float:
-    from dragonfly.common.config import parse_duration
-
-    try:
-        value = parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: the timeout must be positive")
-    return value
 
 
 def _ca_cert(path: str) -> tuple[bytes, ...]:
@@ -207,12 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--piece-length",
-        type=_piece_length,
+        type=argtypes.piece_length,
         default=env("DFGET_PIECE_LENGTH"),
         help="piece length, 4MiB..64MiB (default: chosen from the content length)",
     )
     parser.add_argument(
-        "--timeout", type=_timeout, default=env("DFGET_TIMEOUT"), help="give up after this long (default 2h)"
+        "--timeout", type=argtypes.timeout, default=env("DFGET_TIMEOUT"), help="give up after this long (default 2h)"
     )
     parser.add_argument(
         "-p",

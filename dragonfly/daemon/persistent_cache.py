@@ -42,9 +42,9 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from dragonfly_api import common_pb2, dfdaemon_pb2, scheduler_pb2
-from google.protobuf import duration_pb2, timestamp_pb2
 
 from dragonfly.common.errors import DragonflyError
+from dragonfly.common.pbtime import duration, timestamp
 from dragonfly.common.piece import calculate_piece_length, piece_count, piece_range
 from dragonfly.daemon import compression
 from dragonfly.daemon.download import vortex_client
@@ -156,27 +156,6 @@ def finish_task_id(
     h.update(str(piece_length).encode())
     h.update(TASK_TYPE)
     return h.hexdigest(), digest
-
-
-def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    whole = int(seconds)
-    return timestamp_pb2.Timestamp(seconds=whole, nanos=int((seconds - whole) * 1e9))
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    whole = int(seconds)
-    return duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
-
-
-@dataclass(slots=True)
-class _Import:
-    """What one pass over the imported file found."""
-
-    temp: str
-    content_length: int
-    piece_length: int
-    crcs: list[int]
-    hasher: Any
 
 
 def _open_input(path: str) -> int:
@@ -475,36 +454,12 @@ class PersistentCacheManager:
         if not known:
             if not entry.importer:
                 return False  # only the importer can declare it; its copy may come back
-            started = scheduler_pb2.UploadPersistentCacheTaskStartedRequest(
-                host_id=self.host_id,
-                task_id=entry.id,
-                peer_id=peer_id,
-                persistent_replica_count=entry.persistent_replica_count,
-                piece_length=piece_length,
-                content_length=content_length,
-                piece_count=count,
-                # The task expires when it would have: the scheduler counts the TTL from now.
-                ttl=_duration(max(entry.expires_at() - now, 1.0)),
-            )
-            if entry.tag:
-                started.tag = entry.tag
-            if entry.application:
-                started.application = entry.application
-            metadata = ((CONTENT_DIGEST_KEY, entry.content_digest),) if entry.content_digest else ()
-            await stub.UploadPersistentCacheTaskStarted(started, metadata=metadata, timeout=_REQUEST_TIMEOUT)
-            await stub.UploadPersistentCacheTaskFinished(
-                scheduler_pb2.UploadPersistentCacheTaskFinishedRequest(
-                    host_id=self.host_id, task_id=entry.id, peer_id=peer_id
-                ),
-                timeout=_REQUEST_TIMEOUT,
-            )
+            # The task expires when it would have: the scheduler counts the TTL from now.
+            await self._upload_started(entry, peer_id, piece_length, content_length, max(entry.expires_at() - now, 1.0))
+            await self._upload_finished(entry.id, peer_id)
         else:
             # A holder registers its copy and reports it finished at once.
-            def message(**kwargs: Any) -> scheduler_pb2.AnnouncePersistentCachePeerRequest:
-                return scheduler_pb2.AnnouncePersistentCachePeerRequest(
-                    host_id=self.host_id, task_id=entry.id, peer_id=peer_id, **kwargs
-                )
-
+            message = functools.partial(self._announce_request, entry.id, peer_id)
             register = scheduler_pb2.RegisterPersistentCachePeerRequest(
                 persistent=entry.persistent, piece_length=piece_length, piece_count=count
             )
@@ -574,9 +529,9 @@ class PersistentCacheManager:
             content_length=content_length,
             piece_count=piece_count(content_length, piece_length) if piece_length else 0,
             state="Succeeded",
-            ttl=_duration(entry.ttl),
-            created_at=_timestamp(entry.created_at),
-            updated_at=_timestamp(task.updated_at if task else entry.created_at),
+            ttl=duration(entry.ttl),
+            created_at=timestamp(entry.created_at),
+            updated_at=timestamp(task.updated_at if task else entry.created_at),
         )
         if entry.tag:
             message.tag = entry.tag
@@ -589,16 +544,16 @@ class PersistentCacheManager:
         message = dfdaemon_pb2.StatLocalPersistentCacheTaskResponse(
             task_id=entry.id,
             persistent=entry.persistent,
-            ttl=_duration(entry.ttl),
+            ttl=duration(entry.ttl),
             uploaded_count=entry.uploaded,
-            created_at=_timestamp(entry.created_at),
-            updated_at=_timestamp(task.updated_at if task else entry.created_at),
+            created_at=timestamp(entry.created_at),
+            updated_at=timestamp(task.updated_at if task else entry.created_at),
         )
         if task is not None:
             message.piece_length = task.piece_length
             message.content_length = task.content_length
             if task.finished_at is not None:
-                message.finished_at.CopyFrom(_timestamp(task.finished_at))
+                message.finished_at.CopyFrom(timestamp(task.finished_at))
         return message
 
     # import
@@ -646,39 +601,25 @@ class PersistentCacheManager:
             self.storage.discard_content_file(temp)
             raise DownloadFailed(f"persistent cache task {task_id} is being exported on this host")
         peer_id = f"{self.host_id}-{uuid.uuid4()}"
-        count = len(crcs)
+        entry = Entry(
+            id=task_id,
+            persistent=True,
+            persistent_replica_count=replicas,
+            ttl=ttl,
+            created_at=time.time(),
+            tag=request.tag,
+            application=request.application,
+            content_digest=digest,
+            importer=True,
+            peer_id=peer_id,
+        )
         if self.scheduler is not None:
-            started = scheduler_pb2.UploadPersistentCacheTaskStartedRequest(
-                host_id=self.host_id,
-                task_id=task_id,
-                peer_id=peer_id,
-                persistent_replica_count=replicas,
-                piece_length=piece_length,
-                content_length=content_length,
-                piece_count=count,
-                ttl=request.ttl,
-            )
-            if request.tag:
-                started.tag = request.tag
-            if request.application:
-                started.application = request.application
             try:
-                await self._scheduler_stub(task_id).UploadPersistentCacheTaskStarted(
-                    started, metadata=((CONTENT_DIGEST_KEY, digest),), timeout=_REQUEST_TIMEOUT
-                )
+                await self._upload_started(entry, peer_id, piece_length, content_length, ttl)
             except grpc.aio.AioRpcError:
                 self.storage.discard_content_file(temp)
                 raise
-        self.delete_local(task_id)
-        os.makedirs(os.path.dirname(self.storage.content_path(task_id)), exist_ok=True)
-        self.storage.prepare_task(
-            task_id,
-            url=f"persistent-cache://{task_id}",
-            piece_length=piece_length,
-            content_length=content_length,
-            response_header={},
-            content=temp,
-        )
+        self._replace_content(task_id, temp, piece_length, content_length)
         now = time.time()
         for number, crc in enumerate(crcs):
             offset, length = piece_range(number, content_length, piece_length)
@@ -696,18 +637,6 @@ class PersistentCacheManager:
                 ),
             )
         self.storage.finish_task(task_id)
-        entry = Entry(
-            id=task_id,
-            persistent=True,
-            persistent_replica_count=replicas,
-            ttl=ttl,
-            created_at=now,
-            tag=request.tag,
-            application=request.application,
-            content_digest=digest,
-            importer=True,
-            peer_id=peer_id,
-        )
         self._put(entry)
         log.info(
             "persistent cache task imported",
@@ -716,18 +645,63 @@ class PersistentCacheManager:
         if self.scheduler is None:
             return self.task_message(entry)
         try:
-            finished: common_pb2.PersistentCacheTask = await self._scheduler_stub(
-                task_id
-            ).UploadPersistentCacheTaskFinished(
-                scheduler_pb2.UploadPersistentCacheTaskFinishedRequest(
-                    host_id=self.host_id, task_id=task_id, peer_id=peer_id
-                ),
-                timeout=_REQUEST_TIMEOUT,
-            )
+            return await self._upload_finished(task_id, peer_id)
         except grpc.aio.AioRpcError:
             self.delete_local(task_id)
             raise
+
+    def _replace_content(self, task_id: str, content: str, piece_length: int, content_length: int) -> None:
+        """Drop any copy of ``task_id`` and make the file ``content`` its (empty of pieces) content."""
+        self.delete_local(task_id)
+        os.makedirs(os.path.dirname(self.storage.content_path(task_id)), exist_ok=True)
+        self.storage.prepare_task(
+            task_id,
+            url=f"persistent-cache://{task_id}",
+            piece_length=piece_length,
+            content_length=content_length,
+            response_header={},
+            content=content,
+        )
+
+    async def _upload_started(
+        self, entry: Entry, peer_id: str, piece_length: int, content_length: int, ttl: float
+    ) -> None:
+        """Declare an import to the scheduler, with the importer's digest of the content (docs/dfcache.md)."""
+        started = scheduler_pb2.UploadPersistentCacheTaskStartedRequest(
+            host_id=self.host_id,
+            task_id=entry.id,
+            peer_id=peer_id,
+            persistent_replica_count=entry.persistent_replica_count,
+            piece_length=piece_length,
+            content_length=content_length,
+            piece_count=piece_count(content_length, piece_length),
+            ttl=duration(ttl),
+        )
+        if entry.tag:
+            started.tag = entry.tag
+        if entry.application:
+            started.application = entry.application
+        metadata = ((CONTENT_DIGEST_KEY, entry.content_digest),) if entry.content_digest else ()
+        await self._scheduler_stub(entry.id).UploadPersistentCacheTaskStarted(
+            started, metadata=metadata, timeout=_REQUEST_TIMEOUT
+        )
+
+    async def _upload_finished(self, task_id: str, peer_id: str) -> common_pb2.PersistentCacheTask:
+        request = scheduler_pb2.UploadPersistentCacheTaskFinishedRequest(
+            host_id=self.host_id, task_id=task_id, peer_id=peer_id
+        )
+        stub = self._scheduler_stub(task_id)
+        finished: common_pb2.PersistentCacheTask = await stub.UploadPersistentCacheTaskFinished(
+            request, timeout=_REQUEST_TIMEOUT
+        )
         return finished
+
+    def _announce_request(
+        self, task_id: str, peer_id: str, **kwargs: Any
+    ) -> scheduler_pb2.AnnouncePersistentCachePeerRequest:
+        return scheduler_pb2.AnnouncePersistentCachePeerRequest(
+            host_id=self.host_id, task_id=task_id, peer_id=peer_id, **kwargs
+        )
 
     async def _open_as(self, caller: Caller | None, path: str) -> int:
         """Open ``path`` for reading with the caller's rights (the daemon's own for its own user)."""
@@ -844,25 +818,14 @@ class PersistentCacheManager:
                 yield item
 
         def send(**kwargs: Any) -> None:
-            requests.put_nowait(
-                scheduler_pb2.AnnouncePersistentCachePeerRequest(
-                    host_id=self.host_id, task_id=task_id, peer_id=peer_id, **kwargs
-                )
-            )
+            requests.put_nowait(self._announce_request(task_id, peer_id, **kwargs))
 
         announce = stub.AnnouncePersistentCachePeer(outgoing())
         self.delete_local(task_id)
         content = await asyncio.get_running_loop().run_in_executor(
             self._executor, self.storage.create_content_file, task_id, content_length
         )
-        self.storage.prepare_task(
-            task_id,
-            url=f"persistent-cache://{task_id}",
-            piece_length=piece_length,
-            content_length=content_length,
-            response_header={},
-            content=content,
-        )
+        self._replace_content(task_id, content, piece_length, content_length)
         finished = False
         wire_before = self.wire_bytes
         try:
@@ -1114,8 +1077,8 @@ class PersistentCacheManager:
                             length=length,
                             digest=fetched.digest,
                             traffic_type=common_pb2.REMOTE_PEER,
-                            cost=_duration(cost),
-                            created_at=_timestamp(piece.created_at),
+                            cost=duration(cost),
+                            created_at=timestamp(piece.created_at),
                         )
                     )
                 )

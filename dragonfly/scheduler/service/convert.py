@@ -5,31 +5,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from dragonfly_api import common_pb2
-from google.protobuf import duration_pb2, timestamp_pb2
 
+from dragonfly.common.pbtime import duration, seconds, timestamp
 from dragonfly.common.redact import redact_headers, redact_url
+
+__all__ = ["add_peer_pieces", "add_trusted_pieces", "duration", "peer_message", "seconds", "task_message", "timestamp"]
 
 if TYPE_CHECKING:
     from dragonfly.common import native
     from dragonfly.scheduler.resource.peer import Peer
     from dragonfly.scheduler.resource.task import Task
-
-
-def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    """Return a Timestamp for a wall-clock time."""
-    whole = int(seconds)
-    return timestamp_pb2.Timestamp(seconds=whole, nanos=int((seconds - whole) * 1e9))
-
-
-def duration(seconds: float) -> duration_pb2.Duration:
-    """Return a Duration for a non-negative number of seconds."""
-    whole = int(seconds)
-    return duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
-
-
-def seconds(value: duration_pb2.Duration) -> float:
-    """Return a Duration in seconds."""
-    return float(value.seconds + value.nanos * 1e-9)
 
 
 def task_message(task: Task, *, with_pieces: bool = False) -> common_pb2.Task:

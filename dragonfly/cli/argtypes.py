@@ -1,0 +1,48 @@
+"""argparse ``type=`` converters shared by the clients (dfget, dfcache): each turns a bad value into an
+ArgumentTypeError naming it, so the command exits 2 with one line. Modules they need are imported on use: a
+client's start-up pays only for the flags it was given."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def piece_length(text: str) -> int:
+    """Parse a piece length (``4MiB``..``64MiB``)."""
+    from dragonfly.common.config import parse_size
+    from dragonfly.common.piece import MAX_PIECE_LENGTH, MIN_PIECE_LENGTH
+
+    try:
+        value = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not MIN_PIECE_LENGTH <= value <= MAX_PIECE_LENGTH:
+        raise argparse.ArgumentTypeError(f"{text!r}: piece length must be between 4MiB and 64MiB")
+    return value
+
+
+def positive_duration(text: str, what: str = "the timeout") -> float:
+    """Parse a positive duration (``30s``, ``2h``) in seconds."""
+    from dragonfly.common.config import parse_duration
+
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: {what} must be positive")
+    return value
+
+
+def timeout(text: str) -> float:
+    """Parse a ``--timeout``."""
+    return positive_duration(text)
+
+
+def task_id(text: str) -> str:
+    """Accept a task id (64 lower-case hex digits)."""
+    from dragonfly.common.ids import is_task_id
+
+    if not is_task_id(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: a task id is 64 lower-case hex digits")
+    return text
