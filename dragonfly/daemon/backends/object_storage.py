@@ -31,6 +31,7 @@ from dragonfly.common.errors import OriginAddressRefused
 from dragonfly.common.netguard import AddressPolicy
 from dragonfly.common.redact import MASK
 from dragonfly.daemon.backends.base import Entry, PieceWriter, SourceOptions, StatResult
+from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.errors import BackendError
 
 #: The S3 API family (one client, different default addressing).
@@ -87,14 +88,15 @@ class ObjectStorageBackend:
 
     # ------------------------------------------------------------------ stores
 
-    def _store(self, scheme: str, bucket: str, storage: common_pb2.ObjectStorage, guarded: bool) -> Any:
+    async def _store(self, scheme: str, bucket: str, storage: common_pb2.ObjectStorage, guarded: bool) -> Any:
         key = hashlib.sha256(
             b"\0".join([scheme.encode(), bucket.encode(), storage.SerializeToString(deterministic=True)])
             + (b"\0guarded" if guarded else b"")
         ).digest()
         store = self._stores.get(key)
         if store is None:
-            store = self._new_store(scheme, bucket, storage, guarded)
+            # Building a store's HTTP client reads the system's CA certificates: not on the event loop.
+            store = await run_blocking(self._executor, self._new_store, scheme, bucket, storage, guarded)
             self._stores[key] = store
             while len(self._stores) > _STORES:
                 self._stores.popitem(last=False)
@@ -196,7 +198,7 @@ class ObjectStorageBackend:
         storage = options.object_storage or common_pb2.ObjectStorage()
         await self._check_endpoint(scheme, storage, options.origin.guarded)
         try:
-            store = self._store(scheme, bucket, storage, options.origin.guarded)
+            store = await self._store(scheme, bucket, storage, options.origin.guarded)
         except BackendError:
             raise
         except Exception as exc:
