@@ -28,11 +28,32 @@ from dragonfly.common.config import parse_duration, parse_size
 
 
 class _Stop(Exception):
-    """SIGTERM arrived; unwind like Ctrl-C so every process is stopped."""
+    """SIGINT or SIGTERM arrived while starting or in the demo; unwind so every process is stopped."""
 
 
-def _raise_stop(signum: int, frame: object) -> None:
-    raise _Stop
+class _Signals:
+    """SIGINT (Ctrl-C) and SIGTERM for ``dragonfly up``, installed explicitly.
+
+    Explicitly, because a SIGINT ignored by whoever started us (a background job of a non-interactive shell, as in
+    CI, inherits SIGINT ignored) would otherwise never reach us. While the cluster starts or the demo runs a signal
+    raises ``_Stop``, so a slow start can be interrupted. While the cluster just runs, and while it stops, a signal
+    is only noted: an exception raised at an arbitrary point could land inside ``subprocess.Popen.poll`` after it
+    took its waitpid lock and before its ``try``, leaving the lock held, so that child could never be reaped; and a
+    second Ctrl-C must not abandon the stop half way.
+    """
+
+    def __init__(self) -> None:
+        self.raising = True
+        self.received: int | None = None
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received = signum
+        if self.raising:
+            raise _Stop
 
 
 def _say(message: str) -> None:
@@ -184,14 +205,18 @@ def _print_endpoints(cluster: LocalCluster, as_json: bool, root_password: str | 
     print("\n".join(lines), flush=True)
 
 
-def _wait_until_interrupted(cluster: LocalCluster) -> int:
-    while True:
+def _wait_until_interrupted(cluster: LocalCluster, signals: _Signals) -> int:
+    """Watch the processes until a signal arrives (0) or one of them exits (1)."""
+    signals.raising = False
+    while signals.received is None:
         dead = cluster.check_alive()
         if dead:
             for line in dead:
                 _say(line)
             return 1
-        time.sleep(0.5)
+        time.sleep(0.2)
+    _say("stopping")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     own_workdir = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="dragonfly-up-") if own_workdir else args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    signal.signal(signal.SIGTERM, _raise_stop)
+    signals = _Signals()
+    signals.install()
     manager_config: dict[str, Any] = {}
     if not args.no_manager:
         # Known to the user (printed with the endpoints), so the console and the REST API can be tried at once.
@@ -251,13 +277,14 @@ def main(argv: list[str] | None = None) -> int:
             status = 0 if report["ok"] else 1
         else:
             _print_endpoints(cluster, args.json, manager_config.get("auth", {}).get("rootPassword"))
-            status = _wait_until_interrupted(cluster)
+            status = _wait_until_interrupted(cluster, signals)
     except ProcessStartError as exc:
         _say(f"error: {exc}")
     except (KeyboardInterrupt, _Stop):
         _say("stopping")
         status = 0 if not args.demo else 130
     finally:
+        signals.raising = False
         cluster.stop()
     if own_workdir and status == 0:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -35,6 +36,28 @@ def processes_mentioning(text: str) -> list[psutil.Process]:
         if any(text in part for part in proc.info["cmdline"] or ()):
             found.append(proc)
     return found
+
+
+def _what_is_left(tmp_path: Path, up_pid: int) -> str:
+    """up.out and every process still running from the work dir (with its state), for a failure message."""
+    lines = ["---- up.out:", (tmp_path / "up.out").read_text(errors="replace"), "---- processes left:"]
+    with contextlib.suppress(psutil.Error):
+        up = psutil.Process(up_pid)
+        lines.append(f"{up.pid} {up.status()} dragonfly up; signals ignored: {_sig_ignored(up_pid)}")
+    for proc in processes_mentioning(str(tmp_path / "w")):
+        with contextlib.suppress(psutil.Error):
+            lines.append(f"{proc.pid} {proc.status()} {' '.join(proc.cmdline())}")
+    return "\n".join(lines)
+
+
+def _sig_ignored(pid: int) -> str:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigIgn:"):
+                return line.split()[1]
+    except OSError:
+        pass
+    return "?"
 
 
 def test_version() -> None:
@@ -121,8 +144,12 @@ def test_up_runs_until_interrupted_and_stops_everything(tmp_path: Path) -> None:
         # `dragonfly up` stops the processes one after the other, each given LocalCluster's stop timeout before it
         # is killed: twice that per process is the bound (the test is about a clean stop, not a quick one).
         stop_timeout = inspect.signature(LocalCluster).parameters["stop_timeout"].default
-        assert proc.wait(2 * stop_timeout * len(children) + 10) == 0
-        assert processes_mentioning(str(tmp_path / "w")) == []
+        try:
+            status = proc.wait(2 * stop_timeout * len(children) + 10)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"`dragonfly up` still runs after SIGINT\n{_what_is_left(tmp_path, proc.pid)}")
+        assert status == 0, _what_is_left(tmp_path, proc.pid)
+        assert processes_mentioning(str(tmp_path / "w")) == [], _what_is_left(tmp_path, proc.pid)
     finally:
         if proc.poll() is None:
             proc.terminate()  # `dragonfly up` stops its cluster on SIGTERM too
