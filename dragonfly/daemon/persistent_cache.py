@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from dragonfly_api import common_pb2, dfdaemon_pb2, scheduler_pb2
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from dragonfly.common.errors import DragonflyError
 from dragonfly.common.pbtime import duration, timestamp
@@ -208,6 +209,39 @@ def _hash_content(fd: int, content_length: int) -> Any:
     return hasher
 
 
+class PersistentCacheMetrics:
+    """The persistent cache's figures, in the daemon's registry (``dragonfly_dfdaemon_persistent_cache_*``)."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        registry = registry or CollectorRegistry()
+        ns = "dragonfly_dfdaemon"
+        self.imports = Counter(
+            "persistent_cache_imports", "dfcache imports by result.", ["result"], namespace=ns, registry=registry
+        )
+        self.exports = Counter(
+            "persistent_cache_exports",
+            "Exports (and replications) by where the content came from: local, swarm, or failed.",
+            ["source"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.piece_bytes = Counter(
+            "persistent_cache_piece_bytes",
+            "Bytes of persistent cache pieces fetched from parents: content, and wire (what crossed the network).",
+            ["kind"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.evictions = Counter(
+            "persistent_cache_evictions",
+            "Copies dropped by reason: ttl, digest (content no longer matched), space.",
+            ["reason"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.copies = Gauge("persistent_cache_copies", "Persistent cache copies held.", namespace=ns, registry=registry)
+
+
 class PersistentCacheManager:
     """Persistent cache tasks of one daemon."""
 
@@ -229,6 +263,7 @@ class PersistentCacheManager:
         reconcile_interval: float = 60.0,
         gc_policy: GCPolicyConfig | None = None,
         gc_interval: float = 900.0,
+        metrics_registry: CollectorRegistry | None = None,
     ) -> None:
         self.storage = Storage(directory, keep=True, executor=storage_executor)
         self._index_path = os.path.join(self.storage.metadata_dir, "entries.db")
@@ -253,6 +288,8 @@ class PersistentCacheManager:
         self._jobs: set[asyncio.Future[None]] = set()
         #: Bytes of piece content received, and how many of them crossed the wire (less when compressed).
         self.received_bytes = 0
+        self.metrics = PersistentCacheMetrics(metrics_registry)
+        self.metrics.copies.set_function(lambda: len(self.entries))
         self.wire_bytes = 0
         self._active: dict[str, asyncio.Future[None]] = {}
         self._expiry: asyncio.Task[None] | None = None
@@ -348,6 +385,7 @@ class PersistentCacheManager:
                 break
             log.info("evicting a persistent cache copy", extra={"task_id": task_id, "reason": "disk usage"})
             self.delete_local(task_id)
+            self.metrics.evictions.labels("space").inc()
             freed += length
             evicted.append(task_id)
         return evicted
@@ -356,6 +394,7 @@ class PersistentCacheManager:
         """Evict a copy whose stored bytes were found not to match (by the Vortex server); tell the scheduler."""
         if self.delete_local(task_id):
             log.warning("persistent cache content no longer matches its digest: evicted", extra={"task_id": task_id})
+            self.metrics.evictions.labels("digest").inc()
             self._spawn(self._tell_scheduler_dropped(task_id))
 
     async def scrub(self) -> list[str]:
@@ -386,6 +425,7 @@ class PersistentCacheManager:
         for task_id in expired:
             log.info("persistent cache task expired", extra={"task_id": task_id})
             self.delete_local(task_id)
+            self.metrics.evictions.labels("ttl").inc()
         return expired
 
     # re-announcing copies to a scheduler that forgot them
@@ -562,6 +602,17 @@ class PersistentCacheManager:
         self, request: dfdaemon_pb2.UploadPersistentCacheTaskRequest, caller: Caller | None
     ) -> common_pb2.PersistentCacheTask:
         """Copy the caller's file into the cache and record it with the scheduler."""
+        try:
+            task = await self._import_file(request, caller)
+        except BaseException:
+            self.metrics.imports.labels("failed").inc()
+            raise
+        self.metrics.imports.labels("ok").inc()
+        return task
+
+    async def _import_file(
+        self, request: dfdaemon_pb2.UploadPersistentCacheTaskRequest, caller: Caller | None
+    ) -> common_pb2.PersistentCacheTask:
         path = request.path
         if not os.path.isabs(path):
             raise ValueError(f"path {path!r} must be absolute")
@@ -747,6 +798,7 @@ class PersistentCacheManager:
                 if persistent and not entry.persistent:
                     entry.persistent = True
                     self._put(entry)
+                self.metrics.exports.labels("local").inc()
                 yield task.content_length, None
                 for number in sorted(task.pieces):
                     yield task.content_length, task.pieces[number]
@@ -756,6 +808,7 @@ class PersistentCacheManager:
                 extra={"task_id": task_id},
             )
             self.delete_local(task_id)
+            self.metrics.evictions.labels("digest").inc()
             await self._tell_scheduler_dropped(task_id)
         if self.scheduler is None:
             raise TaskNotFound(task_id)
@@ -765,7 +818,9 @@ class PersistentCacheManager:
             async for item in self._fetch(task_id, persistent=persistent):
                 yield item
             done.set_result(None)
+            self.metrics.exports.labels("swarm").inc()
         except BaseException as exc:
+            self.metrics.exports.labels("failed").inc()
             if not done.done():
                 done.set_exception(exc if isinstance(exc, Exception) else DownloadFailed("cancelled"))
                 done.exception()  # retrieved: waiters only need to know it ended
@@ -1064,8 +1119,11 @@ class PersistentCacheManager:
                 )
                 self.storage.finish_piece(task_id, piece)
                 recorded.append(piece)
+                wire = fetched.wire_length if fetched.wire_length >= 0 else length
                 self.received_bytes += length
-                self.wire_bytes += fetched.wire_length if fetched.wire_length >= 0 else length
+                self.wire_bytes += wire
+                self.metrics.piece_bytes.labels("content").inc(length)
+                self.metrics.piece_bytes.labels("wire").inc(wire)
                 if self._on_fetched is not None:
                     self._on_fetched(length)
                 send(

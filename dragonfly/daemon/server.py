@@ -134,6 +134,7 @@ class Dfdaemon:
             reconcile_interval=min(config.scheduler.announce_interval, 60.0),
             gc_policy=config.gc.policy,
             gc_interval=config.gc.interval,
+            metrics_registry=self.metrics.registry,
         )
         self.scheduler: SchedulerClient | None = None
         self.discovery: SchedulerDiscovery | None = None

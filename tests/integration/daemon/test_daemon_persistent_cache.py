@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -227,6 +228,18 @@ def test_compressible_content_crosses_the_wire_compressed(cluster: LocalCluster,
         else:
             assert wire == SIZE
         dfcache(cluster, "peer-1", "delete", task_id)
+    # The same figures in the daemon's metrics (content and wire bytes of fetched pieces).
+    metrics_addr = cluster.process("peer-2").listening["metrics"]
+    with urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=10) as response:
+        exposition = response.read().decode()
+
+    def sample(kind: str) -> float:
+        match = re.search(rf'persistent_cache_piece_bytes_total\{{kind="{kind}"\}} (\S+)', exposition)
+        assert match, exposition
+        return float(match.group(1))
+
+    assert sample("wire") < sample("content")
+    assert 'persistent_cache_exports_total{source="swarm"}' in exposition
 
 
 def test_a_lying_parent_is_found_out(cluster: LocalCluster, tmp_path: Path) -> None:
