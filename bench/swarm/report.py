@@ -41,6 +41,10 @@ class SystemResult:
     origin_bytes_method: str
     error: str = ""
     note: str = ""
+    #: User + system CPU seconds of every process the system ran (and the origin) during the run.
+    cpu_seconds: float | None = None
+    #: The same by process (``CpuMeter.by_process``): scheduler, dfdaemon, agent (with its dfget/curl/aria2c), ...
+    cpu_by_process: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -48,6 +52,13 @@ class SystemResult:
 
     def finish_times(self) -> list[float]:
         return sorted(h.finish for h in self.hosts if h.ok and h.finish is not None)
+
+    def cpu_per_gib(self) -> float | None:
+        """Return CPU seconds per GiB delivered to the peers (None when either is unknown)."""
+        delivered = sum(h.bytes for h in self.hosts if h.ok)
+        if self.cpu_seconds is None or not delivered:
+            return None
+        return self.cpu_seconds / (delivered / (1 << 30))
 
     def summary(self, size: int, bound: Bound) -> dict[str, Any]:
         """Return makespan, p50, efficiency = bound / makespan, origin bytes / F, and failures."""
@@ -65,6 +76,9 @@ class SystemResult:
             "origin_bytes": self.origin_bytes,
             "origin_ratio": self.origin_bytes / size if self.origin_bytes is not None else None,
             "origin_bytes_method": self.origin_bytes_method,
+            "cpu_seconds": self.cpu_seconds,
+            "cpu_seconds_per_gib": self.cpu_per_gib(),
+            "cpu_by_process": self.cpu_by_process,
             "error": self.error or "; ".join(sorted({h.error for h in self.hosts if h.error}))[:300],
         }
 
@@ -117,8 +131,8 @@ class SwarmRun:
             f"N·F/(u_s+Σu_i) {self.bound.swarm_term:.2f} s).",
             "",
             "| system | done | makespan s | p50 s | first byte p50 s | efficiency | origin bytes / F "
-            "| makespan ÷ ours |",
-            "|---|---|---|---|---|---|---|---|",
+            "| makespan ÷ ours | CPU s / GiB delivered |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         summaries = [s.summary(self.size, self.bound) for s in self.systems]
         ours = next((s["makespan"] for s in summaries if s["system"] == "ours" and s["makespan"]), None)
@@ -126,11 +140,18 @@ class SwarmRun:
             speedup = f"{s['makespan'] / ours:.2f}" if ours and s["makespan"] and s["system"] != "ours" else ""
             lines.append(
                 f"| {s['system']} | {s['completed']} | {_num(s['makespan'])} | {_num(s['p50'])} | "
-                f"{_num(s['first_byte_p50'])} | {_num(s['efficiency'], 3)} | {_num(s['origin_ratio'], 3)} | {speedup} |"
+                f"{_num(s['first_byte_p50'])} | {_num(s['efficiency'], 3)} | {_num(s['origin_ratio'], 3)} | "
+                f"{speedup} | {_num(s['cpu_seconds_per_gib'])} |"
             )
         errors = [f"- {s['system']}: {s['error']}" for s in summaries if s["error"]]
         notes = [f"- {s.system}: {s.note}" for s in self.systems if s.note]
         methods = [f"- {s['system']}: origin bytes from {s['origin_bytes_method']}" for s in summaries]
+        methods += [
+            f"- {s['system']}: CPU seconds by process: "
+            + ", ".join(f"{name} {seconds:.2f}" for name, seconds in sorted(s["cpu_by_process"].items()))
+            for s in summaries
+            if s["cpu_by_process"]
+        ]
         return "\n".join([*lines, "", *methods, *notes, *errors]) + "\n"
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from bench.swarm import bencode
 from bench.swarm.bound import kumar_ross_bound
+from bench.swarm.cpu import CpuMeter
 from bench.swarm.faults import FAULT_HOSTS, run_ours_faults
 from bench.swarm.hosts import (
     Host,
@@ -185,14 +186,24 @@ class Swarm:
         """Run one system's body with the wire monitor on; fill `box` with samples and origin counters."""
         box: dict[str, Any] = {"app_before": self._origin_app_bytes()}
         monitor = Monitor(self.topo)
+        cpu = CpuMeter()
+        cpu.start()
         try:
             yield box
         finally:
+            box["cpu_seconds"] = cpu.stop()
+            box["cpu_by_process"] = cpu.by_process
             box["samples"] = monitor.stop()
             box["app_after"] = self._origin_app_bytes()
 
     def results(self, system: str, agents: dict[str, Agent], t0: float, box: dict[str, Any]) -> SystemResult:
         """Turn agent events and counters into a SystemResult; origin egress from the wire when there is one."""
+        result = self._results(system, agents, t0, box)
+        result.cpu_seconds = box.get("cpu_seconds")
+        result.cpu_by_process = box.get("cpu_by_process") or {}
+        return result
+
+    def _results(self, system: str, agents: dict[str, Agent], t0: float, box: dict[str, Any]) -> SystemResult:
         samples = box.get("samples") or []
         veths = self.topo.veth_names() if isinstance(self.topo, NetnsTopology) else {}
         wire_first = wire_first_bytes(samples, {p: veths[p] for p in self.peers}) if veths else {}

@@ -66,6 +66,11 @@ def test_summary_against_bound() -> None:
     assert summary["origin_ratio"] == pytest.approx(1.02)
     assert summary["completed"] == "2/2"
     assert summary["ok"]
+    assert summary["cpu_seconds_per_gib"] is None
+    # CPU per GiB delivered: 200 MiB delivered for 5 CPU seconds.
+    ours.cpu_seconds = 5.0
+    assert ours.summary(100 * MIB, _run([ours]).bound)["cpu_seconds_per_gib"] == pytest.approx(5.0 / (200 / 1024))
+    assert "| 25.60 |" in _run([ours]).markdown()
 
 
 def test_summary_of_partial_failure_has_no_makespan() -> None:

@@ -1,0 +1,37 @@
+"""The swarm's CPU meter counts descendants that run through the window and those that end within it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from bench.swarm.cpu import CpuMeter
+
+BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass\n{after}"
+
+
+def test_cpu_of_live_and_finished_children_is_counted_once() -> None:
+    before = subprocess.Popen([sys.executable, "-c", BURN.format(seconds=1.0, after="")])
+    before.wait()  # reaped before the window: not counted
+    live = subprocess.Popen(
+        [sys.executable, "-c", BURN.format(seconds=0.2, after="import sys; sys.stdin.read()")], stdin=subprocess.PIPE
+    )
+    meter = CpuMeter()
+    meter.start()
+    subprocess.run([sys.executable, "-c", BURN.format(seconds=0.4, after="")], check=True)
+    assert live.stdin is not None
+    live.stdin.close()
+    live.wait()
+    seconds = meter.stop()
+    # The short child's 0.4 s, the live one's share within the window (0 to 0.2 s) and interpreter start-ups;
+    # never the 1 s of the child reaped before the window.
+    assert 0.4 <= seconds < 0.4 + 0.2 + 0.4
+
+
+def test_cpu_is_reported_by_process() -> None:
+    meter = CpuMeter()
+    meter.start()
+    subprocess.run([sys.executable, "-c", BURN.format(seconds=0.2, after="")], check=True)
+    total = meter.stop()
+    assert meter.by_process["reaped"] >= 0.2
+    assert abs(total - sum(meter.by_process.values())) < 0.01
