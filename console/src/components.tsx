@@ -1,5 +1,5 @@
 import { useCallback, useEffect, useId, useRef, useState, type ReactNode } from "react";
-import { ApiError, list, type Page, type RequestOptions } from "./api";
+import { ApiError, list, request, type Page, type RequestOptions } from "./api";
 
 export function useTitle(title: string): void {
   useEffect(() => {
@@ -32,8 +32,16 @@ export function PageHeader({ title, children }: { title: string; children?: Reac
   );
 }
 
+export interface PagedList<T> {
+  page: number;
+  setPage: (page: number) => void;
+  data: Page<T> | null;
+  error: unknown;
+  reload: () => void;
+}
+
 /** A paginated list from the manager; `reload()` fetches the current page again. */
-export function usePagedList<T>(path: string, query: RequestOptions["query"] = {}, perPage = 10) {
+export function usePagedList<T>(path: string, query: RequestOptions["query"] = {}, perPage = 10): PagedList<T> {
   const [page, setPage] = useState(1);
   const [data, setData] = useState<Page<T> | null>(null);
   const [error, setError] = useState<unknown>(null);
@@ -227,4 +235,151 @@ export function splitList(text: string): string[] {
     .split(/[\n,]/)
     .map((part) => part.trim())
     .filter((part) => part.length > 0);
+}
+
+/** One page of a list with its error and pager: the body of every list page. */
+export function PagedTable<T extends { id?: number | string }>({
+  list,
+  ...table
+}: {
+  list: PagedList<T>;
+  columns: Column<T>[];
+  caption: string;
+  empty?: string;
+  rowKey?: (row: T, index: number) => string | number;
+}) {
+  return (
+    <>
+      <ErrorBanner error={list.error} />
+      <Table<T> rows={list.data?.items} {...table} />
+      <Pagination page={list.page} data={list.data} setPage={list.setPage} />
+    </>
+  );
+}
+
+/** A Delete (or other) button that asks first, sends DELETE to `path`, then reloads the list. */
+export function DeleteButton({
+  path,
+  question,
+  reload,
+  label = "Delete",
+  method = "DELETE",
+  body,
+}: {
+  path: string;
+  question: string;
+  reload: () => void;
+  label?: string;
+  method?: string;
+  body?: unknown;
+}) {
+  return (
+    <ConfirmButton
+      label={label}
+      confirmLabel={label}
+      question={question}
+      onConfirm={async () => {
+        await request(path, { method, body });
+        reload();
+      }}
+    />
+  );
+}
+
+/** A select that filters a list (its first option, "any", sends nothing). */
+export function FilterSelect({
+  label,
+  value,
+  options,
+  onChange,
+}: {
+  label: string;
+  value: string;
+  options: [string, string][];
+  onChange: (value: string) => void;
+}) {
+  return (
+    <label className="inline">
+      {label}
+      <select value={value} onChange={(e) => onChange(e.target.value)}>
+        <option value="">any</option>
+        {options.map(([option, text]) => (
+          <option key={option} value={option}>
+            {text}
+          </option>
+        ))}
+      </select>
+    </label>
+  );
+}
+
+/** Checkboxes that choose a subset of `options` ([value, label] pairs). */
+export function CheckboxGroup<V extends string | number>({
+  label,
+  options,
+  value,
+  onChange,
+  disabled = false,
+  empty,
+}: {
+  label: string;
+  options: [V, string][];
+  value: V[];
+  onChange: (value: V[]) => void;
+  disabled?: boolean;
+  empty?: string;
+}) {
+  return (
+    <div role="group" aria-label={label}>
+      <p className="muted">{label}</p>
+      {options.length === 0 && empty && <p className="muted">{empty}</p>}
+      {options.map(([option, text]) => (
+        <label key={option} className="checkbox">
+          <input
+            type="checkbox"
+            disabled={disabled}
+            checked={value.includes(option)}
+            onChange={(e) => onChange(e.target.checked ? [...value, option] : value.filter((v) => v !== option))}
+          />
+          {text}
+        </label>
+      ))}
+    </div>
+  );
+}
+
+/** The end of a form: what the checks found, the manager's error, anything else, and the submit button. */
+export function FormFooter({
+  problems,
+  error,
+  submitLabel,
+  busy = false,
+  children,
+}: {
+  problems: string[];
+  error: unknown;
+  submitLabel: string | null;
+  busy?: boolean;
+  children?: ReactNode;
+}) {
+  return (
+    <>
+      {problems.length > 0 && (
+        <ul className="error" role="alert" aria-label="Problems in the form">
+          {problems.map((problem) => (
+            <li key={problem}>{problem}</li>
+          ))}
+        </ul>
+      )}
+      <ErrorBanner error={error} />
+      {children}
+      {submitLabel !== null && (
+        <div className="actions">
+          <button type="submit" className="primary" disabled={busy}>
+            {submitLabel}
+          </button>
+        </div>
+      )}
+    </>
+  );
 }

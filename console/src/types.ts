@@ -118,7 +118,8 @@ export interface Job extends Base {
   type: string;
   state: string;
   args?: Record<string, unknown> | null;
-  result?: { state?: string; job_states?: JobStateEntry[] | null } | null;
+  result?: { state?: string; error?: string; job_states?: JobStateEntry[] | null } | null;
+  progress?: { phase?: string; clusters?: number; clusters_done?: number } | null;
   user_id?: number;
   scheduler_clusters?: { id: number; name: string }[] | null;
 }

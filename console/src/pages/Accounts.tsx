@@ -2,10 +2,12 @@ import { useEffect, useState, type FormEvent } from "react";
 import { request } from "../api";
 import { useCanEdit, useSession } from "../auth";
 import {
-  ConfirmButton,
+  CheckboxGroup,
+  DeleteButton,
   ErrorBanner,
+  FormFooter,
   PageHeader,
-  Pagination,
+  PagedTable,
   StateBadge,
   Table,
   formatTime,
@@ -52,7 +54,7 @@ export function validateUser(name: string, email: string, password: string): str
 export function Users() {
   const canEdit = useCanEdit();
   const roles = useRoleNames();
-  const { data, page, setPage, error, reload } = usePagedList<User>("/users");
+  const users = usePagedList<User>("/users");
   const [form, setForm] = useState({ name: "", email: "", password: "", role: "guest" });
   const [problems, setProblems] = useState<string[]>([]);
   const [formError, setFormError] = useState<unknown>(null);
@@ -72,7 +74,7 @@ export function Users() {
       .then((user) => {
         setNotice(`User ${user.name} created with role ${form.role}.`);
         setForm({ name: "", email: "", password: "", role: form.role });
-        reload();
+        users.reload();
       })
       .catch(setFormError);
   };
@@ -80,10 +82,9 @@ export function Users() {
   return (
     <>
       <PageHeader title="Users" />
-      <ErrorBanner error={error} />
-      <Table<User>
+      <PagedTable<User>
+        list={users}
         caption="Users"
-        rows={data?.items}
         columns={[
           { header: "Name", cell: (u) => u.name },
           { header: "Email", cell: (u) => u.email || "–" },
@@ -92,7 +93,6 @@ export function Users() {
           { header: "Created", cell: (u) => formatTime(u.created_at) },
         ]}
       />
-      <Pagination page={page} data={data} setPage={setPage} />
       {canEdit && (
         <form className="form" onSubmit={submit} noValidate aria-label="Create user">
           <fieldset>
@@ -128,20 +128,9 @@ export function Users() {
                 ))}
               </select>
             </label>
-            {problems.length > 0 && (
-              <ul className="error" role="alert">
-                {problems.map((p) => (
-                  <li key={p}>{p}</li>
-                ))}
-              </ul>
-            )}
-            <ErrorBanner error={formError} />
-            {notice && <p role="status">{notice}</p>}
-            <div className="actions">
-              <button type="submit" className="primary">
-                Create user
-              </button>
-            </div>
+            <FormFooter problems={problems} error={formError} submitLabel="Create user">
+              {notice && <p role="status">{notice}</p>}
+            </FormFooter>
           </fieldset>
         </form>
       )}
@@ -200,7 +189,7 @@ const TOKEN_SCOPES = ["job", "cluster", "application", "user"];
 
 export function Tokens() {
   const { userId } = useSession();
-  const { data, page, setPage, error, reload } = usePagedList<Token>("/personal-access-tokens");
+  const tokens = usePagedList<Token>("/personal-access-tokens");
   const [form, setForm] = useState({ name: "", bio: "", days: "30", scopes: ["job"] as string[] });
   const [problems, setProblems] = useState<string[]>([]);
   const [formError, setFormError] = useState<unknown>(null);
@@ -225,7 +214,7 @@ export function Tokens() {
       .then((token) => {
         setCreated(token);
         setForm({ ...form, name: "", bio: "" });
-        reload();
+        tokens.reload();
       })
       .catch(setFormError);
   };
@@ -234,7 +223,6 @@ export function Tokens() {
     <>
       <PageHeader title="Access tokens" />
       <p className="muted">Personal access tokens call the Open API (/oapi/v1), for example from Harbor.</p>
-      <ErrorBanner error={error} />
       {created?.token && (
         <div className="token-once" role="status">
           <p>
@@ -251,9 +239,9 @@ export function Tokens() {
           </div>
         </div>
       )}
-      <Table<Token>
+      <PagedTable<Token>
+        list={tokens}
         caption="Personal access tokens"
-        rows={data?.items}
         empty="No tokens."
         columns={[
           { header: "Name", cell: (t) => t.name },
@@ -266,30 +254,25 @@ export function Tokens() {
             cell: (t) => (
               <span className="row-actions">
                 {t.state !== "inactive" && (
-                  <ConfirmButton
+                  <DeleteButton
                     label="Revoke"
-                    confirmLabel="Revoke"
+                    method="PATCH"
+                    body={{ state: "inactive" }}
+                    path={`/personal-access-tokens/${t.id}`}
                     question={`Revoke token "${t.name}"? Anything using it stops working.`}
-                    onConfirm={async () => {
-                      await request(`/personal-access-tokens/${t.id}`, { method: "PATCH", body: { state: "inactive" } });
-                      reload();
-                    }}
+                    reload={tokens.reload}
                   />
                 )}
-                <ConfirmButton
-                  label="Delete"
+                <DeleteButton
+                  path={`/personal-access-tokens/${t.id}`}
                   question={`Delete token "${t.name}"?`}
-                  onConfirm={async () => {
-                    await request(`/personal-access-tokens/${t.id}`, { method: "DELETE" });
-                    reload();
-                  }}
+                  reload={tokens.reload}
                 />
               </span>
             ),
           },
         ]}
       />
-      <Pagination page={page} data={data} setPage={setPage} />
       <form className="form" onSubmit={submit} noValidate aria-label="Create token">
         <fieldset>
           <legend>Create token</legend>
@@ -310,36 +293,13 @@ export function Tokens() {
               onChange={(e) => setForm({ ...form, days: e.target.value })}
             />
           </label>
-          <div role="group" aria-label="Scopes">
-            {TOKEN_SCOPES.map((scope) => (
-              <label key={scope} className="checkbox">
-                <input
-                  type="checkbox"
-                  checked={form.scopes.includes(scope)}
-                  onChange={(e) =>
-                    setForm({
-                      ...form,
-                      scopes: e.target.checked ? [...form.scopes, scope] : form.scopes.filter((s) => s !== scope),
-                    })
-                  }
-                />
-                {scope}
-              </label>
-            ))}
-          </div>
-          {problems.length > 0 && (
-            <ul className="error" role="alert">
-              {problems.map((p) => (
-                <li key={p}>{p}</li>
-              ))}
-            </ul>
-          )}
-          <ErrorBanner error={formError} />
-          <div className="actions">
-            <button type="submit" className="primary">
-              Create token
-            </button>
-          </div>
+          <CheckboxGroup<string>
+            label="Scopes"
+            options={TOKEN_SCOPES.map((scope) => [scope, scope])}
+            value={form.scopes}
+            onChange={(scopes) => setForm({ ...form, scopes })}
+          />
+          <FormFooter problems={problems} error={formError} submitLabel="Create token" />
         </fieldset>
       </form>
     </>
@@ -349,7 +309,7 @@ export function Tokens() {
 export function AuditLog() {
   const [actor, setActor] = useState("");
   const [applied, setApplied] = useState("");
-  const { data, page, setPage, error } = usePagedList<Audit>("/audits", { actor_name: applied }, 20);
+  const audits = usePagedList<Audit>("/audits", { actor_name: applied }, 20);
   return (
     <>
       <PageHeader title="Audit log">
@@ -358,7 +318,7 @@ export function AuditLog() {
           onSubmit={(e) => {
             e.preventDefault();
             setApplied(actor.trim());
-            setPage(1);
+            audits.setPage(1);
           }}
         >
           <label className="inline">
@@ -368,10 +328,9 @@ export function AuditLog() {
           <button type="submit">Filter</button>
         </form>
       </PageHeader>
-      <ErrorBanner error={error} />
-      <Table<Audit>
+      <PagedTable<Audit>
+        list={audits}
         caption="Audit log"
-        rows={data?.items}
         empty="No changes recorded."
         columns={[
           { header: "When", cell: (a) => formatTime(a.operated_at ?? a.created_at) },
@@ -382,7 +341,6 @@ export function AuditLog() {
           { header: "State", cell: (a) => <StateBadge state={a.state} /> },
         ]}
       />
-      <Pagination page={page} data={data} setPage={setPage} />
     </>
   );
 }

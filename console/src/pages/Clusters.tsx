@@ -1,19 +1,21 @@
-import { useEffect, useState, type FormEvent } from "react";
-import { Link, useNavigate, useParams } from "react-router-dom";
-import { list, request } from "../api";
+import { useEffect, useState } from "react";
+import { Link } from "react-router-dom";
+import { list } from "../api";
 import { useCanEdit } from "../auth";
 import {
-  ConfirmButton,
-  ErrorBanner,
+  CheckboxGroup,
+  DeleteButton,
   PageHeader,
-  Pagination,
+  PagedTable,
   StateBadge,
-  Table,
   formatTime,
   splitList,
   usePagedList,
 } from "../components";
+import { EditPage, useResourceForm, type ResourceFormSpec } from "../forms";
 import type { Scheduler, SchedulerCluster, SeedPeer, SeedPeerCluster } from "../types";
+
+const DELETE_WARNING = "Its schedulers and seed peers lose their configuration.";
 
 function scopeText(c: SchedulerCluster): string {
   return (
@@ -36,23 +38,10 @@ function useClusterNames(path: string): Map<number, string> {
   return names;
 }
 
-function DeleteButton({ path, what, reload }: { path: string; what: string; reload: () => void }) {
-  return (
-    <ConfirmButton
-      label="Delete"
-      question={`Delete ${what}? Its schedulers and seed peers lose their configuration.`}
-      onConfirm={async () => {
-        await request(path, { method: "DELETE" });
-        reload();
-      }}
-    />
-  );
-}
-
 export function SchedulerClusterList() {
   const canEdit = useCanEdit();
   const seedNames = useClusterNames("/seed-peer-clusters");
-  const { data, page, setPage, error, reload } = usePagedList<SchedulerCluster>("/scheduler-clusters");
+  const list = usePagedList<SchedulerCluster>("/scheduler-clusters");
   return (
     <>
       <PageHeader title="Scheduler clusters">
@@ -66,10 +55,9 @@ export function SchedulerClusterList() {
         A scheduler cluster serves the hosts its scopes match (the default cluster serves the rest); its seed-peer
         clusters fetch from the origin for it.
       </p>
-      <ErrorBanner error={error} />
-      <Table<SchedulerCluster>
+      <PagedTable<SchedulerCluster>
+        list={list}
         caption="Scheduler clusters"
-        rows={data?.items}
         empty="No scheduler clusters yet."
         columns={[
           { header: "Name", cell: (c) => <Link to={`/scheduler-clusters/${c.id}`}>{c.name}</Link> },
@@ -89,7 +77,11 @@ export function SchedulerClusterList() {
                   <Link className="button" to={`/scheduler-clusters/${c.id}`}>
                     Edit
                   </Link>
-                  <DeleteButton path={`/scheduler-clusters/${c.id}`} what={`scheduler cluster "${c.name}"`} reload={reload} />
+                  <DeleteButton
+                    path={`/scheduler-clusters/${c.id}`}
+                    question={`Delete scheduler cluster "${c.name}"? ${DELETE_WARNING}`}
+                    reload={list.reload}
+                  />
                 </span>
               ) : (
                 <Link to={`/scheduler-clusters/${c.id}`}>View</Link>
@@ -97,7 +89,6 @@ export function SchedulerClusterList() {
           },
         ]}
       />
-      <Pagination page={page} data={data} setPage={setPage} />
     </>
   );
 }
@@ -206,207 +197,124 @@ export function clusterBody(form: ClusterForm) {
   };
 }
 
-function Problems({ problems }: { problems: string[] }) {
-  if (problems.length === 0) return null;
-  return (
-    <ul className="error" role="alert" aria-label="Problems in the form">
-      {problems.map((problem) => (
-        <li key={problem}>{problem}</li>
-      ))}
-    </ul>
-  );
-}
-
-function LinkedClusters({
-  names,
-  value,
-  onChange,
-  disabled,
-  label,
-}: {
-  names: Map<number, string>;
-  value: number[];
-  onChange: (ids: number[]) => void;
-  disabled: boolean;
-  label: string;
-}) {
-  return (
-    <div role="group" aria-label={label}>
-      <p className="muted">{label}</p>
-      {names.size === 0 && <p className="muted">none exist</p>}
-      {[...names].map(([id, name]) => (
-        <label key={id} className="checkbox">
-          <input
-            type="checkbox"
-            disabled={disabled}
-            checked={value.includes(id)}
-            onChange={(e) => onChange(e.target.checked ? [...value, id] : value.filter((v) => v !== id))}
-          />
-          {name}
-        </label>
-      ))}
-    </div>
-  );
-}
+const SCHEDULER_CLUSTER: ResourceFormSpec<SchedulerCluster, ClusterForm> = {
+  path: "/scheduler-clusters",
+  empty: EMPTY,
+  toForm,
+  validate: validateCluster,
+  toBody: clusterBody,
+};
 
 export function SchedulerClusterEdit() {
-  const { id } = useParams();
-  const creating = id === undefined || id === "new";
-  const canEdit = useCanEdit();
-  const navigate = useNavigate();
   const seedNames = useClusterNames("/seed-peer-clusters");
-  const [form, setForm] = useState<ClusterForm>(EMPTY);
-  const [loaded, setLoaded] = useState<SchedulerCluster | null>(null);
-  const [error, setError] = useState<unknown>(null);
-  const [problems, setProblems] = useState<string[]>([]);
-  const [busy, setBusy] = useState(false);
-
-  useEffect(() => {
-    if (creating) return;
-    request<SchedulerCluster>(`/scheduler-clusters/${id}`)
-      .then((cluster) => {
-        setLoaded(cluster);
-        setForm(toForm(cluster));
-      })
-      .catch(setError);
-  }, [creating, id]);
-
-  const field = (key: keyof ClusterForm) => ({
-    value: String(form[key]),
-    onChange: (event: { target: { value: string } }) => setForm({ ...form, [key]: event.target.value }),
-    disabled: !canEdit,
-  });
-
-  const submit = (event: FormEvent) => {
-    event.preventDefault();
-    const found = validateCluster(form);
-    setProblems(found);
-    if (found.length > 0) return;
-    setBusy(true);
-    setError(null);
-    request<SchedulerCluster>(creating ? "/scheduler-clusters" : `/scheduler-clusters/${id}`, {
-      method: creating ? "POST" : "PATCH",
-      body: clusterBody(form),
-    })
-      .then(() => navigate("/scheduler-clusters"))
-      .catch((caught: unknown) => {
-        setError(caught);
-        setBusy(false);
-      });
-  };
-
-  const title = creating ? "Create scheduler cluster" : `Scheduler cluster ${loaded?.name ?? id}`;
+  const state = useResourceForm(SCHEDULER_CLUSTER);
+  const { form, setForm, field, canEdit, loaded, id } = state;
   return (
-    <>
-      <PageHeader title={title}>
-        <Link className="button" to="/scheduler-clusters">
-          Back to scheduler clusters
-        </Link>
-      </PageHeader>
-      {!canEdit && <p className="muted">You can read this cluster; only root can change it.</p>}
-      {!creating && !loaded ? (
-        error ? <ErrorBanner error={error} /> : <p className="muted">Loading…</p>
-      ) : (
-      <form className="form" onSubmit={submit} noValidate aria-label={title}>
-        <fieldset>
-          <legend>Cluster</legend>
-          <label>
-            Name
-            <input name="name" required maxLength={255} {...field("name")} />
-          </label>
-          <label>
-            Description
-            <textarea name="bio" maxLength={1024} {...field("bio")} />
-          </label>
-          <label className="checkbox">
-            <input
-              type="checkbox"
-              name="is_default"
-              checked={form.isDefault}
-              disabled={!canEdit}
-              onChange={(e) => setForm({ ...form, isDefault: e.target.checked })}
-            />
-            Default cluster (serves hosts no scope matches)
-          </label>
-          <LinkedClusters
-            label="Seed peer clusters"
-            names={seedNames}
-            value={form.linked}
+    <EditPage
+      title={state.creating ? "Create scheduler cluster" : `Scheduler cluster ${loaded?.name ?? id}`}
+      back={["/scheduler-clusters", "Back to scheduler clusters"]}
+      state={state}
+      after={
+        loaded && (
+          <Members<Scheduler> title="Schedulers" path="/schedulers" query={{ scheduler_cluster_id: loaded.id }} />
+        )
+      }
+    >
+      <fieldset>
+        <legend>Cluster</legend>
+        <label>
+          Name
+          <input name="name" required maxLength={255} {...field("name")} />
+        </label>
+        <label>
+          Description
+          <textarea name="bio" maxLength={1024} {...field("bio")} />
+        </label>
+        <label className="checkbox">
+          <input
+            type="checkbox"
+            name="is_default"
+            checked={form.isDefault}
             disabled={!canEdit}
-            onChange={(linked) => setForm({ ...form, linked })}
+            onChange={(e) => setForm({ ...form, isDefault: e.target.checked })}
           />
-        </fieldset>
-        <fieldset>
-          <legend>Scopes</legend>
-          <label>
-            IDC
-            <input name="idc" {...field("idc")} />
-          </label>
-          <label>
-            Location
-            <input name="location" placeholder="country|province|city" {...field("location")} />
-          </label>
-          <label>
-            CIDRs (comma separated)
-            <input name="cidrs" placeholder="10.0.0.0/8, 192.168.0.0/16" {...field("cidrs")} />
-          </label>
-          <label>
-            Host name patterns (regular expressions, comma separated)
-            <input name="hostnames" {...field("hostnames")} />
-          </label>
-        </fieldset>
-        <fieldset>
-          <legend>Configuration</legend>
-          <label>
-            Candidate parent limit
-            <input name="candidate_parent_limit" inputMode="numeric" {...field("candidateParentLimit")} />
-          </label>
-          <label>
-            Filter parent limit
-            <input name="filter_parent_limit" inputMode="numeric" {...field("filterParentLimit")} />
-          </label>
-          <label>
-            Job rate limit (per second)
-            <input name="job_rate_limit" inputMode="numeric" {...field("jobRateLimit")} />
-          </label>
-          <label>
-            Peer load limit (concurrent uploads per peer)
-            <input name="peer_load_limit" inputMode="numeric" {...field("peerLoadLimit")} />
-          </label>
-        </fieldset>
-        <Problems problems={problems} />
-        <ErrorBanner error={error} />
-        {canEdit && (
-          <div className="actions">
-            <button type="submit" className="primary" disabled={busy}>
-              {creating ? "Create" : "Save"}
-            </button>
-          </div>
-        )}
-      </form>
-      )}
-      {!creating && loaded && <SchedulersOf clusterId={loaded.id} />}
-    </>
+          Default cluster (serves hosts no scope matches)
+        </label>
+        <CheckboxGroup<number>
+          label="Seed peer clusters"
+          options={[...seedNames]}
+          empty="none exist"
+          value={form.linked}
+          disabled={!canEdit}
+          onChange={(linked) => setForm({ ...form, linked })}
+        />
+      </fieldset>
+      <fieldset>
+        <legend>Scopes</legend>
+        <label>
+          IDC
+          <input name="idc" {...field("idc")} />
+        </label>
+        <label>
+          Location
+          <input name="location" placeholder="country|province|city" {...field("location")} />
+        </label>
+        <label>
+          CIDRs (comma separated)
+          <input name="cidrs" placeholder="10.0.0.0/8, 192.168.0.0/16" {...field("cidrs")} />
+        </label>
+        <label>
+          Host name patterns (regular expressions, comma separated)
+          <input name="hostnames" {...field("hostnames")} />
+        </label>
+      </fieldset>
+      <fieldset>
+        <legend>Configuration</legend>
+        <label>
+          Candidate parent limit
+          <input name="candidate_parent_limit" inputMode="numeric" {...field("candidateParentLimit")} />
+        </label>
+        <label>
+          Filter parent limit
+          <input name="filter_parent_limit" inputMode="numeric" {...field("filterParentLimit")} />
+        </label>
+        <label>
+          Job rate limit (per second)
+          <input name="job_rate_limit" inputMode="numeric" {...field("jobRateLimit")} />
+        </label>
+        <label>
+          Peer load limit (concurrent uploads per peer)
+          <input name="peer_load_limit" inputMode="numeric" {...field("peerLoadLimit")} />
+        </label>
+      </fieldset>
+    </EditPage>
   );
 }
 
-function SchedulersOf({ clusterId }: { clusterId: number }) {
-  const schedulers = usePagedList<Scheduler>("/schedulers", { scheduler_cluster_id: clusterId });
+/** The schedulers or seed peers of one cluster, under its form. */
+function Members<T extends Scheduler | SeedPeer>({
+  title,
+  path,
+  query,
+}: {
+  title: string;
+  path: string;
+  query: Record<string, number>;
+}) {
+  const list = usePagedList<T>(path, query);
   return (
-    <section aria-label="Schedulers of this cluster">
-      <h2>Schedulers</h2>
-      <ErrorBanner error={schedulers.error} />
-      <Table<Scheduler>
-        caption="Schedulers of this cluster"
-        rows={schedulers.data?.items}
-        empty="No schedulers in this cluster."
+    <section aria-label={`${title} of this cluster`}>
+      <h2>{title}</h2>
+      <PagedTable<T>
+        list={list}
+        caption={`${title} of this cluster`}
+        empty={`No ${title.toLowerCase()} in this cluster.`}
         columns={[
           { header: "Host name", cell: (s) => s.host_name ?? s.hostname },
           { header: "Address", cell: (s) => `${s.ip}:${s.port}` },
           { header: "State", cell: (s) => <StateBadge state={s.state} /> },
         ]}
       />
-      <Pagination page={schedulers.page} data={schedulers.data} setPage={schedulers.setPage} />
     </section>
   );
 }
@@ -414,7 +322,7 @@ function SchedulersOf({ clusterId }: { clusterId: number }) {
 export function SeedPeerClusterList() {
   const canEdit = useCanEdit();
   const schedulerNames = useClusterNames("/scheduler-clusters");
-  const { data, page, setPage, error, reload } = usePagedList<SeedPeerCluster>("/seed-peer-clusters");
+  const list = usePagedList<SeedPeerCluster>("/seed-peer-clusters");
   return (
     <>
       <PageHeader title="Seed peer clusters">
@@ -424,10 +332,9 @@ export function SeedPeerClusterList() {
           </Link>
         )}
       </PageHeader>
-      <ErrorBanner error={error} />
-      <Table<SeedPeerCluster>
+      <PagedTable<SeedPeerCluster>
+        list={list}
         caption="Seed peer clusters"
-        rows={data?.items}
         empty="No seed peer clusters yet."
         columns={[
           { header: "Name", cell: (c) => <Link to={`/seed-peer-clusters/${c.id}`}>{c.name}</Link> },
@@ -447,7 +354,11 @@ export function SeedPeerClusterList() {
                   <Link className="button" to={`/seed-peer-clusters/${c.id}`}>
                     Edit
                   </Link>
-                  <DeleteButton path={`/seed-peer-clusters/${c.id}`} what={`seed peer cluster "${c.name}"`} reload={reload} />
+                  <DeleteButton
+                    path={`/seed-peer-clusters/${c.id}`}
+                    question={`Delete seed peer cluster "${c.name}"? ${DELETE_WARNING}`}
+                    reload={list.reload}
+                  />
                 </span>
               ) : (
                 <Link to={`/seed-peer-clusters/${c.id}`}>View</Link>
@@ -455,143 +366,78 @@ export function SeedPeerClusterList() {
           },
         ]}
       />
-      <Pagination page={page} data={data} setPage={setPage} />
     </>
   );
 }
+
+interface SeedClusterForm {
+  name: string;
+  bio: string;
+  loadLimit: string;
+  linked: number[];
+}
+
+const SEED_PEER_CLUSTER: ResourceFormSpec<SeedPeerCluster, SeedClusterForm> = {
+  path: "/seed-peer-clusters",
+  empty: { name: "", bio: "", loadLimit: "2000", linked: [] },
+  toForm: (cluster) => ({
+    name: cluster.name,
+    bio: cluster.bio ?? "",
+    loadLimit: String(cluster.config?.load_limit ?? 2000),
+    linked: cluster.scheduler_cluster_ids ?? [],
+  }),
+  validate: (form) => {
+    const problems: string[] = [];
+    checkName(problems, form.name);
+    checkRange(problems, form.loadLimit, "Load limit", 1, 50000);
+    return problems;
+  },
+  toBody: (form) => ({
+    name: form.name.trim(),
+    bio: form.bio,
+    config: { load_limit: Number(form.loadLimit) },
+    scheduler_cluster_ids: form.linked,
+  }),
+};
 
 export function SeedPeerClusterEdit() {
-  const { id } = useParams();
-  const creating = id === undefined || id === "new";
-  const canEdit = useCanEdit();
-  const navigate = useNavigate();
   const schedulerNames = useClusterNames("/scheduler-clusters");
-  const [form, setForm] = useState({ name: "", bio: "", loadLimit: "2000", linked: [] as number[] });
-  const [loaded, setLoaded] = useState<SeedPeerCluster | null>(null);
-  const [error, setError] = useState<unknown>(null);
-  const [problems, setProblems] = useState<string[]>([]);
-  const [busy, setBusy] = useState(false);
-  useEffect(() => {
-    if (creating) return;
-    request<SeedPeerCluster>(`/seed-peer-clusters/${id}`)
-      .then((cluster) => {
-        setLoaded(cluster);
-        setForm({
-          name: cluster.name,
-          bio: cluster.bio ?? "",
-          loadLimit: String(cluster.config?.load_limit ?? 2000),
-          linked: cluster.scheduler_cluster_ids ?? [],
-        });
-      })
-      .catch(setError);
-  }, [creating, id]);
-  const submit = (event: FormEvent) => {
-    event.preventDefault();
-    const found: string[] = [];
-    checkName(found, form.name);
-    checkRange(found, form.loadLimit, "Load limit", 1, 50000);
-    setProblems(found);
-    if (found.length) return;
-    setBusy(true);
-    setError(null);
-    request(creating ? "/seed-peer-clusters" : `/seed-peer-clusters/${id}`, {
-      method: creating ? "POST" : "PATCH",
-      body: {
-        name: form.name.trim(),
-        bio: form.bio,
-        config: { load_limit: Number(form.loadLimit) },
-        scheduler_cluster_ids: form.linked,
-      },
-    })
-      .then(() => navigate("/seed-peer-clusters"))
-      .catch((caught: unknown) => {
-        setError(caught);
-        setBusy(false);
-      });
-  };
-  const title = creating ? "Create seed peer cluster" : `Seed peer cluster ${loaded?.name ?? id}`;
+  const state = useResourceForm(SEED_PEER_CLUSTER);
+  const { form, setForm, field, canEdit, loaded, id } = state;
   return (
-    <>
-      <PageHeader title={title}>
-        <Link className="button" to="/seed-peer-clusters">
-          Back to seed peer clusters
-        </Link>
-      </PageHeader>
-      {!creating && !loaded ? (
-        error ? <ErrorBanner error={error} /> : <p className="muted">Loading…</p>
-      ) : (
-      <form className="form" onSubmit={submit} noValidate aria-label={title}>
-        <fieldset>
-          <legend>Cluster</legend>
-          <label>
-            Name
-            <input
-              name="name"
-              value={form.name}
-              disabled={!canEdit}
-              onChange={(e) => setForm({ ...form, name: e.target.value })}
-            />
-          </label>
-          <label>
-            Description
-            <textarea
-              name="bio"
-              value={form.bio}
-              disabled={!canEdit}
-              onChange={(e) => setForm({ ...form, bio: e.target.value })}
-            />
-          </label>
-          <label>
-            Load limit (concurrent uploads per seed peer)
-            <input
-              name="load_limit"
-              inputMode="numeric"
-              value={form.loadLimit}
-              disabled={!canEdit}
-              onChange={(e) => setForm({ ...form, loadLimit: e.target.value })}
-            />
-          </label>
-          <LinkedClusters
-            label="Scheduler clusters"
-            names={schedulerNames}
-            value={form.linked}
-            disabled={!canEdit}
-            onChange={(linked) => setForm({ ...form, linked })}
-          />
-        </fieldset>
-        <Problems problems={problems} />
-        <ErrorBanner error={error} />
-        {canEdit && (
-          <div className="actions">
-            <button type="submit" className="primary" disabled={busy}>
-              {creating ? "Create" : "Save"}
-            </button>
-          </div>
-        )}
-      </form>
-      )}
-      {!creating && loaded && <SeedPeersOf clusterId={loaded.id} />}
-    </>
-  );
-}
-
-function SeedPeersOf({ clusterId }: { clusterId: number }) {
-  const seeds = usePagedList<SeedPeer>("/seed-peers", { seed_peer_cluster_id: clusterId });
-  return (
-    <section aria-label="Seed peers of this cluster">
-      <h2>Seed peers</h2>
-      <ErrorBanner error={seeds.error} />
-      <Table<SeedPeer>
-        caption="Seed peers of this cluster"
-        rows={seeds.data?.items}
-        empty="No seed peers in this cluster."
-        columns={[
-          { header: "Host name", cell: (s) => s.host_name ?? s.hostname },
-          { header: "Address", cell: (s) => `${s.ip}:${s.port}` },
-          { header: "State", cell: (s) => <StateBadge state={s.state} /> },
-        ]}
-      />
-      <Pagination page={seeds.page} data={seeds.data} setPage={seeds.setPage} />
-    </section>
+    <EditPage
+      title={state.creating ? "Create seed peer cluster" : `Seed peer cluster ${loaded?.name ?? id}`}
+      back={["/seed-peer-clusters", "Back to seed peer clusters"]}
+      state={state}
+      after={
+        loaded && (
+          <Members<SeedPeer> title="Seed peers" path="/seed-peers" query={{ seed_peer_cluster_id: loaded.id }} />
+        )
+      }
+    >
+      <fieldset>
+        <legend>Cluster</legend>
+        <label>
+          Name
+          <input name="name" {...field("name")} />
+        </label>
+        <label>
+          Description
+          <textarea name="bio" {...field("bio")} />
+        </label>
+        <label>
+          Load limit (concurrent uploads per seed peer)
+          <input name="load_limit" inputMode="numeric" {...field("loadLimit")} />
+        </label>
+        <CheckboxGroup<number>
+          label="Scheduler clusters"
+          options={[...schedulerNames]}
+          empty="none exist"
+          value={form.linked}
+          disabled={!canEdit}
+          onChange={(linked) => setForm({ ...form, linked })}
+        />
+      </fieldset>
+    </EditPage>
   );
 }

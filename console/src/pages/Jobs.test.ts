@@ -1,22 +1,8 @@
 import { describe, expect, it } from "vitest";
 import type { Job } from "../types";
-import { hostResults, preheatBody, validatePreheat } from "./Jobs";
+import { EMPTY_PREHEAT, hostResults, preheatBody, validatePreheat } from "./Jobs";
 
-const base = {
-  kind: "file" as const,
-  urls: "",
-  platform: "linux/amd64",
-  scope: "single_seed_peer" as const,
-  tag: "",
-  application: "",
-  headers: "",
-  username: "",
-  password: "",
-  ips: "",
-  count: "",
-  percentage: "",
-  clusters: [] as number[],
-};
+const base = EMPTY_PREHEAT;
 
 describe("preheat form", () => {
   it("builds Dragonfly's job body", () => {

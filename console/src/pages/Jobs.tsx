@@ -3,10 +3,13 @@ import { Link, useNavigate, useParams } from "react-router-dom";
 import { list, request } from "../api";
 import { useCanEdit } from "../auth";
 import {
+  CheckboxGroup,
   ConfirmButton,
   ErrorBanner,
+  FilterSelect,
+  FormFooter,
   PageHeader,
-  Pagination,
+  PagedTable,
   StateBadge,
   Table,
   formatTime,
@@ -27,9 +30,10 @@ function jobUrls(job: Job): string {
 export function JobList() {
   const canEdit = useCanEdit();
   const [state, setState] = useState("");
-  const { data, page, setPage, error, reload } = usePagedList<Job>("/jobs", { type: "preheat", state });
+  const jobs = usePagedList<Job>("/jobs", { type: "preheat", state });
+  const { reload } = jobs;
   // Refresh while any job on the page is still running.
-  const running = (data?.items ?? []).some((job) => !TERMINAL.has(job.state));
+  const running = (jobs.data?.items ?? []).some((job) => !TERMINAL.has(job.state));
   useEffect(() => {
     if (!running) return;
     const timer = window.setInterval(reload, 2000);
@@ -38,31 +42,28 @@ export function JobList() {
   return (
     <>
       <PageHeader title="Preheat jobs">
-        <label className="inline">
-          State
-          <select
-            value={state}
-            onChange={(e) => {
-              setState(e.target.value);
-              setPage(1);
-            }}
-          >
-            <option value="">any</option>
-            <option>PENDING</option>
-            <option>SUCCESS</option>
-            <option>FAILURE</option>
-          </select>
-        </label>
+        <FilterSelect
+          label="State"
+          value={state}
+          options={[
+            ["PENDING", "PENDING"],
+            ["SUCCESS", "SUCCESS"],
+            ["FAILURE", "FAILURE"],
+          ]}
+          onChange={(value) => {
+            setState(value);
+            jobs.setPage(1);
+          }}
+        />
         {canEdit && (
           <Link className="button primary" to="/jobs/new">
             Create preheat
           </Link>
         )}
       </PageHeader>
-      <ErrorBanner error={error} />
-      <Table<Job>
+      <PagedTable<Job>
+        list={jobs}
         caption="Preheat jobs"
-        rows={data?.items}
         empty="No preheat jobs."
         columns={[
           { header: "ID", cell: (j) => <Link to={`/jobs/${j.id}`}>{j.id}</Link> },
@@ -73,12 +74,11 @@ export function JobList() {
           { header: "Created", cell: (j) => formatTime(j.created_at) },
         ]}
       />
-      <Pagination page={page} data={data} setPage={setPage} />
     </>
   );
 }
 
-interface PreheatForm {
+export interface PreheatForm {
   kind: "file" | "image";
   urls: string;
   platform: string;
@@ -94,7 +94,7 @@ interface PreheatForm {
   clusters: number[];
 }
 
-const EMPTY: PreheatForm = {
+export const EMPTY_PREHEAT: PreheatForm = {
   kind: "file",
   urls: "",
   platform: "linux/amd64",
@@ -178,7 +178,7 @@ export function preheatBody(form: PreheatForm) {
 
 export function JobCreate() {
   const navigate = useNavigate();
-  const [form, setForm] = useState<PreheatForm>(EMPTY);
+  const [form, setForm] = useState<PreheatForm>(EMPTY_PREHEAT);
   const [clusters, setClusters] = useState<SchedulerCluster[]>([]);
   const [problems, setProblems] = useState<string[]>([]);
   const [error, setError] = useState<unknown>(null);
@@ -295,36 +295,14 @@ export function JobCreate() {
               </label>
             </>
           )}
-          <div role="group" aria-label="Clusters">
-            <p className="muted">Scheduler clusters (none chosen: all)</p>
-            {clusters.map((cluster) => (
-              <label key={cluster.id} className="checkbox">
-                <input
-                  type="checkbox"
-                  checked={form.clusters.includes(cluster.id)}
-                  onChange={(e) => {
-                    const id = cluster.id;
-                    set({ clusters: e.target.checked ? [...form.clusters, id] : form.clusters.filter((c) => c !== id) });
-                  }}
-                />
-                {cluster.name}
-              </label>
-            ))}
-          </div>
+          <CheckboxGroup<number>
+            label="Scheduler clusters (none chosen: all)"
+            options={clusters.map((cluster) => [cluster.id, cluster.name])}
+            value={form.clusters}
+            onChange={(chosen) => set({ clusters: chosen })}
+          />
         </fieldset>
-        {problems.length > 0 && (
-          <ul className="error" role="alert">
-            {problems.map((p) => (
-              <li key={p}>{p}</li>
-            ))}
-          </ul>
-        )}
-        <ErrorBanner error={error} />
-        <div className="actions">
-          <button type="submit" className="primary" disabled={busy}>
-            Preheat
-          </button>
-        </div>
+        <FormFooter problems={problems} error={error} busy={busy} submitLabel="Preheat" />
       </form>
     </>
   );
@@ -370,7 +348,7 @@ export function JobDetail() {
     return () => window.clearInterval(timer);
   }, [job, done]);
   const rows = job ? hostResults(job) : [];
-  const errors = (job?.result?.job_states ?? []).map((s) => s.error).filter(Boolean);
+  const errors = [job?.result?.error, ...(job?.result?.job_states ?? []).map((s) => s.error)].filter(Boolean);
   return (
     <>
       <PageHeader title={`Preheat job ${id}`}>
@@ -396,6 +374,15 @@ export function JobDetail() {
           <dd data-testid="job-state">
             <StateBadge state={job.state} />
           </dd>
+          {job.progress?.phase && (
+            <>
+              <dt>Progress</dt>
+              <dd data-testid="job-phase">
+                {job.progress.phase}
+                {job.progress.clusters ? ` (${job.progress.clusters_done ?? 0} of ${job.progress.clusters} clusters)` : ""}
+              </dd>
+            </>
+          )}
           <dt>Kind</dt>
           <dd>{String(job.args?.type ?? "file")}</dd>
           <dt>URL</dt>
