@@ -27,8 +27,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import grpc
 from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2
 from google.protobuf import empty_pb2
+from prometheus_client import Counter, Gauge
 
 from dragonfly.common import tls
+from dragonfly.scheduler.metrics import NAMESPACE
 from dragonfly.scheduler.resource import persistent_cache as pc
 from dragonfly.scheduler.service.announce_peer import MAX_ID_LENGTH
 from dragonfly.scheduler.service.convert import duration, seconds, timestamp
@@ -128,6 +130,20 @@ class PersistentCacheService:
         self._replicating: dict[str, set[str]] = {}
         # (task id, host id) -> when that host may be asked again after a failed replication.
         self._replication_failed: dict[tuple[str, str], float] = {}
+        registry = ctx.metrics.registry
+        self._tasks_gauge = Gauge(
+            f"{NAMESPACE}_persistent_cache_tasks", "Persistent cache tasks known.", registry=registry
+        )
+        self._tasks_gauge.set_function(lambda: len(self.resource.tasks))
+        self._replications = Counter(
+            f"{NAMESPACE}_persistent_cache_replications",
+            "Replications of persistent cache tasks asked of hosts, by result (started, succeeded, failed).",
+            ["result"],
+            registry=registry,
+        )
+        self._expired = Counter(
+            f"{NAMESPACE}_persistent_cache_expired", "Persistent cache tasks whose TTL ran out.", registry=registry
+        )
 
     # lifecycle
 
@@ -157,6 +173,7 @@ class PersistentCacheService:
         """Collect expired tasks and start missing replicas."""
         for task in self.resource.expired_tasks(now):
             log.info("persistent cache task expired", extra={"task_id": task.id})
+            self._expired.inc()
             self._drop_everywhere(task)
         for task in list(self.resource.tasks.values()):
             if task.state == pc.TASK_SUCCEEDED:
@@ -210,6 +227,7 @@ class PersistentCacheService:
         for host in chosen:
             replicating.add(host.id)
             log.info("persistent cache replication started", extra={"task_id": task.id, "host_id": host.id})
+            self._replications.labels("started").inc()
             self._spawn(self._replicate_to(task, host))
         return [host.id for host in chosen]
 
@@ -235,6 +253,7 @@ class PersistentCacheService:
             peer.host_id == host.id and peer.state == pc.PEER_SUCCEEDED for peer in task.peers.values()
         ):
             failure = "the download ended without the host reporting a copy"
+        self._replications.labels("failed" if failure else "succeeded").inc()
         if failure:
             self._replication_failed[(task.id, host.id)] = time.time() + REPLICATION_RETRY_AFTER
             log.warning(

@@ -293,6 +293,8 @@ async def test_replicas_are_requested_up_to_the_count(
         await endpoint.wait(lambda endpoint=endpoint: bool(endpoint.downloads))
         request = endpoint.downloads[0]
         assert (request.task_id, request.persistent, request.tag) == (task_id, True, "t")
+    assert await scheduler.metric("dragonfly_scheduler_persistent_cache_replications_total", 'result="started"') >= 2
+    assert await scheduler.metric("dragonfly_scheduler_persistent_cache_tasks") == 1
 
 
 async def test_expiry_drops_the_task_everywhere(
