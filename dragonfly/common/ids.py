@@ -90,6 +90,28 @@ def _path_encode(path: str) -> str:
     return "".join(out)
 
 
+def _remove_dot_segments(path: str) -> str:
+    """Resolve "." and ".." segments (also percent-encoded) as the WHATWG path parser does."""
+    if not path.startswith("/"):
+        return path
+    segments = path.split("/")[1:]
+    out: list[str] = []
+    for index, segment in enumerate(segments):
+        lowered = segment.lower()
+        last = index == len(segments) - 1
+        if lowered in ("..", ".%2e", "%2e.", "%2e%2e"):
+            if out:
+                out.pop()
+            if last:
+                out.append("")
+        elif lowered in (".", "%2e"):
+            if last:
+                out.append("")
+        else:
+            out.append(segment)
+    return "/" + "/".join(out)
+
+
 def _form_encode(text: str) -> str:
     out = []
     for byte in text.encode("utf-8"):
@@ -129,7 +151,7 @@ def normalize_url(url: str, filtered_query_params: tuple[str, ...] | list[str] =
     if port is not None and _DEFAULT_PORTS.get(scheme) != port:
         netloc = f"{netloc}:{port}"
     # A special URL's empty path is "/"; a non-special one's stays empty (s3://bucket).
-    path = _path_encode(parts.path) if parts.path else ("/" if special else "")
+    path = _path_encode(_remove_dot_segments(parts.path)) if parts.path else ("/" if special else "")
 
     serialized = f"{scheme}://{netloc}{path}"
     if parts.query:

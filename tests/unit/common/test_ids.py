@@ -114,3 +114,21 @@ def test_is_task_id_refuses_paths():
 )
 def test_file_and_non_special_schemes_normalised_like_whatwg(url: str, normalized: str) -> None:
     assert ids.normalize_url(url) == normalized
+
+
+@pytest.mark.parametrize(
+    ("url", "normalized"),
+    [
+        # "." and ".." segments (also percent-encoded) resolve as WHATWG's path parser does; the expectations were
+        # cross-checked with ada-url, a WHATWG URL implementation.
+        ("s3://b/a/../c", "s3://b/c"),
+        ("https://e.com/a/./b", "https://e.com/a/b"),
+        ("https://e.com/a/b/..", "https://e.com/a/"),
+        ("https://e.com/a/%2E%2E/c", "https://e.com/c"),
+        ("https://e.com/a/.%2e/b/", "https://e.com/b/"),
+        ("hf://o/r/a/.", "hf://o/r/a/"),
+        ("https://e.com/a/b/c/./../../g", "https://e.com/a/g"),
+    ],
+)
+def test_dot_segments_resolved_like_whatwg(url: str, normalized: str) -> None:
+    assert ids.normalize_url(url) == normalized
