@@ -257,6 +257,23 @@ def test_swarm_view_follows_a_download_live(tmp_path: Path, browser: Browser, or
             expect(page.get_by_role("row").filter(has_text="preheat.bin")).to_contain_text("SUCCESS")
             browser.screenshot(page, "preheat-jobs")
 
+            # A preheat of a file the origin trickles out is still running when root cancels it (after confirming).
+            make_file(origin, "trickle.bin", 4 * MiB)
+            origin.set_fault("trickle.bin", "slow", rate=16 * 1024)
+            page.get_by_role("link", name="Create preheat").click()
+            form = page.get_by_role("form", name="Create preheat")
+            form.get_by_label("URLs (one per line)").fill(origin.url("trickle.bin"))
+            form.get_by_role("button", name="Preheat").click()
+            page.get_by_role("heading", name=re.compile(r"^Preheat job \d+$")).wait_for()
+            expect(page.get_by_test_id("job-state")).to_have_text("PENDING")
+            page.get_by_role("button", name="Cancel job").click()
+            page.get_by_role("dialog").get_by_role("button", name="Cancel job").click()
+            expect(page.get_by_test_id("job-state")).to_have_text("FAILURE")
+            expect(page.get_by_test_id("job-phase")).to_contain_text("cancelled")
+            expect(page.get_by_role("button", name="Cancel job")).to_have_count(0)
+            browser.screenshot(page, "preheat-job-cancelled")
+            nav(page, "Preheat jobs")
+
             # Every other page, once, with the cluster running: a title, a heading, a screenshot, no script error.
             expect(page.get_by_role("row").filter(has_text="preheat.bin")).to_be_visible()
             pages = (
