@@ -219,7 +219,18 @@ class ObjectStorageBackend:
             async with asyncio.timeout(self._timeout):
                 meta = await obstore.head_async(store, key)
         except Exception as exc:
-            raise _error(url, exc, storage, "stat") from None
+            error = _error(url, exc, storage, "stat")
+            if error.status_code in (401, 403):
+                # A HEAD answer has no body: one byte's GET brings the store's reason (SignatureDoesNotMatch,
+                # InvalidAccessKeyId, AccessDenied...), which tells a wrong secret from a missing permission.
+                try:
+                    async with asyncio.timeout(self._timeout):
+                        await obstore.get_range_async(store, key, start=0, end=1)
+                except Exception as detail:
+                    reason = _error(url, detail, storage, "stat")
+                    if reason.status_code == error.status_code:
+                        error = reason
+            raise error from None
         header = {"Content-Length": str(meta["size"])}
         if meta.get("e_tag"):
             header["ETag"] = str(meta["e_tag"])

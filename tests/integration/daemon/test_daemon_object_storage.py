@@ -101,6 +101,8 @@ def test_bad_credentials_and_missing_keys_fail_clearly(s3: MotoS3, s3_cluster: L
     )
     assert result.returncode == 1
     assert "access denied (HTTP 403)" in result.stderr, result.stderr
+    # The store's own reason, which tells a wrong secret from a missing permission.
+    assert "SignatureDoesNotMatch" in result.stderr
     assert not (tmp_path / "o1").exists()
 
     result = run_dfget(
