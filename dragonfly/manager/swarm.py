@@ -10,15 +10,15 @@ cannot answer (down, or a Dragonfly scheduler without the call) is named in ``er
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import grpc
 from fastapi import APIRouter, Depends, Query, Response
-from sqlalchemy import select
 
 from dragonfly.common import ids
 from dragonfly.common import swarm as swarm_call
-from dragonfly.manager import models
+from dragonfly.manager import models, queries
 from dragonfly.manager.api.app import Extension
 from dragonfly.manager.api.deps import DB, Ctx, require
 from dragonfly.manager.api.errors import APIError
@@ -41,6 +41,32 @@ def _error(scheduler: models.Scheduler, exc: BaseException) -> str:
             return f"{where} does not report swarms (not this project's scheduler)"
         return f"{where}: {exc.code().name}: {(exc.details() or '')[:200]}"
     return f"{where}: {type(exc).__name__}: {str(exc)[:200]}"
+
+
+Answers = list[tuple[models.Scheduler, dict[str, Any]]]
+
+
+async def ask_all(
+    session: DB,
+    ctx: Ctx,
+    call: Callable[[grpc.aio.Channel], Awaitable[dict[str, Any]]],
+    cluster_id: int | None = None,
+) -> tuple[Answers, list[str]]:
+    """Make ``call`` on every active scheduler (of one cluster if given) at once; return answers and errors."""
+    schedulers = await queries.active_schedulers(session, None if cluster_id is None else [cluster_id])
+    results = await asyncio.gather(
+        *(call(ctx.scheduler_channel(_address(s.ip, s.port))) for s in schedulers), return_exceptions=True
+    )
+    answers: Answers = []
+    errors: list[str] = [] if schedulers else ["no active scheduler"]
+    for scheduler, result in zip(schedulers, results, strict=True):
+        if isinstance(result, asyncio.CancelledError):
+            raise result
+        if isinstance(result, BaseException):
+            errors.append(_error(scheduler, result))
+        elif isinstance(result, dict):
+            answers.append((scheduler, result))
+    return answers, errors
 
 
 def merge(task_id: str, answers: list[tuple[models.Scheduler, dict[str, Any]]], errors: list[str]) -> dict[str, Any]:
@@ -97,28 +123,10 @@ async def get_swarm(
     assert task_id is not None
     if not ids.is_task_id(task_id):
         raise APIError(400, "task_id: 64 lower-case hex digits")
-    query = select(models.Scheduler).where(models.Scheduler.state == models.STATE_ACTIVE)
-    if scheduler_cluster_id is not None:
-        query = query.where(models.Scheduler.scheduler_cluster_id == scheduler_cluster_id)
-    schedulers = list((await session.scalars(query.order_by(models.Scheduler.id))).all())
-    results = await asyncio.gather(
-        *(
-            swarm_call.fetch(ctx.scheduler_channel(_address(s.ip, s.port)), task_id, deadline=DEADLINE)
-            for s in schedulers
-        ),
-        return_exceptions=True,
+    wanted = task_id
+    answers, errors = await ask_all(
+        session, ctx, lambda channel: swarm_call.fetch(channel, wanted, deadline=DEADLINE), scheduler_cluster_id
     )
-    answers: list[tuple[models.Scheduler, dict[str, Any]]] = []
-    errors: list[str] = []
-    for scheduler, result in zip(schedulers, results, strict=True):
-        if isinstance(result, BaseException):
-            if isinstance(result, asyncio.CancelledError):
-                raise result
-            errors.append(_error(scheduler, result))
-        elif isinstance(result, dict):
-            answers.append((scheduler, result))
-    if not schedulers:
-        errors.append("no active scheduler")
     return merge(task_id, answers, errors)
 
 
@@ -129,28 +137,17 @@ async def get_swarm_stats(
     _principal: Annotated[Any, Depends(require(OBJECT, "read"))],
 ) -> dict[str, Any]:
     """Ask every active scheduler for its overview figures and add them up."""
-    query = select(models.Scheduler).where(models.Scheduler.state == models.STATE_ACTIVE)
-    schedulers = list((await session.scalars(query.order_by(models.Scheduler.id))).all())
-    results = await asyncio.gather(
-        *(swarm_call.fetch_stats(ctx.scheduler_channel(_address(s.ip, s.port)), deadline=DEADLINE) for s in schedulers),
-        return_exceptions=True,
-    )
+    answers, errors = await ask_all(session, ctx, lambda channel: swarm_call.fetch_stats(channel, deadline=DEADLINE))
     total: dict[str, Any] = {
-        "schedulers": 0,
+        "schedulers": len(answers),
         "hosts": 0,
         "seed_hosts": 0,
         "tasks_in_flight": 0,
         "peers_in_flight": 0,
         "traffic": {"hour": {"source": 0, "peers": 0}, "day": {"source": 0, "peers": 0}},
-        "errors": [] if schedulers else ["no active scheduler"],
+        "errors": errors,
     }
-    for scheduler, result in zip(schedulers, results, strict=True):
-        if isinstance(result, BaseException):
-            if isinstance(result, asyncio.CancelledError):
-                raise result
-            total["errors"].append(_error(scheduler, result))
-            continue
-        total["schedulers"] += 1
+    for _scheduler, result in answers:
         for key in ("hosts", "seed_hosts", "tasks_in_flight", "peers_in_flight"):
             total[key] += _count(result.get(key))
         traffic = result.get("traffic")
@@ -172,20 +169,9 @@ async def get_swarm_hosts(
     host_type: Annotated[str | None, Query(alias="type", pattern=r"^(normal|super)$")] = None,
 ) -> dict[str, Any]:
     """Ask every active scheduler for its hosts; one page of them, by host name, with the total."""
-    query = select(models.Scheduler).where(models.Scheduler.state == models.STATE_ACTIVE)
-    schedulers = list((await session.scalars(query.order_by(models.Scheduler.id))).all())
-    results = await asyncio.gather(
-        *(swarm_call.fetch_hosts(ctx.scheduler_channel(_address(s.ip, s.port)), deadline=DEADLINE) for s in schedulers),
-        return_exceptions=True,
-    )
+    answers, errors = await ask_all(session, ctx, lambda channel: swarm_call.fetch_hosts(channel, deadline=DEADLINE))
     found: list[dict[str, Any]] = []
-    errors: list[str] = [] if schedulers else ["no active scheduler"]
-    for scheduler, result in zip(schedulers, results, strict=True):
-        if isinstance(result, BaseException):
-            if isinstance(result, asyncio.CancelledError):
-                raise result
-            errors.append(_error(scheduler, result))
-            continue
+    for scheduler, result in answers:
         listed = result.get("hosts")
         for host in listed if isinstance(listed, list) else []:
             if isinstance(host, dict) and (host_type is None or host.get("type") == host_type):
