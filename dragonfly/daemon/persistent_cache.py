@@ -664,12 +664,22 @@ class PersistentCacheManager:
             importer=True,
             peer_id=peer_id,
         )
+        existing: common_pb2.PersistentCacheTask | None = None
         if self.scheduler is not None:
             try:
                 await self._upload_started(entry, peer_id, piece_length, content_length, ttl)
-            except grpc.aio.AioRpcError:
-                self.storage.discard_content_file(temp)
-                raise
+            except grpc.aio.AioRpcError as exc:
+                existing = (
+                    await self._same_content(exc, entry) if exc.code() == grpc.StatusCode.ALREADY_EXISTS else None
+                )
+                if existing is None:
+                    self.storage.discard_content_file(temp)
+                    raise
+                # Another host imported the very same content under this id: this host keeps a persistent copy
+                # of it (its TTL is the task's), as a holder rather than a second importer.
+                entry.importer = False
+                entry.ttl = existing.ttl.seconds + existing.ttl.nanos * 1e-9
+                entry.created_at = existing.created_at.seconds + existing.created_at.nanos * 1e-9
         self._replace_content(task_id, temp, piece_length, content_length)
         now = time.time()
         for number, crc in enumerate(crcs):
@@ -696,10 +706,33 @@ class PersistentCacheManager:
         if self.scheduler is None:
             return self.task_message(entry)
         try:
+            if existing is not None:
+                await self._announce_again(entry, piece_length, content_length, time.time())
+                return existing
             return await self._upload_finished(task_id, peer_id)
         except grpc.aio.AioRpcError:
             self.delete_local(task_id)
             raise
+
+    async def _same_content(self, refusal: grpc.aio.AioRpcError, entry: Entry) -> common_pb2.PersistentCacheTask | None:
+        """Return the task another host imported under ``entry``'s id if its digest is this import's, else None."""
+        call = self._scheduler_stub(entry.id).StatPersistentCacheTask(
+            scheduler_pb2.StatPersistentCacheTaskRequest(host_id=self.host_id, task_id=entry.id),
+            timeout=_REQUEST_TIMEOUT,
+        )
+        try:
+            task: common_pb2.PersistentCacheTask = await call
+            trailers = await call.trailing_metadata()
+        except grpc.aio.AioRpcError:
+            return None
+        digest = next((str(v) for k, v in (trailers or ()) if k == CONTENT_DIGEST_KEY), "")
+        if digest != entry.content_digest:
+            log.info(
+                "persistent cache import refused: the id is another host's, with other content",
+                extra={"task_id": entry.id, "error": refusal.details()},
+            )
+            return None
+        return task
 
     def _replace_content(self, task_id: str, content: str, piece_length: int, content_length: int) -> None:
         """Drop any copy of ``task_id`` and make the file ``content`` its (empty of pieces) content."""

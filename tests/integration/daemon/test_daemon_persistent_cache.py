@@ -177,6 +177,27 @@ def test_import_export_restart_and_delete(cluster: LocalCluster, tmp_path: Path)
     assert not (tmp_path / "gone.bin").exists()
 
 
+def test_importing_the_same_content_again_elsewhere_joins_it(cluster: LocalCluster, tmp_path: Path) -> None:
+    data = make_file(tmp_path / "twice.bin", 5 * MiB)
+    task_id = import_file(cluster, "peer-1", tmp_path / "twice.bin", "--persistent-replica-count", "1")
+    # Same content, same id: peer-2 keeps a persistent copy instead of failing.
+    assert import_file(cluster, "peer-2", tmp_path / "twice.bin") == task_id
+    assert "persistent replicas: 2 of 1" in dfcache(cluster, "peer-3", "stat", task_id).stdout
+    # The same chosen id for other content is refused: the id is peer-1's.
+    (tmp_path / "other.bin").write_bytes(os.urandom(MiB))
+    chosen = import_file(cluster, "peer-1", tmp_path / "twice.bin", "--content-for-calculating-task-id", "v1")
+    refused = dfcache(
+        cluster, "peer-2", "import", str(tmp_path / "other.bin"), "--content-for-calculating-task-id", "v1", check=False
+    )
+    assert refused.returncode == 1
+    assert "ALREADY_EXISTS" in refused.stderr
+    output = tmp_path / "v1.bin"
+    dfcache(cluster, "peer-3", "export", chosen, "-O", str(output))
+    assert output.read_bytes() == data
+    for task in (task_id, chosen):
+        dfcache(cluster, "peer-1", "delete", task)
+
+
 def test_ttl_expiry(cluster: LocalCluster, tmp_path: Path) -> None:
     data = make_file(tmp_path / "short.bin", 5 * MiB)
     task_id = import_file(cluster, "peer-1", tmp_path / "short.bin", "--ttl", "4s", "--persistent-replica-count", "1")
