@@ -8,6 +8,7 @@ human strings. Unknown keys are logged, not fatal, so operators can reuse Dragon
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import enum
 import logging
@@ -214,9 +215,13 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str, path: str | None)
         yaml_key = present[0]
         dotted = f"{prefix}.{yaml_key}" if prefix else yaml_key
         kwargs[field.name] = _convert(hints[field.name], data[yaml_key], dotted, path)
+    collected = _UNKNOWN_KEYS.get()
     for unknown in sorted(set(map(str, data)) - known):
         dotted = f"{prefix}.{unknown}" if prefix else unknown
-        log.warning("config %s: unknown key %s ignored", path or "<defaults>", dotted)
+        if collected is not None:
+            collected.append(dotted)
+        else:
+            log.warning("config %s: unknown key %s ignored", path or "<defaults>", dotted)
     try:
         obj = cls(**kwargs)
         validate = getattr(obj, "validate", None)
@@ -237,8 +242,16 @@ def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]
     return merged
 
 
+#: Keys of the file being loaded that no field reads; reported together in one warning (Dragonfly's files carry many
+#: keys of features this implementation does not have).
+_UNKNOWN_KEYS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("unknown_config_keys", default=None)
+
+
 def load_config(cls: type[T], path: str | os.PathLike[str] | None, *, overrides: Mapping[str, Any] | None = None) -> T:
-    """Load ``path`` (None = defaults only), apply ``overrides`` (a camelCase mapping), convert and validate."""
+    """Load ``path`` (None = defaults only), apply ``overrides`` (a camelCase mapping), convert and validate.
+
+    Keys no field reads are listed in one warning: ``config FILE: keys not implemented here, ignored: a.b, c``.
+    """
     import yaml
 
     data: dict[str, Any] = {}
@@ -259,4 +272,12 @@ def load_config(cls: type[T], path: str | os.PathLike[str] | None, *, overrides:
         data = dict(loaded)
     if overrides:
         data = _merge(data, overrides)
-    return _build(cls, data, "", where)
+    unknown: list[str] = []
+    token = _UNKNOWN_KEYS.set(unknown)
+    try:
+        result = _build(cls, data, "", where)
+    finally:
+        _UNKNOWN_KEYS.reset(token)
+    if unknown:
+        log.warning("config %s: keys not implemented here, ignored: %s", where or "<defaults>", ", ".join(unknown))
+    return result

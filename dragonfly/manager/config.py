@@ -197,10 +197,9 @@ class ConsoleConfig:
 
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
-    """Prometheus endpoint; also served on the REST port at ``/metrics``."""
+    """Prometheus metrics, served on the REST port at ``/metrics`` when enabled."""
 
     enable: bool = False
-    addr: str = ":8000"
 
 
 @dataclass(frozen=True, slots=True)

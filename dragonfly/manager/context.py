@@ -13,6 +13,8 @@ from dragonfly.manager.config import Config
 if TYPE_CHECKING:
     import grpc
 
+    from dragonfly.manager.metrics import ManagerMetrics
+
 
 @dataclass(slots=True)
 class ManagerContext:
@@ -24,6 +26,7 @@ class ManagerContext:
     signin_limiter: SigninLimiter
     extras: dict[str, Any] = field(default_factory=dict)
     channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+    metrics: ManagerMetrics | None = None
     #: token digest -> (monotonic time cached, principal, expiry); see dragonfly.manager.api.deps.authenticate.
     auth_cache: dict[str, tuple[float, Any, Any]] = field(default_factory=dict)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dragonfly.manager import models
@@ -38,3 +38,15 @@ async def expire_keep_alives(session: AsyncSession, max_age: float) -> int:
         changed += getattr(result, "rowcount", 0) or 0
     await session.commit()
     return changed
+
+
+async def instance_counts(session: AsyncSession) -> dict[tuple[str, str], int]:
+    """Return {(kind, state): count} of schedulers and seed peers (both states always present)."""
+    out: dict[tuple[str, str], int] = {}
+    for kind, model in (("scheduler", models.Scheduler), ("seed_peer", models.SeedPeer)):
+        for state in (models.STATE_ACTIVE, models.STATE_INACTIVE):
+            out[(kind, state)] = 0
+        rows = await session.execute(select(model.state, func.count()).group_by(model.state))
+        for state, count in rows.all():
+            out[(kind, str(state))] = int(count)
+    return out

@@ -93,6 +93,10 @@ class ManagerServer:
             signin_limiter=SigninLimiter(config.auth.signin_max_failures, config.auth.signin_window),
         )
         await db.migrate(engine)
+        if config.metrics.enable:
+            from dragonfly.manager.metrics import ManagerMetrics
+
+            ctx.metrics = ManagerMetrics()
         await bootstrap.bootstrap(ctx.sessions, config.root_password(), out=self._out)
         extensions = load_extensions() if self._extensions is None else list(self._extensions)
         app = create_app(ctx, extensions)
@@ -167,6 +171,9 @@ class ManagerServer:
             try:
                 async with ctx.sessions() as session:
                     changed = await queries.expire_keep_alives(session, timeout)
+                    if ctx.metrics is not None:
+                        for kind, count in (await queries.instance_counts(session)).items():
+                            ctx.metrics.instances.labels(*kind).set(count)
                 if changed:
                     log.info("keep-alive expired", extra={"instances": changed})
             except Exception:

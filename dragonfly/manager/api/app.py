@@ -167,7 +167,9 @@ def create_app(ctx: ManagerContext, extensions: Sequence[Extension] = ()) -> Fas
     app.state.ctx = ctx
     errors.install(app)
 
-    api = APIRouter(prefix=API_PREFIX)
+    from dragonfly.manager.api.schemas import ERROR_RESPONSES
+
+    api = APIRouter(prefix=API_PREFIX, responses=ERROR_RESPONSES)
     api.include_router(users.router)
     api.include_router(audit.router)
     for router in resources.routers():
@@ -177,7 +179,7 @@ def create_app(ctx: ManagerContext, extensions: Sequence[Extension] = ()) -> Fas
             api.include_router(router)
     app.include_router(api)
     if any(ext.open_routers for ext in extensions):
-        open_api = APIRouter(prefix=OPEN_API_PREFIX)
+        open_api = APIRouter(prefix=OPEN_API_PREFIX, responses=ERROR_RESPONSES)
         for ext in extensions:
             for router in ext.open_routers:
                 open_api.include_router(router)
@@ -186,6 +188,15 @@ def create_app(ctx: ManagerContext, extensions: Sequence[Extension] = ()) -> Fas
     @app.get("/healthy", include_in_schema=False)
     async def healthy() -> dict[str, str]:
         return {"status": "ok"}
+
+    if ctx.metrics is not None:
+        metrics = ctx.metrics
+
+        @app.get("/metrics", include_in_schema=False)
+        async def prometheus() -> Response:
+            from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+            return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.api_route(
         API_PREFIX + "/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False

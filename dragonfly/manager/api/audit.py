@@ -7,6 +7,7 @@ answer, sign-in attempts included. Bodies and query strings are never stored (th
 from __future__ import annotations
 
 import logging
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -42,18 +43,24 @@ async def list_audits(
 
 
 class AuditLog:
-    """ASGI middleware that records API writes once they are answered."""
+    """ASGI middleware that records API writes once they are answered (and counts every request for metrics)."""
 
     def __init__(self, app: ASGIApp, ctx: ManagerContext) -> None:
         self.app = app
         self.ctx = ctx
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "") if scope["type"] == "http" else ""
-        if scope["type"] != "http" or scope.get("method") not in _WRITES or not path.startswith(("/api/", "/oapi/")):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        audited = scope.get("method") in _WRITES and path.startswith(("/api/", "/oapi/"))
+        metrics = self.ctx.metrics
+        if not audited and metrics is None:
             await self.app(scope, receive, send)
             return
         status = 500
+        began = time.perf_counter()
 
         async def recording(message: Message) -> None:
             nonlocal status
@@ -64,7 +71,12 @@ class AuditLog:
         try:
             await self.app(scope, receive, recording)
         finally:
-            await self._record(scope, status)
+            if metrics is not None:
+                method = str(scope.get("method", ""))[:16]
+                metrics.requests.labels(method, str(status)).inc()
+                metrics.request_duration.labels(method).observe(time.perf_counter() - began)
+            if audited:
+                await self._record(scope, status)
 
     async def _record(self, scope: Scope, status: int) -> None:
         principal = (scope.get("state") or {}).get("principal")

@@ -17,6 +17,8 @@ Hostname = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]
 ShortText = Annotated[str, StringConstraints(max_length=1024, pattern=r"^[^\x00-\x1f\x7f]*$")]
 URLText = Annotated[str, StringConstraints(max_length=1024, pattern=r"^(|https?://[^\s\x00-\x1f\x7f]+)$")]
 Port = Annotated[int, Field(ge=1, le=65535)]
+#: A row id: bounded so it fits every database's 64-bit integer.
+RowID = Annotated[int, Field(ge=1, le=2**63 - 1)]
 
 
 def _ip(value: str) -> str:
@@ -70,6 +72,37 @@ class Row(Response):
     id: int
     created_at: dt.datetime
     updated_at: dt.datetime
+
+
+class ErrorDetail(BaseModel):
+    """Where a request was invalid and why (the rejected value is never echoed)."""
+
+    loc: list[str]
+    msg: str
+    type: str | None = None
+
+
+class ErrorOut(BaseModel):
+    """Every error answer of the REST API."""
+
+    message: str
+    errors: list[ErrorDetail] | None = None
+
+
+#: Documented on every /api/v1 route, so the spec lists what a client may get besides success.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut, "description": text}
+    for code, text in (
+        (400, "a request that cannot be served as asked"),
+        (401, "no token, or an invalid, expired or revoked one"),
+        (403, "the role or the token's scopes do not allow it"),
+        (404, "no such record"),
+        (409, "a unique field is taken, or a built-in record would break"),
+        (413, "request body too large"),
+        (422, "invalid request (body, path or query)"),
+        (429, "too many failed sign-ins"),
+    )
+}
 
 
 # --- cluster configuration (JSON columns; the ranges are Dragonfly's) ---
@@ -144,7 +177,7 @@ class SchedulerClusterCreate(Request):
     seed_client_config: SeedClientConfig = Field(default_factory=SeedClientConfig)
     scopes: Scopes = Field(default_factory=Scopes)
     is_default: bool = False
-    seed_peer_cluster_ids: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list, max_length=100)
+    seed_peer_cluster_ids: list[RowID] = Field(default_factory=list, max_length=100)
 
 
 class SchedulerClusterUpdate(Request):
@@ -155,7 +188,7 @@ class SchedulerClusterUpdate(Request):
     seed_client_config: SeedClientConfig | None = None
     scopes: Scopes | None = None
     is_default: bool | None = None
-    seed_peer_cluster_ids: list[Annotated[int, Field(ge=1)]] | None = Field(default=None, max_length=100)
+    seed_peer_cluster_ids: list[RowID] | None = Field(default=None, max_length=100)
 
 
 class SchedulerClusterOut(Row):
@@ -180,14 +213,14 @@ class SeedPeerClusterCreate(Request):
     name: Name
     bio: Bio = ""
     config: SeedPeerClusterConfig = Field(default_factory=SeedPeerClusterConfig)
-    scheduler_cluster_ids: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list, max_length=100)
+    scheduler_cluster_ids: list[RowID] = Field(default_factory=list, max_length=100)
 
 
 class SeedPeerClusterUpdate(Request):
     name: Name | None = None
     bio: Bio | None = None
     config: SeedPeerClusterConfig | None = None
-    scheduler_cluster_ids: list[Annotated[int, Field(ge=1)]] | None = Field(default=None, max_length=100)
+    scheduler_cluster_ids: list[RowID] | None = Field(default=None, max_length=100)
 
 
 class SeedPeerClusterOut(Row):
@@ -210,7 +243,7 @@ class SchedulerCreate(Request):
     ip: IP
     port: Port
     features: list[Feature] = Field(default_factory=lambda: ["schedule"], max_length=2)
-    scheduler_cluster_id: int = Field(ge=1)
+    scheduler_cluster_id: RowID
 
 
 class SchedulerUpdate(Request):
@@ -220,7 +253,7 @@ class SchedulerUpdate(Request):
     port: Port | None = None
     state: Annotated[str, StringConstraints(pattern=STATES)] | None = None
     features: list[Feature] | None = Field(default=None, max_length=2)
-    scheduler_cluster_id: int | None = Field(default=None, ge=1)
+    scheduler_cluster_id: RowID | None = None
 
 
 class SchedulerOut(Row):
@@ -241,7 +274,7 @@ class SchedulerFilter(Filter):
     location: ShortText | None = None
     ip: IP | None = None
     state: Annotated[str, StringConstraints(pattern=STATES)] | None = None
-    scheduler_cluster_id: int | None = Field(default=None, ge=1)
+    scheduler_cluster_id: RowID | None = None
 
 
 class SeedPeerCreate(Request):
@@ -253,7 +286,7 @@ class SeedPeerCreate(Request):
     port: Port
     download_port: Port
     object_storage_port: Annotated[int, Field(ge=0, le=65535)] = 0
-    seed_peer_cluster_id: int = Field(ge=1)
+    seed_peer_cluster_id: RowID
 
 
 class SeedPeerUpdate(Request):
@@ -264,7 +297,7 @@ class SeedPeerUpdate(Request):
     download_port: Port | None = None
     object_storage_port: Annotated[int, Field(ge=0, le=65535)] | None = None
     state: Annotated[str, StringConstraints(pattern=STATES)] | None = None
-    seed_peer_cluster_id: int | None = Field(default=None, ge=1)
+    seed_peer_cluster_id: RowID | None = None
 
 
 class SeedPeerOut(Row):
@@ -287,7 +320,7 @@ class SeedPeerFilter(Filter):
     location: ShortText | None = None
     ip: IP | None = None
     state: Annotated[str, StringConstraints(pattern=STATES)] | None = None
-    seed_peer_cluster_id: int | None = Field(default=None, ge=1)
+    seed_peer_cluster_id: RowID | None = None
 
 
 # --- applications ---
@@ -415,7 +448,7 @@ class TokenCreate(Request):
     bio: Bio = ""
     scopes: list[Scope] = Field(min_length=1, max_length=4)
     expired_at: dt.datetime
-    user_id: int | None = Field(default=None, ge=1, description="owner; root only, default the caller")
+    user_id: RowID | None = Field(default=None, description="owner; root only, default the caller")
 
 
 class TokenUpdate(Request):

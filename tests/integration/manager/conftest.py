@@ -63,6 +63,7 @@ def manager_config(
     grpc_port: int = 65003,
     keep_alive_timeout: str = "15s",
     security: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> config.Config:
     """A config with its data directory in tmp_path, plaintext unless ``security`` says otherwise."""
     return config.load(
@@ -77,6 +78,7 @@ def manager_config(
             "auth": {"rootPassword": ROOT_PASSWORD, "signinMaxFailures": 3},
             "keepAlive": {"timeout": keep_alive_timeout},
             "security": security or {"enable": False},
+            **(extra or {}),
         },
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -271,5 +272,38 @@ async def test_mtls_a_scheduler_registers_only_itself(tmp_path: Path) -> None:
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await stub.ListSchedulers(manager_pb2.ListSchedulersRequest(), timeout=5)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await server.stop()
+
+
+async def test_metrics_count_requests_and_instances(tmp_path: Path) -> None:
+    import urllib.request
+
+    cfg = manager_config(
+        tmp_path, rest_addr="127.0.0.1:0", grpc_port=0, keep_alive_timeout="600ms", extra={"metrics": {"enable": True}}
+    )
+    server = ManagerServer(cfg, extensions=[])
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.grpc_address) as channel:
+            stub = manager_pb2_grpc.ManagerStub(channel)  # type: ignore[no-untyped-call]
+            await stub.UpdateScheduler(_update("sched-1", "10.0.0.1", 1))
+            call, queue = await _keep_alive(stub, "sched-1", "10.0.0.1", 1)
+
+            def scrape() -> str:
+                with urllib.request.urlopen(f"http://{server.rest_address}/metrics", timeout=10) as response:
+                    return str(response.read().decode())
+
+            async def counted() -> bool:
+                # The keep-alive check refreshes the gauge; the one registered scheduler is in one of the states.
+                text = await asyncio.to_thread(scrape)
+                states = re.findall(r'dragonfly_manager_instances\{kind="scheduler",state="\w+"\} (\S+)', text)
+                return sum(map(float, states)) == 1.0
+
+            await _eventually(counted)
+            text = await asyncio.to_thread(scrape)
+            assert 'dragonfly_manager_requests_total{code="200",method="GET"}' in text
+            await queue.put(None)
+            await call
     finally:
         await server.stop()
