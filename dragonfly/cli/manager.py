@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
 from dragonfly.cli.arguments import add_log_level, parse_args
@@ -46,20 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         from dragonfly.manager.server import ManagerServer
 
         server = ManagerServer(config)
-        try:
-            await server.start()
-        except (OSError, ValueError, ConfigError) as exc:
-            print(f"dragonfly manager: {exc}", file=sys.stderr)
-            await server.stop()
-            return 1
-        process.announce_listening("manager REST", server.rest_address)
-        process.announce_listening("manager gRPC", server.grpc_address)
-        process.announce_ready("manager")
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await asyncio.shield(server.stop())
-        return 0
+
+        def listening() -> list[tuple[str, str]]:
+            return [("manager REST", server.rest_address), ("manager gRPC", server.grpc_address)]
+
+        return await process.serve("manager", server, listening, (OSError, ValueError, ConfigError))
 
     return process.run_async(run)
 

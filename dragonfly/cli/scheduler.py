@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
 from dragonfly.cli.arguments import add_log_level, parse_args
@@ -64,21 +63,14 @@ def main(argv: list[str] | None = None) -> int:
         from dragonfly.scheduler.server import SchedulerServer
 
         server = SchedulerServer(config)
-        try:
-            await server.start()
-        except OSError as exc:
-            print(f"dragonfly scheduler: {exc}", file=sys.stderr)
-            await server.stop()
-            return 1
-        process.announce_listening("scheduler", server.address)
-        if server.metrics_address:
-            process.announce_listening("scheduler metrics", server.metrics_address)
-        process.announce_ready("scheduler")
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await asyncio.shield(server.stop())
-        return 0
+
+        def listening() -> list[tuple[str, str]]:
+            out = [("scheduler", server.address)]
+            if server.metrics_address:
+                out.append(("scheduler metrics", server.metrics_address))
+            return out
+
+        return await process.serve("scheduler", server, listening)
 
     return process.run_async(run)
 

@@ -12,7 +12,7 @@ import resource
 import signal
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from dragonfly.common.redact import redact_text
 
@@ -27,6 +27,40 @@ def announce_listening(service: str, addr: str) -> None:
 def announce_ready(component: str) -> None:
     """Print that every listener of ``component`` is up and it accepts work."""
     print(f"dragonfly: {component} {READY_SUFFIX}", flush=True)
+
+
+class Server(Protocol):
+    """A long-running server with explicit start and stop."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+async def serve(
+    component: str,
+    server: Server,
+    listening: Callable[[], list[tuple[str, str]]],
+    start_errors: tuple[type[Exception], ...] = (OSError,),
+) -> int:
+    """Start ``server``, print its listeners and the ready line, run until cancelled (SIGTERM), stop it.
+
+    A start failure of one of ``start_errors`` is printed as ``dragonfly <component>: <error>`` and returns 1.
+    """
+    try:
+        await server.start()
+    except start_errors as exc:
+        print(f"dragonfly {component}: {exc}", file=sys.stderr)
+        await server.stop()
+        return 1
+    for service, addr in listening():
+        announce_listening(service, addr)
+    announce_ready(component)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await asyncio.shield(server.stop())
+    return 0
 
 
 class _KeyValueFormatter(logging.Formatter):

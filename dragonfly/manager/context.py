@@ -16,6 +16,14 @@ if TYPE_CHECKING:
     from dragonfly.manager.metrics import ManagerMetrics
 
 
+#: Preheat results come back in a scheduler's trailing metadata (zlib JSON); gRPC's default metadata limits (8 KiB
+#: soft, 16 KiB hard) would cut a big cluster's result.
+SCHEDULER_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_metadata_size", 64 << 20),
+    ("grpc.absolute_max_metadata_size", 64 << 20),
+]
+
+
 @dataclass(slots=True)
 class ManagerContext:
     """The config, the database and process-wide helpers; extensions keep their own objects in ``extras``."""
@@ -39,7 +47,7 @@ class ManagerContext:
         if channel is None:
             from dragonfly.common import tls
 
-            channel = tls.aio_channel(address, self.config.grpc_tls())
+            channel = tls.aio_channel(address, self.config.grpc_tls(), options=SCHEDULER_CHANNEL_OPTIONS)
             self.channels[address] = channel
         return channel
 

@@ -164,6 +164,16 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
         if not (identity.owns_ip(ip) or identity.owns_name(hostname)):
             await self.authz.deny(context, identity, f"{action} for {hostname}/{ip}: the certificate does not own it")
 
+    async def _instance_key(
+        self, context: grpc.aio.ServicerContext[Any, Any], hostname: str, ip: str, cluster_id: int, field: str
+    ) -> tuple[str, str, int]:
+        """Validate (hostname, ip, cluster id) of a scheduler or seed peer; INVALID_ARGUMENT otherwise."""
+        try:
+            return _hostname(hostname), _ip(ip), _cluster_id(cluster_id, field)
+        except BadRequest as exc:
+            await self._abort(context, exc)
+            raise
+
     async def _member(self, context: grpc.aio.ServicerContext[Any, Any], action: str) -> None:
         await self.authz.require_role(context, _MEMBERS, action)
 
@@ -250,12 +260,9 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
     async def GetScheduler(
         self, request: manager_pb2.GetSchedulerRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> manager_pb2.Scheduler:
-        try:
-            hostname, ip = _hostname(request.hostname), _ip(request.ip)
-            cluster_id = _cluster_id(request.scheduler_cluster_id, "scheduler_cluster_id")
-        except BadRequest as exc:
-            await self._abort(context, exc)
-            raise
+        hostname, ip, cluster_id = await self._instance_key(
+            context, request.hostname, request.ip, request.scheduler_cluster_id, "scheduler_cluster_id"
+        )
         await self._member(context, "GetScheduler")
         async with self.ctx.sessions() as session:
             row = await session.scalar(
@@ -396,12 +403,9 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
     async def GetSeedPeer(
         self, request: manager_pb2.GetSeedPeerRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> manager_pb2.SeedPeer:
-        try:
-            hostname, ip = _hostname(request.hostname), _ip(request.ip)
-            cluster_id = _cluster_id(request.seed_peer_cluster_id, "seed_peer_cluster_id")
-        except BadRequest as exc:
-            await self._abort(context, exc)
-            raise
+        hostname, ip, cluster_id = await self._instance_key(
+            context, request.hostname, request.ip, request.seed_peer_cluster_id, "seed_peer_cluster_id"
+        )
         await self._member(context, "GetSeedPeer")
         async with self.ctx.sessions() as session:
             row = await self._seed_peer(session, hostname, ip, cluster_id)
@@ -428,12 +432,9 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
     async def DeleteSeedPeer(
         self, request: manager_pb2.DeleteSeedPeerRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> empty_pb2.Empty:
-        try:
-            hostname, ip = _hostname(request.hostname), _ip(request.ip)
-            cluster_id = _cluster_id(request.seed_peer_cluster_id, "seed_peer_cluster_id")
-        except BadRequest as exc:
-            await self._abort(context, exc)
-            raise
+        hostname, ip, cluster_id = await self._instance_key(
+            context, request.hostname, request.ip, request.seed_peer_cluster_id, "seed_peer_cluster_id"
+        )
         await self._self_only(context, ROLE_SEED_PEER, hostname, ip, "DeleteSeedPeer")
         async with self.ctx.sessions() as session:
             row = await self._seed_peer(session, hostname, ip, cluster_id)
