@@ -34,8 +34,8 @@ from dragonfly.daemon.api.callers import CallerRelay
 from dragonfly.daemon.api.download_server import DfdaemonDownloadService
 from dragonfly.daemon.backends import Backends, object_storage, web_apis
 from dragonfly.daemon.backends.file import FileBackend
+from dragonfly.daemon.backends.http import HTTPBackend
 from dragonfly.daemon.config import DfdaemonConfig, socket_gid
-from dragonfly.daemon.download.backend import HTTPBackend
 from dragonfly.daemon.download.parents import ParentChannels
 from dragonfly.daemon.download.scheduler_client import SchedulerClient
 from dragonfly.daemon.download.task_manager import TaskManager

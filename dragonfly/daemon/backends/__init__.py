@@ -22,7 +22,7 @@ from dragonfly.daemon.backends.base import (
 from dragonfly.daemon.errors import BackendError
 
 if TYPE_CHECKING:
-    from dragonfly.daemon.download.backend import HTTPBackend
+    from dragonfly.daemon.backends.http import HTTPBackend
 
 #: Every scheme some backend of this package serves (a daemon serves those it is configured for).
 SCHEMES = SOURCE_SCHEMES

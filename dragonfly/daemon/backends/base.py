@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Protocol
 from dragonfly_api import common_pb2
 
 from dragonfly.common import native
+from dragonfly.daemon.backends.http import LOCAL as LOCAL_ORIGIN
+from dragonfly.daemon.backends.http import OriginOptions
 from dragonfly.daemon.blocking import run_blocking
-from dragonfly.daemon.download.backend import LOCAL as LOCAL_ORIGIN
-from dragonfly.daemon.download.backend import OriginOptions
 from dragonfly.daemon.errors import BackendError
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from dragonfly.common.redact import MASK
 from dragonfly.daemon.backends.base import Entry, SourceOptions, StatResult
-from dragonfly.daemon.download.backend import HTTPBackend
+from dragonfly.daemon.backends.http import HTTPBackend
 from dragonfly.daemon.errors import BackendError
 
 #: WebHDFS's default NameNode HTTP port (Hadoop 3).

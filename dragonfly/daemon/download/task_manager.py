@@ -42,10 +42,10 @@ from dragonfly.common.errors import DigestMismatch, DragonflyError, InvalidDiges
 from dragonfly.common.piece import MAX_PIECE_LENGTH, MIN_PIECE_LENGTH, calculate_piece_length, piece_count, piece_range
 from dragonfly.common.redact import redact_headers, redact_url
 from dragonfly.daemon.backends import Backends, Entry, NotReadableHere, SourceOptions, StatResult, check_scheme
+from dragonfly.daemon.backends.http import LOCAL as LOCAL_ORIGIN
+from dragonfly.daemon.backends.http import HTTPBackend, OriginOptions, RangeNotSupported
 from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.config import DfdaemonConfig
-from dragonfly.daemon.download.backend import LOCAL as LOCAL_ORIGIN
-from dragonfly.daemon.download.backend import HTTPBackend, OriginOptions, RangeNotSupported
 from dragonfly.daemon.download.buffers import BufferPool
 from dragonfly.daemon.download.parent_selector import ParentSelector
 from dragonfly.daemon.download.parents import ParentChannels

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dragonfly.daemon.backends.http import HTTPBackend
 from dragonfly.daemon.config import load_dfdaemon_config
-from dragonfly.daemon.download.backend import HTTPBackend
 from dragonfly.daemon.download.parents import ParentChannels
 from dragonfly.daemon.download.task_manager import TaskManager
 from dragonfly.daemon.host_info import TrafficMeter

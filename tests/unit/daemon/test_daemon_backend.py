@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from dragonfly.daemon.download.backend import HTTPBackend
+from dragonfly.daemon.backends.http import HTTPBackend
 from dragonfly.daemon.errors import BackendError
 
 DATA = os.urandom(3 * 1024 * 1024 + 123)

@@ -22,7 +22,7 @@ from standalone import standalone_task_manager
 
 from dragonfly.cli.dfget import _describe_rpc_error
 from dragonfly.daemon.api.download_server import DfdaemonDownloadService
-from dragonfly.daemon.download.backend import HTTPBackend
+from dragonfly.daemon.backends.http import HTTPBackend
 from dragonfly.daemon.download.task_manager import _source_failure
 from dragonfly.daemon.errors import BackendError
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from dragonfly.daemon.download import backend as backend_module
-from dragonfly.daemon.download.backend import HTTPBackend
+from dragonfly.daemon.backends import http as backend_module
+from dragonfly.daemon.backends.http import HTTPBackend
 
 BODY = os.urandom(256 * 1024)
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from dragonfly.common import pki
 from dragonfly.common.netguard import AddressPolicy
-from dragonfly.daemon.download.backend import HTTPBackend, OriginOptions
+from dragonfly.daemon.backends.http import HTTPBackend, OriginOptions
 from dragonfly.daemon.errors import BackendError
 
 BODY = b"origin bytes " * 1000

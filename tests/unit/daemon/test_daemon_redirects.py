@@ -19,7 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 import dragonfly
-from dragonfly.daemon.download.backend import HTTPBackend, TemporaryRedirectCache
+from dragonfly.daemon.backends.http import HTTPBackend, TemporaryRedirectCache
 from dragonfly.daemon.errors import BackendError
 
 DATA = os.urandom(3 * 1024 * 1024 + 5)

@@ -1,5 +1,6 @@
 """Back-to-source over HTTP(S): one stat per task, then one Range GET per piece
-(``docs/reference/protocol.md#backends``).
+(``docs/reference/protocol.md#backends``). The registry of backends (``dragonfly.daemon.backends``, docs/backends.md)
+reaches it through ``HTTPSource``; the HDFS and model hub backends send their requests through it too.
 
 Like Dragonfly's reqwest backend: HTTP/1.1, no transparent decompression (bytes are stored as the origin sent them),
 redirects followed (``307`` targets remembered per URL for a while, credentials dropped when a redirect leaves the
