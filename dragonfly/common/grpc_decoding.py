@@ -1,10 +1,13 @@
-"""Undecodable requests get INVALID_ARGUMENT, quietly (docs/robustness.md#undecodable-requests).
+"""Undecodable and invalid requests get INVALID_ARGUMENT, quietly (docs/robustness.md#undecodable-requests).
 
 grpcio decodes a request before the servicer runs; when the bytes are not a valid message it logs an ERROR with a
 traceback and answers UNKNOWN. Anyone who can reach a port could so fill the logs, and the caller learns nothing
 useful. This server interceptor wraps each method's deserializer so that a decode failure becomes a marker the
 wrapped method answers with ``INVALID_ARGUMENT`` ("cannot decode <Message>: ..."), logged at debug level.
-It must be the first interceptor, so that no other one sees the marker.
+A request that decodes is then checked against the protoc-gen-validate rules of Dragonfly's protos
+(``validation``), as Dragonfly's own services do, and a violation is answered the same way
+("invalid <Message>.<field path>: <reason>"; docs/interop.md#request-validation). On a stream, the first bad
+message ends the call. It must be the first interceptor, so that no other one sees the marker.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+
+from dragonfly.common import validation
 
 log = logging.getLogger(__name__)
 
@@ -28,23 +33,34 @@ class _Undecodable:
         self.error = error
 
 
-def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+def _tolerant(deserializer: Callable[[bytes], Any] | None, validate: bool) -> Callable[[bytes], Any] | None:
     if deserializer is None:
         return None
     # A generated handler's deserializer is the message class's FromString.
-    message = getattr(getattr(deserializer, "__self__", None), "__name__", "request")
+    message_class = getattr(deserializer, "__self__", None)
+    message = getattr(message_class, "__name__", "request")
+    descriptor = getattr(message_class, "DESCRIPTOR", None)
+    if validate and descriptor is not None and validation.has_rules(descriptor):
+        check: Callable[[Any], str | None] | None = validation.check
+    else:
+        check = None
 
     def deserialize(data: bytes) -> Any:
         try:
-            return deserializer(data)
+            request = deserializer(data)
         except Exception as exc:  # protobuf raises DecodeError, other codecs their own
             return _Undecodable(f"cannot decode {message}: {exc}")
+        if check is not None:
+            violation = check(request)
+            if violation is not None:
+                return _Undecodable(violation)
+        return request
 
     return deserialize
 
 
 async def _refuse(method: str, request: _Undecodable, context: grpc.aio.ServicerContext) -> None:
-    log.debug("undecodable request refused", extra={"method": method, "error": request.error})
+    log.debug("request refused", extra={"method": method, "error": request.error})
     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
 
 
@@ -64,8 +80,8 @@ async def _drain(result: Any) -> AsyncIterator[Any]:
         await result
 
 
-def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    fields: dict[str, Any] = {"request_deserializer": _tolerant(handler.request_deserializer)}
+def _wrap(method: str, handler: grpc.RpcMethodHandler, validate: bool) -> grpc.RpcMethodHandler:
+    fields: dict[str, Any] = {"request_deserializer": _tolerant(handler.request_deserializer, validate)}
     if handler.unary_unary is not None:
         inner_uu: Callable[..., Awaitable[Any]] = handler.unary_unary
 
@@ -107,6 +123,9 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no stubs here
     """See the module docstring."""
 
+    def __init__(self, validate: bool = True) -> None:
+        self._validate = validate
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -115,9 +134,12 @@ class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc] 
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        return _wrap(handler_call_details.method, handler)
+        return _wrap(handler_call_details.method, handler, self._validate)
 
 
-def interceptor() -> DecodeErrorInterceptor:
-    """Return the interceptor to put first in ``grpc.aio.server(interceptors=[...])``."""
-    return DecodeErrorInterceptor()
+def interceptor(validate: bool = True) -> DecodeErrorInterceptor:
+    """Return the interceptor to put first in ``grpc.aio.server(interceptors=[...])``.
+
+    ``validate``: check decoded requests against Dragonfly's validation rules too.
+    """
+    return DecodeErrorInterceptor(validate)

@@ -79,7 +79,7 @@ def test_no_secret_in_logs_db_metrics_or_answers(
     with tls.sync_channel(cluster.scheduler_addr, files) as channel:
         stub = scheduler_pb2_grpc.SchedulerStub(channel)
         for task_id in tasks:
-            answer = stub.StatTask(scheduler_pb2.StatTaskRequest(task_id=task_id), timeout=10)
+            answer = stub.StatTask(scheduler_pb2.StatTaskRequest(host_id="test-client", task_id=task_id), timeout=10)
             assert answer.id == task_id
             places[f"scheduler StatTask {task_id}"] = str(answer)
     for name in (SEED_PEER, "peer-1"):

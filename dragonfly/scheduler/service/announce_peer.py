@@ -454,7 +454,16 @@ class PeerStream:
                 peer.pieces_from_parents[parent.id] = peer.pieces_from_parents.get(parent.id, 0) + 1
         if back_to_source:
             if trusted is None and digest and self._vouches(peer):
-                stored = common_pb2.Piece(number=number, offset=piece.offset, length=piece.length, digest=digest)
+                # cost and created_at too: Dragonfly's rules require them in every Piece, and a client echoes
+                # its candidate parents (with these pieces) back in ReschedulePeerRequest.
+                stored = common_pb2.Piece(
+                    number=number,
+                    offset=piece.offset,
+                    length=piece.length,
+                    digest=digest,
+                    cost=piece.cost,
+                    created_at=piece.created_at,
+                )
                 task.pieces[number] = stored
         elif parent is not None:
             self._piece_served(parent, cost, now)

@@ -23,7 +23,7 @@ from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler
 from google.protobuf import duration_pb2
 
 from dragonfly.cli.cluster import SCHEDULER, LocalCluster, deep_merge
-from dragonfly.common import pki, tls
+from dragonfly.common import pki, tls, validation
 from dragonfly.common.identity import ROLE_PEER, ROLE_SEED_PEER
 
 # Bound of every wait for the scheduler's answer: a hung call, not a speed requirement (the scheduler is another
@@ -99,6 +99,8 @@ class PeerClient:
         async with asyncio.timeout(within):
             response = await self.call.read()
         assert response is not grpc.aio.EOF, "the scheduler closed the stream"
+        # What the scheduler sends passes Dragonfly's rules too: clients echo candidate parents back.
+        assert validation.check(response) is None, validation.check(response)
         return response
 
     async def error(self, within: float = WAIT) -> grpc.aio.AioRpcError:
@@ -123,6 +125,7 @@ class PeerClient:
         piece = common_pb2.Piece(
             number=number, offset=number * 4096, length=4096, digest=digest or f"crc32:{number}", cost=cost(seconds)
         )
+        piece.created_at.GetCurrentTime()
         if parent_id:
             piece.parent_id = parent_id
             piece.traffic_type = common_pb2.REMOTE_PEER
@@ -251,7 +254,7 @@ class SchedulerClient:
         A write on a stream returns before the scheduler reads it, and other RPCs may overtake it; the
         scheduler is another process, so polling its answers (bounded) is the only way to wait.
         """
-        request = scheduler_pb2.StatPeerRequest(task_id=peer.task_id, peer_id=peer.peer_id)
+        request = scheduler_pb2.StatPeerRequest(host_id="test-client", task_id=peer.task_id, peer_id=peer.peer_id)
         async with asyncio.timeout(WAIT):
             while len((stat := await self.stub.StatPeer(request)).pieces) < count:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)

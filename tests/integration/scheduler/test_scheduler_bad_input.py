@@ -27,8 +27,9 @@ async def test_request_without_oneof_is_refused(start_scheduler, helpers):
     a = cluster.peer(await cluster.announce(helpers.host("peer-a")), TASK)
     await a.send()
     error = await a.error()
-    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert error.details() == "AnnouncePeerRequest carries no known request (unknown oneof)"
+    # Dragonfly's rules mark the oneof required: refused as it decodes, as the Go scheduler does.
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "invalid AnnouncePeerRequest.request: value is required"
 
 
 async def test_undecodable_bytes_are_refused(start_scheduler):
@@ -92,7 +93,9 @@ async def test_messages_for_another_peer_or_a_deleted_peer_are_refused(start_sch
     b = cluster.peer(host, TASK)
     await b.register(helpers.download())
     await b.response()
-    await cluster.stub.DeletePeer(scheduler_pb2.DeletePeerRequest(task_id=TASK, peer_id=b.peer_id))
+    await cluster.stub.DeletePeer(
+        scheduler_pb2.DeletePeerRequest(host_id="test-client", task_id=TASK, peer_id=b.peer_id)
+    )
     await b.back_to_source_started()
     error = await b.error()
     assert error.code() == grpc.StatusCode.NOT_FOUND
@@ -109,7 +112,9 @@ async def test_illegal_transition_fails_the_stream_and_the_peer(start_scheduler,
     error = await a.error()
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error.details() == f"peer {a.peer_id}: event Download is not allowed in state BackToSource"
-    peer = await cluster.stub.StatPeer(scheduler_pb2.StatPeerRequest(task_id=TASK, peer_id=a.peer_id))
+    peer = await cluster.stub.StatPeer(
+        scheduler_pb2.StatPeerRequest(host_id="test-client", task_id=TASK, peer_id=a.peer_id)
+    )
     assert peer.state == "Failed"
 
 
@@ -210,7 +215,7 @@ async def test_ten_thousand_bogus_registrations_get_errors_with_bounded_memory(s
 async def test_unsupported_rpcs_are_unimplemented(start_scheduler, method, request_type, reason):
     cluster = await start_scheduler()
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await getattr(cluster.stub, method)(request_type(), timeout=5)
+        await getattr(cluster.stub, method)(request_type(host_id="test-client", task_id=TASK), timeout=5)
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert info.value.details() == f"scheduler.v2.Scheduler/{method} is not implemented: {reason}"
 

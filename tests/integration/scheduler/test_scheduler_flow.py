@@ -102,7 +102,9 @@ async def test_zero_length_task_gets_empty_task_response(start_scheduler, helper
     assert (await a.response()).WhichOneof("response") == "empty_task_response"
     await a.started()
     await a.finished()
-    peer = await cluster.stub.StatPeer(scheduler_pb2.StatPeerRequest(task_id=TASK, peer_id=a.peer_id))
+    peer = await cluster.stub.StatPeer(
+        scheduler_pb2.StatPeerRequest(host_id="test-client", task_id=TASK, peer_id=a.peer_id)
+    )
     assert peer.state == "Succeeded"
     assert peer.task.size_scope == common_pb2.EMPTY
 
@@ -182,7 +184,9 @@ async def test_slow_parent_is_marked_bad_and_no_longer_handed_out(start_schedule
     await cluster.wait_pieces(children[0], 4)
     await cluster.wait_pieces(children[1], 3)
 
-    call = cluster.stub.StatPeer(scheduler_pb2.StatPeerRequest(task_id=TASK, peer_id=slow.peer_id))
+    call = cluster.stub.StatPeer(
+        scheduler_pb2.StatPeerRequest(host_id="test-client", task_id=TASK, peer_id=slow.peer_id)
+    )
     await call
     metadata = dict(await call.trailing_metadata())
     assert metadata["dragonfly-bad-parent"] == "true"

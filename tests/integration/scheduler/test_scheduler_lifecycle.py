@@ -41,7 +41,7 @@ async def test_list_hosts_by_type(start_scheduler, helpers):
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await cluster.stub.AnnounceHost(scheduler_pb2.AnnounceHostRequest(host=helpers.host("bad", port=0)))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert info.value.details() == "host.port 0 is not a TCP port"
+    assert info.value.details() == "invalid AnnounceHostRequest.host.port: value must be inside range [1024, 65535)"
 
 
 async def test_delete_host_removes_its_peers_and_the_child_is_rescheduled_elsewhere(start_scheduler, helpers):
@@ -62,7 +62,9 @@ async def test_delete_host_removes_its_peers_and_the_child_is_rescheduled_elsewh
 
     gone = parents[0]
     await cluster.stub.DeleteHost(scheduler_pb2.DeleteHostRequest(host_id=gone.host.id))
-    assert await _not_found(cluster.stub.StatPeer(scheduler_pb2.StatPeerRequest(task_id=TASK, peer_id=gone.peer_id)))
+    assert await _not_found(
+        cluster.stub.StatPeer(scheduler_pb2.StatPeerRequest(host_id="test-client", task_id=TASK, peer_id=gone.peer_id))
+    )
     hosts = await cluster.stub.ListHosts(scheduler_pb2.ListHostsRequest())
     assert gone.host.id not in {h.id for h in hosts.hosts}
     # The client reschedules without naming parents to avoid: only the remaining one is offered.
@@ -86,14 +88,20 @@ async def test_stat_and_delete_task_and_peer(start_scheduler, helpers):
     assert peer.need_back_to_source is True
     assert [(p.number, p.offset, p.length) for p in peer.pieces] == [(0, 0, 4096), (2, 8192, 4096)]
     assert peer.host.id == host.id
-    task = await cluster.stub.StatTask(scheduler_pb2.StatTaskRequest(task_id=TASK))
+    task = await cluster.stub.StatTask(scheduler_pb2.StatTaskRequest(host_id="test-client", task_id=TASK))
     assert (task.state, task.peer_count, task.piece_count, task.tag) == ("Running", 1, 4, "x")
     assert [p.digest for p in task.pieces] == ["crc32:0", "crc32:2"]
 
     await cluster.stub.DeleteTask(scheduler_pb2.DeleteTaskRequest(host_id=host.id, task_id=TASK))
-    assert await _not_found(cluster.stub.StatPeer(scheduler_pb2.StatPeerRequest(task_id=TASK, peer_id=a.peer_id)))
-    assert await _not_found(cluster.stub.DeletePeer(scheduler_pb2.DeletePeerRequest(task_id=TASK, peer_id="nope")))
-    assert await _not_found(cluster.stub.StatTask(scheduler_pb2.StatTaskRequest(task_id="e" * 64)))
+    assert await _not_found(
+        cluster.stub.StatPeer(scheduler_pb2.StatPeerRequest(host_id="test-client", task_id=TASK, peer_id=a.peer_id))
+    )
+    assert await _not_found(
+        cluster.stub.DeletePeer(scheduler_pb2.DeletePeerRequest(host_id="test-client", task_id=TASK, peer_id="nope"))
+    )
+    assert await _not_found(
+        cluster.stub.StatTask(scheduler_pb2.StatTaskRequest(host_id="test-client", task_id="e" * 64))
+    )
 
 
 async def test_gc_removes_silent_hosts_failed_peers_and_empty_tasks(start_scheduler, helpers):
@@ -116,12 +124,16 @@ async def test_gc_removes_silent_hosts_failed_peers_and_empty_tasks(start_schedu
         return quiet.id not in {h.id for h in hosts.hosts}
 
     await _eventually(quiet_host_gone)
-    assert await _not_found(cluster.stub.StatPeer(scheduler_pb2.StatPeerRequest(task_id=TASK, peer_id=a.peer_id)))
+    assert await _not_found(
+        cluster.stub.StatPeer(scheduler_pb2.StatPeerRequest(host_id="test-client", task_id=TASK, peer_id=a.peer_id))
+    )
 
     async def tasks_gone() -> bool:
         return await _not_found(
-            cluster.stub.StatTask(scheduler_pb2.StatTaskRequest(task_id=TASK))
-        ) and await _not_found(cluster.stub.StatTask(scheduler_pb2.StatTaskRequest(task_id="f" * 64)))
+            cluster.stub.StatTask(scheduler_pb2.StatTaskRequest(host_id="test-client", task_id=TASK))
+        ) and await _not_found(
+            cluster.stub.StatTask(scheduler_pb2.StatTaskRequest(host_id="test-client", task_id="f" * 64))
+        )
 
     await _eventually(tasks_gone)
     hosts = await cluster.stub.ListHosts(scheduler_pb2.ListHostsRequest())

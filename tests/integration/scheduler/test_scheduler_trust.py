@@ -54,7 +54,9 @@ async def test_only_a_seed_peers_digests_are_trusted_and_false_claims_are_refuse
     async with asyncio.timeout(5):
         while sum([await cluster.metric(rejected, f'reason="{reason}"') for reason in _REASONS]) < 3:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
-    peer = await cluster.stub.StatPeer(scheduler_pb2.StatPeerRequest(task_id=TASK, peer_id=child.peer_id))
+    peer = await cluster.stub.StatPeer(
+        scheduler_pb2.StatPeerRequest(host_id="test-client", task_id=TASK, peer_id=child.peer_id)
+    )
     assert list(peer.pieces) == []
     assert await cluster.metric("dragonfly_scheduler_bad_parent_marks_total", 'reason="digest_mismatch"') == 1
 

@@ -1,4 +1,5 @@
-"""Undecodable requests get INVALID_ARGUMENT and no ERROR log, on every call shape (issue 8 item 18).
+"""Undecodable and invalid requests get INVALID_ARGUMENT and no ERROR log, on every call shape (issue 8 item 18,
+issue 10).
 
 A real grpc.aio server on 127.0.0.1 with the interceptor, a servicer of the scheduler's API, and a client that sends
 raw bytes through a generic channel (the only way to put bytes that are not a message on the wire).
@@ -17,6 +18,9 @@ from google.protobuf import empty_pb2
 from dragonfly.common import grpc_decoding
 
 GARBAGE = b"\xff\xff\xff\xff\x0fnot a protobuf message"
+VALID_ANNOUNCE = scheduler_pb2.AnnouncePeerRequest(
+    host_id="h", task_id="t", peer_id="p", download_peer_started_request=scheduler_pb2.DownloadPeerStartedRequest()
+)
 
 
 class Servicer(scheduler_pb2_grpc.SchedulerServicer):
@@ -65,7 +69,7 @@ async def test_undecodable_message_in_a_stream_ends_it_with_invalid_argument(
 ) -> None:
     async with grpc.aio.insecure_channel(address) as channel:
         call = channel.stream_stream("/scheduler.v2.Scheduler/AnnouncePeer")()
-        await call.write(scheduler_pb2.AnnouncePeerRequest(peer_id="p").SerializeToString())
+        await call.write(VALID_ANNOUNCE.SerializeToString())
         assert await call.read() != grpc.aio.EOF
         await call.write(GARBAGE)
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -81,6 +85,57 @@ async def test_undecodable_request_of_a_server_stream_is_an_invalid_argument(add
             async for _ in raw(GARBAGE, timeout=10):
                 pass
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        good = dfdaemon_pb2.SyncPiecesRequest(task_id="t", interested_piece_numbers=[3, 5]).SerializeToString()
+        good = dfdaemon_pb2.SyncPiecesRequest(
+            host_id="h", task_id="t", interested_piece_numbers=[3, 5]
+        ).SerializeToString()
         replies = [dfdaemon_pb2.SyncPiecesResponse.FromString(r) async for r in raw(good, timeout=10)]
         assert [r.number for r in replies] == [3, 5]
+
+
+async def test_invalid_request_names_the_field(address: str, caplog: pytest.LogCaptureFixture) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = scheduler_pb2_grpc.SchedulerStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.DeletePeer(scheduler_pb2.DeletePeerRequest(host_id="h", task_id="t"), timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details() == "invalid DeletePeerRequest.peer_id: value length must be at least 1 runes"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_invalid_message_in_a_stream_ends_it(address: str) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = scheduler_pb2_grpc.SchedulerStub(channel).AnnouncePeer()
+        await call.write(VALID_ANNOUNCE)
+        assert await call.read() != grpc.aio.EOF
+        bad = scheduler_pb2.AnnouncePeerRequest()
+        bad.CopyFrom(VALID_ANNOUNCE)
+        bad.register_peer_request.download.url = "relative/url"
+        await call.write(bad)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call.read()
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details() == (
+            "invalid AnnouncePeerRequest.register_peer_request.download.url: value must be an absolute URI"
+        )
+
+
+async def test_invalid_request_of_a_server_stream(address: str) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = dfdaemon_pb2_grpc.DfdaemonUploadStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in stub.SyncPieces(dfdaemon_pb2.SyncPiecesRequest(host_id="h", task_id="t"), timeout=10):
+                pass
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "SyncPiecesRequest.interested_piece_numbers" in (info.value.details() or "")
+
+
+async def test_validation_can_be_left_off() -> None:
+    server = grpc.aio.server(interceptors=[grpc_decoding.interceptor(validate=False)])
+    scheduler_pb2_grpc.add_SchedulerServicer_to_server(Servicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await scheduler_pb2_grpc.SchedulerStub(channel).DeletePeer(scheduler_pb2.DeletePeerRequest(), timeout=10)
+    finally:
+        await server.stop(None)
