@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -137,9 +138,13 @@ class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc] 
         return _wrap(handler_call_details.method, handler, self._validate)
 
 
-def interceptor(validate: bool = True) -> DecodeErrorInterceptor:
+def interceptor(validate: bool | None = None) -> DecodeErrorInterceptor:
     """Return the interceptor to put first in ``grpc.aio.server(interceptors=[...])``.
 
-    ``validate``: check decoded requests against Dragonfly's validation rules too.
+    ``validate``: check decoded requests against Dragonfly's validation rules too; by default yes, unless the
+    environment sets ``DRAGONFLY_REQUEST_VALIDATION=0`` (for tests that need values outside Dragonfly's ranges,
+    such as a persistent cache TTL of seconds).
     """
+    if validate is None:
+        validate = os.environ.get("DRAGONFLY_REQUEST_VALIDATION", "1") != "0"
     return DecodeErrorInterceptor(validate)

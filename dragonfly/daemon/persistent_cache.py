@@ -1191,7 +1191,10 @@ class PersistentCacheManager:
         host = parent.host
         stub = self._channels.stub(upload_addr(host.ip, host.port))
         call = stub.SyncPersistentCachePieces(
-            dfdaemon_pb2.SyncPersistentCachePiecesRequest(host_id=self.host_id, task_id=task_id),
+            # Piece 0 is enough for the first answer, and Dragonfly's rules want at least one number.
+            dfdaemon_pb2.SyncPersistentCachePiecesRequest(
+                host_id=self.host_id, task_id=task_id, interested_piece_numbers=[0]
+            ),
             timeout=_REQUEST_TIMEOUT,
         )
         try:

@@ -198,7 +198,23 @@ def test_importing_the_same_content_again_elsewhere_joins_it(cluster: LocalClust
         dfcache(cluster, "peer-1", "delete", task)
 
 
-def test_ttl_expiry(cluster: LocalCluster, tmp_path: Path) -> None:
+@pytest.fixture
+def unvalidated_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """A cluster that takes requests outside Dragonfly's ranges: its rules want a TTL of at least 5 minutes."""
+    with LocalCluster(
+        tmp_path / "pcache-ttl-cluster",
+        peers=3,
+        seed_peer=False,
+        daemon_config={"scheduler": {"announceInterval": "5s"}},
+        start_timeout=30,
+        stop_timeout=20,
+        env={"DRAGONFLY_REQUEST_VALIDATION": "0"},
+    ) as started:
+        yield started
+
+
+def test_ttl_expiry(unvalidated_cluster: LocalCluster, tmp_path: Path) -> None:
+    cluster = unvalidated_cluster
     data = make_file(tmp_path / "short.bin", 5 * MiB)
     task_id = import_file(cluster, "peer-1", tmp_path / "short.bin", "--ttl", "4s", "--persistent-replica-count", "1")
     dfcache(cluster, "peer-2", "export", task_id, "-O", str(tmp_path / "out.bin"))
