@@ -72,8 +72,10 @@ async def _keep_alive(stub: manager_pb2_grpc.ManagerStub, hostname: str, ip: str
 
 
 async def _names(stub: manager_pb2_grpc.ManagerStub, **request: Any) -> list[str]:
+    # Dragonfly's rules want the caller's hostname and IP in every request.
+    fields: dict[str, Any] = {"hostname": "x", "ip": "10.0.0.9", **request}
     response = await stub.ListSchedulers(
-        manager_pb2.ListSchedulersRequest(source_type=manager_pb2.PEER_SOURCE, **request)
+        manager_pb2.ListSchedulersRequest(source_type=manager_pb2.PEER_SOURCE, **fields)
     )
     return [s.hostname for s in response.schedulers]
 
@@ -148,9 +150,17 @@ async def _active(stub: Any) -> bool:
 @pytest.mark.parametrize(
     ("request_", "code", "message"),
     [
-        (_update("bad host", "10.0.0.1", 1), grpc.StatusCode.INVALID_ARGUMENT, "not a host name"),
-        (_update("h", "10.0.0.300", 1), grpc.StatusCode.INVALID_ARGUMENT, "not an IP address"),
-        (_update("h", "10.0.0.1", 0), grpc.StatusCode.INVALID_ARGUMENT, "not a cluster id"),
+        (
+            _update("bad host", "10.0.0.1", 1),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "hostname: value must be a valid hostname",
+        ),
+        (_update("h", "10.0.0.300", 1), grpc.StatusCode.INVALID_ARGUMENT, "ip: value must be a valid IP address"),
+        (
+            _update("h", "10.0.0.1", 0),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "scheduler_cluster_id: value must be greater than or equal to 1",
+        ),
         (_update("h", "10.0.0.1", 99), grpc.StatusCode.NOT_FOUND, "scheduler cluster 99 not found"),
         (_update("h", "10.0.0.1", 1, config=b"{nope"), grpc.StatusCode.INVALID_ARGUMENT, "not JSON"),
         (_update("h", "10.0.0.1", 1, features=["fly"]), grpc.StatusCode.INVALID_ARGUMENT, "unknown features"),
@@ -201,7 +211,7 @@ async def test_seed_peers_and_applications(manager: ManagerServer, stub: Any) ->
     )
 
     async def listed() -> bool:
-        response = await stub.ListSeedPeers(manager_pb2.ListSeedPeersRequest())
+        response = await stub.ListSeedPeers(manager_pb2.ListSeedPeersRequest(hostname="sched-1", ip="10.0.0.1"))
         return [s.hostname for s in response.seed_peers] == ["seed-1"]
 
     await _eventually(listed)
@@ -214,7 +224,7 @@ async def test_seed_peers_and_applications(manager: ManagerServer, stub: Any) ->
     await queue.put(None)
     await call
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.ListApplications(manager_pb2.ListApplicationsRequest())
+        await stub.ListApplications(manager_pb2.ListApplicationsRequest(hostname="peer-1", ip="10.0.0.8"))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     assert manager.ctx is not None
     async with manager.ctx.sessions() as session:
@@ -222,7 +232,9 @@ async def test_seed_peers_and_applications(manager: ManagerServer, stub: Any) ->
             models.Application(name="d7y", priority={"value": 3, "urls": [{"regex": "^https://a/", "value": 9}]})
         )
         await session.commit()
-    apps = (await stub.ListApplications(manager_pb2.ListApplicationsRequest())).applications
+    apps = (
+        await stub.ListApplications(manager_pb2.ListApplicationsRequest(hostname="peer-1", ip="10.0.0.8"))
+    ).applications
     assert [(a.name, a.priority.value, [(u.regex, u.value) for u in a.priority.urls]) for a in apps] == [
         ("d7y", 3, [("^https://a/", 6)])
     ]

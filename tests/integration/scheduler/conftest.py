@@ -272,7 +272,9 @@ async def start_scheduler(tmp_path: Path, authority: pki.CertificateAuthority) -
     """Start a scheduler with ``base_config(**scheduler_keys)`` (plus ``extra`` top-level sections)."""
     started: list[tuple[LocalCluster, SchedulerClient]] = []
 
-    async def start(extra: dict[str, Any] | None = None, **scheduler_keys: Any) -> SchedulerClient:
+    async def start(
+        extra: dict[str, Any] | None = None, *, env: dict[str, str] | None = None, **scheduler_keys: Any
+    ) -> SchedulerClient:
         cluster = LocalCluster(
             tmp_path / f"scheduler-{len(started)}",
             peers=0,
@@ -281,6 +283,7 @@ async def start_scheduler(tmp_path: Path, authority: pki.CertificateAuthority) -
             start_timeout=20.0,
             stop_timeout=15.0,
             ca=authority,
+            env=env,
         )
         await asyncio.to_thread(cluster.start)
         client = SchedulerClient(cluster)

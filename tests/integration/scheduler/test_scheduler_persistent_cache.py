@@ -129,7 +129,9 @@ async def test_import_stat_export_and_delete(start_scheduler: Any, helpers: Any)
 
     # Unknown before the import.
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await scheduler.stub.StatPersistentCacheTask(scheduler_pb2.StatPersistentCacheTaskRequest(task_id=task_id))
+        await scheduler.stub.StatPersistentCacheTask(
+            scheduler_pb2.StatPersistentCacheTaskRequest(host_id="test-client", task_id=task_id)
+        )
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
     importer_peer = await import_task(scheduler, importer, task_id)
@@ -172,6 +174,8 @@ async def test_import_stat_export_and_delete(start_scheduler: Any, helpers: Any)
     assert parents[0].task.id == task_id
     for number in range(3):
         piece = common_pb2.Piece(number=number, parent_id=importer_peer, length=4 * MiB)
+        piece.cost.FromMilliseconds(5)  # cost and created_at are required by Dragonfly's rules
+        piece.created_at.GetCurrentTime()
         await stream.write(
             message(download_piece_finished_request=scheduler_pb2.DownloadPieceFinishedRequest(piece=piece))
         )
@@ -186,7 +190,9 @@ async def test_import_stat_export_and_delete(start_scheduler: Any, helpers: Any)
         scheduler_pb2.StatPersistentCachePeerRequest(host_id=exporter.id, task_id=task_id, peer_id=peer_id)
     )
     assert (peer.state, peer.persistent, peer.host.id) == ("Succeeded", False, exporter.id)
-    task = await scheduler.stub.StatPersistentCacheTask(scheduler_pb2.StatPersistentCacheTaskRequest(task_id=task_id))
+    task = await scheduler.stub.StatPersistentCacheTask(
+        scheduler_pb2.StatPersistentCacheTaskRequest(host_id="test-client", task_id=task_id)
+    )
     assert (task.current_persistent_replica_count, task.current_replica_count) == (1, 1)
 
     # A host that is not the importer drops only its own copy; another host's certificate cannot act for it.
@@ -198,7 +204,9 @@ async def test_import_stat_export_and_delete(start_scheduler: Any, helpers: Any)
     await scheduler.host_stub(exporter).DeletePersistentCacheTask(
         scheduler_pb2.DeletePersistentCacheTaskRequest(host_id=exporter.id, task_id=task_id)
     )
-    task = await scheduler.stub.StatPersistentCacheTask(scheduler_pb2.StatPersistentCacheTaskRequest(task_id=task_id))
+    task = await scheduler.stub.StatPersistentCacheTask(
+        scheduler_pb2.StatPersistentCacheTaskRequest(host_id="test-client", task_id=task_id)
+    )
     assert (task.current_persistent_replica_count, task.current_replica_count) == (1, 0)
 
     # The importer deletes it for everyone.
@@ -206,7 +214,9 @@ async def test_import_stat_export_and_delete(start_scheduler: Any, helpers: Any)
         scheduler_pb2.DeletePersistentCacheTaskRequest(host_id=importer.id, task_id=task_id)
     )
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await scheduler.stub.StatPersistentCacheTask(scheduler_pb2.StatPersistentCacheTaskRequest(task_id=task_id))
+        await scheduler.stub.StatPersistentCacheTask(
+            scheduler_pb2.StatPersistentCacheTaskRequest(host_id="test-client", task_id=task_id)
+        )
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -243,7 +253,9 @@ async def test_bad_imports_are_refused(start_scheduler: Any, helpers: Any) -> No
             host_id=importer.id,
             task_id="e" * 64,
             peer_id="p",
-            register_persistent_cache_peer_request=scheduler_pb2.RegisterPersistentCachePeerRequest(),
+            register_persistent_cache_peer_request=scheduler_pb2.RegisterPersistentCachePeerRequest(
+                piece_length=4 * MiB
+            ),
         )
     )
     with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -300,16 +312,21 @@ async def test_replicas_are_requested_up_to_the_count(
 async def test_expiry_drops_the_task_everywhere(
     start_scheduler: Any, helpers: Any, replicas: list[ReplicaEndpoint]
 ) -> None:
-    scheduler = await start_scheduler()
+    # A TTL of seconds is outside Dragonfly's rules (at least 5 minutes): this scheduler does not check them.
+    scheduler = await start_scheduler(env={"DRAGONFLY_REQUEST_VALIDATION": "0"})
     importer = await scheduler.announce(helpers.host("importer"))
     holder = await scheduler.announce(helpers.host("replica-1", ip="127.0.0.1", port=replicas[0].port))
     task_id = "9" * 64
     importer_peer = await import_task(scheduler, importer, task_id, ttl=2.0)
     assert await export_task(scheduler, holder, task_id) == [importer_peer]
-    task = await scheduler.stub.StatPersistentCacheTask(scheduler_pb2.StatPersistentCacheTaskRequest(task_id=task_id))
+    task = await scheduler.stub.StatPersistentCacheTask(
+        scheduler_pb2.StatPersistentCacheTaskRequest(host_id="test-client", task_id=task_id)
+    )
     assert task.current_persistent_replica_count == 2
     # The TTL runs out: the task is gone, and the host that holds a copy is told to drop it.
     await replicas[0].wait(lambda: replicas[0].deletes == [task_id])
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await scheduler.stub.StatPersistentCacheTask(scheduler_pb2.StatPersistentCacheTaskRequest(task_id=task_id))
+        await scheduler.stub.StatPersistentCacheTask(
+            scheduler_pb2.StatPersistentCacheTaskRequest(host_id="test-client", task_id=task_id)
+        )
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
