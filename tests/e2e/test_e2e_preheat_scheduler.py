@@ -96,7 +96,9 @@ async def test_single_seed_peer_then_a_peer_downloads_from_the_swarm(
     cluster: LocalCluster, origin: OriginProcess, stub: scheduler_pb2_grpc.SchedulerStub, tmp_path: Path
 ) -> None:
     url, data = origin_file(origin, "single.bin", 12 * MIB)
-    plan, result = await preheat(stub, "PreheatFile", scheduler_pb2.PreheatFileRequest(url=url))
+    plan, result = await preheat(
+        stub, "PreheatFile", scheduler_pb2.PreheatFileRequest(scope="single_seed_peer", url=url)
+    )
     assert plan == {"urls": 1, "hosts": 1, "platforms": []}
     assert result["failure_tasks"] == []
     assert result["success_tasks"] == [{"url": url, "hostname": "seed-peer", "ip": "127.0.0.1"}]
@@ -173,7 +175,7 @@ async def test_without_wait_the_call_returns_and_the_preheat_runs(
     origin: OriginProcess, stub: scheduler_pb2_grpc.SchedulerStub
 ) -> None:
     url, data = origin_file(origin, "background.bin", 8 * MIB)
-    await stub.PreheatFile(scheduler_pb2.PreheatFileRequest(url=url), timeout=30)
+    await stub.PreheatFile(scheduler_pb2.PreheatFileRequest(scope="single_seed_peer", url=url), timeout=30)
     deadline = time.monotonic() + 60
     while True:
         stat = await stub.StatFile(scheduler_pb2.StatFileRequest(url=url), timeout=30)
@@ -188,15 +190,27 @@ async def test_without_wait_the_call_returns_and_the_preheat_runs(
     ("request_", "code", "message"),
     [
         (scheduler_pb2.PreheatFileRequest(url="http://x/f", scope="everyone"), "INVALID_ARGUMENT", "scope"),
-        (scheduler_pb2.PreheatFileRequest(url="http://x/f", piece_length=1024), "INVALID_ARGUMENT", "piece_length"),
-        (scheduler_pb2.PreheatFileRequest(url="http://x/f", output_path="/etc/x"), "INVALID_ARGUMENT", "output_path"),
-        (scheduler_pb2.PreheatFileRequest(url="x"), "INVALID_ARGUMENT", "absolute URL"),
+        (
+            scheduler_pb2.PreheatFileRequest(scope="single_seed_peer", url="http://x/f", piece_length=1024),
+            "INVALID_ARGUMENT",
+            "piece_length",
+        ),
+        (
+            scheduler_pb2.PreheatFileRequest(scope="single_seed_peer", url="http://x/f", output_path="/etc/x"),
+            "INVALID_ARGUMENT",
+            "output_path",
+        ),
+        (scheduler_pb2.PreheatFileRequest(scope="single_seed_peer", url="x"), "INVALID_ARGUMENT", "absolute URI"),
         (
             scheduler_pb2.PreheatFileRequest(url="http://x/f", scope="all_peers", ips=["10.9.9.9"]),
             "NOT_FOUND",
             "no peer of this scheduler has one of the IPs 10.9.9.9",
         ),
-        (scheduler_pb2.PreheatFileRequest(url="http://x/f", ips=["not-an-ip"]), "INVALID_ARGUMENT", "not an IP"),
+        (
+            scheduler_pb2.PreheatFileRequest(scope="single_seed_peer", url="http://x/f", ips=["not-an-ip"]),
+            "INVALID_ARGUMENT",
+            "not an IP",
+        ),
     ],
 )
 async def test_bad_requests(
@@ -211,7 +225,9 @@ async def test_only_the_manager_role_may_preheat(cluster: LocalCluster) -> None:
     channel = scheduler_channel(cluster, "some-peer", (ROLE_PEER,))
     try:
         stub = scheduler_pb2_grpc.SchedulerStub(channel)
-        error = await rpc_error(stub.PreheatFile(scheduler_pb2.PreheatFileRequest(url="http://x/f"), timeout=30))
+        error = await rpc_error(
+            stub.PreheatFile(scheduler_pb2.PreheatFileRequest(scope="single_seed_peer", url="http://x/f"), timeout=30)
+        )
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "PreheatFile needs a certificate with role manager" in (error.details() or "")
     finally:
@@ -231,7 +247,9 @@ async def test_image_platform_arm64_then_peers_pull_its_layers_from_the_swarm(
     image = push_image(module_dir, registry, "arm/app")
     arm, amd = image.images["linux/arm64"], image.images["linux/amd64"]
     url = f"{registry.url}/v2/arm/app/manifests/v1"
-    request = scheduler_pb2.PreheatImageRequest(url=url, platform="linux/arm64", timeout=_timeout(120))
+    request = scheduler_pb2.PreheatImageRequest(
+        scope="single_seed_peer", url=url, platform="linux/arm64", timeout=_timeout(120)
+    )
     plan, result = await preheat(stub, "PreheatImage", request)
     blob_urls = [f"{registry.url}/v2/arm/app/blobs/{blob.digest}" for blob in (arm.config, *arm.layers)]
     assert plan == {"urls": 3, "hosts": 1, "platforms": ["linux/arm64"]}
@@ -279,16 +297,26 @@ async def test_missing_platform_and_image_fail_with_the_registrys_reason(
 ) -> None:
     push_image(module_dir, registry, "missing/app")
     url = f"{registry.url}/v2/missing/app/manifests/v1"
-    error = await rpc_error(stub.PreheatImage(scheduler_pb2.PreheatImageRequest(url=url, platform="linux/s390x")))
+    error = await rpc_error(
+        stub.PreheatImage(scheduler_pb2.PreheatImageRequest(scope="single_seed_peer", url=url, platform="linux/s390x"))
+    )
     assert error.code() == grpc.StatusCode.NOT_FOUND
     assert "no manifest for platform linux/s390x" in (error.details() or "")
     assert "linux/amd64, linux/arm64" in (error.details() or "")
 
     missing = f"{registry.url}/v2/missing/app/manifests/v2"
-    error = await rpc_error(stub.PreheatImage(scheduler_pb2.PreheatImageRequest(url=missing, platform="linux/arm64")))
+    error = await rpc_error(
+        stub.PreheatImage(
+            scheduler_pb2.PreheatImageRequest(scope="single_seed_peer", url=missing, platform="linux/arm64")
+        )
+    )
     assert error.code() == grpc.StatusCode.NOT_FOUND
     assert "MANIFEST_UNKNOWN: manifest unknown" in (error.details() or "")
 
-    error = await rpc_error(stub.PreheatImage(scheduler_pb2.PreheatImageRequest(url=f"{registry.url}/v2/x/blobs/y")))
+    error = await rpc_error(
+        stub.PreheatImage(
+            scheduler_pb2.PreheatImageRequest(scope="single_seed_peer", url=f"{registry.url}/v2/x/blobs/y")
+        )
+    )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "is not a manifest URL" in (error.details() or "")
