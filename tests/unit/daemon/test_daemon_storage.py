@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -16,6 +18,7 @@ from dragonfly.daemon.config import GCConfig, GCPolicyConfig
 from dragonfly.daemon.errors import InvalidTaskId, NoSpace, TaskNotFound
 from dragonfly.daemon.storage import PieceRecord, Storage
 from dragonfly.daemon.storage.gc import GarbageCollector
+from dragonfly.daemon.storage.storage import file_system_type
 
 TASK = "a3" + "0" * 62
 OTHER = "b7" + "1" * 62
@@ -43,8 +46,58 @@ def test_content_file_is_sharded_and_preallocated(tmp_path: Path) -> None:
     path = tmp_path / "content" / "tasks" / TASK[:3] / TASK
     assert storage.content_path(TASK) == str(path)
     assert path.stat().st_size == PIECE + 10
-    assert path.stat().st_blocks * 512 >= PIECE + 10  # fallocate reserved the blocks
+    if not storage.sparse_content:
+        assert path.stat().st_blocks * 512 >= PIECE + 10  # fallocate reserved the blocks
     storage.close()
+
+
+MOUNTINFO = """\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+30 22 0:26 / /dev/shm rw,nosuid,nodev shared:4 - tmpfs tmpfs rw
+31 22 0:27 / /var/lib/my\\040cache rw shared:5 - tmpfs tmpfs rw,size=1g
+32 31 8:2 / /var/lib/my\\040cache/disk rw shared:6 - xfs /dev/vdb rw
+33 22 0:28 / /mnt rw shared:7 - ext4 /dev/vdc rw
+34 22 0:29 / /mnt rw shared:8 - ramfs ramfs rw
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/var/tmp/x", "ext4"),
+        ("/dev/shm/dragonfly", "tmpfs"),
+        ("/dev/shmem", "ext4"),  # a prefix of the name is not a mount point
+        ("/var/lib/my cache/content", "tmpfs"),  # \040 is a space
+        ("/var/lib/my cache/disk/content", "xfs"),  # the deepest mount point wins
+        ("/mnt/a", "ramfs"),  # the later of two mounts on one point
+    ],
+)
+def test_file_system_type_from_mountinfo(path: str, expected: str) -> None:
+    assert file_system_type(path, MOUNTINFO) == expected
+
+
+def test_content_files_in_memory_are_sparse(tmp_path: Path) -> None:
+    storage = open_storage(tmp_path)
+    storage.sparse_content = True  # as open() decides on tmpfs
+    storage.prepare_task(TASK, url="http://o/f", piece_length=PIECE, content_length=PIECE + 10, response_header={})
+    info = os.stat(storage.content_path(TASK))
+    # Nothing allocated (or zeroed) before a byte arrives; the size is the content's.
+    assert (info.st_size, info.st_blocks) == (PIECE + 10, 0)
+    storage.close()
+
+
+@pytest.mark.skipif(file_system_type("/dev/shm") != "tmpfs", reason="/dev/shm is not a tmpfs here")
+def test_storage_on_tmpfs_chooses_sparse_content_files(tmp_path_factory: pytest.TempPathFactory) -> None:
+    directory = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        storage = open_storage(directory)
+        assert storage.sparse_content
+        storage.close()
+    finally:
+        shutil.rmtree(directory)
+    on_disk = open_storage(tmp_path_factory.mktemp("disk"))
+    assert on_disk.sparse_content == (file_system_type(on_disk.content_dir) in ("tmpfs", "ramfs"))
+    on_disk.close()
 
 
 @pytest.mark.parametrize(
