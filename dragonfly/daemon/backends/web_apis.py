@@ -29,6 +29,8 @@ MODEL_SCOPE_BASE_URL = "https://modelscope.cn"
 MODEL_SCOPE_REVISION = "master"
 MAX_ENTRIES = 100_000
 _JSON_LIMIT = 64 * 1024 * 1024
+# A listing that keeps sending "next" links (empty pages, a loop) ends here.
+_MAX_PAGES = 10_000
 _NEXT_LINK = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 
 
@@ -284,7 +286,11 @@ class HuggingFaceBackend(_HubBackend):
         )
         entries: list[Entry] = []
         header = self._header(request_header, token)
+        pages = 0
         while api is not None:
+            pages += 1
+            if pages > _MAX_PAGES:
+                raise BackendError(f"{url}: the Hub's listing goes on for more than {_MAX_PAGES} pages")
             answer, response_header = await self._json(url, api, header, options, [token])
             if not isinstance(answer, list):
                 raise BackendError(f"{url}: the Hub's tree API did not answer a list")
