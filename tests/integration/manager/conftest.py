@@ -17,6 +17,7 @@ from dragonfly.manager import bootstrap, config, db
 from dragonfly.manager.api.app import create_app, wrap
 from dragonfly.manager.auth import SigninLimiter
 from dragonfly.manager.context import ManagerContext
+from tests import mysql
 from tests.postgres import PostgresServer, find_bin
 
 ROOT_PASSWORD = "root-password-1"
@@ -93,13 +94,24 @@ def cheap_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
 
 
+def database_for(kind: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Return the ``database`` section for ``kind``: sqlite (the default), postgres or mysql (a fresh database)."""
+    if kind == "postgres":
+        server: PostgresServer = request.getfixturevalue("postgres")
+        return {"url": server.create_database()}
+    if kind == "mysql":
+        maria: mysql.MariaDBServer = request.getfixturevalue("mariadb")
+        return {"url": maria.create_database()}
+    return {}
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 async def api(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[API]:
-    """A migrated, bootstrapped manager on SQLite, then on PostgreSQL, and a client of its REST app."""
-    database: dict[str, Any] = {}
-    if request.param == "postgres":
-        server: PostgresServer = request.getfixturevalue("postgres")
-        database = {"url": server.create_database()}
+    """A migrated, bootstrapped manager on SQLite, then on PostgreSQL, and a client of its REST app.
+
+    A test may ask for MySQL too with ``@pytest.mark.parametrize("api", [..., "mysql"], indirect=True)``.
+    """
+    database = database_for(request.param, request)
     cfg = manager_config(tmp_path, database=database)
     engine = db.create_engine(db.database_url(cfg), pool_size=2)
     ctx = ManagerContext(cfg, engine, db.session_factory(engine), SigninLimiter(3, 60))
@@ -128,6 +140,18 @@ def postgres() -> Iterator[PostgresServer]:
     if bindir is None:
         pytest.skip("PostgreSQL is not installed (scripts/system-deps.sh installs it)")
     server = PostgresServer(bindir)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[mysql.MariaDBServer]:
+    """One MariaDB server for the session (Debian's mariadb-server-core; skipped where it is not installed)."""
+    if not mysql.available():
+        pytest.skip("MariaDB is not installed (scripts/system-deps.sh installs it)")
+    pytest.importorskip("aiomysql")
+    server = mysql.MariaDBServer()
     server.start()
     yield server
     server.stop()

@@ -13,8 +13,7 @@ from sqlalchemy.engine import Connection
 
 from dragonfly.manager import db
 from dragonfly.manager.models import Base
-from tests.integration.manager.conftest import manager_config
-from tests.postgres import PostgresServer
+from tests.integration.manager.conftest import database_for, manager_config
 
 
 def _differences(connection: Connection) -> list[object]:
@@ -22,12 +21,9 @@ def _differences(connection: Connection) -> list[object]:
     return list(compare_metadata(context, Base.metadata))
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgres", "mysql"])
 async def test_migrations_up_down_up(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    database = {}
-    if kind == "postgres":
-        server: PostgresServer = request.getfixturevalue("postgres")
-        database = {"url": server.create_database()}
+    database = database_for(kind, request)
     engine = db.create_engine(db.database_url(manager_config(tmp_path, database=database)), pool_size=1)
     try:
         assert await db.current_revision(engine) is None

@@ -11,6 +11,8 @@ from dragonfly.manager import models
 from tests.integration.manager.conftest import API
 
 CLUSTERS = "/api/v1/scheduler-clusters"
+#: The MySQL smoke subset: these run on MariaDB too (the rest on SQLite and PostgreSQL only).
+ALL_DATABASES = pytest.mark.parametrize("api", ["sqlite", "postgres", "mysql"], indirect=True)
 
 
 async def test_every_api_route_needs_a_token(api: API) -> None:
@@ -47,6 +49,7 @@ async def test_validation_errors_do_not_echo_secrets(api: API) -> None:
     assert response.json()["message"] == "invalid request"
 
 
+@ALL_DATABASES
 async def test_cluster_crud_pagination_and_filters(api: API) -> None:
     root = await api.signin()
     for i in range(12):
@@ -102,6 +105,7 @@ async def test_bad_cluster_bodies_get_422(api: API, body: dict[str, object], whe
     assert where in [e["loc"] for e in response.json()["errors"]]
 
 
+@ALL_DATABASES
 async def test_conflicts_bad_json_oversized_bodies_and_unknown_routes(api: API) -> None:
     root = await api.signin()
     response = await api.client.post(CLUSTERS, headers=root, json={"name": "cluster-1"})
@@ -158,6 +162,7 @@ async def test_guest_reads_but_cannot_write(api: API) -> None:
     assert (await api.client.get(CLUSTERS, headers=guest)).status_code == 401
 
 
+@ALL_DATABASES
 async def test_personal_access_tokens_are_hashed_scoped_expiring_revocable(api: API) -> None:
     root = await api.signin()
     created = await api.make_token(root, ["cluster"])
@@ -246,6 +251,7 @@ async def test_signout_and_disabled_users(api: API) -> None:
     assert response.status_code == 409
 
 
+@ALL_DATABASES
 async def test_schedulers_seed_peers_applications(api: API) -> None:
     root = await api.signin()
     body = {"hostname": "sched-1", "ip": "10.0.0.1", "port": 8002, "scheduler_cluster_id": 1}
@@ -269,6 +275,7 @@ async def test_schedulers_seed_peers_applications(api: API) -> None:
     assert (await api.client.post("/api/v1/applications", headers=root, json=bad)).status_code == 422
 
 
+@ALL_DATABASES
 async def test_audit_log_records_writes_without_secrets(api: API) -> None:
     root = await api.signin()
     await api.client.post(CLUSTERS, headers=root, json={"name": "audited"})

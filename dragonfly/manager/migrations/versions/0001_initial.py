@@ -222,25 +222,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-
+    # drop_table takes its indexes along; dropping them first fails on MySQL (an index a foreign key needs).
     op.drop_table("user_role")
-    with op.batch_alter_table("session", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_session_user_id"))
-        batch_op.drop_index(batch_op.f("ix_session_expires_at"))
-
     op.drop_table("session")
     op.drop_table("seed_peer_cluster_scheduler_cluster")
-    with op.batch_alter_table("seed_peer", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_seed_peer_state"))
-
     op.drop_table("seed_peer")
-    with op.batch_alter_table("scheduler", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_scheduler_state"))
-
     op.drop_table("scheduler")
-    with op.batch_alter_table("personal_access_token", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_personal_access_token_user_id"))
-
     op.drop_table("personal_access_token")
     op.drop_table("permission")
     op.drop_table("application")
@@ -249,7 +236,4 @@ def downgrade() -> None:
     op.drop_table("scheduler_cluster")
     op.drop_table("role")
     op.drop_table("config")
-    with op.batch_alter_table("audit", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_audit_operated_at"))
-
     op.drop_table("audit")
