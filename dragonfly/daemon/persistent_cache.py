@@ -44,6 +44,7 @@ import grpc
 from dragonfly_api import common_pb2, dfdaemon_pb2, scheduler_pb2
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from dragonfly.common.background import BackgroundJobs
 from dragonfly.common.errors import DragonflyError
 from dragonfly.common.pbtime import duration, timestamp
 from dragonfly.common.piece import calculate_piece_length, piece_count, piece_range
@@ -285,7 +286,7 @@ class PersistentCacheManager:
         self._gc_interval = gc_interval
         self._last_gc = time.monotonic()
         self._reconciler: asyncio.Task[None] | None = None
-        self._jobs: set[asyncio.Future[None]] = set()
+        self._jobs = BackgroundJobs()
         #: Bytes of piece content received, and how many of them crossed the wire (less when compressed).
         self.received_bytes = 0
         self.metrics = PersistentCacheMetrics(metrics_registry)
@@ -315,14 +316,10 @@ class PersistentCacheManager:
         if self.scheduler is not None:
             self._reconciler = asyncio.create_task(self._reconcile_loop(), name="persistent-cache-reconcile")
         if self.entries:
-            self._spawn(self.scrub())
+            self._jobs.spawn(self.scrub())
 
     async def close(self) -> None:
-        for job in (self._expiry, self._reconciler, *self._jobs):
-            if job is not None:
-                job.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await job
+        await self._jobs.close(self._expiry, self._reconciler)
         self._pool.close()
         if self._index is not None:
             self._index.close()
@@ -395,7 +392,7 @@ class PersistentCacheManager:
         if self.delete_local(task_id):
             log.warning("persistent cache content no longer matches its digest: evicted", extra={"task_id": task_id})
             self.metrics.evictions.labels("digest").inc()
-            self._spawn(self._tell_scheduler_dropped(task_id))
+            self._jobs.spawn(self._tell_scheduler_dropped(task_id))
 
     async def scrub(self) -> list[str]:
         """Hash every copy once against its digest and evict those that no longer match (after a restart: a crash
@@ -413,11 +410,6 @@ class PersistentCacheManager:
         if evicted:
             log.warning("persistent cache copies evicted by the scrub", extra={"tasks": len(evicted)})
         return evicted
-
-    def _spawn(self, coro: Any) -> None:
-        job = asyncio.ensure_future(coro)
-        self._jobs.add(job)
-        job.add_done_callback(self._jobs.discard)
 
     def drop_expired(self, now: float) -> list[str]:
         """Delete the entries whose TTL has run out (the scheduler forgets them on its own); return their ids."""

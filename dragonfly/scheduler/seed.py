@@ -11,17 +11,16 @@ maps to the same seed while the set is stable.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import grpc
 from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dragonfly.common import tls
+from dragonfly.common.background import BackgroundJobs
 from dragonfly.common.hashring import HashRing
 
 if TYPE_CHECKING:
@@ -72,7 +71,7 @@ class SeedPeers:
         self._unhealthy: set[str] = set()
         self._ring = HashRing(())
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._downloads: set[asyncio.Task[None]] = set()
+        self._downloads = BackgroundJobs()
         self._refresher: asyncio.Task[None] | None = None
 
     # ring
@@ -83,7 +82,7 @@ class SeedPeers:
         self._unhealthy &= set(self._hosts)
         for addr in set(self._channels) - {host.address for host in hosts}:
             channel = self._channels.pop(addr)
-            self._spawn(channel.close())
+            self._downloads.spawn(channel.close())
         self._rebuild()
 
     def _rebuild(self) -> None:
@@ -156,7 +155,7 @@ class SeedPeers:
         task.seed_has_pieces = False
         self._metrics.seed_triggers.labels("triggered").inc()
         log.info("seed peer triggered", extra={"task_id": task.id, "host_id": host.id, "addr": host.address})
-        self._spawn(self._download(task, seed_download(download), host))
+        self._downloads.spawn(self._download(task, seed_download(download), host))
 
     async def _download(self, task: Task, download: common_pb2.Download, host: Host) -> None:
         stub = dfdaemon_pb2_grpc.DfdaemonUploadStub(self._channel(host))  # type: ignore[no-untyped-call]
@@ -189,19 +188,9 @@ class SeedPeers:
         """Return whether the task's seed download failed within SEED_PEER_FAILED_TIMEOUT."""
         return task.seed_failed_at is not None and now - task.seed_failed_at < SEED_PEER_FAILED_TIMEOUT
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        job = asyncio.ensure_future(coro)
-        self._downloads.add(job)
-        job.add_done_callback(self._downloads.discard)
-
     async def close(self) -> None:
         """Cancel background downloads and health checks, and close the channels."""
-        jobs = [*self._downloads, *([self._refresher] if self._refresher else [])]
-        for job in jobs:
-            job.cancel()
-        for job in jobs:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await job
+        await self._downloads.close(self._refresher)
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()

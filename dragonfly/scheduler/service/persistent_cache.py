@@ -16,12 +16,11 @@ daemons check the content against it before they keep or serve it. Nothing a non
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
@@ -30,6 +29,7 @@ from google.protobuf import empty_pb2
 from prometheus_client import Counter, Gauge
 
 from dragonfly.common import tls
+from dragonfly.common.background import BackgroundJobs
 from dragonfly.scheduler.metrics import NAMESPACE
 from dragonfly.scheduler.resource import persistent_cache as pc
 from dragonfly.scheduler.service.announce_peer import MAX_ID_LENGTH
@@ -124,7 +124,7 @@ class PersistentCacheService:
         self.resource = pc.PersistentCacheResource()
         self._tls = ctx.config.tls().seed_peer
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._jobs: set[asyncio.Task[None]] = set()
+        self._jobs = BackgroundJobs()
         self._ticker: asyncio.Task[None] | None = None
         # task id -> hosts asked to replicate it, whose download is still running.
         self._replicating: dict[str, set[str]] = {}
@@ -151,12 +151,7 @@ class PersistentCacheService:
         self._ticker = asyncio.create_task(self._tick_loop(), name="persistent-cache-tick")
 
     async def close(self) -> None:
-        jobs = [*self._jobs, *([self._ticker] if self._ticker else [])]
-        for job in jobs:
-            job.cancel()
-        for job in jobs:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await job
+        await self._jobs.close(self._ticker)
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
@@ -178,11 +173,6 @@ class PersistentCacheService:
         for task in list(self.resource.tasks.values()):
             if task.state == pc.TASK_SUCCEEDED:
                 self.replicate(task, now)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        job = asyncio.ensure_future(coro)
-        self._jobs.add(job)
-        job.add_done_callback(self._jobs.discard)
 
     def _channel(self, host: Host) -> grpc.aio.Channel:
         channel = self._channels.get(host.address)
@@ -228,7 +218,7 @@ class PersistentCacheService:
             replicating.add(host.id)
             log.info("persistent cache replication started", extra={"task_id": task.id, "host_id": host.id})
             self._replications.labels("started").inc()
-            self._spawn(self._replicate_to(task, host))
+            self._jobs.spawn(self._replicate_to(task, host))
         return [host.id for host in chosen]
 
     async def _replicate_to(self, task: pc.PersistentCacheTask, host: Host) -> None:
@@ -273,7 +263,7 @@ class PersistentCacheService:
         for peer in holders:
             host = self._host(peer.host_id)
             if host is not None and host.id != except_host:
-                self._spawn(self._drop_on(task.id, host))
+                self._jobs.spawn(self._drop_on(task.id, host))
 
     async def _drop_on(self, task_id: str, host: Host) -> None:
         stub = dfdaemon_pb2_grpc.DfdaemonUploadStub(self._channel(host))  # type: ignore[no-untyped-call]
