@@ -3,7 +3,8 @@
 Suites: swarm, pair, dfget-latency, memory, scheduler (bench/scheduler_load.py), pull (image pulls through the
 proxy, bench/pull.py), pcache (dfcache export over a shaped link, zstd against raw, bench/pcache.py),
 manager (ListSchedulers and REST against a manager process, bench/manager_load.py), preheat (a 256 MiB image
-preheated on 1 seed + 3 peers through the manager's Open API, bench/preheat.py), micro
+preheated on 1 seed + 3 peers through the manager's Open API, bench/preheat.py), small-files (many 1 MiB files to
+several peers, ours against each peer pulling from the origin, bench/small_files.py), micro
 (pytest-benchmark files in bench/micro), all. Each suite compares against a baseline measured in the same run;
 exit 0 only if it ran fully.
 """
@@ -30,6 +31,7 @@ SUITES: dict[str, str] = {
     "pcache": "bench.pcache",
     "manager": "bench.manager_load",
     "preheat": "bench.preheat",
+    "small-files": "bench.small_files",
 }
 
 #: `all --quick`: small enough for 2 shared cores in under 10 minutes, large enough to show the ratios.
@@ -43,6 +45,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "pcache": ["--size", "64MiB"],
     "manager": ["--quick"],
     "preheat": ["--layers", "16,16,16,16"],
+    "small-files": ["--peers", "4", "--files", "40"],
     "micro": [],
 }
 

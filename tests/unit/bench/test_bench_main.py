@@ -5,7 +5,10 @@ import bench.__main__ as bench_main
 
 def test_unknown_suite_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_main.main(["nope"]) == 2
-    usage = "usage: python -m bench {swarm,pair,dfget-latency,memory,scheduler,pull,pcache,manager,preheat,micro,all}"
+    usage = (
+        "usage: python -m bench "
+        "{swarm,pair,dfget-latency,memory,scheduler,pull,pcache,manager,preheat,small-files,micro,all}"
+    )
     assert usage in capsys.readouterr().err
 
 
@@ -39,6 +42,7 @@ def test_all_reports_each_suite(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
         "pcache",
         "manager",
         "preheat",
+        "small-files",
         "micro",
     ]
     assert calls[0][1] == bench_main.QUICK_ARGS["swarm"]
