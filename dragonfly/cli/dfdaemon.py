@@ -35,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_dfdaemon_config(args.config)
         config.tls()
+        if not config.manager.addr and not config.scheduler.addrs:
+            raise ConfigError(
+                "neither manager.addr nor scheduler.addrs is set: this daemon would never use P2P; set manager.addr "
+                "(the manager names the schedulers) or scheduler.addrs",
+                path=args.config,
+            )
     except ConfigError as exc:
         print(f"dfdaemon: error: {exc}", file=sys.stderr)
         return 2

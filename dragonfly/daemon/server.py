@@ -241,6 +241,7 @@ class Dfdaemon:
                     extra={"manager": config.manager.addr},
                 )
         elif not addrs:
+            # The dfdaemon command refuses such a config; an embedded daemon (tests, tools) runs without P2P.
             log.warning("neither manager.addr nor scheduler.addrs is set: no P2P, every download goes to the origin")
         if addrs:
             self.scheduler = SchedulerClient(

@@ -91,3 +91,25 @@ def test_manager_refuses_a_bad_config(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "database" in result.stderr
     assert "oracle" in result.stderr
+
+
+def test_dfdaemon_without_manager_or_schedulers_is_refused(tmp_path: Path) -> None:
+    import subprocess
+
+    path = tmp_path / "dfdaemon.yaml"
+    path.write_text(yaml.safe_dump({"storage": {"dir": str(tmp_path / "storage")}, "security": {"enable": False}}))
+    result = subprocess.run(
+        [sys.executable, "-m", "dragonfly.cli.dfdaemon", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "neither manager.addr nor scheduler.addrs is set" in result.stderr
+    # Dragonfly's Helm-chart form of the manager address loads without a warning about it.
+    path.write_text(yaml.safe_dump({"manager": {"addr": "http://dragonfly-manager:65003"}}))
+    from dragonfly.daemon.config import load_dfdaemon_config
+    from dragonfly.daemon.manager_client import manager_target
+
+    assert manager_target(load_dfdaemon_config(path).manager.addr) == "dragonfly-manager:65003"
