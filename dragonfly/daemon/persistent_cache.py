@@ -32,6 +32,7 @@ import os
 import shutil
 import sqlite3
 import stat
+import threading
 import time
 import uuid
 import zlib
@@ -49,6 +50,7 @@ from dragonfly.common.errors import DragonflyError
 from dragonfly.common.pbtime import duration, timestamp
 from dragonfly.common.piece import calculate_piece_length, piece_count, piece_range
 from dragonfly.daemon import compression
+from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.download import vortex_client
 from dragonfly.daemon.download.parents import ParentChannels, upload_addr
 from dragonfly.daemon.errors import DownloadFailed, OutputError, TaskNotFound
@@ -168,8 +170,11 @@ def _open_input(path: str) -> int:
     return fd
 
 
-def _copy_and_hash(source: int, target: int, content_length: int, piece_length: int) -> tuple[list[int], Any]:
-    """Copy ``source`` into ``target`` in one pass, hashing the content and each piece (blocking)."""
+def _copy_and_hash(
+    source: int, target: int, content_length: int, piece_length: int, stop: threading.Event
+) -> tuple[list[int], Any]:
+    """Copy ``source`` into ``target`` in one pass, hashing the content and each piece (blocking; ``stop`` ends it
+    early)."""
     hasher = task_id_hasher()
     crcs = []
     buffer = bytearray(min(_READ_CHUNK, piece_length) or 1)
@@ -179,6 +184,8 @@ def _copy_and_hash(source: int, target: int, content_length: int, piece_length: 
         end = min(offset + piece_length, content_length)
         crc = 0
         while offset < end:
+            if stop.is_set():
+                raise DownloadFailed("the import was cancelled")
             n = os.preadv(source, [view[: min(len(buffer), end - offset)]], offset)
             if n == 0:
                 raise OutputError(f"the file shrank while it was imported (at byte {offset})")
@@ -623,9 +630,19 @@ class PersistentCacheManager:
             temp = os.path.join(temp_dir, f"{uuid.uuid4().hex}.new")
             target = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
-                crcs, hasher = await loop.run_in_executor(
-                    self._executor, _copy_and_hash, fd, target, content_length, piece_length
+                # Not run_blocking: a cancelled import stops its copy at the next chunk (the thread owns the
+                # descriptors until it returns, so they are closed only after that).
+                stop = threading.Event()
+                copying = loop.run_in_executor(
+                    self._executor, _copy_and_hash, fd, target, content_length, piece_length, stop
                 )
+                try:
+                    crcs, hasher = await asyncio.shield(copying)
+                except asyncio.CancelledError:
+                    stop.set()
+                    with contextlib.suppress(Exception):
+                        await copying
+                    raise
             except BaseException:
                 os.close(target)
                 with contextlib.suppress(OSError):
@@ -784,7 +801,7 @@ class PersistentCacheManager:
         loop = asyncio.get_running_loop()
         try:
             if caller is None or caller.is_daemon_user:
-                return await loop.run_in_executor(self._executor, _open_input, path)
+                return await run_blocking(self._executor, _open_input, path)
             opened: list[int] = []
             await loop.run_in_executor(None, lambda: _as_caller(caller, lambda: opened.append(_open_input(path))))
             return opened[0]
@@ -856,9 +873,8 @@ class PersistentCacheManager:
     async def _content_matches(self, task_id: str, digest: str, content_length: int) -> bool:
         if not digest:
             return self.storage.content_intact(self.storage.get_task(task_id))  # type: ignore[arg-type]
-        loop = asyncio.get_running_loop()
         with self.storage.content_fd(task_id) as fd:
-            hasher = await loop.run_in_executor(self._executor, _hash_content, fd, content_length)
+            hasher = await run_blocking(self._executor, _hash_content, fd, content_length)
         return f"sha256:{hasher.hexdigest()}" == digest
 
     async def _tell_scheduler_dropped(self, task_id: str) -> None:
@@ -902,9 +918,7 @@ class PersistentCacheManager:
 
         announce = stub.AnnouncePersistentCachePeer(outgoing())
         self.delete_local(task_id)
-        content = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self.storage.create_content_file, task_id, content_length
-        )
+        content = await run_blocking(self._executor, self.storage.create_content_file, task_id, content_length)
         self._replace_content(task_id, content, piece_length, content_length)
         finished = False
         wire_before = self.wire_bytes
@@ -954,9 +968,7 @@ class PersistentCacheManager:
                     tried_alone.add(using[0].id)
                 pieces = await self._fetch_pieces(task_id, using, content_length, piece_length, send)
                 with self.storage.content_fd(task_id) as fd:
-                    hasher = await asyncio.get_running_loop().run_in_executor(
-                        self._executor, _hash_content, fd, content_length
-                    )
+                    hasher = await run_blocking(self._executor, _hash_content, fd, content_length)
                 if self._verified(task_id, hasher, digest, info, piece_length):
                     self._report_liars(suspect, pieces, send)
                     for piece in pieces:
@@ -1086,7 +1098,6 @@ class PersistentCacheManager:
             queue.put_nowait(number)
         recorded: list[PieceRecord] = []
         failures: dict[int, int] = {}
-        loop = asyncio.get_running_loop()
 
         async def worker(index: int) -> None:
             buffer = bytearray(_RECV_BUFFER)
@@ -1100,7 +1111,7 @@ class PersistentCacheManager:
                 started = time.monotonic()
                 try:
                     with self.storage.content_fd(task_id) as fd:
-                        fetched = await loop.run_in_executor(
+                        fetched = await run_blocking(
                             self._executor,
                             functools.partial(
                                 vortex_client.fetch_piece,
@@ -1211,15 +1222,13 @@ class PersistentCacheManager:
 
     async def read_piece(self, task_id: str, offset: int, length: int) -> bytes:
         """Return ``length`` bytes of the content at ``offset`` (read on the executor)."""
-        loop = asyncio.get_running_loop()
         with self.storage.content_fd(task_id) as fd:
-            return await loop.run_in_executor(self._executor, compression.read_range, fd, offset, length)
+            return await run_blocking(self._executor, compression.read_range, fd, offset, length)
 
     async def write_output(
         self, task_id: str, output_path: str, *, overwrite: bool, force_hard_link: bool, caller: Caller | None
     ) -> None:
         """Place the content at ``output_path`` (a hard link when asked and allowed, else a copy)."""
-        loop = asyncio.get_running_loop()
         with self.storage.content_fd(task_id) as fd:
             if caller is not None and not caller.is_daemon_user:
                 if force_hard_link:
@@ -1227,7 +1236,7 @@ class PersistentCacheManager:
                 await write_output_as(caller, fd, output_path, overwrite=overwrite)
                 return
             path = self.storage.content_path(task_id)
-            await loop.run_in_executor(
+            await run_blocking(
                 self._executor,
-                lambda: write_output(fd, path, output_path, overwrite=overwrite, link=force_hard_link),
+                functools.partial(write_output, fd, path, output_path, overwrite=overwrite, link=force_hard_link),
             )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from dragonfly_api import dfdaemon_pb2
 from google.protobuf import duration_pb2
 
@@ -99,4 +101,16 @@ async def test_the_scrub_evicts_a_copy_that_no_longer_matches(tmp_path: Path) ->
             os.pwrite(fd, b"\x00\x01", 1000)
         assert await pcache.scrub() == [ids[1]]
         assert set(pcache.entries) == {ids[0]}
+        await pcache.close()
+
+
+async def test_a_cancelled_import_stops_and_leaves_nothing(tmp_path: Path) -> None:
+    (tmp_path / "big").write_bytes(os.urandom(64 * MiB))
+    with ThreadPoolExecutor(2) as executor:
+        pcache = manager(tmp_path / "cache", executor)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(pcache.import_file(request(tmp_path / "big"), None), 0.01)
+        # The copy stopped and its temporary file is gone once the cancellation returned.
+        assert list((tmp_path / "cache" / "content" / "tasks" / "tmp").iterdir()) == []
+        assert pcache.entries == {}
         await pcache.close()
