@@ -48,10 +48,28 @@ CIDR = Annotated[str, StringConstraints(max_length=64), AfterValidator(_cidr)]
 Regex = Annotated[str, StringConstraints(max_length=1024), AfterValidator(_regex)]
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    return False
+
+
 class Request(BaseModel):
-    """A request body: unknown fields are an error, not silently dropped."""
+    """A request body: unknown fields are an error, not silently dropped; no string may hold a NUL character
+    (PostgreSQL cannot store one, and no name, URL or text here needs it)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if _has_nul(value):
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 class Filter(BaseModel):
