@@ -407,7 +407,17 @@ export function JobDetail() {
         columns={[
           { header: "Host", cell: (r) => r.hostname ?? "–" },
           { header: "IP", cell: (r) => r.ip ?? "–" },
-          { header: "URL", cell: (r) => <span className="url">{r.url}</span> },
+          {
+            header: "URL",
+            cell: (r) =>
+              r.url ? (
+                <Link className="url" to={`/swarm?task=${encodeURIComponent(r.url)}`} title="Show its swarm">
+                  {r.url}
+                </Link>
+              ) : (
+                "–"
+              ),
+          },
           { header: "Result", cell: (r) => <StateBadge state={r.ok ? "SUCCESS" : "FAILURE"} /> },
           { header: "Detail", cell: (r) => r.description || "–" },
         ]}
