@@ -171,10 +171,25 @@ def _open_input(path: str) -> int:
 
 
 def _copy_and_hash(
+    source: int, temp: str, content_length: int, piece_length: int, stop: threading.Event
+) -> tuple[list[int], Any]:
+    """Copy ``source`` into a new file ``temp`` in one pass, hashing the content and each piece (blocking; ``stop``
+    ends it early). On failure the new file is removed."""
+    os.makedirs(os.path.dirname(temp), exist_ok=True)
+    target = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        return _copy_into(source, target, content_length, piece_length, stop)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    finally:
+        os.close(target)
+
+
+def _copy_into(
     source: int, target: int, content_length: int, piece_length: int, stop: threading.Event
 ) -> tuple[list[int], Any]:
-    """Copy ``source`` into ``target`` in one pass, hashing the content and each piece (blocking; ``stop`` ends it
-    early)."""
     hasher = task_id_hasher()
     crcs = []
     buffer = bytearray(min(_READ_CHUNK, piece_length) or 1)
@@ -625,30 +640,18 @@ class PersistentCacheManager:
             content_length = os.fstat(fd).st_size
             piece_length = request.piece_length if request.HasField("piece_length") else 0
             piece_length = piece_length or calculate_piece_length(content_length)
-            temp_dir = os.path.join(self.storage.content_dir, "tmp")
-            os.makedirs(temp_dir, exist_ok=True)
-            temp = os.path.join(temp_dir, f"{uuid.uuid4().hex}.new")
-            target = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            temp = os.path.join(self.storage.content_dir, "tmp", f"{uuid.uuid4().hex}.new")
+            # Not run_blocking: a cancelled import stops its copy at the next chunk (the thread owns the
+            # descriptors and the temporary file until it returns).
+            stop = threading.Event()
+            copying = loop.run_in_executor(self._executor, _copy_and_hash, fd, temp, content_length, piece_length, stop)
             try:
-                # Not run_blocking: a cancelled import stops its copy at the next chunk (the thread owns the
-                # descriptors until it returns, so they are closed only after that).
-                stop = threading.Event()
-                copying = loop.run_in_executor(
-                    self._executor, _copy_and_hash, fd, target, content_length, piece_length, stop
-                )
-                try:
-                    crcs, hasher = await asyncio.shield(copying)
-                except asyncio.CancelledError:
-                    stop.set()
-                    with contextlib.suppress(Exception):
-                        await copying
-                    raise
-            except BaseException:
-                os.close(target)
-                with contextlib.suppress(OSError):
-                    os.unlink(temp)
+                crcs, hasher = await asyncio.shield(copying)
+            except asyncio.CancelledError:
+                stop.set()
+                with contextlib.suppress(Exception):
+                    await copying
                 raise
-            os.close(target)
         finally:
             os.close(fd)
         content = (
@@ -689,7 +692,7 @@ class PersistentCacheManager:
                 entry.importer = False
                 entry.ttl = existing.ttl.seconds + existing.ttl.nanos * 1e-9
                 entry.created_at = existing.created_at.seconds + existing.created_at.nanos * 1e-9
-        self._replace_content(task_id, temp, piece_length, content_length)
+        await self._replace_content(task_id, temp, piece_length, content_length)
         now = time.time()
         for number, crc in enumerate(crcs):
             offset, length = piece_range(number, content_length, piece_length)
@@ -743,10 +746,11 @@ class PersistentCacheManager:
             return None
         return task
 
-    def _replace_content(self, task_id: str, content: str, piece_length: int, content_length: int) -> None:
+    async def _replace_content(self, task_id: str, content: str, piece_length: int, content_length: int) -> None:
         """Drop any copy of ``task_id`` and make the file ``content`` its (empty of pieces) content."""
         self.delete_local(task_id)
-        os.makedirs(os.path.dirname(self.storage.content_path(task_id)), exist_ok=True)
+        shard = os.path.dirname(self.storage.content_path(task_id))
+        await run_blocking(self._executor, functools.partial(os.makedirs, shard, exist_ok=True))
         self.storage.prepare_task(
             task_id,
             url=f"persistent-cache://{task_id}",
@@ -919,7 +923,7 @@ class PersistentCacheManager:
         announce = stub.AnnouncePersistentCachePeer(outgoing())
         self.delete_local(task_id)
         content = await run_blocking(self._executor, self.storage.create_content_file, task_id, content_length)
-        self._replace_content(task_id, content, piece_length, content_length)
+        await self._replace_content(task_id, content, piece_length, content_length)
         finished = False
         wire_before = self.wire_bytes
         try:

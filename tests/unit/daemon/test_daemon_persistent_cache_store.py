@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from dragonfly_api import dfdaemon_pb2
 from google.protobuf import duration_pb2
+from loop_guard import no_blocking_calls
 
 from dragonfly.daemon.download.parents import ParentChannels
 from dragonfly.daemon.persistent_cache import PersistentCacheManager
@@ -46,7 +47,8 @@ async def test_import_records_id_digest_and_pieces_and_survives_a_restart(tmp_pa
     (tmp_path / "f").write_bytes(data)
     with ThreadPoolExecutor(2) as executor:
         pcache = manager(tmp_path / "cache", executor)
-        task = await pcache.import_file(request(tmp_path / "f", tag="t"), None)
+        with no_blocking_calls():
+            task = await pcache.import_file(request(tmp_path / "f", tag="t"), None)
         assert task.id == hashlib.sha256(data + b"t4194304PERSISTENT_CACHE").hexdigest()
         assert (task.content_length, task.piece_count, task.tag) == (9 * MiB, 3, "t")
         stored = pcache.storage.get_task(task.id)
