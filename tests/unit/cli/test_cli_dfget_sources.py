@@ -91,3 +91,50 @@ def test_unsupported_and_malformed_urls() -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="file:///absolute/path"):
         dfget._url("file://host/etc/passwd")
     assert dfget._url("s3://bucket/key") == "s3://bucket/key"
+
+
+class _Entry:
+    def __init__(self, url: str, content_length: int, is_dir: bool = False) -> None:
+        self.url, self.content_length, self.is_dir = url, content_length, is_dir
+
+
+def _recursive_args(tmp_path: object, *extra: str) -> argparse.Namespace:
+    return dfget.build_parser().parse_args(["s3://b/p", "-O", str(tmp_path), "-r", *extra])
+
+
+def test_recursive_downloads_each_file_and_counts_the_whole(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    entries = [_Entry("s3://b/p/a.bin", 10), _Entry("s3://b/p/d/", 0, True), _Entry("s3://b/p/d/b.bin", 5)]
+    monkeypatch.setattr(dfget, "list_entries", lambda args, url: entries)
+    calls: list[tuple[str, str]] = []
+
+    def fake_download(args: argparse.Namespace, output: str, began: float, on_progress: object = None) -> object:
+        calls.append((args.url, output))
+        assert args.no_progress  # one bar for the whole set, not one per file
+        traffic = dfget.Traffic()
+        traffic.peers = 10 if output.endswith("a.bin") else 5
+        with open(output, "wb") as f:
+            f.write(b"x")
+        return traffic
+
+    monkeypatch.setattr(dfget, "download", fake_download)
+    count, size, traffic = dfget.download_directory(_recursive_args(tmp_path), str(tmp_path), 0.0)
+    assert (count, size, traffic.peers) == (2, 15, 15)
+    assert sorted(calls) == [("s3://b/p/a.bin", f"{tmp_path}/a.bin"), ("s3://b/p/d/b.bin", f"{tmp_path}/d/b.bin")]
+
+
+def test_recursive_stops_at_the_first_failure_and_names_the_file(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entries = [_Entry(f"s3://b/p/f{i}", 1) for i in range(6)]
+    monkeypatch.setattr(dfget, "list_entries", lambda args, url: entries)
+    started: list[str] = []
+
+    def fake_download(args: argparse.Namespace, output: str, began: float, on_progress: object = None) -> object:
+        started.append(args.url)
+        raise dfget.DownloadFailed("download failed: no such object (HTTP 404)")
+
+    monkeypatch.setattr(dfget, "download", fake_download)
+    args = _recursive_args(tmp_path, "--max-concurrent-requests", "1")
+    with pytest.raises(dfget.DownloadFailed, match=r"^f0: download failed: no such object"):
+        dfget.download_directory(args, str(tmp_path), 0.0)
+    assert started == ["s3://b/p/f0"]
