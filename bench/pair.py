@@ -212,6 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=parse_size, default=parse_size("1GiB"))
     parser.add_argument("--repeat", type=int, default=3, help="runs per method (the median is reported)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--max-cpu-ratio",
+        type=float,
+        default=None,
+        metavar="R",
+        help="exit 1 when ours uses more than R times the native loop's CPU seconds per GiB, in either mode "
+        "(a regression check that machine load does not make flaky the way wall-clock ratios are)",
+    )
     args = parser.parse_args(argv)
     from dragonfly.common import native
 
@@ -294,7 +302,33 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| {name} | — | — | error: {entry['error'][:200]} | | |")
         if results.get("tls_vs_plaintext"):
             print(f"mutual TLS: {results['tls_vs_plaintext']:.2f} × the plaintext speed (ours vs ours (plaintext))")
-    return 0 if all("seconds" in e for e in methods_done.values()) else 1
+    if not all("seconds" in e for e in methods_done.values()):
+        return 1
+    if args.max_cpu_ratio is not None:
+        over = cpu_regressions(methods_done, args.max_cpu_ratio)
+        for message in over:
+            print(f"bench pair: {message}", file=sys.stderr)
+        if over:
+            return 1
+    return 0
+
+
+def cpu_regressions(methods: dict[str, Any], max_ratio: float) -> list[str]:
+    """Return a message for each of our methods whose CPU per GiB exceeds ``max_ratio`` × the native loop's."""
+    native = sum(methods.get("native loop", {}).get("cpu_seconds_per_gib", {}).values())
+    if not native:
+        return ["no CPU figure for the native loop to compare with"]
+    messages = []
+    for name in ("ours", "ours (plaintext)"):
+        ours = sum(methods.get(name, {}).get("cpu_seconds_per_gib", {}).values())
+        if not ours:
+            messages.append(f"no CPU figure for {name}")
+        elif ours > max_ratio * native:
+            messages.append(
+                f"{name} used {ours:.2f} CPU s per GiB, {ours / native:.2f} x the native loop's {native:.2f} "
+                f"(allowed {max_ratio:g} x)"
+            )
+    return messages
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bench.pair import native_loop
+from bench.pair import cpu_regressions, native_loop
 
 
 def test_native_loop_copies_and_counts_cpu(tmp_path: Path) -> None:
@@ -18,3 +18,15 @@ def test_native_loop_copies_and_counts_cpu(tmp_path: Path) -> None:
     assert sink.read_bytes() == data
     assert set(cpu) == {"loop"}
     assert cpu["loop"] > 0
+
+
+def test_cpu_regressions_name_the_methods_over_the_ratio() -> None:
+    methods = {
+        "native loop": {"cpu_seconds_per_gib": {"loop": 1.5}},
+        "ours": {"cpu_seconds_per_gib": {"child dfdaemon": 3.0, "parent dfdaemon": 1.5}},
+        "ours (plaintext)": {"cpu_seconds_per_gib": {"child dfdaemon": 2.0, "parent dfdaemon": 0.4}},
+    }
+    assert cpu_regressions(methods, 4.0) == []
+    [message] = cpu_regressions(methods, 2.0)
+    assert message == "ours used 4.50 CPU s per GiB, 3.00 x the native loop's 1.50 (allowed 2 x)"
+    assert cpu_regressions({"ours": {}}, 2.0) == ["no CPU figure for the native loop to compare with"]
