@@ -189,7 +189,10 @@ DRAGONFLY: dict[str, dict[str, tuple[str | None, str, str]]] = {
         "metrics.enable": (None, "false", "serve Prometheus metrics"),
         "metrics.port": ("metrics.addr", ":8000", "port of `GET /metrics`"),
     },
-    "manager.yaml": {},
+    "manager.yaml": {
+        "job.preheat.tls.caCert": (None, "", "CA certificates of registries with a private CA"),
+        "job.preheat.tls.insecureSkipVerify": (None, "false", "skip verifying registries' certificates"),
+    },
 }
 
 

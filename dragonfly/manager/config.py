@@ -203,6 +203,40 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PreheatTLSConfig:
+    """How schedulers verify the registries of image preheats (Dragonfly: ``job.preheat.tls``)."""
+
+    # PEM file of CA certificates a registry's certificate may chain to, besides the system's roots (a Harbor with
+    # a private CA); sent with each image preheat. Unset: the system's roots only.
+    ca_cert: str = ""
+    # Do not verify registries' certificates at all (tests only).
+    insecure_skip_verify: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PreheatJobConfig:
+    """Preheat jobs."""
+
+    tls: PreheatTLSConfig = PreheatTLSConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class JobConfig:
+    """Jobs (preheat): run by workers of each manager, queued in Redis when ``database.redis`` is set."""
+
+    # Jobs one manager runs at once.
+    workers: int = 4
+    preheat: PreheatJobConfig = PreheatJobConfig()
+
+    def validate(self) -> None:
+        """Check the worker count and the CA file."""
+        if not 1 <= self.workers <= 256:
+            raise ValueError("workers must be between 1 and 256")
+        if self.preheat.tls.ca_cert and not Path(self.preheat.tls.ca_cert).is_file():
+            raise ValueError(f"preheat.tls.caCert: {self.preheat.tls.ca_cert} is not a file")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole manager.yaml."""
 
@@ -213,6 +247,7 @@ class Config:
     console: ConsoleConfig = ConsoleConfig()
     metrics: MetricsConfig = MetricsConfig()
     security: SecurityConfig = SecurityConfig()
+    job: JobConfig = JobConfig()
 
     @property
     def data_dir(self) -> Path:

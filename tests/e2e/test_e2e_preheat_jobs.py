@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 from preheat_helpers import CHANNEL_OPTIONS
+from tls_helpers import make_ca, make_server_cert
 
 from dragonfly.cli.cluster import LocalCluster, OriginProcess, run_dfget
 from dragonfly.cli.registry import MultiPlatformImage, RegistryProcess, build_multi_platform_image, push
@@ -25,7 +27,7 @@ from dragonfly.cli.services import RedisProcess
 from dragonfly.common import tls
 from dragonfly.manager.jobs.engine import JobEngine
 from dragonfly.manager.jobs.model import FAILURE, PENDING, SUCCESS, JobRecord, MemoryJobStore
-from dragonfly.manager.jobs.preheat import SchedulerTarget
+from dragonfly.manager.jobs.preheat import DEFAULT_REGISTRY_TLS, RegistryTLS, SchedulerTarget
 from dragonfly.manager.jobs.queue import MemoryQueue, RedisQueue
 
 pytestmark = pytest.mark.skipif(
@@ -57,7 +59,13 @@ def redis_server(module_dir: Path) -> Iterator[RedisProcess]:
         yield server
 
 
-def make_engine(cluster: LocalCluster, store: MemoryJobStore, queue: Any, name: str = "manager-1") -> JobEngine:
+def make_engine(
+    cluster: LocalCluster,
+    store: MemoryJobStore,
+    queue: Any,
+    name: str = "manager-1",
+    registry_tls: RegistryTLS = DEFAULT_REGISTRY_TLS,
+) -> JobEngine:
     files = cluster.client_files("test-manager")
 
     async def directory(ids: Sequence[int]) -> Mapping[int, Sequence[SchedulerTarget]]:
@@ -74,7 +82,7 @@ def make_engine(cluster: LocalCluster, store: MemoryJobStore, queue: Any, name: 
             channels[address] = tls.aio_channel(address, files, CHANNEL_OPTIONS)
         return channels[address]
 
-    engine = JobEngine(store, queue, directory, channel, workers=2, name=name)
+    engine = JobEngine(store, queue, directory, channel, workers=2, name=name, registry_tls=registry_tls)
     engine.channels_opened = channels  # type: ignore[attr-defined]
     return engine
 
@@ -282,3 +290,31 @@ async def test_two_managers_on_redis_run_each_job_once_and_take_over_a_dead_ones
     retried = [job for job in done if job.progress["attempt"] != 1]
     assert len(retried) <= 2
     assert all(job.progress["attempt"] == 2 and job.progress["manager"] == "manager-2" for job in retried)
+
+
+async def test_a_registry_with_a_private_ca_needs_the_configured_ca(
+    module_dir: Path, cluster: LocalCluster, registry: RegistryProcess
+) -> None:
+    push_image(module_dir, registry, "private/app")
+    ca = make_ca(module_dir / "ca", "registry-ca")
+    cert = make_server_cert(ca, module_dir / "ca", "registry", ["127.0.0.1"])
+    with RegistryProcess(module_dir / "registry", storage=registry.storage, name="registry-tls", tls=cert) as server:
+        url = f"{server.url}/v2/private/app/manifests/v1"
+        plain = make_engine(cluster, MemoryJobStore(), MemoryQueue())
+        trusting = make_engine(
+            cluster,
+            MemoryJobStore(),
+            MemoryQueue(),
+            registry_tls=RegistryTLS((ca.cert.public_bytes(Encoding.DER),)),
+        )
+        await plain.start()
+        await trusting.start()
+        try:
+            refused = await plain.wait((await plain.submit_preheat({"type": "image", "url": url})).id, 120)
+            accepted = await trusting.wait((await trusting.submit_preheat({"type": "image", "url": url})).id, 180)
+        finally:
+            await close_engine(plain)
+            await close_engine(trusting)
+    assert refused.state == FAILURE
+    assert "certificate" in refused.result["job_states"][0]["error"].lower()
+    assert accepted.state == SUCCESS, accepted.result

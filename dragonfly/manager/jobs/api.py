@@ -29,7 +29,7 @@ from dragonfly.manager.context import ManagerContext
 from dragonfly.manager.jobs.args import ArgsError
 from dragonfly.manager.jobs.engine import JobEngine, JobNotFound
 from dragonfly.manager.jobs.model import STATES, TYPE_PREHEAT, JobRecord, JobStore
-from dragonfly.manager.jobs.preheat import SchedulerTarget
+from dragonfly.manager.jobs.preheat import RegistryTLS, SchedulerTarget
 from dragonfly.manager.jobs.queue import JobQueue, MemoryQueue, RedisQueue
 from dragonfly.manager.jobs.store import DatabaseJobStore
 
@@ -305,11 +305,32 @@ def make_directory(ctx: ManagerContext) -> Any:
     return directory
 
 
+def registry_tls(ctx: ManagerContext) -> RegistryTLS:
+    """Return ``job.preheat.tls`` as the schedulers get it: the CA file's certificates in DER."""
+    tls = ctx.config.job.preheat.tls
+    chain: tuple[bytes, ...] = ()
+    if tls.ca_cert:
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        with open(tls.ca_cert, "rb") as pem:
+            certificates = x509.load_pem_x509_certificates(pem.read())
+        chain = tuple(cert.public_bytes(Encoding.DER) for cert in certificates)
+    return RegistryTLS(chain, tls.insecure_skip_verify)
+
+
 async def start_jobs(ctx: ManagerContext) -> None:
     """Start the job engine: the database store, the Redis queue when configured (else in process), workers."""
     url = redis_url(ctx)
     queue: JobQueue = RedisQueue.from_url(url) if url else MemoryQueue()
-    engine = JobEngine(DatabaseJobStore(ctx.sessions), queue, make_directory(ctx), ctx.scheduler_channel)
+    engine = JobEngine(
+        DatabaseJobStore(ctx.sessions),
+        queue,
+        make_directory(ctx),
+        ctx.scheduler_channel,
+        workers=ctx.config.job.workers,
+        registry_tls=registry_tls(ctx),
+    )
     await engine.start()
     ctx.extras[EXTRA_KEY] = engine
     log.info("job engine started", extra={"queue": "redis" if url else "memory", "workers": engine.workers})

@@ -36,7 +36,15 @@ from dragonfly.manager.jobs.model import (
     rfc3339,
     utcnow,
 )
-from dragonfly.manager.jobs.preheat import RESOLVE_MARGIN, STAT_TIMEOUT, ChannelFactory, PreheatRun, SchedulerDirectory
+from dragonfly.manager.jobs.preheat import (
+    DEFAULT_REGISTRY_TLS,
+    RESOLVE_MARGIN,
+    STAT_TIMEOUT,
+    ChannelFactory,
+    PreheatRun,
+    RegistryTLS,
+    SchedulerDirectory,
+)
 from dragonfly.manager.jobs.queue import Claim, JobQueue
 
 log = logging.getLogger(__name__)
@@ -64,7 +72,9 @@ class JobEngine:
         name: str | None = None,
         stat: bool = True,
         reap_interval: float = 5.0,
+        registry_tls: RegistryTLS = DEFAULT_REGISTRY_TLS,
     ) -> None:
+        self.registry_tls = registry_tls
         self.store = store
         self.queue = queue
         self.directory = directory
@@ -288,7 +298,9 @@ class JobEngine:
                 progress.update(update)
                 await self.store.set_progress(job.id, progress)
 
-            run = PreheatRun(args, schedulers, self.channels, progress=report, stat=self.stat)
+            run = PreheatRun(
+                args, schedulers, self.channels, progress=report, stat=self.stat, registry_tls=self.registry_tls
+            )
             return await run.run()
 
 

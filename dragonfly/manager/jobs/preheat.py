@@ -47,6 +47,24 @@ MAX_ERROR = 2048
 
 
 @dataclass(frozen=True, slots=True)
+class RegistryTLS:
+    """How schedulers verify registries for this manager's jobs (``job.preheat.tls``): extra CAs (DER), or not."""
+
+    certificate_chain: tuple[bytes, ...] = ()
+    insecure_skip_verify: bool = False
+
+    def apply(self, request: Any) -> Any:
+        request.certificate_chain.extend(self.certificate_chain)
+        if self.insecure_skip_verify:
+            request.insecure_skip_verify = True
+        return request
+
+
+#: The system's roots only, verified.
+DEFAULT_REGISTRY_TLS = RegistryTLS()
+
+
+@dataclass(frozen=True, slots=True)
 class SchedulerTarget:
     """One scheduler of a cluster, as the manager records it."""
 
@@ -93,7 +111,9 @@ class PreheatRun:
         *,
         progress: ProgressCallback | None = None,
         stat: bool = True,
+        registry_tls: RegistryTLS = DEFAULT_REGISTRY_TLS,
     ) -> None:
+        self.registry_tls = registry_tls
         self.args = args
         self.schedulers = schedulers
         self.channels = channels
@@ -187,7 +207,7 @@ class PreheatRun:
     async def _preheat_on(self, target: SchedulerTarget) -> dict[str, Any]:
         stub = scheduler_pb2_grpc.SchedulerStub(self.channels(target.address))  # type: ignore[no-untyped-call]
         merged: dict[str, Any] = {"success_tasks": [], "failure_tasks": []}
-        for request in self.args.preheat_requests():
+        for request in map(self.registry_tls.apply, self.args.preheat_requests()):
             method = stub.PreheatImage if self.args.type == "image" else stub.PreheatFile
             call = method(request, metadata=((WAIT_KEY, "true"),), timeout=self.args.timeout + RESOLVE_MARGIN)
             await call
@@ -203,7 +223,7 @@ class PreheatRun:
         """Return, per host holding any of the job's URLs, which it holds finished and which partly."""
         peers: dict[tuple[str, str], dict[str, Any]] = {}
         stub = scheduler_pb2_grpc.SchedulerStub(self.channels(target.address))  # type: ignore[no-untyped-call]
-        for request in self.args.stat_requests(STAT_TIMEOUT):
+        for request in map(self.registry_tls.apply, self.args.stat_requests(STAT_TIMEOUT)):
             if self.args.type == "image":
                 image = await stub.StatImage(request, timeout=STAT_TIMEOUT + RESOLVE_MARGIN)
                 holdings = [(p.hostname, p.ip, [(x.url, x.is_finished) for x in p.cached_layers]) for p in image.peers]
