@@ -165,7 +165,9 @@ class JobEngine:
             if job.done:
                 return job
             if time.monotonic() >= deadline:
-                raise TimeoutError(f"job {job_id} did not end within {timeout:.0f} s (state {job.state})")
+                raise TimeoutError(
+                    f"job {job_id} did not end within {timeout:.0f} s (state {job.state}, progress {job.progress})"
+                )
             await asyncio.sleep(interval)
 
     # workers
