@@ -3,7 +3,6 @@ TCP on 127.0.0.1, no grant tables (tests only). Debian's mariadb-server-core (sc
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import socket
@@ -90,10 +89,7 @@ class MariaDBServer:
     def stop(self) -> None:
         """Stop the server and delete its files."""
         if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(30)
-            if self._proc.poll() is None:
-                self._proc.kill()
-                self._proc.wait()
+            # Killed, not shut down: the data is thrown away, and InnoDB's clean shutdown took half a minute here.
+            self._proc.kill()
+            self._proc.wait()
         shutil.rmtree(self.root, ignore_errors=True)

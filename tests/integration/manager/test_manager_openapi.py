@@ -76,7 +76,7 @@ def test_openapi_spec_holds_for_generated_requests(live_manager: tuple[str, str]
         strategy = api_operation.as_strategy()
         from hypothesis import HealthCheck, given, settings
 
-        @settings(max_examples=5, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @settings(max_examples=3, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         @given(case=strategy)
         def run(case: object) -> None:
             response = case.call(headers={"Authorization": f"Bearer {token}"})  # type: ignore[attr-defined]
