@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 import dragonfly
-from dragonfly.cli.cluster import ManagedProcess
+from dragonfly.cli.cluster import ManagedProcess, free_ports
 
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/lib/chromium/chromium")
 CONSOLE_DIST = Path(dragonfly.__file__).resolve().parent / "manager" / "console" / "dist"
@@ -47,12 +47,17 @@ def console_built() -> Path:
 
 
 def manager_config(directory: Path, **extra: Any) -> dict[str, Any]:
-    """Return a manager.yaml: loopback, any free ports, plaintext gRPC; the console the package ships."""
+    """Return a manager.yaml: loopback, free ports, plaintext gRPC; the console the package ships.
+
+    ``config["server"]["grpc"]["port"]["start"]`` is the gRPC port (schedulers register there).
+    """
     console_built()
+    (grpc_port,) = free_ports(1)
     config: dict[str, Any] = {
         "server": {
             "dataDir": str(directory / "data"),
             "rest": {"addr": "127.0.0.1:0"},
+            "grpc": {"listenIP": "127.0.0.1", "port": {"start": grpc_port, "end": grpc_port}},
         },
         "security": {"enable": False},
     }

@@ -17,7 +17,7 @@ import pytest
 from console_helpers import ROOT_PASSWORD, Browser, call, manager_config, nav, root_token, run_manager, sign_in
 from swarm_helpers import MiB, describe, dfget_in_background, make_file, sha256_of, wait_for
 
-from dragonfly.cli.cluster import LocalCluster, OriginProcess, free_ports
+from dragonfly.cli.cluster import LocalCluster, OriginProcess
 
 pytestmark = pytest.mark.slow
 
@@ -113,6 +113,13 @@ def test_root_manages_a_cluster_a_guest_only_reads_it(tmp_path: Path, browser: B
         page.reload()
         expect(page.get_by_role("row").filter(has_text="harbor")).to_be_visible()
         assert secret not in page.content()
+        # Revoked after confirming: the row says so and the manager refuses the token at once.
+        row = page.get_by_role("row").filter(has_text="harbor")
+        row.get_by_role("button", name="Revoke").click()
+        page.get_by_role("dialog").get_by_role("button", name="Revoke").click()
+        expect(row).to_contain_text("inactive")
+        status, _ = call(base, "GET", "/api/v1/users/me", token=secret)
+        assert status == 401
 
         page.get_by_role("button", name="Sign out").click()
         page.get_by_role("heading", name="Dragonfly console").wait_for()
@@ -181,9 +188,8 @@ def test_swarm_view_follows_a_download_live(tmp_path: Path, browser: Browser, or
     # Slow enough that the page sees the download running (each ranged request trickles at this rate).
     origin.set_fault("swarm-view.bin", "slow", rate=1 * MiB)
     url = origin.url("swarm-view.bin")
-    (grpc_port,) = free_ports(1)
     config = manager_config(tmp_path / "manager")
-    config["server"]["grpc"] = {"listenIP": "127.0.0.1", "port": {"start": grpc_port, "end": grpc_port}}
+    grpc_port = config["server"]["grpc"]["port"]["start"]
     with run_manager(tmp_path / "manager", config) as (_manager, base):
         scheduler = {"manager": {"addr": f"127.0.0.1:{grpc_port}", "keepAlive": {"interval": "1s"}}}
         with LocalCluster(tmp_path / "cluster", peers=2, tls=False, scheduler_config=scheduler) as cluster:
