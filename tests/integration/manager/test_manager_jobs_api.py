@@ -18,6 +18,7 @@ import pytest
 
 from dragonfly.cli.cluster import LocalCluster, OriginProcess
 from dragonfly.cli.registry import RegistryProcess, build_multi_platform_image, push
+from dragonfly.common import oci
 from dragonfly.manager import bootstrap, db, models
 from dragonfly.manager.api.app import create_app, wrap
 from dragonfly.manager.auth import SigninLimiter
@@ -175,6 +176,31 @@ async def test_harbor_preheat_replayed_and_polled(
     assert state["error"] == ""
     holdings = {peer["hostname"]: set(peer["cached"]) for peer in result["peers"]}
     assert holdings["seed-peer"] == blobs
+
+
+async def test_harbor_sends_no_platform_and_the_hosts_own_platform_is_preheated(
+    jobs_api: API, module_dir: Path, registry: RegistryProcess
+) -> None:
+    image = build_multi_platform_image(
+        module_dir / "harbor-multi", {"linux/amd64": [5 * MIB], "linux/arm64": [5 * MIB]}, tag="v1"
+    )
+    push(image, registry, "harbor/multi", all_platforms=True)
+    headers = {**await pat(jobs_api, ["job"]), "Content-Type": "application/json"}
+    url = f"{registry.url}/v2/harbor/multi/manifests/v1"
+    response = await jobs_api.client.post("/oapi/v1/jobs", content=harbor_body(url, [1]), headers=headers)
+    assert response.status_code == 200, response.text
+    job = await poll_as_harbor(jobs_api, headers, response.json()["id"])
+    assert job["state"] == "SUCCESS", job["result"]
+    [result] = job["result"]["job_states"][0]["results"]
+    # The daemons announce this machine's platform: its layers are preheated, the other platform's never fetched.
+    own = str(oci.local_platform())
+    if own not in image.images:
+        pytest.skip(f"this machine is {own}; the image offers linux/amd64 and linux/arm64")
+    mine, (other,) = image.images[own], [img for name, img in image.images.items() if name != own]
+    expected = {f"{registry.url}/v2/harbor/multi/blobs/{b.digest}" for b in (mine.config, *mine.layers)}
+    assert {task["url"] for task in result["success_tasks"]} == expected
+    fetched = registry.blob_bytes()
+    assert all(fetched[b.digest] == 0 for b in (other.config, *other.layers))
 
 
 async def test_a_missing_image_fails_with_the_registrys_reason(jobs_api: API, registry: RegistryProcess) -> None:
