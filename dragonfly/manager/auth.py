@@ -40,6 +40,7 @@ OBJECT_SCOPES: dict[str, str] = {
     "seed-peers": "cluster",
     "jobs": "job",
     "applications": "application",
+    "configs": "cluster",
 }
 
 

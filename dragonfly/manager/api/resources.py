@@ -89,6 +89,22 @@ async def _application_write(
         row.user_id = principal.user_id
 
 
+def features_router() -> APIRouter:
+    """``GET /scheduler-features``: the features a scheduler may announce (Dragonfly's route)."""
+    from fastapi import Depends
+
+    from dragonfly.manager import auth
+    from dragonfly.manager.api.deps import require
+
+    router = APIRouter(tags=["schedulers"])
+
+    @router.get("/scheduler-features", summary="Features a scheduler may announce")
+    async def scheduler_features(_p: Principal = Depends(require("schedulers", auth.ACTION_READ))) -> list[str]:
+        return ["schedule", "preheat"]
+
+    return router
+
+
 def routers() -> list[APIRouter]:
     """Return the routers of the cluster resources."""
     cluster_json = {"config": _json, "client_config": _json, "seed_client_config": _json, "scopes": _json}
@@ -139,6 +155,16 @@ def routers() -> list[APIRouter]:
             filters=schemas.SeedPeerFilter,
             before_write=_seed_peer_write,
         ),
+        crud_router(
+            obj="configs",
+            model=models.ConfigEntry,
+            noun="config",
+            create=schemas.ConfigCreate,
+            update=schemas.ConfigUpdate,
+            out=schemas.ConfigOut,
+            filters=schemas.NameFilter,
+        ),
+        features_router(),
         crud_router(
             obj="applications",
             model=models.Application,

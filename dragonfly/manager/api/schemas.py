@@ -493,6 +493,26 @@ class TokenCreated(TokenOut):
     token: str
 
 
+# --- configs (Dragonfly's name/value settings) ---
+
+
+class ConfigCreate(Request):
+    name: Name
+    value: Annotated[str, StringConstraints(max_length=64 * 1024)] = ""
+    bio: Bio = ""
+
+
+class ConfigUpdate(Request):
+    value: Annotated[str, StringConstraints(max_length=64 * 1024)] | None = None
+    bio: Bio | None = None
+
+
+class ConfigOut(Row):
+    name: str
+    value: str
+    bio: str
+
+
 # --- audit ---
 
 

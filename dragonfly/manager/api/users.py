@@ -43,6 +43,8 @@ async def signin(body: schemas.SigninRequest, request: Request, session: DB, ctx
     if user.state != "enable":
         raise APIError(403, "user disabled")
     ctx.signin_limiter.succeeded(key)
+    # The audit log names who signed in.
+    request.state.principal = Principal(user.id, user.name, "session", frozenset())
     token = auth.new_token(auth.SESSION_PREFIX)
     now = models.utcnow()
     expires = now + dt.timedelta(seconds=ctx.config.auth.session_ttl)

@@ -352,3 +352,19 @@ async def test_every_string_field_refuses_oversized_and_odd_values_cleanly(api: 
     listed = await api.client.get(CLUSTERS, headers=root)
     assert listed.status_code == 200
     assert [c["name"] for c in listed.json()] == ["cluster-1"]
+
+
+async def test_configs_and_scheduler_features(api: API) -> None:
+    root = await api.signin()
+    response = await api.client.post(
+        "/api/v1/configs", headers=root, json={"name": "gc", "value": '{"audit":{"ttl":1}}'}
+    )
+    assert response.status_code == 201, response.text
+    listed = await api.client.get("/api/v1/configs", headers=root, params={"name": "gc"})
+    assert [c["value"] for c in listed.json()] == ['{"audit":{"ttl":1}}']
+    features = await api.client.get("/api/v1/scheduler-features", headers=root)
+    assert features.json() == ["schedule", "preheat"]
+    audits = (await api.client.get("/api/v1/audits", headers=root, params={"operation": "POST"})).json()
+    assert ("USER", "root", "/api/v1/users/signin", 200) in [
+        (a["actor_type"], a["actor_name"], a["path"], a["status_code"]) for a in audits
+    ]
