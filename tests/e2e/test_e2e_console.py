@@ -18,6 +18,7 @@ from console_helpers import ROOT_PASSWORD, Browser, call, manager_config, nav, r
 from swarm_helpers import MiB, describe, dfget_in_background, make_file, sha256_of, wait_for
 
 from dragonfly.cli.cluster import LocalCluster, OriginProcess
+from dragonfly.cli.registry import RegistryProcess, build_multi_platform_image, push
 
 pytestmark = pytest.mark.slow
 
@@ -274,6 +275,29 @@ def test_swarm_view_follows_a_download_live(tmp_path: Path, browser: Browser, or
             nav(page, "Preheat jobs")
             expect(page.get_by_role("row").filter(has_text="preheat.bin")).to_contain_text("SUCCESS")
             browser.screenshot(page, "preheat-jobs")
+
+            # An image preheat for one platform of a two-platform image: the seed fetches that platform's config
+            # and layers, each a per-host result.
+            with RegistryProcess(tmp_path / "registry") as registry:
+                image = build_multi_platform_image(
+                    tmp_path / "image", {"linux/amd64": [5 * MiB], "linux/arm64": [6 * MiB, 5 * MiB]}, tag="v1"
+                )
+                push(image, registry, "console/app", all_platforms=True)
+                arm = image.images["linux/arm64"]
+                page.get_by_role("link", name="Create preheat").click()
+                form = page.get_by_role("form", name="Create preheat")
+                form.get_by_label("Image").check()
+                form.get_by_label("Manifest URL").fill(f"{registry.url}/v2/console/app/manifests/v1")
+                form.get_by_label("Platform").fill("linux/arm64")
+                form.get_by_role("button", name="Preheat").click()
+                page.get_by_role("heading", name=re.compile(r"^Preheat job \d+$")).wait_for()
+                expect(page.get_by_test_id("job-state")).to_have_text("SUCCESS", timeout=90_000)
+                results = page.get_by_role("table", name="Per-host results")
+                for blob in (arm.config, *arm.layers):
+                    expect(results.get_by_role("row").filter(has_text=blob.digest)).to_contain_text("SUCCESS")
+                expect(results.get_by_role("row")).to_have_count(1 + 1 + len(arm.layers))  # header, config, layers
+                browser.screenshot(page, "preheat-image-job")
+                nav(page, "Preheat jobs")
 
             # A preheat of a file the origin trickles out is still running when root cancels it (after confirming).
             make_file(origin, "trickle.bin", 4 * MiB)
