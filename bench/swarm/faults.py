@@ -136,7 +136,7 @@ class FaultInjector:
         code = (
             "import re,sys,urllib.request\n"
             f"t=urllib.request.urlopen('http://{addr}/metrics',timeout=2).read().decode()\n"
-            "m=re.search(r'^dragonfly_dfdaemon_upload_bytes_total (\\S+)$',t,re.M)\n"
+            "m=re.search(r'^dragonfly_client_upload_traffic (\\S+)$',t,re.M)\n"
             "print(m.group(1) if m else 0)\n"
         )
         host = self.cluster.daemons[name].host

@@ -377,7 +377,7 @@ class Dfdaemon:
 
     def _on_served(self, task_id: str, length: int) -> None:
         self.upload_traffic.add(length)
-        self.metrics.upload_bytes.inc(length)
+        self.metrics.record_upload(length)
 
     async def _on_evict(self, task_id: str) -> None:
         if self.scheduler is not None:

@@ -89,7 +89,7 @@ def daemon_metric(cluster: LocalCluster, name: str, metric: str, labels: str = "
 
 def uploaded_bytes(cluster: LocalCluster, name: str) -> float:
     """Return the piece bytes a daemon has served to other peers, from its Prometheus metrics."""
-    return daemon_metric(cluster, name, "dragonfly_dfdaemon_upload_bytes_total")
+    return daemon_metric(cluster, name, "dragonfly_client_upload_traffic")
 
 
 def failures(cluster: LocalCluster, name: str, kind: str) -> float:

@@ -163,15 +163,15 @@ def test_disk_full_during_a_download_is_reported_at_once_with_the_path(
     size = 24 * MiB
     make_file(origin, name, size)
     origin.set_fault(name, "slow", rate=4 * MiB)  # per response: ~1 s per piece, so the fill lands mid-download
-    received = "dragonfly_dfdaemon_download_bytes_total"
-    before = sum(daemon_metric(cluster, "peer-2", received, f'source="{s}"') for s in ("origin", "seed", "peer"))
+    received = "dragonfly_client_download_traffic"
+    before = sum(daemon_metric(cluster, "peer-2", received, f'type="{t}"') for t in ("BACK_TO_SOURCE", "REMOTE_PEER"))
     filler = storage / "filler.bin"
     try:
         with dfget_in_background(cluster, ["peer-2"], origin.url(name), module_dir / "fills-up") as running:
 
             def got() -> float:
                 metric = (
-                    daemon_metric(cluster, "peer-2", received, f'source="{s}"') for s in ("origin", "seed", "peer")
+                    daemon_metric(cluster, "peer-2", received, f'type="{t}"') for t in ("BACK_TO_SOURCE", "REMOTE_PEER")
                 )
                 return sum(metric) - before
 

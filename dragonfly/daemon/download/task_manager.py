@@ -376,6 +376,8 @@ class TaskManager:
         timeout = download.timeout.ToTimedelta().total_seconds() if download.HasField("timeout") else 0.0
         deadline = time.monotonic() + timeout if timeout > 0 else None
         byte_range: ByteRange | None = None
+        labels = self._metrics.task_labels(download)
+        self._metrics.task_started(labels)
         try:
             try:
                 async for event in self._stream(
@@ -392,9 +394,9 @@ class TaskManager:
                 output = f" (output {download.output_path})" if download.HasField("output_path") else ""
                 raise DigestMismatch(exc.expected, exc.actual, what=f"{redact_url(download.url)}{output}") from None
         except BaseException:
-            self._metrics.tasks.labels("failed").inc()
+            self._metrics.task_finished(labels, failed=True)
             raise
-        self._metrics.tasks.labels("succeeded").inc()
+        self._metrics.task_finished(labels, failed=False)
 
     async def list_entries(self, request: dfdaemon_pb2.ListTaskEntriesRequest, *, remote: bool = False) -> list[Entry]:
         """Return the files and directories under a directory-like URL (``ListTaskEntries``, for ``dfget -r``)."""
@@ -449,7 +451,6 @@ class TaskManager:
             if td is None:
                 peer_id = ids.peer_id(self._ip, self._config.host.hostname, seed=self._seed)
                 td = self._active[task_id] = TaskDownload(task_id, download, peer_id, spec, origin)
-                self._metrics.active_tasks.inc()
                 td.runner = asyncio.create_task(self._run(td), name=f"download-{task_id[:12]}")
             try:
                 await asyncio.wait_for(td.ready.wait(), remaining())
@@ -643,7 +644,6 @@ class TaskManager:
             td.ready.set()
             td.done.set()
             self._active.pop(td.task_id, None)
-            self._metrics.active_tasks.dec()
 
     @staticmethod
     def _missing(td: TaskDownload, task: TaskRecord) -> list[int]:
