@@ -170,6 +170,13 @@ def _open_input(path: str) -> int:
     return fd
 
 
+def _as_caller_open(caller: Caller, path: str) -> int:
+    """Open ``path`` with the caller's file-system identity (blocking, on a thread of its own)."""
+    opened: list[int] = []
+    _as_caller(caller, lambda: opened.append(_open_input(path)))
+    return opened[0]
+
+
 def _copy_and_hash(
     source: int, temp: str, content_length: int, piece_length: int, stop: threading.Event
 ) -> tuple[list[int], Any]:
@@ -802,13 +809,18 @@ class PersistentCacheManager:
 
     async def _open_as(self, caller: Caller | None, path: str) -> int:
         """Open ``path`` for reading with the caller's rights (the daemon's own for its own user)."""
-        loop = asyncio.get_running_loop()
+        if caller is None or caller.is_daemon_user:
+            opening = asyncio.get_running_loop().run_in_executor(self._executor, _open_input, path)
+        else:
+            # _as_caller gives the thread its own identity back before it returns (or aborts the process).
+            opening = asyncio.get_running_loop().run_in_executor(None, lambda: _as_caller_open(caller, path))
         try:
-            if caller is None or caller.is_daemon_user:
-                return await run_blocking(self._executor, _open_input, path)
-            opened: list[int] = []
-            await loop.run_in_executor(None, lambda: _as_caller(caller, lambda: opened.append(_open_input(path))))
-            return opened[0]
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # The open may still succeed: its descriptor must not leak.
+            with contextlib.suppress(Exception):
+                os.close(await opening)
+            raise
         except OSError as exc:
             if isinstance(exc, DragonflyError):
                 raise

@@ -179,3 +179,52 @@ def test_the_internal_socket_refuses_direct_callers(cluster: LocalCluster, origi
             ):
                 pass
         assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+_IMPORT_AS_USER = r"""
+import json, os, sys
+import grpc
+from dragonfly_api import dfdaemon_pb2, dfdaemon_pb2_grpc
+from google.protobuf import duration_pb2
+socket_path, path, uid, gid, groups = sys.argv[1:6]
+os.setgroups([int(g) for g in groups.split(",") if g])
+os.setgid(int(gid))
+os.setuid(int(uid))
+request = dfdaemon_pb2.UploadPersistentCacheTaskRequest(
+    path=path, persistent_replica_count=1, ttl=duration_pb2.Duration(seconds=600)
+)
+try:
+    with grpc.insecure_channel(f"unix:{socket_path}") as channel:
+        task = dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel).UploadPersistentCacheTask(request, timeout=60)
+    result = {"ok": True, "id": task.id}
+except grpc.RpcError as exc:
+    result = {"ok": False, "code": exc.code().name, "details": exc.details()}
+print(json.dumps(result))
+"""
+
+
+def test_dfcache_import_reads_only_what_the_caller_could(
+    cluster: LocalCluster, user: tuple[int, int, int], shared_dir: Path
+) -> None:
+    uid, gid, socket_gid = user
+
+    def import_as(path: Path) -> dict[str, Any]:
+        argv = [sys.executable, "-c", _IMPORT_AS_USER, cluster.socket_path("peer-1"), str(path), str(uid), str(gid)]
+        proc = subprocess.run([*argv, f"{gid},{socket_gid}"], capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr
+        result: dict[str, Any] = json.loads(proc.stdout)
+        return result
+
+    secret = shared_dir / "root-only.bin"
+    secret.write_bytes(os.urandom(MiB))
+    secret.chmod(0o600)
+    refused = import_as(secret)
+    assert refused["ok"] is False
+    assert "Permission denied" in refused["details"]
+
+    public = shared_dir / "public.bin"
+    public.write_bytes(os.urandom(MiB))
+    public.chmod(0o644)
+    imported = import_as(public)
+    assert imported["ok"] is True, imported
+    assert len(imported["id"]) == 64
