@@ -131,7 +131,7 @@ def create_app(ctx: ManagerContext, extensions: Sequence[Extension] = ()) -> Fas
     from contextlib import asynccontextmanager
 
     from dragonfly.manager import auth
-    from dragonfly.manager.api import audit, resources, users
+    from dragonfly.manager.api import audit, clusters, resources, users
 
     for ext in extensions:
         for obj, scope in ext.objects.items():
@@ -174,16 +174,18 @@ def create_app(ctx: ManagerContext, extensions: Sequence[Extension] = ()) -> Fas
     api.include_router(audit.router)
     for router in resources.routers():
         api.include_router(router)
+    api.include_router(clusters.router())
     for ext in extensions:
         for router in ext.routers:
             api.include_router(router)
     app.include_router(api)
-    if any(ext.open_routers for ext in extensions):
-        open_api = APIRouter(prefix=OPEN_API_PREFIX, responses=ERROR_RESPONSES)
-        for ext in extensions:
-            for router in ext.open_routers:
-                open_api.include_router(router)
-        app.include_router(open_api)
+    # Dragonfly's Open API: the same handlers, for personal access tokens (Harbor, scripts).
+    open_api = APIRouter(prefix=OPEN_API_PREFIX, responses=ERROR_RESPONSES)
+    open_api.include_router(clusters.router())
+    for ext in extensions:
+        for router in ext.open_routers:
+            open_api.include_router(router)
+    app.include_router(open_api)
 
     @app.get("/healthy", include_in_schema=False)
     async def healthy() -> dict[str, str]:

@@ -368,3 +368,35 @@ async def test_configs_and_scheduler_features(api: API) -> None:
     assert ("USER", "root", "/api/v1/users/signin", 200) in [
         (a["actor_type"], a["actor_name"], a["path"], a["status_code"]) for a in audits
     ]
+
+
+async def test_combined_clusters_as_in_dragonfly(api: API) -> None:
+    root = await api.signin()
+    body = {
+        "name": "east",
+        "scopes": {"cidrs": ["10.1.0.0/16"]},
+        "scheduler_cluster_config": {"candidate_parent_limit": 4},
+        "seed_peer_cluster_config": {"load_limit": 300},
+        "peer_cluster_config": {"load_limit": 50},
+        "is_default": True,
+    }
+    created = await api.client.post("/api/v1/clusters", headers=root, json=body)
+    assert created.status_code == 201, created.text
+    cluster = created.json()
+    assert cluster["scheduler_cluster_id"] == cluster["id"]
+    assert cluster["seed_peer_cluster_config"] == {"load_limit": 300}
+    seed = await api.client.get(f"/api/v1/seed-peer-clusters/{cluster['seed_peer_cluster_id']}", headers=root)
+    assert seed.json()["scheduler_cluster_ids"] == [cluster["id"]]
+    # Through the Open API with a token of the cluster scope.
+    pat = {"Authorization": f"Bearer {(await api.make_token(root, ['cluster']))['token']}"}
+    listed = await api.client.get("/oapi/v1/clusters", headers=pat)
+    assert [c["name"] for c in listed.json()] == ["cluster-1", "east"]
+    assert [c["is_default"] for c in listed.json()] == [False, True]
+    changed = await api.client.patch(
+        f"/oapi/v1/clusters/{cluster['id']}", headers=pat, json={"peer_cluster_config": {"load_limit": 60}}
+    )
+    assert changed.json()["peer_cluster_config"] == {"load_limit": 60}
+    assert (await api.client.delete(f"/api/v1/clusters/{cluster['id']}", headers=root)).status_code == 204
+    gone = await api.client.get(f"/api/v1/seed-peer-clusters/{cluster['seed_peer_cluster_id']}", headers=root)
+    assert gone.status_code == 404
+    assert (await api.client.get("/oapi/v1/clusters", headers={"Authorization": "Bearer dfp_x"})).status_code == 401
