@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Build Dragonfly's own binaries for the interop suite (tests/interop, docs/interop.md) into a cache outside the
+# repository; tests/interop skips what is missing, and .ci/run runs it when the binaries are there (CI does not
+# build them: the Rust client takes ~50 minutes on 2 cores).
+#   scripts/interop-deps.sh [api|go|rust|all]...     default: all
+# Environment:
+#   INTEROP_CACHE   default ~/.cache/dragonfly-p2p/interop; layout: src/api, src/dragonfly, bin/go/scheduler,
+#                   bin/rust/bin/{dfdaemon,dfget}
+#   DRAGONFLY_REF   dragonflyoss/dragonfly tag or commit for the Go scheduler (default v2.5.1)
+#   CLIENT_VERSION  crates.io dragonfly-client version (default 1.5.10)
+#   API_REF         dragonflyoss/api commit the validation table is checked against (default: the one it names)
+# Needs git and Go (scheduler); cargo plus Debian's clang libclang-dev protobuf-compiler cmake (client, RocksDB is
+# compiled from C++; installed here with apt-get when run as root). Already-built binaries are kept.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cache=${INTEROP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dragonfly-p2p/interop}
+dragonfly_ref=${DRAGONFLY_REF:-v2.5.1}
+client_version=${CLIENT_VERSION:-1.5.10}
+parts=("$@")
+[ ${#parts[@]} -eq 0 ] && parts=(all)
+want() { for p in "${parts[@]}"; do [ "$p" = all ] || [ "$p" = "$1" ] && return 0; done; return 1; }
+mkdir -p "$cache/src" "$cache/bin"
+
+clone() {  # clone URL DIR REF
+    if [ ! -d "$2/.git" ]; then
+        git clone --quiet "$1" "$2"
+    fi
+    git -C "$2" fetch --quiet --tags origin || echo "interop-deps.sh: cannot fetch $1; using what $2 has" >&2
+    git -C "$2" checkout --quiet "$3"
+}
+
+if want api; then
+    ref=${API_REF:-$(sed -n 's/^SOURCE = "github.com\/dragonflyoss\/api@\([0-9a-f]*\)"/\1/p' \
+        "$repo/dragonfly/common/validation_rules.py")}
+    clone https://github.com/dragonflyoss/api "$cache/src/api" "${ref:-HEAD}"
+    echo "interop-deps.sh: dragonflyoss/api at $(git -C "$cache/src/api" rev-parse --short HEAD) in $cache/src/api"
+fi
+
+if want go; then
+    if [ -x "$cache/bin/go/scheduler" ]; then
+        echo "interop-deps.sh: Go scheduler already built: $cache/bin/go/scheduler"
+    else
+        command -v go >/dev/null || { echo "interop-deps.sh: go not found" >&2; exit 1; }
+        clone https://github.com/dragonflyoss/dragonfly "$cache/src/dragonfly" "$dragonfly_ref"
+        mkdir -p "$cache/bin/go"
+        # The Go module proxy may refuse d7y.io/dragonfly/v2 itself: build inside its source tree (its
+        # dependencies still come from the proxy).
+        (cd "$cache/src/dragonfly" && CGO_ENABLED=0 GOFLAGS=-mod=mod nice -n 10 go build -p 2 \
+            -ldflags "-X d7y.io/dragonfly/v2/version.GitVersion=$(git describe --tags --always)" \
+            -o "$cache/bin/go/scheduler" ./cmd/scheduler)
+        echo "interop-deps.sh: built $cache/bin/go/scheduler"
+    fi
+fi
+
+if want rust; then
+    if [ -x "$cache/bin/rust/bin/dfdaemon" ] && [ -x "$cache/bin/rust/bin/dfget" ]; then
+        echo "interop-deps.sh: Rust client already built: $cache/bin/rust/bin"
+    else
+        command -v cargo >/dev/null || { echo "interop-deps.sh: cargo not found" >&2; exit 1; }
+        missing=()
+        for tool in clang protoc cmake; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+        if [ ${#missing[@]} -gt 0 ]; then
+            if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+                apt-get install -y --no-install-recommends clang libclang-dev protobuf-compiler cmake
+            else
+                echo "interop-deps.sh: missing ${missing[*]}: install clang libclang-dev protobuf-compiler cmake" >&2
+                exit 1
+            fi
+        fi
+        # Thin LTO and many codegen units: the crate's fat-LTO release profile takes hours on 2 cores.
+        CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 nice -n 19 \
+            cargo install --locked dragonfly-client --version "$client_version" --root "$cache/bin/rust"
+        echo "interop-deps.sh: built $cache/bin/rust/bin/{dfdaemon,dfget}"
+    fi
+fi
