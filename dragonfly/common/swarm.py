@@ -5,7 +5,8 @@
 child edges with the bytes each edge carried (the scheduler's ``dragonfly.scheduler.service.swarm``);
 ``/dragonfly.console.v1.Swarm/GetStats`` takes ``{}`` and answers the scheduler's hosts, downloads in flight and
 the bytes its peers got from other peers and from origins in the last hour and day; ``GetHosts`` takes ``{}`` and
-answers the hosts it knows with their upload load. The manager
+answers the hosts it knows with their upload load; ``GetTasks`` takes ``{}`` and answers its most recently active
+tasks. The manager
 calls it (:func:`fetch`) when the console asks; nothing is pushed, so a swarm nobody looks at costs nothing.
 """
 
@@ -22,6 +23,8 @@ METHOD = f"/{SERVICE}/GetTask"
 STATS_METHOD = f"/{SERVICE}/GetStats"
 # The hosts the scheduler knows (announced and not yet gone), with their upload load.
 HOSTS_METHOD = f"/{SERVICE}/GetHosts"
+# The most recently active tasks, for picking one in the swarm view.
+TASKS_METHOD = f"/{SERVICE}/GetTasks"
 # A request is one task id; anything longer is not one.
 MAX_REQUEST_BYTES = 1024
 
@@ -69,5 +72,12 @@ async def fetch_stats(channel: grpc.aio.Channel, *, deadline: float = 5.0) -> di
 async def fetch_hosts(channel: grpc.aio.Channel, *, deadline: float = 5.0) -> dict[str, Any]:
     """Ask the scheduler behind ``channel`` for the hosts it knows, within ``deadline`` seconds."""
     call = channel.unary_unary(HOSTS_METHOD, request_serializer=encode, response_deserializer=json.loads)
+    answer: dict[str, Any] = await call({}, timeout=deadline)
+    return answer
+
+
+async def fetch_tasks(channel: grpc.aio.Channel, *, deadline: float = 5.0) -> dict[str, Any]:
+    """Ask the scheduler behind ``channel`` for its most recently active tasks, within ``deadline`` seconds."""
+    call = channel.unary_unary(TASKS_METHOD, request_serializer=encode, response_deserializer=json.loads)
     answer: dict[str, Any] = await call({}, timeout=deadline)
     return answer

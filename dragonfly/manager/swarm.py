@@ -182,6 +182,29 @@ async def get_swarm_hosts(
     return {"items": found[start : start + per_page], "total": len(found), "errors": errors}
 
 
+@router.get("/swarm/tasks", summary="The most recently active tasks the schedulers know (for the swarm view)")
+async def get_swarm_tasks(
+    session: DB,
+    ctx: Ctx,
+    _principal: Annotated[Any, Depends(require(OBJECT, "read"))],
+) -> dict[str, Any]:
+    """Ask every active scheduler for its recent tasks; the 100 most recently active, newest first."""
+    answers, errors = await ask_all(session, ctx, lambda channel: swarm_call.fetch_tasks(channel, deadline=DEADLINE))
+    found: list[dict[str, Any]] = []
+    for scheduler, result in answers:
+        listed = result.get("tasks")
+        for task in listed if isinstance(listed, list) else []:
+            if isinstance(task, dict):
+                found.append({**task, "scheduler": scheduler.hostname})
+    found.sort(key=_updated_at, reverse=True)
+    return {"items": found[:100], "errors": errors}
+
+
+def _updated_at(task: dict[str, Any]) -> float:
+    value = task.get("updated_at")
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 

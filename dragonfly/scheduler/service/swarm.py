@@ -3,6 +3,7 @@ bytes came from. Under mutual TLS only the manager role may call it: the answer 
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,7 @@ import grpc
 
 from dragonfly.common.identity import ROLE_MANAGER
 from dragonfly.common.ids import is_task_id
+from dragonfly.common.redact import redact_url
 from dragonfly.common.swarm import SERVICE, decode_request, decode_stats_request, encode
 from dragonfly.scheduler.resource import peer as peer_states
 
@@ -95,6 +97,30 @@ def hosts(resource: ResourceManager) -> dict[str, Any]:
     return {"hosts": listed, "truncated": len(resource.hosts) > MAX_HOSTS}
 
 
+# The task list holds the most recently active tasks, at most this many.
+MAX_TASKS = 100
+
+
+def tasks(resource: ResourceManager) -> dict[str, Any]:
+    """Return the most recently active tasks (id, redacted URL, state, size, peers); O(tasks log MAX_TASKS)."""
+    recent = heapq.nlargest(MAX_TASKS, resource.tasks.values(), key=lambda task: task.updated_at)
+    listed = []
+    for task in recent:
+        in_flight = sum(1 for peer in task.peers.values() if peer.state in IN_FLIGHT)
+        listed.append(
+            {
+                "task_id": task.id,
+                "url": redact_url(task.url),
+                "state": task.state,
+                "content_length": task.content_length,
+                "peers": len(task.peers),
+                "peers_in_flight": in_flight,
+                "updated_at": task.created_wall + (task.updated_at - task.created_at),
+            }
+        )
+    return {"tasks": listed, "total": len(resource.tasks)}
+
+
 def stats(resource: ResourceManager, traffic: TrafficHistory) -> dict[str, Any]:
     """Return the overview figures of this scheduler; O(peers) for the tasks in flight."""
     in_flight = [peer for peer in resource.peers.values() if peer.state in IN_FLIGHT]
@@ -153,7 +179,8 @@ def describe_task(task: Task) -> dict[str, Any]:
     return {
         "task_id": task.id,
         "found": True,
-        "url": task.url,
+        # The console shows it to every reader: no credentials (docs/security.md).
+        "url": redact_url(task.url),
         "state": task.state,
         "content_length": task.content_length,
         "piece_length": task.piece_length,
@@ -164,7 +191,7 @@ def describe_task(task: Task) -> dict[str, Any]:
 
 
 def handler(ctx: SchedulerContext) -> grpc.GenericRpcHandler:
-    """Return the generic handler that serves ``GetTask``, ``GetStats`` and ``GetHosts`` from ``ctx``'s resources."""
+    """Return the generic handler that serves the console's calls from ``ctx``'s resources."""
 
     async def get_task(task_id: str, context: grpc.aio.ServicerContext) -> dict[str, Any]:
         await ctx.authz.require_role(context, (ROLE_MANAGER,), "Swarm.GetTask")
@@ -180,7 +207,14 @@ def handler(ctx: SchedulerContext) -> grpc.GenericRpcHandler:
         await ctx.authz.require_role(context, (ROLE_MANAGER,), "Swarm.GetHosts")
         return hosts(ctx.resource)
 
+    async def get_tasks(_request: dict[str, Any], context: grpc.aio.ServicerContext) -> dict[str, Any]:
+        await ctx.authz.require_role(context, (ROLE_MANAGER,), "Swarm.GetTasks")
+        return tasks(ctx.resource)
+
     methods = {
+        "GetTasks": grpc.unary_unary_rpc_method_handler(
+            get_tasks, request_deserializer=decode_stats_request, response_serializer=encode
+        ),
         "GetHosts": grpc.unary_unary_rpc_method_handler(
             get_hosts, request_deserializer=decode_stats_request, response_serializer=encode
         ),

@@ -42,6 +42,13 @@ HOSTS = [
 ] + ["junk"]
 
 
+TASKS = [
+    {"task_id": "a" * 64, "url": "http://origin.test/old", "updated_at": 100.0},
+    {"task_id": TASK, "url": URL, "updated_at": 200.0},
+    "junk",
+]
+
+
 class FakeScheduler:
     """A gRPC server that answers the swarm calls (``answer``, and STATS) or has no such methods."""
 
@@ -61,7 +68,13 @@ class FakeScheduler:
             async def get_hosts(_request: dict[str, Any], _context: Any) -> dict[str, Any]:
                 return {"hosts": HOSTS, "truncated": False}
 
+            async def get_tasks(_request: dict[str, Any], _context: Any) -> dict[str, Any]:
+                return {"tasks": TASKS, "total": 2}
+
             handlers = {
+                "GetTasks": grpc.unary_unary_rpc_method_handler(
+                    get_tasks, request_deserializer=swarm.decode_stats_request, response_serializer=swarm.encode
+                ),
                 "GetHosts": grpc.unary_unary_rpc_method_handler(
                     get_hosts, request_deserializer=swarm.decode_stats_request, response_serializer=swarm.encode
                 ),
@@ -176,6 +189,13 @@ async def test_swarm_merges_active_schedulers_and_names_the_ones_that_cannot_ans
         seeds = await client.get("/api/v1/swarm/hosts", params={"type": "super"}, headers=root)
         assert [h["hostname"] for h in seeds.json()["items"]] == ["host-00"]
         assert (await client.get("/api/v1/swarm/hosts", params={"type": "x"}, headers=root)).status_code == 422
+
+        recent = (await client.get("/api/v1/swarm/tasks", headers=root)).json()
+        assert [(t["task_id"], t["scheduler"]) for t in recent["items"]] == [
+            (TASK, "sched-ours"),
+            ("a" * 64, "sched-ours"),
+        ]
+        assert len(recent["errors"]) == 1
 
         by_id = await client.get("/api/v1/swarm", params={"task_id": TASK}, headers=root)
         assert by_id.json()["peers"] == body["peers"]

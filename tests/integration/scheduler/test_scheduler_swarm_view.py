@@ -8,6 +8,7 @@ import pytest
 from dragonfly.common import swarm
 
 TASK = "c" * 64
+URL = "http://user:secret@origin.test/file?X-Amz-Signature=secret"
 PIECE = 4096
 
 
@@ -16,7 +17,7 @@ async def test_swarm_answer_names_peers_bytes_by_source_and_edges(start_schedule
     host_a = await cluster.announce(helpers.host("peer-a"))
     host_b = await cluster.announce(helpers.host("peer-b"))
     a = cluster.peer(host_a, TASK)
-    await a.register(helpers.download())
+    await a.register(helpers.download(URL))
     # No seed peer: the first peer goes to the origin.
     assert (await a.response()).WhichOneof("response") == "need_back_to_source_response"
     await a.back_to_source_started()
@@ -24,7 +25,7 @@ async def test_swarm_answer_names_peers_bytes_by_source_and_edges(start_schedule
         await a.piece(number)
     await cluster.wait_pieces(a, 3)
     b = cluster.peer(host_b, TASK)
-    await b.register(helpers.download())
+    await b.register(helpers.download(URL))
     assert [p.id for p in (await b.response()).normal_task_response.candidate_parents] == [a.peer_id]
     await b.started()
     await b.piece(0, parent_id=a.peer_id)
@@ -64,6 +65,16 @@ async def test_swarm_answer_names_peers_bytes_by_source_and_edges(start_schedule
         },
     }
 
+    recent = await swarm.fetch_tasks(cluster.channel)
+    assert recent["total"] == 1
+    assert [(t["task_id"], t["peers"], t["peers_in_flight"], t["state"]) for t in recent["tasks"]] == [
+        (TASK, 2, 2, "Running")
+    ]
+    # Credentials in a URL never reach the console.
+    assert recent["tasks"][0]["url"] == answer["url"]
+    assert "secret" not in answer["url"]
+    assert answer["url"].startswith("http://")
+
     listed = {h["hostname"]: h for h in (await swarm.fetch_hosts(cluster.channel))["hosts"]}
     assert set(listed) == {"peer-a", "peer-b"}
     assert (listed["peer-a"]["type"], listed["peer-a"]["ip"], listed["peer-a"]["peer_count"]) == (
@@ -97,7 +108,7 @@ async def test_swarm_call_refuses_peers_bad_requests_and_knows_no_unknown_task(s
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await swarm.fetch(peer_channel, TASK)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    for call_of in (swarm.fetch_stats, swarm.fetch_hosts):
+    for call_of in (swarm.fetch_stats, swarm.fetch_hosts, swarm.fetch_tasks):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await call_of(peer_channel)
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
