@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import GoScheduler, MiB, daemon_overrides, make_file, needs_go, our_dfget, sha256
+from interop_helpers import GoScheduler, MiB, daemon_overrides, make_file, needs_go, our_dfget, sha256
 
 from dragonfly.cli.cluster import LocalCluster, OriginProcess
 

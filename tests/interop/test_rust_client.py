@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import (
+from interop_helpers import (
     GO_MISSING,
     GoScheduler,
     MiB,

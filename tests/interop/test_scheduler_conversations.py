@@ -14,9 +14,9 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import GoScheduler, needs_go
 from dragonfly_api import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from google.protobuf import duration_pb2
+from interop_helpers import GoScheduler, needs_go
 
 from dragonfly.cli.cluster import LocalCluster
 
