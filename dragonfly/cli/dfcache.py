@@ -45,8 +45,9 @@ def _replicas(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
-    if not 1 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"{text!r}: the replica count must be between 1 and 100")
+    # Dragonfly's rules for UploadPersistentCacheTaskRequest (the daemon refuses more).
+    if not 1 <= value <= 5:
+        raise argparse.ArgumentTypeError(f"{text!r}: the replica count must be between 1 and 5")
     return value
 
 

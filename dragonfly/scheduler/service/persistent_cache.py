@@ -479,7 +479,26 @@ class PersistentCacheService:
         request_iterator: AsyncIterator[scheduler_pb2.AnnouncePersistentCachePeerRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[scheduler_pb2.AnnouncePersistentCachePeerResponse]:
-        """Run one exporting peer's stream: register, get holders, report pieces, finish or fail."""
+        """Run one exporting peer's stream: register, get holders, report pieces, finish or fail.
+
+        A peer whose stream ends before it finished (its daemon died, the call was cancelled) is forgotten: it
+        holds nothing anyone can use, and it would keep its host from being chosen for a replica.
+        """
+        registered: list[pc.PersistentCachePeer] = []
+        try:
+            async for response in self._announce_peer(request_iterator, context, registered):
+                yield response
+        finally:
+            for peer in registered:
+                if peer.state == pc.PEER_RUNNING and self.resource.peers.get(peer.id) is peer:
+                    self.resource.delete_peer(peer)
+
+    async def _announce_peer(
+        self,
+        request_iterator: AsyncIterator[scheduler_pb2.AnnouncePersistentCachePeerRequest],
+        context: grpc.aio.ServicerContext,
+        registered: list[pc.PersistentCachePeer],
+    ) -> AsyncIterator[scheduler_pb2.AnnouncePersistentCachePeerResponse]:
         authz = self._ctx.authz
         identity = await authz.caller(context)
         peer: pc.PersistentCachePeer | None = None
@@ -501,6 +520,7 @@ class PersistentCacheService:
             kind = request.WhichOneof("request")
             if kind == "register_persistent_cache_peer_request":
                 peer = await self._register(request, context, now)
+                registered.append(peer)
                 parents = self.candidates(peer.task, peer, set(), now)
                 if not parents:
                     await _abort(

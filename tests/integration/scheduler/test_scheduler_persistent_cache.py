@@ -276,7 +276,9 @@ async def export_task(scheduler: Any, host: common_pb2.Host, task_id: str) -> li
 
     await stream.write(
         message(
-            register_persistent_cache_peer_request=scheduler_pb2.RegisterPersistentCachePeerRequest(persistent=True)
+            register_persistent_cache_peer_request=scheduler_pb2.RegisterPersistentCachePeerRequest(
+                persistent=True, piece_length=4 * MiB, piece_count=3
+            )
         )
     )
     async with asyncio.timeout(WAIT):
@@ -289,6 +291,42 @@ async def export_task(scheduler: Any, host: common_pb2.Host, task_id: str) -> li
     async with asyncio.timeout(WAIT):
         assert await stream.read() is grpc.aio.EOF
     return [parent.id for parent in response.normal_persistent_cache_task_response.candidate_cache_parents]
+
+
+async def test_a_peer_whose_stream_ends_unfinished_is_forgotten(start_scheduler: Any, helpers: Any) -> None:
+    scheduler = await start_scheduler()
+    importer = await scheduler.announce(helpers.host("importer"))
+    exporter = await scheduler.announce(helpers.host("exporter"))
+    task_id = "7" * 64
+    await import_task(scheduler, importer, task_id)
+    peer_id = f"{exporter.id}-gone"
+    stream = scheduler.host_stub(exporter).AnnouncePersistentCachePeer()
+    await stream.write(
+        scheduler_pb2.AnnouncePersistentCachePeerRequest(
+            host_id=exporter.id,
+            task_id=task_id,
+            peer_id=peer_id,
+            register_persistent_cache_peer_request=scheduler_pb2.RegisterPersistentCachePeerRequest(
+                piece_length=4 * MiB, piece_count=3
+            ),
+        )
+    )
+    async with asyncio.timeout(WAIT):
+        await stream.read()
+    request = scheduler_pb2.StatPersistentCachePeerRequest(host_id=exporter.id, task_id=task_id, peer_id=peer_id)
+    assert (await scheduler.stub.StatPersistentCachePeer(request)).state == "Running"
+    stream.cancel()  # the daemon went away mid-export
+
+    async def gone() -> bool:
+        try:
+            await scheduler.stub.StatPersistentCachePeer(request)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code() == grpc.StatusCode.NOT_FOUND
+        return False
+
+    async with asyncio.timeout(WAIT):
+        while not await gone():  # noqa: ASYNC110 - the scheduler is another process
+            await asyncio.sleep(0.05)
 
 
 async def test_replicas_are_requested_up_to_the_count(

@@ -22,7 +22,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     [
         (["export", "not-an-id", "-O", "/tmp/x"], "a task id is 64 lower-case hex digits"),
         (["import", "/etc/hostname", "--ttl", "8d"], "the TTL must be between 1s and 7d"),
-        (["import", "/etc/hostname", "--persistent-replica-count", "0"], "between 1 and 100"),
+        (["import", "/etc/hostname", "--persistent-replica-count", "6"], "between 1 and 5"),
         (["import", "/etc/hostname", "--piece-length", "1MiB"], "between 4MiB and 64MiB"),
         (["stat", "a" * 64, "--bogus"], "unrecognized option --bogus"),
         (["export", "a" * 64], "-O/--output"),
