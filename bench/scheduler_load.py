@@ -254,7 +254,7 @@ class PeerStream:
         """Report every piece (from the given parents, or the origin) and finish; wait for the stream's end."""
         import grpc
         from dragonfly_api import common_pb2, scheduler_pb2
-        from google.protobuf import duration_pb2
+        from google.protobuf import duration_pb2, timestamp_pb2
 
         swarm = self.swarm
         write = self.call.write
@@ -267,6 +267,7 @@ class PeerStream:
         else:
             await write(self._request(download_peer_started_request=scheduler_pb2.DownloadPeerStartedRequest()))
         length = 4 * 1024 * 1024
+        created_at = timestamp_pb2.Timestamp(seconds=int(time.time()))  # required by Dragonfly's rules, as cost is
         for number in range(swarm.args.pieces):
             piece = common_pb2.Piece(
                 number=number,
@@ -274,6 +275,7 @@ class PeerStream:
                 length=length,
                 digest=f"crc32:{number}",
                 cost=duration_pb2.Duration(nanos=10_000_000 + number * 100_000),
+                created_at=created_at,
             )
             if self.back_to_source:
                 piece.traffic_type = common_pb2.BACK_TO_SOURCE
