@@ -250,6 +250,14 @@ def test_swarm_view_follows_a_download_live(tmp_path: Path, browser: Browser, or
             expect(page.get_by_role("img", name=re.compile(r"Swarm of task"))).to_be_visible()
             browser.screenshot(page, "swarm")
 
+            # The swarm view without a task lists the recent ones (URLs without credentials); one click shows it.
+            nav(page, "Swarm view")
+            recent = page.get_by_role("table", name="Recent tasks").get_by_role("row").filter(has_text="swarm-view.bin")
+            expect(recent).to_contain_text("16.0 MiB")
+            browser.screenshot(page, "swarm-recent-tasks")
+            recent.get_by_role("link").click()
+            expect(page.get_by_test_id("swarm-node")).to_have_count(4)  # origin, seed, 2 peers
+
             # The overview adds up what the schedulers saw: 2 peers and a seed; 48 MiB delivered, 16 from the origin.
             nav(page, "Overview")
             expect(page.get_by_test_id("stat-Hosts")).to_have_text("2")

@@ -1,5 +1,5 @@
 import { useEffect, useState, type FormEvent } from "react";
-import { useSearchParams } from "react-router-dom";
+import { Link, useSearchParams } from "react-router-dom";
 import { request } from "../api";
 import { ErrorBanner, PageHeader, StateBadge, Table, formatBytes } from "../components";
 import type { Swarm, SwarmEdge, SwarmPeer } from "../types";
@@ -202,7 +202,69 @@ function SwarmGraph({ swarm }: { swarm: Swarm }) {
   );
 }
 
-export default function SwarmView() {
+interface RecentTask {
+  task_id: string;
+  url: string;
+  state: string;
+  content_length: number;
+  peers: number;
+  peers_in_flight: number;
+  updated_at: number;
+  scheduler: string;
+}
+
+/** The tasks the schedulers saw most recently, to pick one from (refreshed every 5 s). */
+function RecentTasks() {
+  const [tasks, setTasks] = useState<RecentTask[] | null>(null);
+  const [error, setError] = useState<unknown>(null);
+  useEffect(() => {
+    let live = true;
+    const load = () =>
+      request<{ items: RecentTask[] }>("/swarm/tasks")
+        .then((found) => live && setTasks(found.items))
+        .catch((caught: unknown) => live && setError(caught));
+    void load();
+    const timer = window.setInterval(() => void load(), 5000);
+    return () => {
+      live = false;
+      window.clearInterval(timer);
+    };
+  }, []);
+  return (
+    <section aria-label="Recent tasks">
+      <h2>Recent tasks</h2>
+      <ErrorBanner error={error} />
+      <Table<RecentTask & { id?: string }>
+        caption="Recent tasks"
+        rows={tasks ?? undefined}
+        rowKey={(t) => `${t.scheduler}-${t.task_id}`}
+        empty="No scheduler has seen a task yet."
+        columns={[
+          {
+            header: "URL",
+            cell: (t) => (
+              <Link className="url" to={`/swarm?task=${t.task_id}`}>
+                {t.url || t.task_id}
+              </Link>
+            ),
+          },
+          { header: "State", cell: (t) => <StateBadge state={t.state} /> },
+          { header: "Size", cell: (t) => formatBytes(t.content_length) },
+          { header: "Peers (in flight)", cell: (t) => `${t.peers} (${t.peers_in_flight})` },
+          { header: "Last activity", cell: (t) => new Date(t.updated_at * 1000).toLocaleString() },
+        ]}
+      />
+    </section>
+  );
+}
+
+/** The swarm view of the task in the address (``?task=``); a new task starts a fresh view. */
+export default function SwarmPage() {
+  const [params] = useSearchParams();
+  return <SwarmView key={params.get("task") ?? ""} />;
+}
+
+function SwarmView() {
   const [params, setParams] = useSearchParams();
   const target = params.get("task") ?? "";
   const [input, setInput] = useState(target);
@@ -263,7 +325,12 @@ export default function SwarmView() {
         </label>
       </form>
       <ErrorBanner error={error} />
-      {!target && <p className="muted">Enter a task to see which host gets its bytes from where, while it downloads.</p>}
+      {!target && (
+        <>
+          <p className="muted">Enter a task, or pick one below, to see which host gets its bytes from where.</p>
+          <RecentTasks />
+        </>
+      )}
       {swarm && totals && (
         <>
           <p data-testid="swarm-summary">
