@@ -315,6 +315,8 @@ class PersistentCacheManager:
         self._gc_interval = gc_interval
         self._last_gc = time.monotonic()
         self._reconciler: asyncio.Task[None] | None = None
+        # Task id -> reconciliation rounds in a row the scheduler did not know a held copy's task.
+        self._unknown_rounds: dict[str, int] = {}
         self._jobs = BackgroundJobs()
         #: Bytes of piece content received, and how many of them crossed the wire (less when compressed).
         self.received_bytes = 0
@@ -514,7 +516,14 @@ class PersistentCacheManager:
         count = piece_count(content_length, piece_length)
         if not known:
             if not entry.importer:
-                return False  # only the importer can declare it; its copy may come back
+                # The importer declares a forgotten task. A persistent holder waits one round for it (it may be
+                # restarting too), then declares the task itself, with the importer's digest it verified: the
+                # content stays in the swarm when its importer is gone.
+                missed = self._unknown_rounds.get(entry.id, 0) + 1
+                self._unknown_rounds[entry.id] = missed
+                if not entry.persistent or missed < 2:
+                    return False
+            self._unknown_rounds.pop(entry.id, None)
             # The task expires when it would have: the scheduler counts the TTL from now.
             await self._upload_started(entry, peer_id, piece_length, content_length, max(entry.expires_at() - now, 1.0))
             await self._upload_finished(entry.id, peer_id)

@@ -345,6 +345,31 @@ def test_a_restarted_scheduler_learns_the_copies_again(cluster: LocalCluster, tm
     dfcache(cluster, "peer-1", "delete", task_id)
 
 
+def test_a_persistent_holder_declares_a_forgotten_task_when_its_importer_is_gone(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    data = make_file(tmp_path / "orphan.bin", 5 * MiB)
+    task_id = import_file(cluster, "peer-1", tmp_path / "orphan.bin", "--persistent-replica-count", "1")
+    dfcache(cluster, "peer-2", "export", task_id, "-O", str(tmp_path / "held.bin"), "--persistent")
+    assert cluster.terminate("peer-1") == 0
+    try:
+        assert cluster.restart("scheduler") == 0
+        # After a round in which the importer did not declare it, peer-2 does (every 5 s here).
+        wait_until(
+            lambda: dfcache(cluster, "peer-3", "stat", task_id, check=False).returncode == 0,
+            "peer-2 to declare the task",
+            within=40.0,
+        )
+        output = tmp_path / "rescued.bin"
+        dfcache(cluster, "peer-3", "export", task_id, "-O", str(output))
+        assert output.read_bytes() == data
+    finally:
+        peer_1 = cluster.processes["peer-1"]
+        peer_1.start()
+        peer_1.wait_ready(cluster.start_timeout)
+    dfcache(cluster, "peer-2", "delete", task_id)
+
+
 def test_a_copy_damaged_while_the_daemon_was_down_is_evicted_at_start(cluster: LocalCluster, tmp_path: Path) -> None:
     data = make_file(tmp_path / "scrubbed.bin", 5 * MiB)
     task_id = import_file(cluster, "peer-1", tmp_path / "scrubbed.bin", "--persistent-replica-count", "1")
