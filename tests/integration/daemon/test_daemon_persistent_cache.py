@@ -32,17 +32,22 @@ SIZE = 10 * MiB  # three 4 MiB pieces, the last one short
 WAIT = 20.0
 
 
-@pytest.fixture(scope="module")
-def cluster(module_dir: Path) -> Iterator[LocalCluster]:
-    """A scheduler and three peers, no seed peer (persistent cache tasks have no origin)."""
-    with LocalCluster(
-        module_dir / "pcache-cluster",
+def pcache_cluster(workdir: Path, env: dict[str, str] | None = None) -> LocalCluster:
+    """A scheduler and three peers, no seed peer (persistent cache tasks have no origin); hosts announce every 5 s."""
+    return LocalCluster(
+        workdir,
         peers=3,
         seed_peer=False,
         daemon_config={"scheduler": {"announceInterval": "5s"}},
         start_timeout=30,
         stop_timeout=20,
-    ) as started:
+        env=env,
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster(module_dir: Path) -> Iterator[LocalCluster]:
+    with pcache_cluster(module_dir / "pcache-cluster") as started:
         yield started
 
 
@@ -201,15 +206,7 @@ def test_importing_the_same_content_again_elsewhere_joins_it(cluster: LocalClust
 @pytest.fixture
 def unvalidated_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     """A cluster that takes requests outside Dragonfly's ranges: its rules want a TTL of at least 5 minutes."""
-    with LocalCluster(
-        tmp_path / "pcache-ttl-cluster",
-        peers=3,
-        seed_peer=False,
-        daemon_config={"scheduler": {"announceInterval": "5s"}},
-        start_timeout=30,
-        stop_timeout=20,
-        env={"DRAGONFLY_REQUEST_VALIDATION": "0"},
-    ) as started:
+    with pcache_cluster(tmp_path / "pcache-ttl-cluster", {"DRAGONFLY_REQUEST_VALIDATION": "0"}) as started:
         yield started
 
 

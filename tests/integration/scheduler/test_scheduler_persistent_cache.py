@@ -151,23 +151,8 @@ async def test_import_stat_export_and_delete(start_scheduler: Any, helpers: Any)
     assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
 
     # An exporter registers and gets the importer as its parent, reports its pieces and finishes.
-    peer_id = f"{exporter.id}-{uuid.uuid4()}"
-    stream = scheduler.host_stub(exporter).AnnouncePersistentCachePeer()
-
-    def message(**kwargs: Any) -> scheduler_pb2.AnnouncePersistentCachePeerRequest:
-        return scheduler_pb2.AnnouncePersistentCachePeerRequest(
-            host_id=exporter.id, task_id=task_id, peer_id=peer_id, **kwargs
-        )
-
-    await stream.write(
-        message(
-            register_persistent_cache_peer_request=scheduler_pb2.RegisterPersistentCachePeerRequest(
-                persistent=False, piece_length=4 * MiB, piece_count=3
-            )
-        )
-    )
-    async with asyncio.timeout(WAIT):
-        response = await stream.read()
+    stream, message, response = await register_exporter(scheduler, exporter, task_id, persistent=False)
+    peer_id = message().peer_id
     parents = response.normal_persistent_cache_task_response.candidate_cache_parents
     assert [parent.id for parent in parents] == [importer_peer]
     assert parents[0].host.id == importer.id
@@ -264,8 +249,11 @@ async def test_bad_imports_are_refused(start_scheduler: Any, helpers: Any) -> No
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def export_task(scheduler: Any, host: common_pb2.Host, task_id: str) -> list[str]:
-    """Register ``host`` as an exporter, report the whole task and finish; return the parents it was given."""
+async def register_exporter(
+    scheduler: Any, host: common_pb2.Host, task_id: str, *, persistent: bool
+) -> tuple[Any, Any, scheduler_pb2.AnnouncePersistentCachePeerResponse]:
+    """Open ``host``'s AnnouncePersistentCachePeer stream and register a fresh peer of the task; return the stream,
+    a builder of the peer's next messages and the scheduler's answer."""
     peer_id = f"{host.id}-{uuid.uuid4()}"
     stream = scheduler.host_stub(host).AnnouncePersistentCachePeer()
 
@@ -277,12 +265,18 @@ async def export_task(scheduler: Any, host: common_pb2.Host, task_id: str) -> li
     await stream.write(
         message(
             register_persistent_cache_peer_request=scheduler_pb2.RegisterPersistentCachePeerRequest(
-                persistent=True, piece_length=4 * MiB, piece_count=3
+                persistent=persistent, piece_length=4 * MiB, piece_count=3
             )
         )
     )
     async with asyncio.timeout(WAIT):
         response = await stream.read()
+    return stream, message, response
+
+
+async def export_task(scheduler: Any, host: common_pb2.Host, task_id: str) -> list[str]:
+    """Register ``host`` as an exporter, report the whole task and finish; return the parents it was given."""
+    stream, message, response = await register_exporter(scheduler, host, task_id, persistent=True)
     await stream.write(
         message(
             download_persistent_cache_peer_finished_request=scheduler_pb2.DownloadPersistentCachePeerFinishedRequest()
