@@ -242,6 +242,13 @@ class SchedulerClient:
             scheduler_pb2.DeleteTaskRequest(host_id=host_id, task_id=task_id), timeout=REQUEST_TIMEOUT
         )
 
+    async def stat_task(self, host_id: str, task_id: str) -> common_pb2.Task:
+        """Return what the owning scheduler knows of ``task_id`` (StatTask)."""
+        task: common_pb2.Task = await self._stub(self.owner(task_id)).StatTask(
+            scheduler_pb2.StatTaskRequest(host_id=host_id, task_id=task_id), timeout=REQUEST_TIMEOUT
+        )
+        return task
+
     async def trusted_pieces(self, host_id: str, task_id: str) -> list[common_pb2.Piece]:
         """Return the pieces of ``task_id`` whose digests the owning scheduler trusts (StatTask, docs/security.md)."""
         task = await self._stub(self.owner(task_id)).StatTask(

@@ -99,17 +99,20 @@ class TaskDownload:
         "done",
         "download",
         "error",
+        "from_scheduler",
         "options",
         "order",
         "origin",
         "peer_id",
         "probe",
         "ready",
+        "registered",
         "runner",
         "spec",
         "streamed",
         "task",
         "task_id",
+        "unreadable",
         "verifier",
         "wanted",
     )
@@ -145,6 +148,11 @@ class TaskDownload:
         # The source cannot be read here: the AnnouncePeer stream that learnt the task's size from the swarm, with
         # the scheduler's first answer, to go on with (``_stat_from_swarm``).
         self.probe: tuple[AnnouncePeerStream, str, scheduler_pb2.AnnouncePeerResponse] | None = None
+        # The source cannot be read here: every piece comes from the swarm (never the small-task shortcut).
+        self.unreadable = False
+        # Asked for by the scheduler (a seed peer's task), and whether this download told the scheduler about it.
+        self.from_scheduler = False
+        self.registered = False
 
 
 #: Objects (or ranges) up to this size go straight to the origin even with a scheduler: a round trip to the
@@ -451,6 +459,7 @@ class TaskManager:
             if td is None:
                 peer_id = ids.peer_id(self._ip, self._config.host.hostname, seed=self._seed)
                 td = self._active[task_id] = TaskDownload(task_id, download, peer_id, spec, origin)
+                td.from_scheduler = from_scheduler
                 td.runner = asyncio.create_task(self._run(td), name=f"download-{task_id[:12]}")
             try:
                 await asyncio.wait_for(td.ready.wait(), remaining())
@@ -629,6 +638,12 @@ class TaskManager:
                 if whole is not None:
                     await self._verify_content(td, task, whole)
                 self._storage.finish_task(td.task_id)
+                if td.from_scheduler and not td.registered and self._scheduler is not None:
+                    # A task small enough to skip the scheduler, fetched on its request: tell it the task is here
+                    # (and its size), so peers that cannot reach the source learn it (docs/backends.md#file).
+                    finished = self._storage.get_task(td.task_id)
+                    if finished is not None:
+                        self._spawn(self._announce_metadata_only(finished, download, td.peer_id))
         except BaseException as exc:
             td.error = exc if isinstance(exc, Exception) else DownloadFailed("download cancelled")
             self._storage.fail_task(td.task_id)
@@ -697,7 +712,10 @@ class TaskManager:
         tiny = task.content_length <= DIRECT_FROM_SOURCE_MAX or (
             td.byte_range is not None and td.byte_range.length <= DIRECT_FROM_SOURCE_MAX
         )
-        if tiny and back_to_source_allowed and td.probe is None:
+        # Not when the source cannot be read here (the swarm is the only way), nor for the scheduler's own request
+        # (a seed peer fetching for a peer that cannot reach the source: its pieces' digests must reach the
+        # scheduler, which vouches for them to that peer).
+        if tiny and back_to_source_allowed and not td.unreadable and not td.from_scheduler:
             await self._download_from_source(td, None)
             return
         if self._scheduler is not None:
@@ -747,6 +765,7 @@ class TaskManager:
         The answers and what each asks for: ``docs/reference/protocol.md#announcepeer``.
         """
         assert self._scheduler is not None
+        td.registered = True
         first: scheduler_pb2.AnnouncePeerResponse | None = None
         if td.probe is not None:
             # Registered already, to learn the task's size: go on with the scheduler's answer to that.
@@ -781,6 +800,7 @@ class TaskManager:
         if not register.filtered_query_params:
             register.filtered_query_params.extend(ids.DEFAULT_FILTERED_QUERY_PARAMS)
         register.concurrent_piece_count = self._concurrency
+        td.unreadable = True
         stream = scheduler.announce_peer(addr, host_id=self.host_id, task_id=td.task_id, peer_id=td.peer_id)
         response: scheduler_pb2.AnnouncePeerResponse | None = None
         try:
@@ -796,17 +816,30 @@ class TaskManager:
         kind = response.WhichOneof("response") if response is not None else None
         length: int | None = None
         if kind == "empty_task_response":
-            length = 0
-        elif kind == "normal_task_response":
+            # Nothing to fetch: finish the peer as the scheduler expects, and the task is an empty file.
+            try:
+                await stream.send(download_peer_started_request=scheduler_pb2.DownloadPeerStartedRequest())
+                await stream.send(download_peer_finished_request=scheduler_pb2.DownloadPeerFinishedRequest())
+            except (grpc.aio.AioRpcError, ConnectionError, TimeoutError) as exc:
+                log.info("empty task announcement failed", extra={"task_id": td.task_id, "error": repr(exc)})
+            await stream.close()
+            return StatResult(0, {"Content-Length": "0"})
+        if kind == "normal_task_response":
             assert response is not None
             parents = response.normal_task_response.candidate_parents
             if parents and parents[0].task.content_length > 0:
                 length = parents[0].task.content_length
         if length is None:
             await stream.close()
-            raise BackendError(
-                f"{unreadable.message}; the swarm did not provide it either (the scheduler answered {kind})"
-            ) from unreadable
+            # The scheduler had a seed peer fetch the task meanwhile (an empty file, which no parent serves, ends
+            # here): its size is known now. The download then registers anew, with another peer id.
+            known = await self._task_size_from_scheduler(td)
+            if known is None:
+                raise BackendError(
+                    f"{unreadable.message}; the swarm did not provide it either (the scheduler answered {kind})"
+                ) from unreadable
+            td.peer_id = ids.peer_id(self._ip, self._config.host.hostname, seed=self._seed)
+            return StatResult(known, {"Content-Length": str(known)})
         assert response is not None
         log.info(
             "source not readable here: size taken from the swarm",
@@ -814,6 +847,20 @@ class TaskManager:
         )
         td.probe = (stream, addr, response)
         return StatResult(length, {"Content-Length": str(length)})
+
+    async def _task_size_from_scheduler(self, td: TaskDownload) -> int | None:
+        """Return the task's content length as its scheduler knows it, or None while nobody has announced it."""
+        assert self._scheduler is not None
+        for attempt in range(3):
+            try:
+                task = await self._scheduler.stat_task(self.host_id, td.task_id)
+            except (grpc.aio.AioRpcError, ConnectionError, TimeoutError):
+                task = None
+            if task is not None and (task.content_length > 0 or task.size_scope == common_pb2.EMPTY):
+                return int(task.content_length)
+            if attempt < 2:
+                await asyncio.sleep(0.5)
+        return None
 
     async def _follow_scheduler(
         self,

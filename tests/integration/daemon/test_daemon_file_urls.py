@@ -119,3 +119,17 @@ def test_a_directory_with_r(file_cluster: LocalCluster, module_dir: Path, tmp_pa
     result = run_dfget(file_cluster.socket_path("peer-1"), file_url(own), out, "-r", "--overwrite", timeout=60)
     assert result.returncode == 1
     assert "allowedDirs" in result.stderr
+
+
+def test_an_empty_file_only_the_seed_may_read(file_cluster: LocalCluster, shared_dir: Path, tmp_path: Path) -> None:
+    (shared_dir / "empty.bin").write_bytes(b"")
+    result = download(file_cluster.socket_path("peer-1"), file_url(shared_dir / "empty.bin"), tmp_path / "out")
+    assert result.content_length == 0
+    assert (tmp_path / "out").read_bytes() == b""
+
+
+def test_a_tiny_file_only_the_seed_may_read(file_cluster: LocalCluster, shared_dir: Path, tmp_path: Path) -> None:
+    (shared_dir / "tiny.txt").write_bytes(b"tiny but only on the NAS")
+    result = download(file_cluster.socket_path("peer-1"), file_url(shared_dir / "tiny.txt"), tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == b"tiny but only on the NAS"
+    assert result.bytes_by_traffic == {"REMOTE_PEER": 24}
