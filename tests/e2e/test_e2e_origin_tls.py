@@ -60,20 +60,22 @@ async def test_a_preheat_verifies_the_origin_unless_told_otherwise(
     cluster: LocalCluster, https_origin: OriginProcess, ca_dir: Path, stub: scheduler_pb2_grpc.SchedulerStub
 ) -> None:
     url = _file(https_origin, "unknown-ca.bin")
-    _plan, result = await preheat(stub, "PreheatFile", scheduler_pb2.PreheatFileRequest(url=url))
+    _plan, result = await preheat(
+        stub, "PreheatFile", scheduler_pb2.PreheatFileRequest(scope="single_seed_peer", url=url)
+    )
     assert result["success_tasks"] == []
     [failure] = result["failure_tasks"]
     assert "the TLS certificate of 127.0.0.1 could not be verified" in failure["description"], failure
 
     ca = x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes()).public_bytes(Encoding.DER)
     url = _file(https_origin, "trusted-ca.bin")
-    request = scheduler_pb2.PreheatFileRequest(url=url, certificate_chain=[ca])
+    request = scheduler_pb2.PreheatFileRequest(scope="single_seed_peer", url=url, certificate_chain=[ca])
     _plan, result = await preheat(stub, "PreheatFile", request)
     assert result["failure_tasks"] == []
     assert [task["hostname"] for task in result["success_tasks"]] == [SEED_PEER]
 
     url = _file(https_origin, "insecure.bin")
-    request = scheduler_pb2.PreheatFileRequest(url=url, insecure_skip_verify=True)
+    request = scheduler_pb2.PreheatFileRequest(scope="single_seed_peer", url=url, insecure_skip_verify=True)
     _plan, result = await preheat(stub, "PreheatFile", request)
     assert result["failure_tasks"] == []
     assert [task["hostname"] for task in result["success_tasks"]] == [SEED_PEER]
