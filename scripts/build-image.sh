@@ -52,7 +52,11 @@ fi
 # so that the image build installs offline.
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
-"${PYTHON:-$repo/.venv/bin/python}" -m pip download --quiet --only-binary :all: --dest "$context/wheelhouse" "$repo"/dist/*.whl
+# pip resolves environment markers with this interpreter's version, not the image's: what the image's older Python
+# needs besides is named here (bookworm's python3 is 3.11.2; redis wants async-timeout below 3.11.3). A gap shows
+# as "No matching distribution" from the offline install in the build.
+"${PYTHON:-$repo/.venv/bin/python}" -m pip download --quiet --only-binary :all: --dest "$context/wheelhouse" \
+    "$repo"/dist/*.whl 'async-timeout>=4.0.3'
 
 echo "build-image.sh: building $tag on $base"
 "${buildah[@]}" build --quiet --isolation chroot --layers=false --build-arg "BASE=$base" \
