@@ -202,10 +202,10 @@ def test_a_member_cannot_take_over_another_hosts_id(cluster: LocalCluster, share
     with tls.sync_channel(cluster.scheduler_addr, attacker) as channel:
         stub = scheduler_pb2_grpc.SchedulerStub(channel)
         # Its own host is fine ...
-        own = host_message("attacker", "127.0.0.1", 1)
+        own = host_message("attacker", "127.0.0.1", 40001)
         stub.AnnounceHost(scheduler_pb2.AnnounceHostRequest(host=own), timeout=5)
         # ... peer-1's id (pointing peers and seed triggers at the attacker's port) is not.
-        hijack = host_message("peer-1", "127.0.0.1", 1)
+        hijack = host_message("peer-1", "127.0.0.1", 40001)
         details = expect_denied(
             stub.AnnounceHost,
             scheduler_pb2.AnnounceHostRequest(host=hijack, interval=duration_pb2.Duration(seconds=300)),
@@ -214,10 +214,10 @@ def test_a_member_cannot_take_over_another_hosts_id(cluster: LocalCluster, share
         assert "does not own host id '127.0.0.1-peer-1'" in details
         assert "attacker (peer)" in details
         # Its own name with someone else's id, and posing as a seed peer, are refused too.
-        mixed = host_message("attacker", "127.0.0.1", 1)
+        mixed = host_message("attacker", "127.0.0.1", 40001)
         mixed.id = victim_id
         expect_denied(stub.AnnounceHost, scheduler_pb2.AnnounceHostRequest(host=mixed), timeout=5)
-        fake_seed = host_message("attacker", "127.0.0.1", 1, seed=True)
+        fake_seed = host_message("attacker", "127.0.0.1", 40001, seed=True)
         assert "needs the seed-peer role" in expect_denied(
             stub.AnnounceHost, scheduler_pb2.AnnounceHostRequest(host=fake_seed), timeout=5
         )
