@@ -365,6 +365,76 @@ def test_rate_limit_and_a_daemon_killed_mid_stream(
     conn.close()
 
 
+@pytest.mark.parametrize("origin", ["reachable", "gone"])
+def test_the_parent_killed_mid_stream_never_yields_a_clean_truncated_body(
+    module_dir: Path, registry: RegistryProcess, origin: str, tmp_path: Path
+) -> None:
+    """A client pulls a large blob through a peer's proxy while that peer's only parent is SIGKILLed.
+
+    A cluster of its own without a seed peer, so the killed peer is the only holder; the child's bandwidth limit
+    keeps its download running when the kill lands. With the registry reachable the daemon may fall back to it and
+    finish (then the bytes must verify, and the registry counts what it sent). With the origin gone (the child asks
+    a second registry process on the same storage, by X-Dragonfly-Registry, killed together with the parent: the
+    task is the same, named by the digest) the client must see an error status or an aborted body. Never a success
+    status with a short body.
+    """
+    blob_image = build_image(tmp_path / "layout", [48 * MIB])
+    push(blob_image, registry, f"test/parent-{origin}")
+    layer = blob_image.layers[0]
+    expected = blob_bytes(blob_image, layer.digest)
+    path = f"/v2/test/parent-{origin}/blobs/{layer.digest}"
+    config = {
+        "proxy": {"registryMirror": {"addr": registry.url, "enableTaskIDBasedBlobDigest": True}},
+        "scheduler": {"announceInterval": "5s"},
+        "download": {"collectedPieceTimeout": "10s"},
+    }
+    with LocalCluster(
+        module_dir / f"parent-killed-{origin}",
+        peers=2,
+        seed_peer=False,
+        daemon_config=config,
+        peer_configs={"peer-2": {"download": {"bandwidthLimit": "4MiB/s"}}},
+        start_timeout=60,
+    ) as small:
+        response, body = request(proxy_addr(small, "peer-1"), "GET", path)
+        assert response.status == 200
+        assert body == expected
+        before = registry.blob_bytes()[layer.digest]
+
+        doomed = RegistryProcess(tmp_path / "doomed", storage=registry.storage, name="registry-doomed")
+        headers = {}
+        if origin == "gone":
+            doomed.start()
+            doomed.wait_ready(60)
+            headers = {"X-Dragonfly-Registry": doomed.url}
+        conn = http.client.HTTPConnection(*proxy_addr(small, "peer-2"), timeout=60)
+        try:
+            conn.request("GET", path, headers=headers)
+            response = conn.getresponse()
+            if response.status != 200:  # an error status is an honest answer
+                assert response.status >= 500, response.status
+                return
+            head = response.read(2 * MIB)
+            assert head == expected[: len(head)]
+            assert len(head) == 2 * MIB
+            small.kill("peer-1")
+            if origin == "gone":
+                doomed.kill()
+            try:
+                rest = response.read()
+            except (http.client.IncompleteRead, ConnectionError):
+                return  # the abort the client can tell from a complete body
+            fetched = registry.blob_bytes()[layer.digest] - before
+            assert origin == "reachable", f"a body of {len(head) + len(rest)} B with the origin gone"
+            # Completed after the parent died: only through the origin, and the bytes are the blob's.
+            assert hashlib.sha256(head + rest).hexdigest() == layer.digest[7:], "a truncated or corrupt 200 body"
+            assert fetched > 0, "completed without the parent and without the origin"
+        finally:
+            conn.close()
+            if doomed.running:
+                doomed.kill()
+
+
 class CountingRelay:
     """A TCP relay in front of an origin that counts the bytes the origin sends (python's http.server counts none)."""
 
