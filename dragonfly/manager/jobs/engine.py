@@ -72,6 +72,7 @@ class JobEngine:
         name: str | None = None,
         stat: bool = True,
         reap_interval: float = 5.0,
+        requeue_interval: float = 60.0,
         registry_tls: RegistryTLS = DEFAULT_REGISTRY_TLS,
     ) -> None:
         self.registry_tls = registry_tls
@@ -83,15 +84,19 @@ class JobEngine:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.stat = stat
         self.reap_interval = reap_interval
+        self.requeue_interval = requeue_interval
         self._tasks: list[asyncio.Task[None]] = []
         self._release_on_stop = True
 
     # lifecycle
 
     async def start(self) -> None:
-        """Queue the jobs the store still has unfinished (idempotent), then start the workers and the reaper."""
-        for job_id in await self.store.unfinished():
-            await self.queue.put(job_id)
+        """Queue the jobs the store still has unfinished (idempotent), then start the workers and the reaper.
+
+        A queue that cannot be reached now (Redis down) does not stop the manager: the reaper queues the
+        unfinished jobs again every ``requeue_interval`` seconds.
+        """
+        await self._requeue()
         self._tasks = [asyncio.create_task(self._worker(), name=f"job-worker-{i}") for i in range(self.workers)]
         self._tasks.append(asyncio.create_task(self._reaper(), name="job-reaper"))
 
@@ -137,7 +142,11 @@ class JobEngine:
         progress = {"phase": PHASE_QUEUED, "attempt": 0}
         await self.store.set_progress(record.id, progress)
         record.progress = progress
-        await self.queue.put(record.id)
+        try:
+            await self.queue.put(record.id)
+        except Exception as exc:
+            # Stored PENDING all the same: a reaper queues it once the queue answers again.
+            log.warning("job %d stored but not queued yet: %s", record.id, exc)
         log.info("job submitted", extra={"job_id": record.id, "type": TYPE_PREHEAT, "url": parsed.url})
         return record
 
@@ -172,7 +181,16 @@ class JobEngine:
 
     # workers
 
+    async def _requeue(self) -> None:
+        """Queue every unfinished job of the store (a no-op for those queued or held)."""
+        try:
+            for job_id in await self.store.unfinished():
+                await self.queue.put(job_id)
+        except Exception as exc:
+            log.warning("cannot queue the unfinished jobs now (retried later): %s", exc)
+
     async def _reaper(self) -> None:
+        last_requeue = time.monotonic()
         while True:
             try:
                 count = await self.queue.reap()
@@ -180,6 +198,10 @@ class JobEngine:
                     log.info("re-queued jobs whose manager stopped renewing", extra={"count": count})
             except Exception as exc:
                 log.warning("job reaper: %s", exc)
+            # Jobs stored while the queue was unreachable (or whose submitter died before queueing them).
+            if time.monotonic() - last_requeue >= self.requeue_interval:
+                await self._requeue()
+                last_requeue = time.monotonic()
             await asyncio.sleep(self.reap_interval)
 
     async def _worker(self) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -114,3 +116,32 @@ async def test_a_foreign_token_cannot_complete(redis_server: RedisProcess, prefi
     assert not await queue.complete(Claim(9, "forged"))
     assert await queue.complete(claim)
     await queue.close()
+
+
+async def test_jobs_submitted_while_redis_is_down_run_once_it_is_back(tmp_path: Path) -> None:
+    from dragonfly.cli.cluster import free_ports
+    from dragonfly.manager.jobs.engine import JobEngine
+    from dragonfly.manager.jobs.model import FAILURE, MemoryJobStore
+
+    port = free_ports(1)[0]
+    queue = RedisQueue.from_url(f"redis://127.0.0.1:{port}/0", prefix=f"test:{uuid.uuid4().hex}")
+
+    async def no_schedulers(ids: Any) -> dict[int, list[Any]]:
+        return {}
+
+    engine = JobEngine(
+        MemoryJobStore(), queue, no_schedulers, lambda address: None, reap_interval=0.2, requeue_interval=0.5
+    )
+    await engine.start()  # Redis is down: the manager starts all the same
+    try:
+        job = await engine.submit_preheat({"type": "file", "url": "http://origin.invalid/a"})
+        assert job.state == "PENDING"
+        with RedisProcess(tmp_path / "redis", port=port):
+            done = await engine.wait(job.id, 60)
+    finally:
+        await engine.stop()
+        await queue.close()
+    # It ran: nothing to preheat in, but it reached a worker through the queue and ended.
+    assert done.state == FAILURE
+    assert done.result["job_states"][0]["error"] == "no scheduler cluster to preheat in"
+    assert done.progress["attempt"] == 1
