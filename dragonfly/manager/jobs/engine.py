@@ -87,6 +87,7 @@ class JobEngine:
         self.requeue_interval = requeue_interval
         self._tasks: list[asyncio.Task[None]] = []
         self._release_on_stop = True
+        self._stopping = False
 
     # lifecycle
 
@@ -96,6 +97,7 @@ class JobEngine:
         A queue that cannot be reached now (Redis down) does not stop the manager: the reaper queues the
         unfinished jobs again every ``requeue_interval`` seconds.
         """
+        self._stopping = False
         await self._requeue()
         self._tasks = [asyncio.create_task(self._worker(), name=f"job-worker-{i}") for i in range(self.workers)]
         self._tasks.append(asyncio.create_task(self._reaper(), name="job-reaper"))
@@ -106,11 +108,17 @@ class JobEngine:
         ``release=False`` leaves them to lapse as a killed manager's would (tests of the take-over).
         """
         self._release_on_stop = release
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        self._stopping = True
+        # Cancelled again until done: a library that swallows one cancellation must not hang the manager's stop.
+        tasks = set(self._tasks)
+        deadline = time.monotonic() + 15.0
+        while tasks:
+            for task in tasks:
+                task.cancel()
+            _done, tasks = await asyncio.wait(tasks, timeout=0.5)
+            if tasks and time.monotonic() > deadline:
+                log.warning("%d job tasks did not stop within 15 s", len(tasks))
+                break
         self._tasks = []
 
     # API
@@ -191,7 +199,7 @@ class JobEngine:
 
     async def _reaper(self) -> None:
         last_requeue = time.monotonic()
-        while True:
+        while not self._stopping:
             try:
                 count = await self.queue.reap()
                 if count:
@@ -205,7 +213,7 @@ class JobEngine:
             await asyncio.sleep(self.reap_interval)
 
     async def _worker(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 claim = await self.queue.claim(1.0)
             except asyncio.CancelledError:

@@ -138,6 +138,7 @@ async def test_jobs_submitted_while_redis_is_down_run_once_it_is_back(tmp_path: 
         assert job.state == "PENDING"
         with RedisProcess(tmp_path / "redis", port=port):
             done = await engine.wait(job.id, 60)
+            await engine.stop()  # while Redis still answers
     finally:
         await engine.stop()
         await queue.close()
