@@ -139,3 +139,10 @@ async def test_validation_can_be_left_off() -> None:
             await scheduler_pb2_grpc.SchedulerStub(channel).DeletePeer(scheduler_pb2.DeletePeerRequest(), timeout=10)
     finally:
         await server.stop(None)
+
+
+def test_environment_turns_validation_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRAGONFLY_REQUEST_VALIDATION", "0")
+    assert grpc_decoding.interceptor()._validate is False
+    monkeypatch.delenv("DRAGONFLY_REQUEST_VALIDATION")
+    assert grpc_decoding.interceptor()._validate is True
