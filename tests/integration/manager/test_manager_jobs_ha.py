@@ -63,6 +63,7 @@ def second_manager(cluster: LocalCluster, workdir: Path) -> tuple[ManagedProcess
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_two_managers_run_20_jobs_once_and_survive_a_kill(
     tmp_path: Path, origin: OriginProcess, postgres: PostgresServer, redis_server: RedisProcess
 ) -> None:
@@ -81,7 +82,7 @@ def test_two_managers_run_20_jobs_once_and_survive_a_kill(
     slow = [f"slow-{i}.bin" for i in range(4)]
     for name in slow:
         (origin.directory / name).write_bytes(os.urandom(6 * MIB))
-        origin.set_fault(f"/{name}", "slow", rate=512 * 1024)
+        origin.set_fault(f"/{name}", "slow", rate=256 * 1024)
     for i in range(16):
         (origin.directory / f"fast-{i}.bin").write_bytes(os.urandom(1 * MIB))
     with cluster:
@@ -116,7 +117,7 @@ def test_two_managers_run_20_jobs_once_and_survive_a_kill(
             deadline = time.monotonic() + 60
             held: list[int] = []
             while not held:
-                jobs = [rest(other_url, "GET", f"/oapi/v1/jobs/{i}", token=token) for i in ids]
+                jobs = rest(other_url, "GET", "/oapi/v1/jobs?per_page=100&state=PENDING", token=token)
                 held = [
                     job["id"]
                     for job in jobs
@@ -128,13 +129,13 @@ def test_two_managers_run_20_jobs_once_and_survive_a_kill(
             origin.clear_faults()
 
             # The second manager takes the jobs over once their leases (30 s) lapse.
-            deadline = time.monotonic() + 180
+            deadline = time.monotonic() + 300
             while True:
                 jobs = [rest(other_url, "GET", f"/oapi/v1/jobs/{i}", token=token) for i in ids]
                 if all(job["state"] != "PENDING" for job in jobs):
                     break
                 assert time.monotonic() < deadline, [(j["id"], j["state"], j["progress"]) for j in jobs]
-                time.sleep(0.5)
+                time.sleep(1.0)
         finally:
             other.stop()
     assert [job["state"] for job in jobs] == ["SUCCESS"] * 20, [(j["id"], j["result"]) for j in jobs]
