@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import release_builds_missing
 from bench.swarm.hosts import Host, Topology
 from bench.swarm.services import PYTHON, Service, python_env
 
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if release_builds_missing("bench dfget-latency"):
+        return 2
     from bench.swarm.ours import OursCluster
 
     workdir = Path("/dev/shm") / f"dfbench{os.getpid()}-latency"

@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from bench import release_builds_missing
 from bench.scheduler_load import REPO, ServerProcess
 
 ROOT_PASSWORD = "bench-root-password"
@@ -292,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.add_argument("--serve-baseline", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if release_builds_missing("bench manager"):
+        return 2
     if args.serve_baseline:
         return asyncio.run(serve_baseline())
     if args.quick:

@@ -19,6 +19,7 @@ from typing import Any
 
 import psutil
 
+from bench import release_builds_missing
 from bench.swarm.hosts import Host, Topology
 from bench.swarm.services import PYTHON, Service, python_env
 from bench.swarm.units import format_size, parse_size
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=100)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if release_builds_missing("bench memory"):
+        return 2
     from bench.swarm.ours import OursCluster
 
     workdir = Path("/dev/shm") / f"dfbench{os.getpid()}-memory"

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import release_builds_missing
 from bench.swarm.hosts import Host, Topology, free_port
 from bench.swarm.origin import nginx_config
 from bench.swarm.services import PYTHON, Service, python_env
@@ -221,11 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         "(a regression check that machine load does not make flaky the way wall-clock ratios are)",
     )
     args = parser.parse_args(argv)
-    from dragonfly.common import native
-
-    profiles = native.build_profiles()
-    if any(p != "release" for p in profiles.values()):
-        print(f"bench pair: needs release builds of the native extensions, found {profiles}", file=sys.stderr)
+    if release_builds_missing("bench pair"):
         return 2
     workdir = Path("/dev/shm") / f"dfbench{os.getpid()}-pair"
     topology = Topology([], Path("/dev/shm"))

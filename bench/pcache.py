@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import release_builds_missing
 from bench.swarm.hosts import NetnsTopology, Shaping, cleanup_leftovers, probe_namespaces
 from bench.swarm.ours import OursCluster
 from bench.swarm.services import PYTHON
@@ -136,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default="/tmp", help="where the run's files go (default /tmp)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = parser.parse_args(argv)
+    if release_builds_missing("bench pcache"):
+        return 2
     cleanup_leftovers()
     if reason := probe_namespaces():
         print(f"bench pcache: {reason}", file=sys.stderr)

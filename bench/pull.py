@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench import release_builds_missing
 from dragonfly.cli.cluster import LocalCluster
 from dragonfly.cli.registry import OCI_MANIFEST, Blob, Image, RegistryProcess, build_image, push
 
@@ -171,11 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", help="keep everything here (default: a temporary directory, removed)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    from dragonfly.common import native
-
-    profiles = native.build_profiles()
-    if any(p != "release" for p in profiles.values()):
-        print(f"bench pull: needs release builds of the native extensions, found {profiles}", file=sys.stderr)
+    if release_builds_missing("bench pull"):
         return 2
     for tool in ("docker-registry", "skopeo"):
         if shutil.which(tool) is None:

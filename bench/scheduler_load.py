@@ -35,6 +35,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from bench import release_builds_missing
+
 REPO = Path(__file__).resolve().parents[1]
 TARGET_REPORTS_PER_SECOND = 5000.0
 TARGET_P99_SECONDS = 0.010
@@ -494,9 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         args.peers, args.pieces = 2000, 8
     from dragonfly.common import native
 
-    profiles = native.build_profiles()
-    if any(profile == "debug" for profile in profiles.values()):
-        print(f"bench scheduler: refusing debug builds of the native extensions: {profiles}", file=sys.stderr)
+    if release_builds_missing("bench scheduler"):
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="dfbench-scheduler-"))
     scheduler = ServerProcess(
@@ -507,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     baseline = ServerProcess(
         [sys.executable, "-m", "bench.scheduler_load", "--serve-baseline"], workdir / "baseline.log"
     )
-    result: dict[str, Any] = {"args": vars(args), "native": ",".join(sorted(set(profiles.values())))}
+    result: dict[str, Any] = {"args": vars(args), "native": ",".join(sorted(set(native.build_profiles().values())))}
     try:
         baseline.start()
         result["baseline"] = asyncio.run(drive(baseline.addr, None, args))

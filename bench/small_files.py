@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import release_builds_missing
 from bench.swarm.cpu import CpuMeter
 from bench.swarm.units import format_size, parse_size
 
@@ -152,11 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=parse_size, default=parse_size("1MiB"))
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    from dragonfly.common import native
-
-    profiles = native.build_profiles()
-    if any(p != "release" for p in profiles.values()):
-        print(f"bench small-files: needs release builds of the native extensions, found {profiles}", file=sys.stderr)
+    if release_builds_missing("bench small-files"):
         return 2
     workdir = Path("/dev/shm") / f"dfbench{os.getpid()}-small-files"
     try:

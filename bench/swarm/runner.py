@@ -22,6 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bench import release_builds_missing
 from bench.swarm import bencode
 from bench.swarm.bound import kumar_ross_bound
 from bench.swarm.cpu import CpuMeter
@@ -401,6 +402,8 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the swarm benchmark; exit 0 only if every system ran and every peer got the right bytes."""
     args = build_parser().parse_args(argv)
+    if release_builds_missing("bench swarm"):
+        return 2
     systems = tuple(s.strip() for s in args.systems.split(",") if s.strip())
     if unknown := set(systems) - set(SYSTEMS):
         print(f"bench swarm: unknown system(s) {', '.join(sorted(unknown))}; choose from {SYSTEMS}", file=sys.stderr)
