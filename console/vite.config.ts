@@ -17,5 +17,7 @@ export default defineConfig({
   test: {
     environment: "jsdom",
     include: ["src/**/*.test.{ts,tsx}"],
+    // A component test takes about 1 s on a quiet machine; vitest's 5 s default failed one on a loaded 2-core one.
+    testTimeout: 30_000,
   },
 });
