@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+import shutil
 import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 
 def release_builds_missing(prog: str) -> bool:
@@ -15,3 +22,36 @@ def release_builds_missing(prog: str) -> bool:
     print(f"{prog}: needs release builds of the native extensions, found {profiles}; run scripts/install.sh",
           file=sys.stderr)  # fmt: skip
     return True
+
+
+def image_bench_main(
+    prog: str,
+    argv: list[str] | None,
+    run: Callable[[Path, list[int]], dict[str, Any]],
+    format_report: Callable[[dict[str, Any]], str],
+    *,
+    layers: str,
+    layers_help: str,
+    description: str,
+) -> int:
+    """The command line of the registry benchmarks (pull, preheat): layer sizes in MiB, a work directory, --json."""
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=description)
+    parser.add_argument("--layers", default=layers, help=layers_help)
+    parser.add_argument("--workdir", help="keep everything here (default: a temporary directory, removed)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if release_builds_missing(prog):
+        return 2
+    for tool in ("docker-registry", "skopeo"):
+        if shutil.which(tool) is None:
+            print(f"{prog}: {tool} is not installed (scripts/system-deps.sh)", file=sys.stderr)
+            return 2
+    sizes = [int(float(s) * 1024 * 1024) for s in args.layers.split(",")]
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix=f"dfbench-{prog.split()[-1]}-"))
+    try:
+        report = run(workdir, sizes)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0

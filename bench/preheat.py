@@ -14,20 +14,17 @@ built here (4 layers of 64 MiB by default) pushed with skopeo.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import http.client
 import json
-import shutil
 import sys
-import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench import release_builds_missing
+from bench import image_bench_main
 from dragonfly.cli.cluster import LocalCluster
 from dragonfly.cli.registry import Image, RegistryProcess, build_image, push
 
@@ -172,26 +169,15 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench preheat", description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", default="64,64,64,64", help="layer sizes in MiB, comma separated (default 4 x 64)")
-    parser.add_argument("--workdir", help="keep everything here (default: a temporary directory, removed)")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    if release_builds_missing("bench preheat"):
-        return 2
-    for tool in ("docker-registry", "skopeo"):
-        if shutil.which(tool) is None:
-            print(f"bench preheat: {tool} is not installed (scripts/system-deps.sh)", file=sys.stderr)
-            return 2
-    sizes = [int(float(s) * MIB) for s in args.layers.split(",")]
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="dfbench-preheat-"))
-    try:
-        report = run(workdir, sizes)
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps(report) if args.json else format_report(report))
-    return 0
+    return image_bench_main(
+        "bench preheat",
+        argv,
+        run,
+        format_report,
+        layers="64,64,64,64",
+        layers_help="layer sizes in MiB, comma separated (default 4 x 64)",
+        description=__doc__.splitlines()[0],
+    )
 
 
 if __name__ == "__main__":

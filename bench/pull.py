@@ -17,21 +17,17 @@ image for ours (direct is 3 ×), first byte of the largest layer ≤ 1.5 × the 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import http.client
-import json
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench import release_builds_missing
+from bench import image_bench_main
 from dragonfly.cli.cluster import LocalCluster
 from dragonfly.cli.registry import OCI_MANIFEST, Blob, Image, RegistryProcess, build_image, push
 
@@ -165,28 +161,15 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench pull", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--layers", default="64,32,8,0.001", help="layer sizes in MiB, comma separated (default 64,32,8,0.001)"
+    return image_bench_main(
+        "bench pull",
+        argv,
+        run,
+        format_report,
+        layers="64,32,8,0.001",
+        layers_help="layer sizes in MiB, comma separated (default 64,32,8,0.001)",
+        description=__doc__.splitlines()[0],
     )
-    parser.add_argument("--workdir", help="keep everything here (default: a temporary directory, removed)")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    if release_builds_missing("bench pull"):
-        return 2
-    for tool in ("docker-registry", "skopeo"):
-        if shutil.which(tool) is None:
-            print(f"bench pull: {tool} is not installed (scripts/system-deps.sh)", file=sys.stderr)
-            return 2
-    sizes = [int(float(s) * MIB) for s in args.layers.split(",")]
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="dfbench-pull-"))
-    try:
-        report = run(workdir, sizes)
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps(report) if args.json else format_report(report))
-    return 0
 
 
 if __name__ == "__main__":
