@@ -769,7 +769,7 @@ def list_entries(args: argparse.Namespace, url: str) -> list[Any]:
     for name in ("object_storage", "hdfs", "hugging_face", "model_scope"):
         if settings.HasField(name):
             getattr(request, name).CopyFrom(getattr(settings, name))
-    with grpc.insecure_channel(f"unix:{args.endpoint}") as channel:
+    with grpc.insecure_channel(f"unix:{args.endpoint}", options=LOCAL_API_CHANNEL_OPTIONS) as channel:
         stub = dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel)  # type: ignore[no-untyped-call]
         try:
             response = stub.ListTaskEntries(request, timeout=timeout)

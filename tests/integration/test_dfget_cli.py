@@ -107,6 +107,12 @@ class ScriptedDaemon(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):
         else:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected test path {path}")
 
+    def ListTaskEntries(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """A directory holding one file, whose path DownloadTask answers with CONTENT."""
+        return dfdaemon_pb2.ListTaskEntriesResponse(
+            entries=[dfdaemon_pb2.Entry(url=request.url + "ok", content_length=len(CONTENT), is_dir=False)]
+        )
+
 
 @pytest.fixture
 def daemon(short_tmp: Path) -> Iterator[tuple[ScriptedDaemon, str]]:
@@ -156,6 +162,14 @@ def test_local_api_authority_is_a_plain_host(daemon: tuple[ScriptedDaemon, str],
     command = [sys.executable, "-m", "dragonfly.cli.dfget", URL, "-O", str(tmp_path / "out.bin"), "-e", sock]
     result = subprocess.run([*command, "--no-progress"], capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
+    authorities = set(re.findall(r":authority: ([^,}\s]+)", result.stderr))
+    assert authorities == {"localhost"}, authorities
+    # dfget -r lists the directory first (ListTaskEntries), on a channel of its own.
+    (tmp_path / "dir").mkdir()
+    command = [sys.executable, "-m", "dragonfly.cli.dfget", "file:///", "-r", "-O", str(tmp_path / "dir"), "-e", sock]
+    result = subprocess.run([*command, "--no-progress"], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "dir" / "ok").read_bytes() == CONTENT
     authorities = set(re.findall(r":authority: ([^,}\s]+)", result.stderr))
     assert authorities == {"localhost"}, authorities
 
