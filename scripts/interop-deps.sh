@@ -6,6 +6,8 @@
 # Environment:
 #   INTEROP_CACHE   default ~/.cache/dragonfly-p2p/interop; layout: src/api, src/dragonfly, bin/go/scheduler,
 #                   bin/rust/bin/{dfdaemon,dfget}
+#   INTEROP_BIN     where the binaries go (and where tests/interop looks), default $INTEROP_CACHE/bin: for
+#                   binaries built elsewhere, laid out as go/scheduler and rust/bin/{dfdaemon,dfget}
 #   DRAGONFLY_REF   dragonflyoss/dragonfly tag or commit for the Go scheduler (default v2.5.1)
 #   CLIENT_VERSION  crates.io dragonfly-client version (default 1.5.10)
 #   API_REF         dragonflyoss/api commit the validation table is checked against (default: the one it names)
@@ -14,12 +16,13 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=${INTEROP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dragonfly-p2p/interop}
+bin=${INTEROP_BIN:-$cache/bin}
 dragonfly_ref=${DRAGONFLY_REF:-v2.5.1}
 client_version=${CLIENT_VERSION:-1.5.10}
 parts=("$@")
 [ ${#parts[@]} -eq 0 ] && parts=(all)
 want() { for p in "${parts[@]}"; do [ "$p" = all ] || [ "$p" = "$1" ] && return 0; done; return 1; }
-mkdir -p "$cache/src" "$cache/bin"
+mkdir -p "$cache/src" "$bin"
 
 clone() {  # clone URL DIR REF
     if [ ! -d "$2/.git" ]; then
@@ -37,24 +40,24 @@ if want api; then
 fi
 
 if want go; then
-    if [ -x "$cache/bin/go/scheduler" ]; then
-        echo "interop-deps.sh: Go scheduler already built: $cache/bin/go/scheduler"
+    if [ -x "$bin/go/scheduler" ]; then
+        echo "interop-deps.sh: Go scheduler already built: $bin/go/scheduler"
     else
         command -v go >/dev/null || { echo "interop-deps.sh: go not found" >&2; exit 1; }
         clone https://github.com/dragonflyoss/dragonfly "$cache/src/dragonfly" "$dragonfly_ref"
-        mkdir -p "$cache/bin/go"
+        mkdir -p "$bin/go"
         # The Go module proxy may refuse d7y.io/dragonfly/v2 itself: build inside its source tree (its
         # dependencies still come from the proxy).
         (cd "$cache/src/dragonfly" && CGO_ENABLED=0 GOFLAGS=-mod=mod nice -n 10 go build -p 2 \
             -ldflags "-X d7y.io/dragonfly/v2/version.GitVersion=$(git describe --tags --always)" \
-            -o "$cache/bin/go/scheduler" ./cmd/scheduler)
-        echo "interop-deps.sh: built $cache/bin/go/scheduler"
+            -o "$bin/go/scheduler" ./cmd/scheduler)
+        echo "interop-deps.sh: built $bin/go/scheduler"
     fi
 fi
 
 if want rust; then
-    if [ -x "$cache/bin/rust/bin/dfdaemon" ] && [ -x "$cache/bin/rust/bin/dfget" ]; then
-        echo "interop-deps.sh: Rust client already built: $cache/bin/rust/bin"
+    if [ -x "$bin/rust/bin/dfdaemon" ] && [ -x "$bin/rust/bin/dfget" ]; then
+        echo "interop-deps.sh: Rust client already built: $bin/rust/bin"
     else
         command -v cargo >/dev/null || { echo "interop-deps.sh: cargo not found" >&2; exit 1; }
         missing=()
@@ -69,7 +72,7 @@ if want rust; then
         fi
         # Thin LTO and many codegen units: the crate's fat-LTO release profile takes hours on 2 cores.
         CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 nice -n 19 \
-            cargo install --locked dragonfly-client --version "$client_version" --root "$cache/bin/rust"
-        echo "interop-deps.sh: built $cache/bin/rust/bin/{dfdaemon,dfget}"
+            cargo install --locked dragonfly-client --version "$client_version" --root "$bin/rust"
+        echo "interop-deps.sh: built $bin/rust/bin/{dfdaemon,dfget}"
     fi
 fi

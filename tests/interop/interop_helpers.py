@@ -1,8 +1,8 @@
 """Helpers of the interop suite: Dragonfly's own binaries next to ours (issue 10, docs/interop.md).
 
-The binaries are built by scripts/interop-deps.sh into ``$INTEROP_CACHE`` (default
-``~/.cache/dragonfly-p2p/interop``): ``bin/go/scheduler`` (dragonflyoss/dragonfly) and ``bin/rust/bin/dfdaemon``,
-``bin/rust/bin/dfget`` (crates.io dragonfly-client). A test that needs one that is absent is skipped and says how to
+The binaries are built by scripts/interop-deps.sh into ``$INTEROP_BIN`` (default ``$INTEROP_CACHE/bin``, i.e.
+``~/.cache/dragonfly-p2p/interop/bin``): ``go/scheduler`` (dragonflyoss/dragonfly) and ``rust/bin/dfdaemon``,
+``rust/bin/dfget`` (crates.io dragonfly-client). A test that needs one that is absent is skipped and says how to
 build it. Everything runs in plaintext on loopback; our daemons use ``download.pieceVerification: compatible``
 (docs/security.md): Dragonfly's peers report CRC-32 digests only.
 """
@@ -28,8 +28,9 @@ CACHE = Path(
     os.environ.get("INTEROP_CACHE")
     or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dragonfly-p2p" / "interop"
 )
-GO_SCHEDULER = CACHE / "bin" / "go" / "scheduler"
-RUST_BIN = CACHE / "bin" / "rust" / "bin"
+BIN = Path(os.environ.get("INTEROP_BIN") or CACHE / "bin")
+GO_SCHEDULER = BIN / "go" / "scheduler"
+RUST_BIN = BIN / "rust" / "bin"
 RUST_DFDAEMON = RUST_BIN / "dfdaemon"
 RUST_DFGET = RUST_BIN / "dfget"
 #: Our daemons' settings for a cluster with Dragonfly's parts (see the module docstring).
