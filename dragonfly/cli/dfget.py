@@ -416,12 +416,14 @@ class ProgressBar:
 class Traffic:
     """Bytes received per source, from the per-piece messages (each piece counted once)."""
 
-    __slots__ = ("local", "origin", "peers", "pieces", "seed", "spans")
+    __slots__ = ("by_parent", "local", "origin", "peers", "pieces", "seed", "spans")
 
     def __init__(self) -> None:
         self.origin = self.seed = self.peers = self.local = 0
         self.pieces: set[int] = set()
         self.spans: list[tuple[int, int]] = []
+        # Bytes per parent peer id: which peers served this download (shown with --log-level debug).
+        self.by_parent: dict[str, int] = {}
 
     @property
     def total(self) -> int:
@@ -446,6 +448,8 @@ class Traffic:
             self.seed += piece.length
         else:
             self.peers += piece.length
+        if piece.traffic_type == common_pb2.REMOTE_PEER:
+            self.by_parent[piece.parent_id] = self.by_parent.get(piece.parent_id, 0) + piece.length
 
 
 def _backend_details(error: Any) -> Any:
@@ -672,6 +676,9 @@ def main(argv: list[str] | None = None) -> int:
         f"seed={traffic.seed} peers={traffic.peers} local={traffic.local}",
         file=sys.stderr,
     )
+    if args.log_level == "debug":
+        for parent, length in sorted(traffic.by_parent.items()):
+            print(f"dfget: from parent {parent}: {length} bytes", file=sys.stderr)
     return EXIT_OK
 
 

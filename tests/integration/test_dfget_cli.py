@@ -155,6 +155,17 @@ def test_success_reports_bytes_by_source(daemon: tuple[ScriptedDaemon, str], tmp
     assert request.timeout.seconds == 7200
 
 
+def test_debug_names_bytes_by_parent(daemon: tuple[ScriptedDaemon, str], tmp_path: Path) -> None:
+    _, sock = daemon
+    result = dfget(URL, "-O", str(tmp_path / "out.bin"), "-e", sock, "--no-progress", "--log-level", "debug")
+    assert result.returncode == 0, result.stderr
+    parents = re.findall(r"^dfget: from parent (\S+): (\d+) bytes$", result.stderr, re.MULTILINE)
+    assert parents == [("127.0.0.1-peer-2-0d6f", "3"), ("127.0.0.1-seed-peer-4c1a-seed", "2")]
+    quiet = dfget(URL, "-O", str(tmp_path / "quiet.bin"), "-e", sock, "--no-progress")
+    assert quiet.returncode == 0, quiet.stderr
+    assert "from parent" not in quiet.stderr
+
+
 def test_local_api_authority_is_a_plain_host(daemon: tuple[ScriptedDaemon, str], tmp_path: Path) -> None:
     """The HTTP/2 :authority is `localhost`, not the percent-encoded socket path Dragonfly's Rust dfdaemon refuses."""
     _, sock = daemon
