@@ -171,11 +171,14 @@ class RustDaemon:
             "--log-dir",
             str(workdir / "log"),
         ]
-        self.host_id_hint = f"127.0.0.1-{name}"
+        # The parent of each piece is logged at debug level by the task module only: keep the rest at info.
+        self.env = {**os.environ, "RUST_LOG": "dragonfly_client::resource::task=debug"}
 
     def __enter__(self) -> RustDaemon:
         with self.log.open("wb") as log:
-            self._popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self._popen = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env
+            )
         wait_port(self.upload_port, self._popen, self.log)
         deadline = time.monotonic() + 30
         while not os.path.exists(self.socket_path) and time.monotonic() < deadline:
@@ -183,6 +186,12 @@ class RustDaemon:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """SIGTERM (the daemon leaves its scheduler), SIGKILL after 20 s; a no-op once stopped."""
+        if self._popen.poll() is not None:
+            return
         self._popen.terminate()
         try:
             self._popen.wait(20)
@@ -196,15 +205,28 @@ class RustDaemon:
         )
 
     def metric(self, name: str, labels: str = "") -> float:
-        import urllib.request
+        return metric(f"127.0.0.1:{self.metrics_port}", name, labels)
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(name) and (not labels or labels in line) and not line.startswith("#"):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+    def pieces_by_parent(self) -> dict[str, int]:
+        """Count the pieces this daemon fetched from each parent peer id, from its log."""
+        counts: dict[str, int] = {}
+        for parent in re.findall(r'finished piece \S+ from parent Some\("([^"]+)"\)', self.logs()):
+            counts[parent] = counts.get(parent, 0) + 1
+        return counts
+
+
+def metric(addr: str, name: str, labels: str = "") -> float:
+    """Sum a Prometheus counter's samples (those whose labels contain ``labels``) at ``http://addr/metrics``."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        sample, _, value = line.rpartition(" ")
+        if sample.split("{", 1)[0] == name and labels in sample:
+            total += float(value)
+    return total
 
 
 def rust_dfget(socket_path: str, url: str, output: Path) -> subprocess.CompletedProcess[str]:
@@ -218,16 +240,35 @@ def rust_dfget(socket_path: str, url: str, output: Path) -> subprocess.Completed
 
 
 def our_dfget(socket_path: str, url: str, output: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, int]]:
-    """Run our dfget; return the process and its bytes by source (origin, seed, peers, local)."""
+    """Run our dfget; return the process and its bytes by source (origin, seed, peers, local) and by parent peer
+    id (keys ``parent:<id>``, from ``--log-level debug``)."""
     result = subprocess.run(
-        [sys.executable, "-m", "dragonfly.cli.dfget", url, "-O", str(output), "-e", socket_path, "--no-progress"],
+        [sys.executable, "-m", "dragonfly.cli.dfget", url, "-O", str(output), "-e", socket_path, "--no-progress",
+         "--log-level", "debug"],
         capture_output=True,
         text=True,
         timeout=300,
-    )
+    )  # fmt: skip
     found = re.search(r"from origin=(\d+) seed=(\d+) peers=(\d+) local=(\d+)", result.stderr)
     sources = dict(zip(("origin", "seed", "peers", "local"), map(int, found.groups()), strict=True)) if found else {}
+    for parent, length in re.findall(r"^dfget: from parent (\S+): (\d+) bytes$", result.stderr, re.MULTILINE):
+        sources[f"parent:{parent}"] = int(length)
     return result, sources
+
+
+def is_peer_of(peer_id: str, *hostnames: str) -> bool:
+    """Tell whether a peer id is one of these hosts' on loopback: ``127.0.0.1-<hostname>-<uuid>[-seed]`` (ours and
+    Dragonfly's form alike)."""
+    return any(peer_id.startswith(f"127.0.0.1-{hostname}-") for hostname in hostnames)
+
+
+def bytes_from(sources: Mapping[str, int], *hostnames: str) -> int:
+    """Return the bytes of ``our_dfget``'s sources whose parent peer is on one of ``hostnames``."""
+    return sum(
+        length
+        for key, length in sources.items()
+        if key.startswith("parent:") and is_peer_of(key.removeprefix("parent:"), *hostnames)
+    )
 
 
 @pytest.fixture
