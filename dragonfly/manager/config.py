@@ -227,11 +227,24 @@ class JobConfig:
     # Jobs one manager runs at once.
     workers: int = 4
     preheat: PreheatJobConfig = PreheatJobConfig()
+    # Key (32 random bytes in base64) sealing pending jobs' registry credentials in the database; the file must
+    # exist. Unset: job-secret.key in dataDir, generated (0600) on the first start. Managers sharing a database
+    # must use the same key.
+    secret_key_file: str = ""
+    # Keys used before a rotation: they still open jobs sealed with them, never seal new ones.
+    previous_secret_key_files: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
-        """Check the worker count and the CA file."""
+        """Check the worker count and the CA and key files."""
         if not 1 <= self.workers <= 256:
             raise ValueError("workers must be between 1 and 256")
+        # A key file named here must exist: generating a fresh key would hide a missing mount from the operator
+        # and leave this manager unable to open the other managers' jobs.
+        for name, path in [("secretKeyFile", self.secret_key_file)] + [
+            ("previousSecretKeyFiles", old) for old in self.previous_secret_key_files
+        ]:
+            if path and not Path(path).is_file():
+                raise ValueError(f"{name}: {path} is not a file (the default, in dataDir, is generated)")
         if self.preheat.tls.ca_cert and not Path(self.preheat.tls.ca_cert).is_file():
             raise ValueError(f"preheat.tls.caCert: {self.preheat.tls.ca_cert} is not a file")
 
@@ -257,6 +270,12 @@ class Config:
     def grpc_tls(self) -> TLSFiles | None:
         """Return the gRPC server's PEM files (None in plaintext mode); a missing setting raises ConfigError."""
         return self.security.files(self.server.grpc.tls, "server.grpc.tls")
+
+    def job_secret_key_file(self) -> Path:
+        """Return the file of the key that seals jobs' credentials (``job.secretKeyFile``, else in dataDir)."""
+        from dragonfly.manager.jobs.sealing import DEFAULT_KEY_FILE
+
+        return Path(self.job.secret_key_file) if self.job.secret_key_file else self.data_dir / DEFAULT_KEY_FILE
 
     def root_password(self) -> str:
         """Return the operator-set initial root password, or "" to generate one."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pathlib
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
@@ -31,6 +32,7 @@ from dragonfly.manager.jobs.engine import JobEngine, JobNotFound
 from dragonfly.manager.jobs.model import STATES, TYPE_PREHEAT, JobRecord, JobStore
 from dragonfly.manager.jobs.preheat import RegistryTLS, SchedulerTarget
 from dragonfly.manager.jobs.queue import JobQueue, MemoryQueue, RedisQueue
+from dragonfly.manager.jobs.sealing import Sealer
 from dragonfly.manager.jobs.store import DatabaseJobStore
 
 log = logging.getLogger(__name__)
@@ -319,12 +321,30 @@ def registry_tls(ctx: ManagerContext) -> RegistryTLS:
     return RegistryTLS(chain, tls.insecure_skip_verify)
 
 
+def job_sealer(ctx: ManagerContext) -> Sealer:
+    """Return the sealer of jobs' credentials over ``job.secretKeyFile`` (the default one generated when absent)."""
+    config = ctx.config
+    path = config.job_secret_key_file()
+    previous = [pathlib.Path(old) for old in config.job.previous_secret_key_files]
+    sealer = Sealer.from_files(path, previous, generate=not config.job.secret_key_file)
+    if config.database.redis.addrs and not config.job.secret_key_file:
+        log.warning(
+            "database.redis is set (several managers) but job.secretKeyFile is not: this manager seals job "
+            "credentials with its own key %s (id %s); the others cannot open them unless they use the same file",
+            path,
+            sealer.key_id,
+        )
+    return sealer
+
+
 async def start_jobs(ctx: ManagerContext) -> None:
     """Start the job engine: the database store, the Redis queue when configured (else in process), workers."""
+    store = DatabaseJobStore(ctx.sessions, job_sealer(ctx))
+    await store.seal_plaintext()
     url = redis_url(ctx)
     queue: JobQueue = RedisQueue.from_url(url) if url else MemoryQueue()
     engine = JobEngine(
-        DatabaseJobStore(ctx.sessions),
+        store,
         queue,
         make_directory(ctx),
         ctx.scheduler_channel,
@@ -333,7 +353,10 @@ async def start_jobs(ctx: ManagerContext) -> None:
     )
     await engine.start()
     ctx.extras[EXTRA_KEY] = engine
-    log.info("job engine started", extra={"queue": "redis" if url else "memory", "workers": engine.workers})
+    log.info(
+        "job engine started",
+        extra={"queue": "redis" if url else "memory", "workers": engine.workers, "secret_key_id": store.key_id},
+    )
 
 
 async def stop_jobs(ctx: ManagerContext) -> None:

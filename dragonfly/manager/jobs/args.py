@@ -3,8 +3,9 @@
 Field names and defaults are Dragonfly's (``manager/types/job.go``): ``timeout`` is a Go duration, an integer of
 nanoseconds, 0 meaning the default (60 minutes); ``filtered_query_params`` is ``&``-joined; Harbor's
 ``concurrent_count`` is accepted and ignored, as Dragonfly does; Harbor's scope ``single_peer`` means
-``single_seed_peer``. Secrets (the registry ``Authorization`` header Harbor passes, ``password``) are split off:
-``public`` is what a job answer may show, ``secret`` is kept apart and dropped when the job ends.
+``single_seed_peer``. Credentials (``username``, ``password``, and the headers ``redact`` deems sensitive, such as
+the registry ``Authorization`` header Harbor passes) are split off: ``public`` is what a job answer may show,
+``secret`` is sealed apart (``sealing``) and dropped when the job ends.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dragonfly_api import scheduler_pb2
 from google.protobuf import duration_pb2
 
 from dragonfly.common import oci
+from dragonfly.common.redact import is_sensitive_header
 
 TYPE_IMAGE = "image"
 TYPE_FILE = "file"
@@ -30,8 +32,8 @@ SCOPE_ALIASES = {"single_peer": SINGLE_SEED_PEER, "": SINGLE_SEED_PEER}
 DEFAULT_TIMEOUT = 60 * 60.0
 MIN_PIECE_LENGTH = 4 * 1024 * 1024
 MAX_PIECE_LENGTH = 64 * 1024 * 1024
-#: Headers whose values are credentials: never shown in a job answer, never logged.
-SENSITIVE_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-registry-auth"})
+#: Headers whose values are credentials besides ``redact``'s (Docker's registry auth header).
+SENSITIVE_HEADERS = frozenset({"x-registry-auth"})
 _KNOWN = frozenset(
     {
         "type",
@@ -105,7 +107,6 @@ class PreheatArgs:
             "application": self.application,
             "filtered_query_params": "&".join(self.filtered_query_params),
             "headers": dict(self.headers),
-            "username": self.username,
             "platform": self.platform,
             "ips": list(self.ips),
             "count": self.count,
@@ -124,6 +125,8 @@ class PreheatArgs:
         doc: dict[str, Any] = {}
         if self.secret_headers:
             doc["headers"] = dict(self.secret_headers)
+        if self.username:
+            doc["username"] = self.username
         if self.password:
             doc["password"] = self.password
         return doc
@@ -232,6 +235,10 @@ def _url(value: Any, name: str) -> str:
     return value
 
 
+def _sensitive(header: str) -> bool:
+    return is_sensitive_header(header) or header.lower() in SENSITIVE_HEADERS
+
+
 def _timeout(value: Any) -> float:
     if value is None or value == 0:
         return DEFAULT_TIMEOUT
@@ -282,11 +289,12 @@ def parse_args(doc: Any, secret: Mapping[str, Any] | None = None) -> PreheatArgs
         isinstance(k, str) and isinstance(v, str) for k, v in headers_doc.items()
     ):
         raise ArgsError("args.headers must be an object of strings")
-    headers = {k: v for k, v in headers_doc.items() if k.lower() not in SENSITIVE_HEADERS}
-    secret_headers = {k: v for k, v in headers_doc.items() if k.lower() in SENSITIVE_HEADERS}
+    headers = {k: v for k, v in headers_doc.items() if not _sensitive(k)}
+    secret_headers = {k: v for k, v in headers_doc.items() if _sensitive(k)}
     secret = secret or {}
     secret_headers.update(secret.get("headers") or {})
     password = _str(doc, "password") or str(secret.get("password") or "")
+    username = _str(doc, "username") or str(secret.get("username") or "")
     ips = doc.get("ips") or []
     if not isinstance(ips, list) or len(ips) > 100:
         raise ArgsError("args.ips must be a list of at most 100 IP addresses")
@@ -312,7 +320,7 @@ def parse_args(doc: Any, secret: Mapping[str, Any] | None = None) -> PreheatArgs
         application=_str(doc, "application"),
         filtered_query_params=tuple(p for p in filtered.split("&") if p),
         headers=headers,
-        username=_str(doc, "username"),
+        username=username,
         platform=platform,
         ips=tuple(ips),
         count=_int(doc, "count", 1, 200),

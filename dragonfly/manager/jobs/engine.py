@@ -20,6 +20,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from dragonfly.common.redact import redact_text, redact_url
 from dragonfly.manager.jobs.args import ArgsError, PreheatArgs, parse_args
 from dragonfly.manager.jobs.model import (
     FAILURE,
@@ -46,6 +47,7 @@ from dragonfly.manager.jobs.preheat import (
     SchedulerDirectory,
 )
 from dragonfly.manager.jobs.queue import Claim, JobQueue
+from dragonfly.manager.jobs.sealing import SecretsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +157,7 @@ class JobEngine:
         except Exception as exc:
             # Stored PENDING all the same: a reaper queues it once the queue answers again.
             log.warning("job %d stored but not queued yet: %s", record.id, exc)
-        log.info("job submitted", extra={"job_id": record.id, "type": TYPE_PREHEAT, "url": parsed.url})
+        log.info("job submitted", extra={"job_id": record.id, "type": TYPE_PREHEAT, "url": redact_url(parsed.url)})
         return record
 
     async def cancel(self, job_id: int) -> JobRecord:
@@ -275,7 +277,7 @@ class JobEngine:
             )
         except Exception as exc:
             log.exception("job %d failed", job.id)
-            state, result = FAILURE, {"state": FAILURE, "error": f"{type(exc).__name__}: {exc}"[:2048]}
+            state, result = FAILURE, {"state": FAILURE, "error": redact_text(f"{type(exc).__name__}: {exc}")[:2048]}
         phase = PHASE_SUCCEEDED if state == SUCCESS else PHASE_FAILED
         await self._finish(claim, job, state, result, progress, phase)
 
@@ -322,7 +324,12 @@ class JobEngine:
     async def _execute(self, job: JobRecord, progress: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         if job.type != TYPE_PREHEAT:
             return FAILURE, {"state": FAILURE, "error": f"job type {job.type!r} is not supported"}
-        args = parse_args(job.args, job.secret)
+        try:
+            args = parse_args(job.args, await self.store.secrets(job.id))
+        except SecretsUnavailable as exc:
+            # Retrying on another manager would not help if the keys differ: the operator must act; say how.
+            log.error("%s", exc)
+            return FAILURE, {"state": FAILURE, "error": str(exc)}
         async with asyncio.timeout(_budget(args)):
             schedulers = await self.directory(job.scheduler_cluster_ids)
 
@@ -342,6 +349,6 @@ def _budget(args: PreheatArgs) -> float:
 
 def _timeout_of(job: JobRecord) -> float:
     try:
-        return _budget(parse_args(job.args, job.secret))
+        return _budget(parse_args(job.args))
     except ArgsError:
         return 0.0

@@ -9,7 +9,8 @@ and the per-scheduler outcome in ``result`` (Dragonfly's shape: ``job_states[].r
 ``JobStore`` is what the engine needs from storage; ``MemoryJobStore`` keeps jobs in this process (tests, and a
 manager without a database); the manager's database store implements the same protocol. ``finish`` is
 conditional (only a ``PENDING`` job can end), which is what makes a job end exactly once when several managers
-race for it.
+race for it. A job's credentials are not part of its record: only the runner asks for them (``secrets``), so
+nothing that shows a record can show them.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def rfc3339(moment: dt.datetime | None) -> str | None:
 
 @dataclass(slots=True)
 class JobRecord:
-    """One job as stored. ``args`` is shown; ``secret`` (credentials) never is and is dropped when it ends."""
+    """One job as stored, without its credentials (``JobStore.secrets``); everything here may be shown."""
 
     id: int
     type: str
@@ -64,7 +65,6 @@ class JobRecord:
     scheduler_cluster_ids: list[int] = field(default_factory=list)
     result: dict[str, Any] = field(default_factory=dict)
     progress: dict[str, Any] = field(default_factory=dict)
-    secret: dict[str, Any] = field(default_factory=dict)
     created_at: dt.datetime = field(default_factory=utcnow)
     updated_at: dt.datetime = field(default_factory=utcnow)
 
@@ -112,6 +112,9 @@ class JobStore(Protocol):
 
     async def get(self, job_id: int) -> JobRecord | None: ...
 
+    async def secrets(self, job_id: int) -> dict[str, Any]:
+        """Return the credentials of a ``PENDING`` job ({} once it ended); SecretsUnavailable when unreadable."""
+
     async def set_progress(self, job_id: int, progress: Mapping[str, Any]) -> None:
         """Replace the progress of a job that has not ended."""
 
@@ -141,6 +144,7 @@ class MemoryJobStore:
 
     def __init__(self) -> None:
         self._jobs: dict[int, JobRecord] = {}
+        self._secrets: dict[int, dict[str, Any]] = {}
         self._next = 1
         self._lock = asyncio.Lock()
 
@@ -150,19 +154,23 @@ class MemoryJobStore:
                 id=self._next,
                 type=job.type,
                 args=copy.deepcopy(dict(job.args)),
-                secret=copy.deepcopy(dict(job.secret)),
                 bio=job.bio,
                 task_id=job.task_id,
                 user_id=job.user_id,
                 scheduler_cluster_ids=list(job.scheduler_cluster_ids),
             )
             self._jobs[record.id] = record
+            if job.secret:
+                self._secrets[record.id] = copy.deepcopy(dict(job.secret))
             self._next += 1
             return copy.deepcopy(record)
 
     async def get(self, job_id: int) -> JobRecord | None:
         record = self._jobs.get(job_id)
         return copy.deepcopy(record) if record else None
+
+    async def secrets(self, job_id: int) -> dict[str, Any]:
+        return copy.deepcopy(self._secrets.get(job_id, {}))
 
     async def set_progress(self, job_id: int, progress: Mapping[str, Any]) -> None:
         record = self._jobs.get(job_id)
@@ -180,9 +188,9 @@ class MemoryJobStore:
                 state=state,
                 result=copy.deepcopy(dict(result)),
                 progress=copy.deepcopy(dict(progress)),
-                secret={},
                 updated_at=utcnow(),
             )
+            self._secrets.pop(job_id, None)
             return True
 
     async def query(
@@ -215,4 +223,5 @@ class MemoryJobStore:
         return sorted(job.id for job in self._jobs.values() if not job.done)
 
     async def delete(self, job_id: int) -> bool:
+        self._secrets.pop(job_id, None)
         return self._jobs.pop(job_id, None) is not None

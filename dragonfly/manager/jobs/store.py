@@ -2,10 +2,15 @@
 
 ``finish`` and ``set_progress`` are conditional updates (``WHERE state = 'PENDING'``), so a job ends once however
 many managers race for it, and a late progress report cannot touch a job that ended.
+
+A job's credentials are kept in ``secret`` sealed (``sealing``: AES-GCM bound to the job's id, with the
+operator's key) and emptied by the update that ends the job; reading a job never opens them, only ``secrets``
+(the runner) does.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,6 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dragonfly.manager.jobs.model import PENDING, JobRecord, NewJob, utcnow
 from dragonfly.manager.jobs.models import Job
+from dragonfly.manager.jobs.sealing import Sealer, is_sealed
+
+log = logging.getLogger(__name__)
 
 
 def record_of(row: Job) -> JobRecord:
@@ -29,7 +37,6 @@ def record_of(row: Job) -> JobRecord:
         scheduler_cluster_ids=[int(x) for x in row.scheduler_cluster_ids or ()],
         result=dict(row.result or {}),
         progress=dict(row.progress or {}),
-        secret=dict(row.secret or {}),
         created_at=row.created_at,
         updated_at=row.updated_at,
     )
@@ -38,15 +45,21 @@ def record_of(row: Job) -> JobRecord:
 class DatabaseJobStore:
     """Jobs in the ``job`` table."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], sealer: Sealer) -> None:
         self._sessions = sessions
+        self._sealer = sealer
+
+    @property
+    def key_id(self) -> str:
+        """Return the id of the key that seals new jobs' credentials (shown in logs; not the key)."""
+        return self._sealer.key_id
 
     async def create(self, job: NewJob) -> JobRecord:
         async with self._sessions() as session:
             row = Job(
                 type=job.type,
                 args=dict(job.args),
-                secret=dict(job.secret),
+                secret={},
                 bio=job.bio,
                 task_id=job.task_id,
                 user_id=job.user_id,
@@ -56,6 +69,10 @@ class DatabaseJobStore:
                 progress={},
             )
             session.add(row)
+            if job.secret:
+                # The envelope is bound to the id, known once the row is flushed; one transaction all the same.
+                await session.flush()
+                row.secret = self._sealer.seal(row.id, job.secret)
             await session.commit()
             await session.refresh(row)
             return record_of(row)
@@ -64,6 +81,36 @@ class DatabaseJobStore:
         async with self._sessions() as session:
             row = await session.get(Job, job_id)
             return record_of(row) if row is not None else None
+
+    async def secrets(self, job_id: int) -> dict[str, Any]:
+        async with self._sessions() as session:
+            stored = await session.scalar(select(Job.secret).where(Job.id == job_id, Job.state == PENDING))
+        if not stored:
+            return {}
+        if not is_sealed(stored):
+            log.warning("job %d: its credentials are stored in clear (written before sealing)", job_id)
+            return dict(stored)
+        return self._sealer.open(job_id, stored)
+
+    async def seal_plaintext(self) -> int:
+        """Seal the credentials that pending jobs hold in clear (rows written before sealing); return how many.
+
+        Run at start, so an upgraded manager leaves no credential readable in a row (ended jobs never kept any).
+        """
+        changed = 0
+        async with self._sessions() as session:
+            rows = (await session.execute(select(Job.id, Job.secret).where(Job.state == PENDING))).all()
+            for job_id, stored in rows:
+                if stored and not is_sealed(stored):
+                    sealed = self._sealer.seal(job_id, stored)
+                    await session.execute(
+                        update(Job).where(Job.id == job_id, Job.state == PENDING).values(secret=sealed)
+                    )
+                    changed += 1
+            await session.commit()
+        if changed:
+            log.info("sealed the credentials pending jobs held in clear", extra={"jobs": changed})
+        return changed
 
     async def set_progress(self, job_id: int, progress: Mapping[str, Any]) -> None:
         async with self._sessions() as session:

@@ -40,16 +40,27 @@ def test_harbor_body_is_accepted_with_dragonflys_defaults() -> None:
     assert request.timeout.seconds == 3600
 
 
-def test_the_authorization_header_is_never_in_the_public_args() -> None:
-    args = parse_args({**HARBOR_ARGS, "headers": {"authorization": "Bearer x", "X-Trace": "1"}, "password": "pw"})
+def test_credentials_are_never_in_the_public_args() -> None:
+    headers = {
+        "authorization": "Bearer x",
+        "X-Auth-Token": "tok-1",
+        "X-Registry-Token": "tok-2",
+        "Cookie": "c=1",
+        "X-Api-Key": "key-1",
+        "X-Trace": "1",
+    }
+    args = parse_args({**HARBOR_ARGS, "headers": headers, "username": "robot$ci", "password": "pw"})
     public = args.public()
     assert public["headers"] == {"X-Trace": "1"}
     assert "password" not in public
-    assert "Bearer x" not in repr(public)
+    assert "username" not in public
+    for value in ("Bearer x", "tok-1", "tok-2", "c=1", "key-1", "robot$ci"):
+        assert value not in repr(public)
     again = parse_args(public, args.secret())
-    assert again.all_headers() == {"authorization": "Bearer x", "X-Trace": "1"}
+    assert again.all_headers() == headers
     assert again.password == "pw"
-    assert again.preheat_requests()[0].password == "pw"
+    [request] = again.preheat_requests()
+    assert (request.username, request.password) == ("robot$ci", "pw")
 
 
 def test_public_args_round_trip() -> None:
@@ -117,13 +128,15 @@ def test_job_json_has_an_integer_id_and_rfc3339_times_with_zone() -> None:
 async def test_memory_store_ends_a_job_once_and_drops_its_secret() -> None:
     store = MemoryJobStore()
     job = await store.create(NewJob(type="preheat", args={"url": "u"}, secret={"password": "pw"}))
+    assert "pw" not in repr(job)
+    assert await store.secrets(job.id) == {"password": "pw"}
     assert await store.unfinished() == [job.id]
     assert await store.finish(job.id, "SUCCESS", {"state": "SUCCESS"}, {"phase": "succeeded"})
     assert not await store.finish(job.id, "FAILURE", {}, {})
     ended = await store.get(job.id)
     assert ended is not None
     assert ended.state == "SUCCESS"
-    assert ended.secret == {}
+    assert await store.secrets(job.id) == {}
     assert await store.unfinished() == []
     jobs, total = await store.query(state="SUCCESS")
     assert total == 1
