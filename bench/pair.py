@@ -12,7 +12,8 @@ CPU seconds (user + system) its processes consumed per GiB moved, which machine 
 loop's two threads; nginx's worker and curl; our parent dfdaemon, child dfdaemon, dfget and scheduler.
 
 Targets (``docs/benchmarks.md#targets``; this harness reports against the first, looser ones): ours ≥ 0.8 × the
-native loop and ≥ 1.0 × nginx → curl.
+native loop and ≥ 1.0 × nginx → curl. ``--min-native-ratio 0.8`` turns the first into an exit status, as
+``--max-cpu-ratio`` does for CPU per GiB.
 """
 
 from __future__ import annotations
@@ -221,6 +222,14 @@ def main(argv: list[str] | None = None) -> int:
         help="exit 1 when ours uses more than R times the native loop's CPU seconds per GiB, in either mode "
         "(a regression check that machine load does not make flaky the way wall-clock ratios are)",
     )
+    parser.add_argument(
+        "--min-native-ratio",
+        type=float,
+        default=None,
+        metavar="R",
+        help="exit 1 when ours is slower than R times the native loop's speed (its seconds over ours), in either "
+        "mode; issue 14 asks for 0.8. Wall clock: meaningful on a quiet machine, use --max-cpu-ratio under load",
+    )
     args = parser.parse_args(argv)
     if release_builds_missing("bench pair"):
         return 2
@@ -301,13 +310,32 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mutual TLS: {results['tls_vs_plaintext']:.2f} × the plaintext speed (ours vs ours (plaintext))")
     if not all("seconds" in e for e in methods_done.values()):
         return 1
+    failed = []
     if args.max_cpu_ratio is not None:
-        over = cpu_regressions(methods_done, args.max_cpu_ratio)
-        for message in over:
-            print(f"bench pair: {message}", file=sys.stderr)
-        if over:
-            return 1
-    return 0
+        failed += cpu_regressions(methods_done, args.max_cpu_ratio)
+    if args.min_native_ratio is not None:
+        failed += speed_regressions(methods_done, args.min_native_ratio)
+    for message in failed:
+        print(f"bench pair: {message}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def speed_regressions(methods: dict[str, Any], min_ratio: float) -> list[str]:
+    """Return a message for each of our methods slower than ``min_ratio`` × the native loop's speed (same run)."""
+    native = methods.get("native loop", {}).get("seconds")
+    if not native:
+        return ["no time for the native loop to compare with"]
+    messages = []
+    for name in ("ours", "ours (plaintext)"):
+        seconds = methods.get(name, {}).get("seconds")
+        if not seconds:
+            messages.append(f"no time for {name}")
+        elif native / seconds < min_ratio:
+            messages.append(
+                f"{name} took {seconds:.3f} s, {native / seconds:.2f} x the native loop's speed ({native:.3f} s; "
+                f"required {min_ratio:g} x)"
+            )
+    return messages
 
 
 def cpu_regressions(methods: dict[str, Any], max_ratio: float) -> list[str]:
