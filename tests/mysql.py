@@ -91,5 +91,5 @@ class MariaDBServer:
         if self._proc is not None and self._proc.poll() is None:
             # Killed, not shut down: the data is thrown away, and InnoDB's clean shutdown took half a minute here.
             self._proc.kill()
-            self._proc.wait()
+            self._proc.wait(10)
         shutil.rmtree(self.root, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Helpers shared by the end-to-end tests: random files, concurrent dfget runs, bounded waits."""
+"""Helpers shared by the end-to-end tests: random files, concurrent dfget runs, daemon metrics."""
 
 from __future__ import annotations
 
@@ -7,12 +7,10 @@ import hashlib
 import re
 import shutil
 import subprocess
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from dragonfly.cli.cluster import DfgetResult, LocalCluster, OriginProcess, run_dfget
 from dragonfly.cli.up import generate_file
@@ -28,18 +26,6 @@ def sha256_of(path: Path) -> str:
 def make_file(origin: OriginProcess, name: str, size: int) -> str:
     """Write a random file into the origin's directory and return its sha256."""
     return generate_file(origin.directory / name, size)
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``condition`` until it returns a truthy value; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 def dfget_on(

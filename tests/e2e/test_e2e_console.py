@@ -15,10 +15,11 @@ from urllib.parse import quote
 
 import pytest
 from console_helpers import ROOT_PASSWORD, Browser, call, manager_config, nav, root_token, run_manager, sign_in
-from swarm_helpers import MiB, describe, dfget_in_background, make_file, sha256_of, wait_for
+from swarm_helpers import MiB, describe, dfget_in_background, make_file, sha256_of
 
 from dragonfly.cli.cluster import LocalCluster, OriginProcess
 from dragonfly.cli.registry import RegistryProcess, build_multi_platform_image, push
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -21,10 +21,10 @@ from swarm_helpers import (
     mount_tmpfs,
     sha256_of,
     unmount,
-    wait_for,
 )
 
 from dragonfly.cli.cluster import SCHEDULER, SEED_PEER, LocalCluster, OriginProcess
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

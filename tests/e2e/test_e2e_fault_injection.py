@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 from misbehaving_peer import MisbehavingPeer
-from swarm_helpers import MiB, describe, dfget_in_background, make_file, sha256_of, uploaded_bytes, wait_for
+from swarm_helpers import MiB, describe, dfget_in_background, make_file, sha256_of, uploaded_bytes
 
 from dragonfly.cli.cluster import LocalCluster, OriginProcess
 from dragonfly.common.identity import ROLE_PEER
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -20,11 +20,11 @@ from swarm_helpers import (
     make_file,
     sha256_of,
     uploaded_bytes,
-    wait_for,
 )
 
 from dragonfly.cli.cluster import SEED_PEER, LocalCluster, OriginProcess
 from dragonfly.common.identity import ROLE_PEER
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -26,13 +26,13 @@ from swarm_helpers import (
     failures,
     make_file,
     sha256_of,
-    wait_for,
 )
 
 from dragonfly.cli.cluster import SEED_PEER, LocalCluster, OriginProcess
 from dragonfly.common import ids, native, tls
 from dragonfly.common.identity import ROLE_PEER
 from dragonfly.daemon.config import DownloadConfig
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,6 +36,7 @@ from tls_helpers import MadeCA, issuer_of, make_ca, make_server_cert
 
 from dragonfly.cli.cluster import LocalCluster, free_ports, run_dfget
 from dragonfly.cli.registry import OCI_MANIFEST, Image, RegistryProcess, build_image, push
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(tool) for tool in ("docker-registry", "skopeo", "containerd", "ctr", "htpasswd")),
@@ -153,7 +155,14 @@ def test_skopeo_copies_through_three_mirrors_at_once(
         for blob in (*image.layers, image.config):
             copied = (tmp_path / name / blob.digest.split(":")[1]).read_bytes()
             assert "sha256:" + hashlib.sha256(copied).hexdigest() == blob.digest
-    after = registry.blob_bytes()
+    # The registry logs a request once its handler returned, which can be after the client read the last byte.
+    large = [blob for blob in (*image.layers, image.config) if blob.size > SMALL]
+
+    def logged_in_full() -> Counter[str] | None:
+        counts = registry.blob_bytes()
+        return counts if all(counts[b.digest] - before[b.digest] >= b.size for b in large) else None
+
+    after = wait_for(logged_in_full, 30, "the registry to log each large blob it sent")
     for blob in (*image.layers, image.config):
         served = after[blob.digest] - before[blob.digest]
         if blob.size > SMALL:
@@ -424,11 +433,15 @@ def test_the_parent_killed_mid_stream_never_yields_a_clean_truncated_body(
                 rest = response.read()
             except (http.client.IncompleteRead, ConnectionError):
                 return  # the abort the client can tell from a complete body
-            fetched = registry.blob_bytes()[layer.digest] - before
             assert origin == "reachable", f"a body of {len(head) + len(rest)} B with the origin gone"
             # Completed after the parent died: only through the origin, and the bytes are the blob's.
             assert hashlib.sha256(head + rest).hexdigest() == layer.digest[7:], "a truncated or corrupt 200 body"
-            assert fetched > 0, "completed without the parent and without the origin"
+            # The registry logs a request after its last byte left (bounded wait for the line).
+            wait_for(
+                lambda: registry.blob_bytes()[layer.digest] > before,
+                30,
+                "the registry to log a GET of the blob (completed without the parent and without the origin?)",
+            )
         finally:
             conn.close()
             if doomed.running:
@@ -459,10 +472,11 @@ class CountingRelay:
     def _pump(self, source: socket.socket, sink: socket.socket, count: bool) -> None:
         try:
             while data := source.recv(1 << 20):
-                sink.sendall(data)
+                # Counted before it is passed on: once the client holds the bytes, the count includes them.
                 if count:
                     with self._lock:
                         self.sent += len(data)
+                sink.sendall(data)
         except OSError:
             pass
         finally:

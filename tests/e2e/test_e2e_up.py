@@ -15,10 +15,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-from swarm_helpers import wait_for
 
 import dragonfly
 from dragonfly.cli.cluster import LocalCluster
+from tests.waiting import wait_for
 
 PACKAGE_ROOT = str(Path(dragonfly.__file__).resolve().parent.parent)
 

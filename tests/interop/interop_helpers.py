@@ -181,7 +181,10 @@ class RustDaemon:
             )
         wait_port(self.upload_port, self._popen, self.log)
         deadline = time.monotonic() + 30
-        while not os.path.exists(self.socket_path) and time.monotonic() < deadline:
+        while not os.path.exists(self.socket_path):
+            if time.monotonic() > deadline:
+                self.__exit__()
+                raise AssertionError(f"no socket at {self.socket_path} after 30 s:\n{self.log.read_text()[-3000:]}")
             time.sleep(0.1)
         return self
 

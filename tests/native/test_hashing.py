@@ -337,7 +337,9 @@ def runs_while(call: Callable[[], object]) -> int:
     ticker = threading.Thread(target=tick)
     ticker.start()
     try:
+        deadline = time.monotonic() + 10
         while not ticks:
+            assert time.monotonic() < deadline, "the ticker thread did not run within 10 s"
             time.sleep(0.001)
         started = time.perf_counter()
         call()

@@ -15,7 +15,6 @@ import re
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.request
 import zlib
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ import pytest
 from dragonfly_api import dfdaemon_pb2, dfdaemon_pb2_grpc
 
 from dragonfly.cli.cluster import LocalCluster
+from tests.waiting import wait_for
 
 MiB = 1024 * 1024
 SIZE = 10 * MiB  # three 4 MiB pieces, the last one short
@@ -117,13 +117,6 @@ def local_ids(cluster: LocalCluster, peer: str) -> set[str]:
     return {task.task_id for task in response.tasks}
 
 
-def wait_until(condition: object, what: str, within: float = WAIT) -> None:
-    deadline = time.monotonic() + within
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
 def test_import_export_restart_and_delete(cluster: LocalCluster, tmp_path: Path) -> None:
     data = make_file(tmp_path / "model.bin")
     task_id = import_file(cluster, "peer-1", tmp_path / "model.bin", "--persistent-replica-count", "1")
@@ -175,7 +168,7 @@ def test_import_export_restart_and_delete(cluster: LocalCluster, tmp_path: Path)
     missing = dfcache(cluster, "peer-3", "stat", task_id, check=False)
     assert missing.returncode == 1
     assert "NOT_FOUND" in missing.stderr
-    wait_until(lambda: task_id not in local_ids(cluster, "peer-2"), "peer-2 to drop its copy")
+    wait_for(lambda: task_id not in local_ids(cluster, "peer-2"), WAIT, "peer-2 to drop its copy", interval=0.2)
     assert task_id not in local_ids(cluster, "peer-1")
     failed = dfcache(cluster, "peer-3", "export", task_id, "-O", str(tmp_path / "gone.bin"), check=False)
     assert failed.returncode == 1
@@ -217,8 +210,8 @@ def test_ttl_expiry(unvalidated_cluster: LocalCluster, tmp_path: Path) -> None:
     dfcache(cluster, "peer-2", "export", task_id, "-O", str(tmp_path / "out.bin"))
     assert (tmp_path / "out.bin").read_bytes() == data
     assert task_id in local_ids(cluster, "peer-2")
-    wait_until(lambda: task_id not in local_ids(cluster, "peer-2"), "the copy on peer-2 to expire")
-    wait_until(lambda: task_id not in local_ids(cluster, "peer-1"), "the copy on peer-1 to expire")
+    wait_for(lambda: task_id not in local_ids(cluster, "peer-2"), WAIT, "the copy on peer-2 to expire", interval=0.2)
+    wait_for(lambda: task_id not in local_ids(cluster, "peer-1"), WAIT, "the copy on peer-1 to expire", interval=0.2)
     assert dfcache(cluster, "peer-3", "stat", task_id, check=False).returncode == 1
     assert dfcache(cluster, "peer-3", "export", task_id, "-O", str(tmp_path / "late.bin"), check=False).returncode == 1
 
@@ -227,8 +220,11 @@ def test_replicas_and_a_corrupted_copy(cluster: LocalCluster, tmp_path: Path) ->
     data = make_file(tmp_path / "replicated.bin")
     task_id = import_file(cluster, "peer-3", tmp_path / "replicated.bin", "--persistent-replica-count", "2")
     # The scheduler has one more host fetch it.
-    wait_until(
-        lambda: "persistent replicas: 2 of 2" in dfcache(cluster, "peer-3", "stat", task_id).stdout, "a second replica"
+    wait_for(
+        lambda: "persistent replicas: 2 of 2" in dfcache(cluster, "peer-3", "stat", task_id).stdout,
+        WAIT,
+        "a second replica",
+        interval=0.2,
     )
     holders = [peer for peer in ("peer-1", "peer-2") if task_id in local_ids(cluster, peer)]
     assert len(holders) == 1
@@ -317,9 +313,11 @@ def test_a_lying_parent_is_found_out(cluster: LocalCluster, tmp_path: Path) -> N
     assert "failed the importer's digest" in cluster.log_path("peer-3").read_text()
     # Found out either alone or by comparing its pieces with the verified content: the scheduler no longer hands
     # it out for this task.
-    wait_until(
+    wait_for(
         lambda: "persistent cache parent served bad content" in cluster.log_path("scheduler").read_text(),
+        WAIT,
         "the scheduler to hear of the lying parent",
+        interval=0.2,
     )
     dfcache(cluster, "peer-1", "delete", task_id)
 
@@ -331,10 +329,11 @@ def test_a_restarted_scheduler_learns_the_copies_again(cluster: LocalCluster, tm
     task_id = import_file(cluster, "peer-1", tmp_path / "kept.bin", "--persistent-replica-count", "1")
     dfcache(cluster, "peer-2", "export", task_id, "-O", str(tmp_path / "copy.bin"), "--persistent")
     assert cluster.restart("scheduler") == 0
-    wait_until(
+    wait_for(
         lambda: "persistent replicas: 2 of 1" in dfcache(cluster, "peer-3", "stat", task_id, check=False).stdout,
+        40.0,
         "both copies to be known again",
-        within=40.0,
+        interval=0.2,
     )
     output = tmp_path / "after.bin"
     dfcache(cluster, "peer-3", "export", task_id, "-O", str(output))
@@ -352,10 +351,11 @@ def test_a_persistent_holder_declares_a_forgotten_task_when_its_importer_is_gone
     try:
         assert cluster.restart("scheduler") == 0
         # After a round in which the importer did not declare it, peer-2 does (every 5 s here).
-        wait_until(
+        wait_for(
             lambda: dfcache(cluster, "peer-3", "stat", task_id, check=False).returncode == 0,
+            40.0,
             "peer-2 to declare the task",
-            within=40.0,
+            interval=0.2,
         )
         output = tmp_path / "rescued.bin"
         dfcache(cluster, "peer-3", "export", task_id, "-O", str(output))
@@ -379,7 +379,9 @@ def test_a_copy_damaged_while_the_daemon_was_down_is_evicted_at_start(cluster: L
     content.write_bytes(damaged)
     holder.start()
     holder.wait_ready(cluster.start_timeout)
-    wait_until(lambda: task_id not in local_ids(cluster, "peer-2"), "the scrub to evict the damaged copy")
+    wait_for(
+        lambda: task_id not in local_ids(cluster, "peer-2"), WAIT, "the scrub to evict the damaged copy", interval=0.2
+    )
     output = tmp_path / "fine.bin"
     dfcache(cluster, "peer-3", "export", task_id, "-O", str(output))
     assert output.read_bytes() == data

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +17,9 @@ from dragonfly.common import pki, tls
 from dragonfly.manager import models
 from dragonfly.manager.server import ManagerServer
 from tests.integration.manager.conftest import manager_config
+from tests.waiting import eventually
 
 S = manager_pb2.SCHEDULER_SOURCE
-
-
-async def _eventually(check: Callable[[], Any]) -> None:
-    """Poll the manager (its state changes on its own clock) until ``check`` holds, for 10 s."""
-    async with asyncio.timeout(10):
-        while not await check():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -104,7 +98,7 @@ async def test_register_keep_alive_and_discovery_by_scopes(manager: ManagerServe
     async def all_active() -> bool:
         return len(await _names(stub, hostname="x", ip="192.168.0.1")) == 3
 
-    await _eventually(all_active)
+    await eventually(all_active, 10, "every scheduler to be active")
     assert (await _names(stub, hostname="peer-1", ip="10.1.2.3"))[0] == "sched-east"
     assert (await _names(stub, hostname="west-7", ip="192.168.0.9"))[0] == "sched-west"
     assert (await _names(stub, hostname="peer-2", ip="192.168.0.9", idc="idc-x"))[0] == "sched-west"
@@ -124,7 +118,7 @@ async def test_register_keep_alive_and_discovery_by_scopes(manager: ManagerServe
     async def east_gone() -> bool:
         return (await _names(stub, hostname="peer-1", ip="10.1.2.3"))[0] != "sched-east"
 
-    await _eventually(east_gone)
+    await eventually(east_gone, 10, "the east scheduler to be gone")
     for call, queue in calls[1:]:
         await queue.put(None)
         await call
@@ -133,13 +127,13 @@ async def test_register_keep_alive_and_discovery_by_scopes(manager: ManagerServe
 async def test_silent_keep_alive_expires(manager: ManagerServer, stub: Any) -> None:
     await stub.UpdateScheduler(_update("sched-1", "10.0.0.1", 1))
     call, _queue = await _keep_alive(stub, "sched-1", "10.0.0.1", 1)
-    await _eventually(lambda: _active(stub))
+    await eventually(lambda: _active(stub), 10, "the scheduler to be active")
 
     # The stream stays open but nothing more is sent (a hung host): the expiry check catches it (timeout 1.5 s).
     async def inactive() -> bool:
         return not await _active(stub)
 
-    await _eventually(inactive)
+    await eventually(inactive, 10, "the scheduler to be inactive")
     call.cancel()
 
 
@@ -214,7 +208,7 @@ async def test_seed_peers_and_applications(manager: ManagerServer, stub: Any) ->
         response = await stub.ListSeedPeers(manager_pb2.ListSeedPeersRequest(hostname="sched-1", ip="10.0.0.1"))
         return [s.hostname for s in response.seed_peers] == ["seed-1"]
 
-    await _eventually(listed)
+    await eventually(listed, 10, "the scheduler to be listed")
     # A scheduler of cluster-1 sees the active seed peers of its linked seed-peer cluster.
     await stub.UpdateScheduler(_update("sched-1", "10.0.0.1", 1))
     got = await stub.GetScheduler(
@@ -312,7 +306,7 @@ async def test_metrics_count_requests_and_instances(tmp_path: Path) -> None:
                 states = re.findall(r'dragonfly_manager_instances\{kind="scheduler",state="\w+"\} (\S+)', text)
                 return sum(map(float, states)) == 1.0
 
-            await _eventually(counted)
+            await eventually(counted, 10, "the request to be counted")
             text = await asyncio.to_thread(scrape)
             assert 'dragonfly_manager_requests_total{code="200",method="GET"}' in text
             await queue.put(None)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import grpc
 from dragonfly_api import manager_pb2, manager_pb2_grpc
@@ -16,13 +13,7 @@ from dragonfly.manager.server import ManagerServer
 from dragonfly.scheduler import config as scheduler_config
 from dragonfly.scheduler.server import SchedulerServer
 from tests.integration.manager.conftest import manager_config
-
-
-async def _eventually(check: Callable[[], Any]) -> None:
-    """Poll (the two servers change state on their own clocks) until ``check`` holds, for 10 s."""
-    async with asyncio.timeout(10):
-        while not await check():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
+from tests.waiting import eventually
 
 
 def _scheduler(manager_addr: str) -> SchedulerServer:
@@ -57,7 +48,7 @@ async def test_scheduler_registers_keeps_alive_and_follows_dynamic_config(tmp_pa
                 )
                 return [s.port for s in response.schedulers] == [int(scheduler.address.rsplit(":", 1)[1])]
 
-            await _eventually(listed)
+            await eventually(listed, 10, "the scheduler to be listed")
             response = await stub.ListSchedulers(
                 manager_pb2.ListSchedulersRequest(hostname="p", ip="10.0.0.1"), wait_for_ready=True
             )
@@ -83,7 +74,7 @@ async def test_scheduler_registers_keeps_alive_and_follows_dynamic_config(tmp_pa
                     scheduler.ctx.scheduling.config.candidate_parent_limit == 7 and "vip" in scheduler.ctx.applications
                 )
 
-            await _eventually(applied)
+            await eventually(applied, 10, "the change to be applied")
             assert scheduler.ctx.resource.config.peer_concurrent_upload_limit == 55
             assert scheduler.ctx.config.scheduler.filter_parent_limit == 40
             assert scheduler.ctx.applications["vip"].priority_for("https://x/big/file") == 5
@@ -105,7 +96,7 @@ async def test_scheduler_registers_keeps_alive_and_follows_dynamic_config(tmp_pa
         await manager.start()
         async with grpc.aio.insecure_channel(manager.grpc_address) as channel:
             stub = manager_pb2_grpc.ManagerStub(channel)  # type: ignore[no-untyped-call]
-            await _eventually(listed)
+            await eventually(listed, 10, "the scheduler to be listed")
             # The scheduler stops: its keep-alive stream ends and it is inactive at once.
             await scheduler.stop()
 
@@ -115,7 +106,7 @@ async def test_scheduler_registers_keeps_alive_and_follows_dynamic_config(tmp_pa
                 )
                 return not response.schedulers
 
-            await _eventually(gone)
+            await eventually(gone, 10, "the scheduler to be gone")
     finally:
         await scheduler.stop()
         await manager.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -11,14 +10,9 @@ import grpc
 import pytest
 from dragonfly_api import scheduler_pb2
 
+from tests.waiting import eventually
+
 TASK = "d" * 64
-
-
-async def _eventually(check) -> None:
-    """Poll the scheduler (another process: nothing to wait on but its answers) until ``check`` holds, for 5 s."""
-    async with asyncio.timeout(5):
-        while not await check():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
 
 
 async def _not_found(coro) -> bool:
@@ -123,7 +117,7 @@ async def test_gc_removes_silent_hosts_failed_peers_and_empty_tasks(start_schedu
         hosts = await cluster.stub.ListHosts(scheduler_pb2.ListHostsRequest())
         return quiet.id not in {h.id for h in hosts.hosts}
 
-    await _eventually(quiet_host_gone)
+    await eventually(quiet_host_gone, 5, "the quiet host to be gone")
     assert await _not_found(
         cluster.stub.StatPeer(scheduler_pb2.StatPeerRequest(host_id="test-client", task_id=TASK, peer_id=a.peer_id))
     )
@@ -135,7 +129,7 @@ async def test_gc_removes_silent_hosts_failed_peers_and_empty_tasks(start_schedu
             cluster.stub.StatTask(scheduler_pb2.StatTaskRequest(host_id="test-client", task_id="f" * 64))
         )
 
-    await _eventually(tasks_gone)
+    await eventually(tasks_gone, 5, "the tasks to be gone")
     hosts = await cluster.stub.ListHosts(scheduler_pb2.ListHostsRequest())
     assert [h.id for h in hosts.hosts] == [steady.id]
     assert await cluster.metric("dragonfly_scheduler_peers", 'state="Failed"') == 0

@@ -15,7 +15,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from dragonfly.daemon.download.vortex_client import (
 )
 from dragonfly.daemon.storage import PieceRecord, Storage
 from dragonfly.daemon.upload.vortex_server import VortexServer
+from tests.waiting import eventually
 
 TASK = "c0ffee" + "0" * 58
 PIECE = 4 * 1024 * 1024
@@ -151,9 +152,7 @@ async def test_a_finished_piece_is_sent_with_its_digest(parent: Peer, tmp_path: 
     assert fetched.digest == f"crc32:{fetched.crc}"
     assert fetched.blake3 is None
     # The server counts the piece after its last byte left, which may be after the child has read it all.
-    async with asyncio.timeout(5):
-        while not parent.served:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+    await eventually(lambda: parent.served, 5, "the server to count the piece")
     assert parent.served == [(TASK, PIECE)]
 
 
@@ -312,9 +311,7 @@ async def test_a_trickled_transfer_is_abandoned_at_once_and_its_connection_not_r
             )  # fmt: skip
             await loop.run_in_executor(None, first_byte.wait, 10)
             # The kernel's count of what arrived for this transfer: the header, the metadata and a few bytes.
-            async with asyncio.timeout(10):
-                while not (received := abort.received()):  # noqa: ASYNC110 - a counter, nothing to wait on
-                    await asyncio.sleep(0.01)
+            received = await eventually(abort.received, 10, "the kernel to count the first bytes", interval=0.01)
             assert 0 < received < PIECE
             abort.abort("too slow for this test")
             with pytest.raises(PieceAbandoned, match="too slow for this test"):
@@ -361,7 +358,7 @@ async def test_readers_that_never_read_do_not_hold_upload_threads(parent: Peer, 
         assert data == DATA[:PIECE]
         assert fetched.crc == zlib.crc32(DATA[:PIECE])
         # The honest connection is gone once the server has seen it close (it counted 13 just after the fetch once).
-        await _wait_for(lambda: parent.server.active_connections == 12)
+        await eventually(lambda: parent.server.active_connections == 12, 10, "12 open connections on the server")
     finally:
         for sock in stalled:
             sock.close()
@@ -374,11 +371,11 @@ async def test_a_host_over_its_connection_cap_loses_its_longest_idle_connection(
     try:
         for sock in idle:
             sock.settimeout(10)
-        await _wait_for(lambda: parent.server.active_connections == 3)
+        await eventually(lambda: parent.server.active_connections == 3, 10, "3 open connections on the server")
         newcomer = socket.create_connection(("127.0.0.1", parent.server.port))
         # The oldest idle connection is closed by the server (EOF), the newcomer is served.
         assert await loop.run_in_executor(None, idle[0].recv, 1) == b""
-        await _wait_for(lambda: parent.server.limits.evicted == 1)
+        await eventually(lambda: parent.server.limits.evicted == 1, 10, "the server to evict one idle connection")
         assert parent.server.active_connections == 3
         newcomer.close()
     finally:
@@ -392,7 +389,7 @@ async def test_a_flood_from_one_host_cannot_take_every_connection(parent: Peer, 
     loop = asyncio.get_running_loop()
     flood = [await loop.run_in_executor(None, _request_and_never_read, parent, "127.0.0.2") for _ in range(8)]
     try:
-        await _wait_for(lambda: parent.server.active_connections == 8)
+        await eventually(lambda: parent.server.active_connections == 8, 10, "8 open connections on the server")
         async with asyncio.timeout(30):
             _fetched, data = await fetch(parent, tmp_path, 0, 0, PIECE)  # from 127.0.0.1
         assert data == DATA[:PIECE]
@@ -426,10 +423,3 @@ def _recv_exactly(sock: socket.socket, count: int) -> bytes:
         assert chunk, f"connection closed after {len(data)} of {count} bytes"
         data += chunk
     return data
-
-
-async def _wait_for(condition: Callable[[], bool]) -> None:
-    """Poll a condition the server changes from its own tasks (no event to wait on), for at most 10 s."""
-    async with asyncio.timeout(10):
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)

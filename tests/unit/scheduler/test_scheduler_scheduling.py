@@ -11,6 +11,19 @@ import pytest
 from dragonfly.scheduler.config import UploadBlockRule
 from dragonfly.scheduler.resource import peer as p
 from dragonfly.scheduler.scheduling import scheduling as s
+from tests.waiting import eventually
+
+
+class SteppedClock:
+    """A clock the test moves by hand, which counts how often the scheduler reads it (each read is a decision)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        return self.now
 
 
 @pytest.fixture
@@ -51,10 +64,12 @@ async def test_reschedule_drops_current_parents_first(fast):
 
 
 async def test_child_waits_for_the_first_piece_of_a_peer_at_the_origin(fast):
+    clock = SteppedClock()
+    fast.scheduling = s.Scheduling(fast.config, UploadBlockRule(), fast.metrics, clock=clock)
     source = fast.peer("source", state=p.BACK_TO_SOURCE)
     child = fast.peer("child")
     decision = asyncio.ensure_future(fast.scheduling.schedule(child))
-    await asyncio.sleep(0.02)
+    await eventually(lambda: clock.reads >= 2, 5, "the child to decide to wait", interval=0.001)
     assert not decision.done()
     source.pieces.add(0)
     source.task.refresh_pool(source)
@@ -72,24 +87,6 @@ async def test_child_goes_to_the_origin_when_the_budget_runs_out(fast):
     assert time.monotonic() - started >= 0.18  # 4 x 0.05 s; a loaded machine only makes it later
 
 
-class SteppedClock:
-    """A clock the test moves by hand, which counts how often the scheduler reads it (each read is a decision)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.reads = 0
-
-    def __call__(self) -> float:
-        self.reads += 1
-        return self.now
-
-
-async def _until(condition) -> None:
-    async with asyncio.timeout(5):
-        while not condition():  # noqa: ASYNC110 - the scheduler's state, nothing to wait on
-            await asyncio.sleep(0.001)
-
-
 async def test_child_waits_for_a_triggered_seed_and_takes_it(fast):
     clock = SteppedClock()
     fast.scheduling = s.Scheduling(fast.config, UploadBlockRule(), fast.metrics, clock=clock)
@@ -97,12 +94,12 @@ async def test_child_waits_for_a_triggered_seed_and_takes_it(fast):
     child = fast.peer("child")
     child.task.seed_trigger_active = True
     decision = asyncio.ensure_future(fast.scheduling.schedule(child))
-    await _until(lambda: clock.reads >= 2)  # it decided to wait
+    await eventually(lambda: clock.reads >= 2, 5, "the child to decide to wait", interval=0.001)
     # Past the back-to-source budget (4 x 0.05 s) but within seedPeerWaitTimeout: woken, it keeps waiting.
     clock.now += 1.0
     reads = clock.reads
     child.task.notify()
-    await _until(lambda: clock.reads > reads)
+    await eventually(lambda: clock.reads > reads, 5, "the woken child to decide again", interval=0.001)
     await asyncio.sleep(0)
     assert not decision.done(), "the triggered seed is awaited past the back-to-source budget"
     seed = fast.peer("seed-peer", seed_host, state=p.BACK_TO_SOURCE, pieces=[0])
@@ -113,11 +110,13 @@ async def test_child_waits_for_a_triggered_seed_and_takes_it(fast):
 
 
 async def test_seed_failure_sends_the_waiting_child_to_the_origin(fast):
+    clock = SteppedClock()
+    fast.scheduling = s.Scheduling(fast.config, UploadBlockRule(), fast.metrics, clock=clock)
     child = fast.peer("child")
     task = child.task
     task.seed_trigger_active = True
     decision = asyncio.ensure_future(fast.scheduling.schedule(child))
-    await asyncio.sleep(0.02)
+    await eventually(lambda: clock.reads >= 2, 5, "the child to decide to wait", interval=0.001)
     task.seed_trigger_active = False
     task.notify()
     assert (await asyncio.wait_for(decision, 1)).kind == s.BACK_TO_SOURCE
@@ -163,10 +162,12 @@ async def test_need_back_to_source_is_honoured_at_once(fast):
 
 
 async def test_deleted_while_waiting_is_not_found(fast):
+    clock = SteppedClock()
+    fast.scheduling = s.Scheduling(fast.config, UploadBlockRule(), fast.metrics, clock=clock)
     fast.peer("source", state=p.BACK_TO_SOURCE)
     child = fast.peer("child")
     decision = asyncio.ensure_future(fast.scheduling.schedule(child))
-    await asyncio.sleep(0.02)
+    await eventually(lambda: clock.reads >= 2, 5, "the child to decide to wait", interval=0.001)
     fast.resource.delete_peer(child, fast.now)
     with pytest.raises(s.ScheduleError) as info:
         await asyncio.wait_for(decision, 1)
