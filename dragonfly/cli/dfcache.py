@@ -19,7 +19,11 @@ from dragonfly.cli.arguments import add_log_level, parse_args
 
 DEFAULT_ENDPOINT = "/var/run/dragonfly/dfdaemon.sock"
 DEFAULT_TIMEOUT = 30 * 60.0
-MIN_TTL, MAX_TTL = 1.0, 7 * 86400.0
+#: Dragonfly's rules: the daemon takes a TTL of 1m..7d, the scheduler 5m..7d. The import goes through both, so a
+#: TTL the scheduler refuses would fail only after the daemon copied the file: dfcache refuses it first.
+MIN_TTL, MAX_TTL = 5 * 60.0, 7 * 86400.0
+#: With DRAGONFLY_REQUEST_VALIDATION=0 (servers that skip Dragonfly's rules, for tests of expiry) the floor is 1s.
+MIN_TTL_UNVALIDATED = 1.0
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 # A piece with its content (export to standard output) is up to 64 MiB plus its fields.
 LOCAL_API_CHANNEL_OPTIONS = (
@@ -35,8 +39,16 @@ class CommandFailed(Exception):
 
 def _ttl(text: str) -> float:
     value = argtypes.positive_duration(text, "the TTL")
-    if not MIN_TTL <= value <= MAX_TTL:
-        raise argparse.ArgumentTypeError(f"{text!r}: the TTL must be between 1s and 7d")
+    if os.environ.get("DRAGONFLY_REQUEST_VALIDATION", "1") == "0":
+        if not MIN_TTL_UNVALIDATED <= value <= MAX_TTL:
+            raise argparse.ArgumentTypeError(f"{text!r}: the TTL must be between 1s and 7d")
+        return value
+    if value < MIN_TTL:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the TTL must be at least 5m (the scheduler keeps a persistent cache task 5m..7d)"
+        )
+    if value > MAX_TTL:
+        raise argparse.ArgumentTypeError(f"{text!r}: the TTL must be at most 7d")
     return value
 
 
@@ -72,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp = commands.add_parser("import", help="import a local file; prints its task id")
     imp.add_argument("path", help="the file to import")
     imp.add_argument("--persistent-replica-count", type=_replicas, default=2, help="copies to keep (default: 2)")
-    imp.add_argument("--ttl", type=_ttl, default=3600.0, help="lifetime, 1s..7d (default: 1h)")
+    imp.add_argument("--ttl", type=_ttl, default=3600.0, help="lifetime, 5m..7d (default: 1h)")
     imp.add_argument("--piece-length", type=argtypes.piece_length, help="piece length (default: from the size)")
     imp.add_argument("--tag", default="", help="task tag (part of the task id)")
     imp.add_argument("--application", default="", help="caller application (part of the task id)")

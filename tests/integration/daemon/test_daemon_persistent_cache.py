@@ -203,8 +203,9 @@ def unvalidated_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         yield started
 
 
-def test_ttl_expiry(unvalidated_cluster: LocalCluster, tmp_path: Path) -> None:
+def test_ttl_expiry(unvalidated_cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cluster = unvalidated_cluster
+    monkeypatch.setenv("DRAGONFLY_REQUEST_VALIDATION", "0")  # dfcache itself refuses a TTL under 5m otherwise
     data = make_file(tmp_path / "short.bin", 5 * MiB)
     task_id = import_file(cluster, "peer-1", tmp_path / "short.bin", "--ttl", "4s", "--persistent-replica-count", "1")
     dfcache(cluster, "peer-2", "export", task_id, "-O", str(tmp_path / "out.bin"))

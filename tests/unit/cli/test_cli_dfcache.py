@@ -9,6 +9,12 @@ import pytest
 from dragonfly.cli import dfcache
 
 
+@pytest.fixture(autouse=True)
+def dragonflys_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checks under test are the default ones, whatever the environment running the tests says."""
+    monkeypatch.delenv("DRAGONFLY_REQUEST_VALIDATION", raising=False)
+
+
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     try:
         code = dfcache.main(list(argv))
@@ -21,7 +27,11 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     ("argv", "message"),
     [
         (["export", "not-an-id", "-O", "/tmp/x"], "a task id is 64 lower-case hex digits"),
-        (["import", "/etc/hostname", "--ttl", "8d"], "the TTL must be between 1s and 7d"),
+        (["import", "/etc/hostname", "--ttl", "8d"], "'8d': the TTL must be at most 7d"),
+        (["import", "/etc/hostname", "--ttl", "0s"], "the TTL must be positive"),
+        # The daemon takes 1m, the scheduler 5m: dfcache refuses before the daemon copies the file.
+        (["import", "/etc/hostname", "--ttl", "1s"], "'1s': the TTL must be at least 5m (the scheduler keeps"),
+        (["import", "/etc/hostname", "--ttl", "4m59s"], "the TTL must be at least 5m"),
         (["import", "/etc/hostname", "--persistent-replica-count", "6"], "between 1 and 5"),
         (["import", "/etc/hostname", "--piece-length", "1MiB"], "between 4MiB and 64MiB"),
         (["stat", "a" * 64, "--bogus"], "unrecognized option --bogus"),
@@ -32,6 +42,22 @@ def test_bad_command_lines_exit_2(capsys: pytest.CaptureFixture[str], argv: list
     code, err = run(capsys, *argv)
     assert code == 2
     assert message in err
+
+
+@pytest.mark.parametrize("ttl", ["5m", "7d", "1h"])
+def test_ttls_dragonfly_accepts_pass_the_command_line(ttl: str) -> None:
+    args = dfcache.build_parser().parse_args(["import", "/etc/hostname", "--ttl", ttl])
+    assert 300 <= args.ttl <= 7 * 86400
+
+
+def test_seconds_are_accepted_only_when_the_servers_skip_dragonflys_rules(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DRAGONFLY_REQUEST_VALIDATION", "0")
+    assert dfcache.build_parser().parse_args(["import", "/etc/hostname", "--ttl", "4s"]).ttl == 4.0
+    code, err = run(capsys, "import", "/etc/hostname", "--ttl", "8d")
+    assert code == 2
+    assert "the TTL must be between 1s and 7d" in err
 
 
 def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
