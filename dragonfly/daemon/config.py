@@ -108,6 +108,10 @@ class DownloadConfig:
     # Persistent cache pieces between our peers (docs/dfcache.md#compression): "zstd" compresses those that shrink,
     # when both ends have the zstandard package; "off" never does. Dragonfly's peers are never sent any.
     persistent_cache_compression: str = "zstd"
+    # Hard-link the output of the daemon's own user to the cached file when both are on one file system, copying
+    # otherwise (Dragonfly's default): saves a pass over the file and its space, but an edit in place then edits
+    # the cache (docs/output-and-cache.md#hard-linked-outputs). false copies (reflinks where possible).
+    hard_link_output: bool = False
 
     def validate(self) -> None:
         if self.persistent_cache_compression not in ("zstd", "off"):

@@ -105,12 +105,14 @@ def write_output(
     link: bool,
     byte_range: ByteRange | None = None,
     verify: Callable[[str], None] | None = None,
+    link_if_possible: bool = False,
 ) -> None:
     """Place the content (or ``byte_range`` of it) at ``output_path`` atomically, through a temp file (blocking).
 
     A copy (a reflink where possible) by default, so that editing the output never changes the cache; a hard link
-    to ``content_path`` with ``link`` (whole content only). ``verify`` checks the temp file before it is placed.
-    Only a regular file is ever replaced.
+    to ``content_path`` with ``link`` (whole content only). ``link_if_possible`` (``download.hardLinkOutput``)
+    links when it can and copies when it cannot (another file system, a range). ``verify`` checks the temp file
+    before it is placed. Only a regular file is ever replaced.
     """
     if not os.path.isabs(output_path):
         raise OutputError(f"output path {output_path!r} must be absolute")
@@ -118,14 +120,17 @@ def write_output(
     temp = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:12]}.dragonfly-tmp")
     try:
         refuse_special(output_path)
-        if link and byte_range is None:
-            if content_path is None:
-                raise OutputError("a hard link into the cache is only made for the daemon's own user")
+        if link and byte_range is None and content_path is None:
+            raise OutputError("a hard link into the cache is only made for the daemon's own user")
+        linked = False
+        if (link or link_if_possible) and byte_range is None and content_path is not None:
             try:
                 os.link(content_path, temp)
+                linked = True
             except OSError as exc:
-                raise OutputError(f"cannot hard-link the content to {output_path}: {exc.strerror}") from exc
-        else:
+                if link:
+                    raise OutputError(f"cannot hard-link the content to {output_path}: {exc.strerror}") from exc
+        if not linked:
             with open(temp, "xb") as target:
                 if byte_range is None:
                     copy_content(content_fd, target.fileno(), 0, os.fstat(content_fd).st_size)

@@ -564,6 +564,7 @@ class TaskManager:
                         link=download.force_hard_link,
                         byte_range=byte_range,
                         verify=verify,
+                        link_if_possible=self._config.download.hard_link_output,
                     ),
                 )
                 return

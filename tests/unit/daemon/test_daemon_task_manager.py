@@ -9,6 +9,7 @@ import os
 import re
 import stat
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from loop_guard import no_blocking_calls
 from standalone import standalone_task_manager
 
 from dragonfly.common import ids
+from dragonfly.common.byte_range import ByteRange
 from dragonfly.common.errors import DigestMismatch, InvalidDigest
 from dragonfly.common.piece import calculate_piece_length
 from dragonfly.daemon.api.download_server import DfdaemonDownloadService
@@ -112,6 +114,63 @@ def test_write_output_hard_links_only_when_forced(tmp_path: Path) -> None:
     out = tmp_path / "out"
     _write(content, str(out), link=True)
     assert os.path.samestat(out.stat(), content.stat())
+
+
+def test_write_output_links_if_possible_and_copies_otherwise(tmp_path: Path) -> None:
+    content = tmp_path / "content"
+    content.write_bytes(b"payload")
+    fd = os.open(content, os.O_RDONLY)
+    try:
+        write_output(fd, str(content), str(tmp_path / "linked"), overwrite=False, link=False, link_if_possible=True)
+        assert os.path.samestat((tmp_path / "linked").stat(), content.stat())
+        # A range is never a link; nor is an output on another file system (/dev/shm is a tmpfs of its own).
+        write_output(
+            fd, str(content), str(tmp_path / "ranged"), overwrite=False, link=False, link_if_possible=True,
+            byte_range=ByteRange(1, 3),
+        )  # fmt: skip
+        assert (tmp_path / "ranged").read_bytes() == b"ayl"
+        assert not os.path.samestat((tmp_path / "ranged").stat(), content.stat())
+        if os.stat("/dev/shm").st_dev != content.stat().st_dev:
+            other = Path(f"/dev/shm/dragonfly-test-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            try:
+                write_output(fd, str(content), str(other), overwrite=False, link=False, link_if_possible=True)
+                assert other.read_bytes() == b"payload"
+                assert other.stat().st_nlink == 1
+            finally:
+                other.unlink(missing_ok=True)
+        # The daemon cannot link for another user (no content path): a copy, where force_hard_link fails.
+        write_output(fd, None, str(tmp_path / "theirs"), overwrite=False, link=False, link_if_possible=True)
+        assert (tmp_path / "theirs").read_bytes() == b"payload"
+        with pytest.raises(OutputError, match="only made for the daemon's own user"):
+            write_output(fd, None, str(tmp_path / "forced"), overwrite=False, link=True)
+    finally:
+        os.close(fd)
+    assert content.stat().st_nlink == 2  # the content and "linked"
+
+
+async def test_hard_link_output_config_links_the_output_to_the_cache(tmp_path: Path) -> None:
+    async with make_harness(tmp_path, download={"hardLinkOutput": True}) as harness:
+        out = harness.tmp_path / "out"
+        await harness.download("/big", output_path=str(out))
+        assert out.read_bytes() == FILES["/big"]
+        task = harness.storage.get_task(task_id_for(common_pb2.Download(url=harness.base + "/big")))
+        assert task is not None
+        assert os.path.samestat(out.stat(), os.stat(harness.storage.content_path(task.id)))
+        # A local hit links too; the cache stays intact as long as nobody edits in place.
+        again = harness.tmp_path / "again"
+        events = await harness.download("/big", output_path=str(again))
+        assert {e.traffic_type for e in events if isinstance(e, PieceDone)} == {common_pb2.LOCAL_PEER}
+        assert os.path.samestat(again.stat(), out.stat())
+
+
+async def test_outputs_are_copies_by_default(harness: Harness) -> None:
+    out = harness.tmp_path / "out"
+    await harness.download("/big", output_path=str(out))
+    task = harness.storage.get_task(task_id_for(common_pb2.Download(url=harness.base + "/big")))
+    assert task is not None
+    assert out.read_bytes() == FILES["/big"]
+    assert out.stat().st_nlink == 1
+    assert os.stat(harness.storage.content_path(task.id)).st_nlink == 1
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
