@@ -1140,46 +1140,58 @@ class TaskManager:
         verifier = td.verifier
         assert verifier is not None
         started = time.monotonic()
+        # The trusted digest is asked for while the bytes arrive: at the swarm's head it reaches the scheduler
+        # about when the piece reaches this peer, and asking first put a StatTask poll before each transfer.
+        expecting = asyncio.ensure_future(verifier.expected(number))
         try:
-            expected = await verifier.expected(number)
+            await self._acquire(self._download_bucket, length)
+            created_at = time.time()
+            with self._storage.content_fd(td.task_id) as fd:
+                async with self._recv_buffers.get() as buffer, self._writing_piece(number):
+                    started = fetch.transfer_started = time.monotonic()
+                    fetched = await run_blocking(
+                        self._executor,
+                        lambda: fetch_piece(
+                            addr,
+                            td.task_id,
+                            number,
+                            fd=fd,
+                            offset=offset,
+                            length=length,
+                            buffer=buffer,
+                            connect_timeout=VORTEX_CONNECT_TIMEOUT,
+                            timeout=self._config.download.piece_timeout,
+                            pool=self._vortex_pool,
+                            abort=abort,
+                            blake3=True,
+                        ),
+                    )
+                cost = time.monotonic() - started
+                # The bytes are in: waiting for the trusted digest is not the parent's slowness.
+                fetch.transfer_started = None
+                digest = format_piece_digest(fetched.crc)
+                if fetched.digest != digest:
+                    raise DigestMismatch(
+                        fetched.digest or "<empty>", digest, what=f"piece {number} from parent {parent.id}"
+                    )
+                # Until this returns the piece is not recorded: nobody reads these bytes.
+                expected = await expecting
+                strong = await verifier.verify(
+                    number, expected, fd, offset, length, crc=fetched.crc, parent=parent.id, hashed=fetched.blake3
+                )
         except UnverifiablePiece as exc:
-            # Bytes no one trusted vouched for come from the origin, never from a parent (docs/security.md).
+            # Bytes no one trusted vouched for come from the origin, never from a parent (docs/security.md); the
+            # origin's bytes overwrite the parent's.
             if td.download.disable_back_to_source:
                 raise DownloadFailed(f"{exc} of {redact_url(td.download.url)} and back-to-source is disabled") from None
             self._metrics.failures.labels("piece_unverifiable").inc()
             await self._fetch_from_source(td, task, stream, number, lambda _received: None)
             return time.monotonic() - started
-        await self._acquire(self._download_bucket, length)
-        created_at = time.time()
-        with self._storage.content_fd(td.task_id) as fd:
-            async with self._recv_buffers.get() as buffer, self._writing_piece(number):
-                started = fetch.transfer_started = time.monotonic()
-                fetched = await run_blocking(
-                    self._executor,
-                    lambda: fetch_piece(
-                        addr,
-                        td.task_id,
-                        number,
-                        fd=fd,
-                        offset=offset,
-                        length=length,
-                        buffer=buffer,
-                        connect_timeout=VORTEX_CONNECT_TIMEOUT,
-                        timeout=self._config.download.piece_timeout,
-                        pool=self._vortex_pool,
-                        abort=abort,
-                        blake3=True,
-                    ),
-                )
-            cost = time.monotonic() - started
-            digest = format_piece_digest(fetched.crc)
-            if fetched.digest != digest:
-                raise DigestMismatch(
-                    fetched.digest or "<empty>", digest, what=f"piece {number} from parent {parent.id}"
-                )
-            strong = await verifier.verify(
-                number, expected, fd, offset, length, crc=fetched.crc, parent=parent.id, hashed=fetched.blake3
-            )
+        finally:
+            if not expecting.done():
+                expecting.cancel()
+            elif not expecting.cancelled():
+                expecting.exception()  # retrieved: a failed transfer makes a missing digest moot
         record = PieceRecord(number, offset, length, digest, parent.id, REMOTE_PEER, cost, created_at, strong)
         self._finish_piece(td, record)
         stream.report(

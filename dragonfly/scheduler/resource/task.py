@@ -59,6 +59,16 @@ def is_relay(peer: Peer) -> bool:
     return peer.state in _RELAY_STATES and bool(peer.parents)
 
 
+def is_seed_fetching(peer: Peer) -> bool:
+    """Return whether ``peer`` is a seed peer fetching the task from the origin (holding pieces or not yet).
+
+    Offered as a parent before its first piece (Dragonfly's filter accepts such a seed too): the child opens its
+    SyncPieces stream, channel and TLS handshake included, while the seed fetches that piece, and learns of the
+    piece the moment it is stored, instead of paying a scheduler round trip and a connection after it.
+    """
+    return peer.state == peer_states.BACK_TO_SOURCE and peer.host.is_seed
+
+
 class PeerPool:
     """An indexable set of peers: O(1) add, remove and random sampling."""
 
@@ -260,7 +270,7 @@ class Task:
             self.parent_pool.add(peer)
             if peer.host.is_seed:
                 self.seed_has_pieces = True
-        elif is_relay(peer):
+        elif is_relay(peer) or is_seed_fetching(peer):
             self.parent_pool.add(peer)
         else:
             self.parent_pool.discard(peer)

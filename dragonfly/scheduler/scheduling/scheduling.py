@@ -13,9 +13,12 @@ or failed peer, a seed peer's failure), re-deciding on each, bounded by:
   disabled), after which the stream fails with FailedPrecondition "scheduling exceeded RetryLimit".
 
 A parent must be able to serve now: Running, BackToSource or Succeeded, and holding at least one piece (or
-Succeeded). Dragonfly also accepts a fresh seed peer and a parentless BackToSource peer with nothing yet; waiting
-for their first piece costs the child nothing, since it could not fetch anything earlier, and spares it a
-reschedule when that parent fails before producing anything.
+Succeeded), with one exception: a seed peer fetching from the origin is a parent from the moment it starts, as
+in Dragonfly. Its children then open their SyncPieces streams (gRPC channel and TLS handshake included) while it
+fetches its first piece and learn of that piece as soon as it is stored; waiting for the piece before deciding put
+a scheduler round trip and a new connection on every child's path to its first byte (bench/RESULTS.md, "Time to
+first byte"). A BackToSource peer that is not a seed still has to produce a piece first (Dragonfly accepts it too);
+its children could not verify its pieces against a seed peer's digests anyway (docs/security.md).
 
 A relay is a parent too: a ReceivedNormal or Running peer that holds nothing yet but has parents (Dragonfly's rule
 5 accepts Running peers with in-degree ≥ 1). Peers released together when the seed's first piece lands are
@@ -38,7 +41,7 @@ import grpc
 
 from dragonfly.scheduler.resource import dag
 from dragonfly.scheduler.resource import peer as peer_states
-from dragonfly.scheduler.resource.task import is_relay
+from dragonfly.scheduler.resource.task import is_relay, is_seed_fetching
 from dragonfly.scheduler.scheduling.evaluator import Evaluator
 
 if TYPE_CHECKING:
@@ -132,7 +135,7 @@ class Scheduling:
                 continue
             if blocked_hosts and (host.id in blocked_hosts or host.ip in blocked_hosts):
                 continue
-            if not (candidate.servable or is_relay(candidate)) or candidate.is_bad(now):
+            if not (candidate.servable or is_relay(candidate) or is_seed_fetching(candidate)) or candidate.is_bad(now):
                 continue
             if host.concurrent_upload_count >= host.concurrent_upload_limit:
                 continue

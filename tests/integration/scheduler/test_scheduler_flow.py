@@ -40,12 +40,9 @@ async def test_first_peer_triggers_seed_then_gets_it_as_parent_and_second_peer_g
     await seed.register(seed_download)
     assert (await seed.response()).WhichOneof("response") == "need_back_to_source_response"
     await seed.back_to_source_started()
-    # A is still waiting: the seed has no piece yet.
-    read = asyncio.ensure_future(a.response())
-    await asyncio.sleep(0.2)
-    assert not read.done()
-    await seed.piece(0)
-    response = await read
+    # A gets the seed as soon as it fetches from the origin, before its first piece: the child connects to it
+    # meanwhile (docs/architecture.md#control-plane).
+    response = await a.response()
     parents = response.normal_task_response.candidate_parents
     assert [p.id for p in parents] == [seed.peer_id]
     assert (parents[0].host.ip, parents[0].host.port, parents[0].host.download_port) == (
@@ -56,9 +53,13 @@ async def test_first_peer_triggers_seed_then_gets_it_as_parent_and_second_peer_g
     assert (parents[0].host.id, parents[0].host.type) == (seed_host.id, 1)
     assert (parents[0].task.id, parents[0].task.content_length) == (TASK, 16384)
     assert parents[0].state == "BackToSource"
+    assert list(parents[0].task.pieces) == [], "nothing is trusted yet"
 
-    # The seed's digest of piece 0 travels with the parents: it is what the child checks the piece against.
-    assert [(p.number, p.digest) for p in parents[0].task.pieces] == [(0, "crc32:0")]
+    # The seed's digest of piece 0 is what the child checks the piece against: StatTask hands it out.
+    await seed.piece(0)
+    await cluster.wait_pieces(seed, 1)
+    task = await cluster.stub.StatTask(scheduler_pb2.StatTaskRequest(host_id=host_a.id, task_id=TASK))
+    assert [(p.number, p.digest) for p in task.pieces] == [(0, "crc32:0")]
     # Credentials in the URL are not handed to other peers (docs/security.md).
     assert "X-Amz-Signature=x" not in parents[0].task.url
 

@@ -58,6 +58,14 @@ def test_only_peers_that_can_serve_now_pass(world, scheduling, state, pieces, ke
     assert bool(_kept(scheduling, world, [parent], world.peer("child"))) == kept
 
 
+def test_a_seed_peer_fetching_from_the_origin_passes_before_its_first_piece(world, scheduling):
+    seed_host = world.host("seed", seed=True)
+    fetching = world.peer("seed-peer", seed_host, state=p.BACK_TO_SOURCE)
+    assert _kept(scheduling, world, [fetching], world.peer("child")) == [fetching]
+    registered = world.peer("seed-peer-2", seed_host, state=p.RECEIVED_NORMAL)
+    assert _kept(scheduling, world, [registered], world.peer("child-2")) == []
+
+
 def test_bad_parents_are_dropped_until_the_cool_down_ends(world, scheduling):
     parent = world.peer("parent", state=p.RUNNING, pieces=[0])
     child = world.peer("child")

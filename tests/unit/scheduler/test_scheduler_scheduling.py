@@ -109,6 +109,22 @@ async def test_child_waits_for_a_triggered_seed_and_takes_it(fast):
     assert child.task.seed_has_pieces
 
 
+async def test_child_gets_the_seed_as_soon_as_it_starts_fetching_from_the_origin(fast):
+    clock = SteppedClock()
+    fast.scheduling = s.Scheduling(fast.config, UploadBlockRule(), fast.metrics, clock=clock)
+    child = fast.peer("child")
+    child.task.seed_trigger_active = True
+    seed = fast.peer("seed-peer", fast.host("seed", seed=True))  # registered, not fetching yet: no parent
+    decision = asyncio.ensure_future(fast.scheduling.schedule(child))
+    await eventually(lambda: clock.reads >= 2, 5, "the child to decide to wait", interval=0.001)
+    assert not decision.done()
+    seed.fire(p.DOWNLOAD_BACK_TO_SOURCE, fast.now)  # wakes the waiting child
+    result = await asyncio.wait_for(decision, 5)
+    assert result.kind == s.NORMAL
+    assert result.parents == [seed]
+    assert not child.task.seed_has_pieces, "the seed holds nothing yet"
+
+
 async def test_seed_failure_sends_the_waiting_child_to_the_origin(fast):
     clock = SteppedClock()
     fast.scheduling = s.Scheduling(fast.config, UploadBlockRule(), fast.metrics, clock=clock)
