@@ -33,12 +33,19 @@ def image_bench_main(
     layers: str,
     layers_help: str,
     description: str,
+    limits: dict[str, tuple[str, str]] | None = None,
 ) -> int:
-    """The command line of the registry benchmarks (pull, preheat): layer sizes in MiB, a work directory, --json."""
+    """The command line of the registry benchmarks (pull, preheat): layer sizes in MiB, a work directory, --json.
+
+    ``limits`` maps an option (``--max-ttfb-ratio``) to the key of ``report["ratios"]`` it bounds and its help: the
+    command exits 1 when a ratio of the run is above the limit given (a regression check).
+    """
     parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=description)
     parser.add_argument("--layers", default=layers, help=layers_help)
     parser.add_argument("--workdir", help="keep everything here (default: a temporary directory, removed)")
     parser.add_argument("--json", action="store_true")
+    for option, (_key, help_text) in (limits or {}).items():
+        parser.add_argument(option, type=float, default=None, metavar="R", help=help_text)
     args = parser.parse_args(argv)
     if release_builds_missing(prog):
         return 2
@@ -54,4 +61,10 @@ def image_bench_main(
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps(report) if args.json else format_report(report))
-    return 0
+    status = 0
+    for option, (key, _help) in (limits or {}).items():
+        limit = getattr(args, option.lstrip("-").replace("-", "_"))
+        if limit is not None and report["ratios"][key] > limit:
+            print(f"{prog}: {key} {report['ratios'][key]:g} is above {option} {limit:g}", file=sys.stderr)
+            status = 1
+    return status

@@ -169,6 +169,17 @@ def main(argv: list[str] | None = None) -> int:
         layers="64,32,8,0.001",
         layers_help="layer sizes in MiB, comma separated (default 64,32,8,0.001)",
         description=__doc__.splitlines()[0],
+        limits={
+            "--max-ttfb-ratio": (
+                "ttfb_ours_over_direct",
+                "exit 1 when the largest layer's first byte through the mirrors takes more than R times the direct "
+                "pull's (medians of one run); catches a return of a poll or a round trip on the path to it",
+            ),
+            "--max-egress-ratio": (
+                "egress_ours_over_image",
+                "exit 1 when the registry sends more than R times the image through the mirrors",
+            ),
+        },
     )
 
 
