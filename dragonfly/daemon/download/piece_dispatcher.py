@@ -142,6 +142,11 @@ class PieceDispatcher:
         self._failed_parents: dict[int, set[str]] = collections.defaultdict(set)
         self._strikes: collections.Counter[str] = collections.Counter()
 
+    @property
+    def slow(self) -> SlowPiecePolicy:
+        """When this round gives up on a transfer."""
+        return self._slow
+
     def usable(self, parents: Iterable[ParentState]) -> list[ParentState]:
         """Return the parents that may be asked for pieces: not excluded, and with a known Vortex address."""
         return [p for p in parents if p.id not in self.excluded and p.vortex_addr]

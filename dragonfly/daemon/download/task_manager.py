@@ -47,6 +47,7 @@ from dragonfly.daemon.backends.http import HTTPBackend, OriginOptions, RangeNotS
 from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.config import DfdaemonConfig
 from dragonfly.daemon.download.buffers import BufferPool
+from dragonfly.daemon.download.parent_round import ParentRound
 from dragonfly.daemon.download.parent_selector import ParentSelector
 from dragonfly.daemon.download.parents import ParentChannels
 from dragonfly.daemon.download.piece_collector import PieceCollector
@@ -1019,96 +1020,31 @@ class TaskManager:
             slow=self._slow_piece,
             daemon_rates=self._piece_rates,
         )
-        running: dict[asyncio.Task[float], tuple[PieceFetch, FetchAbort]] = {}
-        aborts: dict[int, FetchAbort] = {}
+        round_ = ParentRound(
+            dispatcher,
+            collector,
+            fetch=lambda fetch, abort: self._fetch_from_parent(td, task, stream, fetch, abort),
+            report_failure=lambda fetch, error: self._piece_from_parent_failed(td, stream, fetch, error),
+            idle_timeout=self._config.download.collected_piece_timeout,
+        )
         collector.start()
         selector.start()
         try:
-            while not self._complete(td, task, count):
-                if self._stopping:
-                    raise DownloadFailed("dfdaemon is shutting down")
-                fetches, next_ready = dispatcher.plan(
-                    collector.parents.values(), collector.first_seen, time.monotonic()
-                )
-                for fetch in fetches:
-                    abort = aborts[fetch.number] = FetchAbort()
-                    running[asyncio.create_task(self._fetch_from_parent(td, task, stream, fetch, abort))] = (
-                        fetch,
-                        abort,
-                    )
-                collector.changed.clear()
-                if not running and next_ready is None:
-                    if not collector.syncing() or dispatcher.all_excluded(collector.parents.values()):
-                        break
-                    try:
-                        async with asyncio.timeout(self._config.download.collected_piece_timeout):
-                            await collector.changed.wait()
-                    except TimeoutError:
-                        break
-                    continue
-                waiter = asyncio.ensure_future(collector.changed.wait())
-                finished, _pending = await asyncio.wait(
-                    [*running, waiter],
-                    timeout=self._wake_after(dispatcher, next_ready),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                waiter.cancel()
-                progress = {number: got for number, abort in aborts.items() if (got := abort.received()) is not None}
-                for fetch in dispatcher.overdue(time.monotonic(), progress):
-                    assert fetch.abandoned is not None
-                    aborts[fetch.number].abort(fetch.abandoned)
-                for done in finished:
-                    if done is waiter:
-                        continue
-                    fetch, abort = running.pop(done)
-                    del aborts[fetch.number]
-                    error = done.exception()
-                    if error is None:
-                        dispatcher.succeeded(fetch.number, seconds=done.result())
-                    elif isinstance(error, NoSpace):
-                        # Not the parent's fault, and no other parent would do better.
-                        raise error
-                    else:
-                        self._piece_from_parent_failed(td, stream, dispatcher, fetch, error)
-                        if fetch.parent.id in dispatcher.excluded:
-                            # Whatever else is coming from it is no better (corrupt bytes cost a whole piece each).
-                            why = f"parent {fetch.parent.id} was excluded after piece {fetch.number}: {error}"
-                            for other in dispatcher.abandon_parent(fetch.parent.id, why):
-                                aborts[other.number].abort(why)
+            await round_.run(lambda: self._complete(td, task, count), lambda: self._stopping)
         finally:
-            for abort in aborts.values():
-                abort.abort("the download from parents ended")
-            if running:
-                await asyncio.wait(running)
             await collector.stop()
             await selector.stop()
-            failed.update(dispatcher.excluded)
-            failed.update(p.id for p in collector.parents.values() if p.error is not None)
+            failed.update(round_.failed_parents())
         return self._complete(td, task, count)
-
-    def _wake_after(self, dispatcher: PieceDispatcher, next_ready: float | None) -> float:
-        """Return how long the download loop may sleep: until a piece becomes dispatchable or a transfer overdue.
-
-        The transfers' progress is looked at four times per minDuration, so a trickling one is abandoned within a
-        quarter of minDuration of becoming overdue.
-        """
-        now = time.monotonic()
-        wake = now + self._slow_piece.min_duration / 4
-        for moment in (next_ready, dispatcher.next_deadline()):
-            if moment is not None:
-                wake = min(wake, moment)
-        return max(wake - now, 0.001)
 
     def _piece_from_parent_failed(
         self,
         td: TaskDownload,
         stream: AnnouncePeerStream,
-        dispatcher: PieceDispatcher,
         fetch: PieceFetch,
         error: BaseException,
     ) -> None:
         corrupt = isinstance(error, DigestMismatch)
-        dispatcher.failed(fetch.number, corrupt=corrupt)
         if fetch.parent.vortex_addr is not None:
             self._vortex_pool.discard(fetch.parent.vortex_addr)
         if corrupt:

@@ -1,0 +1,148 @@
+"""Run one round of candidate parents: start the fetches a PieceDispatcher plans, watch them, act on their ends.
+
+The policy (which piece, from which parent, when a transfer is too slow, when a parent is out) is the
+dispatcher's; the bytes are the ``fetch`` callable's. This module only turns the dispatcher's decisions into running
+fetches and their outcomes back into the dispatcher's state, so the swarm's behaviour can be changed and tested
+with fake parents and fake fetches, without gRPC, storage or a scheduler:
+
+- the round ends when the wanted pieces are stored, when no parent may report anything more, when every parent is
+  excluded, or after ``collectedPieceTimeout`` with nothing to fetch and nothing reported;
+- an overdue transfer is aborted (the dispatcher says which, and why) and fails with its parent to blame;
+- a parent excluded after a failure loses its other transfers at once: they come from the same sender;
+- a full disk ends the round with ``NoSpace`` (no other parent would do better); the transfers still running are
+  aborted and awaited, whatever ends the round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, Protocol
+
+from dragonfly.common.errors import DigestMismatch
+from dragonfly.daemon.download.piece_collector import ParentState
+from dragonfly.daemon.download.piece_dispatcher import PieceDispatcher, PieceFetch
+from dragonfly.daemon.download.vortex_client import FetchAbort
+from dragonfly.daemon.errors import DownloadFailed, NoSpace
+
+#: Fetch one piece into storage; return the seconds its bytes took to arrive.
+FetchPiece = Callable[[PieceFetch, FetchAbort], Coroutine[Any, Any, float]]
+#: Tell the world (metrics, logs, the scheduler) that a fetch failed; the round has updated the dispatcher already.
+ReportFailure = Callable[[PieceFetch, BaseException], None]
+
+
+class CollectedPieces(Protocol):
+    """What the round reads of the parents' piece reports (a ``PieceCollector``)."""
+
+    @property
+    def parents(self) -> Mapping[str, ParentState]: ...
+
+    @property
+    def first_seen(self) -> Mapping[int, float]: ...
+
+    @property
+    def changed(self) -> asyncio.Event: ...
+
+    def syncing(self) -> bool: ...
+
+
+class ParentRound:
+    """The fetches in flight of one round of parents; see the module docstring."""
+
+    def __init__(
+        self,
+        dispatcher: PieceDispatcher,
+        collector: CollectedPieces,
+        *,
+        fetch: FetchPiece,
+        report_failure: ReportFailure,
+        idle_timeout: float,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._collector = collector
+        self._fetch = fetch
+        self._report_failure = report_failure
+        self._idle_timeout = idle_timeout
+        self._running: dict[asyncio.Task[float], PieceFetch] = {}
+        self._aborts: dict[int, FetchAbort] = {}
+
+    def failed_parents(self) -> set[str]:
+        """Return the parents that let this round down: excluded, or their SyncPieces stream failed."""
+        failed = set(self._dispatcher.excluded)
+        failed.update(p.id for p in self._collector.parents.values() if p.error is not None)
+        return failed
+
+    async def run(self, complete: Callable[[], bool], stopping: Callable[[], bool]) -> None:
+        """Fetch pieces until ``complete()`` or the round can do no more; ``stopping()`` ends it with DownloadFailed."""
+        dispatcher, collector = self._dispatcher, self._collector
+        try:
+            while not complete():
+                if stopping():
+                    raise DownloadFailed("dfdaemon is shutting down")
+                parents = collector.parents.values()
+                fetches, next_ready = dispatcher.plan(parents, collector.first_seen, time.monotonic())
+                for fetch in fetches:
+                    abort = self._aborts[fetch.number] = FetchAbort()
+                    self._running[asyncio.create_task(self._fetch(fetch, abort))] = fetch
+                collector.changed.clear()
+                if not self._running and next_ready is None:
+                    if not collector.syncing() or dispatcher.all_excluded(parents):
+                        return
+                    try:
+                        async with asyncio.timeout(self._idle_timeout):
+                            await collector.changed.wait()
+                    except TimeoutError:
+                        return
+                    continue
+                waiter = asyncio.ensure_future(collector.changed.wait())
+                finished, _pending = await asyncio.wait(
+                    [*self._running, waiter], timeout=self._wake_after(next_ready), return_when=asyncio.FIRST_COMPLETED
+                )
+                waiter.cancel()
+                self._abort_overdue()
+                for done in finished:
+                    if done is not waiter:
+                        self._end(done)
+        finally:
+            for abort in self._aborts.values():
+                abort.abort("the download from parents ended")
+            if self._running:
+                await asyncio.wait(self._running)
+
+    def _wake_after(self, next_ready: float | None) -> float:
+        """Return how long the round may sleep: until a piece becomes dispatchable or a transfer overdue.
+
+        The transfers' progress is looked at four times per minDuration, so a trickling one is abandoned within a
+        quarter of minDuration of becoming overdue.
+        """
+        now = time.monotonic()
+        wake = now + self._dispatcher.slow.min_duration / 4
+        for moment in (next_ready, self._dispatcher.next_deadline()):
+            if moment is not None:
+                wake = min(wake, moment)
+        return max(wake - now, 0.001)
+
+    def _abort_overdue(self) -> None:
+        progress = {number: got for number, abort in self._aborts.items() if (got := abort.received()) is not None}
+        for fetch in self._dispatcher.overdue(time.monotonic(), progress):
+            assert fetch.abandoned is not None
+            self._aborts[fetch.number].abort(fetch.abandoned)
+
+    def _end(self, done: asyncio.Task[float]) -> None:
+        fetch = self._running.pop(done)
+        del self._aborts[fetch.number]
+        error = done.exception()
+        if error is None:
+            self._dispatcher.succeeded(fetch.number, seconds=done.result())
+            return
+        if isinstance(error, NoSpace):
+            # Not the parent's fault, and no other parent would do better.
+            raise error
+        self._dispatcher.failed(fetch.number, corrupt=isinstance(error, DigestMismatch))
+        self._report_failure(fetch, error)
+        if fetch.parent.id in self._dispatcher.excluded:
+            # Whatever else is coming from it is no better (corrupt bytes cost a whole piece each).
+            why = f"parent {fetch.parent.id} was excluded after piece {fetch.number}: {error}"
+            for other in self._dispatcher.abandon_parent(fetch.parent.id, why):
+                self._aborts[other.number].abort(why)
