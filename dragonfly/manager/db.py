@@ -55,9 +55,12 @@ def database_url(config: Config) -> URL:
 def create_engine(url: URL, *, wal: bool = True, pool_size: int = 10) -> AsyncEngine:
     """Return an engine; on SQLite every connection gets WAL, foreign keys and a busy timeout."""
     if url.get_backend_name() == "sqlite":
+        # aiosqlite logs every statement with its bound values at DEBUG (password hashes, token digests, sealed job
+        # credentials): a manager run with --log-level debug must not write those to its log.
+        logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.getLogger("aiosqlite").level))
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -71,7 +74,14 @@ def create_engine(url: URL, *, wal: bool = True, pool_size: int = 10) -> AsyncEn
             cursor.close()
 
         return engine
-    extra: dict[str, Any] = {"pool_size": pool_size, "pool_pre_ping": True, "pool_recycle": 3600}
+    # hide_parameters: a database error's text (logged) never carries the values bound to it (password hashes,
+    # token digests, sealed credentials), only the SQL.
+    extra: dict[str, Any] = {
+        "pool_size": pool_size,
+        "pool_pre_ping": True,
+        "pool_recycle": 3600,
+        "hide_parameters": True,
+    }
     if url.get_backend_name() == "mysql":
         extra["connect_args"] = {"charset": "utf8mb4"}
     return create_async_engine(url, **extra)

@@ -173,6 +173,12 @@ def pagination(
 Paging = Annotated[Page, Depends(pagination)]
 
 
+def link_params(request: Request) -> dict[str, str]:
+    """Return the query parameters a ``Link`` header repeats: all but ``access_token`` (a secret in a header that
+    proxies log and browsers keep)."""
+    return {name: value for name, value in request.query_params.items() if name != "access_token"}
+
+
 async def paginate(
     session: AsyncSession, query: Select[Any], page: Page, request: Request, response: Response
 ) -> list[Any]:
@@ -180,7 +186,7 @@ async def paginate(
     total = await session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
     rows = (await session.scalars(query.offset((page.page - 1) * page.per_page).limit(page.per_page))).all()
     last = max(1, math.ceil(total / page.per_page))
-    params = dict(request.query_params)
+    params = link_params(request)
     links = []
     for rel, number in (
         ("first", 1),

@@ -60,8 +60,9 @@ async def signout(principal: Caller, request: Request, session: DB) -> Response:
     """Delete the session of the token used (a personal access token is revoked with PATCH instead)."""
     if principal.kind != "session":
         raise APIError(400, "signout ends a session; revoke a personal access token with PATCH state=inactive")
+    # The token the caller authenticated with, from the header or Dragonfly's ?access_token=.
     header = request.headers.get("authorization", "")
-    token = header.partition(" ")[2].strip()
+    token = header.partition(" ")[2].strip() or request.query_params.get("access_token", "")
     await session.execute(delete(models.Session).where(models.Session.token_hash == auth.token_digest(token)))
     await session.commit()
     forget_tokens(request)
@@ -137,9 +138,10 @@ async def update_user(
 ) -> schemas.UserOut:
     """A user may edit their own profile; state and other users need write on users."""
     fields = body.model_dump(exclude_unset=True)
+    if principal.scopes is not None and "user" not in principal.scopes:
+        # A token handed to Harbor (scope job) must not edit even its owner's profile.
+        raise APIError(403, "token lacks the 'user' scope needed for users")
     if (ident != principal.user_id or "state" in fields) and not principal.can("users", auth.ACTION_WRITE):
-        raise APIError(403, "permission denied: write on users")
-    if ident != principal.user_id and principal.kind == "pat" and not principal.can("users", auth.ACTION_WRITE):
         raise APIError(403, "permission denied: write on users")
     user = await session.get(models.User, ident)
     if user is None:
@@ -354,6 +356,11 @@ async def update_token(
     """``state: inactive`` revokes it at once."""
     row = await _token(session, ident, principal, auth.ACTION_WRITE)
     fields = body.model_dump(exclude_unset=True)
+    if principal.scopes is not None and ("scopes" in fields or fields.get("state") == models.STATE_ACTIVE):
+        # As at creation: a token cannot widen a token (itself included) or revive a wider one it revoked.
+        after = set(fields.get("scopes") or row.scopes)
+        if not after <= principal.scopes:
+            raise APIError(403, "a token cannot give a token scopes it does not have")
     if fields.get("expired_at") is not None:
         _check_expiry(fields["expired_at"])
     if fields.get("scopes") is not None:

@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from dragonfly.manager import auth, models, queries
 from dragonfly.manager.api.app import Extension
-from dragonfly.manager.api.deps import Ctx, Paging, Principal, require
+from dragonfly.manager.api.deps import Ctx, Paging, Principal, link_params, require
 from dragonfly.manager.api.errors import APIError, not_found
 from dragonfly.manager.context import ManagerContext
 from dragonfly.manager.jobs.args import ArgsError
@@ -174,7 +174,7 @@ async def _check_clusters(ctx: ManagerContext, ids: list[int]) -> None:
 
 def _links(request: Request, response: Response, page: int, per_page: int, total: int) -> None:
     last = max(1, math.ceil(total / per_page))
-    params = dict(request.query_params)
+    params = link_params(request)
     links = []
     for rel, number in (
         ("first", 1),
