@@ -8,13 +8,13 @@ import argparse
 import pytest
 from dragonfly_api import common_pb2
 
-from dragonfly.cli import dfget
+from dragonfly.cli.dfget import errors, parser, progress, recursive, request
 
 
 def test_directory_url_ends_with_a_slash() -> None:
-    assert dfget.directory_url("s3://b/prefix") == "s3://b/prefix/"
-    assert dfget.directory_url("hf://acme/repo") == "hf://acme/repo/"
-    assert dfget.directory_url("file:///data/") == "file:///data/"
+    assert recursive.directory_url("s3://b/prefix") == "s3://b/prefix/"
+    assert recursive.directory_url("hf://acme/repo") == "hf://acme/repo/"
+    assert recursive.directory_url("file:///data/") == "file:///data/"
 
 
 @pytest.mark.parametrize(
@@ -27,35 +27,35 @@ def test_directory_url_ends_with_a_slash() -> None:
 )
 def test_relative_paths(url: str, relative: str) -> None:
     base = "hf://acme/repo/" if url.startswith("hf") else "s3://b/p/"
-    assert dfget.relative_path(base, url) == relative
+    assert recursive.relative_path(base, url) == relative
 
 
 @pytest.mark.parametrize(
     "url", ["s3://b/p/../../etc/passwd", "s3://b/other/a", "s3://c/p/a", "s3://b/p/", "s3://b/p/a//b", "gs://b/p/a"]
 )
 def test_entries_that_would_leave_the_output_directory_are_refused(url: str) -> None:
-    with pytest.raises(dfget.DownloadFailed):
-        dfget.relative_path("s3://b/p/", url)
+    with pytest.raises(errors.DownloadFailed):
+        recursive.relative_path("s3://b/p/", url)
 
 
 def test_include_files() -> None:
-    assert dfget.included("a.bin", [])
-    assert dfget.included("weights/x.bin", ["weights"])
-    assert dfget.included("weights/x.bin", ["weights/"])
-    assert dfget.included("weights/x.bin", ["*/*.bin"])
-    assert not dfget.included("weights2/x.bin", ["weights"])
-    assert not dfget.included("config.json", ["*.bin"])
+    assert recursive.included("a.bin", [])
+    assert recursive.included("weights/x.bin", ["weights"])
+    assert recursive.included("weights/x.bin", ["weights/"])
+    assert recursive.included("weights/x.bin", ["*/*.bin"])
+    assert not recursive.included("weights2/x.bin", ["weights"])
+    assert not recursive.included("config.json", ["*.bin"])
 
 
 @pytest.mark.parametrize("bad", ["/abs", "../up", "a/../b", "./a", "a//b", ""])
 def test_include_entries_must_be_relative_paths(bad: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
-        dfget._include(bad)
+        parser._include(bad)
 
 
 def test_source_flags_reach_the_download_and_debug_output_masks_them() -> None:
-    parser = dfget.build_parser()
-    args = parser.parse_args(
+    command_line = parser.build_parser()
+    args = command_line.parse_args(
         [
             "s3://b/k",
             "-O",
@@ -68,29 +68,29 @@ def test_source_flags_reach_the_download_and_debug_output_masks_them() -> None:
             "s3cr3t-value",
         ]
     )
-    storage = dfget.object_storage_message(args)
+    storage = request.object_storage_message(args)
     assert storage.endpoint == "http://minio:9000"
     assert storage.access_key_secret == "s3cr3t-value"
     download = common_pb2.Download(url="s3://b/k", object_storage=storage)
-    shown = dfget.describe_download(download)
+    shown = request.describe_download(download)
     assert "s3cr3t-value" not in shown
     assert "AKID" in shown
 
-    hub = parser.parse_args(["hf://acme/m/f.bin", "-O", "/tmp/x", "--hf-token", "hf_tok", "--hf-revision", "v2"])
+    hub = command_line.parse_args(["hf://acme/m/f.bin", "-O", "/tmp/x", "--hf-token", "hf_tok", "--hf-revision", "v2"])
     download = common_pb2.Download(url=hub.url)
-    dfget.add_source_settings(download, hub)
+    request.add_source_settings(download, hub)
     assert download.hugging_face.revision == "v2"
     assert download.hugging_face.token == "hf_tok"
-    assert "hf_tok" not in dfget.describe_download(download)
+    assert "hf_tok" not in request.describe_download(download)
     assert not download.HasField("model_scope")
 
 
 def test_unsupported_and_malformed_urls() -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="the supported schemes are"):
-        dfget._url("ftp://h/f")
+        parser._url("ftp://h/f")
     with pytest.raises(argparse.ArgumentTypeError, match="file:///absolute/path"):
-        dfget._url("file://host/etc/passwd")
-    assert dfget._url("s3://bucket/key") == "s3://bucket/key"
+        parser._url("file://host/etc/passwd")
+    assert parser._url("s3://bucket/key") == "s3://bucket/key"
 
 
 class _Entry:
@@ -99,25 +99,25 @@ class _Entry:
 
 
 def _recursive_args(tmp_path: object, *extra: str) -> argparse.Namespace:
-    return dfget.build_parser().parse_args(["s3://b/p", "-O", str(tmp_path), "-r", *extra])
+    return parser.build_parser().parse_args(["s3://b/p", "-O", str(tmp_path), "-r", *extra])
 
 
 def test_recursive_downloads_each_file_and_counts_the_whole(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
     entries = [_Entry("s3://b/p/a.bin", 10), _Entry("s3://b/p/d/", 0, True), _Entry("s3://b/p/d/b.bin", 5)]
-    monkeypatch.setattr(dfget, "list_entries", lambda args, url: entries)
+    monkeypatch.setattr(recursive, "list_entries", lambda args, url: entries)
     calls: list[tuple[str, str]] = []
 
     def fake_download(args: argparse.Namespace, output: str, began: float, on_progress: object = None) -> object:
         calls.append((args.url, output))
         assert args.no_progress  # one bar for the whole set, not one per file
-        traffic = dfget.Traffic()
+        traffic = progress.Traffic()
         traffic.peers = 10 if output.endswith("a.bin") else 5
         with open(output, "wb") as f:
             f.write(b"x")
         return traffic
 
-    monkeypatch.setattr(dfget, "download", fake_download)
-    count, size, traffic = dfget.download_directory(_recursive_args(tmp_path), str(tmp_path), 0.0)
+    monkeypatch.setattr(recursive, "download", fake_download)
+    count, size, traffic = recursive.download_directory(_recursive_args(tmp_path), str(tmp_path), 0.0)
     assert (count, size, traffic.peers) == (2, 15, 15)
     assert sorted(calls) == [("s3://b/p/a.bin", f"{tmp_path}/a.bin"), ("s3://b/p/d/b.bin", f"{tmp_path}/d/b.bin")]
 
@@ -126,15 +126,15 @@ def test_recursive_stops_at_the_first_failure_and_names_the_file(
     tmp_path: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     entries = [_Entry(f"s3://b/p/f{i}", 1) for i in range(6)]
-    monkeypatch.setattr(dfget, "list_entries", lambda args, url: entries)
+    monkeypatch.setattr(recursive, "list_entries", lambda args, url: entries)
     started: list[str] = []
 
     def fake_download(args: argparse.Namespace, output: str, began: float, on_progress: object = None) -> object:
         started.append(args.url)
-        raise dfget.DownloadFailed("download failed: no such object (HTTP 404)")
+        raise errors.DownloadFailed("download failed: no such object (HTTP 404)")
 
-    monkeypatch.setattr(dfget, "download", fake_download)
+    monkeypatch.setattr(recursive, "download", fake_download)
     args = _recursive_args(tmp_path, "--max-concurrent-requests", "1")
-    with pytest.raises(dfget.DownloadFailed, match=r"^f0: download failed: no such object"):
-        dfget.download_directory(args, str(tmp_path), 0.0)
+    with pytest.raises(errors.DownloadFailed, match=r"^f0: download failed: no such object"):
+        recursive.download_directory(args, str(tmp_path), 0.0)
     assert started == ["s3://b/p/f0"]

@@ -20,7 +20,7 @@ from aiohttp import web
 from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc, errordetails_pb2
 from standalone import standalone_task_manager
 
-from dragonfly.cli.dfget import _describe_rpc_error
+from dragonfly.cli.dfget.errors import describe_rpc_error
 from dragonfly.daemon.api.download_server import DfdaemonDownloadService
 from dragonfly.daemon.backends.http import HTTPBackend
 from dragonfly.daemon.download.task_manager import _source_failure
@@ -139,7 +139,7 @@ async def test_other_failures_carry_no_backend_details(daemon: Daemon, tmp_path:
 async def test_dfget_shows_the_origin_status_and_short_headers(daemon: Daemon) -> None:
     url = f"{daemon.base}/missing"
     error = await daemon.download(url)
-    failure = _describe_rpc_error(error, daemon.socket_path, 30.0, False)
+    failure = describe_rpc_error(error, daemon.socket_path, 30.0, False)
     assert str(failure) == f"download failed: origin returned HTTP 404 Not Found for {url}"
     notes = failure.__notes__
     assert notes[0] == "origin response headers:"
@@ -153,10 +153,10 @@ async def test_dfget_shows_many_headers_only_at_debug_level(daemon: Daemon) -> N
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     header_count = len(details_of(error)["header"])  # type: ignore[arg-type]
     assert header_count > len(NOISY_HEADERS)
-    quiet = _describe_rpc_error(error, daemon.socket_path, 30.0, False)
+    quiet = describe_rpc_error(error, daemon.socket_path, 30.0, False)
     assert str(quiet) == f"download failed: origin returned HTTP 403 Forbidden for {url}"
     assert quiet.__notes__ == [f"origin sent {header_count} response headers; --log-level debug shows them"]
-    verbose = _describe_rpc_error(error, daemon.socket_path, 30.0, False, verbose=True).__notes__
+    verbose = describe_rpc_error(error, daemon.socket_path, 30.0, False, verbose=True).__notes__
     assert verbose[0] == "origin response headers:"
     assert len(verbose) == 1 + header_count
     assert [line for line in verbose if line.startswith("  X-Noise-")] == [

@@ -1,0 +1,166 @@
+"""dfget's client of the daemon's local API (``DfdaemonDownload`` on the unix socket): DownloadTask, ListTaskEntries."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from dragonfly.cli.dfget.errors import START_HINT, DownloadFailed, describe_rpc_error, fail
+from dragonfly.cli.dfget.progress import ProgressBar, Traffic
+from dragonfly.cli.dfget.request import add_source_settings, describe_download, object_storage_message
+from dragonfly.common.grpc_metadata import INSECURE_ORIGIN_METADATA
+
+# gRPC's default HTTP/2 :authority for a unix socket is the percent-encoded socket path, which is not a valid
+# authority: Dragonfly's Rust dfdaemon (hyper/h2) rejects it ("malformed authority") and resets the stream.
+LOCAL_API_CHANNEL_OPTIONS = (("grpc.default_authority", "localhost"),)
+
+DEFAULT_TIMEOUT = 2 * 3600.0
+
+
+def download(
+    args: argparse.Namespace,
+    output: str,
+    began: float,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Traffic:
+    """Run DownloadTask on the daemon; return the traffic by source once the file is complete.
+
+    ``on_progress`` is called with the bytes received and the bytes expected after each piece.
+    """
+    if not os.path.exists(args.endpoint):
+        fail(f"dfdaemon is not running: no socket at {args.endpoint}; {START_HINT}")
+
+    import grpc
+    from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
+    from google.protobuf import duration_pb2
+
+    from dragonfly.common.ids import DEFAULT_FILTERED_QUERY_PARAMS
+
+    filtered = args.filtered_query_param if args.filtered_query_param is not None else DEFAULT_FILTERED_QUERY_PARAMS
+    timeout = DEFAULT_TIMEOUT if args.timeout is None else float(args.timeout)
+    download = common_pb2.Download(
+        url=args.url,
+        digest=args.digest,
+        type=common_pb2.STANDARD,
+        tag=args.tag,
+        application=args.application,
+        priority=args.priority,
+        filtered_query_params=list(filtered),
+        request_header=dict(args.header),
+        piece_length=args.piece_length,
+        output_path=output,
+        timeout=duration_pb2.Duration(seconds=int(timeout), nanos=int((timeout % 1) * 1e9)),
+        disable_back_to_source=args.disable_back_to_source,
+        overwrite=args.overwrite,
+        force_hard_link=args.force_hard_link,
+        certificate_chain=list(args.ca_cert),
+    )
+    metadata: tuple[tuple[str, str], ...] = ()
+    if args.insecure_skip_verify:
+        print("dfget: warning: the origin's TLS certificate is not verified (--insecure-skip-verify)", file=sys.stderr)
+        metadata = ((INSECURE_ORIGIN_METADATA, "true"),)
+    storage = object_storage_message(args)
+    if storage is not None:
+        download.object_storage.CopyFrom(storage)
+    add_source_settings(download, args)
+    if args.log_level == "debug":
+        print(f"dfget: DownloadTask on unix:{args.endpoint}: {describe_download(download)}", file=sys.stderr)
+
+    show_progress = not args.no_progress and sys.stderr.isatty()
+    bar = ProgressBar(os.path.basename(output), began) if show_progress else None
+    traffic = Traffic()
+    content_length: int | None = None
+    # What the output must hold: the whole content, or the range the daemon resolved.
+    expected: tuple[int, int] | None = None
+    finished_locally = False
+    with grpc.insecure_channel(f"unix:{args.endpoint}", options=LOCAL_API_CHANNEL_OPTIONS) as channel:
+        stub = dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel)  # type: ignore[no-untyped-call]
+        call = stub.DownloadTask(
+            dfdaemon_pb2.DownloadTaskRequest(download=download), timeout=timeout, metadata=metadata
+        )
+        try:
+            for response in call:
+                if response.HasField("download_task_started_response"):
+                    started = response.download_task_started_response
+                    content_length = started.content_length
+                    expected = (
+                        (started.range.start, started.range.start + started.range.length)
+                        if started.HasField("range")
+                        else (0, content_length)
+                    )
+                    finished_locally = started.is_finished
+                    if args.log_level == "debug":
+                        print(f"dfget: task {response.task_id} peer {response.peer_id}", file=sys.stderr)
+                elif response.HasField("download_piece_finished_response"):
+                    traffic.add(response.download_piece_finished_response.piece)
+                if expected is not None:
+                    if bar is not None:
+                        bar.update(traffic.covered(*expected), expected[1] - expected[0])
+                    if on_progress is not None:
+                        on_progress(traffic.covered(*expected), expected[1] - expected[0])
+        except grpc.RpcError as error:
+            call.cancel()
+            raise describe_rpc_error(
+                error, args.endpoint, timeout, content_length is not None, verbose=args.log_level == "debug"
+            ) from None
+        finally:
+            if bar is not None:
+                if expected is not None:
+                    bar.update(traffic.covered(*expected), expected[1] - expected[0], force=True)
+                bar.close()
+
+    if content_length is None or expected is None:
+        fail("dfdaemon ended the download without starting it (no DownloadTaskStartedResponse)")
+    start, end = expected
+    if finished_locally and not traffic.pieces:
+        # A daemon may answer a full local hit with the started message alone.
+        traffic.local = content_length
+        traffic.spans.append((0, content_length))
+    if traffic.covered(start, end) != end - start:
+        fail(f"download incomplete: received {traffic.covered(start, end)} of {end - start} bytes")
+    try:
+        size = os.stat(output).st_size
+    except FileNotFoundError:
+        fail(f"dfdaemon reported success but wrote no file at {output}")
+    if size != end - start:
+        fail(f"output file {output} has {size} bytes, expected {end - start}")
+    return traffic
+
+
+def list_entries(args: argparse.Namespace, url: str) -> list[Any]:
+    """Ask the daemon for the entries under ``url`` (``ListTaskEntries``)."""
+    import uuid
+
+    import grpc
+    from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
+    from google.protobuf import duration_pb2
+
+    if not os.path.exists(args.endpoint):
+        fail(f"dfdaemon is not running: no socket at {args.endpoint}; {START_HINT}")
+    timeout = DEFAULT_TIMEOUT if args.timeout is None else float(args.timeout)
+    # The settings travel as in a Download: build one and copy its fields.
+    settings = common_pb2.Download(url=url)
+    storage = object_storage_message(args)
+    if storage is not None:
+        settings.object_storage.CopyFrom(storage)
+    add_source_settings(settings, args)
+    request = dfdaemon_pb2.ListTaskEntriesRequest(
+        task_id=str(uuid.uuid4()),
+        url=url,
+        request_header=dict(args.header),
+        timeout=duration_pb2.Duration(seconds=int(timeout), nanos=int((timeout % 1) * 1e9)),
+    )
+    for name in ("object_storage", "hdfs", "hugging_face", "model_scope"):
+        if settings.HasField(name):
+            getattr(request, name).CopyFrom(getattr(settings, name))
+    with grpc.insecure_channel(f"unix:{args.endpoint}", options=LOCAL_API_CHANNEL_OPTIONS) as channel:
+        stub = dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel)  # type: ignore[no-untyped-call]
+        try:
+            response = stub.ListTaskEntries(request, timeout=timeout)
+        except grpc.RpcError as error:
+            failure = describe_rpc_error(error, args.endpoint, timeout, False, verbose=args.log_level == "debug")
+            raise DownloadFailed(str(failure).replace("download failed", f"listing {url} failed", 1)) from None
+    return list(response.entries)

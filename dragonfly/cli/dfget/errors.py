@@ -1,0 +1,88 @@
+"""What dfget tells the user when a download fails: the exception it shows, and the daemon's errors in words."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NoReturn
+
+# Origin headers are shown without --log-level debug while they fit in a few short lines.
+_SHORT_HEADER_LINES = 10
+_SHORT_HEADER_CHARS = 600
+START_HINT = (
+    "start it with `dfdaemon --config /etc/dragonfly/dfdaemon.yaml` (or `dragonfly up` for a local cluster), "
+    "or point -e/--endpoint at its socket"
+)
+
+
+class DownloadFailed(Exception):
+    """The download could not be started or did not complete; the message is shown to the user."""
+
+
+def fail(message: str) -> NoReturn:
+    raise DownloadFailed(message)
+
+
+def _backend_details(error: Any) -> Any:
+    """Return the ``errordetails.v2.Backend`` the daemon put as JSON in ``Status.details``, or None."""
+    import json
+
+    from dragonfly_api import errordetails_pb2
+    from google.protobuf import json_format
+
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            try:
+                return json_format.ParseDict(json.loads(value), errordetails_pb2.Backend(), ignore_unknown_fields=True)
+            except (ValueError, TypeError, json_format.ParseError):
+                # Details of another kind (a google.rpc.Status from some other server) are not ours to show.
+                return None
+    return None
+
+
+def _origin_headers(header: Mapping[str, str], verbose: bool) -> list[str]:
+    """Return the origin's response headers as lines, or a hint when they are many and not asked for."""
+    if not header:
+        return []
+    lines = [f"  {key}: {header[key]}" for key in sorted(header, key=str.lower)]
+    if verbose or (len(lines) <= _SHORT_HEADER_LINES and sum(map(len, lines)) <= _SHORT_HEADER_CHARS):
+        return ["origin response headers:", *lines]
+    return [f"origin sent {len(lines)} response headers; --log-level debug shows them"]
+
+
+def _daemon_listening(endpoint: str) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.connect(endpoint)
+        except OSError:
+            return False
+    return True
+
+
+def describe_rpc_error(
+    error: Any, endpoint: str, timeout: float, received: bool, *, verbose: bool = False
+) -> DownloadFailed:
+    """Return the failure to show for a failed DownloadTask call; origin headers come as its notes."""
+    import grpc
+
+    code, details = error.code(), error.details() or ""
+    # UNAVAILABLE is both gRPC's "no connection" and a status the daemon itself may answer with (origin or
+    # scheduler unreachable); only a socket that no longer accepts connections means the daemon is gone.
+    if code == grpc.StatusCode.UNAVAILABLE and not _daemon_listening(endpoint):
+        if not received:
+            return DownloadFailed(f"cannot connect to dfdaemon at {endpoint} ({details}); is it running? {START_HINT}")
+        return DownloadFailed(f"lost the connection to dfdaemon at {endpoint} during the download: {details}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DownloadFailed(f"timed out after {timeout:g}s (--timeout): {details}")
+    message = f"download failed: {details or code.name}"
+    backend = _backend_details(error)
+    if backend is None:
+        return DownloadFailed(message)
+    if backend.HasField("status_code") and f"HTTP {backend.status_code}" not in details:
+        message += f" (origin answered HTTP {backend.status_code})"
+    failure = DownloadFailed(message)
+    for line in _origin_headers(backend.header, verbose):
+        failure.add_note(line)
+    return failure
