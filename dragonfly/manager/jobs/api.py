@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from dragonfly.manager import auth, models, queries
+from dragonfly.manager.api import schemas
 from dragonfly.manager.api.app import Extension
 from dragonfly.manager.api.deps import Ctx, Paging, Principal, link_params, require
 from dragonfly.manager.api.errors import APIError, not_found
@@ -49,8 +50,11 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class CreateJobRequest(BaseModel):
-    """Dragonfly's create-job body (``manager/types/job.go``); Harbor sends ``type``, ``args``, cluster ids."""
+class CreateJobRequest(schemas.Request):
+    """Dragonfly's create-job body (``manager/types/job.go``); Harbor sends ``type``, ``args``, cluster ids.
+
+    Unknown fields are ignored (Harbor's and Dragonfly's clients send more); no string may hold a NUL character.
+    """
 
     model_config = ConfigDict(extra="ignore")
 
@@ -62,10 +66,8 @@ class CreateJobRequest(BaseModel):
     seed_peer_cluster_ids: list[int] | None = Field(None, max_length=1000, description="accepted, not used")
 
 
-class UpdateJobRequest(BaseModel):
+class UpdateJobRequest(schemas.Request):
     """What can change on a job: its description."""
-
-    model_config = ConfigDict(extra="forbid")
 
     bio: str = Field(max_length=1024)
 

@@ -4,8 +4,9 @@ Field names and defaults are Dragonfly's (``manager/types/job.go``): ``timeout``
 nanoseconds, 0 meaning the default (60 minutes); ``filtered_query_params`` is ``&``-joined; Harbor's
 ``concurrent_count`` is accepted and ignored, as Dragonfly does; Harbor's scope ``single_peer`` means
 ``single_seed_peer``. Credentials (``username``, ``password``, and the headers ``redact`` deems sensitive, such as
-the registry ``Authorization`` header Harbor passes) are split off: ``public`` is what a job answer may show,
-``secret`` is sealed apart (``sealing``) and dropped when the job ends.
+the registry ``Authorization`` header Harbor passes, and the credentials a URL carries: userinfo, signed query
+values) are split off: ``public`` is what a job answer may show (URLs redacted), ``secret`` is sealed apart
+(``sealing``) and dropped when the job ends.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dragonfly_api import scheduler_pb2
 from google.protobuf import duration_pb2
 
 from dragonfly.common import oci
-from dragonfly.common.redact import is_sensitive_header
+from dragonfly.common.redact import is_sensitive_header, redact_url
 
 TYPE_IMAGE = "image"
 TYPE_FILE = "file"
@@ -30,6 +31,8 @@ SCOPES = (SINGLE_SEED_PEER, ALL_SEED_PEERS, ALL_PEERS)
 #: Harbor's policy scopes (``single_peer``, ``all_peers``); Dragonfly treats ``single_peer`` as its default scope.
 SCOPE_ALIASES = {"single_peer": SINGLE_SEED_PEER, "": SINGLE_SEED_PEER}
 DEFAULT_TIMEOUT = 60 * 60.0
+MAX_HEADERS = 64
+MAX_HEADER_VALUE = 8192
 MIN_PIECE_LENGTH = 4 * 1024 * 1024
 MAX_PIECE_LENGTH = 64 * 1024 * 1024
 #: Headers whose values are credentials besides ``redact``'s (Docker's registry auth header).
@@ -98,9 +101,10 @@ class PreheatArgs:
 
     def public(self) -> dict[str, Any]:
         """Return the arguments as a job answer shows them: Dragonfly's field names, no credentials."""
-        doc: dict[str, Any] = {"type": self.type, "url": self.url, "scope": self.scope}
-        if len(self.urls) > 1:
-            doc["urls"] = list(self.urls)
+        shown = [redact_url(url) for url in self.urls]
+        doc: dict[str, Any] = {"type": self.type, "url": shown[0], "scope": self.scope}
+        if len(shown) > 1:
+            doc["urls"] = shown
         optional: dict[str, Any] = {
             "piece_length": self.piece_length,
             "tag": self.tag,
@@ -123,6 +127,8 @@ class PreheatArgs:
     def secret(self) -> dict[str, Any]:
         """Return the credentials to keep apart (restored by ``parse_args(public, secret)``)."""
         doc: dict[str, Any] = {}
+        if any(redact_url(url) != url for url in self.urls):
+            doc["urls"] = list(self.urls)
         if self.secret_headers:
             doc["headers"] = dict(self.secret_headers)
         if self.username:
@@ -269,6 +275,10 @@ def parse_args(doc: Any, secret: Mapping[str, Any] | None = None) -> PreheatArgs
     if extra and kind != TYPE_FILE:
         raise ArgsError("args.urls is for file preheats; an image preheat takes one manifest URL in args.url")
     urls.extend(_url(url, "urls[]") for url in extra)
+    secret = secret or {}
+    if secret.get("urls"):
+        # A stored job: its args show the URLs redacted; the real ones (with their credentials) are sealed apart.
+        urls = [_url(url, "urls[]") for url in secret["urls"]]
     urls = list(dict.fromkeys(urls))
     if not urls:
         raise ArgsError("args.url is required")
@@ -289,9 +299,16 @@ def parse_args(doc: Any, secret: Mapping[str, Any] | None = None) -> PreheatArgs
         isinstance(k, str) and isinstance(v, str) for k, v in headers_doc.items()
     ):
         raise ArgsError("args.headers must be an object of strings")
+    # They travel to every seed peer as request metadata: bounded like an HTTP server bounds a request's headers.
+    if len(headers_doc) > MAX_HEADERS or any(
+        not 0 < len(k) <= 256 or len(v) > MAX_HEADER_VALUE for k, v in headers_doc.items()
+    ):
+        raise ArgsError(
+            f"args.headers: at most {MAX_HEADERS} headers, names of 1..256 characters, values up to "
+            f"{MAX_HEADER_VALUE} characters"
+        )
     headers = {k: v for k, v in headers_doc.items() if not _sensitive(k)}
     secret_headers = {k: v for k, v in headers_doc.items() if _sensitive(k)}
-    secret = secret or {}
     secret_headers.update(secret.get("headers") or {})
     password = _str(doc, "password") or str(secret.get("password") or "")
     username = _str(doc, "username") or str(secret.get("username") or "")

@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 from dragonfly_api import scheduler_pb2_grpc
 
-from dragonfly.common.redact import redact_text
+from dragonfly.common.redact import redact_text, redact_url
 from dragonfly.manager.jobs.args import PreheatArgs
 from dragonfly.manager.jobs.model import FAILURE, SUCCESS, rfc3339, utcnow
 
@@ -98,6 +98,12 @@ def _error(exc: BaseException) -> str:
     else:
         text = f"{type(exc).__name__}: {exc}"
     return redact_text(text)[:MAX_ERROR]
+
+
+def _redacted(task: Any) -> Any:
+    if isinstance(task, dict) and isinstance(task.get("url"), str):
+        return {**task, "url": redact_url(task["url"])}
+    return task
 
 
 class PreheatRun:
@@ -178,8 +184,9 @@ class PreheatRun:
             except ValueError as exc:
                 error = f"scheduler {target.address} answered a bad preheat result: {exc}"[:MAX_ERROR]
                 break
-        success = result.get("success_tasks", [])
-        failure = result.get("failure_tasks", [])
+        # A file URL may carry credentials (userinfo, a signed query): the job answer shows the redacted form.
+        success = [_redacted(task) for task in result.get("success_tasks", [])]
+        failure = [_redacted(task) for task in result.get("failure_tasks", [])]
         if not error:
             reached = {task.get("url") for task in success}
             missed = sorted({task.get("url") for task in failure if task.get("url") not in reached})
@@ -233,5 +240,5 @@ class PreheatRun:
             for hostname, ip, held in holdings:
                 peer = peers.setdefault((hostname, ip), {"hostname": hostname, "ip": ip, "cached": [], "partial": []})
                 for url, finished in held:
-                    peer["cached" if finished else "partial"].append(url)
+                    peer["cached" if finished else "partial"].append(redact_url(url))
         return list(peers.values())

@@ -1,7 +1,8 @@
 """A pending job's registry credentials at rest: sealed in the job row (read here with raw SQL), never in an
 answer or a log line, still usable after a manager restart, wiped when the job ends, and a manager holding another
-key fails the job with a message that says which key it needs. SQLite and PostgreSQL; the preheat goes through a
-real scheduler and seed peer to Debian's docker-registry behind htpasswd basic auth.
+key fails the job with a message that says which key it needs; credentials inside URLs stay out of answers too, and
+odd bodies get 422. SQLite and PostgreSQL; the preheat goes through a real scheduler and seed peer to Debian's
+docker-registry behind htpasswd basic auth.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from dragonfly.manager.jobs.store import DatabaseJobStore
 
 from .conftest import ROOT_PASSWORD, database_for, manager_config
 
-pytestmark = pytest.mark.skipif(
+needs_registry = pytest.mark.skipif(
     not all(shutil.which(tool) for tool in ("docker-registry", "skopeo", "htpasswd")),
     reason="needs docker-registry, skopeo and htpasswd (scripts/system-deps.sh installs them)",
 )
@@ -195,6 +196,7 @@ async def add_scheduler(manager: Manager, cluster: LocalCluster) -> None:
         await session.commit()
 
 
+@needs_registry
 async def test_credentials_are_sealed_in_the_row_and_used_after_a_restart(
     managers: Managers,
     cluster: LocalCluster,
@@ -294,3 +296,38 @@ async def test_credentials_an_older_manager_left_in_clear_are_sealed_at_start(ma
     assert_no_credential(repr(await manager.raw_row(job_id)))
     assert await store.secrets(job_id) == {"password": PASSWORD, "username": USERNAME}
     assert await store.seal_plaintext() == 0
+
+
+async def test_credentials_inside_urls_are_not_shown_and_odd_bodies_get_422(managers: Managers) -> None:
+    manager = await managers.open(managers.config(), run_jobs=False)
+    signed = f"https://{USERNAME}:{PASSWORD}@origin.example.com/model.bin?X-Amz-Signature={TOKEN}&part=1"
+    body = {
+        "type": "preheat",
+        "args": {"type": "file", "url": signed, "urls": ["https://origin.example.com/plain.bin"]},
+        "scheduler_cluster_ids": [1],
+    }
+    response = await manager.client.post("/api/v1/jobs", json=body, headers=manager.headers)
+    assert response.status_code == 200, response.text
+    assert_no_credential(response.text)
+    job_id = response.json()["id"]
+    assert response.json()["args"]["url"] == "https://***@origin.example.com/model.bin?X-Amz-Signature=***&part=1"
+    assert response.json()["args"]["urls"][1] == "https://origin.example.com/plain.bin"
+    assert_no_credential((await manager.client.get(f"/api/v1/jobs/{job_id}", headers=manager.headers)).text)
+    assert_no_credential(repr(await manager.raw_row(job_id)))
+    store = manager.engine.store
+    assert (await store.secrets(job_id))["urls"] == [signed, "https://origin.example.com/plain.bin"]
+
+    nul = await manager.client.post("/api/v1/jobs", json={**body, "bio": "a\u0000b"}, headers=manager.headers)
+    assert nul.status_code == 422, nul.text
+    nul = await manager.client.post(
+        "/api/v1/jobs", json={**body, "args": {**body["args"], "tag": "t\u0000"}}, headers=manager.headers
+    )
+    assert nul.status_code == 422, nul.text
+    patched = await manager.client.patch(f"/api/v1/jobs/{job_id}", json={"bio": "x\u0000"}, headers=manager.headers)
+    assert patched.status_code == 422, patched.text
+    many = {f"X-H{i}": "v" for i in range(65)}
+    too_many = await manager.client.post(
+        "/api/v1/jobs", json={**body, "args": {**body["args"], "headers": many}}, headers=manager.headers
+    )
+    assert too_many.status_code == 422
+    assert "at most 64 headers" in too_many.json()["message"]

@@ -141,3 +141,24 @@ async def test_memory_store_ends_a_job_once_and_drops_its_secret() -> None:
     jobs, total = await store.query(state="SUCCESS")
     assert total == 1
     assert jobs[0].id == job.id
+
+
+def test_credentials_inside_urls_are_kept_apart_and_restored_for_the_scheduler() -> None:
+    signed = "https://user:pw-1@origin/a.bin?X-Amz-Signature=sig-1&part=2"
+    args = parse_args({"type": "file", "url": signed, "urls": ["https://origin/b.bin"]})
+    public = args.public()
+    assert public["url"] == "https://***@origin/a.bin?X-Amz-Signature=***&part=2"
+    assert "pw-1" not in repr(public)
+    assert "sig-1" not in repr(public)
+    assert args.secret()["urls"] == [signed, "https://origin/b.bin"]
+    again = parse_args(public, args.secret())
+    assert [request.url for request in again.preheat_requests()] == [signed, "https://origin/b.bin"]
+    plain = parse_args({"type": "file", "url": "https://origin/c.bin"})
+    assert "urls" not in plain.secret()
+
+
+def test_headers_are_bounded() -> None:
+    with pytest.raises(ArgsError, match="at most 64 headers"):
+        parse_args({"type": "file", "url": "https://o/f", "headers": {f"X-{i}": "v" for i in range(65)}})
+    with pytest.raises(ArgsError, match="values up to 8192"):
+        parse_args({"type": "file", "url": "https://o/f", "headers": {"X-Big": "v" * 8193}})
