@@ -16,7 +16,7 @@ from dragonfly.common.ids import InvalidURL
 from dragonfly.common.netguard import find_refusal
 from dragonfly.common.piece import piece_count
 from dragonfly.common.redact import redact_url
-from dragonfly.daemon.download.task_manager import PieceDone, TaskStarted, piece_message
+from dragonfly.daemon.download.task_download import PieceDone, TaskStarted, piece_message
 from dragonfly.daemon.errors import (
     BackendError,
     DownloadFailed,

@@ -21,25 +21,19 @@ import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from dragonfly_api import common_pb2, dfdaemon_pb2, errordetails_pb2, scheduler_pb2
-from google.protobuf import duration_pb2, timestamp_pb2
 
 from dragonfly.common import ids, native
 from dragonfly.common.byte_range import (
     ByteRange,
     RangeNotSatisfiable,
-    RangeSpec,
-    find_range_header,
-    parse_range_header,
-    range_from_fields,
 )
 from dragonfly.common.digest import Digest, format_piece_digest, parse_digest, verify_file_digest
-from dragonfly.common.errors import DigestMismatch, DragonflyError, InvalidDigest
-from dragonfly.common.piece import MAX_PIECE_LENGTH, MIN_PIECE_LENGTH, calculate_piece_length, piece_count, piece_range
+from dragonfly.common.errors import DigestMismatch, DragonflyError
+from dragonfly.common.piece import MIN_PIECE_LENGTH, calculate_piece_length, piece_count, piece_range
 from dragonfly.common.redact import redact_headers, redact_url
 from dragonfly.daemon.backends import Backends, Entry, NotReadableHere, SourceOptions, StatResult, check_scheme
 from dragonfly.daemon.backends.http import LOCAL as LOCAL_ORIGIN
@@ -47,19 +41,27 @@ from dragonfly.daemon.backends.http import HTTPBackend, OriginOptions, RangeNotS
 from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.config import DfdaemonConfig
 from dragonfly.daemon.download.buffers import BufferPool
+from dragonfly.daemon.download.download_request import (
+    requested_range,
+    task_id_for,
+    validate_download,
+    wanted_pieces,
+    whole_content_digest,
+)
 from dragonfly.daemon.download.parent_round import ParentRound
 from dragonfly.daemon.download.parent_selector import ParentSelector
 from dragonfly.daemon.download.parents import ParentChannels
 from dragonfly.daemon.download.piece_collector import PieceCollector
 from dragonfly.daemon.download.piece_dispatcher import PieceDispatcher, PieceFetch, PieceRates, SlowPiecePolicy
-from dragonfly.daemon.download.piece_verifier import PieceVerifier, UnverifiablePiece, is_strong, piece_hash
+from dragonfly.daemon.download.piece_verifier import PieceVerifier, UnverifiablePiece, piece_hash
 from dragonfly.daemon.download.scheduler_client import AnnouncePeerStream, SchedulerClient
 from dragonfly.daemon.download.source_window import SourceWindow
+from dragonfly.daemon.download.task_download import PieceDone, TaskDownload, TaskStarted, piece_message, source_of
 from dragonfly.daemon.download.vortex_client import ConnectionPool, FetchAbort, PieceAbandoned, fetch_piece
 from dragonfly.daemon.errors import BackendError, DownloadFailed, DownloadTimeout, NoSpace, OutputError
 from dragonfly.daemon.host_info import TrafficMeter
 from dragonfly.daemon.metrics import DaemonMetrics
-from dragonfly.daemon.output import Caller, check_output_path, write_output, write_output_as
+from dragonfly.daemon.output import Caller, write_output, write_output_as
 from dragonfly.daemon.storage import PieceRecord, Storage, TaskRecord
 
 log = logging.getLogger(__name__)
@@ -71,205 +73,12 @@ VORTEX_CONNECT_TIMEOUT = 2.0
 _SOURCE_BUFFER = 4 * 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class TaskStarted:
-    """The first event of a download: what the task is."""
-
-    task_id: str
-    peer_id: str
-    content_length: int
-    piece_length: int
-    response_header: dict[str, str]
-    #: The bytes the requester asked for, None for the whole content.
-    range: ByteRange | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PieceDone:
-    """A piece is in storage; ``traffic_type`` says where its bytes came from, as the requester sees it."""
-
-    piece: PieceRecord
-    traffic_type: int
-
-
-class TaskDownload:
-    """The one running download of a task in this daemon."""
-
-    __slots__ = (
-        "byte_range",
-        "done",
-        "download",
-        "error",
-        "from_scheduler",
-        "options",
-        "order",
-        "origin",
-        "peer_id",
-        "probe",
-        "ready",
-        "registered",
-        "runner",
-        "spec",
-        "streamed",
-        "task",
-        "task_id",
-        "unreadable",
-        "verifier",
-        "wanted",
-    )
-
-    def __init__(
-        self,
-        task_id: str,
-        download: common_pb2.Download,
-        peer_id: str,
-        spec: RangeSpec | None,
-        origin: OriginOptions = LOCAL_ORIGIN,
-    ) -> None:
-        self.task_id = task_id
-        self.download = download
-        # How this download may reach the origin (the SSRF guard, trust roots): set by whoever started it.
-        self.origin = origin
-        self.peer_id = peer_id
-        # A ranged download fetches only the pieces that cover its range (``wanted``; None means every piece).
-        self.spec = spec
-        self.byte_range: ByteRange | None = None
-        self.wanted: frozenset[int] | None = None
-        # The origin ignores Range: pieces are cut from one streamed GET instead of fetched one by one.
-        self.streamed = False
-        self.task: TaskRecord | None = None
-        self.error: BaseException | None = None
-        self.order: list[int] = []
-        self.ready = asyncio.Event()
-        self.done = asyncio.Event()
-        self.runner: asyncio.Task[None] | None = None
-        self.verifier: PieceVerifier | None = None
-        # What the non-HTTP backends need besides the URL (credentials among them).
-        self.options = SourceOptions.of(download, origin)
-        # The source cannot be read here: the AnnouncePeer stream that learnt the task's size from the swarm, with
-        # the scheduler's first answer, to go on with (``_stat_from_swarm``).
-        self.probe: tuple[AnnouncePeerStream, str, scheduler_pb2.AnnouncePeerResponse] | None = None
-        # The source cannot be read here: every piece comes from the swarm (never the small-task shortcut).
-        self.unreadable = False
-        # Asked for by the scheduler (a seed peer's task), and whether this download told the scheduler about it.
-        self.from_scheduler = False
-        self.registered = False
-
-
 #: Objects (or ranges) up to this size go straight to the origin even with a scheduler: a round trip to the
 #: scheduler and a seed peer would cost more than the bytes (the scheduler's TINY size scope). Anything larger, a
 #: file of one piece included, goes through the swarm, so the origin serves it about once however many peers ask.
 #: (Dragonfly's client sends everything up to 4 MiB to the origin, docs/reference/protocol.md; 200 peers pulling
 #: the same 1 MiB file then cost its origin 200 MiB.)
 DIRECT_FROM_SOURCE_MAX = 128
-
-
-def piece_message(piece: PieceRecord, traffic_type: int | None = None) -> common_pb2.Piece:
-    """Return the common.v2.Piece of a stored piece."""
-    message = common_pb2.Piece(  # traffic_type: the stored int is a TrafficType value
-        number=piece.number,
-        offset=piece.offset,
-        length=piece.length,
-        # The BLAKE3 digest when known: the scheduler hands it to children as a trusted digest (docs/security.md).
-        digest=piece.strong_digest or piece.digest,
-        traffic_type=piece.traffic_type if traffic_type is None else traffic_type,  # type: ignore[arg-type]
-        cost=duration_pb2.Duration(seconds=int(piece.cost), nanos=int((piece.cost % 1) * 1e9)),
-        created_at=timestamp_pb2.Timestamp(seconds=int(piece.created_at)),
-    )
-    if piece.parent_id:
-        message.parent_id = piece.parent_id
-    return message
-
-
-def source_of(piece: PieceRecord, traffic_type: int) -> str:
-    """Return the metrics/report source of a piece: origin, seed, peer or local."""
-    if traffic_type == LOCAL_PEER:
-        return "local"
-    if traffic_type == BACK_TO_SOURCE:
-        return "origin"
-    return "seed" if (piece.parent_id or "").endswith("-seed") else "peer"
-
-
-def task_id_for(download: common_pb2.Download) -> str:
-    """Return the task id of a Download request exactly as Dragonfly computes it."""
-    if download.enable_task_id_based_blob_digest:
-        blob = ids.blob_digest_task_id(download.url)
-        if blob is not None:
-            return blob
-    content = download.content_for_calculating_task_id if download.HasField("content_for_calculating_task_id") else None
-    return ids.task_id(
-        download.url,
-        tag=download.tag or None,
-        application=download.application or None,
-        revision=hub_revision(download),
-        piece_length=download.piece_length if download.HasField("piece_length") else None,
-        filtered_query_params=list(download.filtered_query_params) or ids.DEFAULT_FILTERED_QUERY_PARAMS,
-        content=content,
-    )
-
-
-def hub_revision(download: common_pb2.Download) -> str | None:
-    """Return the model hub revision that is part of the task id (Dragonfly hashes the one the request names)."""
-    scheme = download.url.partition("://")[0].lower()
-    if scheme == "hf" and download.HasField("hugging_face"):
-        return download.hugging_face.revision or None
-    if scheme == "modelscope" and download.HasField("model_scope"):
-        return download.model_scope.revision or None
-    return None
-
-
-def requested_range(download: common_pb2.Download) -> RangeSpec | None:
-    """Return the range a request asks for: ``Download.range``, else its ``Range`` header (as Dragonfly), else None.
-
-    Raises InvalidRange (a ValueError) when it is malformed.
-    """
-    if download.HasField("range"):
-        return range_from_fields(download.range.start, download.range.length)
-    header = find_range_header(download.request_header)
-    return None if header is None else parse_range_header(header)
-
-
-def wanted_pieces(task: TaskRecord, byte_range: ByteRange | None) -> frozenset[int] | None:
-    """Return the pieces a download of ``byte_range`` needs (None: the whole task)."""
-    if byte_range is None:
-        return None
-    return frozenset(byte_range.pieces(task.piece_length))
-
-
-def whole_content_digest(download: common_pb2.Download, *, ranged: bool) -> Digest | None:
-    """Return the cryptographic digest the whole content must have (``--digest`` or an OCI blob's), if any.
-
-    A ranged download's ``--digest`` is the digest of its range, not of the content.
-    """
-    if not ranged and download.HasField("digest") and download.digest:
-        digest = parse_digest(download.digest)
-        if is_strong(str(digest)):
-            return digest
-    blob = ids.blob_digest(download.url) if download.enable_task_id_based_blob_digest else None
-    if blob is not None:
-        # An OCI blob is named by its digest: its bytes must hash to it, whoever served them.
-        with contextlib.suppress(InvalidDigest):
-            digest = parse_digest(blob)
-            if is_strong(str(digest)):
-                return digest
-    return None
-
-
-def validate_download(download: common_pb2.Download, *, as_daemon: bool = True) -> None:
-    """Refuse requests this daemon cannot serve, with a message naming the field.
-
-    ``as_daemon`` False (a caller with other rights) leaves the output checks to the write itself.
-    """
-    check_scheme(download.url, redact_url)
-    requested_range(download)
-    if download.HasField("piece_length") and not MIN_PIECE_LENGTH <= download.piece_length <= MAX_PIECE_LENGTH:
-        raise ValueError(
-            f"piece_length must be between {MIN_PIECE_LENGTH} and {MAX_PIECE_LENGTH} bytes, got {download.piece_length}"
-        )
-    if download.HasField("digest") and download.digest:
-        parse_digest(download.digest)
-    if download.HasField("output_path"):
-        check_output_path(download.output_path, overwrite=download.overwrite, as_daemon=as_daemon)
 
 
 class TaskManager:
@@ -631,9 +440,9 @@ class TaskManager:
                     # Its requester gets the error; the task itself is fine and stays as it is.
                     td.wanted = frozenset()
             td.ready.set()
-            if task.finished_at is None and self._missing(td, task):
+            if task.finished_at is None and td.missing(task):
                 await self._download_pieces(td, task)
-                missing = self._missing(td, task)
+                missing = td.missing(task)
                 if missing:
                     raise DownloadFailed(f"{len(missing)} pieces of task {td.task_id} are still missing")
             if task.finished_at is None and len(task.pieces) == piece_count(task.content_length, task.piece_length):
@@ -661,19 +470,6 @@ class TaskManager:
             td.ready.set()
             td.done.set()
             self._active.pop(td.task_id, None)
-
-    @staticmethod
-    def _missing(td: TaskDownload, task: TaskRecord) -> list[int]:
-        """Return the pieces ``td`` still has to fetch, in ascending order."""
-        if td.wanted is None:
-            return [n for n in range(piece_count(task.content_length, task.piece_length)) if n not in task.pieces]
-        return sorted(n for n in td.wanted if n not in task.pieces)
-
-    @staticmethod
-    def _complete(td: TaskDownload, task: TaskRecord, count: int) -> bool:
-        if td.wanted is None:
-            return len(task.pieces) == count
-        return td.wanted.issubset(task.pieces)
 
     def _trusted_pieces(self, task_id: str) -> Callable[[], Coroutine[Any, Any, list[common_pb2.Piece]]] | None:
         """Return how the verifier asks the task's scheduler for its trusted piece digests (StatTask)."""
@@ -739,7 +535,7 @@ class TaskManager:
             raise DownloadFailed(
                 f"no scheduler is configured and back-to-source is disabled for {redact_url(download.url)}"
             )
-        if self._missing(td, task):
+        if td.missing(task):
             if not back_to_source_allowed:
                 raise DownloadFailed(
                     f"not all pieces of {redact_url(download.url)} could be fetched from peers "
@@ -997,13 +793,13 @@ class TaskManager:
         count = piece_count(task.content_length, task.piece_length)
         parents = [p for p in parents if p.id != td.peer_id and p.host.ip and p.host.port]
         if not parents:
-            return self._complete(td, task, count)
+            return td.complete(task, count)
         collector = PieceCollector(
             self._channels,
             host_id=self.host_id,
             task_id=td.task_id,
             parents=parents,
-            interested=self._missing(td, task),
+            interested=td.missing(task),
             piece_count=count,
             idle_timeout=self._config.download.collected_piece_timeout,
             first_timeout=self._config.download.first_collected_piece_timeout,
@@ -1030,12 +826,12 @@ class TaskManager:
         collector.start()
         selector.start()
         try:
-            await round_.run(lambda: self._complete(td, task, count), lambda: self._stopping)
+            await round_.run(lambda: td.complete(task, count), lambda: self._stopping)
         finally:
             await collector.stop()
             await selector.stop()
             failed.update(round_.failed_parents())
-        return self._complete(td, task, count)
+        return td.complete(task, count)
 
     def _piece_from_parent_failed(
         self,
@@ -1155,7 +951,7 @@ class TaskManager:
     async def _fetch_pieces_from_source(self, td: TaskDownload, stream: AnnouncePeerStream | None) -> None:
         task = td.task
         assert task is not None
-        pending = collections.deque(self._missing(td, task))
+        pending = collections.deque(td.missing(task))
         window = SourceWindow(self._concurrency, task.piece_length)
         failure: list[BaseException] = []
 
@@ -1201,7 +997,7 @@ class TaskManager:
         """
         task = td.task
         assert task is not None
-        missing = self._missing(td, task)
+        missing = td.missing(task)
         if not missing:
             return
         url, header = td.download.url, dict(td.download.request_header)

@@ -22,7 +22,8 @@ from dragonfly_api import common_pb2
 from dragonfly.common.byte_range import ByteRange
 from dragonfly.common.netguard import find_refusal
 from dragonfly.daemon.blocking import run_blocking
-from dragonfly.daemon.download.task_manager import PieceDone, TaskManager, TaskStarted
+from dragonfly.daemon.download.task_download import PieceDone, TaskStarted
+from dragonfly.daemon.download.task_manager import TaskManager
 from dragonfly.daemon.errors import BackendError
 from dragonfly.daemon.proxy.errors import download_error_response, error_response
 from dragonfly.daemon.proxy.routing import HOP_BY_HOP

@@ -17,7 +17,9 @@ from standalone import standalone_task_manager
 
 from dragonfly.common.byte_range import ByteRange, InvalidRange, RangeNotSatisfiable
 from dragonfly.common.errors import DigestMismatch
-from dragonfly.daemon.download.task_manager import PieceDone, TaskManager, TaskStarted, task_id_for
+from dragonfly.daemon.download.download_request import task_id_for
+from dragonfly.daemon.download.task_download import PieceDone, TaskStarted
+from dragonfly.daemon.download.task_manager import TaskManager
 from dragonfly.daemon.storage import Storage
 
 MIB = 1024 * 1024

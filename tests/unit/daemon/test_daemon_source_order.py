@@ -23,7 +23,8 @@ from standalone import standalone_task_manager
 
 from dragonfly.common.piece import MIN_PIECE_LENGTH
 from dragonfly.daemon.download.source_window import SourcePiece, SourceWindow
-from dragonfly.daemon.download.task_manager import PieceDone, TaskManager
+from dragonfly.daemon.download.task_download import PieceDone
+from dragonfly.daemon.download.task_manager import TaskManager
 
 PIECE = MIN_PIECE_LENGTH
 LEAD = PIECE // 8

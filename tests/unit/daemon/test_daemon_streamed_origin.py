@@ -12,7 +12,8 @@ from aiohttp import web
 from dragonfly_api import common_pb2
 from standalone import standalone_task_manager
 
-from dragonfly.daemon.download.task_manager import PieceDone, TaskManager
+from dragonfly.daemon.download.task_download import PieceDone
+from dragonfly.daemon.download.task_manager import TaskManager
 
 MIB = 1024 * 1024
 BODY = os.urandom(13 * MIB + 5)  # 4 pieces

@@ -25,13 +25,9 @@ from dragonfly.common.byte_range import ByteRange
 from dragonfly.common.errors import DigestMismatch, InvalidDigest
 from dragonfly.common.piece import calculate_piece_length
 from dragonfly.daemon.api.download_server import DfdaemonDownloadService
-from dragonfly.daemon.download.task_manager import (
-    PieceDone,
-    TaskManager,
-    TaskStarted,
-    task_id_for,
-    validate_download,
-)
+from dragonfly.daemon.download.download_request import task_id_for, validate_download
+from dragonfly.daemon.download.task_download import PieceDone, TaskStarted
+from dragonfly.daemon.download.task_manager import TaskManager
 from dragonfly.daemon.errors import BackendError, DownloadFailed, OutputError
 from dragonfly.daemon.output import write_output
 from dragonfly.daemon.storage import Storage
