@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from dragonfly.manager.config import Config
@@ -28,7 +29,13 @@ def database_url(config: Config) -> URL:
     """Return the async SQLAlchemy URL of the configured database."""
     db = config.database
     if db.url:
-        url = make_url(db.url)
+        try:
+            url = make_url(db.url)
+        except (ArgumentError, ValueError):
+            # The message never repeats the URL: it holds the database password.
+            raise ValueError(
+                "database.url: not a database URL (expected dialect://user:password@host:port/dbname)"
+            ) from None
         backend = _SCHEME_ALIASES.get(url.get_backend_name(), url.get_backend_name())
         if backend not in _ASYNC_DRIVERS:
             raise ValueError(f"database.url: unsupported database {url.get_backend_name()!r}")
