@@ -1,49 +1,25 @@
-"""Persistent cache tasks on the daemon: import a local file, export one from the swarm (``docs/dfcache.md``).
-
-Persistent cache content lives in a storage of its own, ``<storage.dir>/persistent-cache/`` (content files and
-piece metadata as for URL tasks, plus ``metadata/entries.db`` for what the importer declared). It is kept across
-restarts whatever ``storage.keep`` says, and the standard GC never evicts it: an entry leaves when its TTL runs
-out, when its task is deleted, or when its content no longer matches its digest.
-
-Import reads the caller's file with the caller's rights, copies it into the cache while hashing it once (SHA-256
-of the content: the importer's digest; the task id follows Dragonfly's rule from the same hash state; CRC-32 per
-piece for Vortex), then records the task with the scheduler.
-
-A scheduler keeps persistent cache tasks in memory; after it restarts, each daemon declares its copies again
-(``reconcile``): the importer its task, other holders their copies.
-
-Export (and replication, which the scheduler asks for) gets the sizes and the importer's digest from
-StatPersistentCacheTask, registers on AnnouncePersistentCachePeer, learns from each candidate parent where its
-Vortex port is (SyncPersistentCachePieces), fetches the pieces (CRC-32 checked against the parent's), then hashes
-the whole content and compares it with the importer's digest, and for an id derived from the content, with the
-id. A mismatch discards everything; the next attempt takes each parent alone so the one that lied is found and
-reported. Content is kept, served and written out only once it has matched.
-"""
+"""The persistent cache of one daemon: its copies' lifecycle (open, expiry, space, scrub), re-announcing them to a
+restarted scheduler, import of a local file, export from the swarm, and writing content out (overview in the
+package's docstring)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import functools
-import hashlib
-import json
 import logging
 import os
 import shutil
-import sqlite3
-import stat
 import threading
 import time
 import uuid
-import zlib
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
-from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from dragonfly_api import common_pb2, dfdaemon_pb2, scheduler_pb2
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 
 from dragonfly.common.background import BackgroundJobs
 from dragonfly.common.errors import DragonflyError
@@ -51,10 +27,21 @@ from dragonfly.common.pbtime import duration, timestamp
 from dragonfly.common.piece import calculate_piece_length, piece_count, piece_range
 from dragonfly.daemon import compression
 from dragonfly.daemon.blocking import run_blocking
-from dragonfly.daemon.download import vortex_client
-from dragonfly.daemon.download.parents import ParentChannels, upload_addr
+from dragonfly.daemon.download.parents import ParentChannels
 from dragonfly.daemon.errors import DownloadFailed, OutputError, TaskNotFound
-from dragonfly.daemon.output import Caller, _as_caller, write_output, write_output_as
+from dragonfly.daemon.output import Caller, write_output, write_output_as
+from dragonfly.daemon.persistent_cache.announcer import REQUEST_TIMEOUT, SchedulerAnnouncer
+from dragonfly.daemon.persistent_cache.content import (
+    as_caller_open,
+    copy_and_hash,
+    finish_task_id,
+    hash_content,
+    is_importers_content,
+    open_input,
+)
+from dragonfly.daemon.persistent_cache.entries import Entry, EntryIndex
+from dragonfly.daemon.persistent_cache.metrics import PersistentCacheMetrics
+from dragonfly.daemon.persistent_cache.piece_fetcher import PieceFetcher, report_liars
 from dragonfly.daemon.storage import PieceRecord, Storage
 
 if TYPE_CHECKING:
@@ -65,211 +52,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONTENT_DIGEST_KEY = "dragonfly-content-digest"
-TASK_TYPE = b"PERSISTENT_CACHE"
 #: Attempts of one export: all parents together first, then each parent alone.
 MAX_ATTEMPTS = 4
 #: How often expired entries are looked for.
 EXPIRY_INTERVAL = 1.0
-_READ_CHUNK = 4 * 1024 * 1024
-_RECV_BUFFER = 1024 * 1024
-_REQUEST_TIMEOUT = 10.0
-_CONNECT_TIMEOUT = 2.0
-_REMOTE_PEER = 1
 _LOCAL_PEER = 0
 
 
 class DigestMismatch(DownloadFailed):
     """The exported content does not match the importer's digest (or its content-derived id)."""
-
-
-@dataclass(slots=True)
-class Entry:
-    """What is known of one persistent cache task besides its content: kept in ``entries.db``."""
-
-    id: str
-    persistent: bool
-    persistent_replica_count: int
-    ttl: float
-    created_at: float
-    tag: str = ""
-    application: str = ""
-    #: ``sha256:<hex>`` of the content, verified when the entry was made.
-    content_digest: str = ""
-    importer: bool = False
-    uploaded: int = field(default=0)
-    #: The peer id this host's copy has at the scheduler (re-announced under it after a scheduler restart).
-    peer_id: str = ""
-
-    def expires_at(self) -> float:
-        return self.created_at + self.ttl
-
-    def expired(self, now: float) -> bool:
-        return now >= self.expires_at()
-
-
-class EntryIndex:
-    """The entries in a small SQLite table (one JSON row each)."""
-
-    def __init__(self, path: str) -> None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        os.close(fd)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS entries (id TEXT PRIMARY KEY, body TEXT NOT NULL)")
-
-    def load(self) -> dict[str, Entry]:
-        entries = {}
-        for task_id, body in self._db.execute("SELECT id, body FROM entries"):
-            try:
-                entries[task_id] = Entry(**json.loads(body))
-            except (TypeError, ValueError):
-                log.warning("dropping an unreadable persistent cache entry", extra={"task_id": task_id})
-        return entries
-
-    def put(self, entry: Entry) -> None:
-        self._db.execute("INSERT OR REPLACE INTO entries VALUES (?, ?)", (entry.id, json.dumps(asdict(entry))))
-
-    def delete(self, task_id: str) -> None:
-        self._db.execute("DELETE FROM entries WHERE id = ?", (task_id,))
-
-    def close(self) -> None:
-        self._db.close()
-
-
-def task_id_hasher() -> Any:
-    """Return the hash state the task id and the content digest both start from (SHA-256 of the content)."""
-    return hashlib.sha256()
-
-
-def finish_task_id(
-    content_hash: Any, *, tag: str, application: str, piece_length: int, content: str | None = None
-) -> tuple[str, str]:
-    """Return (task id, content digest) from the SHA-256 state of the content.
-
-    Dragonfly's rule: sha256(content ‖ tag ‖ application ‖ piece_length as decimal ‖ "PERSISTENT_CACHE"), or
-    sha256(content_for_calculating_task_id) when one is given.
-    """
-    digest = f"sha256:{content_hash.hexdigest()}"
-    if content is not None:
-        return hashlib.sha256(content.encode()).hexdigest(), digest
-    h = content_hash.copy()
-    for part in (tag, application):
-        if part:
-            h.update(part.encode())
-    h.update(str(piece_length).encode())
-    h.update(TASK_TYPE)
-    return h.hexdigest(), digest
-
-
-def _open_input(path: str) -> int:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OutputError(f"{path} is not a regular file")
-    return fd
-
-
-def _as_caller_open(caller: Caller, path: str) -> int:
-    """Open ``path`` with the caller's file-system identity (blocking, on a thread of its own)."""
-    opened: list[int] = []
-    _as_caller(caller, lambda: opened.append(_open_input(path)))
-    return opened[0]
-
-
-def _copy_and_hash(
-    source: int, temp: str, content_length: int, piece_length: int, stop: threading.Event
-) -> tuple[list[int], Any]:
-    """Copy ``source`` into a new file ``temp`` in one pass, hashing the content and each piece (blocking; ``stop``
-    ends it early). On failure the new file is removed."""
-    os.makedirs(os.path.dirname(temp), exist_ok=True)
-    target = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        return _copy_into(source, target, content_length, piece_length, stop)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    finally:
-        os.close(target)
-
-
-def _copy_into(
-    source: int, target: int, content_length: int, piece_length: int, stop: threading.Event
-) -> tuple[list[int], Any]:
-    hasher = task_id_hasher()
-    crcs = []
-    buffer = bytearray(min(_READ_CHUNK, piece_length) or 1)
-    view = memoryview(buffer)
-    offset = 0
-    while offset < content_length:
-        end = min(offset + piece_length, content_length)
-        crc = 0
-        while offset < end:
-            if stop.is_set():
-                raise DownloadFailed("the import was cancelled")
-            n = os.preadv(source, [view[: min(len(buffer), end - offset)]], offset)
-            if n == 0:
-                raise OutputError(f"the file shrank while it was imported (at byte {offset})")
-            chunk = view[:n]
-            hasher.update(chunk)
-            crc = zlib.crc32(chunk, crc)
-            written = 0
-            while written < n:
-                written += os.pwrite(target, chunk[written:], offset + written)
-            offset += n
-        crcs.append(crc)
-    if os.pread(source, 1, content_length):
-        raise OutputError("the file grew while it was imported")
-    return crcs, hasher
-
-
-def _hash_content(fd: int, content_length: int) -> Any:
-    """Return the SHA-256 state of a content file's first ``content_length`` bytes (blocking)."""
-    hasher = task_id_hasher()
-    buffer = bytearray(_READ_CHUNK)
-    view = memoryview(buffer)
-    offset = 0
-    while offset < content_length:
-        n = os.preadv(fd, [view[: min(len(buffer), content_length - offset)]], offset)
-        if n == 0:
-            break
-        hasher.update(view[:n])
-        offset += n
-    return hasher
-
-
-class PersistentCacheMetrics:
-    """The persistent cache's figures, in the daemon's registry (``dragonfly_dfdaemon_persistent_cache_*``)."""
-
-    def __init__(self, registry: CollectorRegistry | None) -> None:
-        registry = registry or CollectorRegistry()
-        ns = "dragonfly_dfdaemon"
-        self.imports = Counter(
-            "persistent_cache_imports", "dfcache imports by result.", ["result"], namespace=ns, registry=registry
-        )
-        self.exports = Counter(
-            "persistent_cache_exports",
-            "Exports (and replications) by where the content came from: local, swarm, or failed.",
-            ["source"],
-            namespace=ns,
-            registry=registry,
-        )
-        self.piece_bytes = Counter(
-            "persistent_cache_piece_bytes",
-            "Bytes of persistent cache pieces fetched from parents: content, and wire (what crossed the network).",
-            ["kind"],
-            namespace=ns,
-            registry=registry,
-        )
-        self.evictions = Counter(
-            "persistent_cache_evictions",
-            "Copies dropped by reason: ttl, digest (content no longer matched), space.",
-            ["reason"],
-            namespace=ns,
-            registry=registry,
-        )
-        self.copies = Gauge("persistent_cache_copies", "Persistent cache copies held.", namespace=ns, registry=registry)
 
 
 class PersistentCacheManager:
@@ -299,15 +90,10 @@ class PersistentCacheManager:
         self._index_path = os.path.join(self.storage.metadata_dir, "entries.db")
         self._index: EntryIndex | None = None
         self.entries: dict[str, Entry] = {}
-        self.scheduler = scheduler
-        self._channels = channels
+        self._announcer = SchedulerAnnouncer(host_id, scheduler)
         self._executor = executor
         self.host_id = host_id
-        self._ip = ip
-        self._pool = vortex_client.ConnectionPool(ssl_context=vortex_tls)
         self._concurrency = concurrent_piece_count
-        self._piece_timeout = piece_timeout
-        self._on_fetched = on_fetched
         #: Whether pieces go zstd-compressed between our peers (both ways: offered as a parent, asked as a child).
         self.compression = compression
         self._reconcile_interval = reconcile_interval
@@ -318,13 +104,31 @@ class PersistentCacheManager:
         # Task id -> reconciliation rounds in a row the scheduler did not know a held copy's task.
         self._unknown_rounds: dict[str, int] = {}
         self._jobs = BackgroundJobs()
-        #: Bytes of piece content received, and how many of them crossed the wire (less when compressed).
-        self.received_bytes = 0
         self.metrics = PersistentCacheMetrics(metrics_registry)
         self.metrics.copies.set_function(lambda: len(self.entries))
-        self.wire_bytes = 0
+        self._fetcher = PieceFetcher(
+            self.storage,
+            channels=channels,
+            executor=executor,
+            host_id=host_id,
+            vortex_tls=vortex_tls,
+            concurrent_piece_count=concurrent_piece_count,
+            piece_timeout=piece_timeout,
+            compression=compression,
+            metrics=self.metrics,
+            on_fetched=on_fetched,
+        )
         self._active: dict[str, asyncio.Future[None]] = {}
         self._expiry: asyncio.Task[None] | None = None
+
+    @property
+    def scheduler(self) -> SchedulerClient | None:
+        """The scheduler client (the daemon sets it once it has one); None: no scheduler, local copies only."""
+        return self._announcer.scheduler
+
+    @scheduler.setter
+    def scheduler(self, scheduler: SchedulerClient | None) -> None:
+        self._announcer.scheduler = scheduler
 
     # lifecycle
 
@@ -351,7 +155,7 @@ class PersistentCacheManager:
 
     async def close(self) -> None:
         await self._jobs.close(self._expiry, self._reconciler)
-        self._pool.close()
+        self._fetcher.close()
         if self._index is not None:
             self._index.close()
             self._index = None
@@ -390,7 +194,7 @@ class PersistentCacheManager:
         for task_id in self.evict_for_space(
             total, used, policy.disk_high_threshold_percent, policy.disk_low_threshold_percent
         ):
-            await self._tell_scheduler_dropped(task_id)
+            await self._announcer.tell_dropped(task_id)
             evicted.append(task_id)
         return evicted
 
@@ -423,7 +227,7 @@ class PersistentCacheManager:
         if self.delete_local(task_id):
             log.warning("persistent cache content no longer matches its digest: evicted", extra={"task_id": task_id})
             self.metrics.evictions.labels("digest").inc()
-            self._jobs.spawn(self._tell_scheduler_dropped(task_id))
+            self._jobs.spawn(self._announcer.tell_dropped(task_id))
 
     async def scrub(self) -> list[str]:
         """Hash every copy once against its digest and evict those that no longer match (after a restart: a crash
@@ -475,7 +279,7 @@ class PersistentCacheManager:
             if entry.expired(now) or entry.id in self._active or task is None or task.finished_at is None:
                 continue
             try:
-                if entry.peer_id and await self._peer_known(entry):
+                if entry.peer_id and await self._announcer.peer_known(entry):
                     continue
                 if await self._announce_again(entry, task.piece_length, task.content_length, now):
                     count += 1
@@ -486,33 +290,9 @@ class PersistentCacheManager:
                 )
         return count
 
-    async def _peer_known(self, entry: Entry) -> bool:
-        try:
-            await self._scheduler_stub(entry.id).StatPersistentCachePeer(
-                scheduler_pb2.StatPersistentCachePeerRequest(
-                    host_id=self.host_id, task_id=entry.id, peer_id=entry.peer_id
-                ),
-                timeout=_REQUEST_TIMEOUT,
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return False
-            raise
-        return True
-
     async def _announce_again(self, entry: Entry, piece_length: int, content_length: int, now: float) -> bool:
-        stub = self._scheduler_stub(entry.id)
         peer_id = entry.peer_id or f"{self.host_id}-{uuid.uuid4()}"
-        try:
-            await stub.StatPersistentCacheTask(
-                scheduler_pb2.StatPersistentCacheTaskRequest(host_id=self.host_id, task_id=entry.id),
-                timeout=_REQUEST_TIMEOUT,
-            )
-            known = True
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.NOT_FOUND:
-                raise
-            known = False
+        known = await self._announcer.task_known(entry.id)
         count = piece_count(content_length, piece_length)
         if not known:
             if not entry.importer:
@@ -525,31 +305,13 @@ class PersistentCacheManager:
                     return False
             self._unknown_rounds.pop(entry.id, None)
             # The task expires when it would have: the scheduler counts the TTL from now.
-            await self._upload_started(entry, peer_id, piece_length, content_length, max(entry.expires_at() - now, 1.0))
-            await self._upload_finished(entry.id, peer_id)
+            await self._announcer.upload_started(
+                entry, peer_id, piece_length, content_length, max(entry.expires_at() - now, 1.0)
+            )
+            await self._announcer.upload_finished(entry.id, peer_id)
         else:
             # A holder registers its copy and reports it finished at once.
-            message = functools.partial(self._announce_request, entry.id, peer_id)
-            register = scheduler_pb2.RegisterPersistentCachePeerRequest(
-                persistent=entry.persistent, piece_length=piece_length, piece_count=count
-            )
-            call = stub.AnnouncePersistentCachePeer()
-            try:
-                await call.write(message(register_persistent_cache_peer_request=register))
-                await self._read(call)
-                await call.write(
-                    message(
-                        download_persistent_cache_peer_finished_request=(
-                            scheduler_pb2.DownloadPersistentCachePeerFinishedRequest()
-                        )
-                    )
-                )
-                await call.done_writing()
-                async with asyncio.timeout(_REQUEST_TIMEOUT):
-                    while await call.read() is not grpc.aio.EOF:
-                        pass
-            finally:
-                call.cancel()
+            await self._announcer.register_finished_copy(entry, peer_id, piece_length, count)
         if entry.peer_id != peer_id:
             entry.peer_id = peer_id
             self._put(entry)
@@ -660,7 +422,7 @@ class PersistentCacheManager:
             # Not run_blocking: a cancelled import stops its copy at the next chunk (the thread owns the
             # descriptors and the temporary file until it returns).
             stop = threading.Event()
-            copying = loop.run_in_executor(self._executor, _copy_and_hash, fd, temp, content_length, piece_length, stop)
+            copying = loop.run_in_executor(self._executor, copy_and_hash, fd, temp, content_length, piece_length, stop)
             try:
                 crcs, hasher = await asyncio.shield(copying)
             except asyncio.CancelledError:
@@ -695,10 +457,12 @@ class PersistentCacheManager:
         existing: common_pb2.PersistentCacheTask | None = None
         if self.scheduler is not None:
             try:
-                await self._upload_started(entry, peer_id, piece_length, content_length, ttl)
+                await self._announcer.upload_started(entry, peer_id, piece_length, content_length, ttl)
             except grpc.aio.AioRpcError as exc:
                 existing = (
-                    await self._same_content(exc, entry) if exc.code() == grpc.StatusCode.ALREADY_EXISTS else None
+                    await self._announcer.same_content(exc, entry)
+                    if exc.code() == grpc.StatusCode.ALREADY_EXISTS
+                    else None
                 )
                 if existing is None:
                     self.storage.discard_content_file(temp)
@@ -737,30 +501,10 @@ class PersistentCacheManager:
             if existing is not None:
                 await self._announce_again(entry, piece_length, content_length, time.time())
                 return existing
-            return await self._upload_finished(task_id, peer_id)
+            return await self._announcer.upload_finished(task_id, peer_id)
         except grpc.aio.AioRpcError:
             self.delete_local(task_id)
             raise
-
-    async def _same_content(self, refusal: grpc.aio.AioRpcError, entry: Entry) -> common_pb2.PersistentCacheTask | None:
-        """Return the task another host imported under ``entry``'s id if its digest is this import's, else None."""
-        call = self._scheduler_stub(entry.id).StatPersistentCacheTask(
-            scheduler_pb2.StatPersistentCacheTaskRequest(host_id=self.host_id, task_id=entry.id),
-            timeout=_REQUEST_TIMEOUT,
-        )
-        try:
-            task: common_pb2.PersistentCacheTask = await call
-            trailers = await call.trailing_metadata()
-        except grpc.aio.AioRpcError:
-            return None
-        digest = next((str(v) for k, v in (trailers or ()) if k == CONTENT_DIGEST_KEY), "")
-        if digest != entry.content_digest:
-            log.info(
-                "persistent cache import refused: the id is another host's, with other content",
-                extra={"task_id": entry.id, "error": refusal.details()},
-            )
-            return None
-        return task
 
     async def _replace_content(self, task_id: str, content: str, piece_length: int, content_length: int) -> None:
         """Drop any copy of ``task_id`` and make the file ``content`` its (empty of pieces) content."""
@@ -776,53 +520,13 @@ class PersistentCacheManager:
             content=content,
         )
 
-    async def _upload_started(
-        self, entry: Entry, peer_id: str, piece_length: int, content_length: int, ttl: float
-    ) -> None:
-        """Declare an import to the scheduler, with the importer's digest of the content (docs/dfcache.md)."""
-        started = scheduler_pb2.UploadPersistentCacheTaskStartedRequest(
-            host_id=self.host_id,
-            task_id=entry.id,
-            peer_id=peer_id,
-            persistent_replica_count=entry.persistent_replica_count,
-            piece_length=piece_length,
-            content_length=content_length,
-            piece_count=piece_count(content_length, piece_length),
-            ttl=duration(ttl),
-        )
-        if entry.tag:
-            started.tag = entry.tag
-        if entry.application:
-            started.application = entry.application
-        metadata = ((CONTENT_DIGEST_KEY, entry.content_digest),) if entry.content_digest else ()
-        await self._scheduler_stub(entry.id).UploadPersistentCacheTaskStarted(
-            started, metadata=metadata, timeout=_REQUEST_TIMEOUT
-        )
-
-    async def _upload_finished(self, task_id: str, peer_id: str) -> common_pb2.PersistentCacheTask:
-        request = scheduler_pb2.UploadPersistentCacheTaskFinishedRequest(
-            host_id=self.host_id, task_id=task_id, peer_id=peer_id
-        )
-        stub = self._scheduler_stub(task_id)
-        finished: common_pb2.PersistentCacheTask = await stub.UploadPersistentCacheTaskFinished(
-            request, timeout=_REQUEST_TIMEOUT
-        )
-        return finished
-
-    def _announce_request(
-        self, task_id: str, peer_id: str, **kwargs: Any
-    ) -> scheduler_pb2.AnnouncePersistentCachePeerRequest:
-        return scheduler_pb2.AnnouncePersistentCachePeerRequest(
-            host_id=self.host_id, task_id=task_id, peer_id=peer_id, **kwargs
-        )
-
     async def _open_as(self, caller: Caller | None, path: str) -> int:
         """Open ``path`` for reading with the caller's rights (the daemon's own for its own user)."""
         if caller is None or caller.is_daemon_user:
-            opening = asyncio.get_running_loop().run_in_executor(self._executor, _open_input, path)
+            opening = asyncio.get_running_loop().run_in_executor(self._executor, open_input, path)
         else:
             # _as_caller gives the thread its own identity back before it returns (or aborts the process).
-            opening = asyncio.get_running_loop().run_in_executor(None, lambda: _as_caller_open(caller, path))
+            opening = asyncio.get_running_loop().run_in_executor(None, lambda: as_caller_open(caller, path))
         try:
             return await asyncio.shield(opening)
         except asyncio.CancelledError:
@@ -834,11 +538,6 @@ class PersistentCacheManager:
             if isinstance(exc, DragonflyError):
                 raise
             raise OutputError(f"cannot read {path}: {exc.strerror or exc}") from exc
-
-    def _scheduler_stub(self, task_id: str) -> Any:
-        """Return the stub of the scheduler that owns ``task_id`` (its answers are typed loosely)."""
-        assert self.scheduler is not None
-        return self.scheduler.task_stub(task_id)
 
     # export
 
@@ -876,7 +575,7 @@ class PersistentCacheManager:
             )
             self.delete_local(task_id)
             self.metrics.evictions.labels("digest").inc()
-            await self._tell_scheduler_dropped(task_id)
+            await self._announcer.tell_dropped(task_id)
         if self.scheduler is None:
             raise TaskNotFound(task_id)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -899,32 +598,16 @@ class PersistentCacheManager:
         if not digest:
             return self.storage.content_intact(self.storage.get_task(task_id))  # type: ignore[arg-type]
         with self.storage.content_fd(task_id) as fd:
-            hasher = await run_blocking(self._executor, _hash_content, fd, content_length)
+            hasher = await run_blocking(self._executor, hash_content, fd, content_length)
         return f"sha256:{hasher.hexdigest()}" == digest
 
-    async def _tell_scheduler_dropped(self, task_id: str) -> None:
-        if self.scheduler is None:
-            return
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            await self._scheduler_stub(task_id).DeletePersistentCacheTask(
-                scheduler_pb2.DeletePersistentCacheTaskRequest(host_id=self.host_id, task_id=task_id),
-                timeout=_REQUEST_TIMEOUT,
-            )
-
     async def _fetch(self, task_id: str, *, persistent: bool) -> AsyncIterator[tuple[int, PieceRecord | None]]:
-        stub = self._scheduler_stub(task_id)
         try:
-            call = stub.StatPersistentCacheTask(
-                scheduler_pb2.StatPersistentCacheTaskRequest(host_id=self.host_id, task_id=task_id),
-                timeout=_REQUEST_TIMEOUT,
-            )
-            info = await call
-            trailers = await call.trailing_metadata()
+            info, digest = await self._announcer.stat_task(task_id)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 raise TaskNotFound(task_id) from None
             raise
-        digest = next((str(v) for k, v in (trailers or ()) if k == CONTENT_DIGEST_KEY), "")
         content_length, piece_length = info.content_length, info.piece_length
         count = piece_count(content_length, piece_length)
         if count != info.piece_count:
@@ -939,14 +622,14 @@ class PersistentCacheManager:
                 yield item
 
         def send(**kwargs: Any) -> None:
-            requests.put_nowait(self._announce_request(task_id, peer_id, **kwargs))
+            requests.put_nowait(self._announcer.request(task_id, peer_id, **kwargs))
 
-        announce = stub.AnnouncePersistentCachePeer(outgoing())
+        announce = self._announcer.stub(task_id).AnnouncePersistentCachePeer(outgoing())
         self.delete_local(task_id)
         content = await run_blocking(self._executor, self.storage.create_content_file, task_id, content_length)
         await self._replace_content(task_id, content, piece_length, content_length)
         finished = False
-        wire_before = self.wire_bytes
+        wire_before = self._fetcher.wire_bytes
         try:
             send(
                 register_persistent_cache_peer_request=scheduler_pb2.RegisterPersistentCachePeerRequest(
@@ -958,7 +641,7 @@ class PersistentCacheManager:
                     concurrent_piece_count=self._concurrency,
                 )
             )
-            response = await self._read(announce)
+            response = await self._announcer.read(announce)
             parents = list(response.normal_persistent_cache_task_response.candidate_cache_parents)
             send(
                 download_persistent_cache_peer_started_request=scheduler_pb2.DownloadPersistentCachePeerStartedRequest()
@@ -981,7 +664,7 @@ class PersistentCacheManager:
                             )
                         )
                         try:
-                            response = await self._read(announce)
+                            response = await self._announcer.read(announce)
                         except grpc.aio.AioRpcError:
                             break  # no other parent
                         parents = list(response.normal_persistent_cache_task_response.candidate_cache_parents)
@@ -991,11 +674,11 @@ class PersistentCacheManager:
                     using = fresh[:1]
                 if len(using) == 1:
                     tried_alone.add(using[0].id)
-                pieces = await self._fetch_pieces(task_id, using, content_length, piece_length, send)
+                pieces = await self._fetcher.fetch_pieces(task_id, using, content_length, piece_length, send)
                 with self.storage.content_fd(task_id) as fd:
-                    hasher = await run_blocking(self._executor, _hash_content, fd, content_length)
-                if self._verified(task_id, hasher, digest, info, piece_length):
-                    self._report_liars(suspect, pieces, send)
+                    hasher = await run_blocking(self._executor, hash_content, fd, content_length)
+                if is_importers_content(task_id, hasher, digest, info, piece_length):
+                    report_liars(suspect, pieces, send)
                     for piece in pieces:
                         yield content_length, piece
                     break
@@ -1042,7 +725,7 @@ class PersistentCacheManager:
                 extra={
                     "task_id": task_id,
                     "content_length": content_length,
-                    "wire_bytes": self.wire_bytes - wire_before,
+                    "wire_bytes": self._fetcher.wire_bytes - wire_before,
                 },
             )
         except BaseException as exc:
@@ -1060,188 +743,10 @@ class PersistentCacheManager:
             # The last messages reach the scheduler before the stream ends (read(), not async for: the call was
             # read with read() already and grpc refuses to mix the two).
             with contextlib.suppress(Exception):
-                async with asyncio.timeout(_REQUEST_TIMEOUT):
+                async with asyncio.timeout(REQUEST_TIMEOUT):
                     while await announce.read() is not grpc.aio.EOF:
                         pass
             announce.cancel()
-
-    @staticmethod
-    def _report_liars(suspect: list[PieceRecord], good: list[PieceRecord], send: Callable[..., None]) -> None:
-        """Report the parents whose pieces of a failed mixed attempt differ from the verified content's."""
-        digests = {piece.number: piece.digest for piece in good}
-        liars: dict[str, int] = {}
-        for piece in suspect:
-            if piece.parent_id and digests.get(piece.number) != piece.digest:
-                liars.setdefault(piece.parent_id, piece.number)
-        for parent_id, number in liars.items():
-            log.warning("a parent served a piece that is not the importer's", extra={"peer_id": parent_id})
-            send(
-                download_piece_failed_request=scheduler_pb2.DownloadPieceFailedRequest(
-                    piece_number=number, parent_id=parent_id, temporary=False
-                )
-            )
-
-    @staticmethod
-    def _verified(task_id: str, hasher: Any, digest: str, info: Any, piece_length: int) -> bool:
-        """Tell whether the content is the importer's: its digest, or else the id derived from the content."""
-        derived, actual = finish_task_id(hasher, tag=info.tag, application=info.application, piece_length=piece_length)
-        if digest:
-            return actual == digest
-        if derived != task_id:
-            # An importer that declared no digest (Dragonfly's daemons) with a chosen id
-            # (content_for_calculating_task_id): nothing but the parents' CRC-32s vouches for the bytes.
-            log.info("persistent cache task has no digest to check against", extra={"task_id": task_id})
-        return True
-
-    @staticmethod
-    async def _read(call: Any) -> scheduler_pb2.AnnouncePersistentCachePeerResponse:
-        async with asyncio.timeout(_REQUEST_TIMEOUT):
-            response = await call.read()
-        if response is grpc.aio.EOF:
-            raise DownloadFailed("the scheduler ended the persistent cache stream")
-        return response  # type: ignore[no-any-return]
-
-    async def _fetch_pieces(
-        self,
-        task_id: str,
-        parents: list[common_pb2.PersistentCachePeer],
-        content_length: int,
-        piece_length: int,
-        send: Callable[..., None],
-    ) -> list[PieceRecord]:
-        """Fetch every piece from ``parents`` (CRC-32 checked); return the pieces recorded."""
-        addrs: list[tuple[str, tuple[str, int], bool]] = []
-        for parent in parents:
-            found = await self._vortex_addr(parent, task_id)
-            if found is not None:
-                addrs.append((parent.id, *found))
-        if not addrs:
-            raise DownloadFailed(f"persistent cache task {task_id}: no parent could be reached")
-        count = piece_count(content_length, piece_length)
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for number in range(count):
-            queue.put_nowait(number)
-        recorded: list[PieceRecord] = []
-        failures: dict[int, int] = {}
-
-        async def worker(index: int) -> None:
-            buffer = bytearray(_RECV_BUFFER)
-            while True:
-                try:
-                    number = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                parent_id, addr, zstd = addrs[(number + failures.get(number, 0)) % len(addrs)]
-                offset, length = piece_range(number, content_length, piece_length)
-                started = time.monotonic()
-                try:
-                    with self.storage.content_fd(task_id) as fd:
-                        fetched = await run_blocking(
-                            self._executor,
-                            functools.partial(
-                                vortex_client.fetch_piece,
-                                addr,
-                                task_id,
-                                number,
-                                fd=fd,
-                                offset=offset,
-                                length=length,
-                                buffer=buffer,
-                                connect_timeout=_CONNECT_TIMEOUT,
-                                timeout=self._piece_timeout,
-                                pool=self._pool,
-                                persistent_cache=True,
-                                accept_zstd=zstd,
-                            ),
-                        )
-                    if fetched.digest != f"crc32:{fetched.crc}":
-                        raise DownloadFailed(f"piece {number} from {parent_id} failed its CRC-32")
-                except (OSError, DragonflyError) as exc:
-                    failures[number] = failures.get(number, 0) + 1
-                    if failures[number] > 2 * len(addrs) + 1:
-                        raise DownloadFailed(f"piece {number} of {task_id} could not be fetched: {exc}") from exc
-                    send(
-                        download_piece_failed_request=scheduler_pb2.DownloadPieceFailedRequest(
-                            piece_number=number, parent_id=parent_id, temporary=True
-                        )
-                    )
-                    queue.put_nowait(number)
-                    continue
-                cost = time.monotonic() - started
-                piece = PieceRecord(
-                    number=number,
-                    offset=offset,
-                    length=length,
-                    digest=fetched.digest,
-                    parent_id=parent_id,
-                    traffic_type=_REMOTE_PEER,
-                    cost=cost,
-                    created_at=time.time(),
-                )
-                self.storage.finish_piece(task_id, piece)
-                recorded.append(piece)
-                wire = fetched.wire_length if fetched.wire_length >= 0 else length
-                self.received_bytes += length
-                self.wire_bytes += wire
-                self.metrics.piece_bytes.labels("content").inc(length)
-                self.metrics.piece_bytes.labels("wire").inc(wire)
-                if self._on_fetched is not None:
-                    self._on_fetched(length)
-                send(
-                    download_piece_finished_request=scheduler_pb2.DownloadPieceFinishedRequest(
-                        piece=common_pb2.Piece(
-                            number=number,
-                            parent_id=parent_id,
-                            offset=offset,
-                            length=length,
-                            digest=fetched.digest,
-                            traffic_type=common_pb2.REMOTE_PEER,
-                            cost=duration(cost),
-                            created_at=timestamp(piece.created_at),
-                        )
-                    )
-                )
-
-        workers = [asyncio.create_task(worker(i)) for i in range(min(self._concurrency, max(count, 1)))]
-        try:
-            await asyncio.gather(*workers)
-        finally:
-            for job in workers:
-                job.cancel()
-        recorded.sort(key=lambda p: p.number)
-        return recorded
-
-    async def _vortex_addr(
-        self, parent: common_pb2.PersistentCachePeer, task_id: str
-    ) -> tuple[tuple[str, int], bool] | None:
-        """Ask a parent's upload server where its Vortex port is (SyncPersistentCachePieces, first answer) and
-        whether it offers zstd (its initial metadata; Dragonfly's parents send none)."""
-        host = parent.host
-        stub = self._channels.stub(upload_addr(host.ip, host.port))
-        call = stub.SyncPersistentCachePieces(
-            # Piece 0 is enough for the first answer, and Dragonfly's rules want at least one number.
-            dfdaemon_pb2.SyncPersistentCachePiecesRequest(
-                host_id=self.host_id, task_id=task_id, interested_piece_numbers=[0]
-            ),
-            timeout=_REQUEST_TIMEOUT,
-        )
-        try:
-            metadata = await call.initial_metadata()
-            zstd = self.compression and any(
-                key == compression.ENCODING_KEY and str(value) == compression.ZSTD for key, value in metadata or ()
-            )
-            async for response in call:
-                if response.HasField("tcp_port"):
-                    return (response.ip or host.ip, response.tcp_port), zstd
-        except grpc.aio.AioRpcError as exc:
-            log.info(
-                "persistent cache parent unreachable",
-                extra={"task_id": task_id, "peer_id": parent.id, "code": exc.code().name},
-            )
-            return None
-        finally:
-            call.cancel()
-        return None
 
     # writing out
 
