@@ -62,14 +62,15 @@ def _decode_key(text: str, path: Path) -> bytes:
 
 
 def read_key_file(path: Path) -> bytes:
-    """Read a key file; a file others can read is used, with a warning (a Kubernetes Secret mount is 0644)."""
+    """Read a key file; one that every user can read is used with a warning (a Secret mounted as 0644 is)."""
     try:
         text = path.read_text("ascii")
         mode = path.stat().st_mode
     except (OSError, UnicodeDecodeError) as exc:
         raise KeyFileError(f"{path}: cannot read the job secret key: {exc}") from None
-    if mode & 0o077:
-        log.warning("job secret key file %s is readable by other users (mode %o); 0600 is enough", path, mode & 0o777)
+    # Group read is how a service group (a pod's fsGroup) shares it; others' access is what the warning is for.
+    if mode & 0o007:
+        log.warning("job secret key file %s is readable by every user (mode %o); 0600 is enough", path, mode & 0o777)
     return _decode_key(text, path)
 
 

@@ -107,3 +107,16 @@ def test_clear_json_is_not_taken_for_an_envelope() -> None:
     assert not is_sealed(SECRET)
     with pytest.raises(SecretsUnavailable, match="not in a format"):
         Sealer(os.urandom(32)).open(1, SECRET)
+
+
+def test_a_key_file_every_user_can_read_is_used_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "k"
+    path.write_text(base64.b64encode(os.urandom(32)).decode())
+    path.chmod(0o440)
+    read_key_file(path)
+    assert not [r for r in caplog.records if r.levelno >= 30]
+    path.chmod(0o644)
+    read_key_file(path)
+    assert "readable by every user (mode 644)" in caplog.text
