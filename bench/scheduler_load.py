@@ -1,19 +1,26 @@
-"""`python -m bench scheduler` (or `python -m bench.scheduler_load`): scheduler load from another process.
+"""`python -m bench scheduler` (or `python -m bench.scheduler_load`): scheduler load from other processes.
 
-A real scheduler process (`python -m dragonfly.cli.scheduler`) and this process as the client, over gRPC:
+A real scheduler process (`python -m dragonfly.cli.scheduler`) and ``--clients`` load-client processes, over gRPC:
 
-0. 1,000 hosts announce; one source peer per task registers, goes to the origin and reports every piece;
-1. "register": 90 % of the peers register (a few at a time) and keep their streams open; each decision's
-   latency is measured from the register message to the response (client side) and from the scheduler's
-   histogram (server side);
-2. "flood": those peers report all their pieces and finish, as fast as the client can send, while the last
-   10 % register a few at a time (decisions under load).
+0. the hosts announce (1,000 by default); one source peer per task registers, goes to the origin and reports every
+   piece;
+1. "register": 90 % of the peers register (``--register-concurrency`` in flight over all clients) and keep their
+   streams open; each decision's latency is measured from the register message to the response (client side) and
+   from the scheduler's histogram (server side);
+2. "flood": those peers report all their pieces and finish (``--flood-streams`` at a time), as fast as the
+   clients can send, while the last 10 % register a few at a time (decisions under load: the scheduler is
+   saturated, so the client side includes the queue of piece messages ahead of each registration).
 
 Piece reports/s = piece messages of phase 2 / its duration (until every stream was closed by the scheduler, so
-every message was processed). Baseline in the same run: the same client against a no-op AnnouncePeer server
+every message was processed). Baseline in the same run: the same clients against a no-op AnnouncePeer server
 (`--serve-baseline`: bare grpc.aio, answers each register with NeedBackToSource) — its rate is the ceiling the
-transport and this client allow. Targets (``docs/benchmarks.md#targets``): ≥ 5,000 piece reports/s, decision p99 ≤ 10
-ms.
+transport and these clients allow. The scheduler's RSS is read when it is ready, after the hosts announced, after
+phase 1 and at the end (every peer still held): RSS per host and per 1,000 peers are the differences.
+
+``--scale 1000,10000`` runs the whole benchmark once per host count (peers = hosts × peers/host of
+``--hosts``/``--peers``, a fresh scheduler each time) and reports how decision latency and RSS grow with the size.
+Targets (``docs/benchmarks.md#targets``): ≥ 5,000 piece reports/s, decision p99 ≤ 10 ms at 10,000 hosts / 100,000
+peers.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -30,8 +38,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +50,8 @@ from bench import release_builds_missing
 REPO = Path(__file__).resolve().parents[1]
 TARGET_REPORTS_PER_SECOND = 5000.0
 TARGET_P99_SECONDS = 0.010
+# Every phase of a client ends within this (a lost client fails the run instead of hanging it).
+PHASE_TIMEOUT_SECONDS = 1800.0
 _LISTENING = re.compile(r"^dragonfly: (scheduler|baseline) listening on (\S+)$")
 _METRICS = re.compile(r"^dragonfly: scheduler metrics listening on (\S+)$")
 _BUCKET = re.compile(r'^dragonfly_scheduler_schedule_duration_seconds_bucket\{le="([^"]+)"\} (\S+)$', re.M)
@@ -143,22 +155,50 @@ async def serve_baseline() -> int:
 # the simulated swarm
 
 
-class Swarm:
-    """Hosts, tasks and peers simulated over a few HTTP/2 connections."""
+class Layout:
+    """Which host and task every peer has; the same in every client process (client k plays indices ≡ k mod n).
 
-    def __init__(self, addr: str, args: argparse.Namespace) -> None:
+    Task t's source peer is on host t; children never share a host with their task's source, so the source is
+    always a candidate.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.hosts = args.hosts
+        self.tasks = [f"{index:064x}" for index in range(max(args.peers // args.peers_per_task, 1))]
+        self.first_child_host = min(len(self.tasks), self.hosts - 1)
+        self.children = args.peers - len(self.tasks)
+        self.late = self.children // 10
+
+    def source_host(self, task: int) -> int:
+        return task % self.hosts
+
+    def child(self, index: int) -> tuple[str, int]:
+        """Return the task id and host index of child ``index``."""
+        child_hosts = self.hosts - self.first_child_host
+        return self.tasks[index % len(self.tasks)], self.first_child_host + index % child_hosts
+
+
+class Swarm:
+    """One client process's share of the hosts, tasks and peers, over a few HTTP/2 connections."""
+
+    def __init__(self, addr: str, args: argparse.Namespace, index: int = 0, count: int = 1) -> None:
         import grpc
         from dragonfly_api import scheduler_pb2_grpc
 
         self.args = args
+        self.index, self.count = index, count
+        self.layout = Layout(args)
         # Separate subchannel pools give separate TCP connections, as the Rust client's 10 pooled ones.
         self.channels = [
             grpc.aio.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)])
-            for _ in range(args.connections)
+            for _ in range(max(args.connections // count, 1))
         ]
         self.stubs = [scheduler_pb2_grpc.SchedulerStub(channel) for channel in self.channels]
-        self.tasks = [f"{index:064x}" for index in range(max(args.peers // args.peers_per_task, 1))]
-        self.hosts: list[Any] = []
+        self.register_concurrency = max(args.register_concurrency // count, 1)
+        self.flood_streams = max(args.flood_streams // count, 1)
+        self._hosts: dict[int, Any] = {}
+        self.early: list[PeerStream] = []
+        self.late: list[PeerStream] = []
         self.messages = 0
         self.pieces = 0
         self.decisions: dict[str, int] = {}
@@ -167,11 +207,18 @@ class Swarm:
         for channel in self.channels:
             await channel.close()
 
+    def mine(self, count: int) -> range:
+        """Return the indices below ``count`` this client plays."""
+        return range(self.index, count, self.count)
+
     def host(self, index: int) -> Any:
         from dragonfly_api import common_pb2
 
+        host = self._hosts.get(index)
+        if host is not None:
+            return host
         ip = f"10.{index // 65536 % 256}.{index // 256 % 256}.{index % 256}"
-        return common_pb2.Host(
+        host = self._hosts[index] = common_pb2.Host(
             id=f"{ip}-host-{index}",
             type=0,
             hostname=f"host-{index}",
@@ -185,6 +232,7 @@ class Swarm:
                 max_rx_bandwidth=10_000_000_000,
             ),
         )
+        return host
 
     def download(self, *, source: bool) -> Any:
         from dragonfly_api import common_pb2
@@ -197,20 +245,49 @@ class Swarm:
         download.concurrent_piece_count = 8
         return download
 
-    async def announce_hosts(self) -> None:
+    def peer(self, index: int, task: str, host: int) -> PeerStream:
+        return PeerStream(self, self.stubs[index % len(self.stubs)], task, self.host(host))
+
+    # phases, run on the parent's command
+
+    async def phase_announce(self) -> dict[str, Any]:
         from dragonfly_api import scheduler_pb2
 
-        self.hosts = [self.host(index) for index in range(self.args.hosts)]
-
         async def announce(index: int) -> None:
-            request = scheduler_pb2.AnnounceHostRequest(host=self.hosts[index])
+            request = scheduler_pb2.AnnounceHostRequest(host=self.host(index))
             request.interval.seconds = 300
             await self.stubs[index % len(self.stubs)].AnnounceHost(request, timeout=30)
 
-        await bounded(64, [lambda i=i: announce(i) for i in range(len(self.hosts))])
+        await bounded(64, [lambda i=i: announce(i) for i in self.mine(self.layout.hosts)])
+        return {}
 
-    def peer(self, index: int, task: str, host: Any) -> PeerStream:
-        return PeerStream(self, self.stubs[index % len(self.stubs)], task, host)
+    async def phase_sources(self) -> dict[str, Any]:
+        layout = self.layout
+        sources = [self.peer(t, layout.tasks[t], layout.source_host(t)) for t in self.mine(len(layout.tasks))]
+        await bounded(32, [lambda p=p: p.register(source=True) for p in sources])
+        await bounded(32, [lambda p=p: p.download() for p in sources])
+        return {"peers": len(sources)}
+
+    async def phase_register(self) -> dict[str, Any]:
+        layout = self.layout
+        for index in self.mine(layout.children):
+            peer = self.peer(index, *layout.child(index))
+            (self.late if index >= layout.children - layout.late else self.early).append(peer)
+        latencies = await bounded(self.register_concurrency, [lambda p=p: p.register() for p in self.early])
+        return {"latencies": latencies}
+
+    async def phase_flood(self) -> dict[str, Any]:
+        async def late_peer(peer: PeerStream) -> float:
+            latency = await peer.register()
+            await peer.download()
+            return latency
+
+        self.pieces = self.messages = 0
+        _, latencies = await asyncio.gather(
+            bounded(self.flood_streams, [lambda p=p: p.download() for p in self.early]),
+            bounded(self.register_concurrency, [lambda p=p: late_peer(p) for p in self.late]),
+        )
+        return {"latencies": latencies, "pieces": self.pieces, "messages": self.messages, "decisions": self.decisions}
 
 
 class PeerStream:
@@ -221,7 +298,10 @@ class PeerStream:
         self.task = task
         self.host = host
         self.id = f"{host.ip}-{host.hostname}-{uuid.uuid4()}"
-        self.call = stub.AnnouncePeer()
+        self._stub = stub
+        # Opened on register: tens of thousands of idle calls opened up front would queue in grpc-core, which
+        # cancels calls the server has not picked up in time.
+        self.call: Any = None
         self.parents: list[str] = []
         self.back_to_source = False
 
@@ -238,6 +318,7 @@ class PeerStream:
             register_peer_request=scheduler_pb2.RegisterPeerRequest(download=self.swarm.download(source=source))
         )
         started = time.perf_counter()
+        self.call = self._stub.AnnouncePeer()
         try:
             await self.call.write(request)
         except asyncio.InvalidStateError:
@@ -309,6 +390,80 @@ class PeerStream:
         swarm.messages += swarm.args.pieces + 2
 
 
+# the load-client processes
+
+
+def client_process(conn: Connection, addr: str, args: argparse.Namespace, index: int, count: int) -> None:
+    """Entry point of load-client ``index`` of ``count``: run the phases the parent sends, answer with figures."""
+    asyncio.run(_client_loop(conn, addr, args, index, count))
+
+
+async def _client_loop(conn: Connection, addr: str, args: argparse.Namespace, index: int, count: int) -> None:
+    swarm = Swarm(addr, args, index, count)
+    try:
+        while True:
+            # Waiting on a thread keeps this loop serving the open streams meanwhile.
+            command = await asyncio.to_thread(conn.recv)
+            if command == "close":
+                return
+            try:
+                result = await getattr(swarm, f"phase_{command}")()
+            except Exception as exc:  # reported to the parent, which fails the run with it
+                conn.send({"error": f"client {index}: {command}: {exc!r}"})
+                return
+            conn.send(result)
+    finally:
+        await swarm.close()
+        conn.close()
+
+
+class Clients:
+    """``count`` load-client processes driven phase by phase; every phase waits for all of them."""
+
+    def __init__(self, addr: str, args: argparse.Namespace, count: int) -> None:
+        context = multiprocessing.get_context("spawn")  # no grpc state inherited through fork
+        self._conns: list[Connection] = []
+        self._procs: list[Any] = []
+        for index in range(count):
+            parent_end, child_end = context.Pipe()
+            proc = context.Process(
+                target=client_process, args=(child_end, addr, args, index, count), name=f"bench-client-{index}"
+            )
+            proc.start()
+            child_end.close()
+            self._conns.append(parent_end)
+            self._procs.append(proc)
+
+    def run(self, phase: str) -> list[dict[str, Any]]:
+        """Run ``phase`` in every client at once; return their results, or raise the first client's error."""
+        for conn in self._conns:
+            conn.send(phase)
+        results = []
+        deadline = time.monotonic() + PHASE_TIMEOUT_SECONDS
+        for conn in self._conns:
+            if not conn.poll(max(deadline - time.monotonic(), 0)):
+                raise TimeoutError(f"a load client did not finish phase {phase} within {PHASE_TIMEOUT_SECONDS} s")
+            result: dict[str, Any] = conn.recv()
+            if "error" in result:
+                raise RuntimeError(result["error"])
+            results.append(result)
+        return results
+
+    def close(self) -> None:
+        for conn in self._conns:
+            try:
+                conn.send("close")
+            except OSError:
+                pass  # that client has gone already
+        for proc in self._procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        for conn in self._conns:
+            conn.close()
+
+
 async def bounded(limit: int, jobs: list[Callable[[], Awaitable[Any]]]) -> list[Any]:
     """Run the jobs with at most ``limit`` in flight; return their results in order."""
     semaphore = asyncio.Semaphore(limit)
@@ -334,15 +489,6 @@ def quantiles(samples: list[float]) -> dict[str, float]:
     }
 
 
-async def scrape_histogram(metrics_addr: str) -> list[tuple[float, float]]:
-    """Return the scheduler's cumulative decision-duration buckets [(upper bound, count)]."""
-    import aiohttp
-
-    async with aiohttp.ClientSession() as session, session.get(f"http://{metrics_addr}/metrics") as response:
-        text = await response.text()
-    return [(float(bound), float(count)) for bound, count in _BUCKET.findall(text)]
-
-
 def histogram_quantile(before: list[tuple[float, float]], after: list[tuple[float, float]], q: float) -> float:
     """Return the q-quantile (ms) of the observations between two scrapes, interpolated within its bucket."""
     buckets = [(bound, a - b) for (bound, a), (_, b) in zip(after, before, strict=True)]
@@ -361,59 +507,60 @@ def histogram_quantile(before: list[tuple[float, float]], after: list[tuple[floa
     return lower_bound * 1000
 
 
-async def drive(addr: str, metrics_addr: str | None, args: argparse.Namespace) -> dict[str, Any]:
-    """Run phases 0-2 against one server; return the figures."""
-    swarm = Swarm(addr, args)
+def scrape_histogram(metrics_addr: str) -> list[tuple[float, float]]:
+    """Return the scheduler's cumulative decision-duration buckets [(upper bound, count)]."""
+    with urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    return [(float(bound), float(count)) for bound, count in _BUCKET.findall(text)]
+
+
+def drive(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any]:
+    """Run phases 0-2 against one server with ``args.clients`` load clients; return the figures."""
+    metrics_addr = server.metrics_addr or None
+    rss = {"ready": server.rss()}
+    clients = Clients(server.addr, args, args.clients)
     try:
-        await swarm.announce_hosts()
-        sources = [swarm.peer(i, task, swarm.hosts[i % len(swarm.hosts)]) for i, task in enumerate(swarm.tasks)]
-        await bounded(32, [lambda p=p: p.register(source=True) for p in sources])
-        await bounded(32, [lambda p=p: p.download() for p in sources])
+        clients.run("announce")
+        rss["hosts"] = server.rss()
+        sources = sum(result["peers"] for result in clients.run("sources"))
 
-        # Children never share a host with their task's source, so the source is always a candidate.
-        first_child_host = min(len(swarm.tasks), len(swarm.hosts) - 1)
-        child_hosts = swarm.hosts[first_child_host:]
-        children = args.peers - len(sources)
-        peers = [
-            swarm.peer(i, swarm.tasks[i % len(swarm.tasks)], child_hosts[i % len(child_hosts)]) for i in range(children)
-        ]
-        late_count = children // 10
-        early, late = peers[: children - late_count], peers[children - late_count :]
-
-        before = await scrape_histogram(metrics_addr) if metrics_addr else []
+        before = scrape_histogram(metrics_addr) if metrics_addr else []
         register_started = time.perf_counter()
-        idle_latencies = await bounded(args.register_concurrency, [lambda p=p: p.register() for p in early])
+        registered = clients.run("register")
         register_seconds = time.perf_counter() - register_started
-        after_register = await scrape_histogram(metrics_addr) if metrics_addr else []
+        rss["registered"] = server.rss()
+        after_register = scrape_histogram(metrics_addr) if metrics_addr else []
 
-        async def late_peer(peer: PeerStream) -> float:
-            latency = await peer.register()
-            await peer.download()
-            return latency
-
-        swarm.pieces = swarm.messages = 0
         flood_started = time.perf_counter()
-        results = await asyncio.gather(
-            bounded(len(early), [lambda p=p: p.download() for p in early]),
-            bounded(args.register_concurrency, [lambda p=p: late_peer(p) for p in late]),
-        )
+        flooded = clients.run("flood")
         flood_seconds = time.perf_counter() - flood_started
-        loaded_latencies = results[1]
-        after_flood = await scrape_histogram(metrics_addr) if metrics_addr else []
+        rss["end"] = server.rss()
+        after_flood = scrape_histogram(metrics_addr) if metrics_addr else []
     finally:
-        await swarm.close()
+        clients.close()
+    decisions: dict[str, int] = {}
+    for result in flooded:
+        for kind, count in result["decisions"].items():
+            decisions[kind] = decisions.get(kind, 0) + count
+    pieces = sum(result["pieces"] for result in flooded)
+    peers = args.peers
     figures: dict[str, Any] = {
-        "hosts": len(swarm.hosts),
-        "peers": len(sources) + len(peers),
-        "tasks": len(swarm.tasks),
-        "decisions": swarm.decisions,
+        "hosts": args.hosts,
+        "peers": peers,
+        "sources": sources,
+        "tasks": len(Layout(args).tasks),
+        "clients": args.clients,
+        "decisions": decisions,
         "register_seconds": register_seconds,
-        "decision_idle": quantiles(idle_latencies),
-        "decision_under_flood": quantiles(loaded_latencies),
+        "decision_idle": quantiles([x for result in registered for x in result["latencies"]]),
+        "decision_under_flood": quantiles([x for result in flooded for x in result["latencies"]]),
         "flood_seconds": flood_seconds,
-        "piece_reports": swarm.pieces,
-        "piece_reports_per_second": swarm.pieces / flood_seconds,
-        "messages_per_second": swarm.messages / flood_seconds,
+        "piece_reports": pieces,
+        "piece_reports_per_second": pieces / flood_seconds,
+        "messages_per_second": sum(result["messages"] for result in flooded) / flood_seconds,
+        "rss_mib": {stage: value / 2**20 for stage, value in rss.items()},
+        "rss_kib_per_host": (rss["hosts"] - rss["ready"]) / 1024 / args.hosts,
+        "rss_mib_per_1000_peers": (rss["end"] - rss["hosts"]) / 2**20 / peers * 1000,
     }
     if metrics_addr:
         figures["server_decision_idle"] = {
@@ -430,8 +577,8 @@ async def drive(addr: str, metrics_addr: str | None, args: argparse.Namespace) -
 def scheduler_config(workdir: Path) -> Path:
     """Write the scheduler.yaml of the benchmark: loopback, metrics on, a cap that lets every source through.
 
-    Plaintext on purpose: the benchmark plays 10,000 hosts from one process (each would need a certificate of its
-    own with mTLS), and it measures the scheduling work against a no-op server that is plaintext too.
+    Plaintext on purpose: the benchmark plays 10,000 hosts from a few processes (each would need a certificate of
+    its own with mTLS), and it measures the scheduling work against a no-op server that is plaintext too.
     """
     import yaml
 
@@ -449,10 +596,60 @@ def scheduler_config(workdir: Path) -> Path:
     return path
 
 
-def print_table(result: dict[str, Any]) -> None:
-    ours, base = result["scheduler"], result["baseline"]
+def run_size(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Run the baseline (unless ``--no-baseline``) and the scheduler at ``args.hosts`` / ``args.peers``."""
+    result: dict[str, Any] = {}
+    if not args.no_baseline:
+        baseline = ServerProcess(
+            [sys.executable, "-m", "bench.scheduler_load", "--serve-baseline"], workdir / "baseline.log"
+        )
+        try:
+            baseline.start()
+            result["baseline"] = drive(baseline, args)
+        finally:
+            baseline.stop()
+    command = [sys.executable, "-m", "dragonfly.cli.scheduler", "--config", str(scheduler_config(workdir)),
+               "--log-level", "warning"]  # fmt: skip
+    scheduler = ServerProcess(command, workdir / "scheduler.log")
+    profiler: subprocess.Popen[bytes] | None = None
+    try:
+        scheduler.start()
+        if args.profile:
+            assert scheduler.proc is not None
+            output = args.profile.replace("{hosts}", str(args.hosts))
+            profiler = subprocess.Popen(
+                [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(scheduler.proc.pid),
+                 "--rate", "200", "--format", "speedscope", "--output", output],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        result["scheduler"] = drive(scheduler, args)
+    finally:
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            try:
+                profiler.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                profiler.kill()
+                profiler.wait()
+        code = scheduler.stop()
+    if code != 0:
+        raise RuntimeError(f"the scheduler exited with {code}; log in {workdir}")
+    if "baseline" in result:
+        result["ratio_to_baseline"] = (
+            result["scheduler"]["piece_reports_per_second"] / result["baseline"]["piece_reports_per_second"]
+        )
+    return result
+
+
+def print_table(result: dict[str, Any], args: dict[str, Any]) -> None:
+    ours, base = result["scheduler"], result.get("baseline")
+
+    def baseline(key: str) -> str:
+        return f"{base[key]:,.0f}" if base else "-"
+
+    rss = ours["rss_mib"]
     rows = [
-        ("piece reports/s", f"{ours['piece_reports_per_second']:,.0f}", f"{base['piece_reports_per_second']:,.0f}"),
+        ("piece reports/s", f"{ours['piece_reports_per_second']:,.0f}", baseline("piece_reports_per_second")),
         ("decision p50 (idle, client)", f"{ours['decision_idle']['p50_ms']:.2f} ms", "-"),
         ("decision p99 (idle, client)", f"{ours['decision_idle']['p99_ms']:.2f} ms", "-"),
         ("decision p50 (flood, client)", f"{ours['decision_under_flood']['p50_ms']:.2f} ms", "-"),
@@ -461,20 +658,61 @@ def print_table(result: dict[str, Any]) -> None:
         ("decision p99 (idle, server)", f"{ours['server_decision_idle']['p99_ms']:.2f} ms", "-"),
         ("decision p50 (flood, server)", f"{ours['server_decision_under_flood']['p50_ms']:.2f} ms", "-"),
         ("decision p99 (flood, server)", f"{ours['server_decision_under_flood']['p99_ms']:.2f} ms", "-"),
-        ("scheduler RSS after", f"{ours['rss_mib']:.0f} MiB", "-"),
+        ("scheduler RSS ready/hosts", f"{rss['ready']:.0f}/{rss['hosts']:.0f} MiB", "-"),
+        ("scheduler RSS registered/end", f"{rss['registered']:.0f}/{rss['end']:.0f} MiB", "-"),
+        ("RSS per host", f"{ours['rss_kib_per_host']:.1f} KiB", "-"),
+        ("RSS per 1,000 peers", f"{ours['rss_mib_per_1000_peers']:.2f} MiB", "-"),
     ]
     print(
         f"scheduler load: {ours['hosts']} hosts, {ours['peers']} peers, {ours['tasks']} tasks, "
-        f"{result['args']['pieces']} pieces/peer, {result['args']['connections']} connections; "
-        f"native: {result['native']}"
+        f"{args['pieces']} pieces/peer, {args['clients']} client processes, {args['connections']} connections"
     )
-    print(f"{'figure':<32}{'scheduler':>16}{'no-op baseline':>18}")
-    for name, value, baseline in rows:
-        print(f"{name:<32}{value:>16}{baseline:>18}")
-    print(
-        f"ratio to baseline: {result['ratio_to_baseline']:.2f}; "
-        f"targets: >= {TARGET_REPORTS_PER_SECOND:,.0f} reports/s, p99 <= {TARGET_P99_SECONDS * 1000:.0f} ms"
-    )
+    print(f"{'figure':<32}{'scheduler':>18}{'no-op baseline':>18}")
+    for name, value, base_value in rows:
+        print(f"{name:<32}{value:>18}{base_value:>18}")
+    ratio = f"ratio to baseline: {result['ratio_to_baseline']:.2f}; " if "ratio_to_baseline" in result else ""
+    print(f"{ratio}targets: >= {TARGET_REPORTS_PER_SECOND:,.0f} reports/s, p99 <= {TARGET_P99_SECONDS * 1000:.0f} ms")
+
+
+def growth(sizes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Return how the scheduler's figures grow from the smallest size to the largest."""
+    small, large = sizes[0]["scheduler"], sizes[-1]["scheduler"]
+    extra_hosts = (large["hosts"] - small["hosts"]) / 1000
+    figures: dict[str, Any] = {"hosts": [small["hosts"], large["hosts"]]}
+    for key in ("server_decision_idle", "server_decision_under_flood", "decision_idle", "decision_under_flood"):
+        for quantile in ("p50_ms", "p99_ms"):
+            a, b = small[key][quantile], large[key][quantile]
+            figures[f"{key}.{quantile}"] = {
+                "ratio": b / a if a else None,
+                "us_per_1000_hosts": (b - a) * 1000 / extra_hosts if extra_hosts else None,
+            }
+    figures["rss_end_ratio"] = large["rss_mib"]["end"] / small["rss_mib"]["end"]
+    return figures
+
+
+def print_growth(sizes: list[dict[str, Any]], figures: dict[str, Any]) -> None:
+    print()
+    print("growth (largest size against the smallest, one run, side by side):")
+    columns = "".join(f"{s['scheduler']['hosts']:>9,}/{s['scheduler']['peers']:<9,}" for s in sizes)
+    print(f"{'hosts / peers':<18}{columns}{'ratio':>9}{'µs per 1k hosts':>17}")
+    for key, label in (
+        ("server_decision_idle", "server idle"),
+        ("server_decision_under_flood", "server flood"),
+        ("decision_idle", "client idle"),
+        ("decision_under_flood", "client flood"),
+    ):
+        for quantile in ("p50_ms", "p99_ms"):
+            grown = figures[f"{key}.{quantile}"]
+            ratio = f"{grown['ratio']:.2f}" if grown["ratio"] is not None else "-"
+            values = "".join(f"{s['scheduler'][key][quantile]:>16.2f} ms" for s in sizes)
+            print(f"{label + ' ' + quantile[:3]:<18}{values}{ratio:>9}{grown['us_per_1000_hosts']:>17.1f}")
+    for label, pick in (
+        ("RSS end MiB", lambda s: s["rss_mib"]["end"]),
+        ("RSS/1k peers MiB", lambda s: s["rss_mib_per_1000_peers"]),
+        ("RSS/host KiB", lambda s: s["rss_kib_per_host"]),
+        ("piece reports/s", lambda s: s["piece_reports_per_second"]),
+    ):
+        print(f"{label:<18}" + "".join(f"{pick(s['scheduler']):>19,.2f}" for s in sizes))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -484,8 +722,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", type=int, default=10000)
     parser.add_argument("--peers-per-task", type=int, default=100)
     parser.add_argument("--pieces", type=int, default=16, help="pieces per task (4 MiB each, reported, not moved)")
-    parser.add_argument("--connections", type=int, default=10, help="HTTP/2 connections (Rust client: 10)")
-    parser.add_argument("--register-concurrency", type=int, default=4, help="registrations in flight")
+    parser.add_argument("--clients", type=int, default=3, help="load-client processes")
+    parser.add_argument("--connections", type=int, default=10, help="HTTP/2 connections over all clients (Rust: 10)")
+    parser.add_argument("--register-concurrency", type=int, default=4, help="registrations in flight, all clients")
+    parser.add_argument(
+        "--flood-streams",
+        type=int,
+        default=1000,
+        help="streams reporting at once in the flood, all clients (all of them at once starve new calls, which "
+        "grpc-core cancels after 30 s unrequested)",
+    )
+    parser.add_argument(
+        "--scale",
+        help="comma-separated host counts, e.g. 1000,10000: one run per count, peers scaled with hosts, growth table",
+    )
+    parser.add_argument("--no-baseline", action="store_true", help="skip the no-op server runs")
+    parser.add_argument("--profile", help="py-spy the scheduler into this speedscope file ({hosts} is replaced)")
     parser.add_argument("--quick", action="store_true", help="2,000 peers and 8 pieces (same 1,000 hosts)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.add_argument("--serve-baseline", action="store_true", help=argparse.SUPPRESS)
@@ -494,41 +746,36 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(serve_baseline())
     if args.quick:
         args.peers, args.pieces = 2000, 8
+    if args.hosts < 2 or args.peers < 2 * max(args.peers // args.peers_per_task, 1) or args.clients < 1:
+        parser.error("need >= 2 hosts, more children than tasks, and >= 1 client")
+    sizes = [int(size) for size in args.scale.split(",")] if args.scale else [args.hosts]
     from dragonfly.common import native
 
     if release_builds_missing("bench scheduler"):
         return 2
+    peers_per_host = args.peers / args.hosts
+    results: list[dict[str, Any]] = []
     workdir = Path(tempfile.mkdtemp(prefix="dfbench-scheduler-"))
-    scheduler = ServerProcess(
-        [sys.executable, "-m", "dragonfly.cli.scheduler", "--config", str(scheduler_config(workdir)),
-         "--log-level", "warning"],
-        workdir / "scheduler.log",
-    )  # fmt: skip
-    baseline = ServerProcess(
-        [sys.executable, "-m", "bench.scheduler_load", "--serve-baseline"], workdir / "baseline.log"
-    )
-    result: dict[str, Any] = {"args": vars(args), "native": ",".join(sorted(set(native.build_profiles().values())))}
     try:
-        baseline.start()
-        result["baseline"] = asyncio.run(drive(baseline.addr, None, args))
-        baseline.stop()
-        scheduler.start()
-        result["scheduler"] = asyncio.run(drive(scheduler.addr, scheduler.metrics_addr, args))
-        result["scheduler"]["rss_mib"] = scheduler.rss() / 2**20
-    finally:
-        baseline.stop()
-        code = scheduler.stop()
-    if code != 0:
-        print(f"bench scheduler: the scheduler exited with {code}; log in {workdir}", file=sys.stderr)
+        for hosts in sizes:
+            sized = argparse.Namespace(**{**vars(args), "hosts": hosts, "peers": round(hosts * peers_per_host)})
+            results.append({"args": vars(sized), **run_size(sized, workdir)})
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"bench scheduler: {exc}", file=sys.stderr)
         return 1
     shutil.rmtree(workdir, ignore_errors=True)
-    result["ratio_to_baseline"] = (
-        result["scheduler"]["piece_reports_per_second"] / result["baseline"]["piece_reports_per_second"]
-    )
+    native_profile = ",".join(sorted(set(native.build_profiles().values())))
+    report: dict[str, Any] = {"native": native_profile, "sizes": results}
+    if len(results) > 1:
+        report["growth"] = growth(results)
     if args.json:
-        print(json.dumps(result))
-    else:
-        print_table(result)
+        print(json.dumps(report))
+        return 0
+    for result in results:
+        print_table(result, result["args"])
+    if "growth" in report:
+        print_growth(results, report["growth"])
+    print(f"native: {native_profile}")
     return 0
 
 

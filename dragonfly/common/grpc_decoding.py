@@ -126,6 +126,10 @@ class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc] 
 
     def __init__(self, validate: bool = True) -> None:
         self._validate = validate
+        # Wrapped handlers by method, with the handler each wraps: servers return the same handler object for a
+        # method on every call, so each is wrapped once rather than per call (a scheduler takes one AnnouncePeer
+        # call per download). Only methods the server knows get here, so this stays as small as its services.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -135,7 +139,13 @@ class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc] 
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        return _wrap(handler_call_details.method, handler, self._validate)
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _wrap(method, handler, self._validate)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
 
 def interceptor(validate: bool | None = None) -> DecodeErrorInterceptor:

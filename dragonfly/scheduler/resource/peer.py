@@ -95,7 +95,7 @@ class Peer:
         "created_at",
         "created_wall",
         "deleted",
-        "download",
+        "disable_back_to_source",
         "failure_times",
         "handed_parents",
         "host",
@@ -128,7 +128,9 @@ class Peer:
         self.id = peer_id
         self.task = task
         self.host = host
-        self.download = download
+        # Only this flag of the registration is needed later; keeping the message would keep its whole request
+        # (a protobuf arena of several KiB) alive for the peer's lifetime.
+        self.disable_back_to_source = download.disable_back_to_source
         self.state = PENDING
         self.priority = download.priority
         self.range: tuple[int, int] | None = (

@@ -191,7 +191,7 @@ class Scheduling:
             if peer.deleted:
                 raise ScheduleError(grpc.StatusCode.NOT_FOUND, f"peer {peer.id} was deleted while being scheduled")
             now = clock()
-            may_back_to_source = task.can_back_to_source() and not peer.download.disable_back_to_source
+            may_back_to_source = task.can_back_to_source() and not peer.disable_back_to_source
             if may_back_to_source and peer.need_back_to_source:
                 return self.back_to_source(peer, "peer's NeedBackToSource is true")
             parents = self.find_candidate_parents(peer, now)

@@ -25,7 +25,6 @@ def task_message(task: Task, *, with_pieces: bool = False) -> common_pb2.Task:
         # Answers (StatTask, candidate parents) never carry credentials: anyone can ask (docs/security.md).
         url=redact_url(task.url),
         filtered_query_params=task.filtered_query_params,
-        request_header=redact_headers(task.request_header),
         content_length=max(task.content_length, 0),
         piece_count=task.piece_count,
         size_scope=task.size_scope(),
@@ -35,6 +34,9 @@ def task_message(task: Task, *, with_pieces: bool = False) -> common_pb2.Task:
         created_at=timestamp(task.created_wall),
         updated_at=timestamp(task.created_wall + (task.updated_at - task.created_at)),
     )
+    if task.request_header:
+        # Only when there are headers: a map argument, even an empty one, costs ABC isinstance checks per answer.
+        message.request_header.update(redact_headers(task.request_header))
     if task.digest:
         message.digest = task.digest
     if task.tag:

@@ -146,3 +146,27 @@ def test_environment_turns_validation_off(monkeypatch: pytest.MonkeyPatch) -> No
     assert grpc_decoding.interceptor()._validate is False
     monkeypatch.delenv("DRAGONFLY_REQUEST_VALIDATION")
     assert grpc_decoding.interceptor()._validate is True
+
+
+async def test_each_method_handler_is_wrapped_once_and_again_when_the_server_replaces_it() -> None:
+    interceptor = grpc_decoding.interceptor(validate=True)
+    first = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    second = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    handlers = {"/a": first}
+
+    async def continuation(details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        return handlers.get(details.method)
+
+    class Details(grpc.HandlerCallDetails):  # type: ignore[misc]
+        def __init__(self, method: str) -> None:
+            self.method = method
+            self.invocation_metadata = ()
+
+    wrapped = await interceptor.intercept_service(continuation, Details("/a"))
+    assert wrapped is not first
+    assert await interceptor.intercept_service(continuation, Details("/a")) is wrapped
+    handlers["/a"] = second
+    rewrapped = await interceptor.intercept_service(continuation, Details("/a"))
+    assert rewrapped is not wrapped
+    assert rewrapped.unary_unary is not wrapped.unary_unary
+    assert await interceptor.intercept_service(continuation, Details("/unknown")) is None

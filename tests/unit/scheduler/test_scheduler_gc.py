@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+from dragonfly.scheduler import gc as gc_module
 from dragonfly.scheduler.gc import GarbageCollector
 from dragonfly.scheduler.resource import peer as p
 from dragonfly.scheduler.resource.task import PEER_COUNT_LIMIT_FOR_TASK
@@ -20,6 +23,20 @@ def test_failed_and_left_peers_are_removed(world, gc):
     assert gc.collect_peers() == 1
     assert failed.deleted
     assert not running.deleted
+
+
+async def test_the_periodic_pass_yields_between_slices_and_skips_peers_deleted_meanwhile(world, gc, monkeypatch):
+    monkeypatch.setattr(gc_module, "PEER_SLICE", 2)
+    failed = [world.peer(f"failed-{i}", state=p.FAILED) for i in range(5)]
+    running = world.peer("running", state=p.RUNNING)
+    collection = asyncio.ensure_future(gc.collect_peers_sliced())
+    await asyncio.sleep(0)  # the pass runs its first slice and yields back here
+    assert [peer.deleted for peer in failed] == [True, True, False, False, False]
+    world.resource.delete_peer(failed[-1], world.now)  # say, by DeletePeer between two slices
+    assert await asyncio.wait_for(collection, 10) == 4  # failed-0..3; failed-4 was gone when its slice came
+    assert all(peer.deleted for peer in failed)
+    assert not running.deleted
+    assert set(world.resource.peers) == {"running"}
 
 
 def test_stalled_downloads_and_idle_peers_are_removed(world, gc):
