@@ -25,7 +25,7 @@ from sqlalchemy import select
 from dragonfly.manager import auth, models, queries
 from dragonfly.manager.api import schemas
 from dragonfly.manager.api.app import Extension
-from dragonfly.manager.api.deps import Ctx, Paging, Principal, link_params, require
+from dragonfly.manager.api.deps import Ctx, Page, Principal, link_params, require
 from dragonfly.manager.api.errors import APIError, not_found
 from dragonfly.manager.context import ManagerContext
 from dragonfly.manager.jobs.args import ArgsError
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 OBJ = "jobs"
 EXTRA_KEY = "jobs"
+#: Largest ``per_page`` of the job list (other lists take 1,000): every job in it carries its whole result.
+MAX_JOBS_PER_PAGE = 100
 #: The feature a scheduler announces when it serves preheats (UpdateScheduler.features).
 PREHEAT_FEATURE = "preheat"
 
@@ -223,12 +225,15 @@ def jobs_router() -> APIRouter:
         request: Request,
         response: Response,
         ctx: Ctx,
-        paging: Paging,
         type: Annotated[str | None, Query(max_length=64)] = None,
         state: Annotated[str | None, Query(max_length=16)] = None,
         user_id: Annotated[int | None, Query(ge=1)] = None,
+        page: Annotated[int, Query(ge=1, le=1_000_000, description="1-based page number")] = 1,
+        # Each job carries its result (up to MAX_LISTED entries per list and cluster): 100 bounds an answer.
+        per_page: Annotated[int, Query(ge=1, le=MAX_JOBS_PER_PAGE, description="jobs per page")] = 10,
         _principal: Principal = read,
     ) -> Any:
+        paging = Page(page, per_page)
         if state is not None and state not in STATES:
             raise APIError(422, f"state must be one of {', '.join(STATES)}")
         store: JobStore = engine_of(ctx).store

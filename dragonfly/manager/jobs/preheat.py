@@ -43,6 +43,8 @@ RESOLVE_MARGIN = 90.0
 #: Who-holds-what is a lookup on every daemon; it must not hold a finished preheat for long.
 STAT_TIMEOUT = 30.0
 MAX_RESULT = 64 << 20
+#: Entries kept per list of a cluster's stored result (tasks by host, hosts); ``truncated`` then has the counts.
+MAX_LISTED = 10_000
 MAX_ERROR = 2048
 
 
@@ -196,16 +198,23 @@ class PreheatRun:
             elif not success:
                 error = "the preheat reached no host"
         entry: dict[str, Any] = {
-            "success_tasks": success,
-            "failure_tasks": failure,
+            "success_tasks": success[:MAX_LISTED],
+            "failure_tasks": failure[:MAX_LISTED],
             "scheduler_cluster_id": cluster_id,
         }
         extra: dict[str, Any] = {"scheduler": used.address if used else "", "seconds": time.monotonic() - started}
         if self.stat and used is not None and (success or failure):
             try:
-                entry["peers"] = await self._stat_on(used)
+                peers = await self._stat_on(used)
+                entry["peers"] = peers[:MAX_LISTED]
             except (grpc.aio.AioRpcError, ValueError) as exc:
+                peers = []
                 extra["stat_error"] = _error(exc)
+        else:
+            peers = []
+        if max(len(success), len(failure), len(peers)) > MAX_LISTED:
+            # Every job answer carries its result (a list of 1,000 jobs too): the counts stay whole, the lists not.
+            extra["truncated"] = {"success_tasks": len(success), "failure_tasks": len(failure), "peers": len(peers)}
         self._done += 1
         if self.progress is not None:
             await self.progress({"clusters": len(self.schedulers), "clusters_done": self._done})

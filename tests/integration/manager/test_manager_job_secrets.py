@@ -331,3 +331,8 @@ async def test_credentials_inside_urls_are_not_shown_and_odd_bodies_get_422(mana
     )
     assert too_many.status_code == 422
     assert "at most 64 headers" in too_many.json()["message"]
+    # Each job in a list carries its whole result: a page holds at most 100.
+    assert (await manager.client.get("/api/v1/jobs", params={"per_page": 100}, headers=manager.headers)).is_success
+    assert (
+        await manager.client.get("/api/v1/jobs", params={"per_page": 101}, headers=manager.headers)
+    ).status_code == 422

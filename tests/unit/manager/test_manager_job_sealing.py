@@ -120,3 +120,33 @@ def test_a_key_file_every_user_can_read_is_used_with_a_warning(
     path.chmod(0o644)
     read_key_file(path)
     assert "readable by every user (mode 644)" in caplog.text
+
+
+def test_a_named_key_file_must_exist_and_a_shared_queue_without_one_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from types import SimpleNamespace
+
+    from dragonfly.common.config import ConfigError
+    from dragonfly.manager import config
+    from dragonfly.manager.jobs.api import job_sealer
+
+    with pytest.raises((ConfigError, ValueError), match=r"secretKeyFile: .*absent.key is not a file"):
+        config.load(None, overrides={"job": {"secretKeyFile": str(tmp_path / "absent.key")}})
+    ha = config.load(
+        None, overrides={"server": {"dataDir": str(tmp_path / "data")}, "database": {"redis": {"addrs": ["r:6379"]}}}
+    )
+    sealer = job_sealer(SimpleNamespace(config=ha))  # type: ignore[arg-type]
+    assert (tmp_path / "data" / "job-secret.key").is_file()
+    assert "database.redis is set (several managers) but job.secretKeyFile is not" in caplog.text
+    assert sealer.key_id in caplog.text
+    caplog.clear()
+    shared = config.load(
+        None,
+        overrides={
+            "database": {"redis": {"addrs": ["r:6379"]}},
+            "job": {"secretKeyFile": str(tmp_path / "data" / "job-secret.key")},
+        },
+    )
+    assert job_sealer(SimpleNamespace(config=shared)).key_id == sealer.key_id  # type: ignore[arg-type]
+    assert "several managers" not in caplog.text
