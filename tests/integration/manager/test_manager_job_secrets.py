@@ -24,6 +24,7 @@ from sqlalchemy import text
 
 from dragonfly.cli.cluster import LocalCluster
 from dragonfly.cli.registry import RegistryProcess, build_image, push
+from dragonfly.cli.services import RedisProcess
 from dragonfly.manager import bootstrap, config, db, models
 from dragonfly.manager.api.app import create_app, wrap
 from dragonfly.manager.auth import SigninLimiter
@@ -31,7 +32,7 @@ from dragonfly.manager.context import ManagerContext
 from dragonfly.manager.jobs.api import EXTRA_KEY, extension, job_sealer, make_directory, start_jobs, stop_jobs
 from dragonfly.manager.jobs.engine import JobEngine
 from dragonfly.manager.jobs.queue import MemoryQueue
-from dragonfly.manager.jobs.sealing import key_id, read_key_file
+from dragonfly.manager.jobs.sealing import ensure_key_file, key_id, read_key_file
 from dragonfly.manager.jobs.store import DatabaseJobStore
 
 from .conftest import ROOT_PASSWORD, database_for, manager_config
@@ -106,8 +107,13 @@ class Managers:
         self.tmp_path = tmp_path
         self._open: list[tuple[Manager, Any]] = []
 
-    def config(self, **job: Any) -> config.Config:
-        return manager_config(self.tmp_path, database=self.database, extra={"job": job} if job else None)
+    def config(self, *, name: str = "", database: dict[str, Any] | None = None, **job: Any) -> config.Config:
+        """A manager's config; ``name`` gives it a data directory of its own (another host's manager)."""
+        return manager_config(
+            self.tmp_path / name if name else self.tmp_path,
+            database=database or self.database,
+            extra={"job": job} if job else None,
+        )
 
     async def open(self, cfg: config.Config, *, run_jobs: bool) -> Manager:
         engine = db.create_engine(db.database_url(cfg), pool_size=2)
@@ -243,6 +249,30 @@ async def test_credentials_are_sealed_in_the_row_and_used_after_a_restart(
     assert refused.result["job_states"][0]["error"]
     logged = "\n".join(f"{record.getMessage()} {record.__dict__}" for record in caplog.records)
     assert_no_credential(logged)
+
+
+@needs_registry
+async def test_two_managers_sharing_a_database_queue_and_key_run_each_others_jobs(
+    managers: Managers,
+    cluster: LocalCluster,
+    auth_registry: RegistryProcess,
+    redis_server: RedisProcess,
+    tmp_path: Path,
+) -> None:
+    key = tmp_path / "shared" / "job.key"
+    ensure_key_file(key)
+    # Two hosts: data directories of their own, one database (SQLite: a file both open), one Redis queue.
+    database = {**(managers.database or {"url": f"sqlite:///{tmp_path / 'shared' / 'manager.db'}"})}
+    database["redis"] = {"addrs": [f"127.0.0.1:{redis_server.port}"]}
+    first = await managers.open(managers.config(name="a", database=database, secretKeyFile=str(key)), run_jobs=False)
+    await add_scheduler(first, cluster)
+    job_id = await create_job(first, f"{auth_registry.url}/v2/{REPOSITORY}/manifests/v1")
+    second = await managers.open(managers.config(name="b", database=database, secretKeyFile=str(key)), run_jobs=True)
+    assert not (tmp_path / "b" / "manager" / "job-secret.key").exists()
+    job = await second.engine.wait(job_id, timeout=180)
+    assert job.state == "SUCCESS", job.result
+    assert job.progress["manager"] == second.engine.name
+    assert await second.raw_secret(job_id) in ("{}", "{ }")
 
 
 async def test_a_manager_with_another_key_fails_the_job_with_a_clear_error(
