@@ -260,3 +260,10 @@ class SchedulerClient:
         """Open an AnnouncePeer stream to ``addr``; the first message must be the RegisterPeerRequest."""
         call = self._stub(addr).AnnouncePeer()
         return AnnouncePeerStream(call, host_id=host_id, task_id=task_id, peer_id=peer_id)
+
+
+def describe_error(exc: BaseException) -> str:
+    """Return ``exc`` in words for a log line or a report to the scheduler (a gRPC error by its code)."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc) or type(exc).__name__

@@ -20,6 +20,7 @@ from dragonfly.daemon.download.scheduler_client import AnnouncePeerStream
 from dragonfly.daemon.storage import PieceRecord, TaskRecord
 
 BACK_TO_SOURCE = common_pb2.BACK_TO_SOURCE
+REMOTE_PEER = common_pb2.REMOTE_PEER
 LOCAL_PEER = common_pb2.LOCAL_PEER
 
 

@@ -12,9 +12,6 @@ digest → output file.
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
-import errno
 import logging
 import os
 import ssl
@@ -24,23 +21,22 @@ from concurrent.futures import Executor
 from typing import Any
 
 import grpc
-from dragonfly_api import common_pb2, dfdaemon_pb2, errordetails_pb2, scheduler_pb2
+from dragonfly_api import common_pb2, dfdaemon_pb2, scheduler_pb2
 
-from dragonfly.common import ids, native
+from dragonfly.common import ids
 from dragonfly.common.byte_range import (
     ByteRange,
     RangeNotSatisfiable,
 )
-from dragonfly.common.digest import Digest, format_piece_digest, parse_digest, verify_file_digest
+from dragonfly.common.digest import Digest, parse_digest, verify_file_digest
 from dragonfly.common.errors import DigestMismatch, DragonflyError
-from dragonfly.common.piece import MIN_PIECE_LENGTH, calculate_piece_length, piece_count, piece_range
+from dragonfly.common.piece import calculate_piece_length, piece_count
 from dragonfly.common.redact import redact_headers, redact_url
 from dragonfly.daemon.backends import Backends, Entry, NotReadableHere, SourceOptions, StatResult, check_scheme
 from dragonfly.daemon.backends.http import LOCAL as LOCAL_ORIGIN
-from dragonfly.daemon.backends.http import HTTPBackend, OriginOptions, RangeNotSupported
+from dragonfly.daemon.backends.http import HTTPBackend, OriginOptions
 from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.config import DfdaemonConfig
-from dragonfly.daemon.download.buffers import BufferPool
 from dragonfly.daemon.download.download_request import (
     requested_range,
     task_id_for,
@@ -48,29 +44,21 @@ from dragonfly.daemon.download.download_request import (
     wanted_pieces,
     whole_content_digest,
 )
-from dragonfly.daemon.download.parent_round import ParentRound
-from dragonfly.daemon.download.parent_selector import ParentSelector
+from dragonfly.daemon.download.parent_downloader import ParentDownloader
 from dragonfly.daemon.download.parents import ParentChannels
-from dragonfly.daemon.download.piece_collector import PieceCollector
-from dragonfly.daemon.download.piece_dispatcher import PieceDispatcher, PieceFetch, PieceRates, SlowPiecePolicy
-from dragonfly.daemon.download.piece_verifier import PieceVerifier, UnverifiablePiece, piece_hash
-from dragonfly.daemon.download.scheduler_client import AnnouncePeerStream, SchedulerClient
-from dragonfly.daemon.download.source_window import SourceWindow
-from dragonfly.daemon.download.task_download import PieceDone, TaskDownload, TaskStarted, piece_message, source_of
-from dragonfly.daemon.download.vortex_client import ConnectionPool, FetchAbort, PieceAbandoned, fetch_piece
+from dragonfly.daemon.download.piece_dispatcher import PieceRates
+from dragonfly.daemon.download.piece_verifier import PieceVerifier
+from dragonfly.daemon.download.piece_writer import PieceWriter
+from dragonfly.daemon.download.scheduler_client import AnnouncePeerStream, SchedulerClient, describe_error
+from dragonfly.daemon.download.source_downloader import SourceDownloader
+from dragonfly.daemon.download.task_download import LOCAL_PEER, REMOTE_PEER, PieceDone, TaskDownload, TaskStarted
 from dragonfly.daemon.errors import BackendError, DownloadFailed, DownloadTimeout, NoSpace, OutputError
 from dragonfly.daemon.host_info import TrafficMeter
 from dragonfly.daemon.metrics import DaemonMetrics
 from dragonfly.daemon.output import Caller, write_output, write_output_as
-from dragonfly.daemon.storage import PieceRecord, Storage, TaskRecord
+from dragonfly.daemon.storage import Storage, TaskRecord
 
 log = logging.getLogger(__name__)
-
-BACK_TO_SOURCE = common_pb2.BACK_TO_SOURCE
-REMOTE_PEER = common_pb2.REMOTE_PEER
-LOCAL_PEER = common_pb2.LOCAL_PEER
-VORTEX_CONNECT_TIMEOUT = 2.0
-_SOURCE_BUFFER = 4 * 1024 * 1024
 
 
 #: Objects (or ranges) up to this size go straight to the origin even with a scheduler: a round trip to the
@@ -102,44 +90,47 @@ class TaskManager:
     ) -> None:
         self._config = config
         self._storage = storage
-        self._backend = backend
         # Every scheme's backend; HTTP's is ``backend`` (also used directly for streamed bodies).
         self._backends = backends if backends is not None else Backends(backend)
         self._scheduler = scheduler
-        self._channels = channels
         self._executor = executor
         self._metrics = metrics
-        self._traffic = download_traffic
         self.host_id = host_id
         self._ip = ip
         self._seed = config.seed_peer.enable
-        download = config.download
-        self._concurrency = download.concurrent_piece_count
-        self._download_bucket = native.TokenBucket(download.bandwidth_limit, self._burst(download.bandwidth_limit))
-        self._source_bucket = native.TokenBucket(
-            download.back_to_source_bandwidth_limit, self._burst(download.back_to_source_bandwidth_limit)
+        self._concurrency = config.download.concurrent_piece_count
+        writer = PieceWriter(
+            storage, bandwidth_limit=config.download.bandwidth_limit, traffic=download_traffic, metrics=metrics
         )
-        self._recv_buffers = BufferPool(config.storage.write_buffer_size, 2 * self._concurrency)
-        self._source_buffers = BufferPool(_SOURCE_BUFFER, 2 * self._concurrency)
-        self._vortex_pool = ConnectionPool(max_idle_per_addr=self._concurrency, ssl_context=vortex_tls)
-        self._slow_piece = SlowPiecePolicy(
-            ratio=download.slow_piece.ratio,
-            min_duration=download.slow_piece.min_duration,
-            initial_floor=download.slow_piece.initial_floor,
-            timeout=download.piece_timeout,
+        # Rates of recent pieces from parents and the origin, any task.
+        piece_rates = PieceRates()
+        self._source = SourceDownloader(
+            config,
+            backend=backend,
+            backends=self._backends,
+            storage=storage,
+            executor=executor,
+            metrics=metrics,
+            writer=writer,
+            piece_rates=piece_rates,
+            stopping=lambda: self._stopping,
         )
-        # Rates of recent pieces from parents and the origin, any task: the reference for a round of parents that
-        # has too few pieces of its own.
-        self._piece_rates = PieceRates()
+        self._parents = ParentDownloader(
+            config,
+            host_id=host_id,
+            channels=channels,
+            storage=storage,
+            executor=executor,
+            metrics=metrics,
+            writer=writer,
+            source=self._source,
+            piece_rates=piece_rates,
+            stopping=lambda: self._stopping,
+            vortex_tls=vortex_tls,
+        )
         self._active: dict[str, TaskDownload] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = False
-
-    @staticmethod
-    def _burst(rate: float) -> float | None:
-        # A burst of one minimum piece keeps a limited download within a few percent of the rate from the start
-        # (Dragonfly's bucket starts with a full second of tokens, which lets short downloads overshoot).
-        return float(MIN_PIECE_LENGTH) if 0 < rate < 1e12 else None
 
     @property
     def seed(self) -> bool:
@@ -160,7 +151,7 @@ class TaskManager:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=grace)
-        self._vortex_pool.close()
+        self._parents.close()
 
     # ------------------------------------------------------------------ requesters
 
@@ -500,7 +491,7 @@ class TaskManager:
         log.warning("content from parents fails its digest, fetching it from the origin", extra={"task_id": td.task_id})
         self._storage.reset_pieces(td.task_id)
         td.wanted = None  # the whole content, whatever range was asked for
-        await self._download_from_source(td, None)
+        await self._source.download(td, None)
         with self._storage.content_fd(td.task_id):
             await run_blocking(self._executor, verify_file_digest, path, whole)
 
@@ -514,7 +505,7 @@ class TaskManager:
         # (a seed peer fetching for a peer that cannot reach the source: its pieces' digests must reach the
         # scheduler, which vouches for them to that peer).
         if tiny and back_to_source_allowed and not td.unreadable and not td.from_scheduler:
-            await self._download_from_source(td, None)
+            await self._source.download(td, None)
             return
         if self._scheduler is not None:
             try:
@@ -528,7 +519,7 @@ class TaskManager:
                 log.info("P2P download failed", extra={"task_id": td.task_id, "error": repr(exc)})
                 if not back_to_source_allowed:
                     raise DownloadFailed(
-                        f"P2P download of {redact_url(download.url)} failed ({_describe(exc)}) "
+                        f"P2P download of {redact_url(download.url)} failed ({describe_error(exc)}) "
                         "and back-to-source is disabled"
                     ) from exc
         elif not back_to_source_allowed:
@@ -541,7 +532,7 @@ class TaskManager:
                     f"not all pieces of {redact_url(download.url)} could be fetched from peers "
                     "and back-to-source is disabled"
                 )
-            await self._download_from_source(td, None)
+            await self._source.download(td, None)
 
     def _register_download(self, td: TaskDownload, task: TaskRecord) -> common_pb2.Download:
         download = common_pb2.Download()
@@ -609,7 +600,7 @@ class TaskManager:
             if not isinstance(exc, TimeoutError):
                 scheduler.forget(addr)
             raise BackendError(
-                f"{unreadable.message}; the swarm did not provide it either ({_describe(exc)})"
+                f"{unreadable.message}; the swarm did not provide it either ({describe_error(exc)})"
             ) from unreadable
         kind = response.WhichOneof("response") if response is not None else None
         length: int | None = None
@@ -704,7 +695,7 @@ class TaskManager:
                     td.verifier.learn(piece for parent in parents for piece in parent.task.pieces)
                 await stream.send(download_peer_started_request=scheduler_pb2.DownloadPeerStartedRequest())
                 failed: set[str] = set()
-                if await self._download_from_parents(td, task, stream, parents, failed):
+                if await self._parents.download(td, task, stream, parents, failed):
                     await stream.send(download_peer_finished_request=scheduler_pb2.DownloadPeerFinishedRequest())
                     return True
                 # The scheduler blocks every parent listed here for this peer: only those that failed it, so an
@@ -732,11 +723,11 @@ class TaskManager:
                     )
                 )
                 try:
-                    await self._download_from_source(td, stream)
+                    await self._source.download(td, stream)
                 except Exception as exc:
                     stream.report(
                         download_peer_back_to_source_failed_request=(
-                            scheduler_pb2.DownloadPeerBackToSourceFailedRequest(description=_describe(exc))
+                            scheduler_pb2.DownloadPeerBackToSourceFailedRequest(description=describe_error(exc))
                         )
                     )
                     raise
@@ -774,403 +765,3 @@ class TaskManager:
             log.info("metadata-only announcement failed", extra={"task_id": task.id, "error": repr(exc)})
         finally:
             await stream.close()
-
-    # ------------------------------------------------------------------ pieces from parents
-
-    async def _download_from_parents(
-        self,
-        td: TaskDownload,
-        task: TaskRecord,
-        stream: AnnouncePeerStream,
-        parents: list[common_pb2.Peer],
-        failed: set[str],
-    ) -> bool:
-        """Fetch missing pieces from ``parents``, in the order a PieceDispatcher decides.
-
-        Return whether every wanted piece is stored; add to ``failed`` the parents that let this peer down (sent
-        bad or slow bytes, failed requests, never answered or broke their SyncPieces stream).
-        """
-        count = piece_count(task.content_length, task.piece_length)
-        parents = [p for p in parents if p.id != td.peer_id and p.host.ip and p.host.port]
-        if not parents:
-            return td.complete(task, count)
-        collector = PieceCollector(
-            self._channels,
-            host_id=self.host_id,
-            task_id=td.task_id,
-            parents=parents,
-            interested=td.missing(task),
-            piece_count=count,
-            idle_timeout=self._config.download.collected_piece_timeout,
-            first_timeout=self._config.download.first_collected_piece_timeout,
-        )
-        selector = ParentSelector(self._channels, host_id=self.host_id, peer_id=td.peer_id, parents=parents)
-        # Pieces already here, and for a ranged download the pieces outside its range, are never dispatched.
-        skip = [n for n in range(count) if n in task.pieces or (td.wanted is not None and n not in td.wanted)]
-        dispatcher = PieceDispatcher(
-            task.content_length,
-            task.piece_length,
-            skip=skip,
-            concurrency=self._concurrency,
-            selector=selector,
-            slow=self._slow_piece,
-            daemon_rates=self._piece_rates,
-        )
-        round_ = ParentRound(
-            dispatcher,
-            collector,
-            fetch=lambda fetch, abort: self._fetch_from_parent(td, task, stream, fetch, abort),
-            report_failure=lambda fetch, error: self._piece_from_parent_failed(td, stream, fetch, error),
-            idle_timeout=self._config.download.collected_piece_timeout,
-        )
-        collector.start()
-        selector.start()
-        try:
-            await round_.run(lambda: td.complete(task, count), lambda: self._stopping)
-        finally:
-            await collector.stop()
-            await selector.stop()
-            failed.update(round_.failed_parents())
-        return td.complete(task, count)
-
-    def _piece_from_parent_failed(
-        self,
-        td: TaskDownload,
-        stream: AnnouncePeerStream,
-        fetch: PieceFetch,
-        error: BaseException,
-    ) -> None:
-        corrupt = isinstance(error, DigestMismatch)
-        if fetch.parent.vortex_addr is not None:
-            self._vortex_pool.discard(fetch.parent.vortex_addr)
-        if corrupt:
-            reason = "piece_digest_mismatch"
-        elif isinstance(error, PieceAbandoned):
-            reason = "piece_too_slow"
-        else:
-            reason = "piece_from_parent"
-        self._metrics.failures.labels(reason).inc()
-        log.info(
-            "piece from parent failed",
-            extra={"task_id": td.task_id, "piece": fetch.number, "parent": fetch.parent.id, "error": str(error)},
-        )
-        # Wrong bytes are not a passing fault: the scheduler marks the sender bad at once (docs/security.md).
-        stream.report(
-            download_piece_failed_request=scheduler_pb2.DownloadPieceFailedRequest(
-                piece_number=fetch.number, parent_id=fetch.parent.id, temporary=not corrupt
-            )
-        )
-
-    async def _fetch_from_parent(
-        self, td: TaskDownload, task: TaskRecord, stream: AnnouncePeerStream, fetch: PieceFetch, abort: FetchAbort
-    ) -> float:
-        """Fetch one piece into storage and report it; return the seconds its bytes took to arrive."""
-        number, parent = fetch.number, fetch.parent
-        offset, length = piece_range(number, task.content_length, task.piece_length)
-        addr = parent.vortex_addr
-        assert addr is not None
-        verifier = td.verifier
-        assert verifier is not None
-        started = time.monotonic()
-        # The trusted digest is asked for while the bytes arrive: at the swarm's head it reaches the scheduler
-        # about when the piece reaches this peer, and asking first put a StatTask poll before each transfer.
-        expecting = asyncio.ensure_future(verifier.expected(number))
-        try:
-            await self._acquire(self._download_bucket, length)
-            created_at = time.time()
-            with self._storage.content_fd(td.task_id) as fd:
-                async with self._recv_buffers.get() as buffer, self._writing_piece(number):
-                    started = fetch.transfer_started = time.monotonic()
-                    fetched = await run_blocking(
-                        self._executor,
-                        lambda: fetch_piece(
-                            addr,
-                            td.task_id,
-                            number,
-                            fd=fd,
-                            offset=offset,
-                            length=length,
-                            buffer=buffer,
-                            connect_timeout=VORTEX_CONNECT_TIMEOUT,
-                            timeout=self._config.download.piece_timeout,
-                            pool=self._vortex_pool,
-                            abort=abort,
-                            blake3=True,
-                        ),
-                    )
-                cost = time.monotonic() - started
-                # The bytes are in: waiting for the trusted digest is not the parent's slowness.
-                fetch.transfer_started = None
-                digest = format_piece_digest(fetched.crc)
-                if fetched.digest != digest:
-                    raise DigestMismatch(
-                        fetched.digest or "<empty>", digest, what=f"piece {number} from parent {parent.id}"
-                    )
-                # Until this returns the piece is not recorded: nobody reads these bytes.
-                expected = await expecting
-                strong = await verifier.verify(
-                    number, expected, fd, offset, length, crc=fetched.crc, parent=parent.id, hashed=fetched.blake3
-                )
-        except UnverifiablePiece as exc:
-            # Bytes no one trusted vouched for come from the origin, never from a parent (docs/security.md); the
-            # origin's bytes overwrite the parent's.
-            if td.download.disable_back_to_source:
-                raise DownloadFailed(f"{exc} of {redact_url(td.download.url)} and back-to-source is disabled") from None
-            self._metrics.failures.labels("piece_unverifiable").inc()
-            await self._fetch_from_source(td, task, stream, number, lambda _received: None)
-            return time.monotonic() - started
-        finally:
-            if not expecting.done():
-                expecting.cancel()
-            elif not expecting.cancelled():
-                expecting.exception()  # retrieved: a failed transfer makes a missing digest moot
-        record = PieceRecord(number, offset, length, digest, parent.id, REMOTE_PEER, cost, created_at, strong)
-        self._finish_piece(td, record)
-        stream.report(
-            download_piece_finished_request=scheduler_pb2.DownloadPieceFinishedRequest(piece=piece_message(record))
-        )
-        return cost
-
-    # ------------------------------------------------------------------ pieces from the origin
-
-    async def _download_from_source(self, td: TaskDownload, stream: AnnouncePeerStream | None) -> None:
-        """Fetch every missing piece from the origin in ascending order, as many at once as a SourceWindow allows.
-
-        An origin that ignores ``Range`` (its stat, or a piece request, got the whole body) is read once instead,
-        as one streamed GET cut into pieces (``_stream_from_source``).
-        """
-        if not td.streamed:
-            try:
-                await self._fetch_pieces_from_source(td, stream)
-                return
-            except RangeNotSupported:
-                log.info("origin ignores Range: streaming the task", extra={"task_id": td.task_id})
-                td.streamed = True
-        await self._stream_from_source(td, stream)
-
-    async def _fetch_pieces_from_source(self, td: TaskDownload, stream: AnnouncePeerStream | None) -> None:
-        task = td.task
-        assert task is not None
-        pending = collections.deque(td.missing(task))
-        window = SourceWindow(self._concurrency, task.piece_length)
-        failure: list[BaseException] = []
-
-        async def worker() -> None:
-            # A worker that ends a piece takes the next one itself when the window allows: no hop through the loop.
-            while pending and not failure:
-                if self._stopping:
-                    failure.append(DownloadFailed("dfdaemon is shutting down"))
-                    return
-                if not window.admits():
-                    await window.wait()
-                    continue
-                number = pending.popleft()
-                _offset, length = piece_range(number, task.content_length, task.piece_length)
-                piece = window.begin(length)
-                try:
-                    await self._fetch_from_source(td, task, stream, number, piece.receive)
-                except RangeNotSupported as exc:
-                    # Not a failure of the piece: the caller switches the task to one streamed GET.
-                    window.end(piece)
-                    failure.append(exc)
-                    return
-                except Exception as exc:
-                    window.end(piece)
-                    failure.append(exc)
-                    self._metrics.failures.labels("back_to_source").inc()
-                    if stream is not None:
-                        stream.report(download_piece_back_to_source_failed_request=_source_failure(number, exc))
-                    return
-                window.complete(piece)
-
-        # Pieces in flight finish (and are reported) even after a failure.
-        await asyncio.gather(*(worker() for _ in range(min(self._concurrency, len(pending)))))
-        if failure:
-            raise failure[0]
-
-    async def _stream_from_source(self, td: TaskDownload, stream: AnnouncePeerStream | None) -> None:
-        """Read the body once from its first byte and store each missing piece as soon as its bytes are in.
-
-        Each piece is written, CRC'd, recorded and reported when it completes, so children fetch it before the
-        body ends. Pieces already stored are read past; the body is left after the last piece this download wants.
-        A broken body is opened again (``backend.maxRetries`` times) and the pieces stored meanwhile skipped.
-        """
-        task = td.task
-        assert task is not None
-        missing = td.missing(task)
-        if not missing:
-            return
-        url, header = td.download.url, dict(td.download.request_header)
-        attempt = 0
-        while True:
-            number = 0
-            try:
-                async with self._backend.open_stream(url, header, td.origin) as reader:
-                    for number in range(missing[-1] + 1):
-                        if self._stopping:
-                            raise DownloadFailed("dfdaemon is shutting down")
-                        if number in task.pieces:
-                            await _discard(reader, task.pieces[number].length, url)
-                            continue
-                        await self._store_streamed_piece(td, task, stream, reader, number)
-                return
-            except BackendError as exc:
-                retry = exc.status_code is None and attempt < self._config.backend.max_retries
-                log.info(
-                    "streamed download from the origin broke",
-                    extra={"task_id": td.task_id, "piece": number, "retry": retry, "error": str(exc)},
-                )
-                if not retry:
-                    self._metrics.failures.labels("back_to_source").inc()
-                    if stream is not None:
-                        stream.report(download_piece_back_to_source_failed_request=_source_failure(number, exc))
-                    raise
-                attempt += 1
-
-    async def _store_streamed_piece(
-        self,
-        td: TaskDownload,
-        task: TaskRecord,
-        stream: AnnouncePeerStream | None,
-        reader: Any,
-        number: int,
-    ) -> None:
-        offset, length = piece_range(number, task.content_length, task.piece_length)
-        await self._acquire(self._source_bucket, length)
-        await self._acquire(self._download_bucket, length)
-        created_at = time.time()
-        started = time.monotonic()
-        with self._storage.content_fd(td.task_id) as fd:
-            async with self._source_buffers.get() as buffer:
-                crc = await self._backend.read_stream_piece(
-                    td.download.url, reader, fd=fd, offset=offset, length=length, buffer=buffer
-                )
-            strong = await self._origin_piece_hash(stream, fd, offset, length)
-        cost = time.monotonic() - started
-        record = PieceRecord(
-            number, offset, length, format_piece_digest(crc), None, BACK_TO_SOURCE, cost, created_at, strong
-        )
-        self._finish_piece(td, record)
-        if stream is not None:
-            stream.report(
-                download_piece_back_to_source_finished_request=scheduler_pb2.DownloadPieceBackToSourceFinishedRequest(
-                    piece=piece_message(record)
-                )
-            )
-
-    async def _origin_piece_hash(
-        self, stream: AnnouncePeerStream | None, fd: int, offset: int, length: int
-    ) -> str | None:
-        """Return the BLAKE3 digest of a piece just fetched from the origin, when a scheduler will hear of it.
-
-        The origin's bytes: their BLAKE3 is what a seed peer vouches for (docs/security.md). Without a scheduler
-        nobody receives the digest, so the piece is not read again for it.
-        """
-        if stream is None:
-            return None
-        return await run_blocking(self._executor, lambda: piece_hash(fd, offset, length))
-
-    async def _fetch_from_source(
-        self,
-        td: TaskDownload,
-        task: TaskRecord,
-        stream: AnnouncePeerStream | None,
-        number: int,
-        progress: Callable[[int], None],
-    ) -> None:
-        offset, length = piece_range(number, task.content_length, task.piece_length)
-        await self._acquire(self._source_bucket, length)
-        await self._acquire(self._download_bucket, length)
-        created_at = time.time()
-        started = time.monotonic()
-        with self._storage.content_fd(td.task_id) as fd:
-            async with self._source_buffers.get() as buffer, self._writing_piece(number):
-                crc = await self._backends.get(td.download.url).download_piece(
-                    td.download.url,
-                    dict(td.download.request_header),
-                    td.options,
-                    fd=fd,
-                    offset=offset,
-                    length=length,
-                    buffer=buffer,
-                    progress=progress,
-                )
-            strong = await self._origin_piece_hash(stream, fd, offset, length)
-        record = PieceRecord(
-            number,
-            offset,
-            length,
-            format_piece_digest(crc),
-            None,
-            BACK_TO_SOURCE,
-            time.monotonic() - started,
-            created_at,
-            strong,
-        )
-        self._finish_piece(td, record)
-        self._piece_rates.add(length, record.cost)
-        if stream is not None:
-            stream.report(
-                download_piece_back_to_source_finished_request=scheduler_pb2.DownloadPieceBackToSourceFinishedRequest(
-                    piece=piece_message(record)
-                )
-            )
-
-    # ------------------------------------------------------------------ shared
-
-    @staticmethod
-    async def _acquire(bucket: native.TokenBucket, count: int) -> None:
-        wait = bucket.reserve(count)
-        if wait > 0:
-            await asyncio.sleep(wait)
-
-    @contextlib.asynccontextmanager
-    async def _writing_piece(self, number: int) -> AsyncIterator[None]:
-        """Report a full disk met while writing piece ``number`` as NoSpace, however deep a transfer wrapped it."""
-        try:
-            yield
-        except NoSpace:
-            raise
-        except Exception as exc:
-            cause: BaseException | None = exc
-            while cause is not None:
-                if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise self._storage.no_space(cause, f"write piece {number}") from exc
-                cause = cause.__cause__ or cause.__context__
-            raise
-
-    def _finish_piece(self, td: TaskDownload, record: PieceRecord) -> None:
-        if td.task is None or self._storage.get_task(td.task_id) is not td.task:
-            raise DownloadFailed(f"task {td.task_id} was deleted during its download")
-        # Recorded first: requesters read td.order as pieces they can find in storage.
-        self._storage.finish_piece(td.task_id, record)
-        td.order.append(record.number)
-        self._traffic.add(record.length)
-        self._metrics.record_piece(source_of(record, record.traffic_type), record.length, record.cost)
-
-
-async def _discard(reader: Any, length: int, url: str) -> None:
-    """Read past ``length`` bytes of a streamed body (a piece already stored)."""
-    left = length
-    while left:
-        chunk = await reader.read(min(left, 1024 * 1024))
-        if not chunk:
-            raise BackendError(f"origin closed the body of {url} {left} bytes before the end of a stored piece")
-        left -= len(chunk)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{exc.code().name}: {exc.details()}"
-    return str(exc) or type(exc).__name__
-
-
-def _source_failure(number: int, exc: BaseException) -> scheduler_pb2.DownloadPieceBackToSourceFailedRequest:
-    if isinstance(exc, BackendError):
-        backend = errordetails_pb2.Backend(message=exc.message, header=exc.header)
-        if exc.status_code is not None:
-            backend.status_code = exc.status_code
-        return scheduler_pb2.DownloadPieceBackToSourceFailedRequest(piece_number=number, backend=backend)
-    return scheduler_pb2.DownloadPieceBackToSourceFailedRequest(
-        piece_number=number, unknown=errordetails_pb2.Unknown(message=_describe(exc))
-    )

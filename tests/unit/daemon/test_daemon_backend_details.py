@@ -23,7 +23,7 @@ from standalone import standalone_task_manager
 from dragonfly.cli.dfget.errors import describe_rpc_error
 from dragonfly.daemon.api.download_server import DfdaemonDownloadService
 from dragonfly.daemon.backends.http import HTTPBackend
-from dragonfly.daemon.download.task_manager import _source_failure
+from dragonfly.daemon.download.source_downloader import back_to_source_failure
 from dragonfly.daemon.errors import BackendError
 
 BODY = b"origin bytes\n"
@@ -167,7 +167,7 @@ async def test_dfget_shows_many_headers_only_at_debug_level(daemon: Daemon) -> N
 async def test_the_scheduler_is_told_the_origin_failure(daemon: Daemon) -> None:
     with pytest.raises(BackendError) as info:
         await daemon.backend.stat(f"{daemon.base}/missing", {})
-    request = _source_failure(3, info.value)
+    request = back_to_source_failure(3, info.value)
     assert request.piece_number == 3
     assert request.WhichOneof("response") == "backend"
     assert request.backend.status_code == 404
@@ -176,11 +176,11 @@ async def test_the_scheduler_is_told_the_origin_failure(daemon: Daemon) -> None:
 
     with pytest.raises(BackendError) as refused:
         await daemon.backend.stat(f"http://127.0.0.1:{closed_port()}/f", {})
-    request = _source_failure(0, refused.value)
+    request = back_to_source_failure(0, refused.value)
     assert request.WhichOneof("response") == "backend"
     assert not request.backend.HasField("status_code")
     assert request.backend.message == refused.value.message
 
-    request = _source_failure(1, RuntimeError("disk on fire"))
+    request = back_to_source_failure(1, RuntimeError("disk on fire"))
     assert request.WhichOneof("response") == "unknown"
     assert request.unknown == errordetails_pb2.Unknown(message="disk on fire")
