@@ -55,6 +55,10 @@ PHASE_TIMEOUT_SECONDS = 1800.0
 _LISTENING = re.compile(r"^dragonfly: (scheduler|baseline) listening on (\S+)$")
 _METRICS = re.compile(r"^dragonfly: scheduler metrics listening on (\S+)$")
 _BUCKET = re.compile(r'^dragonfly_scheduler_schedule_duration_seconds_bucket\{le="([^"]+)"\} (\S+)$', re.M)
+_GC_BUCKET = re.compile(
+    r'^dragonfly_scheduler_python_gc_pause_seconds_bucket\{generation="2",le="([^"]+)"\} (\S+)$', re.M
+)
+_GC_SUM = re.compile(r'^dragonfly_scheduler_python_gc_pause_seconds_sum\{generation="2"\} (\S+)$', re.M)
 
 
 # servers under test
@@ -507,11 +511,25 @@ def histogram_quantile(before: list[tuple[float, float]], after: list[tuple[floa
     return lower_bound * 1000
 
 
+def scrape(metrics_addr: str) -> str:
+    """Return the scheduler's metrics text."""
+    with urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=30) as response:
+        text: str = response.read().decode()
+    return text
+
+
 def scrape_histogram(metrics_addr: str) -> list[tuple[float, float]]:
     """Return the scheduler's cumulative decision-duration buckets [(upper bound, count)]."""
-    with urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=30) as response:
-        text = response.read().decode()
-    return [(float(bound), float(count)) for bound, count in _BUCKET.findall(text)]
+    return [(float(bound), float(count)) for bound, count in _BUCKET.findall(scrape(metrics_addr))]
+
+
+def full_collections(text: str) -> dict[str, float]:
+    """Return the scheduler's full garbage collections so far: count, total and longest pause (bucket bound)."""
+    buckets = [(float(bound), float(count)) for bound, count in _GC_BUCKET.findall(text)]
+    total = buckets[-1][1] if buckets else 0.0
+    longest = next((bound for bound, count in buckets if count >= total), 0.0) if total else 0.0
+    seconds = _GC_SUM.search(text)
+    return {"count": total, "seconds": float(seconds.group(1)) if seconds else 0.0, "longest_le_s": longest}
 
 
 def drive(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any]:
@@ -535,7 +553,8 @@ def drive(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any]:
         flooded = clients.run("flood")
         flood_seconds = time.perf_counter() - flood_started
         rss["end"] = server.rss()
-        after_flood = scrape_histogram(metrics_addr) if metrics_addr else []
+        end_text = scrape(metrics_addr) if metrics_addr else ""
+        after_flood = [(float(bound), float(count)) for bound, count in _BUCKET.findall(end_text)]
     finally:
         clients.close()
     decisions: dict[str, int] = {}
@@ -563,6 +582,7 @@ def drive(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any]:
         "rss_mib_per_1000_peers": (rss["end"] - rss["hosts"]) / 2**20 / peers * 1000,
     }
     if metrics_addr:
+        figures["full_gc"] = full_collections(end_text)
         figures["server_decision_idle"] = {
             "p50_ms": histogram_quantile(before, after_register, 0.5),
             "p99_ms": histogram_quantile(before, after_register, 0.99),
@@ -641,6 +661,14 @@ def run_size(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return result
 
 
+def stage(figures: dict[str, Any] | None, first: str, second: str) -> str:
+    """Return "a/b MiB" of two RSS stages, or "-"."""
+    if not figures:
+        return "-"
+    rss = figures["rss_mib"]
+    return f"{rss[first]:.0f}/{rss[second]:.0f} MiB"
+
+
 def print_table(result: dict[str, Any], args: dict[str, Any]) -> None:
     ours, base = result["scheduler"], result.get("baseline")
 
@@ -648,6 +676,7 @@ def print_table(result: dict[str, Any], args: dict[str, Any]) -> None:
         return f"{base[key]:,.0f}" if base else "-"
 
     rss = ours["rss_mib"]
+    gc = ours["full_gc"]
     rows = [
         ("piece reports/s", f"{ours['piece_reports_per_second']:,.0f}", baseline("piece_reports_per_second")),
         ("decision p50 (idle, client)", f"{ours['decision_idle']['p50_ms']:.2f} ms", "-"),
@@ -658,10 +687,12 @@ def print_table(result: dict[str, Any], args: dict[str, Any]) -> None:
         ("decision p99 (idle, server)", f"{ours['server_decision_idle']['p99_ms']:.2f} ms", "-"),
         ("decision p50 (flood, server)", f"{ours['server_decision_under_flood']['p50_ms']:.2f} ms", "-"),
         ("decision p99 (flood, server)", f"{ours['server_decision_under_flood']['p99_ms']:.2f} ms", "-"),
-        ("scheduler RSS ready/hosts", f"{rss['ready']:.0f}/{rss['hosts']:.0f} MiB", "-"),
-        ("scheduler RSS registered/end", f"{rss['registered']:.0f}/{rss['end']:.0f} MiB", "-"),
+        ("RSS ready/hosts", f"{rss['ready']:.0f}/{rss['hosts']:.0f} MiB", stage(base, "ready", "hosts")),
+        ("RSS registered/end", f"{rss['registered']:.0f}/{rss['end']:.0f} MiB", stage(base, "registered", "end")),
         ("RSS per host", f"{ours['rss_kib_per_host']:.1f} KiB", "-"),
         ("RSS per 1,000 peers", f"{ours['rss_mib_per_1000_peers']:.2f} MiB", "-"),
+        ("full GCs: count / total", f"{gc['count']:.0f} / {gc['seconds']:.2f} s", "-"),
+        ("longest full GC", f"<= {gc['longest_le_s']:g} s", "-"),
     ]
     print(
         f"scheduler load: {ours['hosts']} hosts, {ours['peers']} peers, {ours['tasks']} tasks, "
@@ -706,7 +737,11 @@ def print_growth(sizes: list[dict[str, Any]], figures: dict[str, Any]) -> None:
             ratio = f"{grown['ratio']:.2f}" if grown["ratio"] is not None else "-"
             values = "".join(f"{s['scheduler'][key][quantile]:>16.2f} ms" for s in sizes)
             print(f"{label + ' ' + quantile[:3]:<18}{values}{ratio:>9}{grown['us_per_1000_hosts']:>17.1f}")
+    if all("baseline" in s for s in sizes):
+        print(f"{'no-op RSS end MiB':<18}" + "".join(f"{s['baseline']['rss_mib']['end']:>19,.2f}" for s in sizes))
     for label, pick in (
+        ("full GCs", lambda s: s["full_gc"]["count"]),
+        ("full GC seconds", lambda s: s["full_gc"]["seconds"]),
         ("RSS end MiB", lambda s: s["rss_mib"]["end"]),
         ("RSS/1k peers MiB", lambda s: s["rss_mib_per_1000_peers"]),
         ("RSS/host KiB", lambda s: s["rss_kib_per_host"]),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import gc
+import time
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
 NAMESPACE = "dragonfly_scheduler"
 DECISION_KINDS = ("normal", "empty", "need_back_to_source", "metadata_only", "error")
 _DURATION_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_GC_PAUSE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 class _ResourceCollector:
@@ -98,10 +101,38 @@ class Metrics:
             buckets=_DURATION_BUCKETS,
             registry=registry,
         )
+        # A full collection walks every object the process holds, so its pause grows with the peers and streams
+        # held; every decision and message due meanwhile waits (bench/RESULTS.md, scheduler scale).
+        self.gc_pause = Histogram(
+            f"{NAMESPACE}_python_gc_pause_seconds",
+            "Pauses of CPython's cyclic garbage collector, by generation (2: full collections).",
+            ["generation"],
+            buckets=_GC_PAUSE_BUCKETS,
+            registry=registry,
+        )
+        self._gc_pauses = [self.gc_pause.labels(str(generation)) for generation in range(3)]
+        self._gc_started = 0.0
+        self._gc_callback = self._on_gc
         # Children resolved once: the hot paths skip the label lookup.
         self.decision = {kind: self.decisions.labels(kind) for kind in DECISION_KINDS}
         self._announce: dict[str, Counter] = {}
         self._traffic: dict[str, tuple[Counter, Counter]] = {}
+
+    def watch_gc(self) -> None:
+        """Time the garbage collector's pauses into ``gc_pause`` until unwatch_gc()."""
+        if self._gc_callback not in gc.callbacks:
+            gc.callbacks.append(self._gc_callback)
+
+    def unwatch_gc(self) -> None:
+        """Stop timing the garbage collector."""
+        if self._gc_callback in gc.callbacks:
+            gc.callbacks.remove(self._gc_callback)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self._gc_pauses[info["generation"]].observe(time.perf_counter() - self._gc_started)
 
     def count_request(self, kind: str) -> None:
         """Count one AnnouncePeer message of type ``kind``."""

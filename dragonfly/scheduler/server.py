@@ -135,6 +135,7 @@ class SchedulerServer:
         if self.config.metrics.enable:
             await self._start_metrics()
         self.ctx.seeds.start()
+        self.ctx.metrics.watch_gc()
         self.gc.start()
         self.persistent_cache.start()
         if self.config.manager.addr:
@@ -169,6 +170,7 @@ class SchedulerServer:
             await self._server.stop(self.config.server.graceful_stop_timeout)
             self._server = None
         await self.gc.stop()
+        self.ctx.metrics.unwatch_gc()
         await self.preheat.close()
         await self.persistent_cache.close()
         await self.ctx.seeds.close()
