@@ -347,7 +347,7 @@ def job_sealer(ctx: ManagerContext) -> Sealer:
 async def start_jobs(ctx: ManagerContext) -> None:
     """Start the job engine: the database store, the Redis queue when configured (else in process), workers."""
     store = DatabaseJobStore(ctx.sessions, job_sealer(ctx))
-    await store.seal_plaintext()
+    await store.reseal()
     url = redis_url(ctx)
     queue: JobQueue = RedisQueue.from_url(url) if url else MemoryQueue()
     engine = JobEngine(

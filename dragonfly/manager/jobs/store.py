@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dragonfly.manager.jobs.model import PENDING, JobRecord, NewJob, utcnow
 from dragonfly.manager.jobs.models import Job
-from dragonfly.manager.jobs.sealing import Sealer, is_sealed
+from dragonfly.manager.jobs.sealing import Sealer, SecretsUnavailable, is_sealed
 
 log = logging.getLogger(__name__)
 
@@ -92,24 +92,32 @@ class DatabaseJobStore:
             return dict(stored)
         return self._sealer.open(job_id, stored)
 
-    async def seal_plaintext(self) -> int:
-        """Seal the credentials that pending jobs hold in clear (rows written before sealing); return how many.
+    async def reseal(self) -> int:
+        """Seal what pending jobs hold in clear (rows from before sealing) or under a previous key; return how many.
 
-        Run at start, so an upgraded manager leaves no credential readable in a row (ended jobs never kept any).
+        Run at start: an upgraded manager leaves no credential readable in a row, and once every manager has started
+        with a rotated key, no pending job needs the previous one. Rows sealed with a key this manager does not hold
+        are left alone (another manager may hold it; the run reports it).
         """
         changed = 0
         async with self._sessions() as session:
             rows = (await session.execute(select(Job.id, Job.secret).where(Job.state == PENDING))).all()
             for job_id, stored in rows:
-                if stored and not is_sealed(stored):
-                    sealed = self._sealer.seal(job_id, stored)
-                    await session.execute(
-                        update(Job).where(Job.id == job_id, Job.state == PENDING).values(secret=sealed)
-                    )
-                    changed += 1
+                if not stored or (is_sealed(stored) and stored.get("key_id") == self._sealer.key_id):
+                    continue
+                try:
+                    clear = self._sealer.open(job_id, stored) if is_sealed(stored) else dict(stored)
+                except SecretsUnavailable:
+                    continue
+                await session.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.state == PENDING)
+                    .values(secret=self._sealer.seal(job_id, clear))
+                )
+                changed += 1
             await session.commit()
         if changed:
-            log.info("sealed the credentials pending jobs held in clear", extra={"jobs": changed})
+            log.info("sealed pending jobs' credentials with the current key", extra={"jobs": changed})
         return changed
 
     async def set_progress(self, job_id: int, progress: Mapping[str, Any]) -> None:

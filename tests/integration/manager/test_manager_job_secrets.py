@@ -32,7 +32,7 @@ from dragonfly.manager.context import ManagerContext
 from dragonfly.manager.jobs.api import EXTRA_KEY, extension, job_sealer, make_directory, start_jobs, stop_jobs
 from dragonfly.manager.jobs.engine import JobEngine
 from dragonfly.manager.jobs.queue import MemoryQueue
-from dragonfly.manager.jobs.sealing import ensure_key_file, key_id, read_key_file
+from dragonfly.manager.jobs.sealing import Sealer, SecretsUnavailable, ensure_key_file, key_id, read_key_file
 from dragonfly.manager.jobs.store import DatabaseJobStore
 
 from .conftest import ROOT_PASSWORD, database_for, manager_config
@@ -314,18 +314,41 @@ async def test_cancel_and_delete_wipe_the_credentials(managers: Managers) -> Non
         assert (await conn.execute(text("SELECT count(*) FROM job WHERE id = :id"), {"id": deleted})).scalar() == 0
 
 
-async def test_credentials_an_older_manager_left_in_clear_are_sealed_at_start(managers: Managers) -> None:
-    manager = await managers.open(managers.config(), run_jobs=False)
-    job_id = await create_job(manager, "https://registry.example.com/v2/team/app/manifests/v1")
-    clear = json.dumps({"password": PASSWORD, "username": USERNAME})
-    async with manager.ctx.engine.begin() as conn:
-        await conn.execute(text("UPDATE job SET secret = :s WHERE id = :id"), {"s": clear, "id": job_id})
-    store = manager.engine.store
+async def test_clear_rows_and_rotated_keys_are_resealed_with_the_current_key_at_start(
+    managers: Managers, tmp_path: Path
+) -> None:
+    url = "https://registry.example.com/v2/team/app/manifests/v1"
+    old_cfg = managers.config()
+    first = await managers.open(old_cfg, run_jobs=False)
+    rotated, from_before, foreign = [await create_job(first, url) for _ in range(3)]
+    old_key = read_key_file(old_cfg.job_secret_key_file())
+    # A row an older manager wrote in clear, and one sealed with a key nobody here holds.
+    async with first.ctx.engine.begin() as conn:
+        clear = json.dumps({"password": PASSWORD, "username": USERNAME})
+        await conn.execute(text("UPDATE job SET secret = :s WHERE id = :id"), {"s": clear, "id": from_before})
+        sealed = json.dumps(Sealer(os.urandom(32)).seal(foreign, {"password": PASSWORD}))
+        await conn.execute(text("UPDATE job SET secret = :s WHERE id = :id"), {"s": sealed, "id": foreign})
+    await managers.close(first)
+
+    new_key = tmp_path / "new.key"
+    ensure_key_file(new_key)
+    cfg = managers.config(secretKeyFile=str(new_key), previousSecretKeyFiles=[str(old_cfg.job_secret_key_file())])
+    second = await managers.open(cfg, run_jobs=False)
+    store = second.engine.store
     assert isinstance(store, DatabaseJobStore)
-    assert await store.seal_plaintext() == 1
-    assert_no_credential(repr(await manager.raw_row(job_id)))
-    assert await store.secrets(job_id) == {"password": PASSWORD, "username": USERNAME}
-    assert await store.seal_plaintext() == 0
+    assert await store.reseal() == 2
+    for job_id in (rotated, from_before):
+        assert key_id(read_key_file(new_key)) in await second.raw_secret(job_id)
+        assert_no_credential(repr(await second.raw_row(job_id)))
+    assert await store.secrets(from_before) == {"password": PASSWORD, "username": USERNAME}
+    assert key_id(old_key) not in await second.raw_secret(rotated)
+    assert await store.reseal() == 0
+    # The old key is no longer needed for these two: a manager without it opens them.
+    await managers.close(second)
+    third = await managers.open(managers.config(secretKeyFile=str(new_key)), run_jobs=False)
+    assert (await third.engine.store.secrets(rotated))["password"] == PASSWORD
+    with pytest.raises(SecretsUnavailable, match="sealed with job secret key"):
+        await third.engine.store.secrets(foreign)
 
 
 async def test_credentials_inside_urls_are_not_shown_and_odd_bodies_get_422(managers: Managers) -> None:
