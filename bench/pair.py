@@ -167,11 +167,13 @@ def ours(
     tls: bool = True,
     cpu: Cpu | None = None,
     hard_link_output: bool = False,
+    native_tls: bool = False,
 ) -> tuple[list[float], dict[str, int]]:
     """Return the child's dfget times (a fresh task each time, already on the parent) and its bytes by source.
 
     The CPU seconds the parent and child dfdaemons, the scheduler and dfget spend on the child's runs are added to
-    ``cpu``. ``hard_link_output`` sets the child's ``download.hardLinkOutput`` (docs/output-and-cache.md).
+    ``cpu``. ``hard_link_output`` sets the child's ``download.hardLinkOutput`` (docs/output-and-cache.md),
+    ``native_tls`` its ``download.nativeTls`` (docs/security.md#vortex-over-tls).
     """
     from bench.swarm.ours import OursCluster
 
@@ -187,7 +189,8 @@ def ours(
     times: list[float] = []
     by_source: dict[str, int] = {}
     label = "ours" if tls else "ours-plaintext"
-    overrides = {"child": {"download": {"hardLinkOutput": True}}} if hard_link_output else None
+    child = {"hardLinkOutput": hard_link_output, "nativeTls": native_tls}
+    overrides = {"child": {"download": child}}
     with OursCluster(
         topology, workdir / label, Host("ctl", "127.0.0.1"), hosts, tls=tls, daemon_overrides=overrides
     ) as cluster:
@@ -246,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
         help="run ours with download.hardLinkOutput: true on the child (its output a hard link to the cache "
         "instead of a copy; docs/output-and-cache.md)",
     )
+    parser.add_argument(
+        "--native-tls",
+        action="store_true",
+        help="run ours with download.nativeTls: true on the child (its Vortex TLS in rustls instead of Python's ssl)",
+    )
     args = parser.parse_args(argv)
     if release_builds_missing("bench pair"):
         return 2
@@ -255,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         "size": args.size,
         "repeat": args.repeat,
         "hard_link_output": args.hard_link_output,
+        "native_tls": args.native_tls,
         "methods": {},
     }
     try:
@@ -289,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 times, by_source = ours(
                     topology, workdir, source, args.repeat, tls=tls, cpu=cpu.setdefault(label, {}),
-                    hard_link_output=args.hard_link_output,
+                    hard_link_output=args.hard_link_output, native_tls=args.native_tls,
                 )  # fmt: skip
                 entry = {"seconds": statistics.median(times), "runs": times, "by_source": by_source}
                 results["methods"][label] = entry
@@ -320,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         output = "hard-linked to the cache" if args.hard_link_output else "a copy of the cache (the default)"
         print(
             f"pair: one parent → one child, {format_size(args.size)} over loopback (tmpfs), median of {args.repeat}; "
-            f"ours' output: {output}"
+            f"ours' output: {output}; child TLS: {'rustls (download.nativeTls)' if args.native_tls else 'Python ssl'}"
         )
         print("| method | seconds | GB/s | relative to native loop | CPU s per GiB | CPU by process |")
         print("|---|---|---|---|---|---|")

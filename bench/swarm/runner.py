@@ -50,8 +50,11 @@ from bench.swarm.services import PYTHON, REPO, Agent, Service, drive, python_env
 from bench.swarm.units import format_size, parse_rate, parse_size
 
 # "ours" runs with mutual TLS (the default); "ours-plaintext" is the same cluster without TLS, to price it in one run;
-# "ours-faults" is ours while a parent is killed and three misbehaving peers claim the file (bench/swarm/faults.py).
-SYSTEMS = ("ours", "direct", "bittorrent", "ours-plaintext", "ours-faults")
+# "ours-faults" is ours while a parent is killed and three misbehaving peers claim the file (bench/swarm/faults.py);
+# "-hardlink" runs the peers with download.hardLinkOutput: true (output linked to the cache, not copied).
+SYSTEMS = (
+    "ours", "direct", "bittorrent", "ours-plaintext", "ours-faults", "ours-hardlink", "ours-plaintext-hardlink",
+)  # fmt: skip
 DEFAULT_SYSTEMS = ("ours", "direct", "bittorrent")
 BLOB = "blob"
 TRACKER_PORT = 6969
@@ -245,6 +248,10 @@ class Swarm:
                 "ours": self.run_ours,
                 "ours-plaintext": lambda d: self.run_ours(d, tls=False, system="ours-plaintext"),
                 "ours-faults": lambda d: run_ours_faults(self, d),
+                "ours-hardlink": lambda d: self.run_ours(d, system="ours-hardlink", hard_link_output=True),
+                "ours-plaintext-hardlink": lambda d: self.run_ours(
+                    d, tls=False, system="ours-plaintext-hardlink", hard_link_output=True
+                ),
             }
             return runs[system](sysdir)
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
@@ -328,14 +335,18 @@ class Swarm:
         self.verify(result, outputs)
         return result
 
-    def run_ours(self, sysdir: Path, *, tls: bool = True, system: str = "ours") -> SystemResult:
+    def run_ours(
+        self, sysdir: Path, *, tls: bool = True, system: str = "ours", hard_link_output: bool = False
+    ) -> SystemResult:
         loopback = self.topo.mode == "loopback"
         names = ["seed", *self.peers]
         rates = dict.fromkeys(names, self.cfg.peer_rate) if loopback else {}
         b2s = self.cfg.origin_rate if loopback else 0.0
+        overrides = {p: {"download": {"hardLinkOutput": True}} for p in self.peers} if hard_link_output else None
         cluster = OursCluster(
-            self.topo, sysdir, self.h["ctl"], [self.h[n] for n in names], rates=rates, back_to_source_rate=b2s, tls=tls
-        )
+            self.topo, sysdir, self.h["ctl"], [self.h[n] for n in names], rates=rates, back_to_source_rate=b2s,
+            tls=tls, daemon_overrides=overrides,
+        )  # fmt: skip
         outputs = {p: sysdir / p / "out" / BLOB for p in self.peers}
         specs = {}
         for p in self.peers:

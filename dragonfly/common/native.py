@@ -27,6 +27,13 @@ piece_io (``_dragonfly_piece_io`` / ``_pyimpl.piece_io``)
     ``errors.ShortRead`` when the peer closes early, ``TimeoutError`` when a read waits longer than ``timeout``.
     ``recv_to_file_blake3(...) -> (crc32, blake3)``: the same, also returning the 32-byte BLAKE3 digest of the bytes
     (hashed from the buffer before each write, so the piece is not read back to be verified).
+    ``TlsClientConfig(ca_cert, cert, key)``: mutual TLS for Vortex from PEM file paths (TLS 1.2+, the server's
+    chain must lead to ``ca_cert``, this host's chain and key are presented); an unreadable file is ``OSError``.
+    ``TlsClientStream(config, sock_fd, server_ip, timeout=None)``: handshake on a connected socket the caller keeps
+    open (the server's certificate must name ``server_ip``; failures are ``ssl.SSLError``); ``send_all(data,
+    timeout=None)``; ``recv_exact(count, timeout=None) -> bytes`` (at most one Vortex frame);
+    ``recv_to_file(file_fd, offset, count, buffer, timeout=None, blake3=False) -> (crc32, blake3 | None)``: as
+    ``recv_to_file`` through the TLS connection. Native: rustls, several records per read system call.
     ``TokenBucket(rate, burst=None)``: bytes/s (0 = unlimited) and burst bytes (default: one second of rate);
     ``acquire(n)`` blocks (GIL released); ``reserve(n) -> float`` seconds the caller must wait (tokens are
     taken now); ``try_acquire(n) -> bool``; ``set_rate(rate, burst=None)``; properties ``rate``, ``burst``.
@@ -129,6 +136,9 @@ sendfile = _piece_io.sendfile
 recv_to_file = _piece_io.recv_to_file
 recv_to_file_blake3 = _piece_io.recv_to_file_blake3
 TokenBucket = _piece_io.TokenBucket
+# Vortex over mutual TLS, client side (docs/security.md#vortex-over-tls)
+TlsClientConfig = _piece_io.TlsClientConfig
+TlsClientStream = _piece_io.TlsClientStream
 
 # Vortex codec
 HEADER_SIZE = _piece_io.HEADER_SIZE

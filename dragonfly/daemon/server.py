@@ -29,7 +29,7 @@ from dragonfly.common.http_server import start_http_server
 from dragonfly.common.identity import ROLE_PEER, ROLE_SEED_PEER, identity_from_pem
 from dragonfly.common.netguard import AddressPolicy
 from dragonfly.common.process import announce_listening
-from dragonfly.daemon import compression
+from dragonfly.daemon import compression, vortex_tls
 from dragonfly.daemon.api.callers import CallerRelay
 from dragonfly.daemon.api.download_server import DfdaemonDownloadService
 from dragonfly.daemon.backends import Backends, object_storage, web_apis
@@ -265,6 +265,11 @@ class Dfdaemon:
             host_id=self.host_id,
             ip=self.ip,
             vortex_tls=tls.client_ssl_context(self.tls.upload_client) if self.tls.upload_client else None,
+            vortex_native_tls=(
+                vortex_tls.native_client(self.tls.upload_client)
+                if self.tls.upload_client and config.download.native_tls
+                else None
+            ),
         )
 
         await self._start_http("metrics", self.metrics.app(), config.metrics.server.ip, config.metrics.server.port)

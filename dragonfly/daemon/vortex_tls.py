@@ -24,7 +24,8 @@ import socket
 import ssl
 
 from dragonfly.common import native
-from dragonfly.common.errors import ShortRead
+from dragonfly.common.errors import ConfigError, ShortRead
+from dragonfly.common.tls import TLSFiles
 
 #: Bytes per pread + TLS write when sending. Each connection being sent to holds one such buffer while its reader
 #: is slow, so it is kept small; TLS records are 16 KiB, so this is four records per write.
@@ -157,3 +158,14 @@ async def accept(sock: socket.socket, context: ssl.SSLContext) -> ssl.SSLSocket:
     except BaseException:
         tls.close()
         raise
+
+
+def native_client(files: TLSFiles) -> native.TlsClientConfig:
+    """Return the rustls client configuration of ``download.nativeTls`` (the rules of ``client_ssl_context``)."""
+    try:
+        return native.TlsClientConfig(files.ca_cert, files.cert, files.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot load TLS files for download.nativeTls (caCert {files.ca_cert}, cert {files.cert}, "
+            f"key {files.key}): {exc}"
+        ) from None

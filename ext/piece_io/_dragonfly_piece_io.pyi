@@ -20,6 +20,8 @@ __all__ = [
     "TAG_PERSISTENT_PIECE_CONTENT",
     "TAG_PIECE_CONTENT",
     "PieceMetadata",
+    "TlsClientConfig",
+    "TlsClientStream",
     "TokenBucket",
     "__version__",
     "decode_download_piece",
@@ -62,6 +64,27 @@ def recv_to_file(
 def recv_to_file_blake3(
     sock_fd: int, file_fd: int, offset: int, count: int, buffer: Buffer, timeout: float | None = None
 ) -> tuple[int, bytes]: ...
+
+@final
+class TlsClientConfig:
+    def __new__(cls, ca_cert: str, cert: str, key: str) -> TlsClientConfig: ...
+
+@final
+class TlsClientStream:
+    def __new__(
+        cls, config: TlsClientConfig, sock_fd: int, server_ip: str, timeout: float | None = None
+    ) -> TlsClientStream: ...
+    def send_all(self, data: bytes, timeout: float | None = None) -> None: ...
+    def recv_exact(self, count: int, timeout: float | None = None) -> bytes: ...
+    def recv_to_file(
+        self,
+        file_fd: int,
+        offset: int,
+        count: int,
+        buffer: Buffer,
+        timeout: float | None = None,
+        blake3: bool = False,
+    ) -> tuple[int, bytes | None]: ...
 
 @final
 class TokenBucket:

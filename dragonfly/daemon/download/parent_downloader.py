@@ -18,6 +18,7 @@ from concurrent.futures import Executor
 
 from dragonfly_api import common_pb2, scheduler_pb2
 
+from dragonfly.common import native
 from dragonfly.common.digest import format_piece_digest
 from dragonfly.common.errors import DigestMismatch
 from dragonfly.common.piece import piece_count, piece_range
@@ -62,6 +63,7 @@ class ParentDownloader:
         piece_rates: PieceRates,
         stopping: Callable[[], bool],
         vortex_tls: ssl.SSLContext | None = None,
+        vortex_native_tls: native.TlsClientConfig | None = None,
     ) -> None:
         self._config = config
         self._host_id = host_id
@@ -78,7 +80,9 @@ class ParentDownloader:
         download = config.download
         self._concurrency = download.concurrent_piece_count
         self._recv_buffers = BufferPool(config.storage.write_buffer_size, 2 * self._concurrency)
-        self._vortex_pool = ConnectionPool(max_idle_per_addr=self._concurrency, ssl_context=vortex_tls)
+        self._vortex_pool = ConnectionPool(
+            max_idle_per_addr=self._concurrency, ssl_context=vortex_tls, native_tls=vortex_native_tls
+        )
         self._slow_piece = SlowPiecePolicy(
             ratio=download.slow_piece.ratio,
             min_duration=download.slow_piece.min_duration,

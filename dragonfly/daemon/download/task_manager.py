@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 from dragonfly_api import common_pb2, dfdaemon_pb2, scheduler_pb2
 
-from dragonfly.common import ids
+from dragonfly.common import ids, native
 from dragonfly.common.byte_range import (
     ByteRange,
     RangeNotSatisfiable,
@@ -87,6 +87,7 @@ class TaskManager:
         ip: str,
         vortex_tls: ssl.SSLContext | None = None,
         backends: Backends | None = None,
+        vortex_native_tls: native.TlsClientConfig | None = None,
     ) -> None:
         self._config = config
         self._storage = storage
@@ -127,6 +128,7 @@ class TaskManager:
             piece_rates=piece_rates,
             stopping=lambda: self._stopping,
             vortex_tls=vortex_tls,
+            vortex_native_tls=vortex_native_tls,
         )
         self._active: dict[str, TaskDownload] = {}
         self._background: set[asyncio.Task[None]] = set()

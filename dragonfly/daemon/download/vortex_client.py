@@ -12,7 +12,9 @@ returns healthy connections to a pool and reuses them; a pooled connection the p
 fails before a single response byte arrives, and the piece is then simply requested on a fresh connection.
 
 With mutual TLS the pool holds TLS connections: the handshake happens once per connection (the parent must present
-a cluster certificate for the IP it was dialled at), and the piece bytes go through ``dragonfly.daemon.vortex_tls``.
+a cluster certificate for the IP it was dialled at), and the piece bytes go through ``dragonfly.daemon.vortex_tls``
+(Python's ssl), or with ``download.nativeTls`` through ``native.TlsClientStream`` (rustls in the extension: the
+request, the answer and the whole piece in native calls with the GIL released, several TLS records per read).
 """
 
 from __future__ import annotations
@@ -118,21 +120,46 @@ class FetchAbort:
             self._sock = None
 
 
-class ConnectionPool:
-    """Idle Vortex connections per parent address, shared by executor threads; TLS ones with ``ssl_context``."""
+class NativeTlsConnection:
+    """A Vortex connection whose TLS runs in the extension: the plain socket (owned here) and its TLS stream."""
 
-    def __init__(self, max_idle_per_addr: int = 16, *, ssl_context: ssl.SSLContext | None = None) -> None:
+    __slots__ = ("sock", "tls")
+
+    def __init__(self, sock: socket.socket, tls: native.TlsClientStream) -> None:
+        self.sock = sock
+        self.tls = tls
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+#: One pooled connection: plaintext, Python's ssl, or native TLS.
+Connection = socket.socket | NativeTlsConnection
+
+
+class ConnectionPool:
+    """Idle Vortex connections per parent address, shared by executor threads; TLS ones with ``ssl_context``
+    (Python's ssl) or ``native_tls`` (rustls), which wins when both are given."""
+
+    def __init__(
+        self,
+        max_idle_per_addr: int = 16,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        native_tls: native.TlsClientConfig | None = None,
+    ) -> None:
         self.ssl_context = ssl_context
-        self._idle: dict[tuple[str, int], list[socket.socket]] = {}
+        self.native_tls = native_tls
+        self._idle: dict[tuple[str, int], list[Connection]] = {}
         self._max = max_idle_per_addr
         self._lock = threading.Lock()
 
-    def get(self, addr: tuple[str, int]) -> socket.socket | None:
+    def get(self, addr: tuple[str, int]) -> Connection | None:
         with self._lock:
             idle = self._idle.get(addr)
             return idle.pop() if idle else None
 
-    def put(self, addr: tuple[str, int], sock: socket.socket) -> None:
+    def put(self, addr: tuple[str, int], sock: Connection) -> None:
         with self._lock:
             idle = self._idle.setdefault(addr, [])
             if len(idle) < self._max:
@@ -167,16 +194,47 @@ def _recv_exact(sock: socket.socket, count: int) -> bytes:
     return bytes(data)
 
 
-def _connect(addr: tuple[str, int], timeout: float, context: ssl.SSLContext | None) -> socket.socket:
+def _connect(
+    addr: tuple[str, int],
+    timeout: float,
+    context: ssl.SSLContext | None,
+    native_tls: native.TlsClientConfig | None = None,
+) -> Connection:
     sock = socket.create_connection(addr, timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     for option, seconds in _KEEPALIVE:
         sock.setsockopt(socket.IPPROTO_TCP, option, seconds)
+    if native_tls is not None:
+        try:
+            # The handshake waits at most the connect timeout for each step.
+            return NativeTlsConnection(sock, native.TlsClientStream(native_tls, sock.fileno(), addr[0], timeout))
+        except BaseException:
+            sock.close()
+            raise
     if context is not None:
         # The handshake is bounded by the connect timeout still set on the socket.
         return vortex_tls.wrap_client(sock, context, addr[0])
     return sock
+
+
+def _plain(conn: Connection) -> socket.socket:
+    return conn.sock if isinstance(conn, NativeTlsConnection) else conn
+
+
+def _send_request(conn: Connection, request: bytes, timeout: float) -> None:
+    if isinstance(conn, NativeTlsConnection):
+        conn.tls.send_all(request, timeout)
+    else:
+        conn.sendall(request)
+
+
+def _read(conn: Connection, count: int, timeout: float) -> bytes:
+    if not isinstance(conn, NativeTlsConnection):
+        return _recv_exact(conn, count)
+    # A native read returns at most one Vortex frame; a compressed piece is longer.
+    frame = native.MAX_VALUE_LENGTH
+    return b"".join(conn.tls.recv_exact(min(frame, count - at), timeout) for at in range(0, count, frame))
 
 
 def fetch_piece(
@@ -215,25 +273,26 @@ def fetch_piece(
         content_tag = native.TAG_PIECE_CONTENT
     reused = pool.get(addr) if pool is not None else None
     context = ssl_context or (pool.ssl_context if pool is not None else None)
-    sock = reused or _connect(addr, connect_timeout, context)
+    native_tls = pool.native_tls if pool is not None and ssl_context is None else None
+    sock = reused or _connect(addr, connect_timeout, context, native_tls)
     try:
-        abort._attach(sock)
-        sock.settimeout(timeout)
+        abort._attach(_plain(sock))
+        _plain(sock).settimeout(timeout)
         try:
-            sock.sendall(request)
-            header = _recv_exact(sock, native.HEADER_SIZE)
+            _send_request(sock, request, timeout)
+            header = _read(sock, native.HEADER_SIZE, timeout)
         except (ShortRead, ConnectionResetError, BrokenPipeError, ssl.SSLEOFError) as exc:
             if reused is None or (isinstance(exc, ShortRead) and exc.received):
                 raise
             sock.close()
-            sock = _connect(addr, connect_timeout, context)
-            abort._attach(sock)
-            sock.settimeout(timeout)
-            sock.sendall(request)
-            header = _recv_exact(sock, native.HEADER_SIZE)
+            sock = _connect(addr, connect_timeout, context, native_tls)
+            abort._attach(_plain(sock))
+            _plain(sock).settimeout(timeout)
+            _send_request(sock, request, timeout)
+            header = _read(sock, native.HEADER_SIZE, timeout)
         decoded = compression.extension_header(header, -1) if accept_zstd else None
         _frame_id, tag, value_length = decoded or native.decode_header(header)
-        value = _recv_exact(sock, value_length)
+        value = _read(sock, value_length, timeout)
         if tag == native.TAG_ERROR:
             code, message = native.decode_error(value)
             raise VortexRemoteError(code, message)
@@ -256,7 +315,7 @@ def fetch_piece(
             if compressed_length > length + 1024 * 1024:
                 raise VortexError(f"compressed piece of {compressed_length} bytes for {length} bytes of content")
             try:
-                data = compression.decompress_piece(_recv_exact(sock, compressed_length), length)
+                data = compression.decompress_piece(_read(sock, compressed_length, timeout), length)
             except ValueError as exc:
                 raise VortexError(str(exc)) from exc
             crc = zlib.crc32(data)
@@ -264,6 +323,8 @@ def fetch_piece(
             written = 0
             while written < length:
                 written += os.pwrite(fd, view[written:], offset + written)
+        elif isinstance(sock, NativeTlsConnection):
+            crc, strong = sock.tls.recv_to_file(fd, offset, length, buffer, timeout, blake3)
         elif isinstance(sock, ssl.SSLSocket):
             hasher = native.Hasher("blake3") if blake3 else None
             crc = vortex_tls.recv_piece(sock, fd, offset, length, buffer, hasher)

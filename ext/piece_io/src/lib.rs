@@ -10,6 +10,7 @@ mod piece;
 mod recv;
 mod sendfile;
 mod sys;
+pub mod tls;
 pub mod token_bucket;
 pub mod vortex;
 
@@ -42,6 +43,9 @@ pub enum Error {
     /// An argument is out of its domain (negative offset, empty buffer, ...).
     #[error("{0}")]
     InvalidArgument(String),
+    /// TLS failed: bad PEM data, a certificate the other side or we refused, a protocol error.
+    #[error("{0}")]
+    Tls(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -1,7 +1,8 @@
 """Vortex piece server and client over real TCP on 127.0.0.1: bytes, digests, errors, rate limit.
 
-Every test runs twice: over mutual TLS (the default; bytes through OpenSSL) and in plaintext (sendfile and the
-native socket-to-file receive), which must behave the same.
+Every test runs three times: over mutual TLS (the default; bytes through OpenSSL), over mutual TLS with the child on
+rustls (``download.nativeTls``) and in plaintext (sendfile and the native socket-to-file receive), which must
+behave the same.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from loop_guard import no_blocking_calls
 from dragonfly.common import native, pki, tls
 from dragonfly.common.digest import format_piece_digest
 from dragonfly.common.errors import VortexRemoteError
+from dragonfly.daemon import vortex_tls
 from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.download.vortex_client import (
     ConnectionPool,
@@ -49,6 +51,7 @@ class Peer:
         server: VortexServer,
         executor: ThreadPoolExecutor,
         client_context: ssl.SSLContext | None = None,
+        native_tls: native.TlsClientConfig | None = None,
     ) -> None:
         self.storage = storage
         self.server = server
@@ -56,6 +59,12 @@ class Peer:
         self.served: list[tuple[str, int]] = []
         # What a child uses to talk to this parent (None: plaintext).
         self.client_context = client_context
+        # With download.nativeTls, the child's rustls configuration, which fetches use instead (raw connections made
+        # by the tests still use client_context).
+        self.native_tls = native_tls
+
+    def pool(self) -> ConnectionPool:
+        return ConnectionPool(ssl_context=self.client_context, native_tls=self.native_tls)
 
     def connect(self) -> socket.socket:
         sock = socket.create_connection(("127.0.0.1", self.server.port), timeout=5)
@@ -77,11 +86,11 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> tuple[tls.TLSFiles
     return files[0], files[1]
 
 
-@pytest.fixture(params=["tls", "plaintext"])
+@pytest.fixture(params=["tls", "native-tls", "plaintext"])
 async def parent(
     request: pytest.FixtureRequest, tmp_path: Path, certificates: tuple[tls.TLSFiles, tls.TLSFiles]
 ) -> AsyncIterator[Peer]:
-    secure = request.param == "tls"
+    secure = request.param != "plaintext"
     parent_files, child_files = certificates
     storage = Storage(str(tmp_path / "parent"), keep=True)
     storage.open()
@@ -102,7 +111,8 @@ async def parent(
             ssl_context=tls.server_ssl_context(parent_files) if secure else None,
         )
         await server.start()
-        peer = Peer(storage, server, executor, tls.client_ssl_context(child_files) if secure else None)
+        native_tls = vortex_tls.native_client(child_files) if request.param == "native-tls" else None
+        peer = Peer(storage, server, executor, tls.client_ssl_context(child_files) if secure else None, native_tls)
         peer.served = served
         yield peer
         await server.stop()
@@ -120,6 +130,9 @@ async def fetch(
     blake3: bool = False,
 ) -> tuple[FetchedPiece, bytes]:
     path = tmp_path / "child"
+    own_pool = pool is None and parent.native_tls is not None
+    if own_pool:
+        pool = parent.pool()
     fd = os.open(path, os.O_RDWR | os.O_CREAT)
     try:
         fetched = await run_blocking(
@@ -135,12 +148,14 @@ async def fetch(
                 connect_timeout=2.0,
                 timeout=5.0,
                 pool=pool,
-                ssl_context=parent.client_context,
+                ssl_context=None if parent.native_tls else parent.client_context,
                 blake3=blake3,
             ),
         )
     finally:
         os.close(fd)
+        if own_pool and pool is not None:
+            pool.close()
     return fetched, path.read_bytes()[offset : offset + length]
 
 
@@ -215,7 +230,7 @@ async def test_uploads_are_charged_to_the_upload_bucket(parent: Peer, tmp_path: 
 
 
 async def test_connections_are_reused_and_stale_ones_replaced(parent: Peer, tmp_path: Path) -> None:
-    pool = ConnectionPool(ssl_context=parent.client_context)
+    pool = parent.pool()
     addr = ("127.0.0.1", parent.server.port)
     for _ in range(3):
         _fetched, data = await fetch(parent, tmp_path, 0, 0, PIECE, pool)
