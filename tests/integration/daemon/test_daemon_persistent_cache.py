@@ -117,6 +117,14 @@ def local_ids(cluster: LocalCluster, peer: str) -> set[str]:
     return {task.task_id for task in response.tasks}
 
 
+def metric(cluster: LocalCluster, peer: str, sample: str) -> float:
+    """Return one sample of a daemon's Prometheus metrics (0 when absent), e.g. ``name{label="value"}``."""
+    with urllib.request.urlopen(f"http://{cluster.process(peer).listening['metrics']}/metrics", timeout=10) as response:
+        exposition = response.read().decode()
+    match = re.search(rf"^{re.escape(sample)} (\S+)$", exposition, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
 def test_import_export_restart_and_delete(cluster: LocalCluster, tmp_path: Path) -> None:
     data = make_file(tmp_path / "model.bin")
     task_id = import_file(cluster, "peer-1", tmp_path / "model.bin", "--persistent-replica-count", "1")
@@ -207,10 +215,11 @@ def test_ttl_expiry(unvalidated_cluster: LocalCluster, tmp_path: Path, monkeypat
     cluster = unvalidated_cluster
     monkeypatch.setenv("DRAGONFLY_REQUEST_VALIDATION", "0")  # dfcache itself refuses a TTL under 5m otherwise
     data = make_file(tmp_path / "short.bin", 5 * MiB)
-    task_id = import_file(cluster, "peer-1", tmp_path / "short.bin", "--ttl", "4s", "--persistent-replica-count", "1")
+    task_id = import_file(cluster, "peer-1", tmp_path / "short.bin", "--ttl", "8s", "--persistent-replica-count", "1")
     dfcache(cluster, "peer-2", "export", task_id, "-O", str(tmp_path / "out.bin"))
     assert (tmp_path / "out.bin").read_bytes() == data
-    assert task_id in local_ids(cluster, "peer-2")
+    # peer-2 kept a copy fetched from the swarm (not listed: on a loaded machine the TTL can run out first).
+    assert metric(cluster, "peer-2", 'dragonfly_dfdaemon_persistent_cache_exports_total{source="swarm"}') == 1
     wait_for(lambda: task_id not in local_ids(cluster, "peer-2"), WAIT, "the copy on peer-2 to expire", interval=0.2)
     wait_for(lambda: task_id not in local_ids(cluster, "peer-1"), WAIT, "the copy on peer-1 to expire", interval=0.2)
     assert dfcache(cluster, "peer-3", "stat", task_id, check=False).returncode == 1
