@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from dragonfly.common import grpc_decoding, tls
 from dragonfly.common.authz import Authorizer
 from dragonfly.manager import bootstrap, db, queries
-from dragonfly.manager.api.app import Extension, create_app, load_extensions, wrap
+from dragonfly.manager.api.app import STARTUP_ERROR, Extension, create_app, load_extensions, wrap
 from dragonfly.manager.auth import SigninLimiter
 from dragonfly.manager.config import Config
 from dragonfly.manager.context import ManagerContext
@@ -34,6 +34,15 @@ class _Uvicorn(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+async def _serve(server: uvicorn.Server, sock: socket.socket) -> None:
+    try:
+        await server.serve(sockets=[sock])
+    except SystemExit as exc:
+        # uvicorn exits the process when the app's startup fails; a SystemExit in a task would stop the event loop
+        # before ManagerServer.start could say why.
+        raise RuntimeError(f"the REST server failed to start (uvicorn exit status {exc.code})") from None
 
 
 def _format(host: str, port: int) -> str:
@@ -116,9 +125,15 @@ class ManagerServer:
             )
         )
         self._uvicorn = server
-        self._rest_task = asyncio.create_task(server.serve(sockets=[self._sock]))
+        self._rest_task = asyncio.create_task(_serve(server, self._sock))
         while not server.started:
             if self._rest_task.done():
+                error = ctx.extras.get(STARTUP_ERROR)
+                if isinstance(error, Exception):
+                    # uvicorn ended with SystemExit(3) after logging it; the extension's own error says what to fix.
+                    with contextlib.suppress(BaseException):
+                        self._rest_task.result()
+                    raise error
                 self._rest_task.result()
                 raise RuntimeError("REST server stopped while starting")
             await asyncio.sleep(0.01)

@@ -44,6 +44,8 @@ class Extension:
     objects: dict[str, str] = field(default_factory=dict)
 
 
+#: ``ManagerContext.extras`` key of the exception an extension's startup raised.
+STARTUP_ERROR = "startup_error"
 #: Modules with a module-level ``extension() -> Extension``, loaded by ``load_extensions``. Add yours here.
 EXTENSION_MODULES: list[str] = ["dragonfly.manager.swarm", "dragonfly.manager.jobs.api"]
 
@@ -143,7 +145,12 @@ def create_app(ctx: ManagerContext, extensions: Sequence[Extension] = ()) -> Fas
         try:
             for ext in extensions:
                 if ext.startup is not None:
-                    await ext.startup(ctx)
+                    try:
+                        await ext.startup(ctx)
+                    except Exception as exc:
+                        # uvicorn only logs it and exits 3; ManagerServer.start raises it (a clear one-line error).
+                        ctx.extras[STARTUP_ERROR] = exc
+                        raise
                 started.append(ext)
             yield
         finally:

@@ -93,6 +93,36 @@ def test_manager_refuses_a_bad_config(tmp_path: Path) -> None:
     assert "oracle" in result.stderr
 
 
+def test_an_unreadable_job_secret_key_stops_the_manager_with_the_reason(tmp_path: Path) -> None:
+    import subprocess
+
+    (tmp_path / "data").mkdir()
+    key = tmp_path / "data" / "job-secret.key"
+    key.write_text("not a key\n")
+    config = {
+        "server": {
+            "dataDir": str(tmp_path / "data"),
+            "rest": {"addr": "127.0.0.1:0"},
+            "grpc": {"listenIP": "127.0.0.1", "port": {"start": 0, "end": 0}},
+        },
+        "security": {"enable": False},
+        "auth": {"rootPassword": "root-password-1"},
+    }
+    path = tmp_path / "manager.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "dragonfly.cli.dragonfly", "manager", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.splitlines()[-1] == (
+        f"dragonfly manager: {key}: not a base64 key (expected 32 random bytes in base64)"
+    )
+
+
 def test_dfdaemon_without_manager_or_schedulers_is_refused(tmp_path: Path) -> None:
     import subprocess
 
