@@ -313,7 +313,7 @@ def test_failures_give_an_error_status_never_a_clean_truncated_body(
     assert response.getheader("X-Dragonfly-Error-Type") == "backend"
     assert b"BLOB_UNKNOWN" in body  # the registry's own answer
 
-    # Registry down (a blob no daemon holds: a held one would be served from the swarm, by digest).
+    # Registry down (a blob no daemon holds; one this daemon holds is served by digest, see the next test).
     dead = f"http://127.0.0.1:{free_ports(1)[0]}"
     other = "sha256:" + "1" * 64
     response, body = request(addr, "GET", f"/v2/{REPOSITORY}/blobs/{other}", {"X-Dragonfly-Registry": dead})
@@ -325,7 +325,7 @@ def test_failures_give_an_error_status_never_a_clean_truncated_body(
     assert b"cannot reach the upstream" in body
 
     # Without credentials the registry's 401 challenge comes back untouched; with them, the blob. (A private
-    # image of its own: blobs already held by the swarm are served by digest, see docs/proxy.md.)
+    # image of its own: a blob this daemon already holds is served by digest, see docs/proxy.md.)
     private = build_image(tmp_path / "private", [6 * MIB])
     push(private, registry, "test/private")
     blob = f"/v2/test/private/blobs/{private.layers[0].digest}"
@@ -372,6 +372,27 @@ def test_rate_limit_and_a_daemon_killed_mid_stream(
     with pytest.raises((http.client.IncompleteRead, ConnectionError)):
         response.read()
     conn.close()
+
+
+def test_with_the_registry_down_a_blob_is_served_by_the_daemon_that_holds_it_only(
+    cluster: LocalCluster, registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """docs/proxy.md, known limits: by digest without the registry from this daemon's cache; a blob only another
+    peer holds needs the registry's answer for its size first, so it fails (502) with the registry down."""
+    held = build_image(tmp_path / "held", [2 * MIB])
+    push(held, registry, "test/held")
+    layer = held.layers[0]
+    path = f"/v2/test/held/blobs/{layer.digest}"
+    response, body = request(proxy_addr(cluster, "peer-1"), "GET", path)
+    assert (response.status, body) == (200, blob_bytes(held, layer.digest))
+
+    dead = {"X-Dragonfly-Registry": f"http://127.0.0.1:{free_ports(1)[0]}"}
+    response, body = request(proxy_addr(cluster, "peer-1"), "GET", path, dead)
+    assert (response.status, body) == (200, blob_bytes(held, layer.digest))
+    assert response.getheader("X-Dragonfly-Task-ID") == layer.digest[7:]
+    response, body = request(proxy_addr(cluster, "peer-2"), "GET", path, dead)
+    assert response.status == 502
+    assert response.getheader("X-Dragonfly-Error-Type") == "backend"
 
 
 @pytest.mark.parametrize("origin", ["reachable", "gone"])
