@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build Dragonfly's own binaries for the interop suite (tests/interop, docs/interop.md) into a cache outside the
 # repository; tests/interop skips what is missing, and .ci/run runs it when the binaries are there (CI does not
-# build them: the Rust client takes ~50 minutes on 2 cores).
+# build them: the Rust client takes ~50 minutes on 2 idle cores, hours on busy ones: RocksDB alone is ~330 C++ files).
 #   scripts/interop-deps.sh [api|go|rust|all]...     default: all
 # Environment:
 #   INTEROP_CACHE   default ~/.cache/dragonfly-p2p/interop; layout: src/api, src/dragonfly, bin/go/scheduler,
