@@ -34,7 +34,6 @@ NONCE_BYTES = 12
 DEFAULT_KEY_FILE = "job-secret.key"
 FORMAT = "aes-256-gcm/v1"
 _AAD_PREFIX = b"dragonfly-manager-job-secret/v1/job:"
-_MAX_ENVELOPE = 64 * 1024
 HELP = "managers that share a database need the same job.secretKeyFile (docs/preheat.md#credentials-at-rest)"
 
 
@@ -153,7 +152,7 @@ class Sealer:
             )
         try:
             nonce = base64.b64decode(str(envelope.get("nonce", "")), validate=True)
-            data = base64.b64decode(str(envelope.get("data", ""))[: _MAX_ENVELOPE * 2], validate=True)
+            data = base64.b64decode(str(envelope.get("data", "")), validate=True)
             plain = aead.decrypt(nonce, data, _AAD_PREFIX + str(job_id).encode())
             doc = json.loads(plain)
         except (binascii.Error, ValueError, InvalidTag):
