@@ -286,14 +286,22 @@ async def test_connections_that_never_handshake_do_not_hold_upload_threads(paren
             sock.close()
 
 
-async def test_a_trickled_transfer_is_abandoned_at_once_and_its_connection_not_reused(tmp_path: Path) -> None:
-    """A parent that sends a byte now and then never trips a read timeout; abort() ends the transfer anyway."""
+@pytest.mark.parametrize("mode", ["plaintext", "native-tls"])
+async def test_a_trickled_transfer_is_abandoned_at_once_and_its_connection_not_reused(
+    tmp_path: Path, mode: str, certificates: tuple[tls.TLSFiles, tls.TLSFiles]
+) -> None:
+    """A parent that sends a byte now and then never trips a read timeout; abort() ends the transfer anyway (also
+    while the native TLS client waits inside the extension)."""
     stop = threading.Event()
     first_byte = threading.Event()
     listener = socket.create_server(("127.0.0.1", 0))
+    parent_files, child_files = certificates
+    server_context = tls.server_ssl_context(parent_files) if mode == "native-tls" else None
 
     def trickle() -> None:
-        conn, _ = listener.accept()
+        raw, _ = listener.accept()
+        raw.settimeout(10)
+        conn = server_context.wrap_socket(raw, server_side=True) if server_context else raw
         with conn:
             conn.recv(1024)
             meta = native.PieceMetadata(
@@ -311,7 +319,7 @@ async def test_a_trickled_transfer_is_abandoned_at_once_and_its_connection_not_r
 
     server = threading.Thread(target=trickle, daemon=True)
     server.start()
-    pool = ConnectionPool()
+    pool = ConnectionPool(native_tls=vortex_tls.native_client(child_files) if server_context else None)
     abort = FetchAbort()
     fd = os.open(tmp_path / "child", os.O_RDWR | os.O_CREAT)
     loop = asyncio.get_running_loop()
