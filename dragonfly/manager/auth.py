@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import secrets
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterable
 
@@ -90,9 +91,26 @@ def verify_password_sync(encoded: str, password: str) -> bool:
         return False
 
 
+#: Password hashes computed at once. Each argon2id costs 64 MiB and a core for tens of milliseconds and sign-in is
+#: open to anyone: a flood of sign-ins queues here instead of taking the process's memory (and every thread of the
+#: loop's default executor, which other blocking work shares).
+KDF_CONCURRENCY = 2
+# One per event loop: a semaphore that once made a task wait belongs to that loop.
+_kdf_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+def _kdf() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    slots = _kdf_slots.get(loop)
+    if slots is None:
+        slots = _kdf_slots[loop] = asyncio.Semaphore(KDF_CONCURRENCY)
+    return slots
+
+
 async def hash_password(password: str) -> str:
     """Hash off the event loop."""
-    return await asyncio.to_thread(hash_password_sync, password)
+    async with _kdf():
+        return await asyncio.to_thread(hash_password_sync, password)
 
 
 #: Verified against when the user does not exist, so a wrong name costs as long as a wrong password.
@@ -105,9 +123,11 @@ async def verify_password(encoded: str | None, password: str) -> bool:
     if encoded is None:
         if _DUMMY_HASH is None:
             _DUMMY_HASH = await hash_password(secrets.token_urlsafe(16))
-        await asyncio.to_thread(verify_password_sync, _DUMMY_HASH, password)
+        async with _kdf():
+            await asyncio.to_thread(verify_password_sync, _DUMMY_HASH, password)
         return False
-    return await asyncio.to_thread(verify_password_sync, encoded, password)
+    async with _kdf():
+        return await asyncio.to_thread(verify_password_sync, encoded, password)
 
 
 def new_token(prefix: str) -> str:
