@@ -16,12 +16,12 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterator
 from concurrent.futures import Executor
 from typing import Any
 
 import grpc
-from dragonfly_api import common_pb2, dfdaemon_pb2, scheduler_pb2
+from dragonfly_api import common_pb2, dfdaemon_pb2
 
 from dragonfly.common import ids, native
 from dragonfly.common.byte_range import (
@@ -32,7 +32,7 @@ from dragonfly.common.digest import Digest, parse_digest, verify_file_digest
 from dragonfly.common.errors import DigestMismatch, DragonflyError
 from dragonfly.common.piece import calculate_piece_length, piece_count
 from dragonfly.common.redact import redact_headers, redact_url
-from dragonfly.daemon.backends import Backends, Entry, NotReadableHere, SourceOptions, StatResult, check_scheme
+from dragonfly.daemon.backends import Backends, Entry, NotReadableHere, SourceOptions, check_scheme
 from dragonfly.daemon.backends.http import LOCAL as LOCAL_ORIGIN
 from dragonfly.daemon.backends.http import HTTPBackend, OriginOptions
 from dragonfly.daemon.blocking import run_blocking
@@ -46,10 +46,11 @@ from dragonfly.daemon.download.download_request import (
 )
 from dragonfly.daemon.download.parent_downloader import ParentDownloader
 from dragonfly.daemon.download.parents import ParentChannels
+from dragonfly.daemon.download.peer_announcer import PeerAnnouncer
 from dragonfly.daemon.download.piece_dispatcher import PieceRates
 from dragonfly.daemon.download.piece_verifier import PieceVerifier
 from dragonfly.daemon.download.piece_writer import PieceWriter
-from dragonfly.daemon.download.scheduler_client import AnnouncePeerStream, SchedulerClient, describe_error
+from dragonfly.daemon.download.scheduler_client import SchedulerClient, describe_error
 from dragonfly.daemon.download.source_downloader import SourceDownloader
 from dragonfly.daemon.download.task_download import LOCAL_PEER, REMOTE_PEER, PieceDone, TaskDownload, TaskStarted
 from dragonfly.daemon.errors import BackendError, DownloadFailed, DownloadTimeout, NoSpace, OutputError
@@ -93,7 +94,6 @@ class TaskManager:
         self._storage = storage
         # Every scheme's backend; HTTP's is ``backend`` (also used directly for streamed bodies).
         self._backends = backends if backends is not None else Backends(backend)
-        self._scheduler = scheduler
         self._executor = executor
         self._metrics = metrics
         self.host_id = host_id
@@ -130,9 +130,25 @@ class TaskManager:
             vortex_tls=vortex_tls,
             vortex_native_tls=vortex_native_tls,
         )
+        self._announcer = (
+            None
+            if scheduler is None
+            else PeerAnnouncer(
+                config,
+                scheduler=scheduler,
+                host_id=host_id,
+                seed=self._seed,
+                new_peer_id=self._new_peer_id,
+                parents=self._parents,
+                source=self._source,
+            )
+        )
         self._active: dict[str, TaskDownload] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = False
+
+    def _new_peer_id(self) -> str:
+        return ids.peer_id(self._ip, self._config.host.hostname, seed=self._seed)
 
     @property
     def seed(self) -> bool:
@@ -255,12 +271,11 @@ class TaskManager:
                 if task.finished_at is not None or (wanted is not None and wanted.issubset(task.pieces)):
                     for event in self._serve_local(task, byte_range, wanted):
                         yield event
-                    if from_scheduler and self._scheduler is not None and task.finished_at is not None:
-                        peer_id = ids.peer_id(self._ip, self._config.host.hostname, seed=self._seed)
-                        self._spawn(self._announce_metadata_only(task, download, peer_id))
+                    if from_scheduler and self._announcer is not None and task.finished_at is not None:
+                        self._spawn(self._announcer.announce_metadata_only(task, download, self._new_peer_id()))
                     return
             if td is None:
-                peer_id = ids.peer_id(self._ip, self._config.host.hostname, seed=self._seed)
+                peer_id = self._new_peer_id()
                 td = self._active[task_id] = TaskDownload(task_id, download, peer_id, spec, origin)
                 td.from_scheduler = from_scheduler
                 td.runner = asyncio.create_task(self._run(td), name=f"download-{task_id[:12]}")
@@ -313,7 +328,7 @@ class TaskManager:
     ) -> Iterator[TaskStarted | PieceDone]:
         """Yield the events of a download answered entirely from storage."""
         self._storage.touch(task.id)
-        peer_id = ids.peer_id(self._ip, self._config.host.hostname, seed=self._seed)
+        peer_id = self._new_peer_id()
         yield TaskStarted(task.id, peer_id, task.content_length, task.piece_length, task.response_header, byte_range)
         for number in sorted(task.pieces if wanted is None else wanted):
             piece = task.pieces[number]
@@ -393,7 +408,9 @@ class TaskManager:
                 try:
                     stat = await self._backends.get(download.url).stat(download.url, header, td.options)
                 except NotReadableHere as exc:
-                    stat = await self._stat_from_swarm(td, exc)
+                    if self._announcer is None:
+                        raise
+                    stat = await self._announcer.stat_from_swarm(td, exc)
                 td.streamed = not stat.supports_range
                 piece_length = (
                     download.piece_length
@@ -422,7 +439,7 @@ class TaskManager:
             td.verifier = PieceVerifier(
                 self._config.download.piece_verification,
                 whole_digest=whole is not None,
-                refresh=self._trusted_pieces(td.task_id),
+                refresh=None if self._announcer is None else self._announcer.trusted_pieces(td.task_id),
                 executor=self._executor,
             )
             if td.spec is not None:
@@ -442,12 +459,12 @@ class TaskManager:
                 if whole is not None:
                     await self._verify_content(td, task, whole)
                 self._storage.finish_task(td.task_id)
-                if td.from_scheduler and not td.registered and self._scheduler is not None:
+                if td.from_scheduler and not td.registered and self._announcer is not None:
                     # A task small enough to skip the scheduler, fetched on its request: tell it the task is here
                     # (and its size), so peers that cannot reach the source learn it (docs/backends.md#file).
                     finished = self._storage.get_task(td.task_id)
                     if finished is not None:
-                        self._spawn(self._announce_metadata_only(finished, download, td.peer_id))
+                        self._spawn(self._announcer.announce_metadata_only(finished, download, td.peer_id))
         except BaseException as exc:
             td.error = exc if isinstance(exc, Exception) else DownloadFailed("download cancelled")
             self._storage.fail_task(td.task_id)
@@ -463,17 +480,6 @@ class TaskManager:
             td.ready.set()
             td.done.set()
             self._active.pop(td.task_id, None)
-
-    def _trusted_pieces(self, task_id: str) -> Callable[[], Coroutine[Any, Any, list[common_pb2.Piece]]] | None:
-        """Return how the verifier asks the task's scheduler for its trusted piece digests (StatTask)."""
-        scheduler = self._scheduler
-        if scheduler is None:
-            return None
-
-        async def refresh() -> list[common_pb2.Piece]:
-            return await scheduler.trusted_pieces(self.host_id, task_id)
-
-        return refresh
 
     async def _verify_content(self, td: TaskDownload, task: TaskRecord, whole: Digest) -> None:
         """Check the whole content before the task is finished; bytes from parents that fail it are fetched again.
@@ -509,9 +515,9 @@ class TaskManager:
         if tiny and back_to_source_allowed and not td.unreadable and not td.from_scheduler:
             await self._source.download(td, None)
             return
-        if self._scheduler is not None:
+        if self._announcer is not None:
             try:
-                if await self._download_with_scheduler(td, task):
+                if await self._announcer.download(td, task):
                     return
             except (BackendError, DownloadFailed, NoSpace):
                 # The origin itself failed (after the scheduler sent us there), the task cannot be done, or this
@@ -535,235 +541,3 @@ class TaskManager:
                     "and back-to-source is disabled"
                 )
             await self._source.download(td, None)
-
-    def _register_download(self, td: TaskDownload, task: TaskRecord) -> common_pb2.Download:
-        download = common_pb2.Download()
-        download.CopyFrom(td.download)
-        if not download.filtered_query_params:
-            download.filtered_query_params.extend(ids.DEFAULT_FILTERED_QUERY_PARAMS)
-        if td.byte_range is not None:
-            download.range.start = td.byte_range.start
-            download.range.length = td.byte_range.length
-        download.actual_content_length = task.content_length
-        download.actual_piece_length = task.piece_length
-        download.actual_piece_count = piece_count(task.content_length, task.piece_length)
-        download.concurrent_piece_count = self._concurrency
-        return download
-
-    async def _download_with_scheduler(self, td: TaskDownload, task: TaskRecord) -> bool:
-        """Follow the scheduler's answers; True when every piece is stored, False to fall back.
-
-        The answers and what each asks for: ``docs/reference/protocol.md#announcepeer``.
-        """
-        assert self._scheduler is not None
-        td.registered = True
-        first: scheduler_pb2.AnnouncePeerResponse | None = None
-        if td.probe is not None:
-            # Registered already, to learn the task's size: go on with the scheduler's answer to that.
-            stream, addr, first = td.probe
-            td.probe = None
-        else:
-            addr = self._scheduler.owner(td.task_id)
-            if not await self._scheduler.ensure_announced(addr):
-                raise ConnectionError(f"scheduler {addr} is unreachable")
-            stream = self._scheduler.announce_peer(addr, host_id=self.host_id, task_id=td.task_id, peer_id=td.peer_id)
-        try:
-            return await self._follow_scheduler(td, task, stream, first)
-        except (grpc.aio.AioRpcError, ConnectionError):
-            self._scheduler.forget(addr)
-            raise
-        finally:
-            await stream.close()
-
-    async def _stat_from_swarm(self, td: TaskDownload, unreadable: NotReadableHere) -> StatResult:
-        """Learn the size of a task whose source this daemon cannot read (a ``file://`` path only a seed peer may
-        read) from the swarm: register without a size; the scheduler has a seed peer fetch the task, and the
-        parents it then offers carry the task's content length. The stream stays open for the download itself.
-        """
-        scheduler = self._scheduler
-        if scheduler is None or self._seed:
-            raise unreadable
-        addr = scheduler.owner(td.task_id)
-        if not await scheduler.ensure_announced(addr):
-            raise BackendError(f"{unreadable.message}; scheduler {addr} is unreachable") from unreadable
-        register = common_pb2.Download()
-        register.CopyFrom(td.download)
-        if not register.filtered_query_params:
-            register.filtered_query_params.extend(ids.DEFAULT_FILTERED_QUERY_PARAMS)
-        register.concurrent_piece_count = self._concurrency
-        td.unreadable = True
-        stream = scheduler.announce_peer(addr, host_id=self.host_id, task_id=td.task_id, peer_id=td.peer_id)
-        response: scheduler_pb2.AnnouncePeerResponse | None = None
-        try:
-            await stream.send(register_peer_request=scheduler_pb2.RegisterPeerRequest(download=register))
-            response = await stream.recv(self._config.scheduler.schedule_timeout)
-        except (grpc.aio.AioRpcError, ConnectionError, TimeoutError) as exc:
-            await stream.close()
-            if not isinstance(exc, TimeoutError):
-                scheduler.forget(addr)
-            raise BackendError(
-                f"{unreadable.message}; the swarm did not provide it either ({describe_error(exc)})"
-            ) from unreadable
-        kind = response.WhichOneof("response") if response is not None else None
-        length: int | None = None
-        if kind == "empty_task_response":
-            # Nothing to fetch: finish the peer as the scheduler expects, and the task is an empty file.
-            try:
-                await stream.send(download_peer_started_request=scheduler_pb2.DownloadPeerStartedRequest())
-                await stream.send(download_peer_finished_request=scheduler_pb2.DownloadPeerFinishedRequest())
-            except (grpc.aio.AioRpcError, ConnectionError, TimeoutError) as exc:
-                log.info("empty task announcement failed", extra={"task_id": td.task_id, "error": repr(exc)})
-            await stream.close()
-            return StatResult(0, {"Content-Length": "0"})
-        if kind == "normal_task_response":
-            assert response is not None
-            parents = response.normal_task_response.candidate_parents
-            if parents and parents[0].task.content_length > 0:
-                length = parents[0].task.content_length
-        if length is None:
-            await stream.close()
-            # The scheduler had a seed peer fetch the task meanwhile (an empty file, which no parent serves, ends
-            # here): its size is known now. The download then registers anew, with another peer id.
-            known = await self._task_size_from_scheduler(td)
-            if known is None:
-                raise BackendError(
-                    f"{unreadable.message}; the swarm did not provide it either (the scheduler answered {kind})"
-                ) from unreadable
-            td.peer_id = ids.peer_id(self._ip, self._config.host.hostname, seed=self._seed)
-            return StatResult(known, {"Content-Length": str(known)})
-        assert response is not None
-        log.info(
-            "source not readable here: size taken from the swarm",
-            extra={"task_id": td.task_id, "content_length": length, "reason": unreadable.message},
-        )
-        td.probe = (stream, addr, response)
-        return StatResult(length, {"Content-Length": str(length)})
-
-    async def _task_size_from_scheduler(self, td: TaskDownload) -> int | None:
-        """Return the task's content length as its scheduler knows it, or None while nobody has announced it."""
-        assert self._scheduler is not None
-        for attempt in range(3):
-            try:
-                task = await self._scheduler.stat_task(self.host_id, td.task_id)
-            except (grpc.aio.AioRpcError, ConnectionError, TimeoutError):
-                task = None
-            if task is not None and (task.content_length > 0 or task.size_scope == common_pb2.EMPTY):
-                return int(task.content_length)
-            if attempt < 2:
-                await asyncio.sleep(0.5)
-        return None
-
-    async def _follow_scheduler(
-        self,
-        td: TaskDownload,
-        task: TaskRecord,
-        stream: AnnouncePeerStream,
-        first: scheduler_pb2.AnnouncePeerResponse | None = None,
-    ) -> bool:
-        """Register (unless ``first``, the answer to a register already sent, is given), then act on each response
-        in the reference's message order (``docs/reference/protocol.md#announcepeer``)."""
-        scheduler_config = self._config.scheduler
-        deadline = time.monotonic() + scheduler_config.schedule_timeout
-        if first is None:
-            await stream.send(
-                register_peer_request=scheduler_pb2.RegisterPeerRequest(download=self._register_download(td, task))
-            )
-        schedule_count = 0
-        while True:
-            if first is not None:
-                response: scheduler_pb2.AnnouncePeerResponse | None = first
-                first = None
-            else:
-                response = await stream.recv(max(deadline - time.monotonic(), 0.001))
-            if response is None:
-                log.info("scheduler closed the stream without a decision", extra={"task_id": td.task_id})
-                return False
-            schedule_count += 1
-            if schedule_count > scheduler_config.max_schedule_count:
-                stream.report(
-                    download_peer_failed_request=scheduler_pb2.DownloadPeerFailedRequest(
-                        description="max schedule count exceeded"
-                    )
-                )
-                return False
-            kind = response.WhichOneof("response")
-            if kind == "empty_task_response":
-                await stream.send(download_peer_started_request=scheduler_pb2.DownloadPeerStartedRequest())
-                await stream.send(download_peer_finished_request=scheduler_pb2.DownloadPeerFinishedRequest())
-                return True
-            if kind == "normal_task_response":
-                parents = list(response.normal_task_response.candidate_parents)
-                if td.verifier is not None:
-                    td.verifier.learn(piece for parent in parents for piece in parent.task.pieces)
-                await stream.send(download_peer_started_request=scheduler_pb2.DownloadPeerStartedRequest())
-                failed: set[str] = set()
-                if await self._parents.download(td, task, stream, parents, failed):
-                    await stream.send(download_peer_finished_request=scheduler_pb2.DownloadPeerFinishedRequest())
-                    return True
-                # The scheduler blocks every parent listed here for this peer: only those that failed it, so an
-                # honest parent that merely had nothing yet can be offered again (all of them if none failed).
-                blocked = [p for p in parents if p.id in failed] or parents
-                await stream.send(
-                    reschedule_peer_request=scheduler_pb2.ReschedulePeerRequest(
-                        candidate_parents=blocked, description="not all pieces are downloaded from parent"
-                    )
-                )
-                continue
-            if kind == "need_back_to_source_response":
-                if td.download.disable_back_to_source:
-                    description = (
-                        f"the scheduler found no parent for {redact_url(td.download.url)} "
-                        "and back-to-source is disabled"
-                    )
-                    stream.report(
-                        download_peer_failed_request=scheduler_pb2.DownloadPeerFailedRequest(description=description)
-                    )
-                    raise DownloadFailed(description)
-                await stream.send(
-                    download_peer_back_to_source_started_request=(
-                        scheduler_pb2.DownloadPeerBackToSourceStartedRequest()
-                    )
-                )
-                try:
-                    await self._source.download(td, stream)
-                except Exception as exc:
-                    stream.report(
-                        download_peer_back_to_source_failed_request=(
-                            scheduler_pb2.DownloadPeerBackToSourceFailedRequest(description=describe_error(exc))
-                        )
-                    )
-                    raise
-                await stream.send(
-                    download_peer_back_to_source_finished_request=(
-                        scheduler_pb2.DownloadPeerBackToSourceFinishedRequest()
-                    )
-                )
-                return True
-            log.warning("unexpected scheduler response", extra={"task_id": td.task_id, "response": kind})
-            return False
-
-    async def _announce_metadata_only(self, task: TaskRecord, download: common_pb2.Download, peer_id: str) -> None:
-        """Tell the scheduler a task it asked for is already here.
-
-        The metadata-only flow: item 4 of ``docs/reference/protocol.md#announcepeer``.
-        """
-        assert self._scheduler is not None
-        addr = self._scheduler.owner(task.id)
-        register = common_pb2.Download()
-        register.CopyFrom(download)
-        register.metadata_only = True
-        register.need_back_to_source = False
-        register.actual_content_length = task.content_length
-        register.actual_piece_length = task.piece_length
-        register.actual_piece_count = piece_count(task.content_length, task.piece_length)
-        stream = self._scheduler.announce_peer(addr, host_id=self.host_id, task_id=task.id, peer_id=peer_id)
-        try:
-            await stream.send(register_peer_request=scheduler_pb2.RegisterPeerRequest(download=register))
-            response = await stream.recv(self._config.scheduler.schedule_timeout)
-            if response is not None and response.WhichOneof("response") == "metadata_only_response":
-                await stream.send(download_peer_started_request=scheduler_pb2.DownloadPeerStartedRequest())
-                await stream.send(download_peer_finished_request=scheduler_pb2.DownloadPeerFinishedRequest())
-        except (grpc.aio.AioRpcError, TimeoutError, ConnectionError) as exc:
-            log.info("metadata-only announcement failed", extra={"task_id": task.id, "error": repr(exc)})
-        finally:
-            await stream.close()
