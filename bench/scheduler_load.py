@@ -594,7 +594,7 @@ def drive(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
-def scheduler_config(workdir: Path) -> Path:
+def scheduler_config(workdir: Path, gc_freeze: float = 0.0) -> Path:
     """Write the scheduler.yaml of the benchmark: loopback, metrics on, a cap that lets every source through.
 
     Plaintext on purpose: the benchmark plays 10,000 hosts from a few processes (each would need a certificate of
@@ -610,6 +610,7 @@ def scheduler_config(workdir: Path) -> Path:
                 "metrics": {"enable": True, "host": "127.0.0.1", "port": 0},
                 "seedPeer": {"enable": False},
                 "security": {"enable": False},
+                **({"scheduler": {"gc": {"pythonGCFreezeInterval": f"{gc_freeze}s"}}} if gc_freeze else {}),
             }
         )
     )
@@ -628,8 +629,8 @@ def run_size(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             result["baseline"] = drive(baseline, args)
         finally:
             baseline.stop()
-    command = [sys.executable, "-m", "dragonfly.cli.scheduler", "--config", str(scheduler_config(workdir)),
-               "--log-level", "warning"]  # fmt: skip
+    config = scheduler_config(workdir, args.gc_freeze)
+    command = [sys.executable, "-m", "dragonfly.cli.scheduler", "--config", str(config), "--log-level", "warning"]
     scheduler = ServerProcess(command, workdir / "scheduler.log")
     profiler: subprocess.Popen[bytes] | None = None
     try:
@@ -772,6 +773,9 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated host counts, e.g. 1000,10000: one run per count, peers scaled with hosts, growth table",
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip the no-op server runs")
+    parser.add_argument(
+        "--gc-freeze", type=float, default=0.0, help="the scheduler's scheduler.gc.pythonGCFreezeInterval (seconds)"
+    )
     parser.add_argument("--profile", help="py-spy the scheduler into this speedscope file ({hosts} is replaced)")
     parser.add_argument("--quick", action="store_true", help="2,000 peers and 8 pieces (same 1,000 hosts)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")

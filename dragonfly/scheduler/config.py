@@ -54,12 +54,20 @@ class GCConfig:
     task_gc_interval: Duration = field(default=Duration(30 * 60), metadata={"key": "taskGCInterval"})
     host_gc_interval: Duration = field(default=Duration(5 * 60), metadata={"key": "hostGCInterval"})
     host_ttl: Duration = field(default=Duration(3600), metadata={"key": "hostTTL"})
+    # Freeze what survives CPython's young collections this often (0: off; dragonfly/scheduler/pygc.py).
+    python_freeze_interval: Duration = field(default=Duration(0), metadata={"key": "pythonGCFreezeInterval"})
+    # With freezing on: unfreeze and collect everything this often (cyclic garbage waits this long).
+    python_full_collect_interval: Duration = field(
+        default=Duration(3600), metadata={"key": "pythonGCFullCollectInterval"}
+    )
 
     def validate(self) -> None:
         """Intervals must be positive, or the runner would spin."""
-        for name in ("peer_gc_interval", "task_gc_interval", "host_gc_interval"):
+        for name in ("peer_gc_interval", "task_gc_interval", "host_gc_interval", "python_full_collect_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
+        if self.python_freeze_interval < 0:
+            raise ValueError("python_freeze_interval must be >= 0 (0: off)")
 
 
 @dataclass(frozen=True, slots=True)

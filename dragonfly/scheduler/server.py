@@ -19,6 +19,7 @@ from dragonfly.scheduler.config import Config
 from dragonfly.scheduler.gc import GarbageCollector
 from dragonfly.scheduler.metrics import Metrics
 from dragonfly.scheduler.preheat.service import PreheatService
+from dragonfly.scheduler.pygc import FreezingCollector
 from dragonfly.scheduler.resource.manager import ResourceManager
 from dragonfly.scheduler.scheduling.abnormal import AbnormalDetector
 from dragonfly.scheduler.scheduling.scheduling import Scheduling
@@ -94,6 +95,7 @@ class SchedulerServer:
         self._health: health.aio.HealthServicer | None = None
         self._metrics_runner: web.AppRunner | None = None
         self.announcer: ManagerAnnouncer | None = None
+        self._freezer: FreezingCollector | None = None
 
     async def start(self) -> None:
         """Bind the gRPC server (and the metrics endpoint) and start the background jobs."""
@@ -137,6 +139,10 @@ class SchedulerServer:
         self.ctx.seeds.start()
         self.ctx.metrics.watch_gc()
         self.gc.start()
+        gc_config = self.config.scheduler.gc
+        if gc_config.python_freeze_interval > 0:
+            self._freezer = FreezingCollector(gc_config.python_freeze_interval, gc_config.python_full_collect_interval)
+            self._freezer.start()
         self.persistent_cache.start()
         if self.config.manager.addr:
             self._start_announcer(host, port)
@@ -170,6 +176,9 @@ class SchedulerServer:
             await self._server.stop(self.config.server.graceful_stop_timeout)
             self._server = None
         await self.gc.stop()
+        if self._freezer is not None:
+            await self._freezer.stop()
+            self._freezer = None
         self.ctx.metrics.unwatch_gc()
         await self.preheat.close()
         await self.persistent_cache.close()
