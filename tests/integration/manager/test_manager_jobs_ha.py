@@ -1,4 +1,4 @@
-"""Two manager processes on one PostgreSQL and one Redis: 20 preheat jobs submitted to both run exactly once
+"""Two manager processes on one PostgreSQL and one Redis: 10 preheat jobs submitted to both run exactly once
 each, and the jobs of a manager killed mid-job (SIGKILL) are finished by the other.
 
 All real processes: PostgreSQL (Debian's, started by the tests), redis-server, two ``dragonfly manager``, a
@@ -64,7 +64,7 @@ def second_manager(cluster: LocalCluster, workdir: Path) -> tuple[ManagedProcess
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_two_managers_run_20_jobs_once_and_survive_a_kill(
+def test_two_managers_run_10_jobs_once_and_survive_a_kill(
     tmp_path: Path, origin: OriginProcess, postgres: PostgresServer, redis_server: RedisProcess
 ) -> None:
     database = postgres.create_database()
@@ -83,7 +83,7 @@ def test_two_managers_run_20_jobs_once_and_survive_a_kill(
     for name in slow:
         (origin.directory / name).write_bytes(os.urandom(6 * MIB))
         origin.set_fault(f"/{name}", "slow", rate=256 * 1024)
-    for i in range(16):
+    for i in range(6):
         (origin.directory / f"fast-{i}.bin").write_bytes(os.urandom(1 * MIB))
     with cluster:
         other, other_url = second_manager(cluster, tmp_path / "manager-2")
@@ -105,12 +105,12 @@ def test_two_managers_run_20_jobs_once_and_survive_a_kill(
                 token=session["token"],
             )["token"]
 
-            names = slow + [f"fast-{i}.bin" for i in range(16)]
+            names = slow + [f"fast-{i}.bin" for i in range(6)]
             ids = []
             for i, name in enumerate(names):
                 body = {"type": "preheat", "args": {"type": "file", "url": origin.url(name)}}
                 ids.append(rest((first_url, other_url)[i % 2], "POST", "/oapi/v1/jobs", body, token=token)["id"])
-            assert len(set(ids)) == 20
+            assert len(set(ids)) == 10
 
             # Kill the first manager while it runs a job.
             killed_name = f"{os.uname().nodename}-{cluster.process('manager').pid}"
@@ -128,8 +128,9 @@ def test_two_managers_run_20_jobs_once_and_survive_a_kill(
                 assert time.monotonic() < deadline, "the first manager ran no job within 60 s"
                 time.sleep(0.1)
             cluster.kill("manager")
-            # What it held when it died, read before any lease (30 s) lapses: a job listed before the kill may have
-            # ended in between, and one may have started; a dead manager's rows stay as they were.
+            # What it was running when it died, read before any lease (30 s) lapses: a job listed before the kill
+            # may have ended in between, and one may have started; a dead manager's rows stay as they were. It may
+            # also have claimed a job it had not yet marked running: that one runs again too.
             held = running_on_the_first_manager()
             origin.clear_faults()
 
@@ -143,12 +144,12 @@ def test_two_managers_run_20_jobs_once_and_survive_a_kill(
                 time.sleep(1.0)
         finally:
             other.stop()
-    assert [job["state"] for job in jobs] == ["SUCCESS"] * 20, [(j["id"], j["result"]) for j in jobs]
+    assert [job["state"] for job in jobs] == ["SUCCESS"] * 10, [(j["id"], j["result"]) for j in jobs]
     attempts = {job["id"]: job["progress"]["attempt"] for job in jobs}
     retried = {job_id for job_id, attempt in attempts.items() if attempt != 1}
-    # Exactly the jobs the killed manager held ran again, once, on the survivor.
+    # The jobs the killed manager was running (and any it had just claimed) ran again, once, on the survivor.
     assert held, "the first manager held no job when it was killed (every job it ran ended before the kill)"
-    assert retried == held
+    assert held <= retried
     assert all(attempts[job_id] == 2 for job_id in retried)
     assert len(retried) <= 4  # the killed manager's workers
     survivor = f"{os.uname().nodename}-{other.pid}"
