@@ -153,14 +153,27 @@ class Browser:
             shutil.copy(path, Path(extra) / path.name)
         return path
 
-    def close(self) -> None:
-        """Save each page as it was last (``last-<n>.png``: what a failure left on screen), then stop."""
+    def use(self, out: Path) -> None:
+        """Start a test: screenshots go to ``out``, and its pages and console errors are its own."""
+        self.out = out
+        out.mkdir(parents=True, exist_ok=True)
+        self.errors = []
+        self.pages = []
+
+    def close_pages(self) -> None:
+        """Save each page as it was last (``last-<n>.png``: what a failure left on screen), then close it."""
         try:
             for number, page in enumerate(self.pages):
                 if not page.is_closed():
                     page.screenshot(path=str(self.out / f"last-{number}.png"), full_page=True)
+                    page.context.close()
         except Exception as exc:  # a crashed browser must not hide the test's own failure
             self.errors.append(f"cannot save the last screenshots: {exc}")
+        self.pages = []
+
+    def close(self) -> None:
+        """Close the pages left (see ``close_pages``), then stop the browser."""
+        self.close_pages()
         try:
             self.browser.close()
         finally:
