@@ -167,13 +167,13 @@ def ours(
     tls: bool = True,
     cpu: Cpu | None = None,
     hard_link_output: bool = False,
-    native_tls: bool = False,
+    native_tls: bool | None = None,
 ) -> tuple[list[float], dict[str, int]]:
     """Return the child's dfget times (a fresh task each time, already on the parent) and its bytes by source.
 
     The CPU seconds the parent and child dfdaemons, the scheduler and dfget spend on the child's runs are added to
     ``cpu``. ``hard_link_output`` sets the child's ``download.hardLinkOutput`` (docs/output-and-cache.md),
-    ``native_tls`` its ``download.nativeTls`` (docs/security.md#vortex-over-tls).
+    ``native_tls`` its ``download.nativeTls`` (None: the default, rustls; docs/security.md#vortex-over-tls).
     """
     from bench.swarm.ours import OursCluster
 
@@ -189,7 +189,9 @@ def ours(
     times: list[float] = []
     by_source: dict[str, int] = {}
     label = "ours" if tls else "ours-plaintext"
-    child = {"hardLinkOutput": hard_link_output, "nativeTls": native_tls}
+    child: dict[str, bool] = {"hardLinkOutput": hard_link_output}
+    if native_tls is not None:
+        child["nativeTls"] = native_tls
     overrides = {"child": {"download": child}}
     with OursCluster(
         topology, workdir / label, Host("ctl", "127.0.0.1"), hosts, tls=tls, daemon_overrides=overrides
@@ -250,9 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         "instead of a copy; docs/output-and-cache.md)",
     )
     parser.add_argument(
-        "--native-tls",
+        "--python-tls",
         action="store_true",
-        help="run ours with download.nativeTls: true on the child (its Vortex TLS in rustls instead of Python's ssl)",
+        help="run ours with download.nativeTls: false on the child (its Vortex TLS in Python's ssl, not rustls)",
     )
     args = parser.parse_args(argv)
     if release_builds_missing("bench pair"):
@@ -263,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         "size": args.size,
         "repeat": args.repeat,
         "hard_link_output": args.hard_link_output,
-        "native_tls": args.native_tls,
+        "native_tls": not args.python_tls,
         "methods": {},
     }
     try:
@@ -298,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 times, by_source = ours(
                     topology, workdir, source, args.repeat, tls=tls, cpu=cpu.setdefault(label, {}),
-                    hard_link_output=args.hard_link_output, native_tls=args.native_tls,
+                    hard_link_output=args.hard_link_output, native_tls=False if args.python_tls else None,
                 )  # fmt: skip
                 entry = {"seconds": statistics.median(times), "runs": times, "by_source": by_source}
                 results["methods"][label] = entry
@@ -327,9 +329,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results))
     else:
         output = "hard-linked to the cache" if args.hard_link_output else "a copy of the cache (the default)"
+        child_tls = "Python ssl (download.nativeTls: false)" if args.python_tls else "rustls (the default)"
         print(
             f"pair: one parent → one child, {format_size(args.size)} over loopback (tmpfs), median of {args.repeat}; "
-            f"ours' output: {output}; child TLS: {'rustls (download.nativeTls)' if args.native_tls else 'Python ssl'}"
+            f"ours' output: {output}; child TLS: {child_tls}"
         )
         print("| method | seconds | GB/s | relative to native loop | CPU s per GiB | CPU by process |")
         print("|---|---|---|---|---|---|")

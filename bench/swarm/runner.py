@@ -52,10 +52,10 @@ from bench.swarm.units import format_size, parse_rate, parse_size
 # "ours" runs with mutual TLS (the default); "ours-plaintext" is the same cluster without TLS, to price it in one run;
 # "ours-faults" is ours while a parent is killed and three misbehaving peers claim the file (bench/swarm/faults.py);
 # "-hardlink" runs the peers with download.hardLinkOutput: true (output linked to the cache, not copied);
-# "ours-tuned" adds download.nativeTls: true (the peers' Vortex downloads over mTLS in rustls) to that.
+# "ours-python-tls" runs them with download.nativeTls: false (Vortex downloads over Python's ssl, not rustls).
 SYSTEMS = (
     "ours", "direct", "bittorrent", "ours-plaintext", "ours-faults", "ours-hardlink", "ours-plaintext-hardlink",
-    "ours-tuned",
+    "ours-python-tls",
 )  # fmt: skip
 DEFAULT_SYSTEMS = ("ours", "direct", "bittorrent")
 BLOB = "blob"
@@ -254,7 +254,7 @@ class Swarm:
                 "ours-plaintext-hardlink": lambda d: self.run_ours(
                     d, tls=False, system="ours-plaintext-hardlink", hard_link_output=True
                 ),
-                "ours-tuned": lambda d: self.run_ours(d, system="ours-tuned", hard_link_output=True, native_tls=True),
+                "ours-python-tls": lambda d: self.run_ours(d, system="ours-python-tls", native_tls=False),
             }
             return runs[system](sysdir)
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
@@ -345,13 +345,15 @@ class Swarm:
         tls: bool = True,
         system: str = "ours",
         hard_link_output: bool = False,
-        native_tls: bool = False,
+        native_tls: bool | None = None,
     ) -> SystemResult:
         loopback = self.topo.mode == "loopback"
         names = ["seed", *self.peers]
         rates = dict.fromkeys(names, self.cfg.peer_rate) if loopback else {}
         b2s = self.cfg.origin_rate if loopback else 0.0
-        download = {"hardLinkOutput": hard_link_output, "nativeTls": native_tls}
+        download: dict[str, bool] = {"hardLinkOutput": hard_link_output}
+        if native_tls is not None:
+            download["nativeTls"] = native_tls
         overrides = {p: {"download": dict(download)} for p in self.peers}
         cluster = OursCluster(
             self.topo, sysdir, self.h["ctl"], [self.h[n] for n in names], rates=rates, back_to_source_rate=b2s,

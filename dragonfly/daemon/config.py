@@ -112,9 +112,10 @@ class DownloadConfig:
     # otherwise (Dragonfly's default): saves a pass over the file and its space, but an edit in place then edits
     # the cache (docs/output-and-cache.md#hard-linked-outputs). false copies (reflinks where possible).
     hard_link_output: bool = False
-    # Vortex downloads over mutual TLS through rustls in the native extension instead of Python's ssl (same CA,
-    # certificate and checks; several TLS records per read, no Python per record). Serving is unchanged.
-    native_tls: bool = False
+    # Vortex downloads over mutual TLS through rustls in the native extension (same CA, certificate and checks as
+    # Python's ssl; several TLS records per read, no Python per record); false uses Python's ssl. Serving is
+    # unchanged (docs/security.md#vortex-over-tls).
+    native_tls: bool = True
 
     def validate(self) -> None:
         if self.persistent_cache_compression not in ("zstd", "off"):

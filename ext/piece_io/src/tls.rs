@@ -103,7 +103,8 @@ impl Write for FdWriter {
 pub struct TlsStream {
     conn: ClientConnection,
     fd: RawFd,
-    /// Ciphertext read from the socket and not yet taken by rustls: `inbuf[start..end]`.
+    /// Ciphertext read from the socket and not yet taken by rustls: `inbuf[start..end]`. Allocated for a read
+    /// and dropped once drained after a piece, so an idle pooled connection does not hold READ_CHUNK bytes.
     inbuf: Vec<u8>,
     start: usize,
     end: usize,
@@ -127,7 +128,7 @@ impl TlsStream {
         let mut stream = TlsStream {
             conn,
             fd,
-            inbuf: vec![0; READ_CHUNK],
+            inbuf: Vec::new(),
             start: 0,
             end: 0,
         };
@@ -141,7 +142,16 @@ impl TlsStream {
             }
         }
         stream.flush(timeout)?;
+        stream.release_drained();
         Ok(stream)
+    }
+
+    /// Drop the read buffer when it holds nothing (see `inbuf`).
+    fn release_drained(&mut self) {
+        if self.start == self.end {
+            self.inbuf = Vec::new();
+            (self.start, self.end) = (0, 0);
+        }
     }
 
     /// Send all of `data` (encrypted) before returning.
@@ -176,6 +186,9 @@ impl TlsStream {
     /// stopping once plaintext is available; Ok(false) when the peer closed the connection.
     fn feed(&mut self, waiter: &mut Waiter) -> Result<bool> {
         if self.start == self.end {
+            if self.inbuf.is_empty() {
+                self.inbuf = vec![0; READ_CHUNK];
+            }
             let mut reader = FdReader(self.fd);
             loop {
                 match reader.read(&mut self.inbuf) {
@@ -281,6 +294,7 @@ impl TlsStream {
             pwrite_all(file_fd, &buf[..filled], offset + received)?;
             received += filled as u64;
         }
+        self.release_drained();
         Ok((
             crc.finalize(),
             strong.map(|hasher| *hasher.finalize().as_bytes()),
