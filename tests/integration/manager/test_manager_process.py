@@ -39,7 +39,12 @@ def _call(base: str, method: str, path: str, body: Any = None, token: str | None
 
 def test_manager_process_generated_root_password_and_restart(tmp_path: Path) -> None:
     config = {
-        "server": {"dataDir": str(tmp_path / "data"), "rest": {"addr": "127.0.0.1:0"}},
+        "server": {
+            "dataDir": str(tmp_path / "data"),
+            "rest": {"addr": "127.0.0.1:0"},
+            # Not the default 65003 on every address: other tests (and other managers) on this host may hold it.
+            "grpc": {"listenIP": "127.0.0.1", "port": {"start": 0, "end": 0}},
+        },
         "security": {"enable": False},
     }
     with _manager(tmp_path, "manager", config, env={"DRAGONFLY_INITIAL_ROOT_PASSWORD": ""}) as manager:
