@@ -24,7 +24,10 @@ Seed peers are kept to ``SEED_PIECE_SLOTS`` fetches at a time while another pare
 only seed peers hold waits ``SEED_PIECE_DELAY`` for another holder: the seed's upload then carries each new piece
 to a few children, which pass it on, instead of carrying every piece to every child (the aim of BitTorrent's
 super-seeding). Each peer parent gets a share of the slots, so a parent that alone holds the newest pieces sends
-each child a few of them and the children trade the rest.
+each child a few of them and the children trade the rest. Neither hold applies to an idle child (nothing in flight,
+nothing received this round): it takes its first piece at once from whoever holds it, the seed included, since
+waiting would delay the download's first byte by up to ``COLLECT_WINDOW + SEED_PIECE_DELAY``; that costs the seed
+at most one extra piece per child, and the child's rank still spreads those first pieces over the task.
 """
 
 from __future__ import annotations
@@ -141,6 +144,7 @@ class PieceDispatcher:
         self.excluded: set[str] = set()
         self._failed_parents: dict[int, set[str]] = collections.defaultdict(set)
         self._strikes: collections.Counter[str] = collections.Counter()
+        self._received = 0
 
     @property
     def slow(self) -> SlowPiecePolicy:
@@ -173,6 +177,7 @@ class PieceDispatcher:
         next_ready: float | None = None
         per_parent = -(-self.concurrency // max(sum(1 for p in usable if not p.seed), 1))
         seed_slots = SEED_PIECE_SLOTS - sum(1 for fetch in self.in_flight.values() if fetch.parent.seed)
+        idle = not self.in_flight and not self._received
         order = native.rarest_first(self._blocked, [p.bitmap for p in usable])
         for group in _rarity_groups(order, usable, self._rank):
             for number, holders in group:
@@ -184,13 +189,13 @@ class PieceDispatcher:
                     if not holders:
                         continue
                 ready_at = first_seen.get(number, now) + COLLECT_WINDOW
-                if ready_at > now and any(p.syncing and not p.bitmap.test(number) for p in usable):
+                if not idle and ready_at > now and any(p.syncing and not p.bitmap.test(number) for p in usable):
                     next_ready = ready_at if next_ready is None else min(next_ready, ready_at)
                     continue
                 peers = [p for p in holders if not p.seed]
                 candidates = [p for p in peers if selector.in_flight[p.id] < per_parent]
                 if spare_seeds and len(peers) < len(holders) and seed_slots > 0:
-                    seed_from = ready_at + SEED_PIECE_DELAY if not peers else now
+                    seed_from = now if peers or idle else ready_at + SEED_PIECE_DELAY
                     if seed_from <= now:
                         candidates += [p for p in holders if p.seed]
                     else:
@@ -208,6 +213,7 @@ class PieceDispatcher:
                 fetch = PieceFetch(number, length, parent, selector.begin(parent.id))
                 self.in_flight[number] = fetch
                 started.append(fetch)
+                idle = False
         return started, next_ready
 
     def succeeded(self, number: int, *, seconds: float) -> PieceFetch:
@@ -215,6 +221,7 @@ class PieceDispatcher:
         fetch = self.in_flight.pop(number)
         self._selector.end(fetch.parent.id)
         self._selector.observe(fetch.parent.id, fetch.length, seconds, fetch.concurrent)
+        self._received += 1
         self._round_rates.add(fetch.length, seconds)
         self._daemon_rates.add(fetch.length, seconds)
         return fetch

@@ -79,6 +79,11 @@ def test_a_peer_that_has_the_piece_is_preferred_to_the_seed():
 def test_a_piece_only_the_seed_has_waits_for_the_other_parents_then_comes_from_the_seed():
     run = Round(_peer("seed", seed=True), _peer("peer"))
     now = time.monotonic()
+    # The child is busy with a piece from the other peer: the seed's pieces are held back for it.
+    run.has(1, [3])
+    run.run()
+    assert run.started == [(3, run.parents[1].id)]
+    run.started = []
     run.has(0, [0, 1, 2], seen=now)
     assert run.run() == pytest.approx(now + COLLECT_WINDOW)
     seen = now - COLLECT_WINDOW - 0.01
@@ -90,6 +95,33 @@ def test_a_piece_only_the_seed_has_waits_for_the_other_parents_then_comes_from_t
     run.run()
     assert len(run.started) == pd.SEED_PIECE_SLOTS
     assert {parent for _number, parent in run.started} == {run.parents[0].id}
+
+
+def test_an_idle_child_takes_its_first_piece_from_the_seed_at_once_and_holds_back_the_rest():
+    run = Round(_peer("seed", seed=True), _peer("peer"), rank=[5, 0, 9, *range(10, 10 + PIECES - 3)])
+    now = time.monotonic()
+    run.has(0, [0, 1, 2], seen=now)
+    # Nothing in flight, nothing received: the first piece (by this child's rank) comes from the seed now, the
+    # other pieces only the seed has wait for the other peer as before.
+    assert run.run(now) == pytest.approx(now + COLLECT_WINDOW)
+    assert run.started == [(1, run.parents[0].id)]
+    assert run.run(now) == pytest.approx(now + COLLECT_WINDOW)
+    assert len(run.started) == 1
+    # Once that piece is in, the child is no longer idle: the holds apply.
+    run.dispatcher.succeeded(1, seconds=0.1)
+    run.run(now)
+    assert len(run.started) == 1
+
+
+def test_a_child_that_failed_its_first_piece_is_idle_again_and_asks_at_once():
+    run = Round(_peer("seed", seed=True), _peer("peer"), rank=list(range(PIECES)))
+    now = time.monotonic()
+    run.has(0, [0, 1, 2], seen=now)
+    run.run(now)
+    assert run.started == [(0, run.parents[0].id)]
+    run.dispatcher.failed(0, corrupt=False)
+    run.run(now)
+    assert run.started[1] == (1, run.parents[0].id)
 
 
 def test_without_other_parents_the_seed_gets_every_slot():
