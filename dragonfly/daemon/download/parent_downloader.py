@@ -132,6 +132,7 @@ class ParentDownloader:
             selector=selector,
             slow=self._slow_piece,
             daemon_rates=self._piece_rates,
+            in_order=td.in_order,
         )
         round_ = ParentRound(
             dispatcher,

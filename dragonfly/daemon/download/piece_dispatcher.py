@@ -28,6 +28,10 @@ each child a few of them and the children trade the rest. Neither hold applies t
 nothing received this round): it takes its first piece at once from whoever holds it, the seed included, since
 waiting would delay the download's first byte by up to ``COLLECT_WINDOW + SEED_PIECE_DELAY``; that costs the seed
 at most one extra piece per child, and the child's rank still spreads those first pieces over the task.
+
+A download whose requester consumes pieces in order as they come (``in_order``: the proxy streaming a response)
+takes equally rare pieces in ascending order instead of by rank, and an idle one starts its first piece alone, so
+that piece has the parent's whole link rather than an eighth of it.
 """
 
 from __future__ import annotations
@@ -122,6 +126,7 @@ class PieceDispatcher:
         slow: SlowPiecePolicy | None = None,
         daemon_rates: PieceRates | None = None,
         rank: Sequence[int] | None = None,
+        in_order: bool = False,
     ) -> None:
         self.content_length = content_length
         self.piece_length = piece_length
@@ -135,11 +140,14 @@ class PieceDispatcher:
         self._blocked = native.PieceBitmap(count)
         for number in skip:
             self._blocked.set(number)
-        if rank is None:
+        if rank is None and in_order:
+            rank = range(count)
+        elif rank is None:
             shuffled = list(range(count))
             random.shuffle(shuffled)
             rank = shuffled
         self._rank = rank
+        self._in_order = in_order
         self.in_flight: dict[int, PieceFetch] = {}
         self.excluded: set[str] = set()
         self._failed_parents: dict[int, set[str]] = collections.defaultdict(set)
@@ -213,6 +221,8 @@ class PieceDispatcher:
                 fetch = PieceFetch(number, length, parent, selector.begin(parent.id))
                 self.in_flight[number] = fetch
                 started.append(fetch)
+                if idle and self._in_order:
+                    return started, next_ready
                 idle = False
         return started, next_ready
 

@@ -54,6 +54,7 @@ class TaskDownload:
         "download",
         "error",
         "from_scheduler",
+        "in_order",
         "options",
         "order",
         "origin",
@@ -107,6 +108,9 @@ class TaskDownload:
         # Asked for by the scheduler (a seed peer's task), and whether this download told the scheduler about it.
         self.from_scheduler = False
         self.registered = False
+        # A requester consumes the pieces in order as they arrive (the proxy streaming a response): the first one
+        # matters most.
+        self.in_order = False
 
     def missing(self, task: TaskRecord) -> list[int]:
         """Return the pieces this download still has to fetch of ``task``, in ascending order."""

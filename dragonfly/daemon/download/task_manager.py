@@ -132,6 +132,7 @@ class TaskManager:
         caller: Caller | None = None,
         remote: bool | None = None,
         insecure: bool = False,
+        in_order: bool = False,
     ) -> AsyncGenerator[TaskStarted | PieceDone, None]:
         """Download a task, yielding the started event then one event per piece; write the output at the end.
 
@@ -141,6 +142,8 @@ class TaskManager:
         (None: the daemon itself or the scheduler); the output is written with its rights (docs/security.md).
         ``remote`` says another host asked for it (the origin is then reached through the SSRF guard; None: when
         ``from_scheduler``); ``insecure`` skips the origin's certificate verification (a local caller's choice).
+        ``in_order`` says the caller consumes the pieces in order as they come (the download then starts with
+        its first wanted piece alone, where parents serve it).
         """
         if self._stopping:
             raise DownloadFailed("dfdaemon is shutting down")
@@ -159,7 +162,12 @@ class TaskManager:
         try:
             try:
                 async for event in self._stream(
-                    task_id, download, from_scheduler=from_scheduler, deadline=deadline, origin=origin
+                    task_id,
+                    download,
+                    from_scheduler=from_scheduler,
+                    deadline=deadline,
+                    origin=origin,
+                    in_order=in_order,
                 ):
                     if isinstance(event, TaskStarted):
                         byte_range = event.range
@@ -195,6 +203,7 @@ class TaskManager:
         from_scheduler: bool,
         deadline: float | None,
         origin: OriginOptions = LOCAL_ORIGIN,
+        in_order: bool = False,
     ) -> AsyncIterator[TaskStarted | PieceDone]:
         def remaining() -> float | None:
             if deadline is None:
@@ -229,6 +238,7 @@ class TaskManager:
                 peer_id = self._new_peer_id()
                 td = self._active[task_id] = TaskDownload(task_id, download, peer_id, spec, origin)
                 td.from_scheduler = from_scheduler
+                td.in_order = in_order
                 td.runner = asyncio.create_task(self._run(td), name=f"download-{task_id[:12]}")
             try:
                 await asyncio.wait_for(td.ready.wait(), remaining())

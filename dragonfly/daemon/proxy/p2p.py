@@ -62,7 +62,7 @@ class P2PResponder:
         the origin's own answer to the client untouched (a registry's 401 challenge with its JSON body).
         """
         # ``remote``: the client is on another host, so the origin is reached through the SSRF guard.
-        async with contextlib.aclosing(self._tasks.download(download, remote=remote)) as events:
+        async with contextlib.aclosing(self._tasks.download(download, remote=remote, in_order=True)) as events:
             try:
                 started = await anext(events)
             except StopAsyncIteration:

@@ -133,6 +133,22 @@ def test_without_other_parents_the_seed_gets_every_slot():
     assert {parent for _number, parent in run.started} == {run.parents[0].id}
 
 
+def test_an_in_order_download_starts_with_its_first_piece_alone_then_goes_in_order():
+    run = Round(_peer("seed", seed=True))
+    run.dispatcher = PieceDispatcher(
+        PIECES * PIECE_LENGTH, PIECE_LENGTH, skip=[2], concurrency=4, selector=run.selector, in_order=True
+    )
+    run.has(0, range(PIECES))
+    run.run()
+    assert run.started == [(0, run.parents[0].id)]
+    run.run()
+    assert [number for number, _parent in run.started] == [0, 1, 3, 4]
+    # Not idle any more (a piece is in flight or in): the next pieces follow in order, as many as the slots allow.
+    run.dispatcher.succeeded(0, seconds=0.1)
+    run.run()
+    assert [number for number, _parent in run.started] == [0, 1, 3, 4, 5]
+
+
 def test_each_peer_parent_gets_a_share_of_the_slots():
     run = Round(_peer("a"), _peer("b"), _peer("c"), _peer("d"))
     run.has(0, range(PIECES))
