@@ -11,6 +11,9 @@
 #   DRAGONFLY_REF   dragonflyoss/dragonfly tag or commit for the Go scheduler (default v2.5.1)
 #   CLIENT_VERSION  crates.io dragonfly-client version (default 1.5.10)
 #   API_REF         dragonflyoss/api commit the validation table is checked against (default: the one it names)
+#   ROCKSDB_LIB_DIR read by the client's librocksdb-sys: a directory holding a prebuilt librocksdb (RocksDB 10.4, the
+#                   one librocksdb-sys 0.17 binds) to link instead of compiling RocksDB's ~330 C++ files, most of the
+#                   build on a busy machine; the binaries then load it at run time (ld.so.conf or LD_LIBRARY_PATH)
 # Needs git and Go (scheduler); cargo plus Debian's clang libclang-dev protobuf-compiler cmake (client, RocksDB is
 # compiled from C++; installed here with apt-get when run as root). Already-built binaries are kept.
 set -euo pipefail
