@@ -69,8 +69,10 @@ def describe_rpc_error(
 
     code, details = error.code(), error.details() or ""
     # UNAVAILABLE is both gRPC's "no connection" and a status the daemon itself may answer with (origin or
-    # scheduler unreachable); only a socket that no longer accepts connections means the daemon is gone.
-    if code == grpc.StatusCode.UNAVAILABLE and not _daemon_listening(endpoint):
+    # scheduler unreachable); only a socket that no longer accepts connections means the daemon is gone. A daemon
+    # killed mid-stream can also end the call with UNKNOWN ("Stream removed", connection reset).
+    lost = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN)
+    if lost and not _daemon_listening(endpoint):
         if not received:
             return DownloadFailed(f"cannot connect to dfdaemon at {endpoint} ({details}); is it running? {START_HINT}")
         return DownloadFailed(f"lost the connection to dfdaemon at {endpoint} during the download: {details}")
