@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from interop_helpers import GoScheduler, MiB, daemon_overrides, make_file, metric, needs_go, sha256
 
 from dragonfly.cli.cluster import LocalCluster, OriginProcess
+from tests.waiting import wait_for
 
 pytestmark = needs_go
 # (file size, origin bytes/s per request): half-way, 8 pieces of 4 MiB fetched at once in 0.5 s each, peer-1 killed at
@@ -36,14 +35,6 @@ PIECE = 4 * MiB
 FROM_PEERS = 'type="REMOTE_PEER"'
 FROM_ORIGIN = 'type="BACK_TO_SOURCE"'
 TRAFFIC = "dragonfly_client_download_traffic"
-
-
-def wait_for(condition: str, check: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {condition}")
-        time.sleep(0.05)
 
 
 def dfget(cluster: LocalCluster, name: str, url: str, output: Path) -> subprocess.Popen[str]:
@@ -70,13 +61,15 @@ def churn(
         return metric(cluster.process(peer).listening["metrics"], TRAFFIC, kind)
 
     if scenario == "half-way":
-        wait_for("peer-1's first bytes", lambda: origin.bytes_served(name) >= PIECE)
+        wait_for(lambda: origin.bytes_served(name) >= PIECE, 60, "peer-1's first bytes")
         children = [dfget(cluster, peer, url, tmp_path / f"{peer}.out") for peer in peers[1:]]
-        wait_for("peer-1 half-way through its first pieces", lambda: origin.bytes_served(name) >= size // 2)
+        wait_for(lambda: origin.bytes_served(name) >= size // 2, 60, "peer-1 half-way through its first pieces")
     else:
-        wait_for("peer-1's first piece", lambda: traffic(peers[0], FROM_ORIGIN) >= PIECE)
+        wait_for(lambda: traffic(peers[0], FROM_ORIGIN) >= PIECE, 60, "peer-1's first piece")
         children = [dfget(cluster, peer, url, tmp_path / f"{peer}.out") for peer in peers[1:]]
-        wait_for("a piece from a peer on every child", lambda: all(traffic(p, FROM_PEERS) >= PIECE for p in peers[1:]))
+        wait_for(
+            lambda: all(traffic(p, FROM_PEERS) >= PIECE for p in peers[1:]), 60, "a piece from a peer on every child"
+        )
     from_origin = traffic(peers[0], FROM_ORIGIN)
     fed = [traffic(p, FROM_PEERS) for p in peers[1:]]
     cluster.kill(peers[0])
