@@ -123,7 +123,6 @@ class Dfdaemon:
             channels=self.channels,
             executor=self._download_executor,
             host_id=self.host_id,
-            ip=self.ip,
             vortex_tls=tls.client_ssl_context(self.tls.upload_client) if self.tls.upload_client else None,
             concurrent_piece_count=concurrency,
             piece_timeout=config.download.piece_timeout,

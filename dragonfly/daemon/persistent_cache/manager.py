@@ -47,7 +47,6 @@ class PersistentCacheManager:
         channels: ParentChannels,
         executor: Executor,
         host_id: str,
-        ip: str,
         vortex_tls: ssl.SSLContext | None,
         concurrent_piece_count: int,
         piece_timeout: float,

@@ -27,7 +27,6 @@ def manager(directory: Path, executor: ThreadPoolExecutor) -> PersistentCacheMan
         channels=ParentChannels(),
         executor=executor,
         host_id="127.0.0.1-test",
-        ip="127.0.0.1",
         vortex_tls=None,
         concurrent_piece_count=2,
         piece_timeout=5.0,
