@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from dragonfly.cli.services import RedisProcess
-from dragonfly.manager import bootstrap, config, db
+from dragonfly.manager import bootstrap, config, db, models
 from dragonfly.manager.api.app import create_app, wrap
 from dragonfly.manager.auth import SigninLimiter
 from dragonfly.manager.context import ManagerContext
@@ -54,6 +54,23 @@ class API:
         assert response.status_code == 201, response.text
         out: dict[str, Any] = response.json()
         return out
+
+
+async def add_scheduler(ctx: ManagerContext, scheduler_addr: str) -> None:
+    """Register a running scheduler (``host:port``) as active in cluster 1 with the preheat feature."""
+    host, port = scheduler_addr.rsplit(":", 1)
+    async with ctx.sessions() as session:
+        session.add(
+            models.Scheduler(
+                hostname="scheduler",
+                ip=host,
+                port=int(port),
+                state=models.STATE_ACTIVE,
+                features=["schedule", "preheat"],
+                scheduler_cluster_id=1,
+            )
+        )
+        await session.commit()
 
 
 def manager_config(

@@ -25,7 +25,7 @@ from sqlalchemy import text
 from dragonfly.cli.cluster import LocalCluster
 from dragonfly.cli.registry import RegistryProcess, build_image, push
 from dragonfly.cli.services import RedisProcess
-from dragonfly.manager import bootstrap, config, db, models
+from dragonfly.manager import bootstrap, config, db
 from dragonfly.manager.api.app import create_app, wrap
 from dragonfly.manager.auth import SigninLimiter
 from dragonfly.manager.context import ManagerContext
@@ -35,7 +35,7 @@ from dragonfly.manager.jobs.queue import MemoryQueue
 from dragonfly.manager.jobs.sealing import Sealer, SecretsUnavailable, ensure_key_file, key_id, read_key_file
 from dragonfly.manager.jobs.store import DatabaseJobStore
 
-from .conftest import ROOT_PASSWORD, database_for, manager_config
+from .conftest import ROOT_PASSWORD, add_scheduler, database_for, manager_config
 
 needs_registry = pytest.mark.skipif(
     not all(shutil.which(tool) for tool in ("docker-registry", "skopeo", "htpasswd")),
@@ -186,22 +186,6 @@ async def create_job(manager: Manager, url: str) -> int:
     return int(job["id"])
 
 
-async def add_scheduler(manager: Manager, cluster: LocalCluster) -> None:
-    host, port = cluster.scheduler_addr.rsplit(":", 1)
-    async with manager.ctx.sessions() as session:
-        session.add(
-            models.Scheduler(
-                hostname="scheduler",
-                ip=host,
-                port=int(port),
-                state=models.STATE_ACTIVE,
-                features=["schedule", "preheat"],
-                scheduler_cluster_id=1,
-            )
-        )
-        await session.commit()
-
-
 @needs_registry
 async def test_credentials_are_sealed_in_the_row_and_used_after_a_restart(
     managers: Managers,
@@ -213,7 +197,7 @@ async def test_credentials_are_sealed_in_the_row_and_used_after_a_restart(
     url = f"{auth_registry.url}/v2/{REPOSITORY}/manifests/v1"
     cfg = managers.config()
     first = await managers.open(cfg, run_jobs=False)
-    await add_scheduler(first, cluster)
+    await add_scheduler(first.ctx, cluster.scheduler_addr)
     job_id = await create_job(first, url)
 
     row = await first.raw_row(job_id)
@@ -265,7 +249,7 @@ async def test_two_managers_sharing_a_database_queue_and_key_run_each_others_job
     database = {**(managers.database or {"url": f"sqlite:///{tmp_path / 'shared' / 'manager.db'}"})}
     database["redis"] = {"addrs": [f"127.0.0.1:{redis_server.port}"]}
     first = await managers.open(managers.config(name="a", database=database, secretKeyFile=str(key)), run_jobs=False)
-    await add_scheduler(first, cluster)
+    await add_scheduler(first.ctx, cluster.scheduler_addr)
     job_id = await create_job(first, f"{auth_registry.url}/v2/{REPOSITORY}/manifests/v1")
     second = await managers.open(managers.config(name="b", database=database, secretKeyFile=str(key)), run_jobs=True)
     assert not (tmp_path / "b" / "manager" / "job-secret.key").exists()

@@ -19,13 +19,13 @@ import pytest
 from dragonfly.cli.cluster import LocalCluster, OriginProcess
 from dragonfly.cli.registry import RegistryProcess, build_multi_platform_image, push
 from dragonfly.common import oci
-from dragonfly.manager import bootstrap, db, models
+from dragonfly.manager import bootstrap, db
 from dragonfly.manager.api.app import create_app, wrap
 from dragonfly.manager.auth import SigninLimiter
 from dragonfly.manager.context import ManagerContext
 from dragonfly.manager.jobs.api import extension, start_jobs, stop_jobs
 
-from .conftest import API, ROOT_PASSWORD, manager_config
+from .conftest import API, ROOT_PASSWORD, add_scheduler, manager_config
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(tool) for tool in ("docker-registry", "skopeo")),
@@ -71,19 +71,7 @@ async def jobs_api(tmp_path: Path, cluster: LocalCluster) -> AsyncIterator[API]:
     ctx = ManagerContext(cfg, engine, db.session_factory(engine), SigninLimiter(3, 60))
     await db.migrate(engine)
     await bootstrap.bootstrap(ctx.sessions, ROOT_PASSWORD)
-    host, port = cluster.scheduler_addr.rsplit(":", 1)
-    async with ctx.sessions() as session:
-        session.add(
-            models.Scheduler(
-                hostname="scheduler",
-                ip=host,
-                port=int(port),
-                state=models.STATE_ACTIVE,
-                features=["schedule", "preheat"],
-                scheduler_cluster_id=1,
-            )
-        )
-        await session.commit()
+    await add_scheduler(ctx, cluster.scheduler_addr)
     app = wrap(create_app(ctx, [extension()]), ctx)
     await start_jobs(ctx)
     try:

@@ -25,6 +25,7 @@ import yaml
 from dragonfly.cli.cluster import LocalCluster, ManagedProcess, OriginProcess, free_ports
 from dragonfly.cli.services import RedisProcess
 from tests.postgres import PostgresServer
+from tests.waiting import wait_for
 
 ROOT_PASSWORD = "ha-root-password"
 MIB = 1024 * 1024
@@ -90,12 +91,14 @@ def test_two_managers_run_10_jobs_once_and_survive_a_kill(
         try:
             first_url = cluster.manager_url
             session = rest(first_url, "POST", "/api/v1/users/signin", {"name": "root", "password": ROOT_PASSWORD})
-            deadline = time.monotonic() + 60
-            while not any(
-                s["state"] == "active" for s in rest(other_url, "GET", "/api/v1/schedulers", token=session["token"])
-            ):
-                assert time.monotonic() < deadline, "the scheduler did not become active within 60 s"
-                time.sleep(0.2)
+            wait_for(
+                lambda: any(
+                    s["state"] == "active" for s in rest(other_url, "GET", "/api/v1/schedulers", token=session["token"])
+                ),
+                60,
+                "the scheduler to become active",
+                interval=0.2,
+            )
             expires = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
             token = rest(
                 first_url,
@@ -123,10 +126,7 @@ def test_two_managers_run_10_jobs_once_and_survive_a_kill(
                     if job["progress"].get("manager") == killed_name and job["progress"].get("phase") == "running"
                 }
 
-            deadline = time.monotonic() + 60
-            while not running_on_the_first_manager():
-                assert time.monotonic() < deadline, "the first manager ran no job within 60 s"
-                time.sleep(0.1)
+            wait_for(running_on_the_first_manager, 60, "the first manager to run a job", interval=0.1)
             cluster.kill("manager")
             # What it was running when it died, read before any lease (30 s) lapses: a job listed before the kill
             # may have ended in between, and one may have started; a dead manager's rows stay as they were. It may
@@ -135,13 +135,11 @@ def test_two_managers_run_10_jobs_once_and_survive_a_kill(
             origin.clear_faults()
 
             # The second manager takes the jobs over once their leases (30 s) lapse.
-            deadline = time.monotonic() + 300
-            while True:
+            def every_job_ended() -> list[dict[str, Any]] | None:
                 jobs = [rest(other_url, "GET", f"/oapi/v1/jobs/{i}", token=token) for i in ids]
-                if all(job["state"] != "PENDING" for job in jobs):
-                    break
-                assert time.monotonic() < deadline, [(j["id"], j["state"], j["progress"]) for j in jobs]
-                time.sleep(1.0)
+                return jobs if all(job["state"] != "PENDING" for job in jobs) else None
+
+            jobs = wait_for(every_job_ended, 300, "the second manager to end every job", interval=1.0)
         finally:
             other.stop()
     assert [job["state"] for job in jobs] == ["SUCCESS"] * 10, [(j["id"], j["result"]) for j in jobs]
