@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from bench import scheduler_load
+from bench import scheduler_layout, scheduler_report
 
 
 def _args(**overrides: int) -> argparse.Namespace:
@@ -16,7 +16,7 @@ def _args(**overrides: int) -> argparse.Namespace:
 
 
 def test_children_never_share_a_host_with_their_tasks_source_and_each_client_plays_a_disjoint_share() -> None:
-    layout = scheduler_load.Layout(_args())
+    layout = scheduler_layout.Layout(_args())
     assert len(layout.tasks) == 5
     assert layout.children == 495
     assert layout.late == 49
@@ -41,12 +41,12 @@ def test_full_collections_are_read_from_the_generation_2_histogram() -> None:
             'dragonfly_scheduler_python_gc_pause_seconds_sum{generation="2"} 4.25',
         ]
     )
-    assert scheduler_load.full_collections(text) == {"count": 3.0, "seconds": 4.25, "longest_le_s": 2.5}
-    assert scheduler_load.full_collections("")["count"] == 0
+    assert scheduler_report.full_collections(text) == {"count": 3.0, "seconds": 4.25, "longest_le_s": 2.5}
+    assert scheduler_report.full_collections("")["count"] == 0
 
 
 def test_histogram_quantile_interpolates_within_the_bucket_of_the_rank() -> None:
     before = [(0.001, 0.0), (0.002, 0.0), (float("inf"), 0.0)]
     after = [(0.001, 50.0), (0.002, 100.0), (float("inf"), 100.0)]
-    assert scheduler_load.histogram_quantile(before, after, 0.5) == pytest.approx(1.0)
-    assert scheduler_load.histogram_quantile(before, after, 0.99) == pytest.approx(1.98)
+    assert scheduler_report.histogram_quantile(before, after, 0.5) == pytest.approx(1.0)
+    assert scheduler_report.histogram_quantile(before, after, 0.99) == pytest.approx(1.98)
