@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import multiprocessing
 import time
 import uuid
@@ -20,17 +21,21 @@ PHASE_TIMEOUT_SECONDS = 1800.0
 class Swarm:
     """One client process's share of the hosts, tasks and peers, over a few HTTP/2 connections."""
 
-    def __init__(self, addr: str, args: argparse.Namespace, index: int = 0, count: int = 1) -> None:
+    def __init__(
+        self, addr: str, args: argparse.Namespace, index: int = 0, count: int = 1, *, probe: bool = False
+    ) -> None:
         import grpc
         from dragonfly_api import scheduler_pb2_grpc
 
         self.args = args
         self.index, self.count = index, count
+        # The probe process plays only the probe children, on a connection of its own.
+        self.probe = probe
         self.layout = Layout(args)
         # Separate subchannel pools give separate TCP connections, as the Rust client's 10 pooled ones.
         self.channels = [
             grpc.aio.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)])
-            for _ in range(max(args.connections // count, 1))
+            for _ in range(1 if probe else max(args.connections // count, 1))
         ]
         self.stubs = [scheduler_pb2_grpc.SchedulerStub(channel) for channel in self.channels]
         self.register_concurrency = max(args.register_concurrency // count, 1)
@@ -65,6 +70,8 @@ class Swarm:
     # phases, run on the parent's command
 
     async def phase_announce(self) -> dict[str, Any]:
+        if self.probe:
+            return {}
         from dragonfly_api import scheduler_pb2
 
         async def announce(index: int) -> None:
@@ -76,6 +83,8 @@ class Swarm:
         return {}
 
     async def phase_sources(self) -> dict[str, Any]:
+        if self.probe:
+            return {"peers": 0}
         layout = self.layout
         sources = [self.peer(t, layout.tasks[t], layout.source_host(t)) for t in self.mine(len(layout.tasks))]
         await bounded(32, [lambda p=p: p.register(source=True) for p in sources])
@@ -84,11 +93,77 @@ class Swarm:
 
     async def phase_register(self) -> dict[str, Any]:
         layout = self.layout
-        for index in self.mine(layout.children):
-            peer = self.peer(index, *layout.child(index))
-            (self.late if index >= layout.children - layout.late else self.early).append(peer)
+        if self.probe:
+            self.early = [self.peer(index, *layout.child(index)) for index in layout.probe_children()]
+            return {"latencies": []}
+        self.early = [self.peer(index, *layout.child(index)) for index in layout.early(self.index, self.count)]
+        self.late = [self.peer(index, *layout.child(index)) for index in layout.late_children(self.index, self.count)]
         latencies = await bounded(self.register_concurrency, [lambda p=p: p.register() for p in self.early])
         return {"latencies": latencies}
+
+    async def phase_probe(self) -> dict[str, Any]:
+        """Probe: register the probe children one at a time, spread over ``--churn`` seconds (back to back without
+        churn); bulk clients: churn for that long (peers register, report every piece, finish and are deleted).
+        """
+        if self.probe:
+            return {"latencies": await self._probe(), "churned": 0}
+        latencies = await self._churn() if self.args.churn > 0 else []
+        return {"latencies": latencies, "churned": len(latencies)}
+
+    async def _probe(self) -> list[float]:
+        """Time each decision with nothing else in flight in this process and its cyclic collector off.
+
+        So the figure is the scheduler's answer time plus the transport (both ends' gRPC and the loopback), without
+        client-side queueing behind other streams or client-side collections.
+        """
+        interval = self.args.churn / len(self.early) if self.args.churn > 0 and self.early else 0.0
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        try:
+            started = time.monotonic()
+            latencies = []
+            for number, peer in enumerate(self.early):
+                delay = started + number * interval - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                latencies.append(await peer.register())
+            return latencies
+        finally:
+            gc.enable()
+            gc.unfreeze()
+
+    async def _churn(self) -> list[float]:
+        """Start this client's share of ``--churn-rate`` new peers a second until ``--churn`` seconds have passed;
+        each registers, reports every piece, finishes and is deleted. Return their decision latencies."""
+        from dragonfly_api import scheduler_pb2
+
+        layout, args = self.layout, self.args
+        indices = layout.early(self.index, self.count)
+        interval = self.count / args.churn_rate
+        in_flight = asyncio.Semaphore(max(args.churn_concurrency // self.count, 1))
+        latencies: list[float] = []
+
+        async def one(index: int) -> None:
+            try:
+                peer = self.peer(index, *layout.child(index))
+                latencies.append(await peer.register())
+                await peer.download()
+                request = scheduler_pb2.DeletePeerRequest(host_id=peer.host.id, task_id=peer.task, peer_id=peer.id)
+                await peer.stub.DeletePeer(request, timeout=30)
+            finally:
+                in_flight.release()
+
+        started = time.monotonic()
+        jobs: list[asyncio.Task[None]] = []
+        for number in range(int(args.churn / interval)):
+            delay = started + number * interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await in_flight.acquire()  # a peer starts late rather than piling up when the scheduler falls behind
+            jobs.append(asyncio.create_task(one(indices[number % len(indices)])))
+        await asyncio.gather(*jobs)
+        return latencies
 
     async def phase_flood(self) -> dict[str, Any]:
         async def late_peer(peer: PeerStream) -> float:
@@ -112,7 +187,7 @@ class PeerStream:
         self.task = task
         self.host = host
         self.id = f"{host.ip}-{host.hostname}-{uuid.uuid4()}"
-        self._stub = stub
+        self.stub = stub
         # Opened on register: tens of thousands of idle calls opened up front would queue in grpc-core, which
         # cancels calls the server has not picked up in time.
         self.call: Any = None
@@ -132,7 +207,7 @@ class PeerStream:
             register_peer_request=scheduler_pb2.RegisterPeerRequest(download=self.swarm.download(source=source))
         )
         started = time.perf_counter()
-        self.call = self._stub.AnnouncePeer()
+        self.call = self.stub.AnnouncePeer()
         try:
             await self.call.write(request)
         except asyncio.InvalidStateError:
@@ -207,13 +282,18 @@ class PeerStream:
 # the load-client processes
 
 
-def client_process(conn: Connection, addr: str, args: argparse.Namespace, index: int, count: int) -> None:
-    """Entry point of load-client ``index`` of ``count``: run the phases the parent sends, answer with figures."""
-    asyncio.run(_client_loop(conn, addr, args, index, count))
+def client_process(
+    conn: Connection, addr: str, args: argparse.Namespace, index: int, count: int, probe: bool = False
+) -> None:
+    """Entry point of load-client ``index`` of ``count`` (or of the probe): run the phases the parent sends, answer
+    with figures."""
+    asyncio.run(_client_loop(conn, addr, args, index, count, probe))
 
 
-async def _client_loop(conn: Connection, addr: str, args: argparse.Namespace, index: int, count: int) -> None:
-    swarm = Swarm(addr, args, index, count)
+async def _client_loop(
+    conn: Connection, addr: str, args: argparse.Namespace, index: int, count: int, probe: bool
+) -> None:
+    swarm = Swarm(addr, args, index, count, probe=probe)
     try:
         while True:
             # Waiting on a thread keeps this loop serving the open streams meanwhile.
@@ -232,16 +312,20 @@ async def _client_loop(conn: Connection, addr: str, args: argparse.Namespace, in
 
 
 class Clients:
-    """``count`` load-client processes driven phase by phase; every phase waits for all of them."""
+    """``count`` bulk load-client processes and the probe process, driven phase by phase; every phase waits for all
+    of them. ``run`` returns the probe's result last."""
 
     def __init__(self, addr: str, args: argparse.Namespace, count: int) -> None:
         context = multiprocessing.get_context("spawn")  # no grpc state inherited through fork
         self._conns: list[Connection] = []
         self._procs: list[Any] = []
-        for index in range(count):
+        for index in range(count + 1):
+            probe = index == count
             parent_end, child_end = context.Pipe()
             proc = context.Process(
-                target=client_process, args=(child_end, addr, args, index, count), name=f"bench-client-{index}"
+                target=client_process,
+                args=(child_end, addr, args, index, count, probe),
+                name="bench-probe" if probe else f"bench-client-{index}",
             )
             proc.start()
             child_end.close()

@@ -7,10 +7,12 @@ from typing import Any
 
 
 class Layout:
-    """Which host and task every peer has; the same in every client process (client k plays indices ≡ k mod n).
+    """Which host and task every peer has; the same in every client process.
 
     Task t's source peer is on host t; children never share a host with their task's source, so the source is
-    always a candidate.
+    always a candidate. The children are, in index order: early (register in phase 1; bulk client k of n plays
+    indices ≡ k mod n), probe (``probe_peers`` of them, all played by the probe process, registered one at a time
+    in phase 1b), late (the last 10 %, registered during the flood, shared like the early ones).
     """
 
     def __init__(self, args: argparse.Namespace) -> None:
@@ -19,6 +21,9 @@ class Layout:
         self.first_child_host = min(len(self.tasks), self.hosts - 1)
         self.children = args.peers - len(self.tasks)
         self.late = self.children // 10
+        # At most half the early children, so the bulk clients still fill the scheduler before the probe runs.
+        self.probes = min(args.probe_peers, (self.children - self.late) // 2)
+        self.probe_start = self.children - self.late - self.probes
 
     def source_host(self, task: int) -> int:
         return task % self.hosts
@@ -27,6 +32,19 @@ class Layout:
         """Return the task id and host index of child ``index``."""
         child_hosts = self.hosts - self.first_child_host
         return self.tasks[index % len(self.tasks)], self.first_child_host + index % child_hosts
+
+    def early(self, client: int, clients: int) -> range:
+        """Return the early children bulk client ``client`` of ``clients`` plays."""
+        return range(client, self.probe_start, clients)
+
+    def late_children(self, client: int, clients: int) -> range:
+        """Return the late children bulk client ``client`` of ``clients`` plays."""
+        first = self.children - self.late
+        return range(first + (client - first) % clients, self.children, clients)
+
+    def probe_children(self) -> range:
+        """Return the children the probe process plays."""
+        return range(self.probe_start, self.children - self.late)
 
 
 def host_message(index: int) -> Any:

@@ -1,12 +1,20 @@
 """`python -m bench scheduler` (or `python -m bench.scheduler_load`): scheduler load from other processes.
 
-A real scheduler process (`python -m dragonfly.cli.scheduler`) and ``--clients`` load-client processes, over gRPC:
+A real scheduler process (`python -m dragonfly.cli.scheduler`), ``--clients`` bulk load-client processes and one
+probe process, over gRPC:
 
 0. the hosts announce (1,000 by default); one source peer per task registers, goes to the origin and reports every
    piece;
 1. "register": 90 % of the peers register (``--register-concurrency`` in flight over all clients) and keep their
    streams open; each decision's latency is measured from the register message to the response (client side) and
-   from the scheduler's histogram (server side);
+   from the scheduler's histogram (server side); with tens of thousands of streams per bulk client, the client side
+   also holds that client's own queueing and collections;
+1b. "probe": the probe process registers ``--probe-peers`` peers one at a time (spread over ``--churn`` seconds,
+   back to back without churn) and times each decision from the register message to the response, with nothing
+   else in flight in that process and its cyclic collector off: the decision latency as a client sees it, without
+   the load generator's own queueing. Meanwhile, with ``--churn``, the bulk clients churn ``--churn-rate`` new
+   peers a second (register, report every piece, finish, DeletePeer), so the scheduler allocates and frees peers
+   at a steady pace for that long (RSS before and after, full collections during it);
 2. "flood": those peers report all their pieces and finish (``--flood-streams`` at a time), as fast as the
    clients can send, while the last 10 % register a few at a time (decisions under load: the scheduler is
    saturated, so the client side includes the queue of piece messages ahead of each registration).
@@ -14,8 +22,9 @@ A real scheduler process (`python -m dragonfly.cli.scheduler`) and ``--clients``
 Piece reports/s = piece messages of phase 2 / its duration (until every stream was closed by the scheduler, so
 every message was processed). Baseline in the same run: the same clients against a no-op AnnouncePeer server
 (`--serve-baseline`: bare grpc.aio, answers each register with NeedBackToSource) — its rate is the ceiling the
-transport and these clients allow. The scheduler's RSS is read when it is ready, after the hosts announced, after
-phase 1 and at the end (every peer still held): RSS per host and per 1,000 peers are the differences.
+transport and these clients allow; its probe latency is the floor of the transport and this machine. The
+scheduler's RSS is read when it is ready, after the hosts announced, after phases 1 and 1b and at the end (every
+peer still held): RSS per host and per 1,000 peers are the differences.
 
 ``--scale 1000,10000`` runs the whole benchmark once per host count (peers = hosts × peers/host of
 ``--hosts``/``--peers``, a fresh scheduler each time) and reports how decision latency and RSS grow with the size.
@@ -129,6 +138,9 @@ async def serve_baseline() -> int:
         async def AnnounceHost(self, request: Any, context: Any) -> Any:
             return empty_pb2.Empty()
 
+        async def DeletePeer(self, request: Any, context: Any) -> Any:
+            return empty_pb2.Empty()
+
         async def AnnouncePeer(self, requests: Any, context: Any) -> AsyncIterator[Any]:
             async for request in requests:
                 kind = request.WhichOneof("request")
@@ -173,7 +185,15 @@ def drive(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any]:
         registered = clients.run("register")
         register_seconds = time.perf_counter() - register_started
         rss["registered"] = server.rss()
-        after_register = scrape_histogram(metrics_addr) if metrics_addr else []
+        register_text = scrape(metrics_addr) if metrics_addr else ""
+        after_register = decision_buckets(register_text)
+
+        probe_started = time.perf_counter()
+        probed = clients.run("probe")
+        probe_seconds = time.perf_counter() - probe_started
+        rss["probed"] = server.rss()
+        probe_text = scrape(metrics_addr) if metrics_addr else ""
+        after_probe = decision_buckets(probe_text)
 
         flood_started = time.perf_counter()
         flooded = clients.run("flood")
@@ -198,6 +218,10 @@ def drive(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any]:
         "decisions": decisions,
         "register_seconds": register_seconds,
         "decision_idle": quantiles([x for result in registered for x in result["latencies"]]),
+        "decision_probe": quantiles(probed[-1]["latencies"]),
+        "probe_seconds": probe_seconds,
+        "churned_peers": sum(result["churned"] for result in probed),
+        "decision_churn": quantiles([x for result in probed[:-1] for x in result["latencies"]]),
         "decision_under_flood": quantiles([x for result in flooded for x in result["latencies"]]),
         "flood_seconds": flood_seconds,
         "piece_reports": pieces,
@@ -209,13 +233,19 @@ def drive(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any]:
     }
     if metrics_addr:
         figures["full_gc"] = full_collections(end_text)
+        during_probe = (full_collections(register_text), full_collections(probe_text))
+        figures["full_gc_probe"] = {key: during_probe[1][key] - during_probe[0][key] for key in ("count", "seconds")}
+        figures["server_decision_probe"] = {
+            "p50_ms": histogram_quantile(after_register, after_probe, 0.5),
+            "p99_ms": histogram_quantile(after_register, after_probe, 0.99),
+        }
         figures["server_decision_idle"] = {
             "p50_ms": histogram_quantile(before, after_register, 0.5),
             "p99_ms": histogram_quantile(before, after_register, 0.99),
         }
         figures["server_decision_under_flood"] = {
-            "p50_ms": histogram_quantile(after_register, after_flood, 0.5),
-            "p99_ms": histogram_quantile(after_register, after_flood, 0.99),
+            "p50_ms": histogram_quantile(after_probe, after_flood, 0.5),
+            "p99_ms": histogram_quantile(after_probe, after_flood, 0.99),
         }
     return figures
 
@@ -313,6 +343,19 @@ def main(argv: list[str] | None = None) -> int:
         "--scale",
         help="comma-separated host counts, e.g. 1000,10000: one run per count, peers scaled with hosts, growth table",
     )
+    parser.add_argument(
+        "--probe-peers",
+        type=int,
+        default=1000,
+        help="peers the probe process registers one at a time after phase 1 (at most half the early ones)",
+    )
+    parser.add_argument(
+        "--churn", type=float, default=0.0, help="seconds of churn while the probe runs (0: the probe alone)"
+    )
+    parser.add_argument("--churn-rate", type=float, default=100.0, help="new peers a second during the churn")
+    parser.add_argument(
+        "--churn-concurrency", type=int, default=64, help="churning peers in flight at most, all clients"
+    )
     parser.add_argument("--no-baseline", action="store_true", help="skip the no-op server runs")
     parser.add_argument(
         "--gc-freeze", type=float, default=0.0, help="the scheduler's scheduler.gc.pythonGCFreezeInterval (seconds)"
@@ -325,9 +368,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_baseline:
         return asyncio.run(serve_baseline())
     if args.quick:
-        args.peers, args.pieces = 2000, 8
+        args.peers, args.pieces, args.probe_peers = 2000, 8, 200
     if args.hosts < 2 or args.peers < 2 * max(args.peers // args.peers_per_task, 1) or args.clients < 1:
         parser.error("need >= 2 hosts, more children than tasks, and >= 1 client")
+    if args.probe_peers < 1 or args.churn < 0 or args.churn_rate <= 0 or args.churn_concurrency < 1:
+        parser.error("need --probe-peers >= 1, --churn >= 0, --churn-rate > 0 and --churn-concurrency >= 1")
     sizes = [int(size) for size in args.scale.split(",")] if args.scale else [args.hosts]
     from dragonfly.common import native
 

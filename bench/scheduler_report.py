@@ -88,10 +88,26 @@ def print_table(result: dict[str, Any], args: dict[str, Any]) -> None:
     def baseline(key: str) -> str:
         return f"{base[key]:,.0f}" if base else "-"
 
+    def probe(quantile: str) -> str:
+        return f"{base['decision_probe'][quantile]:.2f} ms" if base else "-"
+
     rss = ours["rss_mib"]
     gc = ours["full_gc"]
+    gc_probe = ours["full_gc_probe"]
     rows = [
         ("piece reports/s", f"{ours['piece_reports_per_second']:,.0f}", baseline("piece_reports_per_second")),
+        ("decision p50 (probe, client)", f"{ours['decision_probe']['p50_ms']:.2f} ms", probe("p50_ms")),
+        ("decision p99 (probe, client)", f"{ours['decision_probe']['p99_ms']:.2f} ms", probe("p99_ms")),
+        ("decision max (probe, client)", f"{ours['decision_probe']['max_ms']:.2f} ms", probe("max_ms")),
+        ("decision p50 (probe, server)", f"{ours['server_decision_probe']['p50_ms']:.2f} ms", "-"),
+        ("decision p99 (probe, server)", f"{ours['server_decision_probe']['p99_ms']:.2f} ms", "-"),
+        ("churned peers / p99 decision", f"{ours['churned_peers']} / {ours['decision_churn']['p99_ms']:.2f} ms", "-"),
+        ("full GCs during the probe", f"{gc_probe['count']:.0f} / {gc_probe['seconds']:.2f} s", "-"),
+        (
+            "RSS before/after the probe",
+            f"{rss['registered']:.0f}/{rss['probed']:.0f} MiB",
+            stage(base, "registered", "probed"),
+        ),
         ("decision p50 (idle, client)", f"{ours['decision_idle']['p50_ms']:.2f} ms", "-"),
         ("decision p99 (idle, client)", f"{ours['decision_idle']['p99_ms']:.2f} ms", "-"),
         ("decision p50 (flood, client)", f"{ours['decision_under_flood']['p50_ms']:.2f} ms", "-"),
@@ -124,7 +140,14 @@ def growth(sizes: list[dict[str, Any]]) -> dict[str, Any]:
     small, large = sizes[0]["scheduler"], sizes[-1]["scheduler"]
     extra_hosts = (large["hosts"] - small["hosts"]) / 1000
     figures: dict[str, Any] = {"hosts": [small["hosts"], large["hosts"]]}
-    for key in ("server_decision_idle", "server_decision_under_flood", "decision_idle", "decision_under_flood"):
+    for key in (
+        "server_decision_idle",
+        "server_decision_under_flood",
+        "server_decision_probe",
+        "decision_idle",
+        "decision_under_flood",
+        "decision_probe",
+    ):
         for quantile in ("p50_ms", "p99_ms"):
             a, b = small[key][quantile], large[key][quantile]
             figures[f"{key}.{quantile}"] = {
@@ -145,6 +168,8 @@ def print_growth(sizes: list[dict[str, Any]], figures: dict[str, Any]) -> None:
         ("server_decision_under_flood", "server flood"),
         ("decision_idle", "client idle"),
         ("decision_under_flood", "client flood"),
+        ("server_decision_probe", "server probe"),
+        ("decision_probe", "client probe"),
     ):
         for quantile in ("p50_ms", "p99_ms"):
             grown = figures[f"{key}.{quantile}"]

@@ -10,7 +10,7 @@ from bench import scheduler_layout, scheduler_report
 
 
 def _args(**overrides: int) -> argparse.Namespace:
-    values = {"hosts": 50, "peers": 500, "peers_per_task": 100, "clients": 3}
+    values = {"hosts": 50, "peers": 500, "peers_per_task": 100, "clients": 3, "probe_peers": 40}
     values.update(overrides)
     return argparse.Namespace(**values)
 
@@ -20,15 +20,30 @@ def test_children_never_share_a_host_with_their_tasks_source_and_each_client_pla
     assert len(layout.tasks) == 5
     assert layout.children == 495
     assert layout.late == 49
+    assert layout.probes == 40
     source_hosts = {layout.source_host(t) for t in range(len(layout.tasks))}
     for index in range(layout.children):
         task, host = layout.child(index)
         assert host != layout.source_host(layout.tasks.index(task))
         assert host not in source_hosts
         assert 0 <= host < layout.hosts
-    shares = [set(range(k, layout.children, 3)) for k in range(3)]
-    assert set().union(*shares) == set(range(layout.children))
-    assert sum(len(share) for share in shares) == layout.children
+    probe = list(layout.probe_children())
+    assert len(probe) == 40
+    early = [list(layout.early(k, 3)) for k in range(3)]
+    late = [list(layout.late_children(k, 3)) for k in range(3)]
+    played = [index for share in early + late for index in share] + probe
+    assert sorted(played) == list(range(layout.children)), "every child is played once, by one process"
+    for k in range(3):
+        assert all(index % 3 == k for index in early[k] + late[k])
+    assert sum(len(share) for share in late) == layout.late
+    assert max(max(share) for share in early) < min(probe)
+    assert max(probe) < min(min(share) for share in late)
+
+
+def test_the_probe_takes_at_most_half_the_early_children() -> None:
+    layout = scheduler_layout.Layout(_args(probe_peers=10_000))
+    assert layout.probes == (layout.children - layout.late) // 2
+    assert len(layout.probe_children()) == layout.probes
 
 
 def test_full_collections_are_read_from_the_generation_2_histogram() -> None:
