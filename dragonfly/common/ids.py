@@ -14,50 +14,8 @@ from urllib.parse import unquote_to_bytes, urlsplit
 
 from dragonfly.common.errors import DragonflyError
 
-DEFAULT_FILTERED_QUERY_PARAMS: tuple[str, ...] = tuple(
-    dict.fromkeys(
-        [
-            # S3
-            "X-Amz-Algorithm",
-            "X-Amz-Credential",
-            "X-Amz-Date",
-            "X-Amz-Expires",
-            "X-Amz-SignedHeaders",
-            "X-Amz-Signature",
-            "X-Amz-Security-Token",
-            "X-Amz-User-Agent",
-            # GCS
-            "X-Goog-Algorithm",
-            "X-Goog-Credential",
-            "X-Goog-Date",
-            "X-Goog-Expires",
-            "X-Goog-SignedHeaders",
-            "X-Goog-Signature",
-            # OSS
-            "OSSAccessKeyId",
-            "Expires",
-            "Signature",
-            "SecurityToken",
-            # OBS (Signature and Expires repeat; the first occurrence wins)
-            "AccessKeyId",
-            "Signature",
-            "Expires",
-            "X-Obs-Date",
-            "X-Obs-Security-Token",
-            # COS
-            "q-sign-algorithm",
-            "q-ak",
-            "q-sign-time",
-            "q-key-time",
-            "q-header-list",
-            "q-url-param-list",
-            "q-signature",
-            "x-cos-security-token",
-            # containerd
-            "ns",
-        ]
-    )
-)
+# Re-exported: the task id's users find the default list here, dfget imports the light module directly.
+from dragonfly.common.filtered_query_params import DEFAULT_FILTERED_QUERY_PARAMS as DEFAULT_FILTERED_QUERY_PARAMS
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "ftp": 21}
 # WHATWG's special schemes: lower-cased hosts, "/" for an empty path; the others (s3, hdfs, hf...) are opaque.

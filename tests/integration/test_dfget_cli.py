@@ -225,6 +225,69 @@ def test_local_hit_without_piece_messages_counts_as_local(daemon: tuple[Scripted
     assert "from origin=0 seed=0 peers=0 local=10" in result.stderr
 
 
+# Modules a local hit does not need (issue 14: dfget's start is most of a local hit). grpc and protobuf bring
+# asyncio, logging, inspect and the like with them; these come only from dfget's own imports.
+NOT_ON_THE_DOWNLOAD_PATH = {
+    "dataclasses",
+    "hashlib",
+    "uuid",
+    "json",
+    "tempfile",
+    "dragonfly.common.ids",
+    "dragonfly.common.byte_range",
+    "dragonfly.common.redact",
+    "dragonfly.cli.dfget.recursive",
+}
+NOT_BEFORE_THE_SOCKET_IS_FOUND = {"grpc", "google.protobuf", "dragonfly_api", "asyncio", "logging"}
+
+
+def _imported(*args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run dfget under ``-X importtime``; return the result and every module it imported."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "dragonfly.cli.dfget", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = result.stderr.splitlines()
+    modules = {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
+    modules.discard("imported package")  # the header line
+    return result, modules
+
+
+def test_a_local_hit_imports_only_what_it_uses(daemon: tuple[ScriptedDaemon, str], tmp_path: Path) -> None:
+    _, sock = daemon
+    result, modules = _imported("http://127.0.0.1:9/local-hit", "-O", str(tmp_path / "o"), "-e", sock, "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "from origin=0 seed=0 peers=0 local=10" in result.stderr
+    assert {"grpc", "dragonfly_api.dfdaemon_pb2", "dragonfly.cli.dfget.client"} <= modules
+    assert not modules & NOT_ON_THE_DOWNLOAD_PATH, sorted(modules & NOT_ON_THE_DOWNLOAD_PATH)
+
+
+def test_no_daemon_is_reported_before_grpc_is_imported(tmp_path: Path) -> None:
+    result, modules = _imported(URL, "-O", str(tmp_path / "o"), "-e", str(tmp_path / "missing.sock"))
+    assert result.returncode == 1
+    assert "dfget: error: dfdaemon is not running" in result.stderr
+    assert "dragonfly.cli.dfget.parser" in modules
+    assert not modules & NOT_BEFORE_THE_SOCKET_IS_FOUND, sorted(modules & NOT_BEFORE_THE_SOCKET_IS_FOUND)
+
+
+def test_a_failed_flush_at_exit_gives_the_interpreters_status(tmp_path: Path) -> None:
+    # dfget ends its process without the interpreter's teardown, which is where a buffered standard output is
+    # flushed: a write that fails there must still fail the command, with the interpreter's status.
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "dragonfly.cli.dfget", "--version"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            env=env,
+            timeout=60,
+        )
+    assert result.returncode == 120
+    assert b"cannot write to standard output: No space left on device" in result.stderr
+
+
 def test_origin_status_is_shown(daemon: tuple[ScriptedDaemon, str], tmp_path: Path) -> None:
     _, sock = daemon
     out = tmp_path / "o"

@@ -6,6 +6,6 @@ verifies and writes the output file. Start-up stays light: arguments are parsed 
 protocol stubs are imported, so a bad command line or a missing daemon answers at once.
 """
 
-from dragonfly.cli.dfget.command import main
+from dragonfly.cli.dfget.command import main, run
 
-__all__ = ["main"]
+__all__ = ["main", "run"]

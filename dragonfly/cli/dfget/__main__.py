@@ -1,7 +1,5 @@
 """``python -m dragonfly.cli.dfget``."""
 
-import sys
+from dragonfly.cli.dfget.command import run
 
-from dragonfly.cli.dfget.command import main
-
-sys.exit(main())
+run()

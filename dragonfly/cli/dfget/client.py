@@ -37,7 +37,7 @@ def download(
     from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
     from google.protobuf import duration_pb2
 
-    from dragonfly.common.ids import DEFAULT_FILTERED_QUERY_PARAMS
+    from dragonfly.common.filtered_query_params import DEFAULT_FILTERED_QUERY_PARAMS
 
     filtered = args.filtered_query_param if args.filtered_query_param is not None else DEFAULT_FILTERED_QUERY_PARAMS
     timeout = DEFAULT_TIMEOUT if args.timeout is None else float(args.timeout)

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from typing import NoReturn
 
 import dragonfly
 from dragonfly.cli.arguments import parse_args
@@ -14,9 +15,31 @@ from dragonfly.cli.dfget.errors import DownloadFailed, fail
 from dragonfly.cli.dfget.output import check_output, download_and_stream, remove_partial, stream_target
 from dragonfly.cli.dfget.parser import build_parser, merge_range
 from dragonfly.cli.dfget.progress import human
-from dragonfly.cli.dfget.recursive import download_directory
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# What the interpreter exits with when it cannot flush standard output at exit.
+EXIT_FLUSH_FAILED = 120
+
+
+def run() -> NoReturn:
+    """Run dfget as a command (the console script and ``python -m``) and end the process without a teardown.
+
+    The interpreter's teardown (grpc, protobuf and some 250 modules) costs more than the local hit's download
+    itself (bench/RESULTS.md §3), and dfget holds nothing that needs it: its channel and files are closed and it
+    registers no exit handler. Its own buffers are flushed first. Errors that end dfget with an exception
+    (argparse's exit 2, --help) leave through the interpreter as before.
+    """
+    status = main()
+    try:
+        sys.stdout.flush()
+    except OSError as exc:
+        status = EXIT_FLUSH_FAILED
+        print(f"dfget: error: cannot write to standard output: {exc.strerror or exc}", file=sys.stderr)
+    try:
+        sys.stderr.flush()
+    except OSError:
+        status = EXIT_FLUSH_FAILED
+    os._exit(status)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def main_recursive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Run ``dfget -r``: every file under the URL into the directory -O."""
+    from dragonfly.cli.dfget.recursive import download_directory
     from dragonfly.common.schemes import scheme_of
 
     if scheme_of(args.url) in ("http", "https"):

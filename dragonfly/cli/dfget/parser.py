@@ -255,11 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def merge_range(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Check a ``Range`` given with -H and fold ``--range`` into the headers, where the daemon reads it."""
-    from dragonfly.common.byte_range import InvalidRange, parse_range_header
-
     ranges = [value for key, value in args.header if key.lower() == "range"]
     if len(ranges) > 1 or (ranges and args.range):
         parser.error("give the range once: either --range or one -H 'Range: ...'")
+    if ranges:
+        # Only here: the parser's module (a dataclass) is a cost the usual download without a range does not pay.
+        from dragonfly.common.byte_range import InvalidRange, parse_range_header
     for value in ranges:
         try:
             parse_range_header(value)
