@@ -9,8 +9,14 @@ of this process).
 from __future__ import annotations
 
 import resource
+import subprocess
+import sys
+from collections.abc import Collection
 
 import psutil
+
+#: What a competing process runs: one core's worth of pure computation, as a compile on the same node would.
+_SPIN = "while True: pass"
 
 
 def _label(process: psutil.Process) -> str:
@@ -24,10 +30,12 @@ def _label(process: psutil.Process) -> str:
     return argv[0].rsplit("/", 1)[-1] if argv else "?"
 
 
-def _tree() -> dict[int, tuple[str, float]]:
+def _tree(exclude: Collection[int] = ()) -> dict[int, tuple[str, float]]:
     """Return (label, user + system seconds own and of reaped children) of every live descendant of this process."""
     seconds: dict[int, tuple[str, float]] = {}
     for process in psutil.Process().children(recursive=True):
+        if process.pid in exclude:
+            continue
         try:
             times = process.cpu_times()
         except psutil.Error:
@@ -43,20 +51,24 @@ def _reaped() -> float:
 
 
 class CpuMeter:
-    """CPU seconds of this process's descendants between ``start()`` and ``stop()`` (this process excluded)."""
+    """CPU seconds of this process's descendants between ``start()`` and ``stop()`` (this process excluded).
 
-    def __init__(self) -> None:
+    ``exclude``: pids not counted (the competing processes of ``CpuHogs``, which must outlive ``stop()``).
+    """
+
+    def __init__(self, exclude: Collection[int] = ()) -> None:
+        self._exclude = frozenset(exclude)
         self._before: dict[int, tuple[str, float]] = {}
         self._reaped_before = 0.0
         #: After ``stop()``: seconds by process label (short-lived processes under their parent's, or "reaped").
         self.by_process: dict[str, float] = {}
 
     def start(self) -> None:
-        self._before = _tree()
+        self._before = _tree(self._exclude)
         self._reaped_before = _reaped()
 
     def stop(self) -> float:
-        after = _tree()
+        after = _tree(self._exclude)
         by_process: dict[str, float] = {"reaped": _reaped() - self._reaped_before}
         for pid, (label, seconds) in after.items():
             by_process[label] = by_process.get(label, 0.0) + seconds - self._before.get(pid, ("", 0.0))[1]
@@ -67,3 +79,24 @@ class CpuMeter:
                 by_process["reaped"] -= seconds
         self.by_process = {label: round(max(s, 0.0), 3) for label, s in by_process.items()}
         return max(sum(by_process.values()), 0.0)
+
+
+class CpuHogs:
+    """``count`` processes that each keep one core busy while a system runs (``bench swarm --cpu-hogs``).
+
+    They stand for the workloads of a real node: the daemons then get what the kernel's fair share leaves them.
+    """
+
+    def __init__(self, count: int) -> None:
+        self._procs = [subprocess.Popen([sys.executable, "-c", _SPIN], stdin=subprocess.DEVNULL) for _ in range(count)]
+
+    @property
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self._procs]
+
+    def stop(self) -> None:
+        for proc in self._procs:
+            proc.kill()
+        for proc in self._procs:
+            proc.wait(timeout=10)
+        self._procs = []

@@ -98,6 +98,8 @@ class SwarmRun:
     systems: list[SystemResult] = field(default_factory=list)
     machine: dict[str, Any] = field(default_factory=dict)
     command: str = ""
+    #: Busy processes that competed for the CPU during each system's run (``--cpu-hogs``).
+    cpu_hogs: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -108,6 +110,7 @@ class SwarmRun:
             "peer_rate_bytes_per_second": self.peer_rate,
             "delay_ms": self.delay_ms,
             "storage": self.storage,
+            "cpu_hogs": self.cpu_hogs,
             "command": self.command,
             "machine": self.machine,
             "bound": {**asdict(self.bound), "seconds": self.bound.seconds, "binding": self.bound.binding},
@@ -125,7 +128,7 @@ class SwarmRun:
         lines = [
             f"Swarm: {self.peers} peers × {format_size(self.size)}, origin {format_rate(self.origin_rate)}, "
             f"peers {format_rate(self.peer_rate)} up and down, delay {self.delay_ms:g} ms, storage {self.storage}; "
-            f"{label}.",
+            f"{label}{self._competition()}.",
             f"Kumar–Ross bound {self.bound.seconds:.2f} s (binding term {self.bound.binding}; "
             f"F/u_s {self.bound.origin_term:.2f} s, F/d_min {self.bound.download_term:.2f} s, "
             f"N·F/(u_s+Σu_i) {self.bound.swarm_term:.2f} s).",
@@ -153,6 +156,12 @@ class SwarmRun:
             if s["cpu_by_process"]
         ]
         return "\n".join([*lines, "", *methods, *notes, *errors]) + "\n"
+
+    def _competition(self) -> str:
+        if not self.cpu_hogs:
+            return ""
+        cores = "one core" if self.cpu_hogs == 1 else f"{self.cpu_hogs} cores"
+        return f"; {cores} kept busy by competing processes throughout each run"
 
 
 def _num(value: float | None, digits: int = 2) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 from bench import release_builds_missing
 from bench.swarm import bencode
 from bench.swarm.bound import kumar_ross_bound
-from bench.swarm.cpu import CpuMeter
+from bench.swarm.cpu import CpuHogs, CpuMeter
 from bench.swarm.faults import FAULT_HOSTS, run_ours_faults
 from bench.swarm.hosts import (
     Host,
@@ -76,6 +76,8 @@ class SwarmConfig:
     out: Path
     timeout: float | None
     torrent_piece_length: int
+    #: Busy processes competing for the CPU during each system's run.
+    cpu_hogs: int = 0
 
     def system_timeout(self) -> float:
         """Return the per-system time limit: the caller's, or 3× the client-server time plus a minute."""
@@ -192,13 +194,15 @@ class Swarm:
         """Run one system's body with the wire monitor on; fill `box` with samples and origin counters."""
         box: dict[str, Any] = {"app_before": self._origin_app_bytes()}
         monitor = Monitor(self.topo)
-        cpu = CpuMeter()
+        hogs = CpuHogs(self.cfg.cpu_hogs)
+        cpu = CpuMeter(exclude=hogs.pids)
         cpu.start()
         try:
             yield box
         finally:
             box["cpu_seconds"] = cpu.stop()
             box["cpu_by_process"] = cpu.by_process
+            hogs.stop()
             box["samples"] = monitor.stop()
             box["app_after"] = self._origin_app_bytes()
 
@@ -414,6 +418,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "swarm" / "out", help="report directory")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per system (default from the rates)")
     parser.add_argument("--torrent-piece-length", type=parse_size, default=parse_size("1MiB"))
+    parser.add_argument(
+        "--cpu-hogs", type=int, default=0, help="busy processes competing for the CPU during each system's run"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     return parser
 
@@ -434,6 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.peers < 1 or args.size < 1:
         print("bench swarm: --peers and --size must be positive", file=sys.stderr)
         return 2
+    if args.cpu_hogs < 0:
+        print("bench swarm: --cpu-hogs must not be negative", file=sys.stderr)
+        return 2
     if os.geteuid() != 0 and not args.loopback:
         print("bench swarm: network namespaces need root; run as root or use --loopback", file=sys.stderr)
         return 2
@@ -441,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         peers=args.peers, size=args.size, origin_rate=args.origin_rate, peer_rate=args.peer_rate,
         delay_ms=args.delay, systems=systems, loopback=args.loopback, disk=args.disk,
         origin="python" if args.loopback else args.origin, out=args.out, timeout=args.timeout,
-        torrent_piece_length=args.torrent_piece_length,
+        torrent_piece_length=args.torrent_piece_length, cpu_hogs=args.cpu_hogs,
     )  # fmt: skip
     if cfg.loopback and not shutil.which("curl"):
         print("bench swarm: curl is not installed; run scripts/bench-deps.sh", file=sys.stderr)
@@ -471,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
             mode=topology.mode, peers=cfg.peers, size=cfg.size, origin_rate=cfg.origin_rate, peer_rate=cfg.peer_rate,
             delay_ms=cfg.delay_ms, storage="disk (/var/tmp)" if cfg.disk else "tmpfs (/dev/shm)", bound=bound,
             machine=machine_info(), command=shlex.join(["python", "-m", "bench", "swarm", *(argv or sys.argv[1:])]),
+            cpu_hogs=cfg.cpu_hogs,
         )  # fmt: skip
         swarm = Swarm(cfg, topology)
         print(f"bench swarm: {topology.mode}, {cfg.peers} peers × {format_size(cfg.size)}; preparing", file=sys.stderr)

@@ -17,7 +17,12 @@ overdue once it has run ``min_duration``, as is any transfer longer than ``piece
 it, excludes its parent from the round and asks another parent for the piece. The transfer's rate is what the
 kernel counted arriving on its connection (the downloader passes it in), so a trickle is caught after
 ``min_duration`` whatever the piece length. A trickling parent would otherwise hold a piece,
-a receive buffer and a thread for as long as it keeps sending a byte now and then.
+a receive buffer and a thread for as long as it keeps sending a byte now and then. The relative floor says a
+better parent exists, so it applies only while another parent (not excluded, not failed for that piece) holds the
+piece or may still get it; a transfer from the only possible parent is held to ``initial_floor`` instead: a seed
+peer slowed by a loaded CPU was abandoned at 0.56 MB/s against a median of 9.4 MB/s, its child excluded it, the
+scheduler counted the three transfers dropped with it as three failures, marked it bad and sent the child to the
+origin (1.6 F from the origin, bench swarm at 16 peers on a loaded machine).
 
 Order: rarest piece first; among equally rare pieces, the child's own rank; the parent by the selector's weights.
 Seed peers are kept to ``SEED_PIECE_SLOTS`` fetches at a time while another parent may still serve, and a piece
@@ -151,6 +156,8 @@ class PieceDispatcher:
         self.in_flight: dict[int, PieceFetch] = {}
         self.excluded: set[str] = set()
         self._failed_parents: dict[int, set[str]] = collections.defaultdict(set)
+        # The parents of the last plan(): live states, so exclusions and ends of syncing show at once.
+        self._parents: Collection[ParentState] = ()
         self._strikes: collections.Counter[str] = collections.Counter()
         self._received = 0
 
@@ -175,6 +182,7 @@ class PieceDispatcher:
         ``first_seen`` is when any parent first reported each piece (``PieceCollector.first_seen``); a piece is
         dispatchable once every parent still syncing has reported it, or ``COLLECT_WINDOW`` after its first report.
         """
+        self._parents = parents
         usable = self.usable(parents)
         if not usable or len(self.in_flight) >= self.concurrency:
             return [], None
@@ -246,12 +254,30 @@ class PieceDispatcher:
             return self._slow.initial_floor or None
         return self._slow.ratio * median
 
+    def has_alternative(self, fetch: PieceFetch) -> bool:
+        """Tell whether a parent other than ``fetch``'s could serve its piece: holds it or may still get it."""
+        failed = self._failed_parents.get(fetch.number, ())
+        return any(
+            p.id != fetch.parent.id
+            and p.id not in self.excluded
+            and p.id not in failed
+            and (p.syncing or p.bitmap.test(fetch.number))
+            for p in self._parents
+        )
+
+    def floor_for(self, fetch: PieceFetch) -> float | None:
+        """Return the rate (bytes/s) below which ``fetch`` is abandoned: see the module docstring."""
+        floor = self.rate_floor()
+        if floor is None or self.has_alternative(fetch):
+            return floor
+        return self._slow.initial_floor or None
+
     def deadline(self, fetch: PieceFetch) -> float | None:
         """Return when ``fetch`` becomes overdue (monotonic seconds), or None while its bytes have not started."""
         if fetch.transfer_started is None:
             return None
         limit = self._slow.timeout
-        floor = self.rate_floor()
+        floor = self.floor_for(fetch)
         if floor is not None:
             limit = min(limit, max(self._slow.min_duration, fetch.length / floor))
         return fetch.transfer_started + limit
@@ -270,11 +296,11 @@ class PieceDispatcher:
         others too: they come over the same slow link or from the same trickling sender.
         """
         late: list[PieceFetch] = []
-        floor = self.rate_floor()
         slow_parents: dict[str, str] = {}
         for fetch in self.in_flight.values():
             if fetch.abandoned is not None or fetch.transfer_started is None:
                 continue
+            floor = self.floor_for(fetch)
             took = now - fetch.transfer_started
             got = progress.get(fetch.number) if progress is not None else None
             if took >= self._slow.timeout:
@@ -285,7 +311,7 @@ class PieceDispatcher:
                     shown = "" if got is None else f", {got} bytes in"
                     fetch.abandoned = (
                         f"piece {fetch.number} ({fetch.length} bytes{shown} {took:.1f}s) is slower than "
-                        f"{floor / 1e6:.3g} MB/s ({self._floor_basis()})"
+                        f"{floor / 1e6:.3g} MB/s ({self._floor_basis(fetch)})"
                     )
             if fetch.abandoned is not None:
                 late.append(fetch)
@@ -303,10 +329,12 @@ class PieceDispatcher:
                 marked.append(fetch)
         return marked
 
-    def _floor_basis(self) -> str:
-        if self._round_rates.median() or self._daemon_rates.median():
-            return f"{self._slow.ratio:g} of the median piece rate"
-        return "no piece rate known yet"
+    def _floor_basis(self, fetch: PieceFetch) -> str:
+        if not (self._round_rates.median() or self._daemon_rates.median()):
+            return "no piece rate known yet"
+        if not self.has_alternative(fetch):
+            return "no other parent could serve it: the absolute floor"
+        return f"{self._slow.ratio:g} of the median piece rate"
 
     def failed(self, number: int, *, corrupt: bool) -> PieceFetch:
         """Record a failed fetch of piece ``number``: it becomes missing again, and its parent takes the blame.

@@ -5,7 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from bench.swarm.cpu import CpuMeter
+import psutil
+
+from bench.swarm.cpu import CpuHogs, CpuMeter
+from tests.waiting import wait_for
 
 BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass\n{after}"
 
@@ -35,3 +38,18 @@ def test_cpu_is_reported_by_process() -> None:
     total = meter.stop()
     assert meter.by_process["reaped"] >= 0.2
     assert abs(total - sum(meter.by_process.values())) < 0.01
+
+
+def test_competing_processes_are_not_counted_and_end_when_stopped() -> None:
+    hogs = CpuHogs(1)
+    [pid] = hogs.pids
+    hog = psutil.Process(pid)
+    meter = CpuMeter(exclude=hogs.pids)
+    meter.start()
+    subprocess.run([sys.executable, "-c", BURN.format(seconds=0.2, after="")], check=True)
+    # Until the hog has burnt more than the measured child, so that counting it would show.
+    wait_for(lambda: sum(hog.cpu_times()[:2]) >= 0.5, 60, "the competing process to burn 0.5 s of CPU")
+    seconds = meter.stop()
+    hogs.stop()
+    assert not psutil.pid_exists(pid) or hog.status() == psutil.STATUS_ZOMBIE
+    assert 0.2 <= seconds < 0.5

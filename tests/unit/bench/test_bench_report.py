@@ -162,3 +162,12 @@ def test_parse_dfget_output() -> None:
     )
     assert parse_dfget_output(text) == {"origin": 0, "seed": 700000000, "peers": 373741824, "local": 0}
     assert parse_dfget_output("dfget: error: origin answered HTTP 404\n") == {}
+
+
+def test_competing_processes_are_named_in_the_conditions() -> None:
+    ours = SystemResult("ours", [_host("p1", 11.0)], 100 * MIB, "veth")
+    run = _run([ours])
+    assert "kept busy" not in run.markdown()
+    run.cpu_hogs = 1
+    assert "one core kept busy by competing processes throughout each run" in run.markdown()
+    assert run.to_json()["cpu_hogs"] == 1

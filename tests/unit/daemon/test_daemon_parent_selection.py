@@ -278,14 +278,14 @@ def test_choice_is_random_in_proportion_to_weight():
 
 
 def _started(run: Round, now: float) -> PieceFetch:
-    run.has(0, range(PIECES))
+    run.has(0, range(PIECES), seen=now - 10)  # reported long before: dispatchable whoever else is syncing
     [fetch], _ = run.dispatcher.plan(run.parents, run.first_seen, now)
     fetch.transfer_started = now
     return fetch
 
 
 def test_a_transfer_far_below_the_median_rate_is_overdue_and_abandoned_once():
-    run = Round(_peer("a"), concurrency=1)
+    run = Round(_peer("a"), _peer("b"), concurrency=1)  # b may still get the piece: a better parent may exist
     now = 1000.0
     for _ in range(3):  # three pieces of 4 MiB in 0.1 s each: a median of ~42 MB/s
         fetch = _started(run, now)
@@ -304,7 +304,7 @@ def test_a_transfer_far_below_the_median_rate_is_overdue_and_abandoned_once():
 
 
 def test_with_a_slow_median_the_floor_follows_it():
-    run = Round(_peer("a"), concurrency=1)
+    run = Round(_peer("a"), _peer("b"), concurrency=1)
     now = 1000.0
     for _ in range(3):  # 4 MiB in 4 s each: ~1 MB/s
         fetch = _started(run, now)
@@ -340,8 +340,8 @@ def test_a_round_with_few_samples_uses_the_daemon_s_recent_rates():
     daemon_rates = pd.PieceRates()
     for _ in range(5):
         daemon_rates.add(PIECE_LENGTH, 0.01)  # ~420 MB/s
-    selector = ParentSelector(ParentChannels(), host_id="h", peer_id="c", parents=[_peer("a")])
-    run = Round(_peer("a"), concurrency=1)
+    selector = ParentSelector(ParentChannels(), host_id="h", peer_id="c", parents=[_peer("a"), _peer("b")])
+    run = Round(_peer("a"), _peer("b"), concurrency=1)
     run.dispatcher = PieceDispatcher(
         PIECES * PIECE_LENGTH, PIECE_LENGTH, skip=[], concurrency=1, selector=selector, daemon_rates=daemon_rates
     )
@@ -402,3 +402,48 @@ def test_without_progress_a_transfer_is_given_its_length_at_the_floor():
     floor = pd.SlowPiecePolicy().initial_floor
     assert run.dispatcher.overdue(now + PIECE_LENGTH / floor - 0.5, {}) == []
     assert run.dispatcher.overdue(now + PIECE_LENGTH / floor + 0.5, {}) == [fetch]
+
+
+def _fast_median(run: Round, now: float) -> None:
+    for _ in range(3):  # three pieces of 4 MiB in 0.1 s each: a median of ~42 MB/s, a relative floor of ~4 MB/s
+        fetch = _started(run, now)
+        run.dispatcher.succeeded(fetch.number, seconds=0.1)
+
+
+def test_the_only_parent_that_could_serve_a_piece_is_held_to_the_absolute_floor_only():
+    # The DAG's first child has the seed peer alone: abandoning it for being slower than the others were gains
+    # nothing (and cost a child its only parent, then a trip to the origin).
+    run = Round(_peer("seed", seed=True), concurrency=1)
+    now = 1000.0
+    _fast_median(run, now)
+    fetch = _started(run, now)
+    floor = pd.SlowPiecePolicy().initial_floor
+    assert run.dispatcher.deadline(fetch) == pytest.approx(now + PIECE_LENGTH / floor)
+    slow = {fetch.number: 1 << 20}  # 0.5 MB/s after 2 s: an eighth of the relative floor, far above the absolute
+    assert run.dispatcher.overdue(now + 2.0, slow) == []
+    trickle = {fetch.number: 20_000}  # 10 kB/s: below any floor
+    [late] = run.dispatcher.overdue(now + 2.0, trickle)
+    assert late is fetch
+    assert "no other parent could serve it: the absolute floor" in (late.abandoned or "")
+
+
+def test_the_relative_floor_applies_while_another_parent_holds_the_piece_or_may_still_get_it():
+    run = Round(_peer("seed", seed=True), _peer("peer"), concurrency=1)
+    seed, peer = run.parents
+    now = 1000.0
+    _fast_median(run, now)
+    fetch = _started(run, now)
+    assert fetch.parent is seed
+    slow = {fetch.number: 1 << 20}
+    relative = now + pd.SlowPiecePolicy().min_duration
+    assert run.dispatcher.deadline(fetch) == pytest.approx(relative)  # the peer is syncing: it may get the piece
+    peer.syncing = False
+    assert run.dispatcher.deadline(fetch) > relative  # it ended without the piece: nobody else could serve it
+    assert run.dispatcher.overdue(now + 2.0, slow) == []
+    peer.bitmap.set(fetch.number)
+    assert run.dispatcher.deadline(fetch) == pytest.approx(relative)  # it holds the piece
+    run.dispatcher.excluded.add(peer.id)
+    assert run.dispatcher.overdue(now + 2.0, slow) == []  # excluded: not an alternative
+    run.dispatcher.excluded.discard(peer.id)
+    [late] = run.dispatcher.overdue(now + 2.0, slow)
+    assert "0.1 of the median piece rate" in (late.abandoned or "")
