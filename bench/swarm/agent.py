@@ -4,7 +4,7 @@ The runner starts one agent per host (inside the host's namespace), waits for ev
 then writes ``go`` to all of them at once, so all clients start together. Events, each with wall time ``t``:
 ``ready``, ``start``, ``first_byte`` (when known), ``finish`` {ok, bytes, by_source, error}. BitTorrent agents keep
 seeding after ``finish`` until the runner writes ``stop`` (or closes stdin); the origin's seeding agent then reports
-``stats`` {upload_bytes}.
+``stats`` {upload_bytes}. A ``files`` agent fetches many files one after the other (``bench/small_files.py``).
 
     python -m bench.swarm.agent '{"kind": "curl", "url": ..., "output": ..., "rate": 0}'
 """
@@ -213,6 +213,73 @@ def run_dfget(spec: dict[str, Any], wait_go: Callable[[], None]) -> int:
     return 0 if ok else 1
 
 
+def _fetch_by_api(spec: dict[str, Any]) -> Callable[[str, str], dict[str, int]]:
+    """Return fetch(url, output) through the daemon's local gRPC API, on one channel kept for every file."""
+    import grpc
+    from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
+
+    from dragonfly.cli.dfget.progress import Traffic
+
+    stub = dfdaemon_pb2_grpc.DfdaemonDownloadStub(grpc.insecure_channel(f"unix:{spec['endpoint']}"))
+
+    def fetch(url: str, output: str) -> dict[str, int]:
+        request = dfdaemon_pb2.DownloadTaskRequest(download=common_pb2.Download(url=url, output_path=output))
+        traffic = Traffic()  # dfget's own count, so both clients report the same sources
+        for response in stub.DownloadTask(request, timeout=spec.get("timeout", 3600)):
+            if response.HasField("download_piece_finished_response"):
+                traffic.add(response.download_piece_finished_response.piece)
+        return {"origin": traffic.origin, "seed": traffic.seed, "peers": traffic.peers, "local": traffic.local}
+
+    return fetch
+
+
+def _fetch_by_dfget(spec: dict[str, Any]) -> Callable[[str, str], dict[str, int]]:
+    """Return fetch(url, output): one dfget process per file, as a user's script would run it."""
+
+    def fetch(url: str, output: str) -> dict[str, int]:
+        argv = [*spec["dfget"], url, "-O", output, "-e", spec["endpoint"], "--no-progress"]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=spec.get("timeout", 3600))
+        if proc.returncode != 0:
+            raise RuntimeError(f"dfget {url} exited with {proc.returncode}: {proc.stderr.strip()[-300:]}")
+        return parse_dfget_output(proc.stdout + proc.stderr)
+
+    return fetch
+
+
+def run_files(spec: dict[str, Any], wait_go: Callable[[], None]) -> int:
+    """Fetch every file of ``names`` under ``base`` into ``dir``, one after the other, with ``client``.
+
+    curl gets all files in one process (one connection, kept alive: the cheapest direct client); dfget runs once
+    per file; api asks the daemon over its local gRPC socket.
+    """
+    names, base, directory = spec["names"], spec["base"], spec["dir"]
+    pairs = [(base + name, os.path.join(directory, name)) for name in names]
+    client = spec["client"]
+    fetch = {"api": _fetch_by_api, "dfget": _fetch_by_dfget}[client](spec) if client != "curl" else None
+    emit("ready")
+    wait_go()
+    emit("start")
+    by_source: dict[str, int] = {}
+    error = ""
+    try:
+        if fetch is None:
+            argv = ["curl", "-sS", "--fail"]
+            for url, output in pairs:
+                argv += ["-o", output, url]
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=spec.get("timeout", 3600))
+            if proc.returncode != 0:
+                raise RuntimeError(f"curl exited with {proc.returncode}: {proc.stderr.strip()[-300:]}")
+        else:
+            for url, output in pairs:
+                for name, count in fetch(url, output).items():
+                    by_source[name] = by_source.get(name, 0) + count
+    except Exception as exc:  # reported in the finish event; the runner fails the system
+        error = f"{type(exc).__name__}: {exc}"
+    size = sum(os.path.getsize(output) for _, output in pairs if os.path.exists(output))
+    emit("finish", ok=not error, bytes=size, by_source=by_source, error=error)
+    return 0 if not error else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the client described by the JSON spec in argv[0]."""
     spec = json.loads((argv if argv is not None else sys.argv[1:])[0])
@@ -241,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_aria2(spec, wait_go, wait_stop)
     if kind == "dfget":
         return run_dfget(spec, wait_go)
+    if kind == "files":
+        return run_files(spec, wait_go)
     raise SystemExit(f"unknown agent kind {kind!r}")
 
 

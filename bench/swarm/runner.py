@@ -148,6 +148,10 @@ class Swarm:
                 f.write(chunk)
                 remaining -= len(chunk)
         self.sha256 = digest.hexdigest()
+        self.origin_url = self.start_origin() + BLOB
+
+    def start_origin(self) -> str:
+        """Start the origin's HTTP server on the files in `data_dir`; return its base URL ("http://ip:port/")."""
         origin = self.h["origin"]
         if self.cfg.origin == "nginx":
             port = origin.port(80)
@@ -166,8 +170,8 @@ class Swarm:
             service.wait_for("origin listening on", 30)
             if self.topo.mode == "loopback":
                 self._origin_stats_url = f"http://{origin.ip}:{port}/_stats"
-        self.origin_url = f"http://{origin.ip}:{port}/{BLOB}"
         self.wait_tcp(self.h["ctl"], origin.ip, port, 30)
+        return f"http://{origin.ip}:{port}/"
 
     def wait_tcp(self, client: Host, ip: str, port: int, timeout: float) -> None:
         """Wait until `ip:port` accepts connections as seen from `client` (across the bridge in namespaces)."""
@@ -223,11 +227,17 @@ class Swarm:
             if veths and (delta := counter_delta(samples, veths[peer])):
                 result.wire_bytes_in = delta[1]
             hosts.append(result)
-        if veths and (delta := counter_delta(samples, veths["origin"])):
-            return SystemResult(system, hosts, delta[0], "the origin host's veth counter (bytes on the wire)")
+        return SystemResult(system, hosts, *self.origin_egress(box))
+
+    def origin_egress(self, box: dict[str, Any]) -> tuple[int | None, str]:
+        """Return the bytes the origin sent during a `measured` run, and how they were measured."""
+        if isinstance(self.topo, NetnsTopology):
+            veth = self.topo.veth_names()["origin"]
+            if delta := counter_delta(box.get("samples") or [], veth):
+                return delta[0], "the origin host's veth counter (bytes on the wire)"
         if box.get("app_before") is not None and box.get("app_after") is not None:
-            return SystemResult(system, hosts, box["app_after"] - box["app_before"], "the origin server's own counter")
-        return SystemResult(system, hosts, None, "not measured")
+            return box["app_after"] - box["app_before"], "the origin server's own counter"
+        return None, "not measured"
 
     def verify(self, result: SystemResult, outputs: dict[str, Path]) -> None:
         """Mark every host whose output is missing or differs from the origin's file as failed."""
