@@ -56,6 +56,7 @@ from bench import release_builds_missing
 from bench.scheduler_clients import Clients
 from bench.scheduler_layout import Layout
 from bench.scheduler_report import (
+    collected_objects,
     decision_buckets,
     full_collections,
     growth,
@@ -235,6 +236,8 @@ def drive(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any]:
         figures["full_gc"] = full_collections(end_text)
         during_probe = (full_collections(register_text), full_collections(probe_text))
         figures["full_gc_probe"] = {key: during_probe[1][key] - during_probe[0][key] for key in ("count", "seconds")}
+        collected = (collected_objects(register_text), collected_objects(probe_text))
+        figures["gc_collected_probe"] = [after - before for before, after in zip(*collected, strict=True)]
         figures["server_decision_probe"] = {
             "p50_ms": histogram_quantile(after_register, after_probe, 0.5),
             "p99_ms": histogram_quantile(after_register, after_probe, 0.99),
@@ -250,7 +253,7 @@ def drive(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
-def scheduler_config(workdir: Path, gc_freeze: float = 0.0) -> Path:
+def scheduler_config(workdir: Path, gc_freeze: float | None = None, gc_full_interval: float | None = None) -> Path:
     """Write the scheduler.yaml of the benchmark: loopback, metrics on, a cap that lets every source through.
 
     Plaintext on purpose: the benchmark plays 10,000 hosts from a few processes (each would need a certificate of
@@ -258,6 +261,11 @@ def scheduler_config(workdir: Path, gc_freeze: float = 0.0) -> Path:
     """
     import yaml
 
+    python_gc = {}
+    if gc_freeze is not None:
+        python_gc["pythonGCFreezeInterval"] = f"{gc_freeze}s"
+    if gc_full_interval is not None:
+        python_gc["pythonGCFullCollectInterval"] = f"{gc_full_interval}s"
     path = workdir / "scheduler.yaml"
     path.write_text(
         yaml.safe_dump(
@@ -266,7 +274,7 @@ def scheduler_config(workdir: Path, gc_freeze: float = 0.0) -> Path:
                 "metrics": {"enable": True, "host": "127.0.0.1", "port": 0},
                 "seedPeer": {"enable": False},
                 "security": {"enable": False},
-                **({"scheduler": {"gc": {"pythonGCFreezeInterval": f"{gc_freeze}s"}}} if gc_freeze else {}),
+                **({"scheduler": {"gc": python_gc}} if python_gc else {}),
             }
         )
     )
@@ -285,7 +293,7 @@ def run_size(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             result["baseline"] = drive(baseline, args)
         finally:
             baseline.stop()
-    config = scheduler_config(workdir, args.gc_freeze)
+    config = scheduler_config(workdir, args.gc_freeze, args.gc_full_interval)
     command = [sys.executable, "-m", "dragonfly.cli.scheduler", "--config", str(config), "--log-level", "warning"]
     scheduler = ServerProcess(command, workdir / "scheduler.log")
     profiler: subprocess.Popen[bytes] | None = None
@@ -358,7 +366,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip the no-op server runs")
     parser.add_argument(
-        "--gc-freeze", type=float, default=0.0, help="the scheduler's scheduler.gc.pythonGCFreezeInterval (seconds)"
+        "--gc-freeze",
+        type=float,
+        help="the scheduler's scheduler.gc.pythonGCFreezeInterval in seconds, 0: off (default: the scheduler's)",
+    )
+    parser.add_argument(
+        "--gc-full-interval",
+        type=float,
+        help="the scheduler's scheduler.gc.pythonGCFullCollectInterval in seconds (default: the scheduler's)",
     )
     parser.add_argument("--profile", help="py-spy the scheduler into this speedscope file ({hosts} is replaced)")
     parser.add_argument("--quick", action="store_true", help="2,000 peers and 8 pieces (same 1,000 hosts)")

@@ -13,6 +13,7 @@ _BUCKET = re.compile(r'^dragonfly_scheduler_schedule_duration_seconds_bucket\{le
 _GC_BUCKET = re.compile(
     r'^dragonfly_scheduler_python_gc_pause_seconds_bucket\{generation="2",le="([^"]+)"\} (\S+)$', re.M
 )
+_GC_COLLECTED = re.compile(r'^dragonfly_scheduler_python_gc_collected_objects_total\{generation="(\d)"\} (\S+)$', re.M)
 _GC_SUM = re.compile(r'^dragonfly_scheduler_python_gc_pause_seconds_sum\{generation="2"\} (\S+)$', re.M)
 
 
@@ -65,6 +66,12 @@ def decision_buckets(text: str) -> list[tuple[float, float]]:
     return [(float(bound), float(count)) for bound, count in _BUCKET.findall(text)]
 
 
+def collected_objects(text: str) -> list[float]:
+    """Return the objects the scheduler's cyclic collector freed so far, by generation 0, 1, 2."""
+    found = {int(generation): float(value) for generation, value in _GC_COLLECTED.findall(text)}
+    return [found.get(generation, 0.0) for generation in range(3)]
+
+
 def full_collections(text: str) -> dict[str, float]:
     """Return the scheduler's full garbage collections so far: count, total and longest pause (bucket bound)."""
     buckets = [(float(bound), float(count)) for bound, count in _GC_BUCKET.findall(text)]
@@ -103,6 +110,7 @@ def print_table(result: dict[str, Any], args: dict[str, Any]) -> None:
         ("decision p99 (probe, server)", f"{ours['server_decision_probe']['p99_ms']:.2f} ms", "-"),
         ("churned peers / p99 decision", f"{ours['churned_peers']} / {ours['decision_churn']['p99_ms']:.2f} ms", "-"),
         ("full GCs during the probe", f"{gc_probe['count']:.0f} / {gc_probe['seconds']:.2f} s", "-"),
+        ("cyclic garbage freed, gen 0/1/2", "/".join(f"{n:.0f}" for n in ours["gc_collected_probe"]), "-"),
         (
             "RSS before/after the probe",
             f"{rss['registered']:.0f}/{rss['probed']:.0f} MiB",

@@ -111,6 +111,15 @@ class Metrics:
             registry=registry,
         )
         self._gc_pauses = [self.gc_pause.labels(str(generation)) for generation in range(3)]
+        # Objects found unreachable (cyclic garbage): what a frozen heap (pythonGCFreezeInterval) holds until its
+        # next full collection, so how much a churning scheduler makes per peer says what freezing costs.
+        self.gc_collected = Counter(
+            f"{NAMESPACE}_python_gc_collected_objects",
+            "Objects CPython's cyclic garbage collector freed, by generation (2: full collections).",
+            ["generation"],
+            registry=registry,
+        )
+        self._gc_collected = [self.gc_collected.labels(str(generation)) for generation in range(3)]
         self._gc_started = 0.0
         self._gc_callback = self._on_gc
         # Children resolved once: the hot paths skip the label lookup.
@@ -132,7 +141,9 @@ class Metrics:
         if phase == "start":
             self._gc_started = time.perf_counter()
         else:
-            self._gc_pauses[info["generation"]].observe(time.perf_counter() - self._gc_started)
+            generation = info["generation"]
+            self._gc_pauses[generation].observe(time.perf_counter() - self._gc_started)
+            self._gc_collected[generation].inc(info["collected"])
 
     def count_request(self, kind: str) -> None:
         """Count one AnnouncePeer message of type ``kind``."""

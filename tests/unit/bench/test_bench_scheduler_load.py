@@ -65,3 +65,13 @@ def test_histogram_quantile_interpolates_within_the_bucket_of_the_rank() -> None
     after = [(0.001, 50.0), (0.002, 100.0), (float("inf"), 100.0)]
     assert scheduler_report.histogram_quantile(before, after, 0.5) == pytest.approx(1.0)
     assert scheduler_report.histogram_quantile(before, after, 0.99) == pytest.approx(1.98)
+
+
+def test_cyclic_garbage_is_read_by_generation() -> None:
+    text = "\n".join(
+        [
+            'dragonfly_scheduler_python_gc_collected_objects_total{generation="0"} 120.0',
+            'dragonfly_scheduler_python_gc_collected_objects_total{generation="2"} 7.0',
+        ]
+    )
+    assert scheduler_report.collected_objects(text) == [120.0, 0.0, 7.0]

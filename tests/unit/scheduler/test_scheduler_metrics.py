@@ -29,3 +29,29 @@ def test_full_collections_are_timed_while_watched_only(world):
         metrics.unwatch_gc()
     gc.collect()
     assert _full_collections(metrics) == 1
+
+
+class _Cycle:
+    """An object only the cyclic collector can free."""
+
+    def __init__(self) -> None:
+        self.itself = self
+
+
+def test_the_cyclic_garbage_a_collection_frees_is_counted_by_generation(world):
+    metrics = Metrics(world.resource)
+    metrics.watch_gc()
+    try:
+        gc.collect()
+        before = metrics.registry.get_sample_value(
+            "dragonfly_scheduler_python_gc_collected_objects_total", {"generation": "2"}
+        )
+        cycles = [_Cycle() for _ in range(100)]
+        del cycles
+        gc.collect()
+        after = metrics.registry.get_sample_value(
+            "dragonfly_scheduler_python_gc_collected_objects_total", {"generation": "2"}
+        )
+    finally:
+        metrics.unwatch_gc()
+    assert after - before >= 100
