@@ -34,6 +34,14 @@ piece_io (``_dragonfly_piece_io`` / ``_pyimpl.piece_io``)
     timeout=None)``; ``recv_exact(count, timeout=None) -> bytes`` (at most one Vortex frame);
     ``recv_to_file(file_fd, offset, count, buffer, timeout=None, blake3=False) -> (crc32, blake3 | None)``: as
     ``recv_to_file`` through the TLS connection. Native: rustls, several records per read system call.
+    ``TlsServerConfig(ca_cert, cert, key)``: the server side (TLS 1.2+, a client certificate whose chain leads to
+    ``ca_cert`` is required, this host's chain and key are presented). ``TlsServerStream(config, sock_fd)``: one
+    connection over an accepted non-blocking socket the caller keeps open, in steps that never wait: each returns
+    "read" or "write" when the socket must become ready first. ``handshake() -> None | "read" | "write"``
+    (failures are ``ssl.SSLError``); ``recv(count) -> bytes | "read" | "write"`` (b"" once the client closed);
+    ``start_send(head, file_fd, offset, length)`` then ``send_some() -> None | "read" | "write"`` until None:
+    the head buffer (held, not copied) then the file range (``EOFError`` if the file is shorter). Native:
+    rustls, pread into a per-send chunk, several records per ``sendmsg``, GIL released.
     ``TokenBucket(rate, burst=None)``: bytes/s (0 = unlimited) and burst bytes (default: one second of rate);
     ``acquire(n)`` blocks (GIL released); ``reserve(n) -> float`` seconds the caller must wait (tokens are
     taken now); ``try_acquire(n) -> bool``; ``set_rate(rate, burst=None)``; properties ``rate``, ``burst``.
@@ -139,6 +147,9 @@ TokenBucket = _piece_io.TokenBucket
 # Vortex over mutual TLS, client side (docs/security.md#vortex-over-tls)
 TlsClientConfig = _piece_io.TlsClientConfig
 TlsClientStream = _piece_io.TlsClientStream
+# Vortex over mutual TLS, server side
+TlsServerConfig = _piece_io.TlsServerConfig
+TlsServerStream = _piece_io.TlsServerStream
 
 # Vortex codec
 HEADER_SIZE = _piece_io.HEADER_SIZE

@@ -228,6 +228,10 @@ class StorageServerConfig(TLSFilesConfig):
     max_connections: int = 1024
     # most connections one remote address may hold; a new one replaces its oldest idle one, else is refused
     max_connections_per_host: int = 64
+    # Serve Vortex over mutual TLS through rustls in the native extension (same CA, certificate and checks as
+    # Python's ssl; pread, encryption and several TLS records per system call without Python per chunk); false
+    # uses Python's ssl (docs/security.md#vortex-over-tls).
+    native_tls: bool = False
 
     def validate(self) -> None:
         _check_port("tcpPort", self.tcp_port)

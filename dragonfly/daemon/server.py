@@ -200,7 +200,16 @@ class Dfdaemon:
             max_connections=self._vortex_connection_cap(),
             max_connections_per_host=config.storage.server.max_connections_per_host,
             on_served=self._on_served,
-            ssl_context=tls.server_ssl_context(self.tls.storage_server) if self.tls.storage_server else None,
+            ssl_context=(
+                tls.server_ssl_context(self.tls.storage_server)
+                if self.tls.storage_server and not config.storage.server.native_tls
+                else None
+            ),
+            native_tls=(
+                vortex_tls.native_server(self.tls.storage_server)
+                if self.tls.storage_server and config.storage.server.native_tls
+                else None
+            ),
             persistent_cache=self.persistent_cache.storage,
             compression=self.persistent_cache.compression,
             on_corrupt=self.persistent_cache.evict_corrupt,

@@ -115,7 +115,9 @@ def wrap_client(sock: socket.socket, context: ssl.SSLContext, server_ip: str) ->
         raise
 
 
-async def wait_ready(loop: asyncio.AbstractEventLoop, sock: socket.socket, *, write: bool = False) -> None:
+async def wait_ready(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket | NativeTlsSocket, *, write: bool = False
+) -> None:
     """Wait on the loop until ``sock`` is readable (or writable)."""
     ready = loop.create_future()
     fd = sock.fileno()
@@ -158,6 +160,80 @@ async def accept(sock: socket.socket, context: ssl.SSLContext) -> ssl.SSLSocket:
     except BaseException:
         tls.close()
         raise
+
+
+class NativeTlsSocket:
+    """An accepted connection served through rustls (``storage.server.nativeTls``): its socket and TLS state."""
+
+    __slots__ = ("sock", "stream")
+
+    def __init__(self, sock: socket.socket, stream: native.TlsServerStream) -> None:
+        self.sock = sock
+        self.stream = stream
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class NativePieceSender:
+    """``PieceSender`` through rustls: ``send_some`` (an executor thread) preads, encrypts and writes several
+    records per system call with the GIL released, until the range is sent or the socket would block."""
+
+    __slots__ = ("_stream", "sock")
+
+    def __init__(self, conn: NativeTlsSocket, head: bytes, fd: int, offset: int, length: int) -> None:
+        conn.stream.start_send(head, fd, offset, length)
+        self.sock = conn.sock
+        self._stream = conn.stream
+
+    def send_some(self) -> str | None:
+        """Send what the socket takes; return None when all is sent, else "write" or "read" to wait for."""
+        return self._stream.send_some()
+
+
+def sender(
+    conn: ssl.SSLSocket | NativeTlsSocket, head: bytes, fd: int, offset: int, length: int
+) -> PieceSender | NativePieceSender:
+    """Return the sender of ``head`` then the file range (``fd`` -1 and ``length`` 0: ``head`` only) on ``conn``."""
+    if isinstance(conn, NativeTlsSocket):
+        return NativePieceSender(conn, head, fd, offset, length)
+    return PieceSender(conn, head, fd, offset, length)
+
+
+async def accept_native(sock: socket.socket, config: native.TlsServerConfig) -> NativeTlsSocket:
+    """Handshake as the server through rustls on the event loop, as ``accept`` does; the caller bounds it.
+
+    Each step does what the socket allows and returns what to wait for, so a client that never finishes its
+    handshake costs a file descriptor, never the loop or a thread. The steps' crypto (a signature and a chain
+    check, well under a millisecond) runs on the loop thread with the GIL released, as OpenSSL's does in ``accept``.
+    """
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    stream = native.TlsServerStream(config, sock.fileno())
+    while (want := stream.handshake()) is not None:
+        await wait_ready(loop, sock, write=want == "write")
+    return NativeTlsSocket(sock, stream)
+
+
+async def recv_native(loop: asyncio.AbstractEventLoop, conn: NativeTlsSocket, count: int) -> bytes:
+    """Receive up to ``count`` plaintext bytes (b"" once the client closed), waiting on the loop."""
+    while isinstance(data := conn.stream.recv(count), str):
+        await wait_ready(loop, conn.sock, write=data == "write")
+    return data
+
+
+def native_server(files: TLSFiles) -> native.TlsServerConfig:
+    """Return the rustls server configuration of ``storage.server.nativeTls`` (the rules of ``server_ssl_context``)."""
+    try:
+        return native.TlsServerConfig(files.ca_cert, files.cert, files.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot load TLS files for storage.server.nativeTls (caCert {files.ca_cert}, cert {files.cert}, "
+            f"key {files.key}): {exc}"
+        ) from None
 
 
 def native_client(files: TLSFiles) -> native.TlsClientConfig:

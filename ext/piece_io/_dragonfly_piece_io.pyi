@@ -22,6 +22,8 @@ __all__ = [
     "PieceMetadata",
     "TlsClientConfig",
     "TlsClientStream",
+    "TlsServerConfig",
+    "TlsServerStream",
     "TokenBucket",
     "__version__",
     "decode_download_piece",
@@ -85,6 +87,18 @@ class TlsClientStream:
         timeout: float | None = None,
         blake3: bool = False,
     ) -> tuple[int, bytes | None]: ...
+
+@final
+class TlsServerConfig:
+    def __new__(cls, ca_cert: str, cert: str, key: str) -> TlsServerConfig: ...
+
+@final
+class TlsServerStream:
+    def __new__(cls, config: TlsServerConfig, sock_fd: int) -> TlsServerStream: ...
+    def handshake(self) -> str | None: ...
+    def recv(self, count: int) -> bytes | str: ...
+    def start_send(self, head: Buffer, file_fd: int, offset: int, length: int) -> None: ...
+    def send_some(self) -> str | None: ...
 
 @final
 class TokenBucket:

@@ -7,7 +7,9 @@ connection may carry several requests. uvloop has no ``sendfile``, so the loop's
 piece bytes.
 
 With mutual TLS (the default) each connection first completes a TLS handshake on the loop (the client must
-present a certificate of the cluster CA), and requests are read from the non-blocking ``SSLSocket`` on the loop.
+present a certificate of the cluster CA), and requests are read from the non-blocking ``SSLSocket`` on the loop;
+with ``storage.server.nativeTls`` the same steps go through rustls (``vortex_tls.NativeTlsSocket``), and a piece is
+read, encrypted and written by one native call per socketful.
 
 A slow or stalled reader must cost a socket, never a thread: the piece bytes are written by an executor thread
 (reading the content file may need the disk, which must not block the event loop) to the non-blocking socket,
@@ -55,8 +57,14 @@ _LINGER = 1.0
 _LINGER_BYTES = 1 << 20
 
 
-async def _recv(loop: asyncio.AbstractEventLoop, sock: socket.socket, count: int) -> bytes:
+# An accepted connection: a plain socket, an ssl.SSLSocket (Python's ssl) or a socket with rustls state.
+Conn = socket.socket | vortex_tls.NativeTlsSocket
+
+
+async def _recv(loop: asyncio.AbstractEventLoop, sock: Conn, count: int) -> bytes:
     """Receive up to ``count`` bytes from a non-blocking plain or TLS socket, waiting on the loop."""
+    if isinstance(sock, vortex_tls.NativeTlsSocket):
+        return await vortex_tls.recv_native(loop, sock, count)
     if not isinstance(sock, ssl.SSLSocket):
         return await loop.sock_recv(sock, count)
     while True:
@@ -70,7 +78,7 @@ async def _recv(loop: asyncio.AbstractEventLoop, sock: socket.socket, count: int
             return b""
 
 
-async def _recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, count: int) -> bytes:
+async def _recv_exact(loop: asyncio.AbstractEventLoop, sock: Conn, count: int) -> bytes:
     data = bytearray()
     while len(data) < count:
         chunk = await _recv(loop, sock, count - len(data))
@@ -107,6 +115,7 @@ class VortexServer:
         max_connections_per_host: int = 64,
         on_served: Callable[[str, int], None] | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        native_tls: native.TlsServerConfig | None = None,
         persistent_cache: Storage | None = None,
         compression: bool = False,
         on_corrupt: Callable[[str], None] | None = None,
@@ -127,6 +136,8 @@ class VortexServer:
         self._timeout = timeout
         self._on_served = on_served
         self._ssl = ssl_context
+        # storage.server.nativeTls: mutual TLS through rustls instead of Python's ssl (used when given).
+        self._native_tls = native_tls
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
@@ -183,23 +194,23 @@ class VortexServer:
             self._handlers.add(task)
             task.add_done_callback(self._handlers.discard)
 
-    async def _send_error(self, conn: socket.socket, frame_id: int, code: int, message: str) -> None:
+    async def _send_error(self, conn: Conn, frame_id: int, code: int, message: str) -> None:
         loop = asyncio.get_running_loop()
         frame = native.encode_error(code, message, frame_id)
         with contextlib.suppress(OSError, ssl.SSLError):
             async with asyncio.timeout(5.0):
-                if isinstance(conn, ssl.SSLSocket):
-                    await self._send_tls(loop, vortex_tls.PieceSender(conn, frame, -1, 0, 0))
+                if isinstance(conn, (ssl.SSLSocket, vortex_tls.NativeTlsSocket)):
+                    await self._send_tls(loop, vortex_tls.sender(conn, frame, -1, 0, 0))
                 else:
                     await loop.sock_sendall(conn, frame)
 
-    async def _refuse(self, conn: socket.socket, frame_id: int, message: str) -> None:
+    async def _refuse(self, conn: Conn, frame_id: int, message: str) -> None:
         """Answer a malformed request with an InvalidArgument frame and close in order, so the client reads it."""
         await self._send_error(conn, frame_id, ERROR_INVALID_ARGUMENT, message)
         loop = asyncio.get_running_loop()
         with contextlib.suppress(OSError, ssl.SSLError):
             # The TCP half-close even on a TLS connection, whose state the drain below still needs.
-            socket.socket.shutdown(conn, socket.SHUT_WR)
+            socket.socket.shutdown(conn.sock if isinstance(conn, vortex_tls.NativeTlsSocket) else conn, socket.SHUT_WR)
             async with asyncio.timeout(_LINGER):
                 dropped = 0
                 while dropped < _LINGER_BYTES:
@@ -208,19 +219,23 @@ class VortexServer:
                         break
                     dropped += len(chunk)
 
-    async def _handle(self, conn: socket.socket, host: str) -> None:
+    async def _handle(self, sock: socket.socket, host: str) -> None:
         task = asyncio.current_task()
         assert task is not None
         connection = self.limits.admit(host, task.cancel)
         if connection is None:
             log.warning("vortex connection refused: too many connections", extra={"host": host})
-            conn.close()
+            sock.close()
             return
+        conn: Conn = sock
         try:
-            if self._ssl is not None:
-                # A client certificate of the cluster CA is required.
+            # A client certificate of the cluster CA is required.
+            if self._native_tls is not None:
                 async with asyncio.timeout(_REQUEST_TIMEOUT):
-                    conn = await vortex_tls.accept(conn, self._ssl)
+                    conn = await vortex_tls.accept_native(sock, self._native_tls)
+            elif self._ssl is not None:
+                async with asyncio.timeout(_REQUEST_TIMEOUT):
+                    conn = await vortex_tls.accept(sock, self._ssl)
             # Dragonfly's peers send one request per connection and close; ours keep the connection for the next
             # piece, which saves a handshake and a slow start per piece. Both end here on EOF.
             first = True
@@ -233,8 +248,9 @@ class VortexServer:
         finally:
             self.limits.release(connection)
             conn.close()
+            sock.close()
 
-    async def _serve_one(self, conn: socket.socket, connection: Connection, wait: float) -> bool:
+    async def _serve_one(self, conn: Conn, connection: Connection, wait: float) -> bool:
         """Answer one request; return False when the client closed the connection or it must be closed."""
         loop = asyncio.get_running_loop()
         self.limits.set_idle(connection, True)
@@ -306,8 +322,10 @@ class VortexServer:
         if wait_tokens > 0:
             await asyncio.sleep(wait_tokens)
         with storage.content_fd(task_id) as fd:
-            if isinstance(conn, ssl.SSLSocket):
-                await self._send_tls_piece(conn, frame, fd, piece.offset, piece.length)
+            if isinstance(conn, (ssl.SSLSocket, vortex_tls.NativeTlsSocket)):
+                await self._send_tls(
+                    asyncio.get_running_loop(), vortex_tls.sender(conn, frame, fd, piece.offset, piece.length)
+                )
             else:
                 await self._send_piece(conn, frame, fd, piece.offset, piece.length)
         storage.touch(task_id)
@@ -316,7 +334,7 @@ class VortexServer:
         return True
 
     async def _send_compressed(
-        self, conn: socket.socket, storage: Storage, key: tuple[str, int, str], frame: bytes, offset: int, length: int
+        self, conn: Conn, storage: Storage, key: tuple[str, int, str], frame: bytes, offset: int, length: int
     ) -> bool:
         """Send the piece zstd-compressed if it compresses; return False (nothing sent) when it does not."""
         task_id = key[0]
@@ -329,8 +347,8 @@ class VortexServer:
         if wait_tokens > 0:
             await asyncio.sleep(wait_tokens)
         loop = asyncio.get_running_loop()
-        if isinstance(conn, ssl.SSLSocket):
-            await self._send_tls(loop, vortex_tls.PieceSender(conn, data, -1, 0, 0))
+        if isinstance(conn, (ssl.SSLSocket, vortex_tls.NativeTlsSocket)):
+            await self._send_tls(loop, vortex_tls.sender(conn, data, -1, 0, 0))
         else:
             async with asyncio.timeout(self._timeout + len(data) / (1 << 20)):
                 await loop.sock_sendall(conn, data)
@@ -353,11 +371,11 @@ class VortexServer:
                 async with asyncio.timeout(self._timeout):
                     await vortex_tls.wait_ready(loop, conn, write=True)
 
-    async def _send_tls_piece(self, conn: ssl.SSLSocket, frame: bytes, fd: int, offset: int, length: int) -> None:
-        """Write the metadata frame then the piece bytes through OpenSSL, the same way as _send_piece."""
-        await self._send_tls(asyncio.get_running_loop(), vortex_tls.PieceSender(conn, frame, fd, offset, length))
-
-    async def _send_tls(self, loop: asyncio.AbstractEventLoop, sender: vortex_tls.PieceSender) -> None:
+    async def _send_tls(
+        self, loop: asyncio.AbstractEventLoop, sender: vortex_tls.PieceSender | vortex_tls.NativePieceSender
+    ) -> None:
+        """Write a head and a file range through TLS the way _send_piece does: never holding a thread for a slow
+        reader (each step on an executor thread returns when the socket is full; the loop waits for it)."""
         while (blocked := await run_blocking(self._executor, sender.send_some)) is not None:
             async with asyncio.timeout(self._timeout):
                 await vortex_tls.wait_ready(loop, sender.sock, write=blocked == "write")

@@ -11,6 +11,7 @@ mod recv;
 mod sendfile;
 mod sys;
 pub mod tls;
+pub mod tls_server;
 pub mod token_bucket;
 pub mod vortex;
 

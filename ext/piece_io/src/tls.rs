@@ -22,12 +22,20 @@ use crate::{Error, Result};
 /// Ciphertext bytes asked of the socket per `recv`: several records per system call.
 const READ_CHUNK: usize = 256 * 1024;
 
-fn tls_error(context: &str, err: impl std::fmt::Display) -> Error {
+pub(crate) fn tls_error(context: &str, err: impl std::fmt::Display) -> Error {
     Error::Tls(format!("{context}: {err}"))
 }
 
-/// Build the client configuration from PEM bytes: the cluster CA(s), this host's certificate chain and key.
-pub fn client_config(ca_pem: &[u8], chain_pem: &[u8], key_pem: &[u8]) -> Result<Arc<ClientConfig>> {
+/// The cluster CA(s), this host's certificate chain and its key, from PEM bytes (client and server alike).
+pub(crate) fn identity(
+    ca_pem: &[u8],
+    chain_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<(
+    RootCertStore,
+    Vec<CertificateDer<'static>>,
+    PrivateKeyDer<'static>,
+)> {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem) {
         let cert = cert.map_err(|err| tls_error("caCert", err))?;
@@ -43,6 +51,12 @@ pub fn client_config(ca_pem: &[u8], chain_pem: &[u8], key_pem: &[u8]) -> Result<
         return Err(Error::Tls("cert: no certificate in the PEM data".into()));
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|err| tls_error("key", err))?;
+    Ok((roots, chain, key))
+}
+
+/// Build the client configuration from PEM bytes: the cluster CA(s), this host's certificate chain and key.
+pub fn client_config(ca_pem: &[u8], chain_pem: &[u8], key_pem: &[u8]) -> Result<Arc<ClientConfig>> {
+    let (roots, chain, key) = identity(ca_pem, chain_pem, key_pem)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -54,7 +68,7 @@ pub fn client_config(ca_pem: &[u8], chain_pem: &[u8], key_pem: &[u8]) -> Result<
 }
 
 /// A non-blocking `recv` of the socket as `io::Read` (WouldBlock when empty).
-struct FdReader(RawFd);
+pub(crate) struct FdReader(pub(crate) RawFd);
 
 impl Read for FdReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -75,7 +89,7 @@ impl Read for FdReader {
 }
 
 /// A non-blocking `send` on the socket as `io::Write` (no SIGPIPE: a closed peer is EPIPE).
-struct FdWriter(RawFd);
+pub(crate) struct FdWriter(pub(crate) RawFd);
 
 impl Write for FdWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -88,6 +102,22 @@ impl Write for FdWriter {
                 libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
             )
         };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    /// Several TLS records per system call: rustls hands over up to 64 queued records at once.
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        // SAFETY: an all-zero msghdr is valid (no name, no control data); the fields set below are filled in.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        // IoSlice is guaranteed ABI-compatible with iovec on Unix; the kernel only reads the slices, which live
+        // for the whole call.
+        msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = bufs.len().min(libc::UIO_MAXIOV as usize) as _;
+        // SAFETY: `msg` points at `msg_iovlen` valid iovecs for the whole call; no other field is set.
+        let n = unsafe { libc::sendmsg(self.0, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }

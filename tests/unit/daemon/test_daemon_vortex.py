@@ -1,7 +1,8 @@
 """Vortex piece server and client over real TCP on 127.0.0.1: bytes, digests, errors, rate limit.
 
-Every test runs three times: over mutual TLS (the default; bytes through OpenSSL), over mutual TLS with the child on
-rustls (``download.nativeTls``) and in plaintext (sendfile and the native socket-to-file receive), which must
+Every test runs four times: over mutual TLS through OpenSSL on both ends, over mutual TLS with the child on rustls
+(``download.nativeTls``), with both ends on rustls (``storage.server.nativeTls`` too; raw connections of the tests
+still speak Python's ssl to it) and in plaintext (sendfile and the native socket-to-file receive), which must
 behave the same.
 """
 
@@ -86,7 +87,7 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> tuple[tls.TLSFiles
     return files[0], files[1]
 
 
-@pytest.fixture(params=["tls", "native-tls", "plaintext"])
+@pytest.fixture(params=["tls", "native-tls", "rustls-server", "plaintext"])
 async def parent(
     request: pytest.FixtureRequest, tmp_path: Path, certificates: tuple[tls.TLSFiles, tls.TLSFiles]
 ) -> AsyncIterator[Peer]:
@@ -108,10 +109,11 @@ async def parent(
             executor=executor,
             timeout=5.0,
             on_served=lambda task_id, n: served.append((task_id, n)),
-            ssl_context=tls.server_ssl_context(parent_files) if secure else None,
+            ssl_context=tls.server_ssl_context(parent_files) if secure and request.param != "rustls-server" else None,
+            native_tls=vortex_tls.native_server(parent_files) if request.param == "rustls-server" else None,
         )
         await server.start()
-        native_tls = vortex_tls.native_client(child_files) if request.param == "native-tls" else None
+        native_tls = vortex_tls.native_client(child_files) if request.param in ("native-tls", "rustls-server") else None
         peer = Peer(storage, server, executor, tls.client_ssl_context(child_files) if secure else None, native_tls)
         peer.served = served
         yield peer
@@ -249,7 +251,7 @@ async def test_connections_are_reused_and_stale_ones_replaced(parent: Peer, tmp_
     pool.close()
 
 
-@pytest.mark.parametrize("parent", ["tls"], indirect=True)
+@pytest.mark.parametrize("parent", ["tls", "rustls-server"], indirect=True)
 async def test_a_client_without_a_cluster_certificate_gets_no_bytes(parent: Peer, tmp_path: Path) -> None:
     request = native.encode_download_piece(TASK, 0)
 
@@ -274,7 +276,7 @@ async def test_a_client_without_a_cluster_certificate_gets_no_bytes(parent: Peer
     assert data == DATA[:PIECE]
 
 
-@pytest.mark.parametrize("parent", ["tls"], indirect=True)
+@pytest.mark.parametrize("parent", ["tls", "rustls-server"], indirect=True)
 async def test_connections_that_never_handshake_do_not_hold_upload_threads(parent: Peer, tmp_path: Path) -> None:
     # More silent connections than the server has executor threads (4): the handshake waits on the event loop.
     silent = [socket.create_connection(("127.0.0.1", parent.server.port)) for _ in range(8)]
