@@ -34,13 +34,15 @@ def image_bench_main(
     layers_help: str,
     description: str,
     limits: dict[str, tuple[str, str]] | None = None,
+    parents: list[argparse.ArgumentParser] | None = None,
 ) -> int:
     """The command line of the registry benchmarks (pull, preheat): layer sizes in MiB, a work directory, --json.
 
     ``limits`` maps an option (``--max-ttfb-ratio``) to the key of ``report["ratios"]`` it bounds and its help: the
-    command exits 1 when a ratio of the run is above the limit given (a regression check).
+    command exits 1 when a ratio of the run is above the limit given (a regression check). ``parents``: options of
+    one benchmark (listed in its help; it reads them itself).
     """
-    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=description)
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=description, parents=parents or [])
     parser.add_argument("--layers", default=layers, help=layers_help)
     parser.add_argument("--workdir", help="keep everything here (default: a temporary directory, removed)")
     parser.add_argument("--json", action="store_true")

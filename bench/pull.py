@@ -17,6 +17,8 @@ image for ours (direct is 3 ×), first byte of the largest layer ≤ 1.5 × the 
 
 from __future__ import annotations
 
+import argparse
+import functools
 import hashlib
 import http.client
 import statistics
@@ -106,9 +108,10 @@ def summarize(results: list[dict[str, float]], makespan: float, served: int, ima
     }
 
 
-def run(workdir: Path, layer_sizes: list[int]) -> dict[str, Any]:
+def run(workdir: Path, layer_sizes: list[int], origin_head: str | None = None) -> dict[str, Any]:
     image = build_image(workdir / "layout", layer_sizes)
     report: dict[str, Any] = {
+        "origin_head": origin_head or "default",
         "image_bytes": image.size,
         "layers": [layer.size for layer in image.layers],
         "largest_layer_bytes": image.largest_layer.size,
@@ -120,7 +123,9 @@ def run(workdir: Path, layer_sizes: list[int]) -> dict[str, Any]:
         results, makespan = pull_all([registry.addr] * CLIENTS, image)
         report["direct"] = summarize(results, makespan, egress(registry, image, before), image)
 
-        config = {"proxy": {"registryMirror": {"addr": registry.url}}}
+        config: dict[str, Any] = {"proxy": {"registryMirror": {"addr": registry.url}}}
+        if origin_head is not None:
+            config["proxy"]["originHead"] = origin_head
         with LocalCluster(workdir / "cluster", peers=CLIENTS, daemon_config=config) as cluster:
             before = egress(registry, image, 0)
             addrs = [cluster.process(name).listening["proxy"] for name in cluster.peer_names]
@@ -139,7 +144,7 @@ def format_report(report: dict[str, Any]) -> str:
     size = report["image_bytes"] / MIB
     lines = [
         f"image {size:.1f} MiB ({', '.join(f'{s / MIB:.1f}' for s in report['layers'])} MiB layers), "
-        f"{report['clients']} clients at once",
+        f"{report['clients']} clients at once, proxy.originHead {report['origin_head']}",
         "",
         f"{'':8}{'registry egress':>22}{'TTFB largest (med/max)':>26}{'total pull':>12}",
     ]
@@ -161,14 +166,18 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    head = argparse.ArgumentParser(add_help=False)
+    head.add_argument("--origin-head", metavar="SIZE", help="the peers' proxy.originHead (default: the daemon's)")
+    known, _rest = head.parse_known_args(argv)
     return image_bench_main(
         "bench pull",
         argv,
-        run,
+        functools.partial(run, origin_head=known.origin_head),
         format_report,
         layers="64,32,8,0.001",
         layers_help="layer sizes in MiB, comma separated (default 64,32,8,0.001)",
         description=__doc__.splitlines()[0],
+        parents=[head],
         limits={
             "--max-ttfb-ratio": (
                 "ttfb_ours_over_direct",

@@ -332,7 +332,7 @@ class OriginProcess(ManagedProcess):
         self._call("DELETE", "/_stats")
 
     def set_fault(self, path: str, mode: str, **options: Any) -> None:
-        """Arm a fault (``404``, ``500``, ``reset``, ``short``, ``slow``, ``redirect``) for one served file."""
+        """Arm a fault (``404``, ``500``, ``reset``, ``short``, ``slow``, ``redirect``, ``corrupt``) for one file."""
         self._call("POST", "/_faults", {"path": "/" + path.lstrip("/"), "mode": mode, **options})
 
     def clear_faults(self) -> None:

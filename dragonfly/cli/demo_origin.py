@@ -11,7 +11,8 @@ Control endpoints (JSON), used by ``dragonfly up --demo`` and the tests through 
 - ``POST /_faults`` with ``{"path": "/f", "mode": M, ...}`` arms a fault for one path; ``DELETE /_faults`` clears all.
   Modes: ``404`` and ``500`` (status only), ``reset`` (headers and ``after`` body bytes, then a TCP RST),
   ``short`` (the full Content-Length announced, ``after`` bytes sent, then a clean close), ``slow`` (the body paced
-  at ``rate`` bytes/s), ``redirect`` (``302`` to ``location``). ``after`` defaults to half the response body;
+  at ``rate`` bytes/s), ``redirect`` (``302`` to ``location``), ``corrupt`` (every body byte inverted: an origin
+  that answers this request differently than others). ``after`` defaults to half the response body;
   ``count`` limits the fault to that many requests (default: every request).
 """
 
@@ -32,7 +33,8 @@ from aiohttp import web
 
 CHUNK = 1024 * 1024
 SLOW_CHUNK = 64 * 1024
-FAULT_MODES = ("404", "500", "reset", "short", "slow", "redirect")
+FAULT_MODES = ("404", "500", "reset", "short", "slow", "redirect", "corrupt")
+_INVERT = bytes(255 - b for b in range(256))
 
 
 @dataclass(slots=True)
@@ -157,7 +159,8 @@ class Origin:
         if fault is not None and fault.mode in ("reset", "short"):
             after = fault.after if fault.after is not None else (stop - start) // 2
             limit = start + min(after, stop - start)
-        await self._send(response, full, start, limit, key, fault.rate if fault else 0.0)
+        corrupt = fault is not None and fault.mode == "corrupt"
+        await self._send(response, full, start, limit, key, fault.rate if fault else 0.0, corrupt=corrupt)
         if limit < stop:
             assert fault is not None
             self._cut(request, rst=fault.mode == "reset")
@@ -166,7 +169,7 @@ class Origin:
         return response
 
     async def _send(
-        self, response: web.StreamResponse, full: str, start: int, stop: int, key: str, rate: float
+        self, response: web.StreamResponse, full: str, start: int, stop: int, key: str, rate: float, *, corrupt: bool
     ) -> None:
         chunk = SLOW_CHUNK if rate else CHUNK
         began = time.monotonic()
@@ -178,6 +181,8 @@ class Origin:
                 data = os.pread(fd, min(chunk, stop - offset), offset)
                 if not data:
                     break
+                if corrupt:
+                    data = data.translate(_INVERT)
                 await response.write(data)
                 offset += len(data)
                 sent += len(data)

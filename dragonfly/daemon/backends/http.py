@@ -464,6 +464,46 @@ class HTTPBackend:
 
         return await self._retrying("stat of", attempt, url)
 
+    async def stat_with_head(
+        self, url: str, request_header: Mapping[str, str], options: OriginOptions = LOCAL, *, head: int
+    ) -> tuple[StatResult, bytes]:
+        """Stat ``url`` with ``GET Range: bytes=0-(head-1)`` and return its first bytes too (up to ``head``).
+
+        One request instead of the 1-byte stat: a ``206`` gives the length in ``Content-Range`` and the bytes asked
+        for; a ``200`` (an origin that ignores ``Range``) gives ``Content-Length``, and only ``head`` bytes of its
+        body are read before the connection is closed. Anything else falls back to ``stat`` with no bytes.
+        """
+
+        async def attempt() -> tuple[StatResult, bytes] | None:
+            async with asyncio.timeout(self._piece_timeout):
+                headers = self._headers(request_header, {"Range": f"bytes=0-{head - 1}"})
+                async with self._open("GET", url, headers, options) as resp:
+                    if resp.status == 206:
+                        match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+                        if not match or match.group(3) == "*" or int(match.group(1)) != 0:
+                            return None
+                        stat = StatResult(int(match.group(3)), dict(resp.headers))
+                        size = min(int(match.group(2)) + 1, head, stat.content_length)
+                    elif resp.status == 200 and resp.content_length is not None:
+                        stat = StatResult(resp.content_length, dict(resp.headers), supports_range=False)
+                        size = min(head, stat.content_length)
+                    elif resp.status != 416 and resp.status >= 400:
+                        raise _status_error(url, resp)
+                    else:
+                        return None
+                    try:
+                        # A body read only in part is not reused: aiohttp closes its connection on release.
+                        return stat, await resp.content.readexactly(size)
+                    except asyncio.IncompleteReadError as exc:
+                        raise aiohttp.ClientPayloadError(
+                            f"origin closed the body of {url} after {len(exc.partial)} of its first {size} bytes"
+                        ) from None
+
+        answer = await self._retrying("stat of", attempt, url)
+        if answer is None:
+            return await self.stat(url, request_header, options), b""
+        return answer
+
     async def download_piece(
         self,
         url: str,

@@ -35,6 +35,9 @@ class TaskStarted:
     response_header: dict[str, str]
     #: The bytes the requester asked for, None for the whole content.
     range: ByteRange | None = None
+    #: The content's first bytes as the origin sent them with its length (``origin_head``), unverified; empty when
+    #: not asked for, or when they would be the whole content.
+    head: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,8 @@ class TaskDownload:
         "download",
         "error",
         "from_scheduler",
+        "head",
+        "head_size",
         "in_order",
         "options",
         "order",
@@ -111,6 +116,10 @@ class TaskDownload:
         # A requester consumes the pieces in order as they arrive (the proxy streaming a response): the first one
         # matters most.
         self.in_order = False
+        # How many first bytes the stat of the origin reads too (``proxy.originHead``; 0: a 1-byte stat), and
+        # those bytes when they are a strict prefix of the content.
+        self.head_size = 0
+        self.head = b""
 
     def missing(self, task: TaskRecord) -> list[int]:
         """Return the pieces this download still has to fetch of ``task``, in ascending order."""

@@ -133,6 +133,7 @@ class TaskManager:
         remote: bool | None = None,
         insecure: bool = False,
         in_order: bool = False,
+        origin_head: int = 0,
     ) -> AsyncGenerator[TaskStarted | PieceDone, None]:
         """Download a task, yielding the started event then one event per piece; write the output at the end.
 
@@ -143,7 +144,9 @@ class TaskManager:
         ``remote`` says another host asked for it (the origin is then reached through the SSRF guard; None: when
         ``from_scheduler``); ``insecure`` skips the origin's certificate verification (a local caller's choice).
         ``in_order`` says the caller consumes the pieces in order as they come (the download then starts with
-        its first wanted piece alone, where parents serve it).
+        its first wanted piece alone, where parents serve it). ``origin_head``: if this request starts the download
+        of an http(s) task, its stat of the origin reads that many first bytes too, handed over unverified in
+        ``TaskStarted.head`` (the proxy sends them at once and checks them against piece 0).
         """
         if self._stopping:
             raise DownloadFailed("dfdaemon is shutting down")
@@ -168,6 +171,7 @@ class TaskManager:
                     deadline=deadline,
                     origin=origin,
                     in_order=in_order,
+                    origin_head=origin_head,
                 ):
                     if isinstance(event, TaskStarted):
                         byte_range = event.range
@@ -204,6 +208,7 @@ class TaskManager:
         deadline: float | None,
         origin: OriginOptions = LOCAL_ORIGIN,
         in_order: bool = False,
+        origin_head: int = 0,
     ) -> AsyncIterator[TaskStarted | PieceDone]:
         def remaining() -> float | None:
             if deadline is None:
@@ -239,6 +244,7 @@ class TaskManager:
                 td = self._active[task_id] = TaskDownload(task_id, download, peer_id, spec, origin)
                 td.from_scheduler = from_scheduler
                 td.in_order = in_order
+                td.head_size = origin_head
                 td.runner = asyncio.create_task(self._run(td), name=f"download-{task_id[:12]}")
             try:
                 await asyncio.wait_for(td.ready.wait(), remaining())
@@ -259,7 +265,11 @@ class TaskManager:
             except TimeoutError:
                 remaining()
                 raise
-        yield TaskStarted(task_id, td.peer_id, task.content_length, task.piece_length, task.response_header, byte_range)
+        # The origin's head is only of use (and only unchecked) until the swarm's piece 0 is here.
+        head = b"" if 0 in task.pieces else td.head
+        yield TaskStarted(
+            task_id, td.peer_id, task.content_length, task.piece_length, task.response_header, byte_range, head
+        )
         # Pieces stored before this download began (a resumed task) are local; the rest keep their source.
         left = len(wanted) if wanted is not None else -1
         for number in sorted(set(task.pieces) - set(td.order)):
@@ -271,6 +281,8 @@ class TaskManager:
             while seen < len(td.order):
                 number = td.order[seen]
                 seen += 1
+                if number == 0:
+                    td.head = b""
                 if wanted is None or number in wanted:
                     left -= 1
                     yield PieceDone(task.pieces[number], task.pieces[number].traffic_type)

@@ -23,7 +23,8 @@ from dragonfly.common.digest import Digest, verify_file_digest
 from dragonfly.common.errors import DigestMismatch, DragonflyError
 from dragonfly.common.piece import calculate_piece_length, piece_count
 from dragonfly.common.redact import redact_headers, redact_url
-from dragonfly.daemon.backends import Backends, NotReadableHere
+from dragonfly.common.schemes import scheme_of
+from dragonfly.daemon.backends import Backends, NotReadableHere, StatResult
 from dragonfly.daemon.backends.http import HTTPBackend
 from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.config import DfdaemonConfig
@@ -137,7 +138,15 @@ class TaskRunner:
             if task is None or task.failed_at is not None:
                 header = dict(download.request_header)
                 try:
-                    stat = await self._backends.get(download.url).stat(download.url, header, td.options)
+                    if td.head_size and scheme_of(download.url) in ("http", "https"):
+                        # The requester wants the first bytes at once: the stat's one request reads them too.
+                        found, head = await self._backends.http.stat_with_head(
+                            download.url, header, td.origin, head=td.head_size
+                        )
+                        stat = StatResult(found.content_length, found.header, found.supports_range)
+                        td.head = head if len(head) < stat.content_length else b""
+                    else:
+                        stat = await self._backends.get(download.url).stat(download.url, header, td.options)
                 except NotReadableHere as exc:
                     if self.announcer is None:
                         raise

@@ -6,6 +6,12 @@ order as they arrive (one that arrives early waits for its predecessors), read b
 ``readBufferSize`` chunks. Headers are the origin's, as stored when the task started, rewritten for a full answer
 (or a 206 with ``Content-Range`` for a ranged request), plus ``X-Dragonfly-Task-ID`` and ``X-Dragonfly-Peer-ID``.
 A failure after the headers aborts the connection: the client sees a short body, never a complete-looking one.
+
+With ``proxy.originHead`` (a whole-content request that starts the task's download here), the stat of the origin
+reads the content's first bytes too, and the answer starts with them at once, as a direct pull would, instead of
+waiting for piece 0 to cross the swarm. They are as trusted as a direct pull's; the rest of the body comes from
+verified pieces, and when piece 0 arrives its first bytes must equal what was sent, else the connection is aborted
+(an origin that answers differently than the swarm holds is caught, the body never completes).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from concurrent.futures import Executor
 from aiohttp import web
 from dragonfly_api import common_pb2
 
-from dragonfly.common.byte_range import ByteRange
+from dragonfly.common.byte_range import ByteRange, find_range_header
 from dragonfly.common.netguard import find_refusal
 from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.download.task_download import PieceDone, TaskStarted
@@ -35,6 +41,10 @@ log = logging.getLogger(__name__)
 _STAT_HEADERS = HOP_BY_HOP | {"content-length", "content-range", "date"}
 
 
+class HeadMismatch(ConnectionError):
+    """The first bytes the origin sent differ from verified piece 0: the answer is aborted."""
+
+
 class P2PResponder:
     """Streams task content to proxy clients."""
 
@@ -46,8 +56,10 @@ class P2PResponder:
         *,
         read_buffer_size: int,
         spawn: Callable[[AsyncIterator[object]], None],
+        origin_head: int = 0,
     ) -> None:
         self._tasks = tasks
+        self._origin_head = origin_head
         self._storage = storage
         self._executor = executor
         self._read_buffer_size = read_buffer_size
@@ -62,7 +74,10 @@ class P2PResponder:
         the origin's own answer to the client untouched (a registry's 401 challenge with its JSON body).
         """
         # ``remote``: the client is on another host, so the origin is reached through the SSRF guard.
-        async with contextlib.aclosing(self._tasks.download(download, remote=remote, in_order=True)) as events:
+        # A ranged request streams from its own start: the content's head is no use to it.
+        head = 0 if find_range_header(download.request_header) is not None else self._origin_head
+        downloading = self._tasks.download(download, remote=remote, in_order=True, origin_head=head)
+        async with contextlib.aclosing(downloading) as events:
             try:
                 started = await anext(events)
             except StopAsyncIteration:
@@ -106,14 +121,22 @@ class P2PResponder:
         if byte_range is not None:
             response.headers["Content-Range"] = byte_range.content_range(started.content_length)
         response.content_length = wanted.length
+        head = started.head if byte_range is None else b""
+        # What is left to send once the head is out: piece 0 checked against it, then from its end.
+        rest = ByteRange(len(head), wanted.length - len(head)) if head else wanted
 
         sent = 0
         try:
+            if head:
+                await response.prepare(request)
+                await response.write(head)
             while sent < len(order) or not response.prepared:
                 if sent < len(order) and order[sent] in stored:
                     if not response.prepared:
                         await response.prepare(request)
-                    await self._send_piece(response, started, order[sent], wanted)
+                    if head and order[sent] == 0:
+                        await self._check_head(started, head)
+                    await self._send_piece(response, started, order[sent], rest)
                     sent += 1
                     continue
                 if not order:
@@ -144,6 +167,15 @@ class P2PResponder:
             return response
         await response.write_eof()
         return response
+
+    async def _check_head(self, started: TaskStarted, head: bytes) -> None:
+        """Raise HeadMismatch unless verified piece 0 starts with the origin's bytes already sent."""
+        with self._storage.content_fd(started.task_id) as fd:
+            stored = await run_blocking(self._executor, os.pread, fd, len(head), 0)
+        if stored != head:
+            raise HeadMismatch(
+                f"the origin's first {len(head)} bytes of task {started.task_id} differ from the swarm's piece 0"
+            )
 
     async def _send_piece(
         self, response: web.StreamResponse, started: TaskStarted, number: int, wanted: ByteRange

@@ -102,7 +102,12 @@ class ProxyServer:
             extra_ca=config.registry_mirror.cert, read_timeout=read_timeout, address_policy=self._policy
         )
         self._p2p = P2PResponder(
-            tasks, storage, executor, read_buffer_size=config.read_buffer_size, spawn=self._spawn_drain
+            tasks,
+            storage,
+            executor,
+            read_buffer_size=config.read_buffer_size,
+            spawn=self._spawn_drain,
+            origin_head=config.origin_head,
         )
         self._http = web.Server(self._handle, access_log=None)
         self._tunnel_servers: set[web.Server] = set()

@@ -112,6 +112,54 @@ async def test_stat_follows_redirects(origin: tuple[Origin, str], backend: HTTPB
     assert (await backend.stat(f"{base}/moved", {})).content_length == len(DATA)
 
 
+async def test_stat_with_head_is_one_request_that_reads_the_first_bytes(
+    origin: tuple[Origin, str], backend: HTTPBackend
+) -> None:
+    state, base = origin
+    result, head = await backend.stat_with_head(f"{base}/f", {"X-User": "u"}, head=256 * 1024)
+    assert (result.content_length, result.supports_range) == (len(DATA), True)
+    assert head == DATA[: 256 * 1024]
+    assert [r["Range"] for r in state.requests] == [f"bytes=0-{256 * 1024 - 1}"]
+    assert state.requests[0]["X-User"] == "u"
+
+
+async def test_stat_with_head_of_an_origin_that_ignores_range_reads_the_head_only(
+    origin: tuple[Origin, str], backend: HTTPBackend
+) -> None:
+    state, base = origin
+    state.ignore_range = True
+    result, head = await backend.stat_with_head(f"{base}/f", {}, head=64 * 1024)
+    assert (result.content_length, result.supports_range) == (len(DATA), False)
+    assert head == DATA[: 64 * 1024]
+    # A content shorter than the head comes whole; an empty one falls back to the stat, with no bytes.
+    state.ignore_range = False
+    state.body = DATA[:1000]
+    result, head = await backend.stat_with_head(f"{base}/f", {}, head=64 * 1024)
+    assert (result.content_length, head) == (1000, DATA[:1000])
+    result, head = await backend.stat_with_head(f"{base}/empty", {}, head=64 * 1024)
+    assert (result.content_length, head) == (0, b"")
+
+
+async def test_stat_with_head_refused_is_the_status_error(origin: tuple[Origin, str], backend: HTTPBackend) -> None:
+    _state, base = origin
+    with pytest.raises(BackendError) as info:
+        await backend.stat_with_head(f"{base}/nope", {}, head=64 * 1024)
+    assert info.value.status_code == 404
+
+
+async def test_stat_with_head_cut_short_is_retried_then_reported(
+    origin: tuple[Origin, str], backend: HTTPBackend
+) -> None:
+    state, base = origin
+    state.fault, state.fault_count = "short", 1
+    _result, head = await backend.stat_with_head(f"{base}/f", {}, head=256 * 1024)
+    assert head == DATA[: 256 * 1024]
+    assert len(state.requests) == 2
+    state.fault, state.fault_count = "short", 2
+    with pytest.raises(BackendError, match="131072 of 262144 bytes"):
+        await backend.stat_with_head(f"{base}/f", {}, head=256 * 1024)
+
+
 @pytest.mark.parametrize("buffer_size", [4 * 1024 * 1024, 64 * 1024])
 async def test_piece_lands_at_its_offset_with_its_crc(
     origin: tuple[Origin, str], backend: HTTPBackend, tmp_path: Path, buffer_size: int

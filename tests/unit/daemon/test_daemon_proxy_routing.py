@@ -36,6 +36,8 @@ def test_defaults_are_safe_and_follow_dragonfly() -> None:
     assert config.rules[0].filtered_query_params == []  # Dragonfly's default list
     assert config.registry_mirror.addr == "https://index.docker.io"
     assert config.hijack_https.hosts == []
+    assert config.origin_head == 256 * 1024
+    assert proxy_config(originHead=0).origin_head == 0
 
 
 @pytest.mark.parametrize(
@@ -48,6 +50,8 @@ def test_defaults_are_safe_and_follow_dragonfly() -> None:
         ({"registryMirror": {"addr": "index.docker.io"}}, "addr must be an http:// or https:// URL"),
         ({"server": {"basicAuth": {"username": "u", "password": ""}}}, "password must be 1 to 20 characters"),
         ({"server": {"requestRateLimit": 0}}, "requestRateLimit must be >= 1"),
+        ({"originHead": "32KiB"}, "originHead must be 0 .off. or between 64KiB and 4MiB"),
+        ({"originHead": "8MiB"}, "originHead must be 0 .off. or between 64KiB and 4MiB"),
     ],
 )
 def test_config_errors_name_the_problem(proxy: dict[str, object], match: str) -> None:

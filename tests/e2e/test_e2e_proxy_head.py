@@ -1,0 +1,198 @@
+"""The origin head of proxied blobs (``proxy.originHead``, docs/proxy.md#the-first-bytes-from-the-registry).
+
+A scheduler, a seed peer and 2 peers: peer-1 with the default head (256 KiB), peer-2 with it off. The registry
+(Debian's docker-registry) logs every request with the bytes it sent, so "the peer read the head, and every blob
+byte left the registry once" is measured. The demo origin serves a file differently to one request (its ``corrupt``
+fault) to show that a head the swarm's piece 0 contradicts aborts the answer; ``python -m http.server`` is an
+origin that ignores ``Range``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dragonfly.cli.cluster import LocalCluster, OriginProcess, free_ports
+from dragonfly.cli.registry import Image, RegistryProcess, build_image, push
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.skipif(
+    not all(shutil.which(tool) for tool in ("docker-registry", "skopeo")),
+    reason="needs docker-registry and skopeo (scripts/system-deps.sh installs them)",
+)
+
+MIB = 1024 * 1024
+HEAD = 256 * 1024  # proxy.originHead's default
+REPOSITORY = "test/head"
+
+
+@pytest.fixture(scope="module")
+def image(module_dir: Path) -> Image:
+    return build_image(module_dir / "layout", [12 * MIB, 10 * MIB, 9 * MIB])
+
+
+@pytest.fixture(scope="module")
+def registry(module_dir: Path, image: Image) -> Iterator[RegistryProcess]:
+    with RegistryProcess(module_dir / "registry") as server:
+        push(image, server, REPOSITORY)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def cluster(module_dir: Path, registry: RegistryProcess, origin: OriginProcess) -> Iterator[LocalCluster]:
+    config = {
+        "proxy": {"registryMirror": {"addr": registry.url, "enableTaskIDBasedBlobDigest": True}},
+        "download": {"collectedPieceTimeout": "10s"},
+    }
+    with LocalCluster(
+        module_dir / "cluster",
+        peers=2,
+        daemon_config=config,
+        peer_configs={"peer-2": {"proxy": {"originHead": 0}}},
+        start_timeout=60,
+    ) as started:
+        yield started
+
+
+def proxy_addr(cluster: LocalCluster, name: str) -> tuple[str, int]:
+    host, _, port = cluster.process(name).listening["proxy"].rpartition(":")
+    return host, int(port)
+
+
+def get(addr: tuple[str, int], target: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(*addr, timeout=120)
+    try:
+        conn.request("GET", target, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def blob_bytes(image: Image, digest: str) -> bytes:
+    return (image.layout / "blobs" / "sha256" / digest.split(":")[1]).read_bytes()
+
+
+def sent_for(registry: RegistryProcess, digest: str, size: int, extra: int) -> list[int]:
+    """Bytes of every GET of the blob the registry logged, once it has logged ``size + extra`` (bounded wait)."""
+
+    def logged() -> list[int] | None:
+        sent = [sent for method, path, _status, sent in registry.served() if method == "GET" and path.endswith(digest)]
+        return sent if sum(sent) >= size + extra else None
+
+    return wait_for(logged, 30, f"the registry to log {size + extra} bytes of {digest}")
+
+
+def test_a_blob_starts_with_the_origin_head_and_every_byte_leaves_the_registry_once_more(
+    cluster: LocalCluster, registry: RegistryProcess, image: Image
+) -> None:
+    layer = image.layers[0]
+    status, body = get(proxy_addr(cluster, "peer-1"), f"/v2/{REPOSITORY}/blobs/{layer.digest}")
+    assert status == 200
+    assert hashlib.sha256(body).hexdigest() == layer.digest[7:]
+    # peer-1's stat is the head (HEAD bytes), the seed's a 1-byte stat, then the seed's pieces: each byte once.
+    sent = sent_for(registry, layer.digest, layer.size, HEAD + 1)
+    assert sent.count(HEAD) == 1, sent
+    assert sent.count(1) == 1, sent
+    assert sum(sent) == layer.size + HEAD + 1, sent
+
+
+def test_with_the_head_off_a_blob_costs_two_stats_of_one_byte(
+    cluster: LocalCluster, registry: RegistryProcess, image: Image
+) -> None:
+    layer = image.layers[1]
+    status, body = get(proxy_addr(cluster, "peer-2"), f"/v2/{REPOSITORY}/blobs/{layer.digest}")
+    assert status == 200
+    assert hashlib.sha256(body).hexdigest() == layer.digest[7:]
+    sent = sent_for(registry, layer.digest, layer.size, 2)
+    assert sent.count(1) == 2, sent
+    assert sum(sent) == layer.size + 2, sent
+
+
+def test_a_ranged_request_reads_no_head_and_a_refusal_is_passed_on(
+    cluster: LocalCluster, registry: RegistryProcess, image: Image
+) -> None:
+    addr = proxy_addr(cluster, "peer-1")
+    layer = image.layers[2]
+    status, body = get(addr, f"/v2/{REPOSITORY}/blobs/{layer.digest}", {"Range": "bytes=5000000-5999999"})
+    assert status == 206
+    assert body == blob_bytes(image, layer.digest)[5000000:6000000]
+    sent = sent_for(registry, layer.digest, 4 * MIB, 2)
+    assert HEAD not in sent, sent
+    # The registry's 404 comes back as it is, as without the head.
+    conn = http.client.HTTPConnection(*addr, timeout=60)
+    try:
+        conn.request("GET", f"/v2/{REPOSITORY}/blobs/sha256:{'2' * 64}")
+        response = conn.getresponse()
+        assert response.status == 404
+        assert response.getheader("X-Dragonfly-Error-Type") == "backend"
+        assert b"BLOB_UNKNOWN" in response.read()
+    finally:
+        conn.close()
+
+
+def test_an_origin_head_that_piece_0_contradicts_aborts_the_answer(
+    cluster: LocalCluster, origin: OriginProcess
+) -> None:
+    """The first request for the file (peer-1's stat with the head) gets every byte inverted; the seed's requests
+    get the file. The client receives the wrong head, then the connection is aborted: never a complete body."""
+    data = os.urandom(6 * MIB)
+    (origin.directory / "two-faced.bin").write_bytes(data)
+    origin.set_fault("two-faced.bin", "corrupt", count=1)
+    conn = http.client.HTTPConnection(*proxy_addr(cluster, "peer-1"), timeout=60)
+    try:
+        conn.request("GET", origin.url("two-faced.bin"), headers={"X-Dragonfly-Use-P2P": "true"})
+        response = conn.getresponse()
+        assert response.status == 200
+        assert int(response.getheader("Content-Length") or -1) == len(data)
+        with pytest.raises((http.client.IncompleteRead, ConnectionError)) as caught:
+            response.read()
+    finally:
+        conn.close()
+    # What reached the client before the abort is at most the head (bytes still queued in the proxy are dropped).
+    received = getattr(caught.value, "partial", b"")
+    assert len(received) <= HEAD
+    assert received == bytes(255 - b for b in data[: len(received)])
+    # The task itself is fine: the swarm's bytes, verified, are served to the next request.
+    status, body = get(proxy_addr(cluster, "peer-1"), origin.url("two-faced.bin"), {"X-Dragonfly-Use-P2P": "true"})
+    assert (status, body == data) == (200, True)
+
+
+def test_an_origin_without_range_support_gives_the_head_and_the_whole_body(
+    cluster: LocalCluster, module_dir: Path
+) -> None:
+    directory = module_dir / "plain-origin"
+    directory.mkdir()
+    data = os.urandom(9 * MIB)
+    (directory / "plain.bin").write_bytes(data)
+    port = free_ports(1)[0]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(directory), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert time.monotonic() < deadline, "python -m http.server did not start"
+            time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}/plain.bin"
+        status, body = get(proxy_addr(cluster, "peer-1"), url, {"X-Dragonfly-Use-P2P": "true"})
+        assert status == 200
+        assert hashlib.sha256(body).digest() == hashlib.sha256(data).digest()
+    finally:
+        server.terminate()
+        server.wait(10)
