@@ -161,12 +161,20 @@ def permits(grants: Iterable[tuple[str, str]], obj: str, action: str) -> bool:
 
 
 class SigninLimiter:
-    """Failed sign-ins per key (client address and user name) in a sliding window."""
+    """Failed sign-ins in a sliding window, per client address and user name and per client address alone.
 
-    __slots__ = ("_failures", "max_failures", "window")
+    The pair limit stops guessing one user's password; the address limit stops one client from trying a few
+    passwords on every user name (spraying), which the pair limit alone would let through.
+    """
 
-    def __init__(self, max_failures: int, window: float) -> None:
+    __slots__ = ("_failures", "max_address_failures", "max_failures", "window")
+
+    #: Keys kept at most; past that the oldest are dropped (a flood from many addresses cannot grow the table).
+    MAX_KEYS = 100_000
+
+    def __init__(self, max_failures: int, window: float, max_address_failures: int = 20) -> None:
         self.max_failures = max_failures
+        self.max_address_failures = max_address_failures
         self.window = window
         self._failures: dict[str, deque[float]] = {}
 
@@ -180,22 +188,43 @@ class SigninLimiter:
             del self._failures[key]
         return failures
 
-    def retry_after(self, key: str) -> float:
-        """Return seconds until ``key`` may try again (0 = now)."""
-        now = time.monotonic()
+    def _wait(self, key: str, limit: int, now: float) -> float:
         failures = self._recent(key, now)
-        if len(failures) < self.max_failures:
+        if len(failures) < limit:
             return 0.0
         return max(0.0, failures[0] + self.window - now)
 
-    def failed(self, key: str) -> None:
-        """Record one failure; the table is bounded by dropping the oldest keys."""
+    def retry_after(self, address: str, name: str) -> float:
+        """Return seconds until ``name`` may try again from ``address`` (0 = now)."""
         now = time.monotonic()
-        if len(self._failures) > 100_000:
-            for stale in list(self._failures)[:10_000]:
-                del self._failures[stale]
-        self._failures.setdefault(key, deque(maxlen=self.max_failures)).append(now)
+        return max(
+            self._wait(_pair_key(address, name), self.max_failures, now),
+            self._wait(_address_key(address), self.max_address_failures, now),
+        )
 
-    def succeeded(self, key: str) -> None:
-        """Forget the failures of ``key``."""
-        self._failures.pop(key, None)
+    def failed(self, address: str, name: str) -> None:
+        """Record one failure of ``name`` from ``address``; the table is bounded by dropping the oldest keys."""
+        now = time.monotonic()
+        if len(self._failures) > self.MAX_KEYS:
+            for stale in list(self._failures)[: self.MAX_KEYS // 10]:
+                del self._failures[stale]
+        for key, limit in (
+            (_pair_key(address, name), self.max_failures),
+            (_address_key(address), self.max_address_failures),
+        ):
+            self._failures.setdefault(key, deque(maxlen=limit)).append(now)
+
+    def succeeded(self, address: str, name: str) -> None:
+        """Forget the failures of ``name`` from ``address``.
+
+        The address's own count stays: one valid account must not reset an attacker's budget for the others.
+        """
+        self._failures.pop(_pair_key(address, name), None)
+
+
+def _pair_key(address: str, name: str) -> str:
+    return f"p\x00{address}\x00{name}"
+
+
+def _address_key(address: str) -> str:
+    return f"a\x00{address}"

@@ -7,6 +7,7 @@ Dragonfly's ``database.postgres``/``database.mysql`` sections, or by a full SQLA
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,10 @@ class RESTConfig:
     addr: str = ":8080"
     # Largest request body accepted; bigger bodies get 413 before they are read.
     max_body_size: Size = Size(1 << 20)
+    # Reverse proxies (IPs or CIDRs) whose X-Forwarded-For is believed: the client is the rightmost address not in
+    # this list. Empty: the header is ignored and the client is the socket's peer (behind a proxy, then, every
+    # client shares the proxy's address and its sign-in limit).
+    trusted_proxies: list[str] = field(default_factory=list)
 
     @property
     def host(self) -> str:
@@ -52,6 +57,11 @@ class RESTConfig:
             raise ValueError(f"addr port must be in 0..65535, got {port}")
         if self.max_body_size < 1024:
             raise ValueError("maxBodySize must be >= 1KiB")
+        for entry in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(entry)
+            except ValueError as exc:
+                raise ValueError(f"trustedProxies: {entry!r} is not an IP address or a CIDR ({exc})") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,14 +171,17 @@ class AuthConfig:
     session_ttl: Duration = field(default=Duration(14 * 86400), metadata={"key": "sessionTTL"})
     # Failed sign-ins per client address and user name in signinWindow before further attempts get 429.
     signin_max_failures: int = 5
+    # Failed sign-ins per client address, whatever the user name, in signinWindow before further attempts get 429.
+    # The client address is the socket's peer, or the one server.rest.trustedProxies vouch for.
+    signin_max_failures_per_address: int = 20
     signin_window: Duration = Duration(60)
 
     def validate(self) -> None:
         """Check lifetimes and limits."""
         if self.session_ttl <= 0 or self.signin_window <= 0:
             raise ValueError("sessionTTL and signinWindow must be > 0")
-        if self.signin_max_failures < 1:
-            raise ValueError("signinMaxFailures must be >= 1")
+        if self.signin_max_failures < 1 or self.signin_max_failures_per_address < 1:
+            raise ValueError("signinMaxFailures and signinMaxFailuresPerAddress must be >= 1")
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,7 +99,11 @@ class ManagerServer:
             config=config,
             engine=engine,
             sessions=db.session_factory(engine),
-            signin_limiter=SigninLimiter(config.auth.signin_max_failures, config.auth.signin_window),
+            signin_limiter=SigninLimiter(
+                config.auth.signin_max_failures,
+                config.auth.signin_window,
+                config.auth.signin_max_failures_per_address,
+            ),
         )
         await db.migrate(engine)
         if config.metrics.enable:
@@ -122,6 +126,10 @@ class ManagerServer:
                 timeout_keep_alive=10,
                 server_header=False,
                 h11_max_incomplete_event_size=16 * 1024,
+                # uvicorn believes X-Forwarded-For from loopback (and $FORWARDED_ALLOW_IPS) unless told otherwise:
+                # only the proxies the operator names may say who the client is.
+                proxy_headers=bool(rest.trusted_proxies),
+                forwarded_allow_ips=list(rest.trusted_proxies),
             )
         )
         self._uvicorn = server

@@ -29,20 +29,25 @@ def _role_out(role: models.Role) -> schemas.RoleOut:
 
 @router.post("/users/signin", response_model=schemas.SigninResponse, summary="Sign in; returns a session token")
 async def signin(body: schemas.SigninRequest, request: Request, session: DB, ctx: Ctx) -> schemas.SigninResponse:
-    """Check name and password; failures are rate-limited per client address and user name."""
+    """Check name and password; failures are rate-limited per client address and user name, and per address."""
+    # The socket's peer, or the client a trusted proxy names (server.rest.trustedProxies, applied by uvicorn).
     client = request.client.host if request.client else "?"
-    key = f"{client}\x00{body.name}"
-    wait = ctx.signin_limiter.retry_after(key)
+    wait = ctx.signin_limiter.retry_after(client, body.name)
     if wait > 0:
-        raise APIError(429, "too many failed sign-ins; try again later", headers={"Retry-After": str(int(wait) + 1)})
+        seconds = int(wait) + 1
+        raise APIError(
+            429,
+            f"too many failed sign-ins from {client}; try again in {seconds} s",
+            headers={"Retry-After": str(seconds)},
+        )
     user = await session.scalar(select(models.User).where(models.User.name == body.name))
     ok = await auth.verify_password(user.encrypted_password if user is not None else None, body.password)
     if user is None or not ok:
-        ctx.signin_limiter.failed(key)
+        ctx.signin_limiter.failed(client, body.name)
         raise APIError(401, "wrong user name or password")
     if user.state != "enable":
         raise APIError(403, "user disabled")
-    ctx.signin_limiter.succeeded(key)
+    ctx.signin_limiter.succeeded(client, body.name)
     # The audit log names who signed in.
     request.state.principal = Principal(user.id, user.name, "session", frozenset())
     token = auth.new_token(auth.SESSION_PREFIX)

@@ -38,7 +38,7 @@ def live_manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
             "rest": {"addr": f"127.0.0.1:{rest}"},
             "grpc": {"listenIP": "127.0.0.1", "port": {"start": grpc_port, "end": grpc_port}},
         },
-        "auth": {"rootPassword": ROOT_PASSWORD, "signinMaxFailures": 1000},
+        "auth": {"rootPassword": ROOT_PASSWORD, "signinMaxFailures": 1000, "signinMaxFailuresPerAddress": 1000},
         "security": {"enable": False},
     }
     (tmp / "manager.yaml").write_text(yaml.safe_dump(config))
