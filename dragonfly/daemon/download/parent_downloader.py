@@ -138,7 +138,7 @@ class ParentDownloader:
             dispatcher,
             collector,
             fetch=lambda fetch, abort: self._fetch_piece(td, task, stream, fetch, abort),
-            report_failure=lambda fetch, error: self._piece_failed(td, stream, fetch, error),
+            report_failure=lambda fetch, error, tell: self._piece_failed(td, stream, fetch, error, tell_scheduler=tell),
             idle_timeout=self._config.download.collected_piece_timeout,
         )
         collector.start()
@@ -157,6 +157,8 @@ class ParentDownloader:
         stream: AnnouncePeerStream,
         fetch: PieceFetch,
         error: BaseException,
+        *,
+        tell_scheduler: bool,
     ) -> None:
         corrupt = isinstance(error, DigestMismatch)
         if fetch.parent.vortex_addr is not None:
@@ -172,6 +174,8 @@ class ParentDownloader:
             "piece from parent failed",
             extra={"task_id": td.task_id, "piece": fetch.number, "parent": fetch.parent.id, "error": str(error)},
         )
+        if not tell_scheduler:
+            return
         # Wrong bytes are not a passing fault: the scheduler marks the sender bad at once (docs/security.md).
         stream.report(
             download_piece_failed_request=scheduler_pb2.DownloadPieceFailedRequest(

@@ -8,7 +8,9 @@ with fake parents and fake fetches, without gRPC, storage or a scheduler:
 - the round ends when the wanted pieces are stored, when no parent may report anything more, when every parent is
   excluded, or after ``collectedPieceTimeout`` with nothing to fetch and nothing reported;
 - an overdue transfer is aborted (the dispatcher says which, and why) and fails with its parent to blame;
-- a parent excluded after a failure loses its other transfers at once: they come from the same sender;
+- a parent excluded after a failure loses its other transfers at once: they come from the same sender; the
+  scheduler hears of the failure that excluded it, not of each transfer that ends with it (three reports of one
+  slow moment used to reach its bad-parent threshold, so the task's seed peer was marked bad for every child);
 - a full disk ends the round with ``NoSpace`` (no other parent would do better); the transfers still running are
   aborted and awaited, whatever ends the round.
 """
@@ -28,8 +30,9 @@ from dragonfly.daemon.errors import DownloadFailed, NoSpace
 
 #: Fetch one piece into storage; return the seconds its bytes took to arrive.
 FetchPiece = Callable[[PieceFetch, FetchAbort], Coroutine[Any, Any, float]]
-#: Tell the world (metrics, logs, the scheduler) that a fetch failed; the round has updated the dispatcher already.
-ReportFailure = Callable[[PieceFetch, BaseException], None]
+#: Tell the world (metrics, logs and, when the last argument is True, the scheduler) that a fetch failed; the round
+#: has updated the dispatcher already. False: its parent had been excluded before, the scheduler knows.
+ReportFailure = Callable[[PieceFetch, BaseException, bool], None]
 
 
 class CollectedPieces(Protocol):
@@ -139,8 +142,9 @@ class ParentRound:
         if isinstance(error, NoSpace):
             # Not the parent's fault, and no other parent would do better.
             raise error
+        known = fetch.parent.id in self._dispatcher.excluded
         self._dispatcher.failed(fetch.number, corrupt=isinstance(error, DigestMismatch))
-        self._report_failure(fetch, error)
+        self._report_failure(fetch, error, not known)
         if fetch.parent.id in self._dispatcher.excluded:
             # Whatever else is coming from it is no better (corrupt bytes cost a whole piece each).
             why = f"parent {fetch.parent.id} was excluded after piece {fetch.number}: {error}"

@@ -87,13 +87,20 @@ class Swarm:
         self.running = 0
         self.first_pieces_stored = asyncio.Event()
         self.failures: list[tuple[int, str, BaseException]] = []
+        #: The failures the scheduler would hear of.
+        self.told: list[tuple[int, str, BaseException]] = []
         self.round = ParentRound(
             self.dispatcher,
             self.reports,
             fetch=self._fetch,
-            report_failure=lambda fetch, error: self.failures.append((fetch.number, fetch.parent.id, error)),
+            report_failure=self._failed,
             idle_timeout=idle_timeout,
         )
+
+    def _failed(self, fetch: PieceFetch, error: BaseException, tell_scheduler: bool) -> None:
+        self.failures.append((fetch.number, fetch.parent.id, error))
+        if tell_scheduler:
+            self.told.append((fetch.number, fetch.parent.id, error))
 
     async def _fetch(self, fetch: PieceFetch, abort: FetchAbort) -> float:
         parent = fetch.parent.id
@@ -180,6 +187,8 @@ async def test_a_corrupt_parent_is_excluded_at_once_and_loses_its_other_transfer
         if isinstance(error, PieceAbandoned)
     )
     assert swarm.round.failed_parents() == {liar}
+    # The scheduler hears of the corrupt piece only: the transfers ended with it are no news about the liar.
+    assert [type(error) for _n, _p, error in swarm.told] == [DigestMismatch]
 
 
 async def test_failures_count_as_strikes_until_the_parent_is_excluded():
@@ -191,6 +200,7 @@ async def test_failures_count_as_strikes_until_the_parent_is_excluded():
     assert swarm.requests[flaky] == pd.PARENT_STRIKES
     assert swarm.failed_with(flaky) == {ConnectionRefusedError}
     assert swarm.round.failed_parents() == {flaky}
+    assert len(swarm.told) == pd.PARENT_STRIKES  # each strike is a failure of its own
 
 
 async def test_a_stalled_transfer_is_abandoned_and_its_piece_comes_from_another_parent():
@@ -205,6 +215,9 @@ async def test_a_stalled_transfer_is_abandoned_and_its_piece_comes_from_another_
     assert swarm.failed_with(stalled) == {PieceAbandoned}
     assert any("piece timeout" in str(error) for _n, _p, error in swarm.failures)
     assert swarm.round.failed_parents() == {stalled}
+    # Its share of the slots was stalled; the scheduler hears of it once.
+    assert len([f for f in swarm.failures if f[1] == stalled]) > 1
+    assert len(swarm.told) == 1
 
 
 async def test_a_full_disk_ends_the_round_after_every_transfer_has_ended():
