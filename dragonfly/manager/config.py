@@ -19,6 +19,12 @@ from dragonfly.common.tls import SecurityConfig, TLSFiles, TLSFilesConfig
 DATABASE_TYPES = ("sqlite", "postgres", "mysql")
 #: Environment variable with the root user's initial password (Dragonfly reads the same one).
 ROOT_PASSWORD_ENV = "DRAGONFLY_INITIAL_ROOT_PASSWORD"
+#: Bounds of ``job.lease``: below a few seconds an event-loop stall or a Redis fail-over costs a manager its jobs;
+#: above an hour a dead manager's jobs wait that long for another.
+MIN_JOB_LEASE = 5.0
+MAX_JOB_LEASE = 3600.0
+#: A lease is renewed this many times per lease period, so a renewal or two may fail (a Redis blip) without loss.
+JOB_LEASE_RENEWALS = 6
 
 
 def _split_addr(addr: str) -> tuple[str, int]:
@@ -246,11 +252,17 @@ class JobConfig:
     secret_key_file: str = ""
     # Keys used before a rotation: they still open jobs sealed with them, never seal new ones.
     previous_secret_key_files: list[str] = field(default_factory=list)
+    # With Redis (several managers): how long a manager holds a job without renewing it (renewed every lease/6).
+    # A manager that dies leaves its jobs to the others after this long; one whose process stalls for longer
+    # (a long GC pause, a frozen VM) loses its jobs to another manager and stops them.
+    lease: Duration = Duration(30)
 
     def validate(self) -> None:
-        """Check the worker count and the CA and key files."""
+        """Check the worker count, the lease and the CA and key files."""
         if not 1 <= self.workers <= 256:
             raise ValueError("workers must be between 1 and 256")
+        if not MIN_JOB_LEASE <= self.lease <= MAX_JOB_LEASE:
+            raise ValueError(f"lease must be between {MIN_JOB_LEASE:g}s and {MAX_JOB_LEASE:g}s, got {self.lease:g}s")
         # A key file named here must exist: generating a fresh key would hide a missing mount from the operator
         # and leave this manager unable to open the other managers' jobs.
         for name, path in [("secretKeyFile", self.secret_key_file)] + [

@@ -27,6 +27,7 @@ from dragonfly.manager.api import schemas
 from dragonfly.manager.api.app import Extension
 from dragonfly.manager.api.deps import Ctx, Page, Principal, link_params, require
 from dragonfly.manager.api.errors import APIError, not_found
+from dragonfly.manager.config import JOB_LEASE_RENEWALS
 from dragonfly.manager.context import ManagerContext
 from dragonfly.manager.jobs.args import ArgsError
 from dragonfly.manager.jobs.engine import JobEngine, JobNotFound
@@ -344,12 +345,20 @@ def job_sealer(ctx: ManagerContext) -> Sealer:
     return sealer
 
 
+def job_queue(ctx: ManagerContext) -> JobQueue:
+    """Return the Redis queue (``database.redis``) with the configured lease, else the in-process one."""
+    url = redis_url(ctx)
+    if url is None:
+        return MemoryQueue()
+    lease = float(ctx.config.job.lease)
+    return RedisQueue.from_url(url, lease=lease, renew_interval=lease / JOB_LEASE_RENEWALS)
+
+
 async def start_jobs(ctx: ManagerContext) -> None:
     """Start the job engine: the database store, the Redis queue when configured (else in process), workers."""
     store = DatabaseJobStore(ctx.sessions, job_sealer(ctx))
     await store.reseal()
-    url = redis_url(ctx)
-    queue: JobQueue = RedisQueue.from_url(url) if url else MemoryQueue()
+    queue = job_queue(ctx)
     engine = JobEngine(
         store,
         queue,
@@ -362,7 +371,11 @@ async def start_jobs(ctx: ManagerContext) -> None:
     ctx.extras[EXTRA_KEY] = engine
     log.info(
         "job engine started",
-        extra={"queue": "redis" if url else "memory", "workers": engine.workers, "secret_key_id": store.key_id},
+        extra={
+            "queue": "redis" if isinstance(queue, RedisQueue) else "memory",
+            "workers": engine.workers,
+            "secret_key_id": store.key_id,
+        },
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -147,3 +148,29 @@ async def test_jobs_submitted_while_redis_is_down_run_once_it_is_back(tmp_path: 
     assert done.state == FAILURE
     assert done.result["job_states"][0]["error"] == "no scheduler cluster to preheat in"
     assert done.progress["attempt"] == 1
+
+
+async def test_a_claim_holds_the_lease_job_lease_configures(redis_server: RedisProcess) -> None:
+    from dragonfly.manager import config
+    from dragonfly.manager.jobs.api import job_queue
+
+    cfg = config.load(
+        None,
+        overrides={"database": {"redis": {"addrs": [f"127.0.0.1:{redis_server.port}"]}}, "job": {"lease": "10m"}},
+    )
+    queue = job_queue(SimpleNamespace(config=cfg))
+    assert isinstance(queue, RedisQueue)
+    assert queue.renew_interval == 100.0  # a sixth of the lease
+    await queue.put(4242)
+    claim = await queue.claim(5)
+    assert claim is not None
+    try:
+        # The lease's deadline is on Redis's clock, in ms: ten minutes out, not the default thirty seconds.
+        deadline = await queue._redis.zscore("dragonfly:manager:jobs:leases", "4242")
+        seconds, micros = await queue._redis.time()
+        remaining = deadline - (seconds * 1000 + micros // 1000)
+        assert 9 * 60_000 < remaining <= 10 * 60_000
+        assert await queue.renew(claim)
+    finally:
+        assert await queue.complete(claim)
+        await queue.close()

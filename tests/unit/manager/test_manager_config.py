@@ -23,3 +23,14 @@ def test_trusted_proxies_default_to_none() -> None:
 def test_the_per_address_sign_in_limit_is_at_least_one() -> None:
     with pytest.raises(ConfigError, match="signinMaxFailuresPerAddress must be >= 1"):
         config.load(None, overrides={"auth": {"signinMaxFailuresPerAddress": 0}})
+
+
+@pytest.mark.parametrize("lease", ["1s", "2h"])
+def test_the_job_lease_is_bounded(lease: str) -> None:
+    with pytest.raises(ConfigError, match=r"job: lease must be between 5s and 3600s"):
+        config.load(None, overrides={"job": {"lease": lease}})
+
+
+def test_the_job_lease_defaults_to_thirty_seconds() -> None:
+    assert config.load(None).job.lease == 30
+    assert config.load(None, overrides={"job": {"lease": "2m"}}).job.lease == 120
