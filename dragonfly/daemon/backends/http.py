@@ -24,10 +24,10 @@ import re
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 from multidict import CIMultiDict
@@ -36,6 +36,7 @@ from yarl import URL
 import dragonfly
 from dragonfly.common import native
 from dragonfly.common.netguard import AddressPolicy, find_refusal, guarded_connector_args
+from dragonfly.daemon.backends.origin_head import OriginHead
 from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.errors import BackendError
 
@@ -465,44 +466,70 @@ class HTTPBackend:
         return await self._retrying("stat of", attempt, url)
 
     async def stat_with_head(
-        self, url: str, request_header: Mapping[str, str], options: OriginOptions = LOCAL, *, head: int
-    ) -> tuple[StatResult, bytes]:
-        """Stat ``url`` with ``GET Range: bytes=0-(head-1)`` and return its first bytes too (up to ``head``).
+        self,
+        url: str,
+        request_header: Mapping[str, str],
+        options: OriginOptions = LOCAL,
+        *,
+        head: int,
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+    ) -> tuple[StatResult, OriginHead | None]:
+        """Stat ``url`` with ``GET Range: bytes=0-(head-1)``; its body becomes an OriginHead, filled while it arrives.
 
-        One request instead of the 1-byte stat: a ``206`` gives the length in ``Content-Range`` and the bytes asked
-        for; a ``200`` (an origin that ignores ``Range``) gives ``Content-Length``, and only ``head`` bytes of its
-        body are read before the connection is closed. Anything else falls back to ``stat`` with no bytes.
+        One request instead of the 1-byte stat: a ``206`` gives the length in ``Content-Range``; a ``200`` (an
+        origin that ignores ``Range``) gives ``Content-Length``, and only ``head`` bytes of its body are read before
+        the connection is closed. The stat returns once the headers are in; ``spawn`` runs the body's reader in the
+        background (within ``piece_timeout``). Anything else falls back to ``stat``, with no head.
         """
 
-        async def attempt() -> tuple[StatResult, bytes] | None:
-            async with asyncio.timeout(self._piece_timeout):
-                headers = self._headers(request_header, {"Range": f"bytes=0-{head - 1}"})
-                async with self._open("GET", url, headers, options) as resp:
+        async def attempt() -> tuple[StatResult, int, aiohttp.ClientResponse, contextlib.AsyncExitStack] | None:
+            stack = contextlib.AsyncExitStack()
+            try:
+                async with asyncio.timeout(self._piece_timeout):
+                    headers = self._headers(request_header, {"Range": f"bytes=0-{head - 1}"})
+                    resp = await stack.enter_async_context(self._open("GET", url, headers, options))
                     if resp.status == 206:
                         match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
-                        if not match or match.group(3) == "*" or int(match.group(1)) != 0:
-                            return None
-                        stat = StatResult(int(match.group(3)), dict(resp.headers))
-                        size = min(int(match.group(2)) + 1, head, stat.content_length)
+                        if match and match.group(3) != "*" and int(match.group(1)) == 0:
+                            stat = StatResult(int(match.group(3)), dict(resp.headers))
+                            size = min(int(match.group(2)) + 1, head, stat.content_length)
+                            return stat, size, resp, stack
                     elif resp.status == 200 and resp.content_length is not None:
                         stat = StatResult(resp.content_length, dict(resp.headers), supports_range=False)
-                        size = min(head, stat.content_length)
+                        return stat, min(head, stat.content_length), resp, stack
                     elif resp.status != 416 and resp.status >= 400:
                         raise _status_error(url, resp)
-                    else:
-                        return None
-                    try:
-                        # A body read only in part is not reused: aiohttp closes its connection on release.
-                        return stat, await resp.content.readexactly(size)
-                    except asyncio.IncompleteReadError as exc:
-                        raise aiohttp.ClientPayloadError(
-                            f"origin closed the body of {url} after {len(exc.partial)} of its first {size} bytes"
-                        ) from None
+            except BaseException:
+                await stack.aclose()
+                raise
+            await stack.aclose()
+            return None
 
         answer = await self._retrying("stat of", attempt, url)
         if answer is None:
-            return await self.stat(url, request_header, options), b""
-        return answer
+            return await self.stat(url, request_header, options), None
+        stat, size, resp, stack = answer
+        origin_head = OriginHead(size, stat.content_length, stat.header)
+        spawn(self._read_head(url, resp, stack, origin_head))
+        return stat, origin_head
+
+    async def _read_head(
+        self, url: str, resp: aiohttp.ClientResponse, stack: contextlib.AsyncExitStack, head: OriginHead
+    ) -> None:
+        try:
+            async with asyncio.timeout(self._piece_timeout):
+                while len(head) < head.size:
+                    chunk = await resp.content.read(head.size - len(head))
+                    if not chunk:
+                        break
+                    head.feed(chunk)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            # What arrived is still the content's prefix; the rest comes from the pieces.
+            log.info("the origin's head broke off", extra={"url": url, "bytes": len(head), "error": repr(exc)})
+        finally:
+            head.end()
+            # A body read only in part is not reused: aiohttp closes its connection on release.
+            await stack.aclose()
 
     async def download_piece(
         self,

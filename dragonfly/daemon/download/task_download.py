@@ -15,6 +15,7 @@ from dragonfly.common.piece import piece_count
 from dragonfly.daemon.backends import SourceOptions
 from dragonfly.daemon.backends.http import LOCAL as LOCAL_ORIGIN
 from dragonfly.daemon.backends.http import OriginOptions
+from dragonfly.daemon.backends.origin_head import OriginHead
 from dragonfly.daemon.download.piece_verifier import PieceVerifier
 from dragonfly.daemon.download.scheduler_client import AnnouncePeerStream
 from dragonfly.daemon.storage import PieceRecord, TaskRecord
@@ -35,9 +36,18 @@ class TaskStarted:
     response_header: dict[str, str]
     #: The bytes the requester asked for, None for the whole content.
     range: ByteRange | None = None
-    #: The content's first bytes as the origin sent them with its length (``origin_head``), unverified; empty when
-    #: not asked for, or when they would be the whole content.
-    head: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class HeadStarted:
+    """Before TaskStarted, for a requester that asked for the origin's head: the stat's answer and its first bytes,
+    unverified, arriving (``TaskManager.download``'s ``origin_head``)."""
+
+    task_id: str
+    peer_id: str
+    content_length: int
+    response_header: dict[str, str]
+    head: OriginHead
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +68,7 @@ class TaskDownload:
         "error",
         "from_scheduler",
         "head",
+        "head_ready",
         "head_size",
         "in_order",
         "options",
@@ -116,10 +127,11 @@ class TaskDownload:
         # A requester consumes the pieces in order as they arrive (the proxy streaming a response): the first one
         # matters most.
         self.in_order = False
-        # How many first bytes the stat of the origin reads too (``proxy.originHead``; 0: a 1-byte stat), and
-        # those bytes when they are a strict prefix of the content.
+        # How many first bytes the stat of the origin reads too (``proxy.originHead``; 0: a 1-byte stat), those
+        # bytes when they are a strict prefix of the content (until piece 0 is stored), and when that is decided.
         self.head_size = 0
-        self.head = b""
+        self.head: OriginHead | None = None
+        self.head_ready = asyncio.Event()
 
     def missing(self, task: TaskRecord) -> list[int]:
         """Return the pieces this download still has to fetch of ``task``, in ascending order."""

@@ -17,7 +17,7 @@ import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterator
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, overload
 
 from dragonfly_api import common_pb2, dfdaemon_pb2
 
@@ -25,7 +25,7 @@ from dragonfly.common import ids, native
 from dragonfly.common.byte_range import ByteRange
 from dragonfly.common.digest import parse_digest, verify_file_digest
 from dragonfly.common.errors import DigestMismatch
-from dragonfly.common.redact import redact_url
+from dragonfly.common.redact import redact_headers, redact_url
 from dragonfly.daemon.backends import Backends, Entry, SourceOptions, check_scheme
 from dragonfly.daemon.backends.http import LOCAL as LOCAL_ORIGIN
 from dragonfly.daemon.backends.http import HTTPBackend, OriginOptions
@@ -39,7 +39,7 @@ from dragonfly.daemon.download.download_request import (
 )
 from dragonfly.daemon.download.parents import ParentChannels
 from dragonfly.daemon.download.scheduler_client import SchedulerClient
-from dragonfly.daemon.download.task_download import LOCAL_PEER, PieceDone, TaskDownload, TaskStarted
+from dragonfly.daemon.download.task_download import LOCAL_PEER, HeadStarted, PieceDone, TaskDownload, TaskStarted
 from dragonfly.daemon.download.task_runner import TaskRunner
 from dragonfly.daemon.errors import DownloadFailed, DownloadTimeout, OutputError
 from dragonfly.daemon.host_info import TrafficMeter
@@ -124,6 +124,31 @@ class TaskManager:
                 await asyncio.wait(pending, timeout=grace)
         self._runner.close()
 
+    @overload
+    def download(
+        self,
+        download: common_pb2.Download,
+        *,
+        from_scheduler: bool = ...,
+        caller: Caller | None = ...,
+        remote: bool | None = ...,
+        insecure: bool = ...,
+        in_order: bool = ...,
+    ) -> AsyncGenerator[TaskStarted | PieceDone, None]: ...
+
+    @overload
+    def download(
+        self,
+        download: common_pb2.Download,
+        *,
+        from_scheduler: bool = ...,
+        caller: Caller | None = ...,
+        remote: bool | None = ...,
+        insecure: bool = ...,
+        in_order: bool = ...,
+        origin_head: int,
+    ) -> AsyncGenerator[HeadStarted | TaskStarted | PieceDone, None]: ...
+
     async def download(
         self,
         download: common_pb2.Download,
@@ -134,7 +159,7 @@ class TaskManager:
         insecure: bool = False,
         in_order: bool = False,
         origin_head: int = 0,
-    ) -> AsyncGenerator[TaskStarted | PieceDone, None]:
+    ) -> AsyncGenerator[HeadStarted | TaskStarted | PieceDone, None]:
         """Download a task, yielding the started event then one event per piece; write the output at the end.
 
         With a range (``Download.range`` or a ``Range`` request header) only the pieces covering it are fetched
@@ -144,9 +169,11 @@ class TaskManager:
         ``remote`` says another host asked for it (the origin is then reached through the SSRF guard; None: when
         ``from_scheduler``); ``insecure`` skips the origin's certificate verification (a local caller's choice).
         ``in_order`` says the caller consumes the pieces in order as they come (the download then starts with
-        its first wanted piece alone, where parents serve it). ``origin_head``: if this request starts the download
-        of an http(s) task, its stat of the origin reads that many first bytes too, handed over unverified in
-        ``TaskStarted.head`` (the proxy sends them at once and checks them against piece 0).
+        its first wanted piece alone, where parents serve it). ``origin_head`` (whole-content requests): if this
+        request starts the download of an http(s) task, its stat of the origin reads that many first bytes too,
+        and a HeadStarted event hands them over, unverified and as they arrive, as soon as the stat is answered
+        (the proxy sends them at once and checks them against piece 0); so does a request that joins the download
+        before its piece 0 is stored.
         """
         if self._stopping:
             raise DownloadFailed("dfdaemon is shutting down")
@@ -209,7 +236,7 @@ class TaskManager:
         origin: OriginOptions = LOCAL_ORIGIN,
         in_order: bool = False,
         origin_head: int = 0,
-    ) -> AsyncIterator[TaskStarted | PieceDone]:
+    ) -> AsyncIterator[HeadStarted | TaskStarted | PieceDone]:
         def remaining() -> float | None:
             if deadline is None:
                 return None
@@ -219,6 +246,7 @@ class TaskManager:
             return left
 
         spec = requested_range(download)
+        head_sent = False
         while True:
             task = self._storage.get_task(task_id)
             td = self._active.get(task_id)
@@ -246,6 +274,17 @@ class TaskManager:
                 td.in_order = in_order
                 td.head_size = origin_head
                 td.runner = asyncio.create_task(self._run(td), name=f"download-{task_id[:12]}")
+            if origin_head and spec is None and not head_sent:
+                try:
+                    await asyncio.wait_for(td.head_ready.wait(), remaining())
+                except TimeoutError:
+                    remaining()
+                    raise
+                head = td.head
+                # The origin's head is only of use (and only unchecked) until the swarm's piece 0 is here.
+                if head is not None and (td.task is None or 0 not in td.task.pieces):
+                    head_sent = True
+                    yield HeadStarted(task_id, td.peer_id, head.content_length, redact_headers(head.header), head)
             try:
                 await asyncio.wait_for(td.ready.wait(), remaining())
             except TimeoutError:
@@ -265,11 +304,7 @@ class TaskManager:
             except TimeoutError:
                 remaining()
                 raise
-        # The origin's head is only of use (and only unchecked) until the swarm's piece 0 is here.
-        head = b"" if 0 in task.pieces else td.head
-        yield TaskStarted(
-            task_id, td.peer_id, task.content_length, task.piece_length, task.response_header, byte_range, head
-        )
+        yield TaskStarted(task_id, td.peer_id, task.content_length, task.piece_length, task.response_header, byte_range)
         # Pieces stored before this download began (a resumed task) are local; the rest keep their source.
         left = len(wanted) if wanted is not None else -1
         for number in sorted(set(task.pieces) - set(td.order)):
@@ -282,7 +317,7 @@ class TaskManager:
                 number = td.order[seen]
                 seen += 1
                 if number == 0:
-                    td.head = b""
+                    td.head = None
                 if wanted is None or number in wanted:
                     left -= 1
                     yield PieceDone(task.pieces[number], task.pieces[number].traffic_type)

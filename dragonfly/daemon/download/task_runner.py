@@ -141,10 +141,13 @@ class TaskRunner:
                     if td.head_size and scheme_of(download.url) in ("http", "https"):
                         # The requester wants the first bytes at once: the stat's one request reads them too.
                         found, head = await self._backends.http.stat_with_head(
-                            download.url, header, td.origin, head=td.head_size
+                            download.url, header, td.origin, head=td.head_size, spawn=self._spawn
                         )
                         stat = StatResult(found.content_length, found.header, found.supports_range)
-                        td.head = head if len(head) < stat.content_length else b""
+                        if head is not None and head.size < stat.content_length:
+                            td.head = head
+                        # Its requester starts its answer now, without waiting for the content file.
+                        td.head_ready.set()
                     else:
                         stat = await self._backends.get(download.url).stat(download.url, header, td.options)
                 except NotReadableHere as exc:
@@ -189,6 +192,7 @@ class TaskRunner:
                 except RangeNotSatisfiable:
                     # Its requester gets the error; the task itself is fine and stays as it is.
                     td.wanted = frozenset()
+            td.head_ready.set()
             td.ready.set()
             if task.finished_at is None and td.missing(task):
                 await self._download_pieces(td, task)
@@ -217,6 +221,7 @@ class TaskRunner:
                 # Registered for the size, then failed before the download used the stream.
                 await td.probe[0].close()
                 td.probe = None
+            td.head_ready.set()
             td.ready.set()
             td.done.set()
 

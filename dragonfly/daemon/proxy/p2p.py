@@ -7,11 +7,12 @@ order as they arrive (one that arrives early waits for its predecessors), read b
 (or a 206 with ``Content-Range`` for a ranged request), plus ``X-Dragonfly-Task-ID`` and ``X-Dragonfly-Peer-ID``.
 A failure after the headers aborts the connection: the client sees a short body, never a complete-looking one.
 
-With ``proxy.originHead`` (a whole-content request that starts the task's download here), the stat of the origin
-reads the content's first bytes too, and the answer starts with them at once, as a direct pull would, instead of
-waiting for piece 0 to cross the swarm. They are as trusted as a direct pull's; the rest of the body comes from
-verified pieces, and when piece 0 arrives its first bytes must equal what was sent, else the connection is aborted
-(an origin that answers differently than the swarm holds is caught, the body never completes).
+With ``proxy.originHead`` (a whole-content request that starts the task's download here, or joins it before piece
+0), the stat of the origin reads the content's first bytes too, and the answer starts as soon as the stat's headers
+are in, with those bytes as they arrive, as a direct pull would, instead of waiting for piece 0 to cross the swarm
+(nor for the content file). They are as trusted as a direct pull's; the rest of the body comes from verified pieces,
+and when piece 0 arrives its first bytes must equal what was sent, else the connection is aborted (an origin that
+answers differently than the swarm holds is caught, the body never completes).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dragonfly_api import common_pb2
 from dragonfly.common.byte_range import ByteRange, find_range_header
 from dragonfly.common.netguard import find_refusal
 from dragonfly.daemon.blocking import run_blocking
-from dragonfly.daemon.download.task_download import PieceDone, TaskStarted
+from dragonfly.daemon.download.task_download import HeadStarted, PieceDone, TaskStarted
 from dragonfly.daemon.download.task_manager import TaskManager
 from dragonfly.daemon.errors import BackendError
 from dragonfly.daemon.proxy.errors import download_error_response, error_response
@@ -39,6 +40,28 @@ log = logging.getLogger(__name__)
 
 # Stored origin headers that describe the stat answer (a 1-byte range), not the body this answer carries.
 _STAT_HEADERS = HOP_BY_HOP | {"content-length", "content-range", "date"}
+
+
+_Event = HeadStarted | TaskStarted | PieceDone
+
+
+def _add_headers(response: web.StreamResponse, origin: dict[str, str], task_id: str, peer_id: str) -> None:
+    for key, value in origin.items():
+        if key.lower() not in _STAT_HEADERS:
+            response.headers.add(key, value)
+    response.headers["Accept-Ranges"] = "bytes"
+    response.headers["X-Dragonfly-Task-ID"] = task_id
+    response.headers["X-Dragonfly-Peer-ID"] = peer_id
+
+
+def _abort(
+    request: web.BaseRequest, response: web.StreamResponse, task_id: str, sent_pieces: int, exc: Exception
+) -> web.StreamResponse:
+    """End an answer whose headers went out: the connection is aborted, so the body never looks complete."""
+    log.warning("proxy stream aborted", extra={"task_id": task_id, "sent_pieces": sent_pieces, "error": repr(exc)})
+    if request.transport is not None:
+        request.transport.abort()
+    return response
 
 
 class HeadMismatch(ConnectionError):
@@ -90,6 +113,8 @@ class P2PResponder:
                 return download_error_response(exc)
             except Exception as exc:
                 return download_error_response(exc)
+            if isinstance(started, HeadStarted):
+                return await self._stream_from_head(request, started, events)
             assert isinstance(started, TaskStarted)
             if prefetch and started.range is not None:
                 self._prefetch(download, remote=remote)
@@ -104,32 +129,52 @@ class P2PResponder:
             del whole.request_header[key]
         self._spawn(self._tasks.download(whole, remote=remote))
 
-    async def _stream(
-        self, request: web.BaseRequest, started: TaskStarted, events: AsyncIterator[TaskStarted | PieceDone]
+    async def _stream_from_head(
+        self, request: web.BaseRequest, started: HeadStarted, events: AsyncIterator[_Event]
     ) -> web.StreamResponse:
+        """Answer with the origin's head as it arrives, then go on with the pieces (``_stream``)."""
+        response = web.StreamResponse(status=200)
+        _add_headers(response, started.response_header, started.task_id, started.peer_id)
+        response.content_length = started.content_length
+        try:
+            await response.prepare(request)
+            async for chunk in started.head.chunks():
+                await response.write(chunk)
+            try:
+                task = await anext(events)
+            except StopAsyncIteration:
+                raise ConnectionError(f"the download of task {started.task_id} ended before it started") from None
+            if not isinstance(task, TaskStarted) or task.content_length != started.content_length:
+                raise ConnectionError(f"task {started.task_id} started unlike its stat")
+        except Exception as exc:
+            return _abort(request, response, started.task_id, 0, exc)
+        return await self._stream(request, task, events, response=response, head=started.head.data)
+
+    async def _stream(
+        self,
+        request: web.BaseRequest,
+        started: TaskStarted,
+        events: AsyncIterator[_Event],
+        *,
+        response: web.StreamResponse | None = None,
+        head: bytes = b"",
+    ) -> web.StreamResponse:
+        """Stream the pieces in order; ``response`` was prepared already when the origin's ``head`` was sent."""
         byte_range = started.range
         wanted = byte_range or ByteRange(0, started.content_length)
         order = list(wanted.pieces(started.piece_length)) if wanted.length else []
         stored: set[int] = set()
-        response = web.StreamResponse(status=206 if byte_range is not None else 200)
-        for key, value in started.response_header.items():
-            if key.lower() not in _STAT_HEADERS:
-                response.headers.add(key, value)
-        response.headers["Accept-Ranges"] = "bytes"
-        response.headers["X-Dragonfly-Task-ID"] = started.task_id
-        response.headers["X-Dragonfly-Peer-ID"] = started.peer_id
-        if byte_range is not None:
-            response.headers["Content-Range"] = byte_range.content_range(started.content_length)
-        response.content_length = wanted.length
-        head = started.head if byte_range is None else b""
+        if response is None:
+            response = web.StreamResponse(status=206 if byte_range is not None else 200)
+            _add_headers(response, started.response_header, started.task_id, started.peer_id)
+            if byte_range is not None:
+                response.headers["Content-Range"] = byte_range.content_range(started.content_length)
+            response.content_length = wanted.length
         # What is left to send once the head is out: piece 0 checked against it, then from its end.
         rest = ByteRange(len(head), wanted.length - len(head)) if head else wanted
 
         sent = 0
         try:
-            if head:
-                await response.prepare(request)
-                await response.write(head)
             while sent < len(order) or not response.prepared:
                 if sent < len(order) and order[sent] in stored:
                     if not response.prepared:
@@ -157,14 +202,7 @@ class P2PResponder:
         except Exception as exc:
             if not response.prepared:
                 return download_error_response(exc)
-            log.warning(
-                "proxy stream aborted",
-                extra={"task_id": started.task_id, "sent_pieces": sent, "error": repr(exc)},
-            )
-            transport = request.transport
-            if transport is not None:
-                transport.abort()
-            return response
+            return _abort(request, response, started.task_id, sent, exc)
         await response.write_eof()
         return response
 

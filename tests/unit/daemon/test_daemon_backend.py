@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import zlib
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from dragonfly.daemon.backends.http import HTTPBackend
+from dragonfly.daemon.backends.http import HTTPBackend, StatResult
+from dragonfly.daemon.backends.origin_head import OriginHead
 from dragonfly.daemon.errors import BackendError
 
 DATA = os.urandom(3 * 1024 * 1024 + 123)
@@ -112,13 +114,33 @@ async def test_stat_follows_redirects(origin: tuple[Origin, str], backend: HTTPB
     assert (await backend.stat(f"{base}/moved", {})).content_length == len(DATA)
 
 
-async def test_stat_with_head_is_one_request_that_reads_the_first_bytes(
+async def stat_with_head(
+    backend: HTTPBackend, url: str, head: int, header: dict[str, str] | None = None
+) -> tuple[StatResult, OriginHead | None, bytes]:
+    """Stat with the head; return the result, the head and every byte it yields once it has ended."""
+    readers: list[asyncio.Task[None]] = []
+    result, origin_head = await backend.stat_with_head(
+        url, header or {}, head=head, spawn=lambda coro: readers.append(asyncio.ensure_future(coro))
+    )
+    if origin_head is None:
+        assert not readers
+        return result, None, b""
+    data = b"".join([chunk async for chunk in origin_head.chunks()])
+    await asyncio.gather(*readers)
+    assert origin_head.ended
+    assert origin_head.data == data
+    return result, origin_head, data
+
+
+async def test_stat_with_head_is_one_request_whose_body_arrives_after_it(
     origin: tuple[Origin, str], backend: HTTPBackend
 ) -> None:
     state, base = origin
-    result, head = await backend.stat_with_head(f"{base}/f", {"X-User": "u"}, head=256 * 1024)
+    result, head, data = await stat_with_head(backend, f"{base}/f", 256 * 1024, {"X-User": "u"})
     assert (result.content_length, result.supports_range) == (len(DATA), True)
-    assert head == DATA[: 256 * 1024]
+    assert head is not None
+    assert (head.size, head.content_length) == (256 * 1024, len(DATA))
+    assert data == DATA[: 256 * 1024]
     assert [r["Range"] for r in state.requests] == [f"bytes=0-{256 * 1024 - 1}"]
     assert state.requests[0]["X-User"] == "u"
 
@@ -128,36 +150,51 @@ async def test_stat_with_head_of_an_origin_that_ignores_range_reads_the_head_onl
 ) -> None:
     state, base = origin
     state.ignore_range = True
-    result, head = await backend.stat_with_head(f"{base}/f", {}, head=64 * 1024)
+    result, _head, data = await stat_with_head(backend, f"{base}/f", 64 * 1024)
     assert (result.content_length, result.supports_range) == (len(DATA), False)
-    assert head == DATA[: 64 * 1024]
-    # A content shorter than the head comes whole; an empty one falls back to the stat, with no bytes.
+    assert data == DATA[: 64 * 1024]
+    # A content shorter than the head comes whole; an empty one falls back to the stat, with no head.
     state.ignore_range = False
     state.body = DATA[:1000]
-    result, head = await backend.stat_with_head(f"{base}/f", {}, head=64 * 1024)
-    assert (result.content_length, head) == (1000, DATA[:1000])
-    result, head = await backend.stat_with_head(f"{base}/empty", {}, head=64 * 1024)
-    assert (result.content_length, head) == (0, b"")
+    result, _head, data = await stat_with_head(backend, f"{base}/f", 64 * 1024)
+    assert (result.content_length, data) == (1000, DATA[:1000])
+    result, head, data = await stat_with_head(backend, f"{base}/empty", 64 * 1024)
+    assert (result.content_length, head, data) == (0, None, b"")
 
 
 async def test_stat_with_head_refused_is_the_status_error(origin: tuple[Origin, str], backend: HTTPBackend) -> None:
     _state, base = origin
     with pytest.raises(BackendError) as info:
-        await backend.stat_with_head(f"{base}/nope", {}, head=64 * 1024)
+        await stat_with_head(backend, f"{base}/nope", 64 * 1024)
     assert info.value.status_code == 404
 
 
-async def test_stat_with_head_cut_short_is_retried_then_reported(
-    origin: tuple[Origin, str], backend: HTTPBackend
-) -> None:
+async def test_every_reader_of_an_origin_head_gets_it_from_its_start() -> None:
+    head = OriginHead(10, 100, {})
+    early = head.chunks()
+    waiting = asyncio.ensure_future(anext(early))  # nothing has arrived: it waits for the first bytes
+    head.feed(b"01234")
+    assert await waiting == b"01234"
+    head.feed(b"56789-beyond-the-size")
+    head.end()
+    assert b"01234" + await _read_all_from(early) == b"0123456789"
+    assert await _read_all_from(head.chunks()) == b"0123456789"
+    with pytest.raises(RuntimeError):
+        head.feed(b"x")
+
+
+async def _read_all_from(chunks: AsyncIterator[bytes]) -> bytes:
+    return b"".join([chunk async for chunk in chunks])
+
+
+async def test_a_head_cut_short_ends_with_what_arrived(origin: tuple[Origin, str], backend: HTTPBackend) -> None:
     state, base = origin
     state.fault, state.fault_count = "short", 1
-    _result, head = await backend.stat_with_head(f"{base}/f", {}, head=256 * 1024)
-    assert head == DATA[: 256 * 1024]
-    assert len(state.requests) == 2
-    state.fault, state.fault_count = "short", 2
-    with pytest.raises(BackendError, match="131072 of 262144 bytes"):
-        await backend.stat_with_head(f"{base}/f", {}, head=256 * 1024)
+    result, head, data = await stat_with_head(backend, f"{base}/f", 256 * 1024)
+    assert result.content_length == len(DATA)
+    assert head is not None
+    assert head.size == 256 * 1024
+    assert data == DATA[: 128 * 1024]
 
 
 @pytest.mark.parametrize("buffer_size", [4 * 1024 * 1024, 64 * 1024])
