@@ -32,7 +32,10 @@ super-seeding). Each peer parent gets a share of the slots, so a parent that alo
 each child a few of them and the children trade the rest. Neither hold applies to an idle child (nothing in flight,
 nothing received this round): it takes its first piece at once from whoever holds it, the seed included, since
 waiting would delay the download's first byte by up to ``COLLECT_WINDOW + SEED_PIECE_DELAY``; that costs the seed
-at most one extra piece per child, and the child's rank still spreads those first pieces over the task.
+at most one extra piece per child, and the child's rank still spreads those first pieces over the task. A child
+with nothing in flight (its link idle, typically at the swarm's head or tail) does not wait ``COLLECT_WINDOW`` for
+more holders of its next piece either. Both holds are for a seed peer still fetching the task: once it has finished,
+it is a parent like any other.
 
 A download whose requester consumes pieces in order as they come (``in_order``: the proxy streaming a response)
 takes equally rare pieces in ascending order instead of by rank, and an idle one starts its first piece alone, so
@@ -191,9 +194,11 @@ class PieceDispatcher:
         selector = self._selector
         started: list[PieceFetch] = []
         next_ready: float | None = None
-        per_parent = -(-self.concurrency // max(sum(1 for p in usable if not p.seed), 1))
-        seed_slots = SEED_PIECE_SLOTS - sum(1 for fetch in self.in_flight.values() if fetch.parent.seed)
+        per_parent = -(-self.concurrency // max(sum(1 for p in usable if not _feeding(p)), 1))
+        seed_slots = SEED_PIECE_SLOTS - sum(1 for fetch in self.in_flight.values() if _feeding(fetch.parent))
         idle = not self.in_flight and not self._received
+        # Nothing in flight: this child's link is idle, so its next piece does not wait for more holders.
+        starved = not self.in_flight
         order = native.rarest_first(self._blocked, [p.bitmap for p in usable])
         for group in _rarity_groups(order, usable, self._rank):
             for number, holders in group:
@@ -205,24 +210,24 @@ class PieceDispatcher:
                     if not holders:
                         continue
                 ready_at = first_seen.get(number, now) + COLLECT_WINDOW
-                if not idle and ready_at > now and any(p.syncing and not p.bitmap.test(number) for p in usable):
+                if not starved and ready_at > now and any(p.syncing and not p.bitmap.test(number) for p in usable):
                     next_ready = ready_at if next_ready is None else min(next_ready, ready_at)
                     continue
-                peers = [p for p in holders if not p.seed]
+                peers = [p for p in holders if not _feeding(p)]
                 candidates = [p for p in peers if selector.in_flight[p.id] < per_parent]
                 if spare_seeds and len(peers) < len(holders) and seed_slots > 0:
                     seed_from = now if peers or idle else ready_at + SEED_PIECE_DELAY
                     if seed_from <= now:
-                        candidates += [p for p in holders if p.seed]
+                        candidates += [p for p in holders if _feeding(p)]
                     else:
                         next_ready = seed_from if next_ready is None else min(next_ready, seed_from)
                 elif not spare_seeds:
-                    candidates += [p for p in holders if p.seed]
+                    candidates += [p for p in holders if _feeding(p)]
                 if not candidates:
                     continue
                 chosen = selector.choose([p.id for p in candidates])
                 parent = next(p for p in candidates if p.id == chosen)
-                if parent.seed:
+                if _feeding(parent):
                     seed_slots -= 1
                 self._blocked.set(number)
                 _offset, length = piece_range(number, self.content_length, self.piece_length)
@@ -231,7 +236,7 @@ class PieceDispatcher:
                 started.append(fetch)
                 if idle and self._in_order:
                     return started, next_ready
-                idle = False
+                idle = starved = False
         return started, next_ready
 
     def succeeded(self, number: int, *, seconds: float) -> PieceFetch:
@@ -355,6 +360,15 @@ class PieceDispatcher:
             if self._strikes[parent_id] >= PARENT_STRIKES:
                 self.excluded.add(parent_id)
         return fetch
+
+
+def _feeding(parent: ParentState) -> bool:
+    """Tell whether ``parent`` is a seed peer still fetching the task: its upload carries new pieces into the swarm.
+
+    A seed peer that has finished (its SyncPieces stream ended) has no new pieces left to carry: it is a parent like
+    any other, so the swarm's last pieces come from it at once instead of waiting for a peer to relay them.
+    """
+    return parent.seed and parent.syncing
 
 
 def _rarity_groups(

@@ -447,3 +447,38 @@ def test_the_relative_floor_applies_while_another_parent_holds_the_piece_or_may_
     run.dispatcher.excluded.discard(peer.id)
     [late] = run.dispatcher.overdue(now + 2.0, slow)
     assert "0.1 of the median piece rate" in (late.abandoned or "")
+
+
+def test_a_child_with_nothing_in_flight_takes_its_next_piece_without_waiting_for_more_holders():
+    run = Round(_peer("a"), _peer("b"), rank=list(range(PIECES)))
+    a = run.parents[0]
+    now = time.monotonic()
+    run.has(0, [0], seen=now - 10)
+    run.run(now)
+    run.dispatcher.succeeded(0, seconds=0.1)  # not idle any more: it has received a piece this round
+    # "a" has just reported two new pieces, "b" is still syncing without them: with its link idle, the child
+    # takes the first at once; the second waits COLLECT_WINDOW for "b" as before.
+    run.has(0, [1, 2], seen=now)
+    assert run.run(now) == pytest.approx(now + COLLECT_WINDOW)
+    assert run.started[1:] == [(1, a.id)]
+    # Busy again (piece 1 in flight): a newly reported piece waits for the window.
+    run.has(0, [3], seen=now)
+    run.run(now)
+    assert run.started[1:] == [(1, a.id)]
+
+
+def test_a_seed_peer_that_has_finished_is_a_parent_like_any_other():
+    run = Round(_peer("seed", seed=True), _peer("peer"))
+    seed, peer = run.parents
+    now = time.monotonic()
+    run.has(1, [15], seen=now - 10)
+    run.run(now)  # busy with a piece from the peer: the holds on the seed apply
+    run.has(0, range(15), seen=now - COLLECT_WINDOW - 0.01)
+    assert run.run(now) == pytest.approx(now - 0.01 + pd.SEED_PIECE_DELAY)
+    assert run.started == [(15, peer.id)]
+    # Its download done, the seed ended its SyncPieces stream: no slot cap and no wait for a peer to relay.
+    seed.syncing = False
+    run.run(now)
+    from_seed = [number for number, parent in run.started if parent == seed.id]
+    assert len(from_seed) == -(-8 // 2)  # the seed's share of the slots, as the peer's
+    assert len(from_seed) > pd.SEED_PIECE_SLOTS
