@@ -76,7 +76,8 @@ class Swarm:
 
         async def announce(index: int) -> None:
             request = scheduler_pb2.AnnounceHostRequest(host=self.host(index))
-            request.interval.seconds = 300
+            # The hosts announce once: an hour's interval keeps them (2 intervals) through runs with minutes of churn.
+            request.interval.seconds = 3600
             await self.stubs[index % len(self.stubs)].AnnounceHost(request, timeout=30)
 
         await bounded(64, [lambda i=i: announce(i) for i in self.mine(self.layout.hosts)])

@@ -127,21 +127,31 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                             context, identity, f"AnnouncePeer for host {host_id!r}: the certificate does not own it"
                         )
                     owned_host_id = host_id
+                failure: tuple[grpc.StatusCode, str] | None = None
                 try:
                     response = await stream.handle(request)
                 except StreamError as exc:
+                    failure = exc.code, exc.message
+                if failure is not None:
+                    # The stream ends with its status set, not raised: a raised StreamError, or grpc's AbortError,
+                    # leaves a cycle through its traceback's frames (~10 KiB a stream) that only a full collection
+                    # frees, and a frozen heap (scheduler.gc.pythonGCFreezeInterval) holds those until
+                    # pythonGCFullCollectInterval: a flood of bad streams would grow the scheduler meanwhile.
+                    code, message = failure
                     peer = stream.peer
                     log.info(
                         "announce stream failed",
                         extra={
                             "task_id": peer.task.id if peer else "-",
                             "peer_id": peer.id if peer else "-",
-                            "code": exc.code.name,
-                            "error": exc.message,
+                            "code": code.name,
+                            "error": message,
                         },
                     )
                     stream.close()
-                    await context.abort(exc.code, exc.message)
+                    context.set_code(code)
+                    context.set_details(message)
+                    return
                 if response is not None:
                     yield response
                 if stream.done:

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import gc
+import types
 import weakref
 
+import grpc
+from dragonfly_api import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+
+from dragonfly.scheduler.config import load
 from dragonfly.scheduler.pygc import FreezingCollector
+from dragonfly.scheduler.server import SchedulerServer
+from dragonfly.scheduler.service.announce_peer import PeerStream
 
 
 class Node:
@@ -48,3 +55,51 @@ async def test_stop_hands_every_frozen_object_back():
     assert gc.get_freeze_count() > 0
     await collector.stop()
     assert gc.get_freeze_count() == 0
+
+
+def _plain_config():
+    return load(
+        None,
+        overrides={
+            "server": {"host": "127.0.0.1", "port": 0},
+            "metrics": {"enable": False},
+            "security": {"enable": False},
+            "scheduler": {"gc": {"pythonGCFreezeInterval": "0s"}},
+        },
+    )
+
+
+async def test_a_refused_announce_stream_leaves_no_cycle_of_the_schedulers_objects():
+    """A frozen heap holds cyclic garbage until its full collection: refusals, which anyone can cause, make none."""
+    server = SchedulerServer(_plain_config())
+    await server.start()
+    channel = grpc.aio.insecure_channel(server.address)
+    stub = scheduler_pb2_grpc.SchedulerStub(channel)
+    codes = []
+    try:
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        for index in range(20):
+            call = stub.AnnouncePeer()
+            await call.write(
+                scheduler_pb2.AnnouncePeerRequest(
+                    host_id="10.0.0.9-unknown-host",
+                    task_id=f"{index:064x}",
+                    peer_id=f"peer-{index}",
+                    register_peer_request=scheduler_pb2.RegisterPeerRequest(
+                        download=common_pb2.Download(url="http://origin.test/f")
+                    ),
+                )
+            )
+            codes.append(await call.code())
+            assert "not found" in await call.details()
+        gc.collect()
+        garbage = list(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        await channel.close()
+        await server.stop()
+    assert codes == [grpc.StatusCode.NOT_FOUND] * 20
+    assert not [o for o in garbage if isinstance(o, PeerStream)]
+    assert not [o for o in garbage if isinstance(o, types.FrameType) and "/dragonfly/" in o.f_code.co_filename]
