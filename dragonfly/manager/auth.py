@@ -16,10 +16,10 @@ import asyncio
 import hashlib
 import hmac
 import secrets
-import time
 import weakref
-from collections import deque
 from collections.abc import Iterable
+
+from dragonfly.manager.ratelimit import SlidingWindow
 
 SESSION_PREFIX = "dfs_"
 PAT_PREFIX = "dfp_"
@@ -167,59 +167,31 @@ class SigninLimiter:
     passwords on every user name (spraying), which the pair limit alone would let through.
     """
 
-    __slots__ = ("_failures", "max_address_failures", "max_failures", "window")
-
-    #: Keys kept at most; past that the oldest are dropped (a flood from many addresses cannot grow the table).
-    MAX_KEYS = 100_000
+    __slots__ = ("_failures", "max_address_failures", "max_failures")
 
     def __init__(self, max_failures: int, window: float, max_address_failures: int = 20) -> None:
         self.max_failures = max_failures
         self.max_address_failures = max_address_failures
-        self.window = window
-        self._failures: dict[str, deque[float]] = {}
-
-    def _recent(self, key: str, now: float) -> deque[float]:
-        failures = self._failures.get(key)
-        if failures is None:
-            return deque()
-        while failures and failures[0] <= now - self.window:
-            failures.popleft()
-        if not failures:
-            del self._failures[key]
-        return failures
-
-    def _wait(self, key: str, limit: int, now: float) -> float:
-        failures = self._recent(key, now)
-        if len(failures) < limit:
-            return 0.0
-        return max(0.0, failures[0] + self.window - now)
+        self._failures = SlidingWindow(window)
 
     def retry_after(self, address: str, name: str) -> float:
         """Return seconds until ``name`` may try again from ``address`` (0 = now)."""
-        now = time.monotonic()
         return max(
-            self._wait(_pair_key(address, name), self.max_failures, now),
-            self._wait(_address_key(address), self.max_address_failures, now),
+            self._failures.wait(_pair_key(address, name), self.max_failures),
+            self._failures.wait(_address_key(address), self.max_address_failures),
         )
 
     def failed(self, address: str, name: str) -> None:
-        """Record one failure of ``name`` from ``address``; the table is bounded by dropping the oldest keys."""
-        now = time.monotonic()
-        if len(self._failures) > self.MAX_KEYS:
-            for stale in list(self._failures)[: self.MAX_KEYS // 10]:
-                del self._failures[stale]
-        for key, limit in (
-            (_pair_key(address, name), self.max_failures),
-            (_address_key(address), self.max_address_failures),
-        ):
-            self._failures.setdefault(key, deque(maxlen=limit)).append(now)
+        """Record one failure of ``name`` from ``address``."""
+        self._failures.add(_pair_key(address, name), self.max_failures)
+        self._failures.add(_address_key(address), self.max_address_failures)
 
     def succeeded(self, address: str, name: str) -> None:
         """Forget the failures of ``name`` from ``address``.
 
         The address's own count stays: one valid account must not reset an attacker's budget for the others.
         """
-        self._failures.pop(_pair_key(address, name), None)
+        self._failures.forget(_pair_key(address, name))
 
 
 def _pair_key(address: str, name: str) -> str:

@@ -240,11 +240,31 @@ class PreheatJobConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class JobRateLimitConfig:
+    """Jobs created in a sliding window, per user and in all, on one manager; past either, creation gets 429."""
+
+    # Jobs one user (a session or any of the user's tokens) may create in window; 0: no limit.
+    per_user: int = 100
+    # Jobs all users together may create in window; 0: no limit.
+    total: int = 300
+    window: Duration = Duration(60)
+
+    def validate(self) -> None:
+        """Check the limits and the window."""
+        if self.per_user < 0 or self.total < 0:
+            raise ValueError("perUser and total must be >= 0 (0: no limit)")
+        if not 1 <= self.window <= 86400:
+            raise ValueError(f"window must be between 1s and 1d, got {self.window:g}s")
+
+
+@dataclass(frozen=True, slots=True)
 class JobConfig:
     """Jobs (preheat): run by workers of each manager, queued in Redis when ``database.redis`` is set."""
 
     # Jobs one manager runs at once.
     workers: int = 4
+    # How many jobs may be created (each one fans out to schedulers and seed peers).
+    rate_limit: JobRateLimitConfig = JobRateLimitConfig()
     preheat: PreheatJobConfig = PreheatJobConfig()
     # Key (32 random bytes in base64) sealing pending jobs' registry credentials in the database; the file must
     # exist. Unset: job-secret.key in dataDir, generated (0600) on the first start. Managers sharing a database

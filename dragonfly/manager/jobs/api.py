@@ -27,7 +27,7 @@ from dragonfly.manager.api import schemas
 from dragonfly.manager.api.app import Extension
 from dragonfly.manager.api.deps import Ctx, Page, Principal, link_params, require
 from dragonfly.manager.api.errors import APIError, not_found
-from dragonfly.manager.config import JOB_LEASE_RENEWALS
+from dragonfly.manager.config import JOB_LEASE_RENEWALS, JobRateLimitConfig
 from dragonfly.manager.context import ManagerContext
 from dragonfly.manager.jobs.args import ArgsError
 from dragonfly.manager.jobs.engine import JobEngine, JobNotFound
@@ -36,11 +36,13 @@ from dragonfly.manager.jobs.preheat import RegistryTLS, SchedulerTarget
 from dragonfly.manager.jobs.queue import JobQueue, MemoryQueue, RedisQueue
 from dragonfly.manager.jobs.sealing import Sealer
 from dragonfly.manager.jobs.store import DatabaseJobStore
+from dragonfly.manager.ratelimit import SlidingWindow
 
 log = logging.getLogger(__name__)
 
 OBJ = "jobs"
 EXTRA_KEY = "jobs"
+LIMIT_KEY = "jobs.creation_limit"
 #: Largest ``per_page`` of the job list (other lists take 1,000): every job in it carries its whole result.
 MAX_JOBS_PER_PAGE = 100
 #: The feature a scheduler announces when it serves preheats (UpdateScheduler.features).
@@ -177,6 +179,44 @@ async def _check_clusters(ctx: ManagerContext, ids: list[int]) -> None:
         raise APIError(422, f"scheduler cluster {', '.join(map(str, missing))} not found")
 
 
+class JobCreationLimit:
+    """``job.rateLimit``: jobs created per user and in all in a sliding window, on this manager."""
+
+    __slots__ = ("_created", "config")
+
+    def __init__(self, config: JobRateLimitConfig) -> None:
+        self.config = config
+        self._created = SlidingWindow(config.window)
+
+    def admit(self, principal: Principal) -> None:
+        """Count one job of ``principal``, or raise 429 (with ``Retry-After``) when a limit is reached."""
+        window = f"{self.config.window:g} s"
+        checks = [
+            ("u", str(principal.user_id), self.config.per_user, f"user {principal.user_name} may create"),
+            ("t", "", self.config.total, "this manager takes"),
+        ]
+        for kind, key, limit, who in checks:
+            if limit and (wait := self._created.wait(f"{kind}\x00{key}", limit)) > 0:
+                seconds = int(wait) + 1
+                raise APIError(
+                    429,
+                    f"too many jobs: {who} at most {limit} every {window}; try again in {seconds} s",
+                    headers={"Retry-After": str(seconds)},
+                )
+        for kind, key, limit, _who in checks:
+            if limit:
+                self._created.add(f"{kind}\x00{key}", limit)
+
+
+def creation_limit(ctx: ManagerContext) -> JobCreationLimit:
+    """Return this manager's job creation limit (made on first use)."""
+    limit = ctx.extras.get(LIMIT_KEY)
+    if limit is None:
+        limit = ctx.extras[LIMIT_KEY] = JobCreationLimit(ctx.config.job.rate_limit)
+    assert isinstance(limit, JobCreationLimit)
+    return limit
+
+
 def _links(request: Request, response: Response, page: int, per_page: int, total: int) -> None:
     last = max(1, math.ceil(total / per_page))
     params = link_params(request)
@@ -211,6 +251,8 @@ def jobs_router() -> APIRouter:
         engine = engine_of(ctx)
         if body.type != TYPE_PREHEAT:
             raise APIError(422, f"job type {body.type[:64]!r} is not supported (preheat)")
+        # Checked and counted in one step, with no await in between, so concurrent requests cannot overshoot.
+        creation_limit(ctx).admit(principal)
         ids = list(dict.fromkeys(body.scheduler_cluster_ids or ()))
         await _check_clusters(ctx, ids)
         try:
