@@ -168,12 +168,15 @@ def ours(
     cpu: Cpu | None = None,
     hard_link_output: bool = False,
     native_tls: bool | None = None,
+    server_native_tls: bool | None = None,
+    label: str | None = None,
 ) -> tuple[list[float], dict[str, int]]:
     """Return the child's dfget times (a fresh task each time, already on the parent) and its bytes by source.
 
     The CPU seconds the parent and child dfdaemons, the scheduler and dfget spend on the child's runs are added to
     ``cpu``. ``hard_link_output`` sets the child's ``download.hardLinkOutput`` (docs/output-and-cache.md),
-    ``native_tls`` its ``download.nativeTls`` (None: the default, rustls; docs/security.md#vortex-over-tls).
+    ``native_tls`` its ``download.nativeTls`` (None: the default, rustls; docs/security.md#vortex-over-tls) and
+    ``server_native_tls`` the parent's ``storage.server.nativeTls`` (None: the default).
     """
     from bench.swarm.ours import OursCluster
 
@@ -188,11 +191,13 @@ def ours(
     hosts = [Host("seed", "127.0.0.1"), Host("child", "127.0.0.1")]
     times: list[float] = []
     by_source: dict[str, int] = {}
-    label = "ours" if tls else "ours-plaintext"
+    label = label or ("ours" if tls else "ours-plaintext")
     child: dict[str, bool] = {"hardLinkOutput": hard_link_output}
     if native_tls is not None:
         child["nativeTls"] = native_tls
-    overrides = {"child": {"download": child}}
+    overrides: dict[str, dict[str, Any]] = {"child": {"download": child}}
+    if server_native_tls is not None:
+        overrides["seed"] = {"storage": {"server": {"nativeTls": server_native_tls}}}
     with OursCluster(
         topology, workdir / label, Host("ctl", "127.0.0.1"), hosts, tls=tls, daemon_overrides=overrides
     ) as cluster:
@@ -256,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run ours with download.nativeTls: false on the child (its Vortex TLS in Python's ssl, not rustls)",
     )
+    parser.add_argument(
+        "--python-tls-server",
+        action="store_true",
+        help="also run ours with storage.server.nativeTls: false on the parent (its Vortex TLS in Python's ssl, "
+        "not rustls), as the row 'ours (parent on Python ssl)', side by side with the default",
+    )
     args = parser.parse_args(argv)
     if release_builds_missing("bench pair"):
         return 2
@@ -296,11 +307,19 @@ def main(argv: list[str] | None = None) -> int:
                 results["methods"][name] = {"seconds": statistics.median(times), "runs": times}
             except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                 results["methods"][name] = {"error": str(exc)}
-        for label, tls in (("ours", True), ("ours (plaintext)", False)):
+        # (row, its cluster's directory, TLS, the parent's storage.server.nativeTls)
+        runs: list[tuple[str, str | None, bool, bool | None]] = [
+            ("ours", None, True, None),
+            ("ours (plaintext)", None, False, None),
+        ]
+        if args.python_tls_server:
+            runs.insert(1, ("ours (parent on Python ssl)", "ours-python-server", True, False))
+        for label, directory, tls, server_native_tls in runs:
             try:
                 times, by_source = ours(
                     topology, workdir, source, args.repeat, tls=tls, cpu=cpu.setdefault(label, {}),
                     hard_link_output=args.hard_link_output, native_tls=False if args.python_tls else None,
+                    server_native_tls=server_native_tls, label=directory,
                 )  # fmt: skip
                 entry = {"seconds": statistics.median(times), "runs": times, "by_source": by_source}
                 results["methods"][label] = entry
@@ -332,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         child_tls = "Python ssl (download.nativeTls: false)" if args.python_tls else "rustls (the default)"
         print(
             f"pair: one parent → one child, {format_size(args.size)} over loopback (tmpfs), median of {args.repeat}; "
-            f"ours' output: {output}; child TLS: {child_tls}"
+            f"ours' output: {output}; child TLS: {child_tls}; parent TLS: storage.server.nativeTls's default"
         )
         print("| method | seconds | GB/s | relative to native loop | CPU s per GiB | CPU by process |")
         print("|---|---|---|---|---|---|")

@@ -114,7 +114,7 @@ class DownloadConfig:
     hard_link_output: bool = False
     # Vortex downloads over mutual TLS through rustls in the native extension (same CA, certificate and checks as
     # Python's ssl; several TLS records per read, no Python per record); false uses Python's ssl. Serving is
-    # unchanged (docs/security.md#vortex-over-tls).
+    # storage.server.nativeTls (docs/security.md#vortex-over-tls).
     native_tls: bool = True
 
     def validate(self) -> None:
@@ -231,7 +231,7 @@ class StorageServerConfig(TLSFilesConfig):
     # Serve Vortex over mutual TLS through rustls in the native extension (same CA, certificate and checks as
     # Python's ssl; pread, encryption and several TLS records per system call without Python per chunk); false
     # uses Python's ssl (docs/security.md#vortex-over-tls).
-    native_tls: bool = False
+    native_tls: bool = True
 
     def validate(self) -> None:
         _check_port("tcpPort", self.tcp_port)
