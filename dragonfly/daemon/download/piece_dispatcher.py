@@ -19,10 +19,11 @@ kernel counted arriving on its connection (the downloader passes it in), so a tr
 ``min_duration`` whatever the piece length. A trickling parent would otherwise hold a piece,
 a receive buffer and a thread for as long as it keeps sending a byte now and then. The relative floor says a
 better parent exists, so it applies only while another parent (not excluded, not failed for that piece) holds the
-piece or may still get it; a transfer from the only possible parent is held to ``initial_floor`` instead: a seed
-peer slowed by a loaded CPU was abandoned at 0.56 MB/s against a median of 9.4 MB/s, its child excluded it, the
-scheduler counted the three transfers dropped with it as three failures, marked it bad and sent the child to the
-origin (1.6 F from the origin, bench swarm at 16 peers on a loaded machine).
+piece or may still get it; a transfer from the only possible parent is held to ``initial_floor`` instead, and only
+after ``SOLE_PARENT_PATIENCE`` times ``min_duration``: a seed peer slowed by a loaded CPU was abandoned at 0.56 MB/s
+against a median of 9.4 MB/s, and another sent nothing for 2.2 s, each by its first child, which has the seed
+alone; the child excluded it and was sent to the origin (1.6-1.8 F from the origin, bench swarm at 8 and 16 peers
+on a loaded machine). A trickle from a sole parent is still dropped, after seconds rather than pieceTimeout.
 
 Order: rarest piece first; among equally rare pieces, the child's own rank; the parent by the selector's weights.
 Seed peers are kept to ``SEED_PIECE_SLOTS`` fetches at a time while another parent may still serve, and a piece
@@ -61,6 +62,8 @@ SEED_PIECE_DELAY = 1.0
 SEED_PIECE_SLOTS = 2
 #: A parent that failed this many pieces (for reasons other than corruption) is not asked again this round.
 PARENT_STRIKES = 3
+#: A transfer from the only parent that could serve its piece is judged after this many times minDuration.
+SOLE_PARENT_PATIENCE = 5
 
 
 #: Samples of this round before its own median is trusted over the daemon's.
@@ -270,21 +273,21 @@ class PieceDispatcher:
             for p in self._parents
         )
 
-    def floor_for(self, fetch: PieceFetch) -> float | None:
-        """Return the rate (bytes/s) below which ``fetch`` is abandoned: see the module docstring."""
+    def floor_for(self, fetch: PieceFetch) -> tuple[float | None, float]:
+        """Return the rate (bytes/s) below which ``fetch`` is abandoned, and after how long (module docstring)."""
         floor = self.rate_floor()
         if floor is None or self.has_alternative(fetch):
-            return floor
-        return self._slow.initial_floor or None
+            return floor, self._slow.min_duration
+        return self._slow.initial_floor or None, SOLE_PARENT_PATIENCE * self._slow.min_duration
 
     def deadline(self, fetch: PieceFetch) -> float | None:
         """Return when ``fetch`` becomes overdue (monotonic seconds), or None while its bytes have not started."""
         if fetch.transfer_started is None:
             return None
         limit = self._slow.timeout
-        floor = self.floor_for(fetch)
+        floor, min_duration = self.floor_for(fetch)
         if floor is not None:
-            limit = min(limit, max(self._slow.min_duration, fetch.length / floor))
+            limit = min(limit, max(min_duration, fetch.length / floor))
         return fetch.transfer_started + limit
 
     def next_deadline(self) -> float | None:
@@ -305,12 +308,12 @@ class PieceDispatcher:
         for fetch in self.in_flight.values():
             if fetch.abandoned is not None or fetch.transfer_started is None:
                 continue
-            floor = self.floor_for(fetch)
+            floor, min_duration = self.floor_for(fetch)
             took = now - fetch.transfer_started
             got = progress.get(fetch.number) if progress is not None else None
             if took >= self._slow.timeout:
                 fetch.abandoned = f"piece {fetch.number} took longer than the piece timeout ({self._slow.timeout:g}s)"
-            elif floor is not None and took >= self._slow.min_duration:
+            elif floor is not None and took >= min_duration:
                 rate = got / took if got is not None else None
                 if (rate is not None and rate < floor) or (rate is None and took * floor >= fetch.length):
                     shown = "" if got is None else f", {got} bytes in"

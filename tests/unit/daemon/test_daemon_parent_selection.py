@@ -314,8 +314,8 @@ def test_with_a_slow_median_the_floor_follows_it():
 
 
 def test_before_any_sample_the_initial_floor_applies_and_the_piece_timeout_always_does():
-    selector = ParentSelector(ParentChannels(), host_id="h", peer_id="c", parents=[_peer("a")])
-    run = Round(_peer("a"), concurrency=1)
+    selector = ParentSelector(ParentChannels(), host_id="h", peer_id="c", parents=[_peer("a"), _peer("b")])
+    run = Round(_peer("a"), _peer("b"), concurrency=1)
     policy = pd.SlowPiecePolicy(ratio=0.1, min_duration=2.0, initial_floor=1 << 20, timeout=30.0)
     run.dispatcher = PieceDispatcher(
         PIECES * PIECE_LENGTH, PIECE_LENGTH, skip=[], concurrency=1, selector=selector, slow=policy
@@ -421,8 +421,11 @@ def test_the_only_parent_that_could_serve_a_piece_is_held_to_the_absolute_floor_
     assert run.dispatcher.deadline(fetch) == pytest.approx(now + PIECE_LENGTH / floor)
     slow = {fetch.number: 1 << 20}  # 0.5 MB/s after 2 s: an eighth of the relative floor, far above the absolute
     assert run.dispatcher.overdue(now + 2.0, slow) == []
-    trickle = {fetch.number: 20_000}  # 10 kB/s: below any floor
-    [late] = run.dispatcher.overdue(now + 2.0, trickle)
+    # Nothing at all for longer than minDuration (a loaded seed stalled so for 2.2 s): still not given up on.
+    patience = pd.SOLE_PARENT_PATIENCE * pd.SlowPiecePolicy().min_duration
+    assert run.dispatcher.overdue(now + patience - 0.1, {fetch.number: 0}) == []
+    trickle = {fetch.number: int(10_000 * patience)}  # 10 kB/s: below any floor
+    [late] = run.dispatcher.overdue(now + patience, trickle)
     assert late is fetch
     assert "no other parent could serve it: the absolute floor" in (late.abandoned or "")
 
@@ -440,6 +443,7 @@ def test_the_relative_floor_applies_while_another_parent_holds_the_piece_or_may_
     peer.syncing = False
     assert run.dispatcher.deadline(fetch) > relative  # it ended without the piece: nobody else could serve it
     assert run.dispatcher.overdue(now + 2.0, slow) == []
+    assert run.dispatcher.overdue(now + 2.0, {fetch.number: 0}) == []
     peer.bitmap.set(fetch.number)
     assert run.dispatcher.deadline(fetch) == pytest.approx(relative)  # it holds the piece
     run.dispatcher.excluded.add(peer.id)
