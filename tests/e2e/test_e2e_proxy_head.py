@@ -1,6 +1,7 @@
 """The origin head of proxied blobs (``proxy.originHead``, docs/proxy.md#the-first-bytes-from-the-registry).
 
-A scheduler, a seed peer and 2 peers: peer-1 with the default head (256 KiB), peer-2 with it off. The registry
+A scheduler, a seed peer and 3 peers: peer-1 with the default head (256 KiB), peer-2 with it off, peer-3 with the
+default head but ``proxy.disableBackToSource`` (which turns it off: no origin bytes reach its clients). The registry
 (Debian's docker-registry) logs every request with the bytes it sent, so "the peer read the head, and every blob
 byte left the registry once" is measured. The demo origin serves a file differently to one request (its ``corrupt``
 fault) to show that a head the swarm's piece 0 contradicts aborts the answer; ``python -m http.server`` is an
@@ -39,7 +40,7 @@ REPOSITORY = "test/head"
 
 @pytest.fixture(scope="module")
 def image(module_dir: Path) -> Image:
-    return build_image(module_dir / "layout", [12 * MIB, 10 * MIB, 9 * MIB])
+    return build_image(module_dir / "layout", [12 * MIB, 10 * MIB, 9 * MIB, 11 * MIB])
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +58,9 @@ def cluster(module_dir: Path, registry: RegistryProcess, origin: OriginProcess) 
     }
     with LocalCluster(
         module_dir / "cluster",
-        peers=2,
+        peers=3,
         daemon_config=config,
-        peer_configs={"peer-2": {"proxy": {"originHead": 0}}},
+        peer_configs={"peer-2": {"proxy": {"originHead": 0}}, "peer-3": {"proxy": {"disableBackToSource": True}}},
         start_timeout=60,
     ) as started:
         yield started
@@ -108,11 +109,12 @@ def test_a_blob_starts_with_the_origin_head_and_every_byte_leaves_the_registry_o
     assert sum(sent) == layer.size + HEAD + 1, sent
 
 
+@pytest.mark.parametrize(("peer", "index"), [("peer-2", 1), ("peer-3", 3)])
 def test_with_the_head_off_a_blob_costs_two_stats_of_one_byte(
-    cluster: LocalCluster, registry: RegistryProcess, image: Image
+    cluster: LocalCluster, registry: RegistryProcess, image: Image, peer: str, index: int
 ) -> None:
-    layer = image.layers[1]
-    status, body = get(proxy_addr(cluster, "peer-2"), f"/v2/{REPOSITORY}/blobs/{layer.digest}")
+    layer = image.layers[index]
+    status, body = get(proxy_addr(cluster, peer), f"/v2/{REPOSITORY}/blobs/{layer.digest}")
     assert status == 200
     assert hashlib.sha256(body).hexdigest() == layer.digest[7:]
     sent = sent_for(registry, layer.digest, layer.size, 2)

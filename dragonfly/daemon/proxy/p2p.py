@@ -97,8 +97,10 @@ class P2PResponder:
         the origin's own answer to the client untouched (a registry's 401 challenge with its JSON body).
         """
         # ``remote``: the client is on another host, so the origin is reached through the SSRF guard.
-        # A ranged request streams from its own start: the content's head is no use to it.
-        head = 0 if find_range_header(download.request_header) is not None else self._origin_head
+        # A ranged request streams from its own start: the content's head is no use to it. A download that must not
+        # fetch from the origin (proxy.disableBackToSource) sends none of the origin's bytes either.
+        ranged = find_range_header(download.request_header) is not None
+        head = 0 if ranged or download.disable_back_to_source else self._origin_head
         downloading = self._tasks.download(download, remote=remote, in_order=True, origin_head=head)
         async with contextlib.aclosing(downloading) as events:
             try:
