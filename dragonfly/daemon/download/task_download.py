@@ -1,5 +1,5 @@
-"""One running download of a task in this daemon, and what its requesters see of it: the started event, one event
-per stored piece, and the common.v2.Piece those pieces are reported as.
+"""One running download of a task in this daemon, and what its requesters see of it: the origin's head when asked
+for (the proxy), the started event, one event per stored piece, and the common.v2.Piece those pieces are reported as.
 """
 
 from __future__ import annotations
