@@ -358,14 +358,15 @@ class Swarm:
         *,
         tls: bool = True,
         system: str = "ours",
-        hard_link_output: bool = False,
+        hard_link_output: bool | None = None,
         native_tls: bool | None = None,
     ) -> SystemResult:
         loopback = self.topo.mode == "loopback"
         names = ["seed", *self.peers]
         rates = dict.fromkeys(names, self.cfg.peer_rate) if loopback else {}
         b2s = self.cfg.origin_rate if loopback else 0.0
-        download: dict[str, bool] = {"hardLinkOutput": hard_link_output}
+        # None: the daemon's default (download.hardLinkOutput: true).
+        download: dict[str, bool] = {} if hard_link_output is None else {"hardLinkOutput": hard_link_output}
         if native_tls is not None:
             download["nativeTls"] = native_tls
         overrides = {p: {"download": dict(download)} for p in self.peers}

@@ -109,9 +109,10 @@ class DownloadConfig:
     # when both ends have the zstandard package; "off" never does. Dragonfly's peers are never sent any.
     persistent_cache_compression: str = "zstd"
     # Hard-link the output of the daemon's own user to the cached file when both are on one file system, copying
-    # otherwise (Dragonfly's default): saves a pass over the file and its space, but an edit in place then edits
-    # the cache (docs/output-and-cache.md#hard-linked-outputs). false copies (reflinks where possible).
-    hard_link_output: bool = False
+    # otherwise (Dragonfly's default): saves a pass over the file and its space. The cached file is read-only and
+    # stamped, and is re-checked before every local hit and every piece served, so an edit in place through the
+    # link is never served (docs/output-and-cache.md#hard-linked-outputs). false copies (reflinks where possible).
+    hard_link_output: bool = True
     # Vortex downloads over mutual TLS through rustls in the native extension (same CA, certificate and checks as
     # Python's ssl; several TLS records per read, no Python per record); false uses Python's ssl. Serving is
     # storage.server.nativeTls (docs/security.md#vortex-over-tls).

@@ -184,8 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--force-hard-link",
         action="store_true",
-        help="hard-link the output to the daemon's cache instead of copying it (edits then change the cache copy, "
-        "which is detected and downloaded again)",
+        help="fail rather than copy when the output cannot be a hard link to the daemon's cache (by default the "
+        "daemon links when it can and copies otherwise)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument(

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 # Persisting updated_at on every upload would cost a write per served piece; GC only needs coarse times.
 _TOUCH_PERSIST_INTERVAL = 60.0
+# A finished task's content file: read-only, and readable by whoever can reach it (the storage directory is 0700;
+# an output hard-linked to it is the caller's file, as readable as a copy, 0644, would be).
+_FINISHED_MODE = 0o444
 # File systems that keep content in memory: preallocating there allocates and zeroes every page before a byte
 # arrives (0.25 CPU s and up to 1 s of wall time per GiB on a loaded machine, on the path to the first piece), and
 # reserves no disk blocks worth having; their content files are sparse instead.
@@ -112,9 +115,10 @@ class Storage:
         self._remove_leftovers()
         self._meta = MetadataStore(db_path)
         self._tasks = self._meta.load_tasks()
-        for task_id in list(self._tasks):
+        for task_id, task in list(self._tasks.items()):
             if is_task_id(task_id) and os.path.exists(self.content_path(task_id)):
-                os.chmod(self.content_path(task_id), 0o600)  # files stored by versions that made them 0644
+                # Files stored by versions that made them 0644, or finished ones 0600.
+                os.chmod(self.content_path(task_id), _FINISHED_MODE if self.is_finished(task) else 0o600)
                 continue
             log.warning("dropping task whose content file is missing", extra={"task_id": task_id})
             self._meta.delete_task(task_id)
@@ -258,12 +262,17 @@ class Storage:
 
     @contextlib.contextmanager
     def content_fd(self, task_id: str) -> Iterator[int]:
-        """Lend the task's one read-write descriptor for positional I/O; it stays open until returned."""
-        if task_id not in self._tasks:
+        """Lend the task's one descriptor for positional I/O; it stays open until returned.
+
+        Read-write while the task downloads; opened read-only once it finished (its file is then read-only).
+        """
+        task = self._tasks.get(task_id)
+        if task is None:
             raise TaskNotFound(task_id)
         entry = self._files.get(task_id)
         if entry is None:
-            entry = _ContentFile(os.open(self.content_path(task_id), os.O_RDWR | os.O_CLOEXEC))
+            mode = os.O_RDONLY if self.is_finished(task) else os.O_RDWR
+            entry = _ContentFile(os.open(self.content_path(task_id), mode | os.O_CLOEXEC))
             self._files[task_id] = entry
         entry.users += 1
         try:
@@ -291,10 +300,21 @@ class Storage:
         self._notify(task_id)
 
     def finish_task(self, task_id: str) -> None:
+        """Record the task as complete and seal its content file: read-only, stamped so any later write shows.
+
+        The output may be a hard link to this file (docs/output-and-cache.md). Read-only stops an edit in place by
+        anyone but root; the stamp makes whatever gets through visible to ``content_intact``: the mtime is set to a
+        whole second before now, which no later write can leave (a write sets the current time, to the ns), so an
+        edit of the same size within the file system's timestamp tick of the last piece is still seen.
+        """
         task = self._tasks[task_id]
         task.finished_at = task.updated_at = time.time()
         task.failed_at = None
-        info = os.stat(self.content_path(task_id))
+        path = self.content_path(task_id)
+        os.chmod(path, _FINISHED_MODE)
+        stamp = (time.time_ns() // 1_000_000_000 - 1) * 1_000_000_000
+        os.utime(path, ns=(stamp, stamp))
+        info = os.stat(path)
         task.content_mtime_ns, task.content_inode = info.st_mtime_ns, info.st_ino
         self._db.put_task(task)
         self._notify(task_id)

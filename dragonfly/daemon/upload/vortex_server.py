@@ -293,6 +293,15 @@ class VortexServer:
             await self._refuse(conn, frame_id, str(exc))
             return False
         piece = task.pieces.get(number) if task is not None else None
+        if task is not None and piece is not None and storage.is_finished(task) and not storage.content_intact(task):
+            # Its file changed after the task finished: an output hard-linked to it was edited in place
+            # (docs/output-and-cache.md). Those bytes are never sent; the task is dropped, to be downloaded again.
+            log.warning("stored task changed since it finished: dropped, not served", extra={"task_id": task_id})
+            if storage is self._storage:
+                storage.delete_task(task_id)
+            elif self._on_corrupt is not None:
+                self._on_corrupt(task_id)
+            piece = None
         if task is None or piece is None:
             await self._send_error(conn, frame_id, ERROR_NOT_FOUND, f"piece {number} of task {task_id} not found")
             return True

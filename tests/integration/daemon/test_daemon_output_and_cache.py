@@ -1,5 +1,5 @@
-"""The output never aliases the cache, special files are streamed to, and a changed cache is not served
-(docs/output-and-cache.md)."""
+"""The output is a hard link to the sealed cache (a copy on another file system), special files are streamed to,
+and a changed cache is not served (docs/output-and-cache.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import stat
 import subprocess
 import sys
 import threading
+import uuid
 from pathlib import Path
+
+import pytest
 
 from dragonfly.cli.cluster import LocalCluster, OriginProcess, run_dfget
 from dragonfly.common import ids
@@ -61,20 +64,41 @@ def test_stdout_and_a_fifo_receive_the_stream(cluster: LocalCluster, origin: Ori
     assert hashlib.sha256(received[0]).hexdigest() == sha
 
 
-def test_editing_the_output_leaves_the_cache_intact(
+def test_an_output_edited_in_place_is_detected_and_downloaded_again(
     cluster: LocalCluster, origin: OriginProcess, tmp_path: Path
 ) -> None:
     sha = _file(origin, "edit.bin", 6 * MiB)
     url = origin.url("edit.bin")
     first = run_dfget(cluster.socket_path("peer-1"), url, tmp_path / "first")
     assert first.ok, first.stderr
-    with open(tmp_path / "first", "r+b") as f:
+    # The default: a hard link to the cached file, sealed read-only.
+    assert os.path.samestat((tmp_path / "first").stat(), _cached(cluster, "peer-1", url).stat())
+    assert stat.S_IMODE((tmp_path / "first").stat().st_mode) == 0o444
+    with open(tmp_path / "first", "r+b") as f:  # root writes through the read-only mode; same size
         f.write(b"edited in place")
     second = run_dfget(cluster.socket_path("peer-1"), url, tmp_path / "second")
     assert second.ok, second.stderr
     assert second.traffic is not None
-    assert second.traffic["local"] == 6 * MiB
+    assert second.traffic["local"] == 0
     assert _sha(tmp_path / "second") == sha
+    assert (tmp_path / "first").read_bytes().startswith(b"edited in place")
+
+
+def test_an_output_on_another_file_system_is_a_copy(
+    cluster: LocalCluster, origin: OriginProcess, tmp_path: Path
+) -> None:
+    if os.stat("/dev/shm").st_dev == os.stat(cluster.storage_dir("peer-1")).st_dev:
+        pytest.skip("/dev/shm is on the storage's file system here")
+    sha = _file(origin, "elsewhere.bin", 6 * MiB)
+    out = Path(f"/dev/shm/dragonfly-test-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        result = run_dfget(cluster.socket_path("peer-1"), origin.url("elsewhere.bin"), out)
+        assert result.ok, result.stderr
+        assert _sha(out) == sha
+        assert out.stat().st_nlink == 1
+        assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    finally:
+        out.unlink(missing_ok=True)
 
 
 def test_a_changed_cache_file_is_downloaded_again(cluster: LocalCluster, origin: OriginProcess, tmp_path: Path) -> None:

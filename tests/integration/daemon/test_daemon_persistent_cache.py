@@ -304,8 +304,16 @@ def test_a_lying_parent_is_found_out(cluster: LocalCluster, tmp_path: Path) -> N
             db.execute(
                 "UPDATE pieces SET digest = ? WHERE task_id = ? AND number = ?", (f"crc32:{crc}", task_id, number)
             )
-    db.close()
     content.write_bytes(forged)
+    # A thorough liar also records the forged file as the one the task finished with, which every serve checks
+    # (docs/output-and-cache.md#hard-linked-outputs).
+    info = content.stat()
+    with db:
+        db.execute(
+            "UPDATE tasks SET content_mtime_ns = ?, content_inode = ? WHERE id = ?",
+            (info.st_mtime_ns, info.st_ino, task_id),
+        )
+    db.close()
     # And its record of the content's digest, which its own scrub at start would check.
     entries = sqlite3.connect(store / "metadata" / "entries.db")
     with entries:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
+import stat
 import tempfile
 import time
 import zlib
@@ -150,6 +152,37 @@ def test_finished_task_survives_a_restart(tmp_path: Path) -> None:
     assert sorted(task.pieces) == [0, 1]
     assert task.pieces[1].length == 3
     assert Path(reopened.content_path(TASK)).read_bytes() == first + second
+    reopened.close()
+
+
+def test_a_finished_content_file_is_sealed(tmp_path: Path) -> None:
+    """Read-only and stamped (docs/output-and-cache.md): an edit in place through a hard-linked output shows."""
+    storage = open_storage(tmp_path)
+    storage.prepare_task(TASK, url="http://o/f", piece_length=PIECE, content_length=3, response_header={})
+    storage.finish_piece(TASK, write_piece(storage, TASK, 0, b"abc"))
+    before = time.time_ns()
+    storage.finish_task(TASK)
+    path = storage.content_path(TASK)
+    info = os.stat(path)
+    assert stat.S_IMODE(info.st_mode) == 0o444
+    # A whole second before the end: a write, even one of the same size within the file system's timestamp tick,
+    # sets the current time to the ns and so can never leave this mtime.
+    assert info.st_mtime_ns < before
+    assert info.st_mtime_ns % 1_000_000_000 == 0
+    task = storage.get_task(TASK)
+    assert task is not None
+    assert storage.content_intact(task)
+    storage.close()
+    reopened = open_storage(tmp_path)
+    task = reopened.get_task(TASK)
+    assert task is not None
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o444
+    # Opened read-only: a daemon that is not root may not open its own read-only file for writing.
+    with reopened.content_fd(TASK) as fd:
+        assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+    with open(path, "r+b") as f:  # root writes through the mode, as a root user's edit of the output would
+        f.write(b"x")
+    assert not reopened.content_intact(task)
     reopened.close()
 
 

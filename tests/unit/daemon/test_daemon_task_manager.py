@@ -144,29 +144,53 @@ def test_write_output_links_if_possible_and_copies_otherwise(tmp_path: Path) -> 
     assert content.stat().st_nlink == 2  # the content and "linked"
 
 
-async def test_hard_link_output_config_links_the_output_to_the_cache(tmp_path: Path) -> None:
-    async with make_harness(tmp_path, download={"hardLinkOutput": True}) as harness:
-        out = harness.tmp_path / "out"
-        await harness.download("/big", output_path=str(out))
-        assert out.read_bytes() == FILES["/big"]
-        task = harness.storage.get_task(task_id_for(common_pb2.Download(url=harness.base + "/big")))
-        assert task is not None
-        assert os.path.samestat(out.stat(), os.stat(harness.storage.content_path(task.id)))
-        # A local hit links too; the cache stays intact as long as nobody edits in place.
-        again = harness.tmp_path / "again"
-        events = await harness.download("/big", output_path=str(again))
-        assert {e.traffic_type for e in events if isinstance(e, PieceDone)} == {common_pb2.LOCAL_PEER}
-        assert os.path.samestat(again.stat(), out.stat())
-
-
-async def test_outputs_are_copies_by_default(harness: Harness) -> None:
+async def test_outputs_are_hard_links_to_the_sealed_cache_by_default(harness: Harness) -> None:
     out = harness.tmp_path / "out"
     await harness.download("/big", output_path=str(out))
+    assert out.read_bytes() == FILES["/big"]
     task = harness.storage.get_task(task_id_for(common_pb2.Download(url=harness.base + "/big")))
     assert task is not None
-    assert out.read_bytes() == FILES["/big"]
-    assert out.stat().st_nlink == 1
-    assert os.stat(harness.storage.content_path(task.id)).st_nlink == 1
+    assert os.path.samestat(out.stat(), os.stat(harness.storage.content_path(task.id)))
+    # Sealed at completion (docs/output-and-cache.md): read-only, and what the local-hit check compares with.
+    assert stat.S_IMODE(out.stat().st_mode) == 0o444
+    assert (out.stat().st_mtime_ns, out.stat().st_ino) == (task.content_mtime_ns, task.content_inode)
+    # A local hit links too; the cache stays intact as long as nobody edits in place.
+    again = harness.tmp_path / "again"
+    events = await harness.download("/big", output_path=str(again))
+    assert {e.traffic_type for e in events if isinstance(e, PieceDone)} == {common_pb2.LOCAL_PEER}
+    assert os.path.samestat(again.stat(), out.stat())
+
+
+async def test_an_edit_through_a_hard_linked_output_is_downloaded_again(harness: Harness) -> None:
+    out = harness.tmp_path / "out"
+    await harness.download("/big", output_path=str(out))
+    # Root (the tests' user) writes through the read-only mode; same size, so only the seal's stamp shows it.
+    fd = os.open(out, os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"edited", 0)
+    finally:
+        os.close(fd)
+    hits = len(harness.origin_hits)
+    again = harness.tmp_path / "again"
+    events = await harness.download("/big", output_path=str(again))
+    assert again.read_bytes() == FILES["/big"]
+    assert common_pb2.LOCAL_PEER not in {e.traffic_type for e in events if isinstance(e, PieceDone)}
+    assert len(harness.origin_hits) > hits
+    # The edited file is the user's own now; the cache holds a new, sealed copy.
+    assert out.read_bytes()[:6] == b"edited"
+    assert not os.path.samestat(again.stat(), out.stat())
+
+
+async def test_hard_link_output_false_copies(tmp_path: Path) -> None:
+    async with make_harness(tmp_path, download={"hardLinkOutput": False}) as harness:
+        out = harness.tmp_path / "out"
+        await harness.download("/big", output_path=str(out))
+        task = harness.storage.get_task(task_id_for(common_pb2.Download(url=harness.base + "/big")))
+        assert task is not None
+        assert out.read_bytes() == FILES["/big"]
+        assert out.stat().st_nlink == 1
+        assert stat.S_IMODE(out.stat().st_mode) == 0o644
+        assert os.stat(harness.storage.content_path(task.id)).st_nlink == 1
 
 
 @pytest.mark.parametrize("overwrite", [False, True])

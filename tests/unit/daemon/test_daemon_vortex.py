@@ -187,6 +187,27 @@ async def test_a_corrupted_piece_shows_in_the_crc(parent: Peer, tmp_path: Path) 
     assert format_piece_digest(fetched.crc) != fetched.digest
 
 
+async def test_a_finished_task_whose_file_changed_is_dropped_not_served(parent: Peer, tmp_path: Path) -> None:
+    storage = parent.storage
+    with storage.content_fd(TASK) as fd:
+        crc = native.write_piece(fd, PIECE, DATA[PIECE:])
+    storage.finish_piece(TASK, PieceRecord(1, PIECE, 1000, format_piece_digest(crc), None, 0, 0.1, time.time()))
+    storage.finish_task(TASK)
+    # An output hard-linked to the cache, edited in place (root writes through the read-only mode).
+    output = tmp_path / "output"
+    os.link(storage.content_path(TASK), output)
+    fd = os.open(output, os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"edited", 0)
+    finally:
+        os.close(fd)
+    with pytest.raises(VortexRemoteError, match=f"NotFound: piece 0 of task {TASK} not found"):
+        await fetch(parent, tmp_path, 0, 0, PIECE)
+    assert storage.get_task(TASK) is None
+    assert parent.served == []
+    assert output.read_bytes()[:6] == b"edited"  # the user's file is left alone
+
+
 @pytest.mark.skipif(not native.USING_EXTENSIONS, reason="the twin's BLAKE3 hashes ~1 MB/s (tests/native compares it)")
 async def test_blake3_is_computed_on_the_way_in(parent: Peer, tmp_path: Path) -> None:
     """Over TLS and plaintext alike: the digest of the bytes written, which the child verifies the piece by."""
