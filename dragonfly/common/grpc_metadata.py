@@ -7,3 +7,6 @@ by the scheduler on the upload API for a preheat the manager asked for with ``in
 """
 
 INSECURE_ORIGIN_METADATA = "x-dragonfly-insecure-skip-verify"
+# Asks a dfdaemon for the output as a copy rather than a hard link to its cache (``dfget --copy``, for a file that
+# will be edited in place; docs/output-and-cache.md). Only the local API reads it.
+OUTPUT_COPY_METADATA = "x-dragonfly-output-copy"

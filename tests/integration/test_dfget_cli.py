@@ -63,10 +63,12 @@ class ScriptedDaemon(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):
 
     def __init__(self) -> None:
         self.requests: list[common_pb2.Download] = []
+        self.metadata: list[dict[str, str]] = []
 
     def DownloadTask(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         download = request.download
         self.requests.append(download)
+        self.metadata.append(dict(context.invocation_metadata()))
         path = urlsplit(download.url).path
         if path == "/ok":
             yield _started(len(CONTENT))
@@ -205,6 +207,18 @@ def test_flags_reach_the_daemon(daemon: tuple[ScriptedDaemon, str], tmp_path: Pa
     assert request.disable_back_to_source
     assert request.overwrite
     assert request.type == common_pb2.STANDARD
+
+
+def test_copy_is_asked_for_in_the_call_metadata(daemon: tuple[ScriptedDaemon, str], tmp_path: Path) -> None:
+    servicer, sock = daemon
+    assert dfget(URL, "-O", str(tmp_path / "linked"), "-e", sock, "--no-progress").returncode == 0
+    result = dfget(URL, "-O", str(tmp_path / "copied"), "-e", sock, "--no-progress", "--copy")
+    assert result.returncode == 0, result.stderr
+    assert [m.get("x-dragonfly-output-copy") for m in servicer.metadata] == [None, "true"]
+    refused = dfget(URL, "-O", str(tmp_path / "both"), "-e", sock, "--copy", "--force-hard-link")
+    assert refused.returncode == 2
+    assert "--copy and --force-hard-link exclude each other" in refused.stderr
+    assert len(servicer.requests) == 2
 
 
 def test_relative_output_is_sent_absolute(daemon: tuple[ScriptedDaemon, str], tmp_path: Path) -> None:

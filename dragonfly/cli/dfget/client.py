@@ -11,7 +11,7 @@ from typing import Any
 from dragonfly.cli.dfget.errors import START_HINT, DownloadFailed, describe_rpc_error, fail
 from dragonfly.cli.dfget.progress import ProgressBar, Traffic
 from dragonfly.cli.dfget.request import add_source_settings, describe_download, object_storage_message
-from dragonfly.common.grpc_metadata import INSECURE_ORIGIN_METADATA
+from dragonfly.common.grpc_metadata import INSECURE_ORIGIN_METADATA, OUTPUT_COPY_METADATA
 
 # gRPC's default HTTP/2 :authority for a unix socket is the percent-encoded socket path, which is not a valid
 # authority: Dragonfly's Rust dfdaemon (hyper/h2) rejects it ("malformed authority") and resets the stream.
@@ -61,7 +61,9 @@ def download(
     metadata: tuple[tuple[str, str], ...] = ()
     if args.insecure_skip_verify:
         print("dfget: warning: the origin's TLS certificate is not verified (--insecure-skip-verify)", file=sys.stderr)
-        metadata = ((INSECURE_ORIGIN_METADATA, "true"),)
+        metadata += ((INSECURE_ORIGIN_METADATA, "true"),)
+    if args.copy:
+        metadata += ((OUTPUT_COPY_METADATA, "true"),)
     storage = object_storage_message(args)
     if storage is not None:
         download.object_storage.CopyFrom(storage)

@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.url is None or not args.output:
         parser.error("the URL and -O/--output are required")
     merge_range(parser, args)
+    if args.copy and args.force_hard_link:
+        parser.error("--copy and --force-hard-link exclude each other")
     if args.recursive:
         return main_recursive(parser, args)
     if args.include_files:

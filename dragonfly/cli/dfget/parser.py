@@ -187,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="fail rather than copy when the output cannot be a hard link to the daemon's cache (by default the "
         "daemon links when it can and copies otherwise)",
     )
+    parser.add_argument(
+        "--copy",
+        action="store_true",
+        help="write the output as a copy of the daemon's cache, not a hard link to it (a hard-linked output is "
+        "read-only; copy a file you will edit in place)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument(
         "-e", "--endpoint", default=DEFAULT_ENDPOINT, help=f"dfdaemon unix socket (default {DEFAULT_ENDPOINT})"

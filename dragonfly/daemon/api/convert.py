@@ -11,7 +11,7 @@ from google.protobuf import timestamp_pb2
 
 from dragonfly.common.byte_range import RangeNotSatisfiable
 from dragonfly.common.errors import DigestMismatch, InvalidDigest
-from dragonfly.common.grpc_metadata import INSECURE_ORIGIN_METADATA
+from dragonfly.common.grpc_metadata import INSECURE_ORIGIN_METADATA, OUTPUT_COPY_METADATA
 from dragonfly.common.ids import InvalidURL
 from dragonfly.common.netguard import find_refusal
 from dragonfly.common.piece import piece_count
@@ -144,6 +144,14 @@ def wants_insecure_origin(context: grpc.aio.ServicerContext, who: str) -> bool:
             log.warning("%s asked to skip the verification of the origin's TLS certificate", who)
             return True
     return False
+
+
+def wants_output_copy(context: grpc.aio.ServicerContext) -> bool:
+    """Tell whether the local caller asked for its output as a copy, not a hard link to the cache (dfget --copy)."""
+    return any(
+        key == OUTPUT_COPY_METADATA and str(value).lower() in ("1", "true")
+        for key, value in context.invocation_metadata() or ()
+    )
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:

@@ -20,6 +20,7 @@ from dragonfly.daemon.api.convert import (
     status_of,
     task_message,
     wants_insecure_origin,
+    wants_output_copy,
 )
 from dragonfly.daemon.api.lookup import get_task_or_abort
 from dragonfly.daemon.download.scheduler_client import SchedulerClient
@@ -67,7 +68,11 @@ class DfdaemonDownloadService(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):
         caller = await self._caller(context)
         try:
             async for event in self._tasks.download(
-                request.download, caller=caller, remote=False, insecure=wants_insecure_origin(context, "a local caller")
+                request.download,
+                caller=caller,
+                remote=False,
+                insecure=wants_insecure_origin(context, "a local caller"),
+                copy_output=wants_output_copy(context),
             ):
                 yield download_response(event, host_id=self._tasks.host_id)
         except Exception as exc:

@@ -134,6 +134,7 @@ class TaskManager:
         remote: bool | None = ...,
         insecure: bool = ...,
         in_order: bool = ...,
+        copy_output: bool = ...,
     ) -> AsyncGenerator[TaskStarted | PieceDone, None]: ...
 
     @overload
@@ -147,6 +148,7 @@ class TaskManager:
         insecure: bool = ...,
         in_order: bool = ...,
         origin_head: int,
+        copy_output: bool = ...,
     ) -> AsyncGenerator[HeadStarted | TaskStarted | PieceDone, None]: ...
 
     async def download(
@@ -159,6 +161,7 @@ class TaskManager:
         insecure: bool = False,
         in_order: bool = False,
         origin_head: int = 0,
+        copy_output: bool = False,
     ) -> AsyncGenerator[HeadStarted | TaskStarted | PieceDone, None]:
         """Download a task, yielding the started event then one event per piece; write the output at the end.
 
@@ -173,7 +176,8 @@ class TaskManager:
         request starts the download of an http(s) task, its stat of the origin reads that many first bytes too,
         and a HeadStarted event hands them over, unverified and as they arrive, as soon as the stat is answered
         (the proxy sends them at once and checks them against piece 0); so does a request that joins the download
-        before its piece 0 is stored.
+        before its piece 0 is stored. ``copy_output`` writes the output as a copy even where
+        ``download.hardLinkOutput`` would link it (the caller will edit it in place).
         """
         if self._stopping:
             raise DownloadFailed("dfdaemon is shutting down")
@@ -204,7 +208,7 @@ class TaskManager:
                         byte_range = event.range
                     yield event
                 if download.HasField("output_path"):
-                    await self._finish_output(task_id, download, byte_range, caller)
+                    await self._finish_output(task_id, download, byte_range, caller, copy=copy_output)
             except DigestMismatch as exc:
                 # Only whole-content digests reach here (a bad piece is fetched again). The user knows the URL and
                 # the output, not this daemon's content file.
@@ -369,7 +373,13 @@ class TaskManager:
         return False
 
     async def _finish_output(
-        self, task_id: str, download: common_pb2.Download, byte_range: ByteRange | None, caller: Caller | None
+        self,
+        task_id: str,
+        download: common_pb2.Download,
+        byte_range: ByteRange | None,
+        caller: Caller | None,
+        *,
+        copy: bool = False,
     ) -> None:
         content = self._storage.content_path(task_id)
         digest = parse_digest(download.digest) if download.HasField("digest") and download.digest else None
@@ -390,7 +400,7 @@ class TaskManager:
                         link=download.force_hard_link,
                         byte_range=byte_range,
                         verify=verify,
-                        link_if_possible=self._config.download.hard_link_output,
+                        link_if_possible=self._config.download.hard_link_output and not copy,
                     ),
                 )
                 return

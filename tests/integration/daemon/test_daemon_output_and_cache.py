@@ -84,6 +84,24 @@ def test_an_output_edited_in_place_is_detected_and_downloaded_again(
     assert (tmp_path / "first").read_bytes().startswith(b"edited in place")
 
 
+def test_dfget_copy_gets_a_writable_copy(cluster: LocalCluster, origin: OriginProcess, tmp_path: Path) -> None:
+    sha = _file(origin, "copy.bin", 6 * MiB)
+    url = origin.url("copy.bin")
+    result = run_dfget(cluster.socket_path("peer-1"), url, tmp_path / "copy", "--copy")
+    assert result.ok, result.stderr
+    assert _sha(tmp_path / "copy") == sha
+    assert (tmp_path / "copy").stat().st_nlink == 1
+    assert stat.S_IMODE((tmp_path / "copy").stat().st_mode) == 0o644
+    # Editing the copy leaves the cache as it was: the next download is a local hit.
+    with open(tmp_path / "copy", "r+b") as f:
+        f.write(b"edited")
+    again = run_dfget(cluster.socket_path("peer-1"), url, tmp_path / "again")
+    assert again.ok, again.stderr
+    assert again.traffic is not None
+    assert again.traffic["local"] == 6 * MiB
+    assert _sha(tmp_path / "again") == sha
+
+
 def test_an_output_on_another_file_system_is_a_copy(
     cluster: LocalCluster, origin: OriginProcess, tmp_path: Path
 ) -> None:

@@ -181,6 +181,16 @@ async def test_an_edit_through_a_hard_linked_output_is_downloaded_again(harness:
     assert not os.path.samestat(again.stat(), out.stat())
 
 
+async def test_a_caller_that_asks_for_a_copy_gets_one(harness: Harness) -> None:
+    out = harness.tmp_path / "out"
+    download = common_pb2.Download(url=harness.base + "/big", output_path=str(out))
+    events = [event async for event in harness.manager.download(download, copy_output=True)]
+    assert events
+    assert out.read_bytes() == FILES["/big"]
+    assert out.stat().st_nlink == 1
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+
+
 async def test_hard_link_output_false_copies(tmp_path: Path) -> None:
     async with make_harness(tmp_path, download={"hardLinkOutput": False}) as harness:
         out = harness.tmp_path / "out"
