@@ -142,7 +142,10 @@ class ParentDownloader:
             idle_timeout=self._config.download.collected_piece_timeout,
         )
         collector.start()
-        selector.start()
+        if count > 1:
+            # A task of one piece makes one choice of parent, and a SyncHost answer would not come before it: the
+            # scheduler's figures for each parent decide, and no parent serves a SyncHost stream per child for it.
+            selector.start()
         try:
             await round_.run(lambda: td.complete(task, count), self._stopping)
         finally:
@@ -163,6 +166,7 @@ class ParentDownloader:
         corrupt = isinstance(error, DigestMismatch)
         if fetch.parent.vortex_addr is not None:
             self._vortex_pool.discard(fetch.parent.vortex_addr)
+        self._channels.forget_vortex_addr(fetch.parent.addr)
         if corrupt:
             reason = "piece_digest_mismatch"
         elif isinstance(error, PieceAbandoned):

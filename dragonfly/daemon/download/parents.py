@@ -14,7 +14,8 @@ _MAX_CHANNELS = 256
 
 
 class ParentChannels:
-    """An LRU of channels keyed by ``ip:port`` of a parent's DfdaemonUpload server (mTLS with ``tls_files``)."""
+    """An LRU of channels keyed by ``ip:port`` of a parent's DfdaemonUpload server (mTLS with ``tls_files``), and
+    the Vortex address each of those servers last reported in SyncPieces."""
 
     def __init__(self, tls_files: tls.TLSFiles | None = None) -> None:
         self._tls = tls_files
@@ -22,6 +23,25 @@ class ParentChannels:
             collections.OrderedDict()
         )
         self._closing: set[grpc.aio.Channel] = set()
+        # A parent the scheduler says has finished a task holds every piece of it: with its Vortex address known
+        # from an earlier task, a child fetches at once instead of opening a SyncPieces stream per task (which costs
+        # both daemons more than a one-piece task's transfer). Forgotten when a fetch from that address fails.
+        self._vortex: collections.OrderedDict[str, tuple[str, int]] = collections.OrderedDict()
+
+    def vortex_addr(self, addr: str) -> tuple[str, int] | None:
+        """Return the Vortex address the upload server at ``addr`` last reported, if any."""
+        return self._vortex.get(addr)
+
+    def remember_vortex_addr(self, addr: str, vortex_addr: tuple[str, int]) -> None:
+        """Record the Vortex address the upload server at ``addr`` reported in SyncPieces."""
+        self._vortex[addr] = vortex_addr
+        self._vortex.move_to_end(addr)
+        while len(self._vortex) > _MAX_CHANNELS:
+            self._vortex.popitem(last=False)
+
+    def forget_vortex_addr(self, addr: str) -> None:
+        """Drop the Vortex address of ``addr``: a fetch from it failed, so the next task asks over SyncPieces again."""
+        self._vortex.pop(addr, None)
 
     def stub(self, addr: str) -> dfdaemon_pb2_grpc.DfdaemonUploadStub:
         entry = self._channels.get(addr)

@@ -83,7 +83,26 @@ class PieceCollector:
 
     def start(self) -> None:
         for parent in self.parents.values():
+            known = self._channels.vortex_addr(parent.addr) if parent.finished else None
+            if known is not None:
+                self._take_finished(parent, known)
+                continue
             self._tasks.append(asyncio.create_task(self._sync(parent), name=f"sync-pieces-{parent.id}"))
+
+    def _take_finished(self, parent: ParentState, vortex_addr: tuple[str, int]) -> None:
+        """Count a parent the scheduler says has finished the task as holding every piece, without SyncPieces.
+
+        Its Vortex address is the one its upload server reported for an earlier task. A parent that lies about
+        having finished gains nothing: its bytes are checked against the trusted digests like any parent's, and a
+        failed fetch excludes it (and makes this daemon ask it over SyncPieces again next time).
+        """
+        parent.vortex_addr = vortex_addr
+        parent.syncing = False
+        parent.bitmap.set_all()
+        now = time.monotonic()
+        for number in self._interested:
+            self.first_seen.setdefault(number, now)
+        self.changed.set()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -114,6 +133,8 @@ class PieceCollector:
                     continue
                 if not response.HasField("tcp_port"):
                     continue
+                if parent.vortex_addr is None:
+                    self._channels.remember_vortex_addr(parent.addr, (response.ip, response.tcp_port))
                 parent.vortex_addr = (response.ip, response.tcp_port)
                 timeout = self._idle_timeout
                 parent.bitmap.set(response.number)

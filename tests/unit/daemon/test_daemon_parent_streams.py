@@ -1,0 +1,197 @@
+"""The streams a download opens to its parents: SyncPieces only where the child has to learn something, SyncHost
+only where there is more than one choice of parent to make.
+
+A finished parent whose Vortex address the daemon learnt in an earlier task is fetched from at once; a failed fetch
+makes the daemon ask it over SyncPieces again. A one-piece task opens no SyncHost stream. The parents are fake
+gRPC stubs that record what they were asked; the transfers are fake too (no Vortex, no storage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from dragonfly_api import common_pb2, dfdaemon_pb2
+
+from dragonfly.common.errors import DigestMismatch
+from dragonfly.daemon.config import load_dfdaemon_config
+from dragonfly.daemon.download.parent_downloader import ParentDownloader
+from dragonfly.daemon.download.parents import ParentChannels
+from dragonfly.daemon.download.piece_collector import PieceCollector
+from dragonfly.daemon.download.piece_dispatcher import PieceFetch, PieceRates
+from dragonfly.daemon.download.task_download import REMOTE_PEER, TaskDownload
+from dragonfly.daemon.download.vortex_client import FetchAbort
+from dragonfly.daemon.metrics import DaemonMetrics
+from dragonfly.daemon.storage import PieceRecord, TaskRecord
+
+PIECE_LENGTH = 4 << 20
+VORTEX = ("127.0.0.9", 4005)
+# Bound of every download below; one that needs it has hung.
+_BOUND = 10.0
+
+
+class _Call:
+    """A server-streaming call: the given responses, then nothing more until cancelled (a parent still busy)."""
+
+    def __init__(self, responses: list[Any]) -> None:
+        self._responses = responses
+        self._never = asyncio.Event()
+
+    async def read(self) -> Any:
+        if self._responses:
+            return self._responses.pop(0)
+        await self._never.wait()
+
+    def __aiter__(self) -> _Call:
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self.read()
+
+    def cancel(self) -> None:
+        pass
+
+
+class _Stub:
+    def __init__(self, addr: str, parent: FakeParents) -> None:
+        self._addr = addr
+        self._parent = parent
+
+    def SyncPieces(self, request: dfdaemon_pb2.SyncPiecesRequest) -> _Call:
+        self._parent.calls.append(("SyncPieces", self._addr))
+        responses = [
+            dfdaemon_pb2.SyncPiecesResponse(number=n, length=PIECE_LENGTH, ip=VORTEX[0], tcp_port=VORTEX[1])
+            for n in request.interested_piece_numbers
+        ]
+        return _Call(responses)
+
+    def SyncHost(self, request: dfdaemon_pb2.SyncHostRequest) -> _Call:
+        self._parent.calls.append(("SyncHost", self._addr))
+        return _Call([])
+
+
+class FakeParents(ParentChannels):
+    """The daemon's channels to parents, each parent a fake stub that holds every piece it is asked about."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, str]] = []
+
+    def stub(self, addr: str) -> Any:
+        return _Stub(addr, self)
+
+
+class _Stream:
+    """The AnnouncePeer stream: what the downloader reported."""
+
+    def __init__(self) -> None:
+        self.reports: list[dict[str, Any]] = []
+
+    def report(self, **request: Any) -> None:
+        self.reports.append(request)
+
+
+def _parent(name: str, *, finished: bool) -> common_pb2.Peer:
+    return common_pb2.Peer(
+        id=f"127.0.0.1-{name}",
+        state="Succeeded" if finished else "Running",
+        host=common_pb2.Host(id=name, ip="127.0.0.1", port=4000),
+    )
+
+
+def _task(length: int) -> TaskRecord:
+    return TaskRecord(id="t" * 64, url="http://o/f", piece_length=PIECE_LENGTH, content_length=length,
+                      response_header={}, created_at=0.0, updated_at=0.0)  # fmt: skip
+
+
+class Child:
+    """A ParentDownloader whose transfers store the piece at once (or fail, once, with ``fail_first``)."""
+
+    def __init__(self, channels: FakeParents, *, fail_first: bool = False) -> None:
+        config = load_dfdaemon_config(None, overrides={"host": {"hostname": "child", "ip": "127.0.0.1"}})
+        self.downloader = ParentDownloader(
+            config, host_id="127.0.0.1-child", channels=channels, storage=None, executor=None,  # type: ignore[arg-type]
+            metrics=DaemonMetrics(), writer=None, source=None, piece_rates=PieceRates(),  # type: ignore[arg-type]
+            stopping=lambda: False,
+        )  # fmt: skip
+        self._fail = fail_first
+        self.fetched_from: list[tuple[str, int] | None] = []
+        self.downloader._fetch_piece = self._fetch  # type: ignore[method-assign]
+
+    async def _fetch(self, td: TaskDownload, task: TaskRecord, stream: Any, fetch: PieceFetch, _: FetchAbort) -> float:
+        self.fetched_from.append(fetch.parent.vortex_addr)
+        if self._fail:
+            self._fail = False
+            raise DigestMismatch("crc32:1", "crc32:2", what="a piece")
+        offset = fetch.number * PIECE_LENGTH
+        task.pieces[fetch.number] = PieceRecord(fetch.number, offset, fetch.length, "crc32:1", fetch.parent.id,
+                                                REMOTE_PEER, 0.01, 0.0)  # fmt: skip
+        return 0.01
+
+    async def download(self, task: TaskRecord, parents: list[common_pb2.Peer]) -> bool:
+        td = TaskDownload(task.id, common_pb2.Download(url=task.url), "127.0.0.1-child-peer", None)
+        try:
+            async with asyncio.timeout(_BOUND):
+                return await self.downloader.download(td, task, _Stream(), parents, set())  # type: ignore[arg-type]
+        finally:
+            self.downloader.close()
+
+
+async def test_a_finished_parent_is_asked_over_sync_pieces_once_then_fetched_from_at_once() -> None:
+    channels = FakeParents()
+    parent = _parent("seed", finished=True)
+    first = Child(channels)
+    assert await first.download(_task(1 << 20), [parent])
+    assert channels.calls == [("SyncPieces", "127.0.0.1:4000")]
+    assert channels.vortex_addr("127.0.0.1:4000") == VORTEX
+
+    channels.calls.clear()
+    second = Child(channels)
+    assert await second.download(_task(1 << 20), [parent])
+    assert channels.calls == []
+    assert second.fetched_from == [VORTEX]
+
+
+async def test_a_parent_still_downloading_is_always_asked_over_sync_pieces() -> None:
+    channels = FakeParents()
+    channels.remember_vortex_addr("127.0.0.1:4000", VORTEX)
+    child = Child(channels)
+    assert await child.download(_task(1 << 20), [_parent("p1", finished=False)])
+    assert channels.calls == [("SyncPieces", "127.0.0.1:4000")]
+
+
+async def test_a_failed_fetch_forgets_the_address_learnt_earlier() -> None:
+    channels = FakeParents()
+    channels.remember_vortex_addr("127.0.0.1:4000", VORTEX)
+    child = Child(channels, fail_first=True)
+    parent = _parent("seed", finished=True)
+    await child.download(_task(1 << 20), [parent])
+    assert child.fetched_from[0] == VORTEX
+    assert channels.vortex_addr("127.0.0.1:4000") is None
+
+
+@pytest.mark.parametrize(("length", "host_syncs"), [(1 << 20, 0), (PIECE_LENGTH + 1, 2)])
+async def test_sync_host_only_where_several_pieces_are_to_be_placed(length: int, host_syncs: int) -> None:
+    channels = FakeParents()
+    child = Child(channels)
+    assert await child.download(_task(length), [_parent("p1", finished=False), _parent("p2", finished=False)])
+    assert sum(1 for method, _ in channels.calls if method == "SyncHost") == host_syncs
+    assert sum(1 for method, _ in channels.calls if method == "SyncPieces") == 2
+
+
+def test_the_collector_counts_a_finished_parent_with_a_known_address_as_holding_every_piece() -> None:
+    channels = FakeParents()
+    channels.remember_vortex_addr("127.0.0.1:4000", VORTEX)
+    collector = PieceCollector(
+        channels, host_id="h", task_id="t", parents=[_parent("seed", finished=True)], interested=[1, 2],
+        piece_count=3, idle_timeout=1.0, first_timeout=1.0,
+    )  # fmt: skip
+    collector.start()
+    state = collector.parents["127.0.0.1-seed"]
+    assert state.vortex_addr == VORTEX
+    assert state.bitmap.is_full()
+    assert not collector.syncing()
+    assert sorted(collector.first_seen) == [1, 2]
+    assert collector.changed.is_set()
+    assert channels.calls == []
