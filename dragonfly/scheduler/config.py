@@ -54,9 +54,11 @@ class GCConfig:
     task_gc_interval: Duration = field(default=Duration(30 * 60), metadata={"key": "taskGCInterval"})
     host_gc_interval: Duration = field(default=Duration(5 * 60), metadata={"key": "hostGCInterval"})
     host_ttl: Duration = field(default=Duration(3600), metadata={"key": "hostTTL"})
-    # Freeze what survives CPython's young collections this often (0: off; dragonfly/scheduler/pygc.py).
-    python_freeze_interval: Duration = field(default=Duration(0), metadata={"key": "pythonGCFreezeInterval"})
-    # With freezing on: unfreeze and collect everything this often (cyclic garbage waits this long).
+    # Freeze what survives CPython's young collections at start and then this often, so its full collections walk
+    # only what is new (0: CPython's own schedule; dragonfly/scheduler/pygc.py, bench/RESULTS.md §6).
+    python_freeze_interval: Duration = field(default=Duration(1), metadata={"key": "pythonGCFreezeInterval"})
+    # With freezing on: unfreeze and collect everything this often (cyclic garbage waits this long; this pause walks
+    # every object, seconds at 100,000 peers).
     python_full_collect_interval: Duration = field(
         default=Duration(3600), metadata={"key": "pythonGCFullCollectInterval"}
     )

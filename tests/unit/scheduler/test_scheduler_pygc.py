@@ -48,13 +48,44 @@ def test_frozen_cycles_are_freed_by_the_full_collection_only():
         gc.unfreeze()
 
 
-async def test_stop_hands_every_frozen_object_back():
+async def test_start_freezes_at_once_and_stop_hands_every_frozen_object_back():
+    gc.unfreeze()
     collector = FreezingCollector(3600.0, 3600.0)
     collector.start()
-    collector.tick()
-    assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() > 0, "start-up's objects are frozen at start, not an interval later"
     await collector.stop()
     assert gc.get_freeze_count() == 0
+
+
+async def test_a_scheduler_with_the_default_config_freezes_while_it_runs():
+    config = load(
+        None,
+        overrides={
+            "server": {"host": "127.0.0.1", "port": 0},
+            "metrics": {"enable": False},
+            "security": {"enable": False},
+        },
+    )
+    assert config.scheduler.gc.python_freeze_interval == 1
+    assert config.scheduler.gc.python_full_collect_interval == 3600
+    gc.unfreeze()
+    server = SchedulerServer(config)
+    await server.start()
+    try:
+        assert gc.get_freeze_count() > 0
+    finally:
+        await server.stop()
+    assert gc.get_freeze_count() == 0
+
+
+async def test_a_freeze_interval_of_zero_leaves_cpythons_schedule_alone():
+    gc.unfreeze()
+    server = SchedulerServer(_plain_config())
+    await server.start()
+    try:
+        assert gc.get_freeze_count() == 0
+    finally:
+        await server.stop()
 
 
 def _plain_config():
