@@ -1,7 +1,7 @@
 //! Piece I/O for the data plane: positional piece writes and reads with CRC-32, `sendfile(2)` of a piece to a
 //! socket, receiving a piece from a socket into a file, the Vortex frame codec and a token bucket.
 //!
-//! This core never mentions Python; `python.rs` (feature `python`) is the only glue, so `cargo test` runs
+//! This core never mentions Python; `python/` (feature `python`) is the only glue, so `cargo test` runs
 //! without an interpreter.
 
 use std::io;
@@ -11,7 +11,6 @@ mod recv;
 mod sendfile;
 mod sys;
 pub mod tls;
-pub mod tls_server;
 pub mod token_bucket;
 pub mod vortex;
 
@@ -23,7 +22,7 @@ pub use recv::{recv_to_file, recv_to_file_blake3};
 pub use sendfile::sendfile;
 pub use token_bucket::TokenBucket;
 
-/// Every failure of this crate; `python.rs` converts each variant to one Python exception class.
+/// Every failure of this crate; `python/errors.rs` converts each variant to one Python exception class.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A system call failed; becomes the `OSError` subclass for its errno.

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ServerConfig, ServerConnection};
 
+use super::{identity, tls_error, FdReader, FdWriter};
 use crate::sys::{is_would_block, pread_once};
-use crate::tls::{identity, tls_error, FdReader, FdWriter};
 use crate::{Error, Result};
 
 /// Plaintext bytes read from the content file per pread, and the most ciphertext rustls queues before it must be
