@@ -52,10 +52,11 @@ from bench.swarm.units import format_size, parse_rate, parse_size
 # "ours" runs with mutual TLS (the default); "ours-plaintext" is the same cluster without TLS, to price it in one run;
 # "ours-faults" is ours while a parent is killed and three misbehaving peers claim the file (bench/swarm/faults.py);
 # "-hardlink" runs the peers with download.hardLinkOutput: true (output linked to the cache, not copied);
-# "ours-python-tls" runs them with download.nativeTls: false (Vortex downloads over Python's ssl, not rustls).
+# "ours-python-tls" runs them with download.nativeTls: false (Vortex downloads over Python's ssl, not rustls);
+# "ours-python-tls-server" runs the seed and peers with storage.server.nativeTls: false (serving over Python's ssl).
 SYSTEMS = (
     "ours", "direct", "bittorrent", "ours-plaintext", "ours-faults", "ours-hardlink", "ours-plaintext-hardlink",
-    "ours-python-tls",
+    "ours-python-tls", "ours-python-tls-server",
 )  # fmt: skip
 DEFAULT_SYSTEMS = ("ours", "direct", "bittorrent")
 BLOB = "blob"
@@ -269,6 +270,9 @@ class Swarm:
                     d, tls=False, system="ours-plaintext-hardlink", hard_link_output=True
                 ),
                 "ours-python-tls": lambda d: self.run_ours(d, system="ours-python-tls", native_tls=False),
+                "ours-python-tls-server": lambda d: self.run_ours(
+                    d, system="ours-python-tls-server", server_native_tls=False
+                ),
             }
             return runs[system](sysdir)
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
@@ -360,6 +364,7 @@ class Swarm:
         system: str = "ours",
         hard_link_output: bool | None = None,
         native_tls: bool | None = None,
+        server_native_tls: bool | None = None,
     ) -> SystemResult:
         loopback = self.topo.mode == "loopback"
         names = ["seed", *self.peers]
@@ -369,7 +374,10 @@ class Swarm:
         download: dict[str, bool] = {} if hard_link_output is None else {"hardLinkOutput": hard_link_output}
         if native_tls is not None:
             download["nativeTls"] = native_tls
-        overrides = {p: {"download": dict(download)} for p in self.peers}
+        overrides: dict[str, dict[str, Any]] = {p: {"download": dict(download)} for p in self.peers}
+        if server_native_tls is not None:
+            for name in names:
+                overrides.setdefault(name, {})["storage"] = {"server": {"nativeTls": server_native_tls}}
         cluster = OursCluster(
             self.topo, sysdir, self.h["ctl"], [self.h[n] for n in names], rates=rates, back_to_source_rate=b2s,
             tls=tls, daemon_overrides=overrides,
