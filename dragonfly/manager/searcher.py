@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import re
 from collections.abc import Mapping
 from typing import Any
+
+from dragonfly.common.patterns import Pattern, compile_pattern
 
 CIDR_WEIGHT = 0.3
 HOSTNAME_WEIGHT = 0.3
@@ -30,10 +31,10 @@ def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
 
 
 @functools.lru_cache(maxsize=4096)
-def _regex(text: str) -> re.Pattern[str] | None:
+def _regex(text: str) -> Pattern | None:
     try:
-        return re.compile(text)
-    except re.error:
+        return compile_pattern(text)
+    except ValueError:
         return None
 
 

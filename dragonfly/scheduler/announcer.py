@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import re
 import socket
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ import grpc
 from dragonfly_api import manager_pb2, manager_pb2_grpc
 
 from dragonfly.common import tls
+from dragonfly.common.patterns import Pattern, compile_pattern
 
 if TYPE_CHECKING:
     from dragonfly.scheduler.server import SchedulerContext
@@ -53,7 +53,7 @@ class ApplicationPriority:
 
     name: str
     value: int
-    urls: tuple[tuple[re.Pattern[str], int], ...]
+    urls: tuple[tuple[Pattern, int], ...]
 
     def priority_for(self, url: str) -> int:
         """Return the priority level for a download of ``url``."""
@@ -236,8 +236,8 @@ class ManagerAnnouncer:
             urls = []
             for entry in app.priority.urls:
                 try:
-                    urls.append((re.compile(entry.regex), int(entry.value)))
-                except re.error:
+                    urls.append((compile_pattern(entry.regex), int(entry.value)))
+                except ValueError:
                     log.warning("application %s: bad URL regex ignored", app.name[:64])
             out.append(ApplicationPriority(app.name, int(app.priority.value), tuple(urls)))
         self.ctx.applications = {app.name: app for app in out}

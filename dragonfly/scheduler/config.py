@@ -7,10 +7,10 @@ plain keys of the ``scheduler`` section here, because this scheduler runs stand-
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from dragonfly.common.config import Duration, load_config
+from dragonfly.common.patterns import cached_pattern, compile_pattern
 from dragonfly.common.tls import SecurityConfig, TLSFiles, TLSFilesConfig
 
 #: Values of ``scheduler.pieceDigestSources``.
@@ -173,26 +173,26 @@ class SeedPeerConfig:
 
 @dataclass(frozen=True, slots=True)
 class BlockRule:
-    """Which tasks a block list matches: by application, URL regex (searched in the URL) or tag."""
+    """Which tasks a block list matches: by application, URL regex (RE2, searched in the URL) or tag."""
 
     applications: list[str] = field(default_factory=list)
     urls: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
-        """Reject URL patterns that are not regular expressions."""
+        """Reject URL patterns RE2 does not accept (they are matched against URLs peers send)."""
         for pattern in self.urls:
             try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"invalid URL regex {pattern!r}: {exc}") from None
+                compile_pattern(pattern)
+            except ValueError as exc:
+                raise ValueError(f"invalid URL regex: {exc}") from None
 
     def matches(self, url: str, application: str, tag: str) -> bool:
         """Return whether a task with these attributes is blocked."""
         return (
             (bool(application) and application in self.applications)
             or (bool(tag) and tag in self.tags)
-            or any(re.search(pattern, url) for pattern in self.urls)
+            or any(cached_pattern(pattern).search(url) for pattern in self.urls)
         )
 
 

@@ -8,10 +8,10 @@ OCI blob URLs go through the swarm (the rule Dragonfly's Helm chart installs).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from dragonfly.common.config import Size
+from dragonfly.common.patterns import compile_pattern
 from dragonfly.common.piece import MIN_PIECE_LENGTH
 
 #: Dragonfly's Helm chart rule: OCI layer and config blobs go through the swarm; manifests and tokens do not.
@@ -25,10 +25,11 @@ MIN_ORIGIN_HEAD = 64 * 1024
 
 
 def _compile(name: str, pattern: str) -> None:
+    # RE2: these patterns meet request URLs and CONNECT targets (dragonfly.common.patterns).
     try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"{name} {pattern!r} is not a valid regular expression: {exc}") from None
+        compile_pattern(pattern)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +81,7 @@ class ProxyRule:
     ``filteredQueryParams`` are left out of the task id (default: Dragonfly's list of signing parameters).
     """
 
-    # Regular expression searched in the URL without its query.
+    # RE2 regular expression (Go's syntax) searched in the URL without its query.
     regex: str = ""
     # Download matching URLs over https.
     use_tls: bool = field(default=False, metadata={"key": "useTLS"})
@@ -125,7 +126,7 @@ class RegistryMirrorConfig:
 class HijackHost:
     """CONNECT targets (``host:port``) matching ``regex`` are intercepted; every other one is tunnelled."""
 
-    # Regular expression searched in the CONNECT target host:port (anchor it: ^registry\.example\.com:443$).
+    # RE2 regular expression searched in the CONNECT target host:port (anchor it: ^registry\.example\.com:443$).
     regex: str = field(default="", metadata={"aliases": ("regx",)})
 
     def validate(self) -> None:

@@ -23,6 +23,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from dragonfly.common.config import parse_size
 from dragonfly.common.errors import DragonflyError
 from dragonfly.common.ids import DEFAULT_FILTERED_QUERY_PARAMS
+from dragonfly.common.patterns import cached_pattern
 from dragonfly.common.piece import MAX_PIECE_LENGTH, MIN_PIECE_LENGTH
 from dragonfly.daemon.proxy.config import ProxyConfig, ProxyRule
 
@@ -111,7 +112,7 @@ def route(
     p2p = False
     if method == "GET":
         without_query = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-        rule = next((r for r in config.rules if re.search(r.regex, without_query)), None)
+        rule = next((r for r in config.rules if cached_pattern(r.regex).search(without_query)), None)
         p2p = rule is not None or headers.get("X-Dragonfly-Use-P2P", "").strip().lower() == "true"
     return Route(url, mirror, p2p, rule)
 

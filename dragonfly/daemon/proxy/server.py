@@ -16,7 +16,6 @@ import contextlib
 import functools
 import hmac
 import logging
-import re
 import socket
 import time
 import typing
@@ -29,6 +28,7 @@ from aiohttp import web
 from dragonfly.common.byte_range import find_range_header
 from dragonfly.common.errors import OriginAddressRefused
 from dragonfly.common.netguard import AddressPolicy, is_remote_client
+from dragonfly.common.patterns import compile_pattern
 from dragonfly.daemon.download.task_manager import TaskManager
 from dragonfly.daemon.errors import BackendError
 from dragonfly.daemon.proxy.certs import LeafCertificates
@@ -97,7 +97,7 @@ class ProxyServer:
         self._certs: LeafCertificates | None = None
         if config.server.ca_cert is not None and config.server.ca_key is not None:
             self._certs = LeafCertificates(config.server.ca_cert, config.server.ca_key)
-        self._hijack = [re.compile(host.regex) for host in config.hijack_https.hosts]
+        self._hijack = [compile_pattern(host.regex) for host in config.hijack_https.hosts]
         self._forwarder = Forwarder(
             extra_ca=config.registry_mirror.cert, read_timeout=read_timeout, address_policy=self._policy
         )

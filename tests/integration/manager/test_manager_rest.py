@@ -105,6 +105,19 @@ async def test_bad_cluster_bodies_get_422(api: API, body: dict[str, object], whe
     assert where in [e["loc"] for e in response.json()["errors"]]
 
 
+async def test_scope_patterns_are_re2(api: API) -> None:
+    # Host names from daemons meet these patterns (the searcher), so they are RE2: linear time, no backreferences.
+    root = await api.signin()
+    body = {"name": "ok", "scopes": {"hostnames": [r"^(node)-\1$"]}}
+    response = await api.client.post(CLUSTERS, headers=root, json=body)
+    assert response.status_code == 422, response.text
+    [error] = response.json()["errors"]
+    assert error["loc"] == ["body", "scopes", "hostnames", "0"]
+    assert "is not a regular expression RE2 accepts (invalid escape sequence: \\1)" in error["msg"]
+    body = {"name": "ok", "scopes": {"hostnames": [r"(a+)+$", r"^node-\d+$"]}}
+    assert (await api.client.post(CLUSTERS, headers=root, json=body)).status_code == 201
+
+
 @ALL_DATABASES
 async def test_conflicts_bad_json_oversized_bodies_and_unknown_routes(api: API) -> None:
     root = await api.signin()

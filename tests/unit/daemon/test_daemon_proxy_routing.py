@@ -45,7 +45,7 @@ def test_defaults_are_safe_and_follow_dragonfly() -> None:
     [
         ({"hijackHTTPS": {"hosts": [{"regex": "r:443"}]}}, "hijackHTTPS.hosts needs server.caCert"),
         ({"server": {"caCert": "/ca.crt"}}, "caCert and caKey must be set together"),
-        ({"rules": [{"regex": "("}]}, "not a valid regular expression"),
+        ({"rules": [{"regex": "("}]}, "not a regular expression RE2 accepts"),
         ({"rules": [{"regex": "x", "redirect": "http://h/"}]}, "redirect must be a host or host:port"),
         ({"registryMirror": {"addr": "index.docker.io"}}, "addr must be an http:// or https:// URL"),
         ({"server": {"basicAuth": {"username": "u", "password": ""}}}, "password must be 1 to 20 characters"),

@@ -57,7 +57,10 @@ def test_yaml_uses_dragonflys_camel_case_keys(tmp_path):
         ),
         ({"scheduler": {"candidateParentLimit": 21}}, "scheduler: candidateParentLimit must be in 1..20, got 21"),
         ({"scheduler": {"retryInterval": "soon"}}, "scheduler.retryInterval: expected a duration"),
-        ({"blockList": {"upload": {"urls": ["("]}}}, "blockList.upload: invalid URL regex '('"),
+        (
+            {"blockList": {"upload": {"urls": ["("]}}},
+            "blockList.upload: invalid URL regex: '(' is not a regular expression RE2 accepts",
+        ),
         ({"server": {"port": 70000}}, "server: port must be in 0..65535, got 70000"),
         # Issue 8 item 14: Dragonfly's other evaluators were accepted and silently ignored.
         ({"scheduler": {"algorithm": "ml"}}, "scheduler: algorithm 'ml' is not supported by this scheduler"),
