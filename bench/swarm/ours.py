@@ -115,6 +115,8 @@ class OursCluster:
         host_ip = scheduler_host.ip
         scheduler_yaml = {
             "server": {"host": host_ip, "port": port, "advertiseIP": host_ip},
+            # A free port on loopback: another cluster on this machine (a concurrent benchmark) may hold 8000.
+            "metrics": {"port": 0 if scheduler_host.netns is None else 8000},
             "security": security_config(pki_dir, scheduler_host, ("scheduler",)),
         }
         conf.write_text(yaml.safe_dump(scheduler_yaml))
