@@ -4,8 +4,9 @@ A scheduler, a seed peer and 3 peers: peer-1 with the default head (256 KiB), pe
 default head but ``proxy.disableBackToSource`` (which turns it off: no origin bytes reach its clients). The registry
 (Debian's docker-registry) logs every request with the bytes it sent, so "the peer read the head, and every blob
 byte left the registry once" is measured. The demo origin serves a file differently to one request (its ``corrupt``
-fault) to show that a head the swarm's piece 0 contradicts aborts the answer; ``python -m http.server`` is an
-origin that ignores ``Range``.
+fault) to show that a head the swarm's piece 0 contradicts aborts the answer. A blob the swarm holds already is
+pulled without a head (the peer asks the scheduler first, ``proxy.originHeadMaxPeers``). ``python -m http.server``
+is an origin that ignores ``Range``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ REPOSITORY = "test/head"
 
 @pytest.fixture(scope="module")
 def image(module_dir: Path) -> Image:
-    return build_image(module_dir / "layout", [12 * MIB, 10 * MIB, 9 * MIB, 11 * MIB])
+    return build_image(module_dir / "layout", [12 * MIB, 10 * MIB, 9 * MIB, 11 * MIB, 8 * MIB])
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +121,27 @@ def test_with_the_head_off_a_blob_costs_two_stats_of_one_byte(
     sent = sent_for(registry, layer.digest, layer.size, 2)
     assert sent.count(1) == 2, sent
     assert sum(sent) == layer.size + 2, sent
+
+
+def test_a_blob_the_swarm_holds_is_pulled_without_a_head(
+    cluster: LocalCluster, registry: RegistryProcess, image: Image
+) -> None:
+    """peer-2 (head off) pulls the blob through the swarm first: the seed peer stores piece 0 and the scheduler
+    trusts it. peer-1 then asks the scheduler before its stat, reads one byte of the registry and no head."""
+    layer = image.layers[4]
+    target = f"/v2/{REPOSITORY}/blobs/{layer.digest}"
+    status, first = get(proxy_addr(cluster, "peer-2"), target)
+    assert status == 200
+    assert hashlib.sha256(first).hexdigest() == layer.digest[7:]
+    sent_for(registry, layer.digest, layer.size, 2)
+    status, body = get(proxy_addr(cluster, "peer-1"), target)
+    assert status == 200
+    assert body == first
+    # peer-2's and the seed's 1-byte stats, the seed's pieces, peer-1's 1-byte stat: a head would add HEAD - 1.
+    sent = sent_for(registry, layer.digest, layer.size, 3)
+    assert HEAD not in sent, sent
+    assert sent.count(1) == 3, sent
+    assert sum(sent) == layer.size + 3, sent
 
 
 def test_a_ranged_request_reads_no_head_and_a_refusal_is_passed_on(

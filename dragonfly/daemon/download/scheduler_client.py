@@ -242,10 +242,10 @@ class SchedulerClient:
             scheduler_pb2.DeleteTaskRequest(host_id=host_id, task_id=task_id), timeout=REQUEST_TIMEOUT
         )
 
-    async def stat_task(self, host_id: str, task_id: str) -> common_pb2.Task:
-        """Return what the owning scheduler knows of ``task_id`` (StatTask)."""
+    async def stat_task(self, host_id: str, task_id: str, *, max_wait: float = REQUEST_TIMEOUT) -> common_pb2.Task:
+        """Return what the owning scheduler knows of ``task_id`` (StatTask), within ``max_wait`` seconds."""
         task: common_pb2.Task = await self._stub(self.owner(task_id)).StatTask(
-            scheduler_pb2.StatTaskRequest(host_id=host_id, task_id=task_id), timeout=REQUEST_TIMEOUT
+            scheduler_pb2.StatTaskRequest(host_id=host_id, task_id=task_id), timeout=max_wait
         )
         return task
 

@@ -171,13 +171,13 @@ class TaskManager:
         (None: the daemon itself or the scheduler); the output is written with its rights (docs/security.md).
         ``remote`` says another host asked for it (the origin is then reached through the SSRF guard; None: when
         ``from_scheduler``); ``insecure`` skips the origin's certificate verification (a local caller's choice).
-        ``in_order`` says the caller consumes the pieces in order as they come (the download then starts with
-        its first wanted piece alone, where parents serve it). ``origin_head`` (whole-content requests): if this
-        request starts the download of an http(s) task, its stat of the origin reads that many first bytes too,
-        and a HeadStarted event hands them over, unverified and as they arrive, as soon as the stat is answered
-        (the proxy sends them at once and checks them against piece 0); so does a request that joins the download
-        before its piece 0 is stored. ``copy_output`` writes the output as a copy even where
-        ``download.hardLinkOutput`` would link it (the caller will edit it in place).
+        ``in_order`` says the caller consumes the pieces in order as they come (the download then starts with its
+        first wanted piece alone, where parents serve it). ``origin_head`` (whole-content requests): if this request
+        starts the download of an http(s) task whose piece 0 the swarm cannot serve soon (``OriginHeadGate``), its
+        stat of the origin reads that many first bytes too, and a HeadStarted event hands them over, unverified and
+        as they arrive, as soon as the stat is answered (the proxy sends them at once and checks them against piece
+        0); so does a request that joins the download before its piece 0 is stored. ``copy_output`` writes the
+        output as a copy even where ``download.hardLinkOutput`` would link it (the caller will edit it in place).
         """
         if self._stopping:
             raise DownloadFailed("dfdaemon is shutting down")

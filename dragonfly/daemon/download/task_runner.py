@@ -29,6 +29,7 @@ from dragonfly.daemon.backends.http import HTTPBackend
 from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.config import DfdaemonConfig
 from dragonfly.daemon.download.download_request import wanted_pieces, whole_content_digest
+from dragonfly.daemon.download.origin_head_gate import OriginHeadGate
 from dragonfly.daemon.download.parent_downloader import ParentDownloader
 from dragonfly.daemon.download.parents import ParentChannels
 from dragonfly.daemon.download.peer_announcer import PeerAnnouncer
@@ -112,6 +113,11 @@ class TaskRunner:
             vortex_tls=vortex_tls,
             vortex_native_tls=vortex_native_tls,
         )
+        self._head_gate = (
+            None
+            if scheduler is None
+            else OriginHeadGate(scheduler, host_id=host_id, max_peers=config.proxy.origin_head_max_peers)
+        )
         self.announcer = (
             None
             if scheduler is None
@@ -126,6 +132,10 @@ class TaskRunner:
             )
         )
 
+    async def _head_wanted(self, td: TaskDownload) -> bool:
+        # Without a scheduler no peer can serve piece 0: the head costs the origin nothing it would not serve anyway.
+        return self._head_gate is None or await self._head_gate.head_wanted(td.task_id)
+
     def close(self) -> None:
         """Close the connections the downloads keep to parents."""
         self._parents.close()
@@ -138,7 +148,7 @@ class TaskRunner:
             if task is None or task.failed_at is not None:
                 header = dict(download.request_header)
                 try:
-                    if td.head_size and scheme_of(download.url) in ("http", "https"):
+                    if td.head_size and scheme_of(download.url) in ("http", "https") and await self._head_wanted(td):
                         # The requester wants the first bytes at once: the stat's one request reads them too.
                         found, head = await self._backends.http.stat_with_head(
                             download.url, header, td.origin, head=td.head_size, spawn=self._spawn

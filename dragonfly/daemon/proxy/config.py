@@ -20,6 +20,9 @@ _MAX_BASIC_AUTH = 20
 #: ``originHead`` default: enough for a client's first reads, small enough that 3 peers pulling an image cost its
 #: registry a few percent more than the image (bench pull).
 ORIGIN_HEAD_DEFAULT = 256 * 1024
+#: ``originHeadMaxPeers`` default: the first peers of a rollout all get a direct pull's first byte; the origin serves
+#: at most this many heads of a blob (2 MiB with the default head) however many peers pull it.
+ORIGIN_HEAD_MAX_PEERS_DEFAULT = 8
 #: A smaller head than this does not cover a client's first read (64 KiB).
 MIN_ORIGIN_HEAD = 64 * 1024
 
@@ -161,9 +164,12 @@ class ProxyConfig:
     # Chunk size when streaming stored pieces to a client.
     read_buffer_size: Size = Size(512 * 1024)
     # First bytes of a swarm download's answer read from the origin by the request that learns its size, and sent
-    # at once (checked against the swarm's piece 0 before the rest); 0 turns it off. Costs each peer up to this much
-    # registry egress per blob.
+    # at once (checked against the swarm's piece 0 before the rest); 0 turns it off. Costs up to this much registry
+    # egress per blob for each peer that starts it before the swarm can serve its piece 0 (originHeadMaxPeers).
     origin_head: Size = Size(ORIGIN_HEAD_DEFAULT)
+    # The head is read only while the scheduler does not know the blob, or its piece 0 is not yet in the swarm and
+    # fewer peers than this are on it (the origin's extra egress per blob is at most this many heads); 0: no limit.
+    origin_head_max_peers: int = ORIGIN_HEAD_MAX_PEERS_DEFAULT
 
     def validate(self) -> None:
         if self.hijack_https.hosts and self.server.ca_cert is None:
@@ -178,3 +184,5 @@ class ProxyConfig:
                 f"originHead must be 0 (off) or between 64KiB and 4MiB (within the smallest piece 0), "
                 f"got {self.origin_head}"
             )
+        if self.origin_head_max_peers < 0:
+            raise ValueError(f"originHeadMaxPeers must be 0 (no limit) or more, got {self.origin_head_max_peers}")

@@ -7,12 +7,13 @@ order as they arrive (one that arrives early waits for its predecessors), read b
 (or a 206 with ``Content-Range`` for a ranged request), plus ``X-Dragonfly-Task-ID`` and ``X-Dragonfly-Peer-ID``.
 A failure after the headers aborts the connection: the client sees a short body, never a complete-looking one.
 
-With ``proxy.originHead`` (a whole-content request that starts the task's download here, or joins it before piece
-0), the stat of the origin reads the content's first bytes too, and the answer starts as soon as the stat's headers
-are in, with those bytes as they arrive, as a direct pull would, instead of waiting for piece 0 to cross the swarm
-(nor for the content file). They are as trusted as a direct pull's; the rest of the body comes from verified pieces,
-and when piece 0 arrives its first bytes must equal what was sent, else the connection is aborted (an origin that
-answers differently than the swarm holds is caught, the body never completes).
+With ``proxy.originHead`` (a whole-content request that starts the task's download here, or joins it before piece 0;
+not while the swarm can serve piece 0 soon: download/origin_head_gate.py), the stat of the origin reads the
+content's first bytes too, and the answer starts as soon as the stat's headers are in, with those bytes as they
+arrive, as a direct pull would, instead of waiting for piece 0 to cross the swarm (nor for the content file). They
+are as trusted as a direct pull's; the rest of the body comes from verified pieces, and when piece 0 arrives its
+first bytes must equal what was sent, else the connection is aborted (an origin that answers differently than the
+swarm holds is caught, the body never completes).
 """
 
 from __future__ import annotations

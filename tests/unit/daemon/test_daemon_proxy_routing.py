@@ -38,6 +38,8 @@ def test_defaults_are_safe_and_follow_dragonfly() -> None:
     assert config.hijack_https.hosts == []
     assert config.origin_head == 256 * 1024
     assert proxy_config(originHead=0).origin_head == 0
+    assert config.origin_head_max_peers == 8
+    assert proxy_config(originHeadMaxPeers=0).origin_head_max_peers == 0
 
 
 @pytest.mark.parametrize(
@@ -52,6 +54,7 @@ def test_defaults_are_safe_and_follow_dragonfly() -> None:
         ({"server": {"requestRateLimit": 0}}, "requestRateLimit must be >= 1"),
         ({"originHead": "32KiB"}, "originHead must be 0 .off. or between 64KiB and 4MiB"),
         ({"originHead": "8MiB"}, "originHead must be 0 .off. or between 64KiB and 4MiB"),
+        ({"originHeadMaxPeers": -1}, "originHeadMaxPeers must be 0 .no limit. or more"),
     ],
 )
 def test_config_errors_name_the_problem(proxy: dict[str, object], match: str) -> None:
