@@ -3,7 +3,10 @@
 Plaintext Vortex sends a piece with ``sendfile(2)`` and receives it with a native socket-to-file loop; neither can
 see TLS records. Kernel TLS would let both keep working after a userspace handshake, but the kernels we run on are
 built without it (``CONFIG_TLS`` unset: ``setsockopt(TCP_ULP, "tls")`` fails with ENOENT), and Python's ``ssl``
-cannot hand session keys to the kernel anyway. So with TLS the bytes go through OpenSSL in user space:
+cannot hand session keys to the kernel anyway. So with TLS the bytes are encrypted in user space. By default both
+ends do it in rustls inside the native extension (``download.nativeTls``: ``native_client``;
+``storage.server.nativeTls``: ``accept_native``, ``recv_native`` and ``NativePieceSender``, stepped from the event
+loop the same way as below); with those off, through OpenSSL:
 
 - sending: native ``read_piece`` (pread, GIL released) into a small per-connection buffer, then a non-blocking
   ``SSLSocket.send`` (OpenSSL encrypts with the GIL released), on an executor thread that returns whenever the
