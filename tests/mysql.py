@@ -8,8 +8,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+from tests.waiting import wait_for
 
 SERVER = "/usr/sbin/mariadbd"
 INSTALL_DB = "/usr/bin/mariadb-install-db"
@@ -57,16 +58,21 @@ class MariaDBServer:
             stderr=subprocess.STDOUT,
         )  # fmt: skip
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
+        proc = self._proc
+
+        def accepting() -> bool:
+            if proc.poll() is not None:
                 raise RuntimeError(f"mariadbd exited: {(self.root / 'server.log').read_text()[-2000:]}")
             try:
                 self._execute("SELECT 1")
-                return
             except Exception:
-                time.sleep(0.2)
-        raise TimeoutError("mariadbd did not accept connections in time")
+                return False
+            return True
+
+        try:
+            wait_for(accepting, timeout, "mariadbd to accept connections", interval=0.2)
+        except AssertionError as exc:
+            raise TimeoutError(str(exc)) from None
 
     def _execute(self, sql: str) -> None:
         import pymysql

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -43,3 +44,12 @@ async def eventually(
                 await asyncio.sleep(interval)
     except TimeoutError:
         raise AssertionError(f"timed out after {within:g}s waiting for {what}") from None
+
+
+def listening(port: int, host: str = "127.0.0.1") -> bool:
+    """Return whether something accepts TCP connections on ``host:port`` (a condition for ``wait_for``)."""
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except OSError:
+        return False
+    return True

@@ -29,6 +29,7 @@ from dragonfly.manager.jobs.engine import JobEngine
 from dragonfly.manager.jobs.model import FAILURE, PENDING, SUCCESS, JobRecord, MemoryJobStore
 from dragonfly.manager.jobs.preheat import DEFAULT_REGISTRY_TLS, RegistryTLS, SchedulerTarget
 from dragonfly.manager.jobs.queue import MemoryQueue, RedisQueue
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(tool) for tool in ("docker-registry", "skopeo", "redis-server")),
@@ -117,15 +118,13 @@ def outcome(job: JobRecord) -> tuple[list[str], list[dict[str, Any]]]:
 
 async def wait_running(store: MemoryJobStore | Any, job_id: int) -> None:
     """Wait (at most 60 s) until a manager runs the job."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 60
-    while True:
+
+    async def running() -> bool:
         current = await store.get(job_id)
         assert current is not None
-        if current.progress.get("phase") == "running":
-            return
-        assert loop.time() < deadline, f"job {job_id} did not start within 60 s: {current.progress}"
-        await asyncio.sleep(0.05)
+        return bool(current.progress.get("phase") == "running")
+
+    await eventually(running, 60, f"job {job_id} to start")
 
 
 def push_image(module_dir: Path, registry: RegistryProcess, repository: str) -> MultiPlatformImage:

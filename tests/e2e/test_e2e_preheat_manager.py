@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ import pytest
 
 from dragonfly.cli.cluster import LocalCluster, OriginProcess, run_dfget
 from dragonfly.cli.registry import RegistryProcess, build_multi_platform_image, push
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(tool) for tool in ("docker-registry", "skopeo")),
@@ -70,10 +70,12 @@ def registry(module_dir: Path) -> Iterator[RegistryProcess]:
 def token(cluster: LocalCluster) -> str:
     """A personal access token with the job scope, once the scheduler is active in the manager."""
     session = rest(cluster, "POST", "/api/v1/users/signin", {"name": "root", "password": ROOT_PASSWORD})["token"]
-    deadline = time.monotonic() + 60
-    while not any(s["state"] == "active" for s in rest(cluster, "GET", "/api/v1/schedulers", token=session)):
-        assert time.monotonic() < deadline, "the scheduler did not become active in the manager within 60 s"
-        time.sleep(0.2)
+    wait_for(
+        lambda: any(s["state"] == "active" for s in rest(cluster, "GET", "/api/v1/schedulers", token=session)),
+        60,
+        "the scheduler to become active in the manager",
+        interval=0.2,
+    )
     expires = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
     body = {"name": "preheat-e2e", "scopes": ["job"], "expired_at": expires}
     created: str = rest(cluster, "POST", "/api/v1/personal-access-tokens", body, token=session)["token"]

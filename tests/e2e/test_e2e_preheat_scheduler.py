@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -178,13 +177,12 @@ async def test_without_wait_the_call_returns_and_the_preheat_runs(
 ) -> None:
     url, data = origin_file(origin, "background.bin", 8 * MIB)
     await stub.PreheatFile(scheduler_pb2.PreheatFileRequest(scope="single_seed_peer", url=url), timeout=30)
-    deadline = time.monotonic() + 60
-    while True:
+
+    async def seeded() -> bool:
         stat = await stub.StatFile(scheduler_pb2.StatFileRequest(url=url), timeout=30)
-        if any(peer.hostname == "seed-peer" and peer.cached_files[0].is_finished for peer in stat.peers):
-            break
-        assert time.monotonic() < deadline, "the background preheat did not finish within 60 s"
-        await asyncio.sleep(0.2)
+        return any(peer.hostname == "seed-peer" and peer.cached_files[0].is_finished for peer in stat.peers)
+
+    await eventually(seeded, 60, "the background preheat to finish on the seed peer", interval=0.2)
     assert served_once(origin, "background.bin", len(data))
 
 

@@ -23,7 +23,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +35,7 @@ from tls_helpers import MadeCA, issuer_of, make_ca, make_server_cert
 
 from dragonfly.cli.cluster import LocalCluster, free_ports, run_dfget
 from dragonfly.cli.registry import OCI_MANIFEST, Image, RegistryProcess, build_image, push
-from tests.waiting import wait_for
+from tests.waiting import listening, wait_for
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(tool) for tool in ("docker-registry", "skopeo", "containerd", "ctr", "htpasswd")),
@@ -193,11 +192,12 @@ def test_containerd_pulls_with_the_config_dragonfly_init_wrote(
     containerd = subprocess.Popen(["containerd", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT)
     try:
         ctr = ["ctr", "-a", str(socket_path), "-n", "dragonfly-test"]
-        deadline = time.monotonic() + 60
-        while subprocess.run([*ctr, "version"], capture_output=True, check=False).returncode != 0:
+
+        def answers() -> bool:
             assert containerd.poll() is None, (tmp_path / "containerd.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "containerd did not answer within 60 s"
-            time.sleep(0.2)
+            return subprocess.run([*ctr, "version"], capture_output=True, check=False).returncode == 0
+
+        wait_for(answers, 60, "containerd to answer", interval=0.2)
         fetch = subprocess.run(
             [*ctr, "content", "fetch", "--hosts-dir", str(hosts_dir), f"{registry.addr}/{REPOSITORY}:latest"],
             capture_output=True,
@@ -353,17 +353,19 @@ def test_rate_limit_and_a_daemon_killed_mid_stream(
     assert 429 in statuses
 
     layer = image.largest_layer
-    deadline = time.monotonic() + 10
-    while True:  # the bucket refills at 3 requests a second
+
+    def admitted() -> tuple[http.client.HTTPConnection, http.client.HTTPResponse] | None:
         conn = http.client.HTTPConnection(*addr, timeout=120)
         conn.request("GET", f"/v2/{REPOSITORY}/blobs/{layer.digest}")
-        response = conn.getresponse()
-        if response.status != 429:
-            break
-        response.read()
+        answer = conn.getresponse()
+        if answer.status != 429:
+            return conn, answer
+        answer.read()
         conn.close()
-        assert time.monotonic() < deadline, "the request rate limit never let a request through again"
-        time.sleep(0.2)
+        return None
+
+    # The bucket refills at 3 requests a second.
+    conn, response = wait_for(admitted, 10, "the request rate limit to let a request through again", interval=0.2)
     assert response.status == 200
     assert int(response.getheader("Content-Length") or -1) == layer.size
     assert len(response.read(MIB)) == MIB
@@ -532,12 +534,7 @@ def test_an_origin_without_range_support_serves_a_file_once_to_three_peers(
     )
     relay = None
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-            assert time.monotonic() < deadline, "python -m http.server did not start"
-            time.sleep(0.1)
+        wait_for(lambda: listening(port), 30, "python -m http.server to listen", interval=0.1)
         relay = CountingRelay(port)
         url = f"http://127.0.0.1:{relay.port}/big.bin"
         outputs = {name: module_dir / f"plain-{name}" for name in cluster.peer_names[:3]}

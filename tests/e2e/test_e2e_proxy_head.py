@@ -11,15 +11,12 @@ is an origin that ignores ``Range``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +24,7 @@ import pytest
 
 from dragonfly.cli.cluster import LocalCluster, OriginProcess, free_ports
 from dragonfly.cli.registry import Image, RegistryProcess, build_image, push
-from tests.waiting import wait_for
+from tests.waiting import listening, wait_for
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(tool) for tool in ("docker-registry", "skopeo")),
@@ -207,12 +204,7 @@ def test_an_origin_without_range_support_gives_the_head_and_the_whole_body(
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-            assert time.monotonic() < deadline, "python -m http.server did not start"
-            time.sleep(0.1)
+        wait_for(lambda: listening(port), 30, "python -m http.server to listen", interval=0.1)
         url = f"http://127.0.0.1:{port}/plain.bin"
         status, body = get(proxy_addr(cluster, "peer-1"), url, {"X-Dragonfly-Use-P2P": "true"})
         assert status == 200

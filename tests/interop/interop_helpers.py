@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import pytest
 import yaml
 
 from dragonfly.cli.cluster import LocalCluster, OriginProcess, free_ports
+from tests.waiting import listening, wait_for
 
 CACHE = Path(
     os.environ.get("INTEROP_CACHE")
@@ -67,15 +66,16 @@ def version_of(binary: Path, *args: str) -> str:
 
 
 def wait_port(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def up() -> bool:
         if process.poll() is not None:
             raise AssertionError(f"exited before listening on {port}:\n{log.read_text()[-3000:]}")
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"nothing listens on {port} after {timeout} s:\n{log.read_text()[-3000:]}")
+        return listening(port)
+
+    try:
+        wait_for(up, timeout, f"something to listen on {port}", interval=0.1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}:\n{log.read_text()[-3000:]}") from None
 
 
 class GoScheduler:
@@ -180,12 +180,11 @@ class RustDaemon:
                 self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env
             )
         wait_port(self.upload_port, self._popen, self.log)
-        deadline = time.monotonic() + 30
-        while not os.path.exists(self.socket_path):
-            if time.monotonic() > deadline:
-                self.__exit__()
-                raise AssertionError(f"no socket at {self.socket_path} after 30 s:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.1)
+        try:
+            wait_for(lambda: os.path.exists(self.socket_path), 30, f"a socket at {self.socket_path}", interval=0.1)
+        except AssertionError as exc:
+            self.__exit__()
+            raise AssertionError(f"{exc}:\n{self.log.read_text()[-3000:]}") from None
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dragonfly.common import native
+from tests.waiting import wait_for
 
 IMPLS = native.implementations("hashing")
 NATIVE = IMPLS["native"]
@@ -337,10 +338,7 @@ def runs_while(call: Callable[[], object]) -> int:
     ticker = threading.Thread(target=tick)
     ticker.start()
     try:
-        deadline = time.monotonic() + 10
-        while not ticks:
-            assert time.monotonic() < deadline, "the ticker thread did not run within 10 s"
-            time.sleep(0.001)
+        wait_for(lambda: ticks, 10, "the ticker thread to run", interval=0.001)
         started = time.perf_counter()
         call()
         finished = time.perf_counter()

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from dragonfly.cli.cluster import free_ports
+from tests.waiting import listening, wait_for
 
 REGION = "us-east-1"
 # moto accepts requests without credentials for this many actions, then checks every signature and policy: the
@@ -22,16 +21,16 @@ _SETUP_ACTIONS = 3
 
 
 def wait_for_port(port: int, process: subprocess.Popen[Any], log: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def up() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}: {log.read_text()[-2000:]}")
-        with socket.socket() as sock:
-            sock.settimeout(0.5)
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"server did not listen on {port} within {timeout:g}s: {log.read_text()[-2000:]}")
+        return listening(port)
+
+    try:
+        wait_for(up, timeout, f"the server to listen on {port}", interval=0.1)
+    except AssertionError as exc:
+        raise RuntimeError(f"{exc}: {log.read_text()[-2000:]}") from None
 
 
 def stop(process: subprocess.Popen[Any]) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 import yaml
 
 from dragonfly.cli.cluster import LocalCluster, ManagedProcess, OriginProcess, free_ports, run_dfget
+from tests.waiting import wait_for
 
 ROOT_PASSWORD = "discovery-root-pw"
 MiB = 1 << 20
@@ -33,13 +33,15 @@ def _rest(cluster: LocalCluster, method: str, path: str, body: Any = None, token
 
 def _wait_for_line(path: Path, text: str, timeout: float = 30) -> str:
     """Wait for a log line of another process (nothing to wait on but its log)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in path.read_text(errors="replace").splitlines():
-            if text in line:
-                return line
-        time.sleep(0.1)
-    raise AssertionError(f"{path.name}: no line with {text!r} within {timeout}s:\n{path.read_text()[-2000:]}")
+
+    def line() -> str | None:
+        return next((line for line in path.read_text(errors="replace").splitlines() if text in line), None)
+
+    try:
+        found: str = wait_for(line, timeout, f"a line with {text!r} in {path.name}", interval=0.1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}:\n{path.read_text()[-2000:]}") from None
+    return found
 
 
 @pytest.mark.slow

@@ -5,7 +5,6 @@ polls; the console's ``/api/v1/jobs``.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import shutil
@@ -24,6 +23,7 @@ from dragonfly.manager.api.app import create_app, wrap
 from dragonfly.manager.auth import SigninLimiter
 from dragonfly.manager.context import ManagerContext
 from dragonfly.manager.jobs.api import extension, start_jobs, stop_jobs
+from tests.waiting import eventually
 
 from .conftest import API, ROOT_PASSWORD, add_scheduler, manager_config
 
@@ -92,18 +92,17 @@ async def pat(api: API, scopes: list[str]) -> dict[str, str]:
 
 async def poll_as_harbor(api: API, headers: dict[str, str], job_id: int, *, limit: float = 180) -> dict[str, Any]:
     """GET /oapi/v1/jobs/<id> until it leaves PENDING (Harbor: every 10 s for 30 min; here faster, bounded)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while True:
+
+    async def ended() -> dict[str, Any] | None:
         response = await api.client.get(f"/oapi/v1/jobs/{job_id}", headers=headers)
         assert response.status_code == 200, response.text
         assert HARBOR_TOKEN not in response.text
         job: dict[str, Any] = response.json()
         assert job["state"] in HARBOR_STATES
-        if job["state"] != "PENDING":
-            return job
-        assert loop.time() < deadline, f"job {job_id} still PENDING after {limit:.0f} s: {job['progress']}"
-        await asyncio.sleep(0.5)
+        return job if job["state"] != "PENDING" else None
+
+    done: dict[str, Any] = await eventually(ended, limit, f"job {job_id} to leave PENDING", interval=0.5)
+    return done
 
 
 def harbor_body(url: str, cluster_ids: list[int] | None) -> str:

@@ -25,6 +25,7 @@ from google.protobuf import duration_pb2
 from dragonfly.cli.cluster import SCHEDULER, LocalCluster, deep_merge
 from dragonfly.common import pki, tls, validation
 from dragonfly.common.identity import ROLE_PEER, ROLE_SEED_PEER
+from tests.waiting import eventually
 
 # Bound of every wait for the scheduler's answer: a hung call, not a speed requirement (the scheduler is another
 # process on a loaded 2-core machine; an answer that comes is read at once, so a generous bound costs nothing).
@@ -255,10 +256,13 @@ class SchedulerClient:
         scheduler is another process, so polling its answers (bounded) is the only way to wait.
         """
         request = scheduler_pb2.StatPeerRequest(host_id="test-client", task_id=peer.task_id, peer_id=peer.peer_id)
-        async with asyncio.timeout(WAIT):
-            while len((stat := await self.stub.StatPeer(request)).pieces) < count:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-        return stat
+
+        async def processed() -> common_pb2.Peer | None:
+            stat = await self.stub.StatPeer(request)
+            return stat if len(stat.pieces) >= count else None
+
+        done: common_pb2.Peer = await eventually(processed, WAIT, f"{count} piece reports processed", interval=0.01)
+        return done
 
 
 @pytest.fixture

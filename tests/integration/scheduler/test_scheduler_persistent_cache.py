@@ -15,6 +15,7 @@ from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler
 from google.protobuf import duration_pb2, empty_pb2
 
 from dragonfly.common import pki, tls
+from tests.waiting import eventually
 
 WAIT = 5.0
 MiB = 1024 * 1024
@@ -318,9 +319,7 @@ async def test_a_peer_whose_stream_ends_unfinished_is_forgotten(start_scheduler:
             return exc.code() == grpc.StatusCode.NOT_FOUND
         return False
 
-    async with asyncio.timeout(WAIT):
-        while not await gone():  # noqa: ASYNC110 - the scheduler is another process
-            await asyncio.sleep(0.05)
+    await eventually(gone, WAIT, "the scheduler to forget the peer whose stream ended")
 
 
 async def test_replicas_are_requested_up_to_the_count(
