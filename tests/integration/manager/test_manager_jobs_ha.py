@@ -77,6 +77,9 @@ def test_two_managers_run_10_jobs_once_and_survive_a_kill(
             "database": {"url": database, "redis": {"addrs": [f"127.0.0.1:{redis_server.port}"]}},
             # The scheduler keeps alive with the first manager only; the second must not expire it when it dies.
             "keepAlive": {"timeout": "10m"},
+            # The second manager (same config) takes the killed one's jobs over once this lapses (default 30 s;
+            # a live manager stalled this long would lose its jobs too).
+            "job": {"lease": "15s"},
         },
     )
     slow = [f"slow-{i}.bin" for i in range(4)]
@@ -127,13 +130,13 @@ def test_two_managers_run_10_jobs_once_and_survive_a_kill(
 
             wait_for(running_on_the_first_manager, 60, "the first manager to run a job", interval=0.1)
             cluster.kill("manager")
-            # What it was running when it died, read before any lease (30 s) lapses: a job listed before the kill
+            # What it was running when it died, read before any lease (15 s) lapses: a job listed before the kill
             # may have ended in between, and one may have started; a dead manager's rows stay as they were. It may
             # also have claimed a job it had not yet marked running: that one runs again too.
             held = running_on_the_first_manager()
             origin.clear_faults()
 
-            # The second manager takes the jobs over once their leases (30 s) lapse.
+            # The second manager takes the jobs over once their leases (15 s) lapse.
             def every_job_ended() -> list[dict[str, Any]] | None:
                 jobs = [rest(other_url, "GET", f"/oapi/v1/jobs/{i}", token=token) for i in ids]
                 return jobs if all(job["state"] != "PENDING" for job in jobs) else None
