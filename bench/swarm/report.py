@@ -164,6 +164,22 @@ class SwarmRun:
         return f"; {cores} kept busy by competing processes throughout each run"
 
 
+def target_misses(
+    run: SwarmRun, *, min_efficiency: float | None = None, max_origin_ratio: float | None = None
+) -> list[str]:
+    """Return why ours misses the limits given (``--min-efficiency``, ``--max-origin-ratio``); [] if it does not."""
+    misses = []
+    for summary in (s.summary(run.size, run.bound) for s in run.systems if s.system == "ours"):
+        efficiency, origin = summary["efficiency"], summary["origin_ratio"]
+        if min_efficiency is not None and (efficiency is None or efficiency < min_efficiency):
+            shown = "no makespan (a peer failed)" if efficiency is None else f"{efficiency:.3f}"
+            misses.append(f"ours: efficiency {shown} is below --min-efficiency {min_efficiency:g}")
+        if max_origin_ratio is not None and (origin is None or origin > max_origin_ratio):
+            shown = "unmeasured" if origin is None else f"{origin:.3f} F"
+            misses.append(f"ours: origin bytes {shown} exceed --max-origin-ratio {max_origin_ratio:g}")
+    return misses
+
+
 def _num(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 

@@ -43,6 +43,7 @@ from bench.swarm.report import (
     SystemResult,
     counter_delta,
     host_result_from_events,
+    target_misses,
     wire_first_bytes,
     write_plot,
 )
@@ -440,6 +441,15 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument(
         "--cpu-hogs", type=int, default=0, help="busy processes competing for the CPU during each system's run"
     )
+    parser.add_argument(
+        "--min-efficiency", type=float, default=None, help="exit 1 when ours reaches less than this share of the bound"
+    )
+    parser.add_argument(
+        "--max-origin-ratio",
+        type=float,
+        default=None,
+        help="exit 1 when ours takes more than this many F from the origin",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     return parser
 
@@ -529,4 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(run.markdown())
         print(f"written: {cfg.out / stem}.md, .json, .png")
-    return 0 if all(s.ok for s in run.systems) else 1
+    misses = target_misses(run, min_efficiency=args.min_efficiency, max_origin_ratio=args.max_origin_ratio)
+    for miss in misses:
+        print(f"bench swarm: {miss}", file=sys.stderr)
+    return 0 if all(s.ok for s in run.systems) and not misses else 1

@@ -13,6 +13,7 @@ from bench.swarm.report import (
     SystemResult,
     counter_delta,
     host_result_from_events,
+    target_misses,
     wire_first_bytes,
     write_plot,
 )
@@ -171,3 +172,18 @@ def test_competing_processes_are_named_in_the_conditions() -> None:
     run.cpu_hogs = 1
     assert "one core kept busy by competing processes throughout each run" in run.markdown()
     assert run.to_json()["cpu_hogs"] == 1
+
+
+def test_limits_name_what_ours_misses() -> None:
+    ours = SystemResult("ours", [_host("p1", 11.0), _host("p2", 12.5)], 102 * MIB, "veth")  # 0.8, 1.02 F
+    run = _run([ours, SystemResult("bittorrent", [_host("p1", 30.0)], 300 * MIB, "veth")])
+    assert target_misses(run) == []
+    assert target_misses(run, min_efficiency=0.8, max_origin_ratio=1.02) == []
+    assert target_misses(run, min_efficiency=0.85, max_origin_ratio=1.01) == [
+        "ours: efficiency 0.800 is below --min-efficiency 0.85",
+        "ours: origin bytes 1.020 F exceed --max-origin-ratio 1.01",
+    ]
+    ours.hosts[1] = HostResult("p2", 0.0, None, None, False, 0, error="sha256 mismatch")
+    assert target_misses(run, min_efficiency=0.5) == [
+        "ours: efficiency no makespan (a peer failed) is below --min-efficiency 0.5"
+    ]
