@@ -79,9 +79,10 @@ class _Upload(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
         if request.task_id != self.peer.task_id:
             context.abort(grpc.StatusCode.NOT_FOUND, f"task {request.task_id} not found")
         if self.peer.mode == "silent":
-            deadline = time.monotonic() + 600
-            while context.is_active() and time.monotonic() < deadline and not self.peer.stopping.is_set():
-                time.sleep(0.1)
+            # Silent until the child gives up or this peer stops (stop() ends every call), at most 10 minutes.
+            ended = threading.Event()
+            if context.add_callback(ended.set):
+                ended.wait(600)
             return
         wanted = set(request.interested_piece_numbers) or set(range(self.peer.piece_count))
         for number in sorted(wanted & set(range(self.peer.piece_count))):
