@@ -5,8 +5,8 @@ quarter of the old generation, and a full collection walks every object the proc
 90,000 open streams that is seconds, in which no decision is made (``bench/RESULTS.md`` §6). With a freeze interval,
 a young collection runs at start and then every interval, and everything that survives it is frozen (``gc.freeze``),
 so later full collections walk only what came after. Garbage cycles among frozen objects wait for the full
-collection that runs once per ``pythonGCFullCollectInterval`` after everything is unfrozen: one long pause per
-interval instead of one per quarter of growth, and that much cyclic garbage held meanwhile. The scheduler makes
+collection that runs once per ``pythonGCFullCollectInterval`` (5 min) after everything is unfrozen: one long pause
+per interval instead of one per quarter of growth, and that much cyclic garbage held meanwhile. The scheduler makes
 little of it: the peer model holds no cycle once a peer is deleted, a refused stream none either (servicer.py), and
 at 1,000 hosts peers churning at 50 a second left ~0.07 cyclic objects each for the full collection
 (bench/RESULTS.md §6). Only cycles that take in objects older than the last freeze are held: garbage that is cyclic
