@@ -13,6 +13,8 @@ from dragonfly.common._pyimpl.vortex import HEADER_SIZE, MAX_VALUE_LENGTH
 from dragonfly.common.errors import ShortRead
 
 if TYPE_CHECKING:
+    import ssl
+
     from typing_extensions import Buffer
 
 #: Ciphertext bytes asked of the socket per read, as the native side does.
@@ -27,19 +29,29 @@ class TlsClientConfig:
     def __init__(self, ca_cert: str, cert: str, key: str) -> None:
         import ssl
 
-        for path in (ca_cert, cert, key):
-            try:
-                with open(path, "rb"):
-                    pass
-            except OSError as exc:
-                raise OSError(f"cannot read {path}: {exc.strerror}") from None
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(cert, key)
-        context.load_verify_locations(cafile=ca_cert)
-        context.check_hostname = True
-        context.verify_mode = ssl.CERT_REQUIRED
-        self.context = context
+        self.context = mutual_tls_context(ssl.PROTOCOL_TLS_CLIENT, ca_cert, cert, key)
+        self.context.check_hostname = True
+
+
+def mutual_tls_context(protocol: int, ca_cert: str, cert: str, key: str) -> ssl.SSLContext:
+    """Return a TLS 1.2+ context of ``protocol`` that presents ``cert`` and requires a peer certificate of ``ca_cert``.
+
+    Each file is opened first so that an unreadable one is named, as the native side names it.
+    """
+    import ssl
+
+    for path in (ca_cert, cert, key):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise OSError(f"cannot read {path}: {exc.strerror}") from None
+    context = ssl.SSLContext(protocol)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    context.load_verify_locations(cafile=ca_cert)
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 class TlsClientStream:

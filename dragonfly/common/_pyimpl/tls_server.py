@@ -7,7 +7,7 @@ import os
 from typing import TYPE_CHECKING
 
 from dragonfly.common._pyimpl.checks import contiguous, non_negative, u8_view
-from dragonfly.common._pyimpl.tls_client import TLS_READ_CHUNK
+from dragonfly.common._pyimpl.tls_client import TLS_READ_CHUNK, mutual_tls_context
 from dragonfly.common._pyimpl.vortex import HEADER_SIZE, MAX_VALUE_LENGTH
 
 if TYPE_CHECKING:
@@ -25,18 +25,7 @@ class TlsServerConfig:
     def __init__(self, ca_cert: str, cert: str, key: str) -> None:
         import ssl
 
-        for path in (ca_cert, cert, key):
-            try:
-                with open(path, "rb"):
-                    pass
-            except OSError as exc:
-                raise OSError(f"cannot read {path}: {exc.strerror}") from None
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(cert, key)
-        context.load_verify_locations(cafile=ca_cert)
-        context.verify_mode = ssl.CERT_REQUIRED
-        self.context = context
+        self.context = mutual_tls_context(ssl.PROTOCOL_TLS_SERVER, ca_cert, cert, key)
 
 
 class TlsServerStream:
