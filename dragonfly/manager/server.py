@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterator, Sequence
 from typing import TextIO
 
@@ -204,6 +205,15 @@ class ManagerServer:
 
     async def stop(self) -> None:
         """Stop listening, finish in-flight requests (briefly), close the database."""
+        started = time.monotonic()
+        try:
+            await self._stop()
+        finally:
+            # Each stage has its own bound; the total is logged so that a stop slower than a supervisor's patience
+            # (LocalCluster waits 10 s) shows where it went.
+            log.info("manager stopped", extra={"seconds": round(time.monotonic() - started, 3)})
+
+    async def _stop(self) -> None:
         if self._liveness is not None:
             self._liveness.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -212,13 +222,16 @@ class ManagerServer:
             await self._health.enter_graceful_shutdown()
         if self._grpc is not None:
             # Keep-alive streams end here and mark their instances inactive, so the database closes last.
+            stage = time.monotonic()
             await self._grpc.stop(3)
             self._grpc = None
+            log.info("manager gRPC stopped", extra={"seconds": round(time.monotonic() - stage, 3)})
         if self._uvicorn is not None and self._rest_task is not None:
             self._uvicorn.should_exit = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._rest_task), 10)
             if not self._rest_task.done():
+                log.warning("manager REST still serving 10 s after the stop: forced")
                 self._uvicorn.force_exit = True
                 self._rest_task.cancel()
                 with contextlib.suppress(BaseException):

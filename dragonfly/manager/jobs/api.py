@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import pathlib
+import time
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
@@ -425,8 +426,11 @@ async def stop_jobs(ctx: ManagerContext) -> None:
     """Stop the workers (running jobs go back to the queue) and close the queue."""
     engine = ctx.extras.pop(EXTRA_KEY, None)
     if isinstance(engine, JobEngine):
+        started = time.monotonic()
         await engine.stop()
         await engine.queue.close()
+        # It runs inside the REST server's shutdown: a slow one shows in the manager's stop (server.py).
+        log.info("job engine stopped", extra={"seconds": round(time.monotonic() - started, 3)})
 
 
 def extension() -> Extension:
