@@ -9,7 +9,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator, Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import grpc
 import uvicorn
@@ -23,6 +23,9 @@ from dragonfly.manager.api.app import STARTUP_ERROR, Extension, create_app, load
 from dragonfly.manager.auth import SigninLimiter
 from dragonfly.manager.config import Config
 from dragonfly.manager.context import ManagerContext
+
+if TYPE_CHECKING:
+    from dragonfly.manager.rpc.service import ManagerServicer
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,7 @@ class ManagerServer:
         self._sock: socket.socket | None = None
         self._grpc: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
+        self._servicer: ManagerServicer | None = None
         self._liveness: asyncio.Task[None] | None = None
         self.rest_address = ""
         self.grpc_address = ""
@@ -161,9 +165,8 @@ class ManagerServer:
             ],
             interceptors=[grpc_decoding.interceptor()],
         )
-        manager_pb2_grpc.add_ManagerServicer_to_server(  # type: ignore[no-untyped-call]
-            ManagerServicer(ctx, Authorizer(secure=files is not None)), server
-        )
+        self._servicer = ManagerServicer(ctx, Authorizer(secure=files is not None))
+        manager_pb2_grpc.add_ManagerServicer_to_server(self._servicer, server)  # type: ignore[no-untyped-call]
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if files is None:
@@ -223,6 +226,8 @@ class ManagerServer:
         if self._grpc is not None:
             # Keep-alive streams end here and mark their instances inactive, so the database closes last.
             stage = time.monotonic()
+            if self._servicer is not None:
+                await self._servicer.end_keep_alives()
             await self._grpc.stop(3)
             self._grpc = None
             log.info("manager gRPC stopped", extra={"seconds": round(time.monotonic() - stage, 3)})

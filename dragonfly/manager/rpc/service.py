@@ -8,6 +8,7 @@ schedulers, seed peers and applications.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -29,6 +30,9 @@ from dragonfly.manager import models, searcher
 from dragonfly.manager.context import ManagerContext
 
 log = logging.getLogger(__name__)
+
+# How long a stopping manager waits for its KeepAlive handlers to mark their instances inactive.
+_END_KEEP_ALIVES_WAIT = 3.0
 
 SCHEDULER_SOURCE = manager_pb2.SCHEDULER_SOURCE
 PEER_SOURCE = manager_pb2.PEER_SOURCE
@@ -147,6 +151,8 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
         self.ctx = ctx
         self.authz = authz
         self._snapshot: tuple[float, list[tuple[dict[str, Any], bool, int, list[manager_pb2.Scheduler]]]] | None = None
+        # The handlers of open KeepAlive streams, ended first when the manager stops (end_keep_alives).
+        self._keep_alives: set[asyncio.Task[Any]] = set()
 
     # --- helpers ---
 
@@ -474,6 +480,9 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> empty_pb2.Empty:
         key: tuple[Any, str, str, int] | None = None
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._keep_alives.add(handler)
         try:
             async for request in request_iterator:
                 if key is None:
@@ -483,10 +492,23 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
                 else:
                     await self._touch(key, models.STATE_ACTIVE)
         finally:
+            self._keep_alives.discard(handler)
             if key is not None:
                 # The stream ended (close, error, cancel): the instance is gone until it calls again.
                 await self._touch(key, models.STATE_INACTIVE)
         return empty_pb2.Empty()
+
+    async def end_keep_alives(self) -> None:
+        """End every open KeepAlive stream (the manager stops): each marks its instance inactive as it ends.
+
+        Without this a stop would wait out the gRPC server's whole grace for streams that never end on their own.
+        """
+        handlers = set(self._keep_alives)
+        for handler in handlers:
+            handler.cancel()
+        if handlers:
+            # Bounded: each handler's last step is one database write (its instance marked inactive).
+            await asyncio.wait(handlers, timeout=_END_KEEP_ALIVES_WAIT)
 
     async def _first_keep_alive(
         self, request: manager_pb2.KeepAliveRequest, context: grpc.aio.ServicerContext[Any, Any]
