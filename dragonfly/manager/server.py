@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# A stop (or one of its stages) that takes this long is logged with its duration.
+_SLOW_STOP = 1.0
+
 SERVICE_NAME = manager_pb2.DESCRIPTOR.services_by_name["Manager"].full_name
 
 
@@ -212,9 +215,12 @@ class ManagerServer:
         try:
             await self._stop()
         finally:
-            # Each stage has its own bound; the total is logged so that a stop slower than a supervisor's patience
-            # (LocalCluster waits 10 s) shows where it went.
-            log.info("manager stopped", extra={"seconds": round(time.monotonic() - started, 3)})
+            # Each stage has its own bound; a slow stop is logged so that one slower than a supervisor's patience
+            # (LocalCluster waits 10 s) shows where it went (a quick one logs nothing: after a failed start the
+            # reason stays the last line).
+            took = time.monotonic() - started
+            if took >= _SLOW_STOP:
+                log.warning("manager stop was slow", extra={"seconds": round(took, 3)})
 
     async def _stop(self) -> None:
         if self._liveness is not None:
@@ -230,7 +236,8 @@ class ManagerServer:
                 await self._servicer.end_keep_alives()
             await self._grpc.stop(3)
             self._grpc = None
-            log.info("manager gRPC stopped", extra={"seconds": round(time.monotonic() - stage, 3)})
+            if (took := time.monotonic() - stage) >= _SLOW_STOP:
+                log.warning("manager gRPC stop was slow", extra={"seconds": round(took, 3)})
         if self._uvicorn is not None and self._rest_task is not None:
             self._uvicorn.should_exit = True
             with contextlib.suppress(Exception):
