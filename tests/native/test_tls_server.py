@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from dragonfly.common import native, pki, tls
+from dragonfly.common import native, tls
+from tests.tls_files import issue_tls_files
 
 pytestmark = pytest.mark.skipif(not native.USING_EXTENSIONS, reason="compares the native server with its twin")
 
@@ -34,18 +35,11 @@ def _module(name: str) -> ModuleType:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tls.TLSFiles]:
     """A server and a client of one CA, and a client of another CA (the stranger)."""
-    directory = tmp_path_factory.mktemp("pki")
-    ca = pki.create_ca("tls server tests")
-    ca_cert, _ = ca.write(directory)
-    other = pki.create_ca("another cluster")
-    other_dir = directory / "other"
-    other_dir.mkdir()
-    other_cert, _ = other.write(other_dir)
-    out = {}
-    for name, authority, ca_file in (("server", ca, ca_cert), ("client", ca, ca_cert), ("stranger", other, other_cert)):
-        cert, key = pki.issue(authority, name, ips=["127.0.0.1"], roles=["peer"]).write(directory, name)
-        out[name] = tls.TLSFiles(ca_cert=str(ca_file), cert=str(cert), key=str(key))
-    return out
+    return issue_tls_files(
+        tmp_path_factory.mktemp("pki"),
+        "tls server tests",
+        {"server": (True, "127.0.0.1"), "client": (True, "127.0.0.1"), "stranger": (False, "127.0.0.1")},
+    )
 
 
 @pytest.fixture(scope="module")

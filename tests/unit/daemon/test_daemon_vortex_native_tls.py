@@ -18,8 +18,9 @@ from types import ModuleType
 
 import pytest
 
-from dragonfly.common import native, pki, tls
+from dragonfly.common import native, tls
 from dragonfly.common.errors import ShortRead
+from tests.tls_files import issue_tls_files
 
 pytestmark = pytest.mark.skipif(not native.USING_EXTENSIONS, reason="compares the native client with its twin")
 
@@ -30,23 +31,16 @@ PAYLOAD = os.urandom(300 * 1024 + 17)
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tls.TLSFiles]:
     """TLS files: a server and a client of one CA, a server named for another IP, a server of another CA."""
-    directory = tmp_path_factory.mktemp("pki")
-    ca = pki.create_ca("native tls tests")
-    ca_cert, _ = ca.write(directory)
-    other = pki.create_ca("another cluster")
-    other_dir = directory / "other"
-    other_dir.mkdir()
-    other_cert, _ = other.write(other_dir)
-    out = {}
-    for name, authority, ca_file, ip in (
-        ("server", ca, ca_cert, "127.0.0.1"),
-        ("client", ca, ca_cert, "127.0.0.1"),
-        ("elsewhere", ca, ca_cert, "127.0.0.2"),
-        ("stranger", other, other_cert, "127.0.0.1"),
-    ):
-        cert, key = pki.issue(authority, name, ips=[ip], roles=["peer"]).write(directory, name)
-        out[name] = tls.TLSFiles(ca_cert=str(ca_file), cert=str(cert), key=str(key))
-    return out
+    return issue_tls_files(
+        tmp_path_factory.mktemp("pki"),
+        "native tls tests",
+        {
+            "server": (True, "127.0.0.1"),
+            "client": (True, "127.0.0.1"),
+            "elsewhere": (True, "127.0.0.2"),
+            "stranger": (False, "127.0.0.1"),
+        },
+    )
 
 
 class EchoServer:
