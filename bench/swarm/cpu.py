@@ -12,6 +12,7 @@ import resource
 import subprocess
 import sys
 from collections.abc import Collection
+from pathlib import Path
 
 import psutil
 
@@ -20,13 +21,21 @@ _SPIN = "while True: pass"
 
 
 def _label(process: psutil.Process) -> str:
-    """Return a short name: the module of ``python -m module``, else the executable's name."""
+    """Return the module of ``python -m module`` (the seed's dfdaemon apart), else the executable's name."""
     try:
         argv = process.cmdline()
     except psutil.Error:
         return "?"
     if "-m" in argv[:-1]:
-        return argv[argv.index("-m") + 1].rsplit(".", 1)[-1]
+        label = argv[argv.index("-m") + 1].rsplit(".", 1)[-1]
+        # The seed peer's daemon apart from the peers': it alone reads the origin and serves every first copy.
+        if (
+            label == "dfdaemon"
+            and "--config" in argv[:-1]
+            and Path(argv[argv.index("--config") + 1]).parent.name == "seed"
+        ):
+            return "dfdaemon (seed)"
+        return label
     return argv[0].rsplit("/", 1)[-1] if argv else "?"
 
 

@@ -53,3 +53,25 @@ def test_competing_processes_are_not_counted_and_end_when_stopped() -> None:
     hogs.stop()
     assert not psutil.pid_exists(pid) or hog.status() == psutil.STATUS_ZOMBIE
     assert 0.2 <= seconds < 0.5
+
+
+class _Cmdline:
+    def __init__(self, argv: list[str]) -> None:
+        self._argv = argv
+
+    def cmdline(self) -> list[str]:
+        return self._argv
+
+
+def test_the_seed_peers_daemon_is_counted_apart_from_the_peers() -> None:
+    from bench.swarm.cpu import _label
+
+    def label(*argv: str) -> str:
+        return _label(_Cmdline(list(argv)))  # type: ignore[arg-type]
+
+    assert (
+        label("python", "-m", "dragonfly.cli.dfdaemon", "--config", "/w/ours/seed/dfdaemon.yaml") == "dfdaemon (seed)"
+    )
+    assert label("python", "-m", "dragonfly.cli.dfdaemon", "--config", "/w/ours/p1/dfdaemon.yaml") == "dfdaemon"
+    assert label("python", "-m", "dragonfly.cli.scheduler", "--config", "/w/seed/scheduler.yaml") == "scheduler"
+    assert label("/usr/sbin/nginx", "-c", "/w/nginx.conf") == "nginx"
