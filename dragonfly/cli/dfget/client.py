@@ -8,15 +8,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from dragonfly.cli.dfget import rpc
 from dragonfly.cli.dfget.errors import START_HINT, DownloadFailed, describe_rpc_error, fail
 from dragonfly.cli.dfget.progress import ProgressBar, Traffic
 from dragonfly.cli.dfget.request import add_source_settings, describe_download, object_storage_message
 from dragonfly.common.grpc_metadata import INSECURE_ORIGIN_METADATA, OUTPUT_COPY_METADATA
 
-# gRPC's default HTTP/2 :authority for a unix socket is the percent-encoded socket path, which is not a valid
-# authority: Dragonfly's Rust dfdaemon (hyper/h2) rejects it ("malformed authority") and resets the stream.
-LOCAL_API_CHANNEL_OPTIONS = (("grpc.default_authority", "localhost"),)
-
+DOWNLOAD_TASK = "/dfdaemon.v2.DfdaemonDownload/DownloadTask"
+LIST_TASK_ENTRIES = "/dfdaemon.v2.DfdaemonDownload/ListTaskEntries"
 DEFAULT_TIMEOUT = 2 * 3600.0
 
 
@@ -33,8 +32,7 @@ def download(
     if not os.path.exists(args.endpoint):
         fail(f"dfdaemon is not running: no socket at {args.endpoint}; {START_HINT}")
 
-    import grpc
-    from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
+    from dragonfly_api import common_pb2, dfdaemon_pb2
     from google.protobuf import duration_pb2
 
     from dragonfly.common.filtered_query_params import DEFAULT_FILTERED_QUERY_PARAMS
@@ -78,41 +76,40 @@ def download(
     # What the output must hold: the whole content, or the range the daemon resolved.
     expected: tuple[int, int] | None = None
     finished_locally = False
-    with grpc.insecure_channel(f"unix:{args.endpoint}", options=LOCAL_API_CHANNEL_OPTIONS) as channel:
-        stub = dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel)  # type: ignore[no-untyped-call]
-        call = stub.DownloadTask(
-            dfdaemon_pb2.DownloadTaskRequest(download=download), timeout=timeout, metadata=metadata
-        )
-        try:
-            for response in call:
-                if response.HasField("download_task_started_response"):
-                    started = response.download_task_started_response
-                    content_length = started.content_length
-                    expected = (
-                        (started.range.start, started.range.start + started.range.length)
-                        if started.HasField("range")
-                        else (0, content_length)
-                    )
-                    finished_locally = started.is_finished
-                    if args.log_level == "debug":
-                        print(f"dfget: task {response.task_id} peer {response.peer_id}", file=sys.stderr)
-                elif response.HasField("download_piece_finished_response"):
-                    traffic.add(response.download_piece_finished_response.piece)
-                if expected is not None:
-                    if bar is not None:
-                        bar.update(traffic.covered(*expected), expected[1] - expected[0])
-                    if on_progress is not None:
-                        on_progress(traffic.covered(*expected), expected[1] - expected[0])
-        except grpc.RpcError as error:
-            call.cancel()
-            raise describe_rpc_error(
-                error, args.endpoint, timeout, content_length is not None, verbose=args.log_level == "debug"
-            ) from None
-        finally:
-            if bar is not None:
-                if expected is not None:
-                    bar.update(traffic.covered(*expected), expected[1] - expected[0], force=True)
-                bar.close()
+    request = dfdaemon_pb2.DownloadTaskRequest(download=download).SerializeToString()
+    responses = rpc.call(args.endpoint, DOWNLOAD_TASK, request, timeout=timeout, metadata=metadata)
+    try:
+        for data in responses:
+            response = dfdaemon_pb2.DownloadTaskResponse.FromString(data)
+            if response.HasField("download_task_started_response"):
+                started = response.download_task_started_response
+                content_length = started.content_length
+                expected = (
+                    (started.range.start, started.range.start + started.range.length)
+                    if started.HasField("range")
+                    else (0, content_length)
+                )
+                finished_locally = started.is_finished
+                if args.log_level == "debug":
+                    print(f"dfget: task {response.task_id} peer {response.peer_id}", file=sys.stderr)
+            elif response.HasField("download_piece_finished_response"):
+                traffic.add(response.download_piece_finished_response.piece)
+            if expected is not None:
+                if bar is not None:
+                    bar.update(traffic.covered(*expected), expected[1] - expected[0])
+                if on_progress is not None:
+                    on_progress(traffic.covered(*expected), expected[1] - expected[0])
+    except rpc.RpcError as error:
+        raise describe_rpc_error(
+            error, args.endpoint, timeout, content_length is not None, verbose=args.log_level == "debug"
+        ) from None
+    finally:
+        # Closes the connection when the loop ends early (an interrupt), which cancels the call in the daemon.
+        responses.close()
+        if bar is not None:
+            if expected is not None:
+                bar.update(traffic.covered(*expected), expected[1] - expected[0], force=True)
+            bar.close()
 
     if content_length is None or expected is None:
         fail("dfdaemon ended the download without starting it (no DownloadTaskStartedResponse)")
@@ -136,8 +133,7 @@ def list_entries(args: argparse.Namespace, url: str) -> list[Any]:
     """Ask the daemon for the entries under ``url`` (``ListTaskEntries``)."""
     import uuid
 
-    import grpc
-    from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
+    from dragonfly_api import common_pb2, dfdaemon_pb2
     from google.protobuf import duration_pb2
 
     if not os.path.exists(args.endpoint):
@@ -158,11 +154,11 @@ def list_entries(args: argparse.Namespace, url: str) -> list[Any]:
     for name in ("object_storage", "hdfs", "hugging_face", "model_scope"):
         if settings.HasField(name):
             getattr(request, name).CopyFrom(getattr(settings, name))
-    with grpc.insecure_channel(f"unix:{args.endpoint}", options=LOCAL_API_CHANNEL_OPTIONS) as channel:
-        stub = dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel)  # type: ignore[no-untyped-call]
-        try:
-            response = stub.ListTaskEntries(request, timeout=timeout)
-        except grpc.RpcError as error:
-            failure = describe_rpc_error(error, args.endpoint, timeout, False, verbose=args.log_level == "debug")
-            raise DownloadFailed(str(failure).replace("download failed", f"listing {url} failed", 1)) from None
-    return list(response.entries)
+    try:
+        answers = list(rpc.call(args.endpoint, LIST_TASK_ENTRIES, request.SerializeToString(), timeout=timeout))
+    except rpc.RpcError as error:
+        failure = describe_rpc_error(error, args.endpoint, timeout, False, verbose=args.log_level == "debug")
+        raise DownloadFailed(str(failure).replace("download failed", f"listing {url} failed", 1)) from None
+    if len(answers) != 1:
+        fail(f"listing {url} failed: dfdaemon answered ListTaskEntries with {len(answers)} messages, not one")
+    return list(dfdaemon_pb2.ListTaskEntriesResponse.FromString(answers[0]).entries)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
+from dragonfly.cli.dfget.rpc import DEADLINE_EXCEEDED, UNAVAILABLE, UNKNOWN, RpcError
+
 # Origin headers are shown without --log-level debug while they fit in a few short lines.
 _SHORT_HEADER_LINES = 10
 _SHORT_HEADER_CHARS = 600
@@ -22,21 +24,21 @@ def fail(message: str) -> NoReturn:
     raise DownloadFailed(message)
 
 
-def _backend_details(error: Any) -> Any:
+def _backend_details(error: RpcError) -> Any:
     """Return the ``errordetails.v2.Backend`` the daemon put as JSON in ``Status.details``, or None."""
     import json
 
     from dragonfly_api import errordetails_pb2
     from google.protobuf import json_format
 
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            try:
-                return json_format.ParseDict(json.loads(value), errordetails_pb2.Backend(), ignore_unknown_fields=True)
-            except (ValueError, TypeError, json_format.ParseError):
-                # Details of another kind (a google.rpc.Status from some other server) are not ours to show.
-                return None
-    return None
+    value = error.trailers.get("grpc-status-details-bin")
+    if value is None:
+        return None
+    try:
+        return json_format.ParseDict(json.loads(value), errordetails_pb2.Backend(), ignore_unknown_fields=True)
+    except (ValueError, TypeError, json_format.ParseError):
+        # Details of another kind (a google.rpc.Status from some other server) are not ours to show.
+        return None
 
 
 def _origin_headers(header: Mapping[str, str], verbose: bool) -> list[str]:
@@ -62,23 +64,21 @@ def _daemon_listening(endpoint: str) -> bool:
 
 
 def describe_rpc_error(
-    error: Any, endpoint: str, timeout: float, received: bool, *, verbose: bool = False
+    error: RpcError, endpoint: str, timeout: float, received: bool, *, verbose: bool = False
 ) -> DownloadFailed:
     """Return the failure to show for a failed DownloadTask call; origin headers come as its notes."""
-    import grpc
-
-    code, details = error.code(), error.details() or ""
+    code, details = error.code, error.details
     # UNAVAILABLE is both gRPC's "no connection" and a status the daemon itself may answer with (origin or
     # scheduler unreachable); only a socket that no longer accepts connections means the daemon is gone. A daemon
     # killed mid-stream can also end the call with UNKNOWN ("Stream removed", connection reset).
-    lost = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN)
+    lost = code in (UNAVAILABLE, UNKNOWN)
     if lost and not _daemon_listening(endpoint):
         if not received:
             return DownloadFailed(f"cannot connect to dfdaemon at {endpoint} ({details}); is it running? {START_HINT}")
         return DownloadFailed(f"lost the connection to dfdaemon at {endpoint} during the download: {details}")
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+    if code == DEADLINE_EXCEEDED:
         return DownloadFailed(f"timed out after {timeout:g}s (--timeout): {details}")
-    message = f"download failed: {details or code.name}"
+    message = f"download failed: {details or error.code_name}"
     backend = _backend_details(error)
     if backend is None:
         return DownloadFailed(message)

@@ -4,38 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import grpc
 import pytest
 
+from dragonfly.cli.dfget import rpc
 from dragonfly.cli.dfget.errors import describe_rpc_error
-
-
-class _Failed:
-    """The parts of a grpc.RpcError that dfget reads."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        self._code, self._details = code, details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
-
-    def trailing_metadata(self) -> tuple[()]:
-        return ()
 
 
 @pytest.mark.parametrize(
     ("code", "details"),
     [
-        (grpc.StatusCode.UNAVAILABLE, "Socket closed"),
-        (grpc.StatusCode.UNKNOWN, "Stream removed (recvmsg:Connection reset by peer (104))"),
+        (rpc.UNAVAILABLE, "Socket closed"),
+        (rpc.UNKNOWN, "Stream removed (recvmsg:Connection reset by peer (104))"),
     ],
 )
-def test_a_daemon_that_died_mid_download_is_named(tmp_path: Path, code: grpc.StatusCode, details: str) -> None:
+def test_a_daemon_that_died_mid_download_is_named(tmp_path: Path, code: int, details: str) -> None:
     gone = str(tmp_path / "gone.sock")  # nothing listens there
-    failure = describe_rpc_error(_Failed(code, details), gone, 30.0, True)
+    failure = describe_rpc_error(rpc.RpcError(code, details), gone, 30.0, True)
     assert str(failure) == f"lost the connection to dfdaemon at {gone} during the download: {details}"
 
 
@@ -46,5 +30,7 @@ def test_an_unknown_status_from_a_running_daemon_is_its_own(tmp_path: Path) -> N
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind(path)
         listener.listen()
-        failure = describe_rpc_error(_Failed(grpc.StatusCode.UNKNOWN, "boom"), path, 30.0, True)
+        failure = describe_rpc_error(rpc.RpcError(rpc.UNKNOWN, "boom"), path, 30.0, True)
+        no_details = describe_rpc_error(rpc.RpcError(rpc.INTERNAL, ""), path, 30.0, True)
     assert str(failure) == "download failed: boom"
+    assert str(no_details) == "download failed: INTERNAL"

@@ -6,6 +6,7 @@ A real TaskManager behind the real DfdaemonDownload service on a unix socket, ag
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import socket
@@ -20,7 +21,10 @@ from aiohttp import web
 from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc, errordetails_pb2
 from standalone import standalone_task_manager
 
+from dragonfly.cli.dfget import rpc
+from dragonfly.cli.dfget.client import DOWNLOAD_TASK
 from dragonfly.cli.dfget.errors import describe_rpc_error
+from dragonfly.cli.dfget.rpc import RpcError
 from dragonfly.daemon.api.download_server import DfdaemonDownloadService
 from dragonfly.daemon.backends.http import HTTPBackend
 from dragonfly.daemon.download.source_downloader import back_to_source_failure
@@ -136,10 +140,21 @@ async def test_other_failures_carry_no_backend_details(daemon: Daemon, tmp_path:
     assert [key for key, _ in error.trailing_metadata() or () if key == "grpc-status-details-bin"] == []
 
 
+async def dfget_error(daemon: Daemon, url: str) -> RpcError:
+    """Run DownloadTask with dfget's own client (in a thread: it blocks) and return the error it ends with."""
+    request = dfdaemon_pb2.DownloadTaskRequest(download=common_pb2.Download(url=url)).SerializeToString()
+
+    def run() -> RpcError:
+        with pytest.raises(RpcError) as info:
+            list(rpc.call(daemon.socket_path, DOWNLOAD_TASK, request, timeout=30))
+        return info.value
+
+    return await asyncio.to_thread(run)
+
+
 async def test_dfget_shows_the_origin_status_and_short_headers(daemon: Daemon) -> None:
     url = f"{daemon.base}/missing"
-    error = await daemon.download(url)
-    failure = describe_rpc_error(error, daemon.socket_path, 30.0, False)
+    failure = describe_rpc_error(await dfget_error(daemon, url), daemon.socket_path, 30.0, False)
     assert str(failure) == f"download failed: origin returned HTTP 404 Not Found for {url}"
     notes = failure.__notes__
     assert notes[0] == "origin response headers:"
@@ -153,10 +168,11 @@ async def test_dfget_shows_many_headers_only_at_debug_level(daemon: Daemon) -> N
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     header_count = len(details_of(error)["header"])  # type: ignore[arg-type]
     assert header_count > len(NOISY_HEADERS)
-    quiet = describe_rpc_error(error, daemon.socket_path, 30.0, False)
+    dfget_failure = await dfget_error(daemon, url)
+    quiet = describe_rpc_error(dfget_failure, daemon.socket_path, 30.0, False)
     assert str(quiet) == f"download failed: origin returned HTTP 403 Forbidden for {url}"
     assert quiet.__notes__ == [f"origin sent {header_count} response headers; --log-level debug shows them"]
-    verbose = describe_rpc_error(error, daemon.socket_path, 30.0, False, verbose=True).__notes__
+    verbose = describe_rpc_error(dfget_failure, daemon.socket_path, 30.0, False, verbose=True).__notes__
     assert verbose[0] == "origin response headers:"
     assert len(verbose) == 1 + header_count
     assert [line for line in verbose if line.startswith("  X-Noise-")] == [
