@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.swarm.bound import Bound, efficiency
+from bench.swarm.timeline import summary_lines
 from bench.swarm.units import format_rate, format_size
 
 #: Bytes a host must have received before its counter growth counts as its first byte (control traffic is less).
@@ -45,6 +46,8 @@ class SystemResult:
     cpu_seconds: float | None = None
     #: The same by process (``CpuMeter.by_process``): scheduler, dfdaemon, agent (with its dfget/curl/aria2c), ...
     cpu_by_process: dict[str, float] = field(default_factory=dict)
+    #: Ours only: per-piece timeline summary (``bench.swarm.timeline.analyse``), None when not read.
+    timeline: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -155,7 +158,8 @@ class SwarmRun:
             for s in summaries
             if s["cpu_by_process"]
         ]
-        return "\n".join([*lines, "", *methods, *notes, *errors]) + "\n"
+        timelines = [line for s in self.systems if s.timeline for line in summary_lines(s.system, s.timeline)]
+        return "\n".join([*lines, "", *methods, *timelines, *notes, *errors]) + "\n"
 
     def _competition(self) -> str:
         if not self.cpu_hogs:

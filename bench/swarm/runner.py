@@ -48,6 +48,7 @@ from bench.swarm.report import (
     write_plot,
 )
 from bench.swarm.services import PYTHON, REPO, Agent, Service, drive, python_env
+from bench.swarm.timeline import analyse, read_pieces
 from bench.swarm.units import format_size, parse_rate, parse_size
 
 # "ours" runs with mutual TLS (the default); "ours-plaintext" is the same cluster without TLS, to price it in one run;
@@ -397,7 +398,17 @@ class Swarm:
         cluster.close()
         result = self.results(system, agents, t0, box)
         self.verify(result, outputs)
+        result.timeline = self.timeline(sysdir, names, t0)
         return result
+
+    def timeline(self, sysdir: Path, names: list[str], t0: float) -> dict[str, Any] | None:
+        """Return the per-piece timeline of a finished run of ours, from its daemons' stored piece metadata."""
+        events = [
+            event
+            for name in names
+            for event in read_pieces(sysdir / name / "storage" / "metadata" / "dfdaemon.db", name, t0)
+        ]
+        return analyse(events, self.peers, self.cfg.size) if events else None
 
 
 def machine_info() -> dict[str, Any]:
