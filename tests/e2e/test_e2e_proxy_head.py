@@ -5,8 +5,8 @@ default head but ``proxy.disableBackToSource`` (which turns it off: no origin by
 (Debian's docker-registry) logs every request with the bytes it sent, so "the peer read the head, and every blob
 byte left the registry once" is measured. The demo origin serves a file differently to one request (its ``corrupt``
 fault) to show that a head the swarm's piece 0 contradicts aborts the answer. A blob the swarm holds already is
-pulled without a head (the peer asks the scheduler first, ``proxy.originHeadMaxPeers``). ``python -m http.server``
-is an origin that ignores ``Range``.
+pulled without a head (the peer asks the scheduler first, ``proxy.originHeadMaxPeers``), also when a manifest the
+proxy forwarded had it ask ahead. ``python -m http.server`` is an origin that ignores ``Range``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from dragonfly.cli.cluster import LocalCluster, OriginProcess, free_ports
-from dragonfly.cli.registry import Image, RegistryProcess, build_image, push
+from dragonfly.cli.registry import OCI_MANIFEST, Image, RegistryProcess, build_image, push
 from tests.waiting import listening, wait_for
 
 pytestmark = pytest.mark.skipif(
@@ -139,6 +139,36 @@ def test_a_blob_the_swarm_holds_is_pulled_without_a_head(
     assert HEAD not in sent, sent
     assert sent.count(1) == 3, sent
     assert sum(sent) == layer.size + 3, sent
+
+
+def test_a_manifest_through_the_proxy_asks_ahead_for_its_blobs_and_the_egress_bound_holds(
+    cluster: LocalCluster, registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """peer-1 forwards an image manifest, so its blobs' gates ask the scheduler before their GETs arrive
+    (proxy/manifest_blobs.py). The answers are the same as asked at the GET: a blob nobody holds gets the head, one
+    whose piece 0 the swarm holds (peer-2 pulled it) does not."""
+    image = build_image(tmp_path / "layout", [6 * MIB, 5 * MIB])
+    push(image, registry, "test/ahead")
+    cold, held = image.layers
+    status, body = get(proxy_addr(cluster, "peer-2"), f"/v2/test/ahead/blobs/{held.digest}")
+    assert status == 200
+    assert hashlib.sha256(body).hexdigest() == held.digest[7:]
+    sent_for(registry, held.digest, held.size, 2)
+    addr = proxy_addr(cluster, "peer-1")
+    status, manifest = get(addr, f"/v2/test/ahead/manifests/{image.tag}", {"Accept": OCI_MANIFEST})
+    assert status == 200
+    assert hashlib.sha256(manifest).hexdigest() == image.manifest.digest[7:]
+    for layer in (cold, held):
+        status, body = get(addr, f"/v2/test/ahead/blobs/{layer.digest}")
+        assert status == 200
+        assert hashlib.sha256(body).hexdigest() == layer.digest[7:]
+    # The cold blob: peer-1's head, the seed's 1-byte stat and pieces. The held one: 1-byte stats only, no head.
+    sent = sent_for(registry, cold.digest, cold.size, HEAD + 1)
+    assert sent.count(HEAD) == 1, sent
+    assert sum(sent) == cold.size + HEAD + 1, sent
+    sent = sent_for(registry, held.digest, held.size, 3)
+    assert HEAD not in sent, sent
+    assert sum(sent) == held.size + 3, sent
 
 
 def test_a_ranged_request_reads_no_head_and_a_refusal_is_passed_on(

@@ -124,6 +124,14 @@ class TaskManager:
                 await asyncio.wait(pending, timeout=grace)
         self._runner.close()
 
+    def prepare_origin_head(self, download: common_pb2.Download) -> None:
+        """A whole-content ``download(..., origin_head=...)`` of ``download`` is expected within a moment (an image
+        manifest named its blob): start what its stat will wait for, unless the task is here or under way."""
+        task_id = task_id_for(download)
+        task = self._storage.get_task(task_id)
+        if task_id not in self._active and (task is None or task.failed_at is not None):
+            self._runner.prepare_origin_head(task_id)
+
     @overload
     def download(
         self,

@@ -136,9 +136,16 @@ class TaskRunner:
         # Without a scheduler no peer can serve piece 0: the head costs the origin nothing it would not serve anyway.
         return self._head_gate is None or await self._head_gate.head_wanted(td.task_id)
 
+    def prepare_origin_head(self, task_id: str) -> None:
+        """Start the origin-head gate's question for a download of ``task_id`` expected shortly (none: no-op)."""
+        if self._head_gate is not None:
+            self._head_gate.prepare(task_id)
+
     def close(self) -> None:
-        """Close the connections the downloads keep to parents."""
+        """Close the connections the downloads keep to parents, drop the gate's unused answers."""
         self._parents.close()
+        if self._head_gate is not None:
+            self._head_gate.close()
 
     async def run(self, td: TaskDownload) -> None:
         """Download the task of ``td`` (see the module docstring); a failure ends up in ``td.error``."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -74,12 +75,20 @@ class Forwarder:
         self._session = self._guarded_session = None
 
     async def forward(
-        self, request: web.BaseRequest, url: str, *, error_type: str | None = None, guarded: bool = False
+        self,
+        request: web.BaseRequest,
+        url: str,
+        *,
+        error_type: str | None = None,
+        guarded: bool = False,
+        tee: Callable[[str, bytes], None] | None = None,
+        tee_limit: int = 0,
     ) -> web.StreamResponse:
         """Send ``request`` to ``url`` and stream the reply back (through the SSRF guard when ``guarded``).
 
         ``error_type``, when given, is added as ``X-Dragonfly-Error-Type`` to an error reply (used when the swarm
-        path was refused by the origin and its own answer is passed on).
+        path was refused by the origin and its own answer is passed on). ``tee``, when given, is called with the
+        ``Content-Type`` and the body of a ``200`` reply of at most ``tee_limit`` bytes once the client has all of it.
         """
         session = self._guarded_session if guarded else self._session
         assert session is not None, "forwarder not started"
@@ -113,15 +122,22 @@ class Forwarder:
             if no_body:
                 await response.write_eof()
                 return response
+            kept: bytearray | None = bytearray() if tee is not None and upstream.status == 200 else None
             try:
                 async for chunk in upstream.content.iter_chunked(_CHUNK):
                     await response.write(chunk)
+                    if kept is not None:
+                        kept += chunk
+                        if len(kept) > tee_limit:
+                            kept = None
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 log.warning("upstream body broke off; aborting the client's answer", extra={"url": url, "error": exc})
                 if request.transport is not None:
                     request.transport.abort()
                 return response
             await response.write_eof()
+            if tee is not None and kept is not None:
+                tee(upstream.headers.get("Content-Type", ""), bytes(kept))
             return response
         finally:
             upstream.release()

@@ -31,10 +31,12 @@ from dragonfly.common.netguard import AddressPolicy, is_remote_client
 from dragonfly.common.patterns import compile_pattern
 from dragonfly.daemon.download.task_manager import TaskManager
 from dragonfly.daemon.errors import BackendError
+from dragonfly.daemon.proxy import manifest_blobs
 from dragonfly.daemon.proxy.certs import LeafCertificates
 from dragonfly.daemon.proxy.config import ProxyConfig
 from dragonfly.daemon.proxy.errors import ERROR_TYPE_HEADER, error_response
 from dragonfly.daemon.proxy.forward import Forwarder
+from dragonfly.daemon.proxy.manifest_blobs import is_manifest_get
 from dragonfly.daemon.proxy.p2p import P2PResponder
 from dragonfly.daemon.proxy.routing import BadProxyRequest, build_download, is_host_port, route, wants_prefetch
 from dragonfly.daemon.storage import Storage
@@ -109,6 +111,9 @@ class ProxyServer:
             spawn=self._spawn_drain,
             origin_head=config.origin_head,
         )
+        self._tasks = tasks
+        # Only a whole-blob GET that may read the origin's head has a gate to prepare (p2p.py).
+        self._prepares_heads = config.origin_head > 0 and not config.disable_back_to_source
         self._http = web.Server(self._handle, access_log=None)
         self._tunnel_servers: set[web.Server] = set()
         self._raw: set[asyncio.BaseTransport] = set()
@@ -168,12 +173,28 @@ class ProxyServer:
         # processes can reach its loopback services anyway.
         remote = is_remote_client(request.transport.get_extra_info("peername") if request.transport else None)
         if download is None:
-            return await self._forwarder.forward(request, target.url, guarded=remote)
+            tee = None
+            if self._prepares_heads and is_manifest_get(request.method, request.raw_path):
+                tee = functools.partial(self._prepare_blobs, request, tunnel)
+            return await self._forwarder.forward(
+                request, target.url, guarded=remote, tee=tee, tee_limit=manifest_blobs.MAX_SIZE
+            )
         answer = await self._p2p.respond(request, download, prefetch=prefetch, remote=remote)
         if isinstance(answer, BackendError):
             # The origin refused: pass its own answer on untouched (a registry's 401 challenge and JSON body).
             return await self._forwarder.forward(request, target.url, error_type="backend", guarded=remote)
         return answer
+
+    def _prepare_blobs(self, request: web.BaseRequest, tunnel: str | None, content_type: str, body: bytes) -> None:
+        """An image manifest went to the client: its blob GETs come next, so their origin-head gates ask now."""
+        for digest in manifest_blobs.blob_digests(content_type, body):
+            target = manifest_blobs.blob_target(request.raw_path, digest)
+            try:
+                blob = route("GET", target, request.headers, self._config, tunnel=tunnel)
+                if blob.p2p:
+                    self._tasks.prepare_origin_head(build_download(blob.url, request.headers, blob.rule, self._config))
+            except BadProxyRequest:
+                return
 
     def _spawn_drain(self, events: AsyncIterator[object]) -> None:
         async def drain() -> None:

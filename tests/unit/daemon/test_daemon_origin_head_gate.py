@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import cast
 
 import grpc
 import pytest
 from dragonfly_api import common_pb2
 
-from dragonfly.daemon.download.origin_head_gate import STAT_TIMEOUT, OriginHeadGate, head_wanted
+from dragonfly.daemon.download.origin_head_gate import MAX_PREPARED, STAT_TIMEOUT, OriginHeadGate, head_wanted
 from dragonfly.daemon.download.scheduler_client import SchedulerClient
 
 TASK_ID = "a" * 64
@@ -39,9 +40,22 @@ class _Scheduler:
         return self.answer
 
 
-def _gate(answer: common_pb2.Task | BaseException, max_peers: int = 8) -> tuple[OriginHeadGate, _Scheduler]:
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _gate(
+    answer: common_pb2.Task | BaseException, max_peers: int = 8, clock: _Clock | None = None
+) -> tuple[OriginHeadGate, _Scheduler]:
     scheduler = _Scheduler(answer)
-    return OriginHeadGate(cast(SchedulerClient, scheduler), host_id="host-1", max_peers=max_peers), scheduler
+    gate = OriginHeadGate(
+        cast(SchedulerClient, scheduler), host_id="host-1", max_peers=max_peers, clock=clock or _Clock()
+    )
+    return gate, scheduler
 
 
 @pytest.mark.parametrize(
@@ -90,3 +104,47 @@ async def test_a_scheduler_that_does_not_answer_gets_no_head(error: BaseExceptio
     gate, scheduler = _gate(error)
     assert await gate.head_wanted(TASK_ID) is False
     assert len(scheduler.asked) == 1
+
+
+async def test_a_prepared_answer_is_taken_once_by_the_download_that_follows() -> None:
+    gate, scheduler = _gate(_task(peers=1, pieces=(0,)))
+    gate.prepare(TASK_ID)
+    gate.prepare(TASK_ID)  # a second manifest naming the blob: the question is already asked
+    assert await gate.head_wanted(TASK_ID) is False
+    assert scheduler.asked == [("host-1", TASK_ID, STAT_TIMEOUT)]
+    # Taken: the next download of the task asks again, and gets the scheduler's answer of now.
+    scheduler.answer = _rpc_error(grpc.StatusCode.NOT_FOUND)
+    assert await gate.head_wanted(TASK_ID) is True
+    assert len(scheduler.asked) == 2
+
+
+async def test_a_prepared_answer_older_than_the_stat_timeout_is_asked_again() -> None:
+    clock = _Clock()
+    gate, scheduler = _gate(_rpc_error(grpc.StatusCode.NOT_FOUND), clock=clock)
+    gate.prepare(TASK_ID)
+    await asyncio.sleep(0)  # the question goes out
+    assert len(scheduler.asked) == 1
+    clock.now += STAT_TIMEOUT + 0.01
+    # Meanwhile a peer stored piece 0: the stale "unknown task" must not send this peer to the origin's head.
+    scheduler.answer = _task(peers=1, pieces=(0,))
+    assert await gate.head_wanted(TASK_ID) is False
+    assert len(scheduler.asked) == 2
+
+
+async def test_a_prepared_question_the_scheduler_does_not_answer_gets_no_head() -> None:
+    gate, scheduler = _gate(_rpc_error(grpc.StatusCode.UNAVAILABLE))
+    gate.prepare(TASK_ID)
+    assert await gate.head_wanted(TASK_ID) is False
+    assert len(scheduler.asked) == 1
+
+
+async def test_prepared_questions_are_bounded_and_dropped_on_close() -> None:
+    gate, scheduler = _gate(_rpc_error(grpc.StatusCode.NOT_FOUND))
+    for i in range(MAX_PREPARED + 5):
+        gate.prepare(f"{i:064x}")
+    assert len(gate._prepared) == MAX_PREPARED
+    # The oldest were evicted: their downloads ask for themselves.
+    assert await gate.head_wanted(f"{0:064x}") is True
+    assert scheduler.asked[-1][1] == f"{0:064x}"
+    gate.close()
+    assert not gate._prepared
