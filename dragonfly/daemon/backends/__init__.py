@@ -23,6 +23,7 @@ from dragonfly.daemon.errors import BackendError
 
 if TYPE_CHECKING:
     from dragonfly.daemon.backends.http import HTTPBackend
+    from dragonfly.daemon.backends.piece_chunks import PieceDigest
 
 #: Every scheme some backend of this package serves (a daemon serves those it is configured for).
 SCHEMES = SOURCE_SCHEMES
@@ -67,6 +68,7 @@ class HTTPSource:
         length: int,
         buffer: bytearray,
         progress: Callable[[int], None] | None = None,
+        digest: PieceDigest | None = None,
     ) -> int:
         return await self.http.download_piece(
             url,
@@ -77,6 +79,7 @@ class HTTPSource:
             buffer=buffer,
             progress=progress,
             options=options.origin,
+            digest=digest,
         )
 
     async def list_entries(self, url: str, request_header: Mapping[str, str], options: SourceOptions) -> list[Entry]:

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Protocol
 
 from dragonfly_api import common_pb2
 
-from dragonfly.common import native
 from dragonfly.daemon.backends.http import LOCAL as LOCAL_ORIGIN
 from dragonfly.daemon.backends.http import OriginOptions
+from dragonfly.daemon.backends.piece_chunks import PieceDigest, write_chunk
 from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.errors import BackendError
 
@@ -118,21 +118,18 @@ class Backend(Protocol):
         length: int,
         buffer: bytearray,
         progress: Callable[[int], None] | None = None,
+        digest: PieceDigest | None = None,
     ) -> int:
-        """Write bytes ``[offset, offset+length)`` of ``url`` at the same offset of ``fd``; return their CRC-32."""
+        """Write bytes ``[offset, offset+length)`` of ``url`` at the same offset of ``fd``; return their CRC-32.
+
+        ``digest``, when given, is fed the bytes as they are written (restarted when a retry writes them again); a
+        backend that cannot feed it leaves it untouched.
+        """
         ...
 
     async def list_entries(self, url: str, request_header: Mapping[str, str], options: SourceOptions) -> list[Entry]:
         """Return every file (and directory) under the directory-like ``url``, recursively."""
         ...
-
-
-def write_chunk(fd: int, offset: int, view: memoryview, crc: int, whole_piece: bool) -> int:
-    """Write one buffered chunk at ``offset`` and return the piece CRC so far (runs on an executor thread)."""
-    if whole_piece:
-        return native.write_piece(fd, offset, view)
-    native.write_piece(fd, offset, view)
-    return native.crc32(view, crc)
 
 
 class PieceWriter:
@@ -142,6 +139,7 @@ class PieceWriter:
     __slots__ = (
         "_capacity",
         "_crc",
+        "_digest",
         "_executor",
         "_fd",
         "_filled",
@@ -164,6 +162,7 @@ class PieceWriter:
         length: int,
         buffer: bytearray,
         progress: Callable[[int], None] | None = None,
+        digest: PieceDigest | None = None,
     ) -> None:
         self.url = url
         self._executor = executor
@@ -174,6 +173,10 @@ class PieceWriter:
         self._capacity = len(buffer)
         self._whole = length <= self._capacity
         self._progress = progress
+        # A writer writes the piece from its first byte.
+        if digest is not None:
+            digest.restart()
+        self._digest = digest
         self._crc = 0
         self._written = 0
         self._filled = 0
@@ -208,6 +211,7 @@ class PieceWriter:
             self._view[: self._filled],
             self._crc,
             self._whole,
+            self._digest,
         )
         self._written += self._filled
         self._filled = 0

@@ -22,7 +22,8 @@ from concurrent.futures import Executor
 from urllib.parse import quote, unquote, urlsplit
 
 from dragonfly.common import native
-from dragonfly.daemon.backends.base import Entry, NotReadableHere, SourceOptions, StatResult, write_chunk
+from dragonfly.daemon.backends.base import Entry, NotReadableHere, SourceOptions, StatResult
+from dragonfly.daemon.backends.piece_chunks import PieceDigest, write_chunk
 from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.errors import BackendError
 
@@ -121,9 +122,13 @@ class FileBackend:
         path = self._check(url)
         return await run_blocking(self._executor, self._stat, url, path)
 
-    def _copy(self, url: str, path: str, fd: int, offset: int, length: int, buffer: bytearray) -> int:
+    def _copy(
+        self, url: str, path: str, fd: int, offset: int, length: int, buffer: bytearray, digest: PieceDigest | None
+    ) -> int:
         """Copy ``[offset, offset+length)`` of ``path`` into ``fd`` at the same offset; return the CRC-32."""
         source = self._open(url, path)
+        if digest is not None:
+            digest.restart()
         try:
             view = memoryview(buffer)
             capacity = len(buffer)
@@ -138,7 +143,7 @@ class FileBackend:
                         f"{url}: the file ended at byte {offset + done + got}, before the {offset + length} "
                         "its size promised (it changed during the download)"
                     )
-                crc = write_chunk(fd, offset + done, view[:want], crc, whole_piece)
+                crc = write_chunk(fd, offset + done, view[:want], crc, whole_piece, digest)
                 done += want
             return crc
         finally:
@@ -155,9 +160,10 @@ class FileBackend:
         length: int,
         buffer: bytearray,
         progress: Callable[[int], None] | None = None,
+        digest: PieceDigest | None = None,
     ) -> int:
         path = self._check(url)
-        crc = await run_blocking(self._executor, self._copy, url, path, fd, offset, length, buffer)
+        crc = await run_blocking(self._executor, self._copy, url, path, fd, offset, length, buffer, digest)
         if progress is not None:
             progress(length)
         return crc

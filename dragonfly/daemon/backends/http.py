@@ -34,9 +34,9 @@ from multidict import CIMultiDict
 from yarl import URL
 
 import dragonfly
-from dragonfly.common import native
 from dragonfly.common.netguard import AddressPolicy, find_refusal, guarded_connector_args
 from dragonfly.daemon.backends.origin_head import OriginHead
+from dragonfly.daemon.backends.piece_chunks import PieceDigest, write_chunk
 from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.errors import BackendError
 
@@ -202,14 +202,6 @@ def describe_origin_error(exc: BaseException) -> tuple[str, bool]:
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno).lower(), True
     return str(exc) or type(exc).__name__, True
-
-
-def _write_chunk(fd: int, offset: int, view: memoryview, crc: int, whole_piece: bool) -> int:
-    """Write one buffered chunk at ``offset`` and return the piece CRC so far (runs on an executor thread)."""
-    if whole_piece:
-        return native.write_piece(fd, offset, view)
-    native.write_piece(fd, offset, view)
-    return native.crc32(view, crc)
 
 
 class HTTPBackend:
@@ -542,10 +534,12 @@ class HTTPBackend:
         buffer: bytearray,
         progress: Callable[[int], None] | None = None,
         options: OriginOptions = LOCAL,
+        digest: PieceDigest | None = None,
     ) -> int:
         """Fetch bytes ``[offset, offset+length)`` into the file at the same offset; return their CRC-32.
 
-        ``progress`` is called with the size of each chunk as it arrives (again for a retried range).
+        ``progress`` is called with the size of each chunk as it arrives (again for a retried range); ``digest``
+        is fed the bytes as they are written (restarted for a retried range).
         """
 
         async def attempt() -> int:
@@ -566,7 +560,7 @@ class HTTPBackend:
                             )
                     else:
                         raise _status_error(url, resp)
-                    return await self._write_body(url, resp.content, fd, offset, length, buffer, progress)
+                    return await self._write_body(url, resp.content, fd, offset, length, buffer, progress, digest)
 
         return await self._retrying("piece download from", attempt, url)
 
@@ -597,11 +591,12 @@ class HTTPBackend:
         length: int,
         buffer: bytearray,
         progress: Callable[[int], None] | None = None,
+        digest: PieceDigest | None = None,
     ) -> int:
         """Cut the next ``length`` bytes of a streamed body into the file at ``offset``; return their CRC-32."""
         try:
             async with asyncio.timeout(self._piece_timeout):
-                return await self._write_body(url, reader, fd, offset, length, buffer, progress)
+                return await self._write_body(url, reader, fd, offset, length, buffer, progress, digest)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             detail, _transient = describe_origin_error(exc)
             raise BackendError(f"streamed download of {url} failed at byte {offset}: {detail}") from exc
@@ -615,7 +610,10 @@ class HTTPBackend:
         length: int,
         buffer: bytearray,
         progress: Callable[[int], None] | None,
+        digest: PieceDigest | None,
     ) -> int:
+        if digest is not None:
+            digest.restart()
         view = memoryview(buffer)
         capacity = len(buffer)
         whole_piece = length <= capacity
@@ -637,7 +635,7 @@ class HTTPBackend:
                 # run_blocking: if the piece times out or is cancelled meanwhile, the pooled buffer stays ours until
                 # the thread has finished writing from it (issue 8 item 19).
                 crc = await run_blocking(
-                    self._executor, _write_chunk, fd, offset + written, view[:filled], crc, whole_piece
+                    self._executor, write_chunk, fd, offset + written, view[:filled], crc, whole_piece, digest
                 )
                 written += filled
                 filled = 0

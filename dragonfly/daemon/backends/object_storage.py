@@ -31,6 +31,7 @@ from dragonfly.common.errors import OriginAddressRefused
 from dragonfly.common.netguard import AddressPolicy
 from dragonfly.common.redact import MASK
 from dragonfly.daemon.backends.base import Entry, PieceWriter, SourceOptions, StatResult
+from dragonfly.daemon.backends.piece_chunks import PieceDigest
 from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.errors import BackendError
 
@@ -249,11 +250,14 @@ class ObjectStorageBackend:
         length: int,
         buffer: bytearray,
         progress: Callable[[int], None] | None = None,
+        digest: PieceDigest | None = None,
     ) -> int:
         import obstore
 
         store, _scheme, key, storage = await self._prepare(url, options)
-        writer = PieceWriter(url, self._executor, fd=fd, offset=offset, length=length, buffer=buffer, progress=progress)
+        writer = PieceWriter(
+            url, self._executor, fd=fd, offset=offset, length=length, buffer=buffer, progress=progress, digest=digest
+        )
         try:
             async with asyncio.timeout(self._timeout):
                 result = await obstore.get_async(store, key, options={"range": (offset, offset + length)})

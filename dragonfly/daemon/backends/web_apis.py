@@ -19,6 +19,7 @@ from urllib.parse import quote, unquote, urlencode, urlsplit
 from dragonfly.common.redact import MASK
 from dragonfly.daemon.backends.base import Entry, SourceOptions, StatResult
 from dragonfly.daemon.backends.http import HTTPBackend
+from dragonfly.daemon.backends.piece_chunks import PieceDigest
 from dragonfly.daemon.errors import BackendError
 
 #: WebHDFS's default NameNode HTTP port (Hadoop 3).
@@ -120,6 +121,7 @@ class WebHDFSBackend(_APISource):
         length: int,
         buffer: bytearray,
         progress: Callable[[int], None] | None = None,
+        digest: PieceDigest | None = None,
     ) -> int:
         # OPEN answers 200 with exactly the bytes asked for (offset/length are query parameters, not a Range);
         # the NameNode redirects to a DataNode that holds them.
@@ -127,7 +129,7 @@ class WebHDFSBackend(_APISource):
         try:
             async with self._http.open_stream(api, request_header, options.origin) as reader:
                 return await self._http.read_stream_piece(
-                    api, reader, fd=fd, offset=offset, length=length, buffer=buffer, progress=progress
+                    api, reader, fd=fd, offset=offset, length=length, buffer=buffer, progress=progress, digest=digest
                 )
         except BackendError as exc:
             raise _rewrap(exc, api, url, self._secrets(options)) from None
@@ -237,6 +239,7 @@ class _HubBackend(_APISource):
         length: int,
         buffer: bytearray,
         progress: Callable[[int], None] | None = None,
+        digest: PieceDigest | None = None,
     ) -> int:
         api, _repo, _base = self._target(url, options)
         token = self._settings(options)[2]
@@ -250,6 +253,7 @@ class _HubBackend(_APISource):
                 buffer=buffer,
                 progress=progress,
                 options=options.origin,
+                digest=digest,
             )
         except BackendError as exc:
             raise _rewrap(exc, api, url, [token]) from None

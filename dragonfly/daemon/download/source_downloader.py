@@ -19,11 +19,12 @@ from dragonfly.common.digest import format_piece_digest
 from dragonfly.common.piece import piece_range
 from dragonfly.daemon.backends import Backends
 from dragonfly.daemon.backends.http import HTTPBackend, RangeNotSupported
+from dragonfly.daemon.backends.piece_chunks import PieceDigest
 from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.config import DfdaemonConfig
 from dragonfly.daemon.download.buffers import BufferPool
 from dragonfly.daemon.download.piece_dispatcher import PieceRates
-from dragonfly.daemon.download.piece_verifier import piece_hash
+from dragonfly.daemon.download.piece_verifier import PIECE_HASH, piece_hash
 from dragonfly.daemon.download.piece_writer import PieceWriter, take_tokens, token_bucket
 from dragonfly.daemon.download.scheduler_client import AnnouncePeerStream, describe_error
 from dragonfly.daemon.download.source_window import SourceWindow
@@ -173,12 +174,13 @@ class SourceDownloader:
         await self._reserve(length)
         created_at = time.time()
         started = time.monotonic()
+        digest = _digest_for(stream)
         with self._storage.content_fd(td.task_id) as fd:
             async with self._buffers.get() as buffer:
                 crc = await self._backend.read_stream_piece(
-                    td.download.url, reader, fd=fd, offset=offset, length=length, buffer=buffer
+                    td.download.url, reader, fd=fd, offset=offset, length=length, buffer=buffer, digest=digest
                 )
-            strong = await self._origin_piece_hash(stream, fd, offset, length)
+            strong = await self._origin_piece_hash(stream, fd, offset, length, digest)
         cost = time.monotonic() - started
         record = PieceRecord(
             number, offset, length, format_piece_digest(crc), None, BACK_TO_SOURCE, cost, created_at, strong
@@ -201,15 +203,18 @@ class SourceDownloader:
             )
 
     async def _origin_piece_hash(
-        self, stream: AnnouncePeerStream | None, fd: int, offset: int, length: int
+        self, stream: AnnouncePeerStream | None, fd: int, offset: int, length: int, digest: PieceDigest | None
     ) -> str | None:
         """Return the BLAKE3 digest of a piece just fetched from the origin, when a scheduler will hear of it.
 
-        The origin's bytes: their BLAKE3 is what a seed peer vouches for (docs/security.md). Without a scheduler
-        nobody receives the digest, so the piece is not read again for it.
+        The origin's bytes: their BLAKE3 is what a seed peer vouches for (docs/security.md). The backend hashed them
+        as it wrote them (``digest``); one that did not has the piece read back. Without a scheduler nobody receives
+        the digest, so the piece is not hashed at all.
         """
         if stream is None:
             return None
+        if digest is not None and (hashed := digest.result(length)) is not None:
+            return hashed
         return await run_blocking(self._executor, lambda: piece_hash(fd, offset, length))
 
     async def fetch_piece(
@@ -224,6 +229,7 @@ class SourceDownloader:
         await self._reserve(length)
         created_at = time.time()
         started = time.monotonic()
+        digest = _digest_for(stream)
         with self._storage.content_fd(td.task_id) as fd:
             async with self._buffers.get() as buffer, self._writer.writing(number):
                 crc = await self._backends.get(td.download.url).download_piece(
@@ -235,8 +241,9 @@ class SourceDownloader:
                     length=length,
                     buffer=buffer,
                     progress=progress,
+                    digest=digest,
                 )
-            strong = await self._origin_piece_hash(stream, fd, offset, length)
+            strong = await self._origin_piece_hash(stream, fd, offset, length, digest)
         record = PieceRecord(
             number,
             offset,
@@ -250,6 +257,11 @@ class SourceDownloader:
         )
         self._finish(td, stream, record)
         self._piece_rates.add(length, record.cost)
+
+
+def _digest_for(stream: AnnouncePeerStream | None) -> PieceDigest | None:
+    """Return the hasher a backend feeds the piece's bytes to, when a scheduler will hear of the piece's digest."""
+    return None if stream is None else PieceDigest(PIECE_HASH)
 
 
 async def _discard(reader: Any, length: int, url: str) -> None:

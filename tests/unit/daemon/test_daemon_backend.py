@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from dragonfly.common import native
 from dragonfly.daemon.backends.http import HTTPBackend, StatResult
 from dragonfly.daemon.backends.origin_head import OriginHead
+from dragonfly.daemon.backends.piece_chunks import PieceDigest
 from dragonfly.daemon.errors import BackendError
 
 DATA = os.urandom(3 * 1024 * 1024 + 123)
@@ -205,11 +207,20 @@ async def test_piece_lands_at_its_offset_with_its_crc(
     path = tmp_path / "content"
     path.write_bytes(b"\0" * len(DATA))
     fd = os.open(path, os.O_RDWR)
+    digest = PieceDigest("blake3")
     try:
         offset, length = 1024 * 1024, 2 * 1024 * 1024
         crc = await backend.download_piece(
-            f"{base}/f", {"Range": "bytes=0-1"}, fd=fd, offset=offset, length=length, buffer=bytearray(buffer_size)
+            f"{base}/f",
+            {"Range": "bytes=0-1"},
+            fd=fd,
+            offset=offset,
+            length=length,
+            buffer=bytearray(buffer_size),
+            digest=digest,
         )
+        # The digest fed on the way is that of the bytes written (what reading the piece back gives).
+        assert digest.result(length) == f"blake3:{native.file_digest('blake3', fd, offset, length).hex()}"
     finally:
         os.close(fd)
     assert crc == zlib.crc32(DATA[offset : offset + length])
@@ -261,6 +272,25 @@ async def test_broken_body_is_a_clear_error(
         os.close(fd)
     assert info.value.status_code is None
     assert len(state.requests) == 2
+
+
+async def test_a_retried_piece_is_hashed_from_its_first_byte_again(
+    origin: tuple[Origin, str], backend: HTTPBackend, tmp_path: Path
+) -> None:
+    state, base = origin
+    state.fault, state.fault_count = "short", 1  # the first answer breaks off half way, after some bytes were fed
+    fd = os.open(tmp_path / "content", os.O_RDWR | os.O_CREAT)
+    digest = PieceDigest("blake3")
+    try:
+        crc = await backend.download_piece(
+            f"{base}/f", {}, fd=fd, offset=0, length=len(DATA), buffer=bytearray(64 * 1024), digest=digest
+        )
+    finally:
+        os.close(fd)
+    assert len(state.requests) == 2
+    assert crc == zlib.crc32(DATA)
+    assert digest.fed == len(DATA)
+    assert digest.result(len(DATA)) == f"blake3:{native.Hasher('blake3', DATA).hexdigest()}"
 
 
 async def test_content_shorter_than_announced(origin: tuple[Origin, str], backend: HTTPBackend, tmp_path: Path) -> None:

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from dragonfly.common import native
 from dragonfly.daemon.backends import NO_OPTIONS, Backends, NotReadableHere, UnsupportedScheme
 from dragonfly.daemon.backends.file import FileBackend, path_of, url_of
+from dragonfly.daemon.backends.piece_chunks import PieceDigest
 from dragonfly.daemon.errors import BackendError
 
 
@@ -73,10 +75,20 @@ async def test_stat_and_pieces(backend: FileBackend, allowed: Path, tmp_path: Pa
     try:
         seen: list[int] = []
         # A buffer smaller than the piece: the copy goes in several chunks and the CRC spans them.
+        digest = PieceDigest("blake3")
         crc = await backend.download_piece(
-            url, {}, NO_OPTIONS, fd=fd, offset=1000, length=200_000, buffer=bytearray(65536), progress=seen.append
+            url,
+            {},
+            NO_OPTIONS,
+            fd=fd,
+            offset=1000,
+            length=200_000,
+            buffer=bytearray(65536),
+            progress=seen.append,
+            digest=digest,
         )
         assert crc == zlib.crc32(data[1000:201_000])
+        assert digest.result(200_000) == f"blake3:{native.Hasher('blake3', data[1000:201_000]).hexdigest()}"
         assert sum(seen) == 200_000
         crc = await backend.download_piece(
             url, {}, NO_OPTIONS, fd=fd, offset=201_000, length=99_000, buffer=bytearray(1 << 20)

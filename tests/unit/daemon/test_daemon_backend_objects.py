@@ -12,8 +12,10 @@ import pytest
 from dragonfly_api import common_pb2
 from obstore import exceptions as obx
 
+from dragonfly.common import native
 from dragonfly.daemon.backends.base import PieceWriter, SourceOptions
 from dragonfly.daemon.backends.object_storage import ObjectStorageBackend, _error, split_url
+from dragonfly.daemon.backends.piece_chunks import PieceDigest
 from dragonfly.daemon.errors import BackendError
 
 
@@ -66,12 +68,22 @@ async def test_piece_writer_gathers_chunks(executor: ThreadPoolExecutor, tmp_pat
     fd = os.open(tmp_path / "content", os.O_RDWR | os.O_CREAT)
     try:
         seen: list[int] = []
+        digest = PieceDigest("blake3")
+        digest.update(b"left over from an earlier attempt")
         writer = PieceWriter(
-            "s3://b/k", executor, fd=fd, offset=500, length=len(data), buffer=bytearray(30_000), progress=seen.append
+            "s3://b/k",
+            executor,
+            fd=fd,
+            offset=500,
+            length=len(data),
+            buffer=bytearray(30_000),
+            progress=seen.append,
+            digest=digest,
         )
         for start in range(0, len(data), 7_000):
             await writer.add(data[start : start + 7_000])
         assert await writer.finish() == zlib.crc32(data)
+        assert digest.result(len(data)) == f"blake3:{native.Hasher('blake3', data).hexdigest()}"
         assert sum(seen) == len(data)
         short = PieceWriter("s3://b/k", executor, fd=fd, offset=0, length=10, buffer=bytearray(4096))
         await short.add(b"12345")

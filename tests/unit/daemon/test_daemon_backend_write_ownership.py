@@ -17,6 +17,7 @@ from aiohttp import web
 
 from dragonfly.daemon.backends import http as backend_module
 from dragonfly.daemon.backends.http import HTTPBackend
+from dragonfly.daemon.backends.piece_chunks import PieceDigest
 
 BODY = os.urandom(256 * 1024)
 
@@ -41,17 +42,19 @@ async def test_a_cancelled_piece_download_waits_for_its_write(
     started, release = threading.Event(), threading.Event()
     done_while_writing: list[bool] = []
     task: asyncio.Task[int] | None = None
-    real_write = backend_module._write_chunk
+    real_write = backend_module.write_chunk
 
-    def blocking_write(fd: int, offset: int, view: memoryview, crc: int, whole_piece: bool) -> int:
+    def blocking_write(
+        fd: int, offset: int, view: memoryview, crc: int, whole_piece: bool, digest: PieceDigest | None
+    ) -> int:
         started.set()
         assert release.wait(30), "the test never released the write"
         # Still inside the write: the download that owns the buffer must not have ended.
         assert task is not None
         done_while_writing.append(task.done())
-        return real_write(fd, offset, view, crc, whole_piece)
+        return real_write(fd, offset, view, crc, whole_piece, digest)
 
-    monkeypatch.setattr(backend_module, "_write_chunk", blocking_write)
+    monkeypatch.setattr(backend_module, "write_chunk", blocking_write)
     with ThreadPoolExecutor(2) as executor:
         backend = HTTPBackend(request_header={}, max_retries=0, piece_timeout=30.0, executor=executor)
         await backend.start()
