@@ -8,10 +8,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from dragonfly.cli.dfget import rpc
+from dragonfly.cli.dfget import messages, rpc
 from dragonfly.cli.dfget.errors import START_HINT, DownloadFailed, describe_rpc_error, fail
 from dragonfly.cli.dfget.progress import ProgressBar, Traffic
-from dragonfly.cli.dfget.request import add_source_settings, describe_download, object_storage_message
+from dragonfly.cli.dfget.request import describe_download, source_settings
 from dragonfly.common.grpc_metadata import INSECURE_ORIGIN_METADATA, OUTPUT_COPY_METADATA
 
 DOWNLOAD_TASK = "/dfdaemon.v2.DfdaemonDownload/DownloadTask"
@@ -32,40 +32,33 @@ def download(
     if not os.path.exists(args.endpoint):
         fail(f"dfdaemon is not running: no socket at {args.endpoint}; {START_HINT}")
 
-    from dragonfly_api import common_pb2, dfdaemon_pb2
-    from google.protobuf import duration_pb2
-
     from dragonfly.common.filtered_query_params import DEFAULT_FILTERED_QUERY_PARAMS
 
     filtered = args.filtered_query_param if args.filtered_query_param is not None else DEFAULT_FILTERED_QUERY_PARAMS
     timeout = DEFAULT_TIMEOUT if args.timeout is None else float(args.timeout)
-    download = common_pb2.Download(
-        url=args.url,
-        digest=args.digest,
-        type=common_pb2.STANDARD,
-        tag=args.tag,
-        application=args.application,
-        priority=args.priority,
-        filtered_query_params=list(filtered),
-        request_header=dict(args.header),
-        piece_length=args.piece_length,
-        output_path=output,
-        timeout=duration_pb2.Duration(seconds=int(timeout), nanos=int((timeout % 1) * 1e9)),
-        disable_back_to_source=args.disable_back_to_source,
-        overwrite=args.overwrite,
-        force_hard_link=args.force_hard_link,
-        certificate_chain=list(args.ca_cert),
-    )
+    download: dict[str, Any] = {
+        "url": args.url,
+        "digest": args.digest,
+        "tag": args.tag,
+        "application": args.application,
+        "priority": args.priority,
+        "filtered_query_params": list(filtered),
+        "request_header": dict(args.header),
+        "piece_length": args.piece_length,
+        "output_path": output,
+        "timeout": {"seconds": int(timeout), "nanos": int((timeout % 1) * 1e9)},
+        "disable_back_to_source": args.disable_back_to_source,
+        "overwrite": args.overwrite,
+        "force_hard_link": args.force_hard_link,
+        "certificate_chain": list(args.ca_cert),
+        **source_settings(args.url, args),
+    }
     metadata: tuple[tuple[str, str], ...] = ()
     if args.insecure_skip_verify:
         print("dfget: warning: the origin's TLS certificate is not verified (--insecure-skip-verify)", file=sys.stderr)
         metadata += ((INSECURE_ORIGIN_METADATA, "true"),)
     if args.copy:
         metadata += ((OUTPUT_COPY_METADATA, "true"),)
-    storage = object_storage_message(args)
-    if storage is not None:
-        download.object_storage.CopyFrom(storage)
-    add_source_settings(download, args)
     if args.log_level == "debug":
         print(f"dfget: DownloadTask on unix:{args.endpoint}: {describe_download(download)}", file=sys.stderr)
 
@@ -76,24 +69,27 @@ def download(
     # What the output must hold: the whole content, or the range the daemon resolved.
     expected: tuple[int, int] | None = None
     finished_locally = False
-    request = dfdaemon_pb2.DownloadTaskRequest(download=download).SerializeToString()
+    request = messages.download_task_request(download)
     responses = rpc.call(args.endpoint, DOWNLOAD_TASK, request, timeout=timeout, metadata=metadata)
     try:
         for data in responses:
-            response = dfdaemon_pb2.DownloadTaskResponse.FromString(data)
-            if response.HasField("download_task_started_response"):
-                started = response.download_task_started_response
+            try:
+                response = messages.DownloadTaskResponse(data)
+            except messages.MessageError as exc:
+                fail(f"dfdaemon sent a malformed DownloadTaskResponse: {exc}")
+            started = response.started
+            if started is not None:
                 content_length = started.content_length
                 expected = (
-                    (started.range.start, started.range.start + started.range.length)
-                    if started.HasField("range")
+                    (started.range[0], started.range[0] + started.range[1])
+                    if started.range is not None
                     else (0, content_length)
                 )
                 finished_locally = started.is_finished
                 if args.log_level == "debug":
                     print(f"dfget: task {response.task_id} peer {response.peer_id}", file=sys.stderr)
-            elif response.HasField("download_piece_finished_response"):
-                traffic.add(response.download_piece_finished_response.piece)
+            elif response.piece is not None:
+                traffic.add(response.piece)
             if expected is not None:
                 if bar is not None:
                     bar.update(traffic.covered(*expected), expected[1] - expected[0])
@@ -133,27 +129,19 @@ def list_entries(args: argparse.Namespace, url: str) -> list[Any]:
     """Ask the daemon for the entries under ``url`` (``ListTaskEntries``)."""
     import uuid
 
-    from dragonfly_api import common_pb2, dfdaemon_pb2
+    from dragonfly_api import dfdaemon_pb2
     from google.protobuf import duration_pb2
 
     if not os.path.exists(args.endpoint):
         fail(f"dfdaemon is not running: no socket at {args.endpoint}; {START_HINT}")
     timeout = DEFAULT_TIMEOUT if args.timeout is None else float(args.timeout)
-    # The settings travel as in a Download: build one and copy its fields.
-    settings = common_pb2.Download(url=url)
-    storage = object_storage_message(args)
-    if storage is not None:
-        settings.object_storage.CopyFrom(storage)
-    add_source_settings(settings, args)
     request = dfdaemon_pb2.ListTaskEntriesRequest(
         task_id=str(uuid.uuid4()),
         url=url,
         request_header=dict(args.header),
         timeout=duration_pb2.Duration(seconds=int(timeout), nanos=int((timeout % 1) * 1e9)),
+        **source_settings(url, args),
     )
-    for name in ("object_storage", "hdfs", "hugging_face", "model_scope"):
-        if settings.HasField(name):
-            getattr(request, name).CopyFrom(getattr(settings, name))
     try:
         answers = list(rpc.call(args.endpoint, LIST_TASK_ENTRIES, request.SerializeToString(), timeout=timeout))
     except rpc.RpcError as error:

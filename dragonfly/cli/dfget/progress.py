@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+
+from dragonfly.cli.dfget.messages import BACK_TO_SOURCE, LOCAL_PEER, REMOTE_PEER, Piece
 
 
 def human(n: float) -> str:
@@ -76,20 +77,18 @@ class Traffic:
         """Return how many bytes of ``[start, end)`` the received pieces hold."""
         return sum(max(0, min(e, end) - max(s, start)) for s, e in self.spans)
 
-    def add(self, piece: Any) -> None:
-        from dragonfly_api import common_pb2
-
+    def add(self, piece: Piece) -> None:
         if piece.number in self.pieces:
             return
         self.pieces.add(piece.number)
         self.spans.append((piece.offset, piece.offset + piece.length))
-        if piece.traffic_type == common_pb2.BACK_TO_SOURCE:
+        if piece.traffic_type == BACK_TO_SOURCE:
             self.origin += piece.length
-        elif piece.traffic_type == common_pb2.LOCAL_PEER:
+        elif piece.traffic_type == LOCAL_PEER:
             self.local += piece.length
         elif piece.parent_id.endswith("-seed"):
             self.seed += piece.length
         else:
             self.peers += piece.length
-        if piece.traffic_type == common_pb2.REMOTE_PEER:
+        if piece.traffic_type == REMOTE_PEER:
             self.by_parent[piece.parent_id] = self.by_parent.get(piece.parent_id, 0) + piece.length

@@ -1,12 +1,17 @@
-"""The parts of a ``common.v2.Download`` built from dfget's flags, and its debug rendering (credentials masked)."""
+"""The parts of a ``common.v2.Download`` built from dfget's flags, and its debug rendering (credentials masked).
+
+Messages are plain dicts keyed by the protos' field names (nested messages as dicts): dfget's download path writes
+them itself (dragonfly.cli.dfget.messages), and the protobuf classes take them as they are where they are needed.
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from typing import Any
 
 
-def object_storage_message(args: argparse.Namespace) -> Any:
+def object_storage_fields(args: argparse.Namespace) -> dict[str, Any] | None:
     """Return the ``common.v2.ObjectStorage`` of the --storage-* flags, or None when none is given."""
     fields = {
         "region": args.storage_region,
@@ -18,41 +23,44 @@ def object_storage_message(args: argparse.Namespace) -> Any:
         "credential_path": args.storage_credential_path,
         "predefined_acl": args.storage_predefined_acl,
     }
-    given = {key: value for key, value in fields.items() if value}
+    given: dict[str, Any] = {key: value for key, value in fields.items() if value}
     if not given and not args.storage_insecure_skip_verify:
         return None
-    from dragonfly_api import common_pb2
-
-    return common_pb2.ObjectStorage(insecure_skip_verify=args.storage_insecure_skip_verify, **given)
+    return {"insecure_skip_verify": args.storage_insecure_skip_verify, **given}
 
 
-def add_source_settings(download: Any, args: argparse.Namespace) -> None:
-    """Put the HDFS and hub flags into ``download`` for the URL's scheme (the revision is part of the task id)."""
-    from dragonfly_api import common_pb2
-
-    scheme = download.url.partition("://")[0].lower()
+def source_settings(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Return the object storage, HDFS and hub settings of the flags for the URL's scheme (the revision is part of
+    the task id), as fields of a Download or a ListTaskEntriesRequest."""
+    settings: dict[str, Any] = {}
+    storage = object_storage_fields(args)
+    if storage is not None:
+        settings["object_storage"] = storage
+    scheme = url.partition("://")[0].lower()
     if scheme == "hdfs" and args.hdfs_delegation_token:
-        download.hdfs.CopyFrom(common_pb2.HDFS(delegation_token=args.hdfs_delegation_token))
+        settings["hdfs"] = {"delegation_token": args.hdfs_delegation_token}
     elif scheme == "hf":
-        download.hugging_face.CopyFrom(
-            common_pb2.HuggingFace(
-                token=args.hf_token or "", revision=args.hf_revision, base_url=args.hf_base_url or ""
-            )
-        )
+        settings["hugging_face"] = {
+            "token": args.hf_token or "",
+            "revision": args.hf_revision,
+            "base_url": args.hf_base_url or "",
+        }
     elif scheme == "modelscope":
-        download.model_scope.CopyFrom(
-            common_pb2.ModelScope(token=args.ms_token or "", revision=args.ms_revision, base_url=args.ms_base_url or "")
-        )
+        settings["model_scope"] = {
+            "token": args.ms_token or "",
+            "revision": args.ms_revision,
+            "base_url": args.ms_base_url or "",
+        }
+    return settings
 
 
-def describe_download(download: Any) -> str:
-    """Return a Download message as debug output shows it: credentials masked."""
+def describe_download(download: Mapping[str, Any]) -> str:
+    """Return a Download (as dfget sends it) as debug output shows it: credentials masked."""
     from dragonfly_api import common_pb2
 
     from dragonfly.common.redact import MASK, redact_headers, redact_url
 
-    shown = common_pb2.Download()
-    shown.CopyFrom(download)
+    shown = common_pb2.Download(**download)
     shown.url = redact_url(shown.url)
     headers = redact_headers(dict(shown.request_header))
     shown.request_header.clear()

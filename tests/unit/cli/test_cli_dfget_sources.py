@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 
 import pytest
-from dragonfly_api import common_pb2
 
 from dragonfly.cli.dfget import errors, parser, progress, recursive, request
 
@@ -68,21 +67,19 @@ def test_source_flags_reach_the_download_and_debug_output_masks_them() -> None:
             "s3cr3t-value",
         ]
     )
-    storage = request.object_storage_message(args)
-    assert storage.endpoint == "http://minio:9000"
-    assert storage.access_key_secret == "s3cr3t-value"
-    download = common_pb2.Download(url="s3://b/k", object_storage=storage)
-    shown = request.describe_download(download)
+    settings = request.source_settings(args.url, args)
+    assert settings["object_storage"]["endpoint"] == "http://minio:9000"
+    assert settings["object_storage"]["access_key_secret"] == "s3cr3t-value"
+    shown = request.describe_download({"url": "s3://b/k", **settings})
     assert "s3cr3t-value" not in shown
     assert "AKID" in shown
 
     hub = command_line.parse_args(["hf://acme/m/f.bin", "-O", "/tmp/x", "--hf-token", "hf_tok", "--hf-revision", "v2"])
-    download = common_pb2.Download(url=hub.url)
-    request.add_source_settings(download, hub)
-    assert download.hugging_face.revision == "v2"
-    assert download.hugging_face.token == "hf_tok"
+    download = {"url": hub.url, **request.source_settings(hub.url, hub)}
+    assert download["hugging_face"]["revision"] == "v2"
+    assert download["hugging_face"]["token"] == "hf_tok"
     assert "hf_tok" not in request.describe_download(download)
-    assert not download.HasField("model_scope")
+    assert "model_scope" not in download
 
 
 def test_unsupported_and_malformed_urls() -> None:

@@ -1,0 +1,161 @@
+"""dfget's protobuf-free messages (dragonfly.cli.dfget.messages) against dragonfly_api's generated classes.
+
+The generated classes are the oracle: what dfget writes must parse into the message they would build from the
+same fields, and what they serialize must read back as the same values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from dragonfly_api import common_pb2, dfdaemon_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dragonfly.cli.dfget import messages
+
+text = st.text(max_size=40)
+optional_text = st.none() | text
+uint64 = st.integers(min_value=0, max_value=2**64 - 1)
+hub = st.fixed_dictionaries({"token": optional_text, "revision": text, "base_url": optional_text})
+object_storage = st.fixed_dictionaries(
+    {},
+    optional={
+        name: text
+        for name in (
+            "region",
+            "endpoint",
+            "access_key_id",
+            "access_key_secret",
+            "session_token",
+            "credential_path",
+            "predefined_acl",
+            "security_token",
+        )
+    }
+    | {"insecure_skip_verify": st.booleans()},
+)
+downloads = st.fixed_dictionaries(
+    {"url": text},
+    optional={
+        "digest": optional_text,
+        "type": st.sampled_from([0, 1, 2, 3]),
+        "tag": optional_text,
+        "application": optional_text,
+        "priority": st.integers(0, 6),
+        "filtered_query_params": st.lists(text, max_size=4),
+        "request_header": st.dictionaries(text, text, max_size=4),
+        "piece_length": st.none() | uint64,
+        "output_path": optional_text,
+        "timeout": st.fixed_dictionaries({"seconds": st.integers(0, 2**40), "nanos": st.integers(0, 999_999_999)}),
+        "disable_back_to_source": st.booleans(),
+        "certificate_chain": st.lists(st.binary(max_size=40), max_size=3),
+        "object_storage": object_storage,
+        "hdfs": st.fixed_dictionaries({"delegation_token": optional_text}),
+        "force_hard_link": st.booleans(),
+        "overwrite": st.booleans(),
+        "hugging_face": hub,
+        "model_scope": hub,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(downloads)
+def test_the_request_parses_as_the_generated_class_builds_it(download: dict[str, Any]) -> None:
+    ours = dfdaemon_pb2.DownloadTaskRequest.FromString(messages.download_task_request(download))
+    assert ours == dfdaemon_pb2.DownloadTaskRequest(download=common_pb2.Download(**download))
+
+
+def test_optional_fields_set_to_their_default_stay_set() -> None:
+    download = {"url": "http://o/f", "digest": "", "piece_length": 0, "tag": ""}
+    parsed = dfdaemon_pb2.DownloadTaskRequest.FromString(messages.download_task_request(download)).download
+    assert [name for name in ("digest", "piece_length", "tag", "application") if parsed.HasField(name)] == [
+        "digest",
+        "piece_length",
+        "tag",
+    ]
+
+
+pieces = st.builds(
+    common_pb2.Piece,
+    number=st.integers(0, 2**32 - 1),
+    parent_id=optional_text,
+    offset=uint64,
+    length=uint64,
+    digest=text,
+    content=st.none() | st.binary(max_size=20),
+    traffic_type=st.none() | st.sampled_from([0, 1, 2]),
+)
+started = st.builds(
+    dfdaemon_pb2.DownloadTaskStartedResponse,
+    content_length=uint64,
+    range=st.none() | st.builds(common_pb2.Range, start=uint64, length=uint64),
+    response_header=st.dictionaries(text, text, max_size=3),
+    pieces=st.lists(pieces, max_size=2),
+    is_finished=st.booleans(),
+)
+responses = st.builds(
+    dfdaemon_pb2.DownloadTaskResponse,
+    host_id=text,
+    task_id=text,
+    peer_id=text,
+    download_task_started_response=st.none() | started,
+) | st.builds(
+    dfdaemon_pb2.DownloadTaskResponse,
+    task_id=text,
+    download_piece_finished_response=st.builds(dfdaemon_pb2.DownloadPieceFinishedResponse, piece=pieces),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(responses)
+def test_responses_read_as_the_generated_class_reads_them(response: Any) -> None:
+    ours = messages.DownloadTaskResponse(response.SerializeToString())
+    assert (ours.task_id, ours.peer_id) == (response.task_id, response.peer_id)
+    if response.HasField("download_task_started_response"):
+        expected = response.download_task_started_response
+        assert ours.piece is None
+        assert ours.started is not None
+        assert (ours.started.content_length, ours.started.is_finished) == (
+            expected.content_length,
+            expected.is_finished,
+        )
+        assert ours.started.range == (
+            (expected.range.start, expected.range.length) if expected.HasField("range") else None
+        )
+    elif response.HasField("download_piece_finished_response"):
+        expected = response.download_piece_finished_response.piece
+        assert ours.started is None
+        assert ours.piece is not None
+        got = ours.piece
+        assert (got.number, got.parent_id, got.offset, got.length, got.traffic_type) == (
+            expected.number,
+            expected.parent_id,
+            expected.offset,
+            expected.length,
+            expected.traffic_type,
+        )
+    else:
+        assert ours.started is None
+        assert ours.piece is None
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\x12\x05abc", "past the end"),
+        (b"\x10", "truncated varint"),
+        (b"\x10" + b"\xff" * 11, "longer than 10 bytes"),
+        (b"\x12\x02\xff\xfe", "not UTF-8"),
+        (b"\x0b", "wire type 3"),
+        (b"\x00\x00", "field number 0"),
+        (b"\x29\x00\x00", "fixed-size field past the end"),
+        # A piece (field 5) whose nested piece (field 1) claims more bytes than it holds.
+        (b"\x2a\x02\x0a\x05", "past the end"),
+    ],
+)
+def test_malformed_responses_raise(data: bytes, message: str) -> None:
+    with pytest.raises(messages.MessageError, match=message):
+        messages.DownloadTaskResponse(data)
