@@ -36,6 +36,14 @@ FINISHED_FIRST_ANSWER = 2.0
 _SUCCEEDED = "Succeeded"
 
 
+def holds_every_piece(peer: common_pb2.Peer, piece_count: int) -> bool:
+    """Tell whether the scheduler lists ``peer`` with every piece of the task (it does so for a parent that has them
+    all but has not reported its download finished yet, e.g. a seed peer of a one-piece task)."""
+    if not 0 < len(peer.pieces) <= piece_count:
+        return False
+    return len({piece.number for piece in peer.pieces if 0 <= piece.number < piece_count}) == piece_count
+
+
 class ParentState:
     """What the collector knows about one parent."""
 
@@ -43,8 +51,9 @@ class ParentState:
 
     def __init__(self, peer: common_pb2.Peer, piece_count: int) -> None:
         self.id = peer.id
-        # What the scheduler says; a liar gains nothing by it but a shorter deadline to answer.
-        self.finished = peer.state == _SUCCEEDED
+        # What the scheduler says (Succeeded, or every piece listed); a liar gains nothing by it but a shorter
+        # deadline to answer.
+        self.finished = peer.state == _SUCCEEDED or holds_every_piece(peer, piece_count)
         self.host_id = peer.host.id
         self.seed = is_seed_peer(peer)
         self.addr = upload_addr(peer.host.ip, peer.host.port)

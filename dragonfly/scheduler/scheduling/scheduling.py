@@ -13,13 +13,13 @@ or failed peer, a seed peer's failure), re-deciding on each, bounded by:
   disabled), after which the stream fails with FailedPrecondition "scheduling exceeded RetryLimit".
 
 A parent must be able to serve now: Running, BackToSource or Succeeded, and holding at least one piece (or
-Succeeded), with one exception: a seed peer fetching from the origin is a parent from the moment it starts, as
-in Dragonfly. Its children then open their SyncPieces streams (gRPC channel and TLS handshake included) while it
-fetches its first piece and learn of that piece as soon as it is stored; waiting for the piece before deciding put
-a scheduler round trip and a new connection on every child's path to its first byte (bench/RESULTS.md, "Time to
-first byte"). A BackToSource peer that is not a seed still has to produce a piece first (Dragonfly accepts it too):
-by default its digests are not trusted ones (docs/security.md), so a child waiting on it could end up fetching
-from the origin anyway.
+Succeeded), with one exception: a seed peer fetching a task of several pieces from the origin is a parent from the
+moment it starts, as in Dragonfly. Its children then open their SyncPieces streams (gRPC channel and TLS handshake
+included) while it fetches its first piece and learn of that piece as soon as it is stored; waiting for the piece
+before deciding put a scheduler round trip and a new connection on every child's path to its first byte
+(bench/RESULTS.md, "Time to first byte"). For a task of one piece, see ``is_seed_fetching``. A BackToSource peer
+that is not a seed still has to produce a piece first (Dragonfly accepts it too): by default its digests are not
+trusted ones (docs/security.md), so a child waiting on it could end up fetching from the origin anyway.
 
 A relay is a parent too: a ReceivedNormal or Running peer that holds nothing yet but has parents (Dragonfly's rule
 5 accepts Running peers with in-degree ≥ 1). Peers released together when the seed's first piece lands are

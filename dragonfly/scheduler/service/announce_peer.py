@@ -284,6 +284,10 @@ class PeerStream:
             peer.handed_parents.update(parent.id for parent in decision.parents)
             task = convert.task_message(peer.task)
             candidates = [convert.peer_message(parent, task) for parent in decision.parents]
+            for parent, message in zip(decision.parents, candidates, strict=True):
+                if _holds_every_piece_unannounced(parent):
+                    # The child then treats it as finished: no SyncPieces stream to learn what it already knows.
+                    convert.add_held_pieces(message, parent)
             # The trusted piece digests travel once per response, in the first candidate's task (docs/security.md).
             if candidates:
                 convert.add_trusted_pieces(candidates[0].task, peer.task)
@@ -507,6 +511,16 @@ class PeerStream:
         parent.updated_at = now
         parent.host.updated_at = now
         self._ctx.abnormal.piece_served(parent, cost, now)
+
+
+def _holds_every_piece_unannounced(peer: Peer) -> bool:
+    """Return whether ``peer`` holds every piece of its task but has not reported its download finished.
+
+    Typically a seed peer of a one-piece task between its piece report and its finished message: a candidate
+    parent listed with all its pieces is as good as finished to the child. A Succeeded parent says so by its state.
+    """
+    count = peer.task.piece_count
+    return count > 0 and peer.state != peer_states.SUCCEEDED and peer.pieces.count == count
 
 
 def _digests_agree(trusted: str, reported: str) -> bool:

@@ -9,7 +9,16 @@ from dragonfly_api import common_pb2
 from dragonfly.common.pbtime import duration, seconds, timestamp
 from dragonfly.common.redact import redact_headers, redact_url
 
-__all__ = ["add_peer_pieces", "add_trusted_pieces", "duration", "peer_message", "seconds", "task_message", "timestamp"]
+__all__ = [
+    "add_held_pieces",
+    "add_peer_pieces",
+    "add_trusted_pieces",
+    "duration",
+    "peer_message",
+    "seconds",
+    "task_message",
+    "timestamp",
+]
 
 if TYPE_CHECKING:
     from dragonfly.common import native
@@ -85,3 +94,15 @@ def add_peer_pieces(
             piece.offset = number * piece_length
             if content_length >= 0:
                 piece.length = max(min(piece_length, content_length - piece.offset), 0)
+
+
+def add_held_pieces(message: common_pb2.Peer, peer: Peer) -> None:
+    """List the pieces ``peer`` holds in its candidate-parent message, with the fields Dragonfly's rules require of
+    a Piece (a client echoes its candidates back in ReschedulePeerRequest): cost unknown here (zero), created_at
+    when the peer last changed."""
+    task = peer.task
+    add_peer_pieces(message, peer.pieces.snapshot(), task.piece_length, task.content_length)
+    created = timestamp(peer.updated_wall())
+    for piece in message.pieces:
+        piece.cost.SetInParent()
+        piece.created_at.CopyFrom(created)

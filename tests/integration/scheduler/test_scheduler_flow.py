@@ -83,6 +83,42 @@ async def test_first_peer_triggers_seed_then_gets_it_as_parent_and_second_peer_g
     assert await cluster.metric("dragonfly_scheduler_seed_peer_triggers_total", 'result="triggered"') == 1
 
 
+async def test_a_one_piece_task_offers_the_seed_once_it_holds_the_piece_with_its_digest(
+    start_scheduler, seed_endpoint, helpers
+):
+    # The child needs neither a SyncPieces stream to learn that the seed has the piece nor a StatTask for its
+    # digest: both come with its parents (bench/RESULTS.md, "Files of one piece through the swarm").
+    cluster = await start_scheduler()
+    seed_host = await cluster.announce(
+        helpers.host("seed-1", seed=True, ip="127.0.0.1", port=seed_endpoint.port, max_tx_bandwidth=10**10)
+    )
+    host_a = await cluster.announce(helpers.host("peer-a", max_tx_bandwidth=10**9))
+    a = cluster.peer(host_a, TASK)
+    await a.register(helpers.download(content_length=3000))
+    async with asyncio.timeout(5):
+        await seed_endpoint.called.wait()
+    seed = cluster.peer(seed_host, TASK)
+    await seed.register(seed_endpoint.calls[0].download)
+    assert (await seed.response()).WhichOneof("response") == "need_back_to_source_response"
+    await seed.back_to_source_started()
+    await seed.piece(0, digest="blake3:" + "0" * 64)
+
+    response = await a.response()
+    parents = response.normal_task_response.candidate_parents
+    assert [(p.id, p.state) for p in parents] == [(seed.peer_id, "BackToSource")]
+    assert [(p.number, p.offset, p.length) for p in parents[0].pieces] == [(0, 0, 3000)]
+    assert [(p.number, p.digest) for p in parents[0].task.pieces] == [(0, "blake3:" + "0" * 64)]
+
+    # Once it has finished, its state says so: no list.
+    await seed.finished(back_to_source=True)
+    host_b = await cluster.announce(helpers.host("peer-b", max_tx_bandwidth=10**9))
+    b = cluster.peer(host_b, TASK)
+    await b.register(helpers.download(content_length=3000))
+    parents = (await b.response()).normal_task_response.candidate_parents
+    assert seed.peer_id in {p.id for p in parents}
+    assert all(not p.pieces for p in parents)
+
+
 async def test_seed_failure_sends_the_waiting_child_to_the_origin(start_scheduler, seed_endpoint, helpers):
     seed_endpoint.fail_with = grpc.StatusCode.NOT_FOUND
     cluster = await start_scheduler(seedPeerWaitTimeout="30s")

@@ -161,6 +161,42 @@ async def test_a_parent_still_downloading_is_always_asked_over_sync_pieces() -> 
     assert channels.calls == [("SyncPieces", "127.0.0.1:4000")]
 
 
+def _listed_with(parent: common_pb2.Peer, numbers: list[int]) -> common_pb2.Peer:
+    """Return ``parent`` as the scheduler lists a candidate with the pieces ``numbers``."""
+    listed = common_pb2.Peer()
+    listed.CopyFrom(parent)
+    for number in numbers:
+        listed.pieces.add(number=number, offset=number * PIECE_LENGTH, length=PIECE_LENGTH)
+    return listed
+
+
+async def test_a_parent_listed_with_every_piece_is_fetched_from_at_once_when_its_address_is_known() -> None:
+    # A seed peer of a one-piece task between its piece report and its finished message.
+    channels = FakeParents()
+    channels.remember_vortex_addr("127.0.0.1:4000", VORTEX)
+    child = Child(channels)
+    assert await child.download(_task(1 << 20), [_listed_with(_parent("seed", finished=False), [0])])
+    assert channels.calls == []
+    assert child.fetched_from == [VORTEX]
+
+
+@pytest.mark.parametrize("numbers", [[], [0], [0, 0], [0, 2]], ids=["none", "one of two", "repeated", "outside"])
+async def test_a_parent_listed_without_every_piece_of_the_task_is_asked_over_sync_pieces(numbers: list[int]) -> None:
+    channels = FakeParents()
+    channels.remember_vortex_addr("127.0.0.1:4000", VORTEX)
+    collector = PieceCollector(
+        channels, host_id="h", task_id="t", parents=[_listed_with(_parent("p1", finished=False), numbers)],
+        interested=[0, 1], piece_count=2, idle_timeout=1.0, first_timeout=1.0,
+    )  # fmt: skip
+    collector.start()
+    try:
+        await asyncio.sleep(0)
+        assert not collector.parents["127.0.0.1-p1"].finished
+        assert channels.calls == [("SyncPieces", "127.0.0.1:4000")]
+    finally:
+        await collector.stop()
+
+
 async def test_a_failed_fetch_forgets_the_address_learnt_earlier() -> None:
     channels = FakeParents()
     channels.remember_vortex_addr("127.0.0.1:4000", VORTEX)

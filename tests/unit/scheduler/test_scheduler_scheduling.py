@@ -11,6 +11,7 @@ import pytest
 from dragonfly.scheduler.config import UploadBlockRule
 from dragonfly.scheduler.resource import peer as p
 from dragonfly.scheduler.scheduling import scheduling as s
+from tests.unit.scheduler.conftest import TASK_ID
 from tests.waiting import eventually
 
 
@@ -123,6 +124,29 @@ async def test_child_gets_the_seed_as_soon_as_it_starts_fetching_from_the_origin
     assert result.kind == s.NORMAL
     assert result.parents == [seed]
     assert not child.task.seed_has_pieces, "the seed holds nothing yet"
+
+
+async def test_a_one_piece_task_gets_the_seed_only_once_it_holds_the_piece(fast):
+    # Earlier, the child's SyncPieces stream would only carry that piece, whose digest it would then ask for.
+    clock = SteppedClock()
+    fast.scheduling = s.Scheduling(fast.config, UploadBlockRule(), fast.metrics, clock=clock)
+    task = fast.resource.load_or_create_task(TASK_ID, fast.download(pieces=1), fast.now)
+    child = fast.peer("child")
+    task.seed_trigger_active = True
+    seed = fast.peer("seed-peer", fast.host("seed", seed=True), state=p.BACK_TO_SOURCE)
+    assert task.piece_count == 1
+    decision = asyncio.ensure_future(fast.scheduling.schedule(child))
+    await eventually(lambda: clock.reads >= 2, 5, "the child to decide to wait", interval=0.001)
+    reads = clock.reads
+    task.notify()
+    await eventually(lambda: clock.reads > reads, 5, "the woken child to decide again", interval=0.001)
+    await asyncio.sleep(0)
+    assert not decision.done(), "a seed without the task's only piece is no parent"
+    seed.pieces.add(0)
+    task.refresh_pool(seed)
+    task.notify()
+    result = await asyncio.wait_for(decision, 5)
+    assert (result.kind, result.parents) == (s.NORMAL, [seed])
 
 
 async def test_seed_failure_sends_the_waiting_child_to_the_origin(fast):
