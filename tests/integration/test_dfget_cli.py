@@ -239,6 +239,9 @@ NOT_ON_THE_DOWNLOAD_PATH = {
     "grpc",
     "google.protobuf",
     "dragonfly_api",
+    # Type hints only (a few ms each start), and socket.py's selectors and enums: dfget uses _socket.
+    "typing",
+    "socket",
 }
 NOT_BEFORE_THE_SOCKET_IS_FOUND = {"grpc", "google.protobuf", "dragonfly_api", "asyncio", "logging"}
 

@@ -6,13 +6,17 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
 
 from dragonfly.cli.dfget import messages, rpc
 from dragonfly.cli.dfget.errors import START_HINT, DownloadFailed, describe_rpc_error, fail
 from dragonfly.cli.dfget.progress import ProgressBar, Traffic
 from dragonfly.cli.dfget.request import describe_download, source_settings
 from dragonfly.common.grpc_metadata import INSECURE_ORIGIN_METADATA, OUTPUT_COPY_METADATA
+
+# typing is for the type checker only here: importing it costs a few ms at every dfget start (bench/RESULTS.md §3).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 DOWNLOAD_TASK = "/dfdaemon.v2.DfdaemonDownload/DownloadTask"
 LIST_TASK_ENTRIES = "/dfdaemon.v2.DfdaemonDownload/ListTaskEntries"

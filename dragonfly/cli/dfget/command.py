@@ -6,7 +6,6 @@ import argparse
 import os
 import sys
 import time
-from typing import NoReturn
 
 import dragonfly
 from dragonfly.cli.arguments import parse_args
@@ -15,6 +14,11 @@ from dragonfly.cli.dfget.errors import DownloadFailed, fail
 from dragonfly.cli.dfget.output import check_output, download_and_stream, remove_partial, stream_target
 from dragonfly.cli.dfget.parser import build_parser, merge_range
 from dragonfly.cli.dfget.progress import human
+
+# typing is for the type checker only here: importing it costs a few ms at every dfget start (bench/RESULTS.md §3).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # What the interpreter exits with when it cannot flush standard output at exit.

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NoReturn
 
 from dragonfly.cli.dfget.rpc import DEADLINE_EXCEEDED, UNAVAILABLE, UNKNOWN, RpcError
+
+# typing is for the type checker only here: importing it costs a few ms at every dfget start (bench/RESULTS.md §3).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 # Origin headers are shown without --log-level debug while they fit in a few short lines.
 _SHORT_HEADER_LINES = 10

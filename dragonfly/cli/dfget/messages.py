@@ -11,7 +11,11 @@ Malformed input raises ``MessageError``; unknown fields are skipped, as protobuf
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+
+# typing is for the type checker only here: importing it costs a few ms at every dfget start (bench/RESULTS.md §3).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # common.v2.TrafficType
 BACK_TO_SOURCE, REMOTE_PEER, LOCAL_PEER = 0, 1, 2

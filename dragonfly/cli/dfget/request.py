@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from typing import Any
+
+# typing is for the type checker only here: importing it costs a few ms at every dfget start (bench/RESULTS.md §3).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def object_storage_fields(args: argparse.Namespace) -> dict[str, Any] | None:

@@ -11,7 +11,8 @@ stream or closes the connection ends the call with an ``RpcError`` whose code is
 
 from __future__ import annotations
 
-import socket
+# _socket, not socket: socket.py imports selectors, enum and array, which dfget does not use.
+import _socket
 import struct
 import time
 from collections.abc import Generator, Iterator
@@ -116,7 +117,7 @@ def _decode_bin(value: str) -> bytes:
 class _Connection:
     def __init__(self, path: str, deadline: float) -> None:
         self.deadline = deadline
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         self.buffer = bytearray()
         self.decoder = hpack.Decoder()
         self.send_window = _DEFAULT_WINDOW
