@@ -8,6 +8,9 @@ A request that decodes is then checked against the protoc-gen-validate rules of 
 (``validation``), as Dragonfly's own services do, and a violation is answered the same way
 ("invalid <Message>.<field path>: <reason>"; docs/interop.md#request-validation). On a stream, the first bad
 message ends the call. It must be the first interceptor, so that no other one sees the marker.
+
+Since it wraps every handler, it also keeps finished calls out of reference cycles (``_checked``, ``_release``): a
+scheduler's frozen heap would hold those until its next full collection (docs/reference/scheduler.md).
 """
 
 from __future__ import annotations
@@ -65,8 +68,15 @@ async def _refuse(method: str, request: _Undecodable, context: grpc.aio.Servicer
     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
 
 
-async def _checked(method: str, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-    async for request in requests:
+async def _checked(method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    # Reads through the context, never through grpc's request iterator: iterating that makes a cycle between
+    # grpc's message receiver and its async generator, which holds the last request and the call's context until
+    # the collector runs; on a stream that outlived a freeze (scheduler.gc.pythonGCFreezeInterval) that is the next
+    # full collection. Read this way, a finished stream is freed by reference counting.
+    while True:
+        request = await context.read()
+        if request is grpc.aio.EOF:
+            return
         if isinstance(request, _Undecodable):
             await _refuse(method, request, context)
         yield request
@@ -81,40 +91,69 @@ async def _drain(result: Any) -> AsyncIterator[Any]:
         await result
 
 
+def _release(abort: Exception) -> None:
+    """Cut an abort from the frames it was raised through, so that the finished call is freed by reference counting.
+
+    grpc keeps the AbortError on the call's state and raises it again when the handler returns, which ends the
+    call with the abort's status and details whether or not the handler let it through. Its traceback holds the
+    handler's frames, whose locals hold the context and so the call's state: a cycle per refused call (~16
+    objects with the request and the call) that waits for the collector, and on a scheduler whose heap is frozen
+    (scheduler.gc.pythonGCFreezeInterval) possibly for the next full collection. An abort raised while handling
+    another exception carries that one's frames too.
+    """
+    abort.__traceback__ = None
+    abort.__context__ = None
+    abort.__cause__ = None
+
+
 def _wrap(method: str, handler: grpc.RpcMethodHandler, validate: bool) -> grpc.RpcMethodHandler:
     fields: dict[str, Any] = {"request_deserializer": _tolerant(handler.request_deserializer, validate)}
     if handler.unary_unary is not None:
         inner_uu: Callable[..., Awaitable[Any]] = handler.unary_unary
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if isinstance(request, _Undecodable):
-                await _refuse(method, request, context)
-            return await inner_uu(request, context)
+            try:
+                if isinstance(request, _Undecodable):
+                    await _refuse(method, request, context)
+                return await inner_uu(request, context)
+            except grpc.aio.AbortError as abort:
+                _release(abort)
+                return None
 
         fields["unary_unary"] = unary_unary
     elif handler.unary_stream is not None:
         inner_us = handler.unary_stream
 
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            if isinstance(request, _Undecodable):
-                await _refuse(method, request, context)
-            async for response in _drain(inner_us(request, context)):
-                yield response
+            try:
+                if isinstance(request, _Undecodable):
+                    await _refuse(method, request, context)
+                async for response in _drain(inner_us(request, context)):
+                    yield response
+            except grpc.aio.AbortError as abort:
+                _release(abort)
 
         fields["unary_stream"] = unary_stream
     elif handler.stream_unary is not None:
         inner_su: Callable[..., Awaitable[Any]] = handler.stream_unary
 
-        async def stream_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-            return await inner_su(_checked(method, requests, context), context)
+        async def stream_unary(_requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await inner_su(_checked(method, context), context)
+            except grpc.aio.AbortError as abort:
+                _release(abort)
+                return None
 
         fields["stream_unary"] = stream_unary
     elif handler.stream_stream is not None:
         inner_ss = handler.stream_stream
 
-        async def stream_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            async for response in _drain(inner_ss(_checked(method, requests, context), context)):
-                yield response
+        async def stream_stream(_requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for response in _drain(inner_ss(_checked(method, context), context)):
+                    yield response
+            except grpc.aio.AbortError as abort:
+                _release(abort)
 
         fields["stream_stream"] = stream_stream
     replaced: grpc.RpcMethodHandler = handler._replace(**fields)

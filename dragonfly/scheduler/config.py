@@ -58,8 +58,9 @@ class GCConfig:
     # only what is new (0: CPython's own schedule; dragonfly/scheduler/pygc.py, bench/RESULTS.md §6).
     python_freeze_interval: Duration = field(default=Duration(1), metadata={"key": "pythonGCFreezeInterval"})
     # With freezing on: unfreeze and collect everything this often. Cyclic garbage that took in frozen objects waits
-    # this long (measured ~6 KiB per long-lived stream that ended: 5 min at 100 streams a second is ~180 MiB); each
-    # such collection walks every object (seconds at 100,000 peers on a loaded machine).
+    # this long (until grpc's request iterator stopped being used, ~6 KiB per long-lived stream that ended; ended
+    # streams and refused calls now leave none); each such collection walks every object (seconds at 100,000 peers
+    # on a loaded machine).
     python_full_collect_interval: Duration = field(
         default=Duration(300), metadata={"key": "pythonGCFullCollectInterval"}
     )

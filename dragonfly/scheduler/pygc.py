@@ -7,11 +7,12 @@ a young collection runs at start and then every interval, and everything that su
 so later full collections walk only what came after. Garbage cycles among frozen objects wait for the full
 collection that runs once per ``pythonGCFullCollectInterval`` (5 min) after everything is unfrozen: one long pause
 per interval instead of one per quarter of growth, and that much cyclic garbage held meanwhile. The scheduler makes
-little of it: the peer model holds no cycle once a peer is deleted, a refused stream none either (servicer.py), and
-at 1,000 hosts peers churning at 50 a second left ~0.07 cyclic objects each for the full collection
-(bench/RESULTS.md §6). Only cycles that take in objects older than the last freeze are held: garbage that is cyclic
-from birth dies in the young collection before each freeze. The freeze is process-wide: a scheduler embedded in
-another process freezes that process's objects too until it stops (then everything is handed back).
+little of it: the peer model holds no cycle once a peer is deleted, a stream that ends or a refused call none either
+(grpc's request iterator is not used and aborts are cut from their frames: dragonfly/common/grpc_decoding.py;
+bench/RESULTS.md §6). Only cycles that take in objects older than the last freeze are held: garbage that is cyclic
+from birth (such as grpc's per-call handler lookup) dies in the young collection before each freeze. The freeze is
+process-wide: a scheduler embedded in another process freezes that process's objects too until it stops (then
+everything is handed back).
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ raw bytes through a generic channel (the only way to put bytes that are not a me
 
 from __future__ import annotations
 
+import gc
 import logging
+import types
 from collections.abc import AsyncIterator
 
 import grpc
@@ -170,3 +172,70 @@ async def test_each_method_handler_is_wrapped_once_and_again_when_the_server_rep
     assert rewrapped is not wrapped
     assert rewrapped.unary_unary is not wrapped.unary_unary
     assert await interceptor.intercept_service(continuation, Details("/unknown")) is None
+
+
+class Refusing(scheduler_pb2_grpc.SchedulerServicer):
+    """Aborts on every call shape; the stream aborts while handling another exception, as handlers often do."""
+
+    async def StatPeer(self, request, context):  # unary-unary
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"peer {request.peer_id} not found")
+
+    async def AnnouncePeer(self, request_iterator, context):  # stream-stream
+        async for request in request_iterator:
+            try:
+                raise KeyError(request.peer_id)
+            except KeyError:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"peer {request.peer_id} refused")
+            yield scheduler_pb2.AnnouncePeerResponse()
+
+
+class RefusingUpload(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
+    async def SyncPieces(self, request, context):  # unary-stream
+        yield dfdaemon_pb2.SyncPiecesResponse(number=request.interested_piece_numbers[0])
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"task {request.task_id} is gone")
+
+
+async def test_aborts_keep_their_status_and_leave_no_cycle_behind() -> None:
+    """A refusal's status reaches the client; its traceback no longer ties the call's state into a cycle."""
+    server = grpc.aio.server(interceptors=[grpc_decoding.interceptor()])
+    scheduler_pb2_grpc.add_SchedulerServicer_to_server(Refusing(), server)
+    dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(RefusingUpload(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    seen = []
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = scheduler_pb2_grpc.SchedulerStub(channel)
+            upload = dfdaemon_pb2_grpc.DfdaemonUploadStub(channel)
+            gc.collect()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            for index in range(10):
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await stub.StatPeer(scheduler_pb2.StatPeerRequest(host_id="h", task_id="t", peer_id=f"p{index}"))
+                seen.append((info.value.code(), info.value.details()))
+                call = stub.AnnouncePeer()
+                await call.write(VALID_ANNOUNCE)
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await call.read()
+                seen.append((info.value.code(), info.value.details()))
+                pieces = upload.SyncPieces(
+                    dfdaemon_pb2.SyncPiecesRequest(host_id="h", task_id=f"t{index}", interested_piece_numbers=[7])
+                )
+                assert (await pieces.read()).number == 7
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await pieces.read()
+                seen.append((info.value.code(), info.value.details()))
+            gc.collect()
+            garbage = list(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        await server.stop(None)
+    assert seen[:3] == [
+        (grpc.StatusCode.NOT_FOUND, "peer p0 not found"),
+        (grpc.StatusCode.FAILED_PRECONDITION, "peer p refused"),
+        (grpc.StatusCode.UNAVAILABLE, "task t0 is gone"),
+    ]
+    assert len(seen) == 30
+    assert not [o for o in garbage if isinstance(o, grpc.aio.AbortError)]
+    assert not [o for o in garbage if isinstance(o, types.FrameType) and o.f_code.co_filename == __file__]
