@@ -5,7 +5,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bench.pair import cpu_regressions, native_loop, speed_regressions
+import pytest
+
+from bench.pair import (
+    Reclaim,
+    cpu_regressions,
+    direct_reclaim,
+    native_loop,
+    reclaim_notes,
+    source_notes,
+    speed_regressions,
+)
 
 
 def test_native_loop_copies_and_counts_cpu(tmp_path: Path) -> None:
@@ -47,3 +57,55 @@ def test_speed_regressions_name_the_methods_below_the_ratio() -> None:
         "no time for ours (plaintext)",
     ]
     assert speed_regressions({"ours": {"seconds": 1.0}}, 0.8) == ["no time for the native loop to compare with"]
+
+
+VMSTAT = """nr_free_pages 2592000
+allocstall_dma 0
+allocstall_normal 18683
+allocstall_movable 860687
+pgsteal_direct 36718291
+pgscan_kswapd 476194281
+pgscan_direct 1395320680
+pgscan_direct_throttle 7
+"""
+
+
+def test_direct_reclaim_reads_pages_scanned_and_every_allocation_stall() -> None:
+    assert direct_reclaim(VMSTAT) == {"pages_scanned": 1395320680, "stalls": 18683 + 860687}
+    assert direct_reclaim("nr_free_pages 12\n") == {}
+
+
+def test_reclaim_sums_what_the_kernel_counted_during_each_timed_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    readings = iter([{"pages_scanned": 100, "stalls": 5}, {"pages_scanned": 160, "stalls": 5},
+                     {"pages_scanned": 500, "stalls": 9}, {"pages_scanned": 540, "stalls": 12}])  # fmt: skip
+    monkeypatch.setattr("bench.pair.direct_reclaim", lambda: next(readings))
+    reclaim = Reclaim()
+    with reclaim:
+        pass
+    with reclaim:
+        pass
+    assert reclaim.totals == {"pages_scanned": 60 + 40, "stalls": 3}
+
+
+def test_reclaim_notes_name_only_the_rows_that_saw_reclaim() -> None:
+    methods = {
+        "native loop": {"direct_reclaim": {"pages_scanned": 0, "stalls": 0}},
+        "ours": {"direct_reclaim": {}},
+        "ours (plaintext)": {"direct_reclaim": {"pages_scanned": 4096, "stalls": 17}},
+    }
+    [note] = reclaim_notes(methods)
+    assert note.startswith(
+        "ours (plaintext): the kernel reclaimed memory directly during its runs (4096 pages scanned, 17"
+    )
+    assert reclaim_notes({"ours": {}}) == []
+
+
+def test_source_notes_name_rows_whose_child_did_not_get_everything_from_its_parent() -> None:
+    methods = {
+        "native loop": {"seconds": 1.0},
+        "ours": {"by_source": {"origin": 0, "seed": 1024, "peers": 0, "local": 0}},
+        "ours (plaintext)": {"by_source": {"origin": 768, "seed": 256, "peers": 0, "local": 0}},
+    }
+    assert source_notes(methods) == [
+        "ours (plaintext): the child did not get every byte from its parent: 75% from origin"
+    ]
