@@ -4,7 +4,8 @@ Suites: swarm, pair, dfget-latency, memory, scheduler (bench/scheduler_load.py),
 proxy, bench/pull.py), pcache (dfcache export over a shaped link, zstd against raw, bench/pcache.py),
 manager (ListSchedulers and REST against a manager process, bench/manager_load.py), preheat (a 256 MiB image
 preheated on 1 seed + 3 peers through the manager's Open API, bench/preheat.py), small-files (many 1 MiB files to
-several peers, ours against each peer pulling from the origin, bench/small_files.py), micro
+several peers, ours against each peer pulling from the origin, bench/small_files.py), origin (a seed peer's
+origin path against curl, CPU per GiB, bench/origin_path.py), micro
 (pytest-benchmark files in bench/micro), all. Each suite compares against a baseline measured in the same run;
 exit 0 only if it ran fully.
 """
@@ -32,6 +33,7 @@ SUITES: dict[str, str] = {
     "manager": "bench.manager_load",
     "preheat": "bench.preheat",
     "small-files": "bench.small_files",
+    "origin": "bench.origin_path",
 }
 
 #: `all --quick`: small enough for 2 shared cores in under 10 minutes, large enough to show the ratios.
@@ -46,6 +48,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "manager": ["--quick"],
     "preheat": ["--layers", "16,16,16,16"],
     "small-files": ["--peers", "4", "--files", "40"],
+    "origin": ["--size", "64MiB", "--repeat", "3"],
     "micro": [],
 }
 

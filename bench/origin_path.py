@@ -1,0 +1,205 @@
+"""`python -m bench origin`: CPU per GiB of a seed peer's origin path, against curl fetching the same file.
+
+In a swarm the seed peer alone reads the origin, and per byte that is the dearest part of it (bench/RESULTS.md §2
+"CPU per GiB in the swarm, profile"). This measures that path without the rest of the swarm: nginx on 127.0.0.1
+serves a file of ``--size`` from tmpfs, and each system fetches all of it into a content file on tmpfs:
+
+- ``ours``: what a seed peer does per piece: ``HTTPBackend.download_piece`` of each piece (the daemon's piece
+  length and ``download.concurrentPieceCount`` pieces at a time, its 4 MiB pooled buffers), with the piece's
+  BLAKE3 fed as its bytes are written (the digest the seed reports to the scheduler);
+- ``ours-read-back``: the same, with the BLAKE3 taken by reading each piece back afterwards (what a backend that
+  does not feed the digest costs, and what the seed did before);
+- ``curl``: ``curl -o`` of the whole file (the baseline: one stream, no hashing).
+
+The CPU is user + system seconds: ours' of this process (its event loop and executor threads: only the backend runs
+in it meanwhile), curl's from ``wait4``; nginx's is counted for nobody. The systems alternate ``--repeat`` times and
+the median is reported with the ratio to curl's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench import release_builds_missing
+from bench.swarm.origin import nginx_config
+from bench.swarm.units import parse_size
+
+SYSTEMS = ("ours", "ours-read-back", "curl")
+_GIB = 1 << 30
+
+
+def _self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"nginx exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nginx did not listen on 127.0.0.1:{port} within {timeout} s")
+
+
+async def fetch_ours(url: str, content: Path, size: int, *, read_back: bool) -> float:
+    """Fetch ``url`` piece by piece as a seed peer does; return the CPU seconds this process spent."""
+    from dragonfly.common.netguard import AddressPolicy, parse_networks
+    from dragonfly.common.piece import calculate_piece_length, piece_count, piece_range
+    from dragonfly.daemon.backends.http import HTTPBackend
+    from dragonfly.daemon.backends.piece_chunks import PieceDigest
+    from dragonfly.daemon.config import DownloadConfig
+    from dragonfly.daemon.download.buffers import BufferPool
+    from dragonfly.daemon.download.piece_verifier import PIECE_HASH, piece_hash
+    from dragonfly.daemon.download.source_downloader import _SOURCE_BUFFER
+
+    concurrency = DownloadConfig().concurrent_piece_count
+    piece_length = calculate_piece_length(size)
+    buffers = BufferPool(_SOURCE_BUFFER, 2 * concurrency)
+    slots = asyncio.Semaphore(concurrency)
+    with ThreadPoolExecutor(concurrency * 2) as executor:
+        backend = HTTPBackend(
+            request_header={}, max_retries=0, piece_timeout=60, executor=executor,
+            address_policy=AddressPolicy(parse_networks(["127.0.0.0/8"])),
+        )  # fmt: skip
+        await backend.start()
+        fd = os.open(content, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        loop = asyncio.get_running_loop()
+
+        async def piece(number: int) -> None:
+            offset, length = piece_range(number, size, piece_length)
+            digest = None if read_back else PieceDigest(PIECE_HASH)
+            async with slots, buffers.get() as buffer:
+                await backend.download_piece(url, {}, fd=fd, offset=offset, length=length, buffer=buffer, digest=digest)
+            if digest is None:
+                await loop.run_in_executor(executor, piece_hash, fd, offset, length)
+            elif digest.result(length) is None:
+                raise RuntimeError(f"piece {number}: the backend did not feed its digest")
+
+        try:
+            started = _self_cpu()
+            await asyncio.gather(*(piece(n) for n in range(piece_count(size, piece_length))))
+            return _self_cpu() - started
+        finally:
+            os.close(fd)
+            await backend.close()
+
+
+def fetch_curl(url: str, content: Path) -> float:
+    """Fetch ``url`` with curl; return its CPU seconds."""
+    proc = subprocess.Popen(["curl", "-sSf", "-o", str(content), url])
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"curl exited with {proc.returncode}")
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(workdir: Path, size: int, repeat: int) -> dict[str, Any]:
+    """Serve a file of ``size`` with nginx and fetch it ``repeat`` times with each system, alternating."""
+    root = workdir / "root"
+    root.mkdir(parents=True)
+    (workdir / "tmp").mkdir()
+    with (root / "blob").open("wb") as blob:
+        for _ in range(0, size, 1 << 24):
+            blob.write(os.urandom(min(1 << 24, size - blob.tell())))
+    port = _free_port()
+    (workdir / "nginx.conf").write_text(nginx_config(root, f"127.0.0.1:{port}", workdir))
+    nginx = subprocess.Popen(["nginx", "-c", str(workdir / "nginx.conf"), "-p", str(workdir)])
+    url = f"http://127.0.0.1:{port}/blob"
+    cpu: dict[str, list[float]] = {system: [] for system in SYSTEMS}
+    try:
+        _wait_listening(port, nginx)
+        for _ in range(repeat):
+            for system in SYSTEMS:
+                content = workdir / "content"
+                if system == "curl":
+                    seconds = fetch_curl(url, content)
+                else:
+                    seconds = asyncio.run(fetch_ours(url, content, size, read_back=system == "ours-read-back"))
+                if content.stat().st_size != size:
+                    raise RuntimeError(f"{system} stored {content.stat().st_size} of {size} bytes")
+                content.unlink()
+                cpu[system].append(seconds)
+    finally:
+        nginx.terminate()
+        nginx.wait(timeout=10)
+    per_gib = {system: statistics.median(values) * _GIB / size for system, values in cpu.items()}
+    return {
+        "size": size,
+        "repeat": repeat,
+        "load": os.getloadavg()[0],
+        "cpu_seconds": cpu,
+        "cpu_per_gib": per_gib,
+        "ratio_to_curl": {system: per_gib[system] / per_gib["curl"] for system in SYSTEMS},
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [
+        f"Origin path, {report['size'] / (1 << 20):.0f} MiB from nginx on 127.0.0.1 into tmpfs, median of "
+        f"{report['repeat']} (load {report['load']:.1f})",
+        "| system | CPU s / GiB | × curl |",
+        "|---|---|---|",
+    ]
+    for system in SYSTEMS:
+        lines.append(f"| {system} | {report['cpu_per_gib'][system]:.2f} | {report['ratio_to_curl'][system]:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench origin", description=__doc__.split("\n")[0])
+    parser.add_argument("--size", default="256MiB", help="file size, e.g. 1GiB")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--max-curl-ratio", type=float, default=None, metavar="R",
+        help="exit 1 when ours uses more than R × curl's CPU per GiB",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    if release_builds_missing("bench origin"):
+        return 2
+    for tool in ("nginx", "curl"):
+        if shutil.which(tool) is None:
+            print(f"bench origin: {tool} is not installed (scripts/system-deps.sh)", file=sys.stderr)
+            return 2
+    if args.repeat < 1:
+        parser.error("--repeat must be >= 1")
+    size = parse_size(args.size)
+    workdir = Path(tempfile.mkdtemp(prefix="dfbench-origin-", dir="/dev/shm"))
+    try:
+        report = run(workdir, size, args.repeat)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(json.dumps(report) if args.json else format_report(report))
+    ratio = report["ratio_to_curl"]["ours"]
+    if args.max_curl_ratio is not None and ratio > args.max_curl_ratio:
+        print(f"bench origin: ours uses {ratio:.2f} × curl's CPU per GiB, above --max-curl-ratio "
+              f"{args.max_curl_ratio:g}", file=sys.stderr)  # fmt: skip
+        return 1
+    return 0

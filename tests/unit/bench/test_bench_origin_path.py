@@ -1,0 +1,48 @@
+"""bench origin: the report, and the regression check that fails a run whose origin path costs too much CPU."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench import origin_path
+
+
+def _report(ours: float) -> dict[str, Any]:
+    per_gib = {"ours": ours, "ours-read-back": 2.2, "curl": 1.0}
+    return {
+        "size": 256 << 20,
+        "repeat": 3,
+        "load": 1.5,
+        "cpu_seconds": {},
+        "cpu_per_gib": per_gib,
+        "ratio_to_curl": {system: value / per_gib["curl"] for system, value in per_gib.items()},
+    }
+
+
+def test_the_report_gives_each_system_its_cpu_per_gib_and_ratio_to_curl() -> None:
+    text = origin_path.format_report(_report(1.8))
+    assert "256 MiB" in text
+    assert "median of 3" in text
+    assert "| ours | 1.80 | 1.80 |" in text
+    assert "| ours-read-back | 2.20 | 2.20 |" in text
+    assert "| curl | 1.00 | 1.00 |" in text
+
+
+@pytest.mark.parametrize(("ours", "limit", "status"), [(1.8, 2.0, 0), (2.5, 2.0, 1), (2.5, None, 0)])
+def test_max_curl_ratio_fails_the_run_above_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], ours: float, limit: float | None, status: int
+) -> None:
+    monkeypatch.setattr(origin_path, "run", lambda workdir, size, repeat: _report(ours))
+    monkeypatch.setattr(origin_path, "release_builds_missing", lambda prog: False)
+    argv = ["--size", "1MiB"] + ([] if limit is None else ["--max-curl-ratio", str(limit)])
+    assert origin_path.main(argv) == status
+    if status:
+        assert "ours uses 2.50 × curl's CPU per GiB, above --max-curl-ratio 2" in capsys.readouterr().err
+
+
+def test_a_bad_repeat_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(origin_path, "release_builds_missing", lambda prog: False)
+    with pytest.raises(SystemExit):
+        origin_path.main(["--repeat", "0"])
