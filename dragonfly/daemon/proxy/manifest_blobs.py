@@ -15,9 +15,10 @@ import re
 
 from dragonfly.common.oci import MANIFEST_MEDIA_TYPES, MAX_MANIFEST_SIZE
 
-#: The most blobs one manifest prepares. A runtime fetches 3 or so at a time, so the GETs of later layers come after
-#: the answers expired anyway (``STAT_TIMEOUT``); it also bounds the scheduler round trips one request can cause.
-MAX_BLOBS = 16
+#: The most blobs one manifest prepares: a runtime's first wave of blob GETs (containerd fetches 3 at a time). Later
+#: GETs wait for a layer to finish, mostly past ``STAT_TIMEOUT``, and each prepared question costs the peer's event
+#: loop a little just when those first GETs arrive; it also bounds the round trips one request can cause.
+MAX_BLOBS = 4
 #: Manifests larger than this are not read (the distribution spec's limit).
 MAX_SIZE = MAX_MANIFEST_SIZE
 
@@ -38,8 +39,9 @@ def blob_target(manifest_target: str, digest: str) -> str:
     return f"{match['prefix']}/blobs/{digest}{match['query'] or ''}"
 
 
-def blob_digests(content_type: str, body: bytes) -> list[str]:
-    """Return the sha256 digests of an image manifest's config and layers, in that order, at most ``MAX_BLOBS``.
+def blob_digests(content_type: str, body: bytes, *, larger_than: int = 0) -> list[str]:
+    """Return the sha256 digests of an image manifest's config and layers larger than ``larger_than`` bytes (by
+    their descriptors' sizes), in that order, at most ``MAX_BLOBS``.
 
     Indexes (manifest lists) name manifests, not blobs: none. So does anything that is not a Docker schema 2 or OCI
     image manifest of at most ``MAX_SIZE`` bytes.
@@ -59,7 +61,11 @@ def blob_digests(content_type: str, body: bytes) -> list[str]:
         descriptors += layers
     digests: list[str] = []
     for descriptor in descriptors:
-        digest = descriptor.get("digest") if isinstance(descriptor, dict) else None
+        if not isinstance(descriptor, dict):
+            continue
+        digest, size = descriptor.get("digest"), descriptor.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size <= larger_than:
+            continue
         if isinstance(digest, str) and _DIGEST.match(digest) and digest not in digests:
             digests.append(digest)
             if len(digests) == MAX_BLOBS:

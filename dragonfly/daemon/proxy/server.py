@@ -187,13 +187,15 @@ class ProxyServer:
 
     def _prepare_blobs(self, request: web.BaseRequest, tunnel: str | None, content_type: str, body: bytes) -> None:
         """An image manifest went to the client: its blob GETs come next, so their origin-head gates ask now."""
-        for digest in manifest_blobs.blob_digests(content_type, body):
+        # A blob no larger than the head gains nothing from it: its GET, if any, asks for itself.
+        for digest in manifest_blobs.blob_digests(content_type, body, larger_than=self._config.origin_head):
             target = manifest_blobs.blob_target(request.raw_path, digest)
             try:
                 blob = route("GET", target, request.headers, self._config, tunnel=tunnel)
                 if blob.p2p:
                     self._tasks.prepare_origin_head(build_download(blob.url, request.headers, blob.rule, self._config))
-            except BadProxyRequest:
+            except ValueError:
+                # A hint only (BadProxyRequest included): the blob's own GET gets the request's error, if any.
                 return
 
     def _spawn_drain(self, events: AsyncIterator[object]) -> None:

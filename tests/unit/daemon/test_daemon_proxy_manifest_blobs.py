@@ -18,9 +18,9 @@ def _manifest(config: object = CONFIG, layers: object = None) -> bytes:
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 10},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": 1} for d in layers]
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": 100} for d in layers]
         if layers is not None
-        else [{"digest": d, "size": 1} for d in LAYERS],
+        else [{"digest": d, "size": 100 * (i + 1)} for i, d in enumerate(LAYERS)],
     }
     return json.dumps(doc).encode()
 
@@ -50,6 +50,16 @@ def test_malformed_or_repeated_digests_are_skipped_and_the_count_is_bounded() ->
     assert blob_digests(OCI_MANIFEST, _manifest(config={"x": 1}, layers=[*odd, LAYERS[1]])) == LAYERS[:2]
     many = [f"sha256:{i:064x}" for i in range(MAX_BLOBS + 10)]
     assert blob_digests(OCI_MANIFEST, _manifest(layers=many)) == [CONFIG, *many[: MAX_BLOBS - 1]]
+
+
+def test_blobs_no_larger_than_the_head_or_without_a_size_are_left_out() -> None:
+    assert blob_digests(OCI_MANIFEST, _manifest(), larger_than=100) == LAYERS[1:]
+    assert blob_digests(OCI_MANIFEST, _manifest(), larger_than=300) == []
+    doc = json.loads(_manifest())
+    doc["layers"][1]["size"] = "200"
+    doc["layers"][2]["size"] = True
+    del doc["config"]["size"]
+    assert blob_digests(OCI_MANIFEST, json.dumps(doc).encode()) == [LAYERS[0]]
 
 
 def test_the_blob_get_follows_the_manifest_get_s_repository_and_query() -> None:
