@@ -242,6 +242,8 @@ NOT_ON_THE_DOWNLOAD_PATH = {
     # Type hints only (a few ms each start), and socket.py's selectors and enums: dfget uses _socket.
     "typing",
     "socket",
+    # argparse's default formatter imports it (and bz2, lzma) for the terminal width; dfget's does not.
+    "shutil",
 }
 NOT_BEFORE_THE_SOCKET_IS_FOUND = {"grpc", "google.protobuf", "dragonfly_api", "asyncio", "logging"}
 

@@ -30,14 +30,14 @@ def fail(message: str) -> NoReturn:
 
 def _backend_details(error: RpcError) -> Any:
     """Return the ``errordetails.v2.Backend`` the daemon put as JSON in ``Status.details``, or None."""
+    value = error.trailers.get("grpc-status-details-bin")
+    if value is None:
+        return None
     import json
 
     from dragonfly_api import errordetails_pb2
     from google.protobuf import json_format
 
-    value = error.trailers.get("grpc-status-details-bin")
-    if value is None:
-        return None
     try:
         return json_format.ParseDict(json.loads(value), errordetails_pb2.Backend(), ignore_unknown_fields=True)
     except (ValueError, TypeError, json_format.ParseError):

@@ -135,3 +135,16 @@ def test_recursive_stops_at_the_first_failure_and_names_the_file(
     with pytest.raises(errors.DownloadFailed, match=r"^f0: download failed: no such object"):
         recursive.download_directory(args, str(tmp_path), 0.0)
     assert started == ["s3://b/p/f0"]
+
+
+@pytest.mark.parametrize("columns", ["50", "200", None, "junk"])
+def test_help_is_laid_out_as_argparses_own_formatter_does(monkeypatch: pytest.MonkeyPatch, columns: str | None) -> None:
+    # dfget's formatter only avoids importing shutil; the width (COLUMNS, else the terminal, else 80) is the same.
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    command_line = parser.build_parser()
+    ours = command_line.format_help()
+    command_line.formatter_class = argparse.HelpFormatter
+    assert ours == command_line.format_help()
