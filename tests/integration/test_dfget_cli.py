@@ -363,6 +363,36 @@ def test_daemon_not_running_stale_socket(short_tmp: Path, tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        # Something that is not a gRPC server on the socket (stands for an outside program, not our daemon).
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", r"download failed: HTTP/2 protocol error from the daemon: frame of"),
+        # A server that accepts and closes at once (a reset when the client's frames were left unread).
+        (b"", r"download failed: (Socket closed|Connection lost \(Connection reset by peer\))$"),
+    ],
+)
+def test_a_socket_that_does_not_speak_grpc(short_tmp: Path, tmp_path: Path, answer: bytes, error: str) -> None:
+    sock_path = short_tmp / "other.sock"
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(sock_path))
+        listener.listen(1)
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(24)
+                conn.sendall(answer)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        result = dfget(URL, "-O", str(tmp_path / "o"), "-e", str(sock_path), "--no-progress")
+        thread.join(10)
+    assert result.returncode == 1
+    assert re.match(f"dfget: error: {error}", result.stderr.strip()), result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
     ("args", "message"),
     [
         (["ftp://host/f", "-O", "/tmp/x"], "unsupported URL; the supported schemes are http://, https://, file://"),
