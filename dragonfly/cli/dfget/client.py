@@ -129,28 +129,31 @@ def download(
     return traffic
 
 
-def list_entries(args: argparse.Namespace, url: str) -> list[Any]:
+def list_entries(args: argparse.Namespace, url: str) -> list[messages.Entry]:
     """Ask the daemon for the entries under ``url`` (``ListTaskEntries``)."""
     import uuid
-
-    from dragonfly_api import dfdaemon_pb2
-    from google.protobuf import duration_pb2
 
     if not os.path.exists(args.endpoint):
         fail(f"dfdaemon is not running: no socket at {args.endpoint}; {START_HINT}")
     timeout = DEFAULT_TIMEOUT if args.timeout is None else float(args.timeout)
-    request = dfdaemon_pb2.ListTaskEntriesRequest(
-        task_id=str(uuid.uuid4()),
-        url=url,
-        request_header=dict(args.header),
-        timeout=duration_pb2.Duration(seconds=int(timeout), nanos=int((timeout % 1) * 1e9)),
-        **source_settings(url, args),
+    request = messages.encode(
+        messages.LIST_TASK_ENTRIES_REQUEST,
+        {
+            "task_id": str(uuid.uuid4()),
+            "url": url,
+            "request_header": dict(args.header),
+            "timeout": {"seconds": int(timeout), "nanos": int((timeout % 1) * 1e9)},
+            **source_settings(url, args),
+        },
     )
     try:
-        answers = list(rpc.call(args.endpoint, LIST_TASK_ENTRIES, request.SerializeToString(), timeout=timeout))
+        answers = list(rpc.call(args.endpoint, LIST_TASK_ENTRIES, request, timeout=timeout))
     except rpc.RpcError as error:
         failure = describe_rpc_error(error, args.endpoint, timeout, False, verbose=args.log_level == "debug")
         raise DownloadFailed(str(failure).replace("download failed", f"listing {url} failed", 1)) from None
     if len(answers) != 1:
         fail(f"listing {url} failed: dfdaemon answered ListTaskEntries with {len(answers)} messages, not one")
-    return list(dfdaemon_pb2.ListTaskEntriesResponse.FromString(answers[0]).entries)
+    try:
+        return messages.list_task_entries(answers[0])
+    except messages.MessageError as exc:
+        fail(f"listing {url} failed: dfdaemon sent a malformed ListTaskEntriesResponse: {exc}")

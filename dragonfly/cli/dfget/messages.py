@@ -1,11 +1,12 @@
-"""The protobuf wire format of the messages on dfget's download path, without the protobuf runtime.
+"""The protobuf wire format of the messages dfget exchanges with the daemon, without the protobuf runtime.
 
 Importing the protobuf runtime and the dragonfly_api modules costs dfget tens of milliseconds at every start
 (bench/RESULTS.md §3), for one request out and a stream of small answers in. This module writes
 ``dfdaemon.v2.DownloadTaskRequest`` from plain values (field names as in the protos: a ``common.v2.Download`` as a
 dict, nested messages as dicts, maps as dicts) and reads the parts of ``dfdaemon.v2.DownloadTaskResponse`` dfget
-uses. The generated classes of dragonfly_api are its test oracle (tests/unit/cli/test_cli_dfget_messages.py).
-Malformed input raises ``MessageError``; unknown fields are skipped, as protobuf does.
+uses, and the same for ``ListTaskEntries`` (``dfget -r``). The generated classes of dragonfly_api are its test
+oracle (tests/unit/cli/test_cli_dfget_messages.py). Malformed input raises ``MessageError``; unknown fields are
+skipped, as protobuf does.
 """
 
 from __future__ import annotations
@@ -58,6 +59,19 @@ DOWNLOAD: dict[str, Any] = {
     "overwrite": (26, "bool"),
     "hugging_face": (31, _HUB),
     "model_scope": (32, _HUB),
+}
+
+
+LIST_TASK_ENTRIES_REQUEST: dict[str, Any] = {
+    "task_id": (1, "string"),
+    "url": (2, "string"),
+    "request_header": (3, "map"),
+    "timeout": (4, _DURATION),
+    "certificate_chain": (5, "bytes_list"),
+    "object_storage": (6, _OBJECT_STORAGE),
+    "hdfs": (7, _HDFS),
+    "hugging_face": (9, _HUB),
+    "model_scope": (10, _HUB),
 }
 
 
@@ -239,3 +253,26 @@ class DownloadTaskResponse:
                 if self.piece is None:
                     # A DownloadPieceFinishedResponse without its piece: protobuf reads an empty one.
                     self.piece = Piece(b"")
+
+
+class Entry:
+    """A ``dfdaemon.v2.Entry`` of a ListTaskEntriesResponse: one object or directory under the listed URL."""
+
+    __slots__ = ("content_length", "is_dir", "url")
+
+    def __init__(self, data: bytes) -> None:
+        self.url = ""
+        self.content_length = 0
+        self.is_dir = False
+        for number, wire, value in _fields(data):
+            if wire == _LEN and number == 1:
+                self.url = _text(value)
+            elif wire == _VARINT and number == 2:
+                self.content_length = value
+            elif wire == _VARINT and number == 3:
+                self.is_dir = value != 0
+
+
+def list_task_entries(data: bytes) -> list[Entry]:
+    """Return the entries of a ``dfdaemon.v2.ListTaskEntriesResponse``."""
+    return [Entry(value) for number, wire, value in _fields(data) if number == 4 and wire == _LEN]

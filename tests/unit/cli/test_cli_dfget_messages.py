@@ -159,3 +159,42 @@ def test_responses_read_as_the_generated_class_reads_them(response: Any) -> None
 def test_malformed_responses_raise(data: bytes, message: str) -> None:
     with pytest.raises(messages.MessageError, match=message):
         messages.DownloadTaskResponse(data)
+
+
+list_requests = st.fixed_dictionaries(
+    {"task_id": text, "url": text},
+    optional={
+        "request_header": st.dictionaries(text, text, max_size=4),
+        "timeout": st.fixed_dictionaries({"seconds": st.integers(0, 2**40), "nanos": st.integers(0, 999_999_999)}),
+        "certificate_chain": st.lists(st.binary(max_size=40), max_size=3),
+        "object_storage": object_storage,
+        "hdfs": st.fixed_dictionaries({"delegation_token": optional_text}),
+        "hugging_face": hub,
+        "model_scope": hub,
+    },
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(list_requests)
+def test_the_listing_request_parses_as_the_generated_class_builds_it(request: dict[str, Any]) -> None:
+    ours = dfdaemon_pb2.ListTaskEntriesRequest.FromString(messages.encode(messages.LIST_TASK_ENTRIES_REQUEST, request))
+    assert ours == dfdaemon_pb2.ListTaskEntriesRequest(**request)
+
+
+listings = st.builds(
+    dfdaemon_pb2.ListTaskEntriesResponse,
+    content_length=uint64,
+    response_header=st.dictionaries(text, text, max_size=3),
+    status_code=st.none() | st.integers(100, 599),
+    entries=st.lists(st.builds(dfdaemon_pb2.Entry, url=text, content_length=uint64, is_dir=st.booleans()), max_size=5),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(listings)
+def test_listings_read_as_the_generated_class_reads_them(listing: Any) -> None:
+    ours = messages.list_task_entries(listing.SerializeToString())
+    assert [(e.url, e.content_length, e.is_dir) for e in ours] == [
+        (e.url, e.content_length, e.is_dir) for e in listing.entries
+    ]
