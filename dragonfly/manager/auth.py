@@ -164,7 +164,9 @@ class SigninLimiter:
     """Failed sign-ins in a sliding window, per client address and user name and per client address alone.
 
     The pair limit stops guessing one user's password; the address limit stops one client from trying a few
-    passwords on every user name (spraying), which the pair limit alone would let through.
+    passwords on every user name (spraying), which the pair limit alone would let through. Attempts being verified
+    count against both limits until they end, so concurrent guesses cannot all pass the check before the first
+    failure is recorded.
     """
 
     __slots__ = ("_failures", "max_address_failures", "max_failures")
@@ -174,24 +176,33 @@ class SigninLimiter:
         self.max_address_failures = max_address_failures
         self._failures = SlidingWindow(window)
 
-    def retry_after(self, address: str, name: str) -> float:
-        """Return seconds until ``name`` may try again from ``address`` (0 = now)."""
-        return max(
-            self._failures.wait(_pair_key(address, name), self.max_failures),
-            self._failures.wait(_address_key(address), self.max_address_failures),
+    def begin(self, address: str, name: str) -> float:
+        """Return seconds until ``name`` may try again from ``address``; 0 starts an attempt, which ``end`` ends."""
+        pair, per_address = _pair_key(address, name), _address_key(address)
+        wait = max(
+            self._failures.wait(pair, self.max_failures),
+            self._failures.wait(per_address, self.max_address_failures),
         )
+        if wait <= 0:
+            self._failures.begin(pair)
+            self._failures.begin(per_address)
+        return wait
 
-    def failed(self, address: str, name: str) -> None:
-        """Record one failure of ``name`` from ``address``."""
-        self._failures.add(_pair_key(address, name), self.max_failures)
-        self._failures.add(_address_key(address), self.max_address_failures)
+    def end(self, address: str, name: str, *, failed: bool | None) -> None:
+        """End an attempt that ``begin`` started: record a failure (True), or forget the failures of ``name`` from
+        ``address`` after a success (False); None (an error, the client gone) records nothing.
 
-    def succeeded(self, address: str, name: str) -> None:
-        """Forget the failures of ``name`` from ``address``.
-
-        The address's own count stays: one valid account must not reset an attacker's budget for the others.
+        After a success the address's own count stays: one valid account must not reset an attacker's budget for the
+        others.
         """
-        self._failures.forget(_pair_key(address, name))
+        pair, per_address = _pair_key(address, name), _address_key(address)
+        self._failures.end(pair)
+        self._failures.end(per_address)
+        if failed:
+            self._failures.add(pair, self.max_failures)
+            self._failures.add(per_address, self.max_address_failures)
+        elif failed is not None:
+            self._failures.forget(pair)
 
 
 def _pair_key(address: str, name: str) -> str:

@@ -32,7 +32,8 @@ async def signin(body: schemas.SigninRequest, request: Request, session: DB, ctx
     """Check name and password; failures are rate-limited per client address and user name, and per address."""
     # The socket's peer, or the client a trusted proxy names (server.rest.trustedProxies, applied by uvicorn).
     client = request.client.host if request.client else "?"
-    wait = ctx.signin_limiter.retry_after(client, body.name)
+    limiter = ctx.signin_limiter
+    wait = limiter.begin(client, body.name)
     if wait > 0:
         seconds = int(wait) + 1
         raise APIError(
@@ -40,14 +41,17 @@ async def signin(body: schemas.SigninRequest, request: Request, session: DB, ctx
             f"too many failed sign-ins from {client}; try again in {seconds} s",
             headers={"Retry-After": str(seconds)},
         )
-    user = await session.scalar(select(models.User).where(models.User.name == body.name))
-    ok = await auth.verify_password(user.encrypted_password if user is not None else None, body.password)
+    failed: bool | None = None
+    try:
+        user = await session.scalar(select(models.User).where(models.User.name == body.name))
+        ok = await auth.verify_password(user.encrypted_password if user is not None else None, body.password)
+        failed = user is None or not ok
+    finally:
+        limiter.end(client, body.name, failed=failed)
     if user is None or not ok:
-        ctx.signin_limiter.failed(client, body.name)
         raise APIError(401, "wrong user name or password")
     if user.state != "enable":
         raise APIError(403, "user disabled")
-    ctx.signin_limiter.succeeded(client, body.name)
     # The audit log names who signed in.
     request.state.principal = Principal(user.id, user.name, "session", frozenset())
     token = auth.new_token(auth.SESSION_PREFIX)

@@ -1,0 +1,62 @@
+"""The sliding window behind the sign-in and job limits: counts survive a client that sprays keys, and attempts in
+flight count (the limits themselves are tested on a manager process: tests/integration/manager)."""
+
+from __future__ import annotations
+
+from dragonfly.manager.auth import SigninLimiter
+from dragonfly.manager.ratelimit import SlidingWindow
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_keys_sprayed_past_the_table_size_never_end_a_lock_out_or_reset_a_count() -> None:
+    clock = Clock()
+    window = SlidingWindow(60.0, max_keys=100, clock=clock)
+    for _ in range(3):
+        window.add("locked", 3)
+    window.add("counted", 3)
+    assert window.wait("locked", 3) == 60.0
+    for index in range(1000):  # ten times the table, within the window
+        clock.now += 0.01
+        window.add(f"sprayed-{index}", 3)
+    assert window.wait("locked", 3) > 0, "the locked-out key was evicted"
+    window.add("counted", 3)
+    window.add("counted", 3)
+    assert window.wait("counted", 3) > 0, "the partial count was reset"
+
+
+def test_keys_whose_window_is_empty_are_swept_when_the_table_is_full() -> None:
+    clock = Clock()
+    window = SlidingWindow(60.0, max_keys=100, clock=clock)
+    for index in range(100):
+        window.add(f"old-{index}", 3)
+    clock.now += 30
+    window.add("recent", 3)  # a full table with nothing to sweep yet: it grows
+    assert len(window._events) == 101
+    clock.now += 31
+    window.add("new", 3)
+    assert sorted(window._events) == ["new", "recent"]
+    assert window.wait("recent", 1) > 0
+
+
+def test_concurrent_sign_ins_cannot_all_pass_before_the_first_failure_is_counted() -> None:
+    limiter = SigninLimiter(max_failures=2, window=60.0, max_address_failures=3)
+    assert [limiter.begin("10.0.0.7", "root") for _ in range(4)] == [0.0, 0.0, 1.0, 1.0]
+    assert limiter.begin("10.0.0.7", "alice") == 0.0, "the address has one attempt left"
+    assert limiter.begin("10.0.0.7", "bob") > 0
+    assert limiter.begin("10.0.0.8", "root") == 0.0, "another address has its own budget"
+    limiter.end("10.0.0.7", "root", failed=True)
+    limiter.end("10.0.0.7", "root", failed=True)
+    limiter.end("10.0.0.7", "alice", failed=None)  # an error or a client gone: nothing is counted
+    assert limiter.begin("10.0.0.7", "root") > 0, "two failures lock the pair out"
+    assert limiter.begin("10.0.0.7", "alice") == 0.0
+    limiter.end("10.0.0.7", "alice", failed=False)
+    assert limiter.begin("10.0.0.7", "carol") == 0.0, "a success keeps the address's count, here 2 of 3"
+    limiter.end("10.0.0.7", "carol", failed=True)
+    assert limiter.begin("10.0.0.7", "alice") > 0, "and the address is locked out at 3"
