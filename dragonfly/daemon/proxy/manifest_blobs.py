@@ -13,14 +13,15 @@ from __future__ import annotations
 import json
 import re
 
-from dragonfly.common.oci import MANIFEST_MEDIA_TYPES, MAX_MANIFEST_SIZE
+from dragonfly.common.oci import MANIFEST_MEDIA_TYPES
 
 #: The most blobs one manifest prepares: a runtime's first wave of blob GETs (containerd fetches 3 at a time). Later
 #: GETs wait for a layer to finish, mostly past ``STAT_TIMEOUT``, and each prepared question costs the peer's event
 #: loop a little just when those first GETs arrive; it also bounds the round trips one request can cause.
 MAX_BLOBS = 4
-#: Manifests larger than this are not read (the distribution spec's limit).
-MAX_SIZE = MAX_MANIFEST_SIZE
+#: Larger manifests are not kept nor parsed for the hint: a 100-layer manifest is ~25 KiB, and parsing JSON runs on
+#: the proxy's event loop (the spec's 4 MiB would hold it for tens of milliseconds on an upstream's say-so).
+MAX_SIZE = 256 * 1024
 
 _MANIFEST_PATH = re.compile(r"^(?P<prefix>/v2/.+)/manifests/(?P<reference>[^/?#]+)(?P<query>\?[^#]*)?$")
 _DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
