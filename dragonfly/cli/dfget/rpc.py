@@ -224,6 +224,8 @@ class _Call:
         self.trailers: dict[str, str] | None = None
         self.messages = bytearray()
         self.header_block = bytearray()
+        # A HEADERS frame without END_HEADERS opens a block that only CONTINUATION frames may follow.
+        self.block_open = False
         self.block_ends_stream = False
         self.ended = False
         conn = self.conn
@@ -294,6 +296,8 @@ class _Call:
         """Read and handle one frame."""
         conn = self.conn
         kind, flags, stream, payload = conn.read_frame()
+        if self.block_open and kind != _CONTINUATION:
+            raise _ProtocolError("a frame inside an unfinished header block")
         if stream not in (0, _STREAM) and kind != _GOAWAY:
             if kind in (_HEADERS, _PUSH_PROMISE, _DATA):
                 raise _ProtocolError(f"frame type {kind} on stream {stream}, which dfget never opened")
@@ -312,19 +316,19 @@ class _Call:
             if stream != _STREAM:
                 raise _ProtocolError("HEADERS on stream 0")
             if kind == _HEADERS:
-                if self.header_block:
-                    raise _ProtocolError("HEADERS inside an unfinished header block")
                 if flags & _PADDED:
                     payload = self._unpad(payload)
                 if flags & _PRIORITY:
                     payload = payload[5:]
                 self.block_ends_stream = bool(flags & _END_STREAM)
+                self.block_open = True
+            elif not self.block_open:
+                raise _ProtocolError("CONTINUATION without HEADERS")
             self.header_block += payload
             if flags & _END_HEADERS:
+                self.block_open = False
                 self._headers(bytes(self.header_block))
                 self.header_block.clear()
-        elif self.header_block:
-            raise _ProtocolError("a frame inside an unfinished header block")
         elif kind == _SETTINGS:
             if not flags & _ACK:
                 conn.settings(payload)
