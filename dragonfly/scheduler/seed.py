@@ -83,6 +83,10 @@ class SeedPeers:
         for addr in set(self._channels) - {host.address for host in hosts}:
             channel = self._channels.pop(addr)
             self._downloads.spawn(channel.close())
+        if self._refresher is not None:
+            for host in hosts:
+                if host.address not in self._channels:
+                    self._connect(host)
         self._rebuild()
 
     def _rebuild(self) -> None:
@@ -108,6 +112,15 @@ class SeedPeers:
             self._unhealthy.add(host_id)
         self._rebuild()
 
+    def _connect(self, host: Host) -> None:
+        """Have the channel to a seed host connect now, in the background.
+
+        A trigger is on the path to the first byte of every peer of its task: on a channel created by the trigger
+        itself it would also wait for the TCP and TLS handshakes (the first task after a seed joins; the health
+        checks keep the channel up from then on).
+        """
+        self._channel(host).get_state(try_to_connect=True)
+
     def _channel(self, host: Host) -> grpc.aio.Channel:
         channel = self._channels.get(host.address)
         if channel is None:
@@ -118,8 +131,10 @@ class SeedPeers:
     # health
 
     def start(self) -> None:
-        """Start the periodic health checks."""
+        """Start the periodic health checks, and connect to the seed hosts known so far (and later to each new one)."""
         self._refresher = asyncio.create_task(self._refresh_loop(), name="seed-peer-health")
+        for host in self._hosts.values():
+            self._connect(host)
 
     async def _refresh_loop(self) -> None:
         while True:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from collections import Counter
 
 import pytest
+from dragonfly_api import common_pb2
 
 from dragonfly.scheduler.config import SeedPeerConfig
 from dragonfly.scheduler.seed import SeedPeers, seed_download
@@ -70,3 +73,24 @@ def test_seed_download_is_the_childs_without_output_path(world):
     assert not forwarded.metadata_only
     assert (forwarded.url, forwarded.tag, forwarded.actual_piece_count) == (download.url, "t", 8)
     assert download.output_path == "/home/u/out", "the child's request is not modified"
+
+
+async def test_a_started_scheduler_connects_to_a_seed_host_before_any_trigger(world, seeds):
+    # The first trigger would otherwise wait for the connection's handshakes.
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    host = world.resource.announce_host(
+        common_pb2.Host(id="127.0.0.1-seed-9-seed", type=1, hostname="seed-9", ip="127.0.0.1", port=port,
+                        download_port=port),
+        0.0, world.now,
+    )  # fmt: skip
+    seeds.start()
+    try:
+        seeds.set_hosts([host])
+        async with asyncio.timeout(10):
+            conn, _ = await asyncio.get_running_loop().sock_accept(listener)
+        conn.close()
+    finally:
+        await seeds.close()
+        listener.close()
