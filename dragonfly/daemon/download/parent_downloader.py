@@ -200,7 +200,8 @@ class ParentDownloader:
         started = time.monotonic()
         # The trusted digest is asked for while the bytes arrive: at the swarm's head it reaches the scheduler
         # about when the piece reaches this peer, and asking first put a StatTask poll before each transfer.
-        expecting = asyncio.ensure_future(verifier.expected(number))
+        arrived = asyncio.Event()
+        expecting = asyncio.ensure_future(verifier.expected(number, arrived))
         try:
             await self._writer.reserve(length)
             created_at = time.time()
@@ -227,6 +228,7 @@ class ParentDownloader:
                 cost = time.monotonic() - started
                 # The bytes are in: waiting for the trusted digest is not the parent's slowness.
                 fetch.transfer_started = None
+                arrived.set()
                 digest = format_piece_digest(fetched.crc)
                 if fetched.digest != digest:
                     raise DigestMismatch(

@@ -79,8 +79,13 @@ class PieceVerifier:
     def _usable(self, digest: str | None) -> bool:
         return digest is not None and (self._policy == "compatible" or is_strong(digest))
 
-    async def expected(self, number: int) -> str | None:
+    async def expected(self, number: int, arrived: asyncio.Event | None = None) -> str | None:
         """Return the trusted digest to check piece ``number`` against, asking the scheduler for a bounded time.
+
+        ``arrived`` is set when the piece's bytes are in. The first question goes out as the transfer starts, often
+        a moment before the digest authority's report of the piece reaches the scheduler (its piece was announced
+        to this child as it was stored, bench/RESULTS.md "Time to first byte"): if that answer lacks the digest, the
+        next question goes out when the bytes are in rather than a poll interval later, once per piece.
 
         Raises UnverifiablePiece when the policy needs one and none arrives: the piece must come from the origin.
         """
@@ -89,23 +94,37 @@ class PieceVerifier:
             return digest
         if self._refresh is not None:
             deadline = time.monotonic() + DIGEST_WAIT
+            urgent = False
+            hurried = arrived is None
             while True:
-                await self._refreshed()
+                await self._refreshed(urgent=urgent)
                 digest = self._trusted.get(number)
                 if self._usable(digest) or time.monotonic() >= deadline:
                     break
-                await asyncio.sleep(_REFRESH_INTERVAL)
+                urgent = False
+                if hurried:
+                    await asyncio.sleep(_REFRESH_INTERVAL)
+                    continue
+                assert arrived is not None
+                try:
+                    await asyncio.wait_for(arrived.wait(), _REFRESH_INTERVAL)
+                except TimeoutError:
+                    continue
+                urgent = hurried = True
         if self._usable(digest):
             return digest
         if self._policy == "compatible" or self.whole_digest:
             return digest
         raise UnverifiablePiece(f"no trusted digest is known for piece {number}")
 
-    async def _refreshed(self) -> None:
-        """Ask the scheduler once for what it trusts now; concurrent callers share one call."""
+    async def _refreshed(self, *, urgent: bool = False) -> None:
+        """Ask the scheduler once for what it trusts now; concurrent callers share one call.
+
+        Calls are ``_REFRESH_INTERVAL`` apart unless ``urgent`` (a piece whose bytes are in, at most once each).
+        """
         running = self._refreshing
         if running is None:
-            wait = self._last_refresh + _REFRESH_INTERVAL - time.monotonic()
+            wait = 0.0 if urgent else self._last_refresh + _REFRESH_INTERVAL - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
                 running = self._refreshing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import zlib
 from collections.abc import Iterator
@@ -76,6 +77,28 @@ async def test_digests_that_arrive_later_are_fetched_from_the_scheduler(executor
 
     verifier = PieceVerifier("strict", whole_digest=False, refresh=refresh, executor=executor)
     assert await verifier.expected(0) == BLAKE3
+
+
+async def test_a_digest_missing_at_the_first_answer_is_asked_for_again_when_the_bytes_are_in(
+    executor, monkeypatch
+) -> None:
+    # The first answer came before the seed's report reached the scheduler; the next poll would be a minute away.
+    monkeypatch.setattr(piece_verifier, "_REFRESH_INTERVAL", 60.0)
+    answers = [[], [_piece(BLAKE3)]]
+    asked = asyncio.Event()
+
+    async def refresh() -> list[common_pb2.Piece]:
+        asked.set()
+        return answers.pop(0)
+
+    verifier = PieceVerifier("strict", whole_digest=False, refresh=refresh, executor=executor)
+    arrived = asyncio.Event()
+    async with asyncio.timeout(10):
+        expecting = asyncio.ensure_future(verifier.expected(0, arrived))
+        await asked.wait()
+        arrived.set()
+        assert await expecting == BLAKE3
+    assert answers == []
 
 
 async def test_compatible_accepts_a_trusted_crc_and_checks_it(executor, fd) -> None:
