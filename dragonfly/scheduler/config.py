@@ -57,12 +57,12 @@ class GCConfig:
     # Freeze what survives CPython's young collections at start and then this often, so its full collections walk
     # only what is new (0: CPython's own schedule; dragonfly/scheduler/pygc.py, bench/RESULTS.md §6).
     python_freeze_interval: Duration = field(default=Duration(1), metadata={"key": "pythonGCFreezeInterval"})
-    # With freezing on: unfreeze and collect everything this often. Cyclic garbage that took in frozen objects waits
-    # this long (until grpc's request iterator stopped being used, ~6 KiB per long-lived stream that ended; ended
-    # streams and refused calls now leave none); each such collection walks every object (seconds at 100,000 peers
-    # on a loaded machine).
+    # With freezing on: unfreeze and collect everything this often; each such collection walks every object (seconds
+    # at 100,000 peers on a loaded machine). Cyclic garbage that took in frozen objects waits this long: ended streams
+    # and refused calls leave none since 347008c (5 min while they left ~6 KiB a stream); what is left is grpc's
+    # per-call handler lookup caught by a freeze mid-call (~0.13 objects per churned peer, bench/RESULTS.md §6).
     python_full_collect_interval: Duration = field(
-        default=Duration(300), metadata={"key": "pythonGCFullCollectInterval"}
+        default=Duration(3600), metadata={"key": "pythonGCFullCollectInterval"}
     )
 
     def validate(self) -> None:

@@ -5,7 +5,7 @@ quarter of the old generation, and a full collection walks every object the proc
 90,000 open streams that is seconds, in which no decision is made (``bench/RESULTS.md`` §6). With a freeze interval,
 a young collection runs at start and then every interval, and everything that survives it is frozen (``gc.freeze``),
 so later full collections walk only what came after. Garbage cycles among frozen objects wait for the full
-collection that runs once per ``pythonGCFullCollectInterval`` (5 min) after everything is unfrozen: one long pause
+collection that runs once per ``pythonGCFullCollectInterval`` (1 h) after everything is unfrozen: one long pause
 per interval instead of one per quarter of growth, and that much cyclic garbage held meanwhile. The scheduler makes
 little of it: the peer model holds no cycle once a peer is deleted, a stream that ends or a refused call none either
 (grpc's request iterator is not used and aborts are cut from their frames: dragonfly/common/grpc_decoding.py;

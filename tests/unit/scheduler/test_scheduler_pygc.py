@@ -69,7 +69,7 @@ async def test_a_scheduler_with_the_default_config_freezes_while_it_runs():
         },
     )
     assert config.scheduler.gc.python_freeze_interval == 1
-    assert config.scheduler.gc.python_full_collect_interval == 300
+    assert config.scheduler.gc.python_full_collect_interval == 3600
     gc.unfreeze()
     server = SchedulerServer(config)
     await server.start()
