@@ -5,9 +5,9 @@ from (none: the origin), when its request got its buffer (``created_at``, wall t
 (``cost``). That is enough to see where a swarm's time goes without tracing the daemons while they run:
 
 - per peer: when its first piece started and its last one ended, how many pieces it took from whom, how many it
-  had in flight at most, and its **idle time**: moments with nothing in flight while a piece it lacked had already
-  been stored by some other host (policy lost time; at the swarm's head nothing may exist to fetch, which is not
-  idle);
+  had in flight at most, and its **idle time**: moments with nothing in flight while one of its parents (the hosts
+  it took pieces from) had already stored a piece it lacked (time the dispatch lost; at the swarm's head nothing
+  may exist to fetch, which is not idle), and the part of it where only the seed peer held such a piece;
 - per parent (the seed included): pieces and F it uploaded, its upload rate while busy (its link's 800 Mbit/s is
   100 MB/s), and the most pieces it served at once;
 - the seed's origin phase: first to last byte from the origin, its rate against the origin link, what share of
@@ -86,29 +86,36 @@ def _peak(intervals: list[tuple[float, float]]) -> int:
     return peak
 
 
-def _idle(events: list[PieceEvent], stored: dict[int, list[float]], host: str) -> tuple[float, int]:
-    """Return (seconds, gaps) during which ``host`` had nothing in flight while another host held a piece it lacked.
+def _idle(events: list[PieceEvent], ends: dict[str, dict[int, float]]) -> tuple[float, int, float]:
+    """Return (seconds, gaps, seed-only seconds) during which this host had nothing in flight while one of its
+    parents held a piece it lacked.
 
-    ``stored`` maps each piece to the sorted times other hosts stored it. During a gap this host acquires nothing,
-    so what it lacks is fixed and what others hold only grows: the gap is idle from the first moment one of its
-    missing pieces was stored elsewhere.
+    Its parents are the hosts it took pieces from (the scheduler's other candidates are not in the metadata).
+    During a gap this host acquires nothing, so what it lacks is fixed and what its parents hold only grows: the
+    gap is idle from the first moment a parent stored one of its missing pieces. Seed-only seconds are those where
+    only the seed peer held any of them (the dispatch's hold of a feeding seed's pieces for another holder).
     """
     mine = sorted(events, key=lambda e: e.start)
+    parents = {e.source for e in mine if e.source != ORIGIN}
     busy = _busy([(e.start, e.end) for e in mine])
-    idle, gaps = 0.0, 0
+    idle, gaps, seed_only = 0.0, 0, 0.0
     for (_, gap_start), (gap_end, _) in pairwise(busy):
         missing = [e.number for e in mine if e.start >= gap_end]
-        first = min(
-            (times[0] for n in missing if (times := [t for t in stored.get(n, []) if t < gap_end])),
-            default=None,
-        )
-        if first is None:
+        held = [
+            (at, parent)
+            for parent in parents
+            for number in missing
+            if (at := ends.get(parent, {}).get(number)) is not None and at < gap_end
+        ]
+        if not held:
             continue
-        lost = gap_end - max(gap_start, first)
-        if lost > 0:
-            idle += lost
-            gaps += 1
-    return idle, gaps
+        since = max(gap_start, min(at for at, _ in held))
+        idle += gap_end - since
+        gaps += 1
+        # Until another parent got one of them, only the seed held what this host was missing.
+        others = [at for at, parent in held if parent != SEED]
+        seed_only += max(min(others, default=gap_end), since) - since
+    return idle, gaps, seed_only
 
 
 def analyse(events: list[PieceEvent], peers: list[str], size: int) -> dict[str, Any]:
@@ -117,6 +124,9 @@ def analyse(events: list[PieceEvent], peers: list[str], size: int) -> dict[str, 
     for event in events:
         by_host[event.host].append(event)
     stored_by: dict[int, list[tuple[float, str]]] = defaultdict(list)
+    ends: dict[str, dict[int, float]] = defaultdict(dict)
+    for event in events:
+        ends[event.host][event.number] = event.end
     for event in events:
         stored_by[event.number].append((event.end, event.host))
     for holders in stored_by.values():
@@ -138,8 +148,7 @@ def analyse(events: list[PieceEvent], peers: list[str], size: int) -> dict[str, 
         if not mine:
             peer_rows[host] = {"pieces": 0}
             continue
-        others = {number: [t for t, h in holders if h != host] for number, holders in stored_by.items()}
-        idle, gaps = _idle(mine, others, host)
+        idle, gaps, seed_only = _idle(mine, ends)
         busy = _busy([(e.start, e.end) for e in mine])
         busy_seconds = sum(b - a for a, b in busy)
         got = sum(e.length for e in mine)
@@ -156,6 +165,7 @@ def analyse(events: list[PieceEvent], peers: list[str], size: int) -> dict[str, 
             "rate_busy_mb_s": round(got / busy_seconds / 1e6, 1) if busy_seconds else None,
             "idle_s": round(idle, 3),
             "idle_gaps": gaps,
+            "idle_seed_only_s": round(seed_only, 3),
             "held_at_origin_end": None if held_at_origin_end is None else round(held_at_origin_end, 3),
         }
 
@@ -200,6 +210,7 @@ def analyse(events: list[PieceEvent], peers: list[str], size: int) -> dict[str, 
             [r["held_at_origin_end"] for r in peer_rows.values() if r.get("held_at_origin_end") is not None]
         ),
         "idle_s_total": round(sum(r.get("idle_s", 0.0) for r in peer_rows.values()), 3),
+        "idle_seed_only_s_total": round(sum(r.get("idle_seed_only_s", 0.0) for r in peer_rows.values()), 3),
         "seed_uploads": seed_pieces,
         "seed_uploads_already_at_a_peer": redundant,
         "piece_spread_s_p50": round(spread[len(spread) // 2], 3) if spread else None,
@@ -232,6 +243,7 @@ def summary_lines(system: str, timeline: dict[str, Any]) -> list[str]:
         f"- {system} timeline: seed uploaded {timeline['seed_uploads']} pieces "
         f"({timeline['seed_uploads_already_at_a_peer']} already at a peer); busiest parents "
         + ", ".join(f"{h} {r['uploaded_f']} F ({r['rate_busy_mb_s']} MB/s busy)" for h, r in busiest)
-        + f"; idle with pieces available {timeline['idle_s_total']} s in all, most "
+        + f"; idle while a parent held a missing piece {timeline['idle_s_total']} s in all "
+        + f"({timeline['idle_seed_only_s_total']} s of it only at the seed), most "
         + ", ".join(f"{h} {s:.2f} s" for s, h in idle),
     ]

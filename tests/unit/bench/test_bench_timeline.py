@@ -33,7 +33,7 @@ def test_timeline_of_a_small_swarm(tmp_path: Path) -> None:
         # p1 waits from 1.5 to 3.0 while the seed holds piece 1 from 2.0: 1.0 s idle.
         "p1": _store(tmp_path / "p1.db", [(0, seed, 1.0, 1.5), (1, seed, 3.0, 3.5)]),
         # p2 waits from 2.0 to 3.6 while piece 1 is at the seed from 2.0: 1.6 s idle; its piece 1 comes from the
-        # seed although p1 held it since 3.5.
+        # seed although p1 held it since 3.5. A host that is no parent of p2 holding piece 1 would not count.
         "p2": _store(tmp_path / "p2.db", [(0, p1, 1.6, 2.0), (1, seed, 3.6, 4.0)]),
     }
     events = [event for host, db in dbs.items() for event in read_pieces(db, host, T0)]
@@ -46,6 +46,9 @@ def test_timeline_of_a_small_swarm(tmp_path: Path) -> None:
     assert timeline["tail_s"] == 2.0
     assert timeline["peers"]["p1"]["idle_s"] == 1.0
     assert timeline["peers"]["p2"]["idle_s"] == 1.6
+    # Only the seed held piece 1 for p1's whole wait, and for p2's until p1 stored it at 3.5.
+    assert timeline["peers"]["p1"]["idle_seed_only_s"] == 1.0
+    assert timeline["peers"]["p2"]["idle_seed_only_s"] == 1.5
     assert timeline["peers"]["p1"]["held_at_origin_end"] == 0.5
     assert timeline["peers"]["p2"]["from"] == {"p1": 1, "seed": 1}
     assert timeline["seed_uploads"] == 3
