@@ -96,6 +96,20 @@ def grpc_timeout(seconds: float) -> str:
     return "99999999H"
 
 
+def _shown(text: str) -> str:
+    """Return a header value as an error message quotes it: at most 40 characters of it."""
+    return text if len(text) <= 40 else f"{text[:40]}..."
+
+
+def _status_code(text: str) -> int | None:
+    """Return an HTTP or gRPC status header's value as a number, None unless it is 1-10 ASCII digits.
+
+    str.isdigit() alone also takes other scripts' digits (latin-1's superscripts, which int() refuses) and any
+    length (int() refuses more than 4,300 digits): a daemon's header must not end dfget with a ValueError.
+    """
+    return int(text) if 0 < len(text) <= 10 and text.isascii() and text.isdigit() else None
+
+
 def _percent_decode(text: str) -> str:
     if "%" not in text:
         return text
@@ -194,11 +208,19 @@ class _Connection:
                     raise _ProtocolError("initial window above 2^31-1")
                 self.stream_send_window += value - self.peer_initial_window
                 self.peer_initial_window = value
+                # RFC 9113 §6.9.2: a change that takes the open stream's window past the limit is an error.
+                self.check_window(self.stream_send_window)
             elif key == _MAX_FRAME_SIZE:
                 if not _DEFAULT_MAX_FRAME <= value <= 2**24 - 1:
                     raise _ProtocolError(f"SETTINGS_MAX_FRAME_SIZE {value} out of range")
                 self.peer_max_frame = value
         self.send(self.frame(_SETTINGS, _ACK, 0))
+
+    @staticmethod
+    def check_window(window: int) -> None:
+        """RFC 9113 §6.9.1: a peer that takes a send window past 2^31-1 breaks flow control (FLOW_CONTROL_ERROR)."""
+        if window > _MAX_WINDOW:
+            raise _ProtocolError(f"the daemon took a send window past 2^31-1 ({window})")
 
     def consumed(self, length: int) -> None:
         """Return ``length`` bytes of DATA to the daemon's windows once half of a window is used."""
@@ -319,12 +341,18 @@ class _Call:
                 if flags & _PADDED:
                     payload = self._unpad(payload)
                 if flags & _PRIORITY:
+                    if len(payload) < 5:
+                        raise _ProtocolError("HEADERS shorter than its priority fields")
                     payload = payload[5:]
                 self.block_ends_stream = bool(flags & _END_STREAM)
                 self.block_open = True
             elif not self.block_open:
                 raise _ProtocolError("CONTINUATION without HEADERS")
             self.header_block += payload
+            # A block that never ends (CONTINUATION after CONTINUATION) must not grow without bound; no block
+            # the decoder would accept is larger than the header list it decodes to.
+            if len(self.header_block) > hpack.MAX_HEADER_LIST_SIZE:
+                raise _ProtocolError(f"header block larger than {hpack.MAX_HEADER_LIST_SIZE} bytes")
             if flags & _END_HEADERS:
                 self.block_open = False
                 self._headers(bytes(self.header_block))
@@ -341,10 +369,14 @@ class _Call:
             if len(payload) != 4:
                 raise _ProtocolError("WINDOW_UPDATE of a length other than 4")
             increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
+            if not increment:
+                raise _ProtocolError("WINDOW_UPDATE of 0")
             if stream:
                 conn.stream_send_window += increment
+                conn.check_window(conn.stream_send_window)
             else:
                 conn.send_window += increment
+                conn.check_window(conn.send_window)
         elif kind == _RST_STREAM:
             code = int.from_bytes(payload[:4], "big") if len(payload) == 4 else 0
             # The daemon cancels a call whose grpc-timeout ran out; that is the deadline, as grpcio reports it.
@@ -377,10 +409,11 @@ class _Call:
             self.headers = headers
             status = headers.get(":status")
             if status != "200":
-                code = _HTTP_CODES.get(int(status), UNKNOWN) if status and status.isdigit() else INTERNAL
+                number = _status_code(status or "")
+                code = INTERNAL if number is None else _HTTP_CODES.get(number, UNKNOWN)
                 if status in ("502", "503", "504"):
                     code = UNAVAILABLE
-                raise RpcError(code, f"Received http2 header with status: {status}")
+                raise RpcError(code, f"Received http2 header with status: {_shown(status) if status else status}")
             if "grpc-status" not in headers:
                 if not headers.get("content-type", "").startswith("application/grpc"):
                     raise RpcError(UNKNOWN, f"the daemon answered content-type {headers.get('content-type')!r}")
@@ -415,9 +448,9 @@ class _Call:
         if self.messages:
             raise _ProtocolError("the response ended inside a message")
         status = trailers.get("grpc-status", "")
-        if not status.isdigit():
-            raise _ProtocolError(f"grpc-status {status!r} is not a status code")
-        code = int(status)
+        code = _status_code(status)
+        if code is None:
+            raise _ProtocolError(f"grpc-status {_shown(status)!r} is not a status code")
         if code != OK:
             binary = {key: _decode_bin(value) for key, value in trailers.items() if key.endswith("-bin")}
             raise RpcError(code, _percent_decode(trailers.get("grpc-message", "")), binary)

@@ -403,3 +403,76 @@ def test_the_client_respects_the_servers_window(sock_dir: Path) -> None:
     received, error = _run(sock_dir, script)
     assert (received, error) == ([], None)
     assert sizes == [1] * 8
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        # latin-1 superscript two: str.isdigit() takes it, int() does not.
+        (((":status", "\xb2"),), "Received http2 header with status: \xb2"),
+        (((":status", "200"), ("grpc-status", "\xb2")), "grpc-status '\xb2'"),
+        # Past the interpreter's 4,300-digit limit on int(str).
+        (((":status", "200"), ("grpc-status", "0" * 5000)), "is not a status code"),
+        (((":status", "2" * 5000),), "Received http2 header with status: 222"),
+    ],
+)
+def test_a_status_that_is_not_ascii_digits_is_a_clean_error(
+    sock_dir: Path, headers: tuple[tuple[str, str], ...], message: str
+) -> None:
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        peer.send(_frame(1, 5, 1, hpack.encode(headers)))
+        peer.conn.recv(1)
+
+    error = _failed(sock_dir, script)
+    assert error.code in (rpc.INTERNAL, rpc.UNKNOWN)
+    assert message in error.details
+
+
+def test_a_continuation_flood_is_refused_at_the_header_list_limit(sock_dir: Path) -> None:
+    """A header block that never ends (CONTINUATION after CONTINUATION) is refused once it passes the limit."""
+    sent: list[int] = []
+
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        peer.send(_frame(1, 0, 1, OK_HEADERS))
+        fragment = _frame(9, 0, 1, b"\x20" * 16384)  # dynamic table size updates: decode to nothing
+        for _ in range(4 * hpack.MAX_HEADER_LIST_SIZE // 16384):
+            peer.send(fragment)
+            sent.append(1)
+        peer.conn.recv(1)
+
+    error = _failed(sock_dir, script)
+    assert error.code == rpc.INTERNAL
+    assert f"header block larger than {hpack.MAX_HEADER_LIST_SIZE} bytes" in error.details
+    # dfget stopped reading long before the flood's end (the socket buffers hold the rest at most).
+    assert len(sent) < 4 * hpack.MAX_HEADER_LIST_SIZE // 16384
+
+
+@pytest.mark.parametrize(
+    ("frames", "message"),
+    [
+        # RFC 9113 §6.9.1: a window past 2^31-1 is a FLOW_CONTROL_ERROR, an increment of 0 a PROTOCOL_ERROR.
+        ([_frame(8, 0, 0, (2**31 - 1).to_bytes(4, "big"))], "window past 2^31-1"),
+        ([_frame(8, 0, 1, (2**31 - 1).to_bytes(4, "big"))], "window past 2^31-1"),
+        ([_frame(8, 0, 0, b"\x00\x00\x00\x00")], "WINDOW_UPDATE of 0"),
+        # §6.9.2: a SETTINGS_INITIAL_WINDOW_SIZE that takes an open stream's window past 2^31-1.
+        (
+            [_frame(8, 0, 1, (2**31 - 65536).to_bytes(4, "big")), _frame(4, 0, 0, struct.pack(">HI", 4, 2**31 - 1))],
+            "window past 2^31-1",
+        ),
+        # §6.2: the priority fields are 5 bytes; a HEADERS frame with the flag and fewer bytes is malformed.
+        ([_frame(1, 0x24, 1, b"\x00\x00")], "HEADERS shorter than its priority fields"),
+    ],
+)
+def test_flow_control_and_priority_violations_are_clean_errors(
+    sock_dir: Path, frames: list[bytes], message: str
+) -> None:
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        peer.send(_frame(1, 4, 1, OK_HEADERS) if frames[0][3] != 1 else b"", *frames)
+        peer.conn.recv(1)
+
+    error = _failed(sock_dir, script)
+    assert error.code == rpc.INTERNAL
+    assert message in error.details
