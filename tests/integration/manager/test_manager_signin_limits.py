@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +100,27 @@ def test_a_success_does_not_reset_the_address_budget(tmp_path: Path) -> None:
         assert _signin(rest, "127.0.0.1", "root", ROOT_PASSWORD)[0] == 200
         assert _signin(rest, "127.0.0.1", "carol", "wrong")[0] == 401
         assert _signin(rest, "127.0.0.1", "root", ROOT_PASSWORD)[0] == 429
+
+
+def test_guesses_sent_at_once_stop_at_the_limit(tmp_path: Path) -> None:
+    """Each guess takes an argon2 verification; all of them sent together used to pass the check before the first
+    failure was counted."""
+    rest, grpc_port = free_ports(2)
+    config = {
+        "server": {
+            "dataDir": str(tmp_path / "data"),
+            "rest": {"addr": f"127.0.0.1:{rest}"},
+            "grpc": {"listenIP": "127.0.0.1", "port": {"start": grpc_port, "end": grpc_port}},
+        },
+        "auth": {"rootPassword": ROOT_PASSWORD, "signinMaxFailures": 2, "signinMaxFailuresPerAddress": 20},
+        "security": {"enable": False},
+    }
+    (tmp_path / "manager.yaml").write_text(yaml.safe_dump(config))
+    argv = [sys.executable, "-m", "dragonfly.cli.manager", "--config", str(tmp_path / "manager.yaml")]
+    with ManagedProcess("manager", argv, tmp_path / "manager.log", ready_timeout=60):
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda _: _signin(rest, "127.0.0.1", "root", "wrong")[0], range(8)))
+        assert sorted(results) == [401, 401] + [429] * 6, results
+        # The two failures lock the pair out; the right password waits too.
+        assert _signin(rest, "127.0.0.1", "root", ROOT_PASSWORD)[0] == 429
+        assert _signin(rest, "127.0.0.2", "root", ROOT_PASSWORD)[0] == 200
