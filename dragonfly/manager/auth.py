@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import weakref
 from collections.abc import Iterable
@@ -205,9 +206,23 @@ class SigninLimiter:
             self._failures.forget(pair)
 
 
+def _counted(address: str) -> str:
+    """Return what a client address is counted as: an IPv6 address by its /64, which one subscriber or LAN usually
+    holds whole (2**64 addresses to spray from, as an IPv4 client behind NAT has one); an IPv4-mapped one as IPv4."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 def _pair_key(address: str, name: str) -> str:
-    return f"p\x00{address}\x00{name}"
+    return f"p\x00{_counted(address)}\x00{name}"
 
 
 def _address_key(address: str) -> str:
-    return f"a\x00{address}"
+    return f"a\x00{_counted(address)}"

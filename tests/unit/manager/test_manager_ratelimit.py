@@ -60,3 +60,18 @@ def test_concurrent_sign_ins_cannot_all_pass_before_the_first_failure_is_counted
     assert limiter.begin("10.0.0.7", "carol") == 0.0, "a success keeps the address's count, here 2 of 3"
     limiter.end("10.0.0.7", "carol", failed=True)
     assert limiter.begin("10.0.0.7", "alice") > 0, "and the address is locked out at 3"
+
+
+def test_an_ipv6_client_is_counted_by_its_64_and_an_ipv4_mapped_one_as_ipv4() -> None:
+    limiter = SigninLimiter(max_failures=5, window=60.0, max_address_failures=2)
+    for address in ("2001:db8:1:2::1", "2001:db8:1:2:ffff:ffff:ffff:fffe"):  # two addresses of one /64
+        assert limiter.begin(address, f"user-{address}") == 0.0
+        limiter.end(address, f"user-{address}", failed=True)
+    assert limiter.begin("2001:db8:1:2::abcd", "root") > 0, "a third address of the /64 starts with its budget spent"
+    assert limiter.begin("2001:db8:1:3::1", "root") == 0.0, "the next /64 has its own"
+    limiter.end("2001:db8:1:3::1", "root", failed=None)
+    for _ in range(2):
+        assert limiter.begin("::ffff:10.0.0.7", "root") == 0.0
+        limiter.end("::ffff:10.0.0.7", "root", failed=True)
+    assert limiter.begin("10.0.0.7", "root") > 0
+    assert limiter.begin("10.0.0.8", "root") == 0.0, "IPv4 addresses are counted one by one"
