@@ -313,6 +313,12 @@ class _Call:
             self._step()
             if self.ended:
                 return
+            # Nothing takes answers off self.messages until the request is out, and every DATA frame returns its
+            # window: a daemon that keeps the request's window shut could fill memory until the deadline.
+            if len(self.messages) > 5 + MAX_MESSAGE:
+                raise _ProtocolError(
+                    "the daemon sent more than a message's worth of answers before its request was sent"
+                )
 
     def _step(self) -> None:
         """Read and handle one frame."""

@@ -476,3 +476,23 @@ def test_flow_control_and_priority_violations_are_clean_errors(
     error = _failed(sock_dir, script)
     assert error.code == rpc.INTERNAL
     assert message in error.details
+
+
+def test_data_sent_while_the_request_waits_for_a_window_is_bounded(sock_dir: Path) -> None:
+    """A daemon that opens no window for the request and streams answers meanwhile: dfget keeps at most one
+    message's worth of them (nothing reads them until the request is sent), then ends the call."""
+    sent: list[int] = []
+
+    def script(peer: Peer) -> None:
+        assert peer._read(24) == b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+        peer.send(_frame(4, 0, 0, struct.pack(">HI", 4, 0)), _frame(1, 4, 1, OK_HEADERS))
+        chunk = _frame(0, 0, 1, _message(b"x" * 16000))
+        for _ in range(3 * rpc.MAX_MESSAGE // 16000):
+            peer.send(chunk)
+            sent.append(1)
+        peer.conn.recv(1)
+
+    error = _failed(sock_dir, script)
+    assert error.code == rpc.INTERNAL
+    assert "before its request was sent" in error.details
+    assert len(sent) < 3 * rpc.MAX_MESSAGE // 16000
