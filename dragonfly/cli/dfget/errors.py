@@ -40,8 +40,9 @@ def _backend_details(error: RpcError) -> Any:
 
     try:
         return json_format.ParseDict(json.loads(value), errordetails_pb2.Backend(), ignore_unknown_fields=True)
-    except (ValueError, TypeError, json_format.ParseError):
-        # Details of another kind (a google.rpc.Status from some other server) are not ours to show.
+    except (ValueError, TypeError, RecursionError, json_format.ParseError):
+        # Details of another kind (a google.rpc.Status from some other server) are not ours to show, nor garbage
+        # (JSON nested past the decoder's recursion limit raises RecursionError, not ValueError).
         return None
 
 
