@@ -46,6 +46,8 @@ class SystemResult:
     cpu_seconds: float | None = None
     #: The same by process (``CpuMeter.by_process``): scheduler, dfdaemon, agent (with its dfget/curl/aria2c), ...
     cpu_by_process: dict[str, float] = field(default_factory=dict)
+    #: Cores each process used per half second (``CpuSampler``): label -> [[seconds since the start, cores], ...].
+    cpu_timeline: dict[str, list[list[float]]] = field(default_factory=dict)
     #: Ours only: per-piece timeline summary (``bench.swarm.timeline.analyse``), None when not read.
     timeline: dict[str, Any] | None = None
 

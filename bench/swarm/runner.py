@@ -26,6 +26,7 @@ from bench import release_builds_missing
 from bench.swarm import bencode
 from bench.swarm.bound import kumar_ross_bound
 from bench.swarm.cpu import CpuHogs, CpuMeter
+from bench.swarm.cpu_samples import CpuSampler
 from bench.swarm.faults import FAULT_HOSTS, run_ours_faults
 from bench.swarm.hosts import (
     Host,
@@ -204,11 +205,14 @@ class Swarm:
         hogs = CpuHogs(self.cfg.cpu_hogs)
         cpu = CpuMeter(exclude=hogs.pids)
         cpu.start()
+        sampler = CpuSampler(exclude=hogs.pids)
+        sampler.start()
         try:
             yield box
         finally:
             box["cpu_seconds"] = cpu.stop()
             box["cpu_by_process"] = cpu.by_process
+            box["cpu_samples"] = sampler.stop()
             hogs.stop()
             box["samples"] = monitor.stop()
             box["app_after"] = self._origin_app_bytes()
@@ -218,6 +222,10 @@ class Swarm:
         result = self._results(system, agents, t0, box)
         result.cpu_seconds = box.get("cpu_seconds")
         result.cpu_by_process = box.get("cpu_by_process") or {}
+        result.cpu_timeline = {
+            label: [[round(t - t0, 2), share] for t, share in samples if t >= t0]
+            for label, samples in (box.get("cpu_samples") or {}).items()
+        }
         return result
 
     def _results(self, system: str, agents: dict[str, Agent], t0: float, box: dict[str, Any]) -> SystemResult:
