@@ -13,12 +13,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import ipaddress
 import secrets
 import weakref
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from dragonfly.manager.ratelimit import SlidingWindow
 
@@ -165,29 +167,48 @@ class SigninLimiter:
     """Failed sign-ins in a sliding window, per client address and user name and per client address alone.
 
     The pair limit stops guessing one user's password; the address limit stops one client from trying a few
-    passwords on every user name (spraying), which the pair limit alone would let through. Attempts being verified
-    count against both limits until they end, so concurrent guesses cannot all pass the check before the first
-    failure is recorded.
+    passwords on every user name (spraying), which the pair limit alone would let through. An attempt begins only
+    while its failures and the attempts being verified stay under both limits, so concurrent guesses cannot all pass
+    the check before the first failure is recorded; the others wait (up to ``patience`` seconds) for attempts to end,
+    so a burst of right passwords is verified in turn, not refused.
     """
 
-    __slots__ = ("_failures", "max_address_failures", "max_failures")
+    __slots__ = ("_ended", "_failures", "max_address_failures", "max_failures", "patience")
 
-    def __init__(self, max_failures: int, window: float, max_address_failures: int = 20) -> None:
+    def __init__(
+        self, max_failures: int, window: float, max_address_failures: int = 20, patience: float = 10.0
+    ) -> None:
         self.max_failures = max_failures
         self.max_address_failures = max_address_failures
+        self.patience = patience
         self._failures = SlidingWindow(window)
+        # Set when an attempt ends, then replaced; one per event loop, as an Event belongs to the loop it waited on.
+        self._ended: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Event] = weakref.WeakKeyDictionary()
 
-    def begin(self, address: str, name: str) -> float:
-        """Return seconds until ``name`` may try again from ``address``; 0 starts an attempt, which ``end`` ends."""
-        pair, per_address = _pair_key(address, name), _address_key(address)
-        wait = max(
-            self._failures.wait(pair, self.max_failures),
-            self._failures.wait(per_address, self.max_address_failures),
-        )
-        if wait <= 0:
-            self._failures.begin(pair)
-            self._failures.begin(per_address)
-        return wait
+    async def begin(self, address: str, name: str) -> SigninRefusal | None:
+        """Begin an attempt of ``name`` from ``address`` (``end`` ends it), or return why and for how long not."""
+        limits = ((_pair_key(address, name), self.max_failures), (_address_key(address), self.max_address_failures))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.patience
+        while True:
+            wait = max(self._failures.wait(key, limit) for key, limit in limits)
+            if wait > 0:
+                return SigninRefusal(wait, verifying=False)
+            if all(self._failures.room(key, limit) > 0 for key, limit in limits):
+                for key, _limit in limits:
+                    self._failures.begin(key)
+                return None
+            left = deadline - loop.time()
+            if left <= 0:
+                return SigninRefusal(1.0, verifying=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ended_event(loop).wait(), left)
+
+    def _ended_event(self, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+        event = self._ended.get(loop)
+        if event is None:
+            event = self._ended[loop] = asyncio.Event()
+        return event
 
     def end(self, address: str, name: str, *, failed: bool | None) -> None:
         """End an attempt that ``begin`` started: record a failure (True), or forget the failures of ``name`` from
@@ -204,6 +225,18 @@ class SigninLimiter:
             self._failures.add(per_address, self.max_address_failures)
         elif failed is not None:
             self._failures.forget(pair)
+        # Wake the attempts waiting for room; they check again.
+        event = self._ended.pop(asyncio.get_running_loop(), None)
+        if event is not None:
+            event.set()
+
+
+class SigninRefusal(NamedTuple):
+    """Why a sign-in may not begin: ``seconds`` to wait; ``verifying``: attempts being verified, not failures, fill
+    the limit (they did not end within the limiter's patience)."""
+
+    seconds: float
+    verifying: bool
 
 
 def _counted(address: str) -> str:

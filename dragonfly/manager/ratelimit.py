@@ -45,18 +45,16 @@ class SlidingWindow:
         return events
 
     def wait(self, key: str, limit: int) -> float:
-        """Return seconds until ``key`` has fewer than ``limit`` events and attempts in flight (0 = now).
-
-        While attempts in flight alone reach the limit, the answer is 1 s: they end within seconds.
-        """
+        """Return seconds until ``key`` has fewer than ``limit`` events in the window (0 = now)."""
         now = self._clock()
         events = self._recent(key, now)
-        free = limit - self._in_flight.get(key, 0)
-        if free <= 0:
-            return 1.0
-        if len(events) < free:
+        if len(events) < limit:
             return 0.0
-        return max(0.0, events[-free] + self.window - now)
+        return max(0.0, events[-limit] + self.window - now)
+
+    def room(self, key: str, limit: int) -> int:
+        """Return how many more attempts of ``key`` may begin: ``limit`` less its events and attempts in flight."""
+        return limit - len(self._recent(key, self._clock())) - self._in_flight.get(key, 0)
 
     def add(self, key: str, limit: int) -> None:
         """Record one event of ``key``, keeping the last ``limit``."""
@@ -69,7 +67,7 @@ class SlidingWindow:
         events.append(now)
 
     def begin(self, key: str) -> None:
-        """Count one attempt of ``key`` in flight (``wait`` counts it against the limit) until ``end``."""
+        """Count one attempt of ``key`` in flight (``room`` counts it against the limit) until ``end``."""
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
 
     def end(self, key: str) -> None:

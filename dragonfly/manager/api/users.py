@@ -33,13 +33,12 @@ async def signin(body: schemas.SigninRequest, request: Request, session: DB, ctx
     # The socket's peer, or the client a trusted proxy names (server.rest.trustedProxies, applied by uvicorn).
     client = request.client.host if request.client else "?"
     limiter = ctx.signin_limiter
-    wait = limiter.begin(client, body.name)
-    if wait > 0:
-        seconds = int(wait) + 1
+    refusal = await limiter.begin(client, body.name)
+    if refusal is not None:
+        seconds = int(refusal.seconds) + 1
+        what = "sign-ins being verified" if refusal.verifying else "failed sign-ins"
         raise APIError(
-            429,
-            f"too many failed sign-ins from {client}; try again in {seconds} s",
-            headers={"Retry-After": str(seconds)},
+            429, f"too many {what} from {client}; try again in {seconds} s", headers={"Retry-After": str(seconds)}
         )
     failed: bool | None = None
     try:

@@ -3,6 +3,8 @@ flight count (the limits themselves are tested on a manager process: tests/integ
 
 from __future__ import annotations
 
+import asyncio
+
 from dragonfly.manager.auth import SigninLimiter
 from dragonfly.manager.ratelimit import SlidingWindow
 
@@ -45,33 +47,60 @@ def test_keys_whose_window_is_empty_are_swept_when_the_table_is_full() -> None:
     assert window.wait("recent", 1) > 0
 
 
-def test_concurrent_sign_ins_cannot_all_pass_before_the_first_failure_is_counted() -> None:
+async def test_concurrent_guesses_cannot_all_pass_before_the_first_failure_is_counted() -> None:
     limiter = SigninLimiter(max_failures=2, window=60.0, max_address_failures=3)
-    assert [limiter.begin("10.0.0.7", "root") for _ in range(4)] == [0.0, 0.0, 1.0, 1.0]
-    assert limiter.begin("10.0.0.7", "alice") == 0.0, "the address has one attempt left"
-    assert limiter.begin("10.0.0.7", "bob") > 0
-    assert limiter.begin("10.0.0.8", "root") == 0.0, "another address has its own budget"
+    assert await limiter.begin("10.0.0.7", "root") is None
+    assert await limiter.begin("10.0.0.7", "root") is None
+    queued = [asyncio.create_task(limiter.begin("10.0.0.7", "root")) for _ in range(2)]
+    assert await limiter.begin("10.0.0.8", "root") is None, "another address has its own budget"
+    await asyncio.sleep(0)
+    assert not any(task.done() for task in queued), "two attempts being verified fill the pair's limit"
     limiter.end("10.0.0.7", "root", failed=True)
     limiter.end("10.0.0.7", "root", failed=True)
-    limiter.end("10.0.0.7", "alice", failed=None)  # an error or a client gone: nothing is counted
-    assert limiter.begin("10.0.0.7", "root") > 0, "two failures lock the pair out"
-    assert limiter.begin("10.0.0.7", "alice") == 0.0
+    refusals = await asyncio.gather(*queued)
+    assert [(r.verifying, 59 <= r.seconds <= 60) for r in refusals if r] == [(False, True)] * 2, refusals
+    assert await limiter.begin("10.0.0.7", "alice") is None, "the address has one failure left"
     limiter.end("10.0.0.7", "alice", failed=False)
-    assert limiter.begin("10.0.0.7", "carol") == 0.0, "a success keeps the address's count, here 2 of 3"
+    assert await limiter.begin("10.0.0.7", "carol") is None, "a success keeps the address's count, here 2 of 3"
     limiter.end("10.0.0.7", "carol", failed=True)
-    assert limiter.begin("10.0.0.7", "alice") > 0, "and the address is locked out at 3"
+    refusal = await limiter.begin("10.0.0.7", "alice")
+    assert refusal is not None, "and the address is locked out at 3"
+    assert not refusal.verifying
 
 
-def test_an_ipv6_client_is_counted_by_its_64_and_an_ipv4_mapped_one_as_ipv4() -> None:
+async def test_a_burst_of_right_passwords_is_verified_in_turn() -> None:
+    limiter = SigninLimiter(max_failures=2, window=60.0)
+    signed_in = []
+
+    async def sign_in(index: int) -> None:
+        assert await limiter.begin("10.0.0.7", "ci") is None
+        await asyncio.sleep(0)  # the verification
+        signed_in.append(index)
+        limiter.end("10.0.0.7", "ci", failed=False)
+
+    await asyncio.wait_for(asyncio.gather(*(sign_in(index) for index in range(6))), 10)
+    assert sorted(signed_in) == list(range(6))
+
+
+async def test_an_attempt_that_waits_in_vain_is_told_so() -> None:
+    limiter = SigninLimiter(max_failures=1, window=60.0, patience=0.05)
+    assert await limiter.begin("10.0.0.7", "root") is None
+    refusal = await limiter.begin("10.0.0.7", "root")
+    assert refusal == (1.0, True)
+    limiter.end("10.0.0.7", "root", failed=None)
+    assert await limiter.begin("10.0.0.7", "root") is None, "an attempt that ended otherwise counted nothing"
+
+
+async def test_an_ipv6_client_is_counted_by_its_64_and_an_ipv4_mapped_one_as_ipv4() -> None:
     limiter = SigninLimiter(max_failures=5, window=60.0, max_address_failures=2)
     for address in ("2001:db8:1:2::1", "2001:db8:1:2:ffff:ffff:ffff:fffe"):  # two addresses of one /64
-        assert limiter.begin(address, f"user-{address}") == 0.0
+        assert await limiter.begin(address, f"user-{address}") is None
         limiter.end(address, f"user-{address}", failed=True)
-    assert limiter.begin("2001:db8:1:2::abcd", "root") > 0, "a third address of the /64 starts with its budget spent"
-    assert limiter.begin("2001:db8:1:3::1", "root") == 0.0, "the next /64 has its own"
+    assert await limiter.begin("2001:db8:1:2::abcd", "root"), "a third address of the /64 starts with none left"
+    assert await limiter.begin("2001:db8:1:3::1", "root") is None, "the next /64 has its own"
     limiter.end("2001:db8:1:3::1", "root", failed=None)
     for _ in range(2):
-        assert limiter.begin("::ffff:10.0.0.7", "root") == 0.0
+        assert await limiter.begin("::ffff:10.0.0.7", "root") is None
         limiter.end("::ffff:10.0.0.7", "root", failed=True)
-    assert limiter.begin("10.0.0.7", "root") > 0
-    assert limiter.begin("10.0.0.8", "root") == 0.0, "IPv4 addresses are counted one by one"
+    assert await limiter.begin("10.0.0.7", "root")
+    assert await limiter.begin("10.0.0.8", "root") is None, "IPv4 addresses are counted one by one"
