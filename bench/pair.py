@@ -16,7 +16,7 @@ process that allocates pages while free memory is short reclaims them itself, an
 The child writes a new content file on tmpfs, so in a row that ran out of free memory the child's CPU per GiB
 includes the kernel's reclaim; the report names such rows, and rows whose child got bytes from elsewhere than its
 parent. To keep the run's own footprint small, each cluster's storage and the reference runs' output are removed as
-soon as they are done.
+soon as they are done; ``--drop-caches`` also drops the clean page cache before a run when memory is short.
 
 Targets (``docs/benchmarks.md#targets``; this harness reports against the first, looser ones): ours ≥ 0.8 × the
 native loop and ≥ 1.0 × nginx → curl. ``--min-native-ratio 0.8`` turns the first into an exit status, as
@@ -94,14 +94,48 @@ def direct_reclaim(vmstat: str | None = None) -> dict[str, int]:
     return counters
 
 
-class Reclaim:
-    """Sums the direct reclaim seen while timed runs were going on (see ``direct_reclaim``)."""
+def free_memory(meminfo: str | None = None) -> int | None:
+    """Return the machine's free memory in bytes (``MemFree`` of ``/proc/meminfo``), or None when unknown."""
+    if meminfo is None:
+        try:
+            meminfo = Path("/proc/meminfo").read_text()
+        except OSError:
+            return None
+    for line in meminfo.splitlines():
+        name, _, value = line.partition(":")
+        if name == "MemFree":
+            return int(value.split()[0]) * 1024
+    return None
 
-    def __init__(self) -> None:
-        self.totals: dict[str, int] = {}
+
+def drop_clean_caches(needed: int) -> bool:
+    """Write back dirty pages and drop the clean page cache when free memory is below ``needed`` bytes (root only).
+
+    Return whether it dropped. Files on tmpfs (the benchmark's own) are not page cache and stay.
+    """
+    free = free_memory()
+    if free is None or free >= needed:
+        return False
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("1\n")
+    return True
+
+
+class Reclaim:
+    """Sums the direct reclaim seen while timed runs were going on (see ``direct_reclaim``).
+
+    With ``room`` (bytes), each run first drops the clean page cache if less than that is free
+    (``drop_clean_caches``), and ``totals["caches_dropped"]`` counts how often it did.
+    """
+
+    def __init__(self, room: int = 0) -> None:
+        self.totals: dict[str, int] = {"caches_dropped": 0} if room else {}
+        self._room = room
         self._before: dict[str, int] = {}
 
     def __enter__(self) -> Reclaim:
+        if self._room and drop_clean_caches(self._room):
+            self.totals["caches_dropped"] += 1
         self._before = direct_reclaim()
         return self
 
@@ -324,6 +358,13 @@ def main(argv: list[str] | None = None) -> int:
         help="also run ours with storage.server.nativeTls: false on the parent (its Vortex TLS in Python's ssl, "
         "not rustls), as the row 'ours (parent on Python ssl)', side by side with the default",
     )
+    parser.add_argument(
+        "--drop-caches",
+        action="store_true",
+        help="before each timed run of every method, write back and drop the machine's clean page cache when less "
+        "than twice --size is free (root; machine-wide, so only on a machine you have to yourself): the child then "
+        "does not pay the kernel's reclaim for its new pages (bench/RESULTS.md §2 'The bimodal child')",
+    )
     args = parser.parse_args(argv)
     if release_builds_missing("bench pair"):
         return 2
@@ -347,16 +388,17 @@ def main(argv: list[str] | None = None) -> int:
 
         cpu: dict[str, Cpu] = {}
         reclaim: dict[str, Reclaim] = {}
+        room = 2 * args.size if args.drop_caches else 0
 
         def run_nginx() -> list[float]:
             once = nginx_curl(
                 topology, workdir, source, sink, cpu.setdefault("nginx → curl", {}),
-                reclaim.setdefault("nginx → curl", Reclaim()),
+                reclaim.setdefault("nginx → curl", Reclaim(room)),
             )  # fmt: skip
             return [once() for _ in range(args.repeat)]
 
         def run_native() -> list[float]:
-            row_cpu, row_reclaim = cpu.setdefault("native loop", {}), reclaim.setdefault("native loop", Reclaim())
+            row_cpu, row_reclaim = cpu.setdefault("native loop", {}), reclaim.setdefault("native loop", Reclaim(room))
             return [native_loop(source, sink, args.size, row_cpu, row_reclaim) for _ in range(args.repeat)]
 
         methods: dict[str, Callable[[], list[float]]] = {"native loop": run_native, "nginx → curl": run_nginx}
@@ -381,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
                     topology, workdir, source, args.repeat, tls=tls, cpu=cpu.setdefault(label, {}),
                     copy_output=args.copy_output, native_tls=False if args.python_tls else None,
                     server_native_tls=server_native_tls, label=directory,
-                    reclaim=reclaim.setdefault(label, Reclaim()),
+                    reclaim=reclaim.setdefault(label, Reclaim(room)),
                 )  # fmt: skip
                 entry = {"seconds": statistics.median(times), "runs": times, "by_source": by_source}
                 results["methods"][label] = entry
@@ -461,10 +503,13 @@ def source_notes(methods: dict[str, Any]) -> list[str]:
 
 
 def reclaim_notes(methods: dict[str, Any]) -> list[str]:
-    """Return a line for each method during whose timed runs the kernel reclaimed memory directly."""
+    """Return a line for each method during whose timed runs the kernel reclaimed memory directly (and for each
+    whose runs had the page cache dropped first, ``--drop-caches``)."""
     notes = []
     for name, entry in methods.items():
         counters = entry.get("direct_reclaim") or {}
+        if counters.get("caches_dropped"):
+            notes.append(f"{name}: the clean page cache was dropped before {counters['caches_dropped']} of its runs")
         if counters.get("pages_scanned") or counters.get("stalls"):
             notes.append(
                 f"{name}: the kernel reclaimed memory directly during its runs ({counters.get('pages_scanned', 0)} "

@@ -11,6 +11,7 @@ from bench.pair import (
     Reclaim,
     cpu_regressions,
     direct_reclaim,
+    free_memory,
     native_loop,
     reclaim_notes,
     source_notes,
@@ -87,6 +88,31 @@ def test_reclaim_sums_what_the_kernel_counted_during_each_timed_run(monkeypatch:
     assert reclaim.totals == {"pages_scanned": 60 + 40, "stalls": 3}
 
 
+def test_free_memory_reads_memfree_in_bytes() -> None:
+    assert free_memory("MemTotal:       24683652 kB\nMemFree:          251904 kB\n") == 251904 * 1024
+    assert free_memory("MemTotal:       24683652 kB\n") is None
+
+
+def test_reclaim_with_room_drops_caches_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[int] = []
+
+    def drop(needed: int) -> bool:
+        asked.append(needed)
+        return len(asked) == 1  # short of memory before the first run only
+
+    monkeypatch.setattr("bench.pair.drop_clean_caches", drop)
+    monkeypatch.setattr("bench.pair.direct_reclaim", lambda: {"pages_scanned": 7, "stalls": 1})
+    reclaim = Reclaim(room=2 << 30)
+    for _ in range(3):
+        with reclaim:
+            pass
+    assert asked == [2 << 30] * 3
+    assert reclaim.totals == {"caches_dropped": 1, "pages_scanned": 0, "stalls": 0}
+    with Reclaim():
+        pass
+    assert len(asked) == 3
+
+
 def test_reclaim_notes_name_only_the_rows_that_saw_reclaim() -> None:
     methods = {
         "native loop": {"direct_reclaim": {"pages_scanned": 0, "stalls": 0}},
@@ -98,6 +124,9 @@ def test_reclaim_notes_name_only_the_rows_that_saw_reclaim() -> None:
         "ours (plaintext): the kernel reclaimed memory directly during its runs (4096 pages scanned, 17"
     )
     assert reclaim_notes({"ours": {}}) == []
+    assert reclaim_notes({"ours": {"direct_reclaim": {"caches_dropped": 2, "pages_scanned": 0}}}) == [
+        "ours: the clean page cache was dropped before 2 of its runs"
+    ]
 
 
 def test_source_notes_name_rows_whose_child_did_not_get_everything_from_its_parent() -> None:
