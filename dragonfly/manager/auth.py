@@ -182,8 +182,10 @@ class SigninLimiter:
         self.max_address_failures = max_address_failures
         self.patience = patience
         self._failures = SlidingWindow(window)
-        # Set when an attempt ends, then replaced; one per event loop, as an Event belongs to the loop it waited on.
-        self._ended: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Event] = weakref.WeakKeyDictionary()
+        # Set when an attempt of the client ends, then dropped: only the client's waiting attempts wake. Per event
+        # loop too, as an Event belongs to the loop it waited on. Ends pop what waits create, so this stays as small
+        # as the number of clients with attempts waiting.
+        self._ended: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Event] = {}
 
     async def begin(self, address: str, name: str) -> SigninRefusal | None:
         """Begin an attempt of ``name`` from ``address`` (``end`` ends it), or return why and for how long not."""
@@ -202,13 +204,7 @@ class SigninLimiter:
             if left <= 0:
                 return SigninRefusal(1.0, verifying=True)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ended_event(loop).wait(), left)
-
-    def _ended_event(self, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
-        event = self._ended.get(loop)
-        if event is None:
-            event = self._ended[loop] = asyncio.Event()
-        return event
+                await asyncio.wait_for(self._ended.setdefault((loop, _counted(address)), asyncio.Event()).wait(), left)
 
     def end(self, address: str, name: str, *, failed: bool | None) -> None:
         """End an attempt that ``begin`` started: record a failure (True), or forget the failures of ``name`` from
@@ -225,8 +221,8 @@ class SigninLimiter:
             self._failures.add(per_address, self.max_address_failures)
         elif failed is not None:
             self._failures.forget(pair)
-        # Wake the attempts waiting for room; they check again.
-        event = self._ended.pop(asyncio.get_running_loop(), None)
+        # Wake the client's attempts waiting for room; they check again.
+        event = self._ended.pop((asyncio.get_running_loop(), _counted(address)), None)
         if event is not None:
             event.set()
 
