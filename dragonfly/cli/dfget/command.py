@@ -10,7 +10,7 @@ import time
 import dragonfly
 from dragonfly.cli.arguments import parse_args
 from dragonfly.cli.dfget.client import download
-from dragonfly.cli.dfget.errors import DownloadFailed, fail
+from dragonfly.cli.dfget.errors import DownloadFailed, fail, printable
 from dragonfly.cli.dfget.output import check_output, download_and_stream, remove_partial, stream_target
 from dragonfly.cli.dfget.parser import build_parser, merge_range
 from dragonfly.cli.dfget.progress import human
@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         remove_partial(output, existed)
         # The error stays the last line (scripts read it); what explains it, such as origin headers, goes first.
         for note in getattr(exc, "__notes__", ()):
-            print(f"dfget: {note}", file=sys.stderr)
-        print(f"dfget: error: {exc}", file=sys.stderr)
+            print(f"dfget: {printable(note)}", file=sys.stderr)
+        print(f"dfget: error: {printable(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         remove_partial(output, existed)
@@ -119,8 +119,8 @@ def main_recursive(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         count, size, traffic = download_directory(args, output, started)
     except DownloadFailed as exc:
         for note in getattr(exc, "__notes__", ()):
-            print(f"dfget: {note}", file=sys.stderr)
-        print(f"dfget: error: {exc}", file=sys.stderr)
+            print(f"dfget: {printable(note)}", file=sys.stderr)
+        print(f"dfget: error: {printable(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("dfget: interrupted", file=sys.stderr)

@@ -28,6 +28,20 @@ def fail(message: str) -> NoReturn:
     raise DownloadFailed(message)
 
 
+# C0 controls, DEL and C1 controls: what a terminal may act on. Line breaks too: one message stays one line.
+_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def printable(text: str) -> str:
+    """Return ``text`` with its control characters escaped (``\\x1b``), for dfget's messages on the terminal.
+
+    Error messages carry an origin's words through the daemon (its reason phrase, its response headers, listed
+    URLs), and aiohttp accepts ESC and BEL in those: printed as they are, a hostile origin could retitle, clear or
+    write to the clipboard of the user's terminal, or forge lines of dfget's output.
+    """
+    return text.translate(_CONTROLS)
+
+
 def _backend_details(error: RpcError) -> Any:
     """Return the ``errordetails.v2.Backend`` the daemon put as JSON in ``Status.details``, or None."""
     value = error.trailers.get("grpc-status-details-bin")

@@ -52,3 +52,47 @@ def test_backend_details_the_daemon_garbled_are_left_out(tmp_path: Path, details
     failure = describe_rpc_error(error, str(tmp_path / "d.sock"), 30.0, True)
     assert str(failure) == "download failed: origin refused"
     assert not getattr(failure, "__notes__", [])
+
+
+def test_control_characters_from_the_daemon_are_escaped_on_the_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An origin's reason phrase and headers reach dfget's error output through the daemon; aiohttp accepts ESC and
+    BEL in both, so a hostile origin could otherwise write escape sequences (title, clipboard, screen clear) to the
+    user's terminal."""
+    import json
+    from collections.abc import Iterator
+    from concurrent import futures
+    from typing import Any
+
+    import grpc
+
+    from dragonfly.cli.dfget.command import main
+
+    details = json.dumps({"statusCode": 404, "header": {"X-Evil": "a\x1b[2Jb"}}).encode()
+
+    def stream(request: bytes, context: Any) -> Iterator[bytes]:
+        context.set_trailing_metadata((("grpc-status-details-bin", details),))
+        context.abort(grpc.StatusCode.NOT_FOUND, "origin returned HTTP 404 Not\x1b]0;pwned\x07Found\r\nfake line")
+        yield b""
+
+    path = str(tmp_path / "d.sock")
+    handler = grpc.method_handlers_generic_handler(
+        "dfdaemon.v2.DfdaemonDownload", {"DownloadTask": grpc.unary_stream_rpc_method_handler(stream)}
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"unix:{path}")
+    server.start()
+    try:
+        status = main(["http://origin/f", "-O", str(tmp_path / "out"), "-e", path, "--timeout", "30s"])
+    finally:
+        server.stop(None).wait(5)
+    stderr = capsys.readouterr().err
+    assert status == 1
+    assert not any(ord(c) < 0x20 and c != "\n" for c in stderr), repr(stderr)
+    lines = stderr.splitlines()
+    assert lines[-1] == (
+        "dfget: error: download failed: origin returned HTTP 404 Not\\x1b]0;pwned\\x07Found\\x0d\\x0afake line"
+    )
+    assert "dfget:   X-Evil: a\\x1b[2Jb" in lines
