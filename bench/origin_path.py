@@ -7,13 +7,16 @@ serves a file of ``--size`` from tmpfs, and each system fetches all of it into a
 - ``ours``: what a seed peer does per piece: ``HTTPBackend.download_piece`` of each piece (the daemon's piece
   length and ``download.concurrentPieceCount`` pieces at a time, its 4 MiB pooled buffers), with the piece's
   BLAKE3 fed as its bytes are written (the digest the seed reports to the scheduler);
-- ``ours-read-back``: the same, with the BLAKE3 taken by reading each piece back afterwards (what a backend that
+- ``ours-through-aiohttp``: the same with the body read through aiohttp's reader (what an https or chunked origin
+  gets, and what every origin got before ``dragonfly.daemon.backends.body_socket``);
+- ``ours-read-back``: ``ours`` with the BLAKE3 taken by reading each piece back afterwards (what a backend that
   does not feed the digest costs, and what the seed did before);
 - ``curl``: ``curl -o`` of the whole file (the baseline: one stream, no hashing).
 
-The CPU is user + system seconds: ours' of this process (its event loop and executor threads: only the backend runs
-in it meanwhile), curl's from ``wait4``; nginx's is counted for nobody. The systems alternate ``--repeat`` times and
-the median is reported with the ratio to curl's.
+Ours runs on the daemon's event loop (uvloop when installed). The CPU is user + system seconds: ours' of this
+process (its event loop and executor threads: only the backend runs in it meanwhile), curl's from ``wait4``;
+nginx's is counted for nobody. The systems alternate ``--repeat`` times and the median is reported with the ratio
+to curl's.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -38,7 +42,7 @@ from bench import release_builds_missing
 from bench.swarm.origin import nginx_config
 from bench.swarm.units import parse_size
 
-SYSTEMS = ("ours", "ours-read-back", "curl")
+SYSTEMS = ("ours", "ours-through-aiohttp", "ours-read-back", "curl")
 _GIB = 1 << 30
 
 
@@ -67,10 +71,12 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 3
     raise RuntimeError(f"nginx did not listen on 127.0.0.1:{port} within {timeout} s")
 
 
-async def fetch_ours(url: str, content: Path, size: int, *, read_back: bool) -> float:
+async def fetch_ours(url: str, content: Path, size: int, *, read_back: bool, through_aiohttp: bool = False) -> float:
     """Fetch ``url`` piece by piece as a seed peer does; return the CPU seconds this process spent."""
     from dragonfly.common.netguard import AddressPolicy, parse_networks
     from dragonfly.common.piece import calculate_piece_length, piece_count, piece_range
+    from dragonfly.daemon.backends import http
+    from dragonfly.daemon.backends.body_socket import take_over
     from dragonfly.daemon.backends.http import HTTPBackend
     from dragonfly.daemon.backends.piece_chunks import PieceDigest
     from dragonfly.daemon.config import DownloadConfig
@@ -101,13 +107,25 @@ async def fetch_ours(url: str, content: Path, size: int, *, read_back: bool) -> 
             elif digest.result(length) is None:
                 raise RuntimeError(f"piece {number}: the backend did not feed its digest")
 
+        # The backend falls back to aiohttp's reader when the body cannot be taken over.
+        http.take_over = (lambda resp, length: None) if through_aiohttp else take_over  # type: ignore[assignment]
         try:
             started = _self_cpu()
             await asyncio.gather(*(piece(n) for n in range(piece_count(size, piece_length))))
             return _self_cpu() - started
         finally:
+            http.take_over = take_over
             os.close(fd)
             await backend.close()
+
+
+def _run_loop(main: Coroutine[Any, Any, float]) -> float:
+    """Run ``main`` on the event loop the daemon runs (uvloop when installed, as ``dragonfly.common.process``)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def fetch_curl(url: str, content: Path) -> float:
@@ -141,7 +159,11 @@ def run(workdir: Path, size: int, repeat: int) -> dict[str, Any]:
                 if system == "curl":
                     seconds = fetch_curl(url, content)
                 else:
-                    seconds = asyncio.run(fetch_ours(url, content, size, read_back=system == "ours-read-back"))
+                    main = fetch_ours(
+                        url, content, size, read_back=system == "ours-read-back",
+                        through_aiohttp=system == "ours-through-aiohttp",
+                    )  # fmt: skip
+                    seconds = _run_loop(main)
                 if content.stat().st_size != size:
                     raise RuntimeError(f"{system} stored {content.stat().st_size} of {size} bytes")
                 content.unlink()

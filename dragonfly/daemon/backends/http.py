@@ -35,6 +35,7 @@ from yarl import URL
 
 import dragonfly
 from dragonfly.common.netguard import AddressPolicy, find_refusal, guarded_connector_args
+from dragonfly.daemon.backends.body_socket import read_body, take_over
 from dragonfly.daemon.backends.origin_head import OriginHead
 from dragonfly.daemon.backends.piece_chunks import PieceDigest, write_chunk
 from dragonfly.daemon.blocking import run_blocking
@@ -560,7 +561,17 @@ class HTTPBackend:
                             )
                     else:
                         raise _status_error(url, resp)
-                    return await self._write_body(url, resp.content, fd, offset, length, buffer, progress, digest)
+                    body = take_over(resp, length)
+                    if body is None:
+                        return await self._write_body(url, resp.content, fd, offset, length, buffer, progress, digest)
+                    try:
+                        return await read_body(
+                            self._executor, body, fd, offset, length, buffer, digest, self._piece_timeout, progress
+                        )
+                    finally:
+                        # aiohttp's parser never saw the body: the connection cannot carry another request.
+                        resp.close()
+                        body.close()
 
         return await self._retrying("piece download from", attempt, url)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from dragonfly.daemon.backends import body_socket
 from dragonfly.daemon.backends import http as backend_module
 from dragonfly.daemon.backends.http import HTTPBackend
 from dragonfly.daemon.backends.piece_chunks import PieceDigest
@@ -54,7 +55,9 @@ async def test_a_cancelled_piece_download_waits_for_its_write(
         done_while_writing.append(task.done())
         return real_write(fd, offset, view, crc, whole_piece, digest)
 
+    # Through aiohttp, or straight from the socket (a plain-HTTP body of known length: body_socket).
     monkeypatch.setattr(backend_module, "write_chunk", blocking_write)
+    monkeypatch.setattr(body_socket, "write_chunk", blocking_write)
     with ThreadPoolExecutor(2) as executor:
         backend = HTTPBackend(request_header={}, max_retries=0, piece_timeout=30.0, executor=executor)
         await backend.start()
