@@ -57,6 +57,11 @@ def download(
         "certificate_chain": list(args.ca_cert),
         **source_settings(args.url, args),
     }
+    # Before anything is shown: the debug rendering below would fail on the same values.
+    try:
+        request = messages.download_task_request(download)
+    except messages.MessageError as exc:
+        fail(f"cannot ask dfdaemon for the download: {exc}")
     metadata: tuple[tuple[str, str], ...] = ()
     if args.insecure_skip_verify:
         print("dfget: warning: the origin's TLS certificate is not verified (--insecure-skip-verify)", file=sys.stderr)
@@ -73,7 +78,6 @@ def download(
     # What the output must hold: the whole content, or the range the daemon resolved.
     expected: tuple[int, int] | None = None
     finished_locally = False
-    request = messages.download_task_request(download)
     responses = rpc.call(args.endpoint, DOWNLOAD_TASK, request, timeout=timeout, metadata=metadata)
     try:
         for data in responses:
@@ -136,16 +140,19 @@ def list_entries(args: argparse.Namespace, url: str) -> list[messages.Entry]:
     if not os.path.exists(args.endpoint):
         fail(f"dfdaemon is not running: no socket at {args.endpoint}; {START_HINT}")
     timeout = DEFAULT_TIMEOUT if args.timeout is None else float(args.timeout)
-    request = messages.encode(
-        messages.LIST_TASK_ENTRIES_REQUEST,
-        {
-            "task_id": str(uuid.uuid4()),
-            "url": url,
-            "request_header": dict(args.header),
-            "timeout": {"seconds": int(timeout), "nanos": int((timeout % 1) * 1e9)},
-            **source_settings(url, args),
-        },
-    )
+    try:
+        request = messages.encode(
+            messages.LIST_TASK_ENTRIES_REQUEST,
+            {
+                "task_id": str(uuid.uuid4()),
+                "url": url,
+                "request_header": dict(args.header),
+                "timeout": {"seconds": int(timeout), "nanos": int((timeout % 1) * 1e9)},
+                **source_settings(url, args),
+            },
+        )
+    except messages.MessageError as exc:
+        fail(f"listing {url!r} failed: cannot ask dfdaemon: {exc}")
     try:
         answers = list(rpc.call(args.endpoint, LIST_TASK_ENTRIES, request, timeout=timeout))
     except rpc.RpcError as error:

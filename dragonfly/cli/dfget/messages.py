@@ -76,7 +76,7 @@ LIST_TASK_ENTRIES_REQUEST: dict[str, Any] = {
 
 
 class MessageError(ValueError):
-    """The bytes are not the message they should be."""
+    """The bytes are not the message they should be, or the values cannot be written as one."""
 
 
 def _varint(value: int) -> bytes:
@@ -88,6 +88,14 @@ def _varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+def _utf8(name: str, text: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        # argv bytes that are not UTF-8 reach Python as surrogate escapes; a protobuf string must be UTF-8.
+        raise MessageError(f"{name} is not valid UTF-8: {text!r}") from None
 
 
 def _length_delimited(number: int, data: bytes) -> bytes:
@@ -106,21 +114,21 @@ def encode(schema: Mapping[str, Any], fields: Mapping[str, Any]) -> bytes:
         if isinstance(kind, dict):
             out += _length_delimited(number, encode(kind, value))
         elif kind == "string":
-            out += _length_delimited(number, value.encode())
+            out += _length_delimited(number, _utf8(name, value))
         elif kind == "uint":
             out += _varint(number << 3 | _VARINT) + _varint(int(value))
         elif kind == "bool":
             out += _varint(number << 3 | _VARINT) + (b"\x01" if value else b"\x00")
         elif kind == "strings":
             for item in value:
-                out += _length_delimited(number, item.encode())
+                out += _length_delimited(number, _utf8(name, item))
         elif kind == "bytes_list":
             for item in value:
                 out += _length_delimited(number, bytes(item))
         elif kind == "map":
             for key, item in value.items():
                 out += _length_delimited(
-                    number, _length_delimited(1, key.encode()) + _length_delimited(2, item.encode())
+                    number, _length_delimited(1, _utf8(name, key)) + _length_delimited(2, _utf8(name, item))
                 )
         else:
             raise AssertionError(f"unknown kind {kind}")

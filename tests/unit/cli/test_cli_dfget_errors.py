@@ -96,3 +96,20 @@ def test_control_characters_from_the_daemon_are_escaped_on_the_terminal(
         "dfget: error: download failed: origin returned HTTP 404 Not\\x1b]0;pwned\\x07Found\\x0d\\x0afake line"
     )
     assert "dfget:   X-Evil: a\\x1b[2Jb" in lines
+
+
+def test_a_url_that_is_not_utf8_ends_dfget_with_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    from dragonfly.cli.dfget.command import main
+
+    path = str(tmp_path / "d.sock")
+    with socket.socket(socket.AF_UNIX) as bound:
+        bound.bind(path)  # there, but the request is refused before dfget connects
+        status = main(["http://origin/\udcff", "-O", str(tmp_path / "out"), "-e", path, "--timeout", "30s"])
+    assert status == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "dfget: error: cannot ask dfdaemon for the download: url is not valid UTF-8: 'http://origin/\\udcff'"
+    )

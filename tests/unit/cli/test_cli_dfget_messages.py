@@ -198,3 +198,18 @@ def test_listings_read_as_the_generated_class_reads_them(listing: Any) -> None:
     assert [(e.url, e.content_length, e.is_dir) for e in ours] == [
         (e.url, e.content_length, e.is_dir) for e in listing.entries
     ]
+
+
+@pytest.mark.parametrize(
+    ("download", "field"),
+    [
+        # What Python makes of argv bytes that are not UTF-8 (surrogate escapes): protobuf strings cannot hold them.
+        ({"url": "http://o/\udcff"}, "url"),
+        ({"url": "http://o/f", "request_header": {"X-A": "\udcff"}}, "request_header"),
+        ({"url": "http://o/f", "filtered_query_params": ["\udcff"]}, "filtered_query_params"),
+        ({"url": "http://o/f", "output_path": "/tmp/\udcff"}, "output_path"),
+    ],
+)
+def test_a_string_that_is_not_utf8_is_a_clear_error(download: dict[str, Any], field: str) -> None:
+    with pytest.raises(messages.MessageError, match=f"{field} is not valid UTF-8"):
+        messages.download_task_request(download)
