@@ -10,9 +10,9 @@ import pytest
 from bench.pair import (
     Reclaim,
     cpu_regressions,
-    direct_reclaim,
     free_memory,
     native_loop,
+    reclaim_counters,
     reclaim_notes,
     source_notes,
     speed_regressions,
@@ -71,21 +71,27 @@ pgscan_direct_throttle 7
 """
 
 
-def test_direct_reclaim_reads_pages_scanned_and_every_allocation_stall() -> None:
-    assert direct_reclaim(VMSTAT) == {"pages_scanned": 1395320680, "stalls": 18683 + 860687}
-    assert direct_reclaim("nr_free_pages 12\n") == {}
+def test_reclaim_counters_read_kswapd_direct_scans_and_every_allocation_stall() -> None:
+    assert reclaim_counters(VMSTAT) == {
+        "kswapd_pages_scanned": 476194281,
+        "pages_scanned": 1395320680,
+        "stalls": 18683 + 860687,
+    }
+    assert reclaim_counters("nr_free_pages 12\n") == {}
 
 
 def test_reclaim_sums_what_the_kernel_counted_during_each_timed_run(monkeypatch: pytest.MonkeyPatch) -> None:
     readings = iter([{"pages_scanned": 100, "stalls": 5}, {"pages_scanned": 160, "stalls": 5},
                      {"pages_scanned": 500, "stalls": 9}, {"pages_scanned": 540, "stalls": 12}])  # fmt: skip
-    monkeypatch.setattr("bench.pair.direct_reclaim", lambda: next(readings))
+    free = iter([900 << 20, 300 << 20, 2 << 30, None])
+    monkeypatch.setattr("bench.pair.reclaim_counters", lambda: next(readings))
+    monkeypatch.setattr("bench.pair.free_memory", lambda: next(free))
     reclaim = Reclaim()
     with reclaim:
         pass
     with reclaim:
         pass
-    assert reclaim.totals == {"pages_scanned": 60 + 40, "stalls": 3}
+    assert reclaim.totals == {"pages_scanned": 60 + 40, "stalls": 3, "min_free_mib": 300}
 
 
 def test_free_memory_reads_memfree_in_bytes() -> None:
@@ -101,13 +107,14 @@ def test_reclaim_with_room_drops_caches_only_when_asked(monkeypatch: pytest.Monk
         return len(asked) == 1  # short of memory before the first run only
 
     monkeypatch.setattr("bench.pair.drop_clean_caches", drop)
-    monkeypatch.setattr("bench.pair.direct_reclaim", lambda: {"pages_scanned": 7, "stalls": 1})
+    monkeypatch.setattr("bench.pair.reclaim_counters", lambda: {"pages_scanned": 7, "stalls": 1})
+    monkeypatch.setattr("bench.pair.free_memory", lambda: 4 << 30)
     reclaim = Reclaim(room=2 << 30)
     for _ in range(3):
         with reclaim:
             pass
     assert asked == [2 << 30] * 3
-    assert reclaim.totals == {"caches_dropped": 1, "pages_scanned": 0, "stalls": 0}
+    assert reclaim.totals == {"caches_dropped": 1, "pages_scanned": 0, "stalls": 0, "min_free_mib": 4096}
     with Reclaim():
         pass
     assert len(asked) == 3
@@ -115,16 +122,17 @@ def test_reclaim_with_room_drops_caches_only_when_asked(monkeypatch: pytest.Monk
 
 def test_reclaim_notes_name_only_the_rows_that_saw_reclaim() -> None:
     methods = {
-        "native loop": {"direct_reclaim": {"pages_scanned": 0, "stalls": 0}},
-        "ours": {"direct_reclaim": {}},
-        "ours (plaintext)": {"direct_reclaim": {"pages_scanned": 4096, "stalls": 17}},
+        "native loop": {"memory": {"kswapd_pages_scanned": 0, "pages_scanned": 0, "stalls": 0, "min_free_mib": 9000}},
+        "ours": {"memory": {}},
+        "ours (plaintext)": {"memory": {"kswapd_pages_scanned": 4096, "pages_scanned": 0, "min_free_mib": 230}},
     }
     [note] = reclaim_notes(methods)
     assert note.startswith(
-        "ours (plaintext): the kernel reclaimed memory directly during its runs (4096 pages scanned, 17"
+        "ours (plaintext): the kernel was reclaiming memory during its runs (machine-wide: kswapd scanned 4096 pages, "
+        "allocating processes 0 in 0 stalls; free memory down to 230 MiB)"
     )
     assert reclaim_notes({"ours": {}}) == []
-    assert reclaim_notes({"ours": {"direct_reclaim": {"caches_dropped": 2, "pages_scanned": 0}}}) == [
+    assert reclaim_notes({"ours": {"memory": {"caches_dropped": 2, "pages_scanned": 0}}}) == [
         "ours: the clean page cache was dropped before 2 of its runs"
     ]
 
