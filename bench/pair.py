@@ -13,12 +13,11 @@ loop's two threads; nginx's worker and curl; our parent dfdaemon, child dfdaemon
 
 Each method also reports the page reclaim going on during its timed runs and the lowest free memory seen
 (``/proc/vmstat``, ``/proc/meminfo``, machine-wide): a process that allocates pages while free memory is short pays
-for it in system time. The child writes a new content file on tmpfs
-from several threads, so in a row that ran short of free memory the child's CPU per GiB grows several-fold
-(bench/RESULTS.md §2 "The bimodal child"); the report names such rows, and rows whose child got bytes from
-elsewhere than its parent. To keep the run's own footprint small, each cluster's storage and the reference runs'
-output are removed as soon as they are done; ``--drop-caches`` also drops the clean page cache before a run when
-memory is short.
+for it in system time. The child writes a new content file on tmpfs from several threads, so in a row that ran short
+of free memory the child's CPU per GiB grows several-fold (bench/RESULTS.md §2 "The bimodal child"); the report
+names such rows, and rows whose child got bytes from elsewhere than its parent. To keep the run's own footprint
+small, each cluster's storage and the reference runs' output are removed as soon as they are done; ``--drop-caches``
+also drops the clean page cache before a run when memory is short.
 
 Targets (``docs/benchmarks.md#targets``; this harness reports against the first, looser ones): ours ≥ 0.8 × the
 native loop and ≥ 1.0 × nginx → curl. ``--min-native-ratio 0.8`` turns the first into an exit status, as
