@@ -63,6 +63,7 @@ _WIDER_SAMPLE_FACTOR = 10
 # A child offered this many other peers is not offered a seed peer: see the module docstring.
 _PEERS_WITHOUT_SEED = 2
 _SCHEDULABLE_STATES = frozenset((peer_states.RECEIVED_NORMAL, peer_states.RUNNING))
+_ENDED_STATES = frozenset((peer_states.FAILED, peer_states.LEAVE))
 
 
 class ScheduleError(Exception):
@@ -151,8 +152,9 @@ class Scheduling:
             blocked = task.upload_blocked = self._upload_block.matches(task.url, task.application, task.tag)
         return blocked
 
-    def source_pending(self, peer: Peer, now: float) -> bool:
-        """Return whether another peer this one could use is fetching the task from the origin."""
+    def source_pending(self, peer: Peer, now: float, *, first_seed_piece: bool = False) -> bool:
+        """Return whether another peer this one could use is fetching the task from the origin (with
+        ``first_seed_piece``: a seed peer that has no piece yet)."""
         task = peer.task
         for other_id in task.back_to_source_peers:
             other = task.peers.get(other_id)
@@ -162,6 +164,10 @@ class Scheduling:
                 and other_id not in peer.block_parents
                 and other.host is not peer.host
                 and not other.is_bad(now)
+                and (
+                    not first_seed_piece
+                    or (other.host.is_seed and other.pieces.count == 0 and other.state not in _ENDED_STATES)
+                )
             ):
                 return True
         return False
@@ -202,7 +208,9 @@ class Scheduling:
                     # At once, before any other waiter is decided: this is what makes it a relay for them.
                     task.refresh_pool(peer)
                     return Decision(NORMAL, added)
-            if task.waiting_for_seed() and now < seed_until:
+            # A seed peer fetching a one-piece task is no parent before its piece (``is_seed_fetching``), and its
+            # trigger may end before its report of the piece is read here: it is waited for like a triggered one.
+            if now < seed_until and (task.waiting_for_seed() or self.source_pending(peer, now, first_seed_piece=True)):
                 wait_until = seed_until
             elif may_back_to_source:
                 if not self.source_pending(peer, now):

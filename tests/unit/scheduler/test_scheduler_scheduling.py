@@ -149,6 +149,30 @@ async def test_a_one_piece_task_gets_the_seed_only_once_it_holds_the_piece(fast)
     assert (result.kind, result.parents) == (s.NORMAL, [seed])
 
 
+async def test_a_one_piece_task_waits_for_its_seed_past_the_back_to_source_budget_when_its_trigger_ended(fast):
+    # The seed's DownloadTask call can end before its piece report is read: its piece is still coming.
+    clock = SteppedClock()
+    fast.scheduling = s.Scheduling(fast.config, UploadBlockRule(), fast.metrics, clock=clock)
+    task = fast.resource.load_or_create_task(TASK_ID, fast.download(pieces=1), fast.now)
+    child = fast.peer("child")
+    seed = fast.peer("seed-peer", fast.host("seed", seed=True), state=p.BACK_TO_SOURCE)
+    task.back_to_source_peers.add(seed.id)
+    assert not task.waiting_for_seed()
+    decision = asyncio.ensure_future(fast.scheduling.schedule(child))
+    await eventually(lambda: clock.reads >= 2, 5, "the child to decide to wait", interval=0.001)
+    clock.now += 1.0  # past the back-to-source budget (4 x 0.05 s), within seedPeerWaitTimeout (5 s)
+    reads = clock.reads
+    task.notify()
+    await eventually(lambda: clock.reads > reads, 5, "the woken child to decide again", interval=0.001)
+    await asyncio.sleep(0)
+    assert not decision.done(), "the seed's piece is awaited, not the origin"
+    seed.pieces.add(0)
+    task.refresh_pool(seed)
+    task.notify()
+    result = await asyncio.wait_for(decision, 5)
+    assert (result.kind, result.parents) == (s.NORMAL, [seed])
+
+
 async def test_seed_failure_sends_the_waiting_child_to_the_origin(fast):
     clock = SteppedClock()
     fast.scheduling = s.Scheduling(fast.config, UploadBlockRule(), fast.metrics, clock=clock)
