@@ -15,7 +15,6 @@ aiohttp as before.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import select
 import socket
@@ -27,6 +26,7 @@ from concurrent.futures import Executor
 import aiohttp
 
 from dragonfly.daemon.backends.piece_chunks import PieceDigest, write_chunk
+from dragonfly.daemon.blocking import run_blocking
 
 # How often the thread looks up from a silent socket to see whether the download was cancelled.
 _STOP_POLL = 0.1
@@ -166,11 +166,6 @@ async def read_body(
 
     if digest is not None:
         digest.restart()
-    future = loop.run_in_executor(executor, receive_body, body, fd, offset, length, buffer, digest, stall, stop, told)
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        stop.set()
-        with contextlib.suppress(Exception):
-            await future
-        raise
+    return await run_blocking(
+        executor, receive_body, body, fd, offset, length, buffer, digest, stall, stop, told, on_cancel=stop.set
+    )

@@ -23,10 +23,20 @@ from dragonfly.daemon.backends.piece_chunks import PieceDigest
 BODY = os.urandom(256 * 1024)
 
 
-@pytest.fixture
-async def origin() -> AsyncIterator[str]:
-    async def handle(request: web.Request) -> web.Response:
-        return web.Response(body=BODY)
+@pytest.fixture(params=["known length", "chunked"])
+async def origin(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """The origin; a body of known length is read from the socket (body_socket), a chunked one through aiohttp."""
+    chunked = request.param == "chunked"
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if not chunked:
+            return web.Response(body=BODY)
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(BODY)
+        await response.write_eof()
+        return response
 
     app = web.Application()
     app.router.add_get("/f", handle)
@@ -37,8 +47,9 @@ async def origin() -> AsyncIterator[str]:
     await runner.cleanup()
 
 
+@pytest.mark.parametrize("cancels", [1, 2], ids=["cancelled", "cancelled again while waiting"])
 async def test_a_cancelled_piece_download_waits_for_its_write(
-    origin: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    origin: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cancels: int
 ) -> None:
     started, release = threading.Event(), threading.Event()
     done_while_writing: list[bool] = []
@@ -68,10 +79,12 @@ async def test_a_cancelled_piece_download_waits_for_its_write(
                 backend.download_piece(origin, {}, fd=fd, offset=0, length=len(BODY), buffer=buffer)
             )
             assert await asyncio.to_thread(started.wait, 30), "the write never started"
-            task.cancel()  # what the piece timeout does
-            # A cancelled run_in_executor future ends the task within a few loop turns; run_blocking does not.
-            for _ in range(50):
-                await asyncio.sleep(0)
+            for _ in range(cancels):
+                # What the piece timeout does; then, while the task waits for the write, the download is stopped.
+                task.cancel()
+                # A cancelled run_in_executor future ends the task within a few loop turns; run_blocking does not.
+                for _ in range(50):
+                    await asyncio.sleep(0)
             release.set()
             with pytest.raises(asyncio.CancelledError):
                 await asyncio.wait_for(task, 30)
