@@ -59,6 +59,10 @@ _REDIRECT_CACHE_CAPACITY = 1000
 _SENSITIVE_HEADERS = ("Authorization", "Cookie", "Proxy-Authorization")
 # SSL contexts built for requests' own certificate chains, kept for the latest chains only.
 _CHAIN_CONTEXTS = 16
+# The most origin piece bodies read straight from their sockets at once, each on a thread of the shared download
+# executor (2 x download.concurrentPieceCount + 4 threads): a seed on one origin link keeps one or two pieces in
+# flight (SourceWindow), so this rarely binds, and a slow origin can hold no more than these.
+_SOCKET_READERS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +228,8 @@ class HTTPBackend:
         self._default_header = dict(request_header)
         self._max_retries = max_retries
         self._piece_timeout = piece_timeout
+        # Piece bodies being read from their sockets on executor threads now (body_socket).
+        self._socket_readers = 0
         self._executor = executor
         self._ca_cert = ca_cert
         self._insecure = insecure_skip_verify
@@ -561,14 +567,18 @@ class HTTPBackend:
                             )
                     else:
                         raise _status_error(url, resp)
-                    body = take_over(resp, length)
+                    # At most _SOCKET_READERS bodies hold an executor thread at once: a slow or hostile origin must
+                    # not take the threads parent fetches and storage reads share; beyond that, aiohttp reads.
+                    body = take_over(resp, length) if self._socket_readers < _SOCKET_READERS else None
                     if body is None:
                         return await self._write_body(url, resp.content, fd, offset, length, buffer, progress, digest)
+                    self._socket_readers += 1
                     try:
                         return await read_body(
                             self._executor, body, fd, offset, length, buffer, digest, self._piece_timeout, progress
                         )
                     finally:
+                        self._socket_readers -= 1
                         # aiohttp's parser never saw the body: the connection cannot carry another request.
                         resp.close()
                         body.close()

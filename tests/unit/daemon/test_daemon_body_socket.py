@@ -35,6 +35,7 @@ class Origin:
     def __init__(self) -> None:
         self.chunked = False
         self.stall: asyncio.Event | None = None
+        self.trickle = False
         self.connections: set[int] = set()
         self.requests = 0
 
@@ -54,6 +55,11 @@ class Origin:
         else:
             response.content_length = len(body)
         await response.prepare(request)
+        if self.trickle:
+            for start in range(len(body)):
+                await response.write(body[start : start + 1])
+                await asyncio.sleep(0.05)
+            return response
         if self.stall is not None:
             await response.write(body[: len(body) // 2])
             await self.stall.wait()
@@ -75,6 +81,7 @@ async def origin() -> AsyncIterator[tuple[Origin, str]]:
     yield state, f"http://127.0.0.1:{runner.addresses[0][1]}/f"
     if state.stall is not None:
         state.stall.set()
+    await runner.shutdown()
     await runner.cleanup()
 
 
@@ -165,3 +172,61 @@ async def test_a_cancelled_download_stops_reading_a_stalled_body(origin: tuple[O
         finally:
             os.close(fd)
             await backend.close()
+
+
+async def test_a_trickling_body_ends_within_the_piece_timeout_and_frees_its_thread(
+    origin: tuple[Origin, str], tmp_path: Path
+) -> None:
+    state, url = origin
+    state.trickle = True  # a byte per 50 ms: never silent for long, never done
+    fd = os.open(tmp_path / "content", os.O_RDWR | os.O_CREAT, 0o600)
+    with ThreadPoolExecutor(1) as executor:
+        backend = await _backend(executor, piece_timeout=1.0)
+        try:
+            with pytest.raises(BackendError, match="did not answer in time"):
+                await asyncio.wait_for(
+                    backend.download_piece(url, {}, fd=fd, offset=0, length=len(DATA), buffer=bytearray(1 << 20)),
+                    30,
+                )
+            # The executor's only thread is free again.
+            assert await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(executor, lambda: 7), 10) == 7
+        finally:
+            os.close(fd)
+            await backend.close()
+
+
+async def test_no_more_than_a_few_bodies_hold_executor_threads(
+    origin: tuple[Origin, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state, url = origin
+    state.stall = asyncio.Event()
+    readers: list[int] = []
+    real = body_socket.read_body
+
+    async def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        readers.append(1)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(backend_module, "read_body", counting)
+    fd = os.open(tmp_path / "content", os.O_RDWR | os.O_CREAT, 0o600)
+    pieces = backend_module._SOCKET_READERS + 2
+    with ThreadPoolExecutor(pieces + 2) as executor:
+        backend = await _backend(executor)
+        try:
+            tasks = [
+                asyncio.create_task(
+                    backend.download_piece(url, {}, fd=fd, offset=0, length=len(DATA), buffer=bytearray(1 << 20))
+                )
+                for _ in range(pieces)
+            ]
+            await eventually(lambda: state.requests == pieces, 30, "every piece's request")
+            await eventually(lambda: len(readers) == backend_module._SOCKET_READERS, 30, "the socket readers")
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=30)
+            assert all(task.done() for task in tasks)
+        finally:
+            os.close(fd)
+            await backend.close()
+    # The others were read through aiohttp: never more than the cap on executor threads.
+    assert len(readers) == backend_module._SOCKET_READERS
