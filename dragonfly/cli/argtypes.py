@@ -34,9 +34,17 @@ def positive_duration(text: str, what: str = "the timeout") -> float:
     return value
 
 
+# A year is more than any download needs, and far below what a socket timeout (~292 years) or a protobuf
+# Duration holds: past those the clients failed with an OverflowError instead of a usage error.
+MAX_TIMEOUT = 365 * 86400.0
+
+
 def timeout(text: str) -> float:
-    """Parse a ``--timeout``."""
-    return positive_duration(text)
+    """Parse a ``--timeout`` (at most ``MAX_TIMEOUT``)."""
+    value = positive_duration(text)
+    if value > MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"{text!r}: the timeout must be at most 365d")
+    return value
 
 
 def task_id(text: str) -> str:

@@ -29,6 +29,8 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
         (["export", "not-an-id", "-O", "/tmp/x"], "a task id is 64 lower-case hex digits"),
         (["import", "/etc/hostname", "--ttl", "8d"], "'8d': the TTL must be at most 7d"),
         (["import", "/etc/hostname", "--ttl", "0s"], "the TTL must be positive"),
+        # Past what a socket timeout or a protobuf Duration holds: an OverflowError traceback in the client before.
+        (["stat", "a" * 64, "--timeout", "99999999999999999999h"], "the timeout must be at most 365d"),
         # The daemon takes 1m, the scheduler 5m: dfcache refuses before the daemon copies the file.
         (["import", "/etc/hostname", "--ttl", "1s"], "'1s': the TTL must be at least 5m (the scheduler keeps"),
         (["import", "/etc/hostname", "--ttl", "4m59s"], "the TTL must be at least 5m"),

@@ -113,3 +113,12 @@ def test_a_url_that_is_not_utf8_ends_dfget_with_a_clear_error(
     assert capsys.readouterr().err.splitlines()[-1] == (
         "dfget: error: cannot ask dfdaemon for the download: url is not valid UTF-8: 'http://origin/\\udcff'"
     )
+
+
+def test_a_timeout_past_what_a_socket_holds_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dragonfly.cli.dfget.command import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["http://origin/f", "-O", str(tmp_path / "out"), "--timeout", "99999999999999999999h"])
+    assert exited.value.code == 2
+    assert "'99999999999999999999h': the timeout must be at most 365d" in capsys.readouterr().err
