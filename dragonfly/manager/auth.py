@@ -173,7 +173,7 @@ class SigninLimiter:
     so a burst of right passwords is verified in turn, not refused.
     """
 
-    __slots__ = ("_ended", "_failures", "max_address_failures", "max_failures", "patience")
+    __slots__ = ("_ended", "_failures", "_waiting", "max_address_failures", "max_failures", "patience")
 
     def __init__(
         self, max_failures: int, window: float, max_address_failures: int = 20, patience: float = 10.0
@@ -186,6 +186,10 @@ class SigninLimiter:
         # loop too, as an Event belongs to the loop it waited on. Ends pop what waits create, so this stays as small
         # as the number of clients with attempts waiting.
         self._ended: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Event] = {}
+        # Attempts waiting for room, per counted client. Each end makes all of its client's waiting attempts check
+        # again: at most max_address_failures of them wait, so an end costs that many checks at most, however many
+        # requests a client holds open (a valid account's successes are not counted, so their ends never stop).
+        self._waiting: dict[str, int] = {}
 
     async def begin(self, address: str, name: str) -> SigninRefusal | None:
         """Begin an attempt of ``name`` from ``address`` (``end`` ends it), or return why and for how long not."""
@@ -201,10 +205,20 @@ class SigninLimiter:
                     self._failures.begin(key)
                 return None
             left = deadline - loop.time()
-            if left <= 0:
+            counted = _counted(address)
+            waiting = self._waiting.get(counted, 0)
+            if left <= 0 or waiting >= self.max_address_failures:
                 return SigninRefusal(1.0, verifying=True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ended.setdefault((loop, _counted(address)), asyncio.Event()).wait(), left)
+            self._waiting[counted] = waiting + 1
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._ended.setdefault((loop, counted), asyncio.Event()).wait(), left)
+            finally:
+                waiting = self._waiting[counted] - 1
+                if waiting:
+                    self._waiting[counted] = waiting
+                else:
+                    del self._waiting[counted]
 
     def end(self, address: str, name: str, *, failed: bool | None) -> None:
         """End an attempt that ``begin`` started: record a failure (True), or forget the failures of ``name`` from

@@ -104,3 +104,21 @@ async def test_an_ipv6_client_is_counted_by_its_64_and_an_ipv4_mapped_one_as_ipv
         limiter.end("::ffff:10.0.0.7", "root", failed=True)
     assert await limiter.begin("10.0.0.7", "root")
     assert await limiter.begin("10.0.0.8", "root") is None, "IPv4 addresses are counted one by one"
+
+
+async def test_the_attempts_waiting_for_room_are_bounded_per_client() -> None:
+    """Each ending attempt wakes its client's waiting ones to check again: without a bound, a client holding
+    thousands of requests open (a valid account's successes are not counted) made every end cost that many checks."""
+    limiter = SigninLimiter(max_failures=5, window=60.0, max_address_failures=20)
+    for index in range(20):
+        assert await limiter.begin("10.0.0.7", f"user-{index}") is None
+    waiting = [asyncio.create_task(limiter.begin("10.0.0.7", f"more-{index}")) for index in range(100)]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    refused = [task.result() for task in waiting if task.done()]
+    assert refused == [(1.0, True)] * 80, refused
+    assert await limiter.begin("10.0.0.8", "root") is None, "another client neither waits nor is refused"
+    for index in range(20):
+        limiter.end("10.0.0.7", f"user-{index}", failed=False)
+    admitted = await asyncio.wait_for(asyncio.gather(*(task for task in waiting if not task.done())), 10)
+    assert admitted == [None] * 20
