@@ -24,8 +24,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import select
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 
@@ -55,6 +57,12 @@ _IDLE_TIMEOUT = 60.0
 # unread bytes does not turn into a TCP reset that destroys the error frame in flight.
 _LINGER = 1.0
 _LINGER_BYTES = 1 << 20
+# A TLS send whose socket is full waits for it on its executor thread for up to this long in all, in slices of
+# _SEND_SLICE, before handing the wait to the event loop: a reader that keeps up then costs one loop round trip per
+# piece instead of one per socketful (on a busy host each round trip waits for the loop), while a slow or stalled
+# reader still holds a thread for at most this long per call.
+_SEND_PATIENCE = 0.2
+_SEND_SLICE = 0.02
 
 
 # An accepted connection: a plain socket, an ssl.SSLSocket (Python's ssl) or a socket with rustls state.
@@ -97,6 +105,22 @@ def _sendfile_some(sock: socket.socket, fd: int, offset: int, count: int) -> int
     if sent == 0:
         raise EOFError(f"content file ends before {offset} + {count}")
     return sent
+
+
+def _send_patiently(sender: vortex_tls.PieceSender | vortex_tls.NativePieceSender) -> str | None:
+    """``sender.send_some`` until all is sent (None), waiting here for the socket while it keeps taking bytes
+    within ``_SEND_SLICE``, for at most ``_SEND_PATIENCE``; then "read" or "write" for the loop to wait for."""
+    deadline = time.monotonic() + _SEND_PATIENCE
+    poller: select.poll | None = None
+    while (blocked := sender.send_some()) is not None:
+        if poller is None:
+            poller = select.poll()
+        else:
+            poller.unregister(sender.sock)
+        poller.register(sender.sock, select.POLLOUT if blocked == "write" else select.POLLIN)
+        if time.monotonic() >= deadline or not poller.poll(_SEND_SLICE * 1000):
+            return blocked
+    return None
 
 
 class VortexServer:
@@ -385,6 +409,6 @@ class VortexServer:
     ) -> None:
         """Write a head and a file range through TLS the way _send_piece does: never holding a thread for a slow
         reader (each step on an executor thread returns when the socket is full; the loop waits for it)."""
-        while (blocked := await run_blocking(self._executor, sender.send_some)) is not None:
+        while (blocked := await run_blocking(self._executor, _send_patiently, sender)) is not None:
             async with asyncio.timeout(self._timeout):
                 await vortex_tls.wait_ready(loop, sender.sock, write=blocked == "write")
