@@ -11,11 +11,12 @@ present a certificate of the cluster CA), and requests are read from the non-blo
 with ``storage.server.nativeTls`` the same steps go through rustls (``vortex_tls.NativeTlsSocket``), and a piece is
 read, encrypted and written by one native call per socketful.
 
-A slow or stalled reader must cost a socket, never a thread: the piece bytes are written by an executor thread
-(reading the content file may need the disk, which must not block the event loop) to the non-blocking socket,
-and the thread returns as soon as the socket buffer is full; the loop then waits for it to drain, for at most
-the write timeout without progress. Connections are capped per remote host and in total (``ConnectionLimiter``),
-and a bad request gets an error frame and an orderly close, not a reset (docs/robustness.md#serving-pieces).
+A slow or stalled reader must cost a socket, never a thread for long: the piece bytes are written by an executor
+thread (reading the content file may need the disk, which must not block the event loop) to the non-blocking
+socket, and the thread returns once the socket buffer is full (over TLS: has stayed full for 20 ms, or after 0.2 s
+in all); the loop then waits for it to drain, for at most the write timeout without progress. Connections are
+capped per remote host and in total (``ConnectionLimiter``), and a bad request gets an error frame and an orderly
+close, not a reset (docs/robustness.md#serving-pieces).
 """
 
 from __future__ import annotations
