@@ -514,13 +514,15 @@ class PeerStream:
 
 
 def _holds_every_piece_unannounced(peer: Peer) -> bool:
-    """Return whether ``peer`` holds every piece of its task but has not reported its download finished.
+    """Return whether ``peer`` holds the only piece of its task but has not reported its download finished.
 
     Typically a seed peer of a one-piece task between its piece report and its finished message: a candidate
     parent listed with all its pieces is as good as finished to the child. A Succeeded parent says so by its state.
+    Only for one-piece tasks: a peer that reports every piece of a large task and never finishes (stuck, or lying)
+    would otherwise have its whole piece list built into every answer naming it, and an honest one is in that state
+    only for a moment.
     """
-    count = peer.task.piece_count
-    return count > 0 and peer.state != peer_states.SUCCEEDED and peer.pieces.count == count
+    return peer.task.piece_count == 1 and peer.state != peer_states.SUCCEEDED and peer.pieces.count == 1
 
 
 def _digests_agree(trusted: str, reported: str) -> bool:

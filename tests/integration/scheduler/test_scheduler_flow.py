@@ -119,6 +119,34 @@ async def test_a_one_piece_task_offers_the_seed_once_it_holds_the_piece_with_its
     assert all(not p.pieces for p in parents)
 
 
+async def test_a_parent_holding_every_piece_of_a_larger_task_is_listed_without_them(
+    start_scheduler, seed_endpoint, helpers
+):
+    # Listing is for one-piece tasks only: a parent that never finishes would put its whole list in every answer.
+    cluster = await start_scheduler()
+    seed_host = await cluster.announce(
+        helpers.host("seed-1", seed=True, ip="127.0.0.1", port=seed_endpoint.port, max_tx_bandwidth=10**10)
+    )
+    host_a = await cluster.announce(helpers.host("peer-a", max_tx_bandwidth=10**9))
+    a = cluster.peer(host_a, TASK)
+    await a.register(helpers.download(content_length=8192))
+    async with asyncio.timeout(5):
+        await seed_endpoint.called.wait()
+    seed = cluster.peer(seed_host, TASK)
+    await seed.register(seed_endpoint.calls[0].download)
+    assert (await seed.response()).WhichOneof("response") == "need_back_to_source_response"
+    await seed.back_to_source_started()
+    await seed.piece(0)
+    await seed.piece(1)
+    await cluster.wait_pieces(seed, 2)
+    host_b = await cluster.announce(helpers.host("peer-b", max_tx_bandwidth=10**9))
+    b = cluster.peer(host_b, TASK)
+    await b.register(helpers.download(content_length=8192))
+    parents = (await b.response()).normal_task_response.candidate_parents
+    assert seed.peer_id in {p.id for p in parents}
+    assert all(not p.pieces for p in parents)
+
+
 async def test_seed_failure_sends_the_waiting_child_to_the_origin(start_scheduler, seed_endpoint, helpers):
     seed_endpoint.fail_with = grpc.StatusCode.NOT_FOUND
     cluster = await start_scheduler(seedPeerWaitTimeout="30s")
