@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 
 from dragonfly.cli.dfget import messages, rpc
-from dragonfly.cli.dfget.errors import START_HINT, DownloadFailed, describe_rpc_error, fail
+from dragonfly.cli.dfget.errors import START_HINT, DownloadFailed, describe_rpc_error, fail, printable
 from dragonfly.cli.dfget.progress import ProgressBar, Traffic
 from dragonfly.cli.dfget.request import describe_download, source_settings
 from dragonfly.common.grpc_metadata import INSECURE_ORIGIN_METADATA, OUTPUT_COPY_METADATA
@@ -95,7 +95,9 @@ def download(
                 )
                 finished_locally = started.is_finished
                 if args.log_level == "debug":
-                    print(f"dfget: task {response.task_id} peer {response.peer_id}", file=sys.stderr)
+                    print(
+                        f"dfget: task {printable(response.task_id)} peer {printable(response.peer_id)}", file=sys.stderr
+                    )
             elif response.piece is not None:
                 traffic.add(response.piece)
             if expected is not None:

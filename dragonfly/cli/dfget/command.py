@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.log_level == "debug":
         for parent, length in sorted(traffic.by_parent.items()):
-            print(f"dfget: from parent {parent}: {length} bytes", file=sys.stderr)
+            # A parent's peer id is chosen by that remote peer.
+            print(f"dfget: from parent {printable(parent)}: {length} bytes", file=sys.stderr)
     return EXIT_OK
 
 

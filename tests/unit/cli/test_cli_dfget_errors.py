@@ -122,3 +122,48 @@ def test_a_timeout_past_what_a_socket_holds_is_refused(tmp_path: Path, capsys: p
         main(["http://origin/f", "-O", str(tmp_path / "out"), "--timeout", "99999999999999999999h"])
     assert exited.value.code == 2
     assert "'99999999999999999999h': the timeout must be at most 365d" in capsys.readouterr().err
+
+
+def test_peer_ids_in_debug_output_are_escaped_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A parent's peer id is chosen by that (remote) peer; --log-level debug prints it."""
+    from collections.abc import Iterator
+    from concurrent import futures
+    from typing import Any
+
+    import grpc
+    from dragonfly_api import common_pb2, dfdaemon_pb2
+
+    from dragonfly.cli.dfget.command import main
+
+    output = tmp_path / "out"
+    output.write_bytes(b"x" * 10)  # what the daemon would have written
+
+    def stream(request: bytes, context: Any) -> Iterator[bytes]:
+        started = dfdaemon_pb2.DownloadTaskResponse(task_id="t\x1b[2J", peer_id="p\x07")
+        started.download_task_started_response.content_length = 10
+        yield started.SerializeToString()
+        piece = dfdaemon_pb2.DownloadTaskResponse(task_id="t", peer_id="p")
+        piece.download_piece_finished_response.piece.CopyFrom(
+            common_pb2.Piece(
+                number=0, offset=0, length=10, parent_id="evil\x1b]0;x\x07", traffic_type=common_pb2.REMOTE_PEER
+            )
+        )
+        yield piece.SerializeToString()
+
+    path = str(tmp_path / "d.sock")
+    handler = grpc.method_handlers_generic_handler(
+        "dfdaemon.v2.DfdaemonDownload", {"DownloadTask": grpc.unary_stream_rpc_method_handler(stream)}
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"unix:{path}")
+    server.start()
+    try:
+        status = main(["http://origin/f", "-O", str(output), "-e", path, "--overwrite", "--log-level", "debug"])
+    finally:
+        server.stop(None).wait(5)
+    stderr = capsys.readouterr().err
+    assert status == 0, stderr
+    assert not any(ord(c) < 0x20 and c != "\n" for c in stderr), repr(stderr)
+    assert "dfget: from parent evil\\x1b]0;x\\x07: 10 bytes" in stderr.splitlines()
+    assert "dfget: task t\\x1b[2J peer p\\x07" in stderr.splitlines()
