@@ -10,6 +10,24 @@ from dragonfly_api import common_pb2, scheduler_pb2
 TASK = "b" * 64
 
 
+async def _seed_fetching(start_scheduler, seed_endpoint, helpers, content_length: int):
+    """A scheduler whose seed peer, triggered by child A's register, has been sent to the origin and started."""
+    cluster = await start_scheduler()
+    seed_host = await cluster.announce(
+        helpers.host("seed-1", seed=True, ip="127.0.0.1", port=seed_endpoint.port, max_tx_bandwidth=10**10)
+    )
+    host_a = await cluster.announce(helpers.host("peer-a", max_tx_bandwidth=10**9))
+    a = cluster.peer(host_a, TASK)
+    await a.register(helpers.download(content_length=content_length))
+    async with asyncio.timeout(5):
+        await seed_endpoint.called.wait()
+    seed = cluster.peer(seed_host, TASK)
+    await seed.register(seed_endpoint.calls[0].download)
+    assert (await seed.response()).WhichOneof("response") == "need_back_to_source_response"
+    await seed.back_to_source_started()
+    return cluster, a, seed
+
+
 async def test_first_peer_triggers_seed_then_gets_it_as_parent_and_second_peer_gets_the_first(
     start_scheduler, seed_endpoint, helpers
 ):
@@ -88,19 +106,7 @@ async def test_a_one_piece_task_offers_the_seed_once_it_holds_the_piece_with_its
 ):
     # The child needs neither a SyncPieces stream to learn that the seed has the piece nor a StatTask for its
     # digest: both come with its parents (bench/RESULTS.md, "Files of one piece through the swarm").
-    cluster = await start_scheduler()
-    seed_host = await cluster.announce(
-        helpers.host("seed-1", seed=True, ip="127.0.0.1", port=seed_endpoint.port, max_tx_bandwidth=10**10)
-    )
-    host_a = await cluster.announce(helpers.host("peer-a", max_tx_bandwidth=10**9))
-    a = cluster.peer(host_a, TASK)
-    await a.register(helpers.download(content_length=3000))
-    async with asyncio.timeout(5):
-        await seed_endpoint.called.wait()
-    seed = cluster.peer(seed_host, TASK)
-    await seed.register(seed_endpoint.calls[0].download)
-    assert (await seed.response()).WhichOneof("response") == "need_back_to_source_response"
-    await seed.back_to_source_started()
+    cluster, a, seed = await _seed_fetching(start_scheduler, seed_endpoint, helpers, content_length=3000)
     await seed.piece(0, digest="blake3:" + "0" * 64)
 
     response = await a.response()
@@ -123,19 +129,7 @@ async def test_a_parent_holding_every_piece_of_a_larger_task_is_listed_without_t
     start_scheduler, seed_endpoint, helpers
 ):
     # Listing is for one-piece tasks only: a parent that never finishes would put its whole list in every answer.
-    cluster = await start_scheduler()
-    seed_host = await cluster.announce(
-        helpers.host("seed-1", seed=True, ip="127.0.0.1", port=seed_endpoint.port, max_tx_bandwidth=10**10)
-    )
-    host_a = await cluster.announce(helpers.host("peer-a", max_tx_bandwidth=10**9))
-    a = cluster.peer(host_a, TASK)
-    await a.register(helpers.download(content_length=8192))
-    async with asyncio.timeout(5):
-        await seed_endpoint.called.wait()
-    seed = cluster.peer(seed_host, TASK)
-    await seed.register(seed_endpoint.calls[0].download)
-    assert (await seed.response()).WhichOneof("response") == "need_back_to_source_response"
-    await seed.back_to_source_started()
+    cluster, _, seed = await _seed_fetching(start_scheduler, seed_endpoint, helpers, content_length=8192)
     await seed.piece(0)
     await seed.piece(1)
     await cluster.wait_pieces(seed, 2)
