@@ -9,7 +9,9 @@ from __future__ import annotations
 import http.client
 import json
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,28 @@ from dragonfly.cli.cluster import ManagedProcess, free_ports
 from tests.integration.manager.conftest import ROOT_PASSWORD
 
 PROXY = "127.0.0.3"
+
+
+@contextmanager
+def _manager(tmp_path: Path, auth: dict[str, Any], trusted_proxies: list[str] | None = None) -> Iterator[int]:
+    """Run a manager process with ``auth`` (and ``server.rest.trustedProxies``); yield its REST port."""
+    rest, grpc_port = free_ports(2)
+    rest_config: dict[str, Any] = {"addr": f"127.0.0.1:{rest}"}
+    if trusted_proxies is not None:
+        rest_config["trustedProxies"] = trusted_proxies
+    config = {
+        "server": {
+            "dataDir": str(tmp_path / "data"),
+            "rest": rest_config,
+            "grpc": {"listenIP": "127.0.0.1", "port": {"start": grpc_port, "end": grpc_port}},
+        },
+        "auth": auth,
+        "security": {"enable": False},
+    }
+    (tmp_path / "manager.yaml").write_text(yaml.safe_dump(config))
+    argv = [sys.executable, "-m", "dragonfly.cli.manager", "--config", str(tmp_path / "manager.yaml")]
+    with ManagedProcess("manager", argv, tmp_path / "manager.log", ready_timeout=60):
+        yield rest
 
 
 def _signin(
@@ -38,24 +62,16 @@ def _signin(
 
 
 def test_one_address_is_locked_out_another_signs_in_and_only_trusted_proxies_name_the_client(tmp_path: Path) -> None:
-    rest, grpc_port = free_ports(2)
-    config = {
-        "server": {
-            "dataDir": str(tmp_path / "data"),
-            "rest": {"addr": f"127.0.0.1:{rest}", "trustedProxies": [PROXY]},
-            "grpc": {"listenIP": "127.0.0.1", "port": {"start": grpc_port, "end": grpc_port}},
-        },
-        "auth": {
+    with _manager(
+        tmp_path,
+        {
             "rootPassword": ROOT_PASSWORD,
             "signinMaxFailures": 2,
             "signinMaxFailuresPerAddress": 3,
             "signinWindow": "10m",
         },
-        "security": {"enable": False},
-    }
-    (tmp_path / "manager.yaml").write_text(yaml.safe_dump(config))
-    argv = [sys.executable, "-m", "dragonfly.cli.manager", "--config", str(tmp_path / "manager.yaml")]
-    with ManagedProcess("manager", argv, tmp_path / "manager.log", ready_timeout=60):
+        trusted_proxies=[PROXY],
+    ) as rest:
         # 127.0.0.1 is not a trusted proxy: its X-Forwarded-For is its own invention and changes nothing. One wrong
         # password for each of three names stays under the per-name limit (2) but reaches the address's (3).
         for name in ("alice", "bob", "carol"):
@@ -81,19 +97,9 @@ def test_one_address_is_locked_out_another_signs_in_and_only_trusted_proxies_nam
 
 
 def test_a_success_does_not_reset_the_address_budget(tmp_path: Path) -> None:
-    rest, grpc_port = free_ports(2)
-    config = {
-        "server": {
-            "dataDir": str(tmp_path / "data"),
-            "rest": {"addr": f"127.0.0.1:{rest}"},
-            "grpc": {"listenIP": "127.0.0.1", "port": {"start": grpc_port, "end": grpc_port}},
-        },
-        "auth": {"rootPassword": ROOT_PASSWORD, "signinMaxFailures": 5, "signinMaxFailuresPerAddress": 3},
-        "security": {"enable": False},
-    }
-    (tmp_path / "manager.yaml").write_text(yaml.safe_dump(config))
-    argv = [sys.executable, "-m", "dragonfly.cli.manager", "--config", str(tmp_path / "manager.yaml")]
-    with ManagedProcess("manager", argv, tmp_path / "manager.log", ready_timeout=60):
+    with _manager(
+        tmp_path, {"rootPassword": ROOT_PASSWORD, "signinMaxFailures": 5, "signinMaxFailuresPerAddress": 3}
+    ) as rest:
         # An attacker with one valid account of its own cannot sign in with it between guesses to buy more.
         for name in ("alice", "bob"):
             assert _signin(rest, "127.0.0.1", name, "wrong")[0] == 401
@@ -105,19 +111,9 @@ def test_a_success_does_not_reset_the_address_budget(tmp_path: Path) -> None:
 def test_guesses_sent_at_once_stop_at_the_limit_and_right_passwords_wait_their_turn(tmp_path: Path) -> None:
     """Each guess takes an argon2 verification; all of them sent together used to pass the check before the first
     failure was counted."""
-    rest, grpc_port = free_ports(2)
-    config = {
-        "server": {
-            "dataDir": str(tmp_path / "data"),
-            "rest": {"addr": f"127.0.0.1:{rest}"},
-            "grpc": {"listenIP": "127.0.0.1", "port": {"start": grpc_port, "end": grpc_port}},
-        },
-        "auth": {"rootPassword": ROOT_PASSWORD, "signinMaxFailures": 2, "signinMaxFailuresPerAddress": 20},
-        "security": {"enable": False},
-    }
-    (tmp_path / "manager.yaml").write_text(yaml.safe_dump(config))
-    argv = [sys.executable, "-m", "dragonfly.cli.manager", "--config", str(tmp_path / "manager.yaml")]
-    with ManagedProcess("manager", argv, tmp_path / "manager.log", ready_timeout=60):
+    with _manager(
+        tmp_path, {"rootPassword": ROOT_PASSWORD, "signinMaxFailures": 2, "signinMaxFailuresPerAddress": 20}
+    ) as rest:
         with ThreadPoolExecutor(8) as pool:
             # Right passwords at once (CI jobs sharing an account) wait for each other's verification instead.
             results = list(pool.map(lambda _: _signin(rest, "127.0.0.1", "root", ROOT_PASSWORD)[0], range(6)))
