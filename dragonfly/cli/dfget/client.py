@@ -75,8 +75,6 @@ def download(
     bar = ProgressBar(os.path.basename(output), began) if show_progress else None
     traffic = Traffic()
     content_length: int | None = None
-    # What the output must hold: the whole content, or the range the daemon resolved.
-    expected: tuple[int, int] | None = None
     finished_locally = False
     responses = rpc.call(args.endpoint, DOWNLOAD_TASK, request, timeout=timeout, metadata=metadata)
     try:
@@ -88,11 +86,11 @@ def download(
             started = response.started
             if started is not None:
                 content_length = started.content_length
-                expected = (
-                    (started.range[0], started.range[0] + started.range[1])
-                    if started.range is not None
-                    else (0, content_length)
-                )
+                # What the output must hold: the whole content, or the range the daemon resolved.
+                if started.range is not None:
+                    traffic.expect(started.range[0], started.range[0] + started.range[1])
+                else:
+                    traffic.expect(0, content_length)
                 finished_locally = started.is_finished
                 if args.log_level == "debug":
                     print(
@@ -100,11 +98,12 @@ def download(
                     )
             elif response.piece is not None:
                 traffic.add(response.piece)
+            expected = traffic.expected
             if expected is not None:
                 if bar is not None:
-                    bar.update(traffic.covered(*expected), expected[1] - expected[0])
+                    bar.update(traffic.covered, expected[1] - expected[0])
                 if on_progress is not None:
-                    on_progress(traffic.covered(*expected), expected[1] - expected[0])
+                    on_progress(traffic.covered, expected[1] - expected[0])
     except rpc.RpcError as error:
         raise describe_rpc_error(
             error, args.endpoint, timeout, content_length is not None, verbose=args.log_level == "debug"
@@ -113,19 +112,19 @@ def download(
         # Closes the connection when the loop ends early (an interrupt), which cancels the call in the daemon.
         responses.close()
         if bar is not None:
-            if expected is not None:
-                bar.update(traffic.covered(*expected), expected[1] - expected[0], force=True)
+            if traffic.expected is not None:
+                bar.update(traffic.covered, traffic.expected[1] - traffic.expected[0], force=True)
             bar.close()
 
-    if content_length is None or expected is None:
+    if content_length is None or traffic.expected is None:
         fail("dfdaemon ended the download without starting it (no DownloadTaskStartedResponse)")
-    start, end = expected
+    start, end = traffic.expected
     if finished_locally and not traffic.pieces:
         # A daemon may answer a full local hit with the started message alone.
         traffic.local = content_length
-        traffic.spans.append((0, content_length))
-    if traffic.covered(start, end) != end - start:
-        fail(f"download incomplete: received {traffic.covered(start, end)} of {end - start} bytes")
+        traffic.hold(0, content_length)
+    if traffic.covered != end - start:
+        fail(f"download incomplete: received {traffic.covered} of {end - start} bytes")
     try:
         size = os.stat(output).st_size
     except FileNotFoundError:

@@ -83,7 +83,10 @@ def download_directory(args: argparse.Namespace, output: str, began: float) -> t
 
     total = sum(length for _, _, length in files)
     lock = threading.Lock()
+    # Bytes received per file and their sum, kept as each piece arrives (a sum over the files at every piece grew
+    # with the number of files).
     received: dict[str, int] = {}
+    received_total = 0
     show_progress = not args.no_progress and sys.stderr.isatty()
     bar = ProgressBar(f"{len(files)} files", began) if show_progress else None
     traffic = Traffic()
@@ -94,10 +97,12 @@ def download_directory(args: argparse.Namespace, output: str, began: float) -> t
             return  # a file failed: the rest are not started
 
         def progress(done: int, _expected: int) -> None:
+            nonlocal received_total
             with lock:
+                received_total += done - received.get(relative, 0)
                 received[relative] = done
                 if bar is not None:
-                    bar.update(sum(received.values()), total)
+                    bar.update(received_total, total)
 
         file_args = argparse.Namespace(**{**vars(args), "url": url, "no_progress": True})
         try:
@@ -116,7 +121,7 @@ def download_directory(args: argparse.Namespace, output: str, began: float) -> t
                 future.result()
     finally:
         if bar is not None:
-            bar.update(sum(received.values()), total, force=True)
+            bar.update(received_total, total, force=True)
             bar.close()
     if failures:
         relative, exc = failures[0]
