@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Sequence
 
 #: What every command's --log-level takes ("warn" and "warning" are the same level).
@@ -12,6 +14,24 @@ LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
 def description(docstring: str | None) -> str:
     """Return the first line of a module docstring as help text: without reStructuredText's ``literal`` marks."""
     return (docstring or "").strip().splitlines()[0].replace("``", "") if docstring else ""
+
+
+def terminal_formatter(prog: str) -> argparse.HelpFormatter:
+    """Return argparse's formatter at the width ``shutil.get_terminal_size`` gives, without importing shutil.
+
+    argparse builds a formatter for every ``add_argument`` and its default one imports shutil (and with it bz2,
+    lzma and zlib) for the terminal width: ~2 ms of every start of a client (dfget, dfcache).
+    """
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return argparse.HelpFormatter(prog, width=(columns or 80) - 2)
 
 
 def add_log_level(parser: argparse.ArgumentParser, *flags: str) -> None:

@@ -3,7 +3,9 @@
 ``dfcache import PATH`` copies the file into the local daemon's cache and registers it with the scheduler, which
 keeps ``--persistent-replica-count`` copies for ``--ttl``; it prints the task id. ``dfcache export ID -O PATH``
 fetches it on any other host; ``stat`` and ``delete`` do what they say. Like dfget, a thin client of the local
-daemon's socket.
+daemon's socket, and it starts as cheaply: it speaks gRPC over HTTP/2 with dfget's own client
+(``dragonfly.cli.dfget.rpc``) and writes and reads its messages with dfget's (``dragonfly.cli.dfget.messages``),
+so neither grpcio nor the protobuf runtime is imported.
 """
 
 from __future__ import annotations
@@ -12,10 +14,17 @@ import argparse
 import os
 import sys
 import time
-from typing import Any, NoReturn
 
 from dragonfly.cli import argtypes
-from dragonfly.cli.arguments import add_log_level, parse_args
+from dragonfly.cli.arguments import add_log_level, parse_args, terminal_formatter
+from dragonfly.cli.dfget.errors import printable
+
+# typing is for the type checker only here: importing it costs a few ms at every start (bench/RESULTS.md §3).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
+    from dragonfly.cli.dfget.rpc import RpcError
 
 DEFAULT_ENDPOINT = "/var/run/dragonfly/dfdaemon.sock"
 DEFAULT_TIMEOUT = 30 * 60.0
@@ -26,11 +35,9 @@ MIN_TTL, MAX_TTL = 5 * 60.0, 7 * 86400.0
 MIN_TTL_UNVALIDATED = 1.0
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 # A piece with its content (export to standard output) is up to 64 MiB plus its fields.
-LOCAL_API_CHANNEL_OPTIONS = (
-    ("grpc.default_authority", "localhost"),
-    ("grpc.max_receive_message_length", 65 * 1024 * 1024),
-)
+MAX_MESSAGE = 65 * 1024 * 1024
 TASK_TYPE_METADATA = (("dragonfly-task-type", "persistent-cache"),)
+SERVICE = "/dfdaemon.v2.DfdaemonDownload/"
 
 
 class CommandFailed(Exception):
@@ -66,6 +73,7 @@ def _replicas(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dfcache",
+        formatter_class=terminal_formatter,
         description="Import files into the swarm as persistent cache tasks and export them on other hosts.",
         epilog="Exit status: 0 on success, 1 when the daemon failed the request, 2 for a malformed command line.",
     )
@@ -81,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
         add_log_level(sub)
 
-    imp = commands.add_parser("import", help="import a local file; prints its task id")
+    imp = commands.add_parser(
+        "import", help="import a local file; prints its task id", formatter_class=terminal_formatter
+    )
     imp.add_argument("path", help="the file to import")
     imp.add_argument("--persistent-replica-count", type=_replicas, default=2, help="copies to keep (default: 2)")
     imp.add_argument("--ttl", type=_ttl, default=3600.0, help="lifetime, 5m..7d (default: 1h)")
@@ -93,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(imp)
 
-    exp = commands.add_parser("export", help="fetch a persistent cache task to a local file")
+    exp = commands.add_parser(
+        "export", help="fetch a persistent cache task to a local file", formatter_class=terminal_formatter
+    )
     exp.add_argument("id", type=argtypes.task_id, help="the task id")
     exp.add_argument(
         "-O", "--output", required=True, help="output file path (its directory must exist); '-' for standard output"
@@ -105,11 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--persistent", action="store_true", help="keep this copy as a persistent replica")
     common(exp)
 
-    stat = commands.add_parser("stat", help="show a persistent cache task")
+    stat = commands.add_parser("stat", help="show a persistent cache task", formatter_class=terminal_formatter)
     stat.add_argument("id", type=argtypes.task_id, help="the task id")
     common(stat)
 
-    delete = commands.add_parser("delete", help="delete a task (everywhere when this host imported it)")
+    delete = commands.add_parser(
+        "delete", help="delete a task (everywhere when this host imported it)", formatter_class=terminal_formatter
+    )
     delete.add_argument("id", type=argtypes.task_id, help="the task id")
     common(delete)
     return parser
@@ -119,94 +133,160 @@ def _fail(message: str) -> NoReturn:
     raise CommandFailed(message)
 
 
-def _describe(error: Any, endpoint: str) -> str:
-    import grpc
+def _describe(error: RpcError, endpoint: str) -> str:
+    from dragonfly.cli.dfget import rpc
 
-    code = error.code()
-    if code == grpc.StatusCode.UNAVAILABLE and not os.path.exists(endpoint):
+    if error.code == rpc.UNAVAILABLE and not os.path.exists(endpoint):
         return f"no dfdaemon is listening on {endpoint}"
-    return f"{code.name}: {error.details()}"
+    return f"{error.code_name}: {error.details}"
+
+
+def _duration(seconds: float) -> dict[str, int]:
+    """Return a ``google.protobuf.Duration`` of a non-negative number of seconds, as messages.encode takes it."""
+    whole = int(seconds)
+    return {"seconds": whole, "nanos": int((seconds - whole) * 1e9)}
+
+
+def _unary(args: argparse.Namespace, method: str, request: bytes, metadata: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """Run a unary call on the daemon; return its one answer."""
+    from dragonfly.cli.dfget import rpc
+
+    answers = list(
+        rpc.call(
+            args.endpoint,
+            SERVICE + method,
+            request,
+            timeout=args.timeout + 10.0,
+            metadata=metadata,
+            max_message=MAX_MESSAGE,
+        )
+    )
+    if len(answers) != 1:
+        _fail(f"dfdaemon answered {method} with {len(answers)} messages, not one")
+    return answers[0]
+
+
+def _import(args: argparse.Namespace) -> None:
+    from dragonfly.cli.dfget import messages
+
+    path = os.path.abspath(args.path)
+    if not os.path.isfile(path):
+        _fail(f"{args.path} is not a file")
+    request = {
+        "path": path,
+        "persistent_replica_count": args.persistent_replica_count,
+        "tag": args.tag,
+        "application": args.application,
+        "ttl": _duration(args.ttl),
+        "timeout": _duration(args.timeout),
+        # Left out (None) unless given: the daemon then chooses.
+        "piece_length": args.piece_length or None,
+        "content_for_calculating_task_id": args.content_for_calculating_task_id,
+    }
+    task = messages.PersistentCacheTask(
+        _unary(args, "UploadPersistentCacheTask", _encode(messages.UPLOAD_PERSISTENT_CACHE_TASK_REQUEST, request))
+    )
+    print(printable(task.id))
+
+
+def _export(args: argparse.Namespace) -> None:
+    from dragonfly.cli.dfget import messages, rpc
+
+    # "-": the daemon sends the (verified) bytes with each piece and they go to standard output.
+    stream = args.output == "-"
+    output = "-" if stream else os.path.abspath(args.output)
+    began = time.monotonic()
+    request = _encode(
+        messages.DOWNLOAD_PERSISTENT_CACHE_TASK_REQUEST,
+        {
+            "task_id": args.id,
+            "persistent": args.persistent,
+            "tag": args.tag,
+            "application": args.application,
+            "timeout": _duration(args.timeout),
+            "overwrite": args.overwrite,
+            "force_hard_link": args.force_hard_link,
+            "need_piece_content": stream,
+            "output_path": None if stream else output,
+        },
+    )
+    size = written = 0
+    responses = rpc.call(
+        args.endpoint,
+        SERVICE + "DownloadPersistentCacheTask",
+        request,
+        timeout=args.timeout + 10.0,
+        max_message=MAX_MESSAGE,
+    )
+    try:
+        for data in responses:
+            response = messages.PersistentCacheDownload(data)
+            if response.content_length is not None:
+                size = response.content_length
+            elif stream and response.content is not None:
+                sys.stdout.buffer.write(response.content)
+                written += len(response.content)
+    finally:
+        responses.close()
+    if stream:
+        sys.stdout.buffer.flush()
+        if written != size:
+            _fail(f"dfdaemon sent {written} of the task's {size} bytes")
+    print(f"{output}: {size} bytes in {time.monotonic() - began:.2f}s", file=sys.stderr)
+
+
+def _stat(args: argparse.Namespace) -> None:
+    from dragonfly.cli.dfget import messages
+
+    task = messages.PersistentCacheTask(
+        _unary(args, "StatPersistentCacheTask", _encode(messages.TASK_ID_REQUEST, {"task_id": args.id}))
+    )
+    print(f"id: {printable(task.id)}")
+    print(f"state: {printable(task.state)}")
+    print(f"content length: {task.content_length}")
+    print(f"piece length: {task.piece_length} ({task.piece_count} pieces)")
+    print(f"persistent replicas: {task.current_persistent_replica_count} of {task.persistent_replica_count}")
+    print(f"other replicas: {task.current_replica_count}")
+    try:
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(task.created_at))
+    except (OverflowError, OSError, ValueError):
+        created = f"at {task.created_at}s since the epoch"
+    print(f"ttl: {task.ttl:g}s, created {created}")
+    if task.tag:
+        print(f"tag: {printable(task.tag)}")
+    if task.application:
+        print(f"application: {printable(task.application)}")
+
+
+def _delete(args: argparse.Namespace) -> None:
+    from dragonfly.cli.dfget import messages
+
+    request = _encode(messages.TASK_ID_REQUEST, {"task_id": args.id})
+    _unary(args, "DeleteTask", request, TASK_TYPE_METADATA)
+
+
+def _encode(schema: dict[str, Any], fields: dict[str, Any]) -> bytes:
+    from dragonfly.cli.dfget import messages
+
+    try:
+        return messages.encode(schema, fields)
+    except messages.MessageError as exc:
+        _fail(f"cannot ask dfdaemon: {exc}")
+
+
+COMMANDS = {"import": _import, "export": _export, "stat": _stat, "delete": _delete}
 
 
 def run(args: argparse.Namespace) -> int:
-    import grpc
-    from dragonfly_api import dfdaemon_pb2, dfdaemon_pb2_grpc
+    """Run the command on the daemon over its socket (dfget's own gRPC client: no grpcio, no protobuf runtime)."""
+    from dragonfly.cli.dfget import messages, rpc
 
-    from dragonfly.common.pbtime import duration
-
-    with grpc.insecure_channel(f"unix:{args.endpoint}", options=LOCAL_API_CHANNEL_OPTIONS) as channel:
-        stub = dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel)  # type: ignore[no-untyped-call]
-        deadline = args.timeout + 10.0
-        try:
-            if args.command == "import":
-                path = os.path.abspath(args.path)
-                if not os.path.isfile(path):
-                    _fail(f"{args.path} is not a file")
-                request = dfdaemon_pb2.UploadPersistentCacheTaskRequest(
-                    path=path,
-                    persistent_replica_count=args.persistent_replica_count,
-                    tag=args.tag,
-                    application=args.application,
-                    ttl=duration(args.ttl),
-                    timeout=duration(args.timeout),
-                )
-                if args.piece_length:
-                    request.piece_length = args.piece_length
-                if args.content_for_calculating_task_id is not None:
-                    request.content_for_calculating_task_id = args.content_for_calculating_task_id
-                task = stub.UploadPersistentCacheTask(request, timeout=deadline)
-                print(task.id)
-            elif args.command == "export":
-                # "-": the daemon sends the (verified) bytes with each piece and they go to standard output.
-                stream = args.output == "-"
-                output = "-" if stream else os.path.abspath(args.output)
-                began = time.monotonic()
-                request = dfdaemon_pb2.DownloadPersistentCacheTaskRequest(
-                    task_id=args.id,
-                    persistent=args.persistent,
-                    tag=args.tag,
-                    application=args.application,
-                    timeout=duration(args.timeout),
-                    overwrite=args.overwrite,
-                    force_hard_link=args.force_hard_link,
-                    need_piece_content=stream,
-                )
-                if not stream:
-                    request.output_path = output
-                size = 0
-                for response in stub.DownloadPersistentCacheTask(request, timeout=deadline):
-                    if response.HasField("download_persistent_cache_task_started_response"):
-                        size = response.download_persistent_cache_task_started_response.content_length
-                    elif stream:
-                        sys.stdout.buffer.write(response.download_piece_finished_response.piece.content)
-                if stream:
-                    sys.stdout.buffer.flush()
-                print(f"{output}: {size} bytes in {time.monotonic() - began:.2f}s", file=sys.stderr)
-            elif args.command == "stat":
-                task = stub.StatPersistentCacheTask(
-                    dfdaemon_pb2.StatPersistentCacheTaskRequest(task_id=args.id), timeout=deadline
-                )
-                ttl = task.ttl.seconds + task.ttl.nanos * 1e-9
-                print(f"id: {task.id}")
-                print(f"state: {task.state}")
-                print(f"content length: {task.content_length}")
-                print(f"piece length: {task.piece_length} ({task.piece_count} pieces)")
-                print(
-                    f"persistent replicas: {task.current_persistent_replica_count} of {task.persistent_replica_count}"
-                )
-                print(f"other replicas: {task.current_replica_count}")
-                created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(task.created_at.seconds))
-                print(f"ttl: {ttl:g}s, created {created}")
-                if task.tag:
-                    print(f"tag: {task.tag}")
-                if task.application:
-                    print(f"application: {task.application}")
-            elif args.command == "delete":
-                stub.DeleteTask(
-                    dfdaemon_pb2.DeleteTaskRequest(task_id=args.id), metadata=TASK_TYPE_METADATA, timeout=deadline
-                )
-        except grpc.RpcError as error:
-            _fail(_describe(error, args.endpoint))
+    try:
+        COMMANDS[args.command](args)
+    except rpc.RpcError as error:
+        _fail(_describe(error, args.endpoint))
+    except messages.MessageError as exc:
+        _fail(f"dfdaemon sent a malformed answer: {exc}")
     return EXIT_OK
 
 
@@ -225,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except CommandFailed as exc:
-        print(f"dfcache {args.command}: {exc}", file=sys.stderr)
+        print(f"dfcache {args.command}: {printable(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130

@@ -4,9 +4,9 @@ Importing the protobuf runtime and the dragonfly_api modules costs dfget tens of
 (bench/RESULTS.md §3), for one request out and a stream of small answers in. This module writes
 ``dfdaemon.v2.DownloadTaskRequest`` from plain values (field names as in the protos: a ``common.v2.Download`` as a
 dict, nested messages as dicts, maps as dicts) and reads the parts of ``dfdaemon.v2.DownloadTaskResponse`` dfget
-uses, and the same for ``ListTaskEntries`` (``dfget -r``). The generated classes of dragonfly_api are its test
-oracle (tests/unit/cli/test_cli_dfget_messages.py). Malformed input raises ``MessageError``; unknown fields are
-skipped, as protobuf does.
+uses, and the same for ``ListTaskEntries`` (``dfget -r``) and for dfcache's persistent cache task calls. The
+generated classes of dragonfly_api are its test oracle (tests/unit/cli/test_cli_dfget_messages.py). Malformed input
+raises ``MessageError``; unknown fields are skipped, as protobuf does.
 """
 
 from __future__ import annotations
@@ -75,6 +75,32 @@ LIST_TASK_ENTRIES_REQUEST: dict[str, Any] = {
 }
 
 
+# dfcache's requests (dfdaemon.v2): persistent cache tasks.
+UPLOAD_PERSISTENT_CACHE_TASK_REQUEST: dict[str, Any] = {
+    "content_for_calculating_task_id": (1, "string"),
+    "path": (2, "string"),
+    "persistent_replica_count": (3, "uint"),
+    "tag": (4, "string"),
+    "application": (5, "string"),
+    "piece_length": (6, "uint"),
+    "ttl": (7, _DURATION),
+    "timeout": (8, _DURATION),
+}
+DOWNLOAD_PERSISTENT_CACHE_TASK_REQUEST: dict[str, Any] = {
+    "task_id": (1, "string"),
+    "persistent": (2, "bool"),
+    "tag": (3, "string"),
+    "application": (4, "string"),
+    "output_path": (5, "string"),
+    "timeout": (6, _DURATION),
+    "need_piece_content": (7, "bool"),
+    "force_hard_link": (8, "bool"),
+    "overwrite": (11, "bool"),
+}
+# StatPersistentCacheTaskRequest and DeleteTaskRequest: the task id is all dfcache sends.
+TASK_ID_REQUEST: dict[str, Any] = {"task_id": (1, "string")}
+
+
 class MessageError(ValueError):
     """The bytes are not the message they should be, or the values cannot be written as one."""
 
@@ -140,7 +166,7 @@ def download_task_request(download: Mapping[str, Any]) -> bytes:
     return _length_delimited(1, encode(DOWNLOAD, download))
 
 
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+def _read_varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         if pos >= len(data):
@@ -155,8 +181,9 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
             raise MessageError("varint longer than 10 bytes")
 
 
-def _fields(data: bytes) -> Iterator[tuple[int, int, Any]]:
-    """Yield (number, wire type, value) for each field: an int for numbers, bytes for length-delimited ones."""
+def _fields(data: bytes | memoryview) -> Iterator[tuple[int, int, Any]]:
+    """Yield (number, wire type, value) for each field: an int for numbers, bytes for length-delimited ones (a
+    memoryview of ``data`` when it is one: no copy)."""
     pos = 0
     while pos < len(data):
         key, pos = _read_varint(data, pos)
@@ -181,11 +208,27 @@ def _fields(data: bytes) -> Iterator[tuple[int, int, Any]]:
         yield number, wire, value
 
 
-def _text(raw: bytes) -> str:
+def _text(raw: bytes | memoryview) -> str:
     try:
-        return raw.decode()
+        return str(raw, "utf-8")
     except UnicodeDecodeError:
         raise MessageError("a string field is not UTF-8") from None
+
+
+def _signed(value: int) -> int:
+    """Return a varint read as uint64 as the int64 (or negative int32) it encodes."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _seconds_and_nanos(data: bytes | memoryview) -> tuple[int, int]:
+    """Return a ``google.protobuf.Duration`` or ``Timestamp`` as (seconds, nanos)."""
+    seconds = nanos = 0
+    for number, wire, value in _fields(data):
+        if wire == _VARINT and number == 1:
+            seconds = _signed(value)
+        elif wire == _VARINT and number == 2:
+            nanos = _signed(value)
+    return seconds, nanos
 
 
 class Piece:
@@ -284,3 +327,84 @@ class Entry:
 def list_task_entries(data: bytes) -> list[Entry]:
     """Return the entries of a ``dfdaemon.v2.ListTaskEntriesResponse``."""
     return [Entry(value) for number, wire, value in _fields(data) if number == 4 and wire == _LEN]
+
+
+class PersistentCacheTask:
+    """The parts of a ``common.v2.PersistentCacheTask`` dfcache shows (``stat``) or prints (``import``: the id)."""
+
+    __slots__ = (
+        "application",
+        "content_length",
+        "created_at",
+        "current_persistent_replica_count",
+        "current_replica_count",
+        "id",
+        "persistent_replica_count",
+        "piece_count",
+        "piece_length",
+        "state",
+        "tag",
+        "ttl",
+    )
+
+    def __init__(self, data: bytes) -> None:
+        self.id = self.tag = self.application = self.state = ""
+        self.persistent_replica_count = self.current_persistent_replica_count = self.current_replica_count = 0
+        self.piece_length = self.content_length = self.piece_count = 0
+        self.ttl = 0.0
+        # Seconds since the epoch (Timestamp.seconds).
+        self.created_at = 0
+        for number, wire, value in _fields(data):
+            if wire == _VARINT:
+                if number == 2:
+                    self.persistent_replica_count = value
+                elif number == 3:
+                    self.current_persistent_replica_count = value
+                elif number == 4:
+                    self.current_replica_count = value
+                elif number == 7:
+                    self.piece_length = value
+                elif number == 8:
+                    self.content_length = value
+                elif number == 9:
+                    self.piece_count = value & 0xFFFFFFFF
+            elif wire == _LEN:
+                if number == 1:
+                    self.id = _text(value)
+                elif number == 5:
+                    self.tag = _text(value)
+                elif number == 6:
+                    self.application = _text(value)
+                elif number == 10:
+                    self.state = _text(value)
+                elif number == 11:
+                    seconds, nanos = _seconds_and_nanos(value)
+                    self.ttl = seconds + nanos * 1e-9
+                elif number == 12:
+                    self.created_at = _seconds_and_nanos(value)[0]
+
+
+class PersistentCacheDownload:
+    """A ``dfdaemon.v2.DownloadPersistentCacheTaskResponse``: the content length once started, or a piece's
+    content (a view of the message's bytes, only when the request asked for it)."""
+
+    __slots__ = ("content", "content_length")
+
+    def __init__(self, data: bytes) -> None:
+        self.content_length: int | None = None
+        self.content: memoryview | None = None
+        for number, wire, value in _fields(memoryview(data)):
+            if wire != _LEN:
+                continue
+            if number == 4:
+                self.content_length, self.content = 0, None
+                for inner, inner_wire, inner_value in _fields(value):
+                    if inner == 1 and inner_wire == _VARINT:
+                        self.content_length = inner_value
+            elif number == 5:
+                self.content_length, self.content = None, None
+                for inner, inner_wire, inner_value in _fields(value):
+                    if inner == 1 and inner_wire == _LEN:
+                        for field, field_wire, field_value in _fields(inner_value):
+                            if field == 6 and field_wire == _LEN:
+                                self.content = field_value

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 
 from dragonfly.cli import argtypes
-from dragonfly.cli.arguments import add_log_level
+from dragonfly.cli.arguments import add_log_level, terminal_formatter
 
 DEFAULT_ENDPOINT = "/var/run/dragonfly/dfdaemon.sock"
 
@@ -110,29 +109,11 @@ def _ca_cert(path: str) -> tuple[bytes, ...]:
         raise argparse.ArgumentTypeError(f"{path}: {exc}") from None
 
 
-def _formatter(prog: str) -> argparse.HelpFormatter:
-    """Return argparse's formatter at the width ``shutil.get_terminal_size`` gives, without importing shutil.
-
-    argparse builds a formatter for every ``add_argument`` and its default one imports shutil (and with it bz2,
-    lzma and zlib) for the terminal width: ~2 ms of every dfget start.
-    """
-    try:
-        columns = int(os.environ.get("COLUMNS", ""))
-    except ValueError:
-        columns = 0
-    if columns <= 0:
-        try:
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
-        except (AttributeError, ValueError, OSError):
-            columns = 0
-    return argparse.HelpFormatter(prog, width=(columns or 80) - 2)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser (flags follow Dragonfly's dfget for http/https)."""
     parser = argparse.ArgumentParser(
         prog="dfget",
-        formatter_class=_formatter,
+        formatter_class=terminal_formatter,
         description="Download a file through the local dfdaemon (P2P, falling back to the origin).",
         epilog="Exit status: 0 when the file is complete and verified, 1 when the download failed, "
         "2 for a malformed command line, 130 when interrupted.",

@@ -1,7 +1,8 @@
-"""A gRPC client over HTTP/2 on the daemon's unix socket, without grpcio: the calls dfget makes.
+"""A gRPC client over HTTP/2 on the daemon's unix socket, without grpcio: the calls dfget and dfcache make.
 
 ``import grpc`` costs more than the whole local hit it serves (bench/RESULTS.md §3), and dfget makes one call per
-download: a server-streaming DownloadTask (or a unary ListTaskEntries). This is the client side of gRPC's HTTP/2
+download: a server-streaming DownloadTask (or a unary ListTaskEntries); dfcache one unary or server-streaming call
+per command. This is the client side of gRPC's HTTP/2
 mapping for exactly that: one connection, one stream, no TLS, no compression. Every wait is bounded: the connect
 and the server's first frame by ``HANDSHAKE_TIMEOUT`` (and the call's deadline), everything else by the call's
 deadline, which the daemon also gets as ``grpc-timeout``. Flow control gives the daemon a large window and
@@ -240,8 +241,17 @@ class _Connection:
 class _Call:
     """One gRPC call on its own connection: request sent, then the response's frames read as they are asked for."""
 
-    def __init__(self, path: str, method: str, request: bytes, timeout: float, metadata: tuple[tuple[str, str], ...]):
+    def __init__(
+        self,
+        path: str,
+        method: str,
+        request: bytes,
+        timeout: float,
+        metadata: tuple[tuple[str, str], ...],
+        max_message: int,
+    ) -> None:
         self.conn = _Connection(path, time.monotonic() + timeout)
+        self.max_message = max_message
         self.headers: dict[str, str] | None = None
         self.trailers: dict[str, str] | None = None
         self.messages = bytearray()
@@ -315,7 +325,7 @@ class _Call:
                 return
             # Nothing takes answers off self.messages until the request is out, and every DATA frame returns its
             # window: a daemon that keeps the request's window shut could fill memory until the deadline.
-            if len(self.messages) > 5 + MAX_MESSAGE:
+            if len(self.messages) > 5 + self.max_message:
                 raise _ProtocolError(
                     "the daemon sent more than a message's worth of answers before its request was sent"
                 )
@@ -441,8 +451,8 @@ class _Call:
         if self.messages[0] != 0:
             raise RpcError(INTERNAL, "the daemon sent a compressed message, which dfget did not ask for")
         length = int.from_bytes(self.messages[1:5], "big")
-        if length > MAX_MESSAGE:
-            raise RpcError(RESOURCE_EXHAUSTED, f"message of {length} bytes, above the {MAX_MESSAGE} dfget accepts")
+        if length > self.max_message:
+            raise RpcError(RESOURCE_EXHAUSTED, f"message of {length} bytes, above the {self.max_message} dfget accepts")
         if len(self.messages) < 5 + length:
             return None
         message = bytes(self.messages[5 : 5 + length])
@@ -480,15 +490,22 @@ class _Call:
 
 
 def call(
-    path: str, method: str, request: bytes, *, timeout: float, metadata: tuple[tuple[str, str], ...] = ()
+    path: str,
+    method: str,
+    request: bytes,
+    *,
+    timeout: float,
+    metadata: tuple[tuple[str, str], ...] = (),
+    max_message: int = MAX_MESSAGE,
 ) -> Generator[bytes, None, None]:
     """Run ``method`` (``/package.Service/Method``) on the daemon at unix socket ``path``; yield each response.
 
     Raises ``RpcError`` for a status other than OK and for every transport failure (the connection closes when
-    the iteration ends, early or not).
+    the iteration ends, early or not). A response larger than ``max_message`` bytes is refused
+    (RESOURCE_EXHAUSTED), as grpcio's receive limit does.
     """
     try:
-        rpc = _Call(path, method, request, timeout, metadata)
+        rpc = _Call(path, method, request, timeout, metadata, max_message)
     except _ProtocolError as exc:
         raise RpcError(INTERNAL, f"HTTP/2 protocol error from the daemon: {exc}") from None
     try:

@@ -51,9 +51,11 @@ def cluster(module_dir: Path) -> Iterator[LocalCluster]:
         yield started
 
 
-def dfcache(cluster: LocalCluster, peer: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def dfcache(
+    cluster: LocalCluster, peer: str, *args: str, check: bool = True, python_flags: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [sys.executable, "-m", "dragonfly.cli.dfcache", *args, "-e", cluster.socket_path(peer)],
+        [sys.executable, *python_flags, "-m", "dragonfly.cli.dfcache", *args, "-e", cluster.socket_path(peer)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -153,7 +155,15 @@ def test_import_export_restart_and_delete(cluster: LocalCluster, tmp_path: Path)
     )
     assert streamed.returncode == 0, streamed.stderr
     assert streamed.stdout == data
-    stat = dfcache(cluster, "peer-3", "stat", task_id).stdout
+    # dfcache speaks to the daemon with dfget's own gRPC client: grpcio and the protobuf runtime cost more than the
+    # call itself at every start (bench/RESULTS.md §3), and it imports neither.
+    traced = dfcache(cluster, "peer-3", "stat", task_id, python_flags=("-X", "importtime"))
+    modules = {line.rsplit("|", 1)[1].strip() for line in traced.stderr.splitlines() if line.startswith("import time:")}
+    assert "dragonfly.cli.dfget.rpc" in modules
+    assert not modules & {"grpc", "google.protobuf", "dragonfly_api", "asyncio", "typing"}
+    stat = traced.stdout
+    assert f"id: {task_id}" in stat
+    assert "state: Succeeded" in stat
     assert f"content length: {SIZE}" in stat
     assert "persistent replicas: 1 of 1" in stat
     assert "other replicas: 2" in stat

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from dragonfly_api import common_pb2, dfdaemon_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -213,3 +214,142 @@ def test_listings_read_as_the_generated_class_reads_them(listing: Any) -> None:
 def test_a_string_that_is_not_utf8_is_a_clear_error(download: dict[str, Any], field: str) -> None:
     with pytest.raises(messages.MessageError, match=f"{field} is not valid UTF-8"):
         messages.download_task_request(download)
+
+
+# dfcache's messages (persistent cache tasks).
+durations = st.fixed_dictionaries({"seconds": st.integers(0, 2**40), "nanos": st.integers(0, 999_999_999)})
+uploads = st.fixed_dictionaries(
+    {"path": text, "persistent_replica_count": uint64},
+    optional={
+        "content_for_calculating_task_id": optional_text,
+        "tag": optional_text,
+        "application": optional_text,
+        "piece_length": st.none() | uint64,
+        "ttl": durations,
+        "timeout": durations,
+    },
+)
+persistent_downloads = st.fixed_dictionaries(
+    {"task_id": text},
+    optional={
+        "persistent": st.booleans(),
+        "tag": optional_text,
+        "application": optional_text,
+        "output_path": optional_text,
+        "timeout": durations,
+        "need_piece_content": st.booleans(),
+        "force_hard_link": st.booleans(),
+        "overwrite": st.booleans(),
+    },
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(uploads, persistent_downloads)
+def test_dfcaches_requests_parse_as_the_generated_classes_build_them(
+    upload: dict[str, Any], download: dict[str, Any]
+) -> None:
+    encoded = messages.encode(messages.UPLOAD_PERSISTENT_CACHE_TASK_REQUEST, upload)
+    assert dfdaemon_pb2.UploadPersistentCacheTaskRequest.FromString(encoded) == (
+        dfdaemon_pb2.UploadPersistentCacheTaskRequest(**upload)
+    )
+    encoded = messages.encode(messages.DOWNLOAD_PERSISTENT_CACHE_TASK_REQUEST, download)
+    assert dfdaemon_pb2.DownloadPersistentCacheTaskRequest.FromString(encoded) == (
+        dfdaemon_pb2.DownloadPersistentCacheTaskRequest(**download)
+    )
+    for request in (dfdaemon_pb2.StatPersistentCacheTaskRequest, dfdaemon_pb2.DeleteTaskRequest):
+        assert request.FromString(messages.encode(messages.TASK_ID_REQUEST, {"task_id": upload["path"]})) == request(
+            task_id=upload["path"]
+        )
+
+
+def test_an_empty_tag_stays_set_as_dfcache_sent_it() -> None:
+    encoded = messages.encode(
+        messages.UPLOAD_PERSISTENT_CACHE_TASK_REQUEST, {"path": "/f", "tag": "", "application": ""}
+    )
+    parsed = dfdaemon_pb2.UploadPersistentCacheTaskRequest.FromString(encoded)
+    assert parsed.HasField("tag")
+    assert parsed.HasField("application")
+    assert not parsed.HasField("piece_length")
+
+
+int64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+tasks = st.builds(
+    common_pb2.PersistentCacheTask,
+    id=text,
+    persistent_replica_count=uint64,
+    current_persistent_replica_count=uint64,
+    current_replica_count=uint64,
+    tag=optional_text,
+    application=optional_text,
+    piece_length=uint64,
+    content_length=uint64,
+    piece_count=st.integers(0, 2**32 - 1),
+    state=text,
+    ttl=st.builds(duration_pb2.Duration, seconds=int64, nanos=st.integers(-999_999_999, 999_999_999)),
+    created_at=st.builds(timestamp_pb2.Timestamp, seconds=int64, nanos=st.integers(0, 999_999_999)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(tasks)
+def test_persistent_cache_tasks_read_as_the_generated_class_reads_them(task: Any) -> None:
+    ours = messages.PersistentCacheTask(task.SerializeToString())
+    assert (
+        ours.id,
+        ours.persistent_replica_count,
+        ours.current_persistent_replica_count,
+        ours.current_replica_count,
+        ours.tag,
+        ours.application,
+        ours.piece_length,
+        ours.content_length,
+        ours.piece_count,
+        ours.state,
+        ours.ttl,
+        ours.created_at,
+    ) == (
+        task.id,
+        task.persistent_replica_count,
+        task.current_persistent_replica_count,
+        task.current_replica_count,
+        task.tag,
+        task.application,
+        task.piece_length,
+        task.content_length,
+        task.piece_count,
+        task.state,
+        task.ttl.seconds + task.ttl.nanos * 1e-9,
+        task.created_at.seconds,
+    )
+
+
+persistent_responses = st.builds(
+    dfdaemon_pb2.DownloadPersistentCacheTaskResponse,
+    host_id=text,
+    task_id=text,
+    peer_id=text,
+    download_persistent_cache_task_started_response=st.none()
+    | st.builds(dfdaemon_pb2.DownloadPersistentCacheTaskStartedResponse, content_length=uint64),
+) | st.builds(
+    dfdaemon_pb2.DownloadPersistentCacheTaskResponse,
+    task_id=text,
+    download_piece_finished_response=st.builds(dfdaemon_pb2.DownloadPieceFinishedResponse, piece=pieces),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(persistent_responses)
+def test_persistent_cache_downloads_read_as_the_generated_class_reads_them(response: Any) -> None:
+    ours = messages.PersistentCacheDownload(response.SerializeToString())
+    if response.HasField("download_persistent_cache_task_started_response"):
+        assert ours.content_length == response.download_persistent_cache_task_started_response.content_length
+        assert ours.content is None
+    else:
+        assert ours.content_length is None
+        piece = response.download_piece_finished_response.piece
+        if response.HasField("download_piece_finished_response") and piece.HasField("content"):
+            assert ours.content is not None
+            assert bytes(ours.content) == piece.content
+        else:
+            assert ours.content is None
