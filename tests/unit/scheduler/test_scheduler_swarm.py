@@ -104,3 +104,64 @@ async def test_waiters_are_woken_in_registration_order_not_in_the_order_they_wai
     await asyncio.wait_for(asyncio.gather(*waiters), 1)
     assert woken == [1.0, 2.0, 3.0]
     assert not await task.wait_changed(0.01, 0.0), "nothing changed since"
+
+
+ONE_PIECE = "b" * 64
+
+
+def _one_piece_peer(fast, name, host=None, *, state=p.RECEIVED_NORMAL, pieces=()):
+    """A peer of a task of one piece (ONE_PIECE)."""
+    fast.resource.load_or_create_task(ONE_PIECE, fast.download(pieces=1), fast.now)
+    return fast.peer(name, host, state=state, pieces=pieces, task_id=ONE_PIECE)
+
+
+async def test_a_one_piece_child_is_offered_holders_only_never_a_relay_beside_them(fast):
+    seed = _one_piece_peer(fast, "seed-peer", fast.host("seed", seed=True), state=p.BACK_TO_SOURCE, pieces=[0])
+    relay = _one_piece_peer(fast, "relay", state=p.RUNNING)
+    dag.add_edge(seed, relay)
+    relay.task.refresh_pool(relay)
+    assert relay.task.piece_count == 1
+    decision = await asyncio.wait_for(fast.scheduling.schedule(_one_piece_peer(fast, "child")), 1)
+    assert decision.kind == s.NORMAL
+    assert decision.parents == [seed]
+
+
+async def test_a_one_piece_child_with_only_relays_waits_for_one_to_hold_the_piece(fast):
+    seed = _one_piece_peer(fast, "seed-peer", fast.host("seed", seed=True), state=p.BACK_TO_SOURCE, pieces=[0])
+    relays = [_one_piece_peer(fast, f"relay-{i}", state=p.RUNNING) for i in range(2)]
+    for relay in relays:
+        dag.add_edge(seed, relay)
+        relay.task.refresh_pool(relay)
+    child = _one_piece_peer(fast, "child")
+    decision = asyncio.ensure_future(fast.scheduling.schedule(child))
+    await asyncio.sleep(0.05)
+    assert not decision.done(), "two other peers: no seed, and neither holds the piece yet"
+    relays[1].pieces.add(0)
+    relays[1].task.refresh_pool(relays[1])
+    relays[1].task.notify()
+    result = await asyncio.wait_for(decision, 1)
+    assert result.kind == s.NORMAL
+    assert result.parents == [relays[1]]
+
+
+async def test_a_one_piece_child_is_offered_the_relays_once_the_back_to_source_budget_is_spent(make_world):
+    world = make_world(retryInterval=0.05, retryBackToSourceLimit=2, seedPeerWaitTimeout=5, candidateParentLimit=4)
+    world.scheduling = s.Scheduling(world.config, UploadBlockRule(), world.metrics)
+    seed = _one_piece_peer(world, "seed-peer", world.host("seed", seed=True), state=p.BACK_TO_SOURCE, pieces=[0])
+    relays = [_one_piece_peer(world, f"relay-{i}", state=p.RUNNING) for i in range(2)]
+    for relay in relays:
+        dag.add_edge(seed, relay)
+        relay.task.refresh_pool(relay)
+    result = await asyncio.wait_for(world.scheduling.schedule(_one_piece_peer(world, "child")), 2)
+    assert result.kind == s.NORMAL
+    assert set(result.parents) == set(relays)
+
+
+async def test_a_task_of_several_pieces_still_offers_relays_at_once(fast):
+    seed = fast.peer("seed-peer", fast.host("seed", seed=True), state=p.BACK_TO_SOURCE, pieces=[0])
+    relays = [fast.peer(f"relay-{i}", state=p.RUNNING) for i in range(2)]
+    for relay in relays:
+        dag.add_edge(seed, relay)
+        relay.task.refresh_pool(relay)
+    result = await asyncio.wait_for(fast.scheduling.schedule(fast.peer("child")), 1)
+    assert set(result.parents) == set(relays)
