@@ -51,3 +51,16 @@ def test_all_reports_each_suite(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
     assert "scheduler: exit 1" in out.out
     assert "swarm: exit 0" in out.out
     assert "bench scheduler: missing" in out.err
+
+
+def test_a_suite_runs_against_byte_compiled_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The processes a suite starts import the checkout: its byte code is written first, as an install does."""
+    import subprocess
+    import sys
+
+    commands: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "run", lambda argv, **kwargs: commands.append(list(argv)))
+    bench_main.suite_main("pair")
+    assert commands == [
+        [sys.executable, "-m", "compileall", "-q", str(bench_main.REPO / "dragonfly"), str(bench_main.REPO / "bench")]
+    ]
