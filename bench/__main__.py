@@ -5,7 +5,8 @@ proxy, bench/pull.py), pcache (dfcache export over a shaped link, zstd against r
 manager (ListSchedulers and REST against a manager process, bench/manager_load.py), preheat (a 256 MiB image
 preheated on 1 seed + 3 peers through the manager's Open API, bench/preheat.py), small-files (many 1 MiB files to
 several peers, ours against each peer pulling from the origin, bench/small_files.py), origin (a seed peer's
-origin path against curl, CPU per GiB, bench/origin_path.py), micro
+origin path against curl, CPU per GiB, bench/origin_path.py), serve (a parent's serving path, TLS against
+plaintext, CPU per GiB, bench/serve_path.py), micro
 (pytest-benchmark files in bench/micro), all. Each suite compares against a baseline measured in the same run;
 exit 0 only if it ran fully.
 """
@@ -34,6 +35,7 @@ SUITES: dict[str, str] = {
     "preheat": "bench.preheat",
     "small-files": "bench.small_files",
     "origin": "bench.origin_path",
+    "serve": "bench.serve_path",
 }
 
 #: `all --quick`: small enough for 2 shared cores in under 10 minutes, large enough to show the ratios.
@@ -49,6 +51,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "preheat": ["--layers", "16,16,16,16"],
     "small-files": ["--peers", "4", "--files", "40"],
     "origin": ["--size", "64MiB", "--repeat", "3"],
+    "serve": ["--size", "256MiB", "--repeat", "3"],
     "micro": [],
 }
 

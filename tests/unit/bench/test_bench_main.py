@@ -7,7 +7,7 @@ def test_unknown_suite_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_main.main(["nope"]) == 2
     usage = (
         "usage: python -m bench "
-        "{swarm,pair,dfget-latency,memory,scheduler,pull,pcache,manager,preheat,small-files,origin,micro,all}"
+        "{swarm,pair,dfget-latency,memory,scheduler,pull,pcache,manager,preheat,small-files,origin,serve,micro,all}"
     )
     assert usage in capsys.readouterr().err
 
@@ -44,6 +44,7 @@ def test_all_reports_each_suite(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
         "preheat",
         "small-files",
         "origin",
+        "serve",
         "micro",
     ]
     assert calls[0][1] == bench_main.QUICK_ARGS["swarm"]

@@ -1,0 +1,37 @@
+"""bench serve: both systems move the file's bytes through the daemon's own serving steps, and the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import serve_path
+from dragonfly.common import native
+
+pytestmark = pytest.mark.skipif(not native.USING_EXTENSIONS, reason="serves through the native extension")
+
+
+def test_a_small_run_serves_the_file_over_tls_and_plaintext(tmp_path: Path) -> None:
+    size = 2 * serve_path.PIECE + 12345  # a short last piece
+    report = serve_path.run(tmp_path, size, 1)  # the first round of each system compares the receiver's copy
+    assert set(report["cpu_s_per_gib"]) == {"tls", "plaintext"}
+    text = serve_path.format_report(report)
+    assert "| tls |" in text
+    assert "| plaintext | " in text
+    assert "median of 1 alternating rounds" in text
+
+
+def test_a_copy_that_differs_fails_the_round(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    size = serve_path.PIECE
+    files = serve_path._tls_files(tmp_path)
+    (tmp_path / "content").write_bytes(b"x" * size)
+    monkeypatch.setattr(serve_path.filecmp, "cmp", lambda a, b, shallow: False)
+    with pytest.raises(RuntimeError, match="the plaintext receiver's copy differs from the file"):
+        serve_path.run_once("plaintext", tmp_path, size, files, verify=True)
+
+
+def test_a_size_below_one_piece_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(serve_path, "release_builds_missing", lambda prog: False)
+    with pytest.raises(SystemExit):
+        serve_path.main(["--size", "1MiB"])
