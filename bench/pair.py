@@ -19,6 +19,11 @@ names such rows, and rows whose child got bytes from elsewhere than its parent. 
 small, each cluster's storage and the reference runs' output are removed as soon as they are done; ``--drop-caches``
 also drops the clean page cache before a run when memory is short.
 
+Each of our rows also reports the child's timeline (median over the runs), read from the child's piece records
+after each run: dfget's start to the task's record, to the first piece's request, the stretch while pieces were in
+flight and how much of it had none in flight (idle), the last piece's bytes to the task's end, and to dfget's exit.
+Idle time inside the stretch means the parent's socket waited for the child between pieces.
+
 Targets (``docs/benchmarks.md#targets``; this harness reports against the first, looser ones): ours ≥ 0.8 × the
 native loop and ≥ 1.0 × nginx → curl. ``--min-native-ratio 0.8`` turns the first into an exit status, as
 ``--max-cpu-ratio`` does for CPU per GiB.
@@ -34,6 +39,7 @@ import os
 import resource
 import shutil
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -270,8 +276,11 @@ def ours(
     server_native_tls: bool | None = None,
     label: str | None = None,
     reclaim: Reclaim | None = None,
+    timelines: list[dict[str, float]] | None = None,
 ) -> tuple[list[float], dict[str, int]]:
     """Return the child's dfget times (a fresh task each time, already on the parent) and its bytes by source.
+
+    Each run's child timeline (``child_timeline``) is appended to ``timelines``.
 
     The CPU seconds the parent and child dfdaemons, the scheduler and dfget spend on the child's runs are added to
     ``cpu``. ``copy_output`` sets the child's ``download.hardLinkOutput`` false (docs/output-and-cache.md),
@@ -314,7 +323,9 @@ def ours(
             before = {name: _process_cpu(pid) for name, pid in pids.items()}
             dfget_before = _children_cpu()
             with reclaim or contextlib.nullcontext():
+                started = time.time()
                 elapsed, by_source = cluster.dfget("child", url, output)
+                exited = time.time()
             if cpu is not None:
                 _add(cpu, "dfget", _children_cpu() - dfget_before)
                 for name, pid in pids.items():
@@ -322,6 +333,9 @@ def ours(
             _check(output, source)
             output.unlink()
             times.append(elapsed)
+            if timelines is not None:
+                db_path = cluster_dir / "child" / "storage" / "metadata" / "dfdaemon.db"
+                timelines.append(child_timeline(db_path, started, exited))
     shutil.rmtree(cluster_dir, ignore_errors=True)
     return times, by_source
 
@@ -330,6 +344,67 @@ def _check(path: Path, source: Path) -> None:
     with path.open("rb") as a, source.open("rb") as b:
         if hashlib.file_digest(a, "sha256").digest() != hashlib.file_digest(b, "sha256").digest():
             raise RuntimeError(f"{path} differs from {source}")
+
+
+#: The phases of the child's timeline, in order, with how the report names each.
+TIMELINE_PHASES = {
+    "start": "dfget start → task",
+    "first_piece": "→ first piece requested",
+    "pieces": "→ last piece's bytes",
+    "idle": "of which no piece in flight",
+    "finish": "→ task done",
+    "exit": "→ dfget exit",
+}
+
+
+def child_timeline(db_path: Path, started: float, exited: float) -> dict[str, float]:
+    """Return the phases (``TIMELINE_PHASES``, seconds) of the newest finished task in a dfdaemon's metadata
+    database, for a dfget that ran from ``started`` to ``exited`` (wall clock, ``time.time()``).
+
+    A piece is in flight from its record's ``created_at`` (its request) for ``cost`` seconds (its bytes arriving);
+    ``idle`` is the time between the first request and the last piece's bytes when no piece was in flight.
+    """
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        row = db.execute(
+            "SELECT id, created_at, finished_at FROM tasks WHERE finished_at IS NOT NULL ORDER BY created_at DESC"
+        ).fetchone()
+        if row is None:
+            raise RuntimeError(f"no finished task in {db_path}")
+        task_id, created, finished = row
+        pieces = db.execute("SELECT created_at, cost FROM pieces WHERE task_id = ?", (task_id,)).fetchall()
+    finally:
+        db.close()
+    if not pieces:
+        raise RuntimeError(f"task {task_id} in {db_path} has no piece records")
+    # +1 when a piece is requested, -1 when its bytes are in; ends sort before starts at the same instant.
+    events = sorted([(start, 1) for start, _ in pieces] + [(start + cost, -1) for start, cost in pieces])
+    first, last = events[0][0], max(start + cost for start, cost in pieces)
+    idle, in_flight, since = 0.0, 0, first
+    for at, step in events:
+        if in_flight == 0:
+            idle += at - since
+        in_flight += step
+        since = at
+    return {
+        "start": created - started,
+        "first_piece": first - created,
+        "pieces": last - first,
+        "idle": idle,
+        "finish": finished - last,
+        "exit": exited - finished,
+    }
+
+
+def timeline_notes(methods: dict[str, Any]) -> list[str]:
+    """Return a line with the child's timeline (median phases) for each of our methods that has one."""
+    notes = []
+    for name, entry in methods.items():
+        timeline = entry.get("timeline")
+        if timeline:
+            phases = ", ".join(f"{label} {timeline[key]:.3f} s" for key, label in TIMELINE_PHASES.items())
+            notes.append(f"{name}: the child's timeline (median): {phases}")
+    return notes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -431,14 +506,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.python_tls_server:
             runs.insert(1, ("ours (parent on Python ssl)", "ours-python-server", True, False))
         for label, directory, tls, server_native_tls in runs:
+            timelines: list[dict[str, float]] = []
             try:
                 times, by_source = ours(
                     topology, workdir, source, args.repeat, tls=tls, cpu=cpu.setdefault(label, {}),
                     copy_output=args.copy_output, native_tls=False if args.python_tls else None,
                     server_native_tls=server_native_tls, label=directory,
-                    reclaim=reclaim.setdefault(label, Reclaim(room)),
+                    reclaim=reclaim.setdefault(label, Reclaim(room)), timelines=timelines,
                 )  # fmt: skip
                 entry = {"seconds": statistics.median(times), "runs": times, "by_source": by_source}
+                entry["timeline"] = {key: statistics.median(t[key] for t in timelines) for key in TIMELINE_PHASES}
                 results["methods"][label] = entry
             except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                 results["methods"][label] = {"error": str(exc)[:1000]}
@@ -486,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| {name} | — | — | error: {entry['error'][:200]} | | |")
         if results.get("tls_vs_plaintext"):
             print(f"mutual TLS: {results['tls_vs_plaintext']:.2f} × the plaintext speed (ours vs ours (plaintext))")
-        for line in [*source_notes(methods_done), *reclaim_notes(methods_done)]:
+        for line in [*timeline_notes(methods_done), *source_notes(methods_done), *reclaim_notes(methods_done)]:
             print(line)
     if not all("seconds" in e for e in methods_done.values()):
         return 1

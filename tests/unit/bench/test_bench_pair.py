@@ -9,6 +9,7 @@ import pytest
 
 from bench.pair import (
     Reclaim,
+    child_timeline,
     cpu_regressions,
     free_memory,
     native_loop,
@@ -16,7 +17,9 @@ from bench.pair import (
     reclaim_notes,
     source_notes,
     speed_regressions,
+    timeline_notes,
 )
+from dragonfly.daemon.storage.metadata import MetadataStore, PieceRecord, TaskRecord
 
 
 def test_native_loop_copies_and_counts_cpu(tmp_path: Path) -> None:
@@ -145,4 +148,45 @@ def test_source_notes_name_rows_whose_child_did_not_get_everything_from_its_pare
     }
     assert source_notes(methods) == [
         "ours (plaintext): the child did not get every byte from its parent: 75% from origin"
+    ]
+
+
+def _task(store: MetadataStore, task_id: str, created: float, finished: float | None) -> None:
+    store.put_task(TaskRecord(task_id, "http://o/f", 4, 16, {}, created, created, finished_at=finished))
+
+
+def test_child_timeline_splits_a_download_into_its_phases_and_finds_the_idle_gaps(tmp_path: Path) -> None:
+    store = MetadataStore(str(tmp_path / "dfdaemon.db"))
+    # An older finished task and one not finished: neither is the one dfget just ran.
+    _task(store, "old", 10.0, 11.0)
+    _task(store, "t", 100.25, 103.5)
+    _task(store, "unfinished", 101.0, None)
+    # Pieces 0 and 1 overlap (100.5-101.5), then nothing is in flight for 0.5 s, then pieces 2 and 3 end at 103.
+    for number, start, cost in [(0, 100.5, 0.75), (1, 101.0, 0.5), (2, 102.0, 0.5), (3, 102.25, 0.75)]:
+        store.put_piece("t", PieceRecord(number, number * 4, 4, "crc32:0", "p", 1, cost, start))
+    store.put_piece("old", PieceRecord(0, 0, 4, "crc32:0", "p", 1, 5.0, 10.0))
+    store.close()
+    assert child_timeline(tmp_path / "dfdaemon.db", started=100.0, exited=104.0) == {
+        "start": 0.25,
+        "first_piece": 0.25,
+        "pieces": 2.5,
+        "idle": 0.5,
+        "finish": 0.5,
+        "exit": 0.5,
+    }
+
+
+def test_child_timeline_refuses_a_database_without_a_finished_task(tmp_path: Path) -> None:
+    store = MetadataStore(str(tmp_path / "dfdaemon.db"))
+    _task(store, "unfinished", 1.0, None)
+    store.close()
+    with pytest.raises(RuntimeError, match="no finished task"):
+        child_timeline(tmp_path / "dfdaemon.db", started=0.0, exited=2.0)
+
+
+def test_timeline_notes_name_each_phase_of_the_rows_that_have_one() -> None:
+    timeline = {"start": 0.1, "first_piece": 0.02, "pieces": 1.5, "idle": 0.0, "finish": 0.003, "exit": 0.004}
+    assert timeline_notes({"native loop": {"seconds": 1.0}, "ours": {"timeline": timeline}}) == [
+        "ours: the child's timeline (median): dfget start → task 0.100 s, → first piece requested 0.020 s, → last "
+        "piece's bytes 1.500 s, of which no piece in flight 0.000 s, → task done 0.003 s, → dfget exit 0.004 s"
     ]
