@@ -31,6 +31,7 @@ import socket
 import statistics
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,8 @@ def run_once(system: str, workdir: Path, size: int, files: dict[str, Any], *, ve
             used = _serve(system, conn, content, size, files)
             os.write(report_write, repr(used).encode())
             status = 0
+        except BaseException:
+            traceback.print_exc()
         finally:
             os._exit(status)
     os.close(report_write)
