@@ -246,3 +246,20 @@ def test_export_to_standard_output_that_falls_short_fails(
 def test_a_status_from_the_daemon_is_shown_by_name(daemon: StandIn, capsys: pytest.CaptureFixture[str]) -> None:
     assert dfcache.main(["stat", "c" * 64, "-e", daemon.path]) == 1
     assert capsys.readouterr().err == "dfcache stat: NOT_FOUND: task cccc not found\n"
+
+
+@pytest.mark.parametrize("columns", ["50", "200", None])
+def test_help_is_laid_out_as_argparses_own_formatter_does(monkeypatch: pytest.MonkeyPatch, columns: str | None) -> None:
+    # dfcache's formatter only avoids importing shutil; the width (COLUMNS, else the terminal, else 80) is the same.
+    import argparse
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    parser = dfcache.build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for command_line in (parser, *subparsers.choices.values()):
+        ours = command_line.format_help()
+        command_line.formatter_class = argparse.HelpFormatter
+        assert ours == command_line.format_help()
