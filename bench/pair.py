@@ -364,17 +364,21 @@ def child_timeline(db_path: Path, started: float, exited: float) -> dict[str, fl
     A piece is in flight from its record's ``created_at`` (its request) for ``cost`` seconds (its bytes arriving);
     ``idle`` is the time between the first request and the last piece's bytes when no piece was in flight.
     """
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    # A database that cannot be read is this row's error (RuntimeError), not the end of the whole run.
     try:
-        row = db.execute(
-            "SELECT id, created_at, finished_at FROM tasks WHERE finished_at IS NOT NULL ORDER BY created_at DESC"
-        ).fetchone()
-        if row is None:
-            raise RuntimeError(f"no finished task in {db_path}")
-        task_id, created, finished = row
-        pieces = db.execute("SELECT created_at, cost FROM pieces WHERE task_id = ?", (task_id,)).fetchall()
-    finally:
-        db.close()
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        try:
+            row = db.execute(
+                "SELECT id, created_at, finished_at FROM tasks WHERE finished_at IS NOT NULL ORDER BY created_at DESC"
+            ).fetchone()
+            if row is None:
+                raise RuntimeError(f"no finished task in {db_path}")
+            task_id, created, finished = row
+            pieces = db.execute("SELECT created_at, cost FROM pieces WHERE task_id = ?", (task_id,)).fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise RuntimeError(f"cannot read the child's pieces from {db_path}: {exc}") from None
     if not pieces:
         raise RuntimeError(f"task {task_id} in {db_path} has no piece records")
     # +1 when a piece is requested, -1 when its bytes are in; ends sort before starts at the same instant.

@@ -184,6 +184,15 @@ def test_child_timeline_refuses_a_database_without_a_finished_task(tmp_path: Pat
         child_timeline(tmp_path / "dfdaemon.db", started=0.0, exited=2.0)
 
 
+def test_child_timeline_of_a_database_that_cannot_be_read_is_the_rows_error(tmp_path: Path) -> None:
+    # ours() records a RuntimeError as the row's error; sqlite3's own errors ended the whole bench run.
+    with pytest.raises(RuntimeError, match="cannot read the child's pieces"):
+        child_timeline(tmp_path / "missing.db", started=0.0, exited=1.0)
+    (tmp_path / "other.db").write_bytes(b"not a database" * 100)
+    with pytest.raises(RuntimeError, match="cannot read the child's pieces"):
+        child_timeline(tmp_path / "other.db", started=0.0, exited=1.0)
+
+
 def test_timeline_notes_name_each_phase_of_the_rows_that_have_one() -> None:
     timeline = {"start": 0.1, "first_piece": 0.02, "pieces": 1.5, "idle": 0.0, "finish": 0.003, "exit": 0.004}
     assert timeline_notes({"native loop": {"seconds": 1.0}, "ours": {"timeline": timeline}}) == [
