@@ -159,6 +159,9 @@ def run_once(system: str, workdir: Path, size: int, files: dict[str, Any], *, ve
         status = 1
         try:
             os.close(report_read)
+            # Bounded: a receiver that never connects would otherwise leave this process, and the parent's
+            # waitpid, blocked for ever.
+            listener.settimeout(_TIMEOUT)
             conn, _ = listener.accept()
             listener.close()
             content = os.open(source, os.O_RDONLY)
@@ -172,15 +175,19 @@ def run_once(system: str, workdir: Path, size: int, files: dict[str, Any], *, ve
     os.close(report_write)
     output_path = workdir / "output"
     try:
-        with socket.create_connection(listener.getsockname(), timeout=_TIMEOUT) as sock:
+        # The listener and the report pipe are closed on every way out, a failed connection included.
+        with (
+            listener,
+            os.fdopen(report_read, "rb") as report,
+            socket.create_connection(listener.getsockname(), timeout=_TIMEOUT) as sock,
+        ):
             listener.close()
             output = os.open(output_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 receiver = _receive(system, sock, output, size, files)
             finally:
                 os.close(output)
-            with os.fdopen(report_read, "rb") as report:
-                served = report.read()
+            served = report.read()
         if verify and not filecmp.cmp(source, output_path, shallow=False):
             raise RuntimeError(f"bench serve: the {system} receiver's copy differs from the file")
     finally:

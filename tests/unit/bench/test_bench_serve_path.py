@@ -31,6 +31,22 @@ def test_a_copy_that_differs_fails_the_round(tmp_path: Path, monkeypatch: pytest
         serve_path.run_once("plaintext", tmp_path, size, files, verify=True)
 
 
+@pytest.mark.timeout(60)
+def test_a_receiver_that_cannot_connect_fails_the_round_in_bounded_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server process waits for the receiver's connection at most _TIMEOUT; before, it waited for ever in
+    # accept() and the round in waitpid().
+    monkeypatch.setattr(serve_path, "_TIMEOUT", 0.5)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ConnectionRefusedError("refused by the test")
+
+    monkeypatch.setattr(serve_path.socket, "create_connection", refuse)
+    with pytest.raises(ConnectionRefusedError, match="refused by the test"):
+        serve_path.run_once("plaintext", tmp_path, serve_path.PIECE, {}, verify=False)
+
+
 def test_a_size_below_one_piece_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(serve_path, "release_builds_missing", lambda prog: False)
     with pytest.raises(SystemExit):
