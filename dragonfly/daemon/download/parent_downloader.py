@@ -134,6 +134,7 @@ class ParentDownloader:
             daemon_rates=self._piece_rates,
             in_order=td.in_order,
         )
+        collector.wanted = dispatcher.wants
         round_ = ParentRound(
             dispatcher,
             collector,

@@ -127,6 +127,9 @@ class ParentRound:
         return max(wake - now, 0.001)
 
     def _abort_overdue(self) -> None:
+        first = self._dispatcher.first_judgement()
+        if first is None or time.monotonic() < first:
+            return
         progress = {number: got for number, abort in self._aborts.items() if (got := abort.received()) is not None}
         for fetch in self._dispatcher.overdue(time.monotonic(), progress):
             assert fetch.abandoned is not None

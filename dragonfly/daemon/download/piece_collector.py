@@ -11,6 +11,11 @@ says has finished the task, which only has to read its own storage) or then stay
 Like Dragonfly's, a piece becomes dispatchable once every parent still syncing has reported it, or
 ``COLLECT_WINDOW`` after its first report: a piece the seed just finished is then often also held by a peer a
 moment later, and the load can spread.
+
+A report of a piece the downloader does not want at that moment (``wanted``: stored already, or in flight) is
+recorded without waking it: each parent reports every interested piece, so with three or four parents most reports
+come after the child has the piece, and each woke the round to plan nothing (bench swarm, 16 x 256 MiB: 3.6-4.2
+plans per piece a peer stored, 2.3 without those wake-ups).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 import grpc
 from dragonfly_api import common_pb2, dfdaemon_pb2
@@ -85,6 +91,8 @@ class PieceCollector:
         self._idle_timeout = idle_timeout
         self._first_timeout = first_timeout
         self.parents = {peer.id: ParentState(peer, piece_count) for peer in parents}
+        #: Whether the downloader wants piece ``number`` now; a report of any other piece does not set ``changed``.
+        self.wanted: Callable[[int], bool] = lambda _number: True
         self.changed = asyncio.Event()
         #: When each piece was first reported by any parent (monotonic seconds).
         self.first_seen: dict[int, float] = {}
@@ -142,13 +150,16 @@ class PieceCollector:
                     continue
                 if not response.HasField("tcp_port"):
                     continue
-                if parent.vortex_addr is None:
+                first = parent.vortex_addr is None
+                if first:
                     self._channels.remember_vortex_addr(parent.addr, (response.ip, response.tcp_port))
                 parent.vortex_addr = (response.ip, response.tcp_port)
                 timeout = self._idle_timeout
                 parent.bitmap.set(response.number)
                 self.first_seen.setdefault(response.number, time.monotonic())
-                self.changed.set()
+                # The first report makes the parent usable at all; later ones matter only for a wanted piece.
+                if first or self.wanted(response.number):
+                    self.changed.set()
         except grpc.aio.AioRpcError as exc:
             parent.error = f"{exc.code().name}: {exc.details()}"
         except TimeoutError:

@@ -176,6 +176,10 @@ class PieceDispatcher:
         """Return the parents that may be asked for pieces: not excluded, and with a known Vortex address."""
         return [p for p in parents if p.id not in self.excluded and p.vortex_addr]
 
+    def wants(self, number: int) -> bool:
+        """Tell whether piece ``number`` may still be dispatched: not skipped, stored or in flight."""
+        return 0 <= number < self.piece_count and not self._blocked.test(number)
+
     def all_excluded(self, parents: Collection[ParentState]) -> bool:
         """Tell whether every parent of the round has been excluded."""
         return all(p.id in self.excluded for p in parents)
@@ -289,6 +293,18 @@ class PieceDispatcher:
         if floor is not None:
             limit = min(limit, max(min_duration, fetch.length / floor))
         return fetch.transfer_started + limit
+
+    def first_judgement(self) -> float | None:
+        """Return the earliest moment any running transfer can be overdue (monotonic seconds), or None.
+
+        ``overdue`` judges nothing younger than ``min_duration`` or the timeout, so before this moment the round
+        need not read the transfers' progress (a socket query each).
+        """
+        starts = [f.transfer_started for f in self.in_flight.values() if f.abandoned is None]
+        started = min((s for s in starts if s is not None), default=None)
+        if started is None:
+            return None
+        return started + min(self._slow.min_duration, self._slow.timeout)
 
     def next_deadline(self) -> float | None:
         """Return the earliest deadline of the transfers still running, or None."""

@@ -486,3 +486,40 @@ def test_a_seed_peer_that_has_finished_is_a_parent_like_any_other():
     from_seed = [number for number, parent in run.started if parent == seed.id]
     assert len(from_seed) == -(-8 // 2)  # the seed's share of the slots, as the peer's
     assert len(from_seed) > pd.SEED_PIECE_SLOTS
+
+
+def test_only_a_piece_neither_skipped_stored_nor_in_flight_is_wanted():
+    run = Round(_peer("a"), concurrency=2)
+    run.dispatcher = PieceDispatcher(
+        PIECES * PIECE_LENGTH, PIECE_LENGTH, skip=[0], concurrency=2, selector=run.selector, rank=list(range(PIECES))
+    )
+    run.has(0, range(PIECES))
+    run.run()
+    assert [number for number, _parent in run.started] == [1, 2]
+    run.dispatcher.succeeded(1, seconds=0.1)
+    run.dispatcher.failed(2, corrupt=False)
+    wanted = [n for n in range(-1, PIECES + 1) if run.dispatcher.wants(n)]
+    # 0 skipped, 1 stored; 2 failed and is missing again; numbers outside the task never are.
+    assert wanted == list(range(2, PIECES))
+
+
+def test_no_transfer_is_judged_before_min_duration_from_the_oldest_start():
+    # b may still get the pieces: the relative floor and minDuration apply, not the sole parent's patience.
+    run = Round(_peer("a"), _peer("b"), concurrency=6)
+    assert run.dispatcher.first_judgement() is None
+    now = time.monotonic()
+    run.has(0, range(PIECES), seen=now - 10)
+    first, second, waiting = run.dispatcher.plan(run.parents, run.first_seen, now)[0]
+    first.transfer_started, second.transfer_started = now + 1, now + 0.5
+    # A transfer still waiting for its buffer (no start) is not judged at all.
+    assert waiting.transfer_started is None
+    judged = now + 0.5 + pd.SlowPiecePolicy().min_duration
+    assert run.dispatcher.first_judgement() == judged
+    # Nothing is overdue before that moment, even without a byte received and at any floor.
+    nothing = {first.number: 0, second.number: 0}
+    assert run.dispatcher.overdue(judged - 0.01, nothing) == []
+    late = run.dispatcher.overdue(judged, nothing)
+    assert late[0] is second  # the oldest; its parent's other transfers go with it
+    assert {fetch.number for fetch in late} == {first.number, second.number, waiting.number}
+    # Abandoned transfers are not judged again.
+    assert run.dispatcher.first_judgement() is None

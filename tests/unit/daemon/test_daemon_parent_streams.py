@@ -24,6 +24,7 @@ from dragonfly.daemon.download.task_download import REMOTE_PEER, TaskDownload
 from dragonfly.daemon.download.vortex_client import FetchAbort
 from dragonfly.daemon.metrics import DaemonMetrics
 from dragonfly.daemon.storage import PieceRecord, TaskRecord
+from tests.waiting import eventually
 
 PIECE_LENGTH = 4 << 20
 VORTEX = ("127.0.0.9", 4005)
@@ -231,3 +232,52 @@ def test_the_collector_counts_a_finished_parent_with_a_known_address_as_holding_
     assert sorted(collector.first_seen) == [1, 2]
     assert collector.changed.is_set()
     assert channels.calls == []
+
+
+class _ScriptedCall:
+    """A SyncPieces call whose reports the test releases one at a time."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def read(self) -> Any:
+        return await self.queue.get()
+
+    def cancel(self) -> None:
+        pass
+
+
+class _ScriptedParent(FakeParents):
+    """One parent whose SyncPieces call is ``call``."""
+
+    def __init__(self, call: _ScriptedCall) -> None:
+        super().__init__()
+        self._call = call
+
+    def stub(self, addr: str) -> Any:
+        return self
+
+    def SyncPieces(self, request: dfdaemon_pb2.SyncPiecesRequest) -> _ScriptedCall:
+        return self._call
+
+
+async def test_a_report_wakes_the_downloader_only_for_a_piece_it_wants_or_a_parent_it_could_not_use() -> None:
+    call = _ScriptedCall()
+    channels = _ScriptedParent(call)
+    collector = PieceCollector(
+        channels, host_id="h", task_id="t", parents=[_parent("p1", finished=False)], interested=[0, 1, 2],
+        piece_count=3, idle_timeout=_BOUND, first_timeout=_BOUND,
+    )  # fmt: skip
+    collector.wanted = lambda number: number == 2
+    parent = collector.parents["127.0.0.1-p1"]
+    collector.start()
+    try:
+        for number, wakes in ((0, True), (1, False), (2, True)):
+            collector.changed.clear()
+            await call.queue.put(dfdaemon_pb2.SyncPiecesResponse(number=number, ip=VORTEX[0], tcp_port=VORTEX[1]))
+            await eventually(lambda n=number: parent.bitmap.test(n), _BOUND, f"piece {number} reported", interval=0.001)
+            # 0: unwanted, but the parent's first report (it becomes usable); 1: unwanted; 2: wanted.
+            assert collector.changed.is_set() is wakes, number
+        assert sorted(collector.first_seen) == [0, 1, 2]
+    finally:
+        await collector.stop()
