@@ -46,7 +46,7 @@ from bench.swarm.hosts import (
 )
 from bench.swarm.ours import DFGET, OursCluster
 from bench.swarm.runner import Swarm, SwarmConfig, _raise_interrupt
-from bench.swarm.services import Agent, drive
+from bench.swarm.services import Agent, drive, wait_ready
 from bench.swarm.units import format_rate, format_size, parse_rate, parse_size
 
 SYSTEMS = ("direct", "ours", "ours-dfget")
@@ -104,8 +104,9 @@ def run_system(swarm: Swarm, system: str, base_url: str, digests: dict[str, str]
             specs[peer] = {"kind": "files", "client": CLIENTS[system], "base": base_url, "names": list(digests),
                            "dir": str(directory), "dfget": list(DFGET), "timeout": timeout,
                            "endpoint": str(cluster.sockets[peer]) if cluster else ""}  # fmt: skip
+        agents = {p: Agent(topology, hosts[p], spec, sysdir / f"{p}.log") for p, spec in specs.items()}
+        wait_ready(agents)
         with swarm.measured(system) as box:
-            agents = {p: Agent(topology, hosts[p], spec, sysdir / f"{p}.log") for p, spec in specs.items()}
             t0 = drive(agents, timeout)
             for agent in agents.values():
                 agent.close()

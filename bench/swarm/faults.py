@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.swarm.ours import DFGET, OursCluster
 from bench.swarm.report import SystemResult
-from bench.swarm.services import PYTHON, REPO, Agent, Service, drive, python_env
+from bench.swarm.services import PYTHON, REPO, Agent, Service, drive, python_env, wait_ready
 
 if TYPE_CHECKING:
     from bench.swarm.runner import Swarm
@@ -163,8 +163,9 @@ def run_ours_faults(swarm: Swarm, sysdir: Path) -> SystemResult:
         outputs[p].parent.mkdir(parents=True)
         specs[p] = {"kind": "dfget", "dfget": list(DFGET), "url": swarm.origin_url, "output": str(outputs[p]),
                     "endpoint": str(cluster.sockets[p]), "timeout": swarm.cfg.system_timeout()}  # fmt: skip
+    agents = swarm._agents(sysdir, specs)
+    wait_ready(agents)
     with swarm.measured("ours-faults") as box:
-        agents = swarm._agents(sysdir, specs)
         injector = FaultInjector(swarm, cluster, sysdir, agents)
         injector.prepare()
         injector.start()

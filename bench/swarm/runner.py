@@ -48,7 +48,7 @@ from bench.swarm.report import (
     wire_first_bytes,
     write_plot,
 )
-from bench.swarm.services import PYTHON, REPO, Agent, Service, drive, python_env
+from bench.swarm.services import PYTHON, REPO, Agent, Service, drive, python_env, wait_ready
 from bench.swarm.timeline import analyse, read_pieces
 from bench.swarm.units import format_size, parse_rate, parse_size
 
@@ -302,8 +302,9 @@ class Swarm:
             outputs[p].parent.mkdir(parents=True)
             specs[p] = {"kind": "curl", "url": self.origin_url, "output": str(outputs[p]), "rate": rate,
                         "timeout": self.cfg.system_timeout()}  # fmt: skip
+        agents = self._agents(sysdir, specs)
+        wait_ready(agents)
         with self.measured("direct") as box:
-            agents = self._agents(sysdir, specs)
             t0 = drive(agents, self.cfg.system_timeout())
             for agent in agents.values():
                 agent.close()
@@ -350,8 +351,9 @@ class Swarm:
         for p in self.peers:
             outputs[p].parent.mkdir(parents=True)
         try:
+            agents = self._agents(sysdir, {p: spec(self.h[p], outputs[p].parent, seed=False) for p in self.peers})
+            wait_ready(agents)
             with self.measured("bittorrent") as box:
-                agents = self._agents(sysdir, {p: spec(self.h[p], outputs[p].parent, seed=False) for p in self.peers})
                 t0 = drive(agents, timeout)
                 for agent in agents.values():
                     agent.close()
@@ -398,8 +400,9 @@ class Swarm:
             outputs[p].parent.mkdir(parents=True)
             specs[p] = {"kind": "dfget", "dfget": list(DFGET), "url": self.origin_url, "output": str(outputs[p]),
                         "endpoint": str(cluster.sockets[p]), "timeout": self.cfg.system_timeout()}  # fmt: skip
+        agents = self._agents(sysdir, specs)
+        wait_ready(agents)
         with self.measured(system) as box:
-            agents = self._agents(sysdir, specs)
             t0 = drive(agents, self.cfg.system_timeout())
             for agent in agents.values():
                 agent.close()
