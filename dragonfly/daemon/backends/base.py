@@ -17,7 +17,7 @@ from dragonfly_api import common_pb2
 
 from dragonfly.daemon.backends.http import LOCAL as LOCAL_ORIGIN
 from dragonfly.daemon.backends.http import OriginOptions
-from dragonfly.daemon.backends.piece_chunks import PieceDigest, write_chunk
+from dragonfly.daemon.backends.piece_chunks import WRITE_STEP_FROM_LOOP, PieceDigest, write_chunk
 from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.errors import BackendError
 
@@ -133,8 +133,9 @@ class Backend(Protocol):
 
 
 class PieceWriter:
-    """Gather a piece's chunks, as a backend receives them, into the pooled buffer and write them at the piece's
-    offset through the native writer on the executor; the CRC-32 is computed on the way."""
+    """Gather a piece's chunks, as a backend receives them, into the pooled buffer and write each step of them
+    (``WRITE_STEP_FROM_LOOP``), as soon as it is in, at the piece's offset through the native writer on the
+    executor; the CRC-32 is computed on the way."""
 
     __slots__ = (
         "_capacity",
@@ -143,11 +144,11 @@ class PieceWriter:
         "_executor",
         "_fd",
         "_filled",
+        "_flushed",
         "_length",
         "_offset",
         "_progress",
         "_view",
-        "_whole",
         "_written",
         "url",
     )
@@ -171,7 +172,6 @@ class PieceWriter:
         self._length = length
         self._view = memoryview(buffer)
         self._capacity = len(buffer)
-        self._whole = length <= self._capacity
         self._progress = progress
         # A writer writes the piece from its first byte.
         if digest is not None:
@@ -179,11 +179,13 @@ class PieceWriter:
         self._digest = digest
         self._crc = 0
         self._written = 0
+        # The buffer holds ``_filled`` bytes, the first ``_flushed`` of them written.
         self._filled = 0
+        self._flushed = 0
 
     @property
     def received(self) -> int:
-        return self._written + self._filled
+        return self._written + self._filled - self._flushed
 
     async def add(self, chunk: Buffer) -> None:
         """Take the next bytes of the piece."""
@@ -197,24 +199,25 @@ class PieceWriter:
             self._view[self._filled : self._filled + take] = data[:take]
             self._filled += take
             data = data[take:]
-            if self._filled == self._capacity:
+            if self._filled - self._flushed >= WRITE_STEP_FROM_LOOP or self._filled == self._capacity:
                 await self._flush()
 
     async def _flush(self) -> None:
-        if not self._filled:
+        """Write what is buffered and not yet written (a step, as soon as it is in: see piece_chunks)."""
+        if self._filled == self._flushed:
             return
         self._crc = await run_blocking(
             self._executor,
             write_chunk,
             self._fd,
             self._offset + self._written,
-            self._view[: self._filled],
+            self._view[self._flushed : self._filled],
             self._crc,
-            self._whole,
+            self._written == 0,
             self._digest,
         )
-        self._written += self._filled
-        self._filled = 0
+        self._written += self._filled - self._flushed
+        self._filled = self._flushed = 0 if self._filled == self._capacity else self._filled
 
     async def finish(self) -> int:
         """Write what is buffered; return the piece's CRC-32, or raise if the source sent too few bytes."""

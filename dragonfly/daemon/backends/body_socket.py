@@ -36,16 +36,22 @@ _PROGRESS_STEP = 256 * 1024
 
 
 class BodySocket:
-    """The rest of a body to read from a duplicate of the response's socket, and what aiohttp had already read."""
+    """The rest of a body to read from a duplicate of the response's socket, and what aiohttp had already read.
 
-    __slots__ = ("prefix", "sock")
+    ``transport``: the connection's transport, detached from aiohttp's protocol (``take_over``); closed with this.
+    """
 
-    def __init__(self, sock: socket.socket, prefix: bytes) -> None:
+    __slots__ = ("prefix", "sock", "transport")
+
+    def __init__(self, sock: socket.socket, prefix: bytes, transport: asyncio.Transport | None = None) -> None:
         self.sock = sock
         self.prefix = prefix
+        self.transport = transport
 
     def close(self) -> None:
         self.sock.close()
+        if self.transport is not None:
+            self.transport.close()
 
 
 def take_over(resp: aiohttp.ClientResponse, length: int) -> BodySocket | None:
@@ -74,9 +80,15 @@ def take_over(resp: aiohttp.ClientResponse, length: int) -> BodySocket | None:
     while chunk := resp.content.read_nowait():
         prefix += chunk
     protocol.pause_reading()
+    # And nothing may resume it: aiohttp hands a connection to the next request once its parser has seen the end of
+    # a body, while that body's reader may still be draining its buffer, and every such read resumes the protocol's
+    # reading (StreamReader -> protocol.resume_reading()): the transport would then read this body's bytes into
+    # aiohttp's buffer, never to reach the thread, and the piece would stall until its timeout. Without its
+    # transport the protocol cannot resume it; the BodySocket closes the transport instead.
+    protocol.transport = None
     # A duplicate: the thread's descriptor stays valid even if aiohttp closes the connection meanwhile. It shares
     # the non-blocking file description: a recv with nothing to read raises BlockingIOError.
-    return BodySocket(socket.socket(fileno=os.dup(sock.fileno())), bytes(prefix[:length]))
+    return BodySocket(socket.socket(fileno=os.dup(sock.fileno())), bytes(prefix[:length]), transport)
 
 
 def _wait_readable(sock: socket.socket, want: int, stall: float, stop: threading.Event) -> None:

@@ -132,7 +132,6 @@ class FileBackend:
         try:
             view = memoryview(buffer)
             capacity = len(buffer)
-            whole_piece = length <= capacity
             crc = 0
             done = 0
             while done < length:
@@ -143,7 +142,7 @@ class FileBackend:
                         f"{url}: the file ended at byte {offset + done + got}, before the {offset + length} "
                         "its size promised (it changed during the download)"
                     )
-                crc = write_chunk(fd, offset + done, view[:want], crc, whole_piece, digest)
+                crc = write_chunk(fd, offset + done, view[:want], crc, done == 0, digest)
                 done += want
             return crc
         finally:

@@ -57,14 +57,14 @@ async def test_a_cancelled_piece_download_waits_for_its_write(
     real_write = backend_module.write_chunk
 
     def blocking_write(
-        fd: int, offset: int, view: memoryview, crc: int, whole_piece: bool, digest: PieceDigest | None
+        fd: int, offset: int, view: memoryview, crc: int, starts_piece: bool, digest: PieceDigest | None
     ) -> int:
         started.set()
         assert release.wait(30), "the test never released the write"
         # Still inside the write: the download that owns the buffer must not have ended.
         assert task is not None
         done_while_writing.append(task.done())
-        return real_write(fd, offset, view, crc, whole_piece, digest)
+        return real_write(fd, offset, view, crc, starts_piece, digest)
 
     # Through aiohttp, or straight from the socket (a plain-HTTP body of known length: body_socket).
     monkeypatch.setattr(backend_module, "write_chunk", blocking_write)

@@ -22,7 +22,7 @@ from dragonfly.common import native
 from dragonfly.daemon.backends import body_socket
 from dragonfly.daemon.backends import http as backend_module
 from dragonfly.daemon.backends.http import HTTPBackend
-from dragonfly.daemon.backends.piece_chunks import PieceDigest
+from dragonfly.daemon.backends.piece_chunks import WRITE_STEP_FROM_LOOP, PieceDigest
 from dragonfly.daemon.errors import BackendError
 from tests.waiting import eventually
 
@@ -30,11 +30,13 @@ DATA = os.urandom(2 * 1024 * 1024 + 77)
 
 
 class Origin:
-    """Serves DATA at /f with Range; ``chunked`` frames the body in chunks; ``stall`` sends half of it, then waits."""
+    """Serves DATA at /f with Range; ``chunked`` frames the body in chunks; ``stall`` sends half of it, then waits
+    (then sends the rest if ``finish_after_stall``)."""
 
     def __init__(self) -> None:
         self.chunked = False
         self.stall: asyncio.Event | None = None
+        self.finish_after_stall = False
         self.trickle = False
         self.connections: set[int] = set()
         self.requests = 0
@@ -63,6 +65,8 @@ class Origin:
         if self.stall is not None:
             await response.write(body[: len(body) // 2])
             await self.stall.wait()
+            if self.finish_after_stall:
+                await response.write(body[len(body) // 2 :])
             return response
         # Several writes: some of the body reaches the client before the takeover, some after.
         for start in range(0, len(body), 256 * 1024):
@@ -133,6 +137,85 @@ async def test_pieces_arrive_whole_and_in_order_whoever_reads_the_body(
     if not chunked:
         # Each taken-over connection was closed after its piece: the second request came on a new one.
         assert len(state.connections) == 2
+
+
+async def test_a_body_through_aiohttp_is_written_and_hashed_as_its_bytes_arrive(
+    origin: tuple[Origin, str], tmp_path: Path
+) -> None:
+    """A buffer as large as the piece (the daemon's 4 MiB for 4 MiB pieces) is not written only when full: what has
+    arrived is on file and hashed while the rest is awaited, so the piece's last byte leaves one step to write."""
+    state, url = origin
+    state.chunked = True  # read through aiohttp
+    state.stall = asyncio.Event()
+    state.finish_after_stall = True
+    content = tmp_path / "content"
+    fd = os.open(content, os.O_RDWR | os.O_CREAT, 0o600)
+    half = len(DATA) // 2
+    with ThreadPoolExecutor(2) as executor:
+        backend = await _backend(executor)
+        try:
+            digest = PieceDigest("blake3")
+            task = asyncio.create_task(
+                backend.download_piece(
+                    url, {}, fd=fd, offset=0, length=len(DATA), buffer=bytearray(len(DATA)), digest=digest
+                )
+            )
+            # The origin sent the first half and waits: all of it but less than a step is written and hashed.
+            written = half - WRITE_STEP_FROM_LOOP + 1
+            await eventually(
+                lambda: digest.fed >= written and content.read_bytes()[:written] == DATA[:written],
+                30,
+                "the first half's steps written and hashed",
+            )
+            assert not task.done()
+            state.stall.set()
+            crc = await asyncio.wait_for(task, 30)
+        finally:
+            os.close(fd)
+            await backend.close()
+    assert crc == zlib.crc32(DATA)
+    assert digest.result(len(DATA)) == f"blake3:{native.Hasher('blake3', DATA).hexdigest()}"
+    assert content.read_bytes() == DATA
+
+
+async def test_a_taken_over_body_survives_a_resume_from_the_connections_previous_reader(
+    origin: tuple[Origin, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiohttp hands a connection to the next request once its parser saw the end of a body, and that body's reader,
+    still draining its buffer, resumes the protocol's reading with every read: the transport must not start
+    reading the taken-over body then (its bytes would never reach the thread, and the piece would stall)."""
+    state, url = origin
+    state.stall = asyncio.Event()
+    state.finish_after_stall = True
+    real = body_socket.take_over
+    resumed: list[bool] = []
+
+    def take_over_then_resume(resp, length):  # type: ignore[no-untyped-def]
+        body = real(resp, length)
+        assert body is not None
+        assert resp.connection is not None
+        # What the previous body's reader does on the same protocol (StreamReader._read_nowait_chunk).
+        resp.connection.protocol.resume_reading()
+        resumed.append(True)
+        return body
+
+    monkeypatch.setattr(backend_module, "take_over", take_over_then_resume)
+    fd = os.open(tmp_path / "content", os.O_RDWR | os.O_CREAT, 0o600)
+    with ThreadPoolExecutor(2) as executor:
+        backend = await _backend(executor, piece_timeout=10.0)
+        try:
+            task = asyncio.create_task(
+                backend.download_piece(url, {}, fd=fd, offset=0, length=len(DATA), buffer=bytearray(len(DATA)))
+            )
+            await eventually(lambda: resumed, 30, "the takeover")
+            # The rest of the body arrives after the resume, while the event loop runs.
+            state.stall.set()
+            crc = await asyncio.wait_for(task, 30)
+        finally:
+            os.close(fd)
+            await backend.close()
+    assert crc == zlib.crc32(DATA)
+    assert (tmp_path / "content").read_bytes() == DATA
 
 
 async def test_a_stalled_body_fails_within_the_piece_timeout(origin: tuple[Origin, str], tmp_path: Path) -> None:
