@@ -155,7 +155,7 @@ class Agent:
 def wait_ready(agents: Mapping[str, Agent], ready_timeout: float = 180) -> None:
     """Wait until every agent is ready (started and waiting for "go").
 
-    The benchmarks call it before their CPU meter starts: an agent's interpreter start and imports (~80 ms of CPU
+    The benchmarks call it before their CPU meter starts: an agent's interpreter start and imports (~60 ms of CPU
     each) are the harness's, not the system's, and were counted with the system's CPU ("reaped") before.
     """
     deadline = time.monotonic() + ready_timeout
