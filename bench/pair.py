@@ -274,6 +274,7 @@ def ours(
     copy_output: bool = False,
     native_tls: bool | None = None,
     server_native_tls: bool | None = None,
+    concurrent_pieces: int | None = None,
     label: str | None = None,
     reclaim: Reclaim | None = None,
     timelines: list[dict[str, float]] | None = None,
@@ -285,8 +286,9 @@ def ours(
     The CPU seconds the parent and child dfdaemons, the scheduler and dfget spend on the child's runs are added to
     ``cpu``. ``copy_output`` sets the child's ``download.hardLinkOutput`` false (docs/output-and-cache.md),
     ``native_tls`` its ``download.nativeTls`` (None: the default, rustls; docs/security.md#vortex-over-tls) and
-    ``server_native_tls`` the parent's ``storage.server.nativeTls`` (None: the default). The cluster's
-    directory (both daemons' storage) is removed when it stops.
+    ``server_native_tls`` the parent's ``storage.server.nativeTls`` (None: the default), ``concurrent_pieces`` the
+    child's ``download.concurrentPieceCount`` (None: the default). The cluster's directory (both daemons' storage)
+    is removed when it stops.
     """
     from bench.swarm.ours import OursCluster
 
@@ -302,9 +304,11 @@ def ours(
     times: list[float] = []
     by_source: dict[str, int] = {}
     label = label or ("ours" if tls else "ours-plaintext")
-    child: dict[str, bool] = {"hardLinkOutput": False} if copy_output else {}
+    child: dict[str, bool | int] = {"hardLinkOutput": False} if copy_output else {}
     if native_tls is not None:
         child["nativeTls"] = native_tls
+    if concurrent_pieces is not None:
+        child["concurrentPieceCount"] = concurrent_pieces
     overrides: dict[str, dict[str, Any]] = {"child": {"download": child}}
     if server_native_tls is not None:
         overrides["seed"] = {"storage": {"server": {"nativeTls": server_native_tls}}}
@@ -411,6 +415,33 @@ def timeline_notes(methods: dict[str, Any]) -> list[str]:
     return notes
 
 
+#: One of our rows: its name, its cluster's directory (None: from the name), TLS, the parent's
+#: storage.server.nativeTls and the child's download.concurrentPieceCount (None: the defaults).
+OurRow = tuple[str, str | None, bool, bool | None, int | None]
+
+
+def our_rows(*, python_tls_server: bool = False, pieces_in_flight: list[int] | None = None) -> list[OurRow]:
+    """Return our rows in the order they run: the default (mutual TLS), the variants asked for, plaintext."""
+    rows: list[OurRow] = [("ours", None, True, None, None)]
+    if python_tls_server:
+        rows.append(("ours (parent on Python ssl)", "ours-python-server", True, False, None))
+    for count in pieces_in_flight or []:
+        rows.append((f"ours ({count} pieces in flight)", f"ours-pieces-{count}", True, None, count))
+    rows.append(("ours (plaintext)", None, False, None, None))
+    return rows
+
+
+def _counts(text: str) -> list[int]:
+    """Parse ``--pieces-in-flight``: positive integers separated by commas."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+    if any(count < 1 for count in counts):
+        raise argparse.ArgumentTypeError(f"each count must be at least 1, got {text!r}")
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the pair benchmark; print a table (or --json); exit 0 only if every method ran."""
     parser = argparse.ArgumentParser(prog="python -m bench pair")
@@ -449,6 +480,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also run ours with storage.server.nativeTls: false on the parent (its Vortex TLS in Python's ssl, "
         "not rustls), as the row 'ours (parent on Python ssl)', side by side with the default",
+    )
+    parser.add_argument(
+        "--pieces-in-flight",
+        type=_counts,
+        default=[],
+        metavar="N[,N...]",
+        help="also run ours (mutual TLS) with download.concurrentPieceCount N on the child, one row 'ours (N pieces "
+        "in flight)' per N, side by side with the default (8) in the same run",
     )
     parser.add_argument(
         "--drop-caches",
@@ -502,20 +541,15 @@ def main(argv: list[str] | None = None) -> int:
             except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                 results["methods"][name] = {"error": str(exc)}
         sink.unlink(missing_ok=True)
-        # (row, its cluster's directory, TLS, the parent's storage.server.nativeTls)
-        runs: list[tuple[str, str | None, bool, bool | None]] = [
-            ("ours", None, True, None),
-            ("ours (plaintext)", None, False, None),
-        ]
-        if args.python_tls_server:
-            runs.insert(1, ("ours (parent on Python ssl)", "ours-python-server", True, False))
-        for label, directory, tls, server_native_tls in runs:
+        for label, directory, tls, server_native_tls, concurrent_pieces in our_rows(
+            python_tls_server=args.python_tls_server, pieces_in_flight=args.pieces_in_flight
+        ):
             timelines: list[dict[str, float]] = []
             try:
                 times, by_source = ours(
                     topology, workdir, source, args.repeat, tls=tls, cpu=cpu.setdefault(label, {}),
                     copy_output=args.copy_output, native_tls=False if args.python_tls else None,
-                    server_native_tls=server_native_tls, label=directory,
+                    server_native_tls=server_native_tls, concurrent_pieces=concurrent_pieces, label=directory,
                     reclaim=reclaim.setdefault(label, Reclaim(room)), timelines=timelines,
                 )  # fmt: skip
                 entry = {"seconds": statistics.median(times), "runs": times, "by_source": by_source}

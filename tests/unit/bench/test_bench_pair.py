@@ -12,7 +12,9 @@ from bench.pair import (
     child_timeline,
     cpu_regressions,
     free_memory,
+    main,
     native_loop,
+    our_rows,
     reclaim_counters,
     reclaim_notes,
     source_notes,
@@ -199,3 +201,23 @@ def test_timeline_notes_name_each_phase_of_the_rows_that_have_one() -> None:
         "ours: the child's timeline (median): dfget start → task 0.100 s, → first piece requested 0.020 s, → last "
         "piece's bytes 1.500 s, of which no piece in flight 0.000 s, → task done 0.003 s, → dfget exit 0.004 s"
     ]
+
+
+def test_our_rows_put_the_variants_asked_for_between_the_default_and_plaintext() -> None:
+    assert our_rows() == [("ours", None, True, None, None), ("ours (plaintext)", None, False, None, None)]
+    assert [row[0] for row in our_rows(python_tls_server=True, pieces_in_flight=[2, 4])] == [
+        "ours",
+        "ours (parent on Python ssl)",
+        "ours (2 pieces in flight)",
+        "ours (4 pieces in flight)",
+        "ours (plaintext)",
+    ]
+    assert our_rows(pieces_in_flight=[2])[1] == ("ours (2 pieces in flight)", "ours-pieces-2", True, None, 2)
+
+
+@pytest.mark.parametrize("text", ["0", "2,x", "-1", ""])
+def test_pieces_in_flight_refuses_anything_but_positive_counts(text: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--pieces-in-flight", text])
+    assert exited.value.code == 2
+    assert "--pieces-in-flight" in capsys.readouterr().err
