@@ -151,19 +151,24 @@ def _unary(args: argparse.Namespace, method: str, request: bytes, metadata: tupl
     """Run a unary call on the daemon; return its one answer."""
     from dragonfly.cli.dfget import rpc
 
-    answers = list(
-        rpc.call(
-            args.endpoint,
-            SERVICE + method,
-            request,
-            timeout=args.timeout + 10.0,
-            metadata=metadata,
-            max_message=MAX_MESSAGE,
-        )
+    answers = rpc.call(
+        args.endpoint,
+        SERVICE + method,
+        request,
+        timeout=args.timeout + 10.0,
+        metadata=metadata,
+        max_message=MAX_MESSAGE,
     )
-    if len(answers) != 1:
-        _fail(f"dfdaemon answered {method} with {len(answers)} messages, not one")
-    return answers[0]
+    try:
+        answer = next(answers, None)
+        if answer is None:
+            _fail(f"dfdaemon answered {method} with no message")
+        # A second answer fails the call at once: gathering them all held every one in memory until the deadline.
+        if next(answers, None) is not None:
+            _fail(f"dfdaemon answered {method} with more than one message")
+    finally:
+        answers.close()
+    return answer
 
 
 def _import(args: argparse.Namespace) -> None:
@@ -224,6 +229,10 @@ def _export(args: argparse.Namespace) -> None:
             if response.content_length is not None:
                 size = response.content_length
             elif stream and response.content is not None:
+                # Standard output takes the bytes in order: a piece anywhere else would be written in the wrong
+                # place (the daemon sends them in order, verified).
+                if response.offset != written:
+                    _fail(f"dfdaemon sent the piece at byte {response.offset} where byte {written} was due")
                 sys.stdout.buffer.write(response.content)
                 written += len(response.content)
     finally:

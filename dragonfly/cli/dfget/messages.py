@@ -386,13 +386,14 @@ class PersistentCacheTask:
 
 class PersistentCacheDownload:
     """A ``dfdaemon.v2.DownloadPersistentCacheTaskResponse``: the content length once started, or a piece's
-    content (a view of the message's bytes, only when the request asked for it)."""
+    offset and content (a view of the message's bytes, only when the request asked for it)."""
 
-    __slots__ = ("content", "content_length")
+    __slots__ = ("content", "content_length", "offset")
 
     def __init__(self, data: bytes) -> None:
         self.content_length: int | None = None
         self.content: memoryview | None = None
+        self.offset = 0
         for number, wire, value in _fields(memoryview(data)):
             if wire != _LEN:
                 continue
@@ -402,9 +403,11 @@ class PersistentCacheDownload:
                     if inner == 1 and inner_wire == _VARINT:
                         self.content_length = inner_value
             elif number == 5:
-                self.content_length, self.content = None, None
+                self.content_length, self.content, self.offset = None, None, 0
                 for inner, inner_wire, inner_value in _fields(value):
                     if inner == 1 and inner_wire == _LEN:
                         for field, field_wire, field_value in _fields(inner_value):
                             if field == 6 and field_wire == _LEN:
                                 self.content = field_value
+                            elif field == 3 and field_wire == _VARINT:
+                                self.offset = field_value

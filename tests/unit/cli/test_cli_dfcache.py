@@ -103,6 +103,10 @@ class StandIn:
         self.path = str(directory / "d.sock")
         self.requests: list[tuple[str, Any, dict[str, str]]] = []
         self.pieces: list[bytes] = [b"0123", b"4567", b"89"]
+        # A piece's offset when it is not where the pieces before it end.
+        self.offsets: dict[int, int] = {}
+        # How many answers StatPersistentCacheTask gives (a unary call: one).
+        self.stat_answers = 1
         self.content_length = 10
         self.task = common_pb2.PersistentCacheTask(
             id=TASK_ID,
@@ -134,12 +138,25 @@ class StandIn:
             started = dfdaemon_pb2.DownloadPersistentCacheTaskResponse(task_id=TASK_ID)
             started.download_persistent_cache_task_started_response.content_length = self.content_length
             yield started
+            offset = 0
             for number, content in enumerate(self.pieces):
                 piece = dfdaemon_pb2.DownloadPersistentCacheTaskResponse(task_id=TASK_ID)
                 piece.download_piece_finished_response.piece.number = number
+                piece.download_piece_finished_response.piece.offset = self.offsets.get(number, offset)
+                offset += len(content)
                 if request.need_piece_content:
                     piece.download_piece_finished_response.piece.content = content
                 yield piece
+
+        def stat(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            # Served as a stream, so that a daemon can give a unary call more (or fewer) answers than one.
+            self.requests.append(("StatPersistentCacheTask", request, dict(context.invocation_metadata())))
+            if request.task_id == "c" * 64:
+                context.abort(grpc.StatusCode.NOT_FOUND, "task cccc not found")
+            answers = 0
+            while self.stat_answers < 0 or answers < self.stat_answers:
+                answers += 1
+                yield self.task
 
         handler = grpc.method_handlers_generic_handler(
             "dfdaemon.v2.DfdaemonDownload",
@@ -147,8 +164,10 @@ class StandIn:
                 "UploadPersistentCacheTask": unary(
                     "UploadPersistentCacheTask", dfdaemon_pb2.UploadPersistentCacheTaskRequest, lambda: self.task
                 ),
-                "StatPersistentCacheTask": unary(
-                    "StatPersistentCacheTask", dfdaemon_pb2.StatPersistentCacheTaskRequest, lambda: self.task
+                "StatPersistentCacheTask": grpc.unary_stream_rpc_method_handler(
+                    stat,
+                    dfdaemon_pb2.StatPersistentCacheTaskRequest.FromString,
+                    lambda message: message.SerializeToString(),
                 ),
                 "DeleteTask": unary("DeleteTask", dfdaemon_pb2.DeleteTaskRequest, empty_pb2.Empty),
                 "DownloadPersistentCacheTask": grpc.unary_stream_rpc_method_handler(
@@ -263,3 +282,34 @@ def test_help_is_laid_out_as_argparses_own_formatter_does(monkeypatch: pytest.Mo
         ours = command_line.format_help()
         command_line.formatter_class = argparse.HelpFormatter
         assert ours == command_line.format_help()
+
+
+def test_export_to_standard_output_refuses_a_piece_out_of_place(
+    daemon: StandIn, capfdbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    # Same length, but the second piece claims the first one's place: written in order it would corrupt the output.
+    daemon.offsets = {1: 0}
+    assert dfcache.main(["export", TASK_ID, "-O", "-", "-e", daemon.path]) == 1
+    captured = capfdbinary.readouterr()
+    assert b"dfcache export: dfdaemon sent the piece at byte 0 where byte 4 was due" in captured.err
+    assert captured.out == b"0123"
+
+
+@pytest.mark.parametrize(("answers", "message"), [(0, "with no message"), (2, "with more than one message")])
+def test_a_unary_call_needs_exactly_one_answer(
+    daemon: StandIn, capsys: pytest.CaptureFixture[str], answers: int, message: str
+) -> None:
+    daemon.stat_answers = answers
+    assert dfcache.main(["stat", TASK_ID, "-e", daemon.path]) == 1
+    assert capsys.readouterr().err == f"dfcache stat: dfdaemon answered StatPersistentCacheTask {message}\n"
+
+
+def test_a_unary_call_answered_without_end_fails_at_the_second_answer(
+    daemon: StandIn, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before, every answer was kept until the call's deadline (--timeout + 10 s) and only then counted.
+    daemon.stat_answers = -1
+    assert dfcache.main(["stat", TASK_ID, "--timeout", "60s", "-e", daemon.path]) == 1
+    assert capsys.readouterr().err == (
+        "dfcache stat: dfdaemon answered StatPersistentCacheTask with more than one message\n"
+    )

@@ -348,6 +348,7 @@ def test_persistent_cache_downloads_read_as_the_generated_class_reads_them(respo
     else:
         assert ours.content_length is None
         piece = response.download_piece_finished_response.piece
+        assert ours.offset == piece.offset
         if response.HasField("download_piece_finished_response") and piece.HasField("content"):
             assert ours.content is not None
             assert bytes(ours.content) == piece.content
