@@ -155,6 +155,28 @@ def test_finished_task_survives_a_restart(tmp_path: Path) -> None:
     reopened.close()
 
 
+def test_a_task_s_last_piece_and_its_finished_row_are_one_commit(tmp_path: Path) -> None:
+    storage = open_storage(tmp_path)
+    storage.prepare_task(TASK, url="http://o/f", piece_length=PIECE, content_length=3, response_header={})
+    statements: list[str] = []
+    storage._db._db.set_trace_callback(statements.append)
+    storage.finish_piece(TASK, write_piece(storage, TASK, 0, b"abc"))
+    storage.finish_task(TASK)
+    storage._db._db.set_trace_callback(None)
+    # One transaction: every row is written between its BEGIN and its COMMIT (an INSERT outside one is a commit of
+    # its own).
+    kinds = [" ".join(sql.split()[:3]).upper() for sql in statements]
+    assert kinds == ["BEGIN", "INSERT OR REPLACE", "INSERT OR REPLACE", "COMMIT"], statements
+    storage.close()
+
+    reopened = open_storage(tmp_path)
+    task = reopened.get_task(TASK)
+    assert task is not None
+    assert task.finished_at is not None
+    assert task.pieces[0].length == 3
+    reopened.close()
+
+
 def test_a_finished_content_file_is_sealed(tmp_path: Path) -> None:
     """Read-only and stamped (docs/output-and-cache.md): an edit in place through a hard-linked output shows."""
     storage = open_storage(tmp_path)
