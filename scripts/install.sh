@@ -30,6 +30,10 @@ else
     "${pip[@]}" "$repo/ext/hashing" "$repo/ext/piece_io" -e "$repo[test,dev]"
     echo "$sources" >"$stamp"
 fi
+# An editable install leaves the package without byte code, and with PYTHONDONTWRITEBYTECODE=1 (set on some hosts)
+# every process started from it (dfget per file, daemons, test servers) compiles each module it imports at every
+# start: 1.56 x the CPU of a dfget local hit (bench/RESULTS.md §3). pip compiles a wheel at install; do the same.
+"$venv/bin/python" -m compileall -q "$repo/dragonfly" >/dev/null
 "$venv/bin/python" -c "from dragonfly.common import native; print('install.sh: native build profiles:', native.build_profiles())"
 # The manager's web console (skipped with a message when node is missing).
 "$repo/scripts/build-console.sh"
