@@ -365,8 +365,12 @@ def child_timeline(db_path: Path, started: float, exited: float) -> dict[str, fl
     """Return the phases (``TIMELINE_PHASES``, seconds) of the newest finished task in a dfdaemon's metadata
     database, for a dfget that ran from ``started`` to ``exited`` (wall clock, ``time.time()``).
 
-    A piece is in flight from its record's ``created_at`` (its request) for ``cost`` seconds (its bytes arriving);
-    ``idle`` is the time between the first request and the last piece's bytes when no piece was in flight.
+    A piece is in flight from its record's ``created_at`` for ``cost`` seconds (its bytes arriving); ``idle`` is the
+    time between the first piece and the last piece's bytes when no piece was in flight. The record has no transfer
+    start: ``created_at`` is taken after the rate limit's reservation but before the piece's receive buffer is free
+    and ``cost`` counts from then, so a wait for a buffer moves a piece's interval earlier by that wait, overstating
+    ``idle`` and understating the stretch. With two buffers per piece in flight (``ParentDownloader``) a
+    one-parent download does not wait for one.
     """
     # A database that cannot be read is this row's error (RuntimeError), not the end of the whole run.
     try:
