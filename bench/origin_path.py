@@ -9,9 +9,8 @@ serves a file of ``--size`` from tmpfs, and each system fetches all of it into a
   BLAKE3 fed as its bytes are written (the digest the seed reports to the scheduler);
 - ``ours-through-aiohttp``: the same with the body read through aiohttp's reader (what an https or chunked origin
   gets, and what every origin got before ``dragonfly.daemon.backends.body_socket``);
-- ``ours-through-aiohttp-whole-piece-writes``: ``ours-through-aiohttp`` with each piece written, CRC'd and hashed
-  only once its buffer (the whole piece) is in, as before such bodies were written in steps as they arrive
-  (``piece_chunks.WRITE_STEP_FROM_LOOP``);
+- ``ours-whole-piece-writes``: ``ours`` with each piece written, CRC'd and hashed only once its buffer (the whole
+  piece) is in, as before ``body_socket`` wrote what had arrived while waiting for more (``IDLE_WRITE_MIN``);
 - ``ours-read-back``: ``ours`` with the BLAKE3 taken by reading each piece back afterwards (what a backend that
   does not feed the digest costs, and what the seed did before);
 - ``curl``: ``curl -o`` of the whole file (the baseline: one stream, no hashing).
@@ -52,7 +51,13 @@ from bench.swarm.origin import nginx_config
 from bench.swarm.units import format_rate, parse_rate, parse_size
 
 T = TypeVar("T")
-SYSTEMS = ("ours", "ours-through-aiohttp", "ours-through-aiohttp-whole-piece-writes", "ours-read-back", "curl")
+SYSTEMS = (
+    "ours",
+    "ours-whole-piece-writes",
+    "ours-through-aiohttp",
+    "ours-read-back",
+    "curl",
+)
 _GIB = 1 << 30
 _REPO = Path(__file__).resolve().parent.parent
 
@@ -135,12 +140,12 @@ async def fetch_ours(
             tails.append(time.monotonic() - write_began[offset + length])
 
         # The backend falls back to aiohttp's reader when the body cannot be taken over.
-        take_over, step = http.take_over, http.WRITE_STEP_FROM_LOOP
-        if system.startswith("ours-through-aiohttp"):
+        take_over, idle_write_min = http.take_over, body_socket.IDLE_WRITE_MIN
+        if system == "ours-through-aiohttp":
             http.take_over = lambda resp, length: None  # type: ignore[assignment]
-        if system == "ours-through-aiohttp-whole-piece-writes":
-            # A step as large as the buffer: a piece is written once it is all in.
-            http.WRITE_STEP_FROM_LOOP = _SOURCE_BUFFER
+        if system == "ours-whole-piece-writes":
+            # More than the buffer holds: a piece is written once it is all in.
+            body_socket.IDLE_WRITE_MIN = _SOURCE_BUFFER + 1
         body_socket.write_chunk = http.write_chunk = timed_write  # type: ignore[assignment]
         try:
             started = _self_cpu()
@@ -148,7 +153,7 @@ async def fetch_ours(
             return _self_cpu() - started, tails
         finally:
             http.take_over = take_over
-            http.WRITE_STEP_FROM_LOOP = step
+            body_socket.IDLE_WRITE_MIN = idle_write_min
             body_socket.write_chunk = http.write_chunk = real_write
             os.close(fd)
             await backend.close()

@@ -17,7 +17,7 @@ from dragonfly_api import common_pb2
 
 from dragonfly.daemon.backends.http import LOCAL as LOCAL_ORIGIN
 from dragonfly.daemon.backends.http import OriginOptions
-from dragonfly.daemon.backends.piece_chunks import WRITE_STEP_FROM_LOOP, PieceDigest, write_chunk
+from dragonfly.daemon.backends.piece_chunks import PieceDigest, write_chunk
 from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.errors import BackendError
 
@@ -133,9 +133,8 @@ class Backend(Protocol):
 
 
 class PieceWriter:
-    """Gather a piece's chunks, as a backend receives them, into the pooled buffer and write each step of them
-    (``WRITE_STEP_FROM_LOOP``), as soon as it is in, at the piece's offset through the native writer on the
-    executor; the CRC-32 is computed on the way."""
+    """Gather a piece's chunks, as a backend receives them, into the pooled buffer and write them at the piece's
+    offset through the native writer on the executor; the CRC-32 is computed on the way."""
 
     __slots__ = (
         "_capacity",
@@ -144,7 +143,6 @@ class PieceWriter:
         "_executor",
         "_fd",
         "_filled",
-        "_flushed",
         "_length",
         "_offset",
         "_progress",
@@ -179,13 +177,11 @@ class PieceWriter:
         self._digest = digest
         self._crc = 0
         self._written = 0
-        # The buffer holds ``_filled`` bytes, the first ``_flushed`` of them written.
         self._filled = 0
-        self._flushed = 0
 
     @property
     def received(self) -> int:
-        return self._written + self._filled - self._flushed
+        return self._written + self._filled
 
     async def add(self, chunk: Buffer) -> None:
         """Take the next bytes of the piece."""
@@ -199,25 +195,24 @@ class PieceWriter:
             self._view[self._filled : self._filled + take] = data[:take]
             self._filled += take
             data = data[take:]
-            if self._filled - self._flushed >= WRITE_STEP_FROM_LOOP or self._filled == self._capacity:
+            if self._filled == self._capacity:
                 await self._flush()
 
     async def _flush(self) -> None:
-        """Write what is buffered and not yet written (a step, as soon as it is in: see piece_chunks)."""
-        if self._filled == self._flushed:
+        if not self._filled:
             return
         self._crc = await run_blocking(
             self._executor,
             write_chunk,
             self._fd,
             self._offset + self._written,
-            self._view[self._flushed : self._filled],
+            self._view[: self._filled],
             self._crc,
             self._written == 0,
             self._digest,
         )
-        self._written += self._filled - self._flushed
-        self._filled = self._flushed = 0 if self._filled == self._capacity else self._filled
+        self._written += self._filled
+        self._filled = 0
 
     async def finish(self) -> int:
         """Write what is buffered; return the piece's CRC-32, or raise if the source sent too few bytes."""

@@ -7,9 +7,9 @@ socket's buffer fills and the origin link idles (bench/RESULTS.md §2 "CPU per G
 aiohttp still sends the request and checks the answer's head; when the body is plain bytes of a known length on a
 plain TCP connection, the bytes aiohttp already holds are taken from it, its reading is paused, and one executor
 thread receives the rest into the pooled buffer (``recv_into``: one copy, GIL released; woken per 256 KiB, not
-per segment), writing, CRC-ing and hashing each buffer as before. The connection is closed afterwards (aiohttp's
-parser never saw the body), never reused. Anything else (TLS, chunked framing, an unknown length) goes through
-aiohttp as before.
+per segment), writing, CRC-ing and hashing what has arrived while it waits for more. The connection is closed
+afterwards (aiohttp's parser never saw the body), never reused. Anything else (TLS, chunked framing, an unknown
+length) goes through aiohttp as before.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ _STOP_POLL = 0.1
 # Progress is told to the loop (``loop.call_soon_threadsafe``) per this many bytes, not per recv: the
 # back-to-source window starts the next piece when one has an eighth of a piece left (4 MiB pieces: 512 KiB).
 _PROGRESS_STEP = 256 * 1024
+#: While the socket has nothing to read, what has arrived is written and hashed if at least this much (fewer, larger
+#: writes: the thread is woken per ``_PROGRESS_STEP`` anyway).
+IDLE_WRITE_MIN = 64 * 1024
 
 
 class BodySocket:
@@ -125,11 +128,14 @@ def receive_body(
     """
     view = memoryview(buffer)
     capacity = len(buffer)
-    whole_piece = length <= capacity
-    crc = written = filled = unreported = 0
+    # The buffer holds ``filled`` bytes, the first ``flushed`` of them written. Whatever has arrived is written and
+    # hashed while the socket has nothing more to read (on a link slower than the CPU, most of the time), so at the
+    # piece's last byte only what came since the last such moment is left to write; while bytes keep coming they
+    # are received first, in as few calls as the buffer allows.
+    crc = received = written = filled = flushed = unreported = 0
     prefix = memoryview(body.prefix)
-    while written + filled < length:
-        want = min(capacity - filled, length - written - filled)
+    while received < length:
+        want = min(capacity - filled, length - received)
         if prefix:
             count = min(want, len(prefix))
             view[filled : filled + count] = prefix[:count]
@@ -138,20 +144,25 @@ def receive_body(
             try:
                 count = body.sock.recv_into(view[filled : filled + want])
             except BlockingIOError:
-                _wait_readable(body.sock, min(want, _PROGRESS_STEP), stall, stop)
+                if filled - flushed >= IDLE_WRITE_MIN:
+                    crc = write_chunk(fd, offset + written, view[flushed:filled], crc, written == 0, digest)
+                    written, flushed = received, filled
+                else:
+                    _wait_readable(body.sock, min(want, _PROGRESS_STEP), stall, stop)
                 continue
             if count == 0:
                 # What aiohttp raises for a body cut short: a transient failure, retried (describe_origin_error).
-                raise aiohttp.ClientPayloadError(f"received {written + filled} of {length} bytes")
+                raise aiohttp.ClientPayloadError(f"received {received} of {length} bytes")
         filled += count
+        received += count
         unreported += count
-        if progress is not None and (unreported >= _PROGRESS_STEP or written + filled == length):
+        if progress is not None and (unreported >= _PROGRESS_STEP or received == length):
             progress(unreported)
             unreported = 0
-        if filled == capacity or written + filled == length:
-            crc = write_chunk(fd, offset + written, view[:filled], crc, whole_piece, digest)
-            written += filled
-            filled = 0
+        if filled == capacity or received == length:
+            crc = write_chunk(fd, offset + written, view[flushed:filled], crc, written == 0, digest)
+            written = received
+            filled = flushed = 0
     return crc
 
 

@@ -37,7 +37,7 @@ import dragonfly
 from dragonfly.common.netguard import AddressPolicy, find_refusal, guarded_connector_args
 from dragonfly.daemon.backends.body_socket import read_body, take_over
 from dragonfly.daemon.backends.origin_head import OriginHead
-from dragonfly.daemon.backends.piece_chunks import WRITE_STEP_FROM_LOOP, PieceDigest, write_chunk
+from dragonfly.daemon.backends.piece_chunks import PieceDigest, write_chunk
 from dragonfly.daemon.blocking import run_blocking
 from dragonfly.daemon.errors import BackendError
 
@@ -637,26 +637,26 @@ class HTTPBackend:
             digest.restart()
         view = memoryview(buffer)
         capacity = len(buffer)
-        # As body_socket.receive_body: each WRITE_STEP_FROM_LOOP is written as soon as it is in.
-        crc = received = written = filled = flushed = 0
-        while received < length:
-            chunk = await reader.read(min(capacity - filled, length - received))
+        crc = 0
+        written = 0
+        filled = 0
+        while written + filled < length:
+            chunk = await reader.read(min(capacity - filled, length - written - filled))
             if not chunk:
                 raise BackendError(
-                    f"origin closed the body of {url} after {received} of {length} bytes "
+                    f"origin closed the body of {url} after {written + filled} of {length} bytes "
                     f"of the range starting at {offset} (content shorter than announced)"
                 )
             view[filled : filled + len(chunk)] = chunk
             filled += len(chunk)
-            received += len(chunk)
             if progress is not None:
                 progress(len(chunk))
-            if filled - flushed >= WRITE_STEP_FROM_LOOP or filled == capacity or received == length:
+            if filled == capacity or written + filled == length:
                 # run_blocking: if the piece times out or is cancelled meanwhile, the pooled buffer stays ours until
                 # the thread has finished writing from it (issue 8 item 19).
                 crc = await run_blocking(
-                    self._executor, write_chunk, fd, offset + written, view[flushed:filled], crc, written == 0, digest
+                    self._executor, write_chunk, fd, offset + written, view[:filled], crc, written == 0, digest
                 )
-                written = received
-                filled = flushed = 0 if filled == capacity else filled
+                written += filled
+                filled = 0
         return crc

@@ -2,16 +2,11 @@
 the piece's digest.
 
 A piece is published (recorded, reported, served) only once its digest is known, so whatever is still to write and
-hash when its last byte arrives delays it. Writers driven from the event loop (aiohttp's reader for https, chunked
-or unknown-length origin bodies; object stores' chunks) write every ``WRITE_STEP_FROM_LOOP`` as soon as it is in,
-not the whole buffer at the end: a 4 MiB piece used to be written, CRC'd and hashed after its last byte (~4 ms of
-CPU, tens of ms of wall time on a busy host), now only its last step is. ``body_socket`` still writes its buffer
-once full: it relies on the thread draining the socket at once (see its module).
-
-A seed peer vouches for the BLAKE3 of every piece it fetches from the origin (docs/security.md). Hashing each chunk
-on the executor thread that writes it, while its bytes are still in the CPU cache, spares reading the piece back
-from the content file afterwards: a pread copy and a second pass over the bytes (~0.45 CPU s per GiB from the
-origin here, bench/RESULTS.md §2 "CPU per GiB in the swarm, profile").
+hash when its last byte arrives delays it. ``body_socket`` (plain-HTTP origins) writes what has arrived whenever its
+socket has nothing more to read, so at a piece's last byte little is left to write; a 4 MiB piece used to be
+written, CRC'd and hashed after its last byte (~4 ms of CPU, tens of ms of wall time on a busy host). Writers
+driven from the event loop (aiohttp's reader, object stores' chunks) still write their buffer once full: there a
+write is an executor round trip, and writing every 1 MiB cost 6-24 % more CPU per GiB (bench origin).
 """
 
 from __future__ import annotations
@@ -52,11 +47,6 @@ class PieceDigest:
         if self.fed != length:
             return None
         return f"{self._algorithm}:{self._hasher.hexdigest()}"
-
-
-#: A writer driven from the event loop (aiohttp's reader, object stores' chunks) hands each write to the executor: a
-#: loop round trip per write, so fewer, larger writes (4 per 4 MiB piece).
-WRITE_STEP_FROM_LOOP = 1024 * 1024
 
 
 def write_chunk(

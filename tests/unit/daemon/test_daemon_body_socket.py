@@ -22,7 +22,7 @@ from dragonfly.common import native
 from dragonfly.daemon.backends import body_socket
 from dragonfly.daemon.backends import http as backend_module
 from dragonfly.daemon.backends.http import HTTPBackend
-from dragonfly.daemon.backends.piece_chunks import WRITE_STEP_FROM_LOOP, PieceDigest
+from dragonfly.daemon.backends.piece_chunks import PieceDigest
 from dragonfly.daemon.errors import BackendError
 from tests.waiting import eventually
 
@@ -139,13 +139,10 @@ async def test_pieces_arrive_whole_and_in_order_whoever_reads_the_body(
         assert len(state.connections) == 2
 
 
-async def test_a_body_through_aiohttp_is_written_and_hashed_as_its_bytes_arrive(
-    origin: tuple[Origin, str], tmp_path: Path
-) -> None:
+async def test_a_piece_is_written_and_hashed_as_its_bytes_arrive(origin: tuple[Origin, str], tmp_path: Path) -> None:
     """A buffer as large as the piece (the daemon's 4 MiB for 4 MiB pieces) is not written only when full: what has
-    arrived is on file and hashed while the rest is awaited, so the piece's last byte leaves one step to write."""
+    arrived is on file and hashed while the rest is awaited, so the piece's last byte leaves little to write."""
     state, url = origin
-    state.chunked = True  # read through aiohttp
     state.stall = asyncio.Event()
     state.finish_after_stall = True
     content = tmp_path / "content"
@@ -160,10 +157,9 @@ async def test_a_body_through_aiohttp_is_written_and_hashed_as_its_bytes_arrive(
                     url, {}, fd=fd, offset=0, length=len(DATA), buffer=bytearray(len(DATA)), digest=digest
                 )
             )
-            # The origin sent the first half and waits: all of it but less than a step is written and hashed.
-            written = half - WRITE_STEP_FROM_LOOP + 1
+            # The origin sent the first half and waits: all of it is written and hashed meanwhile.
             await eventually(
-                lambda: digest.fed >= written and content.read_bytes()[:written] == DATA[:written],
+                lambda: digest.fed >= half and content.read_bytes()[:half] == DATA[:half],
                 30,
                 "the first half's steps written and hashed",
             )
