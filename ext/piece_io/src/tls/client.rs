@@ -3,7 +3,10 @@
 //!
 //! Python's `ssl` hands out one TLS record (16 KiB) per `recv_into`, so a piece costs a Python call, two `read`
 //! system calls and often a `poll` per record (bench/RESULTS.md §2). Here ciphertext is read up to `READ_CHUNK`
-//! bytes per system call and the whole piece is received in one native call. The rules are those of
+//! bytes per system call and the whole piece is received in one native call. The connection is rustls's unbuffered
+//! one: records are deframed and decrypted where `recv` put them, so the buffered connection's copies (into its own
+//! deframer, partial records moved to its front) are not paid; rustls 0.23 still hands each record's plaintext out
+//! in a `Vec` of its own, which is copied once into the caller's buffer. The rules are those of
 //! `dragonfly.common.tls.client_ssl_context`: TLS 1.2 or 1.3, the server's chain must lead to the cluster CA and
 //! its certificate must name the IP it was dialled at (an IP SAN), and this host's certificate is presented.
 
@@ -12,8 +15,12 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::client::UnbufferedClientConnection;
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
+};
+use rustls::ClientConfig;
 
 use super::{identity, tls_error, FdReader, FdWriter};
 use crate::sys::{is_would_block, pwrite_all, Waiter};
@@ -35,15 +42,34 @@ pub fn client_config(ca_pem: &[u8], chain_pem: &[u8], key_pem: &[u8]) -> Result<
     Ok(Arc::new(config))
 }
 
+/// What driving the connection came to.
+enum Step {
+    /// The handshake is done and nothing is pending: application data may be sent (and more may be read).
+    Ready,
+    /// Plaintext was added to `plain`.
+    Plaintext,
+    /// The server closed the connection (close_notify or end of stream).
+    Closed,
+}
+
 /// One TLS client connection over a connected socket the caller owns (and keeps open while this lives).
 pub struct TlsStream {
-    conn: ClientConnection,
+    conn: UnbufferedClientConnection,
     fd: RawFd,
-    /// Ciphertext read from the socket and not yet taken by rustls: `inbuf[start..end]`. Allocated for a read
-    /// and dropped once drained after a piece, so an idle pooled connection does not hold READ_CHUNK bytes.
+    /// Ciphertext read from the socket and not yet processed: `inbuf[start..used]`. Processed records are skipped
+    /// (not moved out) until a read needs the room. Allocated for a read and dropped once drained after a piece,
+    /// so an idle pooled connection does not hold READ_CHUNK bytes.
     inbuf: Vec<u8>,
     start: usize,
-    end: usize,
+    used: usize,
+    /// Plaintext decrypted and not yet taken: `plain[taken..]`.
+    plain: Vec<u8>,
+    taken: usize,
+    /// TLS bytes to send: `outbuf[..out_used]`.
+    outbuf: Vec<u8>,
+    out_used: usize,
+    /// The server ended the stream (close_notify or EOF).
+    closed: bool,
 }
 
 impl TlsStream {
@@ -59,117 +85,248 @@ impl TlsStream {
                 "server_ip must be an IP address, got {server_ip:?}"
             ))
         })?;
-        let conn = ClientConnection::new(config, ServerName::IpAddress(ip.into()))
+        let conn = UnbufferedClientConnection::new(config, ServerName::IpAddress(ip.into()))
             .map_err(|err| tls_error("handshake", err))?;
         let mut stream = TlsStream {
             conn,
             fd,
             inbuf: Vec::new(),
             start: 0,
-            end: 0,
+            used: 0,
+            plain: Vec::new(),
+            taken: 0,
+            outbuf: Vec::new(),
+            out_used: 0,
+            closed: false,
         };
         let mut waiter = Waiter::new(fd, libc::POLLIN, timeout);
-        while stream.conn.is_handshaking() {
-            stream.flush(timeout)?;
-            if stream.conn.is_handshaking() && !stream.feed(&mut waiter)? {
-                return Err(Error::Tls(
-                    "handshake: the server closed the connection".into(),
-                ));
+        loop {
+            match stream.step(&mut waiter, timeout)? {
+                Step::Ready => break,
+                // Nothing is expected before our request; kept for the first read.
+                Step::Plaintext => {}
+                Step::Closed => {
+                    return Err(Error::Tls(
+                        "handshake: the server closed the connection".into(),
+                    ))
+                }
             }
         }
-        stream.flush(timeout)?;
         stream.release_drained();
         Ok(stream)
     }
 
-    /// Drop the read buffer when it holds nothing (see `inbuf`).
+    /// Drop the read buffers when they hold nothing (see `inbuf`).
     fn release_drained(&mut self) {
-        if self.start == self.end {
+        if self.start == self.used {
             self.inbuf = Vec::new();
-            (self.start, self.end) = (0, 0);
+            (self.start, self.used) = (0, 0);
+        }
+        if self.taken == self.plain.len() {
+            self.plain = Vec::new();
+            self.taken = 0;
         }
     }
 
-    /// Send all of `data` (encrypted) before returning.
-    pub fn send_all(&mut self, mut data: &[u8], timeout: Option<Duration>) -> Result<()> {
-        while !data.is_empty() {
-            // rustls takes what fits its outgoing buffer (64 KiB); the rest after a flush.
-            let n = self.conn.writer().write(data)?;
-            if n == 0 && !self.conn.wants_write() {
-                return Err(Error::Tls("send: the connection takes no more data".into()));
+    /// Process the buffered ciphertext until the connection has plaintext, is ready for application data or needs
+    /// more bytes from the socket (then read them, waiting at most `timeout` without progress, and go on).
+    fn step(&mut self, waiter: &mut Waiter, timeout: Option<Duration>) -> Result<Step> {
+        loop {
+            let UnbufferedStatus { mut discard, state } = self
+                .conn
+                .process_tls_records(&mut self.inbuf[self.start..self.used]);
+            let mut transmit = false;
+            let mut need_bytes = false;
+            let outcome = match state {
+                Err(err) => {
+                    self.send_alert();
+                    return Err(tls_error("connection", err));
+                }
+                Ok(ConnectionState::ReadTraffic(mut traffic)) => {
+                    if self.taken == self.plain.len() {
+                        self.plain.clear();
+                        self.taken = 0;
+                    }
+                    while let Some(record) = traffic.next_record() {
+                        let record = record.map_err(|err| tls_error("connection", err))?;
+                        discard += record.discard;
+                        self.plain.extend_from_slice(record.payload);
+                    }
+                    Some(Step::Plaintext)
+                }
+                Ok(ConnectionState::EncodeTlsData(mut data)) => {
+                    loop {
+                        match data.encode(&mut self.outbuf[self.out_used..]) {
+                            Ok(n) => {
+                                self.out_used += n;
+                                break;
+                            }
+                            Err(EncodeError::InsufficientSize(InsufficientSizeError {
+                                required_size,
+                            })) => self.outbuf.resize(self.out_used + required_size, 0),
+                            Err(err) => return Err(tls_error("handshake", err)),
+                        }
+                    }
+                    None
+                }
+                Ok(ConnectionState::TransmitTlsData(data)) => {
+                    data.done();
+                    transmit = true;
+                    None
+                }
+                Ok(ConnectionState::BlockedHandshake) => {
+                    need_bytes = true;
+                    None
+                }
+                Ok(ConnectionState::WriteTraffic(_)) => Some(Step::Ready),
+                Ok(ConnectionState::PeerClosed) | Ok(ConnectionState::Closed) => {
+                    self.closed = true;
+                    Some(Step::Closed)
+                }
+                Ok(_) => return Err(Error::Tls("connection: unexpected TLS state".into())),
+            };
+            self.start += discard;
+            if transmit {
+                self.send_pending(timeout)?;
             }
-            data = &data[n..];
-            self.flush(timeout)?;
+            if need_bytes && !self.fill(waiter)? {
+                self.closed = true;
+                return Ok(Step::Closed);
+            }
+            if let Some(step) = outcome {
+                return Ok(step);
+            }
         }
-        Ok(())
     }
 
-    /// Write every pending TLS record to the socket.
-    fn flush(&mut self, timeout: Option<Duration>) -> Result<()> {
-        let mut waiter = Waiter::new(self.fd, libc::POLLOUT, timeout);
-        while self.conn.wants_write() {
-            match self.conn.write_tls(&mut FdWriter(self.fd)) {
-                Ok(_) => waiter.progress(),
+    /// After an error, tell the server why (best effort, within a second): rustls queues an alert, which the next
+    /// round of processing hands out to be encoded before it reports the error again.
+    fn send_alert(&mut self) {
+        self.out_used = 0;
+        if let Ok(ConnectionState::EncodeTlsData(mut data)) = self
+            .conn
+            .process_tls_records(&mut self.inbuf[self.start..self.used])
+            .state
+        {
+            self.outbuf.resize(self.outbuf.len().max(64), 0);
+            if let Ok(n) = data.encode(&mut self.outbuf) {
+                self.out_used = n;
+            }
+        }
+        let _ = self.send_pending(Some(Duration::from_secs(1)));
+    }
+
+    /// Read more ciphertext (one `recv` of up to READ_CHUNK bytes, waiting for it); Ok(false) at end of stream.
+    fn fill(&mut self, waiter: &mut Waiter) -> Result<bool> {
+        // Move the unprocessed tail (at most a partial record) to the front, once per READ_CHUNK read.
+        if self.start > 0 {
+            self.inbuf.copy_within(self.start..self.used, 0);
+            (self.start, self.used) = (0, self.used - self.start);
+        }
+        if self.inbuf.len() < self.used + READ_CHUNK {
+            self.inbuf.resize(self.used + READ_CHUNK, 0);
+        }
+        let mut reader = FdReader(self.fd);
+        loop {
+            match reader.read(&mut self.inbuf[self.used..]) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.used += n;
+                    waiter.progress();
+                    return Ok(true);
+                }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) if is_would_block(&err) => waiter.wait()?,
                 Err(err) => return Err(err.into()),
             }
         }
+    }
+
+    /// Write the TLS bytes waiting in `outbuf` to the socket.
+    fn send_pending(&mut self, timeout: Option<Duration>) -> Result<()> {
+        let mut waiter = Waiter::new(self.fd, libc::POLLOUT, timeout);
+        let mut sent = 0;
+        while sent < self.out_used {
+            match FdWriter(self.fd).write(&self.outbuf[sent..self.out_used]) {
+                Ok(n) => {
+                    sent += n;
+                    waiter.progress();
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if is_would_block(&err) => waiter.wait()?,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        self.out_used = 0;
         Ok(())
     }
 
-    /// Give rustls more ciphertext (what is buffered, else one `recv` of up to READ_CHUNK bytes) and process it,
-    /// stopping once plaintext is available; Ok(false) when the peer closed the connection.
-    fn feed(&mut self, waiter: &mut Waiter) -> Result<bool> {
-        if self.start == self.end {
-            if self.inbuf.is_empty() {
-                self.inbuf = vec![0; READ_CHUNK];
-            }
-            let mut reader = FdReader(self.fd);
-            loop {
-                match reader.read(&mut self.inbuf) {
-                    Ok(0) => return Ok(false),
-                    Ok(n) => {
-                        (self.start, self.end) = (0, n);
-                        waiter.progress();
-                        break;
+    /// Send all of `data` (encrypted) before returning.
+    pub fn send_all(&mut self, data: &[u8], timeout: Option<Duration>) -> Result<()> {
+        let mut waiter = Waiter::new(self.fd, libc::POLLIN, timeout);
+        loop {
+            let UnbufferedStatus { discard, state } = self
+                .conn
+                .process_tls_records(&mut self.inbuf[self.start..self.used]);
+            // Ready for application data unless something comes first (records to send, plaintext to keep): then
+            // settle that and ask again.
+            let encrypted = match state {
+                Ok(ConnectionState::WriteTraffic(mut traffic)) => loop {
+                    match traffic.encrypt(data, &mut self.outbuf[self.out_used..]) {
+                        Ok(n) => {
+                            self.out_used += n;
+                            break true;
+                        }
+                        Err(EncryptError::InsufficientSize(InsufficientSizeError {
+                            required_size,
+                        })) => self.outbuf.resize(self.out_used + required_size, 0),
+                        Err(err) => return Err(tls_error("send", err)),
                     }
-                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                    Err(err) if is_would_block(&err) => waiter.wait()?,
-                    Err(err) => return Err(err.into()),
+                },
+                Ok(ConnectionState::PeerClosed) | Ok(ConnectionState::Closed) => {
+                    return Err(Error::Tls("send: the connection is closed".into()))
                 }
-            }
-        }
-        while self.start < self.end {
-            let mut pending = &self.inbuf[self.start..self.end];
-            let taken = self.conn.read_tls(&mut pending)?;
-            self.start += taken;
-            let state = match self.conn.process_new_packets() {
-                Ok(state) => state,
-                Err(err) => {
-                    // Tell the server why (an alert is queued); the error is what the caller sees.
-                    let _ = self.flush(Some(Duration::from_secs(1)));
-                    return Err(tls_error("connection", err));
-                }
+                Ok(_) => false,
+                Err(err) => return Err(tls_error("connection", err)),
             };
-            if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() || taken == 0 {
-                break;
+            self.start += discard;
+            if encrypted {
+                return self.send_pending(timeout);
+            }
+            if let Step::Closed = self.step(&mut waiter, timeout)? {
+                return Err(Error::Tls("send: the connection is closed".into()));
             }
         }
-        Ok(true)
     }
 
     /// Copy up to `out.len()` plaintext bytes into `out`, reading the socket when none are buffered; 0 = EOF.
-    fn read_some(&mut self, out: &mut [u8], waiter: &mut Waiter) -> Result<usize> {
+    fn read_some(
+        &mut self,
+        out: &mut [u8],
+        waiter: &mut Waiter,
+        timeout: Option<Duration>,
+    ) -> Result<usize> {
         loop {
-            match self.conn.reader().read(out) {
-                Ok(n) => return Ok(n),
-                Err(err) if is_would_block(&err) => {}
-                Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
-                Err(err) => return Err(err.into()),
+            let pending = &self.plain[self.taken..];
+            if !pending.is_empty() {
+                let n = pending.len().min(out.len());
+                out[..n].copy_from_slice(&pending[..n]);
+                self.taken += n;
+                return Ok(n);
             }
-            if !self.feed(waiter)? {
+            if self.closed {
                 return Ok(0);
+            }
+            match self.step(waiter, timeout)? {
+                Step::Plaintext => {}
+                Step::Closed => return Ok(0),
+                // Ready with nothing buffered: wait for the server's records.
+                Step::Ready => {
+                    if !self.fill(waiter)? {
+                        self.closed = true;
+                        return Ok(0);
+                    }
+                }
             }
         }
     }
@@ -179,7 +336,7 @@ impl TlsStream {
         let mut waiter = Waiter::new(self.fd, libc::POLLIN, timeout);
         let mut filled = 0;
         while filled < out.len() {
-            let n = self.read_some(&mut out[filled..], &mut waiter)?;
+            let n = self.read_some(&mut out[filled..], &mut waiter, timeout)?;
             if n == 0 {
                 return Err(Error::ShortRead {
                     expected: out.len() as u64,
@@ -213,7 +370,7 @@ impl TlsStream {
             let want = (count - received).min(buf.len() as u64) as usize;
             let mut filled = 0;
             while filled < want {
-                let n = self.read_some(&mut buf[filled..want], &mut waiter)?;
+                let n = self.read_some(&mut buf[filled..want], &mut waiter, timeout)?;
                 if n == 0 {
                     pwrite_all(file_fd, &buf[..filled], offset + received)?;
                     return Err(Error::ShortRead {
