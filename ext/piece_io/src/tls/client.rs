@@ -46,8 +46,8 @@ pub fn client_config(ca_pem: &[u8], chain_pem: &[u8], key_pem: &[u8]) -> Result<
 enum Step {
     /// The handshake is done and nothing is pending: application data may be sent (and more may be read).
     Ready,
-    /// Plaintext was added to `plain`.
-    Plaintext,
+    /// Plaintext arrived: this many bytes went into the caller's `out`, any more into `plain`.
+    Plaintext(usize),
     /// The server closed the connection (close_notify or end of stream).
     Closed,
 }
@@ -101,10 +101,10 @@ impl TlsStream {
         };
         let mut waiter = Waiter::new(fd, libc::POLLIN, timeout);
         loop {
-            match stream.step(&mut waiter, timeout)? {
+            match stream.step(&mut waiter, timeout, &mut [])? {
                 Step::Ready => break,
                 // Nothing is expected before our request; kept for the first read.
-                Step::Plaintext => {}
+                Step::Plaintext(_) => {}
                 Step::Closed => {
                     return Err(Error::Tls(
                         "handshake: the server closed the connection".into(),
@@ -130,7 +130,13 @@ impl TlsStream {
 
     /// Process the buffered ciphertext until the connection has plaintext, is ready for application data or needs
     /// more bytes from the socket (then read them, waiting at most `timeout` without progress, and go on).
-    fn step(&mut self, waiter: &mut Waiter, timeout: Option<Duration>) -> Result<Step> {
+    /// Plaintext fills `out` first (no copy through `plain` for a caller with room), the rest goes to `plain`.
+    fn step(
+        &mut self,
+        waiter: &mut Waiter,
+        timeout: Option<Duration>,
+        out: &mut [u8],
+    ) -> Result<Step> {
         loop {
             let UnbufferedStatus { mut discard, state } = self
                 .conn
@@ -147,12 +153,16 @@ impl TlsStream {
                         self.plain.clear();
                         self.taken = 0;
                     }
+                    let mut direct = 0;
                     while let Some(record) = traffic.next_record() {
                         let record = record.map_err(|err| tls_error("connection", err))?;
                         discard += record.discard;
-                        self.plain.extend_from_slice(record.payload);
+                        let n = record.payload.len().min(out.len() - direct);
+                        out[direct..direct + n].copy_from_slice(&record.payload[..n]);
+                        direct += n;
+                        self.plain.extend_from_slice(&record.payload[n..]);
                     }
-                    Some(Step::Plaintext)
+                    Some(Step::Plaintext(direct))
                 }
                 Ok(ConnectionState::EncodeTlsData(mut data)) => {
                     loop {
@@ -293,7 +303,7 @@ impl TlsStream {
             if encrypted {
                 return self.send_pending(timeout);
             }
-            if let Step::Closed = self.step(&mut waiter, timeout)? {
+            if let Step::Closed = self.step(&mut waiter, timeout, &mut [])? {
                 return Err(Error::Tls("send: the connection is closed".into()));
             }
         }
@@ -317,8 +327,9 @@ impl TlsStream {
             if self.closed {
                 return Ok(0);
             }
-            match self.step(waiter, timeout)? {
-                Step::Plaintext => {}
+            match self.step(waiter, timeout, out)? {
+                Step::Plaintext(0) => {}
+                Step::Plaintext(direct) => return Ok(direct),
                 Step::Closed => return Ok(0),
                 // Ready with nothing buffered: wait for the server's records.
                 Step::Ready => {
