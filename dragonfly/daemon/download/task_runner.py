@@ -129,6 +129,7 @@ class TaskRunner:
                 new_peer_id=new_peer_id,
                 parents=self._parents,
                 source=self._source,
+                spawn=spawn,
             )
         )
 

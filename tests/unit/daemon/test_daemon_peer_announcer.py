@@ -94,3 +94,73 @@ async def test_the_download_starts_without_waiting_for_the_started_message_to_be
     finally:
         following.cancel()
         await asyncio.gather(following, return_exceptions=True)
+
+
+class SlowToCloseStream:
+    """An AnnouncePeer stream whose close waits for the scheduler to end it (here: until ``ended`` is set)."""
+
+    def __init__(self) -> None:
+        self.ended = asyncio.Event()
+        self.closed = False
+
+    async def close(self) -> None:
+        await self.ended.wait()
+        self.closed = True
+
+
+class OneScheduler:
+    """The scheduler client: one address, known, and the one stream above."""
+
+    def __init__(self, stream: SlowToCloseStream) -> None:
+        self.stream = stream
+
+    def owner(self, task_id: str) -> str:
+        return "scheduler:8002"
+
+    async def ensure_announced(self, addr: str) -> bool:
+        return True
+
+    def announce_peer(self, addr: str, **ids: str) -> SlowToCloseStream:
+        return self.stream
+
+
+def _announcer_with(stream: SlowToCloseStream, spawned: list[Any] | None) -> PeerAnnouncer:
+    config = load_dfdaemon_config(None, overrides={"host": {"hostname": "child", "ip": "127.0.0.1"}})
+    announcer = PeerAnnouncer(
+        config, scheduler=OneScheduler(stream), host_id="127.0.0.1-child", seed=False,  # type: ignore[arg-type]
+        new_peer_id=lambda: "peer", parents=Called(), source=Called(),  # type: ignore[arg-type]
+        spawn=None if spawned is None else spawned.append,
+    )  # fmt: skip
+
+    async def follow(*args: Any) -> bool:
+        return True
+
+    announcer._follow = follow  # type: ignore[method-assign]
+    return announcer
+
+
+async def test_a_finished_download_does_not_wait_for_the_scheduler_to_end_its_stream() -> None:
+    stream = SlowToCloseStream()
+    spawned: list[Any] = []
+    announcer = _announcer_with(stream, spawned)
+    task = _task()
+    td = TaskDownload(task.id, common_pb2.Download(url=task.url), "peer", None)
+    async with asyncio.timeout(_BOUND):
+        assert await announcer.download(td, task)
+    assert not stream.closed
+    assert len(spawned) == 1, "the stream is closed in the background"
+    stream.ended.set()
+    async with asyncio.timeout(_BOUND):
+        await spawned[0]
+    assert stream.closed
+
+
+async def test_without_a_background_runner_the_stream_is_closed_before_the_download_returns() -> None:
+    stream = SlowToCloseStream()
+    stream.ended.set()
+    announcer = _announcer_with(stream, None)
+    task = _task()
+    td = TaskDownload(task.id, common_pb2.Download(url=task.url), "peer", None)
+    async with asyncio.timeout(_BOUND):
+        assert await announcer.download(td, task)
+    assert stream.closed
