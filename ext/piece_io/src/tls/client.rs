@@ -44,7 +44,8 @@ pub fn client_config(ca_pem: &[u8], chain_pem: &[u8], key_pem: &[u8]) -> Result<
 
 /// What driving the connection came to.
 enum Step {
-    /// The handshake is done and nothing is pending: application data may be sent (and more may be read).
+    /// The handshake is done and nothing is pending: application data may be sent (the caller's `send` was, when
+    /// there was some) and more may be read.
     Ready,
     /// Plaintext arrived: this many bytes went into the caller's `out`, any more into `plain`.
     Plaintext(usize),
@@ -101,7 +102,7 @@ impl TlsStream {
         };
         let mut waiter = Waiter::new(fd, libc::POLLIN, timeout);
         loop {
-            match stream.step(&mut waiter, timeout, &mut [])? {
+            match stream.step(&mut waiter, timeout, &mut [], &[])? {
                 Step::Ready => break,
                 // Nothing is expected before our request; kept for the first read.
                 Step::Plaintext(_) => {}
@@ -131,11 +132,13 @@ impl TlsStream {
     /// Process the buffered ciphertext until the connection has plaintext, is ready for application data or needs
     /// more bytes from the socket (then read them, waiting at most `timeout` without progress, and go on).
     /// Plaintext fills `out` first (no copy through `plain` for a caller with room), the rest goes to `plain`.
+    /// Once ready, `send` (if not empty) is encrypted and written before this returns.
     fn step(
         &mut self,
         waiter: &mut Waiter,
         timeout: Option<Duration>,
         out: &mut [u8],
+        send: &[u8],
     ) -> Result<Step> {
         loop {
             let UnbufferedStatus { mut discard, state } = self
@@ -188,7 +191,22 @@ impl TlsStream {
                     need_bytes = true;
                     None
                 }
-                Ok(ConnectionState::WriteTraffic(_)) => Some(Step::Ready),
+                Ok(ConnectionState::WriteTraffic(mut traffic)) => {
+                    while !send.is_empty() {
+                        match traffic.encrypt(send, &mut self.outbuf[self.out_used..]) {
+                            Ok(n) => {
+                                self.out_used += n;
+                                transmit = true;
+                                break;
+                            }
+                            Err(EncryptError::InsufficientSize(InsufficientSizeError {
+                                required_size,
+                            })) => self.outbuf.resize(self.out_used + required_size, 0),
+                            Err(err) => return Err(tls_error("send", err)),
+                        }
+                    }
+                    Some(Step::Ready)
+                }
                 Ok(ConnectionState::PeerClosed) | Ok(ConnectionState::Closed) => {
                     self.closed = true;
                     Some(Step::Closed)
@@ -275,36 +293,11 @@ impl TlsStream {
     pub fn send_all(&mut self, data: &[u8], timeout: Option<Duration>) -> Result<()> {
         let mut waiter = Waiter::new(self.fd, libc::POLLIN, timeout);
         loop {
-            let UnbufferedStatus { discard, state } = self
-                .conn
-                .process_tls_records(&mut self.inbuf[self.start..self.used]);
-            // Ready for application data unless something comes first (records to send, plaintext to keep): then
-            // settle that and ask again.
-            let encrypted = match state {
-                Ok(ConnectionState::WriteTraffic(mut traffic)) => loop {
-                    match traffic.encrypt(data, &mut self.outbuf[self.out_used..]) {
-                        Ok(n) => {
-                            self.out_used += n;
-                            break true;
-                        }
-                        Err(EncryptError::InsufficientSize(InsufficientSizeError {
-                            required_size,
-                        })) => self.outbuf.resize(self.out_used + required_size, 0),
-                        Err(err) => return Err(tls_error("send", err)),
-                    }
-                },
-                Ok(ConnectionState::PeerClosed) | Ok(ConnectionState::Closed) => {
-                    return Err(Error::Tls("send: the connection is closed".into()))
-                }
-                Ok(_) => false,
-                Err(err) => return Err(tls_error("connection", err)),
-            };
-            self.start += discard;
-            if encrypted {
-                return self.send_pending(timeout);
-            }
-            if let Step::Closed = self.step(&mut waiter, timeout, &mut [])? {
-                return Err(Error::Tls("send: the connection is closed".into()));
+            // Whatever comes first (records to send, plaintext to keep) is settled, then `data` goes.
+            match self.step(&mut waiter, timeout, &mut [], data)? {
+                Step::Ready => return Ok(()),
+                Step::Plaintext(_) => {}
+                Step::Closed => return Err(Error::Tls("send: the connection is closed".into())),
             }
         }
     }
@@ -327,7 +320,7 @@ impl TlsStream {
             if self.closed {
                 return Ok(0);
             }
-            match self.step(waiter, timeout, out)? {
+            match self.step(waiter, timeout, out, &[])? {
                 Step::Plaintext(0) => {}
                 Step::Plaintext(direct) => return Ok(direct),
                 Step::Closed => return Ok(0),
