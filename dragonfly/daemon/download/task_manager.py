@@ -116,13 +116,22 @@ class TaskManager:
         self._stopping = True
         runners = [td.runner for td in self._active.values() if td.runner is not None]
         runners += list(self._background)
-        if runners:
-            _done, pending = await asyncio.wait(runners, timeout=grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=grace)
+        await self._finish(runners, grace)
+        # Runners that ended meanwhile may have handed work to the background (an AnnouncePeer stream's close,
+        # which writes the peer's last reports to the scheduler): that is waited for too.
+        await self._finish(list(self._background), grace)
         self._runner.close()
+
+    @staticmethod
+    async def _finish(tasks: list[asyncio.Task[None]], grace: float) -> None:
+        """Wait for ``tasks`` at most ``grace``, then cancel what remains and wait for that as long again."""
+        if not tasks:
+            return
+        _done, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=grace)
 
     def prepare_origin_head(self, download: common_pb2.Download) -> None:
         """A whole-content ``download(..., origin_head=...)`` of ``download`` is expected within a moment (an image

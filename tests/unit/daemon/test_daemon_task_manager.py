@@ -387,3 +387,29 @@ def test_hub_revisions_are_part_of_the_task_id() -> None:
     # A revision only counts for its own hub's URLs.
     http = common_pb2.Download(url="https://e.com/f", hugging_face=common_pb2.HuggingFace(revision="v1"))
     assert task_id_for(http) == ids.task_id("https://e.com/f")
+
+
+async def test_shutdown_waits_for_work_a_runner_hands_to_the_background_as_it_ends(tmp_path: Path) -> None:
+    # A download that ends hands its AnnouncePeer stream's close (the peer's last reports to the scheduler) to the
+    # background; shutdown waited only for the background work that existed when it began, so such a close was
+    # left running when the daemon went on to close its scheduler channels.
+    ended = asyncio.Event()
+    closed = asyncio.Event()
+
+    async with standalone_task_manager(tmp_path) as daemon:
+        manager = daemon.manager
+
+        async def stream_close() -> None:
+            await asyncio.sleep(0.2)  # the scheduler's end of the stream: a round trip
+            closed.set()
+
+        async def runner() -> None:
+            await ended.wait()
+            manager._spawn(stream_close())
+
+        manager._spawn(runner())
+        stopping = asyncio.ensure_future(manager.shutdown(10.0))
+        await asyncio.sleep(0)  # shutdown has taken the runners to wait for
+        ended.set()
+        await stopping
+        assert closed.is_set()
