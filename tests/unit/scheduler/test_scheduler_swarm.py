@@ -11,6 +11,7 @@ from dragonfly.scheduler.resource import dag
 from dragonfly.scheduler.resource import peer as p
 from dragonfly.scheduler.resource.task import is_relay
 from dragonfly.scheduler.scheduling import scheduling as s
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -134,7 +135,8 @@ async def test_a_one_piece_child_with_only_relays_waits_for_one_to_hold_the_piec
         relay.task.refresh_pool(relay)
     child = _one_piece_peer(fast, "child")
     decision = asyncio.ensure_future(fast.scheduling.schedule(child))
-    await asyncio.sleep(0.05)
+    # The scheduler parks the child on the task (waiting for a piece report) instead of answering.
+    await eventually(lambda: child.task._waiters or decision.done(), 1, "the child's decision to wait", 0.005)
     assert not decision.done(), "two other peers: no seed, and neither holds the piece yet"
     relays[1].pieces.add(0)
     relays[1].task.refresh_pool(relays[1])
