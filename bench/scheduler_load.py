@@ -79,8 +79,10 @@ _METRICS = re.compile(r"^dragonfly: scheduler metrics listening on (\S+)$")
 class ServerProcess:
     """A server subprocess that prints its address and a ready line."""
 
-    def __init__(self, command: list[str], log: Path) -> None:
+    def __init__(self, command: list[str], log: Path, root: Path = REPO) -> None:
         self._command = command
+        # The checkout the server's code is imported from (``--scheduler-checkout``).
+        self._root = root
         self._log_path = log
         self.addr = ""
         self.metrics_addr = ""
@@ -88,9 +90,9 @@ class ServerProcess:
 
     def start(self, timeout: float = 30.0) -> None:
         self._log = self._log_path.open("w")
-        env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        env = {**os.environ, "PYTHONPATH": str(self._root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         self.proc = subprocess.Popen(
-            self._command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=self._log, text=True
+            self._command, cwd=self._root, env=env, stdout=subprocess.PIPE, stderr=self._log, text=True
         )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
@@ -127,6 +129,14 @@ class ServerProcess:
 
         assert self.proc is not None
         return psutil.Process(self.proc.pid).memory_info().rss
+
+    def cpu(self) -> float:
+        """Return the CPU seconds (user + system, every thread) the server process used so far."""
+        import psutil
+
+        assert self.proc is not None
+        times = psutil.Process(self.proc.pid).cpu_times()
+        return times.user + times.system
 
 
 async def serve_baseline() -> int:
@@ -182,9 +192,11 @@ def drive(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any]:
         sources = sum(result["peers"] for result in clients.run("sources"))
 
         before = scrape_histogram(metrics_addr) if metrics_addr else []
+        cpu = {"register": server.cpu()}
         register_started = time.perf_counter()
         registered = clients.run("register")
         register_seconds = time.perf_counter() - register_started
+        cpu["registered"] = server.cpu()
         rss["registered"] = server.rss()
         register_text = scrape(metrics_addr) if metrics_addr else ""
         after_register = decision_buckets(register_text)
@@ -196,9 +208,11 @@ def drive(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any]:
         probe_text = scrape(metrics_addr) if metrics_addr else ""
         after_probe = decision_buckets(probe_text)
 
+        cpu["flood"] = server.cpu()
         flood_started = time.perf_counter()
         flooded = clients.run("flood")
         flood_seconds = time.perf_counter() - flood_started
+        cpu["end"] = server.cpu()
         rss["end"] = server.rss()
         end_text = scrape(metrics_addr) if metrics_addr else ""
         after_flood = decision_buckets(end_text)
@@ -209,6 +223,8 @@ def drive(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any]:
         for kind, count in result["decisions"].items():
             decisions[kind] = decisions.get(kind, 0) + count
     pieces = sum(result["pieces"] for result in flooded)
+    messages = sum(result["messages"] for result in flooded)
+    registrations = sum(len(result["latencies"]) for result in registered)
     peers = args.peers
     figures: dict[str, Any] = {
         "hosts": args.hosts,
@@ -227,7 +243,12 @@ def drive(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any]:
         "flood_seconds": flood_seconds,
         "piece_reports": pieces,
         "piece_reports_per_second": pieces / flood_seconds,
-        "messages_per_second": sum(result["messages"] for result in flooded) / flood_seconds,
+        "messages_per_second": messages / flood_seconds,
+        # CPU the server process spent (every thread: the event loop, grpc's poller and executor): a count of work
+        # per message that, unlike the rates, does not depend on how busy the machine is.
+        "cpu_seconds": {"register": cpu["registered"] - cpu["register"], "flood": cpu["end"] - cpu["flood"]},
+        "cpu_ms_per_registration": (cpu["registered"] - cpu["register"]) * 1000 / max(registrations, 1),
+        "cpu_us_per_flood_message": (cpu["end"] - cpu["flood"]) * 1e6 / max(messages, 1),
         "rss_mib": {stage: value / 2**20 for stage, value in rss.items()},
         "rss_kib_per_host": (rss["hosts"] - rss["ready"]) / 1024 / args.hosts,
         "rss_mib_per_1000_peers": (rss["end"] - rss["hosts"]) / 2**20 / peers * 1000,
@@ -295,7 +316,8 @@ def run_size(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             baseline.stop()
     config = scheduler_config(workdir, args.gc_freeze, args.gc_full_interval)
     command = [sys.executable, "-m", "dragonfly.cli.scheduler", "--config", str(config), "--log-level", "warning"]
-    scheduler = ServerProcess(command, workdir / "scheduler.log")
+    root = Path(args.scheduler_checkout).resolve() if args.scheduler_checkout else REPO
+    scheduler = ServerProcess(command, workdir / "scheduler.log", root)
     profiler: subprocess.Popen[bytes] | None = None
     try:
         scheduler.start()
@@ -376,6 +398,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the scheduler's scheduler.gc.pythonGCFullCollectInterval in seconds (default: the scheduler's)",
     )
     parser.add_argument("--profile", help="py-spy the scheduler into this speedscope file ({hosts} is replaced)")
+    parser.add_argument(
+        "--scheduler-checkout",
+        help="run the scheduler from this checkout's dragonfly package (e.g. a worktree at the baseline commit, "
+        "sharing this venv and its native extensions), to alternate old and new code with the same clients",
+    )
     parser.add_argument("--quick", action="store_true", help="2,000 peers and 8 pieces (same 1,000 hosts)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.add_argument("--serve-baseline", action="store_true", help=argparse.SUPPRESS)

@@ -103,6 +103,16 @@ def print_table(result: dict[str, Any], args: dict[str, Any]) -> None:
     gc_probe = ours["full_gc_probe"]
     rows = [
         ("piece reports/s", f"{ours['piece_reports_per_second']:,.0f}", baseline("piece_reports_per_second")),
+        (
+            "CPU per message (flood)",
+            f"{ours['cpu_us_per_flood_message']:.0f} us",
+            f"{base['cpu_us_per_flood_message']:.0f} us" if base else "-",
+        ),
+        (
+            "CPU per registration",
+            f"{ours['cpu_ms_per_registration']:.2f} ms",
+            f"{base['cpu_ms_per_registration']:.2f} ms" if base else "-",
+        ),
         ("decision p50 (probe, client)", f"{ours['decision_probe']['p50_ms']:.2f} ms", probe("p50_ms")),
         ("decision p99 (probe, client)", f"{ours['decision_probe']['p99_ms']:.2f} ms", probe("p99_ms")),
         ("decision max (probe, client)", f"{ours['decision_probe']['max_ms']:.2f} ms", probe("max_ms")),

@@ -88,6 +88,13 @@ def parse_digest(text: str) -> Digest:
     return Digest(algorithm, encoded)
 
 
+def is_valid_digest(text: str) -> bool:
+    """Return whether ``parse_digest(text)`` would accept ``text``, without building a Digest or an error message
+    (a scheduler checks the digest of every piece report)."""
+    algorithm, colon, encoded = text.partition(":")
+    return bool(colon) and algorithm in ALGORITHMS and _is_valid(algorithm, encoded)
+
+
 def format_piece_digest(crc: int) -> str:
     """Return a piece's digest string, e.g. ``crc32:3299754941``, from its CRC-32."""
     if not 0 <= crc <= _CRC_MAX:

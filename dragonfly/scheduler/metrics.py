@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
@@ -49,6 +49,40 @@ class _ResourceCollector:
         yield peers
 
 
+class _MessageCounts:
+    """The per-message counters (AnnouncePeer messages, piece reports and their bytes) as plain integers, turned into
+    counter families at scrape time.
+
+    Every piece report counts three times; a prometheus_client Counter takes a lock and two method calls per
+    increment, this one dictionary update (bench/RESULTS.md §6, CPU per message). The families have the names,
+    help texts and labels the Counters had; they carry no ``_created`` samples, as Dragonfly's Go metrics do not.
+    """
+
+    def __init__(self) -> None:
+        self.requests: dict[str, int] = {}
+        # traffic type -> [reports, bytes]
+        self.pieces: dict[str, list[int]] = {}
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        requests = CounterMetricFamily(
+            f"{NAMESPACE}_announce_peer", "AnnouncePeer messages by request type.", labels=["request"]
+        )
+        for kind, count in sorted(self.requests.items()):
+            requests.add_metric([kind], count)
+        yield requests
+        reports = CounterMetricFamily(
+            f"{NAMESPACE}_piece_reports", "Finished-piece reports, by traffic type.", labels=["traffic_type"]
+        )
+        traffic = CounterMetricFamily(
+            f"{NAMESPACE}_traffic_bytes", "Bytes reported downloaded, by traffic type.", labels=["type"]
+        )
+        for traffic_type, (count, length) in sorted(self.pieces.items()):
+            reports.add_metric([traffic_type], count)
+            traffic.add_metric([traffic_type], length)
+        yield reports
+        yield traffic
+
+
 class Metrics:
     """Counters and histograms the service updates, on a private registry (several schedulers per process)."""
 
@@ -56,9 +90,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
         registry.register(_ResourceCollector(resource))
-        self.announce_peer = Counter(
-            f"{NAMESPACE}_announce_peer", "AnnouncePeer messages by request type.", ["request"], registry=registry
-        )
+        self._counts = _MessageCounts()
+        registry.register(self._counts)
         self.decisions = Counter(
             f"{NAMESPACE}_decisions", "Scheduling decisions sent, by kind.", ["kind"], registry=registry
         )
@@ -80,20 +113,11 @@ class Metrics:
             ["result"],
             registry=registry,
         )
-        self.piece_reports = Counter(
-            f"{NAMESPACE}_piece_reports",
-            "Finished-piece reports, by traffic type.",
-            ["traffic_type"],
-            registry=registry,
-        )
         self.rejected_piece_claims = Counter(
             f"{NAMESPACE}_rejected_piece_claims",
             "Finished-piece reports not believed (docs/security.md), by reason.",
             ["reason"],
             registry=registry,
-        )
-        self.traffic = Counter(
-            f"{NAMESPACE}_traffic_bytes", "Bytes reported downloaded, by traffic type.", ["type"], registry=registry
         )
         self.schedule_duration = Histogram(
             f"{NAMESPACE}_schedule_duration_seconds",
@@ -124,8 +148,6 @@ class Metrics:
         self._gc_callback = self._on_gc
         # Children resolved once: the hot paths skip the label lookup.
         self.decision = {kind: self.decisions.labels(kind) for kind in DECISION_KINDS}
-        self._announce: dict[str, Counter] = {}
-        self._traffic: dict[str, tuple[Counter, Counter]] = {}
 
     def watch_gc(self) -> None:
         """Time the garbage collector's pauses into ``gc_pause`` until unwatch_gc()."""
@@ -146,22 +168,17 @@ class Metrics:
             self._gc_collected[generation].inc(info["collected"])
 
     def count_request(self, kind: str) -> None:
-        """Count one AnnouncePeer message of type ``kind``."""
-        child = self._announce.get(kind)
-        if child is None:
-            child = self._announce[kind] = self.announce_peer.labels(kind)
-        child.inc()
+        """Count one AnnouncePeer message of type ``kind`` (one of the request oneof's names)."""
+        requests = self._counts.requests
+        requests[kind] = requests.get(kind, 0) + 1
 
     def count_piece(self, traffic_type: str, length: int) -> None:
-        """Count one finished-piece report and its bytes."""
-        children = self._traffic.get(traffic_type)
-        if children is None:
-            children = self._traffic[traffic_type] = (
-                self.piece_reports.labels(traffic_type),
-                self.traffic.labels(traffic_type),
-            )
-        children[0].inc()
-        children[1].inc(length)
+        """Count one finished-piece report and its bytes (a TrafficType name)."""
+        counts = self._counts.pieces.get(traffic_type)
+        if counts is None:
+            counts = self._counts.pieces[traffic_type] = [0, 0]
+        counts[0] += 1
+        counts[1] += length
 
     def render(self) -> bytes:
         """Return the exposition text."""

@@ -27,8 +27,7 @@ from typing import TYPE_CHECKING
 import grpc
 from dragonfly_api import common_pb2, scheduler_pb2
 
-from dragonfly.common.digest import parse_digest
-from dragonfly.common.errors import InvalidDigest
+from dragonfly.common.digest import is_valid_digest
 from dragonfly.scheduler.resource import peer as peer_states
 from dragonfly.scheduler.resource import task as task_states
 from dragonfly.scheduler.resource.fsm import InvalidTransition
@@ -420,12 +419,9 @@ class PeerStream:
         number = piece.number
         task = peer.task
         digest = piece.digest
-        if digest:
-            try:
-                parse_digest(digest)
-            except InvalidDigest:
-                self._reject_claim(peer, number, "malformed digest")
-                return
+        if digest and not is_valid_digest(digest):
+            self._reject_claim(peer, number, "malformed digest")
+            return
         trusted = task.pieces.get(number)
         if trusted is not None and digest and not _digests_agree(trusted.digest, digest):
             # The reporter holds other bytes than the origin's: never hand it out for this task.

@@ -16,6 +16,7 @@ from dragonfly.common.digest import (
     Digest,
     compute_file_digest,
     format_piece_digest,
+    is_valid_digest,
     parse_digest,
     verify_file_digest,
 )
@@ -45,6 +46,7 @@ def test_parse_valid_digests(text: str, algorithm: str, encoded: str) -> None:
     digest = parse_digest(text)
     assert digest == Digest(algorithm, encoded)
     assert str(digest) == text
+    assert is_valid_digest(text)
 
 
 ALL = "crc32, sha256, sha512, crc32c, blake3"
@@ -88,6 +90,29 @@ def test_parse_invalid_digests_quote_input_and_expectation(text: str, message: s
         parse_digest(text)
     assert str(excinfo.value) == message
     assert isinstance(excinfo.value, ValueError)
+    assert not is_valid_digest(text)
+
+
+def _parses(text: str) -> bool:
+    try:
+        parse_digest(text)
+    except InvalidDigest:
+        return False
+    return True
+
+
+@given(
+    st.sampled_from([*ALGORITHMS, "md5", "CRC32", ""]),
+    st.sampled_from([":", "", "::"]),
+    st.one_of(
+        st.integers(min_value=-10, max_value=2**33).map(str),
+        st.text(alphabet="0123456789abcdefABCDEF \n", max_size=130),
+        st.binary(min_size=32, max_size=64).map(bytes.hex),
+    ),
+)
+def test_is_valid_digest_agrees_with_parse_digest(algorithm: str, colon: str, encoded: str) -> None:
+    text = f"{algorithm}{colon}{encoded}"
+    assert is_valid_digest(text) == _parses(text)
 
 
 def test_invalid_digest_message_is_bounded() -> None:

@@ -55,3 +55,23 @@ def test_the_cyclic_garbage_a_collection_frees_is_counted_by_generation(world):
     finally:
         metrics.unwatch_gc()
     assert after - before >= 100
+
+
+def test_message_counts_are_counters_of_the_registry(world):
+    metrics = Metrics(world.resource)
+    sample = metrics.registry.get_sample_value
+    assert sample("dragonfly_scheduler_announce_peer_total", {"request": "register_peer_request"}) is None
+    metrics.count_request("register_peer_request")
+    for _ in range(3):
+        metrics.count_request("download_piece_finished_request")
+        metrics.count_piece("REMOTE_PEER", 4 << 20)
+    metrics.count_piece("BACK_TO_SOURCE", 1000)
+    assert sample("dragonfly_scheduler_announce_peer_total", {"request": "register_peer_request"}) == 1
+    assert sample("dragonfly_scheduler_announce_peer_total", {"request": "download_piece_finished_request"}) == 3
+    assert sample("dragonfly_scheduler_piece_reports_total", {"traffic_type": "REMOTE_PEER"}) == 3
+    assert sample("dragonfly_scheduler_piece_reports_total", {"traffic_type": "BACK_TO_SOURCE"}) == 1
+    assert sample("dragonfly_scheduler_traffic_bytes_total", {"type": "REMOTE_PEER"}) == 3 * (4 << 20)
+    assert sample("dragonfly_scheduler_traffic_bytes_total", {"type": "BACK_TO_SOURCE"}) == 1000
+    text = metrics.render().decode()
+    assert "# TYPE dragonfly_scheduler_piece_reports_total counter" in text
+    assert 'dragonfly_scheduler_traffic_bytes_total{type="REMOTE_PEER"} 1.2582912e+07' in text
