@@ -101,6 +101,23 @@ class RangeNotSupported(BackendError):
     """The origin answered a piece request with its whole body (200, not 206): it ignores ``Range``."""
 
 
+class OpenedPiece:
+    """Piece 0's request, sent as the stat (``stat_with_first_piece``): the head of its ``206`` answer is in and
+    checked; its body waits in the socket, the origin held back by TCP flow control, until ``download_piece`` reads
+    it (``opened=``) or ``close`` drops the connection. Whoever holds one closes it."""
+
+    __slots__ = ("_stack", "length", "response")
+
+    def __init__(self, response: aiohttp.ClientResponse, length: int, stack: contextlib.AsyncExitStack) -> None:
+        self.response = response
+        self.length = length
+        self._stack = stack
+
+    async def close(self) -> None:
+        # A body not read to its end closes its connection (aiohttp never pools it).
+        await self._stack.aclose()
+
+
 class TemporaryRedirectCache:
     """Where each URL was last sent by ``307 Temporary Redirect``, for ``ttl`` seconds, for the latest URLs only.
 
@@ -464,6 +481,56 @@ class HTTPBackend:
 
         return await self._retrying("stat of", attempt, url)
 
+    async def stat_with_first_piece(
+        self, url: str, request_header: Mapping[str, str], options: OriginOptions = LOCAL, *, piece_length: int
+    ) -> tuple[StatResult, OpenedPiece | None]:
+        """Stat ``url`` with piece 0's request, ``GET Range: bytes=0-(piece_length-1)``, whose body is kept open.
+
+        For a download that fetches from the origin right after its stat: one round trip instead of two, and piece
+        0's bytes are on their way while the task is prepared and registered. The length is the origin's
+        ``Content-Range`` total, as the 1-byte stat takes it. The body is kept only when the answer is exactly piece
+        0 of that length at ``piece_length``: a ``206`` for ``bytes 0-(min(piece_length, total)-1)`` whose
+        ``Content-Length``, if given, agrees; the caller still checks that the task's piece length is
+        ``piece_length``. Anything else is answered as ``stat`` answers it: a ``200`` (an origin that ignores
+        ``Range``) by its ``Content-Length``, with no body kept, and a 416, a ``*`` total or no usable length by
+        ``stat`` itself.
+        """
+
+        async def attempt() -> tuple[StatResult, OpenedPiece | None] | None:
+            stack = contextlib.AsyncExitStack()
+            try:
+                async with asyncio.timeout(self._piece_timeout):
+                    headers = self._headers(request_header, {"Range": f"bytes=0-{piece_length - 1}"})
+                    resp = await stack.enter_async_context(self._open("GET", url, headers, options))
+                    if resp.status == 206:
+                        match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+                        if match and match.group(3) != "*":
+                            stat = StatResult(int(match.group(3)), dict(resp.headers))
+                            length = min(piece_length, stat.content_length)
+                            if (
+                                int(match.group(1)) == 0
+                                and int(match.group(2)) == length - 1
+                                and resp.content_length in (None, length)
+                            ):
+                                return stat, OpenedPiece(resp, length, stack)
+                            await stack.aclose()
+                            return stat, None
+                    elif resp.status == 200 and resp.content_length is not None:
+                        await stack.aclose()
+                        return StatResult(resp.content_length, dict(resp.headers), supports_range=False), None
+                    elif resp.status != 416 and resp.status >= 400:
+                        raise _status_error(url, resp)
+            except BaseException:
+                await stack.aclose()
+                raise
+            await stack.aclose()
+            return None
+
+        answer = await self._retrying("stat of", attempt, url)
+        if answer is None:
+            return await self.stat(url, request_header, options), None
+        return answer
+
     async def stat_with_head(
         self,
         url: str,
@@ -542,48 +609,79 @@ class HTTPBackend:
         progress: Callable[[int], None] | None = None,
         options: OriginOptions = LOCAL,
         digest: PieceDigest | None = None,
+        opened: OpenedPiece | None = None,
     ) -> int:
         """Fetch bytes ``[offset, offset+length)`` into the file at the same offset; return their CRC-32.
 
         ``progress`` is called with the size of each chunk as it arrives (again for a retried range); ``digest``
-        is fed the bytes as they are written (restarted for a retried range).
+        is fed the bytes as they are written (restarted for a retried range). ``opened``, piece 0's request sent
+        with the stat, is read first (and closed): if it is not this range or its body fails, the piece is asked
+        for again as usual.
         """
+        if opened is not None:
+            try:
+                if (offset, length) == (0, opened.length):
+                    async with asyncio.timeout(self._piece_timeout):
+                        return await self._receive_piece(
+                            url, opened.response, fd, offset, length, buffer, progress, digest
+                        )
+            except (BackendError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                detail = exc.message if isinstance(exc, BackendError) else describe_origin_error(exc)[0]
+                log.info(
+                    "the piece request sent with the stat failed, asking again", extra={"url": url, "error": detail}
+                )
+            finally:
+                await opened.close()
 
         async def attempt() -> int:
             async with asyncio.timeout(self._piece_timeout):
                 headers = self._headers(request_header, {"Range": f"bytes={offset}-{offset + length - 1}"})
                 async with self._open("GET", url, headers, options) as resp:
-                    if resp.status == 206:
-                        match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
-                        if not match or int(match.group(1)) != offset:
-                            raise BackendError(
-                                f"origin answered bytes={offset}-{offset + length - 1} of {url} with Content-Range "
-                                f"{resp.headers.get('Content-Range')!r}"
-                            )
-                    elif resp.status == 200:
-                        if offset != 0:
-                            raise RangeNotSupported(
-                                f"origin ignored the Range header of a piece request for {url}", status_code=200
-                            )
-                    else:
-                        raise _status_error(url, resp)
-                    # At most _SOCKET_READERS bodies hold an executor thread at once: a slow or hostile origin must
-                    # not take the threads parent fetches and storage reads share; beyond that, aiohttp reads.
-                    body = take_over(resp, length) if self._socket_readers < _SOCKET_READERS else None
-                    if body is None:
-                        return await self._write_body(url, resp.content, fd, offset, length, buffer, progress, digest)
-                    self._socket_readers += 1
-                    try:
-                        return await read_body(
-                            self._executor, body, fd, offset, length, buffer, digest, self._piece_timeout, progress
-                        )
-                    finally:
-                        self._socket_readers -= 1
-                        # aiohttp's parser never saw the body: the connection cannot carry another request.
-                        resp.close()
-                        body.close()
+                    return await self._receive_piece(url, resp, fd, offset, length, buffer, progress, digest)
 
         return await self._retrying("piece download from", attempt, url)
+
+    async def _receive_piece(
+        self,
+        url: str,
+        resp: aiohttp.ClientResponse,
+        fd: int,
+        offset: int,
+        length: int,
+        buffer: bytearray,
+        progress: Callable[[int], None] | None,
+        digest: PieceDigest | None,
+    ) -> int:
+        """Check the answer to the request for ``[offset, offset+length)`` and write its body; return its CRC-32."""
+        if resp.status == 206:
+            match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+            if not match or int(match.group(1)) != offset:
+                raise BackendError(
+                    f"origin answered bytes={offset}-{offset + length - 1} of {url} with Content-Range "
+                    f"{resp.headers.get('Content-Range')!r}"
+                )
+        elif resp.status == 200:
+            if offset != 0:
+                raise RangeNotSupported(
+                    f"origin ignored the Range header of a piece request for {url}", status_code=200
+                )
+        else:
+            raise _status_error(url, resp)
+        # At most _SOCKET_READERS bodies hold an executor thread at once: a slow or hostile origin must not take the
+        # threads parent fetches and storage reads share; beyond that, aiohttp reads.
+        body = take_over(resp, length) if self._socket_readers < _SOCKET_READERS else None
+        if body is None:
+            return await self._write_body(url, resp.content, fd, offset, length, buffer, progress, digest)
+        self._socket_readers += 1
+        try:
+            return await read_body(
+                self._executor, body, fd, offset, length, buffer, digest, self._piece_timeout, progress
+            )
+        finally:
+            self._socket_readers -= 1
+            # aiohttp's parser never saw the body: the connection cannot carry another request.
+            resp.close()
+            body.close()
 
     @contextlib.asynccontextmanager
     async def open_stream(

@@ -230,6 +230,8 @@ class PeerAnnouncer:
                 return True
             if kind == "normal_task_response":
                 parents = list(response.normal_task_response.candidate_parents)
+                # Piece 0's request sent with the stat (a trigger the scheduler then gave parents): not needed.
+                await td.close_first_piece()
                 if td.verifier is not None:
                     td.verifier.learn(piece for parent in parents for piece in parent.task.pieces)
                 # Queued, not awaited: the stream keeps the order, and the download need not wait for the write.

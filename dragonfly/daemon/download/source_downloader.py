@@ -232,17 +232,34 @@ class SourceDownloader:
         digest = _digest_for(stream)
         with self._storage.content_fd(td.task_id) as fd:
             async with self._buffers.get() as buffer, self._writer.writing(number):
-                crc = await self._backends.get(td.download.url).download_piece(
-                    td.download.url,
-                    dict(td.download.request_header),
-                    td.options,
-                    fd=fd,
-                    offset=offset,
-                    length=length,
-                    buffer=buffer,
-                    progress=progress,
-                    digest=digest,
-                )
+                # Taken with no wait before the call that reads or closes it.
+                opened = td.take_first_piece() if number == 0 else None
+                if opened is not None:
+                    # Requested with the stat (TaskRunner): its bytes may be in already.
+                    crc = await self._backend.download_piece(
+                        td.download.url,
+                        dict(td.download.request_header),
+                        fd=fd,
+                        offset=offset,
+                        length=length,
+                        buffer=buffer,
+                        progress=progress,
+                        options=td.origin,
+                        digest=digest,
+                        opened=opened,
+                    )
+                else:
+                    crc = await self._backends.get(td.download.url).download_piece(
+                        td.download.url,
+                        dict(td.download.request_header),
+                        td.options,
+                        fd=fd,
+                        offset=offset,
+                        length=length,
+                        buffer=buffer,
+                        progress=progress,
+                        digest=digest,
+                    )
             strong = await self._origin_piece_hash(stream, fd, offset, length, digest)
         record = PieceRecord(
             number,

@@ -14,7 +14,7 @@ from dragonfly.common.byte_range import ByteRange, RangeSpec
 from dragonfly.common.piece import piece_count
 from dragonfly.daemon.backends import SourceOptions
 from dragonfly.daemon.backends.http import LOCAL as LOCAL_ORIGIN
-from dragonfly.daemon.backends.http import OriginOptions
+from dragonfly.daemon.backends.http import OpenedPiece, OriginOptions
 from dragonfly.daemon.backends.origin_head import OriginHead
 from dragonfly.daemon.download.piece_verifier import PieceVerifier
 from dragonfly.daemon.download.scheduler_client import AnnouncePeerStream
@@ -66,6 +66,7 @@ class TaskDownload:
         "done",
         "download",
         "error",
+        "first_piece",
         "from_scheduler",
         "head",
         "head_ready",
@@ -132,6 +133,19 @@ class TaskDownload:
         self.head_size = 0
         self.head: OriginHead | None = None
         self.head_ready = asyncio.Event()
+        # Piece 0's request, sent as the stat of a download headed for the origin, until its source fetch reads it.
+        self.first_piece: OpenedPiece | None = None
+
+    def take_first_piece(self) -> OpenedPiece | None:
+        """Return piece 0's request sent with the stat, if still unread; it is the caller's to read or close."""
+        opened, self.first_piece = self.first_piece, None
+        return opened
+
+    async def close_first_piece(self) -> None:
+        """Drop piece 0's request sent with the stat, if unread (the piece comes from elsewhere, or not at all)."""
+        opened = self.take_first_piece()
+        if opened is not None:
+            await opened.close()
 
     def missing(self, task: TaskRecord) -> list[int]:
         """Return the pieces this download still has to fetch of ``task``, in ascending order."""

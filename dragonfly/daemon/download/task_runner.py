@@ -16,6 +16,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 import grpc
+from dragonfly_api import common_pb2
 
 from dragonfly.common import native
 from dragonfly.common.byte_range import RangeNotSatisfiable
@@ -52,6 +53,18 @@ log = logging.getLogger(__name__)
 #: (Dragonfly's client sends everything up to 4 MiB to the origin, docs/reference/protocol.md; 200 peers pulling
 #: the same 1 MiB file then cost its origin 200 MiB.)
 DIRECT_FROM_SOURCE_MAX = 128
+
+
+def first_piece_length(download: common_pb2.Download) -> int:
+    """Return the piece length to ask piece 0 of ``download`` for before its content length is known.
+
+    The request's own piece length, or the one of the length a scheduler's trigger carries (the first registrant's
+    ``actual_content_length``, a claim: it only picks the range asked for; the task's length and piece length come
+    from the origin's answer, and a wrong guess costs the folded request, not the task).
+    """
+    if download.HasField("piece_length"):
+        return download.piece_length
+    return calculate_piece_length(download.actual_content_length)
 
 
 class TaskRunner:
@@ -166,6 +179,13 @@ class TaskRunner:
                             td.head = head
                         # Its requester starts its answer now, without waiting for the content file.
                         td.head_ready.set()
+                    elif self._origin_first(td):
+                        # Piece 0 will be fetched from the origin next: the stat is its request.
+                        guess = first_piece_length(download)
+                        found, td.first_piece = await self._backends.http.stat_with_first_piece(
+                            download.url, header, td.origin, piece_length=guess
+                        )
+                        stat = StatResult(found.content_length, found.header, found.supports_range)
                     else:
                         stat = await self._backends.get(download.url).stat(download.url, header, td.options)
                 except NotReadableHere as exc:
@@ -178,6 +198,9 @@ class TaskRunner:
                     if download.HasField("piece_length")
                     else calculate_piece_length(stat.content_length)
                 )
+                if td.first_piece is not None and td.first_piece.length != min(piece_length, stat.content_length):
+                    # The guess was wrong (a file over 2000 MiB, or a wrong hint): the answer is not piece 0.
+                    await td.close_first_piece()
                 content = None
                 if task is None or not self._storage.reusable(
                     task, piece_length=piece_length, content_length=stat.content_length
@@ -195,6 +218,8 @@ class TaskRunner:
                     response_header=redact_headers(stat.header),
                     content=content,
                 )
+            if 0 in task.pieces:
+                await td.close_first_piece()
             td.task = task
             whole = whole_content_digest(download, ranged=td.spec is not None)
             td.verifier = PieceVerifier(
@@ -235,6 +260,7 @@ class TaskRunner:
             if not isinstance(exc, Exception):
                 raise
         finally:
+            await td.close_first_piece()
             if td.probe is not None:
                 # Registered for the size, then failed before the download used the stream.
                 await td.probe[0].close()
@@ -242,6 +268,17 @@ class TaskRunner:
             td.head_ready.set()
             td.ready.set()
             td.done.set()
+
+    def _origin_first(self, td: TaskDownload) -> bool:
+        """Tell whether the download goes to the origin for piece 0 right after its stat: the whole content of an
+        http(s) URL, asked for with ``need_back_to_source`` (a seed peer's trigger) or with no scheduler to ask."""
+        download = td.download
+        return (
+            td.spec is None
+            and scheme_of(download.url) in ("http", "https")
+            and not download.disable_back_to_source
+            and (self.announcer is None or download.need_back_to_source)
+        )
 
     async def _verify_content(self, td: TaskDownload, task: TaskRecord, whole: Digest) -> None:
         """Check the whole content before the task is finished; bytes from parents that fail it are fetched again.

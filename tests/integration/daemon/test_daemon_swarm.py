@@ -87,6 +87,25 @@ def test_a_file_of_one_piece_goes_through_the_swarm_and_a_tiny_one_to_the_origin
     assert result.bytes_by_traffic == {"BACK_TO_SOURCE": len(tiny)}
 
 
+@pytest.mark.parametrize("broken", [False, True], ids=["whole", "broken-off"])
+def test_the_seeds_stat_is_its_piece_0_request(
+    cluster: LocalCluster, origin: OriginProcess, tmp_path: Path, broken: bool
+) -> None:
+    name = f"stat-is-piece-0-{broken}.bin"
+    data = add_file(origin, name, 3 * 4 * 1024 * 1024)
+    if broken:
+        # The first answer (the peer's 1-byte stat) is whole; the second, the seed's stat that asks for piece 0,
+        # breaks off after 1 MiB: the seed asks for piece 0 again.
+        origin.set_fault(name, "short", after=1024 * 1024, count=2)
+    result = download(cluster.socket_path("peer-1"), origin.url(name), tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == data
+    assert result.bytes_by_traffic == {"REMOTE_PEER": len(data)}
+    # The peer's stat, then one request per piece from the seed: its stat was piece 0's request (once more when
+    # that broke off).
+    assert origin.stats()["requests"]["/" + name] == 1 + 3 + int(broken)
+    assert origin.bytes_served(name) <= len(data) + int(broken) * 1024 * 1024 + 16
+
+
 def test_corrupt_parents_are_detected_and_pieces_refetched(
     cluster: LocalCluster, origin: OriginProcess, tmp_path: Path, shared: bytes
 ) -> None:

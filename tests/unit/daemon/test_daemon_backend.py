@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from dragonfly.common import native
-from dragonfly.daemon.backends.http import HTTPBackend, StatResult
+from dragonfly.daemon.backends.http import HTTPBackend, OpenedPiece, StatResult
 from dragonfly.daemon.backends.origin_head import OriginHead
 from dragonfly.daemon.backends.piece_chunks import PieceDigest
 from dragonfly.daemon.errors import BackendError
@@ -31,6 +31,10 @@ class Origin:
         self.requests: list[dict[str, str]] = []
         self.ignore_range = False
         self.body = DATA
+        # Replaces the Content-Range of ranged answers (the origin lies); the body stays the range asked for.
+        self.content_range: str | None = None
+        # Answers with chunked framing, no Content-Length.
+        self.chunked = False
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(dict(request.headers))
@@ -52,9 +56,12 @@ class Origin:
         if match and not self.ignore_range:
             start, end = int(match.group(1)), min(int(match.group(2)), len(self.body) - 1)
             body, status = self.body[start : end + 1], 206
-            headers["Content-Range"] = f"bytes {start}-{end}/{len(self.body)}"
+            headers["Content-Range"] = self.content_range or f"bytes {start}-{end}/{len(self.body)}"
         response = web.StreamResponse(status=status, headers=headers)
-        response.content_length = len(body)
+        if self.chunked:
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = len(body)
         await response.prepare(request)
         if fault in ("reset", "short"):
             await response.write(body[: len(body) // 2])
@@ -307,3 +314,114 @@ async def test_content_shorter_than_announced(origin: tuple[Origin, str], backen
 async def test_unreachable_origin(backend: HTTPBackend) -> None:
     with pytest.raises(BackendError, match=r"stat of http://127\.0\.0\.1:9/f failed: "):
         await backend.stat("http://127.0.0.1:9/f", {})
+
+
+PIECE = 1024 * 1024
+
+
+async def fetch_first_piece(
+    backend: HTTPBackend, url: str, opened: OpenedPiece | None, tmp_path: Path, length: int = PIECE
+) -> tuple[int, bytes]:
+    """Fetch piece 0 (``length`` bytes) through ``opened``; return its CRC-32 and the bytes written."""
+    path = tmp_path / "content"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+    try:
+        crc = await backend.download_piece(
+            url, {}, fd=fd, offset=0, length=length, buffer=bytearray(256 * 1024), opened=opened
+        )
+    finally:
+        os.close(fd)
+    return crc, path.read_bytes()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_stat_with_first_piece_is_piece_0s_request(
+    origin: tuple[Origin, str], backend: HTTPBackend, tmp_path: Path, chunked: bool
+) -> None:
+    state, base = origin
+    state.chunked = chunked
+    stat, opened = await backend.stat_with_first_piece(f"{base}/moved", {"X-User": "u"}, piece_length=PIECE)
+    assert (stat.content_length, stat.supports_range) == (len(DATA), True)
+    assert opened is not None
+    assert opened.length == PIECE
+    crc, written = await fetch_first_piece(backend, f"{base}/moved", opened, tmp_path)
+    assert (crc, written) == (zlib.crc32(DATA[:PIECE]), DATA[:PIECE])
+    # The redirect, then one request whose body was piece 0: nothing asked again.
+    assert [r.get("Range") for r in state.requests] == [f"bytes=0-{PIECE - 1}"] * 2
+    assert state.requests[-1]["X-User"] == "u"
+
+
+async def test_stat_with_first_piece_of_a_content_shorter_than_a_piece(
+    origin: tuple[Origin, str], backend: HTTPBackend, tmp_path: Path
+) -> None:
+    state, base = origin
+    state.body = DATA[:1000]
+    stat, opened = await backend.stat_with_first_piece(f"{base}/f", {}, piece_length=PIECE)
+    assert stat.content_length == 1000
+    assert opened is not None
+    assert opened.length == 1000
+    assert await fetch_first_piece(backend, f"{base}/f", opened, tmp_path, 1000) == (
+        zlib.crc32(DATA[:1000]),
+        DATA[:1000],
+    )
+    assert len(state.requests) == 1
+    # An empty content (416) is stat'ed as before, with nothing kept.
+    stat, opened = await backend.stat_with_first_piece(f"{base}/empty", {}, piece_length=PIECE)
+    assert (stat.content_length, opened) == (0, None)
+
+
+async def test_stat_with_first_piece_of_an_origin_that_ignores_range(
+    origin: tuple[Origin, str], backend: HTTPBackend
+) -> None:
+    state, base = origin
+    state.ignore_range = True
+    stat, opened = await backend.stat_with_first_piece(f"{base}/f", {}, piece_length=PIECE)
+    # A 200 is the whole body: its length is the stat, and the task is streamed (nothing kept).
+    assert (stat.content_length, stat.supports_range, opened) == (len(DATA), False, None)
+    assert len(state.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("content_range", "length", "requests"),
+    [
+        # Not piece 0: the total is still the stat's answer (as the 1-byte stat takes it), the body is dropped.
+        (f"bytes 5-{PIECE + 4}/{len(DATA)}", len(DATA), 1),
+        (f"bytes 0-{PIECE - 2}/{len(DATA)}", len(DATA), 1),
+        # A total of a length that disagrees with the range: not piece 0 either.
+        (f"bytes 0-{PIECE - 1}/1000", 1000, 1),
+        # No total: the plain stat (its 1-byte range, lied to alike, then a GET without a Range).
+        (f"bytes 0-{PIECE - 1}/*", len(DATA), 3),
+    ],
+    ids=["other-start", "other-end", "short-total", "no-total"],
+)
+async def test_stat_with_first_piece_keeps_no_body_that_is_not_piece_0(
+    origin: tuple[Origin, str], backend: HTTPBackend, content_range: str, length: int, requests: int
+) -> None:
+    state, base = origin
+    state.content_range = content_range
+    stat, opened = await backend.stat_with_first_piece(f"{base}/f", {}, piece_length=PIECE)
+    assert (stat.content_length, opened) == (length, None)
+    assert len(state.requests) == requests
+
+
+async def test_a_first_piece_whose_body_breaks_is_asked_for_again(
+    origin: tuple[Origin, str], backend: HTTPBackend, tmp_path: Path
+) -> None:
+    state, base = origin
+    state.fault, state.fault_count = "short", 1
+    stat, opened = await backend.stat_with_first_piece(f"{base}/f", {}, piece_length=PIECE)
+    assert stat.content_length == len(DATA)
+    crc, written = await fetch_first_piece(backend, f"{base}/f", opened, tmp_path)
+    assert (crc, written) == (zlib.crc32(DATA[:PIECE]), DATA[:PIECE])
+    assert [r["Range"] for r in state.requests] == [f"bytes=0-{PIECE - 1}"] * 2
+
+
+async def test_a_first_piece_of_another_length_is_dropped_and_the_piece_asked_for(
+    origin: tuple[Origin, str], backend: HTTPBackend, tmp_path: Path
+) -> None:
+    state, base = origin
+    _stat, opened = await backend.stat_with_first_piece(f"{base}/f", {}, piece_length=PIECE // 2)
+    assert opened is not None
+    crc, written = await fetch_first_piece(backend, f"{base}/f", opened, tmp_path)
+    assert (crc, written) == (zlib.crc32(DATA[:PIECE]), DATA[:PIECE])
+    assert [r["Range"] for r in state.requests] == [f"bytes=0-{PIECE // 2 - 1}", f"bytes=0-{PIECE - 1}"]
