@@ -197,6 +197,9 @@ def analyse(events: list[PieceEvent], peers: list[str], size: int) -> dict[str, 
     return {
         "origin": {
             "first_start": None if origin_start is None else round(origin_start, 3),
+            # The seed's first origin piece stored: the earliest a child can have a piece. (Its start is when its
+            # fetch began; a request sent earlier, with the seed's stat, is not seen here.)
+            "first_end": min((round(e.end, 3) for e in origin), default=None),
             "last_end": None if origin_end is None else round(origin_end, 3),
             "rate_mb_s": (
                 round(origin_bytes / (origin_end - origin_start) / 1e6, 1)

@@ -42,7 +42,7 @@ def test_timeline_of_a_small_swarm(tmp_path: Path) -> None:
         ("p2", 1, "seed"),
     }  # fmt: skip
     timeline = analyse(events, ["p1", "p2"], 2 * MIB)
-    assert timeline["origin"] == {"first_start": 0.0, "last_end": 2.0, "rate_mb_s": 1.0, "pieces": 2}
+    assert timeline["origin"] == {"first_start": 0.0, "first_end": 1.0, "last_end": 2.0, "rate_mb_s": 1.0, "pieces": 2}
     assert timeline["tail_s"] == 2.0
     assert timeline["peers"]["p1"]["idle_s"] == 1.0
     assert timeline["peers"]["p2"]["idle_s"] == 1.6
