@@ -35,7 +35,7 @@ from dragonfly.daemon.download.piece_verifier import UnverifiablePiece
 from dragonfly.daemon.download.piece_writer import PieceWriter
 from dragonfly.daemon.download.scheduler_client import AnnouncePeerStream
 from dragonfly.daemon.download.source_downloader import SourceDownloader
-from dragonfly.daemon.download.task_download import REMOTE_PEER, TaskDownload, piece_message
+from dragonfly.daemon.download.task_download import REMOTE_PEER, TaskDownload, fill_piece_message
 from dragonfly.daemon.download.vortex_client import ConnectionPool, FetchAbort, PieceAbandoned, fetch_piece
 from dragonfly.daemon.errors import DownloadFailed
 from dragonfly.daemon.metrics import DaemonMetrics
@@ -200,9 +200,11 @@ class ParentDownloader:
         assert verifier is not None
         started = time.monotonic()
         # The trusted digest is asked for while the bytes arrive: at the swarm's head it reaches the scheduler
-        # about when the piece reaches this peer, and asking first put a StatTask poll before each transfer.
-        arrived = asyncio.Event()
-        expecting = asyncio.ensure_future(verifier.expected(number, arrived))
+        # about when the piece reaches this peer, and asking first put a StatTask poll before each transfer. Most
+        # pieces' digests came with the parents: then no task and no event for it.
+        known = verifier.known(number)
+        arrived = asyncio.Event() if known is None else None
+        expecting = None if arrived is None else asyncio.ensure_future(verifier.expected(number, arrived))
         try:
             await self._writer.reserve(length)
             created_at = time.time()
@@ -229,14 +231,15 @@ class ParentDownloader:
                 cost = time.monotonic() - started
                 # The bytes are in: waiting for the trusted digest is not the parent's slowness.
                 fetch.transfer_started = None
-                arrived.set()
+                if arrived is not None:
+                    arrived.set()
                 digest = format_piece_digest(fetched.crc)
                 if fetched.digest != digest:
                     raise DigestMismatch(
                         fetched.digest or "<empty>", digest, what=f"piece {number} from parent {parent.id}"
                     )
                 # Until this returns the piece is not recorded: nobody reads these bytes.
-                expected = await expecting
+                expected = known if expecting is None else await expecting
                 strong = await verifier.verify(
                     number, expected, fd, offset, length, crc=fetched.crc, parent=parent.id, hashed=fetched.blake3
                 )
@@ -249,13 +252,16 @@ class ParentDownloader:
             await self._source.fetch_piece(td, task, stream, number, lambda _received: None)
             return time.monotonic() - started
         finally:
-            if not expecting.done():
+            if expecting is None:
+                pass
+            elif not expecting.done():
                 expecting.cancel()
             elif not expecting.cancelled():
                 expecting.exception()  # retrieved: a failed transfer makes a missing digest moot
         record = PieceRecord(number, offset, length, digest, parent.id, REMOTE_PEER, cost, created_at, strong)
         self._writer.finish(td, record)
-        stream.report(
-            download_piece_finished_request=scheduler_pb2.DownloadPieceFinishedRequest(piece=piece_message(record))
-        )
+        # Built in place: a message passed to a constructor is copied, and this one is three levels deep.
+        request = stream.request()
+        fill_piece_message(request.download_piece_finished_request.piece, record)
+        stream.report_request(request)
         return cost

@@ -18,6 +18,7 @@ with fake parents and fake fetches, without gRPC, storage or a scheduler:
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
@@ -69,6 +70,10 @@ class ParentRound:
         self._idle_timeout = idle_timeout
         self._running: dict[asyncio.Task[float], PieceFetch] = {}
         self._aborts: dict[int, FetchAbort] = {}
+        # Fetches that ended and have not been acted on yet (their done callbacks put them here).
+        self._finished: collections.deque[asyncio.Task[float]] = collections.deque()
+        #: How many times the round asked the dispatcher for a plan (a count that does not depend on the load).
+        self.plans = 0
 
     def failed_parents(self) -> set[str]:
         """Return the parents that let this round down: excluded, or their SyncPieces stream failed."""
@@ -77,41 +82,65 @@ class ParentRound:
         return failed
 
     async def run(self, complete: Callable[[], bool], stopping: Callable[[], bool]) -> None:
-        """Fetch pieces until ``complete()`` or the round can do no more; ``stopping()`` ends it with DownloadFailed."""
+        """Fetch pieces until ``complete()`` or the round can do no more; ``stopping()`` ends it with DownloadFailed.
+
+        One wake-up source: the collector's ``changed``, which the collector sets on a report the round may act on and
+        each fetch's done callback sets as it ends. Waiting on it alone costs a future per wake-up; an
+        ``asyncio.wait`` over every transfer plus a waiter task cost a task and two callbacks per transfer in flight
+        per wake-up, and a wake-up comes with about every piece.
+        """
         dispatcher, collector = self._dispatcher, self._collector
+        changed = collector.changed
         try:
-            while not complete():
+            while True:
+                # Cleared before looking: whatever ends or is reported from here on wakes the wait below.
+                changed.clear()
+                self._end_finished()
+                if complete():
+                    return
                 if stopping():
                     raise DownloadFailed("dfdaemon is shutting down")
                 parents = collector.parents.values()
+                self.plans += 1
                 fetches, next_ready = dispatcher.plan(parents, collector.first_seen, time.monotonic())
                 for fetch in fetches:
                     abort = self._aborts[fetch.number] = FetchAbort()
-                    self._running[asyncio.create_task(self._fetch(fetch, abort))] = fetch
-                collector.changed.clear()
+                    task = asyncio.create_task(self._fetch(fetch, abort))
+                    self._running[task] = fetch
+                    task.add_done_callback(self._ended)
                 if not self._running and next_ready is None:
                     if not collector.syncing() or dispatcher.all_excluded(parents):
                         return
                     try:
                         async with asyncio.timeout(self._idle_timeout):
-                            await collector.changed.wait()
+                            await changed.wait()
                     except TimeoutError:
                         return
                     continue
-                waiter = asyncio.ensure_future(collector.changed.wait())
-                finished, _pending = await asyncio.wait(
-                    [*self._running, waiter], timeout=self._wake_after(next_ready), return_when=asyncio.FIRST_COMPLETED
-                )
-                waiter.cancel()
+                if not changed.is_set():
+                    try:
+                        async with asyncio.timeout(self._wake_after(next_ready)):
+                            await changed.wait()
+                    except TimeoutError:
+                        pass
                 self._abort_overdue()
-                for done in finished:
-                    if done is not waiter:
-                        self._end(done)
         finally:
             for abort in self._aborts.values():
                 abort.abort("the download from parents ended")
             if self._running:
                 await asyncio.wait(self._running)
+            for task in self._running:
+                if not task.cancelled():
+                    task.exception()  # retrieved: the round is over, its outcome no longer matters
+
+    def _ended(self, task: asyncio.Task[float]) -> None:
+        self._finished.append(task)
+        self._collector.changed.set()
+
+    def _end_finished(self) -> None:
+        """Act on the fetches that ended since the last look, in the order they ended."""
+        while self._finished:
+            self._end(self._finished.popleft())
 
     def _wake_after(self, next_ready: float | None) -> float:
         """Return how long the round may sleep: until a piece becomes dispatchable or a transfer overdue.

@@ -140,7 +140,10 @@ class PieceCollector:
         timeout = min(self._first_timeout, FINISHED_FIRST_ANSWER) if parent.finished else self._first_timeout
         try:
             while True:
-                response = await asyncio.wait_for(call.read(), timeout)
+                # A timeout scope, not wait_for: wait_for wraps each read in a task of its own, and a child reads a
+                # report from each of its parents for about every piece of the task.
+                async with asyncio.timeout(timeout):
+                    response = await call.read()
                 if response is grpc.aio.EOF:
                     break
                 if not 0 <= response.number < parent.bitmap.size:

@@ -79,6 +79,12 @@ class PieceVerifier:
     def _usable(self, digest: str | None) -> bool:
         return digest is not None and (self._policy == "compatible" or is_strong(digest))
 
+    def known(self, number: int) -> str | None:
+        """Return the trusted digest to check piece ``number`` against if one is known now, else None (then ask
+        ``expected``, which may wait for the scheduler)."""
+        digest = self._trusted.get(number)
+        return digest if self._usable(digest) else None
+
     async def expected(self, number: int, arrived: asyncio.Event | None = None) -> str | None:
         """Return the trusted digest to check piece ``number`` against, asking the scheduler for a bounded time.
 
@@ -107,7 +113,8 @@ class PieceVerifier:
                     continue
                 assert arrived is not None
                 try:
-                    await asyncio.wait_for(arrived.wait(), _REFRESH_INTERVAL)
+                    async with asyncio.timeout(_REFRESH_INTERVAL):
+                        await arrived.wait()
                 except TimeoutError:
                     continue
                 urgent = hurried = True

@@ -60,12 +60,19 @@ class AnnouncePeerStream:
             **request,  # type: ignore[arg-type]
         )
 
+    def request(self) -> scheduler_pb2.AnnouncePeerRequest:
+        """Return a request with this stream's ids and nothing else: the caller fills its one request field in
+        place (``report_request``), which spares the copy a constructor makes of a message passed to it."""
+        return scheduler_pb2.AnnouncePeerRequest(host_id=self.host_id, task_id=self.task_id, peer_id=self.peer_id)
+
     async def _write_loop(self) -> None:
         while (item := await self._queue.get()) is not None:
             message, done = item
             if self._error is None:
                 try:
-                    await asyncio.wait_for(self._call.write(message), REQUEST_TIMEOUT)
+                    # A timeout scope, not wait_for: wait_for wraps each write in a task of its own.
+                    async with asyncio.timeout(REQUEST_TIMEOUT):
+                        await self._call.write(message)
                 except (grpc.aio.AioRpcError, asyncio.InvalidStateError, TimeoutError, RuntimeError) as exc:
                     self._error = exc
                     log.debug("announce peer write failed", extra={"task_id": self.task_id, "error": repr(exc)})
@@ -94,9 +101,15 @@ class AnnouncePeerStream:
         if not self.closed and self._error is None:
             self._queue.put_nowait((self._message(request), None))
 
+    def report_request(self, request: scheduler_pb2.AnnouncePeerRequest) -> None:
+        """Queue a best-effort progress report built from ``request()``, like ``report``."""
+        if not self.closed and self._error is None:
+            self._queue.put_nowait((request, None))
+
     async def recv(self, max_wait: float) -> scheduler_pb2.AnnouncePeerResponse | None:
         """Return the next response, or None when the scheduler closed the stream."""
-        response = await asyncio.wait_for(self._call.read(), max_wait)
+        async with asyncio.timeout(max_wait):
+            response = await self._call.read()
         if response is grpc.aio.EOF:
             return None
         assert isinstance(response, scheduler_pb2.AnnouncePeerResponse)

@@ -8,7 +8,6 @@ import asyncio
 from dataclasses import dataclass
 
 from dragonfly_api import common_pb2, scheduler_pb2
-from google.protobuf import duration_pb2, timestamp_pb2
 
 from dragonfly.common.byte_range import ByteRange, RangeSpec
 from dragonfly.common.piece import piece_count
@@ -162,19 +161,25 @@ class TaskDownload:
 
 def piece_message(piece: PieceRecord, traffic_type: int | None = None) -> common_pb2.Piece:
     """Return the common.v2.Piece of a stored piece."""
-    message = common_pb2.Piece(  # traffic_type: the stored int is a TrafficType value
-        number=piece.number,
-        offset=piece.offset,
-        length=piece.length,
-        # The BLAKE3 digest when known: the scheduler hands it to children as a trusted digest (docs/security.md).
-        digest=piece.strong_digest or piece.digest,
-        traffic_type=piece.traffic_type if traffic_type is None else traffic_type,  # type: ignore[arg-type]
-        cost=duration_pb2.Duration(seconds=int(piece.cost), nanos=int((piece.cost % 1) * 1e9)),
-        created_at=timestamp_pb2.Timestamp(seconds=int(piece.created_at)),
-    )
+    message = common_pb2.Piece()
+    fill_piece_message(message, piece, traffic_type)
+    return message
+
+
+def fill_piece_message(message: common_pb2.Piece, piece: PieceRecord, traffic_type: int | None = None) -> None:
+    """Fill an empty common.v2.Piece (one inside a request under construction) with a stored piece."""
+    message.number = piece.number
+    message.offset = piece.offset
+    message.length = piece.length
+    # The BLAKE3 digest when known: the scheduler hands it to children as a trusted digest (docs/security.md).
+    message.digest = piece.strong_digest or piece.digest
+    # The stored int is a TrafficType value.
+    message.traffic_type = piece.traffic_type if traffic_type is None else traffic_type  # type: ignore[assignment]
+    message.cost.seconds = int(piece.cost)
+    message.cost.nanos = int((piece.cost % 1) * 1e9)
+    message.created_at.seconds = int(piece.created_at)
     if piece.parent_id:
         message.parent_id = piece.parent_id
-    return message
 
 
 def source_of(piece: PieceRecord, traffic_type: int) -> str:

@@ -263,3 +263,14 @@ async def test_a_stopping_daemon_ends_the_round_with_an_error():
     with pytest.raises(DownloadFailed, match="shutting down"):
         await swarm.run(stopping=lambda: True)
     assert swarm.requests == {}
+
+
+async def test_the_round_plans_once_per_wake_up_not_once_per_transfer_in_flight():
+    # Every transfer ends on its own turn of the loop: each end wakes the round once, and fetches that end
+    # together are acted on in one look (the round used to wait on every transfer and a waiter task per wake-up).
+    swarm = Swarm({"a": "serve"}, concurrency=4)
+    swarm.all_have_every_piece()
+    await swarm.run()
+    assert sorted(swarm.stored) == list(range(PIECES))
+    assert 1 < swarm.round.plans <= PIECES + 1
+    assert swarm.dispatcher.in_flight == {}
