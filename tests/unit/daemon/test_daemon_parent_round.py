@@ -10,6 +10,7 @@ import asyncio
 import collections
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import pytest
 from dragonfly_api import common_pb2
@@ -274,3 +275,26 @@ async def test_the_round_plans_once_per_wake_up_not_once_per_transfer_in_flight(
     assert sorted(swarm.stored) == list(range(PIECES))
     assert 1 < swarm.round.plans <= PIECES + 1
     assert swarm.dispatcher.in_flight == {}
+
+
+async def test_the_round_starts_one_task_per_fetch_and_none_per_wake_up():
+    # Counted, not timed: the round used to start a waiter task on the collector's event at every wake-up (about
+    # one per piece), besides the task of each fetch.
+    swarm = Swarm({"a": "serve"}, concurrency=4)
+    swarm.all_have_every_piece()
+    loop = asyncio.get_running_loop()
+    previous = loop.get_task_factory()
+    started: list[asyncio.Task[object]] = []
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[object]:
+        task = asyncio.Task(coro, loop=loop, **kwargs)
+        started.append(task)
+        return task
+
+    loop.set_task_factory(counting)
+    try:
+        await swarm.run()
+    finally:
+        loop.set_task_factory(previous)
+    assert sorted(swarm.stored) == list(range(PIECES))
+    assert len(started) == PIECES
