@@ -44,10 +44,7 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None, validate: bool) -> Ca
     message_class = getattr(deserializer, "__self__", None)
     message = getattr(message_class, "__name__", "request")
     descriptor = getattr(message_class, "DESCRIPTOR", None)
-    if validate and descriptor is not None and validation.has_rules(descriptor):
-        check: Callable[[Any], str | None] | None = validation.check
-    else:
-        check = None
+    check = validation.checker(descriptor) if validate and descriptor is not None else None
 
     def deserialize(data: bytes) -> Any:
         try:
