@@ -166,6 +166,31 @@ class Swarm:
         await asyncio.gather(*jobs)
         return latencies
 
+    async def phase_trickle(self) -> dict[str, Any]:
+        """Report pieces of the early children one at a time, paced at this client's share of ``--trickle-rate``
+        for ``--trickle-seconds`` (a swarm's pace: each message reaches an idle scheduler); the flood reports them
+        again."""
+        from google.protobuf import timestamp_pb2
+
+        args = self.args
+        if self.probe or args.trickle_rate <= 0 or not self.early:
+            return {"messages": 0}
+        interval = self.count / args.trickle_rate
+        created_at = timestamp_pb2.Timestamp(seconds=int(time.time()))
+        started = time.monotonic()
+        messages = 0
+        for sent in range(int(args.trickle_seconds / interval)):
+            peer = self.early[sent % len(self.early)]
+            if not peer.started:
+                await peer.start()
+                messages += 1
+            await peer.call.write(peer.piece_request(sent // len(self.early) % args.pieces, created_at))
+            messages += 1
+            delay = started + (sent + 1) * interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        return {"messages": messages}
+
     async def phase_flood(self) -> dict[str, Any]:
         async def late_peer(peer: PeerStream) -> float:
             latency = await peer.register()
@@ -194,6 +219,7 @@ class PeerStream:
         self.call: Any = None
         self.parents: list[str] = []
         self.back_to_source = False
+        self.started = False
 
     def _request(self, **kwargs: Any) -> Any:
         from dragonfly_api import scheduler_pb2
@@ -223,47 +249,62 @@ class PeerStream:
         self.back_to_source = not self.parents
         return latency
 
-    async def download(self) -> None:
-        """Report every piece (from the given parents, or the origin) and finish; wait for the stream's end."""
-        import grpc
+    def piece_request(self, number: int, created_at: Any) -> Any:
+        """Return the report of piece ``number`` (4 MiB) from the given parents, or the origin."""
         from dragonfly_api import common_pb2, scheduler_pb2
-        from google.protobuf import duration_pb2, timestamp_pb2
+        from google.protobuf import duration_pb2
 
-        swarm = self.swarm
-        write = self.call.write
+        length = 4 * 1024 * 1024
+        piece = common_pb2.Piece(
+            number=number,
+            offset=number * length,
+            length=length,
+            digest=f"crc32:{number}",
+            cost=duration_pb2.Duration(nanos=10_000_000 + number * 100_000),
+            created_at=created_at,
+        )
         if self.back_to_source:
-            await write(
+            piece.traffic_type = common_pb2.BACK_TO_SOURCE
+            return self._request(
+                download_piece_back_to_source_finished_request=scheduler_pb2.DownloadPieceBackToSourceFinishedRequest(
+                    piece=piece
+                )
+            )
+        piece.parent_id = self.parents[number % len(self.parents)]
+        piece.traffic_type = common_pb2.REMOTE_PEER
+        return self._request(download_piece_finished_request=scheduler_pb2.DownloadPieceFinishedRequest(piece=piece))
+
+    async def start(self) -> None:
+        """Tell the scheduler the download started (once)."""
+        from dragonfly_api import scheduler_pb2
+
+        if self.started:
+            return
+        self.started = True
+        if self.back_to_source:
+            await self.call.write(
                 self._request(
                     download_peer_back_to_source_started_request=scheduler_pb2.DownloadPeerBackToSourceStartedRequest()
                 )
             )
         else:
-            await write(self._request(download_peer_started_request=scheduler_pb2.DownloadPeerStartedRequest()))
-        length = 4 * 1024 * 1024
+            await self.call.write(
+                self._request(download_peer_started_request=scheduler_pb2.DownloadPeerStartedRequest())
+            )
+
+    async def download(self) -> None:
+        """Report every piece (from the given parents, or the origin) and finish; wait for the stream's end."""
+        import grpc
+        from dragonfly_api import scheduler_pb2
+        from google.protobuf import timestamp_pb2
+
+        swarm = self.swarm
+        write = self.call.write
+        sent_start = not self.started
+        await self.start()
         created_at = timestamp_pb2.Timestamp(seconds=int(time.time()))  # required by Dragonfly's rules, as cost is
         for number in range(swarm.args.pieces):
-            piece = common_pb2.Piece(
-                number=number,
-                offset=number * length,
-                length=length,
-                digest=f"crc32:{number}",
-                cost=duration_pb2.Duration(nanos=10_000_000 + number * 100_000),
-                created_at=created_at,
-            )
-            if self.back_to_source:
-                piece.traffic_type = common_pb2.BACK_TO_SOURCE
-                request = self._request(
-                    download_piece_back_to_source_finished_request=scheduler_pb2.DownloadPieceBackToSourceFinishedRequest(
-                        piece=piece
-                    )
-                )
-            else:
-                piece.parent_id = self.parents[number % len(self.parents)]
-                piece.traffic_type = common_pb2.REMOTE_PEER
-                request = self._request(
-                    download_piece_finished_request=scheduler_pb2.DownloadPieceFinishedRequest(piece=piece)
-                )
-            await write(request)
+            await write(self.piece_request(number, created_at))
         if self.back_to_source:
             finished = self._request(
                 download_peer_back_to_source_finished_request=scheduler_pb2.DownloadPeerBackToSourceFinishedRequest()
@@ -277,7 +318,7 @@ class PeerStream:
         if code != grpc.StatusCode.OK:
             raise RuntimeError(f"peer {self.id}: stream ended with {code}: {await self.call.details()}")
         swarm.pieces += swarm.args.pieces
-        swarm.messages += swarm.args.pieces + 2
+        swarm.messages += swarm.args.pieces + 1 + sent_start
 
 
 # the load-client processes

@@ -208,6 +208,12 @@ def drive(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any]:
         probe_text = scrape(metrics_addr) if metrics_addr else ""
         after_probe = decision_buckets(probe_text)
 
+        cpu["trickle"] = server.cpu()
+        trickle_started = time.perf_counter()
+        trickled = sum(result["messages"] for result in clients.run("trickle"))
+        # The last messages sent are read by now: the scheduler answers each stream's messages in order, and the
+        # flood's own CPU starts with its first message.
+        trickle_seconds = time.perf_counter() - trickle_started
         cpu["flood"] = server.cpu()
         flood_started = time.perf_counter()
         flooded = clients.run("flood")
@@ -249,6 +255,9 @@ def drive(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any]:
         "cpu_seconds": {"register": cpu["registered"] - cpu["register"], "flood": cpu["end"] - cpu["flood"]},
         "cpu_ms_per_registration": (cpu["registered"] - cpu["register"]) * 1000 / max(registrations, 1),
         "cpu_us_per_flood_message": (cpu["end"] - cpu["flood"]) * 1e6 / max(messages, 1),
+        "trickle_messages": trickled,
+        "trickle_seconds": trickle_seconds,
+        "cpu_us_per_trickle_message": (cpu["flood"] - cpu["trickle"]) * 1e6 / trickled if trickled else None,
         "rss_mib": {stage: value / 2**20 for stage, value in rss.items()},
         "rss_kib_per_host": (rss["hosts"] - rss["ready"]) / 1024 / args.hosts,
         "rss_mib_per_1000_peers": (rss["end"] - rss["hosts"]) / 2**20 / peers * 1000,
@@ -386,6 +395,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--churn-concurrency", type=int, default=64, help="churning peers in flight at most, all clients"
     )
+    parser.add_argument(
+        "--trickle-rate",
+        type=float,
+        default=0.0,
+        help="before the flood, piece reports a second (all clients) for --trickle-seconds: the scheduler's CPU per "
+        "message at a swarm's pace (0: skip)",
+    )
+    parser.add_argument("--trickle-seconds", type=float, default=5.0, help="length of the trickle")
     parser.add_argument("--no-baseline", action="store_true", help="skip the no-op server runs")
     parser.add_argument(
         "--gc-freeze",

@@ -109,6 +109,11 @@ def print_table(result: dict[str, Any], args: dict[str, Any]) -> None:
             f"{base['cpu_us_per_flood_message']:.0f} us" if base else "-",
         ),
         (
+            f"CPU per message (trickle {args.get('trickle_rate', 0):,.0f}/s)",
+            f"{ours['cpu_us_per_trickle_message']:.0f} us" if ours.get("cpu_us_per_trickle_message") else "-",
+            f"{base['cpu_us_per_trickle_message']:.0f} us" if base and base.get("cpu_us_per_trickle_message") else "-",
+        ),
+        (
             "CPU per registration",
             f"{ours['cpu_ms_per_registration']:.2f} ms",
             f"{base['cpu_ms_per_registration']:.2f} ms" if base else "-",
