@@ -37,6 +37,7 @@ from dragonfly.daemon.download.vortex_client import (
     fetch_piece,
 )
 from dragonfly.daemon.storage import PieceRecord, Storage
+from dragonfly.daemon.upload import vortex_server
 from dragonfly.daemon.upload.vortex_server import VortexServer
 from tests.waiting import eventually
 
@@ -469,3 +470,146 @@ def _recv_exactly(sock: socket.socket, count: int) -> bytes:
         assert chunk, f"connection closed after {len(data)} of {count} bytes"
         data += chunk
     return data
+
+
+# Requests in a row on one connection: after a piece, its executor thread waits for the next request and answers it
+# there when it can (vortex_server._PieceRun); the patience is raised so that these tests never depend on how soon
+# the client's next request comes.
+
+
+@pytest.fixture
+def patient(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vortex_server, "_NEXT_REQUEST_PATIENCE", 30.0)
+    monkeypatch.setattr(vortex_server, "_RUN_SLICE", 30.0)
+
+
+def _finish_second_piece(storage: Storage) -> None:
+    with storage.content_fd(TASK) as fd:
+        crc = native.write_piece(fd, PIECE, DATA[PIECE:])
+    storage.finish_piece(TASK, PieceRecord(1, PIECE, 1000, format_piece_digest(crc), None, 0, 0.1, time.time()))
+
+
+def _exchange(sock: socket.socket, task_id: str, number: int) -> tuple[int, bytes, bytes]:
+    """Ask for one piece on a raw connection; return the answer's tag, value and (for a piece) its bytes."""
+    sock.sendall(native.encode_download_piece(task_id, number))
+    _frame, tag, length = native.decode_header(_recv_exactly(sock, native.HEADER_SIZE))
+    value = _recv_exactly(sock, length)
+    if tag != native.TAG_PIECE_CONTENT:
+        return tag, value, b""
+    return tag, value, _recv_exactly(sock, native.decode_piece_content(value).length)
+
+
+def _not_found(answer: tuple[int, bytes, bytes]) -> str:
+    tag, value, _body = answer
+    assert tag == native.TAG_ERROR
+    code, message = native.decode_error(value)
+    assert code == 2
+    return message
+
+
+@pytest.mark.usefixtures("patient")
+async def test_requests_in_a_row_are_answered_on_the_thread_of_the_first(parent: Peer, tmp_path: Path) -> None:
+    _finish_second_piece(parent.storage)
+    calls: list[object] = []
+    submit = parent.executor.submit
+
+    def counting_submit(fn: object, /, *args: object) -> object:
+        calls.append(fn)
+        return submit(fn, *args)  # type: ignore[arg-type]
+
+    parent.executor.submit = counting_submit  # type: ignore[method-assign,assignment]
+    pieces = [(0, 0, PIECE), (1, PIECE, 1000), (0, 0, PIECE), (1, PIECE, 1000)]
+    pool = parent.pool()
+    output = os.open(tmp_path / "child", os.O_RDWR | os.O_CREAT)
+
+    def fetch_in_a_row() -> list[FetchedPiece]:
+        return [
+            fetch_piece(
+                ("127.0.0.1", parent.server.port),
+                TASK,
+                number,
+                fd=output,
+                offset=offset,
+                length=length,
+                buffer=bytearray(256 * 1024),
+                connect_timeout=2.0,
+                timeout=5.0,
+                pool=pool,
+            )
+            for number, offset, length in pieces
+        ]
+
+    try:
+        fetched = await asyncio.get_running_loop().run_in_executor(None, fetch_in_a_row)
+    finally:
+        pool.close()  # the server's thread sees the connection close and hands it back
+        os.close(output)
+    assert [f.crc for f in fetched] == [zlib.crc32(DATA[o : o + n]) for _, o, n in pieces]
+    assert (tmp_path / "child").read_bytes() == DATA
+    await eventually(lambda: len(parent.served) == 4, 10, "the server to count the four pieces")
+    assert parent.served == [(TASK, PIECE), (TASK, 1000), (TASK, PIECE), (TASK, 1000)]
+    assert len(calls) == 1  # one executor call sent all four
+
+
+@pytest.mark.usefixtures("patient")
+async def test_requests_its_thread_cannot_answer_are_answered_by_the_loop(parent: Peer) -> None:
+    other = "d" * 64
+
+    def exchanges() -> list[tuple[int, bytes, bytes]]:
+        with parent.connect() as sock:
+            sock.settimeout(10)
+            return [_exchange(sock, *request) for request in ((TASK, 0), (TASK, 7), (other, 0), (TASK, 0))]
+
+    first, unknown, other_task, again = await asyncio.get_running_loop().run_in_executor(None, exchanges)
+    assert first[2] == again[2] == DATA[:PIECE]
+    assert _not_found(unknown) == f"piece 7 of task {TASK} not found"
+    assert _not_found(other_task) == f"piece 0 of task {other} not found"
+    await eventually(lambda: len(parent.served) == 2, 10, "the server to count two pieces")
+
+
+@pytest.mark.usefixtures("patient")
+async def test_a_task_deleted_between_requests_is_not_served(parent: Peer) -> None:
+    loop = asyncio.get_running_loop()
+    with await loop.run_in_executor(None, parent.connect) as sock:  # a TLS handshake with this loop's server
+        sock.settimeout(10)
+        _tag, _value, body = await loop.run_in_executor(None, _exchange, sock, TASK, 0)
+        assert body == DATA[:PIECE]
+        parent.storage.delete_task(TASK)  # while the piece's thread waits for the next request
+        answer = await loop.run_in_executor(None, _exchange, sock, TASK, 0)
+    assert _not_found(answer) == f"piece 0 of task {TASK} not found"
+
+
+@pytest.mark.usefixtures("patient")
+async def test_a_file_changed_between_requests_is_dropped_not_served(parent: Peer, tmp_path: Path) -> None:
+    storage = parent.storage
+    _finish_second_piece(storage)
+    storage.finish_task(TASK)
+    output = tmp_path / "output"
+    os.link(storage.content_path(TASK), output)
+    loop = asyncio.get_running_loop()
+    with await loop.run_in_executor(None, parent.connect) as sock:  # a TLS handshake with this loop's server
+        sock.settimeout(10)
+        _tag, _value, body = await loop.run_in_executor(None, _exchange, sock, TASK, 0)
+        assert body == DATA[:PIECE]
+        fd = os.open(output, os.O_WRONLY)
+        try:
+            os.pwrite(fd, b"edited", PIECE)
+        finally:
+            os.close(fd)
+        answer = await loop.run_in_executor(None, _exchange, sock, TASK, 1)
+    assert _not_found(answer) == f"piece 1 of task {TASK} not found"
+    assert storage.get_task(TASK) is None
+
+
+@pytest.mark.usefixtures("patient")
+async def test_requests_in_a_row_are_charged_to_the_upload_bucket(parent: Peer) -> None:
+    parent.server._bucket = native.TokenBucket(8 * 1024 * 1024, 1024)
+
+    def two_pieces() -> list[bytes]:
+        with parent.connect() as sock:
+            sock.settimeout(10)
+            return [_exchange(sock, TASK, 0)[2] for _ in range(2)]
+
+    began = time.monotonic()
+    assert await asyncio.get_running_loop().run_in_executor(None, two_pieces) == [DATA[:PIECE]] * 2
+    assert time.monotonic() - began >= 0.9  # 8 MiB at 8 MiB/s with an empty bucket
