@@ -20,10 +20,10 @@ import socket
 import struct
 
 from dragonfly.daemon.output import Caller
+from dragonfly.daemon.socket_relay import relay_sockets
 
 log = logging.getLogger(__name__)
 
-_RELAY_CHUNK = 256 * 1024
 _CRED = struct.Struct("3i")
 
 
@@ -120,7 +120,9 @@ class CallerRelay:
             inner.setblocking(False)
             inner.bind(f"\0{name}")
             await loop.sock_connect(inner, f"\0{self.internal_name}")
-            await asyncio.gather(self._pipe(conn, inner), self._pipe(inner, conn))
+            # The relay's transports close what they are given: a duplicate of the inner socket, so that `inner`
+            # keeps the name bound until the mapping is gone (below).
+            await relay_sockets(conn, inner.dup())
         except OSError as exc:
             log.debug("local API relay ended", extra={"error": str(exc)})
         finally:
@@ -128,15 +130,3 @@ class CallerRelay:
             self._callers.pop(name, None)
             inner.close()
             conn.close()
-
-    @staticmethod
-    async def _pipe(source: socket.socket, target: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while data := await loop.sock_recv(source, _RELAY_CHUNK):
-                await loop.sock_sendall(target, data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                target.shutdown(socket.SHUT_WR)

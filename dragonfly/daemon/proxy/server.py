@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import functools
 import hmac
 import logging
@@ -39,6 +38,7 @@ from dragonfly.daemon.proxy.forward import Forwarder
 from dragonfly.daemon.proxy.manifest_blobs import is_manifest_get
 from dragonfly.daemon.proxy.p2p import P2PResponder
 from dragonfly.daemon.proxy.routing import BadProxyRequest, build_download, is_host_port, route, wants_prefetch
+from dragonfly.daemon.socket_relay import RelayEnd
 from dragonfly.daemon.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -263,13 +263,13 @@ class ProxyServer:
             await self._intercept(transport, authority, host.strip("[]"), rest)
             return
         loop = asyncio.get_running_loop()
-        client = _Pipe()
+        client = RelayEnd()
         try:
             address = host.strip("[]")
             if is_remote_client(transport.get_extra_info("peername")):
                 address = await self._allowed_address(address, int(port))
             upstream, upstream_pipe = await asyncio.wait_for(
-                loop.create_connection(_Pipe, address, int(port)), _TUNNEL_CONNECT_TIMEOUT
+                loop.create_connection(RelayEnd, address, int(port)), _TUNNEL_CONNECT_TIMEOUT
             )
         except OriginAddressRefused as exc:
             _reply(transport, 403, "Forbidden", str(exc))
@@ -278,10 +278,10 @@ class ProxyServer:
             _reply(transport, 502, "Bad Gateway", f"cannot connect to {authority}: {exc or type(exc).__name__}")
             return
         transport.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
-        client.link(upstream)
-        upstream_pipe.link(transport)
         transport.set_protocol(client)
         client.connection_made(transport)
+        client.link(upstream)
+        upstream_pipe.link(transport)
         if rest:
             upstream.write(rest)
         transport.resume_reading()
@@ -388,49 +388,6 @@ class _Sniffer(asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
-
-
-class _Pipe(asyncio.Protocol):
-    """One direction of a blind tunnel: what arrives here is written to the peer, with flow control both ways."""
-
-    def __init__(self) -> None:
-        self._transport: asyncio.Transport | None = None
-        self._peer: asyncio.Transport | None = None
-        self._pending = bytearray()
-
-    def link(self, peer: asyncio.Transport) -> None:
-        self._peer = peer
-        if self._pending:
-            peer.write(bytes(self._pending))
-            self._pending.clear()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = typing.cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        if self._peer is None:
-            self._pending += data
-        else:
-            self._peer.write(data)
-
-    def eof_received(self) -> bool:
-        if self._peer is not None and self._peer.can_write_eof():
-            with contextlib.suppress(OSError, RuntimeError):
-                self._peer.write_eof()
-            return True
-        return False
-
-    def pause_writing(self) -> None:
-        if self._peer is not None:
-            self._peer.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self._peer is not None:
-            self._peer.resume_reading()
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        if self._peer is not None:
-            self._peer.close()
 
 
 def _reply(
