@@ -51,6 +51,7 @@ async def test_bytes_cross_both_ways_and_each_half_close_is_passed_on(
     loop = asyncio.get_running_loop()
     client, server, task = relayed
     request, answer = os.urandom(8 << 20), os.urandom(3 << 20)
+
     async def send_and_end(sock: socket.socket, data: bytes) -> None:
         await loop.sock_sendall(sock, data)
         sock.shutdown(socket.SHUT_WR)
