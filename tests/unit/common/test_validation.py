@@ -14,6 +14,8 @@ import pytest
 from dragonfly_api import common_pb2, dfdaemon_pb2, manager_pb2, scheduler_pb2
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import Message
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dragonfly.common import validation, validation_rules
 
@@ -368,3 +370,123 @@ def test_a_piece_report_is_checked_in_a_few_calls() -> None:
     assert violation is None
     # The request, its DownloadPieceFinishedRequest, its Piece, the digest's pattern: the closures took 22.
     assert calls <= 6, calls
+
+
+# Random messages of every type in the table, for the generated checks against their reference: values near each
+# length rule's limits, strings the format rules judge (addresses, hosts, URIs, digests), set and unset fields, each
+# oneof member, nested and repeated messages and map values.
+_STRINGS = ("", "a", "127.0.0.1", "::1", "10.0.0", "node-1", "-node", "bad host", "https://example.com/f", "f", "é")
+_STRINGS += ("sha256:" + "a" * 64, "blake3:" + "0" * 64, PIECE_DIGEST, "crc32:x", "\x00", "*")
+_LIMITS = ("len", "min_len", "max_len")
+
+
+def _random_scalar(field: Any, rng: Any) -> Any:
+    kind = field.type
+    if kind in (field.TYPE_STRING, field.TYPE_BYTES):
+        rule = validation_rules.FIELDS.get(field.containing_type.full_name, {}).get(field.name)
+        limits = [int(rule[1][key]) for key in _LIMITS if rule is not None and key in rule[1]]
+        if limits and rng.random() < 0.7:
+            size = max(rng.choice(limits) + rng.choice((-1, 0, 1)), 0)
+            return "x" * size if kind == field.TYPE_STRING else b"x" * size
+        text = rng.choice(_STRINGS)
+        return text if kind == field.TYPE_STRING else text.encode()
+    if kind == field.TYPE_BOOL:
+        return rng.random() < 0.5
+    if kind == field.TYPE_ENUM:
+        return rng.choice([value.number for value in field.enum_type.values] + [99])
+    if kind in (field.TYPE_DOUBLE, field.TYPE_FLOAT):
+        return rng.choice((0.0, -1.0, 0.5, 1e9))
+    signed = kind in (field.TYPE_INT32, field.TYPE_INT64, field.TYPE_SINT32, field.TYPE_SINT64)
+    return rng.choice((0, 1, 100, 1024, 65535, 65536, 2**31 - 1) + ((-1,) if signed else ()))
+
+
+def _random_fill(message: Message, rng: Any, depth: int = 0) -> Message:
+    chosen: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        oneof = field.containing_oneof
+        if oneof is not None:
+            member = chosen.setdefault(oneof.name, rng.choice([*oneof.fields, None]))
+            if member is not field:
+                continue
+        elif rng.random() < 0.3:
+            continue
+        value: Any = getattr(message, field.name)
+        if field.type == field.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            for _ in range(rng.randint(0, 2)):
+                key = _random_scalar(field.message_type.fields_by_name["key"], rng)
+                if value_field.type != value_field.TYPE_MESSAGE:
+                    value[key] = _random_scalar(value_field, rng)
+                elif depth < 3:
+                    _random_fill(value[key], rng, depth + 1)
+        elif field.type == field.TYPE_MESSAGE:
+            if depth < 3 and field.is_repeated:
+                for _ in range(rng.randint(0, 2)):
+                    _random_fill(value.add(), rng, depth + 1)
+            elif depth < 3:
+                value.SetInParent()
+                _random_fill(value, rng, depth + 1)
+        elif field.is_repeated:
+            value.extend(_random_scalar(field, rng) for _ in range(rng.randint(0, 3)))
+        else:
+            setattr(message, field.name, _random_scalar(field, rng))
+    return message
+
+
+def _table_classes() -> list[type[Message]]:
+    pool = descriptor_pool.Default()
+    classes = []
+    for name in validation_rules.FIELDS:
+        try:
+            classes.append(message_factory.GetMessageClass(pool.FindMessageTypeByName(name)))
+        except KeyError:
+            continue
+    return classes
+
+
+def _perturb(message: Message, rng: Any) -> Message:
+    """Change one field somewhere in a copy of ``message`` (clear it, or give it a random value): a case that keeps
+    every rule but one, whose violation no earlier one hides."""
+    copy = type(message)()
+    copy.CopyFrom(message)
+    target: Any = copy
+    for _ in range(4):
+        field = rng.choice(target.DESCRIPTOR.fields)
+        nested = field.type == field.TYPE_MESSAGE and not field.is_repeated
+        if nested and target.HasField(field.name) and rng.random() < 0.6:
+            target = getattr(target, field.name)
+            continue
+        if rng.random() < 0.4:
+            target.ClearField(field.name)
+        elif nested or field.is_repeated:
+            target.ClearField(field.name)
+            # One field of the parent, this one, filled at random.
+            holder = type(target)()
+            _random_fill(holder, rng, 2)
+            if field.is_repeated or holder.HasField(field.name):
+                getattr(target, field.name).MergeFrom(getattr(holder, field.name))
+        else:
+            setattr(target, field.name, _random_scalar(field, rng))
+        break
+    return copy
+
+
+_CASES = _every_case()
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(_table_classes()), st.randoms(use_true_random=False))
+def test_the_generated_checks_agree_with_the_check_closures_on_random_messages(
+    message_class: type[Message], rng: Any
+) -> None:
+    message = _random_fill(message_class(), rng)
+    assert validation.check(message) == validation.reference_check(message)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(_CASES), st.randoms(use_true_random=False))
+def test_the_generated_checks_agree_with_the_check_closures_on_cases_changed_in_one_field(
+    case: Message, rng: Any
+) -> None:
+    message = _perturb(case, rng)
+    assert validation.check(message) == validation.reference_check(message)
