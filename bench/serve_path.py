@@ -10,7 +10,13 @@ over loopback, with the daemon's own code for each step:
   by ``vortex_server._send_patiently``: pread, encrypt and ``sendmsg`` natively, waiting for a full socket on the
   thread); the receiver is the child's rustls ``TlsClientStream.recv_to_file``;
 - ``plaintext``: ``sendfile`` per piece (``vortex_server._sendfile_some``, polling a full socket); the receiver is
-  ``recv_to_file``.
+  ``recv_to_file``;
+- ``vortex-tls`` and ``vortex-plaintext``: the daemon's whole serving side instead of its send step alone: a
+  ``VortexServer`` on uvloop with the daemon's 32 upload threads, serving a finished task of a ``Storage`` whose content
+  file is a hard link to the file, to the child's own ``fetch_piece`` (with its connection pool: one kept-alive
+  connection) reading Vortex frames. Against ``tls`` / ``plaintext`` this is what the server adds per piece (request
+  reads, look-ups, executor hand-offs, event-loop wake-ups); the server's CPU is its whole process's from the
+  receiver's first measured request to its last, the first piece (handshake, set-up) fetched before.
 
 The receiver asks for the next piece once it holds the last, as a child with one piece in flight per connection
 does. The CPU is user + system seconds of each process over the pieces only (handshake and set-up excluded); on
@@ -38,8 +44,11 @@ from typing import Any
 from bench import release_builds_missing
 from bench.swarm.units import parse_size
 
-SYSTEMS = ("tls", "plaintext")
+SYSTEMS = ("tls", "plaintext", "vortex-tls", "vortex-plaintext")
 PIECE = 4 << 20
+# The vortex-* systems' task (any 64 hex characters) and the daemon's upload threads (dragonfly.daemon.server).
+_TASK = "5e" * 32
+_UPLOAD_THREADS = 32
 _GIB = 1 << 30
 _TIMEOUT = 30.0
 # A request: the offset of the piece (8 bytes, big-endian); all ones ends the connection.
@@ -148,9 +157,180 @@ def _receive(system: str, sock: socket.socket, output: int, size: int, files: di
     return used
 
 
-def run_once(system: str, workdir: Path, size: int, files: dict[str, Any], *, verify: bool) -> dict[str, float]:
+def _tls_files_of(files: dict[str, Any], side: str) -> Any:
+    from dragonfly.common.tls import TLSFiles
+
+    cert, key = files[side]
+    return TLSFiles(ca_cert=files["ca"], cert=cert, key=key)
+
+
+def _serve_vortex(tls: bool, workdir: Path, crcs: list[int], size: int, files: dict[str, Any], control: int) -> float:
+    """Run a ``VortexServer`` over a stored copy of the file, writing its port to ``control``; return this process's
+    CPU seconds between the receiver's b"s" (start) and b"e" (end, or EOF) on ``control``."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    import uvloop
+
+    from dragonfly.common import native
+    from dragonfly.common.digest import format_piece_digest
+    from dragonfly.daemon import vortex_tls
+    from dragonfly.daemon.storage import PieceRecord, Storage
+    from dragonfly.daemon.upload.vortex_server import VortexServer
+
+    storage = Storage(str(workdir / "storage"), keep=True)
+    storage.open()
+    path = storage.content_path(_TASK)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.link(workdir / "content", f"{path}.bench")  # the task's content file is the file itself: no copy
+    storage.prepare_task(
+        _TASK,
+        url="http://bench/serve",
+        piece_length=PIECE,
+        content_length=size,
+        response_header={},
+        content=f"{path}.bench",
+    )
+    for number, crc in enumerate(crcs):
+        offset = number * PIECE
+        record = PieceRecord(number, offset, min(PIECE, size - offset), format_piece_digest(crc), None, 0, 0.0, 0.0)
+        storage.finish_piece(_TASK, record)
+    storage.finish_task(_TASK)
+
+    async def serve(executor: ThreadPoolExecutor) -> float:
+        server = VortexServer(
+            storage,
+            ip="127.0.0.1",
+            port=0,
+            upload_bucket=native.TokenBucket(0),
+            executor=executor,
+            timeout=_TIMEOUT,
+            native_tls=vortex_tls.native_server(_tls_files_of(files, "server")) if tls else None,
+        )
+        await server.start()
+        loop = asyncio.get_running_loop()
+        os.write(control, server.port.to_bytes(2, "big"))
+        started = used = 0.0
+        try:
+            while True:
+                readable = loop.create_future()
+                loop.add_reader(control, readable.set_result, None)
+                try:
+                    await readable
+                finally:
+                    loop.remove_reader(control)
+                command = os.read(control, 1)
+                if command == b"s":
+                    started = _self_cpu()
+                else:
+                    used = _self_cpu() - started
+                    return used
+        finally:
+            await server.stop(1.0)
+
+    try:
+        with ThreadPoolExecutor(_UPLOAD_THREADS) as executor:
+            return uvloop.run(serve(executor))
+    finally:
+        storage.close()
+
+
+def _receive_vortex(tls: bool, port: int, output: int, size: int, files: dict[str, Any], control: int) -> float:
+    """Fetch the first piece (set-up), then every piece with the child's ``fetch_piece``, telling the server when
+    the measured part starts and ends; return this process's CPU seconds over it."""
+    from dragonfly.daemon import vortex_tls
+    from dragonfly.daemon.download.vortex_client import ConnectionPool, fetch_piece
+
+    pool = ConnectionPool(native_tls=vortex_tls.native_client(_tls_files_of(files, "client")) if tls else None)
+    buffer = bytearray(PIECE)
+
+    def fetch(number: int) -> None:
+        offset = number * PIECE
+        length = min(PIECE, size - offset)
+        fetch_piece(
+            ("127.0.0.1", port), _TASK, number, fd=output, offset=offset, length=length, buffer=buffer,
+            connect_timeout=_TIMEOUT, timeout=_TIMEOUT, pool=pool,
+        )  # fmt: skip
+
+    try:
+        fetch(0)
+        os.write(control, b"s")
+        started = _self_cpu()
+        for number in range(-(-size // PIECE)):
+            fetch(number)
+        used = _self_cpu() - started
+        os.write(control, b"e")
+        return used
+    finally:
+        pool.close()
+
+
+def _run_vortex_once(
+    system: str, workdir: Path, size: int, files: dict[str, Any], crcs: list[int]
+) -> tuple[float, float]:
+    """One transfer through a ``VortexServer`` in a child process: (server, receiver) CPU seconds."""
+    tls = system == "vortex-tls"
+    to_server, from_receiver = socket.socketpair()
+    report_read, report_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the server
+        status = 1
+        try:
+            to_server.close()
+            os.close(report_read)
+            used = _serve_vortex(tls, workdir, crcs, size, files, from_receiver.fileno())
+            os.write(report_write, repr(used).encode())
+            status = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(status)
+    from_receiver.close()
+    os.close(report_write)
+    output_path = workdir / "output"
+    try:
+        with to_server, os.fdopen(report_read, "rb") as report:
+            to_server.settimeout(_TIMEOUT)
+            port = int.from_bytes(_recv_all(to_server, 2), "big")
+            output = os.open(output_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                receiver = _receive_vortex(tls, port, output, size, files, to_server.fileno())
+            finally:
+                os.close(output)
+            to_server.shutdown(socket.SHUT_WR)
+            served = report.read()
+    finally:
+        _, status = os.waitpid(pid, 0)
+    if status != 0 or not served:
+        raise RuntimeError(f"bench serve: the {system} server failed (wait status {status})")
+    return float(served), receiver
+
+
+def _recv_all(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            raise RuntimeError("bench serve: the server process ended before it listened")
+        data += chunk
+    return data
+
+
+def run_once(
+    system: str, workdir: Path, size: int, files: dict[str, Any], *, verify: bool, crcs: list[int] | None = None
+) -> dict[str, float]:
     """One transfer of the whole file: the server's and the receiver's CPU seconds per GiB (``verify``: and
-    check that the receiver's copy is the file)."""
+    check that the receiver's copy is the file). The vortex-* systems need the pieces' CRC-32s (``crcs``)."""
+    if system.startswith("vortex-"):
+        output_path = workdir / "output"
+        try:
+            served_cpu, receiver_cpu = _run_vortex_once(system, workdir, size, files, crcs or [])
+            if verify and not filecmp.cmp(workdir / "content", output_path, shallow=False):
+                raise RuntimeError(f"bench serve: the {system} receiver's copy differs from the file")
+        finally:
+            output_path.unlink(missing_ok=True)
+            shutil.rmtree(workdir / "storage", ignore_errors=True)
+        return {"server": served_cpu / (size / _GIB), "receiver": receiver_cpu / (size / _GIB)}
     source = workdir / "content"
     listener = socket.create_server(("127.0.0.1", 0))
     report_read, report_write = os.pipe()
@@ -200,14 +380,19 @@ def run_once(system: str, workdir: Path, size: int, files: dict[str, Any], *, ve
 
 
 def run(workdir: Path, size: int, repeat: int) -> dict[str, Any]:
+    from dragonfly.common import native
+
     files = _tls_files(workdir)
+    crcs = []
     with open(workdir / "content", "wb") as content:
-        for offset in range(0, size, 1 << 20):
-            content.write(os.urandom(min(1 << 20, size - offset)))
+        for offset in range(0, size, PIECE):
+            piece = os.urandom(min(PIECE, size - offset))
+            crcs.append(native.crc32(piece))
+            content.write(piece)
     rounds: dict[str, list[dict[str, float]]] = {system: [] for system in SYSTEMS}
     for round_ in range(repeat):
         for system in SYSTEMS:
-            rounds[system].append(run_once(system, workdir, size, files, verify=round_ == 0))
+            rounds[system].append(run_once(system, workdir, size, files, verify=round_ == 0, crcs=crcs))
     medians = {
         system: {side: statistics.median(r[side] for r in runs) for side in ("server", "receiver")}
         for system, runs in rounds.items()

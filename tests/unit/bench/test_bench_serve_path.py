@@ -1,4 +1,5 @@
-"""bench serve: both systems move the file's bytes through the daemon's own serving steps, and the report."""
+"""bench serve: every system moves the file's bytes through the daemon's own serving steps (or its whole Vortex
+server), and the report."""
 
 from __future__ import annotations
 
@@ -15,20 +16,23 @@ pytestmark = pytest.mark.skipif(not native.USING_EXTENSIONS, reason="serves thro
 def test_a_small_run_serves_the_file_over_tls_and_plaintext(tmp_path: Path) -> None:
     size = 2 * serve_path.PIECE + 12345  # a short last piece
     report = serve_path.run(tmp_path, size, 1)  # the first round of each system compares the receiver's copy
-    assert set(report["cpu_s_per_gib"]) == {"tls", "plaintext"}
+    assert set(report["cpu_s_per_gib"]) == {"tls", "plaintext", "vortex-tls", "vortex-plaintext"}
+    assert all(cpu["server"] > 0 and cpu["receiver"] > 0 for cpu in report["cpu_s_per_gib"].values())
     text = serve_path.format_report(report)
-    assert "| tls |" in text
-    assert "| plaintext | " in text
+    for system in ("tls", "plaintext", "vortex-tls", "vortex-plaintext"):
+        assert f"| {system} | " in text
     assert "median of 1 alternating rounds" in text
 
 
-def test_a_copy_that_differs_fails_the_round(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("system", ["plaintext", "vortex-tls"])
+def test_a_copy_that_differs_fails_the_round(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, system: str) -> None:
     size = serve_path.PIECE
     files = serve_path._tls_files(tmp_path)
     (tmp_path / "content").write_bytes(b"x" * size)
     monkeypatch.setattr(serve_path.filecmp, "cmp", lambda a, b, shallow: False)
-    with pytest.raises(RuntimeError, match="the plaintext receiver's copy differs from the file"):
-        serve_path.run_once("plaintext", tmp_path, size, files, verify=True)
+    with pytest.raises(RuntimeError, match=f"the {system} receiver's copy differs from the file"):
+        serve_path.run_once(system, tmp_path, size, files, verify=True, crcs=[native.crc32(b"x" * size)])
+    assert not (tmp_path / "output").exists()
 
 
 @pytest.mark.timeout(60)
