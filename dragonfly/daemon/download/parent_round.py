@@ -18,7 +18,6 @@ with fake parents and fake fetches, without gRPC, storage or a scheduler:
 from __future__ import annotations
 
 import asyncio
-import collections
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
@@ -70,8 +69,6 @@ class ParentRound:
         self._idle_timeout = idle_timeout
         self._running: dict[asyncio.Task[float], PieceFetch] = {}
         self._aborts: dict[int, FetchAbort] = {}
-        # Fetches that ended and have not been acted on yet (their done callbacks put them here).
-        self._finished: collections.deque[asyncio.Task[float]] = collections.deque()
         #: How many times the round asked the dispatcher for a plan (a count that does not depend on the load).
         self.plans = 0
 
@@ -134,13 +131,15 @@ class ParentRound:
                     task.exception()  # retrieved: the round is over, its outcome no longer matters
 
     def _ended(self, task: asyncio.Task[float]) -> None:
-        self._finished.append(task)
-        self._collector.changed.set()
+        # A fetch the round has already acted on (it saw it done before this callback ran) is no news.
+        if task in self._running:
+            self._collector.changed.set()
 
     def _end_finished(self) -> None:
-        """Act on the fetches that ended since the last look, in the order they ended."""
-        while self._finished:
-            self._end(self._finished.popleft())
+        """Act on every fetch that has ended, including those whose done callbacks have not run yet: fetches that
+        end in the same turn of the loop are acted on in one look, not one wake-up and one plan each."""
+        for task in [task for task in self._running if task.done()]:
+            self._end(task)
 
     def _wake_after(self, next_ready: float | None) -> float:
         """Return how long the round may sleep: until a piece becomes dispatchable or a transfer overdue.
