@@ -69,6 +69,52 @@ class ParentState:
         self.error: str | None = None
 
 
+class _Silence:
+    """Ends a SyncPieces call that stays silent past its deadline, which the reader moves before each read.
+
+    One timer per silence, not one per read: a child reads a report from each of its parents for about every piece
+    of the task, and a timer started and stopped around each read (``asyncio.timeout``, or ``wait_for``, which also
+    wrapped each read in a task) was one of the collector's largest costs per report. A deadline moved later costs
+    a float store: the timer, when it fires before the deadline it finds, sleeps again until that deadline. One
+    moved earlier (the first report switches from firstCollectedPieceTimeout to collectedPieceTimeout) re-arms it.
+    Past the deadline the timer cancels the call, which ends the pending read, and ``expired`` tells the reader why.
+    """
+
+    __slots__ = ("_armed", "_cancel", "_handle", "_loop", "deadline", "expired")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, cancel: Callable[[], object], timeout: float) -> None:
+        self._loop = loop
+        self._cancel = cancel
+        self.deadline = self._armed = loop.time() + timeout
+        self.expired = False
+        self._handle = loop.call_at(self._armed, self._check)
+
+    def move(self, deadline: float) -> None:
+        """Make ``deadline`` (event loop time) the moment the call counts as silent."""
+        self.deadline = deadline
+        if deadline < self._armed:
+            self._handle.cancel()
+            self._armed = deadline
+            self._handle = self._loop.call_at(deadline, self._check)
+
+    def _check(self) -> None:
+        if self._loop.time() < self.deadline:
+            self._armed = self.deadline
+            self._handle = self._loop.call_at(self.deadline, self._check)
+            return
+        self.expired = True
+        self._cancel()
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+
+def _cancelling() -> bool:
+    """Tell whether the running task itself is being cancelled (not just the call it was reading from)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class PieceCollector:
     """SyncPieces streams to every candidate parent of one task."""
 
@@ -138,13 +184,20 @@ class PieceCollector:
         )
         call = self._channels.stub(parent.addr).SyncPieces(request)
         timeout = min(self._first_timeout, FINISHED_FIRST_ANSWER) if parent.finished else self._first_timeout
+        loop = asyncio.get_running_loop()
+        silence = _Silence(loop, call.cancel, timeout)
         try:
             while True:
-                # A timeout scope, not wait_for: wait_for wraps each read in a task of its own, and a child reads a
-                # report from each of its parents for about every piece of the task.
-                async with asyncio.timeout(timeout):
+                silence.move(loop.time() + timeout)
+                try:
                     response = await call.read()
+                except (asyncio.CancelledError, grpc.aio.AioRpcError):
+                    if silence.expired and not _cancelling():
+                        raise TimeoutError from None
+                    raise
                 if response is grpc.aio.EOF:
+                    if silence.expired:
+                        raise TimeoutError
                     break
                 if not 0 <= response.number < parent.bitmap.size:
                     log.warning(
@@ -176,6 +229,7 @@ class PieceCollector:
             else:
                 parent.error = f"no further piece reported for {timeout:g}s (collectedPieceTimeout)"
         finally:
+            silence.stop()
             call.cancel()
             parent.syncing = False
             self.changed.set()

@@ -235,16 +235,27 @@ def test_the_collector_counts_a_finished_parent_with_a_known_address_as_holding_
 
 
 class _ScriptedCall:
-    """A SyncPieces call whose reports the test releases one at a time."""
+    """A SyncPieces call whose reports the test releases one at a time; like a gRPC call, cancelling it ends a
+    pending read with CancelledError."""
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.cancelled = asyncio.Event()
 
     async def read(self) -> Any:
-        return await self.queue.get()
+        report = asyncio.ensure_future(self.queue.get())
+        cancelled = asyncio.ensure_future(self.cancelled.wait())
+        try:
+            await asyncio.wait([report, cancelled], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            report.cancel()
+            cancelled.cancel()
+        if self.cancelled.is_set():
+            raise asyncio.CancelledError
+        return report.result()
 
     def cancel(self) -> None:
-        pass
+        self.cancelled.set()
 
 
 class _ScriptedParent(FakeParents):
@@ -279,5 +290,31 @@ async def test_a_report_wakes_the_downloader_only_for_a_piece_it_wants_or_a_pare
             # 0: unwanted, but the parent's first report (it becomes usable); 1: unwanted; 2: wanted.
             assert collector.changed.is_set() is wakes, number
         assert sorted(collector.first_seen) == [0, 1, 2]
+    finally:
+        await collector.stop()
+
+
+async def test_a_parent_is_failed_after_a_silence_of_collected_piece_timeout_not_after_its_reports_add_up_to_it():
+    call = _ScriptedCall()
+    collector = PieceCollector(
+        _ScriptedParent(call), host_id="h", task_id="t", parents=[_parent("p1", finished=False)],
+        interested=list(range(40)), piece_count=40, idle_timeout=0.3, first_timeout=2 * _BOUND,
+    )  # fmt: skip
+    parent = collector.parents["127.0.0.1-p1"]
+    collector.start()
+    try:
+        # (The first report shortens the deadline from firstCollectedPieceTimeout, longer than this test's bound.)
+        # Reports for three times the timeout, none more than a sixth of it apart: the parent is not silent.
+        for number in range(18):
+            await call.queue.put(dfdaemon_pb2.SyncPiecesResponse(number=number, ip=VORTEX[0], tcp_port=VORTEX[1]))
+            await asyncio.sleep(0.05)
+        assert parent.syncing
+        assert parent.error is None
+        assert not call.cancelled.is_set()
+        # Then silence: the call is cancelled and the parent counts as failed, with the reason.
+        await eventually(lambda: not parent.syncing, _BOUND, "the silent parent to be dropped", interval=0.01)
+        assert call.cancelled.is_set()
+        assert parent.error == "no further piece reported for 0.3s (collectedPieceTimeout)"
+        assert parent.bitmap.count() == 18
     finally:
         await collector.stop()
