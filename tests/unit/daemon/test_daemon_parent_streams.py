@@ -9,6 +9,7 @@ gRPC stubs that record what they were asked; the transfers are fake too (no Vort
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from dragonfly.common.errors import DigestMismatch
 from dragonfly.daemon.config import load_dfdaemon_config
 from dragonfly.daemon.download.parent_downloader import ParentDownloader
 from dragonfly.daemon.download.parents import ParentChannels
-from dragonfly.daemon.download.piece_collector import PieceCollector
+from dragonfly.daemon.download.piece_collector import PieceCollector, _Silence
 from dragonfly.daemon.download.piece_dispatcher import PieceFetch, PieceRates
 from dragonfly.daemon.download.task_download import REMOTE_PEER, TaskDownload
 from dragonfly.daemon.download.vortex_client import FetchAbort
@@ -294,27 +295,85 @@ async def test_a_report_wakes_the_downloader_only_for_a_piece_it_wants_or_a_pare
         await collector.stop()
 
 
-async def test_a_parent_is_failed_after_a_silence_of_collected_piece_timeout_not_after_its_reports_add_up_to_it():
+async def test_a_parent_silent_for_collected_piece_timeout_after_reporting_is_dropped_with_the_reason():
     call = _ScriptedCall()
     collector = PieceCollector(
         _ScriptedParent(call), host_id="h", task_id="t", parents=[_parent("p1", finished=False)],
-        interested=list(range(40)), piece_count=40, idle_timeout=0.3, first_timeout=2 * _BOUND,
+        interested=list(range(4)), piece_count=4, idle_timeout=0.3, first_timeout=2 * _BOUND,
     )  # fmt: skip
     parent = collector.parents["127.0.0.1-p1"]
     collector.start()
     try:
-        # (The first report shortens the deadline from firstCollectedPieceTimeout, longer than this test's bound.)
-        # Reports for three times the timeout, none more than a sixth of it apart: the parent is not silent.
-        for number in range(18):
+        for number in range(2):
             await call.queue.put(dfdaemon_pb2.SyncPiecesResponse(number=number, ip=VORTEX[0], tcp_port=VORTEX[1]))
-            await asyncio.sleep(0.05)
-        assert parent.syncing
-        assert parent.error is None
-        assert not call.cancelled.is_set()
-        # Then silence: the call is cancelled and the parent counts as failed, with the reason.
+        # The first report shortens the deadline from firstCollectedPieceTimeout, longer than this wait's bound.
         await eventually(lambda: not parent.syncing, _BOUND, "the silent parent to be dropped", interval=0.01)
         assert call.cancelled.is_set()
         assert parent.error == "no further piece reported for 0.3s (collectedPieceTimeout)"
-        assert parent.bitmap.count() == 18
+        assert parent.bitmap.count() == 2
     finally:
         await collector.stop()
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.is_cancelled = False
+
+    def cancel(self) -> None:
+        self.is_cancelled = True
+
+    def cancelled(self) -> bool:
+        return self.is_cancelled
+
+
+class _Clock:
+    """The part of an event loop a _Silence uses, with time moved by the test and timers fired by it."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.timers: list[tuple[float, Callable[[], object], _Timer]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> _Timer:
+        handle = _Timer()
+        self.timers.append((when, callback, handle))
+        return handle
+
+    def live(self) -> list[float]:
+        return [when for when, _callback, handle in self.timers if not handle.cancelled()]
+
+    def fire(self) -> None:
+        """Move to the earliest live timer and run it."""
+        when, callback, handle = min((t for t in self.timers if not t[2].cancelled()), key=lambda t: t[0])
+        self.timers.remove((when, callback, handle))
+        self.now = when
+        callback()
+
+
+def test_silence_moves_its_deadline_later_without_a_timer_and_earlier_with_one() -> None:
+    clock = _Clock()
+    cancelled: list[bool] = []
+    silence = _Silence(clock, lambda: cancelled.append(True), 10.0)  # type: ignore[arg-type]
+    assert clock.live() == [110.0]
+    # Reports move the deadline later: no timer of their own.
+    for now in (101.0, 102.0, 103.0):
+        clock.now = now
+        silence.move(now + 10.0)
+    assert clock.live() == [110.0]
+    # The timer, early, sleeps until the deadline it finds.
+    clock.fire()
+    assert clock.live() == [113.0]
+    assert not cancelled
+    assert not silence.expired
+    # A shorter timeout (collectedPieceTimeout after the first report) moves it earlier: re-armed.
+    clock.now = 104.0
+    silence.move(104.5)
+    assert clock.live() == [104.5]
+    # Past the deadline the call is cancelled, once.
+    clock.fire()
+    assert cancelled == [True]
+    assert silence.expired
+    assert clock.live() == []
+    silence.stop()
