@@ -46,6 +46,7 @@ that piece has the parent's whole link rather than an eighth of it.
 from __future__ import annotations
 
 import collections
+import itertools
 import random
 import statistics
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
@@ -392,8 +393,17 @@ def _feeding(parent: ParentState) -> bool:
 
 def _rarity_groups(
     order: list[int], parents: list[ParentState], rank: Sequence[int]
-) -> Iterator[list[tuple[int, list[ParentState]]]]:
-    """Yield ``order`` (rarest first) as groups of equally rare pieces with their holders, each in ``rank`` order."""
+) -> Iterator[Iterable[tuple[int, list[ParentState]]]]:
+    """Yield ``order`` (rarest first) as groups of equally rare pieces with their holders, each in ``rank`` order.
+
+    With one parent every piece offered is held by it alone: one group, sorted at C speed and paired lazily, since
+    ``plan`` takes a piece or two from it (a pair's child planned ~256 holder lists and a sort by a Python key for
+    each piece it stored).
+    """
+    if len(parents) == 1:
+        order.sort(key=rank.__getitem__)
+        yield zip(order, itertools.repeat(parents))
+        return
     group: list[tuple[int, list[ParentState]]] = []
     rarity = 0
     for number in order:

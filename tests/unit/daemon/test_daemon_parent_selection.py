@@ -523,3 +523,25 @@ def test_no_transfer_is_judged_before_min_duration_from_the_oldest_start():
     assert {fetch.number for fetch in late} == {first.number, second.number, waiting.number}
     # Abandoned transfers are not judged again.
     assert run.dispatcher.first_judgement() is None
+
+
+def test_one_parent_plans_its_pieces_in_the_order_the_general_path_gives():
+    # A child with one usable parent takes a shortcut (one group, no holder list per piece): the same pieces, in the
+    # same order, as with a second parent that holds nothing (the general path, which gives each parent half the
+    # slots).
+    for seed in range(4):
+        rank = list(range(PIECES))
+        random.Random(seed).shuffle(rank)
+        held = random.Random(seed + 10).sample(range(PIECES), 10)
+        alone = Round(_peer("a"), concurrency=4, rank=rank)
+        alone.has(0, held)
+        alone.dispatcher.plan(alone.parents, alone.first_seen, time.monotonic())  # 4 in flight, then one stored
+        first = next(iter(alone.dispatcher.in_flight))
+        alone.dispatcher.succeeded(first, seconds=0.1)
+        alone.run()
+        beside = Round(_peer("a"), _peer("b"), concurrency=4, rank=rank)
+        beside.has(0, held)
+        beside.run()
+        order = sorted(held, key=lambda number: rank[number])
+        assert [number for number, _parent in beside.started] == order[:2]
+        assert [number for number, _parent in alone.started] == [order[4]]
