@@ -100,24 +100,25 @@ def test_a_blob_starts_with_the_origin_head_and_every_byte_leaves_the_registry_o
     status, body = get(proxy_addr(cluster, "peer-1"), f"/v2/{REPOSITORY}/blobs/{layer.digest}")
     assert status == 200
     assert hashlib.sha256(body).hexdigest() == layer.digest[7:]
-    # peer-1's stat is the head (HEAD bytes), the seed's a 1-byte stat, then the seed's pieces: each byte once.
-    sent = sent_for(registry, layer.digest, layer.size, HEAD + 1)
+    # peer-1's stat is the head (HEAD bytes), then the seed's pieces (its stat is piece 0's request): each byte once.
+    sent = sent_for(registry, layer.digest, layer.size, HEAD)
     assert sent.count(HEAD) == 1, sent
-    assert sent.count(1) == 1, sent
-    assert sum(sent) == layer.size + HEAD + 1, sent
+    assert 1 not in sent, sent
+    assert sum(sent) == layer.size + HEAD, sent
 
 
 @pytest.mark.parametrize(("peer", "index"), [("peer-2", 1), ("peer-3", 3)])
-def test_with_the_head_off_a_blob_costs_two_stats_of_one_byte(
+def test_with_the_head_off_a_blob_costs_one_stat_of_one_byte(
     cluster: LocalCluster, registry: RegistryProcess, image: Image, peer: str, index: int
 ) -> None:
     layer = image.layers[index]
     status, body = get(proxy_addr(cluster, peer), f"/v2/{REPOSITORY}/blobs/{layer.digest}")
     assert status == 200
     assert hashlib.sha256(body).hexdigest() == layer.digest[7:]
-    sent = sent_for(registry, layer.digest, layer.size, 2)
-    assert sent.count(1) == 2, sent
-    assert sum(sent) == layer.size + 2, sent
+    # The peer's 1-byte stat; the seed's stat is its piece 0's request.
+    sent = sent_for(registry, layer.digest, layer.size, 1)
+    assert sent.count(1) == 1, sent
+    assert sum(sent) == layer.size + 1, sent
 
 
 def test_a_blob_the_swarm_holds_is_pulled_without_a_head(
@@ -130,15 +131,16 @@ def test_a_blob_the_swarm_holds_is_pulled_without_a_head(
     status, first = get(proxy_addr(cluster, "peer-2"), target)
     assert status == 200
     assert hashlib.sha256(first).hexdigest() == layer.digest[7:]
-    sent_for(registry, layer.digest, layer.size, 2)
+    sent_for(registry, layer.digest, layer.size, 1)
     status, body = get(proxy_addr(cluster, "peer-1"), target)
     assert status == 200
     assert body == first
-    # peer-2's and the seed's 1-byte stats, the seed's pieces, peer-1's 1-byte stat: a head would add HEAD - 1.
-    sent = sent_for(registry, layer.digest, layer.size, 3)
+    # peer-2's 1-byte stat, the seed's pieces (its stat is piece 0's request), peer-1's 1-byte stat: a head would add
+    # HEAD - 1.
+    sent = sent_for(registry, layer.digest, layer.size, 2)
     assert HEAD not in sent, sent
-    assert sent.count(1) == 3, sent
-    assert sum(sent) == layer.size + 3, sent
+    assert sent.count(1) == 2, sent
+    assert sum(sent) == layer.size + 2, sent
 
 
 def test_a_manifest_through_the_proxy_asks_ahead_for_its_blobs_and_the_egress_bound_holds(
@@ -153,7 +155,7 @@ def test_a_manifest_through_the_proxy_asks_ahead_for_its_blobs_and_the_egress_bo
     status, body = get(proxy_addr(cluster, "peer-2"), f"/v2/test/ahead/blobs/{held.digest}")
     assert status == 200
     assert hashlib.sha256(body).hexdigest() == held.digest[7:]
-    sent_for(registry, held.digest, held.size, 2)
+    sent_for(registry, held.digest, held.size, 1)
     addr = proxy_addr(cluster, "peer-1")
     status, manifest = get(addr, f"/v2/test/ahead/manifests/{image.tag}", {"Accept": OCI_MANIFEST})
     assert status == 200
@@ -162,13 +164,14 @@ def test_a_manifest_through_the_proxy_asks_ahead_for_its_blobs_and_the_egress_bo
         status, body = get(addr, f"/v2/test/ahead/blobs/{layer.digest}")
         assert status == 200
         assert hashlib.sha256(body).hexdigest() == layer.digest[7:]
-    # The cold blob: peer-1's head, the seed's 1-byte stat and pieces. The held one: 1-byte stats only, no head.
-    sent = sent_for(registry, cold.digest, cold.size, HEAD + 1)
+    # The cold blob: peer-1's head, the seed's pieces (its stat is piece 0's request). The held one: the peers'
+    # 1-byte stats only, no head.
+    sent = sent_for(registry, cold.digest, cold.size, HEAD)
     assert sent.count(HEAD) == 1, sent
-    assert sum(sent) == cold.size + HEAD + 1, sent
-    sent = sent_for(registry, held.digest, held.size, 3)
+    assert sum(sent) == cold.size + HEAD, sent
+    sent = sent_for(registry, held.digest, held.size, 2)
     assert HEAD not in sent, sent
-    assert sum(sent) == held.size + 3, sent
+    assert sum(sent) == held.size + 2, sent
 
 
 def test_a_ranged_request_reads_no_head_and_a_refusal_is_passed_on(

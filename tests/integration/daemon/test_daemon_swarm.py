@@ -78,7 +78,7 @@ def test_a_file_of_one_piece_goes_through_the_swarm_and_a_tiny_one_to_the_origin
         assert (tmp_path / f"small-{name}").read_bytes() == small
         # From the seed peer the scheduler triggered (or the other peer), never from the origin itself.
         assert result.bytes_by_traffic == {"REMOTE_PEER": len(small)}
-    # The seed fetched it once for both (and each daemon's stat is a 1-byte range).
+    # The seed fetched it once for both (each peer's stat is a 1-byte range, the seed's is its piece 0's request).
     assert origin.bytes_served() - sent_before <= len(small) + 16
 
     tiny = add_file(origin, "tiny.bin", 100)
