@@ -481,6 +481,36 @@ class HTTPBackend:
 
         return await self._retrying("stat of", attempt, url)
 
+    async def _ranged_stat(
+        self, url: str, request_header: Mapping[str, str], options: OriginOptions, last: int
+    ) -> tuple[StatResult, int | None, int, aiohttp.ClientResponse, contextlib.AsyncExitStack] | None:
+        """Stat ``url`` with ``GET Range: bytes=0-last``, its answer left open for the caller to keep or close.
+
+        Returns the stat, the first and last byte of a ``206``'s ``Content-Range`` (None and the length for a
+        ``200``, an origin that ignores ``Range``), the response and the stack that closes it; None when only the
+        plain ``stat`` can answer (a 416, a ``*`` total, no usable length). Another status >= 400 is its error.
+        """
+        stack = contextlib.AsyncExitStack()
+        try:
+            async with asyncio.timeout(self._piece_timeout):
+                headers = self._headers(request_header, {"Range": f"bytes=0-{last}"})
+                resp = await stack.enter_async_context(self._open("GET", url, headers, options))
+                if resp.status == 206:
+                    match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+                    if match and match.group(3) != "*":
+                        stat = StatResult(int(match.group(3)), dict(resp.headers))
+                        return stat, int(match.group(1)), int(match.group(2)), resp, stack
+                elif resp.status == 200 and resp.content_length is not None:
+                    stat = StatResult(resp.content_length, dict(resp.headers), supports_range=False)
+                    return stat, None, resp.content_length - 1, resp, stack
+                elif resp.status != 416 and resp.status >= 400:
+                    raise _status_error(url, resp)
+        except BaseException:
+            await stack.aclose()
+            raise
+        await stack.aclose()
+        return None
+
     async def stat_with_first_piece(
         self, url: str, request_header: Mapping[str, str], options: OriginOptions = LOCAL, *, piece_length: int
     ) -> tuple[StatResult, OpenedPiece | None]:
@@ -497,34 +527,15 @@ class HTTPBackend:
         """
 
         async def attempt() -> tuple[StatResult, OpenedPiece | None] | None:
-            stack = contextlib.AsyncExitStack()
-            try:
-                async with asyncio.timeout(self._piece_timeout):
-                    headers = self._headers(request_header, {"Range": f"bytes=0-{piece_length - 1}"})
-                    resp = await stack.enter_async_context(self._open("GET", url, headers, options))
-                    if resp.status == 206:
-                        match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
-                        if match and match.group(3) != "*":
-                            stat = StatResult(int(match.group(3)), dict(resp.headers))
-                            length = min(piece_length, stat.content_length)
-                            if (
-                                int(match.group(1)) == 0
-                                and int(match.group(2)) == length - 1
-                                and resp.content_length in (None, length)
-                            ):
-                                return stat, OpenedPiece(resp, length, stack)
-                            await stack.aclose()
-                            return stat, None
-                    elif resp.status == 200 and resp.content_length is not None:
-                        await stack.aclose()
-                        return StatResult(resp.content_length, dict(resp.headers), supports_range=False), None
-                    elif resp.status != 416 and resp.status >= 400:
-                        raise _status_error(url, resp)
-            except BaseException:
-                await stack.aclose()
-                raise
+            answer = await self._ranged_stat(url, request_header, options, piece_length - 1)
+            if answer is None:
+                return None
+            stat, first, last, resp, stack = answer
+            length = min(piece_length, stat.content_length)
+            if first == 0 and last == length - 1 and resp.content_length in (None, length):
+                return stat, OpenedPiece(resp, length, stack)
             await stack.aclose()
-            return None
+            return stat, None
 
         answer = await self._retrying("stat of", attempt, url)
         if answer is None:
@@ -549,25 +560,12 @@ class HTTPBackend:
         """
 
         async def attempt() -> tuple[StatResult, int, aiohttp.ClientResponse, contextlib.AsyncExitStack] | None:
-            stack = contextlib.AsyncExitStack()
-            try:
-                async with asyncio.timeout(self._piece_timeout):
-                    headers = self._headers(request_header, {"Range": f"bytes=0-{head - 1}"})
-                    resp = await stack.enter_async_context(self._open("GET", url, headers, options))
-                    if resp.status == 206:
-                        match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
-                        if match and match.group(3) != "*" and int(match.group(1)) == 0:
-                            stat = StatResult(int(match.group(3)), dict(resp.headers))
-                            size = min(int(match.group(2)) + 1, head, stat.content_length)
-                            return stat, size, resp, stack
-                    elif resp.status == 200 and resp.content_length is not None:
-                        stat = StatResult(resp.content_length, dict(resp.headers), supports_range=False)
-                        return stat, min(head, stat.content_length), resp, stack
-                    elif resp.status != 416 and resp.status >= 400:
-                        raise _status_error(url, resp)
-            except BaseException:
-                await stack.aclose()
-                raise
+            answer = await self._ranged_stat(url, request_header, options, head - 1)
+            if answer is None:
+                return None
+            stat, first, last, resp, stack = answer
+            if first in (None, 0):
+                return stat, min(last + 1, head, stat.content_length), resp, stack
             await stack.aclose()
             return None
 

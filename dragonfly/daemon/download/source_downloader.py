@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -234,32 +235,14 @@ class SourceDownloader:
             async with self._buffers.get() as buffer, self._writer.writing(number):
                 # Taken with no wait before the call that reads or closes it.
                 opened = td.take_first_piece() if number == 0 else None
-                if opened is not None:
+                url, header = td.download.url, dict(td.download.request_header)
+                fetch = (
                     # Requested with the stat (TaskRunner): its bytes may be in already.
-                    crc = await self._backend.download_piece(
-                        td.download.url,
-                        dict(td.download.request_header),
-                        fd=fd,
-                        offset=offset,
-                        length=length,
-                        buffer=buffer,
-                        progress=progress,
-                        options=td.origin,
-                        digest=digest,
-                        opened=opened,
-                    )
-                else:
-                    crc = await self._backends.get(td.download.url).download_piece(
-                        td.download.url,
-                        dict(td.download.request_header),
-                        td.options,
-                        fd=fd,
-                        offset=offset,
-                        length=length,
-                        buffer=buffer,
-                        progress=progress,
-                        digest=digest,
-                    )
+                    functools.partial(self._backend.download_piece, url, header, options=td.origin, opened=opened)
+                    if opened is not None
+                    else functools.partial(self._backends.get(url).download_piece, url, header, td.options)
+                )
+                crc = await fetch(fd=fd, offset=offset, length=length, buffer=buffer, progress=progress, digest=digest)
             strong = await self._origin_piece_hash(stream, fd, offset, length, digest)
         record = PieceRecord(
             number,
