@@ -71,26 +71,21 @@ _compiled: dict[str, _Validator | None] = {}
 
 def check(message: Message) -> str | None:
     """Return the first rule ``message`` breaks as ``"invalid <Message>.<path>: <reason>"``, or None."""
-    descriptor = message.DESCRIPTOR
-    validator = _validator(descriptor)
-    if validator is None:
-        return None
-    violation = validator.run(message)
-    if violation is None:
-        return None
-    return f"invalid {descriptor.name}.{violation}"
+    return _first_violation(message, reference=False)
 
 
 def reference_check(message: Message) -> str | None:
     """``check`` through the check closures instead of the generated function (the tests' oracle)."""
+    return _first_violation(message, reference=True)
+
+
+def _first_violation(message: Message, *, reference: bool) -> str | None:
     descriptor = message.DESCRIPTOR
     validator = _validator(descriptor)
     if validator is None:
         return None
-    violation = validator.first_violation(message)
-    if violation is None:
-        return None
-    return f"invalid {descriptor.name}.{violation}"
+    violation = validator.first_violation(message) if reference else validator.run(message)
+    return None if violation is None else f"invalid {descriptor.name}.{violation}"
 
 
 def checker(descriptor: Descriptor) -> Check | None:
@@ -106,11 +101,6 @@ def checker(descriptor: Descriptor) -> Check | None:
         return None if violation is None else prefix + violation
 
     return check_message
-
-
-def has_rules(descriptor: Descriptor) -> bool:
-    """Return whether messages of this type have anything to check."""
-    return _validator(descriptor) is not None
 
 
 def _validator(descriptor: Descriptor) -> _Validator | None:
