@@ -22,6 +22,21 @@ class HostType(IntEnum):
     WEAK = 3
 
 
+#: Leading elements of an ``a|b|c`` location that count in the evaluator's location affinity.
+LOCATION_ELEMENTS = 5
+
+#: A location as the evaluator compares it: lower-cased whole, and its leading elements lower-cased.
+LocationKey = tuple[str, tuple[str, ...]]
+
+
+def location_key(location: str) -> LocationKey | None:
+    """Return what the evaluator compares of a location (None when unset): computed once per announcement, not
+    for every candidate of every decision."""
+    if not location:
+        return None
+    return location.lower(), tuple(element.lower() for element in location.split("|")[:LOCATION_ELEMENTS])
+
+
 class Host:
     """One announced host, with the upload bookkeeping the scheduler keeps for it."""
 
@@ -37,8 +52,10 @@ class Host:
         "hostname",
         "id",
         "idc",
+        "idc_key",
         "ip",
         "location",
+        "location_key",
         "max_tx_bandwidth",
         "message",
         "peers",
@@ -77,6 +94,9 @@ class Host:
         network = message.network
         self.idc = network.idc
         self.location = network.location
+        # Lower-cased once here; the evaluator compares them for every candidate of every decision.
+        self.idc_key = network.idc.lower()
+        self.location_key = location_key(network.location)
         self.max_tx_bandwidth = network.max_tx_bandwidth
         self.announce_interval = interval
         self.concurrent_upload_limit = upload_limit

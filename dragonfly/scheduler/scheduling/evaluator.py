@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from dragonfly.scheduler.resource import peer as peer_states
+from dragonfly.scheduler.resource.host import LOCATION_ELEMENTS, LocationKey, location_key
 
 if TYPE_CHECKING:
     from dragonfly.scheduler.config import EvaluatorConfig
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 # Dragonfly's constants: a 60 s bandwidth window and 16 MiB per concurrent piece.
 BANDWIDTH_WINDOW_SECONDS = 60.0
 PIECE_BITS = 16 * 1024 * 1024 * 8
-MAX_LOCATION_ELEMENTS = 5
+MAX_LOCATION_ELEMENTS = LOCATION_ELEMENTS
 _SEED_FETCHING_STATES = frozenset((peer_states.RECEIVED_NORMAL, peer_states.RUNNING, peer_states.BACK_TO_SOURCE))
 
 
@@ -74,14 +75,19 @@ def idc_affinity(parent: str, child: str) -> float:
 
 
 def location_affinity(parent: str, child: str) -> float:
-    """Return the share of equal leading elements of ``a|b|c`` locations, 1 on an exact match."""
-    if not parent or not child:
+    """Return the share of equal leading elements of ``a|b|c`` locations, 1 on an exact match (case-insensitive)."""
+    return location_key_affinity(location_key(parent), location_key(child))
+
+
+def location_key_affinity(parent: LocationKey | None, child: LocationKey | None) -> float:
+    """``location_affinity`` of two hosts' precomputed ``location_key``s."""
+    if parent is None or child is None:
         return 0.0
-    if parent.lower() == child.lower():
+    if parent[0] == child[0]:
         return 1.0
     equal = 0
-    for a, b in zip(parent.split("|")[:MAX_LOCATION_ELEMENTS], child.split("|")[:MAX_LOCATION_ELEMENTS], strict=False):
-        if a.lower() != b.lower():
+    for a, b in zip(parent[1], child[1], strict=False):
+        if a != b:
             break
         equal += 1
     return equal / MAX_LOCATION_ELEMENTS
@@ -115,8 +121,9 @@ class Evaluator:
         return (
             load * load_quality(parent_host)
             + piece * piece_score(parent, child, child.task.piece_count)
-            + idc * idc_affinity(parent_host.idc, child_host.idc)
-            + location * location_affinity(parent_host.location, child_host.location)
+            # The hosts' lower-cased IDCs and locations: idc_affinity and location_affinity without lower().
+            + idc * (1.0 if parent_host.idc_key and parent_host.idc_key == child_host.idc_key else 0.0)
+            + location * location_key_affinity(parent_host.location_key, child_host.location_key)
             + host_type * host_type_score(parent)
         )
 

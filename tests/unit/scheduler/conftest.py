@@ -36,6 +36,13 @@ class World:
         )
         return self.resource.announce_host(message, 0.0, self.now)
 
+    def message_of(self, host: Any, **network: Any) -> common_pb2.Host:
+        """Return ``host``'s announcement with other network fields."""
+        message = common_pb2.Host()
+        message.CopyFrom(host.message)
+        message.network.CopyFrom(common_pb2.Network(**network))
+        return message
+
     def download(self, *, pieces: int = 8, **fields: Any) -> common_pb2.Download:
         download = common_pb2.Download(url="http://origin.test/f", **fields)
         download.actual_piece_length = 4096

@@ -47,6 +47,29 @@ def test_idc_and_location_affinity(a, b, idc, location):
     assert ev.location_affinity(a, b) == pytest.approx(location)
 
 
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("", ""),
+        ("IDC-1", "idc-1"),
+        ("x|y|z", "x|y|w"),
+        ("x|y", "q|y"),
+        ("R|Z|A|B|C|D", "r|z|a|b|c|e"),  # equal in the counted elements only
+        ("ΑΣ|b", "ας|B"),
+    ],
+)
+def test_a_score_compares_the_hosts_lower_cased_idc_and_location_as_the_string_functions(world, a, b):
+    # Announced with other values first: a new announcement replaces what the score compares.
+    parent_host = world.host("parent", idc="other", location="other")
+    child_host = world.host("child", idc="x", location="x")
+    parent_host.update(world.message_of(parent_host, idc=a, location=a), 0.0, 10, world.now)
+    child_host.update(world.message_of(child_host, idc=b, location=b), 0.0, 10, world.now)
+    assert parent_host.idc_key == a.lower()
+    idc = 1.0 if parent_host.idc_key and parent_host.idc_key == child_host.idc_key else 0.0
+    assert idc == ev.idc_affinity(a, b)
+    assert ev.location_key_affinity(parent_host.location_key, child_host.location_key) == ev.location_affinity(a, b)
+
+
 def test_host_type_prefers_fetching_seeds_then_normal_hosts(world):
     seed = world.host("seed", seed=True)
     assert ev.host_type_score(world.peer("s1", seed, state=p.BACK_TO_SOURCE)) == 1.0
