@@ -451,7 +451,10 @@ def _perturb(message: Message, rng: Any) -> Message:
     copy.CopyFrom(message)
     target: Any = copy
     for _ in range(4):
-        field = rng.choice(target.DESCRIPTOR.fields)
+        fields = list(target.DESCRIPTOR.fields)
+        if not fields:  # a set sub-message without fields (DownloadPeerStartedRequest): nothing to change in it
+            break
+        field = rng.choice(fields)
         nested = field.type == field.TYPE_MESSAGE and not field.is_repeated
         if nested and target.HasField(field.name) and rng.random() < 0.6:
             target = getattr(target, field.name)
