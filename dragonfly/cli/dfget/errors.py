@@ -91,6 +91,11 @@ def describe_rpc_error(
     # scheduler unreachable); only a socket that no longer accepts connections means the daemon is gone. A daemon
     # killed mid-stream can also end the call with UNKNOWN ("Stream removed", connection reset).
     lost = code in (UNAVAILABLE, UNKNOWN)
+    if error.connection_lost and received:
+        # The connection ended, not the call: the daemon went away (or dropped it). Whether its socket still takes
+        # connections says nothing here: a daemon being killed may still be listening for an instant after the
+        # kernel closed this connection.
+        return DownloadFailed(f"lost the connection to dfdaemon at {endpoint} during the download: {details}")
     if lost and not _daemon_listening(endpoint):
         if not received:
             return DownloadFailed(f"cannot connect to dfdaemon at {endpoint} ({details}); is it running? {START_HINT}")

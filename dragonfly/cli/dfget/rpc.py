@@ -71,13 +71,20 @@ _HTTP_CODES = {400: INTERNAL, 401: UNAUTHENTICATED, 403: PERMISSION_DENIED, 404:
 
 
 class RpcError(Exception):
-    """A call that ended with a status other than OK: its code, message and trailers (``-bin`` values decoded)."""
+    """A call that ended with a status other than OK: its code, message and trailers (``-bin`` values decoded).
 
-    def __init__(self, code: int, details: str, trailers: dict[str, bytes] | None = None) -> None:
+    ``connection_lost``: the connection itself ended (end of stream or a socket error after it was made), as opposed
+    to a status the daemon sent.
+    """
+
+    def __init__(
+        self, code: int, details: str, trailers: dict[str, bytes] | None = None, *, connection_lost: bool = False
+    ) -> None:
         super().__init__(f"{STATUS_NAMES[code] if 0 <= code < len(STATUS_NAMES) else code}: {details}")
         self.code = code
         self.details = details
         self.trailers = trailers or {}
+        self.connection_lost = connection_lost
 
     @property
     def code_name(self) -> str:
@@ -167,7 +174,7 @@ class _Connection:
         except TimeoutError:
             raise RpcError(DEADLINE_EXCEEDED, "Deadline Exceeded") from None
         except OSError as exc:
-            raise RpcError(UNAVAILABLE, f"Socket closed ({exc.strerror or exc})") from None
+            raise RpcError(UNAVAILABLE, f"Socket closed ({exc.strerror or exc})", connection_lost=True) from None
 
     @staticmethod
     def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
@@ -194,9 +201,9 @@ class _Connection:
                     raise _ProtocolError(f"no HTTP/2 answer within {cap:g}s") from None
                 raise RpcError(DEADLINE_EXCEEDED, "Deadline Exceeded") from None
             except OSError as exc:
-                raise RpcError(UNAVAILABLE, f"Connection lost ({exc.strerror or exc})") from None
+                raise RpcError(UNAVAILABLE, f"Connection lost ({exc.strerror or exc})", connection_lost=True) from None
             if not chunk:
-                raise RpcError(UNAVAILABLE, "Socket closed")
+                raise RpcError(UNAVAILABLE, "Socket closed", connection_lost=True)
             self.buffer += chunk
 
     def settings(self, payload: bytes) -> None:

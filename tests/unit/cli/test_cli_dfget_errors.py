@@ -23,6 +23,24 @@ def test_a_daemon_that_died_mid_download_is_named(tmp_path: Path, code: int, det
     assert str(failure) == f"lost the connection to dfdaemon at {gone} during the download: {details}"
 
 
+def test_a_connection_that_ended_mid_download_names_the_daemon_even_while_its_socket_listens(tmp_path: Path) -> None:
+    """A daemon killed with SIGKILL may close a caller's connection an instant before its listening socket: the
+    dfget that sees the end and checks the socket then finds it still accepting (issue 8's kill-a-parent test)."""
+    import socket
+
+    path = str(tmp_path / "d.sock")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)
+        listener.listen()
+        lost = describe_rpc_error(
+            rpc.RpcError(rpc.UNAVAILABLE, "Socket closed", connection_lost=True), path, 30.0, True
+        )
+        # The same words as a status the daemon sent: its own.
+        answered = describe_rpc_error(rpc.RpcError(rpc.UNAVAILABLE, "Socket closed"), path, 30.0, True)
+    assert str(lost) == f"lost the connection to dfdaemon at {path} during the download: Socket closed"
+    assert str(answered) == "download failed: Socket closed"
+
+
 def test_an_unknown_status_from_a_running_daemon_is_its_own(tmp_path: Path) -> None:
     import socket
 

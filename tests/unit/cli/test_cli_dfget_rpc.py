@@ -317,6 +317,7 @@ def test_connection_closed_mid_stream(sock_dir: Path) -> None:
     assert error is not None
     assert error.code == rpc.UNAVAILABLE
     assert error.details in ("Socket closed", "Connection lost (Connection reset by peer)")
+    assert error.connection_lost
 
 
 def test_reset_stream(sock_dir: Path) -> None:
