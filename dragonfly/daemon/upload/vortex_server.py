@@ -249,6 +249,8 @@ class _PieceRun:
         "_storage",
         "_task",
         "_waiting",
+        "_wake",
+        "_wake_lock",
         "cancelled",
         "carry",
         "conn",
@@ -288,10 +290,24 @@ class _PieceRun:
         self._report_at = time.monotonic() + _RUN_SLICE
         self.served: list[int] = []
         self.cancelled = False
+        # An eventfd that a cancel writes to, made when the thread first waits for a next request: the wait polls
+        # it with the socket, so a cancel ends the wait at once instead of up to _NEXT_REQUEST_PATIENCE later.
+        self._wake: int | None = None
+        self._wake_lock = threading.Lock()
 
     def cancel(self) -> None:
-        """Stop after the piece being sent (the handler was cancelled: eviction, shutdown)."""
-        self.cancelled = True
+        """Stop after the piece being sent, or at once while waiting for the next request, whose piece is then not
+        started (the handler was cancelled: eviction, shutdown). Called on the loop while ``step`` may run."""
+        with self._wake_lock:
+            self.cancelled = True
+            if self._wake is not None:
+                os.eventfd_write(self._wake, 1)
+
+    def close(self) -> None:
+        """Release the wake-up descriptor (once no thread runs ``step``)."""
+        if self._wake is not None:
+            os.close(self._wake)
+            self._wake = None
 
     def step(self) -> str | None:
         """Send until the socket is full ("read" / "write" for the loop to wait for) or the run ends (None)."""
@@ -310,12 +326,18 @@ class _PieceRun:
         carry = self.carry
         if self._waiting.acquire(blocking=False):
             try:
-                _read_request(self.conn, self.sock, carry, _NEXT_REQUEST_PATIENCE)
+                with self._wake_lock:
+                    if self.cancelled:
+                        return False
+                    if self._wake is None:
+                        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+                _read_request(self.conn, self.sock, carry, _NEXT_REQUEST_PATIENCE, self._wake)
             finally:
                 self._waiting.release()
         else:
             _read_request(self.conn, self.sock, carry, 0.0)
-        if len(carry.data) < _REQUEST_FRAME:
+        # A cancel during the wait: the request read (if any) is not answered.
+        if self.cancelled or len(carry.data) < _REQUEST_FRAME:
             return False
         frame_id, tag, length = struct.unpack_from(">BBI", carry.data)
         if tag != self._request_tag or length != _REQUEST_LENGTH:
@@ -343,16 +365,22 @@ class _PieceRun:
         return True
 
 
-def _read_request(conn: Conn, sock: socket.socket, carry: _Carry, patience: float) -> None:
-    """Read into ``carry`` up to one request frame, waiting for it at most ``patience`` seconds."""
+def _read_request(conn: Conn, sock: socket.socket, carry: _Carry, patience: float, wake: int = -1) -> None:
+    """Read into ``carry`` up to one request frame, waiting for it at most ``patience`` seconds, and not at all once
+    ``wake`` (a descriptor, -1 for none) is readable."""
     deadline = time.monotonic() + patience
     while len(carry.data) < _REQUEST_FRAME:
         got = _recv_now(conn, _REQUEST_FRAME - len(carry.data))
         if isinstance(got, str):
             remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
             poller = select.poll()
             poller.register(sock, select.POLLIN if got == "read" else select.POLLOUT)
-            if remaining <= 0 or not poller.poll(remaining * 1000):
+            if wake >= 0:
+                poller.register(wake, select.POLLIN)
+            ready = poller.poll(remaining * 1000)
+            if not ready or any(fd == wake for fd, _events in ready):
                 return
             continue
         if not got:
@@ -610,6 +638,7 @@ class VortexServer:
             try:
                 await self._send_run(loop, run)
             finally:
+                run.close()
                 if run.served:
                     storage.touch(task_id)
                     if self._on_served is not None:

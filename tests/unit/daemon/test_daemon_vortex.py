@@ -602,6 +602,27 @@ async def test_a_file_changed_between_requests_is_dropped_not_served(parent: Pee
 
 
 @pytest.mark.usefixtures("patient")
+async def test_a_cancelled_connection_ends_its_threads_wait_for_the_next_request(parent: Peer) -> None:
+    """Eviction and shutdown cancel a connection's handler: a thread waiting for the next request stops waiting at once
+    (not after its patience, 30 s here) and starts no piece; the connection is closed."""
+    loop = asyncio.get_running_loop()
+    with await loop.run_in_executor(None, parent.connect) as sock:  # a TLS handshake with this loop's server
+        sock.settimeout(10)
+        _tag, _value, body = await loop.run_in_executor(None, _exchange, sock, TASK, 0)
+        assert body == DATA[:PIECE]
+        (handler,) = parent.server._handlers  # its piece's thread now waits for the next request
+        handler.cancel()
+        async with asyncio.timeout(10):
+            await asyncio.wait([handler])
+        with contextlib.suppress(OSError):  # a reset: the server closed with our request unread
+            sock.sendall(native.encode_download_piece(TASK, 0))
+        with contextlib.suppress(ConnectionResetError):
+            assert await loop.run_in_executor(None, sock.recv, 1) == b""
+    assert parent.served == [(TASK, PIECE)]
+    assert parent.server.active_connections == 0
+
+
+@pytest.mark.usefixtures("patient")
 async def test_requests_in_a_row_are_charged_to_the_upload_bucket(parent: Peer) -> None:
     parent.server._bucket = native.TokenBucket(8 * 1024 * 1024, 1024)
 
