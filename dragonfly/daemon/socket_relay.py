@@ -14,9 +14,6 @@ import functools
 import socket
 import typing
 
-# How long a cancelled relay waits for its connections to be gone.
-_CLOSE_WAIT = 2.0
-
 
 class RelayEnd(asyncio.Protocol):
     """One socket of a relay; ``link`` names the transport its bytes go to.
@@ -107,8 +104,8 @@ def _same(end: RelayEnd) -> RelayEnd:
 async def relay_sockets(first: socket.socket, second: socket.socket) -> None:
     """Relay bytes both ways between two connected stream sockets until both connections are gone.
 
-    The transports take the sockets over (and close them). Cancelled, it closes both (waiting at most
-    ``_CLOSE_WAIT`` seconds for them to go).
+    The transports take the sockets over (and close them). Cancelled, it closes both at once, dropping what they
+    still had to write, and returns once they are closed.
     """
     loop = asyncio.get_running_loop()
     ends: list[RelayEnd] = []
@@ -127,10 +124,14 @@ async def relay_sockets(first: socket.socket, second: socket.socket) -> None:
             transport.resume_reading()
         await asyncio.gather(*(end.lost for end in ends))
     finally:
+        # Ended early (cancelled, or a side failed to start): abort, not close, which would keep a socket open until
+        # a peer that may never read again took the bytes still buffered for it. A relay that ended by itself has
+        # nothing left to abort.
         for transport in transports:
-            transport.close()
+            transport.abort()
         # The sockets no transport took over.
         for sock in (first, second)[len(transports) :]:
             sock.close()
         if ends:
-            await asyncio.wait([end.lost for end in ends], timeout=_CLOSE_WAIT)
+            # Aborted transports close their sockets on the loop's next iterations (connection_lost).
+            await asyncio.wait([end.lost for end in ends])

@@ -7,12 +7,15 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import select
 import socket
 from collections.abc import AsyncIterator
 
 import pytest
 
+from dragonfly.daemon import socket_relay
 from dragonfly.daemon.socket_relay import RelayEnd, relay_sockets
+from tests.waiting import eventually
 
 _WITHIN = 10.0
 
@@ -98,6 +101,52 @@ async def test_a_cancelled_relay_closes_both_sides(
         await asyncio.wait([task])
         assert await _read_to_eof(client) == b""
         assert await _read_to_eof(server) == b""
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """Whether the other end of a unix stream socket is closed (POLLHUP), now, without reading."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return any(events & select.POLLHUP for _fd, events in poller.poll(0))
+
+
+async def test_a_cancelled_relay_closes_both_sockets_at_once_even_with_bytes_a_side_never_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop = asyncio.get_running_loop()
+    ends: list[RelayEnd] = []
+
+    class Recorded(RelayEnd):
+        def __init__(self) -> None:
+            super().__init__()
+            ends.append(self)
+
+    monkeypatch.setattr(socket_relay, "RelayEnd", Recorded)
+    client, client_inner = _pair()
+    server, server_inner = _pair()
+    relay = asyncio.create_task(relay_sockets(client_inner, server_inner))
+    # The server never reads: the relay buffers what it has read from the client for the server, then stops reading.
+    sending = asyncio.create_task(loop.sock_sendall(client, os.urandom(8 << 20)))
+    try:
+        await eventually(
+            lambda: len(ends) == 2 and ends[1].transport is not None and ends[1].transport.get_write_buffer_size(),
+            _WITHIN,
+            "the relay to hold bytes for the server",
+        )
+        assert not _peer_closed(client)
+        assert not _peer_closed(server)
+        relay.cancel()
+        async with asyncio.timeout(_WITHIN):
+            await asyncio.wait([relay])
+        # Both sockets are closed by the time the relay returns, the one with bytes still to write included.
+        assert _peer_closed(client)
+        assert _peer_closed(server)
+    finally:
+        sending.cancel()
+        with contextlib.suppress(asyncio.CancelledError, OSError):  # the client's peer is gone
+            await sending
+        client.close()
+        server.close()
 
 
 class _Transport:
