@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import gc
+import os
 import time
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 from blockbuster import BlockingError
 from loop_guard import no_blocking_calls
 
+import dragonfly
 from dragonfly.daemon.blocking import run_blocking
 
 
@@ -60,3 +63,47 @@ async def test_a_finalizer_the_garbage_collector_runs_is_not_the_code_under_test
     finally:
         gc.enable()
     assert outcome == ["let through"]
+
+
+# A generator of the package's own (its code carries a file name inside dragonfly/, as the daemon's code does) whose
+# finally block makes a blocking call: dropped in a cycle, the collector runs that block, on the loop's thread.
+_PACKAGE_FINALLY = compile(
+    """
+def holding(box):
+    try:
+        yield
+    finally:
+        try:
+            time.sleep(0)
+        except BlockingError:
+            box.outcome.append("reported")
+        else:
+            box.outcome.append("let through")
+""",
+    os.path.join(dragonfly.__path__[0], "_loop_guard_probe.py"),
+    "exec",
+)
+
+
+class _Box:
+    def __init__(self, outcome: list[str]) -> None:
+        self.outcome = outcome
+        namespace: dict[str, object] = {"time": time, "BlockingError": BlockingError}
+        exec(_PACKAGE_FINALLY, namespace)
+        holding = typing.cast(Callable[[_Box], Iterator[None]], namespace["holding"])
+        self.generator = holding(self)  # its frame holds the box: a cycle
+        next(self.generator)
+
+
+async def test_package_code_the_garbage_collector_runs_is_still_checked() -> None:
+    """Our own coroutine or generator dropped in a cycle runs its finally blocks inside a collection, on the loop: a
+    blocking call there is ours, so only what lies between a finalizer and the collection's start decides."""
+    outcome: list[str] = []
+    gc.disable()
+    try:
+        _Box(outcome)
+        with _Executor(gc.collect) as executor, no_blocking_calls():
+            await run_blocking(executor, int)
+    finally:
+        gc.enable()
+    assert outcome == ["reported"]
