@@ -3,12 +3,6 @@
 A seed peer's children wait for its first pieces, so piece 0 should land as early as the origin link allows and the
 rest one piece-time apart, instead of eight finishing together; on a fast origin, though, concurrency is what makes
 it fast. The window starts at one piece and doubles while doubling brings more throughput.
-
-The next piece is asked for before the one in flight ends, by a lead that covers how long a piece takes from being
-asked for to its first bytes counted here (connection, request, the origin's answer, the reading thread and the
-event loop getting the CPU): on a seed peer that shares its cores with busy daemons that took 0.09 s (median) at 16
-peers against 0.02 s at 4, while an eighth of a piece lasts 0.01 s on a 400 Mbit/s link, which then idled between
-pieces (bench/RESULTS.md §1, "CPU per piece at 8 and 16 peers").
 """
 
 from __future__ import annotations
@@ -18,17 +12,12 @@ import time
 from collections.abc import Callable
 
 # Back-to-source window (SourceWindow): the next piece may start when the one before has this fraction of a piece
-# left, which hides the request round trip without splitting the origin's link, or more: what arrives at the link's
-# rate while a piece waits for its first bytes (_SOURCE_LEAD_MAX at most, so pieces still land in order, each
-# sharing the link for at most that part of it); a doubled window is kept only if
+# left, which hides the request round trip without splitting the origin's link; a doubled window is kept only if
 # it brings this much more throughput; each window is measured over this many piece completions (at least). When
 # the first piece, or one piece alone on average, takes less than _SOURCE_QUICK seconds, pieces in flight together
 # cost too little latency to matter (and such short samples are mostly scheduling noise): the window goes straight
 # to the limit.
 _SOURCE_LEAD = 0.125
-_SOURCE_LEAD_MAX = 0.5
-# Weight of the latest start in the smoothed start time of pieces.
-_SOURCE_START_WEIGHT = 0.25
 _SOURCE_GAIN = 1.1
 _SOURCE_SAMPLE = 4
 _SOURCE_QUICK = 0.025
@@ -37,19 +26,14 @@ _SOURCE_QUICK = 0.025
 class SourcePiece:
     """A piece in flight from the origin: counts its bytes into its window, once even if a retry reads them again."""
 
-    __slots__ = ("began", "left", "window")
+    __slots__ = ("left", "window")
 
-    def __init__(self, window: SourceWindow, length: int, began: float) -> None:
+    def __init__(self, window: SourceWindow, length: int) -> None:
         self.window = window
         self.left = length
-        #: When the piece was asked for (the window's clock); None once its first bytes were counted.
-        self.began: float | None = began
 
     def receive(self, count: int) -> None:
         """Count bytes that arrived; the backend calls this per chunk."""
-        if self.began is not None:
-            self.window.first_bytes(self.began)
-            self.began = None
         count = min(count, self.left)
         self.left -= count
         self.window.receive(count)
@@ -68,9 +52,7 @@ class SourceWindow:
 
     __slots__ = (
         "_clock",
-        "_first_bytes_at",
         "_in_flight",
-        "_lead",
         "_limit",
         "_mark",
         "_outstanding",
@@ -79,7 +61,6 @@ class SourceWindow:
         "_received",
         "_samples",
         "_settled",
-        "_start_time",
         "_started",
         "_wakeup",
         "size",
@@ -100,32 +81,9 @@ class SourceWindow:
         self._samples = 0
         self._rate = 0.0
         self._settled = limit <= 1
-        self._lead = _SOURCE_LEAD * piece_length
-        # Smoothed seconds from asking for a piece to its first bytes; when the first bytes of all came.
-        self._start_time: float | None = None
-        self._first_bytes_at: float | None = None
 
     def _room(self) -> float:
-        return (self.size - 1) * self._piece_length + self._lead
-
-    def first_bytes(self, began: float) -> None:
-        """Count the first bytes of a piece asked for at ``began``: how long pieces take to start."""
-        now = self._clock()
-        if self._first_bytes_at is None:
-            self._first_bytes_at = now
-        took = now - began
-        previous = self._start_time
-        self._start_time = took if previous is None else previous + _SOURCE_START_WEIGHT * (took - previous)
-
-    def _adapt_lead(self, now: float) -> None:
-        """Make the lead what arrives while a piece starts, at the rate bytes have come so far (the least and the
-        most lead in between). Not before the first piece is in: its children wait for it, and a larger lead would
-        have the second piece share the link with it."""
-        if self._start_time is None or self._first_bytes_at is None or now <= self._first_bytes_at:
-            return
-        rate = self._received / (now - self._first_bytes_at)
-        least, most = _SOURCE_LEAD * self._piece_length, _SOURCE_LEAD_MAX * self._piece_length
-        self._lead = min(max(self._start_time * rate, least), most)
+        return (self.size - 1 + _SOURCE_LEAD) * self._piece_length
 
     def admits(self) -> bool:
         """Return whether one more piece may start now."""
@@ -144,7 +102,7 @@ class SourceWindow:
         """Count a piece of ``length`` bytes into flight."""
         self._in_flight += 1
         self._outstanding += length
-        return SourcePiece(self, length, self._clock())
+        return SourcePiece(self, length)
 
     def receive(self, count: int) -> None:
         """Count bytes that arrived for a piece in flight."""
@@ -163,10 +121,9 @@ class SourceWindow:
     def complete(self, piece: SourcePiece) -> None:
         """End a piece that arrived whole; measure the current size and settle or double it."""
         self.end(piece)
-        now = self._clock()
-        self._adapt_lead(now)
         if self._settled:
             return
+        now = self._clock()
         if self._mark is None:
             # The first completion after a change: from here on the new size is in flight.
             self._mark = (now, self._received)

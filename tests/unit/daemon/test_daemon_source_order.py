@@ -41,28 +41,21 @@ class Simulation:
     most_in_flight: int = 0
 
 
-def simulate(
-    pieces: int, *, limit: int, rate_each: Callable[[int], float], step: float, start_delay: float = 0.0
-) -> Simulation:
-    """Drive a SourceWindow in fake time; ``rate_each(k)`` is the byte rate of each of ``k`` pieces receiving bytes;
-    a piece's bytes begin ``start_delay`` seconds after it is asked for (request, answer, a busy host's scheduling)."""
+def simulate(pieces: int, *, limit: int, rate_each: Callable[[int], float], step: float) -> Simulation:
+    """Drive a SourceWindow in fake time; ``rate_each(k)`` is the byte rate of each of ``k`` pieces in flight."""
     now = [0.0]
     sim = Simulation(SourceWindow(limit, PIECE, clock=lambda: now[0]))
     flying: dict[int, SourcePiece] = {}
-    flowing_from: dict[int, float] = {}
     following = 0
     while len(sim.completions) < pieces:
         while following < pieces and sim.window.admits():
             sim.starts.append((following, now[0], {n: p.left for n, p in flying.items()}))
             flying[following] = sim.window.begin(PIECE)
-            flowing_from[following] = now[0] + start_delay
             following += 1
         sim.most_in_flight = max(sim.most_in_flight, len(flying))
-        flowing = [piece for number, piece in flying.items() if now[0] >= flowing_from[number]]
-        if flowing:
-            chunk = round(rate_each(len(flowing)) * step)
-            for piece in flowing:
-                piece.receive(chunk)
+        chunk = round(rate_each(len(flying)) * step)
+        for piece in flying.values():
+            piece.receive(chunk)
         now[0] += step
         for number in sorted(flying):
             if flying[number].left == 0:
@@ -87,29 +80,6 @@ def test_one_piece_at_a_time_when_the_origin_link_is_shared() -> None:
     assert sim.most_in_flight == 3
     late = [others for number, _, others in sim.starts if number > 20]
     assert all(len(others) <= 1 for others in late)
-
-
-def test_the_lead_covers_a_slow_start_so_pieces_stay_in_order_and_the_link_busy() -> None:
-    # A seed peer on a busy host: 30 ms from asking for a piece to its first bytes, more than the ~10 ms the least
-    # lead (an eighth of a 4 MiB piece at 50 MB/s) hides. With that lead alone the link idled ~20 ms per piece and
-    # the window doubled to make up for it: two pieces shared the link, each landing up to a piece-time later.
-    link, delay = 50e6, 0.03
-    sim = simulate(64, limit=8, rate_each=lambda k: link / k, step=0.0005, start_delay=delay)
-    assert [n for n, _ in sim.completions] == list(range(64))
-    # The first piece, which the children wait for, lands as it did: the second shares the link only for the lead.
-    assert sim.completions[0][1] <= delay + (PIECE + LEAD) / link + 0.002
-    # One piece at a time after it, the next asked for early enough that its bytes follow on.
-    assert sim.window.size == 1
-    later = [others for number, _, others in sim.starts if number > 20]
-    assert all(len(others) == 1 and sum(others.values()) <= PIECE // 2 for others in later)
-    assert sim.completions[-1][1] == pytest.approx(delay + 64 * PIECE / link, rel=0.015)
-
-
-def test_the_lead_stays_an_eighth_of_a_piece_when_pieces_start_at_once() -> None:
-    sim = simulate(64, limit=8, rate_each=lambda k: 50e6 / k, step=0.0005, start_delay=0.001)
-    later = [others for number, _, others in sim.starts if number > 20]
-    assert later
-    assert all(0 < sum(others.values()) <= LEAD for others in later)
 
 
 def test_window_doubles_while_each_connection_adds_throughput() -> None:
