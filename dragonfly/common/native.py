@@ -27,13 +27,22 @@ piece_io (``_dragonfly_piece_io`` / ``_pyimpl.piece_io``)
     ``errors.ShortRead`` when the peer closes early, ``TimeoutError`` when a read waits longer than ``timeout``.
     ``recv_to_file_blake3(...) -> (crc32, blake3)``: the same, also returning the 32-byte BLAKE3 digest of the bytes
     (hashed from the buffer before each write, so the piece is not read back to be verified).
+    ``fetch_piece(sock_fd, task_id, number, offset, length, file_fd, buffer, timeout=None, *, tag=TAG_DOWNLOAD_PIECE,
+    blake3=False, reused=False) -> (digest, crc32, blake3 | None) | None``: one piece from a parent in one call:
+    the request (``tag``), the answer's header and metadata checked (``errors.VortexError``: malformed, not the
+    content frame of ``tag``, another piece number, offset or length; ``errors.VortexRemoteError``: an error
+    frame), then ``recv_to_file`` (``blake3``: also its BLAKE3 digest); ``digest`` is the one the parent
+    announced. With ``reused``, None when the connection turned out closed before any answer byte (the end of the
+    stream, a reset, a broken pipe): the caller asks again on a fresh connection.
     ``TlsClientConfig(ca_cert, cert, key)``: mutual TLS for Vortex from PEM file paths (TLS 1.2+, the server's
     chain must lead to ``ca_cert``, this host's chain and key are presented); an unreadable file is ``OSError``.
     ``TlsClientStream(config, sock_fd, server_ip, timeout=None)``: handshake on a connected socket the caller keeps
     open (the server's certificate must name ``server_ip``; failures are ``ssl.SSLError``); ``send_all(data,
     timeout=None)``; ``recv_exact(count, timeout=None) -> bytes`` (at most one Vortex frame);
     ``recv_to_file(file_fd, offset, count, buffer, timeout=None, blake3=False) -> (crc32, blake3 | None)``: as
-    ``recv_to_file`` through the TLS connection. Native: rustls, several records per read system call.
+    ``recv_to_file`` through the TLS connection; ``fetch_piece(task_id, number, offset, length, file_fd, buffer,
+    timeout=None, *, tag=..., blake3=False, reused=False)``: as the module's ``fetch_piece`` over this connection.
+    Native: rustls, several records per read system call.
     ``TlsServerConfig(ca_cert, cert, key)``: the server side (TLS 1.2+, a client certificate whose chain leads to
     ``ca_cert`` is required, this host's chain and key are presented). ``TlsServerStream(config, sock_fd)``: one
     connection over an accepted non-blocking socket the caller keeps open, in steps that never wait: each returns
@@ -143,6 +152,7 @@ read_piece = _piece_io.read_piece
 sendfile = _piece_io.sendfile
 recv_to_file = _piece_io.recv_to_file
 recv_to_file_blake3 = _piece_io.recv_to_file_blake3
+fetch_piece = _piece_io.fetch_piece
 TokenBucket = _piece_io.TokenBucket
 # Vortex over mutual TLS, client side (docs/security.md#vortex-over-tls)
 TlsClientConfig = _piece_io.TlsClientConfig

@@ -1,5 +1,6 @@
-"""Piece I/O for dragonfly: positional piece read/write with CRC-32, sendfile, socket-to-file receive, the Vortex
-codec and a token bucket; every blocking call releases the GIL."""
+"""Piece I/O for dragonfly: positional piece read/write with CRC-32, sendfile, socket-to-file receive, a whole
+piece fetched from a parent in one call, the Vortex codec and a token bucket; every blocking call releases the
+GIL."""
 
 from typing import Final, final
 
@@ -34,6 +35,7 @@ __all__ = [
     "encode_download_piece",
     "encode_error",
     "encode_piece_content",
+    "fetch_piece",
     "read_piece",
     "recv_to_file",
     "recv_to_file_blake3",
@@ -66,6 +68,20 @@ def recv_to_file(
 def recv_to_file_blake3(
     sock_fd: int, file_fd: int, offset: int, count: int, buffer: Buffer, timeout: float | None = None
 ) -> tuple[int, bytes]: ...
+def fetch_piece(
+    sock_fd: int,
+    task_id: str,
+    number: int,
+    offset: int,
+    length: int,
+    file_fd: int,
+    buffer: Buffer,
+    timeout: float | None = None,
+    *,
+    tag: int = 0,
+    blake3: bool = False,
+    reused: bool = False,
+) -> tuple[str, int, bytes | None] | None: ...
 
 @final
 class TlsClientConfig:
@@ -87,6 +103,20 @@ class TlsClientStream:
         timeout: float | None = None,
         blake3: bool = False,
     ) -> tuple[int, bytes | None]: ...
+    def fetch_piece(
+        self,
+        task_id: str,
+        number: int,
+        offset: int,
+        length: int,
+        file_fd: int,
+        buffer: Buffer,
+        timeout: float | None = None,
+        *,
+        tag: int = 0,
+        blake3: bool = False,
+        reused: bool = False,
+    ) -> tuple[str, int, bytes | None] | None: ...
 
 @final
 class TlsServerConfig:

@@ -1,8 +1,9 @@
 """Pure-Python twin of ``_dragonfly_piece_io``: same functions, results, exceptions and messages.
 
 This module only gathers the parts, one per native module: ``piece_transfer`` (``piece.rs``, ``sendfile.rs``,
-``recv.rs``), ``tls_client`` (``tls/client.rs``), ``tls_server`` (``tls/server.rs``), ``token_bucket`` and ``vortex``;
-``checks`` words the argument errors as ``ext/piece_io/src/python/`` does.
+``recv.rs``), ``piece_fetch`` (``fetch.rs``), ``tls_client`` (``tls/client.rs``), ``tls_server``
+(``tls/server.rs``), ``token_bucket`` and ``vortex``; ``checks`` words the argument errors as
+``ext/piece_io/src/python/`` does.
 
 The contract is in ``dragonfly.common.native``. Argument checks run in the order the native glue runs them, so
 that both raise the same exception for the same bad call.
@@ -10,6 +11,9 @@ that both raise the same exception for the same bad call.
 
 from __future__ import annotations
 
+from dragonfly.common._pyimpl.piece_fetch import (
+    fetch_piece,
+)
 from dragonfly.common._pyimpl.piece_transfer import (
     read_piece,
     recv_to_file,
@@ -79,6 +83,7 @@ __all__ = [
     "encode_download_piece",
     "encode_error",
     "encode_piece_content",
+    "fetch_piece",
     "read_piece",
     "recv_to_file",
     "recv_to_file_blake3",

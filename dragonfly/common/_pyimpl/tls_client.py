@@ -9,13 +9,15 @@ from typing import TYPE_CHECKING, cast
 
 from dragonfly.common._pyimpl.checks import non_negative, timeout_arg, u8_view, writable
 from dragonfly.common._pyimpl.piece_transfer import Waiter, pwrite_all
-from dragonfly.common._pyimpl.vortex import HEADER_SIZE, MAX_VALUE_LENGTH
+from dragonfly.common._pyimpl.vortex import HEADER_SIZE, MAX_VALUE_LENGTH, TAG_DOWNLOAD_PIECE
 from dragonfly.common.errors import ShortRead
 
 if TYPE_CHECKING:
     import ssl
 
     from typing_extensions import Buffer
+
+    from dragonfly.common._pyimpl.piece_fetch import Answer
 
 #: Ciphertext bytes asked of the socket per read, as the native side does.
 TLS_READ_CHUNK = 256 * 1024
@@ -174,3 +176,22 @@ class TlsClientStream:
                     pwrite_all(file_fd, view[:filled], offset + received)
                     received += filled
         return crc, None if hasher is None else hasher.digest()
+
+    def fetch_piece(
+        self,
+        task_id: str,
+        number: int,
+        offset: int,
+        length: int,
+        file_fd: int,
+        buffer: Buffer,
+        timeout: float | None = None,
+        *,
+        tag: int = TAG_DOWNLOAD_PIECE,
+        blake3: bool = False,
+        reused: bool = False,
+    ) -> Answer:
+        """Fetch one piece over this connection: the request, the answer checked, the bytes into ``file_fd``."""
+        from dragonfly.common._pyimpl.piece_fetch import run
+
+        return run(self, task_id, number, offset, length, file_fd, buffer, timeout, tag, blake3, reused)

@@ -237,6 +237,71 @@ def _read(conn: Connection, count: int, timeout: float) -> bytes:
     return b"".join(conn.tls.recv_exact(min(frame, count - at), timeout) for at in range(0, count, frame))
 
 
+def _steps(
+    sock: Connection,
+    header: bytes,
+    number: int,
+    *,
+    fd: int,
+    offset: int,
+    length: int,
+    buffer: bytearray,
+    timeout: float,
+    content_tag: int,
+    accept_zstd: bool,
+    blake3: bool,
+) -> tuple[str, int, int, bytes | None]:
+    """The rest of the answer whose ``header`` arrived, in several calls: a compressed answer or one over Python's
+    ssl. Return the parent's digest, the CRC-32, the bytes on the wire and the BLAKE3 digest (None unless
+    ``blake3``).
+    """
+    decoded = compression.extension_header(header, -1) if accept_zstd else None
+    _frame_id, tag, value_length = decoded or native.decode_header(header)
+    value = _read(sock, value_length, timeout)
+    if tag == native.TAG_ERROR:
+        code, message = native.decode_error(value)
+        raise VortexRemoteError(code, message)
+    compressed_length = -1
+    if accept_zstd and tag == compression.TAG_COMPRESSED_PERSISTENT_CACHE_PIECE_CONTENT:
+        try:
+            compressed_length, value = compression.split_compressed_value(value)
+        except ValueError as exc:
+            raise VortexError(str(exc)) from exc
+    elif tag != content_tag:
+        raise VortexError(f"expected a piece content frame, got tag {tag}")
+    meta = native.decode_piece_content(value)
+    if meta.number != number or meta.offset != offset or meta.length != length:
+        raise VortexError(
+            f"parent sent piece {meta.number} at {meta.offset}+{meta.length}, "
+            f"expected piece {number} at {offset}+{length}"
+        )
+    strong: bytes | None = None
+    if compressed_length >= 0:
+        if compressed_length > length + 1024 * 1024:
+            raise VortexError(f"compressed piece of {compressed_length} bytes for {length} bytes of content")
+        try:
+            data = compression.decompress_piece(_read(sock, compressed_length, timeout), length)
+        except ValueError as exc:
+            raise VortexError(str(exc)) from exc
+        crc = zlib.crc32(data)
+        view = memoryview(data)
+        written = 0
+        while written < length:
+            written += os.pwrite(fd, view[written:], offset + written)
+        return meta.digest, crc, compressed_length, None
+    if isinstance(sock, NativeTlsConnection):
+        crc, strong = sock.tls.recv_to_file(fd, offset, length, buffer, timeout, blake3)
+    elif isinstance(sock, ssl.SSLSocket):
+        hasher = native.Hasher("blake3") if blake3 else None
+        crc = vortex_tls.recv_piece(sock, fd, offset, length, buffer, hasher)
+        strong = hasher.digest() if hasher is not None else None
+    elif blake3:
+        crc, strong = native.recv_to_file_blake3(sock.fileno(), fd, offset, length, buffer, timeout)
+    else:
+        crc = native.recv_to_file(sock.fileno(), fd, offset, length, buffer, timeout)
+    return meta.digest, crc, length, strong
+
+
 def fetch_piece(
     addr: tuple[str, int],
     task_id: str,
@@ -261,78 +326,63 @@ def fetch_piece(
     ``persistent_cache`` asks for a piece of a persistent cache task (Vortex tags 4 and 5); with ``accept_zstd``
     the request says that a zstd-compressed answer is welcome (only to parents that offered it,
     ``dragonfly.daemon.compression``). With ``blake3`` the bytes are also hashed with BLAKE3 as they arrive.
+
+    Over plaintext and native TLS, without ``accept_zstd``, the whole exchange is one native call
+    (``native.fetch_piece``): the thread takes the GIL back once per piece instead of once per step (bench/RESULTS.md
+    §2, "One native call per fetched piece"). A compressed answer and Python's ssl take the steps in Python.
     """
     abort = abort or FetchAbort()
-    if persistent_cache:
-        request = native.encode_download_piece(task_id, number, tag=native.TAG_DOWNLOAD_PERSISTENT_CACHE_PIECE)
-        content_tag = native.TAG_PERSISTENT_CACHE_PIECE_CONTENT
-        if accept_zstd:
-            request = compression.with_accept_flag(request)
-    else:
-        request = native.encode_download_piece(task_id, number)
-        content_tag = native.TAG_PIECE_CONTENT
+    tag = native.TAG_DOWNLOAD_PERSISTENT_CACHE_PIECE if persistent_cache else native.TAG_DOWNLOAD_PIECE
     reused = pool.get(addr) if pool is not None else None
     context = ssl_context or (pool.ssl_context if pool is not None else None)
     native_tls = pool.native_tls if pool is not None and ssl_context is None else None
+
+    def exchange(conn: Connection, reused: bool) -> tuple[str, int, int, bytes | None] | None:
+        """The request and its answer on ``conn``: the parent's digest, the CRC-32, the bytes on the wire and the
+        BLAKE3 digest; None when ``reused`` and the connection was closed before any byte of the answer."""
+        if not accept_zstd and not isinstance(conn, ssl.SSLSocket):
+            if isinstance(conn, NativeTlsConnection):
+                answer = conn.tls.fetch_piece(
+                    task_id, number, offset, length, fd, buffer, timeout, tag=tag, blake3=blake3, reused=reused
+                )
+            else:
+                answer = native.fetch_piece(
+                    conn.fileno(), task_id, number, offset, length, fd, buffer, timeout,
+                    tag=tag, blake3=blake3, reused=reused,
+                )  # fmt: skip
+            if answer is None:
+                return None
+            digest, crc, strong = answer
+            return digest, crc, length, strong
+        request = native.encode_download_piece(task_id, number, tag=tag)
+        if accept_zstd:
+            request = compression.with_accept_flag(request)
+        try:
+            _send_request(conn, request, timeout)
+            header = _read(conn, native.HEADER_SIZE, timeout)
+        except (ShortRead, ConnectionResetError, BrokenPipeError, ssl.SSLEOFError) as exc:
+            if not reused or (isinstance(exc, ShortRead) and exc.received):
+                raise
+            return None
+        return _steps(
+            conn, header, number, fd=fd, offset=offset, length=length, buffer=buffer, timeout=timeout,
+            content_tag=tag + 1, accept_zstd=accept_zstd, blake3=blake3,
+        )  # fmt: skip
+
     sock = reused or _connect(addr, connect_timeout, context, native_tls)
     try:
         abort._attach(_plain(sock))
         _plain(sock).settimeout(timeout)
-        try:
-            _send_request(sock, request, timeout)
-            header = _read(sock, native.HEADER_SIZE, timeout)
-        except (ShortRead, ConnectionResetError, BrokenPipeError, ssl.SSLEOFError) as exc:
-            if reused is None or (isinstance(exc, ShortRead) and exc.received):
-                raise
+        answered = exchange(sock, reused is not None)
+        if answered is None:
+            # The parent closed the pooled connection while it idled: ask again on a fresh one.
             sock.close()
             sock = _connect(addr, connect_timeout, context, native_tls)
             abort._attach(_plain(sock))
             _plain(sock).settimeout(timeout)
-            _send_request(sock, request, timeout)
-            header = _read(sock, native.HEADER_SIZE, timeout)
-        decoded = compression.extension_header(header, -1) if accept_zstd else None
-        _frame_id, tag, value_length = decoded or native.decode_header(header)
-        value = _read(sock, value_length, timeout)
-        if tag == native.TAG_ERROR:
-            code, message = native.decode_error(value)
-            raise VortexRemoteError(code, message)
-        compressed_length = -1
-        if accept_zstd and tag == compression.TAG_COMPRESSED_PERSISTENT_CACHE_PIECE_CONTENT:
-            try:
-                compressed_length, value = compression.split_compressed_value(value)
-            except ValueError as exc:
-                raise VortexError(str(exc)) from exc
-        elif tag != content_tag:
-            raise VortexError(f"expected a piece content frame, got tag {tag}")
-        meta = native.decode_piece_content(value)
-        if meta.number != number or meta.offset != offset or meta.length != length:
-            raise VortexError(
-                f"parent sent piece {meta.number} at {meta.offset}+{meta.length}, "
-                f"expected piece {number} at {offset}+{length}"
-            )
-        strong: bytes | None = None
-        if compressed_length >= 0:
-            if compressed_length > length + 1024 * 1024:
-                raise VortexError(f"compressed piece of {compressed_length} bytes for {length} bytes of content")
-            try:
-                data = compression.decompress_piece(_read(sock, compressed_length, timeout), length)
-            except ValueError as exc:
-                raise VortexError(str(exc)) from exc
-            crc = zlib.crc32(data)
-            view = memoryview(data)
-            written = 0
-            while written < length:
-                written += os.pwrite(fd, view[written:], offset + written)
-        elif isinstance(sock, NativeTlsConnection):
-            crc, strong = sock.tls.recv_to_file(fd, offset, length, buffer, timeout, blake3)
-        elif isinstance(sock, ssl.SSLSocket):
-            hasher = native.Hasher("blake3") if blake3 else None
-            crc = vortex_tls.recv_piece(sock, fd, offset, length, buffer, hasher)
-            strong = hasher.digest() if hasher is not None else None
-        elif blake3:
-            crc, strong = native.recv_to_file_blake3(sock.fileno(), fd, offset, length, buffer, timeout)
-        else:
-            crc = native.recv_to_file(sock.fileno(), fd, offset, length, buffer, timeout)
+            answered = exchange(sock, False)
+        assert answered is not None  # only a reused connection answers None
+        digest, crc, wire, strong = answered
         abort._detach()
     except BaseException as exc:
         abort._detach()
@@ -345,8 +395,7 @@ def fetch_piece(
         pool.put(addr, sock)
     else:
         sock.close()
-    wire = compressed_length if compressed_length >= 0 else length
     hashed = None if strong is None else f"blake3:{strong.hex()}"
     return FetchedPiece(
-        number=number, offset=offset, length=length, digest=meta.digest, crc=crc, wire_length=wire, blake3=hashed
+        number=number, offset=offset, length=length, digest=digest, crc=crc, wire_length=wire, blake3=hashed
     )

@@ -1,11 +1,13 @@
 //! Piece I/O for the data plane: positional piece writes and reads with CRC-32, `sendfile(2)` of a piece to a
-//! socket, receiving a piece from a socket into a file, the Vortex frame codec and a token bucket.
+//! socket, receiving a piece from a socket into a file, fetching a whole piece from a parent (request, answer
+//! and bytes in one call), the Vortex frame codec and a token bucket.
 //!
 //! This core never mentions Python; `python/` (feature `python`) is the only glue, so `cargo test` runs
 //! without an interpreter.
 
 use std::io;
 
+mod fetch;
 mod piece;
 mod recv;
 mod sendfile;
@@ -17,6 +19,7 @@ pub mod vortex;
 #[cfg(feature = "python")]
 mod python;
 
+pub use fetch::{fetch_piece, FetchError, Fetched, Link, PlainLink, Wanted};
 pub use piece::{read_piece, write_piece};
 pub use recv::{recv_to_file, recv_to_file_blake3};
 pub use sendfile::sendfile;
@@ -40,6 +43,9 @@ pub enum Error {
     /// A Vortex frame (or a value to encode into one) is malformed; the message names the field.
     #[error("{0}")]
     Vortex(String),
+    /// The parent answered with a Vortex error frame: its code and message.
+    #[error("remote error {code}: {message}")]
+    Remote { code: u8, message: String },
     /// An argument is out of its domain (negative offset, empty buffer, ...).
     #[error("{0}")]
     InvalidArgument(String),

@@ -29,12 +29,17 @@ impl<'a, 'py> FromPyObject<'a, 'py> for WireInt {
 }
 
 impl WireInt {
-    const fn new(value: u8) -> Self {
+    pub(super) const fn new(value: u8) -> Self {
         WireInt::Fits(value as i128)
     }
 
     /// Convert to the wire type, or a VortexError naming the field.
-    fn get<T: TryFrom<i128>>(self, py: Python<'_>, name: &str, kind: &str) -> PyResult<T> {
+    pub(super) fn get<T: TryFrom<i128>>(
+        self,
+        py: Python<'_>,
+        name: &str,
+        kind: &str,
+    ) -> PyResult<T> {
         let text = match self {
             WireInt::Fits(value) => match T::try_from(value) {
                 Ok(value) => return Ok(value),

@@ -9,6 +9,7 @@ use crate::Error;
 
 static SHORT_READ: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static VORTEX_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static VORTEX_REMOTE_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static SSL_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
 /// Instantiate a class of `dragonfly.common.errors`, so Python code catches the very classes the twin raises.
@@ -57,6 +58,12 @@ impl From<Error> for PyErr {
                 })
             }
             Error::Vortex(message) => Python::attach(|py| vortex_error(py, message)),
+            Error::Remote { code, message } => {
+                Python::attach(|py| match (code, message).into_pyobject(py) {
+                    Ok(args) => domain_error(py, &VORTEX_REMOTE_ERROR, "VortexRemoteError", args),
+                    Err(err) => err,
+                })
+            }
             Error::InvalidArgument(message) => PyValueError::new_err(message),
             // ssl.SSLError, as the Python twin (the ssl module) raises for the same failures.
             Error::Tls(message) => Python::attach(|py| {

@@ -9,13 +9,15 @@ use crate::vortex;
 mod args;
 mod codec;
 mod errors;
+mod fetch;
 mod piece;
 mod tls_client;
 mod tls_server;
 mod token_bucket;
 
-/// Piece I/O for dragonfly: positional piece read/write with CRC-32, sendfile, socket-to-file receive, the Vortex
-/// codec and a token bucket; every blocking call releases the GIL.
+/// Piece I/O for dragonfly: positional piece read/write with CRC-32, sendfile, socket-to-file receive, a whole
+/// piece fetched from a parent in one call, the Vortex codec and a token bucket; every blocking call releases the
+/// GIL.
 #[pymodule]
 fn _dragonfly_piece_io(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -67,6 +69,7 @@ fn _dragonfly_piece_io(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(piece::sendfile, m)?)?;
     m.add_function(wrap_pyfunction!(piece::recv_to_file, m)?)?;
     m.add_function(wrap_pyfunction!(piece::recv_to_file_blake3, m)?)?;
+    m.add_function(wrap_pyfunction!(fetch::fetch_piece, m)?)?;
     m.add_function(wrap_pyfunction!(codec::encode_download_piece, m)?)?;
     m.add_function(wrap_pyfunction!(codec::decode_header, m)?)?;
     m.add_function(wrap_pyfunction!(codec::decode_download_piece, m)?)?;
@@ -96,6 +99,7 @@ fn _dragonfly_piece_io(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "sendfile",
         "recv_to_file",
         "recv_to_file_blake3",
+        "fetch_piece",
         "encode_download_piece",
         "decode_header",
         "decode_download_piece",

@@ -6,6 +6,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use super::args::{bytes_of_mut, non_negative, timeout, writable};
+use super::codec::WireInt;
+use super::fetch::{self, Answer};
 use crate::vortex;
 
 /// The client side of mutual TLS for Vortex (`dragonfly.common.tls.client_ssl_context`'s rules), from the PEM
@@ -105,5 +107,45 @@ impl TlsClientStream {
         let (crc, digest) =
             py.detach(|| inner.recv_to_file(file_fd, offset, count, bytes, timeout, blake3))?;
         Ok((crc, digest.map(|digest| PyBytes::new(py, &digest))))
+    }
+
+    /// Fetch one piece over this connection in one call (`crate::fetch`): the request, the answer checked, the
+    /// bytes into `file_fd`; None when `reused` and the connection was closed before any answer byte.
+    #[pyo3(
+        signature = (
+            task_id, number, offset, length, file_fd, buffer, timeout=None, *,
+            tag=WireInt::new(vortex::TAG_DOWNLOAD_PIECE), blake3=false, reused=false
+        ),
+        text_signature = "($self, task_id, number, offset, length, file_fd, buffer, timeout=None, *, tag=0, blake3=False, reused=False)"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    fn fetch_piece<'py>(
+        &mut self,
+        py: Python<'py>,
+        task_id: &str,
+        number: WireInt,
+        offset: i64,
+        length: i64,
+        file_fd: i32,
+        buffer: PyBuffer<u8>,
+        timeout: Option<f64>,
+        tag: WireInt,
+        blake3: bool,
+        reused: bool,
+    ) -> PyResult<Answer<'py>> {
+        fetch::run(
+            py,
+            &mut self.inner,
+            task_id,
+            number,
+            offset,
+            length,
+            file_fd,
+            buffer,
+            timeout,
+            tag,
+            blake3,
+            reused,
+        )
     }
 }

@@ -398,3 +398,25 @@ impl TlsStream {
         ))
     }
 }
+
+impl crate::fetch::Link for TlsStream {
+    fn send_all(&mut self, data: &[u8], timeout: Option<Duration>) -> Result<()> {
+        TlsStream::send_all(self, data, timeout)
+    }
+
+    fn recv_exact(&mut self, out: &mut [u8], timeout: Option<Duration>) -> Result<()> {
+        TlsStream::recv_exact(self, out, timeout)
+    }
+
+    fn recv_to_file(
+        &mut self,
+        file_fd: RawFd,
+        offset: u64,
+        count: u64,
+        buf: &mut [u8],
+        timeout: Option<Duration>,
+        blake3: bool,
+    ) -> Result<(u32, Option<[u8; 32]>)> {
+        TlsStream::recv_to_file(self, file_fd, offset, count, buf, timeout, blake3)
+    }
+}
