@@ -14,6 +14,7 @@ import contextlib
 import os
 import socket
 import ssl
+import struct
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -147,6 +148,27 @@ class ScriptedParent:
         self.listener.close()
         self.thread.join(10)
         assert not self.thread.is_alive()
+
+
+class ResettingParent(ScriptedParent):
+    """Per connection (TLS with ``context``): read one request, then reset the connection (SO_LINGER 0): no answer
+    byte, no close_notify, no end of stream, as when the request reaches a parent that dropped an idle connection."""
+
+    def __init__(self, context: ssl.SSLContext | None) -> None:
+        super().__init__(b"", context)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                raw, _ = self.listener.accept()
+            except OSError:
+                return
+            raw.settimeout(10)
+            with contextlib.suppress(OSError):
+                conn = self.context.wrap_socket(raw, server_side=True) if self.context else raw
+                self.requests.append(_recv_exactly(conn, native.HEADER_SIZE + 68))
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
 
 
 def _recv_exactly(conn: socket.socket, count: int) -> bytes:
@@ -335,3 +357,20 @@ def test_bad_calls_fail_alike_before_anything_is_sent(kwargs: dict[str, Any], er
             }
             args.update(kwargs)
             assert outcome(lambda: module.fetch_piece(unconnected.fileno(), **args)) == error, impl  # noqa: B023
+
+
+@needs_both
+@pytest.mark.parametrize("impl", ["native", "python"])
+@pytest.mark.parametrize("with_tls", [False, True], ids=["plaintext", "TLS"])
+def test_a_reset_before_the_answer_is_a_stale_connection_only_when_reused(
+    impl: str, with_tls: bool, files: dict[str, tls.TLSFiles]
+) -> None:
+    """A parent that dropped a pooled connection may answer the request with a reset rather than an end of stream:
+    reused, that is None (the piece is asked for again on a fresh connection); on a fresh connection, the error."""
+    scripted = ResettingParent(tls.server_ssl_context(files["parent"]) if with_tls else None)
+    try:
+        assert _one_call(impl, files, scripted.addr, with_tls, reused=True)[0] == ("ok", None)
+        assert _one_call(impl, files, scripted.addr, with_tls)[0][0] is ConnectionResetError
+        assert scripted.requests == [bytes(native.encode_download_piece(TASK, NUMBER))] * 2
+    finally:
+        scripted.close()
