@@ -8,9 +8,10 @@ set -euo pipefail
 # redis-server: the manager's job queue across several managers (tests start their own server in a temp dir).
 # postgresql: the manager's tests run its REST suite and migrations on a real PostgreSQL (tests/postgres.py starts
 # a throwaway server in a temp dir; the packaged service is not used); mariadb-server-core: the manager's MySQL
-# smoke subset (tests/mysql.py; only the server binaries, no service).
+# smoke subset (tests/mysql.py; only the server binaries, no service), and mariadb-client-core for the
+# my_print_defaults that mariadb-install-db runs (mariadb-server-core does not depend on it).
 # chromium: the web console's browser tests (Playwright drives Debian's headless Chromium; no browser download).
-packages=(curl iproute2 systemd docker-registry skopeo containerd apache2-utils buildah debootstrap redis-server postgresql mariadb-server-core chromium)
+packages=(curl iproute2 systemd docker-registry skopeo containerd apache2-utils buildah debootstrap redis-server postgresql mariadb-server-core mariadb-client-core chromium)
 # Test servers of the object storage backends, started by tests/integration/daemon/test_daemon_object_storage.py:
 # Azurite (Azure Blob, from npm) and fake-gcs-server (GCS, a Go module). moto's S3 server comes from PyPI (test deps).
 if [ "$(id -u)" -eq 0 ] && ! command -v azurite-blob >/dev/null && command -v npm >/dev/null; then
