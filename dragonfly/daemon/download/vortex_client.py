@@ -375,8 +375,11 @@ def fetch_piece(
         _plain(sock).settimeout(timeout)
         answered = exchange(sock, reused is not None)
         if answered is None:
-            # The parent closed the pooled connection while it idled: ask again on a fresh one.
+            # The parent closed the pooled connection while it idled: ask again on a fresh one, unless it was this
+            # fetch's own abort that shut it (then no new connection is worth making).
             sock.close()
+            if abort.reason is not None:
+                raise PieceAbandoned(abort.reason)
             sock = _connect(addr, connect_timeout, context, native_tls)
             abort._attach(_plain(sock))
             _plain(sock).settimeout(timeout)

@@ -25,7 +25,7 @@ import pytest
 
 from dragonfly.common import native, tls
 from dragonfly.common.errors import ShortRead, VortexError, VortexRemoteError
-from dragonfly.daemon.download.vortex_client import ConnectionPool, fetch_piece
+from dragonfly.daemon.download.vortex_client import ConnectionPool, FetchAbort, PieceAbandoned, fetch_piece
 from tests.tls_files import issue_tls_files
 
 TASK = "4a0d59b2b8b2a3f4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c"
@@ -374,3 +374,43 @@ def test_a_reset_before_the_answer_is_a_stale_connection_only_when_reused(
         assert scripted.requests == [bytes(native.encode_download_piece(TASK, NUMBER))] * 2
     finally:
         scripted.close()
+
+
+def test_an_abort_of_a_reused_connection_makes_no_new_one(tmp_path: Path) -> None:
+    """The abort shuts the socket, which looks like a pooled connection the parent closed; the fetch must then give
+    up (PieceAbandoned) instead of dialling the parent again for a piece it abandoned."""
+    accepted: list[socket.socket] = []
+    requested = threading.Event()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        addr = listener.getsockname()[:2]
+        pooled = socket.create_connection(addr, timeout=5)
+        accepted.append(listener.accept()[0])
+        listener.settimeout(0.05)
+        pool = ConnectionPool()
+        pool.put(addr, pooled)
+        abort = FetchAbort()
+
+        def parent() -> None:
+            # Reads the request and never answers; the child's abort ends the wait.
+            accepted[0].settimeout(5)
+            if accepted[0].recv(native.HEADER_SIZE + 68):
+                requested.set()
+
+        thread = threading.Thread(target=parent, daemon=True)
+        thread.start()
+        threading.Thread(target=lambda: requested.wait(5) and abort.abort("too slow"), daemon=True).start()
+        fd = os.open(tmp_path / "content", os.O_RDWR | os.O_CREAT)
+        try:
+            with pytest.raises(PieceAbandoned, match="too slow"):
+                fetch_piece(
+                    addr, TASK, NUMBER, fd=fd, offset=OFFSET, length=LENGTH, buffer=bytearray(7000),
+                    connect_timeout=5, timeout=5, pool=pool, abort=abort,
+                )  # fmt: skip
+        finally:
+            os.close(fd)
+            thread.join(5)
+        with pytest.raises(TimeoutError):
+            accepted.append(listener.accept()[0])
+        for sock in accepted:
+            sock.close()
+        pool.close()
