@@ -77,6 +77,17 @@ def _process_cpu(pid: int) -> float:
     return float(times.user + times.system)
 
 
+def _system_cpu(pid: int) -> float:
+    import psutil
+
+    return float(psutil.Process(pid).cpu_times().system)
+
+
+#: A child's system CPU per GiB above this is not the daemon's: its writes went into pages this VM had not used
+#: lately, whose first write faults on the host (bench/RESULTS.md §2 "The bimodal child"); 0.7-1.2 is usual.
+COLD_PAGES_SYSTEM_PER_GIB = 2.5
+
+
 def _add(total: Cpu, name: str, seconds: float) -> None:
     total[name] = total.get(name, 0.0) + seconds
 
@@ -278,10 +289,12 @@ def ours(
     label: str | None = None,
     reclaim: Reclaim | None = None,
     timelines: list[dict[str, float]] | None = None,
+    child_system: list[float] | None = None,
 ) -> tuple[list[float], dict[str, int]]:
     """Return the child's dfget times (a fresh task each time, already on the parent) and its bytes by source.
 
-    Each run's child timeline (``child_timeline``) is appended to ``timelines``.
+    Each run's child timeline (``child_timeline``) is appended to ``timelines``, and the child dfdaemon's system CPU
+    seconds per GiB in that run to ``child_system``.
 
     The CPU seconds the parent and child dfdaemons, the scheduler and dfget spend on the child's runs are added to
     ``cpu``. ``copy_output`` sets the child's ``download.hardLinkOutput`` false (docs/output-and-cache.md),
@@ -325,11 +338,16 @@ def ours(
             pids = {"parent dfdaemon": cluster.pid("seed"), "child dfdaemon": cluster.pid("child")}
             pids["scheduler"] = cluster.scheduler.proc.pid
             before = {name: _process_cpu(pid) for name, pid in pids.items()}
+            system_before = _system_cpu(pids["child dfdaemon"])
             dfget_before = _children_cpu()
             with reclaim or contextlib.nullcontext():
                 started = time.time()
                 elapsed, by_source = cluster.dfget("child", url, output)
                 exited = time.time()
+            if child_system is not None:
+                child_system.append(
+                    (_system_cpu(pids["child dfdaemon"]) - system_before) / (source.stat().st_size / (1 << 30))
+                )
             if cpu is not None:
                 _add(cpu, "dfget", _children_cpu() - dfget_before)
                 for name, pid in pids.items():
@@ -549,14 +567,17 @@ def main(argv: list[str] | None = None) -> int:
             python_tls_server=args.python_tls_server, pieces_in_flight=args.pieces_in_flight
         ):
             timelines: list[dict[str, float]] = []
+            child_system: list[float] = []
             try:
                 times, by_source = ours(
                     topology, workdir, source, args.repeat, tls=tls, cpu=cpu.setdefault(label, {}),
                     copy_output=args.copy_output, native_tls=False if args.python_tls else None,
                     server_native_tls=server_native_tls, concurrent_pieces=concurrent_pieces, label=directory,
                     reclaim=reclaim.setdefault(label, Reclaim(room)), timelines=timelines,
+                    child_system=child_system,
                 )  # fmt: skip
                 entry = {"seconds": statistics.median(times), "runs": times, "by_source": by_source}
+                entry["child_system_per_gib"] = [round(seconds, 3) for seconds in child_system]
                 entry["timeline"] = {key: statistics.median(t[key] for t in timelines) for key in TIMELINE_PHASES}
                 results["methods"][label] = entry
             except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
@@ -605,7 +626,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| {name} | — | — | error: {entry['error'][:200]} | | |")
         if results.get("tls_vs_plaintext"):
             print(f"mutual TLS: {results['tls_vs_plaintext']:.2f} × the plaintext speed (ours vs ours (plaintext))")
-        for line in [*timeline_notes(methods_done), *source_notes(methods_done), *reclaim_notes(methods_done)]:
+        notes = [*timeline_notes(methods_done), *source_notes(methods_done), *reclaim_notes(methods_done)]
+        for line in [*notes, *cold_page_notes(methods_done)]:
             print(line)
     if not all("seconds" in e for e in methods_done.values()):
         return 1
@@ -650,6 +672,23 @@ def reclaim_notes(methods: dict[str, Any]) -> list[str]:
                 f"{memory.get('kswapd_pages_scanned', 0)} pages, allocating processes {memory.get('pages_scanned', 0)} "
                 f"in {memory.get('stalls', 0)} stalls; free memory down to {memory.get('min_free_mib', '?')} MiB): "
                 "the system time of whoever allocates new pages (the child writing its content file) grows with it"
+            )
+    return notes
+
+
+def cold_page_notes(methods: dict[str, Any]) -> list[str]:
+    """Return a line for each of our methods with runs whose child spent more than ``COLD_PAGES_SYSTEM_PER_GIB``
+    system CPU seconds per GiB: those runs measure this VM's host faults on cold pages, not the daemon."""
+    notes = []
+    for name, entry in methods.items():
+        per_run = entry.get("child_system_per_gib") or []
+        cold = [(run, seconds) for run, seconds in enumerate(per_run) if seconds > COLD_PAGES_SYSTEM_PER_GIB]
+        if cold:
+            runs = ", ".join(f"run {run} {seconds:.2f}" for run, seconds in cold)
+            notes.append(
+                f"{name}: the child's system CPU per GiB was {runs} s (usually 0.7-1.2): its writes went into pages "
+                "this VM had not used lately, which fault on the host (bench/RESULTS.md §2 'The bimodal child'); "
+                "such runs measure that, not the daemon"
             )
     return notes
 

@@ -10,6 +10,7 @@ import pytest
 from bench.pair import (
     Reclaim,
     child_timeline,
+    cold_page_notes,
     cpu_regressions,
     free_memory,
     main,
@@ -140,6 +141,20 @@ def test_reclaim_notes_name_only_the_rows_that_saw_reclaim() -> None:
     assert reclaim_notes({"ours": {"memory": {"caches_dropped": 2, "pages_scanned": 0}}}) == [
         "ours: the clean page cache was dropped before 2 of its runs"
     ]
+
+
+def test_cold_page_notes_name_the_runs_whose_child_system_time_is_the_hosts() -> None:
+    methods = {
+        "native loop": {},
+        "ours": {"child_system_per_gib": [0.87, 0.7, 3.97, 4.97]},
+        "ours (plaintext)": {"child_system_per_gib": [1.1, 2.5]},
+    }
+    assert cold_page_notes(methods) == [
+        "ours: the child's system CPU per GiB was run 2 3.97, run 3 4.97 s (usually 0.7-1.2): its writes went into "
+        "pages this VM had not used lately, which fault on the host (bench/RESULTS.md §2 'The bimodal child'); such "
+        "runs measure that, not the daemon"
+    ]
+    assert cold_page_notes({"ours": {"error": "boom"}}) == []
 
 
 def test_source_notes_name_rows_whose_child_did_not_get_everything_from_its_parent() -> None:
