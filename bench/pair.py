@@ -19,6 +19,13 @@ names such rows, and rows whose child got bytes from elsewhere than its parent. 
 small, each cluster's storage and the reference runs' output are removed as soon as they are done; ``--drop-caches``
 also drops the clean page cache before a run when memory is short.
 
+Every method writes over memory it has just freed. The loop and curl truncate their sink before each run; ours
+deletes the previous run's task from the parent just before the parent fetches the next one, and from the child
+just before the child's timed run (``forget_task``), so neither daemon keeps a new GiB per run. On this machine kind
+(a VM that reports free pages to its host) a page not used for a while faults on the host at its first write, ~3 s of
+the writer's system time per GiB (bench/RESULTS.md §2 "The bimodal child"): a method that kept every run's output
+measured that instead of itself.
+
 Each of our rows also reports the child's timeline (median over the runs), read from the child's piece records
 after each run: dfget's start to the task's record, to the first piece's request, the stretch while pieces were in
 flight and how much of it had none in flight (idle), the last piece's bytes to the task's end, and to dfget's exit.
@@ -300,8 +307,9 @@ def ours(
     ``cpu``. ``copy_output`` sets the child's ``download.hardLinkOutput`` false (docs/output-and-cache.md),
     ``native_tls`` its ``download.nativeTls`` (None: the default, rustls; docs/security.md#vortex-over-tls) and
     ``server_native_tls`` the parent's ``storage.server.nativeTls`` (None: the default), ``concurrent_pieces`` the
-    child's ``download.concurrentPieceCount`` (None: the default). The cluster's directory (both daemons' storage)
-    is removed when it stops.
+    child's ``download.concurrentPieceCount`` (None: the default). Each run's task is deleted from both daemons
+    before the next run writes (``forget_task``); the cluster's directory (both daemons' storage) is removed when it
+    stops.
     """
     from bench.swarm.ours import OursCluster
 
@@ -329,11 +337,17 @@ def ours(
     with OursCluster(
         topology, cluster_dir, Host("ctl", "127.0.0.1"), hosts, tls=tls, daemon_overrides=overrides
     ) as cluster:
+        previous: str | None = None
         for i in range(repeat):
             # A distinct query string makes a distinct task, so each child run really crosses the wire.
             url = f"{base}/{source.name}?run={i}&{label}"
+            if previous is not None:
+                forget_task(cluster.sockets["seed"], previous)
             cluster.dfget("seed", url, workdir / f"parent-{i}")
             os.unlink(workdir / f"parent-{i}")
+            if previous is not None:
+                forget_task(cluster.sockets["child"], previous)
+            previous = url
             output = workdir / f"child-{i}"
             pids = {"parent dfdaemon": cluster.pid("seed"), "child dfdaemon": cluster.pid("child")}
             pids["scheduler"] = cluster.scheduler.proc.pid
@@ -360,6 +374,24 @@ def ours(
                 timelines.append(child_timeline(db_path, started, exited))
     shutil.rmtree(cluster_dir, ignore_errors=True)
     return times, by_source
+
+
+def forget_task(daemon_socket: Path, url: str) -> None:
+    """Delete the task of ``url`` (as dfget names it) from the dfdaemon listening on ``daemon_socket``: its metadata
+    and its content file, so the pages it held are free for the next run. Raises RuntimeError when it fails (a task
+    left behind would make the next run write into cold pages and measure the host instead of the daemon)."""
+    import grpc
+    from dragonfly_api import dfdaemon_pb2, dfdaemon_pb2_grpc
+
+    from dragonfly.common import ids
+
+    task = ids.task_id(url)
+    with grpc.insecure_channel(f"unix:{daemon_socket}") as channel:
+        stub = dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel)
+        try:
+            stub.DeleteLocalTask(dfdaemon_pb2.DeleteLocalTaskRequest(task_id=task), timeout=30)
+        except grpc.RpcError as exc:
+            raise RuntimeError(f"could not delete task {task} of {url} from {daemon_socket}: {exc.details()}") from None
 
 
 def _check(path: Path, source: Path) -> None:

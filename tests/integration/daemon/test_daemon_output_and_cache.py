@@ -154,3 +154,21 @@ def test_a_cache_hit_failing_its_digest_is_evicted_and_fetched_again(
     assert third.ok, third.stderr
     assert third.traffic is not None
     assert third.traffic["local"] == 6 * MiB
+
+
+def test_bench_pair_forgets_a_task_so_its_pages_are_freed(
+    cluster: LocalCluster, origin: OriginProcess, tmp_path: Path
+) -> None:
+    """bench pair deletes each run's task before the next (bench/pair.py forget_task): the content file goes, and a
+    task that is not there is an error rather than a run silently measured on cold pages."""
+    from bench.pair import forget_task
+
+    _file(origin, "forgotten.bin", 6 * MiB)
+    url = origin.url("forgotten.bin")
+    assert run_dfget(cluster.socket_path("peer-1"), url, tmp_path / "out").ok
+    (tmp_path / "out").unlink()
+    assert _cached(cluster, "peer-1", url).exists()
+    forget_task(Path(cluster.socket_path("peer-1")), url)
+    assert not _cached(cluster, "peer-1", url).exists()
+    with pytest.raises(RuntimeError, match="could not delete task"):
+        forget_task(Path(cluster.socket_path("peer-1")), url)
