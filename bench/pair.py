@@ -710,18 +710,29 @@ def reclaim_notes(methods: dict[str, Any]) -> list[str]:
 
 def cold_page_notes(methods: dict[str, Any]) -> list[str]:
     """Return a line for each of our methods with runs whose child spent more than ``COLD_PAGES_SYSTEM_PER_GIB``
-    system CPU seconds per GiB: those runs measure this VM's host faults on cold pages, not the daemon."""
+    system CPU seconds per GiB. When the row also has a run under the bound, the slow ones are this VM's host faults
+    on cold pages; when every run is over it, the line says it may as well be a regression of the child's system
+    time, which the same figure would show."""
     notes = []
     for name, entry in methods.items():
         per_run = entry.get("child_system_per_gib") or []
         cold = [(run, seconds) for run, seconds in enumerate(per_run) if seconds > COLD_PAGES_SYSTEM_PER_GIB]
-        if cold:
-            runs = ", ".join(f"run {run} {seconds:.2f}" for run, seconds in cold)
-            notes.append(
-                f"{name}: the child's system CPU per GiB was {runs} s (usually 0.7-1.2): its writes went into pages "
-                "this VM had not used lately, which fault on the host (bench/RESULTS.md §2 'The bimodal child'); "
-                "such runs measure that, not the daemon"
+        if not cold:
+            continue
+        runs = ", ".join(f"run {run} {seconds:.2f}" for run, seconds in cold)
+        line = f"{name}: the child's system CPU per GiB was {runs} s (usually 0.7-1.2): "
+        if len(cold) < len(per_run):
+            line += (
+                "its writes went into pages this VM had not used lately, which fault on the host (bench/RESULTS.md "
+                "§2 'The bimodal child'); such runs measure that, not the daemon"
             )
+        else:
+            line += (
+                "every run, so either this VM's cold pages (run scripts/bench-warm-memory.sh first; bench/RESULTS.md "
+                "§0) or a regression of the child's system time: compare with the memory warm, or `perf record` the "
+                "child"
+            )
+        notes.append(line)
     return notes
 
 

@@ -157,6 +157,14 @@ def test_cold_page_notes_name_the_runs_whose_child_system_time_is_the_hosts() ->
     assert cold_page_notes({"ours": {"error": "boom"}}) == []
 
 
+def test_cold_page_notes_do_not_excuse_a_row_whose_every_run_is_slow() -> None:
+    # Cold pages make some runs slow; a regression of the child's system time makes all of them slow.
+    (note,) = cold_page_notes({"ours": {"child_system_per_gib": [3.1, 4.2]}})
+    assert note.startswith("ours: the child's system CPU per GiB was run 0 3.10, run 1 4.20 s (usually 0.7-1.2): ")
+    assert "or a regression of the child's system time" in note
+    assert "not the daemon" not in note
+
+
 def test_source_notes_name_rows_whose_child_did_not_get_everything_from_its_parent() -> None:
     methods = {
         "native loop": {"seconds": 1.0},
