@@ -70,6 +70,11 @@ class DfdaemonUploadService(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
         count = -(-task.content_length // task.piece_length) if task.piece_length else 0
         interested = {n for n in request.interested_piece_numbers if n < count} or set(range(count))
         while interested:
+            # Read before the pieces are listed: a task finishes only after its last piece is stored, so when it had
+            # finished by now every piece is in the list below. Read after the yields (each one lets the download
+            # store pieces and finish meanwhile), it ended the stream without the pieces stored during them, and a
+            # child left with no other parent went back to the source (test_daemon_file_urls, ~1 run in 18).
+            finished = task.finished_at is not None
             for number in sorted(n for n in interested if n in task.pieces):
                 piece = task.pieces[number]
                 interested.discard(number)
@@ -80,7 +85,7 @@ class DfdaemonUploadService(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
                     ip=self._host.ip,
                     tcp_port=self._vortex_port,
                 )
-            if not interested or task.finished_at is not None:
+            if not interested or finished:
                 return
             if self._storage.get_task(task.id) is not task or task.failed_at is not None:
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"task {task.id} failed on this peer")
