@@ -70,11 +70,14 @@ class DfdaemonUploadService(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
         count = -(-task.content_length // task.piece_length) if task.piece_length else 0
         interested = {n for n in request.interested_piece_numbers if n < count} or set(range(count))
         while interested:
-            # Read before the pieces are listed: a task finishes only after its last piece is stored, so when it had
-            # finished by now every piece is in the list below. Read after the yields (each one lets the download
-            # store pieces and finish meanwhile), it ended the stream without the pieces stored during them, and a
-            # child left with no other parent went back to the source (test_daemon_file_urls, ~1 run in 18).
+            # Read before the pieces are listed: a task finishes (or stops being downloaded) only after its last
+            # piece is stored, so when it had by now every piece there will be is in the list below. Read after the
+            # yields (each one lets the download store pieces and finish meanwhile), it ended the stream without the
+            # pieces stored during them, and a child left with no other parent went back to the source
+            # (test_daemon_file_urls, ~1 run in 18).
             finished = task.finished_at is not None
+            # A partial task nobody is downloading any more: what is here is all there will be.
+            abandoned = not finished and not self._tasks.is_active(task.id)
             for number in sorted(n for n in interested if n in task.pieces):
                 piece = task.pieces[number]
                 interested.discard(number)
@@ -89,8 +92,7 @@ class DfdaemonUploadService(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
                 return
             if self._storage.get_task(task.id) is not task or task.failed_at is not None:
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"task {task.id} failed on this peer")
-            if not self._tasks.is_active(task.id):
-                # A partial task nobody is downloading any more: what is here is all there will be.
+            if abandoned:
                 return
             await self._storage.wait_for_change(task.id, _SYNC_PIECES_POLL)
 
