@@ -11,11 +11,31 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+#: Where a kernel with free page reporting (virtio-balloon) keeps its settings.
+PAGE_REPORTING = Path("/sys/module/page_reporting/parameters")
+#: The largest block order the buddy allocator forms: a reporting order above it reports nothing.
+_MAX_PAGE_ORDER = 10
+
+
+def freed_pages_go_to_host(params: Path = PAGE_REPORTING) -> bool:
+    """Whether this VM hands the pages it frees back to its host, so the next first write to each faults there (~3 s
+    of system time per GiB against ~0.4 into a warm page; bench/RESULTS.md §0). scripts/bench-warm-memory.sh stops
+    it."""
+    try:
+        return int((params / "page_reporting_order").read_text()) <= _MAX_PAGE_ORDER
+    except (OSError, ValueError):
+        return False
+
 
 def release_builds_missing(prog: str) -> bool:
-    """Say why and return True unless the native extensions are release builds: only those are measured."""
+    """Say why and return True unless the native extensions are release builds: only those are measured. Also warn
+    (without refusing) when the VM reports freed pages to its host: which method gets warm pages then decides."""
     from dragonfly.common import native
 
+    if freed_pages_go_to_host():
+        print(f"{prog}: warning: this VM reports freed pages to its host, so first writes fault there and figures "
+              "depend on which method gets warm pages; run scripts/bench-warm-memory.sh first (as root)",
+              file=sys.stderr)  # fmt: skip
     profiles = native.build_profiles()
     if native.USING_EXTENSIONS and all(p == "release" for p in profiles.values()):
         return False

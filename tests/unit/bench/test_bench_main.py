@@ -1,6 +1,9 @@
+from pathlib import Path
+
 import pytest
 
 import bench.__main__ as bench_main
+from bench import freed_pages_go_to_host
 
 
 def test_unknown_suite_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
@@ -65,3 +68,13 @@ def test_a_suite_runs_against_byte_compiled_code(monkeypatch: pytest.MonkeyPatch
     assert commands == [
         [sys.executable, "-m", "compileall", "-q", str(bench_main.REPO / "dragonfly"), str(bench_main.REPO / "bench")]
     ]
+
+
+@pytest.mark.parametrize(("order", "reported"), [("9\n", True), ("10\n", True), ("11\n", False), ("x\n", False)])
+def test_freed_pages_go_to_host_reads_the_reporting_order(tmp_path: Path, order: str, reported: bool) -> None:
+    (tmp_path / "page_reporting_order").write_text(order)
+    assert freed_pages_go_to_host(tmp_path) is reported
+
+
+def test_freed_pages_stay_without_page_reporting(tmp_path: Path) -> None:
+    assert freed_pages_go_to_host(tmp_path / "absent") is False
